@@ -1,0 +1,329 @@
+"""``fleetd``: the daemon and its command-line client (click).
+
+Each command makes one API call and prints the result; errors become a one-line
+message and exit status 1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from cli.client import ApiError, Client
+from cli.output import ago, duration, print_json, print_table, state_text
+
+F = TypeVar("F", bound=Callable[..., Any])
+VERSION = "0.1.0"
+
+
+def default_socket() -> str:
+    from fleetd.paths import default_socket as socket_path
+
+    return str(socket_path())
+
+
+def api_errors(func: F) -> F:
+    """Turn the daemon's errors into ``click.ClickException``: one line, exit 1."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except ApiError as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def client(ctx: click.Context) -> Client:
+    root = ctx.find_root()
+    return Client(root.params.get("socket") or default_socket())
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--socket", envvar="FLEETD_SOCKET", help="The daemon's socket [env FLEETD_SOCKET].")
+@click.version_option(VERSION, prog_name="fleetd")
+def main(socket: str | None) -> None:
+    """fleetd: supervise fleets of AI-agent containers with hard limits and deadlines."""
+
+
+@main.command()
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), help="TOML config file.")
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), help="Where state.db lives.")
+@click.option("--socket", "daemon_socket", type=click.Path(path_type=Path), help="Socket to listen on.")
+@click.option("--instance", help="Instance name: labels every Docker object (default: default).")
+@click.option("--drain-on-exit", is_flag=True, default=None, help="Stop every agent when the daemon stops.")
+@click.pass_context
+def daemon(ctx: click.Context, config_file: Path | None, state_dir: Path | None, daemon_socket: Path | None,
+           instance: str | None, drain_on_exit: bool | None) -> None:
+    """Run the daemon in the foreground (systemd runs this).
+
+    Example: fleetd daemon --instance staging --state-dir /var/lib/fleetd-staging
+    """
+    from fleetd.config import load_config
+    from fleetd.daemon import run
+    from fleetd.errors import FleetdError
+
+    socket_path = daemon_socket or ctx.find_root().params.get("socket")
+    try:
+        config = load_config(
+            config_file, state_dir=state_dir, socket=Path(socket_path) if socket_path else None,
+            instance=instance, drain_on_exit=drain_on_exit,
+        )
+    except FleetdError as exc:
+        raise click.ClickException(exc.message) from None
+    sys.exit(run(config))
+
+
+@main.group()
+def images() -> None:
+    """Build fleetd's images."""
+
+
+@images.command("build")
+@click.option("--base", help="Base image (default python:3.11-slim-bookworm; built from apt when absent).")
+def images_build(base: str | None) -> None:
+    """Build fleetd/zone2 and fleetd/agent-python.
+
+    Example: fleetd images build
+    """
+    from fleetd.errors import FleetdError
+    from fleetd.images import build_images
+
+    try:
+        for line in build_images(base):
+            click.echo(line)
+    except FleetdError as exc:
+        raise click.ClickException(exc.message) from None
+
+
+def env_items(values: tuple[str, ...]) -> list[str]:
+    """``-e KEY`` takes KEY from this shell, as docker does (skipped when unset)."""
+    items = []
+    for value in values:
+        if "=" in value:
+            items.append(value)
+        elif value in os.environ:
+            items.append(f"{value}={os.environ[value]}")
+        elif not value:
+            raise click.ClickException("invalid env '': expected KEY=VALUE")
+    return items
+
+
+@main.command(context_settings={"allow_interspersed_args": False})
+@click.option("--ttl", type=int, help="Seconds until the deadline (default 3600).")
+@click.option("--memory", "-m", help="Memory limit, e.g. 512m (swap disabled).")
+@click.option("--memory-reservation", help="Soft memory limit, e.g. 256m.")
+@click.option("--cpus", help="CPUs, e.g. 0.25.")
+@click.option("--pids-limit", type=int, help="Max processes (default 256).")
+@click.option("--grace", type=int, help="Seconds between SIGTERM and SIGKILL (default 30).")
+@click.option("--role", help="Role whose defaults apply.")
+@click.option("--name", help="A name, unique among live agents.")
+@click.option("-e", "--env", multiple=True, help="KEY=VALUE (or KEY, taken from this shell).")
+@click.option("--label", "-l", multiple=True, help="KEY=VALUE label on the container.")
+@click.option("--json", "as_json", is_flag=True, help="Print the agent record as JSON.")
+@click.argument("image")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+@api_errors
+def spawn(ctx: click.Context, image: str, command: tuple[str, ...], as_json: bool, env: tuple[str, ...],
+          label: tuple[str, ...], **options: Any) -> None:
+    """Start an agent container with limits and a deadline, like docker run -d.
+
+    Example: fleetd spawn --ttl 3600 --memory 512m --cpus 0.25 fleetd/agent-python python3 agent.py
+    """
+    request = {k: v for k, v in options.items() if v is not None}
+    request.update(image=image, command=list(command), env=env_items(env), labels=list(label))
+    agent = client(ctx).call("POST", "/v1/agents", request)
+    if as_json:
+        print_json(agent)
+    else:
+        click.echo(agent["id"])
+
+
+@main.command()
+@click.option("-a", "--all", "all_", is_flag=True, help="Show exited and removed agents too.")
+@click.option("-q", "--quiet", is_flag=True, help="Only ids.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+@api_errors
+def ps(ctx: click.Context, all_: bool, quiet: bool, as_json: bool) -> None:
+    """List agents (live ones unless -a).
+
+    Example: fleetd ps -a
+    """
+    agents = client(ctx).call("GET", "/v1/agents", query={"all": all_})
+    if as_json:
+        return print_json(agents)
+    if quiet:
+        for agent in agents:
+            click.echo(agent["id"])
+        return None
+    rows = [
+        [a["id"], a["name"], a["image"], a["role"], state_text(a), duration(a["ttl_remaining"]), ago(a["created_at"])]
+        for a in agents
+    ]
+    print_table(["ID", "NAME", "IMAGE", "ROLE", "STATE", "TTL", "CREATED"], rows)
+    return None
+
+
+@main.command()
+@click.argument("agent")
+@click.pass_context
+@api_errors
+def inspect(ctx: click.Context, agent: str) -> None:
+    """Show an agent's full record as JSON (spec, limits, transitions).
+
+    Example: fleetd inspect 3f9c2a
+    """
+    print_json(client(ctx).call("GET", f"/v1/agents/{agent}"))
+
+
+@main.command()
+@click.argument("agent")
+@click.option("-f", "--follow", is_flag=True, help="Keep streaming new output.")
+@click.option("-n", "--tail", type=click.IntRange(min=0), help="Only the last N lines.")
+@click.pass_context
+@api_errors
+def logs(ctx: click.Context, agent: str, follow: bool, tail: int | None) -> None:
+    """Print an agent's output (still there after it exits, for the retention period).
+
+    Example: fleetd logs -f 3f9c2a
+    """
+    out = sys.stdout.buffer
+    try:
+        for chunk in client(ctx).stream(f"/v1/agents/{agent}/logs", {"follow": follow, "tail": tail}):
+            out.write(chunk)
+            out.flush()
+    except KeyboardInterrupt:
+        pass
+
+
+@main.command()
+@click.option("-f", "--follow", is_flag=True, help="Keep streaming new events.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option("--since", type=click.IntRange(min=0), help="Only events after this event id.")
+@click.option("--agent", help="Only this agent's events.")
+@click.option("-n", "--limit", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.pass_context
+@api_errors
+def events(ctx: click.Context, follow: bool, as_json: bool, since: int | None, agent: str | None, limit: int) -> None:
+    """Show what happened: spawns, state changes, signals, OOM kills, orphans.
+
+    Example: fleetd events -f --json
+    """
+    def show(event: dict[str, Any]) -> None:
+        if as_json:
+            click.echo(json.dumps(event))
+        else:
+            who = event["agent_id"] or "-"
+            click.echo(f"{event['time']}  {event['type']:<20} {who:<12}  {event['message']}")
+
+    query = {"follow": follow, "since": since, "agent": agent, "limit": limit}
+    if not follow:
+        for event in client(ctx).call("GET", "/v1/events", query=query):
+            show(event)
+        return
+    buffer = b""
+    try:
+        for chunk in client(ctx).stream("/v1/events", query):
+            buffer += chunk
+            *lines, buffer = buffer.split(b"\n")
+            for line in lines:
+                if line.strip():
+                    show(json.loads(line))
+                    sys.stdout.flush()
+    except KeyboardInterrupt:
+        pass
+
+
+@main.command()
+@click.argument("agents", nargs=-1, required=True)
+@click.option("--grace", "-t", type=int, help="Seconds between SIGTERM and SIGKILL (default: the agent's).")
+@click.pass_context
+@api_errors
+def stop(ctx: click.Context, agents: tuple[str, ...], grace: int | None) -> None:
+    """Stop agents: SIGTERM, wait the grace period, SIGKILL.
+
+    Example: fleetd stop --grace 10 3f9c2a
+    """
+    for agent in agents:
+        body = {} if grace is None else {"grace": grace}
+        record = client(ctx).call("POST", f"/v1/agents/{agent}/stop", body)
+        click.echo(record["id"])
+
+
+@main.command()
+@click.argument("agents", nargs=-1, required=True)
+@click.option("--signal", "-s", default="SIGKILL", show_default=True)
+@click.pass_context
+@api_errors
+def kill(ctx: click.Context, agents: tuple[str, ...], signal: str) -> None:
+    """Kill agents now (SIGKILL), or send another signal.
+
+    Example: fleetd kill 3f9c2a
+    """
+    for agent in agents:
+        record = client(ctx).call("POST", f"/v1/agents/{agent}/kill", {"signal": signal})
+        click.echo(record["id"])
+
+
+@main.command()
+@click.argument("agent")
+@click.option("--ttl", type=int, required=True, help="New deadline: this many seconds from now.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+@api_errors
+def extend(ctx: click.Context, agent: str, ttl: int, as_json: bool) -> None:
+    """Move an agent's deadline to now + TTL seconds.
+
+    Example: fleetd extend 3f9c2a --ttl 600
+    """
+    record = client(ctx).call("POST", f"/v1/agents/{agent}/extend", {"ttl": ttl})
+    if as_json:
+        print_json(record)
+    else:
+        click.echo(f"{record['id']} deadline {record['deadline']}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+@api_errors
+def status(ctx: click.Context, as_json: bool) -> None:
+    """Show the daemon's health: Docker, agents by state, timers.
+
+    Example: fleetd status
+    """
+    info = client(ctx).call("GET", "/v1/status")
+    if as_json:
+        return print_json(info)
+    docker = info["docker"]
+    counts = ", ".join(f"{n} {s}" for s, n in info["agents"].items() if n) or "none"
+    click.echo(f"fleetd {info['version']}  instance {info['instance']}  pid {info['pid']}  "
+               f"up {duration(info['uptime_seconds'])}")
+    click.echo(f"socket     {info['socket']}")
+    click.echo(f"state dir  {info['state_dir']}")
+    click.echo(f"docker     {'connected' if docker['connected'] else 'DISCONNECTED'} "
+               f"(engine {docker['version']}, {docker['cpus']} CPUs)")
+    click.echo(f"agents     {counts}")
+    return None
+
+
+@main.command()
+@click.pass_context
+@api_errors
+def teardown(ctx: click.Context) -> None:
+    """Remove every Docker object of this instance (containers, networks, volumes).
+
+    Example: fleetd teardown
+    """
+    removed = client(ctx).call("POST", "/v1/teardown")["removed"]
+    click.echo(", ".join(f"{n} {kind} removed" for kind, n in removed.items()))

@@ -1,0 +1,59 @@
+"""How the CLI prints: tables like ``docker ps``, JSON for ``--json``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
+def ago(text: str | None) -> str:
+    """``3 minutes ago``, as docker shows times."""
+    if not text:
+        return "-"
+    seconds = (datetime.now(UTC) - datetime.fromisoformat(text)).total_seconds()
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size:
+            count = int(seconds // size)
+            return f"{count} {unit}{'s' if count > 1 else ''} ago"
+    return f"{max(0, int(seconds))} seconds ago"
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    total = int(seconds)
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def state_text(agent: dict[str, Any]) -> str:
+    state = agent["state"]
+    if agent.get("reason"):
+        state += f" ({agent['reason']}"
+        if agent.get("exit_code") is not None:
+            state += f", {agent['exit_code']}"
+        state += ")"
+    return state
+
+
+def print_table(headers: list[str], rows: list[list[str]]) -> None:
+    """A plain, aligned table (rich does the layout; no box, like docker)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
+    for header in headers:
+        table.add_column(header, no_wrap=True, overflow="ellipsis")
+    for row in rows:
+        table.add_row(*row)
+    console = Console(width=None if sys.stdout.isatty() else 250, highlight=False)
+    console.print(table)

@@ -1,0 +1,191 @@
+"""The control API: JSON over HTTP on the daemon's Unix socket (aiohttp).
+
+One route per CLI verb; docs/openapi.yaml describes each. Every error is a
+JSON body ``{"error": {"type", "code", "message"}}`` with a 4xx/5xx status.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from fleetd.errors import FleetdError, InvalidRequest
+from fleetd.supervisor import Supervisor
+
+log = logging.getLogger(__name__)
+SUPERVISOR = web.AppKey("supervisor", Supervisor)
+MAX_BODY = 1 << 20
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error_response(status: int, code: str, message: str) -> web.Response:
+    body = {"error": {"type": code, "code": code, "message": message}}
+    return web.json_response(body, status=status)
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Translate every failure into a JSON error, once, here."""
+    try:
+        return await handler(request)
+    except FleetdError as exc:
+        return web.json_response(exc.to_json(), status=exc.status)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(exc.status, "http_error")
+        return error_response(exc.status, code, exc.reason)
+    except Exception:
+        log.exception("internal error on %s %s", request.method, request.path)
+        return error_response(500, "internal_error", "internal error: see the daemon's log")
+
+
+async def body(request: web.Request) -> dict[str, Any]:
+    """The JSON object in the request body ({} when empty)."""
+    raw = await request.read()
+    if not raw.strip():
+        return {}
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"malformed JSON body: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest("the JSON body must be an object")
+    return data
+
+
+def flag(request: web.Request, name: str) -> bool:
+    value = request.query.get(name, "").lower()
+    if value in ("", "0", "false", "no"):
+        return False
+    if value in ("1", "true", "yes"):
+        return True
+    raise InvalidRequest(f"query parameter {name}: expected true or false, got {value!r}")
+
+
+def number(request: web.Request, name: str) -> int | None:
+    value = request.query.get(name)
+    if value is None or value == "":
+        return None
+    if not value.isdigit():
+        raise InvalidRequest(f"query parameter {name}: expected a whole number >= 0, got {value!r}")
+    return int(value)
+
+
+def sup(request: web.Request) -> Supervisor:
+    return request.app[SUPERVISOR]
+
+
+async def status(request: web.Request) -> web.Response:
+    return web.json_response(sup(request).status())
+
+
+async def list_agents(request: web.Request) -> web.Response:
+    return web.json_response(sup(request).list_agents(flag(request, "all")))
+
+
+async def spawn(request: web.Request) -> web.Response:
+    s = sup(request)
+    agent = await s.spawn(await body(request))
+    return web.json_response(s.agent_json(agent), status=201)
+
+
+async def inspect(request: web.Request) -> web.Response:
+    s = sup(request)
+    return web.json_response(s.agent_json(s.store.resolve(request.match_info["ref"]), detail=True))
+
+
+async def stop(request: web.Request) -> web.Response:
+    data = await body(request)
+    s = sup(request)
+    agent = await s.stop(request.match_info["ref"], data.get("grace"), bool(data.get("wait", True)))
+    return web.json_response(s.agent_json(agent))
+
+
+async def kill(request: web.Request) -> web.Response:
+    data = await body(request)
+    s = sup(request)
+    agent = await s.kill(request.match_info["ref"], data.get("signal") or "SIGKILL")
+    return web.json_response(s.agent_json(agent))
+
+
+async def extend(request: web.Request) -> web.Response:
+    data = await body(request)
+    if "ttl" not in data:
+        raise InvalidRequest("extend needs a ttl (seconds from now)")
+    s = sup(request)
+    agent = await s.extend(request.match_info["ref"], data["ttl"])
+    return web.json_response(s.agent_json(agent))
+
+
+async def logs(request: web.Request) -> web.StreamResponse:
+    s = sup(request)
+    chunks = await s.open_logs(request.match_info["ref"], flag(request, "follow"), number(request, "tail"))
+    response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+    await response.prepare(request)
+    try:
+        async for chunk in chunks:
+            await response.write(chunk)
+    except (ConnectionResetError, FleetdError):
+        pass
+    finally:
+        await chunks.aclose()  # type: ignore[attr-defined]
+    await response.write_eof()
+    return response
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    s = sup(request)
+    since = number(request, "since") or 0
+    limit = number(request, "limit") or 1000
+    agent_id = request.query.get("agent")
+    if agent_id:
+        agent_id = s.store.resolve(agent_id)["id"]
+    follow = flag(request, "follow")
+    queue = s.subscribe() if follow else None
+    try:
+        past = s.store.events(since, limit, agent_id)
+        if not follow:
+            return web.json_response(past)
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await response.prepare(request)
+        last = since
+        for event in past:
+            await response.write(json.dumps(event).encode() + b"\n")
+            last = event["id"]
+        assert queue is not None
+        while True:
+            event = await queue.get()
+            if event["id"] <= last or (agent_id and event["agent_id"] != agent_id):
+                continue
+            await response.write(json.dumps(event).encode() + b"\n")
+    except ConnectionResetError:
+        return web.Response()
+    finally:
+        if queue is not None:
+            s.unsubscribe(queue)
+
+
+async def teardown(request: web.Request) -> web.Response:
+    return web.json_response({"removed": await sup(request).teardown()})
+
+
+def init_app(supervisor: Supervisor) -> web.Application:
+    """The aiohttp application serving the control API."""
+    app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_BODY)
+    app[SUPERVISOR] = supervisor
+    app.router.add_get("/v1/status", status)
+    app.router.add_get("/v1/agents", list_agents)
+    app.router.add_post("/v1/agents", spawn)
+    app.router.add_get("/v1/agents/{ref}", inspect)
+    app.router.add_get("/v1/agents/{ref}/logs", logs)
+    app.router.add_post("/v1/agents/{ref}/stop", stop)
+    app.router.add_post("/v1/agents/{ref}/kill", kill)
+    app.router.add_post("/v1/agents/{ref}/extend", extend)
+    app.router.add_get("/v1/events", events)
+    app.router.add_post("/v1/teardown", teardown)
+    return app

@@ -1,0 +1,135 @@
+"""The daemon's configuration: parsed and validated here, used everywhere else.
+
+The file is TOML; every key is optional::
+
+    instance = "prod"
+    max_ttl = 86400            # the longest --ttl or extend a user may ask for
+    log_retention = 3600       # seconds an exited agent's container (and logs) is kept
+    max_exited = 100           # at most this many exited containers are kept
+    drain_on_exit = false      # stop every agent when the daemon stops
+
+    [defaults]                 # spawn limits when no flag gives one
+    memory = "512m"
+    cpus = 0.5
+    pids_limit = 256
+    ttl = 3600
+    grace = 30
+
+    [roles.researcher]         # per-role overrides of [defaults]
+    memory = "1g"
+    ttl = 7200
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fleetd.errors import InvalidRequest
+from fleetd.paths import DEFAULT_CONFIG, default_socket, default_state_dir
+from fleetd.units import NAME_PATTERN, parse_memory
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Spawn limits; ``None`` means "not set here, fall through"."""
+
+    memory: int | None = None
+    memory_reservation: int | None = None
+    cpus: float | None = None
+    pids_limit: int | None = None
+    ttl: int | None = None
+    grace: int | None = None
+
+    def over(self, base: Limits) -> Limits:
+        """These limits, with ``base`` filling what is unset."""
+        values = {
+            f.name: getattr(self, f.name) if getattr(self, f.name) is not None else getattr(base, f.name)
+            for f in dataclasses.fields(self)
+        }
+        return Limits(**values)
+
+
+BUILTIN_DEFAULTS = Limits(memory=512 << 20, cpus=1.0, pids_limit=256, ttl=3600, grace=30)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the daemon needs to know before it starts."""
+
+    instance: str = "default"
+    state_dir: Path = field(default_factory=default_state_dir)
+    socket: Path = field(default_factory=default_socket)
+    defaults: Limits = BUILTIN_DEFAULTS
+    roles: dict[str, Limits] = field(default_factory=dict)
+    max_ttl: int = 86400
+    max_grace: int = 3600
+    log_retention: int = 3600
+    max_exited: int = 100
+    drain_on_exit: bool = False
+
+    def limits_for(self, role: str | None) -> Limits:
+        """The spawn defaults for a role (the instance defaults when none)."""
+        if role is None or role == "default":
+            return self.defaults
+        if role not in self.roles:
+            known = ", ".join(sorted(self.roles)) or "none configured"
+            raise InvalidRequest(f"unknown role {role!r} (known roles: {known})")
+        return self.roles[role].over(self.defaults)
+
+
+def _limits(table: dict[str, Any], where: str) -> Limits:
+    known = {f.name for f in dataclasses.fields(Limits)}
+    unknown = set(table) - known
+    if unknown:
+        raise InvalidRequest(f"{where}: unknown keys {sorted(unknown)}")
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        if key in ("memory", "memory_reservation"):
+            values[key] = parse_memory(value, f"{where}.{key}")
+        elif key == "cpus":
+            if not isinstance(value, (int, float)) or value <= 0:
+                raise InvalidRequest(f"{where}.cpus: must be a number above 0")
+            values[key] = float(value)
+        else:
+            if not isinstance(value, int) or value < 0:
+                raise InvalidRequest(f"{where}.{key}: must be a whole number >= 0")
+            values[key] = value
+    return Limits(**values)
+
+
+def load_config(path: Path | None = None, **overrides: Any) -> Config:
+    """Read the config file (the default one only if it exists) and apply overrides.
+
+    ``overrides`` are the daemon's command-line flags; ``None`` values are ignored.
+    """
+    data: dict[str, Any] = {}
+    source = path or (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+    if source is not None:
+        try:
+            data = tomllib.loads(Path(source).read_text())
+        except OSError as exc:
+            raise InvalidRequest(f"cannot read config {source}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise InvalidRequest(f"config {source}: {exc}") from None
+    kwargs: dict[str, Any] = {}
+    for key in ("instance", "max_ttl", "max_grace", "log_retention", "max_exited", "drain_on_exit"):
+        if key in data:
+            kwargs[key] = data.pop(key)
+    for key in ("state_dir", "socket"):
+        if key in data:
+            kwargs[key] = Path(data.pop(key))
+    if "defaults" in data:
+        kwargs["defaults"] = _limits(data.pop("defaults"), "defaults").over(BUILTIN_DEFAULTS)
+    if "roles" in data:
+        kwargs["roles"] = {name: _limits(t, f"roles.{name}") for name, t in data.pop("roles").items()}
+    if data:
+        raise InvalidRequest(f"config {source}: unknown keys {sorted(data)}")
+    kwargs.update({k: v for k, v in overrides.items() if v is not None})
+    config = Config(**kwargs)
+    if not NAME_PATTERN.match(config.instance):
+        raise InvalidRequest(f"invalid instance name {config.instance!r}: use letters, digits, _ . -")
+    return config

@@ -1,0 +1,199 @@
+"""The daemon's lifecycle: serve -> startup -> main_loop -> shutdown.
+
+Signals only set a flag. SIGTERM (what ``systemctl stop`` sends) leaves the
+agents running, like Docker's live-restore, unless ``drain_on_exit`` is set;
+their deadlines are on disk and are enforced by the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import grp
+import logging
+import os
+import signal
+import socket
+import struct
+import time
+from pathlib import Path
+from typing import IO
+
+from aiohttp import web
+
+from fleetd import __version__
+from fleetd.api import init_app
+from fleetd.config import Config
+from fleetd.docker_events import DockerEventWatcher
+from fleetd.errors import DaemonAlreadyRunning, FleetdError, RuntimeUnavailable
+from fleetd.runtime import DockerRuntime
+from fleetd.sdnotify import notify, watchdog_period
+from fleetd.store import Store
+from fleetd.supervisor import Supervisor
+from fleetd.timers import Timers
+
+log = logging.getLogger("fleetd")
+DOCKER_WAIT = 30.0
+
+
+class Daemon:
+    """One fleetd instance: its lock, store, supervisor and socket."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.should_exit = asyncio.Event()
+        self._lock: IO[str] | None = None
+        self._runner: web.AppRunner | None = None
+        self._watcher: DockerEventWatcher | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def serve(self) -> None:
+        await self.startup()
+        try:
+            await self.main_loop()
+        finally:
+            await self.shutdown()
+
+    async def startup(self) -> None:
+        config = self.config
+        config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        self._lock = take_lock(config.state_dir / "fleetd.lock", config)
+        check_socket_free(config.socket)
+        self.store = Store(config.state_dir / "state.db")
+        self.store.claim_instance(config.instance)
+        self.runtime = await wait_for_docker(config.instance)
+        self.timers = Timers()
+        self.timers.start()
+        self.supervisor = Supervisor(config, self.store, self.runtime, self.timers)
+        loop = asyncio.get_running_loop()
+        s = self.supervisor
+        self._watcher = DockerEventWatcher(
+            self.runtime, loop, s.on_docker_event, s.on_docker_reconnect, s.on_docker_disconnect
+        )
+        # Watch before reconciling, so no exit falls between the two.
+        self._watcher.start(since=time.time())
+        await self.supervisor.start()
+        self._runner = web.AppRunner(init_app(self.supervisor), handle_signals=False, shutdown_timeout=2.0)
+        await self._runner.setup()
+        config.socket.parent.mkdir(parents=True, exist_ok=True)
+        await web.UnixSite(self._runner, str(config.socket)).start()
+        secure_socket(config.socket)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.should_exit.set)
+        period = watchdog_period()
+        if period:
+            self._tasks.append(asyncio.create_task(self._watchdog(period)))
+        self.store.add_event("daemon_started", f"fleetd {__version__} started (pid {os.getpid()})")
+        log.info("fleetd %s instance %s listening on %s", __version__, config.instance, config.socket)
+        notify(f"READY=1\nSTATUS=serving on {config.socket}\nMAINPID={os.getpid()}")
+
+    async def main_loop(self) -> None:
+        await self.should_exit.wait()
+
+    async def shutdown(self) -> None:
+        notify("STOPPING=1")
+        log.info("fleetd stopping")
+        for task in self._tasks:
+            task.cancel()
+        if self.config.drain_on_exit and hasattr(self, "supervisor"):
+            await self.supervisor.drain()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self.config.socket.is_socket():
+            self.config.socket.unlink()
+        if self._watcher is not None:
+            await asyncio.to_thread(self._watcher.stop)
+        if hasattr(self, "timers"):
+            self.timers.shutdown()
+        if hasattr(self, "supervisor"):
+            self.store.add_event("daemon_stopped", "fleetd stopped; agents keep running")
+            self.supervisor.close()
+        if hasattr(self, "store"):
+            self.store.close()
+        if self._lock is not None:
+            self._lock.close()
+
+    async def _watchdog(self, period: float) -> None:
+        """Ping systemd's watchdog while the event loop is alive."""
+        while True:
+            notify("WATCHDOG=1")
+            await asyncio.sleep(period)
+
+
+def take_lock(path: Path, config: Config) -> IO[str]:
+    """Hold an exclusive lock on the state dir; name the holder when another daemon has it."""
+    handle = open(path, "a+")  # noqa: SIM115 - held open for the daemon's lifetime
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise DaemonAlreadyRunning(
+            f"another fleetd daemon ({holder}) already uses state dir {config.state_dir}"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()}, instance {config.instance}, socket {config.socket}\n")
+    handle.flush()
+    return handle
+
+
+def check_socket_free(path: Path) -> None:
+    """Refuse a socket another daemon answers on; remove a stale one."""
+    if not path.exists() and not path.is_symlink():
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        path.unlink()  # nobody listens: stale, left by a daemon that was killed
+        return
+    else:
+        creds = probe.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        pid = struct.unpack("3i", creds)[0]
+        raise DaemonAlreadyRunning(f"another fleetd daemon (pid {pid}) is listening on {path}")
+    finally:
+        probe.close()
+
+
+def secure_socket(path: Path) -> None:
+    """Mode 0660; group ``fleetd`` when that group exists (like docker.sock and ``docker``)."""
+    try:
+        os.chown(path, -1, grp.getgrnam("fleetd").gr_gid)
+    except KeyError:
+        pass
+    os.chmod(path, 0o660)
+
+
+async def wait_for_docker(instance: str) -> DockerRuntime:
+    """Connect to the engine, waiting a little for one that is still starting."""
+    deadline = time.monotonic() + DOCKER_WAIT
+    while True:
+        try:
+            runtime = DockerRuntime(instance)
+            await asyncio.to_thread(runtime.ping)
+            return runtime
+        except RuntimeUnavailable as exc:
+            if time.monotonic() > deadline:
+                raise
+            log.warning("waiting for the Docker engine: %s", exc.message)
+            notify("STATUS=waiting for the Docker engine")
+            await asyncio.sleep(1)
+
+
+def run(config: Config) -> int:
+    """Run the daemon until SIGTERM/SIGINT; return the process exit code."""
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s"
+        if os.environ.get("JOURNAL_STREAM")
+        else "%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    try:
+        asyncio.run(Daemon(config).serve())
+    except FleetdError as exc:
+        log.error("%s", exc.message)
+        return 1
+    return 0

@@ -1,0 +1,76 @@
+"""Agent states, reasons and the spawn spec: plain values, no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+
+class State(StrEnum):
+    CREATED = "created"  # row written, container not yet started
+    RUNNING = "running"
+    STOPPING = "stopping"  # SIGTERM sent, SIGKILL due at kill_at
+    EXITED = "exited"  # container stopped; kept for logs until retention ends
+    REMOVED = "removed"  # container gone
+    FAILED = "failed"  # never started
+
+
+LIVE_STATES = (State.CREATED, State.RUNNING, State.STOPPING)
+
+
+class Reason(StrEnum):
+    TTL_EXPIRED = "ttl_expired"
+    STOPPED = "stopped"
+    KILLED = "killed"
+    OOM_KILLED = "oom_killed"
+    EXITED = "exited"
+    START_FAILED = "start_failed"
+    LOST = "lost"  # the container vanished while nobody watched
+    TEARDOWN = "teardown"
+    DRAINED = "drained"
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    """What the user asked for, after validation and defaults."""
+
+    image: str
+    command: tuple[str, ...] = ()
+    name: str | None = None
+    role: str = "default"
+    env: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    memory: int | None = None
+    memory_reservation: int | None = None
+    nano_cpus: int | None = None
+    pids_limit: int = 256
+    ttl: int = 3600
+    grace: int = 30
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["command"] = list(self.command)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> AgentSpec:
+        return cls(**{**data, "command": tuple(data.get("command") or ())})
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso(moment: datetime | None) -> str | None:
+    """ISO 8601 in UTC with a ``Z``, the one time format fleetd shows and stores."""
+    if moment is None:
+        return None
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_iso(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    return datetime.fromisoformat(text)

@@ -1,0 +1,208 @@
+"""The Docker adapter: the only module that imports the docker SDK.
+
+Every method is blocking; the supervisor runs them in a thread pool, off the
+event loop. Docker's exceptions are translated once, in ``docker_errors``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import docker
+import docker.errors
+import requests.exceptions
+from docker.types import LogConfig
+
+from fleetd.errors import ImageNotFound, NotFound, RuntimeFailure, RuntimeUnavailable
+from fleetd.models import AgentSpec
+
+log = logging.getLogger(__name__)
+
+LABEL_INSTANCE = "fleetd.instance"
+LABEL_AGENT = "fleetd.agent-id"
+LABEL_NAME = "fleetd.name"
+LABEL_ROLE = "fleetd.role"
+LABEL_KIND = "fleetd.kind"
+# A container's json-file log is capped so a chatty agent cannot fill the disk.
+LOG_CONFIG = {"max-size": "10m", "max-file": "3"}
+POOL_SIZE = 64
+
+
+@contextmanager
+def docker_errors(image: str | None = None) -> Iterator[None]:
+    """Translate the docker SDK's exceptions into fleetd's, once, here."""
+    try:
+        yield
+    except docker.errors.ImageNotFound:
+        raise ImageNotFound(
+            f"image {image!r} not found locally: build or load it (fleetd images build, docker load)"
+        ) from None
+    except docker.errors.NotFound as exc:
+        raise NotFound(str(exc.explanation or exc)) from None
+    except docker.errors.APIError as exc:
+        raise RuntimeFailure(f"docker: {exc.explanation or exc}") from None
+    except (requests.exceptions.ConnectionError, docker.errors.DockerException) as exc:
+        raise RuntimeUnavailable(f"cannot reach the Docker engine: {exc}") from None
+
+
+class DockerRuntime:
+    """Containers, networks and the event stream of one fleetd instance."""
+
+    def __init__(self, instance: str) -> None:
+        self.instance = instance
+        self.network = f"fleetd-{instance}-agents"
+        with docker_errors():
+            self.client = docker.from_env(max_pool_size=POOL_SIZE)
+        self.api = self.client.api
+        self._network_ready = False
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return {LABEL_INSTANCE: self.instance}
+
+    @property
+    def label_filter(self) -> dict[str, Any]:
+        return {"label": f"{LABEL_INSTANCE}={self.instance}"}
+
+    def info(self) -> dict[str, Any]:
+        with docker_errors():
+            info: dict[str, Any] = self.api.info()
+            return info
+
+    def ping(self) -> None:
+        with docker_errors():
+            self.api.ping()
+
+    def ensure_network(self) -> str:
+        """The instance's private agent network: internal, no inter-agent traffic."""
+        if self._network_ready:
+            return self.network
+        with docker_errors():
+            if not self.api.networks(names=[self.network], filters=self.label_filter):
+                try:
+                    self.api.create_network(
+                        self.network,
+                        driver="bridge",
+                        internal=True,
+                        options={"com.docker.network.bridge.enable_icc": "false"},
+                        labels={**self.labels, LABEL_KIND: "agents"},
+                    )
+                except docker.errors.APIError as exc:
+                    if exc.status_code != 409:  # created by a racing spawn
+                        raise
+        self._network_ready = True
+        return self.network
+
+    def create_and_start(self, agent_id: str, spec: AgentSpec) -> str:
+        """Create and start the agent's container; return its id."""
+        network = self.ensure_network()
+        host_config = self.api.create_host_config(
+            mem_limit=spec.memory,
+            # Swap equal to memory: no swap, so the memory limit is real.
+            memswap_limit=spec.memory,
+            mem_reservation=spec.memory_reservation,
+            nano_cpus=spec.nano_cpus,
+            pids_limit=spec.pids_limit,
+            init=True,
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges:true"],
+            network_mode=network,
+            log_config=LogConfig(type="json-file", config=LOG_CONFIG),
+        )
+        labels = {
+            **spec.labels,
+            **self.labels,
+            LABEL_AGENT: agent_id,
+            LABEL_NAME: spec.name or agent_id,
+            LABEL_ROLE: spec.role,
+            LABEL_KIND: "agent",
+        }
+        env = {**spec.env, "FLEETD_AGENT_ID": agent_id}
+        with docker_errors(spec.image):
+            created = self.api.create_container(
+                spec.image,
+                command=list(spec.command) or None,
+                name=f"fleetd-{self.instance}-{agent_id}",
+                environment=env,
+                labels=labels,
+                host_config=host_config,
+            )
+            container_id: str = created["Id"]
+            try:
+                self.api.start(container_id)
+            except docker.errors.APIError:
+                self.api.remove_container(container_id, force=True)
+                raise
+        return container_id
+
+    def signal(self, container_id: str, signal: str) -> bool:
+        """Send a signal; False when the container is not running (nothing to signal)."""
+        try:
+            with docker_errors():
+                self.api.kill(container_id, signal=signal)
+        except (NotFound, RuntimeFailure) as exc:
+            if isinstance(exc, NotFound) or "is not running" in exc.message:
+                return False
+            raise
+        return True
+
+    def inspect(self, container_id: str) -> dict[str, Any] | None:
+        """The container's inspect document, or None when it does not exist."""
+        try:
+            with docker_errors():
+                data: dict[str, Any] = self.api.inspect_container(container_id)
+                return data
+        except NotFound:
+            return None
+
+    def remove(self, container_id: str) -> None:
+        try:
+            with docker_errors():
+                self.api.remove_container(container_id, force=True, v=True)
+        except NotFound:
+            pass
+
+    def containers(self) -> list[dict[str, Any]]:
+        """Every container of this instance, running or not."""
+        with docker_errors():
+            found: list[dict[str, Any]] = self.api.containers(all=True, filters=self.label_filter)
+            return found
+
+    def logs(self, container_id: str, follow: bool, tail: int | None) -> Any:
+        """A stream of raw log bytes (stdout and stderr), cancellable with ``close()``."""
+        with docker_errors():
+            return self.api.logs(
+                container_id, stream=True, follow=follow, tail="all" if tail is None else tail
+            )
+
+    def events(self, since: float | None) -> Any:
+        """The engine's event stream for this instance's containers."""
+        with docker_errors():
+            filters = {**self.label_filter, "type": "container"}
+            return self.api.events(since=since, filters=filters, decode=True)
+
+    def teardown(self) -> dict[str, int]:
+        """Remove every container, network and volume labelled with this instance."""
+        removed = {"containers": 0, "networks": 0, "volumes": 0}
+        with docker_errors():
+            for container in self.api.containers(all=True, filters=self.label_filter):
+                self.remove(container["Id"])
+                removed["containers"] += 1
+            for network in self.api.networks(filters=self.label_filter):
+                try:
+                    self.api.remove_network(network["Id"])
+                    removed["networks"] += 1
+                except docker.errors.NotFound:
+                    pass
+            volumes = self.api.volumes(filters=self.label_filter).get("Volumes") or []
+            for volume in volumes:
+                try:
+                    self.api.remove_volume(volume["Name"], force=True)
+                    removed["volumes"] += 1
+                except docker.errors.NotFound:
+                    pass
+        self._network_ready = False
+        return removed

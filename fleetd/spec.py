@@ -1,0 +1,97 @@
+"""Turn a spawn request into an ``AgentSpec``: every check, no I/O."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fleetd.config import Config
+from fleetd.errors import InvalidRequest
+from fleetd.models import AgentSpec
+from fleetd.units import NAME_PATTERN, parse_cpus, parse_memory, parse_pairs
+
+SPAWN_FIELDS = {
+    "image", "command", "name", "role", "env", "labels", "memory",
+    "memory_reservation", "cpus", "pids_limit", "ttl", "grace",
+}
+# Names the daemon sets itself; a user may not override them.
+RESERVED_ENV_PREFIX = "FLEETD_"
+RESERVED_LABEL_PREFIX = "fleetd."
+
+
+def whole_number(value: Any, flag: str, low: int, high: int | None = None) -> int:
+    """An int within [low, high], or a clear error naming the flag."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            value = int(value)
+        else:
+            raise InvalidRequest(f"{flag}: expected a whole number, got {value!r}")
+    if value < low:
+        raise InvalidRequest(f"{flag}: must be at least {low}, got {value}")
+    if high is not None and value > high:
+        raise InvalidRequest(f"{flag}: must be at most {high}, got {value}")
+    return value
+
+
+def ttl_seconds(value: Any, config: Config) -> int:
+    """A TTL (spawn or extend): above zero and at most the configured maximum."""
+    return whole_number(value, "--ttl", 1, config.max_ttl)
+
+
+def build_spec(request: Any, config: Config, host_cpus: int) -> AgentSpec:
+    """Validate a spawn request against the config; raise ``InvalidRequest`` on any fault."""
+    if not isinstance(request, dict):
+        raise InvalidRequest("spawn request must be a JSON object")
+    unknown = set(request) - SPAWN_FIELDS
+    if unknown:
+        raise InvalidRequest(f"unknown spawn fields: {sorted(unknown)}")
+    image = request.get("image")
+    if not isinstance(image, str) or not image.strip():
+        raise InvalidRequest("an image is required")
+    command = request.get("command") or []
+    if not isinstance(command, list) or not all(isinstance(a, str) for a in command):
+        raise InvalidRequest("command must be a list of strings")
+    name = request.get("name")
+    if name is not None and (not isinstance(name, str) or not NAME_PATTERN.match(name)):
+        raise InvalidRequest(
+            f"invalid name {name!r}: 1-63 letters, digits, _ . - starting with a letter or digit"
+        )
+    role = request.get("role") or "default"
+    if not isinstance(role, str):
+        raise InvalidRequest("role must be a string")
+    limits = config.limits_for(role)
+
+    env = parse_pairs(request.get("env"), "env")
+    for key in env:
+        if key.startswith(RESERVED_ENV_PREFIX):
+            raise InvalidRequest(f"env {key!r}: the FLEETD_ prefix is reserved for the daemon")
+    labels = parse_pairs(request.get("labels"), "label")
+    for key in labels:
+        if key.startswith(RESERVED_LABEL_PREFIX):
+            raise InvalidRequest(f"label {key!r}: the fleetd. prefix is reserved for the daemon")
+
+    def pick(key: str) -> Any:
+        value = request.get(key)
+        return getattr(limits, key) if value is None else value
+
+    memory = pick("memory")
+    memory = None if memory is None else parse_memory(memory, "--memory")
+    reservation = pick("memory_reservation")
+    reservation = None if reservation is None else parse_memory(reservation, "--memory-reservation")
+    if memory is not None and reservation is not None and reservation > memory:
+        raise InvalidRequest("--memory-reservation must be smaller than --memory")
+    cpus = pick("cpus")
+    nano_cpus = None if cpus is None else parse_cpus(cpus, host_cpus)
+    return AgentSpec(
+        image=image.strip(),
+        command=tuple(command),
+        name=name,
+        role=role,
+        env=env,
+        labels=labels,
+        memory=memory,
+        memory_reservation=reservation,
+        nano_cpus=nano_cpus,
+        pids_limit=whole_number(pick("pids_limit"), "--pids-limit", 1),
+        ttl=ttl_seconds(pick("ttl"), config),
+        grace=whole_number(pick("grace"), "--grace", 0, config.max_grace),
+    )

@@ -1,0 +1,227 @@
+"""The SQLite adapter: agents, their state transitions and events are rows.
+
+One connection, used from the daemon's event loop only. WAL mode: a SIGKILL of
+the daemon loses no committed row. Each state change, its transition row and
+its event are written in one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+from sqlite_utils.migrations import Migrations
+
+from fleetd.errors import InvalidRequest, NotFound
+from fleetd.models import LIVE_STATES, State, iso, utcnow
+
+migrations = Migrations("fleetd")
+
+
+@migrations()
+def m001_initial(db: sqlite_utils.Database) -> None:
+    db.execute(
+        """CREATE TABLE agents (
+            id TEXT PRIMARY KEY, name TEXT NOT NULL, image TEXT NOT NULL,
+            role TEXT NOT NULL, state TEXT NOT NULL, reason TEXT,
+            container_id TEXT, created_at TEXT NOT NULL, started_at TEXT,
+            finished_at TEXT, deadline TEXT, kill_at TEXT, exit_code INTEGER,
+            oom_killed INTEGER NOT NULL DEFAULT 0, last_heartbeat TEXT,
+            spec TEXT NOT NULL)"""
+    )
+    db.execute("CREATE INDEX agents_state ON agents(state)")
+    db.execute("CREATE INDEX agents_name ON agents(name)")
+    db.execute(
+        """CREATE TABLE transitions (
+            id INTEGER PRIMARY KEY, agent_id TEXT NOT NULL, at TEXT NOT NULL,
+            from_state TEXT, to_state TEXT NOT NULL, reason TEXT)"""
+    )
+    db.execute("CREATE INDEX transitions_agent ON transitions(agent_id)")
+    db.execute(
+        """CREATE TABLE events (
+            id INTEGER PRIMARY KEY, at TEXT NOT NULL, agent_id TEXT,
+            type TEXT NOT NULL, message TEXT NOT NULL, data TEXT)"""
+    )
+    db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+
+
+AGENT_COLUMNS = (
+    "name", "image", "role", "state", "reason", "container_id", "created_at",
+    "started_at", "finished_at", "deadline", "kill_at", "exit_code", "oom_killed",
+    "last_heartbeat", "spec",
+)
+
+
+class Store:
+    """Durable state of one fleetd instance."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        conn = sqlite3.connect(str(path), isolation_level=None)
+        self.db = sqlite_utils.Database(conn)
+        self.db.enable_wal()
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA busy_timeout=5000")
+        migrations.apply(self.db)
+        self.conn = conn
+        self.on_event: Callable[[dict[str, Any]], None] | None = None
+
+    def close(self) -> None:
+        self.conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    # -- meta ---------------------------------------------------------------
+    def meta(self, key: str) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    def claim_instance(self, instance: str) -> None:
+        """Bind this state dir to one instance name; refuse another."""
+        owner = self.meta("instance")
+        if owner is None:
+            self.set_meta("instance", instance)
+        elif owner != instance:
+            raise InvalidRequest(
+                f"state dir {self.path.parent} belongs to instance {owner!r}, not {instance!r}"
+            )
+
+    # -- agents -------------------------------------------------------------
+    def insert_agent(self, agent_id: str, **fields: Any) -> dict[str, Any]:
+        fields = {"id": agent_id, **fields}
+        names = ", ".join(fields)
+        marks = ", ".join("?" for _ in fields)
+        with self.transaction():
+            self.conn.execute(f"INSERT INTO agents ({names}) VALUES ({marks})", list(fields.values()))
+            self._transition_row(agent_id, None, fields["state"], fields.get("reason"))
+        self.add_event("created", f"agent {fields['name']} created", agent_id, {"image": fields["image"]})
+        return self.get(agent_id)  # type: ignore[return-value]
+
+    def get(self, agent_id: str) -> dict[str, Any] | None:
+        rows = list(self.db.query("SELECT * FROM agents WHERE id = ?", [agent_id]))
+        return rows[0] if rows else None
+
+    def resolve(self, ref: str) -> dict[str, Any]:
+        """Find an agent by id, by name (a live one first), or by unique id prefix."""
+        row = self.get(ref)
+        if row:
+            return row
+        rows = list(
+            self.db.query(
+                "SELECT * FROM agents WHERE name = ? ORDER BY state NOT IN (?, ?, ?), created_at DESC",
+                [ref, *LIVE_STATES],
+            )
+        )
+        if rows:
+            return rows[0]
+        if len(ref) >= 3:
+            like = ref.replace("%", "").replace("_", "") + "%"
+            rows = list(self.db.query("SELECT * FROM agents WHERE id LIKE ? LIMIT 2", [like]))
+            if len(rows) == 1:
+                return rows[0]
+            if len(rows) > 1:
+                raise InvalidRequest(f"{ref!r} matches more than one agent: use more of the id")
+        raise NotFound(f"no such agent: {ref}")
+
+    def agents(self, states: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+        if states is None:
+            return list(self.db.query("SELECT * FROM agents ORDER BY created_at"))
+        marks = ", ".join("?" for _ in states)
+        return list(
+            self.db.query(f"SELECT * FROM agents WHERE state IN ({marks}) ORDER BY created_at", list(states))
+        )
+
+    def live_name_owner(self, name: str) -> str | None:
+        marks = ", ".join("?" for _ in LIVE_STATES)
+        row = self.conn.execute(
+            f"SELECT id FROM agents WHERE name = ? AND state IN ({marks})", [name, *LIVE_STATES]
+        ).fetchone()
+        return row[0] if row else None
+
+    def update(self, agent_id: str, **fields: Any) -> dict[str, Any]:
+        """Change fields that are not the state (deadline, heartbeat …)."""
+        self._update(agent_id, fields)
+        return self.get(agent_id)  # type: ignore[return-value]
+
+    def transition(self, agent_id: str, state: State, reason: str | None = None, **fields: Any) -> dict[str, Any]:
+        """Move an agent to a new state, recording the transition and an event."""
+        before = self.get(agent_id)
+        if before is None:
+            raise NotFound(f"no such agent: {agent_id}")
+        with self.transaction():
+            self._update(agent_id, {"state": state.value, "reason": reason, **fields})
+            self._transition_row(agent_id, before["state"], state.value, reason)
+        message = f"{before['state']} -> {state.value}" + (f" ({reason})" if reason else "")
+        data = {"from": before["state"], "to": state.value, "reason": reason}
+        if "exit_code" in fields:
+            data["exit_code"] = fields["exit_code"]
+        self.add_event("state", message, agent_id, data)
+        return self.get(agent_id)  # type: ignore[return-value]
+
+    def _update(self, agent_id: str, fields: dict[str, Any]) -> None:
+        bad = set(fields) - set(AGENT_COLUMNS)
+        if bad:
+            raise ValueError(f"not agent columns: {bad}")
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        self.conn.execute(f"UPDATE agents SET {sets} WHERE id = ?", [*fields.values(), agent_id])
+
+    def _transition_row(self, agent_id: str, before: str | None, after: str, reason: str | None) -> None:
+        self.conn.execute(
+            "INSERT INTO transitions (agent_id, at, from_state, to_state, reason) VALUES (?, ?, ?, ?, ?)",
+            (agent_id, iso(utcnow()), before, after, reason),
+        )
+
+    def transitions(self, agent_id: str) -> list[dict[str, Any]]:
+        return list(
+            self.db.query(
+                "SELECT at, from_state, to_state, reason FROM transitions WHERE agent_id = ? ORDER BY id",
+                [agent_id],
+            )
+        )
+
+    # -- events -------------------------------------------------------------
+    def add_event(
+        self, type_: str, message: str, agent_id: str | None = None, data: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        at = iso(utcnow())
+        cursor = self.conn.execute(
+            "INSERT INTO events (at, agent_id, type, message, data) VALUES (?, ?, ?, ?, ?)",
+            (at, agent_id, type_, message, json.dumps(data or {})),
+        )
+        event = {"id": cursor.lastrowid, "time": at, "agent_id": agent_id, "type": type_,
+                 "message": message, "data": data or {}}
+        if self.on_event is not None:
+            self.on_event(event)
+        return event
+
+    def events(self, since: int = 0, limit: int = 1000, agent_id: str | None = None) -> list[dict[str, Any]]:
+        sql = "SELECT * FROM events WHERE id > ?"
+        params: list[Any] = [since]
+        if agent_id:
+            sql += " AND agent_id = ?"
+            params.append(agent_id)
+        sql += " ORDER BY id DESC LIMIT ?"
+        params.append(limit)
+        rows = list(self.db.query(sql, params))
+        rows.reverse()
+        return [
+            {"id": r["id"], "time": r["at"], "agent_id": r["agent_id"], "type": r["type"],
+             "message": r["message"], "data": json.loads(r["data"] or "{}")}
+            for r in rows
+        ]

@@ -1,0 +1,479 @@
+"""The supervisor: agent lifecycle, deadlines, exits and re-adoption.
+
+It owns the store and the timers, and calls the Docker adapter in a thread
+pool so the event loop never blocks on the engine. Its decisions come from
+``decisions``; this module only carries them out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import logging
+import os
+import secrets
+import signal as signals
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from typing import Any, TypeVar
+
+from fleetd import __version__
+from fleetd.config import Config
+from fleetd.decisions import (
+    Adopt,
+    MarkLost,
+    RecordExit,
+    RemoveOrphan,
+    deadline_for,
+    exit_reason,
+    expired_exits,
+    kill_time,
+    plan_reconcile,
+)
+from fleetd.errors import Conflict, FleetdError, InvalidRequest, NotFound
+from fleetd.models import LIVE_STATES, AgentSpec, Reason, State, iso, parse_iso, utcnow
+from fleetd.runtime import LABEL_AGENT, POOL_SIZE, DockerRuntime
+from fleetd.spec import build_spec, ttl_seconds, whole_number
+from fleetd.store import Store
+from fleetd.timers import Timers
+from fleetd.units import format_bytes
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+JANITOR_PERIOD = 30.0
+
+
+class Supervisor:
+    """Carries out every verb of the API against Docker and the store."""
+
+    def __init__(self, config: Config, store: Store, runtime: DockerRuntime, timers: Timers) -> None:
+        self.config = config
+        self.store = store
+        self.runtime = runtime
+        self.timers = timers
+        self.executor = ThreadPoolExecutor(max_workers=POOL_SIZE, thread_name_prefix="docker")
+        self.started = time.monotonic()
+        self.host_cpus = 1
+        self.docker_version = "?"
+        self.docker_connected = False
+        self._oom_seen: set[str] = set()
+        self._exited: dict[str, asyncio.Event] = collections.defaultdict(asyncio.Event)
+        self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
+        store.on_event = self._publish
+
+    async def call(self, func: Callable[..., T], *args: Any) -> T:
+        """Run a blocking Docker call off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, func, *args)
+
+    # -- startup ------------------------------------------------------------
+    async def start(self) -> None:
+        """Learn the engine, re-adopt what runs, arm every timer."""
+        info = await self.call(self.runtime.info)
+        self.host_cpus = int(info.get("NCPU") or 1)
+        self.docker_version = str(info.get("ServerVersion") or "?")
+        self.docker_connected = True
+        await self.call(self.runtime.ensure_network)
+        await self.resync(startup=True)
+        for agent in self.store.agents((State.EXITED, State.FAILED)):
+            self._exited[agent["id"]].set()
+        self.timers.every("janitor", JANITOR_PERIOD, self.janitor)
+
+    async def resync(self, startup: bool = False) -> None:
+        """Make the store match Docker: adopt, record exits, mark lost, remove orphans."""
+        containers = [
+            {"id": c["Id"], "agent_id": (c.get("Labels") or {}).get(LABEL_AGENT), "running": c["State"] == "running"}
+            for c in await self.call(self.runtime.containers)
+        ]
+        agents = self.store.agents()
+        for action in plan_reconcile(agents, containers):
+            match action:
+                case Adopt(agent_id, container_id):
+                    await self._adopt(agent_id, container_id, startup)
+                case RecordExit(agent_id, container_id):
+                    await self._record_exit(agent_id, container_id)
+                case MarkLost(agent_id):
+                    self.store.transition(agent_id, State.EXITED, Reason.LOST, finished_at=iso(utcnow()))
+                    self._finished(agent_id)
+                case RemoveOrphan(container_id, label):
+                    self.store.add_event(
+                        "orphan_removed",
+                        f"container {container_id[:12]} carries this instance's label but no agent "
+                        f"record (agent id {label!r}): removed",
+                        None,
+                        {"container_id": container_id, "agent_label": label},
+                    )
+                    await self.call(self.runtime.remove, container_id)
+
+    async def _adopt(self, agent_id: str, container_id: str, startup: bool) -> None:
+        agent = self.store.get(agent_id)
+        assert agent is not None
+        if agent["state"] == State.CREATED:
+            agent = self.store.transition(
+                agent_id, State.RUNNING, None, container_id=container_id, started_at=iso(utcnow())
+            )
+        if startup:
+            self.store.add_event("adopted", f"re-adopted running container {container_id[:12]}", agent_id)
+        if agent["state"] == State.RUNNING:
+            self._arm_deadline(agent)
+        elif agent["state"] == State.STOPPING:
+            kill_at = parse_iso(agent["kill_at"]) or utcnow()
+            if kill_at > utcnow():
+                # The SIGTERM may not have gone out before the daemon died: send it again.
+                await self.call(self.runtime.signal, container_id, "SIGTERM")
+            self.timers.at(f"kill:{agent_id}", kill_at, self.force_kill, agent_id)
+
+    # -- spawn --------------------------------------------------------------
+    async def spawn(self, request: Any) -> dict[str, Any]:
+        """Validate, record, create and start an agent; arm its deadline."""
+        spec = build_spec(request, self.config, self.host_cpus)
+        agent_id = secrets.token_hex(6)
+        name = spec.name or agent_id
+        owner = self.store.live_name_owner(name)
+        if owner is not None:
+            raise Conflict(f"name {name!r} is already in use by agent {owner}")
+        now = utcnow()
+        self.store.insert_agent(
+            agent_id,
+            name=name,
+            image=spec.image,
+            role=spec.role,
+            state=State.CREATED.value,
+            created_at=iso(now),
+            deadline=iso(deadline_for(now, spec.ttl)),
+            spec=_dumps(spec.to_json()),
+        )
+        try:
+            container_id = await self.call(self.runtime.create_and_start, agent_id, spec)
+        except InvalidRequest:
+            # Bad input (unknown image, bad reference): leave no trace.
+            self.store.conn.execute("DELETE FROM agents WHERE id = ?", (agent_id,))
+            self.store.conn.execute("DELETE FROM transitions WHERE agent_id = ?", (agent_id,))
+            self.store.conn.execute("DELETE FROM events WHERE agent_id = ?", (agent_id,))
+            raise
+        except FleetdError as exc:
+            self.store.transition(agent_id, State.FAILED, Reason.START_FAILED, finished_at=iso(utcnow()))
+            self.store.add_event("start_failed", exc.message, agent_id)
+            self._finished(agent_id)
+            raise
+        agent = self.store.get(agent_id)
+        assert agent is not None
+        if agent["state"] == State.CREATED:
+            agent = self.store.transition(
+                agent_id, State.RUNNING, None, container_id=container_id, started_at=iso(utcnow())
+            )
+            self._arm_deadline(agent)
+        else:  # it already exited: the die event beat us here
+            agent = self.store.update(agent_id, container_id=container_id)
+        return agent
+
+    def _arm_deadline(self, agent: dict[str, Any]) -> None:
+        deadline = parse_iso(agent["deadline"])
+        assert deadline is not None
+        self.timers.at(f"deadline:{agent['id']}", deadline, self.expire, agent["id"])
+
+    # -- ending an agent ----------------------------------------------------
+    async def expire(self, agent_id: str) -> None:
+        """The deadline timer: SIGTERM now, SIGKILL after the grace period."""
+        agent = self.store.get(agent_id)
+        if agent and agent["state"] == State.RUNNING:
+            await self._terminate(agent, Reason.TTL_EXPIRED, _spec(agent).grace)
+
+    async def _terminate(self, agent: dict[str, Any], reason: Reason, grace: int) -> dict[str, Any]:
+        now = utcnow()
+        kill_at = kill_time(now, grace)
+        self.timers.cancel(f"deadline:{agent['id']}")
+        agent = self.store.transition(agent["id"], State.STOPPING, reason, kill_at=iso(kill_at))
+        signal = "SIGKILL" if grace == 0 else "SIGTERM"
+        sent = await self.call(self.runtime.signal, agent["container_id"], signal)
+        self.store.add_event(
+            "signal", f"{signal} sent ({reason})", agent["id"], {"signal": signal, "sent": sent, "grace": grace}
+        )
+        if not sent:
+            await self._record_exit(agent["id"], agent["container_id"])
+        elif grace > 0:
+            self.timers.at(f"kill:{agent['id']}", kill_at, self.force_kill, agent["id"])
+        return agent
+
+    async def force_kill(self, agent_id: str) -> None:
+        """The grace period ended and the agent still runs: SIGKILL."""
+        agent = self.store.get(agent_id)
+        if agent and agent["state"] == State.STOPPING:
+            sent = await self.call(self.runtime.signal, agent["container_id"], "SIGKILL")
+            if sent:
+                self.store.add_event("signal", "SIGKILL sent: grace period over", agent_id, {"signal": "SIGKILL"})
+            else:
+                await self._record_exit(agent_id, agent["container_id"])
+
+    async def stop(self, ref: str, grace: Any = None, wait: bool = True) -> dict[str, Any]:
+        """SIGTERM, wait the grace period, SIGKILL; like ``docker stop`` a stopped agent is left alone."""
+        agent = self.store.resolve(ref)
+        spec = _spec(agent)
+        grace = spec.grace if grace is None else whole_number(grace, "--grace", 0, self.config.max_grace)
+        if agent["state"] in (State.RUNNING, State.CREATED) and agent["container_id"]:
+            agent = await self._terminate(agent, Reason.STOPPED, grace)
+        if wait and agent["state"] in LIVE_STATES:
+            kill_at = parse_iso(agent["kill_at"]) or utcnow()
+            timeout = max(0.0, (kill_at - utcnow()).total_seconds()) + 30
+            await self._wait_exit(agent["id"], timeout)
+        return self._get(agent["id"])
+
+    async def kill(self, ref: str, signal: Any = "SIGKILL") -> dict[str, Any]:
+        """Send a signal (SIGKILL by default, which ends the agent with reason ``killed``)."""
+        agent = self.store.resolve(ref)
+        if agent["state"] not in (State.RUNNING, State.STOPPING) or not agent["container_id"]:
+            raise Conflict(f"agent {agent['id']} is not running ({agent['state']})")
+        signal = _signal_name(signal)
+        if signal != "SIGKILL":
+            await self.call(self.runtime.signal, agent["container_id"], signal)
+            self.store.add_event("signal", f"{signal} sent (kill)", agent["id"], {"signal": signal})
+            return self._get(agent["id"])
+        self.timers.cancel(f"deadline:{agent['id']}")
+        self.timers.cancel(f"kill:{agent['id']}")
+        if agent["state"] == State.RUNNING:
+            self.store.transition(agent["id"], State.STOPPING, Reason.KILLED, kill_at=iso(utcnow()))
+        await self.call(self.runtime.signal, agent["container_id"], "SIGKILL")
+        self.store.add_event("signal", "SIGKILL sent (kill)", agent["id"], {"signal": "SIGKILL"})
+        await self._wait_exit(agent["id"], 30)
+        return self._get(agent["id"])
+
+    async def extend(self, ref: str, ttl: Any) -> dict[str, Any]:
+        """Set the deadline to now + ``ttl`` seconds (E2B's set_timeout)."""
+        agent = self.store.resolve(ref)
+        seconds = ttl_seconds(ttl, self.config)
+        if agent["state"] != State.RUNNING:
+            raise Conflict(f"agent {agent['id']} is {agent['state']}: only a running agent can be extended")
+        deadline = deadline_for(utcnow(), seconds)
+        agent = self.store.update(agent["id"], deadline=iso(deadline))
+        self.store.add_event("extended", f"deadline set to {iso(deadline)}", agent["id"], {"ttl": seconds})
+        self._arm_deadline(agent)
+        return agent
+
+    async def _wait_exit(self, agent_id: str, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(self._exited[agent_id].wait(), timeout)
+        except TimeoutError:
+            pass
+
+    def _finished(self, agent_id: str) -> None:
+        self.timers.cancel(f"deadline:{agent_id}")
+        self.timers.cancel(f"kill:{agent_id}")
+        self._oom_seen.discard(agent_id)
+        self._exited[agent_id].set()
+
+    # -- Docker events ------------------------------------------------------
+    def on_docker_event(self, event: dict[str, Any]) -> None:
+        """Called on the loop for each container event of this instance."""
+        attrs = (event.get("Actor") or {}).get("Attributes") or {}
+        agent_id = attrs.get(LABEL_AGENT)
+        action = event.get("Action") or event.get("status") or ""
+        if not agent_id:
+            return
+        container_id = (event.get("Actor") or {}).get("ID") or event.get("id")
+        if action == "oom":
+            self._oom_seen.add(agent_id)
+            self.store.add_event("oom", "the kernel's OOM killer killed a process", agent_id)
+        elif action == "die":
+            asyncio.get_running_loop().create_task(self._record_exit(agent_id, container_id))
+        elif action == "destroy":
+            agent = self.store.get(agent_id)
+            if agent and agent["state"] in (State.EXITED, State.FAILED):
+                self.store.transition(agent_id, State.REMOVED, agent["reason"], exit_code=agent["exit_code"])
+
+    def on_docker_disconnect(self, reason: str) -> None:
+        self.docker_connected = False
+        self.store.add_event("docker_disconnected", f"lost the Docker engine: {reason}")
+
+    def on_docker_reconnect(self) -> None:
+        self.docker_connected = True
+        self.store.add_event("docker_reconnected", "the Docker engine is back: resyncing")
+        self.runtime._network_ready = False
+        asyncio.get_running_loop().create_task(self._resync_logged())
+
+    async def _resync_logged(self) -> None:
+        try:
+            await self.call(self.runtime.ensure_network)
+            await self.resync()
+        except FleetdError as exc:
+            log.warning("resync after reconnect failed: %s", exc.message)
+
+    async def _record_exit(self, agent_id: str, container_id: str | None) -> None:
+        """Record how an agent's container ended (idempotent)."""
+        agent = self.store.get(agent_id)
+        if agent is None or agent["state"] not in LIVE_STATES:
+            return
+        data = await self.call(self.runtime.inspect, container_id) if container_id else None
+        state = (data or {}).get("State") or {}
+        if state.get("Running"):
+            return  # a stale event: it runs again
+        agent = self.store.get(agent_id)  # may have changed while we waited
+        if agent is None or agent["state"] not in LIVE_STATES:
+            return
+        exit_code = state.get("ExitCode") if data else None
+        oom = bool(state.get("OOMKilled"))
+        reason = exit_reason(agent["state"], agent["reason"], exit_code, oom, agent_id in self._oom_seen)
+        if data is None:
+            reason = agent["reason"] if agent["state"] == State.STOPPING and agent["reason"] else Reason.LOST
+        self.store.transition(
+            agent_id,
+            State.EXITED,
+            reason,
+            exit_code=exit_code,
+            oom_killed=int(oom),
+            finished_at=iso(utcnow()),
+            container_id=container_id or agent["container_id"],
+        )
+        if reason == Reason.OOM_KILLED:
+            limit = format_bytes(_spec(agent).memory)
+            self.store.add_event("oom_killed", f"killed by the kernel at its memory limit ({limit})", agent_id,
+                                 {"memory_limit": _spec(agent).memory})
+        self._finished(agent_id)
+
+    # -- housekeeping -------------------------------------------------------
+    async def janitor(self) -> None:
+        """Remove exited agents' containers past retention (or beyond the count kept)."""
+        doomed = expired_exits(
+            self.store.agents((State.EXITED, State.FAILED)), utcnow(),
+            self.config.log_retention, self.config.max_exited,
+        )
+        for agent_id in doomed:
+            agent = self._get(agent_id)
+            try:
+                await self.call(self.runtime.remove, agent["container_id"])
+            except FleetdError as exc:
+                log.warning("janitor: cannot remove %s: %s", agent_id, exc.message)
+                continue
+            self.store.transition(agent_id, State.REMOVED, agent["reason"], exit_code=agent["exit_code"])
+
+    async def teardown(self) -> dict[str, int]:
+        """Remove every Docker object of this instance; every agent ends ``removed``."""
+        for agent in self.store.agents():
+            self._finished(agent["id"])
+        removed = await self.call(self.runtime.teardown)
+        for agent in self.store.agents(tuple(s for s in State if s != State.REMOVED)):
+            reason = Reason.TEARDOWN if agent["state"] in LIVE_STATES else agent["reason"]
+            self.store.transition(agent["id"], State.REMOVED, reason, finished_at=agent["finished_at"] or iso(utcnow()))
+        self.store.add_event("teardown", f"removed {removed}", None, removed)
+        return removed
+
+    async def drain(self) -> None:
+        """Stop every live agent (SIGTERM, grace, SIGKILL) and wait for them."""
+        agents = self.store.agents((State.RUNNING, State.CREATED))
+        await asyncio.gather(
+            *(self._terminate(a, Reason.DRAINED, _spec(a).grace) for a in agents if a["container_id"])
+        )
+        waits = [self._wait_exit(a["id"], _spec(a).grace + 30) for a in self.store.agents(LIVE_STATES)]
+        await asyncio.gather(*waits)
+
+    # -- reading ------------------------------------------------------------
+    def _get(self, agent_id: str) -> dict[str, Any]:
+        agent = self.store.get(agent_id)
+        if agent is None:
+            raise NotFound(f"no such agent: {agent_id}")
+        return agent
+
+    def agent_json(self, agent: dict[str, Any], detail: bool = False) -> dict[str, Any]:
+        """The public shape of an agent record."""
+        spec = _spec(agent)
+        deadline = parse_iso(agent["deadline"])
+        live = agent["state"] in LIVE_STATES
+        out: dict[str, Any] = {
+            "id": agent["id"], "name": agent["name"], "image": agent["image"], "role": agent["role"],
+            "state": agent["state"], "reason": agent["reason"], "exit_code": agent["exit_code"],
+            "oom_killed": bool(agent["oom_killed"]), "container_id": agent["container_id"],
+            "created_at": agent["created_at"], "started_at": agent["started_at"],
+            "finished_at": agent["finished_at"], "deadline": agent["deadline"],
+            "ttl_remaining": _seconds_until(deadline) if live and deadline else None,
+            "kill_at": agent["kill_at"], "last_heartbeat": agent["last_heartbeat"],
+            "limits": {
+                "memory": spec.memory, "memory_reservation": spec.memory_reservation,
+                "cpus": spec.nano_cpus / 1e9 if spec.nano_cpus else None,
+                "pids_limit": spec.pids_limit, "ttl": spec.ttl, "grace": spec.grace,
+            },
+        }
+        if detail:
+            out["spec"] = spec.to_json()
+            out["transitions"] = self.store.transitions(agent["id"])
+        return out
+
+    def list_agents(self, all_: bool) -> list[dict[str, Any]]:
+        agents = self.store.agents(None if all_ else LIVE_STATES)
+        return [self.agent_json(a) for a in agents]
+
+    def status(self) -> dict[str, Any]:
+        counts = collections.Counter(a["state"] for a in self.store.agents())
+        return {
+            "version": __version__, "instance": self.config.instance, "pid": os.getpid(),
+            "uptime_seconds": round(time.monotonic() - self.started, 1),
+            "socket": str(self.config.socket), "state_dir": str(self.config.state_dir),
+            "docker": {"connected": self.docker_connected, "version": self.docker_version, "cpus": self.host_cpus},
+            "agents": {s.value: counts.get(s.value, 0) for s in State},
+            "timers": len(self.timers.scheduler.get_jobs()),
+            "max_ttl": self.config.max_ttl,
+        }
+
+    async def open_logs(self, ref: str, follow: bool, tail: int | None) -> AsyncIterator[bytes]:
+        """Stream an agent's output, also after it exited (until its retention ends).
+
+        Errors (unknown agent, container gone) are raised here, before any byte.
+        """
+        agent = self.store.resolve(ref)
+        if agent["state"] == State.REMOVED or not agent["container_id"]:
+            raise NotFound(f"no logs for agent {agent['id']}: its container is gone ({agent['state']})")
+        stream = await self.call(self.runtime.logs, agent["container_id"], follow, tail)
+        return self._chunks(stream)
+
+    async def _chunks(self, stream: Any) -> AsyncIterator[bytes]:
+        try:
+            while True:
+                chunk = await self.call(next, stream, b"")
+                if not chunk:
+                    break
+                yield chunk
+        finally:
+            stream.close()
+
+    def subscribe(self) -> asyncio.Queue[dict[str, Any]]:
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=10000)
+        self._subscribers.add(queue)
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue[dict[str, Any]]) -> None:
+        self._subscribers.discard(queue)
+
+    def _publish(self, event: dict[str, Any]) -> None:
+        for queue in list(self._subscribers):
+            try:
+                queue.put_nowait(event)
+            except asyncio.QueueFull:
+                self._subscribers.discard(queue)  # a reader that fell this far behind is dropped
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _spec(agent: dict[str, Any]) -> AgentSpec:
+    return AgentSpec.from_json(json.loads(agent["spec"]))
+
+
+def _dumps(data: dict[str, Any]) -> str:
+    return json.dumps(data, sort_keys=True)
+
+
+def _seconds_until(moment: datetime) -> float:
+    return round(max(0.0, (moment - utcnow()).total_seconds()), 1)
+
+
+def _signal_name(signal: Any) -> str:
+    text = str(signal).upper()
+    if text.isdigit():
+        try:
+            return signals.Signals(int(text)).name
+        except ValueError:
+            raise InvalidRequest(f"invalid signal {signal!r}") from None
+    name = text if text.startswith("SIG") else f"SIG{text}"
+    if name not in signals.Signals.__members__:
+        raise InvalidRequest(f"invalid signal {signal!r}")
+    return name

@@ -1,0 +1,94 @@
+"""Parsing of the user-facing units: memory sizes, CPUs, env and label pairs.
+
+The syntax follows ``docker run``: memory ``512m`` is 512 MiB (binary units),
+``--cpus 0.25`` is a quarter of one CPU, ``-e KEY=VALUE``.
+"""
+
+from __future__ import annotations
+
+import re
+
+from fleetd.errors import InvalidRequest
+
+# Docker's RAMInBytes: a number, an optional unit, an optional "i" and "b".
+_MEMORY = re.compile(r"^(\d+(?:\.\d+)?) ?([kmgtp])?i?b?$", re.IGNORECASE)
+_UNIT = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
+# Docker refuses a memory limit below 6 MiB.
+MIN_MEMORY = 6 * 1024 * 1024
+_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
+_LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]*$")
+NAME_PATTERN = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]{0,62}$")
+
+
+def parse_memory(value: str | int, flag: str = "--memory") -> int:
+    """Return a memory size in bytes, as Docker reads ``512m``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    else:
+        match = _MEMORY.match(str(value).strip())
+        if not match:
+            raise InvalidRequest(
+                f"{flag}: invalid size {value!r}: use a number with an optional unit, e.g. 512m or 1g"
+            )
+        size = int(float(match.group(1)) * _UNIT[(match.group(2) or "").lower()])
+    if size < MIN_MEMORY:
+        raise InvalidRequest(f"{flag}: {value!r} is below Docker's minimum of 6 MiB (6m)")
+    return size
+
+
+def parse_cpus(value: str | float, host_cpus: int) -> int:
+    """Return NanoCpus for ``--cpus``; it must be above 0 and at most the host's CPUs."""
+    try:
+        cpus = float(value)
+    except (TypeError, ValueError):
+        raise InvalidRequest(f"--cpus: invalid number {value!r}") from None
+    if not cpus > 0:
+        raise InvalidRequest(f"--cpus: must be greater than 0, got {value!r}")
+    if cpus > host_cpus:
+        raise InvalidRequest(f"--cpus: {value!r} is more than the {host_cpus} CPUs this host has")
+    return int(round(cpus * 1e9))
+
+
+def parse_pair(item: str, what: str) -> tuple[str, str]:
+    """Split ``KEY=VALUE``; the key must be a valid name."""
+    key, sep, value = item.partition("=")
+    pattern = _ENV_KEY if what == "env" else _LABEL_KEY
+    if not sep or not pattern.match(key):
+        raise InvalidRequest(f"invalid {what} {item!r}: expected KEY=VALUE")
+    return key, value
+
+
+def parse_pairs(items: list[str] | dict[str, str] | None, what: str) -> dict[str, str]:
+    """Parse a list of ``KEY=VALUE`` (or an already-split mapping) into a dict."""
+    if items is None:
+        return {}
+    if isinstance(items, dict):
+        pairs = [f"{k}={v}" for k, v in items.items()]
+    elif isinstance(items, list) and all(isinstance(i, str) for i in items):
+        pairs = items
+    else:
+        raise InvalidRequest(f"{what}: expected a list of KEY=VALUE strings")
+    return dict(parse_pair(p, what) for p in pairs)
+
+
+def format_bytes(size: int | None) -> str:
+    """Show a byte count in Docker's units (``512MiB``)."""
+    if size is None:
+        return "-"
+    for unit in ("GiB", "MiB", "KiB"):
+        scale = {"GiB": 1 << 30, "MiB": 1 << 20, "KiB": 1 << 10}[unit]
+        if size >= scale and size % scale == 0:
+            return f"{size // scale}{unit}"
+    return f"{size}B"
+
+
+def format_seconds(seconds: float) -> str:
+    """Show a duration like ``59m58s`` (what ``ps`` prints for time left)."""
+    total = int(max(0, seconds))
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
