@@ -71,7 +71,7 @@ def number(request: web.Request, name: str) -> int | None:
     value = request.query.get(name)
     if value is None or value == "":
         return None
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit()):
         raise InvalidRequest(f"query parameter {name}: expected a whole number >= 0, got {value!r}")
     return int(value)
 
@@ -102,14 +102,17 @@ async def inspect(request: web.Request) -> web.Response:
 async def stop(request: web.Request) -> web.Response:
     data = await body(request)
     s = sup(request)
-    agent = await s.stop(request.match_info["ref"], data.get("grace"), bool(data.get("wait", True)))
+    wait = data.get("wait", True)
+    if not isinstance(wait, bool):
+        raise InvalidRequest("wait must be true or false")
+    agent = await s.stop(request.match_info["ref"], data.get("grace"), wait)
     return web.json_response(s.agent_json(agent))
 
 
 async def kill(request: web.Request) -> web.Response:
     data = await body(request)
     s = sup(request)
-    agent = await s.kill(request.match_info["ref"], data.get("signal") or "SIGKILL")
+    agent = await s.kill(request.match_info["ref"], data.get("signal", "SIGKILL"))
     return web.json_response(s.agent_json(agent))
 
 
@@ -130,39 +133,45 @@ async def logs(request: web.Request) -> web.StreamResponse:
     try:
         async for chunk in chunks:
             await response.write(chunk)
+        await response.write_eof()
     except (ConnectionResetError, FleetdError):
-        pass
+        pass  # the reader hung up (Ctrl-C on logs -f), or the engine went away mid-stream
     finally:
         await chunks.aclose()  # type: ignore[attr-defined]
-    await response.write_eof()
     return response
 
 
 async def events(request: web.Request) -> web.StreamResponse:
     s = sup(request)
-    since = number(request, "since") or 0
-    limit = number(request, "limit") or 1000
+    since = number(request, "since")
+    limit = number(request, "limit")
+    if limit == 0:
+        raise InvalidRequest("query parameter limit: must be at least 1")
     agent_id = request.query.get("agent")
     if agent_id:
         agent_id = s.store.resolve(agent_id)["id"]
     follow = flag(request, "follow")
     queue = s.subscribe() if follow else None
     try:
-        past = s.store.events(since, limit, agent_id)
+        past = s.store.events(since, limit or 1000, agent_id)
         if not follow:
             return web.json_response(past)
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await response.prepare(request)
-        last = since
+        last = since or 0
         for event in past:
             await response.write(json.dumps(event).encode() + b"\n")
             last = event["id"]
         assert queue is not None
         while True:
             event = await queue.get()
+            if event is None:
+                break  # this reader fell too far behind: end the stream rather than skip events
             if event["id"] <= last or (agent_id and event["agent_id"] != agent_id):
                 continue
             await response.write(json.dumps(event).encode() + b"\n")
+        await response.write_eof()
+        return response
     except ConnectionResetError:
         return web.Response()
     finally:

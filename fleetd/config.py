@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from fleetd.errors import InvalidRequest
-from fleetd.paths import DEFAULT_CONFIG, default_socket, default_state_dir
+from fleetd.paths import default_config, default_socket, default_state_dir
 from fleetd.units import NAME_PATTERN, parse_memory
 
 
@@ -107,7 +107,7 @@ def load_config(path: Path | None = None, **overrides: Any) -> Config:
     ``overrides`` are the daemon's command-line flags; ``None`` values are ignored.
     """
     data: dict[str, Any] = {}
-    source = path or (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+    source = path or (default_config() if default_config().exists() else None)
     if source is not None:
         try:
             data = tomllib.loads(Path(source).read_text())

@@ -46,11 +46,16 @@ class Daemon:
         self._runner: web.AppRunner | None = None
         self._watcher: DockerEventWatcher | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._socket_owned = False
 
     async def serve(self) -> None:
-        await self.startup()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.should_exit.set)
         try:
-            await self.main_loop()
+            await self.startup()
+            if not self.should_exit.is_set():
+                await self.main_loop()
         finally:
             await self.shutdown()
 
@@ -61,7 +66,7 @@ class Daemon:
         check_socket_free(config.socket)
         self.store = Store(config.state_dir / "state.db")
         self.store.claim_instance(config.instance)
-        self.runtime = await wait_for_docker(config.instance)
+        self.runtime = await wait_for_docker(config.instance, self.should_exit)
         self.timers = Timers()
         self.timers.start()
         self.supervisor = Supervisor(config, self.store, self.runtime, self.timers)
@@ -76,10 +81,13 @@ class Daemon:
         self._runner = web.AppRunner(init_app(self.supervisor), handle_signals=False, shutdown_timeout=2.0)
         await self._runner.setup()
         config.socket.parent.mkdir(parents=True, exist_ok=True)
-        await web.UnixSite(self._runner, str(config.socket)).start()
+        umask = os.umask(0o117)  # the socket is born 0660, never wider
+        try:
+            await web.UnixSite(self._runner, str(config.socket)).start()
+        finally:
+            os.umask(umask)
+        self._socket_owned = True
         secure_socket(config.socket)
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.should_exit.set)
         period = watchdog_period()
         if period:
             self._tasks.append(asyncio.create_task(self._watchdog(period)))
@@ -96,10 +104,13 @@ class Daemon:
         for task in self._tasks:
             task.cancel()
         if self.config.drain_on_exit and hasattr(self, "supervisor"):
+            # Tell systemd the stop takes as long as the longest grace period (TimeoutStopSec).
+            extra = self.supervisor.drain_seconds()
+            notify(f"EXTEND_TIMEOUT_USEC={int(extra * 1_000_000)}\nSTATUS=draining agents")
             await self.supervisor.drain()
         if self._runner is not None:
             await self._runner.cleanup()
-        if self.config.socket.is_socket():
+        if self._socket_owned and self.config.socket.is_socket():
             self.config.socket.unlink()
         if self._watcher is not None:
             await asyncio.to_thread(self._watcher.stop)
@@ -166,7 +177,7 @@ def secure_socket(path: Path) -> None:
     os.chmod(path, 0o660)
 
 
-async def wait_for_docker(instance: str) -> DockerRuntime:
+async def wait_for_docker(instance: str, give_up: asyncio.Event) -> DockerRuntime:
     """Connect to the engine, waiting a little for one that is still starting."""
     deadline = time.monotonic() + DOCKER_WAIT
     while True:
@@ -175,7 +186,7 @@ async def wait_for_docker(instance: str) -> DockerRuntime:
             await asyncio.to_thread(runtime.ping)
             return runtime
         except RuntimeUnavailable as exc:
-            if time.monotonic() > deadline:
+            if time.monotonic() > deadline or give_up.is_set():
                 raise
             log.warning("waiting for the Docker engine: %s", exc.message)
             notify("STATUS=waiting for the Docker engine")

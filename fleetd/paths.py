@@ -12,8 +12,17 @@ def _is_root() -> bool:
     return os.geteuid() == 0
 
 
+def default_config() -> Path:
+    """``$CONFIGURATION_DIRECTORY/config.toml`` under systemd, else /etc/fleetd/config.toml."""
+    if os.environ.get("CONFIGURATION_DIRECTORY"):
+        return Path(os.environ["CONFIGURATION_DIRECTORY"].split(":")[0]) / "config.toml"
+    return DEFAULT_CONFIG
+
+
 def default_socket() -> Path:
-    """``/run/fleetd/fleetd.sock`` as root, else under ``$XDG_RUNTIME_DIR``."""
+    """``/run/fleetd/fleetd.sock`` as root (or in systemd's RuntimeDirectory), else under ``$XDG_RUNTIME_DIR``."""
+    if os.environ.get("RUNTIME_DIRECTORY"):
+        return Path(os.environ["RUNTIME_DIRECTORY"].split(":")[0]) / "fleetd.sock"
     if _is_root():
         return Path("/run/fleetd/fleetd.sock")
     runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/fleetd-{os.getuid()}"

@@ -13,9 +13,12 @@ def notify(message: str) -> bool:
         return False
     if address.startswith("@"):
         address = "\0" + address[1:]  # an abstract socket
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-        sock.connect(address)
-        sock.sendall(message.encode())
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(address)
+            sock.sendall(message.encode())
+    except OSError:
+        return False  # like sd_notify(3): an error to report, never a reason to die
     return True
 
 
@@ -25,6 +28,6 @@ def watchdog_period() -> float | None:
     pid = os.environ.get("WATCHDOG_PID")
     if not usec or not usec.isdigit() or int(usec) == 0:
         return None
-    if pid and pid.isdigit() and int(pid) != os.getpid():
+    if pid and (not pid.isdigit() or int(pid) != os.getpid()):
         return None
     return int(usec) / 2 / 1_000_000

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from fleetd.config import Config
@@ -21,7 +22,7 @@ RESERVED_LABEL_PREFIX = "fleetd."
 def whole_number(value: Any, flag: str, low: int, high: int | None = None) -> int:
     """An int within [low, high], or a clear error naming the flag."""
     if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        if isinstance(value, str) and re.fullmatch(r"-?[0-9]+", value.strip()):
             value = int(value)
         else:
             raise InvalidRequest(f"{flag}: expected a whole number, got {value!r}")

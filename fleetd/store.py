@@ -210,16 +210,18 @@ class Store:
             self.on_event(event)
         return event
 
-    def events(self, since: int = 0, limit: int = 1000, agent_id: str | None = None) -> list[dict[str, Any]]:
+    def events(self, since: int | None = None, limit: int = 1000, agent_id: str | None = None) -> list[dict[str, Any]]:
+        """Events after ``since`` (the next ``limit`` of them), or else the newest ``limit``."""
         sql = "SELECT * FROM events WHERE id > ?"
-        params: list[Any] = [since]
+        params: list[Any] = [since or 0]
         if agent_id:
             sql += " AND agent_id = ?"
             params.append(agent_id)
-        sql += " ORDER BY id DESC LIMIT ?"
+        sql += " ORDER BY id " + ("ASC" if since is not None else "DESC") + " LIMIT ?"
         params.append(limit)
         rows = list(self.db.query(sql, params))
-        rows.reverse()
+        if since is None:
+            rows.reverse()
         return [
             {"id": r["id"], "time": r["at"], "agent_id": r["agent_id"], "type": r["type"],
              "message": r["message"], "data": json.loads(r["data"] or "{}")}

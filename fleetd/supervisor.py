@@ -61,7 +61,7 @@ class Supervisor:
         self.docker_connected = False
         self._oom_seen: set[str] = set()
         self._exited: dict[str, asyncio.Event] = collections.defaultdict(asyncio.Event)
-        self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
+        self._subscribers: set[asyncio.Queue[dict[str, Any] | None]] = set()
         store.on_event = self._publish
 
     async def call(self, func: Callable[..., T], *args: Any) -> T:
@@ -79,7 +79,9 @@ class Supervisor:
         await self.resync(startup=True)
         for agent in self.store.agents((State.EXITED, State.FAILED)):
             self._exited[agent["id"]].set()
-        self.timers.every("janitor", JANITOR_PERIOD, self.janitor)
+        # Look often enough that a short retention is honoured, at most every 30 s.
+        period = min(JANITOR_PERIOD, max(1.0, self.config.log_retention / 2))
+        self.timers.every("janitor", period, self.janitor)
 
     async def resync(self, startup: bool = False) -> None:
         """Make the store match Docker: adopt, record exits, mark lost, remove orphans."""
@@ -349,14 +351,25 @@ class Supervisor:
 
     async def teardown(self) -> dict[str, int]:
         """Remove every Docker object of this instance; every agent ends ``removed``."""
-        for agent in self.store.agents():
-            self._finished(agent["id"])
+        for agent in self.store.agents(LIVE_STATES):
+            self.timers.cancel(f"deadline:{agent['id']}")
+            self.timers.cancel(f"kill:{agent['id']}")
+            if agent["state"] != State.STOPPING:
+                # Their containers die next: the exits must say why.
+                self.store.transition(agent["id"], State.STOPPING, Reason.TEARDOWN, kill_at=iso(utcnow()))
         removed = await self.call(self.runtime.teardown)
         for agent in self.store.agents(tuple(s for s in State if s != State.REMOVED)):
-            reason = Reason.TEARDOWN if agent["state"] in LIVE_STATES else agent["reason"]
-            self.store.transition(agent["id"], State.REMOVED, reason, finished_at=agent["finished_at"] or iso(utcnow()))
+            self.store.transition(
+                agent["id"], State.REMOVED, agent["reason"], finished_at=agent["finished_at"] or iso(utcnow())
+            )
+            self._finished(agent["id"])
         self.store.add_event("teardown", f"removed {removed}", None, removed)
         return removed
+
+    def drain_seconds(self) -> float:
+        """How long a drain may take: the longest grace period of a live agent, plus slack."""
+        graces = [_spec(a).grace for a in self.store.agents(LIVE_STATES)]
+        return max(graces, default=0) + 30
 
     async def drain(self) -> None:
         """Stop every live agent (SIGTERM, grace, SIGKILL) and wait for them."""
@@ -435,12 +448,13 @@ class Supervisor:
         finally:
             stream.close()
 
-    def subscribe(self) -> asyncio.Queue[dict[str, Any]]:
-        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=10000)
+    def subscribe(self) -> asyncio.Queue[dict[str, Any] | None]:
+        """A queue of new events; ``None`` in it means: you fell behind, stop."""
+        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=10000)
         self._subscribers.add(queue)
         return queue
 
-    def unsubscribe(self, queue: asyncio.Queue[dict[str, Any]]) -> None:
+    def unsubscribe(self, queue: asyncio.Queue[dict[str, Any] | None]) -> None:
         self._subscribers.discard(queue)
 
     def _publish(self, event: dict[str, Any]) -> None:
@@ -448,7 +462,11 @@ class Supervisor:
             try:
                 queue.put_nowait(event)
             except asyncio.QueueFull:
-                self._subscribers.discard(queue)  # a reader that fell this far behind is dropped
+                # A reader this far behind is told to stop rather than silently miss events.
+                self._subscribers.discard(queue)
+                while not queue.empty():
+                    queue.get_nowait()
+                queue.put_nowait(None)
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)

@@ -58,17 +58,13 @@ def parse_pair(item: str, what: str) -> tuple[str, str]:
     return key, value
 
 
-def parse_pairs(items: list[str] | dict[str, str] | None, what: str) -> dict[str, str]:
-    """Parse a list of ``KEY=VALUE`` (or an already-split mapping) into a dict."""
+def parse_pairs(items: object, what: str) -> dict[str, str]:
+    """Parse a list of ``KEY=VALUE`` strings into a dict."""
     if items is None:
         return {}
-    if isinstance(items, dict):
-        pairs = [f"{k}={v}" for k, v in items.items()]
-    elif isinstance(items, list) and all(isinstance(i, str) for i in items):
-        pairs = items
-    else:
+    if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
         raise InvalidRequest(f"{what}: expected a list of KEY=VALUE strings")
-    return dict(parse_pair(p, what) for p in pairs)
+    return dict(parse_pair(p, what) for p in items)
 
 
 def format_bytes(size: int | None) -> str:

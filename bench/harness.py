@@ -1,0 +1,325 @@
+"""Shared helpers for the benchmarks: a throwaway daemon, cleanup that always runs, stats, tables.
+
+Every run gets a random hex id. The daemon runs as instance ``bench-<hex>`` with its state in a
+temp dir and its socket at ``/tmp/fb-<hex>.sock`` (Unix socket paths are limited to ~100 bytes).
+Baseline ``docker run`` containers carry the label ``fleetd-bench=<hex>``. Cleanup removes only
+objects carrying those two labels, and runs on normal exit, on exceptions, on SIGINT and SIGTERM.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import math
+import os
+import resource
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from cli.client import ApiError, Client  # noqa: E402 - needs the repo on sys.path first
+
+IMAGE = "fleetd/agent-python"
+BASELINE_LABEL = "fleetd-bench"
+LOG_OPTS = ("--log-driver", "json-file", "--log-opt", "max-size=10m", "--log-opt", "max-file=3")
+
+
+def fleetd_exe() -> str:
+    """The venv's ``fleetd`` console script (next to the interpreter running the benchmark)."""
+    beside = Path(sys.executable).parent / "fleetd"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("fleetd")
+    if not found:
+        raise SystemExit("cannot find the fleetd console script: run with .venv/bin/python")
+    return found
+
+
+class Bench:
+    """One fleetd daemon for one benchmark run, and everything needed to clean up after it.
+
+    Use as a context manager::
+
+        with Bench() as b:
+            b.fleetd("spawn", IMAGE, "sleep", "300")
+    """
+
+    def __init__(self, keep_logs: bool = False) -> None:
+        self.hex = secrets.token_hex(4)
+        self.instance = f"bench-{self.hex}"
+        self.network = f"fleetd-{self.instance}-agents"
+        self.tmp = Path(tempfile.mkdtemp(prefix=f"fleetd-{self.instance}-"))
+        self.state_dir = self.tmp / "state"
+        self.socket = Path(f"/tmp/fb-{self.hex}.sock")
+        self.log_path = self.tmp / "daemon.log"
+        self.keep_logs = keep_logs
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.env = {**os.environ, "FLEETD_SOCKET": str(self.socket)}
+        self.exe = fleetd_exe()
+        self._cleaned = False
+        self._baseline_seq = 0
+
+    # -- lifecycle ----------------------------------------------------------
+    def __enter__(self) -> Bench:
+        atexit.register(self.cleanup)
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, _raise_exit)
+        try:
+            self.start()
+        except BaseException:
+            self.cleanup()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()
+
+    def start(self, timeout: float = 30.0) -> None:
+        print(f"code: {code_version()}; python {sys.version.split()[0]}; docker {docker_version()}")
+        log = open(self.log_path, "wb")  # noqa: SIM115 - owned by the daemon process
+        self.proc = subprocess.Popen(
+            [
+                self.exe,
+                "daemon",
+                "--state-dir",
+                str(self.state_dir),
+                "--socket",
+                str(self.socket),
+                "--instance",
+                self.instance,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=self.env,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the daemon exited with {self.proc.returncode}:\n{self.daemon_log_tail()}")
+            try:
+                self.client().call("GET", "/v1/status")
+                return
+            except ApiError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the daemon did not answer in {timeout}s:\n{self.daemon_log_tail()}") from None
+                time.sleep(0.1)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def daemon_log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no daemon log)"
+
+    def cleanup(self) -> None:
+        """SIGTERM the daemon, then remove every container and network of this run. Idempotent."""
+        if self._cleaned:
+            return
+        self._cleaned = True
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        # Baseline containers first: they sit on the instance's network and would block its removal.
+        remove_containers(f"label={BASELINE_LABEL}={self.hex}")
+        remove_containers(f"label=fleetd.instance={self.instance}")
+        networks = _lines(["docker", "network", "ls", "-q", "--filter", f"label=fleetd.instance={self.instance}"])
+        if networks:
+            subprocess.run(["docker", "network", "rm", *networks], capture_output=True, check=False)
+        with contextlib.suppress(OSError):
+            self.socket.unlink()
+        if self.keep_logs:
+            print(f"(daemon log kept in {self.log_path})")
+        else:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    # -- talking to the daemon -----------------------------------------------
+    def client(self, timeout: float = 300.0) -> Client:
+        return Client(str(self.socket), timeout=timeout)
+
+    def fleetd(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run the fleetd CLI against this daemon."""
+        result = subprocess.run([self.exe, *args], capture_output=True, text=True, env=self.env, check=False)
+        if check and result.returncode != 0:
+            raise RuntimeError(f"fleetd {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}")
+        return result
+
+    def spawn_cmd(self, *options: str, command: Sequence[str] = ("sleep", "300"), image: str = IMAGE) -> list[str]:
+        return [self.exe, "spawn", *options, image, *command]
+
+    def docker_run_cmd(
+        self, memory: str, cpus: str, pids_limit: int, command: Sequence[str] = ("sleep", "300"), image: str = IMAGE
+    ) -> list[str]:
+        """``docker run -d`` with the flags fleetd applies to an agent, labelled as this run's baseline."""
+        self._baseline_seq += 1
+        return [
+            "docker", "run", "-d",
+            "--name", f"fleetd-bench-{self.hex}-{self._baseline_seq}",
+            "--label", f"{BASELINE_LABEL}={self.hex}",
+            "--memory", memory, "--memory-swap", memory, "--cpus", cpus, "--pids-limit", str(pids_limit),
+            "--init", "--cap-drop", "ALL", "--security-opt", "no-new-privileges:true",
+            "--network", self.network, *LOG_OPTS,
+            image, *command,
+        ]  # fmt: skip
+
+    def live_agents(self) -> list[dict[str, Any]]:
+        agents: list[dict[str, Any]] = self.client().call("GET", "/v1/agents")
+        return agents
+
+    def wait_no_live_agents(self, timeout: float = 120.0) -> int:
+        """Wait until the daemon has no live agent; return how many were still live at the end."""
+        deadline = time.monotonic() + timeout
+        while True:
+            live = len(self.live_agents())
+            if live == 0 or time.monotonic() > deadline:
+                return live
+            time.sleep(0.5)
+
+    def remove_all_containers(self) -> None:
+        """Between rounds: drop the baseline containers and the agents' containers (docker rm -f)."""
+        remove_containers(f"label={BASELINE_LABEL}={self.hex}")
+        remove_containers(f"label=fleetd.instance={self.instance}")
+
+    def spawn_api_many(
+        self, requests: Sequence[dict[str, Any] | Callable[[], dict[str, Any]]], concurrency: int = 10
+    ) -> list[dict[str, Any] | Exception]:
+        """POST /v1/agents for each request, ``concurrency`` at a time; a callable is built just in time."""
+
+        def one(request: dict[str, Any] | Callable[[], dict[str, Any]]) -> dict[str, Any] | Exception:
+            body = request() if callable(request) else request
+            try:
+                agent: dict[str, Any] = self.client().call("POST", "/v1/agents", body)
+                return agent
+            except ApiError as exc:
+                return exc
+
+        with ThreadPoolExecutor(max_workers=concurrency) as pool:
+            return list(pool.map(one, requests))
+
+
+def code_version() -> str:
+    """The commit under test, and whether fleetd/ or cli/ differ from it (results depend on that code)."""
+    head = _lines(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
+    dirty = _lines(["git", "-C", str(REPO), "status", "--porcelain", "--", "fleetd", "cli"])
+    return f"commit {head[0] if head else '?'}" + (" + uncommitted changes in fleetd/ or cli/" if dirty else "")
+
+
+def docker_version() -> str:
+    out = subprocess.run(
+        ["docker", "version", "--format", "{{.Server.Version}}"], capture_output=True, text=True, check=False
+    )
+    return out.stdout.strip() or "?"
+
+
+def _raise_exit(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _lines(cmd: list[str]) -> list[str]:
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False).stdout
+    return [line for line in out.split() if line]
+
+
+def remove_containers(filter_: str) -> int:
+    ids = _lines(["docker", "ps", "-aq", "--filter", filter_])
+    for start in range(0, len(ids), 100):
+        subprocess.run(["docker", "rm", "-f", *ids[start : start + 100]], capture_output=True, check=False)
+    return len(ids)
+
+
+# -- measuring ----------------------------------------------------------------
+def timed_run(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, subprocess.CompletedProcess[str]]:
+    """Wall time of a process from launch until it exits."""
+    start = time.perf_counter()
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    return time.perf_counter() - start, result
+
+
+def process_memory(pid: int) -> dict[str, int]:
+    """VmRSS, VmHWM and thread count of a process, from /proc/PID/status (kB)."""
+    out: dict[str, int] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile", "Threads"):
+            out[key] = int(value.split()[0])
+    return out
+
+
+def process_cpu(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu() -> float:
+    """User + system CPU seconds of this process's waited-for children so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def percentile(values: Sequence[float], pct: float) -> float:
+    """Linear-interpolated percentile (pct in 0..100)."""
+    ordered = sorted(values)
+    if not ordered:
+        return math.nan
+    rank = (len(ordered) - 1) * pct / 100
+    low = math.floor(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def summary(values: Sequence[float]) -> dict[str, float]:
+    return {
+        "n": len(values),
+        "min": min(values),
+        "median": statistics.median(values),
+        "p90": percentile(values, 90),
+        "p99": percentile(values, 99),
+        "max": max(values),
+    }
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A plain fixed-width table (right-aligned numbers)."""
+    cells = [[str(h) for h in headers]] + [[_cell(v) for v in row] for row in rows]
+    numeric = [[False] * len(headers)] + [[isinstance(v, int | float) for v in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = []
+    for index, row in enumerate(cells):
+        padded = [c.rjust(w) if num else c.ljust(w) for c, w, num in zip(row, widths, numeric[index], strict=True)]
+        lines.append("  ".join(padded).rstrip())
+        if index == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def verdict(ok: bool, what: str) -> None:
+    print(f"{'PASS' if ok else 'FAIL'}: {what}")

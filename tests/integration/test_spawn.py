@@ -1,0 +1,99 @@
+"""spawn: limits, secure defaults, labels, env, names, roles, and the agent record."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+
+import docker
+
+from tests.integration.harness import AGENT_IMAGE, Daemon, containers
+
+CONTRACT_KEYS = {"id", "name", "image", "role", "state", "reason", "container_id", "created_at", "deadline",
+                 "exit_code", "last_heartbeat"}
+
+
+def test_spawn_applies_limits_and_secure_defaults(daemon: Daemon, engine: docker.DockerClient) -> None:
+    out = daemon.cli("spawn", "--ttl", "600", "--memory", "64m", "--memory-reservation", "32m", "--cpus", "0.25",
+                     "--pids-limit", "50", "--grace", "5", "--name", "web", "-e", "A=1", "--label", "team=x",
+                     "--json", AGENT_IMAGE, "sleep", "300").stdout
+    agent = json.loads(out)
+    assert CONTRACT_KEYS <= set(agent)
+    assert agent["state"] == "running" and agent["name"] == "web"
+    created = datetime.fromisoformat(agent["created_at"])
+    assert datetime.fromisoformat(agent["deadline"]) - created == timedelta(seconds=600)
+
+    attrs = engine.containers.get(agent["container_id"]).attrs
+    host = attrs["HostConfig"]
+    assert host["Memory"] == 64 << 20
+    assert host["MemorySwap"] == 64 << 20  # no swap: the limit is real
+    assert host["MemoryReservation"] == 32 << 20
+    assert host["NanoCpus"] == 250_000_000
+    assert host["PidsLimit"] == 50
+    assert host["Init"] is True
+    assert host["CapDrop"] == ["ALL"]
+    assert "no-new-privileges:true" in host["SecurityOpt"]
+    assert host["NetworkMode"] == f"fleetd-{daemon.instance}-agents"
+    labels = attrs["Config"]["Labels"]
+    assert labels["fleetd.instance"] == daemon.instance
+    assert labels["fleetd.agent-id"] == agent["id"]
+    assert labels["team"] == "x"
+    env = attrs["Config"]["Env"]
+    assert "A=1" in env and f"FLEETD_AGENT_ID={agent['id']}" in env
+    assert attrs["Config"]["Cmd"] == ["sleep", "300"]
+    assert attrs["State"]["Running"]
+
+
+def test_spawn_defaults(daemon: Daemon, engine: docker.DockerClient) -> None:
+    agent = daemon.agent(daemon.spawn(AGENT_IMAGE, "sleep", "300"))
+    host = engine.containers.get(agent["container_id"]).attrs["HostConfig"]
+    assert host["PidsLimit"] == 256
+    assert host["Memory"] == 512 << 20
+    assert agent["limits"]["ttl"] == 3600 and agent["limits"]["grace"] == 30
+    assert agent["name"] == agent["id"]
+
+
+def test_everything_after_the_image_goes_to_the_container(daemon: Daemon) -> None:
+    agent_id = daemon.spawn(AGENT_IMAGE, "python3", "-c", "import sys; print(sys.argv[1:])", "--ttl", "5")
+    daemon.wait_state(agent_id, "exited")
+    assert "['--ttl', '5']" in daemon.logs(agent_id)
+    assert daemon.agent(agent_id)["limits"]["ttl"] == 3600
+
+
+def test_env_from_the_shell_like_docker(daemon: Daemon) -> None:
+    import os
+    import subprocess
+
+    from tests.integration.harness import FLEETD
+
+    out = subprocess.run([FLEETD, "--socket", str(daemon.socket), "spawn", "-e", "FROM_SHELL", "-e", "UNSET_ONE",
+                          AGENT_IMAGE, "sh", "-c", "echo v=$FROM_SHELL u=${UNSET_ONE-unset}"],
+                         capture_output=True, text=True, env={**os.environ, "FROM_SHELL": "yes"}, check=True)
+    agent_id = out.stdout.strip()
+    daemon.wait_state(agent_id, "exited")
+    assert "v=yes u=unset" in daemon.logs(agent_id)
+
+
+def test_roles_from_config_set_defaults() -> None:
+    config = '[defaults]\nmemory = "128m"\n\n[roles.small]\nmemory = "64m"\nttl = 120\npids_limit = 20\n'
+    d = Daemon(config=config).start()
+    try:
+        plain = d.agent(d.spawn(AGENT_IMAGE, "sleep", "60"))
+        small = d.agent(d.spawn("--role", "small", AGENT_IMAGE, "sleep", "60"))
+        override = d.agent(d.spawn("--role", "small", "--memory", "96m", AGENT_IMAGE, "sleep", "60"))
+        assert plain["limits"]["memory"] == 128 << 20 and plain["role"] == "default"
+        assert small["limits"] == {**small["limits"], "memory": 64 << 20, "ttl": 120, "pids_limit": 20}
+        assert small["role"] == "small"
+        assert override["limits"]["memory"] == 96 << 20 and override["limits"]["ttl"] == 120
+        bad = d.cli("spawn", "--role", "nope", AGENT_IMAGE, check=False)
+        assert bad.returncode == 1 and "unknown role 'nope'" in bad.stderr
+    finally:
+        d.cleanup()
+
+
+def test_name_is_free_again_after_exit(daemon: Daemon) -> None:
+    first = daemon.spawn("--name", "job", AGENT_IMAGE, "true")
+    daemon.wait_state(first, "exited")
+    second = daemon.spawn("--name", "job", AGENT_IMAGE, "sleep", "60")
+    assert daemon.agent("job")["id"] == second  # a name resolves to the live agent first
+    assert len(containers(daemon.instance)) == 2
