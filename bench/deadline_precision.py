@@ -50,7 +50,8 @@ def main() -> int:
     parser.add_argument("--keep-logs", action="store_true", help="keep the daemon's log")
     args = parser.parse_args()
 
-    with Bench(keep_logs=args.keep_logs) as bench:
+    # Keep every exited agent's container (the default keeps 100): its log holds the measurement.
+    with Bench(keep_logs=args.keep_logs, config={"max_exited": args.agents + 100}) as bench:
         run(bench, args)
     return 0
 

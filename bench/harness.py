@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import math
 import os
 import resource
@@ -57,7 +58,7 @@ class Bench:
             b.fleetd("spawn", IMAGE, "sleep", "300")
     """
 
-    def __init__(self, keep_logs: bool = False) -> None:
+    def __init__(self, keep_logs: bool = False, config: dict[str, int | str] | None = None) -> None:
         self.hex = secrets.token_hex(4)
         self.instance = f"bench-{self.hex}"
         self.network = f"fleetd-{self.instance}-agents"
@@ -66,6 +67,7 @@ class Bench:
         self.socket = Path(f"/tmp/fb-{self.hex}.sock")
         self.log_path = self.tmp / "daemon.log"
         self.keep_logs = keep_logs
+        self.config = config or {}
         self.proc: subprocess.Popen[bytes] | None = None
         self.env = {**os.environ, "FLEETD_SOCKET": str(self.socket)}
         self.exe = fleetd_exe()
@@ -88,19 +90,20 @@ class Bench:
         self.cleanup()
 
     def start(self, timeout: float = 30.0) -> None:
-        print(f"code: {code_version()}; python {sys.version.split()[0]}; docker {docker_version()}")
+        load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        print(
+            f"code: {code_version()}; python {sys.version.split()[0]}; docker {docker_version()}; "
+            f"{os.cpu_count()} CPUs, load average {load}"
+        )
+        cmd = [self.exe, "daemon", "--state-dir", str(self.state_dir), "--socket", str(self.socket)]
+        cmd += ["--instance", self.instance]
+        if self.config:
+            config_file = self.tmp / "config.toml"
+            config_file.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in self.config.items()))
+            cmd += ["--config", str(config_file)]
         log = open(self.log_path, "wb")  # noqa: SIM115 - owned by the daemon process
         self.proc = subprocess.Popen(
-            [
-                self.exe,
-                "daemon",
-                "--state-dir",
-                str(self.state_dir),
-                "--socket",
-                str(self.socket),
-                "--instance",
-                self.instance,
-            ],
+            cmd,
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

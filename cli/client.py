@@ -72,7 +72,9 @@ class Client:
                 "start it with 'fleetd daemon' or 'systemctl start fleetd')"
             ) from None
         except ConnectionRefusedError:
-            raise ApiError(f"cannot reach fleetd at {self.socket_path}: connection refused (daemon not running?)") from None
+            raise ApiError(
+                f"cannot reach fleetd at {self.socket_path}: connection refused (daemon not running?)"
+            ) from None
         except PermissionError:
             raise ApiError(f"permission denied on {self.socket_path}: run as root or join the fleetd group") from None
         except (TimeoutError, OSError) as exc:

@@ -133,7 +133,7 @@ def env_items(values: tuple[str, ...]) -> list[str]:
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
 @api_errors
-def spawn(ctx: click.Context, image: str, command: tuple[str, ...], as_json: bool, env: tuple[str, ...],
+def spawn(ctx: click.Context, /, image: str, command: tuple[str, ...], as_json: bool, env: tuple[str, ...],
           label: tuple[str, ...], **options: Any) -> None:
     """Start an agent container with limits and a deadline, like docker run -d.
 

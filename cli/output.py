@@ -36,7 +36,7 @@ def duration(seconds: float | None) -> str:
 
 
 def state_text(agent: dict[str, Any]) -> str:
-    state = agent["state"]
+    state = str(agent["state"])
     if agent.get("reason"):
         state += f" ({agent['reason']}"
         if agent.get("exit_code") is not None:

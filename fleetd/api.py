@@ -164,12 +164,12 @@ async def events(request: web.Request) -> web.StreamResponse:
             last = event["id"]
         assert queue is not None
         while True:
-            event = await queue.get()
-            if event is None:
+            new = await queue.get()
+            if new is None:
                 break  # this reader fell too far behind: end the stream rather than skip events
-            if event["id"] <= last or (agent_id and event["agent_id"] != agent_id):
+            if new["id"] <= last or (agent_id and new["agent_id"] != agent_id):
                 continue
-            await response.write(json.dumps(event).encode() + b"\n")
+            await response.write(json.dumps(new).encode() + b"\n")
         await response.write_eof()
         return response
     except ConnectionResetError:

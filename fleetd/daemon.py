@@ -8,6 +8,7 @@ their deadlines are on disk and are enforced by the next start.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import grp
 import logging
@@ -76,7 +77,7 @@ class Daemon:
             self.runtime, loop, s.on_docker_event, s.on_docker_reconnect, s.on_docker_disconnect
         )
         # Watch before reconciling, so no exit falls between the two.
-        self._watcher.start(since=time.time())
+        self._watcher.start(since=int(time.time()))
         await self.supervisor.start()
         self._runner = web.AppRunner(init_app(self.supervisor), handle_signals=False, shutdown_timeout=2.0)
         await self._runner.setup()
@@ -170,10 +171,8 @@ def check_socket_free(path: Path) -> None:
 
 def secure_socket(path: Path) -> None:
     """Mode 0660; group ``fleetd`` when that group exists (like docker.sock and ``docker``)."""
-    try:
+    with contextlib.suppress(KeyError):
         os.chown(path, -1, grp.getgrnam("fleetd").gr_gid)
-    except KeyError:
-        pass
     os.chmod(path, 0o660)
 
 

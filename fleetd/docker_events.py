@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -40,18 +41,16 @@ class DockerEventWatcher:
         self._stream: Any = None
         self._thread = threading.Thread(target=self._run, name="docker-events", daemon=True)
 
-    def start(self, since: float) -> None:
-        self._since: float | None = since
+    def start(self, since: int) -> None:
+        self._since: int | None = since
         self._thread.start()
 
     def stop(self) -> None:
         self._stopping.set()
         stream = self._stream
         if stream is not None:
-            try:
+            with contextlib.suppress(Exception):
                 stream.close()
-            except Exception:  # noqa: BLE001 - closing a dead socket may fail any way
-                pass
         self._thread.join(timeout=5)
 
     def _run(self) -> None:
@@ -71,7 +70,7 @@ class DockerEventWatcher:
                         self._since = event["time"]
                     self.loop.call_soon_threadsafe(self.on_event, event)
                 reason = "event stream ended"
-            except Exception as exc:  # noqa: BLE001 - any failure means: reconnect
+            except Exception as exc:
                 reason = str(exc) or type(exc).__name__
             if self._stopping.is_set():
                 break

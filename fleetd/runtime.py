@@ -178,7 +178,7 @@ class DockerRuntime:
                 container_id, stream=True, follow=follow, tail="all" if tail is None else tail
             )
 
-    def events(self, since: float | None) -> Any:
+    def events(self, since: int | None) -> Any:
         """The engine's event stream for this instance's containers."""
         with docker_errors():
             filters = {**self.label_filter, "type": "container"}

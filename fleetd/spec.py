@@ -30,7 +30,7 @@ def whole_number(value: Any, flag: str, low: int, high: int | None = None) -> in
         raise InvalidRequest(f"{flag}: must be at least {low}, got {value}")
     if high is not None and value > high:
         raise InvalidRequest(f"{flag}: must be at most {high}, got {value}")
-    return value
+    return int(value)
 
 
 def ttl_seconds(value: Any, config: Config) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import json
 import logging
 import os
@@ -254,10 +255,8 @@ class Supervisor:
         return agent
 
     async def _wait_exit(self, agent_id: str, timeout: float) -> None:
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._exited[agent_id].wait(), timeout)
-        except TimeoutError:
-            pass
 
     def _finished(self, agent_id: str) -> None:
         self.timers.cancel(f"deadline:{agent_id}")

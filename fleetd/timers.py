@@ -6,6 +6,7 @@ so the daemon re-arms them from the store when it starts.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -45,10 +46,8 @@ class Timers:
         )
 
     def cancel(self, key: str) -> None:
-        try:
+        with contextlib.suppress(JobLookupError):
             self.scheduler.remove_job(key)
-        except JobLookupError:
-            pass
 
     def when(self, key: str) -> datetime | None:
         job = self.scheduler.get_job(key)

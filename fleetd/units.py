@@ -46,7 +46,7 @@ def parse_cpus(value: str | float, host_cpus: int) -> int:
         raise InvalidRequest(f"--cpus: must be greater than 0, got {value!r}")
     if cpus > host_cpus:
         raise InvalidRequest(f"--cpus: {value!r} is more than the {host_cpus} CPUs this host has")
-    return int(round(cpus * 1e9))
+    return round(cpus * 1e9)
 
 
 def parse_pair(item: str, what: str) -> tuple[str, str]:

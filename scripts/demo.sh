@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Set up everything and run the main job: install, build the images, start the
+# daemon (as a systemd service when systemd runs this machine), then spawn a
+# demo agent with a short TTL and watch fleetd supervise it and expire it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install.sh
+say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+
+say "building images"
+fleetd images build
+
+if fleetd status >/dev/null 2>&1; then
+  say "fleetd is already running"
+elif [ -d /run/systemd/system ]; then
+  say "installing and starting fleetd.service"
+  install -m 0644 systemd/fleetd.service /etc/systemd/system/fleetd.service
+  systemctl daemon-reload
+  systemctl enable --now fleetd
+else
+  say "starting fleetd daemon in the background (no systemd here; log in /var/log/fleetd.log)"
+  nohup fleetd daemon >>/var/log/fleetd.log 2>&1 &
+  for _ in $(seq 1 30); do fleetd status >/dev/null 2>&1 && break; sleep 1; done
+fi
+fleetd status
+
+say "spawning a demo agent: 64 MiB, a quarter CPU, 12 s to live, 3 s grace"
+agent=$(fleetd spawn --ttl 12 --grace 3 --memory 64m --cpus 0.25 --name "demo-$RANDOM" \
+  fleetd/agent-python python3 -c '
+import signal, sys, time
+def done(*_):
+    print("agent: SIGTERM received, saving work and exiting", flush=True)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, done)
+for step in range(1000):
+    print(f"agent: working, step {step}", flush=True)
+    time.sleep(1)
+')
+echo "agent $agent"
+
+say "fleetd ps (every 3 s until the deadline passes)"
+while state=$(fleetd inspect "$agent" | python3 -c 'import json,sys; print(json.load(sys.stdin)["state"])') \
+      && [ "$state" != exited ]; do
+  fleetd ps
+  sleep 3
+done
+
+say "fleetd ps -a: the agent expired"
+fleetd ps -a
+say "fleetd logs $agent"
+fleetd logs "$agent"
+say "fleetd events --agent $agent"
+fleetd events --agent "$agent"
