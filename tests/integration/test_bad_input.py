@@ -5,10 +5,21 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+from collections.abc import Iterator
 
 import pytest
 
 from tests.integration.harness import AGENT_IMAGE, Daemon, containers
+
+
+@pytest.fixture(scope="module")
+def shared() -> Iterator[Daemon]:
+    """One daemon for the many refusals: each test checks that it changed nothing."""
+    d = Daemon().start()
+    try:
+        yield d
+    finally:
+        d.cleanup()
 
 
 def snapshot(daemon: Daemon) -> tuple[list[tuple[str, str]], int, int]:
@@ -40,7 +51,8 @@ def snapshot(daemon: Daemon) -> tuple[list[tuple[str, str]], int, int]:
         (["--role", "ghost", AGENT_IMAGE], "unknown role 'ghost'"),
     ],
 )
-def test_bad_spawn_is_refused_and_changes_nothing(daemon: Daemon, args: list[str], message: str) -> None:
+def test_bad_spawn_is_refused_and_changes_nothing(shared: Daemon, args: list[str], message: str) -> None:
+    daemon = shared
     before = snapshot(daemon)
     result = daemon.cli("spawn", *args, check=False)
     assert result.returncode == 1
@@ -63,7 +75,8 @@ def test_non_integer_flag_is_a_usage_error(daemon: Daemon) -> None:
 
 
 @pytest.mark.parametrize("verb", [["inspect"], ["stop"], ["kill"], ["logs"], ["extend", "--ttl", "5"]])
-def test_unknown_agent(daemon: Daemon, verb: list[str]) -> None:
+def test_unknown_agent(shared: Daemon, verb: list[str]) -> None:
+    daemon = shared
     result = daemon.cli(*verb[:1], "ffffffffffff", *verb[1:], check=False)
     assert result.returncode == 1 and "no such agent: ffffffffffff" in result.stderr
 
@@ -108,8 +121,9 @@ def raw_request(daemon: Daemon, method: str, path: str, body: bytes | None = Non
         ("POST", "/v1/agents/abc123/extend", b"{}", 400, "invalid_request"),
     ],
 )
-def test_api_errors_are_json(daemon: Daemon, method: str, path: str, body: bytes | None, status: int,
+def test_api_errors_are_json(shared: Daemon, method: str, path: str, body: bytes | None, status: int,
                              code: str) -> None:
+    daemon = shared
     before = snapshot(daemon)
     got_status, payload = raw_request(daemon, method, path, body)
     assert got_status == status
