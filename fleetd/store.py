@@ -50,6 +50,20 @@ def m001_initial(db: sqlite_utils.Database) -> None:
     db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
 
 
+@migrations()
+def m002_credentials_and_roles(db: sqlite_utils.Database) -> None:
+    db.execute(
+        """CREATE TABLE credentials (
+            name TEXT PRIMARY KEY, upstream TEXT NOT NULL, nonce BLOB NOT NULL,
+            sealed BLOB NOT NULL, created_at TEXT NOT NULL, updated_at TEXT NOT NULL)"""
+    )
+    db.execute(
+        """CREATE TABLE roles (
+            name TEXT PRIMARY KEY, creds TEXT NOT NULL DEFAULT '[]',
+            created_at TEXT NOT NULL, updated_at TEXT NOT NULL)"""
+    )
+
+
 AGENT_COLUMNS = (
     "name", "image", "role", "state", "reason", "container_id", "created_at",
     "started_at", "finished_at", "deadline", "kill_at", "exit_code", "oom_killed",
