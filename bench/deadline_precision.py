@@ -198,7 +198,8 @@ def run(bench: Bench, args: argparse.Namespace) -> None:
     ok = bool(lateness) and not late and not early and not missing and not failed
     verdict(
         ok,
-        f"{len(measured)}/{len(agents)} agents got SIGTERM within [0, {LATE_LIMIT:g}] s of the deadline "
+        f"{len(measured) - len(late) - len(early)}/{len(agents)} agents got SIGTERM within [0, {LATE_LIMIT:g}] s "
+        "of the deadline "
         f"(max lateness {max(lateness, default=float('nan')):.3f} s, {len(late)} late, {len(early)} early)",
     )
 

@@ -102,12 +102,12 @@ class Vault:
         return self.record(name)
 
     def record(self, name: str) -> dict[str, str]:
-        rows = self.list(name)
+        rows = self.records(name)
         if not rows:
             raise NotFound(f"no such credential: {name}")
         return rows[0]
 
-    def list(self, name: str | None = None) -> list[dict[str, str]]:
+    def records(self, name: str | None = None) -> list[dict[str, str]]:
         """Names, upstreams and dates: never values."""
         sql = "SELECT name, upstream, created_at, updated_at FROM credentials"
         params: list[str] = []

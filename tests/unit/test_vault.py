@@ -31,7 +31,7 @@ def test_secret_is_sealed_at_rest(tmp_path: Path) -> None:
 def test_listing_never_shows_values(tmp_path: Path) -> None:
     vault = make(tmp_path)
     vault.set("a", "http://127.0.0.1:9000", SECRET)
-    [row] = vault.list()
+    [row] = vault.records()
     assert set(row) == {"name", "upstream", "created_at", "updated_at"}
     assert SECRET not in repr(row)
 
