@@ -1,0 +1,1 @@
+"""Zone 2: the gateway agents reach instead of the world (vault proxy)."""
