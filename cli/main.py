@@ -82,6 +82,16 @@ def daemon(ctx: click.Context, config_file: Path | None, state_dir: Path | None,
     sys.exit(run(config))
 
 
+@main.command(hidden=True)
+@click.option("--control-dir", type=click.Path(file_okay=False, path_type=Path), default="/control")
+@click.option("--port", type=int, default=8080)
+def zone2(control_dir: Path, port: int) -> None:
+    """Run the zone 2 gateway (inside the fleetd/zone2 container; the daemon starts it)."""
+    from fleetd.zone2.service import run
+
+    sys.exit(run(control_dir, port=port))
+
+
 @main.group()
 def images() -> None:
     """Build fleetd's images."""

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 HANDLE = re.compile(r"\$CRED\{([A-Za-z0-9][A-Za-z0-9_.\-]{0,63})\}")
 HANDLE_START = "$CRED{"
-HANDLE_START_ENCODED = re.compile(r"%24CRED(%7B|\{)", re.IGNORECASE)
+# In a query string the handle may arrive percent-encoded: $CRED%7Bname%7D or %24CRED%7Bname%7D.
+QUERY_HANDLE = re.compile(r"(?:\$|%24)CRED(?:\{|%7B)([A-Za-z0-9][A-Za-z0-9_.\-]{0,63})(?:\}|%7D)", re.IGNORECASE)
+QUERY_HANDLE_START = re.compile(r"(?:\$|%24)CRED(?:\{|%7B)", re.IGNORECASE)
 # RFC 9110 hop-by-hop headers, plus what a proxy must set itself.
 HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection", "te",
@@ -38,12 +40,19 @@ def request_handles(headers: Iterable[tuple[str, str]], query: str) -> set[str]:
     names: set[str] = set()
     for _, value in headers:
         names |= handles_in(value)
-    names |= handles_in(unquote(query))
-    return names
+    found = QUERY_HANDLE.findall(query)
+    if len(QUERY_HANDLE_START.findall(query)) != len(found):
+        raise BadHandle("malformed credential handle in the query: expected $CRED{name}")
+    return names | set(found)
 
 
 def substitute(text: str, secrets: dict[str, str]) -> str:
     return HANDLE.sub(lambda m: secrets[m.group(1)], text)
+
+
+def substitute_query(query: str, secrets: dict[str, str]) -> str:
+    """Swap handles in a raw query string; the secret goes in percent-encoded."""
+    return QUERY_HANDLE.sub(lambda m: quote(secrets[m.group(1)], safe=""), query)
 
 
 def safe_path(raw_target: str) -> tuple[str, str]:

@@ -1,0 +1,59 @@
+"""What zone 2 holds in memory: credentials and agent registrations, sent by the daemon.
+
+Nothing here touches disk. After zone 2 restarts, the daemon sends it all again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Upstream:
+    name: str
+    upstream: str  # scheme://host[:port][/base]
+    secret: str
+
+
+@dataclass(frozen=True)
+class Registration:
+    agent_id: str
+    ip: str
+    role: str
+    creds: frozenset[str] = field(default_factory=frozenset)
+
+
+class Registry:
+    """Credentials by name, registrations by source address."""
+
+    def __init__(self) -> None:
+        self.creds: dict[str, Upstream] = {}
+        self.by_ip: dict[str, Registration] = {}
+
+    def set_creds(self, creds: list[Upstream]) -> None:
+        """Replace every credential at once (rotation takes effect on the next request)."""
+        self.creds = {c.name: c for c in creds}
+
+    def register(self, reg: Registration) -> None:
+        for ip, old in list(self.by_ip.items()):
+            if old.agent_id == reg.agent_id and ip != reg.ip:
+                del self.by_ip[ip]
+        self.by_ip[reg.ip] = reg
+
+    def unregister(self, agent_id: str) -> None:
+        for ip, reg in list(self.by_ip.items()):
+            if reg.agent_id == agent_id:
+                del self.by_ip[ip]
+
+    def replace_agents(self, regs: list[Registration]) -> None:
+        self.by_ip = {r.ip: r for r in regs}
+
+    def resolve(self, reg: Registration, names: set[str]) -> list[Upstream] | None:
+        """The credentials ``names`` for this agent, or None if any is unknown or out of scope.
+
+        Unknown and out-of-scope look the same from outside: no probing of names.
+        """
+        if not names <= reg.creds:
+            return None
+        found = [self.creds[n] for n in names if n in self.creds]
+        return found if len(found) == len(names) else None

@@ -1,0 +1,197 @@
+"""The gateway on loopback: a real aiohttp upstream the test starts, real HTTP, no Docker."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from fleetd.zone2.proxy import init_gateway
+from fleetd.zone2.registry import Registration, Registry, Upstream
+
+SECRET = "sk-live-TOPSECRET-42"
+OTHER_SECRET = "sk-other-SECRET-99"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@asynccontextmanager
+async def serve(app: web.Application) -> AsyncIterator[str]:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+def upstream_app(seen: list[dict[str, Any]]) -> web.Application:
+    async def echo(request: web.Request) -> web.StreamResponse:
+        seen.append({"path": request.path_qs, "headers": dict(request.headers), "body": await request.text()})
+        if request.path == "/echo-key":  # an API that puts the key in its error message
+            return web.json_response({"error": f"invalid key {request.headers.get('Authorization')}"}, status=401)
+        if request.path == "/redirect":
+            raise web.HTTPFound("http://127.0.0.2:1/steal")
+        if request.path == "/stream":
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            for i in range(3):
+                await response.write(f"data: {i}\n\n".encode())
+                await asyncio.sleep(0.05)
+            await response.write(f"data: {request.headers.get('x-api-key')}\n\n".encode())
+            await response.write_eof()
+            return response
+        return web.json_response({"path": request.path_qs, "auth": request.headers.get("Authorization")})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", echo)
+    return app
+
+
+Check = Callable[[aiohttp.ClientSession, str, list[dict[str, Any]], list[dict[str, Any]]], Awaitable[None]]
+
+
+def run(check: Check, registered: bool = True) -> None:
+    async def main() -> None:
+        seen: list[dict[str, Any]] = []
+        elsewhere: list[dict[str, Any]] = []
+        async with serve(upstream_app(seen)) as upstream, serve(upstream_app(elsewhere)) as other:
+            registry = Registry()
+            registry.set_creds([Upstream("openai", upstream, SECRET), Upstream("other", other, OTHER_SECRET),
+                                Upstream("forbidden", upstream, "sk-not-yours")])
+            if registered:
+                registry.register(Registration("agent1", "127.0.0.1", "default", frozenset({"openai", "other"})))
+
+            async def whois(ip: str) -> Registration | None:
+                return None
+
+            async with serve(init_gateway(registry, whois)) as gateway, aiohttp.ClientSession() as client:
+                await check(client, gateway, seen, elsewhere)
+
+    asyncio.run(main())
+
+
+def test_handle_in_bearer_is_swapped_and_sent_to_its_upstream() -> None:
+    async def check(client: aiohttp.ClientSession, gw: str, seen: list[Any], elsewhere: list[Any]) -> None:
+        headers = {"Authorization": "Bearer $CRED{openai}", "X-Forwarded-Host": "evil", "Host": "evil.example"}
+        async with client.post(f"{gw}/v1/chat/completions?x=1", headers=headers, json={"a": 1}) as r:
+            assert r.status == 200
+            assert (await r.json())["auth"] == "Bearer [REDACTED]"  # the echo back is redacted
+        assert seen[0]["path"] == "/v1/chat/completions?x=1"
+        assert seen[0]["headers"]["Authorization"] == f"Bearer {SECRET}"
+        assert "X-Forwarded-Host" not in seen[0]["headers"]
+        assert seen[0]["body"] == '{"a": 1}'
+        assert elsewhere == []
+
+    run(check)
+
+
+def test_handle_in_query_and_custom_header() -> None:
+    async def check(client: aiohttp.ClientSession, gw: str, seen: list[Any], elsewhere: list[Any]) -> None:
+        async with client.get(f"{gw}/search?key=$CRED{{openai}}&q=a", headers={"X-Custom": "$CRED{openai}"}) as r:
+            assert r.status == 200
+        assert seen[0]["path"] == f"/search?key={SECRET}&q=a"
+        assert seen[0]["headers"]["X-Custom"] == SECRET
+
+    run(check)
+
+
+def test_secret_echoed_in_an_error_is_redacted() -> None:
+    async def check(client: aiohttp.ClientSession, gw: str, seen: list[Any], elsewhere: list[Any]) -> None:
+        async with client.get(f"{gw}/echo-key", headers={"Authorization": "Bearer $CRED{openai}"}) as r:
+            text = await r.text()
+        assert r.status == 401 and SECRET not in text and "[REDACTED]" in text
+
+    run(check)
+
+
+def test_streaming_passes_through_and_is_redacted() -> None:
+    async def check(client: aiohttp.ClientSession, gw: str, seen: list[Any], elsewhere: list[Any]) -> None:
+        async with client.get(f"{gw}/stream", headers={"x-api-key": "$CRED{openai}"}) as r:
+            first = await r.content.readline()
+            assert first == b"data: 0\n"  # arrives before the upstream is done
+            rest = await r.read()
+        assert SECRET.encode() not in rest and b"[REDACTED]" in rest
+
+    run(check)
+
+
+def test_redirects_are_not_followed() -> None:
+    async def check(client: aiohttp.ClientSession, gw: str, seen: list[Any], elsewhere: list[Any]) -> None:
+        async with client.get(f"{gw}/redirect", headers={"Authorization": "Bearer $CRED{openai}"},
+                              allow_redirects=False) as r:
+            assert r.status == 302
+        assert len(seen) == 1
+
+    run(check)
+
+
+def test_refusals() -> None:
+    async def check(client: aiohttp.ClientSession, gw: str, seen: list[Any], elsewhere: list[Any]) -> None:
+        cases = [
+            ({"Authorization": "Bearer $CRED{nope}"}, 403),
+            ({"Authorization": "Bearer $CRED{forbidden}"}, 403),
+            ({"Authorization": "Bearer $CRED{openai}", "X-Other": "$CRED{other}"}, 403),
+            ({"Authorization": "Bearer $CRED{openai"}, 400),
+            ({}, 400),
+        ]
+        bodies = []
+        for headers, status in cases:
+            async with client.get(f"{gw}/v1/models", headers=headers) as r:
+                assert r.status == status, headers
+                bodies.append(await r.json())
+        assert bodies[0] == bodies[1]  # unknown and out of scope look the same
+        assert seen == [] and elsewhere == []
+
+    run(check)
+
+
+def test_oversized_body_is_413() -> None:
+    async def check(client: aiohttp.ClientSession, gw: str, seen: list[Any], elsewhere: list[Any]) -> None:
+        async with client.post(f"{gw}/v1/x", headers={"Authorization": "Bearer $CRED{openai}"},
+                               data=io.BytesIO(b"x" * (11 << 20))) as r:
+            assert r.status == 413
+        assert seen == []
+
+    run(check)
+
+
+def test_unregistered_address_is_403() -> None:
+    async def check(client: aiohttp.ClientSession, gw: str, seen: list[Any], elsewhere: list[Any]) -> None:
+        async with client.get(f"{gw}/v1/models", headers={"Authorization": "Bearer $CRED{openai}"}) as r:
+            assert r.status == 403
+            assert json.loads(await r.text())["error"]["type"] == "unknown_agent"
+        assert seen == []
+
+    run(check, registered=False)
+
+
+def raw(gw: str, request: bytes) -> bytes:
+    host, port = gw.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as s:
+        s.sendall(request)
+        return s.recv(65536)
+
+
+def test_request_target_tricks_are_refused() -> None:
+    async def check(client: aiohttp.ClientSession, gw: str, seen: list[Any], elsewhere: list[Any]) -> None:
+        auth = b"Authorization: Bearer $CRED{openai}\r\n"
+        for target in (b"http://127.0.0.2:9/x", b"//127.0.0.2:9/x", b"/a/../../x", b"/a/%2e%2e/x"):
+            reply = await asyncio.to_thread(raw, gw, b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n" + auth + b"\r\n")
+            assert reply.startswith(b"HTTP/1.1 400"), (target, reply[:80])
+        assert seen == [] and elsewhere == []
+
+    run(check)
