@@ -15,18 +15,30 @@ every agent has ended, the benchmark reads each agent's record (``deadline``, an
     lateness = SIGTERM received - deadline
 
 Target: every agent received SIGTERM no earlier than its deadline and at most 1 s after it.
-Run: .venv/bin/python bench/deadline_precision.py [--agents 200] [--lead 75] [--window 3]
+
+``--baseline`` then repeats the experiment without fleetd, in the same run: N plain ``docker run``
+containers (same image, command and limits) get SIGTERM at scheduled times in the same kind of
+window, from a 64-thread pool like fleetd's, (a) through the Docker API (``POST /containers/ID/kill``,
+what fleetd does) and (b) with ``pidfd_send_signal`` on the container's init process (no dockerd in
+the path). It tells how much of the lateness is the engine's and how much is fleetd's.
+
+Run: .venv/bin/python bench/deadline_precision.py [--agents 200] [--lead 75] [--window 3] [--baseline]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
+import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+import docker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -48,12 +60,64 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=10, help="spawn requests in flight")
     parser.add_argument("--grace", type=int, default=10, help="the agents' grace period (SIGKILL after)")
     parser.add_argument("--keep-logs", action="store_true", help="keep the daemon's log")
+    parser.add_argument("--baseline", action="store_true", help="also measure plain docker (see above)")
     args = parser.parse_args()
 
     # Keep every exited agent's container (the default keeps 100): its log holds the measurement.
     with Bench(keep_logs=args.keep_logs, config={"max_exited": args.agents + 100}) as bench:
         run(bench, args)
+        if args.baseline:
+            for method in ("docker API kill", "pidfd_send_signal"):
+                bench.remove_all_containers()
+                baseline(bench, args, method)
     return 0
+
+
+def baseline(bench: Bench, args: argparse.Namespace, method: str) -> None:
+    """SIGTERM plain containers at scheduled times, without fleetd; print the lateness table."""
+    print(f"\n-- baseline without fleetd: {args.agents} docker run containers, SIGTERM by {method} --", flush=True)
+    cmds = [bench.docker_run_cmd("32m", "0.05", 32, command=("sh", "-c", TRAP)) for _ in range(args.agents)]
+    with ThreadPoolExecutor(max_workers=args.concurrency) as pool:
+        ids = [r.stdout.strip() for r in pool.map(lambda c: subprocess.run(c, capture_output=True, text=True), cmds)]
+    ids = [i for i in ids if i]
+    api = docker.from_env(max_pool_size=64).api
+    pidfds = (
+        {cid: os.pidfd_open(api.inspect_container(cid)["State"]["Pid"]) for cid in ids} if "pidfd" in method else {}
+    )
+    start = time.time() + 5
+    targets = [start + args.window * i / max(1, len(ids) - 1) for i in range(len(ids))]
+    began: dict[str, float] = {}
+
+    def send(cid: str) -> None:
+        began[cid] = time.time()
+        if pidfds:
+            signal.pidfd_send_signal(pidfds[cid], signal.SIGTERM)
+        else:
+            api.kill(cid, signal="SIGTERM")
+
+    with ThreadPoolExecutor(max_workers=64) as pool:  # fleetd's Docker pool size
+        for cid, target in zip(ids, targets, strict=True):
+            time.sleep(max(0.0, target - time.time()))
+            pool.submit(send, cid)
+    for fd in pidfds.values():
+        os.close(fd)
+    time.sleep(5)
+    lateness, queued = [], []
+    for cid, target in zip(ids, targets, strict=True):
+        lines = api.logs(cid).decode().split()
+        if lines:
+            lateness.append(float(lines[-1]) - target)
+        queued.append(began[cid] - target)
+    rows = [
+        [label, *[summary(v)[k] for k in ("n", "min", "median", "p90", "p99", "max")]]
+        for label, v in (("SIGTERM received - target", lateness), ("signal call began - target", queued))
+    ]
+    print(table(["seconds", "n", "min", "median", "p90", "p99", "max"], rows))
+    late = sum(1 for x in lateness if x > LATE_LIMIT)
+    print(
+        f"baseline {method}: {late} of {len(ids)} late by more than {LATE_LIMIT:g} s, "
+        f"{len(ids) - len(lateness)} without a SIGTERM time; load average {os.getloadavg()[0]:.1f}"
+    )
 
 
 def run(bench: Bench, args: argparse.Namespace) -> None:

@@ -34,7 +34,8 @@ def test_unsafe_paths(target: str) -> None:
 
 def test_redactor_across_chunks() -> None:
     redactor = Redactor(["sk-SECRET"])
-    out = b"".join(redactor.feed(c) for c in (b"error: key sk-SE", b"CRET is invalid; sk-", b"SECRET!")) + redactor.flush()
+    chunks = (b"error: key sk-SE", b"CRET is invalid; sk-", b"SECRET!")
+    out = b"".join(redactor.feed(c) for c in chunks) + redactor.flush()
     assert out == b"error: key [REDACTED] is invalid; [REDACTED]!"
 
 
