@@ -92,6 +92,25 @@ def zone2(control_dir: Path, port: int) -> None:
     sys.exit(run(control_dir, port=port))
 
 
+@main.command("llm-sim")
+@click.option("--host", default="0.0.0.0", show_default=True)
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--latency-ms", type=click.IntRange(min=0), default=0, help="Delay before each answer.")
+@click.option("--chunk-delay-ms", type=click.IntRange(min=0), default=10, help="Delay between streamed chunks.")
+@click.option("--output-tokens", type=click.IntRange(min=1), default=16, help="Tokens per answer (max_tokens caps).")
+@click.option("--rate-limit", type=click.IntRange(min=0), default=0, help="Answer the next N calls with 429.")
+@click.option("--retry-after", type=click.IntRange(min=0), default=1, help="Retry-After on those 429s.")
+@click.option("--fail", type=click.IntRange(min=0), default=0, help="Answer the next N calls with 500.")
+def llm_sim(host: str, port: int, **knobs: Any) -> None:
+    """Run a local OpenAI/Anthropic-compatible LLM simulator (for demos and tests).
+
+    Example: fleetd llm-sim --port 8000 --rate-limit 5
+    """
+    from fleetd.llmsim import SimConfig, run
+
+    run(host, port, SimConfig(**knobs))
+
+
 @main.group()
 def images() -> None:
     """Build fleetd's images."""
@@ -324,6 +343,11 @@ def status(ctx: click.Context, as_json: bool) -> None:
     click.echo(f"docker     {'connected' if docker['connected'] else 'DISCONNECTED'} "
                f"(engine {docker['version']}, {docker['cpus']} CPUs)")
     click.echo(f"agents     {counts}")
+    zone2 = info.get("zone2")
+    if zone2:
+        health = "healthy" if zone2["healthy"] else "DOWN"
+        click.echo(f"zone 2     {health} at {zone2['address']} ({zone2['agents_registered']} agents registered, "
+                   f"{zone2['credentials']} credentials, {zone2['restarts']} restarts)")
     return None
 
 
@@ -337,3 +361,102 @@ def teardown(ctx: click.Context) -> None:
     """
     removed = client(ctx).call("POST", "/v1/teardown")["removed"]
     click.echo(", ".join(f"{n} {kind} removed" for kind, n in removed.items()))
+
+
+@main.group()
+def cred() -> None:
+    """Credentials in the vault (secrets never enter an agent)."""
+
+
+@cred.command("set")
+@click.argument("name")
+@click.option("--upstream", required=True, help="The only URL this secret is ever sent to.")
+@click.pass_context
+@api_errors
+def cred_set(ctx: click.Context, name: str, upstream: str) -> None:
+    """Store (or rotate) a secret, read from standard input, never from an argument.
+
+    Example: printf %s "$OPENAI_API_KEY" | fleetd cred set openai --upstream https://api.openai.com
+    """
+    if sys.stdin.isatty():
+        secret = click.prompt(f"secret for {name}", hide_input=True, err=True)
+    else:
+        secret = sys.stdin.read().strip("\r\n")
+    if not secret:
+        raise click.ClickException("no secret on standard input")
+    record = client(ctx).call("PUT", f"/v1/creds/{name}", {"upstream": upstream, "secret": secret})
+    click.echo(f"{record['name']} -> {record['upstream']}")
+
+
+@cred.command("ls")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+@api_errors
+def cred_ls(ctx: click.Context, as_json: bool) -> None:
+    """List credentials: names, upstreams and dates, never values.
+
+    Example: fleetd cred ls
+    """
+    records = client(ctx).call("GET", "/v1/creds")
+    if as_json:
+        return print_json(records)
+    print_table(["NAME", "UPSTREAM", "CREATED", "UPDATED"],
+                [[r["name"], r["upstream"], ago(r["created_at"]), ago(r["updated_at"])] for r in records])
+    return None
+
+
+@cred.command("rm")
+@click.argument("names", nargs=-1, required=True)
+@click.pass_context
+@api_errors
+def cred_rm(ctx: click.Context, names: tuple[str, ...]) -> None:
+    """Remove credentials.
+
+    Example: fleetd cred rm openai
+    """
+    for name in names:
+        client(ctx).call("DELETE", f"/v1/creds/{name}")
+        click.echo(name)
+
+
+@main.group()
+def role() -> None:
+    """Roles: which credentials their agents may use."""
+
+
+@role.command("set")
+@click.argument("name")
+@click.option("--creds", help="Comma-separated credential names this role may use.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+@api_errors
+def role_set(ctx: click.Context, name: str, creds: str | None, as_json: bool) -> None:
+    """Create or change a role.
+
+    Example: fleetd role set researcher --creds openai,anthropic
+    """
+    body: dict[str, Any] = {}
+    if creds is not None:
+        body["creds"] = [c.strip() for c in creds.split(",") if c.strip()]
+    record = client(ctx).call("PUT", f"/v1/roles/{name}", body)
+    if as_json:
+        print_json(record)
+    else:
+        click.echo(f"{record['name']}: creds {','.join(record['creds']) or '-'}")
+
+
+@role.command("ls")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+@api_errors
+def role_ls(ctx: click.Context, as_json: bool) -> None:
+    """List roles.
+
+    Example: fleetd role ls
+    """
+    records = client(ctx).call("GET", "/v1/roles")
+    if as_json:
+        return print_json(records)
+    print_table(["NAME", "CREDS", "UPDATED"], [[r["name"], ",".join(r["creds"]) or "-", ago(r["updated_at"])]
+                                                for r in records])
+    return None

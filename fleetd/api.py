@@ -179,6 +179,30 @@ async def events(request: web.Request) -> web.StreamResponse:
             s.unsubscribe(queue)
 
 
+async def set_credential(request: web.Request) -> web.Response:
+    record = await sup(request).set_credential(request.match_info["name"], await body(request))
+    return web.json_response(record)
+
+
+async def list_credentials(request: web.Request) -> web.Response:
+    vault = sup(request).vault
+    assert vault is not None
+    return web.json_response(vault.records())
+
+
+async def remove_credential(request: web.Request) -> web.Response:
+    await sup(request).remove_credential(request.match_info["name"])
+    return web.json_response({"removed": request.match_info["name"]})
+
+
+async def set_role(request: web.Request) -> web.Response:
+    return web.json_response(await sup(request).set_role(request.match_info["name"], await body(request)))
+
+
+async def list_roles(request: web.Request) -> web.Response:
+    return web.json_response(sup(request).store.roles())
+
+
 async def teardown(request: web.Request) -> web.Response:
     return web.json_response({"removed": await sup(request).teardown()})
 
@@ -197,4 +221,9 @@ def init_app(supervisor: Supervisor) -> web.Application:
     app.router.add_post("/v1/agents/{ref}/extend", extend)
     app.router.add_get("/v1/events", events)
     app.router.add_post("/v1/teardown", teardown)
+    app.router.add_get("/v1/creds", list_credentials)
+    app.router.add_put("/v1/creds/{name}", set_credential)
+    app.router.add_delete("/v1/creds/{name}", remove_credential)
+    app.router.add_get("/v1/roles", list_roles)
+    app.router.add_put("/v1/roles/{name}", set_role)
     return app

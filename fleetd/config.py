@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fleetd import __version__
 from fleetd.errors import InvalidRequest
 from fleetd.paths import default_config, default_socket, default_state_dir
 from fleetd.units import NAME_PATTERN, parse_memory
@@ -70,15 +71,21 @@ class Config:
     log_retention: int = 3600
     max_exited: int = 100
     drain_on_exit: bool = False
+    zone2_image: str = f"fleetd/zone2:{__version__}"
 
-    def limits_for(self, role: str | None) -> Limits:
-        """The spawn defaults for a role (the instance defaults when none)."""
+    def limits_for(self, role: str | None, defined: frozenset[str] = frozenset()) -> Limits:
+        """The spawn defaults for a role (the instance defaults when none).
+
+        A role exists when the config file gives it limits or ``fleetd role set`` made it (``defined``).
+        """
         if role is None or role == "default":
             return self.defaults
-        if role not in self.roles:
-            known = ", ".join(sorted(self.roles)) or "none configured"
-            raise InvalidRequest(f"unknown role {role!r} (known roles: {known})")
-        return self.roles[role].over(self.defaults)
+        if role in self.roles:
+            return self.roles[role].over(self.defaults)
+        if role in defined:
+            return self.defaults
+        known = ", ".join(sorted(set(self.roles) | defined)) or "none defined"
+        raise InvalidRequest(f"unknown role {role!r} (known roles: {known})")
 
 
 def _limits(table: dict[str, Any], where: str) -> Limits:
@@ -116,7 +123,7 @@ def load_config(path: Path | None = None, **overrides: Any) -> Config:
         except tomllib.TOMLDecodeError as exc:
             raise InvalidRequest(f"config {source}: {exc}") from None
     kwargs: dict[str, Any] = {}
-    for key in ("instance", "max_ttl", "max_grace", "log_retention", "max_exited", "drain_on_exit"):
+    for key in ("instance", "max_ttl", "max_grace", "log_retention", "max_exited", "drain_on_exit", "zone2_image"):
         if key in data:
             kwargs[key] = data.pop(key)
     for key in ("state_dir", "socket"):

@@ -27,11 +27,13 @@ from fleetd.api import init_app
 from fleetd.config import Config
 from fleetd.docker_events import DockerEventWatcher
 from fleetd.errors import DaemonAlreadyRunning, FleetdError, RuntimeUnavailable
+from fleetd.gateway import Zone2
 from fleetd.runtime import DockerRuntime
 from fleetd.sdnotify import notify, watchdog_period
 from fleetd.store import Store
 from fleetd.supervisor import Supervisor
 from fleetd.timers import Timers
+from fleetd.vault import Vault, load_master_key
 
 log = logging.getLogger("fleetd")
 DOCKER_WAIT = 30.0
@@ -79,6 +81,13 @@ class Daemon:
         # Watch before reconciling, so no exit falls between the two.
         self._watcher.start(since=int(time.time()))
         await self.supervisor.start()
+        # Zone 2 serves before the socket accepts a single spawn.
+        self.vault = Vault(self.store, load_master_key(config.state_dir))
+        self.gateway = Zone2(config.state_dir, self.store, self.vault, self.runtime, self.supervisor.call,
+                             config.zone2_image)
+        self.supervisor.gateway = self.gateway
+        self.supervisor.vault = self.vault
+        await self.gateway.start()
         self._runner = web.AppRunner(init_app(self.supervisor), handle_signals=False, shutdown_timeout=2.0)
         await self._runner.setup()
         config.socket.parent.mkdir(parents=True, exist_ok=True)
@@ -111,6 +120,8 @@ class Daemon:
             await self.supervisor.drain()
         if self._runner is not None:
             await self._runner.cleanup()
+        if hasattr(self, "gateway"):
+            await self.gateway.stop()
         if self._socket_owned and self.config.socket.is_socket():
             self.config.socket.unlink()
         if self._watcher is not None:

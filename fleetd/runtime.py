@@ -54,6 +54,8 @@ class DockerRuntime:
     def __init__(self, instance: str) -> None:
         self.instance = instance
         self.network = f"fleetd-{instance}-agents"
+        self.egress = f"fleetd-{instance}-egress"
+        self.zone2_name = f"fleetd-{instance}-zone2"
         with docker_errors():
             self.client = docker.from_env(max_pool_size=POOL_SIZE)
         self.api = self.client.api
@@ -96,7 +98,82 @@ class DockerRuntime:
         self._network_ready = True
         return self.network
 
-    def create_and_start(self, agent_id: str, spec: AgentSpec) -> str:
+    def ensure_egress(self) -> str:
+        """The network zone 2 (and only zone 2) uses to reach upstreams."""
+        with docker_errors():
+            if not self.api.networks(names=[self.egress], filters=self.label_filter):
+                try:
+                    self.api.create_network(
+                        self.egress, driver="bridge", labels={**self.labels, LABEL_KIND: "egress"}
+                    )
+                except docker.errors.APIError as exc:
+                    if exc.status_code != 409:
+                        raise
+        return self.egress
+
+    def agents_bridge(self) -> str:
+        """The host interface of the agents' network (for the firewall)."""
+        with docker_errors():
+            network = self.api.inspect_network(self.ensure_network())
+        name = (network.get("Options") or {}).get("com.docker.network.bridge.name")
+        return str(name or f"br-{network['Id'][:12]}")
+
+    def agent_addresses(self) -> dict[str, str]:
+        """IP address on the agents' network -> agent id, for every running agent container."""
+        with docker_errors():
+            found = self.api.containers(filters={**self.label_filter, "network": self.network})
+        out = {}
+        for container in found:
+            agent_id = (container.get("Labels") or {}).get(LABEL_AGENT)
+            endpoint = ((container.get("NetworkSettings") or {}).get("Networks") or {}).get(self.network) or {}
+            if agent_id and endpoint.get("IPAddress"):
+                out[endpoint["IPAddress"]] = agent_id
+        return out
+
+    def container_ip(self, container_id: str) -> str | None:
+        data = self.inspect(container_id) or {}
+        endpoint = ((data.get("NetworkSettings") or {}).get("Networks") or {}).get(self.network) or {}
+        return endpoint.get("IPAddress") or None
+
+    def run_zone2(self, image: str, control_dir: str) -> str:
+        """(Re)create and start the zone 2 container; return its id.
+
+        No Docker socket, no secret in its env or on its disk, read-only root,
+        no capabilities, nobody's uid; the control dir is its only mount.
+        """
+        with docker_errors(image):
+            for old in self.api.containers(all=True, filters={"name": f"^/{self.zone2_name}$"}):
+                self.api.remove_container(old["Id"], force=True)
+            host_config = self.api.create_host_config(
+                binds={control_dir: {"bind": "/control", "mode": "rw"}},
+                read_only=True,
+                tmpfs={"/tmp": "size=16m"},
+                cap_drop=["ALL"],
+                security_opt=["no-new-privileges:true"],
+                mem_limit=256 << 20,
+                pids_limit=512,
+                init=True,
+                network_mode=self.ensure_network(),
+                log_config=LogConfig(type="json-file", config=LOG_CONFIG),
+            )
+            networking = self.api.create_networking_config(
+                {self.network: self.api.create_endpoint_config(aliases=["zone2"])}  # type: ignore[arg-type]
+            )
+            created = self.api.create_container(
+                image,
+                command=["zone2", "--control-dir", "/control"],
+                name=self.zone2_name,
+                user="65534:65534",
+                labels={**self.labels, LABEL_KIND: "zone2"},
+                host_config=host_config,
+                networking_config=networking,
+            )
+            container_id: str = created["Id"]
+            self.api.connect_container_to_network(container_id, self.ensure_egress())
+            self.api.start(container_id)
+        return container_id
+
+    def create_and_start(self, agent_id: str, spec: AgentSpec, env: dict[str, str] | None = None) -> str:
         """Create and start the agent's container; return its id."""
         network = self.ensure_network()
         host_config = self.api.create_host_config(
@@ -120,7 +197,7 @@ class DockerRuntime:
             LABEL_ROLE: spec.role,
             LABEL_KIND: "agent",
         }
-        env = {**spec.env, "FLEETD_AGENT_ID": agent_id}
+        env = {**spec.env, **(env or {}), "FLEETD_AGENT_ID": agent_id}
         with docker_errors(spec.image):
             created = self.api.create_container(
                 spec.image,

@@ -38,7 +38,7 @@ def ttl_seconds(value: Any, config: Config) -> int:
     return whole_number(value, "--ttl", 1, config.max_ttl)
 
 
-def build_spec(request: Any, config: Config, host_cpus: int) -> AgentSpec:
+def build_spec(request: Any, config: Config, host_cpus: int, roles: frozenset[str] = frozenset()) -> AgentSpec:
     """Validate a spawn request against the config; raise ``InvalidRequest`` on any fault."""
     if not isinstance(request, dict):
         raise InvalidRequest("spawn request must be a JSON object")
@@ -59,7 +59,7 @@ def build_spec(request: Any, config: Config, host_cpus: int) -> AgentSpec:
     role = request.get("role") or "default"
     if not isinstance(role, str):
         raise InvalidRequest("role must be a string")
-    limits = config.limits_for(role)
+    limits = config.limits_for(role, roles)
 
     env = parse_pairs(request.get("env"), "env")
     for key in env:

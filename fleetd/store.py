@@ -209,6 +209,32 @@ class Store:
             )
         )
 
+    # -- roles --------------------------------------------------------------
+    def set_role(self, name: str, creds: list[str] | None) -> dict[str, Any]:
+        """Create or update a role; ``creds=None`` keeps the current list."""
+        now = iso(utcnow())
+        current = self.role(name)
+        value = json.dumps(sorted(set(creds)) if creds is not None else (current or {}).get("creds", []))
+        self.conn.execute(
+            """INSERT INTO roles (name, creds, created_at, updated_at) VALUES (?, ?, ?, ?)
+               ON CONFLICT(name) DO UPDATE SET creds = excluded.creds, updated_at = excluded.updated_at""",
+            (name, value, now, now),
+        )
+        return self.role(name)  # type: ignore[return-value]
+
+    def role(self, name: str) -> dict[str, Any] | None:
+        rows = list(self.db.query("SELECT * FROM roles WHERE name = ?", [name]))
+        if not rows:
+            return None
+        return {**rows[0], "creds": json.loads(rows[0]["creds"])}
+
+    def roles(self) -> list[dict[str, Any]]:
+        return [{**r, "creds": json.loads(r["creds"])} for r in self.db.query("SELECT * FROM roles ORDER BY name")]
+
+    def role_creds(self, name: str) -> list[str]:
+        role = self.role(name)
+        return list(role["creds"]) if role else []
+
     # -- events -------------------------------------------------------------
     def add_event(
         self, type_: str, message: str, agent_id: str | None = None, data: dict[str, Any] | None = None

@@ -19,7 +19,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fleetd import __version__
 from fleetd.config import Config
@@ -36,15 +36,20 @@ from fleetd.decisions import (
 )
 from fleetd.errors import Conflict, FleetdError, InvalidRequest, NotFound
 from fleetd.models import LIVE_STATES, AgentSpec, Reason, State, iso, parse_iso, utcnow
-from fleetd.runtime import LABEL_AGENT, POOL_SIZE, DockerRuntime
+from fleetd.runtime import LABEL_AGENT, LABEL_KIND, POOL_SIZE, DockerRuntime
 from fleetd.spec import build_spec, ttl_seconds, whole_number
 from fleetd.store import Store
 from fleetd.timers import Timers
-from fleetd.units import format_bytes
+from fleetd.units import NAME_PATTERN, format_bytes
+
+if TYPE_CHECKING:
+    from fleetd.gateway import Zone2
+    from fleetd.vault import Vault
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 JANITOR_PERIOD = 30.0
+INFRASTRUCTURE = ("zone2",)  # containers of the instance that are not agents
 
 
 class Supervisor:
@@ -63,6 +68,9 @@ class Supervisor:
         self._oom_seen: set[str] = set()
         self._exited: dict[str, asyncio.Event] = collections.defaultdict(asyncio.Event)
         self._subscribers: set[asyncio.Queue[dict[str, Any] | None]] = set()
+        self.gateway: Zone2 | None = None
+        self.vault: Vault | None = None
+        self._background: set[asyncio.Task[None]] = set()
         store.on_event = self._publish
 
     async def call(self, func: Callable[..., T], *args: Any) -> T:
@@ -89,6 +97,7 @@ class Supervisor:
         containers = [
             {"id": c["Id"], "agent_id": (c.get("Labels") or {}).get(LABEL_AGENT), "running": c["State"] == "running"}
             for c in await self.call(self.runtime.containers)
+            if (c.get("Labels") or {}).get(LABEL_KIND) not in INFRASTRUCTURE
         ]
         agents = self.store.agents()
         for action in plan_reconcile(agents, containers):
@@ -131,7 +140,13 @@ class Supervisor:
     # -- spawn --------------------------------------------------------------
     async def spawn(self, request: Any) -> dict[str, Any]:
         """Validate, record, create and start an agent; arm its deadline."""
-        spec = build_spec(request, self.config, self.host_cpus)
+        spec = build_spec(request, self.config, self.host_cpus, frozenset(r["name"] for r in self.store.roles()))
+        env: dict[str, str] = {}
+        if self.gateway is not None:
+            await self.gateway.ready()  # zone 2 runs before any agent does
+            from fleetd.gateway import agent_env
+
+            env = agent_env()
         agent_id = secrets.token_hex(6)
         name = spec.name or agent_id
         owner = self.store.live_name_owner(name)
@@ -149,7 +164,7 @@ class Supervisor:
             spec=_dumps(spec.to_json()),
         )
         try:
-            container_id = await self.call(self.runtime.create_and_start, agent_id, spec)
+            container_id = await self.call(self.runtime.create_and_start, agent_id, spec, env)
         except InvalidRequest:
             # Bad input (unknown image, bad reference): leave no trace.
             self.store.conn.execute("DELETE FROM agents WHERE id = ?", (agent_id,))
@@ -168,6 +183,8 @@ class Supervisor:
                 agent_id, State.RUNNING, None, container_id=container_id, started_at=iso(utcnow())
             )
             self._arm_deadline(agent)
+            if self.gateway is not None:
+                self._spawn_task(self.gateway.register(agent_id, container_id))
         else:  # it already exited: the die event beat us here
             agent = self.store.update(agent_id, container_id=container_id)
         return agent
@@ -263,6 +280,14 @@ class Supervisor:
         self.timers.cancel(f"kill:{agent_id}")
         self._oom_seen.discard(agent_id)
         self._exited[agent_id].set()
+        if self.gateway is not None:
+            self._spawn_task(self.gateway.unregister(agent_id))
+
+    def _spawn_task(self, coro: Any) -> None:
+        """Run ``coro`` in the background, keeping a reference until it ends."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     # -- Docker events ------------------------------------------------------
     def on_docker_event(self, event: dict[str, Any]) -> None:
@@ -270,6 +295,9 @@ class Supervisor:
         attrs = (event.get("Actor") or {}).get("Attributes") or {}
         agent_id = attrs.get(LABEL_AGENT)
         action = event.get("Action") or event.get("status") or ""
+        if attrs.get(LABEL_KIND) == "zone2" and action == "die" and self.gateway is not None:
+            self.gateway.on_exit()
+            return
         if not agent_id:
             return
         container_id = (event.get("Actor") or {}).get("ID") or event.get("id")
@@ -333,6 +361,40 @@ class Supervisor:
         self._finished(agent_id)
 
     # -- housekeeping -------------------------------------------------------
+    # -- credentials and roles ----------------------------------------------
+    async def set_credential(self, name: str, data: dict[str, Any]) -> dict[str, Any]:
+        """Create or rotate a credential; zone 2 uses the new value for its next request."""
+        assert self.vault is not None
+        upstream, secret = data.get("upstream"), data.get("secret")
+        if not isinstance(upstream, str) or not isinstance(secret, str):
+            raise InvalidRequest("a credential needs an upstream URL and a secret (both strings)")
+        existed = bool(self.vault.records(name))
+        record = self.vault.set(name, upstream, secret)
+        if self.gateway is not None:
+            await self.gateway.push_creds()
+        self.store.add_event("credential_rotated" if existed else "credential_set",
+                             f"credential {name} -> {record['upstream']}", None, {"name": name})
+        return record
+
+    async def remove_credential(self, name: str) -> None:
+        assert self.vault is not None
+        self.vault.remove(name)
+        if self.gateway is not None:
+            await self.gateway.push_creds()
+        self.store.add_event("credential_removed", f"credential {name} removed", None, {"name": name})
+
+    async def set_role(self, name: str, data: dict[str, Any]) -> dict[str, Any]:
+        if not NAME_PATTERN.match(name) or name == "default":
+            raise InvalidRequest(f"invalid role name {name!r}")
+        creds = data.get("creds")
+        if creds is not None and (not isinstance(creds, list) or not all(isinstance(c, str) for c in creds)):
+            raise InvalidRequest("creds must be a list of credential names")
+        role = self.store.set_role(name, creds)
+        if self.gateway is not None:
+            await self.gateway.push_all()  # running agents of this role see the new scope at once
+        self.store.add_event("role_set", f"role {name}: creds {role['creds']}", None, {"name": name})
+        return role
+
     async def janitor(self) -> None:
         """Remove exited agents' containers past retention (or beyond the count kept)."""
         doomed = expired_exits(
@@ -356,7 +418,9 @@ class Supervisor:
             if agent["state"] != State.STOPPING:
                 # Their containers die next: the exits must say why.
                 self.store.transition(agent["id"], State.STOPPING, Reason.TEARDOWN, kill_at=iso(utcnow()))
+        rules = await self.gateway.teardown() if self.gateway is not None else 0
         removed = await self.call(self.runtime.teardown)
+        removed["firewall_rules"] = rules
         for agent in self.store.agents(tuple(s for s in State if s != State.REMOVED)):
             self.store.transition(
                 agent["id"], State.REMOVED, agent["reason"], finished_at=agent["finished_at"] or iso(utcnow())
@@ -423,6 +487,7 @@ class Supervisor:
             "docker": {"connected": self.docker_connected, "version": self.docker_version, "cpus": self.host_cpus},
             "agents": {s.value: counts.get(s.value, 0) for s in State},
             "timers": len(self.timers.scheduler.get_jobs()),
+            "zone2": self.gateway.status() if self.gateway is not None else None,
             "max_ttl": self.config.max_ttl,
         }
 

@@ -1,0 +1,244 @@
+"""The daemon's side of zone 2: keep the gateway container alive and tell it what it must know.
+
+Zone 2 holds credentials and agent registrations in memory only; whenever it
+(re)starts, everything is sent again. It asks back, over ``daemon.sock``, who
+an address it does not know yet belongs to, so an agent's first call never
+races its registration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from fleetd import __version__
+from fleetd.errors import FleetdError, RuntimeFailure
+from fleetd.firewall import Firewall
+from fleetd.models import LIVE_STATES
+from fleetd.runtime import DockerRuntime
+from fleetd.store import Store
+from fleetd.vault import Vault
+from fleetd.zone2.service import CONTROL_SOCKET, DAEMON_SOCKET, GATEWAY_PORT
+
+log = logging.getLogger(__name__)
+NOBODY = 65534
+HEALTH_PERIOD = 1.0
+START_TIMEOUT = 20.0
+ZONE2_IMAGE = f"fleetd/zone2:{__version__}"
+GATEWAY_URL = f"http://zone2:{GATEWAY_PORT}"
+
+
+def agent_env() -> dict[str, str]:
+    """What an agent needs to reach zone 2 with unmodified OpenAI/Anthropic SDKs."""
+    return {
+        "FLEETD_GATEWAY_URL": GATEWAY_URL,
+        "OPENAI_BASE_URL": f"{GATEWAY_URL}/v1",
+        "ANTHROPIC_BASE_URL": GATEWAY_URL,
+    }
+
+
+class Zone2:
+    """Runs, watches and feeds the zone 2 gateway container."""
+
+    def __init__(self, state_dir: Path, store: Store, vault: Vault, runtime: DockerRuntime,
+                 call: Callable[..., Awaitable[Any]], image: str = ZONE2_IMAGE) -> None:
+        self.control_dir = state_dir / "zone2"
+        self.store = store
+        self.vault = vault
+        self.runtime = runtime
+        self.call = call
+        self.image = image
+        self.firewall = Firewall(runtime.instance)
+        self.container_id: str | None = None
+        self.ip: str | None = None
+        self.healthy = False
+        self.restarts = 0
+        self.last_health: dict[str, Any] = {}
+        self._session: aiohttp.ClientSession | None = None
+        self._runner: web.AppRunner | None = None
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self.suspended = False  # after teardown, until the next spawn
+
+    # -- lifecycle ------------------------------------------------------------
+    async def start(self) -> None:
+        """Bring zone 2 up (before any spawn is accepted) and keep it up."""
+        self.control_dir.mkdir(mode=0o700, exist_ok=True)
+        os.chown(self.control_dir, NOBODY, NOBODY)
+        os.chmod(self.control_dir, 0o700)
+        await self._serve_whois()
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.UnixConnector(path=str(self.control_dir / CONTROL_SOCKET)),
+            timeout=aiohttp.ClientTimeout(total=5),
+        )
+        await self.ensure()
+        self._task = asyncio.create_task(self._watch())
+
+    async def stop(self) -> None:
+        """Stop watching; zone 2 itself keeps running for the agents (like the agents do)."""
+        if self._task is not None:
+            self._task.cancel()
+        if self._session is not None:
+            await self._session.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def ensure(self) -> None:
+        """Zone 2 runs and knows everything; restart and re-feed it if not."""
+        async with self._lock:
+            data = await self.call(self.runtime.inspect, self.runtime.zone2_name)
+            running = bool(data and data["State"]["Running"] and data["Config"]["Image"] == self.image)
+            if running and await self.health() is not None:
+                if not self.healthy:
+                    await self._adopt(data)
+                return
+            self.healthy = False
+            if data is not None:
+                self.restarts += 1
+                self.store.add_event("zone2_restarted", "zone 2 was down: restarting it")
+            self.container_id = await self.call(self.runtime.run_zone2, self.image, str(self.control_dir))
+            deadline = time.monotonic() + START_TIMEOUT
+            polls = 0
+            while await self.health() is None:
+                polls += 1
+                gone = polls % 10 == 0 and not ((await self.call(self.runtime.inspect, self.container_id)) or {}).get(
+                    "State", {}).get("Running")
+                if gone or time.monotonic() > deadline:
+                    logs = await self.call(self._logs_tail)
+                    raise RuntimeFailure(f"zone 2 did not start ({self.image}): {logs.strip()[-500:]}")
+                await asyncio.sleep(0.05)
+            await self._adopt(await self.call(self.runtime.inspect, self.runtime.zone2_name))
+
+    async def _adopt(self, data: dict[str, Any] | None) -> None:
+        assert data is not None
+        self.container_id = data["Id"]
+        self.ip = (data["NetworkSettings"]["Networks"].get(self.runtime.network) or {}).get("IPAddress")
+        if not self.ip:
+            raise RuntimeFailure("zone 2 has no address on the agents' network")
+        bridge = await self.call(self.runtime.agents_bridge)
+        await self.call(self.firewall.apply, bridge, self.ip)
+        await self.push_all()
+        self.healthy = True
+        self.store.add_event("zone2_ready", f"zone 2 serving agents at {self.ip}:{GATEWAY_PORT}")
+
+    def _logs_tail(self) -> str:
+        try:
+            return bytes(self.runtime.api.logs(self.runtime.zone2_name, tail=5)).decode(errors="replace")
+        except Exception:
+            return "(no logs)"
+
+    async def ready(self) -> None:
+        """Make sure zone 2 serves (after a teardown, bring it back)."""
+        self.suspended = False
+        if not self.healthy:
+            await self.ensure()
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(HEALTH_PERIOD)
+            if self.suspended:
+                continue
+            if self.healthy and await self.health() is not None:
+                continue
+            try:
+                await self.ensure()
+            except FleetdError as exc:
+                log.warning("zone 2: %s", exc.message)
+
+    def on_exit(self) -> None:
+        """Docker says zone 2 died: restart it now rather than at the next health check."""
+        self.healthy = False
+        if not self.suspended:
+            asyncio.get_running_loop().create_task(self._ensure_logged())
+
+    async def _ensure_logged(self) -> None:
+        try:
+            await self.ensure()
+        except FleetdError as exc:
+            log.warning("zone 2: %s", exc.message)
+
+    async def teardown(self) -> int:
+        """Stop keeping zone 2 alive and remove the firewall rules (the container goes with the rest)."""
+        self.suspended = True
+        self.healthy = False
+        return int(await self.call(self.firewall.remove))
+
+    # -- talking to zone 2 ----------------------------------------------------
+    async def _control(self, method: str, path: str, body: Any = None) -> dict[str, Any] | None:
+        assert self._session is not None
+        try:
+            async with self._session.request(method, f"http://zone2{path}", json=body) as response:
+                if response.status != 200:
+                    return None
+                result: dict[str, Any] = await response.json()
+                return result
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            return None
+
+    async def health(self) -> dict[str, Any] | None:
+        result = await self._control("GET", "/control/health")
+        if result is not None:
+            self.last_health = result
+        return result
+
+    async def push_all(self) -> None:
+        """Send every credential and every live agent's registration."""
+        await self.push_creds()
+        addresses = await self.call(self.runtime.agent_addresses)
+        regs = [r for ip, agent_id in addresses.items() if (r := self.registration(agent_id, ip))]
+        await self._control("PUT", "/control/agents", regs)
+
+    async def push_creds(self) -> None:
+        creds = self.vault.open_all()
+        payload = [{"name": c.name, "upstream": c.upstream, "secret": c.secret} for c in creds]
+        await self._control("PUT", "/control/creds", payload)
+
+    async def register(self, agent_id: str, container_id: str) -> None:
+        ip = await self.call(self.runtime.container_ip, container_id)
+        reg = self.registration(agent_id, ip) if ip else None
+        if reg:
+            await self._control("POST", "/control/agents", reg)
+
+    async def unregister(self, agent_id: str) -> None:
+        await self._control("DELETE", f"/control/agents/{agent_id}")
+
+    def registration(self, agent_id: str, ip: str) -> dict[str, Any] | None:
+        agent = self.store.get(agent_id)
+        if agent is None or agent["state"] not in LIVE_STATES:
+            return None
+        return {"agent_id": agent_id, "ip": ip, "role": agent["role"], "creds": self.store.role_creds(agent["role"])}
+
+    # -- whois: zone 2 asks the daemon --------------------------------------
+    async def _serve_whois(self) -> None:
+        app = web.Application()
+
+        async def whois(request: web.Request) -> web.Response:
+            ip = request.query.get("ip", "")
+            addresses = await self.call(self.runtime.agent_addresses)
+            reg = self.registration(addresses[ip], ip) if ip in addresses else None
+            if reg is None:
+                return web.json_response({"error": "not an agent"}, status=404)
+            return web.Response(text=json.dumps(reg), content_type="application/json")
+
+        app.router.add_get("/control/whois", whois)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        path = self.control_dir / DAEMON_SOCKET
+        if path.exists():
+            path.unlink()
+        await web.UnixSite(self._runner, str(path)).start()
+        os.chmod(path, 0o666)  # the directory (0700, zone 2's uid) is what keeps others out
+
+    def status(self) -> dict[str, Any]:
+        return {"healthy": self.healthy, "container_id": self.container_id, "address": self.ip,
+                "restarts": self.restarts, "agents_registered": self.last_health.get("agents"),
+                "credentials": self.last_health.get("creds")}

@@ -1,0 +1,229 @@
+"""A local OpenAI/Anthropic-compatible LLM simulator, for demos and offline tests.
+
+``fleetd llm-sim --port 8000`` serves:
+
+- ``POST /v1/chat/completions`` (OpenAI; ``stream`` with ``stream_options.include_usage``)
+- ``POST /v1/responses`` (OpenAI Responses API, plain)
+- ``POST /v1/messages`` (Anthropic; ``stream`` with message_start/message_delta usage)
+- ``GET /v1/models``
+
+Token counts are deterministic: input = words in the request's messages,
+output = ``max_tokens`` (or ``--output-tokens``) capped. Knobs for testing
+agents' behaviour: ``--latency-ms``, ``--chunk-delay-ms``, ``--rate-limit N``
+(answer the next N calls with 429 + Retry-After), ``--fail N`` (500s). The same
+knobs can be changed at run time with ``POST /sim/config``, and
+``GET /sim/requests`` shows the requests seen (headers included: the point is
+to show that a real key arrived here and nowhere else).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+
+@dataclass
+class SimConfig:
+    latency_ms: int = 0
+    chunk_delay_ms: int = 10
+    output_tokens: int = 16
+    rate_limit: int = 0  # answer this many next calls with 429
+    retry_after: int = 1
+    fail: int = 0  # answer this many next calls with 500
+    require_key: str | None = None  # when set, any other bearer / x-api-key gets 401 naming it
+
+
+@dataclass
+class Sim:
+    config: SimConfig = field(default_factory=SimConfig)
+    requests: list[dict[str, Any]] = field(default_factory=list)
+
+
+SIM = web.AppKey("sim", Sim)
+
+
+def count_words(value: Any) -> int:
+    if isinstance(value, str):
+        return len(value.split())
+    if isinstance(value, list):
+        return sum(count_words(v) for v in value)
+    if isinstance(value, dict):
+        return sum(count_words(v) for k, v in value.items() if k in ("content", "text", "input", "messages", "system"))
+    return 0
+
+
+def openai_error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    body = {"error": {"type": code, "code": code, "message": message}}
+    return web.json_response(body, status=status, headers=headers)
+
+
+async def gate(request: web.Request) -> tuple[dict[str, Any], web.Response | None]:
+    """Record the request and apply the failure knobs."""
+    sim = request.app[SIM]
+    raw = await request.read()
+    try:
+        data = json.loads(raw) if raw else {}
+    except ValueError:
+        return {}, openai_error(400, "invalid_request_error", "malformed JSON")
+    sim.requests.append({"method": request.method, "path": request.path_qs, "headers": dict(request.headers),
+                         "body": data, "time": time.time()})
+    del sim.requests[:-200]
+    config = sim.config
+    if config.latency_ms:
+        await asyncio.sleep(config.latency_ms / 1000)
+    key = request.headers.get("x-api-key") or request.headers.get("Authorization", "").removeprefix("Bearer ")
+    if config.require_key is not None and key != config.require_key:
+        return data, openai_error(401, "invalid_api_key", f"Incorrect API key provided: {key}")
+    if config.rate_limit > 0:
+        config.rate_limit -= 1
+        return data, openai_error(429, "rate_limit_exceeded", "Rate limit reached",
+                                  {"Retry-After": str(config.retry_after)})
+    if config.fail > 0:
+        config.fail -= 1
+        return data, openai_error(500, "server_error", "The server had an error")
+    return data, None
+
+
+def usage_numbers(data: dict[str, Any], config: SimConfig) -> tuple[int, int]:
+    prompt = max(1, count_words(data.get("messages") or data.get("input") or []) + count_words(data.get("system")))
+    limit = data.get("max_tokens") or data.get("max_completion_tokens") or data.get("max_output_tokens")
+    completion = min(config.output_tokens, int(limit)) if limit else config.output_tokens
+    return prompt, max(1, completion)
+
+
+def words(n: int) -> list[str]:
+    return [f"tok{i}" for i in range(n)]
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    data, refusal = await gate(request)
+    if refusal:
+        return refusal
+    config = request.app[SIM].config
+    prompt, completion = usage_numbers(data, config)
+    model = data.get("model", "sim-model")
+    ident = f"chatcmpl-{uuid.uuid4().hex[:12]}"
+    usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+             "prompt_tokens_details": {"cached_tokens": 0}, "completion_tokens_details": {"reasoning_tokens": 0}}
+    if not data.get("stream"):
+        return web.json_response({
+            "id": ident, "object": "chat.completion", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": " ".join(words(completion))},
+                         "finish_reason": "stop"}],
+            "usage": usage,
+        })
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    await response.prepare(request)
+
+    async def send(chunk: dict[str, Any]) -> None:
+        await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+
+    base = {"id": ident, "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
+    include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
+    for i, word in enumerate(words(completion)):
+        delta = {"role": "assistant", "content": word} if i == 0 else {"content": " " + word}
+        await send({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
+                    **({"usage": None} if include_usage else {})})
+        await asyncio.sleep(config.chunk_delay_ms / 1000)
+    await send({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+                **({"usage": None} if include_usage else {})})
+    if include_usage:
+        await send({**base, "choices": [], "usage": usage})
+    await response.write(b"data: [DONE]\n\n")
+    await response.write_eof()
+    return response
+
+
+async def responses(request: web.Request) -> web.StreamResponse:
+    data, refusal = await gate(request)
+    if refusal:
+        return refusal
+    prompt, completion = usage_numbers(data, request.app[SIM].config)
+    text = " ".join(words(completion))
+    return web.json_response({
+        "id": f"resp_{uuid.uuid4().hex[:12]}", "object": "response", "created_at": int(time.time()),
+        "status": "completed", "model": data.get("model", "sim-model"),
+        "output": [{"type": "message", "id": f"msg_{uuid.uuid4().hex[:8]}", "status": "completed",
+                    "role": "assistant", "content": [{"type": "output_text", "text": text, "annotations": []}]}],
+        "usage": {"input_tokens": prompt, "output_tokens": completion, "total_tokens": prompt + completion,
+                  "input_tokens_details": {"cached_tokens": 0}, "output_tokens_details": {"reasoning_tokens": 0}},
+    })
+
+
+async def messages(request: web.Request) -> web.StreamResponse:
+    data, refusal = await gate(request)
+    if refusal:
+        return refusal
+    config = request.app[SIM].config
+    prompt, completion = usage_numbers(data, config)
+    model = data.get("model", "sim-model")
+    ident = f"msg_{uuid.uuid4().hex[:12]}"
+    if not data.get("stream"):
+        return web.json_response({
+            "id": ident, "type": "message", "role": "assistant", "model": model,
+            "content": [{"type": "text", "text": " ".join(words(completion))}],
+            "stop_reason": "end_turn", "stop_sequence": None,
+            "usage": {"input_tokens": prompt, "output_tokens": completion,
+                      "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0},
+        })
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    await response.prepare(request)
+
+    async def send(event: str, payload: dict[str, Any]) -> None:
+        await response.write(f"event: {event}\ndata: {json.dumps(payload)}\n\n".encode())
+
+    await send("message_start", {"type": "message_start", "message": {
+        "id": ident, "type": "message", "role": "assistant", "model": model, "content": [],
+        "stop_reason": None, "stop_sequence": None,
+        "usage": {"input_tokens": prompt, "output_tokens": 1, "cache_creation_input_tokens": 0,
+                  "cache_read_input_tokens": 0}}})
+    await send("content_block_start", {"type": "content_block_start", "index": 0,
+                                       "content_block": {"type": "text", "text": ""}})
+    for i, word in enumerate(words(completion)):
+        await send("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                           "delta": {"type": "text_delta", "text": (" " if i else "") + word}})
+        await asyncio.sleep(config.chunk_delay_ms / 1000)
+    await send("content_block_stop", {"type": "content_block_stop", "index": 0})
+    await send("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                                 "usage": {"output_tokens": completion}})
+    await send("message_stop", {"type": "message_stop"})
+    await response.write_eof()
+    return response
+
+
+async def models(request: web.Request) -> web.Response:
+    return web.json_response({"object": "list", "data": [{"id": "sim-model", "object": "model", "owned_by": "sim"}]})
+
+
+async def sim_requests(request: web.Request) -> web.Response:
+    return web.json_response(request.app[SIM].requests)
+
+
+async def sim_config(request: web.Request) -> web.Response:
+    sim = request.app[SIM]
+    if request.method == "POST":
+        sim.config = SimConfig(**{**asdict(sim.config), **(await request.json())})
+    return web.json_response(asdict(sim.config))
+
+
+def init_sim(config: SimConfig | None = None) -> web.Application:
+    app = web.Application(client_max_size=16 << 20)
+    app[SIM] = Sim(config or SimConfig())
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/v1/responses", responses)
+    app.router.add_post("/v1/messages", messages)
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/sim/requests", sim_requests)
+    app.router.add_get("/sim/config", sim_config)
+    app.router.add_post("/sim/config", sim_config)
+    return app
+
+
+def run(host: str, port: int, config: SimConfig) -> None:
+    web.run_app(init_sim(config), host=host, port=port, access_log=None, print=None)
