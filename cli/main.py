@@ -346,8 +346,8 @@ def status(ctx: click.Context, as_json: bool) -> None:
     zone2 = info.get("zone2")
     if zone2:
         health = "healthy" if zone2["healthy"] else "DOWN"
-        click.echo(f"zone 2     {health} at {zone2['address']} ({zone2['agents_registered']} agents registered, "
-                   f"{zone2['credentials']} credentials, {zone2['restarts']} restarts)")
+        click.echo(f"zone 2     {health} at {zone2['address'] or '-'} ({zone2['agents_registered'] or 0} agents "
+                   f"registered, {zone2['credentials'] or 0} credentials, {zone2['restarts']} restarts)")
     return None
 
 

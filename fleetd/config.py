@@ -137,6 +137,6 @@ def load_config(path: Path | None = None, **overrides: Any) -> Config:
         raise InvalidRequest(f"config {source}: unknown keys {sorted(data)}")
     kwargs.update({k: v for k, v in overrides.items() if v is not None})
     config = Config(**kwargs)
-    if not NAME_PATTERN.match(config.instance):
+    if not NAME_PATTERN.fullmatch(config.instance):
         raise InvalidRequest(f"invalid instance name {config.instance!r}: use letters, digits, _ . -")
     return config

@@ -198,7 +198,15 @@ async def messages(request: web.Request) -> web.StreamResponse:
 
 
 async def models(request: web.Request) -> web.Response:
+    _, refusal = await gate(request)
+    if refusal:
+        return refusal
     return web.json_response({"object": "list", "data": [{"id": "sim-model", "object": "model", "owned_by": "sim"}]})
+
+
+async def sim_redirect(request: web.Request) -> web.Response:
+    """Answer with a redirect to ``?to=`` (to show a proxy does not follow it with a key)."""
+    raise web.HTTPFound(request.query.get("to", "/"))
 
 
 async def sim_requests(request: web.Request) -> web.Response:
@@ -220,6 +228,7 @@ def init_sim(config: SimConfig | None = None) -> web.Application:
     app.router.add_post("/v1/messages", messages)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/sim/requests", sim_requests)
+    app.router.add_route("*", "/sim/redirect", sim_redirect)
     app.router.add_get("/sim/config", sim_config)
     app.router.add_post("/sim/config", sim_config)
     return app

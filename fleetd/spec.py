@@ -52,7 +52,7 @@ def build_spec(request: Any, config: Config, host_cpus: int, roles: frozenset[st
     if not isinstance(command, list) or not all(isinstance(a, str) for a in command):
         raise InvalidRequest("command must be a list of strings")
     name = request.get("name")
-    if name is not None and (not isinstance(name, str) or not NAME_PATTERN.match(name)):
+    if name is not None and (not isinstance(name, str) or not NAME_PATTERN.fullmatch(name)):
         raise InvalidRequest(
             f"invalid name {name!r}: 1-63 letters, digits, _ . - starting with a letter or digit"
         )

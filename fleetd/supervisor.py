@@ -384,7 +384,7 @@ class Supervisor:
         self.store.add_event("credential_removed", f"credential {name} removed", None, {"name": name})
 
     async def set_role(self, name: str, data: dict[str, Any]) -> dict[str, Any]:
-        if not NAME_PATTERN.match(name) or name == "default":
+        if not NAME_PATTERN.fullmatch(name) or name == "default":
             raise InvalidRequest(f"invalid role name {name!r}")
         creds = data.get("creds")
         if creds is not None and (not isinstance(creds, list) or not all(isinstance(c, str) for c in creds)):

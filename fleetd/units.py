@@ -53,7 +53,7 @@ def parse_pair(item: str, what: str) -> tuple[str, str]:
     """Split ``KEY=VALUE``; the key must be a valid name."""
     key, sep, value = item.partition("=")
     pattern = _ENV_KEY if what == "env" else _LABEL_KEY
-    if not sep or not pattern.match(key):
+    if not sep or not pattern.fullmatch(key):
         raise InvalidRequest(f"invalid {what} {item!r}: expected KEY=VALUE")
     return key, value
 

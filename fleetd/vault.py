@@ -54,12 +54,20 @@ def load_master_key(state_dir: Path) -> bytes:
 
 def normalize_upstream(url: str) -> str:
     """``scheme://host[:port]`` plus an optional base path; no credentials, query or fragment."""
-    parts = urlsplit(url.strip())
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError as exc:
+        raise InvalidRequest(f"--upstream: invalid URL {url!r}: {exc}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidRequest(f"--upstream must be an http(s) URL with a host, got {url!r}")
     if parts.username or parts.password or parts.query or parts.fragment:
         raise InvalidRequest("--upstream may not carry user info, a query or a fragment")
-    netloc = parts.hostname.lower() + (f":{parts.port}" if parts.port else "")
+    if port == 0:
+        raise InvalidRequest("--upstream: port 0 is not a port")
+    host = parts.hostname.lower()
+    host = f"[{host}]" if ":" in host else host  # IPv6 literals keep their brackets
+    netloc = host + (f":{port}" if port is not None else "")
     return f"{parts.scheme}://{netloc}{parts.path.rstrip('/')}"
 
 
@@ -83,7 +91,7 @@ class Vault:
 
     def set(self, name: str, upstream: str, secret: str) -> dict[str, str]:
         """Create or rotate a credential; returns its public record."""
-        if not CRED_NAME.match(name):
+        if not CRED_NAME.fullmatch(name):
             raise InvalidRequest(f"invalid credential name {name!r}: letters, digits, _ . - (max 64)")
         upstream = normalize_upstream(upstream)
         if not secret or len(secret) > MAX_SECRET or "\n" in secret or "\r" in secret:

@@ -138,7 +138,15 @@ class Gateway:
 
 def init_gateway(registry: Registry, whois: Whois) -> web.Application:
     """The agent-facing aiohttp application."""
-    app = web.Application(client_max_size=MAX_BODY)
+    @web.middleware
+    async def targets(request: web.Request, handler: Any) -> web.StreamResponse:
+        # Authority-form (CONNECT host:port) and the like never reach a route: refuse them the same way.
+        if not request.raw_path.startswith("/"):
+            return error(400, "bad_request", "the request target must be a path starting with a single /")
+        result: web.StreamResponse = await handler(request)
+        return result
+
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[targets])
 
     async def open_session(app: web.Application) -> Any:
         timeout = aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT, sock_read=IDLE_TIMEOUT)

@@ -18,6 +18,7 @@ from typing import Any
 import docker
 
 from cli.client import ApiError, Client
+from fleetd.firewall import Firewall
 
 FLEETD = str(Path(sys.executable).with_name("fleetd"))
 AGENT_IMAGE = "fleetd/agent-python"
@@ -40,7 +41,8 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: floa
 
 
 def remove_instance_objects(instance: str) -> None:
-    """Remove every container, network and volume labelled with ``instance``."""
+    """Remove every container, network, volume and firewall rule of ``instance``."""
+    Firewall(instance).remove()
     client = docker.from_env()
     label = {"label": f"fleetd.instance={instance}"}
     for container in client.containers.list(all=True, filters=label):
@@ -159,8 +161,9 @@ def term_time(logs: str) -> float:
     raise AssertionError(f"no SIGTERM in logs: {logs!r}")
 
 
-def containers(instance: str) -> list[Any]:
+def containers(instance: str, kinds: tuple[str, ...] = ("zone2",)) -> list[Any]:
+    """The instance's containers, leaving out infrastructure (zone 2) unless asked."""
     client = docker.from_env()
     found = client.containers.list(all=True, filters={"label": f"fleetd.instance={instance}"})
     client.close()
-    return found
+    return [c for c in found if c.labels.get("fleetd.kind") not in kinds]

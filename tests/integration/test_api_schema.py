@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -24,6 +25,7 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from cli.client import UnixHTTPConnection
+from fleetd.firewall import Firewall
 
 pytestmark = pytest.mark.docker
 
@@ -47,9 +49,12 @@ class Answer:
 class Api:
     """Raw HTTP over the daemon's socket, checked against the OpenAPI document."""
 
-    def __init__(self, socket_path: str, doc: dict[str, Any]) -> None:
+    def __init__(self, socket_path: str, doc: dict[str, Any], instance: str, log_path: Path) -> None:
         self.socket_path = socket_path
         self.doc = doc
+        self.instance = instance
+        self.log_path = log_path
+        self.bodies: list[bytes] = []  # every response body, to search for what must never be in one
         resource: Resource[Any] = Resource.from_contents(doc, default_specification=DRAFT202012)
         self.registry: Registry[Any] = Registry().with_resource(DOC_URI, resource)
 
@@ -63,7 +68,9 @@ class Api:
             conn.request(method, path, body=payload, headers=headers)
             response = conn.getresponse()
             content_type = (response.getheader("Content-Type") or "").split(";")[0].strip()
-            return Answer(response.status, content_type, response.read())
+            answer = Answer(response.status, content_type, response.read())
+            self.bodies.append(answer.raw)
+            return answer
         finally:
             conn.close()
 
@@ -178,7 +185,7 @@ def api(doc: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterat
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    client = Api(socket_path, doc)
+    client = Api(socket_path, doc, instance, log_path)
     try:
         deadline = time.monotonic() + STARTUP_TIMEOUT
         while True:
@@ -194,6 +201,11 @@ def api(doc: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterat
             time.sleep(0.2)
         yield client
     finally:
+        # The daemon starts zone 2 and adds iptables rules (comment fleetd:<instance>): a teardown
+        # removes both. The label sweep below catches what a failed teardown leaves of the rest.
+        if proc.poll() is None:
+            with contextlib.suppress(OSError):
+                client.request("POST", "/v1/teardown", timeout=60)
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(30)
@@ -209,6 +221,7 @@ def api(doc: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterat
                 network.remove()
         finally:
             engine.close()
+            Firewall(instance).remove()  # only this instance's rules and chain; a no-op after the teardown
             shutil.rmtree(socket_dir, ignore_errors=True)
 
 
@@ -226,6 +239,101 @@ def test_status(api: Api) -> None:
     assert status["instance"].startswith("t-api-")
     assert status["docker"]["connected"] is True
     assert status["socket"] == api.socket_path
+    zone2 = status["zone2"]
+    assert zone2["healthy"] is True, zone2
+    assert zone2["address"] and zone2["container_id"]
+    engine = docker.from_env()
+    try:
+        container = engine.containers.get(f"fleetd-{api.instance}-zone2")
+        assert container.id == zone2["container_id"]
+        assert container.labels["fleetd.instance"] == api.instance
+    finally:
+        engine.close()
+
+
+# -- credentials and roles -------------------------------------------------------
+
+
+def zone2_credentials(api: Api, expected: int) -> None:
+    """Zone 2's credential count (from its health check, about once a second) reaches ``expected``."""
+    deadline = time.monotonic() + 10
+    while (zone2 := api.call("GET", "/v1/status", "/v1/status", 200)["zone2"])["credentials"] != expected:
+        assert time.monotonic() < deadline, f"zone 2 holds {zone2['credentials']} credentials, not {expected}"
+        time.sleep(0.2)
+
+
+def test_credentials_and_roles(api: Api) -> None:
+    secret = f"sk-fleetd-test-{secrets.token_hex(16)}"
+    rotated_secret = f"sk-fleetd-test-{secrets.token_hex(16)}"
+    name = f"api-cred-{secrets.token_hex(3)}"
+    role = f"api-role-{secrets.token_hex(3)}"
+    creds, one = "/v1/creds", "/v1/creds/{name}"
+
+    # cred set: nothing is contacted, so a closed local port is a fine upstream.
+    created = api.call("PUT", f"{creds}/{name}", one, 200, {"upstream": "HTTP://127.0.0.1:9/", "secret": secret})
+    assert created["name"] == name
+    assert created["upstream"] == "http://127.0.0.1:9"
+    rotated = api.call("PUT", f"{creds}/{name}", one, 200, {"upstream": "http://127.0.0.1:9", "secret": rotated_secret})
+    assert rotated["created_at"] == created["created_at"]
+    assert rotated["updated_at"] >= created["updated_at"]
+    other = f"{name}-2"
+    api.call("PUT", f"{creds}/{other}", one, 200, {"upstream": "http://127.0.0.1:9/v1", "secret": secret})
+
+    # cred ls
+    listed = api.call("GET", creds, creds, 200)
+    mine = {c["name"]: c for c in listed if c["name"].startswith(name)}
+    assert mine == {name: rotated, other: {**mine[other], "upstream": "http://127.0.0.1:9/v1"}}
+    zone2_credentials(api, len(listed))
+
+    # What the daemon refuses.
+    good = {"upstream": "http://127.0.0.1:9", "secret": secret}
+    for path, body, raw in [
+        (f"{creds}/-{name}", good, None),
+        (f"{creds}/{'x' * 65}", good, None),
+        (f"{creds}/{name}", {"upstream": "127.0.0.1:9", "secret": secret}, None),
+        (f"{creds}/{name}", {"upstream": "http://u:p@127.0.0.1:9", "secret": secret}, None),
+        (f"{creds}/{name}", {"upstream": "http://127.0.0.1:9", "secret": f"{secret}\nmore"}, None),
+        (f"{creds}/{name}", {"upstream": "http://127.0.0.1:9", "secret": ""}, None),
+        (f"{creds}/{name}", {"upstream": "http://127.0.0.1:9"}, None),
+        (f"{creds}/{name}", None, b'{"upstream": '),
+    ]:
+        api.error("PUT", path, one, 400, "invalid_request", body, raw)
+    assert api.call("GET", creds, creds, 200) == listed  # none of that changed anything
+
+    # role set, role ls
+    roles, one_role = "/v1/roles", "/v1/roles/{name}"
+    made = api.call("PUT", f"{roles}/{role}", one_role, 200, {"creds": [other, name, name]})
+    assert made["creds"] == sorted([name, other])
+    kept = api.call("PUT", f"{roles}/{role}", one_role, 200)  # no body: the list stays
+    assert kept["creds"] == made["creds"]
+    assert kept["created_at"] == made["created_at"]
+    emptied = api.call("PUT", f"{roles}/{role}", one_role, 200, {"creds": []})
+    assert emptied["creds"] == []
+    api.call("PUT", f"{roles}/{role}", one_role, 200, {"creds": [name]})
+    listed_roles = api.call("GET", roles, roles, 200)
+    assert [r["creds"] for r in listed_roles if r["name"] == role] == [[name]]
+    api.error("PUT", f"{roles}/default", one_role, 400, "invalid_request", {"creds": [name]})
+    api.error("PUT", f"{roles}/-{role}", one_role, 400, "invalid_request", {"creds": [name]})
+    api.error("PUT", f"{roles}/{role}", one_role, 400, "invalid_request", {"creds": name})
+    api.error("PUT", f"{roles}/{role}", one_role, 400, "invalid_request", raw=b"[]")
+
+    # A role made here is one spawn accepts.
+    agent = spawn(api, role=role)
+    assert agent["role"] == role
+
+    # cred rm, and 404 for a credential that is not (or no longer) there.
+    assert api.call("DELETE", f"{creds}/{other}", one, 200) == {"removed": other}
+    api.error("DELETE", f"{creds}/{other}", one, 404, "not_found")
+    api.error("DELETE", f"{creds}/nosuchcred-{secrets.token_hex(3)}", one, 404, "not_found")
+    assert [c["name"] for c in api.call("GET", creds, creds, 200) if c["name"].startswith(name)] == [name]
+    assert [e["type"] for e in api.call("GET", "/v1/events", "/v1/events", 200) if e["type"].startswith("cred")][
+        -4:
+    ] == ["credential_set", "credential_rotated", "credential_set", "credential_removed"]
+
+    # No secret in any response body the daemon sent so far (nor in its log).
+    for value in (secret, rotated_secret):
+        assert not [raw[:200] for raw in api.bodies if value.encode() in raw]
+        assert value not in api.log_path.read_text()
 
 
 def test_agent_lifecycle(api: Api) -> None:
@@ -369,9 +477,14 @@ def test_unknown_route_and_method_answer_the_error_shape(api: Api) -> None:
 
 def test_teardown(api: Api) -> None:
     spawn(api)
+    firewall = Firewall(api.instance)
+    assert len([rule for rule in firewall.rules() if firewall.tag in rule]) == 3
     result = api.call("POST", "/v1/teardown", "/v1/teardown", 200)
-    assert result["removed"]["containers"] >= 1
-    assert result["removed"]["networks"] == 1
+    assert result["removed"]["containers"] >= 2  # the agents and zone 2
+    assert result["removed"]["networks"] == 2  # agents and egress
+    assert result["removed"]["firewall_rules"] == 3
+    assert firewall.rules() == []
+    assert api.call("GET", "/v1/status", "/v1/status", 200)["zone2"]["healthy"] is False
     agents = api.call("GET", "/v1/agents?all=true", "/v1/agents", 200)
     assert {a["state"] for a in agents} == {"removed"}
     assert api.call("GET", "/v1/agents", "/v1/agents", 200) == []

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import secrets
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import click
 import jsonschema
 import pytest
 import yaml
@@ -19,11 +23,14 @@ from cli.main import main as cli_main
 from fleetd import errors
 from fleetd.api import error_response, init_app
 from fleetd.config import Config
+from fleetd.gateway import Zone2
 from fleetd.models import Reason, State, iso, utcnow
 from fleetd.spec import SPAWN_FIELDS, build_spec
 from fleetd.store import Store
 from fleetd.supervisor import Supervisor
 from fleetd.timers import Timers
+from fleetd.units import NAME_PATTERN
+from fleetd.vault import CRED_NAME, MAX_SECRET, Vault  # also defines VaultError, an API error (vault_error)
 
 SPEC_PATH = Path(__file__).resolve().parents[2] / "docs" / "openapi.yaml"
 DOC_URI = "urn:fleetd:openapi"
@@ -129,15 +136,27 @@ def test_paths_equal_the_routes_of_init_app(doc: dict[str, Any]) -> None:
     assert set(operations(doc)) == routes
 
 
+def cli_command(words: list[str]) -> click.Command | None:
+    """The CLI command at ``fleetd WORD [WORD ...]`` (through groups such as ``cred``), or None."""
+    command: click.Command = cli_main
+    for word in words:
+        if not isinstance(command, click.Group) or word not in command.commands:
+            return None
+        command = command.commands[word]
+    return command
+
+
 def test_every_operation_is_named_and_names_its_cli_verb(doc: dict[str, Any]) -> None:
     ops = operations(doc)
     ids = [op["operationId"] for op in ops.values()]
     assert len(ids) == len(set(ids)), "operationIds must be unique"
-    verbs = set(cli_main.commands)
     for key, op in ops.items():
-        named = re.findall(r"`fleetd ([a-z-]+)`", op["summary"])
-        assert named, f"{key}: the summary should name the CLI verb, e.g. (`fleetd ps`)"
-        assert set(named) <= verbs, f"{key}: {named} is not a fleetd command"
+        named = re.findall(r"`fleetd ([a-z-]+(?: [a-z-]+)*)`", op["summary"])
+        assert named, f"{key}: the summary should name the CLI verb, e.g. (`fleetd ps`, `fleetd cred set`)"
+        for verb in named:
+            command = cli_command(verb.split())
+            assert command is not None, f"{key}: `fleetd {verb}` is not a fleetd command"
+            assert not isinstance(command, click.Group), f"{key}: `fleetd {verb}` is a group, not a verb"
 
 
 def test_path_parameters_are_declared(doc: dict[str, Any]) -> None:
@@ -297,7 +316,9 @@ def test_agent_records_match_the_schemas(doc: dict[str, Any], supervisor: Superv
 
 def test_status_and_events_match_the_schemas(doc: dict[str, Any], supervisor: Supervisor) -> None:
     agent_id = add_agent(supervisor, {"image": "img"}, "a")
-    supervisor.store.add_event("teardown", "removed", None, {"containers": 1, "networks": 1, "volumes": 0})
+    supervisor.store.add_event(
+        "teardown", "removed", None, {"containers": 2, "networks": 2, "volumes": 0, "firewall_rules": 3}
+    )
     check(doc, "Status", supervisor.status())
     events = supervisor.store.events()
     assert [e["agent_id"] for e in events] == [agent_id, None]
@@ -317,3 +338,160 @@ def test_schemas_reject_what_the_daemon_never_sends(doc: dict[str, Any]) -> None
         {"$ref": "#/components/schemas/TeardownResult"},
         {"removed": {"containers": 0, "networks": 0, "volumes": 0, "images": 0}},
     ) == [".removed.images"]
+
+
+# -- credentials and roles ------------------------------------------------------
+
+UPSTREAM = "http://127.0.0.1:9"
+
+
+def write_body(doc: dict[str, Any]) -> dict[str, Any]:
+    put = doc["paths"]["/v1/creds/{name}"]["put"]
+    return put["requestBody"]["content"]["application/json"]["schema"]  # type: ignore[no-any-return]
+
+
+def test_the_secret_is_write_only_and_in_no_response(doc: dict[str, Any]) -> None:
+    write = resolve(doc, write_body(doc))
+    assert write["required"] == ["upstream", "secret"]
+    assert write["properties"]["secret"]["writeOnly"] is True
+    assert "no response of this API ever contains it" in write["description"]
+    assert "no response of this API ever contains a secret" in doc["paths"]["/v1/creds/{name}"]["put"]["description"]
+    assert write["properties"]["secret"]["maxLength"] == MAX_SECRET
+    # No schema but the write body declares a secret, and no response refers to the write body.
+    holders = [name for name, schema in doc["components"]["schemas"].items() if "secret" in declared(doc, schema)]
+    assert holders == ["CredentialWrite"]
+    for key, op in operations(doc).items():
+        assert "CredentialWrite" not in json.dumps(op["responses"]), key
+
+
+def test_name_patterns_equal_the_daemons(doc: dict[str, Any]) -> None:
+    schemas = doc["components"]["schemas"]
+    assert schemas["CredentialName"]["pattern"] == CRED_NAME.pattern
+    assert schemas["RoleName"]["pattern"] == NAME_PATTERN.pattern
+    role_name = validator(doc, "RoleName")
+    assert role_name.is_valid("researcher")
+    assert not role_name.is_valid("default")
+
+
+@pytest.fixture
+def vault_supervisor(supervisor: Supervisor) -> Supervisor:
+    supervisor.vault = Vault(supervisor.store, secrets.token_bytes(32))
+    return supervisor
+
+
+@pytest.mark.parametrize(
+    ("name", "request_"),
+    [
+        ("openai", {"upstream": "https://api.openai.com", "secret": "sk-1"}),
+        ("a.b_c-1", {"upstream": " HTTPS://Example.COM:8443/v1/ ", "secret": "x" * MAX_SECRET}),
+        ("L" * 64, {"upstream": UPSTREAM, "secret": "s p a c e s", "ignored": True}),
+    ],
+)
+def test_credential_writes_the_daemon_accepts_match_the_schema(
+    doc: dict[str, Any], vault_supervisor: Supervisor, name: str, request_: dict[str, Any]
+) -> None:
+    record = asyncio.run(vault_supervisor.set_credential(name, request_))
+    check(doc, "Credential", record)
+    validator(doc, "CredentialName").validate(name)
+    validator(doc, "CredentialWrite").validate(request_)
+
+
+@pytest.mark.parametrize(
+    ("name", "request_"),
+    [
+        ("-leading-dash", {"upstream": UPSTREAM, "secret": "s"}),
+        ("L" * 65, {"upstream": UPSTREAM, "secret": "s"}),
+        ("has space", {"upstream": UPSTREAM, "secret": "s"}),
+        ("ok", {"secret": "s"}),
+        ("ok", {"upstream": UPSTREAM}),
+        ("ok", {"upstream": UPSTREAM, "secret": 42}),
+        ("ok", {"upstream": UPSTREAM, "secret": ""}),
+        ("ok", {"upstream": UPSTREAM, "secret": "two\nlines"}),
+        ("ok", {"upstream": UPSTREAM, "secret": "crlf\r\n"}),
+        ("ok", {"upstream": UPSTREAM, "secret": "x" * (MAX_SECRET + 1)}),
+        ("ok", {"upstream": "api.openai.com", "secret": "s"}),
+        ("ok", {"upstream": "ftp://files.example.com", "secret": "s"}),
+    ],
+)
+def test_credential_writes_the_daemon_refuses_fail_the_schema(
+    doc: dict[str, Any], vault_supervisor: Supervisor, name: str, request_: dict[str, Any]
+) -> None:
+    with pytest.raises(errors.InvalidRequest):
+        asyncio.run(vault_supervisor.set_credential(name, request_))
+    assert vault_supervisor.vault is not None and vault_supervisor.vault.records() == []
+    name_ok = validator(doc, "CredentialName").is_valid(name)
+    assert not (name_ok and validator(doc, "CredentialWrite").is_valid(request_))
+
+
+def test_credential_and_role_records_match_the_schemas(doc: dict[str, Any], vault_supervisor: Supervisor) -> None:
+    sup = vault_supervisor
+    assert sup.vault is not None
+    secret = f"sk-{secrets.token_hex(16)}"
+    first = asyncio.run(sup.set_credential("openai", {"upstream": "https://API.openai.com/", "secret": secret}))
+    assert first["upstream"] == "https://api.openai.com"
+    asyncio.run(sup.set_credential("local", {"upstream": UPSTREAM, "secret": secret}))
+    rotated = asyncio.run(sup.set_credential("openai", {"upstream": "https://api.openai.com/v1", "secret": "sk-2"}))
+    assert rotated["created_at"] == first["created_at"]
+    records = sup.vault.records()
+    assert [r["name"] for r in records] == ["local", "openai"]
+    for record in [first, rotated, *records]:
+        check(doc, "Credential", record)
+
+    role = asyncio.run(sup.set_role("researcher", {"creds": ["openai", "local", "openai"]}))
+    assert role["creds"] == ["local", "openai"]
+    kept = asyncio.run(sup.set_role("researcher", {}))
+    assert kept["creds"] == role["creds"]
+    asyncio.run(sup.set_role("empty", {"creds": None}))
+    for value in [role, kept, *sup.store.roles()]:
+        check(doc, "Role", value)
+    for bad in ({"creds": "openai"}, {"creds": [1]}):
+        with pytest.raises(errors.InvalidRequest):
+            asyncio.run(sup.set_role("researcher", bad))
+        with pytest.raises(jsonschema.ValidationError):
+            validator(doc, "RoleWrite").validate(bad)
+    with pytest.raises(errors.InvalidRequest):
+        asyncio.run(sup.set_role("default", {}))
+
+    asyncio.run(sup.remove_credential("local"))
+    check(doc, "CredentialRemoved", {"removed": "local"})  # what fleetd/api.py answers
+    with pytest.raises(errors.NotFound):
+        asyncio.run(sup.remove_credential("local"))
+
+    events = sup.store.events()
+    assert {"credential_set", "credential_rotated", "credential_removed", "role_set"} <= {e["type"] for e in events}
+    for event in events:
+        check(doc, "Event", event)
+    everything = json.dumps([records, sup.store.roles(), events])
+    assert secret not in everything and "sk-2" not in everything
+
+
+def test_status_with_zone2_matches_the_schema(doc: dict[str, Any], vault_supervisor: Supervisor) -> None:
+    sup = vault_supervisor
+    assert sup.vault is not None
+    runtime = SimpleNamespace(instance=sup.config.instance)  # Zone2.__init__ only reads the instance
+    zone2 = Zone2(sup.config.state_dir, sup.store, sup.vault, runtime, sup.call)  # type: ignore[arg-type]
+    sup.gateway = zone2
+    status = sup.status()
+    check(doc, "Status", status)
+    assert status["zone2"] == {
+        "healthy": False,
+        "container_id": None,
+        "address": None,
+        "restarts": 0,
+        "agents_registered": None,
+        "credentials": None,
+    }
+    zone2.healthy, zone2.container_id, zone2.ip, zone2.restarts = True, "e" * 64, "172.30.0.2", 1
+    zone2.last_health = {"ok": True, "agents": 2, "creds": 1, "uptime_seconds": 3.5, "pid": 1}
+    status = sup.status()
+    check(doc, "Status", status)
+    assert (status["zone2"]["agents_registered"], status["zone2"]["credentials"]) == (2, 1)
+    sup.gateway = None
+    assert sup.status()["zone2"] is None
+
+
+def test_teardown_result_counts_firewall_rules(doc: dict[str, Any]) -> None:
+    removed = {"containers": 2, "networks": 2, "volumes": 0, "firewall_rules": 3}
+    check(doc, "TeardownResult", {"removed": removed})
+    with pytest.raises(jsonschema.ValidationError):
+        validator(doc, "TeardownResult").validate({"removed": {"containers": 2, "networks": 2, "volumes": 0}})
