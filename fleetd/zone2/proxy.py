@@ -101,6 +101,8 @@ class Gateway:
             return error(403, "forbidden", "credentials bound to different upstreams in one request")
         secrets = {c.name: c.secret for c in creds}
         url = upstreams.pop() + path + ("?" + substitute_query(query, secrets) if query else "")
+        if (request.content_length or 0) > MAX_BODY:
+            return error(413, "request_too_large", f"request bodies are limited to {MAX_BODY >> 20} MiB")
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
