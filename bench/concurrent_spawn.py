@@ -134,21 +134,39 @@ def main() -> int:
                 for error in errors[:3]:
                     print(f"  {kind} failed: {error}")
                 walls[kind].append(wall)
-                rows.append([
-                    round_ + 1, kind, wall, statistics.median(each), percentile(each, 90), max(each),
-                    client_cpu, daemon_cpu, len(errors),
-                ])  # fmt: skip
+                rows.append(
+                    [
+                        round_ + 1,
+                        kind,
+                        wall,
+                        statistics.median(each),
+                        percentile(each, 90),
+                        max(each),
+                        client_cpu,
+                        daemon_cpu,
+                        len(errors),
+                    ]
+                )
                 print(f"round {round_ + 1} {kind:<12}: batch {wall:6.2f} s  ({len(errors)} failed)", flush=True)
                 clean(bench, outs if kind != "docker run" else [])
 
         print()
         print(
             table(
-                ["round", "kind", "batch s", "median proc s", "p90 proc s", "max proc s", "client CPU s",
-                 "daemon CPU s", "failed"],
+                [
+                    "round",
+                    "kind",
+                    "batch s",
+                    "median proc s",
+                    "p90 proc s",
+                    "max proc s",
+                    "client CPU s",
+                    "daemon CPU s",
+                    "failed",
+                ],
                 rows,
             )
-        )  # fmt: skip
+        )
         medians = {kind: statistics.median(values) for kind, values in walls.items()}
         ratio = medians["fleetd spawn"] / medians["docker run"]
         summary_rows: list[list[object]] = [[f"median {kind} batch s", value] for kind, value in medians.items()]

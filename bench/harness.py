@@ -1,5 +1,9 @@
 """Shared helpers for the benchmarks: a throwaway daemon, cleanup that always runs, stats, tables.
 
+The daemon and the CLI run from the working tree, or, when the environment variable
+``FLEETD_BENCH_REF`` names a git ref (e.g. ``HEAD``), from a snapshot of that commit (``git archive``
+into the run's temp dir, put first on ``PYTHONPATH``): the working tree may be mid-edit.
+
 Every run gets a random hex id. The daemon runs as instance ``bench-<hex>`` with its state in a
 temp dir and its socket at ``/tmp/fb-<hex>.sock`` (Unix socket paths are limited to ~100 bytes).
 Baseline ``docker run`` containers carry the label ``fleetd-bench=<hex>``. Cleanup removes only
@@ -10,11 +14,13 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import hashlib
 import json
 import math
 import os
 import resource
 import secrets
+import shlex
 import shutil
 import signal
 import statistics
@@ -70,6 +76,7 @@ class Bench:
         self.config = config or {}
         self.proc: subprocess.Popen[bytes] | None = None
         self.env = {**os.environ, "FLEETD_SOCKET": str(self.socket)}
+        self.ref = os.environ.get("FLEETD_BENCH_REF") or None
         self.exe = fleetd_exe()
         self._cleaned = False
         self._baseline_seq = 0
@@ -90,9 +97,11 @@ class Bench:
         self.cleanup()
 
     def start(self, timeout: float = 30.0) -> None:
+        if self.ref:
+            self.env["PYTHONPATH"] = str(snapshot(self.ref, self.tmp / "src"))
         load = " ".join(f"{x:.2f}" for x in os.getloadavg())
         print(
-            f"code: {code_version()}; python {sys.version.split()[0]}; docker {docker_version()}; "
+            f"code: {code_version(self.ref)}; python {sys.version.split()[0]}; docker {docker_version()}; "
             f"{os.cpu_count()} CPUs, load average {load}"
         )
         cmd = [self.exe, "daemon", "--state-dir", str(self.state_dir), "--socket", str(self.socket)]
@@ -133,24 +142,47 @@ class Bench:
         except OSError:
             return "(no daemon log)"
 
+    def stop_daemon(self, timeout: float = 15.0) -> float | None:
+        """SIGTERM the daemon; SIGKILL it after ``timeout``. Return how long it took to exit (None: killed)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return 0.0
+        start = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            print(f"(the daemon did not exit {timeout:g} s after SIGTERM: SIGKILL)")
+            self.proc.kill()
+            self.proc.wait()
+            return None
+        return time.monotonic() - start
+
     def cleanup(self) -> None:
         """SIGTERM the daemon, then remove every container and network of this run. Idempotent."""
         if self._cleaned:
             return
         self._cleaned = True
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
         # Baseline containers first: they sit on the instance's network and would block its removal.
         remove_containers(f"label={BASELINE_LABEL}={self.hex}")
-        remove_containers(f"label=fleetd.instance={self.instance}")
-        networks = _lines(["docker", "network", "ls", "-q", "--filter", f"label=fleetd.instance={self.instance}"])
-        if networks:
-            subprocess.run(["docker", "network", "rm", *networks], capture_output=True, check=False)
+        remove_containers(f"label=fleetd.instance={self.instance}")  # faster than teardown's one by one
+        if self.proc is not None and self.proc.poll() is None:
+            try:  # the daemon's own teardown also removes what it made outside Docker (firewall rules)
+                self.client(timeout=120).call("POST", "/v1/teardown")
+            except (ApiError, OSError) as exc:
+                print(f"(fleetd teardown failed: {exc}; sweeping by label)")
+        self.stop_daemon()
+        remove_firewall_rules(self.instance)
+        for attempt in range(3):
+            left = remove_containers(f"label={BASELINE_LABEL}={self.hex}")
+            left += remove_containers(f"label=fleetd.instance={self.instance}")
+            networks = _lines(["docker", "network", "ls", "-q", "--filter", f"label=fleetd.instance={self.instance}"])
+            if networks:
+                result = subprocess.run(["docker", "network", "rm", *networks], capture_output=True, text=True)
+                if result.returncode != 0 and attempt == 2:
+                    print(f"warning: could not remove network(s) of {self.instance}: {result.stderr.strip()}")
+            if not left and not networks:
+                break
+            time.sleep(1)
         with contextlib.suppress(OSError):
             self.socket.unlink()
         if self.keep_logs:
@@ -201,9 +233,13 @@ class Bench:
             time.sleep(0.5)
 
     def remove_all_containers(self) -> None:
-        """Between rounds: drop the baseline containers and the agents' containers (docker rm -f)."""
+        """Between rounds: drop the baseline containers and the agents' containers (docker rm -f).
+
+        Only agents (label fleetd.kind=agent): the daemon's own containers (zone 2) stay, or the next
+        spawn would wait for the daemon to bring zone 2 back.
+        """
         remove_containers(f"label={BASELINE_LABEL}={self.hex}")
-        remove_containers(f"label=fleetd.instance={self.instance}")
+        remove_containers(f"label=fleetd.instance={self.instance}", "label=fleetd.kind=agent")
 
     def spawn_api_many(
         self, requests: Sequence[dict[str, Any] | Callable[[], dict[str, Any]]], concurrency: int = 10
@@ -222,11 +258,23 @@ class Bench:
             return list(pool.map(one, requests))
 
 
-def code_version() -> str:
-    """The commit under test, and whether fleetd/ or cli/ differ from it (results depend on that code)."""
-    head = _lines(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
+def code_version(ref: str | None = None) -> str:
+    """The code under test: a snapshot of ``ref``, or the working tree (is it ahead of its commit?)."""
+    head = _lines(["git", "-C", str(REPO), "rev-parse", "--short", ref or "HEAD"])
+    if ref:
+        return f"snapshot of {ref} = commit {head[0] if head else '?'} (FLEETD_BENCH_REF)"
     dirty = _lines(["git", "-C", str(REPO), "status", "--porcelain", "--", "fleetd", "cli"])
-    return f"commit {head[0] if head else '?'}" + (" + uncommitted changes in fleetd/ or cli/" if dirty else "")
+    return f"working tree at commit {head[0] if head else '?'}" + (
+        " + uncommitted changes in fleetd/ or cli/" if dirty else ""
+    )
+
+
+def snapshot(ref: str, into: Path) -> Path:
+    """Extract fleetd/ and cli/ of a git ref into a directory; return it (for PYTHONPATH)."""
+    into.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", ref, "fleetd", "cli"], capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    return into
 
 
 def docker_version() -> str:
@@ -245,8 +293,33 @@ def _lines(cmd: list[str]) -> list[str]:
     return [line for line in out.split() if line]
 
 
-def remove_containers(filter_: str) -> int:
-    ids = _lines(["docker", "ps", "-aq", "--filter", filter_])
+def remove_firewall_rules(instance: str) -> int:
+    """Safety net for a daemon that could not tear down: delete the iptables rules it tagged for ``instance``.
+
+    fleetd/firewall.py tags each rule with the comment ``fleetd:<instance>`` and jumps to a chain
+    ``FLEETD-<sha256(instance)[:12]>``; only those are touched.
+    """
+    iptables = shutil.which("iptables")
+    if iptables is None or os.geteuid() != 0:
+        return 0
+    tag = f"fleetd:{instance}"
+    removed = 0
+    for chain in ("INPUT", "DOCKER-USER"):
+        listing = subprocess.run([iptables, "-w", "-S", chain], capture_output=True, text=True).stdout
+        for line in listing.splitlines():
+            words = shlex.split(line)
+            if words[:1] == ["-A"] and tag in words:
+                subprocess.run([iptables, "-w", "-D", *words[1:]], capture_output=True)
+                removed += 1
+    own_chain = "FLEETD-" + hashlib.sha256(instance.encode()).hexdigest()[:12]
+    subprocess.run([iptables, "-w", "-F", own_chain], capture_output=True)
+    subprocess.run([iptables, "-w", "-X", own_chain], capture_output=True)
+    return removed
+
+
+def remove_containers(*filters: str) -> int:
+    """``docker rm -f`` every container matching all the filters; return how many there were."""
+    ids = _lines(["docker", "ps", "-aq", *(arg for f in filters for arg in ("--filter", f))])
     for start in range(0, len(ids), 100):
         subprocess.run(["docker", "rm", "-f", *ids[start : start + 100]], capture_output=True, check=False)
     return len(ids)

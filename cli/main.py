@@ -111,6 +111,72 @@ def llm_sim(host: str, port: int, **knobs: Any) -> None:
     run(host, port, SimConfig(**knobs))
 
 
+@main.command(hidden=True)
+@click.argument("url")
+@click.option(
+    "--concurrency",
+    "-c",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="Requests in flight (one keep-alive connection each).",
+)
+@click.option("--duration", "-d", type=click.FloatRange(min=0, min_open=True), help="Seconds to measure.")
+@click.option("--requests", "-n", "requests_", type=click.IntRange(min=1), help="Or: measured requests in all.")
+@click.option(
+    "--warmup", type=click.FloatRange(min=0), default=0, show_default=True, help="Seconds of unmeasured load first."
+)
+@click.option("--method", "-X", help="HTTP method (default: POST with --body, GET without).")
+@click.option("--header", "-H", "headers", multiple=True, help="K:V, repeatable.")
+@click.option("--body", help="Request body, a JSON string (Content-Type defaults to application/json).")
+@click.option("--stream", is_flag=True, help="Also measure the time to the first byte of the body.")
+@click.option(
+    "--timeout", type=click.FloatRange(min=0, min_open=True), default=30, show_default=True, help="Seconds per request."
+)
+def loadgen(
+    url: str,
+    concurrency: int,
+    duration: float | None,
+    requests_: int | None,
+    warmup: float,
+    method: str | None,
+    headers: tuple[str, ...],
+    body: str | None,
+    stream: bool,
+    timeout: float,
+) -> None:
+    """Send HTTP load to URL and print one JSON line of figures (for benchmarks).
+
+    Example: fleetd loadgen http://zone2:8080/v1/models -H 'Authorization: Bearer $CRED{openai}' -c 100 -d 10
+    """
+    from fleetd.loadgen import LoadSpec, parse_header, run
+
+    if (duration is None) == (requests_ is None):
+        raise click.UsageError("give exactly one of --duration and --requests")
+    try:
+        header_map = dict(parse_header(h) for h in headers)
+        if body is not None:
+            json.loads(body)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    if body is not None and not any(k.lower() == "content-type" for k in header_map):
+        header_map["Content-Type"] = "application/json"
+    run(
+        LoadSpec(
+            url=url,
+            concurrency=concurrency,
+            duration=duration,
+            requests=requests_,
+            method=method,
+            headers=header_map,
+            body=body.encode() if body is not None else None,
+            stream=stream,
+            warmup=warmup,
+            timeout=timeout,
+        )
+    )
+
+
 @main.group()
 def images() -> None:
     """Build fleetd's images."""
