@@ -6,6 +6,7 @@ JSON body ``{"error": {"type", "code", "message"}}`` with a 4xx/5xx status.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -19,6 +20,7 @@ from fleetd.supervisor import Supervisor
 log = logging.getLogger(__name__)
 SUPERVISOR = web.AppKey("supervisor", Supervisor)
 MAX_BODY = 1 << 20
+HANGUP_CHECK = 1.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -131,7 +133,10 @@ async def logs(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
     await response.prepare(request)
     try:
-        async for chunk in chunks:
+        while True:
+            chunk = await until_hangup(request, anext(chunks, b""))
+            if not chunk:
+                break
             await response.write(chunk)
         await response.write_eof()
     except (ConnectionResetError, FleetdError):
@@ -139,6 +144,18 @@ async def logs(request: web.Request) -> web.StreamResponse:
     finally:
         await chunks.aclose()  # type: ignore[attr-defined]
     return response
+
+
+async def until_hangup(request: web.Request, awaitable: Awaitable[bytes]) -> bytes:
+    """Await ``awaitable``, but give up when the client hangs up (a quiet agent never wakes us)."""
+    task = asyncio.ensure_future(awaitable)
+    while True:
+        done, _ = await asyncio.wait({task}, timeout=HANGUP_CHECK)
+        if done:
+            return task.result()
+        if request.transport is None or request.transport.is_closing():
+            task.cancel()
+            raise ConnectionResetError("client went away")
 
 
 async def events(request: web.Request) -> web.StreamResponse:

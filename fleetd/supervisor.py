@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 JANITOR_PERIOD = 30.0
+MAX_LOG_STREAMS = 256
 INFRASTRUCTURE = ("zone2",)  # containers of the instance that are not agents
 
 
@@ -61,6 +62,8 @@ class Supervisor:
         self.runtime = runtime
         self.timers = timers
         self.executor = ThreadPoolExecutor(max_workers=POOL_SIZE, thread_name_prefix="docker")
+        # Log streams block on a quiet agent: they get threads of their own, never the pool's.
+        self.stream_executor = ThreadPoolExecutor(max_workers=MAX_LOG_STREAMS, thread_name_prefix="logs")
         self.started = time.monotonic()
         self.host_cpus = 1
         self.docker_version = "?"
@@ -71,6 +74,7 @@ class Supervisor:
         self.gateway: Zone2 | None = None
         self.vault: Vault | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self.log_streams = 0  # open logs streams (follow readers included)
         store.on_event = self._publish
 
     async def call(self, func: Callable[..., T], *args: Any) -> T:
@@ -487,6 +491,7 @@ class Supervisor:
             "docker": {"connected": self.docker_connected, "version": self.docker_version, "cpus": self.host_cpus},
             "agents": {s.value: counts.get(s.value, 0) for s in State},
             "timers": len(self.timers.scheduler.get_jobs()),
+            "log_streams": self.log_streams,
             "zone2": self.gateway.status() if self.gateway is not None else None,
             "max_ttl": self.config.max_ttl,
         }
@@ -503,14 +508,17 @@ class Supervisor:
         return self._chunks(stream)
 
     async def _chunks(self, stream: Any) -> AsyncIterator[bytes]:
+        loop = asyncio.get_running_loop()
+        self.log_streams += 1
         try:
             while True:
-                chunk = await self.call(next, stream, b"")
+                chunk = await loop.run_in_executor(self.stream_executor, next, stream, b"")
                 if not chunk:
                     break
                 yield chunk
         finally:
-            stream.close()
+            self.log_streams -= 1
+            stream.close()  # unblocks the thread still waiting in next()
 
     def subscribe(self) -> asyncio.Queue[dict[str, Any] | None]:
         """A queue of new events; ``None`` in it means: you fell behind, stop."""
@@ -534,6 +542,7 @@ class Supervisor:
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
+        self.stream_executor.shutdown(wait=False, cancel_futures=True)
 
 
 def _spec(agent: dict[str, Any]) -> AgentSpec:

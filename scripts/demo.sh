@@ -51,3 +51,25 @@ say "fleetd logs $agent"
 fleetd logs "$agent"
 say "fleetd events --agent $agent"
 fleetd events --agent "$agent"
+
+say "zone 2: a local LLM simulator stands in for the provider; the key goes into the vault"
+docker rm -f fleetd-demo-llm >/dev/null 2>&1 || true
+docker run -d --name fleetd-demo-llm --network fleetd-default-egress fleetd/zone2 llm-sim --port 8000 >/dev/null
+printf %s "sk-demo-$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')" | fleetd cred set demo-llm --upstream http://fleetd-demo-llm:8000
+fleetd role set demo --creds demo-llm
+fleetd cred ls
+
+say "an agent calls the LLM with the handle \$CRED{demo-llm}; it never sees the key"
+agent=$(fleetd spawn --role demo --ttl 60 fleetd/agent-python python3 -c '
+import json, os, urllib.request
+req = urllib.request.Request(os.environ["OPENAI_BASE_URL"] + "/chat/completions",
+    data=json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]}).encode(),
+    headers={"Authorization": "Bearer $CRED{demo-llm}", "Content-Type": "application/json"})
+reply = json.load(urllib.request.urlopen(req))
+print("agent: the model said:", reply["choices"][0]["message"]["content"][:40], "| usage:", reply["usage"]["total_tokens"], "tokens")
+print("agent: keys in my environment:", [v for v in os.environ.values() if v.startswith("sk-")] or "none")
+')
+while [ "$(fleetd inspect "$agent" | python3 -c 'import json,sys; print(json.load(sys.stdin)["state"])')" != exited ]; do sleep 1; done
+fleetd logs "$agent"
+echo "the simulator received: $(docker exec fleetd-demo-llm python3 -c 'import json,urllib.request; r=json.load(urllib.request.urlopen("http://127.0.0.1:8000/sim/requests")); print(r[-1]["headers"]["Authorization"][:14] + "…")')"
+docker rm -f fleetd-demo-llm >/dev/null

@@ -215,3 +215,21 @@ def test_only_so_many_exited_containers_are_kept() -> None:
         assert [d.agent(i)["state"] for i in ids[:2]] == ["removed", "removed"]
     finally:
         d.cleanup()
+
+
+def test_interrupted_log_followers_free_their_threads(daemon: Daemon) -> None:
+    quiet = daemon.spawn(AGENT_IMAGE, "sleep", "600")
+
+    def streams() -> int:
+        return int(daemon.api.call("GET", "/v1/status")["log_streams"])
+
+    followers = [subprocess.Popen([FLEETD, "--socket", str(daemon.socket), "logs", "-f", quiet],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(70)]
+    wait_for(lambda: streams() == 70, 30, what="70 followers")
+    for follower in followers:
+        follower.terminate()
+    for follower in followers:
+        follower.wait()
+    # More followers than the Docker pool has threads, all gone: the daemon still works, and frees them.
+    assert daemon.agent(daemon.spawn(AGENT_IMAGE, "true"))["container_id"]
+    wait_for(lambda: streams() == 0, 15, what="the followers' streams to close")
