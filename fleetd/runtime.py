@@ -274,6 +274,9 @@ class DockerRuntime:
                     removed["networks"] += 1
                 except docker.errors.NotFound:
                     pass
+                except docker.errors.APIError as exc:
+                    # e.g. a stale endpoint (moby#42119): report it, and remove the rest anyway
+                    log.warning("teardown: cannot remove network %s: %s", network["Name"], exc.explanation)
             volumes = self.api.volumes(filters=self.label_filter).get("Volumes") or []
             for volume in volumes:
                 try:

@@ -36,6 +36,7 @@ from fleetd.decisions import (
 )
 from fleetd.errors import Conflict, FleetdError, InvalidRequest, NotFound
 from fleetd.models import LIVE_STATES, AgentSpec, Reason, State, iso, parse_iso, utcnow
+from fleetd.pidfds import PidHandles
 from fleetd.runtime import LABEL_AGENT, LABEL_KIND, POOL_SIZE, DockerRuntime
 from fleetd.spec import build_spec, ttl_seconds, whole_number
 from fleetd.store import Store
@@ -75,6 +76,7 @@ class Supervisor:
         self.vault: Vault | None = None
         self._background: set[asyncio.Task[None]] = set()
         self.log_streams = 0  # open logs streams (follow readers included)
+        self.pidfds = PidHandles()
         store.on_event = self._publish
 
     async def call(self, func: Callable[..., T], *args: Any) -> T:
@@ -132,13 +134,14 @@ class Supervisor:
             )
         if startup:
             self.store.add_event("adopted", f"re-adopted running container {container_id[:12]}", agent_id)
+        await self._attach_pid(container_id)
         if agent["state"] == State.RUNNING:
             self._arm_deadline(agent)
         elif agent["state"] == State.STOPPING:
             kill_at = parse_iso(agent["kill_at"]) or utcnow()
             if kill_at > utcnow():
                 # The SIGTERM may not have gone out before the daemon died: send it again.
-                await self.call(self.runtime.signal, container_id, "SIGTERM")
+                await self._signal(container_id, "SIGTERM")
             self.timers.at(f"kill:{agent_id}", kill_at, self.force_kill, agent_id)
 
     # -- spawn --------------------------------------------------------------
@@ -187,6 +190,7 @@ class Supervisor:
                 agent_id, State.RUNNING, None, container_id=container_id, started_at=iso(utcnow())
             )
             self._arm_deadline(agent)
+            self._spawn_task(self._attach_pid(container_id))
             if self.gateway is not None:
                 self._spawn_task(self.gateway.register(agent_id, container_id))
         else:  # it already exited: the die event beat us here
@@ -197,6 +201,19 @@ class Supervisor:
         deadline = parse_iso(agent["deadline"])
         assert deadline is not None
         self.timers.at(f"deadline:{agent['id']}", deadline, self.expire, agent["id"])
+
+    async def _signal(self, container_id: str, name: str) -> bool:
+        """Signal a container's init: through its pidfd at once, else through Docker's API."""
+        sent = self.pidfds.send(container_id, name)
+        if sent is None:
+            sent = await self.call(self.runtime.signal, container_id, name)
+        return sent
+
+    async def _attach_pid(self, container_id: str) -> None:
+        data = await self.call(self.runtime.inspect, container_id)
+        state = (data or {}).get("State") or {}
+        if state.get("Running"):
+            self.pidfds.attach(container_id, int(state.get("Pid") or 0))
 
     # -- ending an agent ----------------------------------------------------
     async def expire(self, agent_id: str) -> None:
@@ -211,9 +228,11 @@ class Supervisor:
         self.timers.cancel(f"deadline:{agent['id']}")
         agent = self.store.transition(agent["id"], State.STOPPING, reason, kill_at=iso(kill_at))
         signal = "SIGKILL" if grace == 0 else "SIGTERM"
-        sent = await self.call(self.runtime.signal, agent["container_id"], signal)
+        via = "pidfd" if self.pidfds.has(agent["container_id"]) else "docker"
+        sent = await self._signal(agent["container_id"], signal)
         self.store.add_event(
-            "signal", f"{signal} sent ({reason})", agent["id"], {"signal": signal, "sent": sent, "grace": grace}
+            "signal", f"{signal} sent ({reason})", agent["id"],
+            {"signal": signal, "sent": sent, "grace": grace, "via": via},
         )
         if not sent:
             await self._record_exit(agent["id"], agent["container_id"])
@@ -225,7 +244,7 @@ class Supervisor:
         """The grace period ended and the agent still runs: SIGKILL."""
         agent = self.store.get(agent_id)
         if agent and agent["state"] == State.STOPPING:
-            sent = await self.call(self.runtime.signal, agent["container_id"], "SIGKILL")
+            sent = await self._signal(agent["container_id"], "SIGKILL")
             if sent:
                 self.store.add_event("signal", "SIGKILL sent: grace period over", agent_id, {"signal": "SIGKILL"})
             else:
@@ -251,14 +270,14 @@ class Supervisor:
             raise Conflict(f"agent {agent['id']} is not running ({agent['state']})")
         signal = _signal_name(signal)
         if signal != "SIGKILL":
-            await self.call(self.runtime.signal, agent["container_id"], signal)
+            await self._signal(agent["container_id"], signal)
             self.store.add_event("signal", f"{signal} sent (kill)", agent["id"], {"signal": signal})
             return self._get(agent["id"])
         self.timers.cancel(f"deadline:{agent['id']}")
         self.timers.cancel(f"kill:{agent['id']}")
         if agent["state"] == State.RUNNING:
             self.store.transition(agent["id"], State.STOPPING, Reason.KILLED, kill_at=iso(utcnow()))
-        await self.call(self.runtime.signal, agent["container_id"], "SIGKILL")
+        await self._signal(agent["container_id"], "SIGKILL")
         self.store.add_event("signal", "SIGKILL sent (kill)", agent["id"], {"signal": "SIGKILL"})
         await self._wait_exit(agent["id"], 30)
         return self._get(agent["id"])
@@ -280,6 +299,8 @@ class Supervisor:
             await asyncio.wait_for(self._exited[agent_id].wait(), timeout)
 
     def _finished(self, agent_id: str) -> None:
+        agent = self.store.get(agent_id)
+        self.pidfds.detach(agent["container_id"] if agent else None)
         self.timers.cancel(f"deadline:{agent_id}")
         self.timers.cancel(f"kill:{agent_id}")
         self._oom_seen.discard(agent_id)
@@ -543,6 +564,7 @@ class Supervisor:
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.stream_executor.shutdown(wait=False, cancel_futures=True)
+        self.pidfds.close()
 
 
 def _spec(agent: dict[str, Any]) -> AgentSpec:

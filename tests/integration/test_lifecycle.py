@@ -100,6 +100,9 @@ def test_ttl_expiry_sends_sigterm_at_the_deadline(daemon: Daemon) -> None:
     assert (agent["reason"], agent["exit_code"]) == ("ttl_expired", 0)
     late = term_time(daemon.logs(agent_id)) - datetime.fromisoformat(agent["deadline"]).timestamp()
     assert 0 <= late < 3  # on time (precision itself is measured by bench/deadline_precision.py)
+    # straight to the container's init through a pidfd, not queued behind Docker's API
+    [signal] = [e["data"] for e in daemon.events(agent_id) if e["type"] == "signal"]
+    assert signal["via"] == "pidfd" and signal["sent"] is True
 
 
 def test_ttl_expiry_kills_after_grace(daemon: Daemon) -> None:

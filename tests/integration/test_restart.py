@@ -32,6 +32,7 @@ def test_sigkill_then_restart_readopts_and_expires_on_time(daemon: Daemon) -> No
 
     agent = daemon.wait_state(soon, "exited", timeout=30)
     assert agent["reason"] == "ttl_expired"
+    assert [e["data"]["via"] for e in daemon.events(soon) if e["type"] == "signal"] == ["pidfd"]  # re-attached
     late = term_time(daemon.logs(soon)) - datetime.fromisoformat(agent["deadline"]).timestamp()
     assert 0 <= late < 3  # at its original time
     assert daemon.agent(later)["state"] == "running"
