@@ -1,33 +1,75 @@
-"""A small HTTP client for the daemon's Unix socket (stdlib only: the CLI starts fast)."""
+"""A small HTTP/1.1 client for the daemon's Unix socket.
+
+Plain sockets and json only: ``fleetd spawn`` is timed against ``docker run``,
+and http.client alone (it pulls in email and ssl) costs as much start-up time
+as the rest of the CLI.
+"""
 
 from __future__ import annotations
 
-import http.client
 import json
 import socket
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 
 class ApiError(Exception):
     """The daemon answered with an error, or could not be reached."""
 
 
-class UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float | None) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.socket_path = path
+class Response:
+    """Status, headers and a body read from one socket (``Connection: close``)."""
 
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(self.timeout)
-            sock.connect(self.socket_path)
-        except BaseException:
-            sock.close()
-            raise
+    def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
+        self.buffer = b""
+        head = self._read_until(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        parts = lines[0].split(" ", 2)
+        if len(parts) < 2 or not parts[1].isdigit():
+            raise ApiError(f"bad answer from the daemon: {lines[0]!r}")
+        self.status = int(parts[1])
+        self.reason = parts[2] if len(parts) > 2 else ""
+        self.headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+
+    def _fill(self) -> bool:
+        data = self.sock.recv(65536)
+        self.buffer += data
+        return bool(data)
+
+    def _read_until(self, marker: bytes) -> bytes:
+        while marker not in self.buffer:
+            if not self._fill():
+                raise ApiError("the daemon closed the connection mid-answer")
+        head, _, self.buffer = self.buffer.partition(marker)
+        return head
+
+    def chunks(self) -> Iterator[bytes]:
+        """The body as it arrives (chunked or not)."""
+        if self.headers.get("transfer-encoding", "").lower() == "chunked":
+            while True:
+                size = int(self._read_until(b"\r\n").split(b";")[0], 16)
+                if size == 0:
+                    return
+                while len(self.buffer) < size + 2:
+                    if not self._fill():
+                        return
+                chunk, self.buffer = self.buffer[:size], self.buffer[size + 2:]
+                yield chunk
+        length = self.headers.get("content-length")
+        remaining = int(length) if length is not None else None
+        while remaining is None or remaining > 0:
+            if not self.buffer and not self._fill():
+                return
+            chunk = self.buffer if remaining is None else self.buffer[:remaining]
+            self.buffer = self.buffer[len(chunk):]
+            if remaining is not None:
+                remaining -= len(chunk)
+            yield chunk
+
+    def read(self) -> bytes:
+        return b"".join(self.chunks())
 
 
 class Client:
@@ -37,64 +79,73 @@ class Client:
         self.socket_path = socket_path
         self.timeout = timeout
 
-    def _request(self, method: str, path: str, body: Any, query: dict[str, Any] | None,
-                 timeout: float | None) -> tuple[UnixHTTPConnection, http.client.HTTPResponse]:
-        if query:
-            params = {k: ("true" if v is True else v) for k, v in query.items() if v is not None and v is not False}
-            if params:
-                path = f"{path}?{urlencode(params)}"
-        conn = UnixHTTPConnection(self.socket_path, timeout)
-        payload = None if body is None else json.dumps(body).encode()
-        headers = {"Content-Type": "application/json"} if payload is not None else {}
+    def _connect(self, timeout: float | None) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            conn.request(method, path, body=payload, headers=headers)
-            response = conn.getresponse()
-        except BaseException:
-            conn.close()
-            raise
-        if response.status >= 400:
-            raw = response.read()
-            conn.close()
-            try:
-                message = json.loads(raw)["error"]["message"]
-            except (ValueError, KeyError, TypeError):
-                message = raw.decode(errors="replace").strip() or response.reason
-            raise ApiError(message)
-        return conn, response
-
-    def _connect_errors(self, method: str, path: str, body: Any, query: dict[str, Any] | None,
-                        timeout: float | None) -> tuple[UnixHTTPConnection, http.client.HTTPResponse]:
-        try:
-            return self._request(method, path, body, query, timeout)
+            sock.settimeout(timeout)
+            sock.connect(self.socket_path)
         except FileNotFoundError:
+            sock.close()
             raise ApiError(
                 f"cannot reach fleetd: no socket at {self.socket_path} (is the daemon running? "
                 "start it with 'fleetd daemon' or 'systemctl start fleetd')"
             ) from None
         except ConnectionRefusedError:
+            sock.close()
             raise ApiError(
                 f"cannot reach fleetd at {self.socket_path}: connection refused (daemon not running?)"
             ) from None
         except PermissionError:
+            sock.close()
             raise ApiError(f"permission denied on {self.socket_path}: run as root or join the fleetd group") from None
-        except (TimeoutError, OSError) as exc:
+        except OSError as exc:
+            sock.close()
             raise ApiError(f"cannot talk to fleetd at {self.socket_path}: {exc}") from None
+        return sock
+
+    def _request(self, method: str, path: str, body: Any, query: dict[str, Any] | None,
+                 timeout: float | None) -> Response:
+        if query:
+            params = {k: ("true" if v is True else v) for k, v in query.items() if v is not None and v is not False}
+            if params:
+                path = f"{path}?{urlencode(params)}"
+        payload = b"" if body is None else json.dumps(body).encode()
+        head = f"{method} {quote(path, safe='/?=&%:')} HTTP/1.1\r\nHost: fleetd\r\nConnection: close\r\n"
+        if body is not None:
+            head += f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
+        sock = self._connect(timeout)
+        try:
+            sock.sendall(head.encode("latin-1") + b"\r\n" + payload)
+            response = Response(sock)
+        except OSError as exc:
+            sock.close()
+            raise ApiError(f"cannot talk to fleetd at {self.socket_path}: {exc}") from None
+        except BaseException:
+            sock.close()
+            raise
+        if response.status >= 400:
+            raw = response.read()
+            sock.close()
+            try:
+                message = json.loads(raw)["error"]["message"]
+            except (ValueError, KeyError, TypeError):
+                message = raw.decode(errors="replace").strip() or response.reason
+            raise ApiError(message)
+        return response
 
     def call(self, method: str, path: str, body: Any = None, query: dict[str, Any] | None = None) -> Any:
-        conn, response = self._connect_errors(method, path, body, query, self.timeout)
+        response = self._request(method, path, body, query, self.timeout)
         try:
             return json.loads(response.read() or b"null")
+        except OSError as exc:
+            raise ApiError(f"cannot talk to fleetd at {self.socket_path}: {exc}") from None
         finally:
-            conn.close()
+            response.sock.close()
 
     def stream(self, path: str, query: dict[str, Any] | None = None) -> Iterator[bytes]:
         """Chunks of a streaming response, as they arrive."""
-        conn, response = self._connect_errors("GET", path, None, query, None)
+        response = self._request("GET", path, None, query, None)
         try:
-            while True:
-                chunk = response.read1(65536)
-                if not chunk:
-                    return
-                yield chunk
+            yield from response.chunks()
         finally:
-            conn.close()
+            response.sock.close()

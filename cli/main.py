@@ -7,7 +7,6 @@ message and exit status 1.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -18,6 +17,7 @@ import click
 
 from cli.client import ApiError, Client
 from cli.output import ago, duration, print_json, print_table, state_text
+from cli.spawn_options import SPAWN_OPTIONS, EnvError, spawn_request
 
 F = TypeVar("F", bound=Callable[..., Any])
 VERSION = "0.1.0"
@@ -130,6 +130,7 @@ def llm_sim(host: str, port: int, **knobs: Any) -> None:
 @click.option("--header", "-H", "headers", multiple=True, help="K:V, repeatable.")
 @click.option("--body", help="Request body, a JSON string (Content-Type defaults to application/json).")
 @click.option("--stream", is_flag=True, help="Also measure the time to the first byte of the body.")
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True), help="Open loop: requests per second in all.")
 @click.option(
     "--timeout", type=click.FloatRange(min=0, min_open=True), default=30, show_default=True, help="Seconds per request."
 )
@@ -143,6 +144,7 @@ def loadgen(
     headers: tuple[str, ...],
     body: str | None,
     stream: bool,
+    rate: float | None,
     timeout: float,
 ) -> None:
     """Send HTTP load to URL and print one JSON line of figures (for benchmarks).
@@ -171,6 +173,7 @@ def loadgen(
             headers=header_map,
             body=body.encode() if body is not None else None,
             stream=stream,
+            rate=rate,
             warmup=warmup,
             timeout=timeout,
         )
@@ -199,45 +202,33 @@ def images_build(base: str | None) -> None:
         raise click.ClickException(exc.message) from None
 
 
-def env_items(values: tuple[str, ...]) -> list[str]:
-    """``-e KEY`` takes KEY from this shell, as docker does (skipped when unset)."""
-    items = []
-    for value in values:
-        if "=" in value:
-            items.append(value)
-        elif value in os.environ:
-            items.append(f"{value}={os.environ[value]}")
-        elif not value:
-            raise click.ClickException("invalid env '': expected KEY=VALUE")
-    return items
+def spawn_options(func: F) -> F:
+    """Click options from the one table (cli.spawn_options) the fast path parses too."""
+    types: dict[str, dict[str, Any]] = {
+        "int": {"type": int}, "str": {}, "multi": {"multiple": True}, "flag": {"is_flag": True},
+    }
+    for flags, dest, kind, help_text in reversed(SPAWN_OPTIONS):
+        func = click.option(*flags, dest, help=help_text, **types[kind])(func)
+    return func
 
 
 @main.command(context_settings={"allow_interspersed_args": False})
-@click.option("--ttl", type=int, help="Seconds until the deadline (default 3600).")
-@click.option("--memory", "-m", help="Memory limit, e.g. 512m (swap disabled).")
-@click.option("--memory-reservation", help="Soft memory limit, e.g. 256m.")
-@click.option("--cpus", help="CPUs, e.g. 0.25.")
-@click.option("--pids-limit", type=int, help="Max processes (default 256).")
-@click.option("--grace", type=int, help="Seconds between SIGTERM and SIGKILL (default 30).")
-@click.option("--role", help="Role whose defaults apply.")
-@click.option("--name", help="A name, unique among live agents.")
-@click.option("-e", "--env", multiple=True, help="KEY=VALUE (or KEY, taken from this shell).")
-@click.option("--label", "-l", multiple=True, help="KEY=VALUE label on the container.")
-@click.option("--json", "as_json", is_flag=True, help="Print the agent record as JSON.")
+@spawn_options
 @click.argument("image")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
 @api_errors
-def spawn(ctx: click.Context, /, image: str, command: tuple[str, ...], as_json: bool, env: tuple[str, ...],
-          label: tuple[str, ...], **options: Any) -> None:
+def spawn(ctx: click.Context, /, image: str, command: tuple[str, ...], **options: Any) -> None:
     """Start an agent container with limits and a deadline, like docker run -d.
 
     Example: fleetd spawn --ttl 3600 --memory 512m --cpus 0.25 fleetd/agent-python python3 agent.py
     """
-    request = {k: v for k, v in options.items() if v is not None}
-    request.update(image=image, command=list(command), env=env_items(env), labels=list(label))
+    try:
+        request = spawn_request(image, list(command), options)
+    except EnvError as exc:
+        raise click.ClickException(str(exc)) from None
     agent = client(ctx).call("POST", "/v1/agents", request)
-    if as_json:
+    if options["as_json"]:
         print_json(agent)
     else:
         click.echo(agent["id"])

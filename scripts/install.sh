@@ -43,7 +43,7 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 say "installing fleetd into .venv"
-.venv/bin/pip install --quiet --disable-pip-version-check -e '.[test]'
+.venv/bin/pip install --quiet --disable-pip-version-check --config-settings editable_mode=compat -e '.[test]'
 ln -sf "$PWD/.venv/bin/fleetd" /usr/local/bin/fleetd
 getent group fleetd >/dev/null || groupadd --system fleetd
 say "fleetd $(.venv/bin/fleetd --version | awk '{print $NF}') installed as /usr/local/bin/fleetd"

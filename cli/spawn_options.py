@@ -1,0 +1,86 @@
+"""``fleetd spawn``'s options, in one table: click builds the command from it, and the
+fast path (``cli.entry``) parses the common case with it without importing click."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+# (flags, destination, kind, help); kind: "int", "str", "multi" (repeatable) or "flag"
+SPAWN_OPTIONS: list[tuple[tuple[str, ...], str, str, str]] = [
+    (("--ttl",), "ttl", "int", "Seconds until the deadline (default 3600)."),
+    (("--memory", "-m"), "memory", "str", "Memory limit, e.g. 512m (swap disabled)."),
+    (("--memory-reservation",), "memory_reservation", "str", "Soft memory limit, e.g. 256m."),
+    (("--cpus",), "cpus", "str", "CPUs, e.g. 0.25."),
+    (("--pids-limit",), "pids_limit", "int", "Max processes (default 256)."),
+    (("--grace",), "grace", "int", "Seconds between SIGTERM and SIGKILL (default 30)."),
+    (("--role",), "role", "str", "Role whose defaults and credentials apply."),
+    (("--name",), "name", "str", "A name, unique among live agents."),
+    (("-e", "--env"), "env", "multi", "KEY=VALUE (or KEY, taken from this shell)."),
+    (("--label", "-l"), "label", "multi", "KEY=VALUE label on the container."),
+    (("--json",), "as_json", "flag", "Print the agent record as JSON."),
+]
+
+
+class EnvError(ValueError):
+    pass
+
+
+def env_items(values: tuple[str, ...] | list[str]) -> list[str]:
+    """``-e KEY`` takes KEY from this shell, as docker does (skipped when unset)."""
+    items = []
+    for value in values:
+        if "=" in value:
+            items.append(value)
+        elif not value:
+            raise EnvError("invalid env '': expected KEY=VALUE")
+        elif value in os.environ:
+            items.append(f"{value}={os.environ[value]}")
+    return items
+
+
+def spawn_request(image: str, command: list[str], options: dict[str, Any]) -> dict[str, Any]:
+    """The API body for a spawn, from parsed options."""
+    request = {k: v for k, v in options.items() if v is not None and k not in ("env", "label", "as_json")}
+    request.update(image=image, command=list(command), env=env_items(options.get("env") or ()),
+                   labels=list(options.get("label") or ()))
+    return request
+
+
+def parse_fast(args: list[str]) -> tuple[dict[str, Any], str, list[str]] | None:
+    """Parse ``spawn``'s arguments; None for anything unusual (click then gives the full treatment)."""
+    by_flag = {flag: (dest, kind) for flags, dest, kind, _ in SPAWN_OPTIONS for flag in flags}
+    options: dict[str, Any] = {dest: ([] if kind == "multi" else None) for _, dest, kind, _ in SPAWN_OPTIONS}
+    options["as_json"] = False
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("-") or arg == "-":
+            return options, arg, args[i + 1:]
+        flag, eq, inline = arg.partition("=")
+        if flag not in by_flag:
+            return None
+        dest, kind = by_flag[flag]
+        if kind == "flag":
+            if eq:
+                return None
+            options[dest] = True
+            i += 1
+            continue
+        if eq:
+            value = inline
+            i += 1
+        elif i + 1 < len(args):
+            value = args[i + 1]
+            i += 2
+        else:
+            return None
+        if kind == "int":
+            if not value.strip().lstrip("-").isdigit():
+                return None
+            options[dest] = int(value)
+        elif kind == "multi":
+            options[dest].append(value)
+        else:
+            options[dest] = value
+    return None  # no image
