@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -24,10 +26,28 @@ from jsonschema.validators import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from cli.client import UnixHTTPConnection
 from fleetd.firewall import Firewall
+from tests.integration.harness import remove_instance_objects
 
 pytestmark = pytest.mark.docker
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """http.client over the daemon's Unix socket (the test's own client, independent of the CLI's)."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.socket_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.socket_path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
 
 SPEC_PATH = Path(__file__).resolve().parents[2] / "docs" / "openapi.yaml"
 DOC_URI = "urn:fleetd:openapi"
@@ -212,16 +232,9 @@ def api(doc: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterat
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        engine = docker.from_env()
         try:
-            label = {"label": f"fleetd.instance={instance}"}
-            for container in engine.containers.list(all=True, filters=label):
-                container.remove(force=True, v=True)
-            for network in engine.networks.list(filters=label):
-                network.remove()
+            remove_instance_objects(instance)  # containers, networks, volumes and firewall rules: ours only
         finally:
-            engine.close()
-            Firewall(instance).remove()  # only this instance's rules and chain; a no-op after the teardown
             shutil.rmtree(socket_dir, ignore_errors=True)
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from cli.client import Client
+from tests.integration.harness import remove_instance_objects
 
 FLEETD = Path(sys.executable).with_name("fleetd")
 START_TIMEOUT = 90.0  # the daemon waits up to 30 s for the engine, then reconciles
@@ -61,23 +62,6 @@ class FakeSystemd:
             if message is None and alive.poll() is not None:
                 raise AssertionError(f"the daemon exited with {alive.returncode} before sending {key}")
         raise AssertionError(f"no {key} within {timeout} s; got {[m for _, m in self.received]}")
-
-
-def remove_instance_objects(instance: str) -> None:
-    """Remove every container, network and volume labelled with our (unique) instance, nothing else."""
-    import docker
-
-    client = docker.from_env()
-    try:
-        label = {"label": f"fleetd.instance={instance}"}
-        for container in client.containers.list(all=True, filters=label):
-            container.remove(force=True, v=True)
-        for network in client.networks.list(filters=label):
-            network.remove()
-        for volume in client.volumes.list(filters=label):
-            volume.remove(force=True)
-    finally:
-        client.close()
 
 
 def instance_networks(instance: str) -> list[str]:
