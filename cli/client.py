@@ -7,11 +7,15 @@ as the rest of the CLI.
 
 from __future__ import annotations
 
-import json
-import socket
-from collections.abc import Iterator
-from typing import Any
-from urllib.parse import quote, urlencode
+import _socket  # socket.py's imports (enum, selectors) cost start-up time a Unix socket does not need
+
+from cli.wire import dumps, loads
+
+TYPE_CHECKING = False  # not typing's: importing typing costs the fast path start-up time
+
+if TYPE_CHECKING:  # kept out of the fast path's start-up
+    from collections.abc import Iterator
+    from typing import Any
 
 
 class ApiError(Exception):
@@ -21,7 +25,7 @@ class ApiError(Exception):
 class Response:
     """Status, headers and a body read from one socket (``Connection: close``)."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: _socket.socket) -> None:
         self.sock = sock
         self.buffer = b""
         head = self._read_until(b"\r\n\r\n")
@@ -79,8 +83,8 @@ class Client:
         self.socket_path = socket_path
         self.timeout = timeout
 
-    def _connect(self, timeout: float | None) -> socket.socket:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    def _connect(self, timeout: float | None) -> _socket.socket:
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         try:
             sock.settimeout(timeout)
             sock.connect(self.socket_path)
@@ -108,9 +112,15 @@ class Client:
         if query:
             params = {k: ("true" if v is True else v) for k, v in query.items() if v is not None and v is not False}
             if params:
+                from urllib.parse import urlencode
+
                 path = f"{path}?{urlencode(params)}"
-        payload = b"" if body is None else json.dumps(body).encode()
-        head = f"{method} {quote(path, safe='/?=&%:')} HTTP/1.1\r\nHost: fleetd\r\nConnection: close\r\n"
+        payload = b"" if body is None else dumps(body).encode()
+        if not path.isascii() or " " in path:
+            from urllib.parse import quote
+
+            path = quote(path, safe="/?=&%:")
+        head = f"{method} {path} HTTP/1.1\r\nHost: fleetd\r\nConnection: close\r\n"
         if body is not None:
             head += f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
         sock = self._connect(timeout)
@@ -127,7 +137,7 @@ class Client:
             raw = response.read()
             sock.close()
             try:
-                message = json.loads(raw)["error"]["message"]
+                message = loads(raw)["error"]["message"]
             except (ValueError, KeyError, TypeError):
                 message = raw.decode(errors="replace").strip() or response.reason
             raise ApiError(message)
@@ -136,7 +146,7 @@ class Client:
     def call(self, method: str, path: str, body: Any = None, query: dict[str, Any] | None = None) -> Any:
         response = self._request(method, path, body, query, self.timeout)
         try:
-            return json.loads(response.read() or b"null")
+            return loads(response.read() or b"null")
         except OSError as exc:
             raise ApiError(f"cannot talk to fleetd at {self.socket_path}: {exc}") from None
         finally:

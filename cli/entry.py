@@ -7,7 +7,6 @@ wrong argument, every other command) goes to the click application.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -46,7 +45,12 @@ def fast_spawn(argv: list[str]) -> int | None:
     except (ApiError, EnvError) as exc:
         sys.stderr.write(f"Error: {exc}\n")
         return 1
-    sys.stdout.write(json.dumps(agent, indent=2) + "\n" if options["as_json"] else agent["id"] + "\n")
+    if options["as_json"]:
+        import json
+
+        sys.stdout.write(json.dumps(agent, indent=2) + "\n")
+    else:
+        sys.stdout.write(agent["id"] + "\n")
     return 0
 
 

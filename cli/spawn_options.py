@@ -4,7 +4,11 @@ fast path (``cli.entry``) parses the common case with it without importing click
 from __future__ import annotations
 
 import os
-from typing import Any
+
+TYPE_CHECKING = False  # not typing's: importing typing costs the fast path start-up time
+
+if TYPE_CHECKING:  # typing costs start-up time the fast path does not have
+    from typing import Any
 
 # (flags, destination, kind, help); kind: "int", "str", "multi" (repeatable) or "flag"
 SPAWN_OPTIONS: list[tuple[tuple[str, ...], str, str, str]] = [
