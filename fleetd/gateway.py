@@ -202,9 +202,8 @@ class Zone2:
         payload = [{"name": c.name, "upstream": c.upstream, "secret": c.secret} for c in creds]
         await self._control("PUT", "/control/creds", payload)
 
-    async def register(self, agent_id: str, container_id: str) -> None:
-        ip = await self.call(self.runtime.container_ip, container_id)
-        reg = self.registration(agent_id, ip) if ip else None
+    async def register(self, agent_id: str, ip: str) -> None:
+        reg = self.registration(agent_id, ip)
         if reg:
             await self._control("POST", "/control/agents", reg)
 

@@ -130,11 +130,6 @@ class DockerRuntime:
                 out[endpoint["IPAddress"]] = agent_id
         return out
 
-    def container_ip(self, container_id: str) -> str | None:
-        data = self.inspect(container_id) or {}
-        endpoint = ((data.get("NetworkSettings") or {}).get("Networks") or {}).get(self.network) or {}
-        return endpoint.get("IPAddress") or None
-
     def run_zone2(self, image: str, control_dir: str) -> str:
         """(Re)create and start the zone 2 container; return its id.
 

@@ -134,7 +134,7 @@ class Supervisor:
             )
         if startup:
             self.store.add_event("adopted", f"re-adopted running container {container_id[:12]}", agent_id)
-        await self._attach_pid(container_id)
+        await self._after_start(agent_id, container_id)
         if agent["state"] == State.RUNNING:
             self._arm_deadline(agent)
         elif agent["state"] == State.STOPPING:
@@ -190,9 +190,7 @@ class Supervisor:
                 agent_id, State.RUNNING, None, container_id=container_id, started_at=iso(utcnow())
             )
             self._arm_deadline(agent)
-            self._spawn_task(self._attach_pid(container_id))
-            if self.gateway is not None:
-                self._spawn_task(self.gateway.register(agent_id, container_id))
+            self._spawn_task(self._after_start(agent_id, container_id))
         else:  # it already exited: the die event beat us here
             agent = self.store.update(agent_id, container_id=container_id)
         return agent
@@ -209,11 +207,17 @@ class Supervisor:
             sent = await self.call(self.runtime.signal, container_id, name)
         return sent
 
-    async def _attach_pid(self, container_id: str) -> None:
+    async def _after_start(self, agent_id: str, container_id: str) -> None:
+        """One inspect of a started container: keep a pidfd of its init, tell zone 2 its address."""
         data = await self.call(self.runtime.inspect, container_id)
         state = (data or {}).get("State") or {}
-        if state.get("Running"):
-            self.pidfds.attach(container_id, int(state.get("Pid") or 0))
+        if not state.get("Running"):
+            return
+        self.pidfds.attach(container_id, int(state.get("Pid") or 0))
+        networks = ((data or {}).get("NetworkSettings") or {}).get("Networks") or {}
+        ip = (networks.get(self.runtime.network) or {}).get("IPAddress")
+        if self.gateway is not None and ip:
+            await self.gateway.register(agent_id, ip)
 
     # -- ending an agent ----------------------------------------------------
     async def expire(self, agent_id: str) -> None:
