@@ -117,7 +117,8 @@ class Gateway:
             return error(504, "upstream_timeout", "the upstream did not answer in time")
         except aiohttp.ClientError as exc:
             return error(502, "upstream_unreachable", f"cannot reach the upstream: {type(exc).__name__}")
-        log.info("%s %s %s -> %s", reg.agent_id, request.method, path, upstream.status)
+        # Per request at debug only: an INFO line each was a quarter of zone 2's CPU under load.
+        log.debug("%s %s %s -> %s", reg.agent_id, request.method, path, upstream.status)
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         for key, value in response_headers(upstream.headers, redactor):
             response.headers.add(key, value)
