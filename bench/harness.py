@@ -16,7 +16,6 @@ import atexit
 import contextlib
 import hashlib
 import json
-import math
 import os
 import resource
 import secrets
@@ -32,6 +31,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+from fleetd.loadgen import percentile as sorted_percentile
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
@@ -357,14 +358,8 @@ def children_cpu() -> float:
 
 
 def percentile(values: Sequence[float], pct: float) -> float:
-    """Linear-interpolated percentile (pct in 0..100)."""
-    ordered = sorted(values)
-    if not ordered:
-        return math.nan
-    rank = (len(ordered) - 1) * pct / 100
-    low = math.floor(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+    """Linear-interpolated percentile (pct in 0..100), the same as the load generator reports."""
+    return sorted_percentile(sorted(values), pct)
 
 
 def summary(values: Sequence[float]) -> dict[str, float]:
