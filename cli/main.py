@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
-from functools import wraps
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
-from cli.client import ApiError, Client
+from cli.common import api_errors, client
+from cli.money import budget, price
 from cli.output import ago, duration, print_json, print_table, state_text
 from cli.spawn_options import SPAWN_OPTIONS, EnvError, spawn_request
 
@@ -23,28 +23,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 VERSION = "0.1.0"
 
 
-def default_socket() -> str:
-    from fleetd.paths import default_socket as socket_path
-
-    return str(socket_path())
-
-
-def api_errors(func: F) -> F:
-    """Turn the daemon's errors into ``click.ClickException``: one line, exit 1."""
-
-    @wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except ApiError as exc:
-            raise click.ClickException(str(exc)) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def client(ctx: click.Context) -> Client:
-    root = ctx.find_root()
-    return Client(root.params.get("socket") or default_socket())
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -100,7 +78,12 @@ def zone2(control_dir: Path, port: int) -> None:
 @click.option("--output-tokens", type=click.IntRange(min=1), default=16, help="Tokens per answer (max_tokens caps).")
 @click.option("--rate-limit", type=click.IntRange(min=0), default=0, help="Answer the next N calls with 429.")
 @click.option("--retry-after", type=click.IntRange(min=0), default=1, help="Retry-After on those 429s.")
-@click.option("--fail", type=click.IntRange(min=0), default=0, help="Answer the next N calls with 500.")
+@click.option("--fail", type=click.IntRange(min=0), default=0, help="Answer the next N calls with --fail-status.")
+@click.option("--fail-status", type=click.IntRange(400, 599), default=500, show_default=True)
+@click.option("--cached-tokens", type=click.IntRange(min=0), default=0, help="Report this much input as cached.")
+@click.option("--cache-write-tokens", type=click.IntRange(min=0), default=0, help="Anthropic cache writes to report.")
+@click.option("--reasoning-tokens", type=click.IntRange(min=0), default=0, help="Report this much output as reasoning.")
+@click.option("--break-streams", type=click.IntRange(min=0), default=0, help="Cut the next N streams off halfway.")
 def llm_sim(host: str, port: int, **knobs: Any) -> None:
     """Run a local OpenAI/Anthropic-compatible LLM simulator (for demos and tests).
 
@@ -478,28 +461,38 @@ def cred_rm(ctx: click.Context, names: tuple[str, ...]) -> None:
 
 @main.group()
 def role() -> None:
-    """Roles: which credentials their agents may use."""
+    """Roles: which credentials their agents may use, and their budget caps."""
 
 
 @role.command("set")
 @click.argument("name")
 @click.option("--creds", help="Comma-separated credential names this role may use.")
+@click.option("--daily-usd", help="Per-agent cap per UTC day, in US dollars (default 50).")
+@click.option("--monthly-usd", help="Per-agent cap per calendar month, in US dollars (default 200).")
+@click.option("--max-llm-calls", type=click.IntRange(min=0), help="Per-agent maximum number of LLM calls.")
+@click.option("--allow-unpriced/--no-allow-unpriced", default=None,
+              help="Let calls to models with no price through unmetered (default: refused).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 @api_errors
-def role_set(ctx: click.Context, name: str, creds: str | None, as_json: bool) -> None:
-    """Create or change a role.
+def role_set(ctx: click.Context, name: str, creds: str | None, daily_usd: str | None, monthly_usd: str | None,
+             max_llm_calls: int | None, allow_unpriced: bool | None, as_json: bool) -> None:
+    """Create or change a role: its credentials and its agents' budget caps.
 
-    Example: fleetd role set researcher --creds openai,anthropic
+    Example: fleetd role set researcher --creds openai,anthropic --daily-usd 5 --max-llm-calls 200
     """
-    body: dict[str, Any] = {}
+    body: dict[str, Any] = {k: v for k, v in (("daily_usd", daily_usd), ("monthly_usd", monthly_usd),
+                                             ("max_llm_calls", max_llm_calls), ("allow_unpriced", allow_unpriced))
+                            if v is not None}
     if creds is not None:
         body["creds"] = [c.strip() for c in creds.split(",") if c.strip()]
     record = client(ctx).call("PUT", f"/v1/roles/{name}", body)
     if as_json:
         print_json(record)
     else:
-        click.echo(f"{record['name']}: creds {','.join(record['creds']) or '-'}")
+        click.echo(f"{record['name']}: creds {','.join(record['creds']) or '-'}" + "".join(
+            f", {key} {record[key]}" for key in ("daily_usd", "monthly_usd", "max_llm_calls") if record.get(key)
+            is not None))
 
 
 @role.command("ls")
@@ -514,6 +507,14 @@ def role_ls(ctx: click.Context, as_json: bool) -> None:
     records = client(ctx).call("GET", "/v1/roles")
     if as_json:
         return print_json(records)
-    print_table(["NAME", "CREDS", "UPDATED"], [[r["name"], ",".join(r["creds"]) or "-", ago(r["updated_at"])]
-                                                for r in records])
+    def given(value: Any) -> str:
+        return "-" if value is None else str(value)
+
+    print_table(["NAME", "CREDS", "DAILY USD", "MONTHLY USD", "MAX LLM CALLS", "UPDATED"], [
+        [r["name"], ",".join(r["creds"]) or "-", given(r.get("daily_usd")), given(r.get("monthly_usd")),
+         given(r.get("max_llm_calls")), ago(r["updated_at"])] for r in records])
     return None
+
+
+main.add_command(price)
+main.add_command(budget)

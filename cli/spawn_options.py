@@ -22,6 +22,9 @@ SPAWN_OPTIONS: list[tuple[tuple[str, ...], str, str, str]] = [
     (("--name",), "name", "str", "A name, unique among live agents."),
     (("-e", "--env"), "env", "multi", "KEY=VALUE (or KEY, taken from this shell)."),
     (("--label", "-l"), "label", "multi", "KEY=VALUE label on the container."),
+    (("--daily-usd",), "daily_usd", "str", "This agent's cap per UTC day in US dollars (default: its role's)."),
+    (("--monthly-usd",), "monthly_usd", "str", "This agent's cap per calendar month in US dollars."),
+    (("--max-llm-calls",), "max_llm_calls", "int", "This agent's maximum number of LLM calls."),
     (("--json",), "as_json", "flag", "Print the agent record as JSON."),
 ]
 

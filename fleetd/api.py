@@ -10,12 +10,16 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from fleetd.errors import FleetdError, InvalidRequest
+from fleetd.errors import FleetdError, InvalidRequest, Unavailable
+from fleetd.models import LIVE_STATES
 from fleetd.supervisor import Supervisor
+
+if TYPE_CHECKING:
+    from fleetd.gateway import Zone2
 
 log = logging.getLogger(__name__)
 SUPERVISOR = web.AppKey("supervisor", Supervisor)
@@ -220,6 +224,38 @@ async def list_roles(request: web.Request) -> web.Response:
     return web.json_response(sup(request).store.roles())
 
 
+def zone2(request: web.Request) -> Zone2:
+    gateway = sup(request).gateway
+    if gateway is None:
+        raise Unavailable("this daemon runs without zone 2")
+    return gateway
+
+
+async def list_prices(request: web.Request) -> web.Response:
+    return web.json_response(zone2(request).prices())
+
+
+async def set_price(request: web.Request) -> web.Response:
+    return web.json_response(await zone2(request).set_price(request.match_info["model"], await body(request)))
+
+
+async def remove_price(request: web.Request) -> web.Response:
+    await zone2(request).remove_price(request.match_info["model"])
+    return web.json_response({"removed": request.match_info["model"]})
+
+
+async def budget(request: web.Request) -> web.Response:
+    """Every live agent's budget (``?all=1``: exited ones too), and the instance's."""
+    agents = sup(request).store.agents(None if flag(request, "all") else tuple(LIVE_STATES))
+    return web.json_response(await zone2(request).budget_report(agents))
+
+
+async def agent_budget(request: web.Request) -> web.Response:
+    agent = sup(request).store.resolve(request.match_info["ref"])
+    report = await zone2(request).budget_report([agent])
+    return web.json_response(report["agents"][0])
+
+
 async def teardown(request: web.Request) -> web.Response:
     return web.json_response({"removed": await sup(request).teardown()})
 
@@ -243,4 +279,9 @@ def init_app(supervisor: Supervisor) -> web.Application:
     app.router.add_delete("/v1/creds/{name}", remove_credential)
     app.router.add_get("/v1/roles", list_roles)
     app.router.add_put("/v1/roles/{name}", set_role)
+    app.router.add_get("/v1/prices", list_prices)
+    app.router.add_put("/v1/prices/{model}", set_price)
+    app.router.add_delete("/v1/prices/{model}", remove_price)
+    app.router.add_get("/v1/budget", budget)
+    app.router.add_get("/v1/agents/{ref}/budget", agent_budget)
     return app

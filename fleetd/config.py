@@ -15,9 +15,11 @@ The file is TOML; every key is optional::
     ttl = 3600
     grace = 30
 
-    [roles.researcher]         # per-role overrides of [defaults]
+    [roles.researcher]         # per-role overrides of [defaults] (and of [budget], see fleetd.policy)
     memory = "1g"
     ttl = 7200
+
+Budgets, the circuit breaker, retries and prices: see :mod:`fleetd.policy`.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from typing import Any
 from fleetd import __version__
 from fleetd.errors import InvalidRequest
 from fleetd.paths import default_config, default_socket, default_state_dir
+from fleetd.policy import BUDGET_KEYS, Policy, load_policy
 from fleetd.units import NAME_PATTERN, parse_memory
 
 
@@ -72,6 +75,7 @@ class Config:
     max_exited: int = 100
     drain_on_exit: bool = False
     zone2_image: str = f"fleetd/zone2:{__version__}"
+    policy: Policy = field(default_factory=Policy)
 
     def limits_for(self, role: str | None, defined: frozenset[str] = frozenset()) -> Limits:
         """The spawn defaults for a role (the instance defaults when none).
@@ -131,8 +135,13 @@ def load_config(path: Path | None = None, **overrides: Any) -> Config:
             kwargs[key] = Path(data.pop(key))
     if "defaults" in data:
         kwargs["defaults"] = _limits(data.pop("defaults"), "defaults").over(BUILTIN_DEFAULTS)
-    if "roles" in data:
-        kwargs["roles"] = {name: _limits(t, f"roles.{name}") for name, t in data.pop("roles").items()}
+    role_tables: dict[str, dict[str, Any]] = data.pop("roles", {})
+    if not isinstance(role_tables, dict) or not all(isinstance(t, dict) for t in role_tables.values()):
+        raise InvalidRequest("roles: expected tables like [roles.NAME]")
+    kwargs["roles"] = {name: _limits({k: v for k, v in t.items() if k not in BUDGET_KEYS}, f"roles.{name}")
+                       for name, t in role_tables.items()}
+    kwargs["policy"] = load_policy(data, {name: {k: v for k, v in t.items() if k in BUDGET_KEYS}
+                                          for name, t in role_tables.items()})
     if data:
         raise InvalidRequest(f"config {source}: unknown keys {sorted(data)}")
     kwargs.update({k: v for k, v in overrides.items() if v is not None})

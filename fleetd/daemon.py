@@ -84,7 +84,7 @@ class Daemon:
         # Zone 2 serves before the socket accepts a single spawn.
         self.vault = Vault(self.store, load_master_key(config.state_dir))
         self.gateway = Zone2(config.state_dir, self.store, self.vault, self.runtime, self.supervisor.call,
-                             config.zone2_image)
+                             config.zone2_image, config.policy)
         self.supervisor.gateway = self.gateway
         self.supervisor.vault = self.vault
         await self.gateway.start()

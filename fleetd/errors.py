@@ -6,6 +6,7 @@ FleetdError                  base; carries an HTTP status and a machine code
 ├── NotFound (404)           no such agent (or route)
 ├── Conflict (409)           duplicate name, agent not in a state for that verb
 ├── RuntimeUnavailable (503) the Docker engine does not answer
+├── Unavailable (503)        zone 2 does not answer (budgets are counted there)
 └── RuntimeFailure (502)     the Docker engine answered with an error
 
 Docker's own exceptions are translated once, in ``runtime.docker_errors``.
@@ -62,3 +63,8 @@ class DaemonAlreadyRunning(FleetdError):
     """Another daemon holds this socket or state directory."""
 
     code = "already_running"
+
+
+class Unavailable(FleetdError):
+    status = 503
+    code = "zone2_unavailable"

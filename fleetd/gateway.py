@@ -14,6 +14,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +22,14 @@ import aiohttp
 from aiohttp import web
 
 from fleetd import __version__
-from fleetd.errors import FleetdError, RuntimeFailure
+from fleetd.errors import FleetdError, NotFound, RuntimeFailure, Unavailable
 from fleetd.firewall import Firewall
 from fleetd.models import LIVE_STATES
+from fleetd.policy import BudgetCaps, Policy, merged_prices, price_entry, registration_caps, resolve_caps, zone2_policy
 from fleetd.runtime import DockerRuntime
 from fleetd.store import Store
 from fleetd.vault import Vault
+from fleetd.zone2.pricing import PriceTable
 from fleetd.zone2.service import CONTROL_SOCKET, DAEMON_SOCKET, GATEWAY_PORT
 
 log = logging.getLogger(__name__)
@@ -50,13 +53,15 @@ class Zone2:
     """Runs, watches and feeds the zone 2 gateway container."""
 
     def __init__(self, state_dir: Path, store: Store, vault: Vault, runtime: DockerRuntime,
-                 call: Callable[..., Awaitable[Any]], image: str = ZONE2_IMAGE) -> None:
+                 call: Callable[..., Awaitable[Any]], image: str = ZONE2_IMAGE, policy: Policy | None = None) -> None:
         self.control_dir = state_dir / "zone2"
         self.store = store
         self.vault = vault
         self.runtime = runtime
         self.call = call
         self.image = image
+        self.policy = policy or Policy()
+        self.builtin_prices = PriceTable.builtin().to_list()
         self.firewall = Firewall(runtime.instance)
         self.container_id: str | None = None
         self.ip: str | None = None
@@ -190,8 +195,56 @@ class Zone2:
             self.last_health = result
         return result
 
+    def prices(self) -> list[dict[str, Any]]:
+        """The price table in force: built-in, then the config file, then `fleetd price set`."""
+        return merged_prices(self.builtin_prices, self.policy, self.store.prices())
+
+    async def push_policy(self) -> None:
+        await self._control("PUT", "/control/policy", zone2_policy(self.policy, self.prices()))
+
+    async def budget(self, agent_ids: list[str]) -> dict[str, Any] | None:
+        """Spend, reservations and calls as zone 2 counts them (None when zone 2 does not answer)."""
+        query = "&".join(f"agent={agent_id}" for agent_id in agent_ids)
+        return await self._control("GET", f"/control/budget?{query}")
+
+    async def set_price(self, model: str, data: dict[str, Any]) -> dict[str, Any]:
+        entry = price_entry(model, {k: v for k, v in data.items() if v is not None}, f"price {model}")
+        entry.setdefault("source", "fleetd price set")
+        self.store.set_price(model, entry)
+        await self.push_policy()
+        self.store.add_event("price_set", f"price of {model}: ${entry['input']}/M input, ${entry['output']}/M output",
+                             None, entry)
+        return next(p for p in self.prices() if p["model"] == model)
+
+    async def remove_price(self, model: str) -> None:
+        if not self.store.remove_price(model):
+            raise NotFound(f"no price set with `fleetd price set` for {model!r} (built-in prices stay)")
+        await self.push_policy()
+        self.store.add_event("price_removed", f"price of {model} removed", None, {"model": model})
+
+    async def budget_report(self, agents: list[dict[str, Any]]) -> dict[str, Any]:
+        """Each agent's spend against its caps, plus the instance's: the body of GET /v1/budget."""
+        counted = await self.budget([a["id"] for a in agents])
+        if counted is None:
+            raise Unavailable("zone 2 is not answering: budgets are counted there (try again in a moment)")
+        report = []
+        for agent in agents:
+            caps = self.caps(agent)
+            figures = counted["agents"].get(agent["id"], {})
+            report.append(budget_view(agent, caps, figures))
+        instance = counted["instance"]
+        return {"agents": report, "instance": {
+            "spent_today_usd": usd(instance.get("spent_today_nusd", 0)),
+            "spent_month_usd": usd(instance.get("spent_month_nusd", 0)),
+            "reserved_usd": usd(instance.get("reserved_nusd", 0)),
+            "daily_cap_usd": _float(self.policy.instance_daily_usd),
+            "monthly_cap_usd": _float(self.policy.instance_monthly_usd),
+            "llm_calls": instance.get("llm_calls", 0),
+        }}
+
     async def push_all(self) -> None:
-        """Send every credential and every live agent's registration."""
+        """Send the policy, every credential and every live agent's registration."""
+        await self.push_policy()
         await self.push_creds()
         addresses = await self.call(self.runtime.agent_addresses)
         regs = [r for ip, agent_id in addresses.items() if (r := self.registration(agent_id, ip))]
@@ -214,7 +267,11 @@ class Zone2:
         agent = self.store.get(agent_id)
         if agent is None or agent["state"] not in LIVE_STATES:
             return None
-        return {"agent_id": agent_id, "ip": ip, "role": agent["role"], "creds": self.store.role_creds(agent["role"])}
+        return {"agent_id": agent_id, "ip": ip, "role": agent["role"], "creds": self.store.role_creds(agent["role"]),
+                **registration_caps(self.caps(agent))}
+
+    def caps(self, agent: dict[str, Any]) -> BudgetCaps:
+        return resolve_caps(self.policy, agent["role"], self.store.role(agent["role"]), json.loads(agent["spec"]))
 
     # -- whois: zone 2 asks the daemon --------------------------------------
     async def _serve_whois(self) -> None:
@@ -228,7 +285,16 @@ class Zone2:
                 return web.json_response({"error": "not an agent"}, status=404)
             return web.Response(text=json.dumps(reg), content_type="application/json")
 
+        async def event(request: web.Request) -> web.Response:
+            data = await request.json()
+            agent_id = data.get("agent_id")
+            if agent_id is not None and self.store.get(agent_id) is None:
+                agent_id = None
+            self.store.add_event(str(data["type"]), str(data["message"]), agent_id, data.get("data") or {})
+            return web.json_response({"ok": True})
+
         app.router.add_get("/control/whois", whois)
+        app.router.add_post("/control/events", event)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         path = self.control_dir / DAEMON_SOCKET
@@ -241,3 +307,26 @@ class Zone2:
         return {"healthy": self.healthy, "container_id": self.container_id, "address": self.ip,
                 "restarts": self.restarts, "agents_registered": self.last_health.get("agents"),
                 "credentials": self.last_health.get("creds")}
+
+
+def _float(amount: Decimal | None) -> float | None:
+    return None if amount is None else float(amount)
+
+
+def usd(nusd: int) -> float:
+    return round(nusd / 1e9, 9)
+
+
+def budget_view(agent: dict[str, Any], caps: BudgetCaps, figures: dict[str, Any]) -> dict[str, Any]:
+    """One agent's line of `fleetd budget` (the keys DESIGN.md promises, and a few more)."""
+    return {
+        "id": agent["id"], "name": agent["name"], "role": agent["role"], "state": agent["state"],
+        "spent_today_usd": usd(figures.get("spent_today_nusd", 0)),
+        "spent_month_usd": usd(figures.get("spent_month_nusd", 0)),
+        "reserved_usd": usd(figures.get("reserved_nusd", 0)),
+        "daily_cap_usd": _float(caps.daily_usd), "monthly_cap_usd": _float(caps.monthly_usd),
+        "llm_calls": figures.get("llm_calls", 0), "max_llm_calls": caps.max_llm_calls,
+        "calls_in_flight": figures.get("inflight_calls", 0),
+        "allow_unpriced": bool(caps.allow_unpriced),
+        "breakers": figures.get("breakers", {}),
+    }

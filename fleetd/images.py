@@ -161,6 +161,8 @@ def build_images(base: str | None = None) -> Iterator[str]:
         yield f"base image: {base_image}"
         yield from prepare_wheels(root)
         yield from docker_build(client, root, "Dockerfile", ZONE2_IMAGE, base_image)
-        yield from docker_build(client, root / "images" / "agent-python", "Dockerfile", AGENT_IMAGE, base_image)
+        # The agent image's context is the SDK it installs; its Dockerfile stays with the other images.
+        agent_dockerfile = str(root / "images" / "agent-python" / "Dockerfile")
+        yield from docker_build(client, root / "sdk" / "python", agent_dockerfile, AGENT_IMAGE, base_image)
     finally:
         client.close()

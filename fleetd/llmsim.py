@@ -3,7 +3,7 @@
 ``fleetd llm-sim --port 8000`` serves:
 
 - ``POST /v1/chat/completions`` (OpenAI; ``stream`` with ``stream_options.include_usage``)
-- ``POST /v1/responses`` (OpenAI Responses API, plain)
+- ``POST /v1/responses`` (OpenAI Responses API; ``stream`` ends with ``response.completed``)
 - ``POST /v1/messages`` (Anthropic; ``stream`` with message_start/message_delta usage)
 - ``GET /v1/models``
 
@@ -35,7 +35,12 @@ class SimConfig:
     output_tokens: int = 16
     rate_limit: int = 0  # answer this many next calls with 429
     retry_after: int = 1
-    fail: int = 0  # answer this many next calls with 500
+    fail: int = 0  # answer this many next calls with fail_status
+    fail_status: int = 500
+    cached_tokens: int = 0  # of the input, reported as cache reads (at most the input)
+    cache_write_tokens: int = 0  # Anthropic: reported as cache_creation_input_tokens
+    reasoning_tokens: int = 0  # of the output, reported as reasoning (at most the output)
+    break_streams: int = 0  # cut this many next streams off halfway, before any usage is sent
     require_key: str | None = None  # when set, any other bearer / x-api-key gets 401 naming it
 
 
@@ -86,7 +91,8 @@ async def gate(request: web.Request) -> tuple[dict[str, Any], web.Response | Non
                                   {"Retry-After": str(config.retry_after)})
     if config.fail > 0:
         config.fail -= 1
-        return data, openai_error(500, "server_error", "The server had an error")
+        return data, openai_error(config.fail_status, "server_error" if config.fail_status >= 500
+                                  else "invalid_request_error", f"simulated {config.fail_status}")
     return data, None
 
 
@@ -95,6 +101,21 @@ def usage_numbers(data: dict[str, Any], config: SimConfig) -> tuple[int, int]:
     limit = data.get("max_tokens") or data.get("max_completion_tokens") or data.get("max_output_tokens")
     completion = min(config.output_tokens, int(limit)) if limit else config.output_tokens
     return prompt, max(1, completion)
+
+
+def take_break(config: SimConfig) -> bool:
+    """Whether this stream is one to cut off halfway."""
+    if config.break_streams > 0:
+        config.break_streams -= 1
+        return True
+    return False
+
+
+async def cut(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+    """End a stream abruptly: close the connection with no terminating chunk."""
+    if request.transport is not None:
+        request.transport.close()
+    return response
 
 
 def words(n: int) -> list[str]:
@@ -109,8 +130,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     prompt, completion = usage_numbers(data, config)
     model = data.get("model", "sim-model")
     ident = f"chatcmpl-{uuid.uuid4().hex[:12]}"
+    cached, reasoning = min(config.cached_tokens, prompt), min(config.reasoning_tokens, completion)
     usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-             "prompt_tokens_details": {"cached_tokens": 0}, "completion_tokens_details": {"reasoning_tokens": 0}}
+             "prompt_tokens_details": {"cached_tokens": cached},
+             "completion_tokens_details": {"reasoning_tokens": reasoning}}
     if not data.get("stream"):
         return web.json_response({
             "id": ident, "object": "chat.completion", "created": int(time.time()), "model": model,
@@ -126,7 +149,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
     base = {"id": ident, "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
     include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
+    broken = take_break(config)
     for i, word in enumerate(words(completion)):
+        if broken and i == completion // 2:
+            return await cut(request, response)
         delta = {"role": "assistant", "content": word} if i == 0 else {"content": " " + word}
         await send({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
                     **({"usage": None} if include_usage else {})})
@@ -144,16 +170,53 @@ async def responses(request: web.Request) -> web.StreamResponse:
     data, refusal = await gate(request)
     if refusal:
         return refusal
-    prompt, completion = usage_numbers(data, request.app[SIM].config)
+    config = request.app[SIM].config
+    prompt, completion = usage_numbers(data, config)
     text = " ".join(words(completion))
-    return web.json_response({
-        "id": f"resp_{uuid.uuid4().hex[:12]}", "object": "response", "created_at": int(time.time()),
-        "status": "completed", "model": data.get("model", "sim-model"),
-        "output": [{"type": "message", "id": f"msg_{uuid.uuid4().hex[:8]}", "status": "completed",
-                    "role": "assistant", "content": [{"type": "output_text", "text": text, "annotations": []}]}],
+    ident = f"resp_{uuid.uuid4().hex[:12]}"
+    message = {"type": "message", "id": f"msg_{uuid.uuid4().hex[:8]}", "status": "completed",
+               "role": "assistant", "content": [{"type": "output_text", "text": text, "annotations": []}]}
+    body = {
+        "id": ident, "object": "response", "created_at": int(time.time()),
+        "status": "completed", "model": data.get("model", "sim-model"), "output": [message],
         "usage": {"input_tokens": prompt, "output_tokens": completion, "total_tokens": prompt + completion,
-                  "input_tokens_details": {"cached_tokens": 0}, "output_tokens_details": {"reasoning_tokens": 0}},
-    })
+                  "input_tokens_details": {"cached_tokens": min(config.cached_tokens, prompt)},
+                  "output_tokens_details": {"reasoning_tokens": min(config.reasoning_tokens, completion)}},
+    }
+    if not data.get("stream"):
+        return web.json_response(body)
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    await response.prepare(request)
+    sequence = 0
+
+    async def send(event: str, payload: dict[str, Any]) -> None:
+        nonlocal sequence
+        data = json.dumps({"type": event, "sequence_number": sequence, **payload})
+        await response.write(f"event: {event}\ndata: {data}\n\n".encode())
+        sequence += 1
+
+    pending = {**body, "status": "in_progress", "output": [], "usage": None}
+    await send("response.created", {"response": pending})
+    await send("response.in_progress", {"response": pending})
+    await send("response.output_item.added", {"output_index": 0, "item": {**message, "status": "in_progress",
+                                                                          "content": []}})
+    await send("response.content_part.added", {"item_id": message["id"], "output_index": 0, "content_index": 0,
+                                               "part": {"type": "output_text", "text": "", "annotations": []}})
+    broken = take_break(config)
+    for i, word in enumerate(words(completion)):
+        if broken and i == completion // 2:
+            return await cut(request, response)
+        await send("response.output_text.delta", {"item_id": message["id"], "output_index": 0, "content_index": 0,
+                                                  "delta": (" " if i else "") + word, "logprobs": []})
+        await asyncio.sleep(config.chunk_delay_ms / 1000)
+    await send("response.output_text.done", {"item_id": message["id"], "output_index": 0, "content_index": 0,
+                                             "text": text, "logprobs": []})
+    await send("response.content_part.done", {"item_id": message["id"], "output_index": 0, "content_index": 0,
+                                              "part": message["content"][0]})
+    await send("response.output_item.done", {"output_index": 0, "item": message})
+    await send("response.completed", {"response": body})
+    await response.write_eof()
+    return response
 
 
 async def messages(request: web.Request) -> web.StreamResponse:
@@ -170,7 +233,8 @@ async def messages(request: web.Request) -> web.StreamResponse:
             "content": [{"type": "text", "text": " ".join(words(completion))}],
             "stop_reason": "end_turn", "stop_sequence": None,
             "usage": {"input_tokens": prompt, "output_tokens": completion,
-                      "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0},
+                      "cache_creation_input_tokens": config.cache_write_tokens,
+                      "cache_read_input_tokens": config.cached_tokens},
         })
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await response.prepare(request)
@@ -181,11 +245,14 @@ async def messages(request: web.Request) -> web.StreamResponse:
     await send("message_start", {"type": "message_start", "message": {
         "id": ident, "type": "message", "role": "assistant", "model": model, "content": [],
         "stop_reason": None, "stop_sequence": None,
-        "usage": {"input_tokens": prompt, "output_tokens": 1, "cache_creation_input_tokens": 0,
-                  "cache_read_input_tokens": 0}}})
+        "usage": {"input_tokens": prompt, "output_tokens": 1, "cache_creation_input_tokens": config.cache_write_tokens,
+                  "cache_read_input_tokens": config.cached_tokens}}})
     await send("content_block_start", {"type": "content_block_start", "index": 0,
                                        "content_block": {"type": "text", "text": ""}})
+    broken = take_break(config)
     for i, word in enumerate(words(completion)):
+        if broken and i == completion // 2:
+            return await cut(request, response)
         await send("content_block_delta", {"type": "content_block_delta", "index": 0,
                                            "delta": {"type": "text_delta", "text": (" " if i else "") + word}})
         await asyncio.sleep(config.chunk_delay_ms / 1000)

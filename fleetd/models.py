@@ -48,6 +48,9 @@ class AgentSpec:
     pids_limit: int = 256
     ttl: int = 3600
     grace: int = 30
+    daily_usd: str | None = None  # budget overrides for this agent (USD, exact decimal strings)
+    monthly_usd: str | None = None
+    max_llm_calls: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

@@ -230,6 +230,32 @@ class DockerRuntime:
         except NotFound:
             return None
 
+    def exec_status(self, container_id: str, command: list[str], timeout: float) -> int:
+        """Run ``command`` in the container (docker exec, no tty) and return its exit code.
+
+        A command still running after ``timeout`` seconds gives 124, like
+        coreutils' ``timeout`` (which minimal images may lack). The exec is
+        started detached and polled, so no thread waits on it; an overrunning
+        process is left to finish in the container (Docker cannot kill an exec).
+        """
+        import time
+
+        give_up = time.monotonic() + timeout
+        with docker_errors():
+            created = self.api.exec_create(container_id, command, stdout=False, stderr=False, tty=False)
+            exec_id: str = created["Id"]
+            self.api.exec_start(exec_id, detach=True)
+            pause = 0.01
+            while True:
+                state = self.api.exec_inspect(exec_id)
+                if not state.get("Running") and state.get("ExitCode") is not None:
+                    return int(state["ExitCode"])
+                left = give_up - time.monotonic()
+                if left <= 0:
+                    return 124
+                time.sleep(min(pause, left))
+                pause = min(pause * 2, 0.2)
+
     def remove(self, container_id: str) -> None:
         try:
             with docker_errors():

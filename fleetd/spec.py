@@ -8,11 +8,12 @@ from typing import Any
 from fleetd.config import Config
 from fleetd.errors import InvalidRequest
 from fleetd.models import AgentSpec
-from fleetd.units import NAME_PATTERN, parse_cpus, parse_memory, parse_pairs
+from fleetd.units import NAME_PATTERN, parse_cpus, parse_memory, parse_pairs, parse_usd
 
 SPAWN_FIELDS = {
     "image", "command", "name", "role", "env", "labels", "memory",
     "memory_reservation", "cpus", "pids_limit", "ttl", "grace",
+    "daily_usd", "monthly_usd", "max_llm_calls",
 }
 # Names the daemon sets itself; a user may not override them.
 RESERVED_ENV_PREFIX = "FLEETD_"
@@ -31,6 +32,11 @@ def whole_number(value: Any, flag: str, low: int, high: int | None = None) -> in
     if high is not None and value > high:
         raise InvalidRequest(f"{flag}: must be at most {high}, got {value}")
     return int(value)
+
+
+def optional_usd(value: Any, flag: str) -> str | None:
+    """A cap in US dollars, kept as an exact decimal string."""
+    return None if value is None else str(parse_usd(value, flag))
 
 
 def ttl_seconds(value: Any, config: Config) -> int:
@@ -95,4 +101,8 @@ def build_spec(request: Any, config: Config, host_cpus: int, roles: frozenset[st
         pids_limit=whole_number(pick("pids_limit"), "--pids-limit", 1),
         ttl=ttl_seconds(pick("ttl"), config),
         grace=whole_number(pick("grace"), "--grace", 0, config.max_grace),
+        daily_usd=optional_usd(request.get("daily_usd"), "--daily-usd"),
+        monthly_usd=optional_usd(request.get("monthly_usd"), "--monthly-usd"),
+        max_llm_calls=None if request.get("max_llm_calls") is None
+        else whole_number(request["max_llm_calls"], "--max-llm-calls", 0),
     )

@@ -64,6 +64,18 @@ def m002_credentials_and_roles(db: sqlite_utils.Database) -> None:
     )
 
 
+@migrations()
+def m003_budgets_and_prices(db: sqlite_utils.Database) -> None:
+    # Budget caps per role (NULL: inherit from the config file's role, then [budget], then built-in).
+    for column in ("daily_usd TEXT", "monthly_usd TEXT", "max_llm_calls INTEGER", "allow_unpriced INTEGER"):
+        db.execute(f"ALTER TABLE roles ADD COLUMN {column}")
+    db.execute(
+        """CREATE TABLE prices (
+            model TEXT PRIMARY KEY, data TEXT NOT NULL, updated_at TEXT NOT NULL)"""
+    )
+
+
+ROLE_BUDGET_FIELDS = ("daily_usd", "monthly_usd", "max_llm_calls", "allow_unpriced")
 AGENT_COLUMNS = (
     "name", "image", "role", "state", "reason", "container_id", "created_at",
     "started_at", "finished_at", "deadline", "kill_at", "exit_code", "oom_killed",
@@ -210,30 +222,53 @@ class Store:
         )
 
     # -- roles --------------------------------------------------------------
-    def set_role(self, name: str, creds: list[str] | None) -> dict[str, Any]:
-        """Create or update a role; ``creds=None`` keeps the current list."""
+    def set_role(self, name: str, creds: list[str] | None, budget: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Create or update a role; ``creds=None`` keeps the current list, budget fields not given are kept."""
         now = iso(utcnow())
-        current = self.role(name)
-        value = json.dumps(sorted(set(creds)) if creds is not None else (current or {}).get("creds", []))
+        current = self.role(name) or {}
+        value = json.dumps(sorted(set(creds)) if creds is not None else current.get("creds", []))
+        fields = {f: current.get(f) for f in ROLE_BUDGET_FIELDS}
+        fields.update(budget or {})
         self.conn.execute(
-            """INSERT INTO roles (name, creds, created_at, updated_at) VALUES (?, ?, ?, ?)
-               ON CONFLICT(name) DO UPDATE SET creds = excluded.creds, updated_at = excluded.updated_at""",
-            (name, value, now, now),
+            """INSERT INTO roles (name, creds, created_at, updated_at, daily_usd, monthly_usd, max_llm_calls,
+                                  allow_unpriced) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+               ON CONFLICT(name) DO UPDATE SET creds = excluded.creds, updated_at = excluded.updated_at,
+                 daily_usd = excluded.daily_usd, monthly_usd = excluded.monthly_usd,
+                 max_llm_calls = excluded.max_llm_calls, allow_unpriced = excluded.allow_unpriced""",
+            (name, value, now, now, *(fields[f] for f in ROLE_BUDGET_FIELDS)),
         )
         return self.role(name)  # type: ignore[return-value]
 
+    @staticmethod
+    def _role_row(row: dict[str, Any]) -> dict[str, Any]:
+        allow = row.get("allow_unpriced")
+        return {**row, "creds": json.loads(row["creds"]), "allow_unpriced": None if allow is None else bool(allow)}
+
     def role(self, name: str) -> dict[str, Any] | None:
         rows = list(self.db.query("SELECT * FROM roles WHERE name = ?", [name]))
-        if not rows:
-            return None
-        return {**rows[0], "creds": json.loads(rows[0]["creds"])}
+        return self._role_row(rows[0]) if rows else None
 
     def roles(self) -> list[dict[str, Any]]:
-        return [{**r, "creds": json.loads(r["creds"])} for r in self.db.query("SELECT * FROM roles ORDER BY name")]
+        return [self._role_row(r) for r in self.db.query("SELECT * FROM roles ORDER BY name")]
 
     def role_creds(self, name: str) -> list[str]:
         role = self.role(name)
         return list(role["creds"]) if role else []
+
+    # -- prices -------------------------------------------------------------
+    def set_price(self, model: str, data: dict[str, Any]) -> None:
+        self.conn.execute(
+            """INSERT INTO prices (model, data, updated_at) VALUES (?, ?, ?)
+               ON CONFLICT(model) DO UPDATE SET data = excluded.data, updated_at = excluded.updated_at""",
+            (model, json.dumps(data), iso(utcnow())),
+        )
+
+    def remove_price(self, model: str) -> bool:
+        return self.conn.execute("DELETE FROM prices WHERE model = ?", (model,)).rowcount > 0
+
+    def prices(self) -> list[dict[str, Any]]:
+        return [{**json.loads(r["data"]), "updated_at": r["updated_at"]}
+                for r in self.db.query("SELECT * FROM prices ORDER BY model")]
 
     # -- events -------------------------------------------------------------
     def add_event(

@@ -37,6 +37,7 @@ from fleetd.decisions import (
 from fleetd.errors import Conflict, FleetdError, InvalidRequest, NotFound
 from fleetd.models import LIVE_STATES, AgentSpec, Reason, State, iso, parse_iso, utcnow
 from fleetd.pidfds import PidHandles
+from fleetd.policy import BUDGET_KEYS, budget_caps
 from fleetd.runtime import LABEL_AGENT, LABEL_KIND, POOL_SIZE, DockerRuntime
 from fleetd.spec import build_spec, ttl_seconds, whole_number
 from fleetd.store import Store
@@ -418,10 +419,15 @@ class Supervisor:
         creds = data.get("creds")
         if creds is not None and (not isinstance(creds, list) or not all(isinstance(c, str) for c in creds)):
             raise InvalidRequest("creds must be a list of credential names")
-        role = self.store.set_role(name, creds)
+        unknown = set(data) - {"creds", *BUDGET_KEYS}
+        if unknown:
+            raise InvalidRequest(f"unknown role fields: {sorted(unknown)}")
+        caps = budget_caps(data, f"role {name}")
+        budget = {k: v for k, v in caps.to_json().items() if v is not None}
+        role = self.store.set_role(name, creds, budget)
         if self.gateway is not None:
-            await self.gateway.push_all()  # running agents of this role see the new scope at once
-        self.store.add_event("role_set", f"role {name}: creds {role['creds']}", None, {"name": name})
+            await self.gateway.push_all()  # running agents of this role see the new scope and caps at once
+        self.store.add_event("role_set", f"role {name}: creds {role['creds']}", None, {"name": name, **budget})
         return role
 
     async def janitor(self) -> None:

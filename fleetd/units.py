@@ -7,6 +7,7 @@ The syntax follows ``docker run``: memory ``512m`` is 512 MiB (binary units),
 from __future__ import annotations
 
 import re
+from decimal import Decimal, InvalidOperation
 
 from fleetd.errors import InvalidRequest
 
@@ -88,3 +89,17 @@ def format_seconds(seconds: float) -> str:
     if minutes:
         return f"{minutes}m{secs:02d}s"
     return f"{secs}s"
+
+
+def parse_usd(value: object, flag: str = "--usd") -> Decimal:
+    """An amount of US dollars >= 0, exact (a Decimal): ``12``, ``0.5``, ``"$3.25"``."""
+    text = str(value).strip().removeprefix("$") if not isinstance(value, bool) else ""
+    try:
+        amount = Decimal(text)
+    except InvalidOperation:
+        raise InvalidRequest(f"{flag}: expected an amount in US dollars like 12.50, got {value!r}") from None
+    if not amount.is_finite() or amount < 0:
+        raise InvalidRequest(f"{flag}: must be a finite amount >= 0, got {value!r}")
+    if amount > Decimal(10) ** 9:
+        raise InvalidRequest(f"{flag}: at most 1000000000 dollars, got {value!r}")
+    return Decimal(format(amount.normalize(), "f"))  # 50, not 5E+1

@@ -8,13 +8,21 @@ secret in the response is redacted, also mid-stream.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
 
 import aiohttp
 from aiohttp import web
 
+from fleetd.zone2.breaker import Reject, parse_retry_after, retry_delay
+from fleetd.zone2.budget import Refusal
+from fleetd.zone2.costs import CostTracker, NotPriced
 from fleetd.zone2.handles import (
     HOP_BY_HOP,
     BadHandle,
@@ -24,10 +32,13 @@ from fleetd.zone2.handles import (
     substitute,
     substitute_query,
 )
+from fleetd.zone2.ledger import Ledger
 from fleetd.zone2.registry import Registration, Registry
+from fleetd.zone2.usage import API, BadLLMRequest, StreamMeter, Usage, classify, parse_request, usage_from_body
 
 log = logging.getLogger("fleetd.zone2")
 MAX_BODY = 10 << 20
+MAX_BUFFERED = 8 << 20  # larger answers (or of unknown length) are streamed through
 CONNECT_TIMEOUT = 10.0
 IDLE_TIMEOUT = 300.0
 DROPPED_PREFIXES = ("x-forwarded-", "forwarded", "x-real-ip", "proxy-")
@@ -36,9 +47,14 @@ REGISTRY = web.AppKey("registry", Registry)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 
 
-def error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
+R = TypeVar("R", bound=web.Response)
+
+
+def error(status: int, code: str, message: str, headers: dict[str, str] | None = None,
+          cls: type[R] = web.Response) -> R:  # type: ignore[assignment]
+    """An answer of zone 2's own, in the OpenAI error shape the official SDKs parse."""
     body = {"error": {"type": code, "code": code, "message": message}}
-    return web.json_response(body, status=status, headers=headers)
+    return cls(text=json.dumps(body), status=status, headers=headers, content_type="application/json")
 
 
 def forward_headers(headers: Any, secrets: dict[str, str]) -> dict[str, str]:
@@ -60,17 +76,19 @@ def response_headers(headers: Any, redactor: Redactor) -> list[tuple[str, str]]:
         lower = key.lower()
         if lower in HOP_BY_HOP or lower == "content-encoding":
             continue
-        out.append((key, redactor._scrub(value.encode()).decode(errors="replace")))
+        out.append((key, redactor.scrub_text(value)))
     return out
 
 
 class Gateway:
     """Handles every request an agent makes to zone 2."""
 
-    def __init__(self, registry: Registry, whois: Whois, session: aiohttp.ClientSession) -> None:
+    def __init__(self, registry: Registry, whois: Whois, session: aiohttp.ClientSession,
+                 costs: CostTracker) -> None:
         self.registry = registry
         self.whois = whois
         self.session = session
+        self.costs = costs
 
     async def identify(self, request: web.Request) -> Registration | None:
         ip = request.remote or ""
@@ -99,48 +117,254 @@ class Gateway:
         upstreams = {c.upstream for c in creds}
         if len(upstreams) != 1:
             return error(403, "forbidden", "credentials bound to different upstreams in one request")
+        base = upstreams.pop()
         secrets = {c.name: c.secret for c in creds}
-        url = upstreams.pop() + path + ("?" + substitute_query(query, secrets) if query else "")
+        url = base + path + ("?" + substitute_query(query, secrets) if query else "")
         if (request.content_length or 0) > MAX_BODY:
             return error(413, "request_too_large", f"request bodies are limited to {MAX_BODY >> 20} MiB")
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return error(413, "request_too_large", f"request bodies are limited to {MAX_BODY >> 20} MiB")
-        redactor = Redactor(secrets.values())
+        call = Upcall(request.method, url, forward_headers(request.headers, secrets), body, base,
+                      Redactor(secrets.values()))
+        api = classify(request.method, path)
+        if api is None:
+            return await self.plain(request, reg, call)
+        return await self.metered(request, reg, call, api, ",".join(sorted(secrets)))
+
+    async def plain(self, request: web.Request, reg: Registration, call: Upcall) -> web.StreamResponse:
+        """A generic (tool API) call: proxied without metering, guarded by the breaker."""
+        admission = self.costs.breaker_admit(reg.agent_id, call.base)
+        if isinstance(admission, Reject):
+            return circuit_open(admission)
         try:
-            upstream = await self.session.request(
-                request.method, url, headers=forward_headers(request.headers, secrets), data=body or None,
-                allow_redirects=False, auto_decompress=False,
-            )
+            upstream = await self.send(call, call.body)
+        except UpstreamFailed as exc:
+            self.costs.breaker_record(reg.agent_id, call.base, None, admission.probe)
+            return exc.response
+        self.costs.breaker_record(reg.agent_id, call.base, upstream.status, admission.probe)
+        log.debug("%s %s %s -> %s", reg.agent_id, request.method, call.url, upstream.status)
+        try:
+            if fits_buffer(upstream):
+                return await buffered(upstream, call.redactor)
+            return await relay_stream(request, upstream, call.redactor, None)
+        finally:
+            upstream.release()
+
+    async def metered(self, request: web.Request, reg: Registration, call: Upcall, api: API,
+                      credential: str) -> web.StreamResponse:
+        """An LLM call: admitted against the budget, retried per policy, settled with its real usage."""
+        try:
+            llm = parse_request(api, call.body)
+        except BadLLMRequest as exc:
+            return error(400, "invalid_request_error", str(exc))
+        ticket = self.costs.admit(reg, credential, llm)
+        if isinstance(ticket, NotPriced):
+            return error(400, "model_not_priced",
+                         f"model {ticket.model!r} has no price: set one with `fleetd price set`")
+        if isinstance(ticket, Refusal):
+            headers = {"x-should-retry": "false"}
+            if ticket.retry_after is not None:
+                headers["Retry-After"] = str(ticket.retry_after)
+            return error(429, ticket.type, ticket.message, headers)
+        status: int | None = None
+        usage: Usage | None = None
+        attempts = 0
+        try:
+            outcome = await self.send_with_retries(reg, call, llm.body)
+            attempts = outcome.attempts
+            if outcome.response is not None:
+                return outcome.response
+            upstream = outcome.upstream
+            assert upstream is not None
+            status = upstream.status
+            try:
+                if fits_buffer(upstream):
+                    whole = await buffered(upstream, call.redactor)
+                    usage = usage_from_body(api, whole.raw)
+                    return whole
+                meter: StreamMeter | BodyMeter = (StreamMeter(api, hide_usage_chunk=llm.usage_injected)
+                                                  if upstream.content_type == "text/event-stream" else BodyMeter(api))
+                streamed = await relay_stream(request, upstream, call.redactor, meter)
+                usage = meter.usage
+                return streamed
+            finally:
+                upstream.release()
+        finally:
+            # Exactly once, whatever happened above (also when the agent went away).
+            self.costs.settle(ticket, status, usage, attempts)
+
+    async def send(self, call: Upcall, body: bytes) -> aiohttp.ClientResponse:
+        try:
+            return await self.session.request(call.method, call.url, headers=call.headers, data=body or None,
+                                              allow_redirects=False, auto_decompress=False)
         except TimeoutError:
-            return error(504, "upstream_timeout", "the upstream did not answer in time")
+            raise UpstreamFailed(error(504, "upstream_timeout", "the upstream did not answer in time")) from None
         except aiohttp.ClientError as exc:
-            return error(502, "upstream_unreachable", f"cannot reach the upstream: {type(exc).__name__}")
-        # Per request at debug only: an INFO line each was a quarter of zone 2's CPU under load.
-        log.debug("%s %s %s -> %s", reg.agent_id, request.method, path, upstream.status)
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-        for key, value in response_headers(upstream.headers, redactor):
-            response.headers.add(key, value)
-        try:
-            await response.prepare(request)
-            async for chunk in upstream.content.iter_any():
-                out = redactor.feed(chunk)
-                if out:
+            raise UpstreamFailed(error(502, "upstream_unreachable",
+                                       f"cannot reach the upstream: {type(exc).__name__}")) from None
+
+    async def send_with_retries(self, reg: Registration, call: Upcall, body: bytes) -> Outcome:
+        """Attempts under the breaker; 429 and 5xx retried with full jitter, honouring Retry-After."""
+        attempt = 0
+        while True:
+            admission = self.costs.breaker_admit(reg.agent_id, call.base)
+            if isinstance(admission, Reject):
+                return Outcome(circuit_open(admission), None, attempt)
+            try:
+                upstream = await self.send(call, body)
+            except UpstreamFailed as exc:
+                self.costs.breaker_record(reg.agent_id, call.base, None, admission.probe)
+                return Outcome(exc.response, None, attempt + 1)
+            self.costs.breaker_record(reg.agent_id, call.base, upstream.status, admission.probe)
+            delay = retry_delay(self.costs.retry, attempt, upstream.status, upstream_retry_after(upstream.headers))
+            if delay is None:
+                return Outcome(None, upstream, attempt + 1)
+            log.debug("%s: upstream answered %s, retrying in %.2f s", reg.agent_id, upstream.status, delay)
+            upstream.release()
+            await asyncio.sleep(delay)
+            attempt += 1
+
+
+class UpstreamFailed(Exception):
+    def __init__(self, response: web.Response) -> None:
+        super().__init__(response.status)
+        self.response = response
+
+
+@dataclass(frozen=True)
+class Upcall:
+    """What goes upstream: method, target, headers with secrets in, the body, and the redactor for the answer."""
+
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: bytes
+    base: str
+    redactor: Redactor
+
+
+@dataclass(frozen=True)
+class Outcome:
+    response: web.Response | None  # zone 2's own answer (breaker open, upstream unreachable)
+    upstream: aiohttp.ClientResponse | None
+    attempts: int
+
+
+class Buffered(web.Response):
+    raw: bytes = b""
+
+
+def circuit_open(reject: Reject) -> web.Response:
+    return error(503, "circuit_open", "the upstream is failing with 429s: this agent's calls to it fail fast "
+                 f"for {reject.retry_after} s", {"Retry-After": str(reject.retry_after)})
+
+
+def upstream_retry_after(headers: Any) -> float | None:
+    """The upstream's Retry-After (OpenAI also sends retry-after-ms, which is finer)."""
+    ms = parse_retry_after(headers.get("retry-after-ms"))
+    if ms is not None:
+        return ms / 1000
+    return parse_retry_after(headers.get("Retry-After"))
+
+
+def fits_buffer(upstream: aiohttp.ClientResponse) -> bool:
+    """Not a stream, and of a known, modest length: read it whole and send it in one write."""
+    length = upstream.headers.get("Content-Length")
+    return (upstream.content_type != "text/event-stream" and length is not None and length.isdigit()
+            and int(length) <= MAX_BUFFERED)
+
+
+async def buffered(upstream: aiohttp.ClientResponse, redactor: Redactor) -> Buffered:
+    """A response with a known length: read whole, redacted, sent in one write."""
+    try:
+        raw = await upstream.read()
+    except (aiohttp.ClientError, TimeoutError):
+        return error(502, "upstream_broken", "the upstream's answer broke off", cls=Buffered)
+    response = Buffered(status=upstream.status, reason=upstream.reason, body=redactor.scrub(raw))
+    for key, value in response_headers(upstream.headers, redactor):
+        response.headers.add(key, value)
+    response.raw = raw
+    return response
+
+
+class BodyMeter:
+    """Usage from a non-streamed body of unknown length, read as it passes through (up to a limit)."""
+
+    def __init__(self, api: API) -> None:
+        self.api = api
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.usage: Usage | None = None
+        self.complete = False
+
+    def feed(self, chunk: bytes) -> bytes:
+        self.size += len(chunk)
+        if self.size <= MAX_BUFFERED:
+            self.parts.append(chunk)
+        return chunk
+
+    def flush(self) -> bytes:
+        self.complete = True
+        if self.size <= MAX_BUFFERED:
+            self.usage = usage_from_body(self.api, b"".join(self.parts))
+        return b""
+
+
+async def relay_stream(request: web.Request, upstream: aiohttp.ClientResponse, redactor: Redactor,
+                       meter: StreamMeter | BodyMeter | None) -> web.StreamResponse:
+    """Pass a stream through chunk by chunk. If the agent goes away, keep reading until usage arrives.
+
+    If the upstream breaks off, the agent's connection is cut too (no clean end of the chunked
+    body), so the agent's client sees a truncated answer rather than a complete-looking one.
+    """
+    response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+    for key, value in response_headers(upstream.headers, redactor):
+        response.headers.add(key, value)
+    agent_gone = False
+    try:
+        await response.prepare(request)
+    except ConnectionResetError:
+        agent_gone = True
+    try:
+        async for chunk in upstream.content.iter_any():
+            out = meter.feed(chunk) if meter is not None else chunk
+            if agent_gone:
+                if meter is None or meter.complete:
+                    return response
+                continue
+            out = redactor.feed(out)
+            if out:
+                try:
                     await response.write(out)
-            tail = redactor.flush()
+                except ConnectionResetError:
+                    agent_gone = True
+    except (aiohttp.ClientError, TimeoutError):
+        response.force_close()
+        if request.transport is not None:
+            request.transport.close()
+        return response
+    tail = redactor.feed(meter.flush()) if meter is not None else b""
+    tail += redactor.flush()
+    if not agent_gone:
+        try:
             if tail:
                 await response.write(tail)
             await response.write_eof()
-        except (aiohttp.ClientError, TimeoutError, ConnectionResetError):
-            pass  # upstream or agent went away mid-stream: nothing more to send
-        finally:
-            upstream.release()
-        return response
+        except ConnectionResetError:
+            pass
+    return response
 
 
-def init_gateway(registry: Registry, whois: Whois) -> web.Application:
+def memory_costs() -> CostTracker:
+    """A cost tracker with an in-memory ledger and no prices (every LLM call is refused as unpriced)."""
+    return CostTracker(Ledger(Path(":memory:")), lambda *event: None, lambda: datetime.now(UTC))
+
+
+def init_gateway(registry: Registry, whois: Whois, costs: CostTracker | None = None) -> web.Application:
     """The agent-facing aiohttp application."""
+    tracker = costs or memory_costs()
     @web.middleware
     async def targets(request: web.Request, handler: Any) -> web.StreamResponse:
         # Authority-form (CONNECT host:port) and the like never reach a route: refuse them the same way.
@@ -162,7 +386,7 @@ def init_gateway(registry: Registry, whois: Whois) -> web.Application:
     app.cleanup_ctx.append(open_session)
 
     async def handle(request: web.Request) -> web.StreamResponse:
-        return await Gateway(registry, whois, request.app[SESSION]).handle(request)
+        return await Gateway(registry, whois, request.app[SESSION], tracker).handle(request)
 
     app.router.add_route("*", "/{tail:.*}", handle)
     return app

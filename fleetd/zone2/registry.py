@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from fleetd.zone2.budget import Caps
+
 
 @dataclass(frozen=True)
 class Upstream:
@@ -21,6 +23,8 @@ class Registration:
     ip: str
     role: str
     creds: frozenset[str] = field(default_factory=frozenset)
+    caps: Caps = field(default_factory=Caps)
+    allow_unpriced: bool = False
 
 
 class Registry:

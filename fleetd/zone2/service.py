@@ -19,6 +19,9 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from fleetd.zone2.budget import Caps
+from fleetd.zone2.costs import CostTracker
+from fleetd.zone2.ledger import LEDGER_FILE, Ledger
 from fleetd.zone2.proxy import init_gateway
 from fleetd.zone2.registry import Registration, Registry, Upstream
 
@@ -28,14 +31,29 @@ DAEMON_SOCKET = "daemon.sock"
 GATEWAY_PORT = 8080
 
 
+def _optional_int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
 def registration(data: dict[str, Any]) -> Registration:
+    caps = Caps(_optional_int(data.get("daily_nusd")), _optional_int(data.get("monthly_nusd")),
+                _optional_int(data.get("max_llm_calls")))
     return Registration(str(data["agent_id"]), str(data["ip"]), str(data.get("role") or "default"),
-                        frozenset(data.get("creds") or ()))
+                        frozenset(data.get("creds") or ()), caps, bool(data.get("allow_unpriced")))
 
 
-def init_control(registry: Registry, started: float) -> web.Application:
+def init_control(registry: Registry, costs: CostTracker, started: float) -> web.Application:
     """The daemon-facing control API (Unix socket)."""
     app = web.Application(client_max_size=16 << 20)
+
+    async def put_policy(request: web.Request) -> web.Response:
+        costs.configure(await request.json())
+        return web.json_response({"prices": len(costs.prices.all())})
+
+    async def get_budget(request: web.Request) -> web.Response:
+        agents = request.query.getall("agent", [])
+        return web.json_response({"instance": costs.status(None),
+                                  "agents": {agent_id: costs.status(agent_id) for agent_id in agents}})
 
     async def health(request: web.Request) -> web.Response:
         return web.json_response({"ok": True, "agents": len(registry.by_ip), "creds": len(registry.creds),
@@ -59,6 +77,8 @@ def init_control(registry: Registry, started: float) -> web.Application:
         return web.json_response({"agents": len(registry.by_ip)})
 
     app.router.add_get("/control/health", health)
+    app.router.add_put("/control/policy", put_policy)
+    app.router.add_get("/control/budget", get_budget)
     app.router.add_put("/control/creds", put_creds)
     app.router.add_put("/control/agents", put_agents)
     app.router.add_post("/control/agents", post_agent)
@@ -66,39 +86,61 @@ def init_control(registry: Registry, started: float) -> web.Application:
     return app
 
 
-class DaemonWhois:
-    """Asks the daemon, over its control socket, which agent an address belongs to."""
+class DaemonLink:
+    """Zone 2's line to the daemon over ``daemon.sock``: who is this address, and events to record."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.session: aiohttp.ClientSession | None = None
+        self.pending: set[asyncio.Task[None]] = set()
 
-    async def __call__(self, ip: str) -> Registration | None:
+    def _session(self) -> aiohttp.ClientSession:
         if self.session is None:
             self.session = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(self.path)),
                                                  timeout=aiohttp.ClientTimeout(total=5))
+        return self.session
+
+    async def whois(self, ip: str) -> Registration | None:
         try:
-            async with self.session.get("http://daemon/control/whois", params={"ip": ip}) as response:
+            async with self._session().get("http://daemon/control/whois", params={"ip": ip}) as response:
                 if response.status != 200:
                     return None
                 return registration(await response.json())
         except (aiohttp.ClientError, TimeoutError):
             return None
 
+    def emit(self, type_: str, agent_id: str | None, message: str, data: dict[str, Any]) -> None:
+        """Send an event to the daemon's log in the background (never holds up a request)."""
+        log.info("event %s %s: %s", type_, agent_id or "-", message)
+        task = asyncio.get_running_loop().create_task(self._post_event(
+            {"type": type_, "agent_id": agent_id, "message": message, "data": data}))
+        self.pending.add(task)
+        task.add_done_callback(self.pending.discard)
+
+    async def _post_event(self, event: dict[str, Any]) -> None:
+        try:
+            async with self._session().post("http://daemon/control/events", json=event) as response:
+                await response.read()
+        except (aiohttp.ClientError, TimeoutError):
+            log.warning("could not send event %s to the daemon", event["type"])
+
     async def close(self) -> None:
+        if self.pending:
+            await asyncio.wait(self.pending, timeout=2)
         if self.session is not None:
             await self.session.close()
 
 
 async def serve(control_dir: Path, host: str, port: int) -> None:
     registry = Registry()
-    whois = DaemonWhois(control_dir / DAEMON_SOCKET)
+    daemon = DaemonLink(control_dir / DAEMON_SOCKET)
+    costs = CostTracker(Ledger(control_dir / LEDGER_FILE), daemon.emit)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    gateway = web.AppRunner(init_gateway(registry, whois), access_log=None, handle_signals=False)
-    control = web.AppRunner(init_control(registry, time.monotonic()), access_log=None, handle_signals=False)
+    gateway = web.AppRunner(init_gateway(registry, daemon.whois, costs), access_log=None, handle_signals=False)
+    control = web.AppRunner(init_control(registry, costs, time.monotonic()), access_log=None, handle_signals=False)
     await gateway.setup()
     await control.setup()
     control_path = control_dir / CONTROL_SOCKET
@@ -111,7 +153,8 @@ async def serve(control_dir: Path, host: str, port: int) -> None:
     await stop.wait()
     await gateway.cleanup()
     await control.cleanup()
-    await whois.close()
+    await daemon.close()
+    costs.ledger.close()
 
 
 def run(control_dir: Path, host: str = "0.0.0.0", port: int = GATEWAY_PORT) -> int:

@@ -1,0 +1,126 @@
+"""``fleetd price`` and ``fleetd budget``: what calls cost and what agents have spent."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from cli.common import api_errors, client
+from cli.output import print_json, print_table
+
+
+def dollars(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"${value:,.4f}" if value < 1 else f"${value:,.2f}"
+
+
+def per_mtok(value: float | None) -> str:
+    return "-" if value is None else f"{value:g}"
+
+
+@click.group()
+def price() -> None:
+    """Model prices (USD per 1M tokens) that zone 2 meters LLM calls with."""
+
+
+@price.command("set")
+@click.argument("model")
+@click.option("--input-per-mtok", type=float, required=True, help="USD per 1M uncached input tokens.")
+@click.option("--output-per-mtok", type=float, required=True, help="USD per 1M output tokens (reasoning included).")
+@click.option("--cached-input-per-mtok", type=float, help="USD per 1M cached input tokens (default: input).")
+@click.option("--cache-write-per-mtok", type=float, help="USD per 1M cache-write tokens (default: input).")
+@click.option("--max-output-tokens", type=click.IntRange(min=1),
+              help="The model's output limit: bounds the reservation of calls that set no max tokens.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+@api_errors
+def price_set(ctx: click.Context, model: str, input_per_mtok: float, output_per_mtok: float,
+              cached_input_per_mtok: float | None, cache_write_per_mtok: float | None,
+              max_output_tokens: int | None, as_json: bool) -> None:
+    """Set (or override a built-in) price for MODEL.
+
+    Example: fleetd price set gpt-4o --input-per-mtok 2.5 --output-per-mtok 10 --cached-input-per-mtok 1.25
+    """
+    body = {"input": input_per_mtok, "output": output_per_mtok, "cached_input": cached_input_per_mtok,
+            "cache_write": cache_write_per_mtok, "max_output_tokens": max_output_tokens}
+    record = client(ctx).call("PUT", f"/v1/prices/{model}", body)
+    if as_json:
+        print_json(record)
+    else:
+        click.echo(f"{record['model']}: ${record['input']:g}/M input, ${record['output']:g}/M output")
+
+
+@price.command("ls")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+@api_errors
+def price_ls(ctx: click.Context, as_json: bool) -> None:
+    """List the prices in force (built-in, config file, `price set`), USD per 1M tokens.
+
+    Example: fleetd price ls
+    """
+    records = client(ctx).call("GET", "/v1/prices")
+    if as_json:
+        print_json(records)
+        return
+    print_table(["MODEL", "INPUT", "CACHED", "CACHE WRITE", "OUTPUT", "MAX OUT", "FROM", "AS OF"], [
+        [p["model"], per_mtok(p["input"]), per_mtok(p.get("cached_input")), per_mtok(p.get("cache_write")),
+         per_mtok(p["output"]), str(p.get("max_output_tokens") or "-"), p["origin"], p.get("as_of") or "-"]
+        for p in records])
+
+
+@price.command("rm")
+@click.argument("model")
+@click.pass_context
+@api_errors
+def price_rm(ctx: click.Context, model: str) -> None:
+    """Remove a price set with `fleetd price set` (a built-in price comes back).
+
+    Example: fleetd price rm my-finetune
+    """
+    client(ctx).call("DELETE", f"/v1/prices/{model}")
+    click.echo(model)
+
+
+def budget_rows(agents: list[dict[str, Any]]) -> list[list[str]]:
+    return [[a["id"], a["name"], a["role"], f"{dollars(a['spent_today_usd'])} / {dollars(a['daily_cap_usd'])}",
+             f"{dollars(a['spent_month_usd'])} / {dollars(a['monthly_cap_usd'])}", dollars(a["reserved_usd"]),
+             f"{a['llm_calls']} / {a['max_llm_calls'] if a['max_llm_calls'] is not None else '-'}"]
+            for a in agents]
+
+
+@click.command()
+@click.argument("agent", required=False)
+@click.option("-a", "--all", "all_", is_flag=True, help="Exited agents too.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+@api_errors
+def budget(ctx: click.Context, agent: str | None, all_: bool, as_json: bool) -> None:
+    """Spend today and this month against the caps, money reserved in flight, LLM calls used.
+
+    Example: fleetd budget my-agent --json
+    """
+    if agent:
+        record = client(ctx).call("GET", f"/v1/agents/{agent}/budget")
+        if as_json:
+            print_json(record)
+            return
+        rows = budget_rows([record])
+        print_table(["AGENT", "NAME", "ROLE", "TODAY / CAP", "MONTH / CAP", "RESERVED", "CALLS / MAX"], rows)
+        for upstream, breaker in (record.get("breakers") or {}).items():
+            if breaker["state"] != "closed":
+                click.echo(f"circuit to {upstream}: {breaker['state']}"
+                           + (f", half-open in {breaker['reopen_in']:g} s" if breaker.get("reopen_in") else ""))
+        return
+    report = client(ctx).call("GET", "/v1/budget" + ("?all=1" if all_ else ""))
+    if as_json:
+        print_json(report)
+        return
+    print_table(["AGENT", "NAME", "ROLE", "TODAY / CAP", "MONTH / CAP", "RESERVED", "CALLS / MAX"],
+                budget_rows(report["agents"]))
+    inst = report["instance"]
+    click.echo(f"instance: today {dollars(inst['spent_today_usd'])} / {dollars(inst['daily_cap_usd'])}, "
+               f"month {dollars(inst['spent_month_usd'])} / {dollars(inst['monthly_cap_usd'])}, "
+               f"reserved {dollars(inst['reserved_usd'])}, {inst['llm_calls']} LLM calls")

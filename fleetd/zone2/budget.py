@@ -1,0 +1,174 @@
+"""Budget windows and reservations: pure, single-threaded, with an injected clock.
+
+Money is integer nano-USD. Before a metered request is forwarded, its upper-bound
+cost is reserved against every window that applies (the agent's UTC day and
+calendar month, and the instance's when capped) in one step: either it fits all
+of them and is reserved in all, or nothing changes. Zone 2 runs one event loop,
+so a call to :meth:`Budgets.reserve` is atomic with respect to every other
+request. When usage arrives the reservation settles to the real cost and the
+rest is released; spend is counted in the windows of the moment the request was
+reserved (so a call that straddles midnight is billed to the day it started).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+INSTANCE = "*instance*"  # the pseudo-agent whose windows are the instance's caps
+
+
+@dataclass(frozen=True)
+class Caps:
+    """Limits for one agent (or the instance); ``None`` means no cap."""
+
+    daily_nusd: int | None = None
+    monthly_nusd: int | None = None
+    max_llm_calls: int | None = None
+
+
+def day_key(at: datetime) -> str:
+    return at.astimezone(UTC).strftime("%Y-%m-%d")
+
+
+def month_key(at: datetime) -> str:
+    return at.astimezone(UTC).strftime("%Y-%m")
+
+
+def day_reset(at: datetime) -> datetime:
+    """The next UTC midnight after ``at``."""
+    at = at.astimezone(UTC)
+    return datetime(at.year, at.month, at.day, tzinfo=UTC) + timedelta(days=1)
+
+
+def month_reset(at: datetime) -> datetime:
+    """The first instant of the next calendar month (UTC) after ``at``."""
+    at = at.astimezone(UTC)
+    return datetime(at.year + at.month // 12, at.month % 12 + 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a request cannot be admitted: ``budget_exceeded`` or ``max_llm_calls_exceeded``."""
+
+    type: str
+    message: str
+    retry_after: int | None  # seconds until the refusing window resets; None when waiting cannot help
+
+
+@dataclass
+class Reservation:
+    id: int
+    agent_id: str
+    amount: int  # nano-USD held
+    day: str
+    month: str
+    at: datetime
+    settled: bool = False
+
+
+@dataclass
+class _Windows:
+    spent: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # day or month key -> nano-USD
+    reserved: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    calls: int = 0  # metered calls admitted, lifetime
+    inflight_calls: int = 0
+
+
+class Budgets:
+    """Spend, reservations and call counts per agent, plus the instance."""
+
+    def __init__(self, clock: Callable[[], datetime], instance_caps: Caps | None = None) -> None:
+        self.clock = clock
+        self.instance_caps = instance_caps or Caps()
+        self._agents: dict[str, _Windows] = defaultdict(_Windows)
+        self._ids = itertools.count(1)
+        self._open: dict[int, Reservation] = {}
+
+    # -- history ---------------------------------------------------------------
+    def load(self, rows: Iterable[tuple[str, datetime, int]]) -> None:
+        """Spend already made (agent, when, nano-USD), e.g. from the ledger after a restart."""
+        for agent_id, at, cost in rows:
+            self._charge(agent_id, day_key(at), month_key(at), cost)
+            self._agents[agent_id].calls += 1
+            self._agents[INSTANCE].calls += 1
+
+    def load_calls(self, counts: dict[str, int]) -> None:
+        """Calls made before the loaded history (they count against the maximum, not the windows)."""
+        for agent_id, count in counts.items():
+            self._agents[agent_id].calls += count
+            self._agents[INSTANCE].calls += count
+
+    def _charge(self, agent_id: str, day: str, month: str, cost: int) -> None:
+        for who in (agent_id, INSTANCE):
+            windows = self._agents[who]
+            windows.spent[day] += cost
+            windows.spent[month] += cost
+
+    # -- admission -------------------------------------------------------------
+    def reserve(self, agent_id: str, caps: Caps, amount: int) -> Reservation | Refusal:
+        """Hold ``amount`` against every window, and one call against the maximum; or refuse."""
+        now = self.clock()
+        day, month = day_key(now), month_key(now)
+        agent = self._agents[agent_id]
+        if caps.max_llm_calls is not None and agent.calls + agent.inflight_calls >= caps.max_llm_calls:
+            return Refusal("max_llm_calls_exceeded",
+                           f"this agent has used its {caps.max_llm_calls} LLM calls", None)
+        checks = [(agent, caps, "this agent's"), (self._agents[INSTANCE], self.instance_caps, "the instance's")]
+        for windows, limits, whose in checks:
+            for cap, key, label, reset in ((limits.daily_nusd, day, "daily", day_reset(now)),
+                                           (limits.monthly_nusd, month, "monthly", month_reset(now))):
+                if cap is None:
+                    continue
+                committed = windows.spent[key] + windows.reserved[key]
+                if committed + amount > cap:
+                    retry = max(1, int((reset - now).total_seconds() + 0.999))
+                    return Refusal(
+                        "budget_exceeded",
+                        f"{whose} {label} budget of ${cap / 1e9:.2f} would be exceeded: "
+                        f"${committed / 1e9:.4f} spent or reserved, this request may cost up to ${amount / 1e9:.4f}",
+                        retry,
+                    )
+        for windows in (agent, self._agents[INSTANCE]):
+            windows.reserved[day] += amount
+            windows.reserved[month] += amount
+            windows.inflight_calls += 1
+        reservation = Reservation(next(self._ids), agent_id, amount, day, month, now)
+        self._open[reservation.id] = reservation
+        return reservation
+
+    def settle(self, reservation: Reservation, cost: int) -> None:
+        """The request's real cost is known: charge it, release the reservation, count the call."""
+        if reservation.settled:
+            return
+        reservation.settled = True
+        self._open.pop(reservation.id, None)
+        for who in (reservation.agent_id, INSTANCE):
+            windows = self._agents[who]
+            windows.reserved[reservation.day] -= reservation.amount
+            windows.reserved[reservation.month] -= reservation.amount
+            windows.inflight_calls -= 1
+            windows.calls += 1
+        self._charge(reservation.agent_id, reservation.day, reservation.month, cost)
+
+    # -- reading ---------------------------------------------------------------
+    def status(self, agent_id: str) -> dict[str, int]:
+        now = self.clock()
+        windows = self._agents.get(agent_id) or _Windows()
+        day, month = day_key(now), month_key(now)
+        return {
+            "spent_today_nusd": windows.spent.get(day, 0),
+            "spent_month_nusd": windows.spent.get(month, 0),
+            "reserved_nusd": sum(r.amount for r in self._open.values() if agent_id in (r.agent_id, INSTANCE)),
+            "llm_calls": windows.calls,
+            "inflight_calls": windows.inflight_calls,
+        }
+
+    def instance_status(self) -> dict[str, int]:
+        return self.status(INSTANCE)
+
+    def agents(self) -> list[str]:
+        return sorted(a for a in self._agents if a != INSTANCE)

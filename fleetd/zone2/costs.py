@@ -1,0 +1,164 @@
+"""Zone 2's cost tracker: prices, budgets, the ledger and the circuit breakers, glued together.
+
+The proxy asks :meth:`CostTracker.admit` before forwarding a metered LLM call
+and calls :meth:`CostTracker.settle` exactly once when it is over (whatever
+happened in between). Breaker transitions and refusals become events that the
+daemon records (``fleetd events``).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from fleetd.zone2.breaker import Admit, Breaker, BreakerSettings, Reject, RetrySettings, Transition
+from fleetd.zone2.budget import Budgets, Caps, Refusal, Reservation, month_key
+from fleetd.zone2.ledger import Call, Ledger
+from fleetd.zone2.pricing import Price, PriceTable, bound_nusd, cost_nusd
+from fleetd.zone2.registry import Registration
+from fleetd.zone2.usage import LLMRequest, Usage
+
+DEFAULT_MAX_OUTPUT = 128_000  # when neither the request nor the price table bounds the output
+REFUSAL_EVENT_EVERY = 60.0  # at most one refusal event per agent and kind per minute
+Emit = Callable[[str, str | None, str, dict[str, Any]], None]  # (type, agent_id, message, data)
+
+
+@dataclass(frozen=True)
+class NotPriced:
+    model: str
+
+
+@dataclass
+class Ticket:
+    """One admitted metered call."""
+
+    request_id: str
+    reg: Registration
+    credential: str
+    llm: LLMRequest
+    price: Price | None
+    reservation: Reservation
+
+
+def month_start(now: datetime) -> datetime:
+    return datetime(now.year, now.month, 1, tzinfo=UTC)
+
+
+class CostTracker:
+    def __init__(self, ledger: Ledger, emit: Emit, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.ledger = ledger
+        self.emit = emit
+        self.clock = clock
+        self.monotonic = monotonic
+        self.prices = PriceTable([])
+        self.breaker_settings = BreakerSettings()
+        self.retry = RetrySettings()
+        self.budgets = Budgets(clock)
+        self.breakers: dict[tuple[str, str], Breaker] = {}
+        self._last_refusal: dict[tuple[str, str], float] = {}
+        self._load()
+
+    def _load(self) -> None:
+        since = month_start(self.clock())
+        self.budgets.load(self.ledger.history(since))
+        self.budgets.load_calls(self.ledger.call_counts(since))
+
+    # -- policy from the daemon ------------------------------------------------
+    def configure(self, data: dict[str, Any]) -> None:
+        self.prices = PriceTable.from_list(data.get("prices") or [])
+        self.breaker_settings = BreakerSettings(**(data.get("breaker") or {}))
+        self.retry = RetrySettings(**(data.get("retry") or {}))
+        instance = data.get("instance") or {}
+        self.budgets.instance_caps = Caps(instance.get("daily_nusd"), instance.get("monthly_nusd"))
+        for breaker in self.breakers.values():
+            breaker.settings = self.breaker_settings
+
+    # -- admission -------------------------------------------------------------
+    def admit(self, reg: Registration, credential: str, llm: LLMRequest) -> Ticket | Refusal | NotPriced:
+        price = self.prices.lookup(llm.model)
+        if price is None and not reg.allow_unpriced:
+            return NotPriced(llm.model)
+        bound = 0
+        if price is not None:
+            max_output = llm.max_output_tokens or price.max_output_tokens or DEFAULT_MAX_OUTPUT
+            bound = bound_nusd(price, llm.input_token_bound, max_output * llm.choices)
+        held = self.budgets.reserve(reg.agent_id, reg.caps, bound)
+        if isinstance(held, Refusal):
+            self._refused(reg, held)
+            return held
+        return Ticket(uuid.uuid4().hex, reg, credential, llm, price, held)
+
+    def _refused(self, reg: Registration, refusal: Refusal) -> None:
+        key = (reg.agent_id, refusal.type)
+        now = self.monotonic()
+        if now - self._last_refusal.get(key, -REFUSAL_EVENT_EVERY) >= REFUSAL_EVENT_EVERY:
+            self._last_refusal[key] = now
+            self.emit(refusal.type, reg.agent_id, refusal.message, {"role": reg.role})
+
+    def settle(self, ticket: Ticket, status: int | None, usage: Usage | None, attempts: int) -> int:
+        """Charge the call: its real cost; the reserved bound if it succeeded but no usage came; else 0."""
+        estimated = False
+        cost = 0
+        if status is not None and 200 <= status < 300:
+            if usage is None:
+                cost, estimated = ticket.reservation.amount, True
+            elif ticket.price is not None:
+                cost = cost_nusd(ticket.price, usage)
+        elif usage is not None and ticket.price is not None:
+            cost = cost_nusd(ticket.price, usage)  # an error that still reports usage is billed as reported
+        if cost > ticket.reservation.amount:
+            # The bound is an upper bound by construction; if usage ever beats it, bill the truth and say so.
+            self.emit("reservation_exceeded", ticket.reg.agent_id,
+                      f"{ticket.llm.model} call cost ${cost / 1e9:.6f}, above its reserved bound "
+                      f"${ticket.reservation.amount / 1e9:.6f}", {"request_id": ticket.request_id})
+        self.ledger.record(Call(
+            ticket.request_id, ticket.reservation.at, ticket.reg.agent_id, ticket.reg.role, ticket.credential,
+            ticket.llm.api, ticket.llm.model, status, usage or Usage(), cost, ticket.reservation.amount,
+            estimated, attempts,
+        ))
+        self.budgets.settle(ticket.reservation, cost)
+        return cost
+
+    # -- breaker ---------------------------------------------------------------
+    def breaker(self, agent_id: str, upstream: str) -> Breaker:
+        key = (agent_id, upstream)
+        breaker = self.breakers.get(key)
+        if breaker is None:
+            breaker = self.breakers[key] = Breaker(self.breaker_settings)
+        return breaker
+
+    def breaker_admit(self, agent_id: str, upstream: str) -> Admit | Reject:
+        admission = self.breaker(agent_id, upstream).admit(self.monotonic())
+        if isinstance(admission, Admit) and admission.transition:
+            self._transition(agent_id, upstream, admission.transition)
+        return admission
+
+    def breaker_record(self, agent_id: str, upstream: str, status: int | None, probe: bool) -> None:
+        transition = self.breaker(agent_id, upstream).record(self.monotonic(), status, probe)
+        if transition:
+            self._transition(agent_id, upstream, transition)
+
+    def _transition(self, agent_id: str, upstream: str, transition: Transition) -> None:
+        data: dict[str, Any] = {"upstream": upstream, "state": str(transition.to)}
+        if transition.open_seconds is not None:
+            data["open_seconds"] = transition.open_seconds
+        self.emit(f"circuit_{transition.to}", agent_id, f"circuit to {upstream} {transition.to}: {transition.message}",
+                  data)
+
+    # -- reading ---------------------------------------------------------------
+    def status(self, agent_id: str | None) -> dict[str, Any]:
+        figures: dict[str, Any] = dict(self.budgets.status(agent_id) if agent_id else self.budgets.instance_status())
+        now = self.monotonic()
+        if agent_id:
+            figures["breakers"] = {
+                upstream: {"state": str(b.state), "reopen_in": max(0.0, round(b.reopen_at - now, 1))
+                           if b.state == "open" else None, "trips": b.trips}
+                for (agent, upstream), b in self.breakers.items() if agent == agent_id
+            }
+        figures["month"] = month_key(self.clock())
+        return figures

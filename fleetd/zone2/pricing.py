@@ -1,0 +1,258 @@
+"""LLM prices and the exact arithmetic of what a call costs.
+
+Pure: no I/O except reading the packaged price table (``fleetd/data/prices.toml``).
+
+Money is an integer number of nano-dollars (:data:`NANO` per USD) everywhere in zone 2, so
+budgets and caps add up without float drift. Prices are quoted the way providers publish
+them, in USD per million tokens; a price of ``p`` USD/Mtok is ``p * 1000`` nUSD per token.
+Costs are computed exactly (with :class:`fractions.Fraction` over the decimal value the
+price was written with) and rounded up to a whole nano-dollar, so fleetd never charges less
+than the provider would.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from fractions import Fraction
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from fleetd.zone2.usage import Usage
+
+NANO = 1_000_000_000  # money is integer nano-USD everywhere in zone 2 (no float drift in caps)
+_NUSD_PER_TOKEN_PER_USD_PER_MTOK = Fraction(NANO, 1_000_000)  # p USD/Mtok = p * 1000 nUSD/token
+
+# A dated snapshot (-YYYY-MM-DD or -YYYYMMDD) or the "-latest" alias of a model id.
+_SNAPSHOT = re.compile(r"^(?P<base>.+?)-(?:\d{4}-\d{2}-\d{2}|\d{8}|latest)$")
+
+_FIELDS = ("model", "input", "output", "cached_input", "cache_write", "max_output_tokens", "source", "as_of",
+           "provider")
+_PRICE_FIELDS = ("input", "output", "cached_input", "cache_write")
+
+
+def _exact(value: float) -> Fraction:
+    """The exact decimal a price was written as (0.075 -> 75/1000, not the nearest binary float)."""
+    return Fraction(Decimal(str(value)))
+
+
+@dataclass(frozen=True)
+class Price:
+    """One model's prices, in USD per 1M tokens."""
+
+    model: str
+    input: float  # per 1M uncached input tokens
+    output: float  # per 1M output tokens (reasoning tokens included)
+    cached_input: float | None = None  # per 1M cache-read tokens; None -> same as input
+    cache_write: float | None = None  # per 1M cache-write tokens; None -> same as input
+    max_output_tokens: int | None = None
+    source: str = ""
+    as_of: str = ""
+    provider: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise ValueError(f"a price needs a model name, got {self.model!r}")
+        for name in _PRICE_FIELDS:
+            value = getattr(self, name)
+            if value is None and name in ("cached_input", "cache_write"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"price for model {self.model!r}: {name} must be a number (USD per 1M tokens), "
+                                 f"got {value!r}")
+            if not math.isfinite(value):
+                raise ValueError(f"price for model {self.model!r}: {name} must be finite, got {value!r}")
+            if value < 0:
+                raise ValueError(f"price for model {self.model!r}: {name} must not be negative, got {value!r}")
+        limit = self.max_output_tokens
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0):
+            raise ValueError(f"price for model {self.model!r}: max_output_tokens must be a positive integer, "
+                             f"got {limit!r}")
+        for name in ("source", "as_of", "provider"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"price for model {self.model!r}: {name} must be a string")
+
+    # The effective per-1M prices, with the "same as input" defaults applied.
+    @property
+    def cached_input_price(self) -> float:
+        return self.input if self.cached_input is None else self.cached_input
+
+    @property
+    def cache_write_price(self) -> float:
+        return self.input if self.cache_write is None else self.cache_write
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict; :meth:`from_dict` turns it back into an equal Price."""
+        return {name: getattr(self, name) for name in _FIELDS}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], *, model: str | None = None) -> Price:
+        """Build a Price from a dict like :meth:`to_dict`'s (or a config table, naming the model separately).
+
+        ``input`` and ``output`` are required; unknown keys are refused so a typo cannot
+        silently leave a price at its default.
+        """
+        if not isinstance(d, Mapping):
+            raise ValueError(f"a price must be a table/object, got {type(d).__name__}")
+        name = d.get("model", model)
+        if model is not None and name != model:
+            raise ValueError(f"price for model {model!r} names a different model {name!r}")
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"a price needs a model name, got {name!r}")
+        unknown = sorted(set(d) - set(_FIELDS))
+        if unknown:
+            raise ValueError(f"price for model {name!r}: unknown field(s) {', '.join(unknown)} "
+                             f"(known: {', '.join(_FIELDS[1:])})")
+        for required in ("input", "output"):
+            if d.get(required) is None:
+                raise ValueError(f"price for model {name!r} is missing {required!r} (USD per 1M tokens)")
+        return cls(
+            model=name, input=d["input"], output=d["output"], cached_input=d.get("cached_input"),
+            cache_write=d.get("cache_write"), max_output_tokens=d.get("max_output_tokens"),
+            source=d.get("source") or "", as_of=d.get("as_of") or "", provider=d.get("provider") or "",
+        )
+
+
+class PriceTable:
+    """Prices by model id. Lookups fail closed: a model that is not listed has no price."""
+
+    def __init__(self, prices: Iterable[Price]) -> None:
+        self._prices: dict[str, Price] = {}
+        for price in prices:
+            if not isinstance(price, Price):
+                raise TypeError(f"PriceTable holds Price objects, got {type(price).__name__}")
+            self._prices[price.model] = price  # later wins
+
+    @classmethod
+    def builtin(cls) -> PriceTable:
+        """The table shipped with fleetd (``fleetd/data/prices.toml``)."""
+        return cls(_builtin_prices())
+
+    def with_overrides(self, prices: Iterable[Price]) -> PriceTable:
+        """A new table: this one with ``prices`` replacing (per model) or adding entries."""
+        return PriceTable([*self._prices.values(), *prices])
+
+    def lookup(self, model: str) -> Price | None:
+        """The price of ``model``: an exact match, else the model a dated snapshot or -latest alias names.
+
+        ``gpt-4o-2024-08-06`` -> ``gpt-4o``, ``claude-3-5-haiku-20241022`` -> ``claude-3-5-haiku``,
+        ``claude-3-7-sonnet-latest`` -> ``claude-3-7-sonnet``. Nothing fuzzier: an unknown model
+        returns None.
+        """
+        price = self._prices.get(model)
+        if price is not None:
+            return price
+        match = _SNAPSHOT.match(model)
+        if match is None:
+            return None
+        return self._prices.get(match.group("base"))
+
+    def all(self) -> list[Price]:
+        return sorted(self._prices.values(), key=lambda p: p.model)
+
+    def to_list(self) -> list[dict[str, Any]]:
+        return [price.to_dict() for price in self.all()]
+
+    @classmethod
+    def from_list(cls, items: Iterable[Mapping[str, Any]]) -> PriceTable:
+        return cls(Price.from_dict(item) for item in items)
+
+    def __len__(self) -> int:
+        return len(self._prices)
+
+    def __contains__(self, model: object) -> bool:
+        return model in self._prices
+
+    def __repr__(self) -> str:
+        return f"PriceTable({len(self._prices)} models)"
+
+
+@cache
+def _builtin_prices() -> tuple[Price, ...]:
+    text = (resources.files("fleetd") / "data" / "prices.toml").read_text(encoding="utf-8")
+    return parse_price_toml(text, require_source=True)
+
+
+def parse_price_toml(text: str, *, require_source: bool = False) -> tuple[Price, ...]:
+    """Parse a price table in the format of ``fleetd/data/prices.toml`` (``[models."ID"]`` tables)."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"price table is not valid TOML: {e}") from None
+    models = data.get("models")
+    if not isinstance(models, dict) or not models:
+        raise ValueError("price table has no [models.\"ID\"] tables")
+    prices = []
+    for name, entry in models.items():
+        if not isinstance(entry, dict):
+            raise ValueError(f"price for model {name!r} must be a table")
+        price = Price.from_dict(entry, model=name)
+        if require_source and not (price.source.strip() and price.as_of.strip()):
+            raise ValueError(f"price for model {name!r} needs a source and an as_of date")
+        prices.append(price)
+    return tuple(prices)
+
+
+def _tokens(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    return value
+
+
+def _ceil_nusd(usd_per_mtok_times_tokens: Fraction) -> int:
+    return math.ceil(usd_per_mtok_times_tokens * _NUSD_PER_TOKEN_PER_USD_PER_MTOK)
+
+
+def cost_nusd(price: Price, usage: Usage) -> int:
+    """What a call with ``usage`` costs at ``price``, in nano-USD, rounded up to a whole nano-dollar."""
+    total = (
+        _tokens("input_tokens", usage.input_tokens) * _exact(price.input)
+        + _tokens("cached_input_tokens", usage.cached_input_tokens) * _exact(price.cached_input_price)
+        + _tokens("cache_write_tokens", usage.cache_write_tokens) * _exact(price.cache_write_price)
+        + _tokens("output_tokens", usage.output_tokens) * _exact(price.output)
+    )
+    return _ceil_nusd(total)
+
+
+def bound_nusd(price: Price, input_tokens: int, output_tokens: int) -> int:
+    """An upper bound on the cost of a call, for reserving budget before it is made.
+
+    Every input token at the dearest input rate (uncached, cache read or cache write), every
+    output token at the output rate: at least :func:`cost_nusd` of any usage with the same
+    total input (uncached + cached + cache-write) and output tokens.
+    """
+    dearest_input = max(_exact(price.input), _exact(price.cached_input_price), _exact(price.cache_write_price))
+    total = (_tokens("input_tokens", input_tokens) * dearest_input
+             + _tokens("output_tokens", output_tokens) * _exact(price.output))
+    return _ceil_nusd(total)
+
+
+def usd(nusd: int) -> float:
+    """Nano-USD as (approximate) USD, for display."""
+    return nusd / NANO
+
+
+def nusd(usd: float | str | Decimal) -> int:
+    """User-given USD (a cap, a price) as nano-USD: exact decimal, rounded half up to a whole nano-dollar.
+
+    Floats are read as they print (``0.1`` is ten cents, not the nearest binary fraction);
+    strings may carry surrounding whitespace and a leading ``$``.
+    """
+    if isinstance(usd, bool):
+        raise ValueError(f"not an amount of money: {usd!r}")
+    text = str(usd).strip()
+    text = text.removeprefix("$").strip() if isinstance(usd, str) else text
+    try:
+        amount = Decimal(text)
+    except InvalidOperation:
+        raise ValueError(f"not an amount of money: {usd!r}") from None
+    if not amount.is_finite():
+        raise ValueError(f"not an amount of money: {usd!r}")
+    scaled = Fraction(amount) * NANO
+    rounded = math.floor(abs(scaled) + Fraction(1, 2))  # half up, i.e. away from zero
+    return rounded if scaled >= 0 else -rounded

@@ -1,0 +1,546 @@
+"""Token usage of OpenAI and Anthropic calls, read from request and response bodies and streams.
+
+Pure functions: no I/O. Zone 2's cost tracker uses them to meter three APIs:
+
+- OpenAI chat completions (``POST .../chat/completions``). ``usage`` holds ``prompt_tokens`` (cached tokens
+  included), ``completion_tokens`` (reasoning included), ``prompt_tokens_details.cached_tokens`` and
+  ``completion_tokens_details.reasoning_tokens``. A stream only carries usage when the request sets
+  ``stream_options: {"include_usage": true}``: then every chunk has ``"usage": null`` and one extra chunk with
+  ``"choices": []`` and the usage comes just before ``data: [DONE]``.
+- OpenAI responses (``POST /v1/responses``). ``usage`` holds ``input_tokens`` (cached included),
+  ``input_tokens_details.cached_tokens``, ``output_tokens`` and ``output_tokens_details.reasoning_tokens``. A stream
+  ends with a ``response.completed`` (or ``response.incomplete`` / ``response.failed``) event whose ``response``
+  carries the usage.
+- Anthropic messages (``POST /v1/messages``). ``usage`` holds ``input_tokens`` (cache NOT included),
+  ``cache_creation_input_tokens``, ``cache_read_input_tokens`` and ``output_tokens``. A stream starts with
+  ``message_start`` (``message.usage``: input and cache counts), has ``message_delta`` events whose ``usage`` is
+  cumulative (``output_tokens``, sometimes input and cache counts too) and ends with ``message_stop``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Literal
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Tokens of one call by how they are billed. ``output_tokens`` includes reasoning tokens."""
+
+    input_tokens: int = 0  # uncached input, billed at the input price
+    cached_input_tokens: int = 0  # cache reads (OpenAI cached_tokens, Anthropic cache_read_input_tokens)
+    cache_write_tokens: int = 0  # Anthropic cache_creation_input_tokens
+    output_tokens: int = 0  # completion/output tokens, reasoning included
+    reasoning_tokens: int = 0  # informational: already part of output_tokens
+
+
+API = Literal["openai_chat", "openai_responses", "anthropic_messages"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Requests
+
+
+def classify(method: str, path: str) -> API | None:
+    """Which metered API a request goes to, or None when it is not a metered call.
+
+    POST only, by the last segments of the path (query and fragment ignored, empty segments from doubled or
+    trailing slashes ignored, case-insensitive so that a variant spelling cannot slip past the meter):
+    ``.../chat/completions``; ``/v1/responses`` or ``/responses``; ``/v1/messages`` or ``/messages``. Neighbours
+    such as ``/v1/messages/count_tokens``, ``/v1/threads/x/messages`` or ``/v1/responses/x/cancel`` are not calls.
+    """
+    if method.upper() != "POST":
+        return None
+    path = path.split("?", 1)[0].split("#", 1)[0]
+    segments = [s.lower() for s in path.split("/") if s]
+    if segments[-2:] == ["chat", "completions"]:
+        return "openai_chat"
+    if segments == ["responses"] or segments[-2:] == ["v1", "responses"]:
+        return "openai_responses"
+    if segments == ["messages"] or segments[-2:] == ["v1", "messages"]:
+        return "anthropic_messages"
+    return None
+
+
+class BadLLMRequest(ValueError):
+    """A metered call whose body cannot be metered. The message is shown to the agent in a 400."""
+
+
+@dataclass(frozen=True)
+class LLMRequest:
+    api: API
+    model: str
+    stream: bool
+    # chat: max_completion_tokens or max_tokens (the larger when both); responses: max_output_tokens;
+    # anthropic: max_tokens
+    max_output_tokens: int | None
+    choices: int  # chat "n" (default 1), else 1
+    input_token_bound: int  # an UPPER bound on the input tokens this request can be billed for
+    body: bytes  # the body to send upstream (rewritten when usage was injected)
+    usage_injected: bool  # True when WE added stream_options.include_usage (the client did not ask)
+
+
+# Content parts whose token cost is not proportional to their size in the body: an image, file or document given by
+# URL or file id is a few bytes here but hundreds or thousands of tokens upstream.
+MEDIA_PART_TYPES = frozenset({"image_url", "input_image", "image", "document", "file", "input_file", "input_audio"})
+MEDIA_PART_TOKENS = 3000
+OVERHEAD_TOKENS = 1024
+
+
+def input_token_bound(body: bytes, data: object) -> int:
+    """An upper bound on the input tokens a request body can be billed for.
+
+    The tokenizers of both vendors are byte-level BPE: every token stands for at least one byte of UTF-8 text, so a
+    text has at most as many tokens as bytes. The body is JSON, which holds every text the model reads, at least as
+    long as the text itself (quotes, escapes and keys only add bytes), so ``len(body)`` bounds the text tokens.
+    What the body does not show: the few tokens the chat template adds per message (smaller than the JSON
+    punctuation of that message), the rendering of tool definitions and the vendors' tool-use system prompts
+    (hundreds of tokens): ``OVERHEAD_TOKENS`` covers those. Media parts (images, audio, files, documents) are
+    charged by pixels or pages rather than bytes and may be given by URL or file id, so each one found anywhere in
+    the JSON adds ``MEDIA_PART_TOKENS`` (a high-detail image costs at most ~1.6k tokens at Anthropic and less than
+    that at OpenAI; base64 data is already counted by its length).
+
+    Not covered (the real usage settles those calls): state kept upstream that the body only names, e.g. a
+    Responses ``previous_response_id`` / ``conversation`` / stored ``prompt``, multi-page documents given by
+    reference, and server-side tools (web search, file search) that feed fetched text back to the model.
+    """
+    return len(body) + OVERHEAD_TOKENS + MEDIA_PART_TOKENS * count_media_parts(data)
+
+
+def count_media_parts(data: object) -> int:
+    """How many objects with a media ``type`` (``MEDIA_PART_TYPES``) the JSON value holds, at any depth."""
+    count = 0
+    stack: list[object] = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            kind = item.get("type")
+            if isinstance(kind, str) and kind in MEDIA_PART_TYPES:
+                count += 1
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return count
+
+
+def parse_request(api: API, body: bytes) -> LLMRequest:
+    """Read what metering needs from a request body; for a chat stream, make sure the usage is streamed.
+
+    Raises BadLLMRequest for a body that is not a JSON object, has no string ``model``, has a max-tokens field that
+    is not a non-negative integer, a chat ``n`` that is not a positive integer, a ``stream`` that is not a boolean or
+    a chat ``stream_options`` that is not an object.
+    """
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise BadLLMRequest("request body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise BadLLMRequest("request body must be a JSON object")
+    model = data.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadLLMRequest('request body needs a string "model"')
+    stream = data.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise BadLLMRequest('"stream" must be a boolean')
+    stream = bool(stream)
+
+    choices = 1
+    if api == "openai_chat":
+        limits = [_max_tokens(data, "max_completion_tokens"), _max_tokens(data, "max_tokens")]
+        given = [n for n in limits if n is not None]
+        # Both may be sent; take the larger so that the reservation stays an upper bound either way.
+        max_output = max(given) if given else None
+        n = data.get("n")
+        if n is not None:
+            if not _is_int(n) or n < 1:
+                raise BadLLMRequest('"n" must be a positive integer')
+            choices = n
+    elif api == "openai_responses":
+        max_output = _max_tokens(data, "max_output_tokens")
+    else:
+        max_output = _max_tokens(data, "max_tokens")
+
+    sent = body
+    injected = False
+    if api == "openai_chat" and stream:
+        options = data.get("stream_options")
+        if options is not None and not isinstance(options, dict):
+            raise BadLLMRequest('"stream_options" must be an object')
+        if not (options and options.get("include_usage") is True):
+            data["stream_options"] = {**(options or {}), "include_usage": True}
+            sent = _dumps(data)
+            injected = True
+
+    return LLMRequest(
+        api=api,
+        model=model,
+        stream=stream,
+        max_output_tokens=max_output,
+        choices=choices,
+        input_token_bound=input_token_bound(sent if len(sent) > len(body) else body, data),  # the longer one
+        body=sent,
+        usage_injected=injected,
+    )
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _max_tokens(data: dict[str, Any], key: str) -> int | None:
+    value: object = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise BadLLMRequest(f'"{key}" must be a non-negative integer')
+    return value
+
+
+def _dumps(data: object) -> bytes:
+    text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:  # a lone surrogate escape (\ud800) in the client's JSON: keep it escaped
+        return json.dumps(data, separators=(",", ":")).encode()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Responses
+
+
+def _count(value: object) -> int:
+    """A token count from response JSON: garbage (strings, booleans, negatives, NaN) counts as 0."""
+    if isinstance(value, bool):
+        return 0
+    if isinstance(value, int):
+        return max(value, 0)
+    if isinstance(value, float) and math.isfinite(value):
+        return max(int(value), 0)
+    return 0
+
+
+def _detail(usage: dict[str, Any], key: str, field: str) -> int:
+    details = usage.get(key)
+    return _count(details.get(field)) if isinstance(details, dict) else 0
+
+
+def openai_chat_usage(usage: object) -> Usage | None:
+    """Usage from an OpenAI chat ``usage`` object (None when it is not an object)."""
+    if not isinstance(usage, dict):
+        return None
+    cached = _detail(usage, "prompt_tokens_details", "cached_tokens")
+    return Usage(
+        input_tokens=max(_count(usage.get("prompt_tokens")) - cached, 0),
+        cached_input_tokens=cached,
+        output_tokens=_count(usage.get("completion_tokens")),
+        reasoning_tokens=_detail(usage, "completion_tokens_details", "reasoning_tokens"),
+    )
+
+
+def openai_responses_usage(usage: object) -> Usage | None:
+    """Usage from an OpenAI Responses ``usage`` object (None when it is not an object)."""
+    if not isinstance(usage, dict):
+        return None
+    cached = _detail(usage, "input_tokens_details", "cached_tokens")
+    return Usage(
+        input_tokens=max(_count(usage.get("input_tokens")) - cached, 0),
+        cached_input_tokens=cached,
+        output_tokens=_count(usage.get("output_tokens")),
+        reasoning_tokens=_detail(usage, "output_tokens_details", "reasoning_tokens"),
+    )
+
+
+def anthropic_usage(usage: object) -> Usage | None:
+    """Usage from an Anthropic ``usage`` object (None when it is not an object)."""
+    if not isinstance(usage, dict):
+        return None
+    return Usage(
+        input_tokens=_count(usage.get("input_tokens")),
+        cached_input_tokens=_count(usage.get("cache_read_input_tokens")),
+        cache_write_tokens=_count(usage.get("cache_creation_input_tokens")),
+        output_tokens=_count(usage.get("output_tokens")),
+    )
+
+
+_USAGE_OF = {"openai_chat": openai_chat_usage, "openai_responses": openai_responses_usage,
+             "anthropic_messages": anthropic_usage}
+
+
+def _loads(data: bytes) -> Any:
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+
+
+def usage_from_body(api: API, body: bytes) -> Usage | None:
+    """Usage of a non-streamed JSON response; None when it has none (error bodies, garbage).
+
+    A body that turns out to be an event stream after all is read as one.
+    """
+    data = _loads(body)
+    if isinstance(data, dict):
+        return _USAGE_OF[api](data.get("usage"))
+    if data is None and (b"data:" in body):
+        meter = StreamMeter(api)
+        meter.feed(body)
+        meter.flush()
+        return meter.usage
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Streams
+
+_EOL = re.compile(rb"\r\n|\r|\n")
+_USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')  # a non-null usage: "usage":null does not match
+_RESPONSES_END = frozenset({"response.completed", "response.incomplete", "response.failed"})
+_RESPONSES_END_BYTES = tuple(kind.encode() for kind in _RESPONSES_END)
+
+MAX_EVENT_BYTES = 64 << 20  # an event with more data than this is forwarded but not parsed
+MAX_HELD_BYTES = 256 << 10  # hiding mode: an event not complete at this size is forwarded as it comes
+
+
+class StreamMeter:
+    """Reads usage from a server-sent-event stream while it passes through.
+
+    ``feed`` every chunk from upstream and send on what it returns; ``flush`` at the end of the stream.
+
+    By default chunks pass unchanged and at once: a copy is parsed, keeping only the incomplete trailing line and
+    the data of the current event. With ``hide_usage_chunk`` (an OpenAI chat stream whose usage we asked for and the
+    client did not) only whole events are forwarded, and the event carrying ``"choices": []`` with a non-null
+    ``usage`` is dropped. Events end at a blank line; lines end with ``\\r\\n``, ``\\n`` or ``\\r``.
+
+    Parsing never raises: events that are not JSON or not of the expected shape are ignored.
+    """
+
+    def __init__(self, api: API, hide_usage_chunk: bool = False) -> None:
+        self.api: API = api
+        self.hide_usage_chunk = hide_usage_chunk
+        self._usage: Usage | None = None
+        self._complete = False
+        # line splitting
+        self._partial = bytearray()  # the current line, not terminated yet
+        self._partial_dropped = False  # the current line outgrew MAX_EVENT_BYTES: skip it
+        self._pending_cr = False  # the last chunk ended with \r: a \n starting the next one belongs to it
+        # the event being read
+        self._event_name = b""
+        self._data: list[bytes] = []
+        self._data_size = 0
+        self._data_dropped = False
+        # anthropic: message_start's counts, raised by later message_delta counts
+        self._anthropic: dict[str, int] = {}
+        # hiding mode
+        self._held = bytearray()  # raw bytes of the current event, not forwarded yet
+        self._released = False  # the current event outgrew MAX_HELD_BYTES and is being forwarded as it comes
+        # an event ended with \r at a chunk's end: a \n starting the next chunk ends that event too, so it goes where
+        # the event went (dropped, or forwarded at once) rather than into the next event
+        self._lf_after_event: Literal["drop", "forward"] | None = None
+
+    @property
+    def usage(self) -> Usage | None:
+        """The latest usage seen, or None."""
+        return self._usage
+
+    @property
+    def complete(self) -> bool:
+        """Whether the stream's end marker was seen (chat ``[DONE]``, responses ``response.completed`` /
+        ``response.incomplete`` / ``response.failed``, anthropic ``message_stop``)."""
+        return self._complete
+
+    def feed(self, chunk: bytes) -> bytes:
+        """Take a chunk from upstream; return the bytes to forward to the client now."""
+        if not self.hide_usage_chunk:
+            if chunk:
+                self._scan(bytes(chunk), None)
+            return chunk
+        out: list[bytes] = []
+        if chunk:
+            self._scan(bytes(chunk), out)
+        return b"".join(out)
+
+    def flush(self) -> bytes:
+        """End of the stream: parse what is left and return whatever is still held."""
+        if self._partial or self._partial_dropped:
+            if self._partial_dropped:
+                self._data_dropped = True
+            else:
+                self._field(bytes(self._partial))
+            self._partial.clear()
+            self._partial_dropped = False
+        self._dispatch()
+        self._pending_cr = self._released = False
+        self._lf_after_event = None
+        held = bytes(self._held)
+        self._held.clear()
+        return held
+
+    # -- parsing ---------------------------------------------------------------------------------------------
+
+    def _scan(self, data: bytes, out: list[bytes] | None) -> None:
+        """Split ``data`` into lines, handle them, and (hiding mode) append to ``out`` what is to be forwarded."""
+        n = len(data)
+        pos = 0
+        start = 0  # hiding mode: where the bytes of data not forwarded, dropped or held yet begin
+        if self._pending_cr:
+            self._pending_cr = False
+            if data[0] == 0x0A:  # the \n of a \r\n split across chunks
+                pos = 1
+                if out is not None and self._lf_after_event is not None:
+                    if self._lf_after_event == "forward":
+                        out.append(b"\n")
+                    start = 1
+        self._lf_after_event = None
+        search = _EOL.search
+        while pos < n:
+            match = search(data, pos)
+            if match is None:
+                self._keep_partial(data, pos)
+                break
+            end = match.end()
+            if end == n and data[-1] == 0x0D:
+                self._pending_cr = True
+            if self._partial_dropped:
+                self._partial_dropped = False
+                self._data_dropped = True
+            elif self._partial or match.start() > pos:
+                if self._partial:
+                    self._partial += data[pos : match.start()]
+                    line = bytes(self._partial)
+                    self._partial.clear()
+                else:
+                    line = data[pos : match.start()]
+                self._field(line)
+            else:  # a blank line: the end of an event
+                drop = self._dispatch()
+                if out is not None:
+                    if drop and not self._released:
+                        self._held.clear()
+                        if self._pending_cr:
+                            self._lf_after_event = "drop"
+                    else:
+                        if self._held:
+                            out.append(bytes(self._held))
+                            self._held.clear()
+                        out.append(data[start:end])
+                        if self._pending_cr:
+                            self._lf_after_event = "forward"
+                    self._released = False
+                    start = end
+            pos = end
+        if out is not None and start < n:
+            if self._released:
+                out.append(data[start:])
+            else:
+                self._held += data[start:]
+                if len(self._held) > MAX_HELD_BYTES:
+                    out.append(bytes(self._held))
+                    self._held.clear()
+                    self._released = True
+
+    def _keep_partial(self, data: bytes, pos: int) -> None:
+        if self._partial_dropped:
+            return
+        self._partial += data[pos:]
+        if len(self._partial) > MAX_EVENT_BYTES:
+            self._partial.clear()
+            self._partial_dropped = True
+
+    def _field(self, line: bytes) -> None:
+        """One non-blank line of an event."""
+        if line[0] == 0x3A:  # ":" starts a comment
+            return
+        name, colon, value = line.partition(b":")
+        if colon and value[:1] == b" ":
+            value = value[1:]
+        if name == b"data":
+            self._data_size += len(value) + 1
+            if self._data_size > MAX_EVENT_BYTES:
+                self._data_dropped = True
+                self._data.clear()
+            elif not self._data_dropped:
+                self._data.append(value)
+        elif name == b"event":
+            self._event_name = value
+
+    def _dispatch(self) -> bool:
+        """The current event is complete: read it, then start a new one. True when it is to be hidden."""
+        lines, name, dropped = self._data, self._event_name, self._data_dropped
+        self._data, self._event_name, self._data_dropped, self._data_size = [], b"", False, 0
+        if dropped or not lines:
+            return False
+        data = lines[0] if len(lines) == 1 else b"\n".join(lines)
+        try:
+            if self.api == "openai_chat":
+                return self._chat_event(data)
+            if self.api == "openai_responses":
+                self._responses_event(name, data)
+            else:
+                self._anthropic_event(name, data)
+        except Exception:  # a safety net: metering must never break the stream
+            return False
+        return False
+
+    def _chat_event(self, data: bytes) -> bool:
+        if len(data) < 32 and data.strip() == b"[DONE]":
+            self._complete = True
+            return False
+        if _USAGE_OBJECT.search(data) is None:
+            return False
+        event = _loads(data)
+        if not isinstance(event, dict):
+            return False
+        usage = openai_chat_usage(event.get("usage"))
+        if usage is None:
+            return False
+        self._usage = usage
+        choices = event.get("choices")
+        return self.hide_usage_chunk and (choices is None or choices == [])
+
+    def _responses_event(self, name: bytes, data: bytes) -> None:
+        if name not in _RESPONSES_END_BYTES and not any(kind in data for kind in _RESPONSES_END_BYTES):
+            return
+        event = _loads(data)
+        if not isinstance(event, dict):
+            return
+        kind = event.get("type", name.decode(errors="replace"))
+        if not isinstance(kind, str) or kind not in _RESPONSES_END:
+            return
+        self._complete = True
+        response = event.get("response")
+        if isinstance(response, dict):
+            usage = openai_responses_usage(response.get("usage"))
+            if usage is not None:
+                self._usage = usage
+
+    def _anthropic_event(self, name: bytes, data: bytes) -> None:
+        if b"message_stop" not in data and name != b"message_stop" and _USAGE_OBJECT.search(data) is None:
+            return
+        event = _loads(data)
+        if not isinstance(event, dict):
+            return
+        kind = event.get("type", name.decode(errors="replace"))
+        if kind == "message_stop":
+            self._complete = True
+            return
+        if kind == "message_start":
+            message = event.get("message")
+            usage = message.get("usage") if isinstance(message, dict) else None
+            if not isinstance(usage, dict):
+                return
+            self._anthropic = {}
+        elif kind == "message_delta":
+            usage = event.get("usage")
+            if not isinstance(usage, dict):
+                return
+        else:
+            return
+        # message_delta counts are cumulative: the larger count is the later one, whichever event carried it
+        for key in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens", "output_tokens"):
+            value = usage.get(key)
+            if value is not None:
+                self._anthropic[key] = max(self._anthropic.get(key, 0), _count(value))
+        self._usage = anthropic_usage(self._anthropic)

@@ -1,0 +1,368 @@
+"""Zone 2's cost tracker end to end on loopback: the gateway, the LLM simulator, a real ledger file.
+
+No Docker: the simulator (``fleetd.llmsim``) and the gateway run in this process on
+127.0.0.1; HTTP between them is real. The official SDKs are exercised inside agent
+containers by tests/integration/test_zone2_costs.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from fleetd.llmsim import SIM, init_sim
+from fleetd.zone2.budget import Caps
+from fleetd.zone2.costs import CostTracker
+from fleetd.zone2.ledger import Ledger
+from fleetd.zone2.pricing import PriceTable
+from fleetd.zone2.proxy import init_gateway
+from fleetd.zone2.registry import Registration, Registry, Upstream
+from tests.unit.test_zone2_proxy import serve
+
+SECRET = "sk-sim-METERED-0123456789"
+USD = 1_000_000_000
+# A price whose output dominates, so a call's real cost is close to its reserved bound.
+TEST_PRICE = {"model": "test-model", "input": 0.001, "output": 100.0, "max_output_tokens": 64}
+CHAT = "/v1/chat/completions"
+AUTH = {"Authorization": "Bearer $CRED{sim}"}
+
+
+@dataclass
+class Rig:
+    gw: str
+    client: aiohttp.ClientSession
+    costs: CostTracker
+    sim: Any
+    registry: Registry
+    events: list[tuple[str, str | None, str, dict[str, Any]]] = field(default_factory=list)
+
+    def register(self, caps: Caps | None = None, allow_unpriced: bool = False) -> None:
+        self.registry.register(Registration("agent1", "127.0.0.1", "worker", frozenset({"sim"}), caps or Caps(),
+                                            allow_unpriced))
+
+    def ledger(self) -> list[dict[str, Any]]:
+        return list(reversed(self.costs.ledger.calls("agent1", limit=1000)))
+
+    def upstream_calls(self) -> int:
+        return len(self.sim.requests)
+
+    async def post(self, path: str, body: dict[str, Any], headers: dict[str, str] | None = None
+                   ) -> tuple[int, dict[str, str], bytes]:
+        async with self.client.post(self.gw + path, json=body, headers={**AUTH, **(headers or {})}) as r:
+            return r.status, dict(r.headers), await r.read()
+
+
+Check = Callable[[Rig], Awaitable[None]]
+
+
+@asynccontextmanager
+async def rig(tmp_path: Path, policy: dict[str, Any] | None = None) -> AsyncIterator[Rig]:
+    sim_app = init_sim()
+    async with serve(sim_app) as sim_url:
+        registry = Registry()
+        registry.set_creds([Upstream("sim", sim_url, SECRET)])
+        events: list[tuple[str, str | None, str, dict[str, Any]]] = []
+        costs = CostTracker(Ledger(tmp_path / "ledger.db"), lambda *e: events.append(e))
+        prices = [*PriceTable.builtin().to_list(), TEST_PRICE]
+        costs.configure({"prices": prices, "retry": {"max_retries": 0}, **(policy or {})})
+
+        async def whois(ip: str) -> Registration | None:
+            return None
+
+        async with serve(init_gateway(registry, whois, costs)) as gw, aiohttp.ClientSession() as client:
+            r = Rig(gw, client, costs, sim_app[SIM], registry, events)
+            r.register()
+            yield r
+        costs.ledger.close()
+
+
+def run(tmp_path: Path, check: Check, policy: dict[str, Any] | None = None) -> None:
+    async def main() -> None:
+        async with rig(tmp_path, policy) as r:
+            await check(r)
+
+    asyncio.run(main())
+
+
+def sse_events(raw: bytes) -> list[str]:
+    return [line.removeprefix(b"data: ").decode() for line in raw.split(b"\n") if line.startswith(b"data: ")]
+
+
+def test_plain_calls_of_each_api_are_billed_by_their_usage(tmp_path: Path) -> None:
+    async def check(r: Rig) -> None:
+        r.sim.config.cached_tokens = 2
+        r.sim.config.reasoning_tokens = 3
+        status, _, body = await r.post(CHAT, {"model": "gpt-4o", "max_tokens": 10,
+                                              "messages": [{"role": "user", "content": "one two three four five"}]})
+        assert status == 200 and json.loads(body)["usage"]["prompt_tokens"] == 5
+        status, _, _ = await r.post("/v1/responses", {"model": "gpt-4o", "input": "one two three",
+                                                      "max_output_tokens": 7})
+        assert status == 200
+        r.sim.config.cache_write_tokens = 4
+        status, _, _ = await r.post("/v1/messages", {"model": "claude-sonnet-4", "max_tokens": 9,
+                                                     "messages": [{"role": "user", "content": "a b"}]})
+        assert status == 200
+        rows = r.ledger()
+        assert [(c["api"], c["model"]) for c in rows] == [
+            ("openai_chat", "gpt-4o"), ("openai_responses", "gpt-4o"), ("anthropic_messages", "claude-sonnet-4")]
+        chat, responses, messages = rows
+        # gpt-4o: $2.50 input, $1.25 cached, $10 output per 1M tokens
+        assert (chat["input_tokens"], chat["cached_input_tokens"], chat["output_tokens"],
+                chat["reasoning_tokens"]) == (3, 2, 10, 3)
+        assert chat["cost_nusd"] == 3 * 2500 + 2 * 1250 + 10 * 10000
+        assert responses["cost_nusd"] == 1 * 2500 + 2 * 1250 + 7 * 10000
+        # claude-sonnet-4: $3 input, $0.30 cache read, $3.75 cache write, $15 output
+        assert (messages["input_tokens"], messages["cached_input_tokens"], messages["cache_write_tokens"],
+                messages["output_tokens"]) == (2, 2, 4, 9)
+        assert messages["cost_nusd"] == 2 * 3000 + 2 * 300 + 4 * 3750 + 9 * 15000
+        assert all(c["status"] == 200 and c["estimated"] == 0 for c in rows)
+        assert all(c["cost_nusd"] <= c["reserved_nusd"] for c in rows)
+        status_now = r.costs.status("agent1")
+        assert status_now["spent_today_nusd"] == sum(c["cost_nusd"] for c in rows)
+        assert status_now["reserved_nusd"] == 0 and status_now["llm_calls"] == 3
+
+    run(tmp_path, check)
+
+
+def test_streams_are_metered_and_the_injected_usage_chunk_is_hidden(tmp_path: Path) -> None:
+    async def check(r: Rig) -> None:
+        messages = [{"role": "user", "content": "count to four"}]
+        status, _, body = await r.post(CHAT, {"model": "gpt-4o", "messages": messages, "max_tokens": 6,
+                                              "stream": True})
+        assert status == 200
+        events = sse_events(body)
+        assert events[-1] == "[DONE]"
+        assert not any('"choices": []' in e for e in events)  # the client did not ask for usage: not shown
+        assert r.sim.requests[-1]["body"]["stream_options"] == {"include_usage": True}  # but upstream was asked
+        status, _, body = await r.post(CHAT, {"model": "gpt-4o", "messages": messages, "max_tokens": 6,
+                                              "stream": True, "stream_options": {"include_usage": True}})
+        assert any('"choices": []' in e and '"usage": {' in e for e in sse_events(body))  # asked for: shown
+        status, _, body = await r.post("/v1/responses", {"model": "gpt-4o", "input": "hi there", "stream": True,
+                                                         "max_output_tokens": 5})
+        assert status == 200 and b"response.completed" in body
+        status, _, body = await r.post("/v1/messages", {"model": "claude-sonnet-4", "max_tokens": 4, "stream": True,
+                                                        "messages": messages})
+        assert status == 200 and b"message_stop" in body
+        rows = r.ledger()
+        assert [(c["api"], c["input_tokens"], c["output_tokens"], c["estimated"]) for c in rows] == [
+            ("openai_chat", 3, 6, 0), ("openai_chat", 3, 6, 0), ("openai_responses", 2, 5, 0),
+            ("anthropic_messages", 3, 4, 0)]
+        assert rows[-1]["cost_nusd"] == 3 * 3000 + 4 * 15000
+
+    run(tmp_path, check)
+
+
+def test_a_request_that_does_not_fit_gets_429_budget_exceeded_without_retry(tmp_path: Path) -> None:
+    async def check(r: Rig) -> None:
+        r.register(Caps(daily_nusd=USD // 100))  # $0.01
+        r.sim.config.output_tokens = 64
+        body = {"model": "test-model", "max_tokens": 64, "messages": [{"role": "user", "content": "x"}]}
+        admitted = 0
+        for _ in range(4):
+            status, headers, raw = await r.post(CHAT, body)
+            if status == 200:
+                admitted += 1
+                continue
+            assert status == 429
+            error = json.loads(raw)["error"]
+            assert error["type"] == "budget_exceeded" and error["code"] == "budget_exceeded"
+            assert headers["x-should-retry"] == "false"
+            seconds_to_midnight = 86400 - (int(time.time()) % 86400)
+            assert abs(int(headers["Retry-After"]) - seconds_to_midnight) <= 5
+        assert admitted == 1  # 64 output tokens at $100/M = $0.0064: one fits in $0.01, two do not
+        assert r.upstream_calls() == 1
+        assert [e[0] for e in r.events] == ["budget_exceeded"]  # one event per agent per minute, not per refusal
+
+    run(tmp_path, check)
+
+
+def test_fifty_concurrent_streams_against_a_small_cap_end_within_it_and_close_to_it(tmp_path: Path) -> None:
+    async def check(r: Rig) -> None:
+        cap = USD // 100
+        r.register(Caps(daily_nusd=cap))
+        r.sim.config.chunk_delay_ms = 20
+        body = {"model": "test-model", "max_tokens": 8, "stream": True,
+                "messages": [{"role": "user", "content": "go"}]}
+        results = await asyncio.gather(*(r.post(CHAT, body) for _ in range(50)))
+        statuses = [s for s, _, _ in results]
+        spent = r.costs.status("agent1")["spent_today_nusd"]
+        bound = max(c["reserved_nusd"] for c in r.ledger())
+        assert spent <= cap
+        assert spent >= cap - bound  # reservations were released: another call would not have fit
+        assert statuses.count(200) == len(r.ledger()) and set(statuses) == {200, 429}
+        assert r.costs.status("agent1")["reserved_nusd"] == 0
+
+    run(tmp_path, check)
+
+
+def test_max_llm_calls_is_enforced_and_unpriced_models_are_refused(tmp_path: Path) -> None:
+    async def check(r: Rig) -> None:
+        body = {"model": "gpt-4o-mini", "max_tokens": 4, "messages": [{"role": "user", "content": "x"}]}
+        r.register(Caps(max_llm_calls=2))
+        assert [(await r.post(CHAT, body))[0] for _ in range(3)] == [200, 200, 429]
+        status, headers, raw = await r.post(CHAT, body)
+        assert json.loads(raw)["error"]["type"] == "max_llm_calls_exceeded" and headers["x-should-retry"] == "false"
+        r.register()
+        status, _, raw = await r.post(CHAT, {**body, "model": "my-private-model"})
+        assert status == 400 and json.loads(raw)["error"]["type"] == "model_not_priced"
+        calls_before = r.upstream_calls()
+        r.register(allow_unpriced=True)
+        status, _, _ = await r.post(CHAT, {**body, "model": "my-private-model"})
+        assert status == 200 and r.upstream_calls() == calls_before + 1
+        assert r.ledger()[-1]["model"] == "my-private-model" and r.ledger()[-1]["cost_nusd"] == 0
+
+    run(tmp_path, check)
+
+
+def test_bad_llm_bodies_get_400_and_never_reach_the_upstream(tmp_path: Path) -> None:
+    async def check(r: Rig) -> None:
+        for bad in ({"messages": []}, {"model": 5}, {"model": "gpt-4o", "max_tokens": -1}):
+            status, _, raw = await r.post(CHAT, bad)
+            assert status == 400, bad
+            assert json.loads(raw)["error"]["message"]
+        async with r.client.post(r.gw + CHAT, data=b"{not json", headers=AUTH) as resp:
+            assert resp.status == 400
+        assert r.upstream_calls() == 0
+        assert r.ledger() == []
+
+    run(tmp_path, check)
+
+
+def test_a_client_gone_mid_stream_is_still_billed_and_a_broken_stream_at_the_bound(tmp_path: Path) -> None:
+    async def check(r: Rig) -> None:
+        r.sim.config.chunk_delay_ms = 30
+        body = {"model": "gpt-4o", "max_tokens": 20, "stream": True, "messages": [{"role": "user", "content": "x"}]}
+        async with r.client.post(r.gw + CHAT, json=body, headers=AUTH) as resp:
+            await resp.content.readany()  # the first token, then hang up
+        for _ in range(100):
+            if r.ledger():
+                break
+            await asyncio.sleep(0.05)
+        row = r.ledger()[0]
+        assert (row["output_tokens"], row["estimated"]) == (16, 0)  # zone 2 read on until usage came
+        r.sim.config.break_streams = 1
+        with pytest.raises(aiohttp.ClientPayloadError):  # the agent sees the break, not a clean end
+            await r.post(CHAT, body)
+        broken = r.ledger()[1]
+        assert broken["estimated"] == 1 and broken["cost_nusd"] == broken["reserved_nusd"] > 0
+
+    run(tmp_path, check)
+
+
+def test_spend_survives_a_restart_of_the_tracker(tmp_path: Path) -> None:
+    async def first(r: Rig) -> None:
+        r.register(Caps(daily_nusd=USD // 100))
+        r.sim.config.output_tokens = 64
+        body = {"model": "test-model", "max_tokens": 64, "messages": [{"role": "user", "content": "x"}]}
+        assert (await r.post(CHAT, body))[0] == 200
+
+    async def second(r: Rig) -> None:  # a new tracker on the same ledger file, as after zone 2 restarts
+        r.register(Caps(daily_nusd=USD // 100))
+        assert r.costs.status("agent1")["llm_calls"] == 1
+        assert r.costs.status("agent1")["spent_today_nusd"] == 64 * 100_000 + 1 * 1  # $100/M out, $0.001/M in
+        body = {"model": "test-model", "max_tokens": 64, "messages": [{"role": "user", "content": "x"}]}
+        assert (await r.post(CHAT, body))[0] == 429
+
+    run(tmp_path, first)
+    run(tmp_path, second)
+
+
+BREAKER = {"breaker": {"threshold": 3, "window": 30, "open_seconds": 1, "max_open_seconds": 8}}
+
+
+def test_a_429_only_upstream_sees_threshold_plus_one_probe_per_open_window(tmp_path: Path) -> None:
+    async def check(r: Rig) -> None:
+        r.sim.config.rate_limit = 10**6
+        r.sim.config.retry_after = 0
+        body = {"model": "gpt-4o", "max_tokens": 4, "messages": [{"role": "user", "content": "x"}]}
+        statuses = [(await r.post(CHAT, body))[0] for _ in range(10)]
+        assert statuses == [429, 429, 429] + [503] * 7
+        assert r.upstream_calls() == 3
+        _, headers, raw = await r.post(CHAT, body)
+        assert json.loads(raw)["error"]["type"] == "circuit_open" and int(headers["Retry-After"]) >= 1
+        await asyncio.sleep(1.1)  # open for 1 s: one probe, which fails: open for 2 s
+        assert [(await r.post(CHAT, body))[0] for _ in range(5)] == [429, 503, 503, 503, 503]
+        assert r.upstream_calls() == 4
+        await asyncio.sleep(1.1)
+        assert (await r.post(CHAT, body))[0] == 503  # still open: the backoff doubled
+        await asyncio.sleep(1.0)
+        r.sim.config.rate_limit = 0  # the upstream recovers: the probe closes the circuit
+        assert (await r.post(CHAT, body))[0] == 200
+        assert [(await r.post(CHAT, body))[0] for _ in range(3)] == [200, 200, 200]
+        kinds = [e[0] for e in r.events]
+        assert kinds == ["circuit_open", "circuit_half_open", "circuit_open", "circuit_half_open", "circuit_closed"]
+        assert r.events[0][3]["open_seconds"] == 1 and r.events[2][3]["open_seconds"] == 2
+        assert all(c["cost_nusd"] == 0 for c in r.ledger() if c["status"] == 429)  # 429s cost nothing
+
+    run(tmp_path, check, BREAKER)
+
+
+def test_half_open_admits_exactly_one_request_under_concurrency(tmp_path: Path) -> None:
+    async def check(r: Rig) -> None:
+        r.sim.config.rate_limit = 3
+        body = {"model": "gpt-4o", "max_tokens": 4, "messages": [{"role": "user", "content": "x"}]}
+        for _ in range(3):
+            await r.post(CHAT, body)
+        await asyncio.sleep(1.1)
+        r.sim.config.latency_ms = 300  # the probe takes a while: everyone else arrives meanwhile
+        before = r.upstream_calls()
+        statuses = [s for s, _, _ in await asyncio.gather(*(r.post(CHAT, body) for _ in range(20)))]
+        assert sorted(statuses) == [200] + [503] * 19
+        assert r.upstream_calls() == before + 1
+
+    run(tmp_path, check, BREAKER)
+
+
+def test_retries_only_429_and_5xx_honour_retry_after_and_count_for_the_breaker(tmp_path: Path) -> None:
+    async def check(r: Rig) -> None:
+        body = {"model": "gpt-4o", "max_tokens": 4, "messages": [{"role": "user", "content": "x"}]}
+        r.sim.config.fail, r.sim.config.fail_status = 1, 400
+        status, _, _ = await r.post(CHAT, body)
+        assert status == 400 and r.upstream_calls() == 1  # a 4xx other than 429 is never retried
+        r.sim.config.fail, r.sim.config.fail_status = 2, 503
+        status, _, _ = await r.post(CHAT, body)
+        assert status == 200 and r.upstream_calls() == 4  # two 503s retried, then success
+        assert r.ledger()[-1]["attempts"] == 3
+        r.sim.config.rate_limit, r.sim.config.retry_after = 1, 1
+        started = time.monotonic()
+        status, _, _ = await r.post(CHAT, body)
+        assert status == 200 and time.monotonic() - started >= 1.0  # waited the upstream's Retry-After
+        r.sim.config.rate_limit, r.sim.config.retry_after = 1, 60
+        started = time.monotonic()
+        status, headers, _ = await r.post(CHAT, body)
+        assert status == 429 and headers["Retry-After"] == "60"  # longer than the cap: handed to the agent
+        assert time.monotonic() - started < 5
+        r.sim.config.rate_limit, r.sim.config.retry_after = 10, 0
+        calls = r.upstream_calls()
+        status, _, _ = await r.post(CHAT, body)
+        # The 429 handed back above began a streak: two more attempts make three and open the circuit.
+        assert status == 503 and r.upstream_calls() == calls + 2
+
+    run(tmp_path, check, {**BREAKER, "retry": {"max_retries": 3, "base": 0.01, "cap": 8}})
+
+
+@pytest.mark.parametrize("path", ["/v1/models", "/v1/tools/search"])
+def test_other_calls_pass_unmetered(tmp_path: Path, path: str) -> None:
+    async def check(r: Rig) -> None:
+        async with r.client.get(r.gw + path, headers=AUTH) as resp:
+            assert resp.status in (200, 404)
+        assert r.ledger() == []
+
+    run(tmp_path, check)
+
+
+def test_ledger_history_is_loaded_for_the_month_only(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "ledger.db")
+    now = datetime.now(UTC)
+    assert list(ledger.history(now)) == []
+    ledger.close()
