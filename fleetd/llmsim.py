@@ -47,7 +47,8 @@ class SimConfig:
 @dataclass
 class Sim:
     config: SimConfig = field(default_factory=SimConfig)
-    requests: list[dict[str, Any]] = field(default_factory=list)
+    requests: list[dict[str, Any]] = field(default_factory=list)  # the last 200
+    answered: dict[int, int] = field(default_factory=dict)  # status -> count, since start
 
 
 SIM = web.AppKey("sim", Sim)
@@ -280,6 +281,21 @@ async def sim_requests(request: web.Request) -> web.Response:
     return web.json_response(request.app[SIM].requests)
 
 
+async def sim_stats(request: web.Request) -> web.Response:
+    """How many API calls were answered, by status, since the simulator started."""
+    answered = request.app[SIM].answered
+    return web.json_response({"requests": sum(answered.values()), "by_status": answered})
+
+
+@web.middleware
+async def count(request: web.Request, handler: Any) -> web.StreamResponse:
+    response: web.StreamResponse = await handler(request)
+    if request.path.startswith("/v1/"):
+        answered = request.app[SIM].answered
+        answered[response.status] = answered.get(response.status, 0) + 1
+    return response
+
+
 async def sim_config(request: web.Request) -> web.Response:
     sim = request.app[SIM]
     if request.method == "POST":
@@ -288,13 +304,14 @@ async def sim_config(request: web.Request) -> web.Response:
 
 
 def init_sim(config: SimConfig | None = None) -> web.Application:
-    app = web.Application(client_max_size=16 << 20)
+    app = web.Application(client_max_size=16 << 20, middlewares=[count])
     app[SIM] = Sim(config or SimConfig())
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/responses", responses)
     app.router.add_post("/v1/messages", messages)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/sim/requests", sim_requests)
+    app.router.add_get("/sim/stats", sim_stats)
     app.router.add_route("*", "/sim/redirect", sim_redirect)
     app.router.add_get("/sim/config", sim_config)
     app.router.add_post("/sim/config", sim_config)

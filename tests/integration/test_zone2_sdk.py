@@ -101,8 +101,8 @@ def sdk_image(engine: docker.DockerClient) -> str:
 class SdkBench(Bench):
     """The zone 2 bench plus an ``anthropic`` credential on the same simulator, both allowed to ``worker``."""
 
-    def __init__(self, engine: docker.DockerClient) -> None:
-        super().__init__(engine)
+    def __init__(self, engine: docker.DockerClient, config: str | None = None) -> None:
+        super().__init__(engine, config)
         self.anthropic_secret = f"sk-ant-test-{secrets.token_hex(12)}"
         try:
             self.set_cred("anthropic", self.anthropic_secret, "llm")

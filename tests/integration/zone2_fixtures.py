@@ -18,9 +18,9 @@ ZONE2_IMAGE = "fleetd/zone2:latest"
 class Bench:
     """A daemon with an upstream simulator and an 'evil' simulator on its egress network."""
 
-    def __init__(self, engine: docker.DockerClient) -> None:
+    def __init__(self, engine: docker.DockerClient, config: str | None = None) -> None:
         self.engine = engine
-        self.daemon = Daemon().start()
+        self.daemon = Daemon(config=config).start()
         self.secret = f"sk-test-{secrets.token_hex(12)}"
         egress = f"fleetd-{self.daemon.instance}-egress"
         self.sims: dict[str, Any] = {}
@@ -59,6 +59,16 @@ class Bench:
         with urllib.request.urlopen(f"{self.sim_url(role)}/sim/requests", timeout=5) as response:
             result: list[dict[str, Any]] = json.loads(response.read())
             return result
+
+    def sim(self, role: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        """GET (or, with a body, POST) one of the simulator's /sim/ endpoints."""
+        import urllib.request
+
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(f"{self.sim_url(role)}{path}", data=data,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return json.loads(response.read())
 
     def set_cred(self, name: str, secret: str, role: str) -> None:
         subprocess.run([FLEETD, "--socket", str(self.daemon.socket), "cred", "set", name, "--upstream",
