@@ -13,7 +13,9 @@ from cli.output import print_json, print_table
 def dollars(value: float | None) -> str:
     if value is None:
         return "-"
-    return f"${value:,.4f}" if value < 1 else f"${value:,.2f}"
+    if value == 0 or value >= 1:
+        return f"${value:,.2f}"
+    return f"${value:.4f}" if value >= 0.01 else f"${value:.6f}"
 
 
 def per_mtok(value: float | None) -> str:

@@ -71,5 +71,30 @@ print("agent: keys in my environment:", [v for v in os.environ.values() if v.sta
 ')
 while [ "$(fleetd inspect "$agent" | python3 -c 'import json,sys; print(json.load(sys.stdin)["state"])')" != exited ]; do sleep 1; done
 fleetd logs "$agent"
+fleetd budget "$agent"
 echo "the simulator received: $(docker exec fleetd-demo-llm python3 -c 'import json,urllib.request; r=json.load(urllib.request.urlopen("http://127.0.0.1:8000/sim/requests")); print(r[-1]["headers"]["Authorization"][:14] + "…")')"
+
+say "a budget cap: 1 cent a day for role demo, and a price that makes each call cost 0.16 cents"
+fleetd price set demo-model --input-per-mtok 0.01 --output-per-mtok 100 --max-output-tokens 64
+fleetd role set demo --creds demo-llm --daily-usd 0.01
+agent=$(fleetd spawn --role demo --ttl 60 fleetd/agent-python python3 -c '
+import json, os, urllib.error, urllib.request
+for call in range(1, 20):
+    req = urllib.request.Request(os.environ["OPENAI_BASE_URL"] + "/chat/completions",
+        data=json.dumps({"model": "demo-model", "max_tokens": 16, "messages": [{"role": "user", "content": "go"}]}).encode(),
+        headers={"Authorization": "Bearer $CRED{demo-llm}", "Content-Type": "application/json"})
+    try:
+        usage = json.load(urllib.request.urlopen(req))["usage"]
+        print("agent: call", call, "ok,", usage["completion_tokens"], "output tokens", flush=True)
+    except urllib.error.HTTPError as exc:
+        kind, headers = json.load(exc)["error"]["type"], exc.headers
+        print("agent: call", call, exc.code, kind, "| x-should-retry:", headers["x-should-retry"],
+              "| Retry-After:", headers["Retry-After"], "s")
+        break
+')
+while [ "$(fleetd inspect "$agent" | python3 -c 'import json,sys; print(json.load(sys.stdin)["state"])')" != exited ]; do sleep 1; done
+fleetd logs "$agent"
+say "fleetd budget $agent: the spend stopped at the cap"
+fleetd budget "$agent"
+fleetd events --agent "$agent" | grep budget_exceeded
 docker rm -f fleetd-demo-llm >/dev/null
