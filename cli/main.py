@@ -14,10 +14,12 @@ from typing import Any, TypeVar
 
 import click
 
+from cli.client import Client
 from cli.common import api_errors, client
 from cli.money import budget, price
-from cli.output import ago, duration, print_json, print_table, state_text
+from cli.output import ago, duration, heartbeat_text, print_json, print_table, ready_text, state_text
 from cli.spawn_options import SPAWN_OPTIONS, EnvError, spawn_request
+from cli.top import top
 
 F = TypeVar("F", bound=Callable[..., Any])
 VERSION = "0.1.0"
@@ -38,9 +40,10 @@ def main(socket: str | None) -> None:
 @click.option("--socket", "daemon_socket", type=click.Path(path_type=Path), help="Socket to listen on.")
 @click.option("--instance", help="Instance name: labels every Docker object (default: default).")
 @click.option("--drain-on-exit", is_flag=True, default=None, help="Stop every agent when the daemon stops.")
+@click.option("--metrics", metavar="HOST:PORT", help="Serve Prometheus metrics there, e.g. 127.0.0.1:9464.")
 @click.pass_context
 def daemon(ctx: click.Context, config_file: Path | None, state_dir: Path | None, daemon_socket: Path | None,
-           instance: str | None, drain_on_exit: bool | None) -> None:
+           instance: str | None, drain_on_exit: bool | None, metrics: str | None) -> None:
     """Run the daemon in the foreground (systemd runs this).
 
     Example: fleetd daemon --instance staging --state-dir /var/lib/fleetd-staging
@@ -53,7 +56,7 @@ def daemon(ctx: click.Context, config_file: Path | None, state_dir: Path | None,
     try:
         config = load_config(
             config_file, state_dir=state_dir, socket=Path(socket_path) if socket_path else None,
-            instance=instance, drain_on_exit=drain_on_exit,
+            instance=instance, drain_on_exit=drain_on_exit, metrics=metrics,
         )
     except FleetdError as exc:
         raise click.ClickException(exc.message) from None
@@ -236,10 +239,11 @@ def ps(ctx: click.Context, all_: bool, quiet: bool, as_json: bool) -> None:
             click.echo(agent["id"])
         return None
     rows = [
-        [a["id"], a["name"], a["image"], a["role"], state_text(a), duration(a["ttl_remaining"]), ago(a["created_at"])]
+        [a["id"], a["name"], a["image"], a["role"], state_text(a), ready_text(a), duration(a["ttl_remaining"]),
+         heartbeat_text(a), str(a.get("restarts") or 0), ago(a["created_at"])]
         for a in agents
     ]
-    print_table(["ID", "NAME", "IMAGE", "ROLE", "STATE", "TTL", "CREATED"], rows)
+    print_table(["ID", "NAME", "IMAGE", "ROLE", "STATE", "READY", "TTL", "HEARTBEAT", "RESTARTS", "CREATED"], rows)
     return None
 
 
@@ -392,6 +396,33 @@ def status(ctx: click.Context, as_json: bool) -> None:
 
 
 @main.command()
+@click.option("--timeout", type=click.IntRange(min=0), default=3600, show_default=True,
+              help="Seconds agents get to finish on their own before SIGTERM, grace, SIGKILL.")
+@click.pass_context
+@api_errors
+def drain(ctx: click.Context, timeout: int) -> None:
+    """Stop accepting spawns, wait for agents to finish, then stop the rest (like kubectl drain).
+
+    Example: fleetd drain --timeout 600
+    """
+    result = Client(client(ctx).socket_path, timeout=None).call("POST", "/v1/drain", {"timeout": timeout})
+    click.echo(f"drained: {result['finished']} agents finished, {result['stopped']} stopped; "
+               "new spawns are refused until `fleetd undrain`")
+
+
+@main.command()
+@click.pass_context
+@api_errors
+def undrain(ctx: click.Context) -> None:
+    """Accept spawns again after a drain.
+
+    Example: fleetd undrain
+    """
+    client(ctx).call("POST", "/v1/undrain")
+    click.echo("accepting new agents")
+
+
+@main.command()
 @click.pass_context
 @api_errors
 def teardown(ctx: click.Context) -> None:
@@ -518,3 +549,4 @@ def role_ls(ctx: click.Context, as_json: bool) -> None:
 
 main.add_command(price)
 main.add_command(budget)
+main.add_command(top)

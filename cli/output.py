@@ -45,6 +45,23 @@ def state_text(agent: dict[str, Any]) -> str:
     return state
 
 
+def ready_text(agent: dict[str, Any]) -> str:
+    ready = agent.get("ready")
+    return "-" if ready is None else ("yes" if ready else "no")
+
+
+def heartbeat_text(agent: dict[str, Any]) -> str:
+    """The heartbeat's age, and the last progress (``3s ago 8/15``); ``-`` when none is expected."""
+    age = agent.get("heartbeat_age")
+    if not agent.get("heartbeat_interval") and age is None:
+        return "-"
+    text = "never" if age is None else f"{duration(age)} ago"
+    progress = agent.get("progress") or {}
+    if progress.get("step") is not None:
+        text += f" {progress['step']}" + (f"/{progress['total']}" if progress.get("total") is not None else "")
+    return text
+
+
 def print_table(headers: list[str], rows: list[list[str]]) -> None:
     """A plain, aligned table (rich does the layout; no box, like docker)."""
     from rich.console import Console

@@ -25,6 +25,12 @@ SPAWN_OPTIONS: list[tuple[tuple[str, ...], str, str, str]] = [
     (("--daily-usd",), "daily_usd", "str", "This agent's cap per UTC day in US dollars (default: its role's)."),
     (("--monthly-usd",), "monthly_usd", "str", "This agent's cap per calendar month in US dollars."),
     (("--max-llm-calls",), "max_llm_calls", "int", "This agent's maximum number of LLM calls."),
+    (("--heartbeat-interval",), "heartbeat_interval", "str",
+     "Seconds between the agent's heartbeats; none for 2 x this: SIGTERM (0: off)."),
+    (("--restart",), "restart", "str", "never (default), on-failure[:N] or always, as docker run."),
+    (("--startup-probe",), "startup_probe", "str", "e.g. http:8080/healthz,period=5 (also tcp:PORT, exec:CMD)."),
+    (("--readiness-probe",), "readiness_probe", "str", "Probe whose result is the agent's readiness."),
+    (("--liveness-probe",), "liveness_probe", "str", "Probe whose failures restart the agent."),
     (("--json",), "as_json", "flag", "Print the agent record as JSON."),
 ]
 

@@ -256,6 +256,19 @@ async def agent_budget(request: web.Request) -> web.Response:
     return web.json_response(report["agents"][0])
 
 
+async def drain(request: web.Request) -> web.Response:
+    data = await body(request)
+    return web.json_response(await sup(request).drain_fleet(data.get("timeout")))
+
+
+async def undrain(request: web.Request) -> web.Response:
+    return web.json_response(sup(request).undrain())
+
+
+async def stats(request: web.Request) -> web.Response:
+    return web.json_response(await sup(request).stats())
+
+
 async def teardown(request: web.Request) -> web.Response:
     return web.json_response({"removed": await sup(request).teardown()})
 
@@ -274,6 +287,9 @@ def init_app(supervisor: Supervisor) -> web.Application:
     app.router.add_post("/v1/agents/{ref}/extend", extend)
     app.router.add_get("/v1/events", events)
     app.router.add_post("/v1/teardown", teardown)
+    app.router.add_post("/v1/drain", drain)
+    app.router.add_post("/v1/undrain", undrain)
+    app.router.add_get("/v1/stats", stats)
     app.router.add_get("/v1/creds", list_credentials)
     app.router.add_put("/v1/creds/{name}", set_credential)
     app.router.add_delete("/v1/creds/{name}", remove_credential)

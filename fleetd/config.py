@@ -47,6 +47,11 @@ class Limits:
     pids_limit: int | None = None
     ttl: int | None = None
     grace: int | None = None
+    heartbeat_interval: int | None = None
+    restart: str | None = None
+    startup_probe: str | None = None
+    readiness_probe: str | None = None
+    liveness_probe: str | None = None
 
     def over(self, base: Limits) -> Limits:
         """These limits, with ``base`` filling what is unset."""
@@ -76,6 +81,7 @@ class Config:
     drain_on_exit: bool = False
     zone2_image: str = f"fleetd/zone2:{__version__}"
     policy: Policy = field(default_factory=Policy)
+    metrics: str | None = None  # HOST:PORT of the opt-in Prometheus listener
 
     def limits_for(self, role: str | None, defined: frozenset[str] = frozenset()) -> Limits:
         """The spawn defaults for a role (the instance defaults when none).
@@ -101,6 +107,10 @@ def _limits(table: dict[str, Any], where: str) -> Limits:
     for key, value in table.items():
         if key in ("memory", "memory_reservation"):
             values[key] = parse_memory(value, f"{where}.{key}")
+        elif key in ("restart", "startup_probe", "readiness_probe", "liveness_probe"):
+            if not isinstance(value, str):
+                raise InvalidRequest(f"{where}.{key}: must be a string like the spawn flag's value")
+            values[key] = value
         elif key == "cpus":
             if not isinstance(value, (int, float)) or value <= 0:
                 raise InvalidRequest(f"{where}.cpus: must be a number above 0")
@@ -127,7 +137,8 @@ def load_config(path: Path | None = None, **overrides: Any) -> Config:
         except tomllib.TOMLDecodeError as exc:
             raise InvalidRequest(f"config {source}: {exc}") from None
     kwargs: dict[str, Any] = {}
-    for key in ("instance", "max_ttl", "max_grace", "log_retention", "max_exited", "drain_on_exit", "zone2_image"):
+    for key in ("instance", "max_ttl", "max_grace", "log_retention", "max_exited", "drain_on_exit", "zone2_image",
+                "metrics"):
         if key in data:
             kwargs[key] = data.pop(key)
     for key in ("state_dir", "socket"):
@@ -146,6 +157,13 @@ def load_config(path: Path | None = None, **overrides: Any) -> Config:
         raise InvalidRequest(f"config {source}: unknown keys {sorted(data)}")
     kwargs.update({k: v for k, v in overrides.items() if v is not None})
     config = Config(**kwargs)
+    if config.metrics is not None:
+        from fleetd.metrics import parse_listen
+
+        try:
+            parse_listen(config.metrics)
+        except ValueError as exc:
+            raise InvalidRequest(f"--metrics: {exc}") from None
     if not NAME_PATTERN.fullmatch(config.instance):
         raise InvalidRequest(f"invalid instance name {config.instance!r}: use letters, digits, _ . -")
     return config

@@ -86,6 +86,10 @@ class Daemon:
         self.gateway = Zone2(config.state_dir, self.store, self.vault, self.runtime, self.supervisor.call,
                              config.zone2_image, config.policy)
         self.supervisor.gateway = self.gateway
+        liveness = self.supervisor.liveness
+        self.gateway.on_heartbeat = liveness.beat
+        self.gateway.on_health = lambda up: liveness.resume() if up else liveness.pause("zone 2 is down")
+        liveness.relay_ok = self.gateway.answering
         self.supervisor.vault = self.vault
         await self.gateway.start()
         self._runner = web.AppRunner(init_app(self.supervisor), handle_signals=False, shutdown_timeout=2.0)
@@ -98,6 +102,11 @@ class Daemon:
             os.umask(umask)
         self._socket_owned = True
         secure_socket(config.socket)
+        if config.metrics:
+            from fleetd.metrics import parse_listen, serve_metrics
+
+            self._metrics = await serve_metrics(self.supervisor, *parse_listen(config.metrics))
+            log.info("Prometheus metrics on http://%s/metrics", config.metrics)
         period = watchdog_period()
         if period:
             self._tasks.append(asyncio.create_task(self._watchdog(period)))
@@ -120,6 +129,8 @@ class Daemon:
             await self.supervisor.drain()
         if self._runner is not None:
             await self._runner.cleanup()
+        if getattr(self, "_metrics", None) is not None:
+            await self._metrics.cleanup()
         if hasattr(self, "gateway"):
             await self.gateway.stop()
         if self._socket_owned and self.config.socket.is_socket():
@@ -129,6 +140,7 @@ class Daemon:
         if hasattr(self, "timers"):
             self.timers.shutdown()
         if hasattr(self, "supervisor"):
+            await self.supervisor.liveness.stop()
             self.store.add_event("daemon_stopped", "fleetd stopped; agents keep running")
             self.supervisor.close()
         if hasattr(self, "store"):

@@ -32,10 +32,13 @@ class Firewall:
         return result.stdout
 
     def apply(self, bridge: str, zone2_ip: str) -> None:
-        """Agents: to zone 2 only; nothing to the host, nothing to each other."""
+        """Agents: to zone 2 only; nothing to the host (but answers to its probes), nothing to each other."""
         self.remove()
         comment = ["-m", "comment", "--comment", self.tag]
         self._run("-N", self.chain)
+        # Answers to connections the host opened (the daemon's HTTP and TCP probes) come back in; an agent
+        # still cannot open a connection to the host.
+        self._run("-A", self.chain, "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT")
         self._run("-A", self.chain, "-p", "tcp", "-j", "REJECT", "--reject-with", "tcp-reset")
         self._run("-A", self.chain, "-j", "REJECT", "--reject-with", "icmp-port-unreachable")
         self._run("-I", "INPUT", "-i", bridge, *comment, "-j", self.chain)

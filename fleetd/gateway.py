@@ -73,6 +73,8 @@ class Zone2:
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self.suspended = False  # after teardown, until the next spawn
+        self.on_heartbeat: Callable[[str, dict[str, Any] | None], bool] | None = None
+        self.on_health: Callable[[bool], None] | None = None  # the watchdog pauses while zone 2 is down
 
     # -- lifecycle ------------------------------------------------------------
     async def start(self) -> None:
@@ -106,7 +108,7 @@ class Zone2:
                 if not self.healthy:
                     await self._adopt(data)
                 return
-            self.healthy = False
+            self._unhealthy()
             if data is not None:
                 self.restarts += 1
                 self.store.add_event("zone2_restarted", "zone 2 was down: restarting it")
@@ -133,6 +135,8 @@ class Zone2:
         await self.call(self.firewall.apply, bridge, self.ip)
         await self.push_all()
         self.healthy = True
+        if self.on_health is not None:
+            self.on_health(True)
         self.store.add_event("zone2_ready", f"zone 2 serving agents at {self.ip}:{GATEWAY_PORT}")
 
     def _logs_tail(self) -> str:
@@ -153,15 +157,22 @@ class Zone2:
             if self.suspended:
                 continue
             if self.healthy and await self.health() is not None:
+                if self.on_health is not None:
+                    self.on_health(True)  # resumes a watchdog paused because zone 2 was slow to answer
                 continue
             try:
                 await self.ensure()
             except FleetdError as exc:
                 log.warning("zone 2: %s", exc.message)
 
+    def _unhealthy(self) -> None:
+        if self.healthy and self.on_health is not None:
+            self.on_health(False)
+        self.healthy = False
+
     def on_exit(self) -> None:
         """Docker says zone 2 died: restart it now rather than at the next health check."""
-        self.healthy = False
+        self._unhealthy()
         if not self.suspended:
             asyncio.get_running_loop().create_task(self._ensure_logged())
 
@@ -188,6 +199,13 @@ class Zone2:
                 return result
         except (aiohttp.ClientError, TimeoutError, OSError):
             return None
+
+    async def answering(self, timeout: float = 1.0) -> bool:
+        """Does zone 2 answer its control socket within ``timeout`` seconds?"""
+        try:
+            return await asyncio.wait_for(self.health(), timeout) is not None
+        except TimeoutError:
+            return False
 
     async def health(self) -> dict[str, Any] | None:
         result = await self._control("GET", "/control/health")
@@ -293,7 +311,13 @@ class Zone2:
             self.store.add_event(str(data["type"]), str(data["message"]), agent_id, data.get("data") or {})
             return web.json_response({"ok": True})
 
+        async def heartbeat(request: web.Request) -> web.Response:
+            data = await request.json()
+            known = self.on_heartbeat is not None and self.on_heartbeat(str(data["agent_id"]), data.get("progress"))
+            return web.json_response({"ok": bool(known)}, status=200 if known else 404)
+
         app.router.add_get("/control/whois", whois)
+        app.router.add_post("/control/heartbeat", heartbeat)
         app.router.add_post("/control/events", event)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()

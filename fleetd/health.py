@@ -50,12 +50,15 @@ class HeartbeatWatch:
 
     Rule (``interval > 0``, not paused): the agent is lost when
 
-        now >= max(started + paused_total + startup_window,
-                   (last_beat or started) + 2 * interval,
-                   resumed_at + 2 * interval)
+        now >= max((last_beat or started) + 2 * interval,
+                   resumed_at + 2 * interval,
+                   started + paused_total + startup_window   # only until the first beat)
 
-    i.e. two whole intervals without a beat, never before the startup window
-    has passed, and never sooner than two intervals after a pause ended.
+    i.e. two whole intervals without a beat, and never sooner than two
+    intervals after a pause ended; before its first heartbeat an agent also
+    gets the startup window (time to boot, load a model …). Once it has
+    beaten, the startup window is over: an agent that beats once and then
+    hangs is lost two intervals later, as the seed asks.
     ``interval == 0`` switches the watchdog off for this agent: never lost.
 
     Pausing (while zone 2, the receiver of heartbeats, is down) freezes the
@@ -116,10 +119,10 @@ class HeartbeatWatch:
         if not self.enabled or self.paused:
             return None
         limit = 2 * self.interval
-        candidates = [
-            self.started + self.paused_total + self.startup_window,
-            (self.started if self.last_beat is None else self.last_beat) + limit,
-        ]
+        candidates = [(self.started if self.last_beat is None else self.last_beat) + limit]
+        if self.last_beat is None:
+            # The startup window only covers the wait for the first heartbeat: after it, 2 x interval rules.
+            candidates.append(self.started + self.paused_total + self.startup_window)
         if self.resumed_at is not None:
             candidates.append(self.resumed_at + limit)
         return max(candidates)

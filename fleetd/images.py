@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -104,9 +105,13 @@ def resolve_base(client: docker.DockerClient, base: str | None, chosen: list[str
     chosen.append(fallback)
 
 
-def runtime_requirements() -> list[str]:
-    """fleetd's own dependencies (no extras), as installed."""
-    requirements = importlib.metadata.requires("fleetd") or []
+def runtime_requirements(root: Path | None = None) -> list[str]:
+    """fleetd's own dependencies (no extras): from the tree being built, else as installed."""
+    pyproject = (root or source_root()) / "pyproject.toml"
+    if pyproject.exists():
+        requirements = list(tomllib.loads(pyproject.read_text())["project"]["dependencies"])
+    else:
+        requirements = importlib.metadata.requires("fleetd") or []
     return [r.split(";")[0].strip() for r in requirements if "extra ==" not in r]
 
 
@@ -124,7 +129,7 @@ def prepare_wheels(root: Path) -> Iterator[str]:
     steps = [
         [*pip, "wheel", "--no-deps", "--wheel-dir", str(wheels), str(root)],
         [*pip, "download", "--dest", str(wheels), "--only-binary=:all:", "--python-version", "3.11",
-         "--implementation", "cp", *[f"--platform={p}" for p in platforms], *runtime_requirements()],
+         "--implementation", "cp", *[f"--platform={p}" for p in platforms], *runtime_requirements(root)],
     ]
     for step in steps:
         result = subprocess.run(step, capture_output=True, text=True)

@@ -15,9 +15,10 @@ class State(StrEnum):
     EXITED = "exited"  # container stopped; kept for logs until retention ends
     REMOVED = "removed"  # container gone
     FAILED = "failed"  # never started
+    RESTARTING = "restarting"  # exited; its restart policy starts it again at restart_at
 
 
-LIVE_STATES = (State.CREATED, State.RUNNING, State.STOPPING)
+LIVE_STATES = (State.CREATED, State.RUNNING, State.STOPPING, State.RESTARTING)
 
 
 class Reason(StrEnum):
@@ -30,6 +31,9 @@ class Reason(StrEnum):
     LOST = "lost"  # the container vanished while nobody watched
     TEARDOWN = "teardown"
     DRAINED = "drained"
+    HEARTBEAT_LOST = "heartbeat_lost"  # no heartbeat for 2 x its interval
+    LIVENESS_FAILED = "liveness_failed"
+    STARTUP_FAILED = "startup_failed"
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,11 @@ class AgentSpec:
     daily_usd: str | None = None  # budget overrides for this agent (USD, exact decimal strings)
     monthly_usd: str | None = None
     max_llm_calls: int | None = None
+    heartbeat_interval: float = 0  # seconds; 0 = no heartbeats expected
+    restart: str = "never"  # never | on-failure[:N] | always
+    startup_probe: dict[str, Any] | None = None
+    readiness_probe: dict[str, Any] | None = None
+    liveness_probe: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import docker
@@ -20,6 +21,7 @@ from fleetd.errors import ImageNotFound, NotFound, RuntimeFailure, RuntimeUnavai
 from fleetd.models import AgentSpec
 
 log = logging.getLogger(__name__)
+CHECKPOINT_DIR = "/fleetd/checkpoint"
 
 LABEL_INSTANCE = "fleetd.instance"
 LABEL_AGENT = "fleetd.agent-id"
@@ -183,6 +185,7 @@ class DockerRuntime:
             security_opt=["no-new-privileges:true"],
             network_mode=network,
             log_config=LogConfig(type="json-file", config=LOG_CONFIG),
+            binds={self.checkpoint_volume(agent_id): {"bind": CHECKPOINT_DIR, "mode": "rw"}},
         )
         labels = {
             **spec.labels,
@@ -194,6 +197,8 @@ class DockerRuntime:
         }
         env = {**spec.env, **(env or {}), "FLEETD_AGENT_ID": agent_id}
         with docker_errors(spec.image):
+            self.api.create_volume(self.checkpoint_volume(agent_id),
+                                   labels={**self.labels, LABEL_AGENT: agent_id, LABEL_KIND: "checkpoint"})
             created = self.api.create_container(
                 spec.image,
                 command=list(spec.command) or None,
@@ -262,6 +267,48 @@ class DockerRuntime:
                 self.api.remove_container(container_id, force=True, v=True)
         except NotFound:
             pass
+
+    def checkpoint_volume(self, agent_id: str) -> str:
+        """The named volume at /fleetd/checkpoint: it outlives restarts of the agent, not the agent."""
+        return f"fleetd-{self.instance}-ckpt-{agent_id}"
+
+    def remove_checkpoint(self, agent_id: str) -> None:
+        try:
+            with docker_errors():
+                self.api.remove_volume(self.checkpoint_volume(agent_id), force=True)
+        except NotFound:
+            pass
+
+    def start(self, container_id: str) -> None:
+        """Start an existing (exited) container again: same id, name, volumes and labels."""
+        with docker_errors():
+            self.api.start(container_id)
+
+    def usage(self, container_id: str) -> dict[str, int] | None:
+        """Memory in use, its limit and CPU time of a running container, read from its cgroup (v1 or v2)."""
+        v1 = Path("/sys/fs/cgroup")
+        for memory, limit, cpu, scale in (
+            (v1 / "memory/docker" / container_id / "memory.usage_in_bytes",
+             v1 / "memory/docker" / container_id / "memory.limit_in_bytes",
+             v1 / "cpuacct/docker" / container_id / "cpuacct.usage", 1),
+            (v1 / f"system.slice/docker-{container_id}.scope/memory.current",
+             v1 / f"system.slice/docker-{container_id}.scope/memory.max",
+             v1 / f"system.slice/docker-{container_id}.scope/cpu.stat", 1000),
+        ):
+            try:
+                used = int(memory.read_text())
+                cap = limit.read_text().strip()
+                cpu_text = cpu.read_text()
+            except (OSError, ValueError):
+                continue
+            if scale == 1000:  # cgroup v2: "usage_usec N" in cpu.stat
+                usec = next((int(line.split()[1]) for line in cpu_text.splitlines()
+                             if line.startswith("usage_usec")), 0)
+                cpu_ns = usec * 1000
+            else:
+                cpu_ns = int(cpu_text)
+            return {"memory_bytes": used, "memory_limit_bytes": int(cap) if cap.isdigit() else 0, "cpu_ns": cpu_ns}
+        return None
 
     def containers(self) -> list[dict[str, Any]]:
         """Every container of this instance, running or not."""

@@ -7,6 +7,7 @@ from typing import Any
 
 from fleetd.config import Config
 from fleetd.errors import InvalidRequest
+from fleetd.health import ProbeSpec, RestartPolicy
 from fleetd.models import AgentSpec
 from fleetd.units import NAME_PATTERN, parse_cpus, parse_memory, parse_pairs, parse_usd
 
@@ -14,7 +15,9 @@ SPAWN_FIELDS = {
     "image", "command", "name", "role", "env", "labels", "memory",
     "memory_reservation", "cpus", "pids_limit", "ttl", "grace",
     "daily_usd", "monthly_usd", "max_llm_calls",
+    "heartbeat_interval", "restart", "startup_probe", "readiness_probe", "liveness_probe",
 }
+PROBES = ("startup", "readiness", "liveness")
 # Names the daemon sets itself; a user may not override them.
 RESERVED_ENV_PREFIX = "FLEETD_"
 RESERVED_LABEL_PREFIX = "fleetd."
@@ -105,4 +108,42 @@ def build_spec(request: Any, config: Config, host_cpus: int, roles: frozenset[st
         monthly_usd=optional_usd(request.get("monthly_usd"), "--monthly-usd"),
         max_llm_calls=None if request.get("max_llm_calls") is None
         else whole_number(request["max_llm_calls"], "--max-llm-calls", 0),
+        heartbeat_interval=heartbeat_interval(pick("heartbeat_interval")),
+        restart=restart_policy(pick("restart")),
+        **{f"{which}_probe": probe(pick(f"{which}_probe"), which) for which in PROBES},
     )
+
+
+def heartbeat_interval(value: Any) -> float:
+    """Seconds between an agent's heartbeats (0: none expected)."""
+    if value is None:
+        return 0
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise InvalidRequest(f"--heartbeat-interval: expected seconds, got {value!r}") from None
+    if not 0 <= seconds <= 86400 or seconds != seconds:
+        raise InvalidRequest(f"--heartbeat-interval: must be between 0 (off) and 86400 seconds, got {value!r}")
+    if 0 < seconds < 0.5:
+        raise InvalidRequest("--heartbeat-interval: at least 0.5 seconds (or 0 for none)")
+    return seconds
+
+
+def restart_policy(value: Any) -> str:
+    if value is None:
+        return "never"
+    try:
+        return str(RestartPolicy.parse(str(value)))
+    except ValueError as exc:
+        raise InvalidRequest(f"--restart: {exc}") from None
+
+
+def probe(value: Any, which: str) -> dict[str, Any] | None:
+    """A probe given as the flag's text (``http:8080/healthz,period=5``) or as the API's object."""
+    if value is None:
+        return None
+    try:
+        spec = ProbeSpec.from_dict(value) if isinstance(value, dict) else ProbeSpec.parse(str(value))
+        return spec.for_kind(which).to_dict()  # type: ignore[arg-type]
+    except (ValueError, TypeError) as exc:
+        raise InvalidRequest(f"--{which}-probe: {exc}") from None

@@ -75,11 +75,17 @@ def m003_budgets_and_prices(db: sqlite_utils.Database) -> None:
     )
 
 
+@migrations()
+def m004_restarts_heartbeats_probes(db: sqlite_utils.Database) -> None:
+    for column in ("restarts INTEGER NOT NULL DEFAULT 0", "restart_at TEXT", "progress TEXT", "ready INTEGER"):
+        db.execute(f"ALTER TABLE agents ADD COLUMN {column}")
+
+
 ROLE_BUDGET_FIELDS = ("daily_usd", "monthly_usd", "max_llm_calls", "allow_unpriced")
 AGENT_COLUMNS = (
     "name", "image", "role", "state", "reason", "container_id", "created_at",
     "started_at", "finished_at", "deadline", "kill_at", "exit_code", "oom_killed",
-    "last_heartbeat", "spec",
+    "last_heartbeat", "spec", "restarts", "restart_at", "progress", "ready",
 )
 
 
@@ -150,7 +156,8 @@ class Store:
             return row
         rows = list(
             self.db.query(
-                "SELECT * FROM agents WHERE name = ? ORDER BY state NOT IN (?, ?, ?), created_at DESC",
+                f"SELECT * FROM agents WHERE name = ? ORDER BY state NOT IN ({', '.join('?' for _ in LIVE_STATES)}),"
+                " created_at DESC",
                 [ref, *LIVE_STATES],
             )
         )

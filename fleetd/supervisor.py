@@ -18,7 +18,7 @@ import signal as signals
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from fleetd import __version__
@@ -35,10 +35,12 @@ from fleetd.decisions import (
     plan_reconcile,
 )
 from fleetd.errors import Conflict, FleetdError, InvalidRequest, NotFound
+from fleetd.health import RestartPolicy, backoff_index, restart_delay, should_restart
+from fleetd.liveness import Liveness
 from fleetd.models import LIVE_STATES, AgentSpec, Reason, State, iso, parse_iso, utcnow
 from fleetd.pidfds import PidHandles
 from fleetd.policy import BUDGET_KEYS, budget_caps
-from fleetd.runtime import LABEL_AGENT, LABEL_KIND, POOL_SIZE, DockerRuntime
+from fleetd.runtime import CHECKPOINT_DIR, LABEL_AGENT, LABEL_KIND, POOL_SIZE, DockerRuntime
 from fleetd.spec import build_spec, ttl_seconds, whole_number
 from fleetd.store import Store
 from fleetd.timers import Timers
@@ -79,6 +81,12 @@ class Supervisor:
         self.log_streams = 0  # open logs streams (follow readers included)
         self.pidfds = PidHandles()
         store.on_event = self._publish
+        self.liveness = Liveness(store, self.condemn, self._exec_probe)
+        self.draining = store.meta("draining") == "1"
+        self._streak: dict[str, int] = {}  # restarts in a row, for the backoff (reset after 10 min of running)
+
+    async def _exec_probe(self, container_id: str, command: tuple[str, ...], timeout: float) -> int:
+        return await self.call(self.runtime.exec_status, container_id, list(command), timeout)
 
     async def call(self, func: Callable[..., T], *args: Any) -> T:
         """Run a blocking Docker call off the event loop."""
@@ -92,6 +100,7 @@ class Supervisor:
         self.docker_version = str(info.get("ServerVersion") or "?")
         self.docker_connected = True
         await self.call(self.runtime.ensure_network)
+        self.liveness.start()
         await self.resync(startup=True)
         for agent in self.store.agents((State.EXITED, State.FAILED)):
             self._exited[agent["id"]].set()
@@ -129,9 +138,9 @@ class Supervisor:
     async def _adopt(self, agent_id: str, container_id: str, startup: bool) -> None:
         agent = self.store.get(agent_id)
         assert agent is not None
-        if agent["state"] == State.CREATED:
+        if agent["state"] in (State.CREATED, State.RESTARTING):
             agent = self.store.transition(
-                agent_id, State.RUNNING, None, container_id=container_id, started_at=iso(utcnow())
+                agent_id, State.RUNNING, None, container_id=container_id, started_at=iso(utcnow()), restart_at=None
             )
         if startup:
             self.store.add_event("adopted", f"re-adopted running container {container_id[:12]}", agent_id)
@@ -148,13 +157,19 @@ class Supervisor:
     # -- spawn --------------------------------------------------------------
     async def spawn(self, request: Any) -> dict[str, Any]:
         """Validate, record, create and start an agent; arm its deadline."""
+        if self.draining:
+            raise Conflict("the daemon is draining: no new agents until `fleetd undrain`")
         spec = build_spec(request, self.config, self.host_cpus, frozenset(r["name"] for r in self.store.roles()))
-        env: dict[str, str] = {}
+        env: dict[str, str] = {
+            "FLEETD_HEARTBEAT_INTERVAL": f"{spec.heartbeat_interval:g}",
+            "FLEETD_GRACE_SECONDS": str(spec.grace),
+            "FLEETD_CHECKPOINT_DIR": CHECKPOINT_DIR,
+        }
         if self.gateway is not None:
             await self.gateway.ready()  # zone 2 runs before any agent does
             from fleetd.gateway import agent_env
 
-            env = agent_env()
+            env.update(agent_env())
         agent_id = secrets.token_hex(6)
         name = spec.name or agent_id
         owner = self.store.live_name_owner(name)
@@ -219,6 +234,9 @@ class Supervisor:
         ip = (networks.get(self.runtime.network) or {}).get("IPAddress")
         if self.gateway is not None and ip:
             await self.gateway.register(agent_id, ip)
+        agent = self.store.get(agent_id)
+        if agent is not None and agent["state"] == State.RUNNING:
+            self.liveness.watch(agent, _spec(agent), container_id, ip)
 
     # -- ending an agent ----------------------------------------------------
     async def expire(self, agent_id: str) -> None:
@@ -226,6 +244,21 @@ class Supervisor:
         agent = self.store.get(agent_id)
         if agent and agent["state"] == State.RUNNING:
             await self._terminate(agent, Reason.TTL_EXPIRED, _spec(agent).grace)
+        elif agent and agent["state"] == State.RESTARTING:
+            self._end_restarting(agent, Reason.TTL_EXPIRED)
+
+    async def condemn(self, agent_id: str, reason: Reason, message: str) -> None:
+        """The watchdog or a probe gave up on a running agent: SIGTERM, grace, SIGKILL (then its restart policy)."""
+        agent = self.store.get(agent_id)
+        if agent and agent["state"] == State.RUNNING:
+            self.store.add_event(str(reason), message, agent_id)
+            await self._terminate(agent, reason, _spec(agent).grace)
+
+    def _end_restarting(self, agent: dict[str, Any], reason: Reason) -> None:
+        """An agent waiting for its restart is stopped for good instead."""
+        self.timers.cancel(f"restart:{agent['id']}")
+        self.store.transition(agent["id"], State.EXITED, reason, finished_at=iso(utcnow()), restart_at=None)
+        self._finished(agent["id"])
 
     async def _terminate(self, agent: dict[str, Any], reason: Reason, grace: int) -> dict[str, Any]:
         now = utcnow()
@@ -262,6 +295,8 @@ class Supervisor:
         grace = spec.grace if grace is None else whole_number(grace, "--grace", 0, self.config.max_grace)
         if agent["state"] in (State.RUNNING, State.CREATED) and agent["container_id"]:
             agent = await self._terminate(agent, Reason.STOPPED, grace)
+        elif agent["state"] == State.RESTARTING:
+            self._end_restarting(agent, Reason.STOPPED)
         if wait and agent["state"] in LIVE_STATES:
             kill_at = parse_iso(agent["kill_at"]) or utcnow()
             timeout = max(0.0, (kill_at - utcnow()).total_seconds()) + 30
@@ -308,7 +343,10 @@ class Supervisor:
         self.pidfds.detach(agent["container_id"] if agent else None)
         self.timers.cancel(f"deadline:{agent_id}")
         self.timers.cancel(f"kill:{agent_id}")
+        self.timers.cancel(f"restart:{agent_id}")
         self._oom_seen.discard(agent_id)
+        self._streak.pop(agent_id, None)
+        self.liveness.forget(agent_id)
         self._exited[agent_id].set()
         if self.gateway is not None:
             self._spawn_task(self.gateway.unregister(agent_id))
@@ -340,6 +378,8 @@ class Supervisor:
             agent = self.store.get(agent_id)
             if agent and agent["state"] in (State.EXITED, State.FAILED):
                 self.store.transition(agent_id, State.REMOVED, agent["reason"], exit_code=agent["exit_code"])
+            if agent and agent["state"] not in LIVE_STATES:
+                self._spawn_task(self.call(self.runtime.remove_checkpoint, agent_id))  # gone with the agent
 
     def on_docker_disconnect(self, reason: str) -> None:
         self.docker_connected = False
@@ -363,6 +403,9 @@ class Supervisor:
         agent = self.store.get(agent_id)
         if agent is None or agent["state"] not in LIVE_STATES:
             return
+        if agent["state"] == State.RESTARTING:
+            self._arm_restart(agent)  # e.g. after the daemon itself restarted
+            return
         data = await self.call(self.runtime.inspect, container_id) if container_id else None
         state = (data or {}).get("State") or {}
         if state.get("Running"):
@@ -375,6 +418,12 @@ class Supervisor:
         reason = exit_reason(agent["state"], agent["reason"], exit_code, oom, agent_id in self._oom_seen)
         if data is None:
             reason = agent["reason"] if agent["state"] == State.STOPPING and agent["reason"] else Reason.LOST
+        if reason == Reason.OOM_KILLED:
+            limit = format_bytes(_spec(agent).memory)
+            self.store.add_event("oom_killed", f"killed by the kernel at its memory limit ({limit})", agent_id,
+                                 {"memory_limit": _spec(agent).memory})
+        if data is not None and self._schedule_restart(agent, reason, exit_code):
+            return
         self.store.transition(
             agent_id,
             State.EXITED,
@@ -384,11 +433,57 @@ class Supervisor:
             finished_at=iso(utcnow()),
             container_id=container_id or agent["container_id"],
         )
-        if reason == Reason.OOM_KILLED:
-            limit = format_bytes(_spec(agent).memory)
-            self.store.add_event("oom_killed", f"killed by the kernel at its memory limit ({limit})", agent_id,
-                                 {"memory_limit": _spec(agent).memory})
         self._finished(agent_id)
+
+    # -- restarts -----------------------------------------------------------
+    def _schedule_restart(self, agent: dict[str, Any], reason: str, exit_code: int | None) -> bool:
+        """Apply the agent's restart policy to an exit: schedule a restart (same container) or not."""
+        spec = _spec(agent)
+        policy = RestartPolicy.parse(spec.restart)
+        started = parse_iso(agent["started_at"]) or utcnow()
+        ran = (utcnow() - started).total_seconds()
+        index = backoff_index(self._streak.get(agent["id"], 0), ran)
+        delay = restart_delay(index)
+        deadline = parse_iso(agent["deadline"])
+        deadline_passed = deadline is not None and deadline <= utcnow() + timedelta(seconds=delay)
+        if self.draining or not should_restart(policy, reason, exit_code, agent["restarts"], deadline_passed):
+            return False
+        self._streak[agent["id"]] = index + 1
+        restart_at = utcnow() + timedelta(seconds=delay)
+        self.pidfds.detach(agent["container_id"])
+        self.liveness.forget(agent["id"])
+        agent = self.store.transition(agent["id"], State.RESTARTING, reason, exit_code=exit_code,
+                                      restart_at=iso(restart_at), kill_at=None)
+        limit = f" of {policy.max_restarts}" if policy.max_restarts is not None else ""
+        self.store.add_event("restart_scheduled", f"{reason} (exit code {exit_code}): restart {agent['restarts'] + 1}"
+                             f"{limit} in {delay:g} s ({policy})", agent["id"],
+                             {"delay": delay, "reason": reason, "exit_code": exit_code})
+        self._arm_restart(agent)
+        return True
+
+    def _arm_restart(self, agent: dict[str, Any]) -> None:
+        at = parse_iso(agent["restart_at"]) or utcnow()
+        self.timers.at(f"restart:{agent['id']}", at, self.restart, agent["id"])
+
+    async def restart(self, agent_id: str) -> None:
+        """Start the same container again: identity, role, budget, checkpoint and deadline are kept."""
+        agent = self.store.get(agent_id)
+        if agent is None or agent["state"] != State.RESTARTING:
+            return
+        if self.draining:
+            self._end_restarting(agent, Reason.DRAINED)
+            return
+        try:
+            await self.call(self.runtime.start, agent["container_id"])
+        except FleetdError as exc:
+            self.store.add_event("restart_failed", exc.message, agent_id)
+            self._end_restarting(agent, Reason(agent["reason"]) if agent["reason"] in Reason else Reason.EXITED)
+            return
+        agent = self.store.transition(agent_id, State.RUNNING, None, started_at=iso(utcnow()), restart_at=None,
+                                      restarts=agent["restarts"] + 1, exit_code=None, ready=0)
+        self.store.add_event("restarted", f"restart {agent['restarts']}", agent_id, {"restarts": agent["restarts"]})
+        self._arm_deadline(agent)
+        await self._after_start(agent_id, agent["container_id"])
 
     # -- housekeeping -------------------------------------------------------
     # -- credentials and roles ----------------------------------------------
@@ -469,6 +564,32 @@ class Supervisor:
         graces = [_spec(a).grace for a in self.store.agents(LIVE_STATES)]
         return max(graces, default=0) + 30
 
+    async def drain_fleet(self, timeout: Any = None) -> dict[str, Any]:
+        """`fleetd drain`: accept no spawns, let agents finish for ``timeout`` seconds, then stop the rest."""
+        seconds = whole_number(3600 if timeout is None else timeout, "--timeout", 0, 7 * 86400)
+        if not self.draining:
+            self.draining = True
+            self.store.set_meta("draining", "1")
+            self.store.add_event("draining", f"draining: no new agents; the rest get {seconds} s to finish")
+        deadline = time.monotonic() + seconds
+        live = self.store.agents(LIVE_STATES)
+        await asyncio.gather(*(self._wait_exit(a["id"], max(0.0, deadline - time.monotonic())) for a in live))
+        left = self.store.agents(LIVE_STATES)
+        for agent in left:
+            if agent["state"] == State.RESTARTING:
+                self._end_restarting(agent, Reason.DRAINED)
+        await self.drain()
+        finished = len(live) - len(left)
+        self.store.add_event("drained", f"drained: {finished} finished on their own, {len(left)} stopped")
+        return {"draining": True, "finished": finished, "stopped": len(left)}
+
+    def undrain(self) -> dict[str, Any]:
+        if self.draining:
+            self.draining = False
+            self.store.set_meta("draining", "0")
+            self.store.add_event("undrained", "accepting new agents again")
+        return {"draining": False}
+
     async def drain(self) -> None:
         """Stop every live agent (SIGTERM, grace, SIGKILL) and wait for them."""
         agents = self.store.agents((State.RUNNING, State.CREATED))
@@ -497,7 +618,10 @@ class Supervisor:
             "created_at": agent["created_at"], "started_at": agent["started_at"],
             "finished_at": agent["finished_at"], "deadline": agent["deadline"],
             "ttl_remaining": _seconds_until(deadline) if live and deadline else None,
-            "kill_at": agent["kill_at"], "last_heartbeat": agent["last_heartbeat"],
+            "kill_at": agent["kill_at"], **self._heartbeat_json(agent, spec),
+            "ready": bool(agent["ready"]) if agent["state"] == State.RUNNING and agent["ready"] is not None else (
+                False if live else None),
+            "restarts": agent["restarts"], "restart_policy": spec.restart, "restart_at": agent["restart_at"],
             "limits": {
                 "memory": spec.memory, "memory_reservation": spec.memory_reservation,
                 "cpus": spec.nano_cpus / 1e9 if spec.nano_cpus else None,
@@ -507,6 +631,26 @@ class Supervisor:
         if detail:
             out["spec"] = spec.to_json()
             out["transitions"] = self.store.transitions(agent["id"])
+        return out
+
+    def _heartbeat_json(self, agent: dict[str, Any], spec: AgentSpec) -> dict[str, Any]:
+        last, age, progress = self.liveness.heartbeat(agent["id"])
+        if last is None and agent["last_heartbeat"]:
+            last = agent["last_heartbeat"]
+            at = parse_iso(last)
+            age = round((utcnow() - at).total_seconds(), 3) if at else None
+            progress = json.loads(agent["progress"]) if agent["progress"] else None
+        return {"last_heartbeat": last, "heartbeat_age": age, "heartbeat_interval": spec.heartbeat_interval,
+                "progress": progress}
+
+    async def stats(self) -> list[dict[str, Any]]:
+        """Memory and CPU use of every running agent, read from its cgroup."""
+        out = []
+        for agent in self.store.agents((State.RUNNING, State.STOPPING)):
+            used = await self.call(self.runtime.usage, agent["container_id"]) if agent["container_id"] else None
+            if used is not None:
+                out.append({"id": agent["id"], "memory_bytes": used["memory_bytes"],
+                            "memory_limit_bytes": used["memory_limit_bytes"], "cpu_seconds": used["cpu_ns"] / 1e9})
         return out
 
     def list_agents(self, all_: bool) -> list[dict[str, Any]]:
@@ -525,6 +669,9 @@ class Supervisor:
             "log_streams": self.log_streams,
             "zone2": self.gateway.status() if self.gateway is not None else None,
             "max_ttl": self.config.max_ttl,
+            "draining": self.draining,
+            "watchdog": {"paused": self.liveness.watchdog.paused, "watched": len(self.liveness.watchdog.watches),
+                         "probed": len(self.liveness.trackers)},
         }
 
     async def open_logs(self, ref: str, follow: bool, tail: int | None) -> AsyncIterator[bytes]:

@@ -362,7 +362,25 @@ def memory_costs() -> CostTracker:
     return CostTracker(Ledger(Path(":memory:")), lambda *event: None, lambda: datetime.now(UTC))
 
 
-def init_gateway(registry: Registry, whois: Whois, costs: CostTracker | None = None) -> web.Application:
+Relay = Callable[[str, dict[str, Any] | None], Awaitable[bool | None]]
+
+
+def progress_of(data: Any) -> dict[str, Any] | None:
+    """The optional progress of a heartbeat body: ``{"step": 8, "total": 15, "message": "…"}``."""
+    if data is None or data == {}:
+        return None
+    if not isinstance(data, dict) or set(data) - {"step", "total", "message"}:
+        raise ValueError("a heartbeat body is {} or any of step, total (whole numbers) and message (text)")
+    for key in ("step", "total"):
+        if key in data and (isinstance(data[key], bool) or not isinstance(data[key], int) or data[key] < 0):
+            raise ValueError(f"{key} must be a whole number >= 0")
+    if "message" in data and (not isinstance(data["message"], str) or len(data["message"]) > 1000):
+        raise ValueError("message must be text of at most 1000 characters")
+    return dict(data)
+
+
+def init_gateway(registry: Registry, whois: Whois, costs: CostTracker | None = None,
+                 relay: Relay | None = None) -> web.Application:
     """The agent-facing aiohttp application."""
     tracker = costs or memory_costs()
     @web.middleware
@@ -388,5 +406,23 @@ def init_gateway(registry: Registry, whois: Whois, costs: CostTracker | None = N
     async def handle(request: web.Request) -> web.StreamResponse:
         return await Gateway(registry, whois, request.app[SESSION], tracker).handle(request)
 
+    async def heartbeat(request: web.Request) -> web.StreamResponse:
+        """POST /fleetd/heartbeat: relayed to the daemon's watchdog, attributed by source address."""
+        reg = await Gateway(registry, whois, request.app[SESSION], tracker).identify(request)
+        if reg is None:
+            return error(403, "unknown_agent", "this address is not a fleetd agent")
+        try:
+            raw = await request.read()
+            progress = progress_of(json.loads(raw) if raw.strip() else None)
+        except ValueError as exc:
+            return error(400, "bad_request", f"invalid heartbeat: {exc}")
+        taken = None if relay is None else await relay(reg.agent_id, progress)
+        if taken is None:
+            return error(503, "daemon_unreachable", "the daemon did not take the heartbeat: try again")
+        if not taken:
+            return error(404, "not_watched", "the daemon is not watching this agent (it is not running)")
+        return web.json_response({"ok": True, "agent_id": reg.agent_id})
+
+    app.router.add_post("/fleetd/heartbeat", heartbeat)
     app.router.add_route("*", "/{tail:.*}", handle)
     return app

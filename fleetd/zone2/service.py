@@ -109,6 +109,16 @@ class DaemonLink:
         except (aiohttp.ClientError, TimeoutError):
             return None
 
+    async def heartbeat(self, agent_id: str, progress: dict[str, Any] | None) -> bool | None:
+        """Relay a heartbeat: True taken, False the daemon does not watch this agent, None unreachable."""
+        try:
+            async with self._session().post("http://daemon/control/heartbeat",
+                                            json={"agent_id": agent_id, "progress": progress}) as response:
+                await response.read()
+                return response.status == 200
+        except (aiohttp.ClientError, TimeoutError):
+            return None
+
     def emit(self, type_: str, agent_id: str | None, message: str, data: dict[str, Any]) -> None:
         """Send an event to the daemon's log in the background (never holds up a request)."""
         log.info("event %s %s: %s", type_, agent_id or "-", message)
@@ -139,7 +149,8 @@ async def serve(control_dir: Path, host: str, port: int) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    gateway = web.AppRunner(init_gateway(registry, daemon.whois, costs), access_log=None, handle_signals=False)
+    agents_app = init_gateway(registry, daemon.whois, costs, daemon.heartbeat)
+    gateway = web.AppRunner(agents_app, access_log=None, handle_signals=False)
     control = web.AppRunner(init_control(registry, costs, time.monotonic()), access_log=None, handle_signals=False)
     await gateway.setup()
     await control.setup()

@@ -56,12 +56,13 @@ def test_lost_exactly_after_two_intervals() -> None:
     assert watch.due() == 160
 
 
-def test_early_beat_does_not_shorten_the_startup_window() -> None:
+def test_the_first_beat_ends_the_startup_window() -> None:
     watch = HeartbeatWatch.create(5, now=100)
+    assert watch.due() == 130  # no beat yet: the 30 s startup window
     watch.beat(101)
-    assert watch.due() == 130  # max(started + window, last_beat + 10)
-    assert not watch.lost(120)
-    assert watch.lost(130)
+    assert watch.due() == 111  # it has started: two intervals after its last beat
+    assert not watch.lost(110.9)
+    assert watch.lost(111)
 
 
 def test_out_of_order_beat_keeps_latest() -> None:

@@ -1,0 +1,344 @@
+"""Prometheus metrics: `fleetd daemon --metrics HOST:PORT` serves GET /metrics over TCP.
+
+Nothing is kept in process-global metric objects: each scrape gathers a
+``Snapshot`` from the live daemon (the store, the agents' API records, zone 2's
+budget report) and a custom collector turns it into metric families, rendered
+by ``prometheus_client`` itself. Counters come from the durable store, so they
+survive a daemon restart (Prometheus would take a reset in stride anyway).
+
+Labels stay low-cardinality: per-agent series (``agent``, ``name``, ``role``)
+exist only for the agents a scrape sees live, so they are bounded by the fleet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import inspect
+import ipaddress
+import logging
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import CollectorRegistry
+
+from fleetd import __version__
+from fleetd.errors import FleetdError
+
+log = logging.getLogger(__name__)
+
+# Every state is always exposed (0 when no agent is in it), known ones first in this order.
+STATES = ("created", "running", "stopping", "restarting", "exited", "removed", "failed")
+LIVE = ("created", "running", "stopping", "restarting")
+# Exit reasons exposed at 0 before the first exit of that kind, so rate() sees the first one.
+EXIT_REASONS = (
+    "ttl_expired", "heartbeat_lost", "liveness_failed", "oom_killed", "stopped", "killed",
+    "exited", "drained", "lost", "teardown",
+)
+PROBES = ("startup", "readiness", "liveness")
+BREAKER_STATES = ("closed", "open", "half_open")
+WINDOWS = (("day", "spent_today_usd", "daily_cap_usd"), ("month", "spent_month_usd", "monthly_cap_usd"))
+AGENT_LABELS = ("agent", "name", "role")
+RESTARTED_EVENT = "restarted"
+PROBE_FAILED_EVENT = "probe_failed"
+BUDGET_TIMEOUT = 4.0  # seconds for zone 2's budget report; a scrape must not hang on it
+_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
+
+
+@dataclass
+class Snapshot:
+    """Everything one scrape shows, gathered (asynchronously) before rendering."""
+
+    agents: list[dict[str, Any]] = field(default_factory=list)  # API records, every state
+    # {"spawns": int, "exits_by_reason": {reason: int}, "probe_failures": {probe: int} or
+    #  {(agent_id, probe): int}, "restarts": int}
+    counts: dict[str, Any] = field(default_factory=dict)
+    budget: dict[str, Any] | None = None  # the body of GET /v1/budget, None when zone 2 does not answer
+    zone2_healthy: bool = False
+
+
+# -- rendering ----------------------------------------------------------------
+def render(snapshot: Snapshot) -> bytes:
+    """The text exposition of one snapshot (serve it as ``CONTENT_TYPE_LATEST``)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SnapshotCollector(snapshot))
+    return generate_latest(registry)
+
+
+class SnapshotCollector:
+    """A prometheus_client collector over one snapshot."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+
+    def collect(self) -> Iterable[Metric]:
+        snap = self.snapshot
+        yield from _info()
+        yield from _agent_states(snap.agents)
+        yield from _counters(snap.counts)
+        yield from _agent_gauges(snap.agents)
+        yield from _budget(snap.budget, snap.zone2_healthy)
+
+
+def _info() -> Iterator[Metric]:
+    info = GaugeMetricFamily("fleetd_build_info", "fleetd version (always 1).", labels=["version"])
+    info.add_metric([__version__], 1)
+    yield info
+
+
+def _agent_states(agents: list[dict[str, Any]]) -> Iterator[Metric]:
+    counts = dict.fromkeys(STATES, 0)
+    for agent in agents:
+        state = str(agent.get("state") or "unknown")
+        counts[state] = counts.get(state, 0) + 1
+    family = GaugeMetricFamily("fleetd_agents", "Agents by state (every agent the store knows).", labels=["state"])
+    for state, count in counts.items():
+        family.add_metric([state], count)
+    yield family
+
+
+def _counters(counts: Mapping[str, Any]) -> Iterator[Metric]:
+    yield CounterMetricFamily("fleetd_spawns", "Agents spawned since the state directory was created.",
+                              value=_number(counts.get("spawns")) or 0)
+    exits = CounterMetricFamily("fleetd_agent_exits", "Agent exits by reason.", labels=["reason"])
+    by_reason: dict[str, float] = dict.fromkeys(EXIT_REASONS, 0.0)
+    for reason, count in (counts.get("exits_by_reason") or {}).items():
+        key = str(reason) if reason else "unknown"
+        by_reason[key] = by_reason.get(key, 0.0) + (_number(count) or 0)
+    for reason, total in by_reason.items():
+        exits.add_metric([reason], total)
+    yield exits
+    yield CounterMetricFamily("fleetd_agent_restarts", "Agents restarted by their restart policy.",
+                              value=_number(counts.get("restarts")) or 0)
+    probes = CounterMetricFamily("fleetd_probe_failures", "Failed probes by kind.", labels=["probe"])
+    by_probe: dict[str, float] = dict.fromkeys(PROBES, 0.0)
+    for key, count in (counts.get("probe_failures") or {}).items():
+        probe = key[-1] if isinstance(key, tuple) else key  # {(agent_id, probe): n} or {probe: n}
+        name = str(probe) if probe else "unknown"
+        by_probe[name] = by_probe.get(name, 0.0) + (_number(count) or 0)
+    for probe, total in by_probe.items():
+        probes.add_metric([probe], total)
+    yield probes
+
+
+def _agent_gauges(agents: list[dict[str, Any]]) -> Iterator[Metric]:
+    heartbeat = GaugeMetricFamily(
+        "fleetd_agent_heartbeat_age_seconds", "Seconds since a running agent's last heartbeat (heartbeats on).",
+        labels=list(AGENT_LABELS))
+    ready = GaugeMetricFamily("fleetd_agent_ready", "1 when a running agent is ready, else 0.",
+                              labels=list(AGENT_LABELS))
+    ttl = GaugeMetricFamily("fleetd_agent_ttl_remaining_seconds", "Seconds until a live agent's deadline.",
+                            labels=list(AGENT_LABELS))
+    for agent in agents:
+        state = agent.get("state")
+        labels = _agent_labels(agent)
+        if state == "running":
+            age = _number(agent.get("heartbeat_age"))
+            if agent.get("heartbeat_interval") and age is not None:
+                heartbeat.add_metric(labels, age)
+            if agent.get("ready") is not None:
+                ready.add_metric(labels, 1 if agent.get("ready") else 0)
+        remaining = _number(agent.get("ttl_remaining"))
+        if state in LIVE and remaining is not None:
+            ttl.add_metric(labels, max(0.0, remaining))
+    yield from (heartbeat, ready, ttl)
+
+
+def _budget(budget: Mapping[str, Any] | None, zone2_healthy: bool) -> Iterator[Metric]:
+    yield GaugeMetricFamily("fleetd_zone2_up", "1 when zone 2 (the LLM gateway) is healthy and answered this scrape.",
+                            value=1 if zone2_healthy and budget is not None else 0)
+    if budget is None:
+        return  # nothing known: absent series, not zeros that would look like real spend
+    labels_w = [*AGENT_LABELS, "window"]
+    spend = GaugeMetricFamily("fleetd_agent_spend_usd", "An agent's LLM spend in the current window (USD).",
+                              labels=labels_w)
+    reserved = GaugeMetricFamily("fleetd_agent_reserved_usd", "USD reserved by an agent's calls in flight.",
+                                 labels=list(AGENT_LABELS))
+    caps = GaugeMetricFamily("fleetd_agent_budget_cap_usd", "An agent's budget cap per window (USD; absent: no cap).",
+                             labels=labels_w)
+    calls = CounterMetricFamily("fleetd_agent_llm_calls", "LLM calls an agent made through zone 2.",
+                                labels=list(AGENT_LABELS))
+    max_calls = GaugeMetricFamily("fleetd_agent_llm_calls_cap", "An agent's cap on LLM calls (absent: no cap).",
+                                  labels=list(AGENT_LABELS))
+    circuit = GaugeMetricFamily("fleetd_circuit_state", "1 for the current state of each agent/upstream breaker.",
+                                labels=["agent", "upstream", "state"])
+    for agent in budget.get("agents") or []:
+        labels = _agent_labels(agent)
+        for window, spent_key, cap_key in WINDOWS:
+            if (value := _number(agent.get(spent_key))) is not None:
+                spend.add_metric([*labels, window], value)
+            if (value := _number(agent.get(cap_key))) is not None:
+                caps.add_metric([*labels, window], value)
+        if (value := _number(agent.get("reserved_usd"))) is not None:
+            reserved.add_metric(labels, value)
+        if (value := _number(agent.get("llm_calls"))) is not None:
+            calls.add_metric(labels, value)
+        if (value := _number(agent.get("max_llm_calls"))) is not None:
+            max_calls.add_metric(labels, value)
+        for upstream, breaker in sorted((agent.get("breakers") or {}).items()):
+            current = str((breaker or {}).get("state") or "closed")
+            for state in (*BREAKER_STATES, *([current] if current not in BREAKER_STATES else [])):
+                circuit.add_metric([labels[0], str(upstream), state], 1 if state == current else 0)
+    yield from (spend, reserved, caps, calls, max_calls, circuit)
+
+    instance = budget.get("instance") or {}
+    i_spend = GaugeMetricFamily("fleetd_instance_spend_usd", "The instance's LLM spend in the current window (USD).",
+                                labels=["window"])
+    i_caps = GaugeMetricFamily("fleetd_instance_budget_cap_usd", "The instance's budget cap per window (USD).",
+                               labels=["window"])
+    for window, spent_key, cap_key in WINDOWS:
+        if (value := _number(instance.get(spent_key))) is not None:
+            i_spend.add_metric([window], value)
+        if (value := _number(instance.get(cap_key))) is not None:
+            i_caps.add_metric([window], value)
+    yield from (i_spend, i_caps)
+    if (value := _number(instance.get("reserved_usd"))) is not None:
+        yield GaugeMetricFamily("fleetd_instance_reserved_usd", "USD reserved by calls in flight, instance-wide.",
+                                value=value)
+    if (value := _number(instance.get("llm_calls"))) is not None:
+        yield CounterMetricFamily("fleetd_instance_llm_calls", "LLM calls made through zone 2, instance-wide.",
+                                  value=value)
+
+
+def _agent_labels(agent: Mapping[str, Any]) -> list[str]:
+    return [str(agent.get("id") or ""), str(agent.get("name") or ""), str(agent.get("role") or "")]
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+# -- gathering ----------------------------------------------------------------
+async def gather(supervisor: Any) -> Snapshot:
+    """Take a snapshot of the live daemon: agents, counters from the store, zone 2's budget report."""
+    store = supervisor.store
+    rows: list[dict[str, Any]] = store.agents()
+    agents = [await _agent_record(supervisor, row) for row in rows]
+    counts = store_counts(store.conn)
+    gateway = getattr(supervisor, "gateway", None)
+    budget: dict[str, Any] | None = None
+    healthy = bool(getattr(gateway, "healthy", False))
+    if gateway is not None:
+        live = [row for row in rows if row.get("state") in LIVE]
+        try:
+            budget = await asyncio.wait_for(gateway.budget_report(live), BUDGET_TIMEOUT)
+        except FleetdError:
+            budget = None  # zone 2 is down or restarting: fleetd_zone2_up says so
+        except TimeoutError:
+            log.warning("metrics: zone 2's budget report took more than %.0f s", BUDGET_TIMEOUT)
+        except Exception:
+            log.exception("metrics: zone 2's budget report failed")
+    return Snapshot(agents=agents, counts=counts, budget=budget, zone2_healthy=healthy)
+
+
+async def _agent_record(supervisor: Any, row: dict[str, Any]) -> dict[str, Any]:
+    to_json = getattr(supervisor, "agent_json", None)
+    if to_json is not None:
+        try:
+            record = to_json(row)
+            if inspect.isawaitable(record):
+                record = await record
+            return dict(record)
+        except Exception:
+            log.exception("metrics: cannot render agent %s", row.get("id"))
+    return {k: row.get(k) for k in ("id", "name", "role", "state", "reason")}
+
+
+def store_counts(conn: Any) -> dict[str, Any]:
+    """Counters from the durable store (they survive daemon restarts)."""
+    spawns = conn.execute("SELECT COUNT(*) FROM agents").fetchone()[0]
+    # A container's end: into exited, or straight into restarting when its restart policy brings it back
+    # (an agent stopped while waiting to restart does not end a second time).
+    exits = {
+        reason or "unknown": count
+        for reason, count in conn.execute(
+            "SELECT reason, COUNT(*) FROM transitions WHERE to_state IN ('exited', 'restarting') "
+            "AND COALESCE(from_state, '') != 'restarting' GROUP BY reason")
+    }
+    restarts = 0
+    probe_failures: dict[str, int] = {}
+    # One pass over events for both kinds (the table has no index on type).
+    for type_, probe, count in conn.execute(
+        "SELECT type, CASE WHEN type = ? THEN json_extract(data, '$.probe') END, COUNT(*) FROM events "
+        "WHERE type IN (?, ?) GROUP BY 1, 2",
+        (PROBE_FAILED_EVENT, RESTARTED_EVENT, PROBE_FAILED_EVENT),
+    ):
+        if type_ == RESTARTED_EVENT:
+            restarts += count
+        else:
+            key = str(probe) if probe else "unknown"
+            probe_failures[key] = probe_failures.get(key, 0) + count
+    return {"spawns": spawns, "exits_by_reason": exits, "probe_failures": probe_failures, "restarts": restarts}
+
+
+# -- serving ------------------------------------------------------------------
+async def serve_metrics(supervisor: Any, host: str, port: int) -> web.AppRunner:
+    """Listen on HOST:PORT (TCP) with GET /metrics; the caller cleans the returned runner up."""
+
+    async def metrics(request: web.Request) -> web.Response:
+        body = render(await gather(supervisor))
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def index(request: web.Request) -> web.Response:
+        text = (f"<html><head><title>fleetd {html.escape(__version__)}</title></head>"
+                '<body><h1>fleetd</h1><p><a href="/metrics">Metrics</a></p></body></html>\n')
+        return web.Response(text=text, content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/", index)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise FleetdError(f"metrics: cannot listen on {format_listen(host, port)}: {exc.strerror or exc}") from exc
+    log.info("metrics on http://%s/metrics", format_listen(host, port))
+    return runner
+
+
+def format_listen(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``127.0.0.1:9464``, ``[::1]:9464``, ``localhost:9464`` → (host, port); every interface only if asked."""
+    spec = text.strip()
+    example = "e.g. 127.0.0.1:9464 (0.0.0.0:9464 for every interface)"
+    if spec.startswith("["):
+        host, sep, rest = spec[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise ValueError(f"--metrics {text!r}: expected [IPv6]:PORT, e.g. [::1]:9464")
+        port_text = rest[1:]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"--metrics {text!r}: {host!r} is not an IPv6 address") from None
+    else:
+        host, sep, port_text = spec.rpartition(":")
+        if not sep:
+            raise ValueError(f"--metrics {text!r}: expected HOST:PORT, {example}")
+        if not host:
+            raise ValueError(f"--metrics {text!r}: give the address to listen on, {example}")
+        if ":" in host:
+            raise ValueError(f"--metrics {text!r}: put an IPv6 address in brackets, e.g. [::1]:9464")
+        if not _HOSTNAME.match(host):
+            raise ValueError(f"--metrics {text!r}: {host!r} is not a host name or address")
+    if not port_text.isascii() or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError(f"--metrics {text!r}: the port must be a number from 1 to 65535")
+    return host, int(port_text)
