@@ -227,30 +227,27 @@ def _detail(usage: dict[str, Any], key: str, field: str) -> int:
     return _count(details.get(field)) if isinstance(details, dict) else 0
 
 
-def openai_chat_usage(usage: object) -> Usage | None:
-    """Usage from an OpenAI chat ``usage`` object (None when it is not an object)."""
+def _openai_usage(usage: object, prefix_in: str, prefix_out: str) -> Usage | None:
+    """OpenAI's two usage shapes: chat (prompt/completion_tokens) and Responses (input/output_tokens)."""
     if not isinstance(usage, dict):
         return None
-    cached = _detail(usage, "prompt_tokens_details", "cached_tokens")
+    cached = _detail(usage, f"{prefix_in}_tokens_details", "cached_tokens")
     return Usage(
-        input_tokens=max(_count(usage.get("prompt_tokens")) - cached, 0),
+        input_tokens=max(_count(usage.get(f"{prefix_in}_tokens")) - cached, 0),
         cached_input_tokens=cached,
-        output_tokens=_count(usage.get("completion_tokens")),
-        reasoning_tokens=_detail(usage, "completion_tokens_details", "reasoning_tokens"),
+        output_tokens=_count(usage.get(f"{prefix_out}_tokens")),
+        reasoning_tokens=_detail(usage, f"{prefix_out}_tokens_details", "reasoning_tokens"),
     )
+
+
+def openai_chat_usage(usage: object) -> Usage | None:
+    """Usage from an OpenAI chat ``usage`` object (None when it is not an object)."""
+    return _openai_usage(usage, "prompt", "completion")
 
 
 def openai_responses_usage(usage: object) -> Usage | None:
     """Usage from an OpenAI Responses ``usage`` object (None when it is not an object)."""
-    if not isinstance(usage, dict):
-        return None
-    cached = _detail(usage, "input_tokens_details", "cached_tokens")
-    return Usage(
-        input_tokens=max(_count(usage.get("input_tokens")) - cached, 0),
-        cached_input_tokens=cached,
-        output_tokens=_count(usage.get("output_tokens")),
-        reasoning_tokens=_detail(usage, "output_tokens_details", "reasoning_tokens"),
-    )
+    return _openai_usage(usage, "input", "output")
 
 
 def anthropic_usage(usage: object) -> Usage | None:

@@ -226,6 +226,11 @@ def test_fifty_concurrent_streams_stay_within_a_small_cap_and_spend_survives_zon
              what="zone 2 answering")
     after = budget(bench, agent_id)
     assert (after["spent_today_usd"], after["llm_calls"]) == (before["spent_today_usd"], before["llm_calls"])
+    # SIGKILL the daemon too: zone 2 keeps the ledger, the restarted daemon reports the same spend.
+    bench.daemon.kill9()
+    bench.daemon.start()
+    again = budget(bench, agent_id)
+    assert (again["spent_today_usd"], again["llm_calls"]) == (before["spent_today_usd"], before["llm_calls"])
 
 
 def test_a_429_storm_reaches_the_upstream_only_threshold_plus_one_probe_per_window(
