@@ -311,13 +311,14 @@ class Zone2:
             self.store.add_event(str(data["type"]), str(data["message"]), agent_id, data.get("data") or {})
             return web.json_response({"ok": True})
 
-        async def heartbeat(request: web.Request) -> web.Response:
-            data = await request.json()
-            known = self.on_heartbeat is not None and self.on_heartbeat(str(data["agent_id"]), data.get("progress"))
-            return web.json_response({"ok": bool(known)}, status=200 if known else 404)
+        async def heartbeats(request: web.Request) -> web.Response:
+            """A batch of heartbeats relayed by zone 2; answers which agents are being watched."""
+            taken = [str(b["agent_id"]) for b in await request.json()
+                     if self.on_heartbeat is not None and self.on_heartbeat(str(b["agent_id"]), b.get("progress"))]
+            return web.json_response({"taken": taken})
 
         app.router.add_get("/control/whois", whois)
-        app.router.add_post("/control/heartbeat", heartbeat)
+        app.router.add_post("/control/heartbeats", heartbeats)
         app.router.add_post("/control/events", event)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()

@@ -106,8 +106,7 @@ class Liveness:
         if known or agent_id in self.containers:
             watch = self.watchdog.get(agent_id)
             self.beats[agent_id] = (utcnow(), watch.progress if watch else progress)
-            self._dirty.add(agent_id)
-            self._wake.set()
+            self._dirty.add(agent_id)  # no wake-up: a heartbeat only moves a deadline later
             return True
         return False
 
