@@ -31,11 +31,13 @@ class Caps:
 
 
 def day_key(at: datetime) -> str:
-    return at.astimezone(UTC).strftime("%Y-%m-%d")
+    at = at.astimezone(UTC)
+    return f"{at.year:04d}-{at.month:02d}-{at.day:02d}"
 
 
 def month_key(at: datetime) -> str:
-    return at.astimezone(UTC).strftime("%Y-%m")
+    at = at.astimezone(UTC)
+    return f"{at.year:04d}-{at.month:02d}"
 
 
 def day_reset(at: datetime) -> datetime:
@@ -119,13 +121,13 @@ class Budgets:
                            f"this agent has used its {caps.max_llm_calls} LLM calls", None)
         checks = [(agent, caps, "this agent's"), (self._agents[INSTANCE], self.instance_caps, "the instance's")]
         for windows, limits, whose in checks:
-            for cap, key, label, reset in ((limits.daily_nusd, day, "daily", day_reset(now)),
-                                           (limits.monthly_nusd, month, "monthly", month_reset(now))):
+            for cap, key, label, reset in ((limits.daily_nusd, day, "daily", day_reset),
+                                           (limits.monthly_nusd, month, "monthly", month_reset)):
                 if cap is None:
                     continue
                 committed = windows.spent[key] + windows.reserved[key]
                 if committed + amount > cap:
-                    retry = max(1, int((reset - now).total_seconds() + 0.999))
+                    retry = max(1, int((reset(now) - now).total_seconds() + 0.999))
                     return Refusal(
                         "budget_exceeded",
                         f"{whose} {label} budget of ${cap / 1e9:.2f} would be exceeded: "

@@ -10,9 +10,11 @@ restarts.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,9 @@ from sqlite_utils.migrations import Migrations
 from fleetd.zone2.usage import Usage
 
 LEDGER_FILE = "ledger.db"
+INSERT = ("INSERT INTO calls (request_id, at, agent_id, role, credential, api, model, status, input_tokens, "
+          "cached_input_tokens, cache_write_tokens, output_tokens, reasoning_tokens, cost_nusd, reserved_nusd, "
+          "estimated, attempts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 migrations = Migrations("fleetd-ledger")
 
 
@@ -63,7 +68,8 @@ class Call:
 class Ledger:
     def __init__(self, path: Path) -> None:
         self.path = path
-        conn = sqlite3.connect(str(path), isolation_level=None)
+        # Written from one worker thread at a time (GroupCommit), read at start: not shared concurrently.
+        conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self.db = sqlite_utils.Database(conn)
         self.db.enable_wal()
         conn.execute("PRAGMA synchronous=NORMAL")
@@ -75,13 +81,17 @@ class Ledger:
         self.conn.close()
 
     def record(self, call: Call) -> None:
-        row = {k: v for k, v in asdict(call).items() if k != "usage"}
-        row.update(asdict(call.usage))
-        row["at"] = call.at.isoformat()
-        row["estimated"] = int(call.estimated)
-        columns = ", ".join(row)
-        marks = ", ".join("?" for _ in row)
-        self.conn.execute(f"INSERT INTO calls ({columns}) VALUES ({marks})", list(row.values()))
+        """Write one row now (one transaction)."""
+        self.record_many([call])
+
+    def record_many(self, calls: list[Call]) -> None:
+        """Write rows in one transaction: committed (WAL) when this returns."""
+        rows = [(c.request_id, c.at.isoformat(), c.agent_id, c.role, c.credential, c.api, c.model, c.status,
+                 c.usage.input_tokens, c.usage.cached_input_tokens, c.usage.cache_write_tokens,
+                 c.usage.output_tokens, c.usage.reasoning_tokens, c.cost_nusd, c.reserved_nusd,
+                 int(c.estimated), c.attempts) for c in calls]
+        with self.conn:  # BEGIN ... COMMIT
+            self.conn.executemany(INSERT, rows)
 
     def history(self, since: datetime) -> Iterator[tuple[str, datetime, int]]:
         """(agent, when, cost) of every call since ``since``: what budgets must know after a restart."""
@@ -99,3 +109,48 @@ class Ledger:
     def calls(self, agent_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         where, args = ("WHERE agent_id = ?", [agent_id]) if agent_id else ("", [])
         return list(self.db.query(f"SELECT * FROM calls {where} ORDER BY id DESC LIMIT ?", [*args, limit]))
+
+
+class GroupCommit:
+    """Ledger writes off the event loop: rows that arrive together are committed in one transaction.
+
+    :meth:`write` returns once the row is committed, so an agent's answer never goes out before
+    its call is on disk; under load many calls share one commit instead of each paying for one.
+    """
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+        self.pending: list[tuple[Call, asyncio.Future[None]]] = []
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger")
+        self.writing = False
+        self.task: asyncio.Task[None] | None = None
+
+    async def write(self, call: Call) -> None:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self.pending.append((call, future))
+        if not self.writing:
+            self.writing = True
+            self.task = loop.create_task(self._drain())
+        await asyncio.shield(future)
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self.pending:
+                batch, self.pending = self.pending, []
+                try:
+                    await loop.run_in_executor(self.executor, self.ledger.record_many, [c for c, _ in batch])
+                except Exception as exc:  # a full disk, say: every waiter hears about it
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for _, future in batch:
+                    if not future.done():
+                        future.set_result(None)
+        finally:
+            self.writing = False
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True)

@@ -12,6 +12,7 @@ than the provider would.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import tomllib
@@ -36,8 +37,12 @@ _FIELDS = ("model", "input", "output", "cached_input", "cache_write", "max_outpu
 _PRICE_FIELDS = ("input", "output", "cached_input", "cache_write")
 
 
+@functools.lru_cache(maxsize=4096)
 def _exact(value: float) -> Fraction:
-    """The exact decimal a price was written as (0.075 -> 75/1000, not the nearest binary float)."""
+    """The exact decimal a price was written as (0.075 -> 75/1000, not the nearest binary float).
+
+    Cached: a table holds a few dozen distinct prices, and this is on every metered call's path.
+    """
     return Fraction(Decimal(str(value)))
 
 
@@ -208,8 +213,30 @@ def _ceil_nusd(usd_per_mtok_times_tokens: Fraction) -> int:
     return math.ceil(usd_per_mtok_times_tokens * _NUSD_PER_TOKEN_PER_USD_PER_MTOK)
 
 
+@functools.lru_cache(maxsize=4096)
+def _micro(value: float) -> int | None:
+    """A price (USD per 1M tokens) times 10**6, when that is a whole number (six decimals or fewer)."""
+    scaled = _exact(value) * 1_000_000
+    return int(scaled) if scaled.denominator == 1 else None
+
+
 def cost_nusd(price: Price, usage: Usage) -> int:
-    """What a call with ``usage`` costs at ``price``, in nano-USD, rounded up to a whole nano-dollar."""
+    """What a call with ``usage`` costs at ``price``, in nano-USD, rounded up to a whole nano-dollar.
+
+    p USD per 1M tokens is p * 1000 nano-USD per token, so with P = p * 10**6 (a whole number for
+    any price written with six decimals or fewer) the cost is ceil(sum(tokens * P) / 1000): exact
+    integer arithmetic, on every metered call's path. Other prices go through Fractions.
+    """
+    rates = (_micro(price.input), _micro(price.cached_input_price), _micro(price.cache_write_price),
+             _micro(price.output))
+    counts = (_tokens("input_tokens", usage.input_tokens),
+              _tokens("cached_input_tokens", usage.cached_input_tokens),
+              _tokens("cache_write_tokens", usage.cache_write_tokens),
+              _tokens("output_tokens", usage.output_tokens))
+    whole = [r for r in rates if r is not None]
+    if len(whole) == len(rates):
+        total_micro = sum(n * r for n, r in zip(counts, whole, strict=True))
+        return -(-total_micro // 1000)
     total = (
         _tokens("input_tokens", usage.input_tokens) * _exact(price.input)
         + _tokens("cached_input_tokens", usage.cached_input_tokens) * _exact(price.cached_input_price)

@@ -193,6 +193,7 @@ async def serve(control_dir: Path, host: str, port: int) -> None:
     await gateway.cleanup()
     await control.cleanup()
     await daemon.close()
+    costs.writer.close()
     costs.ledger.close()
 
 
