@@ -90,8 +90,13 @@ class Ledger:
                  c.usage.input_tokens, c.usage.cached_input_tokens, c.usage.cache_write_tokens,
                  c.usage.output_tokens, c.usage.reasoning_tokens, c.cost_nusd, c.reserved_nusd,
                  int(c.estimated), c.attempts) for c in calls]
-        with self.conn:  # BEGIN ... COMMIT
+        self.conn.execute("BEGIN")  # autocommit mode otherwise commits each row on its own
+        try:
             self.conn.executemany(INSERT, rows)
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
 
     def history(self, since: datetime) -> Iterator[tuple[str, datetime, int]]:
         """(agent, when, cost) of every call since ``since``: what budgets must know after a restart."""
