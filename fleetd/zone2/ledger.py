@@ -11,6 +11,7 @@ restarts.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -112,8 +113,13 @@ class Ledger:
         return {agent_id: count for agent_id, count in rows}
 
     def calls(self, agent_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest rows, read on a connection of their own (the writer's may be mid-transaction)."""
         where, args = ("WHERE agent_id = ?", [agent_id]) if agent_id else ("", [])
-        return list(self.db.query(f"SELECT * FROM calls {where} ORDER BY id DESC LIMIT ?", [*args, limit]))
+        if str(self.path) == ":memory:":
+            return list(self.db.query(f"SELECT * FROM calls {where} ORDER BY id DESC LIMIT ?", [*args, limit]))
+        with contextlib.closing(sqlite3.connect(str(self.path))) as reader:
+            return list(sqlite_utils.Database(reader).query(
+                f"SELECT * FROM calls {where} ORDER BY id DESC LIMIT ?", [*args, limit]))
 
 
 class GroupCommit:
