@@ -112,7 +112,7 @@ class Zone2:
             if data is not None:
                 self.restarts += 1
                 self.store.add_event("zone2_restarted", "zone 2 was down: restarting it")
-            self.container_id = await self.call(self.runtime.run_zone2, self.image, str(self.control_dir))
+            self.container_id = await self._bring_up(data)
             deadline = time.monotonic() + START_TIMEOUT
             polls = 0
             while await self.health() is None:
@@ -124,6 +124,16 @@ class Zone2:
                     raise RuntimeFailure(f"zone 2 did not start ({self.image}): {logs.strip()[-500:]}")
                 await asyncio.sleep(0.05)
             await self._adopt(await self.call(self.runtime.inspect, self.runtime.zone2_name))
+
+    async def _bring_up(self, data: dict[str, Any] | None) -> str:
+        """Start the dead zone 2 container again (fastest), or create it afresh."""
+        if data is not None and not data["State"]["Running"] and data["Config"]["Image"] == self.image:
+            try:
+                await self.call(self.runtime.start, data["Id"])
+                return str(data["Id"])
+            except FleetdError as exc:
+                log.warning("zone 2: restarting the old container failed (%s): creating a new one", exc.message)
+        return str(await self.call(self.runtime.run_zone2, self.image, str(self.control_dir)))
 
     async def _adopt(self, data: dict[str, Any] | None) -> None:
         assert data is not None

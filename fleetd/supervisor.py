@@ -113,7 +113,9 @@ class Supervisor:
         containers = [
             {"id": c["Id"], "agent_id": (c.get("Labels") or {}).get(LABEL_AGENT), "running": c["State"] == "running"}
             for c in await self.call(self.runtime.containers)
-            if (c.get("Labels") or {}).get(LABEL_KIND) not in INFRASTRUCTURE
+            # Only containers labelled as an agent's: one that merely carries the instance's label (a
+            # user's, a test's upstream simulator) is not fleetd's to adopt or remove.
+            if LABEL_AGENT in (c.get("Labels") or {}) and (c.get("Labels") or {}).get(LABEL_KIND) not in INFRASTRUCTURE
         ]
         agents = self.store.agents()
         for action in plan_reconcile(agents, containers):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import subprocess
@@ -81,10 +82,13 @@ class Bench:
         return agent_id, self.daemon.logs(agent_id)
 
     def close(self) -> None:
-        for container in self.sims.values():
-            container.remove(force=True)
-        self.daemon.cli("teardown", check=False)
-        self.daemon.cleanup()
+        try:
+            for container in self.sims.values():
+                with contextlib.suppress(docker.errors.NotFound):
+                    container.remove(force=True)
+            self.daemon.cli("teardown", check=False)
+        finally:
+            self.daemon.cleanup()
 
 
 # A tiny HTTP client for agents: stdlib only, prints "STATUS BODY" lines.
