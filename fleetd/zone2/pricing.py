@@ -220,30 +220,28 @@ def _micro(value: float) -> int | None:
     return int(scaled) if scaled.denominator == 1 else None
 
 
-def cost_nusd(price: Price, usage: Usage) -> int:
-    """What a call with ``usage`` costs at ``price``, in nano-USD, rounded up to a whole nano-dollar.
+def _priced(tokens_at: list[tuple[int, float]]) -> int:
+    """sum(tokens * price) in nano-USD, rounded up to a whole nano-dollar, exactly.
 
     p USD per 1M tokens is p * 1000 nano-USD per token, so with P = p * 10**6 (a whole number for
-    any price written with six decimals or fewer) the cost is ceil(sum(tokens * P) / 1000): exact
-    integer arithmetic, on every metered call's path. Other prices go through Fractions.
+    any price written with six decimals or fewer) the sum is ceil(sum(tokens * P) / 1000): integer
+    arithmetic, on every metered call's path. Other prices go through Fractions.
     """
-    rates = (_micro(price.input), _micro(price.cached_input_price), _micro(price.cache_write_price),
-             _micro(price.output))
-    counts = (_tokens("input_tokens", usage.input_tokens),
-              _tokens("cached_input_tokens", usage.cached_input_tokens),
-              _tokens("cache_write_tokens", usage.cache_write_tokens),
-              _tokens("output_tokens", usage.output_tokens))
+    rates = [_micro(p) for _, p in tokens_at]
     whole = [r for r in rates if r is not None]
     if len(whole) == len(rates):
-        total_micro = sum(n * r for n, r in zip(counts, whole, strict=True))
-        return -(-total_micro // 1000)
-    total = (
-        _tokens("input_tokens", usage.input_tokens) * _exact(price.input)
-        + _tokens("cached_input_tokens", usage.cached_input_tokens) * _exact(price.cached_input_price)
-        + _tokens("cache_write_tokens", usage.cache_write_tokens) * _exact(price.cache_write_price)
-        + _tokens("output_tokens", usage.output_tokens) * _exact(price.output)
-    )
-    return _ceil_nusd(total)
+        return -(-sum(n * r for (n, _), r in zip(tokens_at, whole, strict=True)) // 1000)
+    return _ceil_nusd(sum((n * _exact(p) for n, p in tokens_at), Fraction(0)))
+
+
+def cost_nusd(price: Price, usage: Usage) -> int:
+    """What a call with ``usage`` costs at ``price``, in nano-USD, rounded up to a whole nano-dollar."""
+    return _priced([
+        (_tokens("input_tokens", usage.input_tokens), price.input),
+        (_tokens("cached_input_tokens", usage.cached_input_tokens), price.cached_input_price),
+        (_tokens("cache_write_tokens", usage.cache_write_tokens), price.cache_write_price),
+        (_tokens("output_tokens", usage.output_tokens), price.output),
+    ])
 
 
 def bound_nusd(price: Price, input_tokens: int, output_tokens: int) -> int:
@@ -253,10 +251,9 @@ def bound_nusd(price: Price, input_tokens: int, output_tokens: int) -> int:
     output token at the output rate: at least :func:`cost_nusd` of any usage with the same
     total input (uncached + cached + cache-write) and output tokens.
     """
-    dearest_input = max(_exact(price.input), _exact(price.cached_input_price), _exact(price.cache_write_price))
-    total = (_tokens("input_tokens", input_tokens) * dearest_input
-             + _tokens("output_tokens", output_tokens) * _exact(price.output))
-    return _ceil_nusd(total)
+    dearest_input = max((price.input, price.cached_input_price, price.cache_write_price), key=_exact)
+    return _priced([(_tokens("input_tokens", input_tokens), dearest_input),
+                    (_tokens("output_tokens", output_tokens), price.output)])
 
 
 def usd(nusd: int) -> float:
