@@ -193,7 +193,7 @@ class Gateway:
                 upstream.release()
         finally:
             # Exactly once, whatever happened above (also when the agent went away).
-            await self.costs.settle(ticket, status, usage, attempts)
+            self.costs.settle(ticket, status, usage, attempts)
 
     async def send(self, call: Upcall, body: bytes) -> aiohttp.ClientResponse:
         try:

@@ -296,6 +296,15 @@ _EOL = re.compile(rb"\r\n|\r|\n")
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')  # a non-null usage: "usage":null does not match
 _RESPONSES_END = frozenset({"response.completed", "response.incomplete", "response.failed"})
 _RESPONSES_END_BYTES = tuple(kind.encode() for kind in _RESPONSES_END)
+# What an event must hold to matter to the meter of each API (usage to read, or the end of the stream): a chunk of
+# whole events in which this is not found is passed on without being split into lines. It is looser than the
+# per-event checks below ("usage" and its object may sit on different data lines), never stricter.
+_USAGE_ANYWHERE = rb'"usage"[^"{]*\{'
+_MARKERS: dict[str, re.Pattern[bytes]] = {
+    "openai_chat": re.compile(_USAGE_ANYWHERE + rb"|\[DONE\]"),
+    "openai_responses": re.compile(b"|".join(re.escape(kind) for kind in _RESPONSES_END_BYTES)),
+    "anthropic_messages": re.compile(_USAGE_ANYWHERE + rb"|message_stop"),
+}
 
 MAX_EVENT_BYTES = 64 << 20  # an event with more data than this is forwarded but not parsed
 MAX_HELD_BYTES = 256 << 10  # hiding mode: an event not complete at this size is forwarded as it comes
@@ -317,6 +326,7 @@ class StreamMeter:
     def __init__(self, api: API, hide_usage_chunk: bool = False) -> None:
         self.api: API = api
         self.hide_usage_chunk = hide_usage_chunk
+        self._markers = _MARKERS[api].search
         self._usage: Usage | None = None
         self._complete = False
         # line splitting
@@ -350,6 +360,8 @@ class StreamMeter:
 
     def feed(self, chunk: bytes) -> bytes:
         """Take a chunk from upstream; return the bytes to forward to the client now."""
+        if self._between_events() and chunk.endswith(b"\n\n") and self._markers(chunk) is None:
+            return chunk  # whole events, none of which the meter reads or hides (most chunks of a stream)
         if not self.hide_usage_chunk:
             if chunk:
                 self._scan(bytes(chunk), None)
@@ -358,6 +370,11 @@ class StreamMeter:
         if chunk:
             self._scan(bytes(chunk), out)
         return b"".join(out)
+
+    def _between_events(self) -> bool:
+        """Nothing of an unfinished line or event is pending: the next byte starts a new event."""
+        return not (self._partial or self._partial_dropped or self._pending_cr or self._data or self._data_dropped
+                    or self._event_name or self._held or self._released)
 
     def flush(self) -> bytes:
         """End of the stream: parse what is left and return whatever is still held."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -423,6 +424,7 @@ def anthropic_stream(delta_usage: dict[str, Any] | None = None) -> list[bytes]:
 def splits(data: bytes, seed: int) -> Iterator[list[bytes]]:
     """The same stream cut in many ways: whole, byte by byte, and at random places."""
     yield [data]
+    yield [part for part in re.split(rb"(?<=\n\n)", data) if part]  # event by event, as upstreams send them
     yield [data[i : i + 1] for i in range(len(data))]
     rng = random.Random(seed)
     for _ in range(40):
@@ -455,6 +457,20 @@ def test_stream_passthrough_is_byte_exact(api: API, events: list[bytes], usage: 
         assert meter.flush() == b""
         assert meter.usage == usage, seed
         assert meter.complete, seed
+
+
+def test_whole_events_that_do_not_matter_are_not_split_into_lines(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The usual chunk (whole events, no usage, not the end) skips the line parser, also when hiding."""
+    events = chat_stream()
+    usage_event = chat_usage_event("\n")
+    meter = StreamMeter("openai_chat", hide_usage_chunk=True)
+    scanned: list[bytes] = []
+    scan = meter._scan
+    monkeypatch.setattr(meter, "_scan", lambda data, out: (scanned.append(data), scan(data, out))[1])
+    out = [meter.feed(event) for event in events]
+    assert b"".join(out) == b"".join(e for e in events if e != usage_event)
+    assert scanned == [e for e in events if e == usage_event or b"[DONE]" in e]
+    assert meter.usage == CHAT_USAGE and meter.complete
 
 
 def test_chat_stream_hides_the_usage_chunk() -> None:
@@ -684,3 +700,12 @@ def test_against_llmsim() -> None:
         meter.feed(chunk)
     meter.flush()
     assert meter.usage == Usage(input_tokens=5, output_tokens=6) and meter.complete
+
+
+def test_usage_object_split_over_data_lines_in_one_chunk() -> None:
+    """An event may spread its JSON over several data lines, even between a key and its value."""
+    event = (b'data: {"id": "c", "choices": [], "usage":\ndata: {"prompt_tokens": 7, "completion_tokens": 3,\n'
+             b'data: "total_tokens": 10}}\n\n')
+    meter = StreamMeter("openai_chat")
+    assert meter.feed(event) is event
+    assert meter.usage is not None and (meter.usage.input_tokens, meter.usage.output_tokens) == (7, 3)

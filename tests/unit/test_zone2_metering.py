@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -23,10 +24,11 @@ import pytest
 from fleetd.llmsim import SIM, init_sim
 from fleetd.zone2.budget import Caps
 from fleetd.zone2.costs import CostTracker
-from fleetd.zone2.ledger import Ledger
+from fleetd.zone2.ledger import Call, Ledger, LedgerWriter
 from fleetd.zone2.pricing import PriceTable
 from fleetd.zone2.proxy import init_gateway
 from fleetd.zone2.registry import Registration, Registry, Upstream
+from fleetd.zone2.usage import Usage
 from tests.unit.test_zone2_proxy import serve
 
 SECRET = "sk-sim-METERED-0123456789"
@@ -96,8 +98,7 @@ def run(tmp_path: Path, check: Check, policy: dict[str, Any] | None = None) -> N
 
 async def settled(r: Rig) -> None:
     for _ in range(200):
-        if r.costs.status("agent1")["inflight_calls"] == 0 and not r.costs.writer.pending \
-                and not r.costs.writer.writing:
+        if r.costs.status("agent1")["inflight_calls"] == 0:
             return
         await asyncio.sleep(0.02)
     raise AssertionError("calls did not settle")
@@ -381,3 +382,30 @@ def test_ledger_history_is_loaded_for_the_month_only(tmp_path: Path) -> None:
     now = datetime.now(UTC)
     assert list(ledger.history(now)) == []
     ledger.close()
+
+
+def test_ledger_rows_commit_on_the_spot_and_checkpoints_run_off_the_writer(tmp_path: Path) -> None:
+    """Each write is committed when it returns (another connection sees it); the writer's connection never
+    checkpoints (that would stall zone 2's event loop), the checkpoint thread copies the WAL into the file."""
+    path = tmp_path / "ledger.db"
+    ledger = Ledger(path)
+    writer = LedgerWriter(ledger)
+    writer.checkpointer.every = 50
+    try:
+        assert ledger.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+        size_before = path.stat().st_size
+        row = Call("req", datetime.now(UTC), "agent1", "worker", "sim", "openai_chat", "sim-model", 200,
+                   Usage(input_tokens=10, output_tokens=5), 123, 456, False, 1)
+        for n in range(1, 201):
+            writer.write(row)
+            if n in (1, 200):
+                with sqlite3.connect(str(path)) as other:
+                    assert other.execute("SELECT count(*) FROM calls").fetchone()[0] == n
+        deadline = time.monotonic() + 10
+        while path.stat().st_size <= size_before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert path.stat().st_size > size_before, "no checkpoint copied the WAL into the database file"
+    finally:
+        writer.close()
+        ledger.close()
+    assert not writer.checkpointer.thread or not writer.checkpointer.thread.is_alive()
