@@ -17,7 +17,7 @@ from typing import Any
 
 from fleetd.zone2.breaker import Admit, Breaker, BreakerSettings, Reject, RetrySettings, Transition
 from fleetd.zone2.budget import Budgets, Caps, Refusal, Reservation, month_key
-from fleetd.zone2.ledger import Call, Ledger, LedgerWriter
+from fleetd.zone2.ledger import Call, Ledger
 from fleetd.zone2.pricing import Price, PriceTable, bound_nusd, cost_nusd
 from fleetd.zone2.registry import Registration
 from fleetd.zone2.usage import LLMRequest, Usage
@@ -52,7 +52,6 @@ class CostTracker:
     def __init__(self, ledger: Ledger, emit: Emit, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         self.ledger = ledger
-        self.writer = LedgerWriter(ledger)
         self.emit = emit
         self.clock = clock
         self.monotonic = monotonic
@@ -121,7 +120,7 @@ class CostTracker:
                       f"{ticket.llm.model} call cost ${cost / 1e9:.6f}, above its reserved bound "
                       f"${ticket.reservation.amount / 1e9:.6f}", {"request_id": ticket.request_id})
         self.budgets.settle(ticket.reservation, cost)
-        self.writer.write(Call(
+        self.ledger.record(Call(
             ticket.request_id, ticket.reservation.at, ticket.reg.agent_id, ticket.reg.role, ticket.credential,
             ticket.llm.api, ticket.llm.model, status, usage or Usage(), cost, ticket.reservation.amount,
             estimated, attempts,

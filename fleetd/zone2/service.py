@@ -193,7 +193,6 @@ async def serve(control_dir: Path, host: str, port: int) -> None:
     await gateway.cleanup()
     await control.cleanup()
     await daemon.close()
-    costs.writer.close()
     costs.ledger.close()
 
 
