@@ -14,28 +14,31 @@ container from the image fleetd/zone2 in two ways, with the same flags (512m, 1 
 Scenarios, each ``--rounds`` times (default 3), the order alternating within a round:
 
 - ``chat c100``: non-streaming chat completions, 100 connections (closed loop);
-- ``chat c100 @1000/s``: the same at a fixed offered load (``--rate``, open loop: each connection
-  sends on a schedule; a request due while its connection is busy counts from when it was due), so
-  direct and through are compared at the same throughput rather than each at its own saturation;
+- ``chat c100 @1500/s``: the same at a fixed offered load (``--rate``, default the throughput target;
+  open loop: each connection sends on a schedule; a request due while its connection is busy counts
+  from when it was due), so direct and through are compared at the same throughput rather than
+  each at its own saturation;
 - ``stream c100``: ``"stream": true`` completions, 100 connections; time to first byte (the first
   server-sent event) and to the end (16 chunks, 50 ms apart);
-- ``chat c1``: one connection, so no queueing: the per-request cost alone (no target).
+- ``chat c1``: one connection, so no queueing: the per-request cost alone (no target);
+- ``stream c1`` (only with ``--only stream-c1``): one streaming connection, TTFB without contention.
 
 While each runs, zone 2's process (VmRSS, CPU), the simulator's, dockerd's and zone 2's
 containerd-shim CPU are sampled from /proc every 0.2 s over the load generator's measured window.
 
 Targets (medians over rounds; "added" = through - direct, paired by round): added p50 <= 1 ms
-and added p99 <= 5 ms at 100 connections (judged both closed loop and at the fixed rate);
->= 1500 req/s through zone 2; streaming TTFB added <= 1 ms (p50); zone 2 VmRSS <= 100 MB at its
-peak under load.
+and added p99 <= 5 ms at 100 connections carrying the fixed load; >= 1500 req/s through zone 2
+(closed loop); streaming TTFB added <= 1 ms (p50); zone 2 VmRSS <= 100 MB at its peak under load.
+The closed loop's latencies are printed, not judged (see the note).
 
 Note: at 100 connections in a closed loop, latency = 100 / throughput (Little's law) once the
 machine is saturated, so the added latency there mostly restates the throughput difference; the
 fixed-rate scenario compares latencies at equal load, and ``c1`` shows the cost of one request
 without queueing. The load generator, the simulator, zone 2 and dockerd share this machine's CPUs.
 
-Run: .venv/bin/python bench/gateway.py [--rounds 3] [--duration 10] [--rate 1000] [--profile FILE]
-(``--profile``: one more chat run through zone 2 with py-spy on zone 2's process; needs py-spy in the venv.)
+Run: .venv/bin/python bench/gateway.py [--rounds 3] [--duration 10] [--rate 1500] [--only chat,paced,stream,c1]
+     [--profile FILE [--profile-scenario stream]]
+(``--profile``: one more chat (or stream) run through zone 2 with py-spy on zone 2's process; needs py-spy in the venv.)
 """
 
 from __future__ import annotations
@@ -437,7 +440,10 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=100)
     parser.add_argument("--chunk-delay-ms", type=int, default=50, help="the simulator's delay between stream chunks")
     parser.add_argument(
-        "--rate", type=float, default=1000.0, help="offered load of the open-loop chat scenario, req/s (0: skip)"
+        "--rate",
+        type=float,
+        default=1500.0,
+        help="offered load of the open-loop chat scenario, req/s (0: skip); default: the throughput target",
     )
     parser.add_argument("--c1-duration", type=float, default=5.0, help="measured seconds of the c1 runs (0: skip)")
     parser.add_argument(
@@ -596,11 +602,10 @@ def report(
     print()
     c = closed.concurrency
     if closed.name in ran:
-        verdict(
-            added_p50 <= TARGET_ADDED_P50_MS, f"added p50, {c} connections closed loop: {added_p50:.2f} ms (<= 1 ms)"
-        )
-        verdict(
-            added_p99 <= TARGET_ADDED_P99_MS, f"added p99, {c} connections closed loop: {added_p99:.2f} ms (<= 5 ms)"
+        print(
+            f"INFO (not judged): closed loop at saturation, added p50 {added_p50:.2f} ms, p99 {added_p99:.2f} ms. "
+            f"Here latency = {c} / throughput (Little's law), so this restates the throughput gap; the latency "
+            "target is judged at the fixed offered load below, which both paths carry."
         )
     if paced is not None and paced.name in ran:
         what = f"{c} connections at {paced.rate:g} req/s"
