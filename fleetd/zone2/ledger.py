@@ -99,6 +99,9 @@ class Ledger:
                  c.usage.input_tokens, c.usage.cached_input_tokens, c.usage.cache_write_tokens,
                  c.usage.output_tokens, c.usage.reasoning_tokens, c.cost_nusd, c.reserved_nusd,
                  int(c.estimated), c.attempts) for c in calls]
+        if len(rows) == 1:  # autocommit mode: one statement is one transaction (BEGIN and COMMIT cost ~20 µs each)
+            self.conn.execute(INSERT, rows[0])
+            return
         self.conn.execute("BEGIN")  # autocommit mode otherwise commits each row on its own
         try:
             self.conn.executemany(INSERT, rows)
