@@ -25,7 +25,7 @@ import pytest
 from fleetd.llmsim import SIM, init_sim
 from fleetd.zone2.budget import Caps
 from fleetd.zone2.costs import CostTracker
-from fleetd.zone2.ledger import Call, Ledger
+from fleetd.zone2.ledger import WAL_BACKSTOP_PAGES, Call, Ledger
 from fleetd.zone2.pricing import PriceTable
 from fleetd.zone2.proxy import init_gateway
 from fleetd.zone2.registry import Registration, Registry, Upstream
@@ -385,23 +385,34 @@ def test_ledger_history_is_loaded_for_the_month_only(tmp_path: Path) -> None:
     ledger.close()
 
 
-def test_ledger_rows_commit_on_the_spot_and_the_wal_stays_bounded(tmp_path: Path) -> None:
-    """Each row is committed when record returns (another connection sees it), and SQLite's automatic
-    checkpoint keeps the WAL from growing with the number of calls."""
+def test_ledger_rows_commit_on_the_spot_checkpoints_run_in_a_thread_and_the_wal_stays_bounded(
+        tmp_path: Path) -> None:
+    """Each row is committed when record returns (another connection sees it); the checkpoint thread copies
+    the WAL into the database file while the writer goes on; the writer's own backstop restarts the WAL."""
     path = tmp_path / "ledger.db"
+    wal = Path(f"{path}-wal")
     ledger = Ledger(path)
     try:
+        assert ledger.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == WAL_BACKSTOP_PAGES
         row = Call("req", datetime.now(UTC), "agent1", "worker", "sim", "openai_chat", "sim-model", 200,
                    Usage(input_tokens=10, output_tokens=5), 123, 456, False, 1)
-        wal_sizes = []
-        for n in range(1, 3001):
+        size_before = path.stat().st_size
+        for n in range(1, 201):
             ledger.record(row)
-            if n in (1, 3000):
+            if n in (1, 200):
                 with contextlib.closing(sqlite3.connect(str(path))) as other:
                     assert other.execute("SELECT count(*) FROM calls").fetchone()[0] == n
-            if n % 500 == 0:
-                wal_sizes.append(Path(f"{path}-wal").stat().st_size)
-        # Each commit appends ~3 pages (the row, two index entries): 3000 commits without checkpoints make ~36 MB.
-        assert max(wal_sizes) < 6 << 20, wal_sizes
+        deadline = time.monotonic() + 10
+        while path.stat().st_size <= size_before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert path.stat().st_size > size_before, "no checkpoint copied the WAL into the database file"
+        # Each commit appends ~3 pages (the row, two index entries): without a restart 15000 commits make ~180 MB.
+        wal_sizes = []
+        for n in range(15000):
+            ledger.record(row)
+            if n % 1000 == 0:
+                wal_sizes.append(wal.stat().st_size)
+        assert max(wal_sizes) < (WAL_BACKSTOP_PAGES + 1000) * 4200, wal_sizes
     finally:
         ledger.close()
+    assert ledger.checkpointer is not None and not ledger.checkpointer.thread.is_alive()
