@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 import click
 
@@ -47,7 +48,7 @@ def price_set(ctx: click.Context, model: str, input_per_mtok: float, output_per_
     """
     body = {"input": input_per_mtok, "output": output_per_mtok, "cached_input": cached_input_per_mtok,
             "cache_write": cache_write_per_mtok, "max_output_tokens": max_output_tokens}
-    record = client(ctx).call("PUT", f"/v1/prices/{model}", body)
+    record = client(ctx).call("PUT", price_path(model), body)
     if as_json:
         print_json(record)
     else:
@@ -82,8 +83,13 @@ def price_rm(ctx: click.Context, model: str) -> None:
 
     Example: fleetd price rm my-finetune
     """
-    client(ctx).call("DELETE", f"/v1/prices/{model}")
+    client(ctx).call("DELETE", price_path(model))
     click.echo(model)
+
+
+def price_path(model: str) -> str:
+    """The API path of a model's price: the id is one path segment, a "/" in it percent-encoded."""
+    return f"/v1/prices/{quote(model, safe='')}"
 
 
 def budget_rows(agents: list[dict[str, Any]]) -> list[list[str]]:

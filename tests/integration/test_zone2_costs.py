@@ -284,3 +284,18 @@ def test_other_4xx_are_not_retried_and_retry_after_is_honoured(bench: SdkBench, 
     assert out["retry"]["seconds"] >= 2.0
     assert bench.sim("llm", "/sim/stats")["requests"] == stats + 3
     time.sleep(0)  # (no timing upper bound asserted: shared machines are noisy)
+
+
+def test_price_set_ls_rm_from_the_cli_with_a_slash_in_the_model_id(bench: SdkBench) -> None:
+    """Gateway-style ids (`openrouter/model`) are one path segment to the API; bad input is a one-line error."""
+    model = "openrouter/test-model-7b"
+    out = bench.daemon.cli("price", "set", model, "--input-per-mtok", "0.5", "--output-per-mtok", "1.5").stdout
+    assert out.strip() == f"{model}: $0.5/M input, $1.5/M output"
+    listed = {p["model"]: p for p in json.loads(bench.daemon.cli("price", "ls", "--json").stdout)}
+    assert listed[model]["origin"] == "price set" and listed[model]["output"] == 1.5
+    assert bench.daemon.cli("price", "rm", model).stdout.strip() == model
+    assert model not in {p["model"] for p in json.loads(bench.daemon.cli("price", "ls", "--json").stdout)}
+    again = bench.daemon.cli("price", "rm", model, check=False)
+    assert again.returncode != 0 and "no price set" in again.stderr and "Traceback" not in again.stderr
+    bad = bench.daemon.cli("price", "set", model, "--input-per-mtok", "-1", "--output-per-mtok", "1", check=False)
+    assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
