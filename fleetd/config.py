@@ -47,7 +47,7 @@ class Limits:
     pids_limit: int | None = None
     ttl: int | None = None
     grace: int | None = None
-    heartbeat_interval: int | None = None
+    heartbeat_interval: float | None = None
     restart: str | None = None
     startup_probe: str | None = None
     readiness_probe: str | None = None
@@ -111,6 +111,11 @@ def _limits(table: dict[str, Any], where: str) -> Limits:
             if not isinstance(value, str):
                 raise InvalidRequest(f"{where}.{key}: must be a string like the spawn flag's value")
             values[key] = value
+        elif key == "heartbeat_interval":  # seconds, as --heartbeat-interval: 0 (none) or 0.5 to 86400
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                    value == 0 or 0.5 <= value <= 86400):
+                raise InvalidRequest(f"{where}.heartbeat_interval: seconds, 0 (none) or from 0.5 to 86400")
+            values[key] = float(value)
         elif key == "cpus":
             if not isinstance(value, (int, float)) or value <= 0:
                 raise InvalidRequest(f"{where}.cpus: must be a number above 0")
