@@ -495,26 +495,42 @@ def role() -> None:
     """Roles: which credentials their agents may use, and their budget caps."""
 
 
+INHERIT = "inherit"  # the API's word for "unset this cap of the role"
+
+
+def max_calls(value: str | None) -> int | str | None:
+    """--max-llm-calls of role set: a whole number >= 0, or 'inherit'."""
+    if value is None or value == INHERIT:
+        return value
+    if not value.isdigit():
+        raise click.BadParameter(f"expected a whole number >= 0 or '{INHERIT}', got {value!r}",
+                                 param_hint="--max-llm-calls")
+    return int(value)
+
+
 @role.command("set")
 @click.argument("name")
 @click.option("--creds", help="Comma-separated credential names this role may use.")
-@click.option("--daily-usd", help="Per-agent cap per UTC day, in US dollars (default 50).")
-@click.option("--monthly-usd", help="Per-agent cap per calendar month, in US dollars (default 200).")
-@click.option("--max-llm-calls", type=click.IntRange(min=0), help="Per-agent maximum number of LLM calls.")
+@click.option("--daily-usd", help="Per-agent cap per UTC day, in US dollars (default 50; 'inherit': from the config).")
+@click.option("--monthly-usd", help="Per-agent cap per calendar month, in US dollars (default 200; 'inherit').")
+@click.option("--max-llm-calls", help="Per-agent maximum number of LLM calls ('inherit': from the config).")
 @click.option("--allow-unpriced/--no-allow-unpriced", default=None,
               help="Let calls to models with no price through unmetered (default: refused).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 @api_errors
 def role_set(ctx: click.Context, name: str, creds: str | None, daily_usd: str | None, monthly_usd: str | None,
-             max_llm_calls: int | None, allow_unpriced: bool | None, as_json: bool) -> None:
+             max_llm_calls: str | None, allow_unpriced: bool | None, as_json: bool) -> None:
     """Create or change a role: its credentials and its agents' budget caps.
+
+    A cap given as 'inherit' is unset: the role's agents take it from the config file's [roles.NAME] or
+    [budget] again. Caps not named are kept.
 
     Example: fleetd role set researcher --creds openai,anthropic --daily-usd 5 --max-llm-calls 200
     """
-    body: dict[str, Any] = {k: v for k, v in (("daily_usd", daily_usd), ("monthly_usd", monthly_usd),
-                                             ("max_llm_calls", max_llm_calls), ("allow_unpriced", allow_unpriced))
-                            if v is not None}
+    values = {"daily_usd": daily_usd, "monthly_usd": monthly_usd,
+              "max_llm_calls": max_calls(max_llm_calls), "allow_unpriced": allow_unpriced}
+    body: dict[str, Any] = {k: v for k, v in values.items() if v is not None}
     if creds is not None:
         body["creds"] = [c.strip() for c in creds.split(",") if c.strip()]
     record = client(ctx).call("PUT", f"/v1/roles/{name}", body)

@@ -89,6 +89,9 @@ def nusd(amount: Decimal | None) -> int | None:
     return None if amount is None else int((amount * NANO).to_integral_value())
 
 
+INHERIT = "inherit"  # a role's budget key set to this is unset (fleetd role set --daily-usd inherit)
+
+
 def budget_caps(table: dict[str, Any], where: str) -> BudgetCaps:
     """The budget keys of a config table (or an API body), validated."""
     values: dict[str, Any] = {}

@@ -39,7 +39,7 @@ from fleetd.health import RestartPolicy, backoff_index, restart_delay, should_re
 from fleetd.liveness import Liveness
 from fleetd.models import LIVE_STATES, AgentSpec, Reason, State, iso, parse_iso, utcnow
 from fleetd.pidfds import PidHandles
-from fleetd.policy import BUDGET_KEYS, budget_caps
+from fleetd.policy import BUDGET_KEYS, INHERIT, budget_caps
 from fleetd.runtime import CHECKPOINT_DIR, LABEL_AGENT, LABEL_KIND, POOL_SIZE, DockerRuntime
 from fleetd.spec import build_spec, ttl_seconds, whole_number
 from fleetd.store import Store
@@ -519,8 +519,11 @@ class Supervisor:
         unknown = set(data) - {"creds", *BUDGET_KEYS}
         if unknown:
             raise InvalidRequest(f"unknown role fields: {sorted(unknown)}")
-        caps = budget_caps(data, f"role {name}")
+        # A budget key sent as "inherit" is unset: the role's agents take it from the config again.
+        inherit = {k for k in BUDGET_KEYS if data.get(k) == INHERIT}
+        caps = budget_caps({k: v for k, v in data.items() if k not in inherit}, f"role {name}")
         budget = {k: v for k, v in caps.to_json().items() if v is not None}
+        budget.update(dict.fromkeys(inherit))
         role = self.store.set_role(name, creds, budget)
         if self.gateway is not None:
             await self.gateway.push_all()  # running agents of this role see the new scope and caps at once

@@ -299,3 +299,15 @@ def test_price_set_ls_rm_from_the_cli_with_a_slash_in_the_model_id(bench: SdkBen
     assert again.returncode != 0 and "no price set" in again.stderr and "Traceback" not in again.stderr
     bad = bench.daemon.cli("price", "set", model, "--input-per-mtok", "-1", "--output-per-mtok", "1", check=False)
     assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+
+
+def test_role_caps_are_set_and_unset_from_the_cli(bench: SdkBench) -> None:
+    def role() -> dict[str, Any]:
+        return next(r for r in json.loads(bench.daemon.cli("role", "ls", "--json").stdout) if r["name"] == "capped")
+
+    bench.daemon.cli("role", "set", "capped", "--creds", "openai", "--daily-usd", "3", "--max-llm-calls", "7")
+    assert (role()["daily_usd"], role()["max_llm_calls"]) == ("3", 7)
+    bench.daemon.cli("role", "set", "capped", "--max-llm-calls", "inherit")
+    assert (role()["daily_usd"], role()["max_llm_calls"], role()["creds"]) == ("3", None, ["openai"])
+    bad = bench.daemon.cli("role", "set", "capped", "--max-llm-calls", "lots", check=False)
+    assert bad.returncode == 2 and "--max-llm-calls" in bad.stderr and "Traceback" not in bad.stderr

@@ -452,6 +452,21 @@ def test_credential_and_role_records_match_the_schemas(doc: dict[str, Any], vaul
     with pytest.raises(errors.InvalidRequest):
         asyncio.run(sup.set_role("default", {}))
 
+    # Budget caps: set, kept by a body without them (or with null), unset by "inherit".
+    capped = asyncio.run(sup.set_role("researcher", {"daily_usd": "5", "max_llm_calls": 10, "allow_unpriced": True}))
+    assert (capped["daily_usd"], capped["max_llm_calls"], capped["allow_unpriced"]) == ("5", 10, True)
+    kept = asyncio.run(sup.set_role("researcher", {"daily_usd": None, "monthly_usd": "20"}))
+    assert (kept["daily_usd"], kept["monthly_usd"], kept["max_llm_calls"]) == ("5", "20", 10)
+    write = {"daily_usd": "inherit", "max_llm_calls": "inherit", "allow_unpriced": "inherit"}
+    validator(doc, "RoleWrite").validate(write)
+    unset = asyncio.run(sup.set_role("researcher", write))
+    assert (unset["daily_usd"], unset["monthly_usd"], unset["max_llm_calls"], unset["allow_unpriced"]) == (
+        None, "20", None, None)
+    assert unset["creds"] == role["creds"]
+    check(doc, "Role", unset)
+    with pytest.raises(errors.InvalidRequest):
+        asyncio.run(sup.set_role("researcher", {"daily_usd": "inherited"}))
+
     asyncio.run(sup.remove_credential("local"))
     check(doc, "CredentialRemoved", {"removed": "local"})  # what fleetd/api.py answers
     with pytest.raises(errors.NotFound):
