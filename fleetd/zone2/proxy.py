@@ -45,6 +45,7 @@ DROPPED_PREFIXES = ("x-forwarded-", "forwarded", "x-real-ip", "proxy-")
 Whois = Callable[[str], Awaitable[Registration | None]]
 REGISTRY = web.AppKey("registry", Registry)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
+GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway")
 
 
 R = TypeVar("R", bound=web.Response)
@@ -398,17 +399,18 @@ def init_gateway(registry: Registry, whois: Whois, costs: CostTracker | None = N
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=60)
         app[SESSION] = aiohttp.ClientSession(timeout=timeout, connector=connector, auto_decompress=False)
         app[REGISTRY] = registry
+        app[GATEWAY] = Gateway(registry, whois, app[SESSION], tracker)
         yield
         await app[SESSION].close()
 
     app.cleanup_ctx.append(open_session)
 
     async def handle(request: web.Request) -> web.StreamResponse:
-        return await Gateway(registry, whois, request.app[SESSION], tracker).handle(request)
+        return await request.app[GATEWAY].handle(request)
 
     async def heartbeat(request: web.Request) -> web.StreamResponse:
         """POST /fleetd/heartbeat: relayed to the daemon's watchdog, attributed by source address."""
-        reg = await Gateway(registry, whois, request.app[SESSION], tracker).identify(request)
+        reg = await request.app[GATEWAY].identify(request)
         if reg is None:
             return error(403, "unknown_agent", "this address is not a fleetd agent")
         try:
