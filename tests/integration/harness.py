@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import docker
+import docker.errors
 
 from cli.client import ApiError, Client
 from fleetd.firewall import Firewall
@@ -45,8 +47,9 @@ def remove_instance_objects(instance: str) -> None:
     Firewall(instance).remove()
     client = docker.from_env()
     label = {"label": f"fleetd.instance={instance}"}
-    for container in client.containers.list(all=True, filters=label):
-        container.remove(force=True, v=True)
+    for container in client.containers.list(all=True, filters=label, ignore_removed=True):
+        with contextlib.suppress(docker.errors.NotFound):  # gone meanwhile (a daemon still running removed it)
+            container.remove(force=True, v=True)
     for network in client.networks.list(filters=label):
         network.remove()
     for volume in client.volumes.list(filters=label):
@@ -164,6 +167,7 @@ def term_time(logs: str) -> float:
 def containers(instance: str, kinds: tuple[str, ...] = ("zone2",)) -> list[Any]:
     """The instance's containers, leaving out infrastructure (zone 2) unless asked."""
     client = docker.from_env()
-    found = client.containers.list(all=True, filters={"label": f"fleetd.instance={instance}"})
+    # ignore_removed: the daemon's janitor may remove one between docker-py's list and its inspect of it
+    found = client.containers.list(all=True, filters={"label": f"fleetd.instance={instance}"}, ignore_removed=True)
     client.close()
     return [c for c in found if c.labels.get("fleetd.kind") not in kinds]
