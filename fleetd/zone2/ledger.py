@@ -70,7 +70,7 @@ class Call:
 class Ledger:
     def __init__(self, path: Path) -> None:
         self.path = path
-        # Written on zone 2's event loop, one transaction per call (see record_many); read at start.
+        # Written on zone 2's event loop, one transaction per call (see record); read at start.
         conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self.db = sqlite_utils.Database(conn)
         self.db.enable_wal()
@@ -79,7 +79,8 @@ class Ledger:
         conn.execute(f"PRAGMA wal_autocheckpoint={WAL_BACKSTOP_PAGES}")
         migrations.apply(self.db)
         self.conn = conn
-        self.checkpointer = Checkpointer(path) if str(path) != ":memory:" else None
+        self.in_memory = str(path) == ":memory:"
+        self.checkpointer = None if self.in_memory else Checkpointer(path)
 
     def close(self) -> None:
         if self.checkpointer is not None:
@@ -87,33 +88,21 @@ class Ledger:
         self.conn.close()
 
     def record(self, call: Call) -> None:
-        """Write one row now (one transaction)."""
-        self.record_many([call])
+        """Write one row: committed (WAL) when this returns.
 
-    def record_many(self, calls: list[Call]) -> None:
-        """Write rows in one transaction: committed (WAL) when this returns.
-
-        Zone 2 calls this on its event loop for every metered call, before the agent gets its answer. A
-        WAL commit with ``synchronous=NORMAL`` is an append to the WAL file, no fsync: ~15 µs here. Handing
-        rows to a writer thread cost each answer milliseconds under load instead (the thread waits for the
-        GIL of the busy loop, the loop for the thread's wake-up), and batching the rows of one loop turn
-        made each answer wait for the whole turn. Checkpoints, which fsync, are what must stay off the
-        loop: see :class:`Checkpointer`.
+        Zone 2 calls this on its event loop for every metered call, before the agent gets its answer. In
+        autocommit mode the INSERT is its own transaction (a BEGIN and a COMMIT would cost ~20 µs more);
+        a WAL commit with ``synchronous=NORMAL`` is an append to the WAL file, no fsync: ~15 µs here.
+        Handing rows to a writer thread cost each answer milliseconds under load instead (the thread waits
+        for the GIL of the busy loop, the loop for the thread's wake-up), and batching the rows of one
+        loop turn made each answer wait for the whole turn. Checkpoints, which fsync, are what must stay
+        off the loop: see :class:`Checkpointer`.
         """
-        rows = [(c.request_id, c.at.isoformat(), c.agent_id, c.role, c.credential, c.api, c.model, c.status,
-                 c.usage.input_tokens, c.usage.cached_input_tokens, c.usage.cache_write_tokens,
-                 c.usage.output_tokens, c.usage.reasoning_tokens, c.cost_nusd, c.reserved_nusd,
-                 int(c.estimated), c.attempts) for c in calls]
-        if len(rows) == 1:  # autocommit mode: one statement is one transaction (BEGIN and COMMIT cost ~20 µs each)
-            self.conn.execute(INSERT, rows[0])
-            return
-        self.conn.execute("BEGIN")  # autocommit mode otherwise commits each row on its own
-        try:
-            self.conn.executemany(INSERT, rows)
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        self.conn.execute("COMMIT")
+        u = call.usage
+        self.conn.execute(INSERT, (
+            call.request_id, call.at.isoformat(), call.agent_id, call.role, call.credential, call.api, call.model,
+            call.status, u.input_tokens, u.cached_input_tokens, u.cache_write_tokens, u.output_tokens,
+            u.reasoning_tokens, call.cost_nusd, call.reserved_nusd, int(call.estimated), call.attempts))
 
     def history(self, since: datetime) -> Iterator[tuple[str, datetime, int]]:
         """(agent, when, cost) of every call since ``since``: what budgets must know after a restart."""
@@ -131,7 +120,7 @@ class Ledger:
     def calls(self, agent_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         """The newest rows, read on a connection of their own (the writer's may be mid-transaction)."""
         where, args = ("WHERE agent_id = ?", [agent_id]) if agent_id else ("", [])
-        if str(self.path) == ":memory:":
+        if self.in_memory:
             return list(self.db.query(f"SELECT * FROM calls {where} ORDER BY id DESC LIMIT ?", [*args, limit]))
         with contextlib.closing(sqlite3.connect(str(self.path))) as reader:
             return list(sqlite_utils.Database(reader).query(
