@@ -34,7 +34,7 @@ from fleetd import __version__
 from fleetd.errors import InvalidRequest
 from fleetd.paths import default_config, default_socket, default_state_dir
 from fleetd.policy import BUDGET_KEYS, Policy, load_policy
-from fleetd.units import NAME_PATTERN, parse_memory
+from fleetd.units import NAME_PATTERN, parse_heartbeat_interval, parse_memory
 
 
 @dataclass(frozen=True)
@@ -111,11 +111,10 @@ def _limits(table: dict[str, Any], where: str) -> Limits:
             if not isinstance(value, str):
                 raise InvalidRequest(f"{where}.{key}: must be a string like the spawn flag's value")
             values[key] = value
-        elif key == "heartbeat_interval":  # seconds, as --heartbeat-interval: 0 (none) or 0.5 to 86400
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-                    value == 0 or 0.5 <= value <= 86400):
-                raise InvalidRequest(f"{where}.heartbeat_interval: seconds, 0 (none) or from 0.5 to 86400")
-            values[key] = float(value)
+        elif key == "heartbeat_interval":
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise InvalidRequest(f"{where}.heartbeat_interval: must be a number of seconds")
+            values[key] = parse_heartbeat_interval(value, f"{where}.heartbeat_interval")
         elif key == "cpus":
             if not isinstance(value, (int, float)) or value <= 0:
                 raise InvalidRequest(f"{where}.cpus: must be a number above 0")

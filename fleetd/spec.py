@@ -9,7 +9,7 @@ from fleetd.config import Config
 from fleetd.errors import InvalidRequest
 from fleetd.health import ProbeSpec, RestartPolicy
 from fleetd.models import AgentSpec
-from fleetd.units import NAME_PATTERN, parse_cpus, parse_memory, parse_pairs, parse_usd
+from fleetd.units import NAME_PATTERN, parse_cpus, parse_heartbeat_interval, parse_memory, parse_pairs, parse_usd
 
 SPAWN_FIELDS = {
     "image", "command", "name", "role", "env", "labels", "memory",
@@ -116,17 +116,7 @@ def build_spec(request: Any, config: Config, host_cpus: int, roles: frozenset[st
 
 def heartbeat_interval(value: Any) -> float:
     """Seconds between an agent's heartbeats (0: none expected)."""
-    if value is None:
-        return 0
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        raise InvalidRequest(f"--heartbeat-interval: expected seconds, got {value!r}") from None
-    if not 0 <= seconds <= 86400 or seconds != seconds:
-        raise InvalidRequest(f"--heartbeat-interval: must be between 0 (off) and 86400 seconds, got {value!r}")
-    if 0 < seconds < 0.5:
-        raise InvalidRequest("--heartbeat-interval: at least 0.5 seconds (or 0 for none)")
-    return seconds
+    return 0 if value is None else parse_heartbeat_interval(value)
 
 
 def restart_policy(value: Any) -> str:

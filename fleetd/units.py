@@ -103,3 +103,16 @@ def parse_usd(value: object, flag: str = "--usd") -> Decimal:
     if amount > Decimal(10) ** 9:
         raise InvalidRequest(f"{flag}: at most 1000000000 dollars, got {value!r}")
     return Decimal(format(amount.normalize(), "f"))  # 50, not 5E+1
+
+
+def parse_heartbeat_interval(value: object, flag: str = "--heartbeat-interval") -> float:
+    """Seconds between an agent's heartbeats: 0 (none expected), or 0.5 to 86400."""
+    try:
+        seconds = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise InvalidRequest(f"{flag}: expected seconds, got {value!r}") from None
+    if not 0 <= seconds <= 86400 or seconds != seconds:
+        raise InvalidRequest(f"{flag}: must be between 0 (off) and 86400 seconds, got {value!r}")
+    if 0 < seconds < 0.5:
+        raise InvalidRequest(f"{flag}: at least 0.5 seconds (or 0 for none)")
+    return seconds
