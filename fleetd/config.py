@@ -33,7 +33,7 @@ from typing import Any
 from fleetd import __version__
 from fleetd.errors import InvalidRequest
 from fleetd.paths import default_config, default_socket, default_state_dir
-from fleetd.policy import BUDGET_KEYS, Policy, load_policy
+from fleetd.policy import BUDGET_KEYS, Policy, load_policy, overlay
 from fleetd.units import NAME_PATTERN, parse_heartbeat_interval, parse_memory
 
 
@@ -55,11 +55,7 @@ class Limits:
 
     def over(self, base: Limits) -> Limits:
         """These limits, with ``base`` filling what is unset."""
-        values = {
-            f.name: getattr(self, f.name) if getattr(self, f.name) is not None else getattr(base, f.name)
-            for f in dataclasses.fields(self)
-        }
-        return Limits(**values)
+        return overlay(self, base)
 
 
 BUILTIN_DEFAULTS = Limits(memory=512 << 20, cpus=1.0, pids_limit=256, ttl=3600, grace=30)

@@ -37,12 +37,15 @@ then ``[roles.NAME]``, then ``[budget]``, then the built-in $50/day and $200/mon
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fleetd.errors import InvalidRequest
 from fleetd.units import parse_usd
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 BUDGET_KEYS = ("daily_usd", "monthly_usd", "max_llm_calls", "allow_unpriced")
 INSTANCE_KEYS = ("instance_daily_usd", "instance_monthly_usd")
@@ -50,6 +53,15 @@ BREAKER_KEYS = {"threshold": int, "window": float, "open_seconds": float, "max_o
 RETRY_KEYS = {"max_retries": int, "base": float, "cap": float}
 PRICE_KEYS = {"input", "output", "cached_input", "cache_write", "max_output_tokens", "source", "as_of"}
 NANO = Decimal(10) ** 9
+
+
+Layered = TypeVar("Layered", bound="DataclassInstance")
+
+
+def overlay(top: Layered, base: Layered) -> Layered:
+    """A frozen dataclass of settings with each field that ``top`` leaves None taken from ``base``."""
+    unset = {f.name: getattr(base, f.name) for f in fields(top) if getattr(top, f.name) is None}
+    return replace(top, **unset)
 
 
 @dataclass(frozen=True)
@@ -62,8 +74,7 @@ class BudgetCaps:
     allow_unpriced: bool | None = None
 
     def over(self, base: BudgetCaps) -> BudgetCaps:
-        return BudgetCaps(**{f.name: getattr(self, f.name) if getattr(self, f.name) is not None
-                             else getattr(base, f.name) for f in fields(self)})
+        return overlay(self, base)
 
     def to_json(self) -> dict[str, Any]:
         return {k: (str(v) if isinstance(v, Decimal) else v) for k, v in asdict(self).items()}
