@@ -392,6 +392,8 @@ def status(ctx: click.Context, as_json: bool) -> None:
         health = "healthy" if zone2["healthy"] else "DOWN"
         click.echo(f"zone 2     {health} at {zone2['address'] or '-'} ({zone2['agents_registered'] or 0} agents "
                    f"registered, {zone2['credentials'] or 0} credentials, {zone2['restarts']} restarts)")
+        if zone2.get("ledger_error"):
+            click.echo(f"           ledger FAILING ({zone2['ledger_error']}): metered calls are refused")
     return None
 
 

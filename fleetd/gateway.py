@@ -341,7 +341,7 @@ class Zone2:
     def status(self) -> dict[str, Any]:
         return {"healthy": self.healthy, "container_id": self.container_id, "address": self.ip,
                 "restarts": self.restarts, "agents_registered": self.last_health.get("agents"),
-                "credentials": self.last_health.get("creds")}
+                "credentials": self.last_health.get("creds"), "ledger_error": self.last_health.get("ledger_error")}
 
 
 def _float(amount: Decimal | None) -> float | None:

@@ -8,6 +8,7 @@ daemon records (``fleetd events``).
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -22,14 +23,25 @@ from fleetd.zone2.pricing import Price, PriceTable, bound_nusd, cost_nusd
 from fleetd.zone2.registry import Registration
 from fleetd.zone2.usage import LLMRequest, Usage
 
+log = logging.getLogger("fleetd.zone2")
 DEFAULT_MAX_OUTPUT = 128_000  # when neither the request nor the price table bounds the output
 REFUSAL_EVENT_EVERY = 60.0  # at most one refusal event per agent and kind per minute
+LEDGER_RETRY_EVERY = 1.0  # s: while ledger rows wait unwritten, how often an admission tries to write them
 Emit = Callable[[str, str | None, str, dict[str, Any]], None]  # (type, agent_id, message, data)
 
 
 @dataclass(frozen=True)
 class NotPriced:
     model: str
+
+
+@dataclass(frozen=True)
+class LedgerDown:
+    """Metered calls are refused while the ledger cannot be written: spend that is not on disk would be
+    forgotten by the next start of zone 2, and with it the caps' memory of it."""
+
+    error: str
+    retry_after: int = max(1, round(LEDGER_RETRY_EVERY))
 
 
 @dataclass
@@ -61,6 +73,8 @@ class CostTracker:
         self.budgets = Budgets(clock)
         self.breakers: dict[tuple[str, str], Breaker] = {}
         self._last_refusal: dict[tuple[str, str], float] = {}
+        self._ledger_failing = False
+        self._ledger_tried = 0.0
         self._load()
 
     def _load(self) -> None:
@@ -79,7 +93,9 @@ class CostTracker:
             breaker.settings = self.breaker_settings
 
     # -- admission -------------------------------------------------------------
-    def admit(self, reg: Registration, credential: str, llm: LLMRequest) -> Ticket | Refusal | NotPriced:
+    def admit(self, reg: Registration, credential: str, llm: LLMRequest) -> Ticket | Refusal | NotPriced | LedgerDown:
+        if self.ledger.unwritten and not self._ledger_written():
+            return LedgerDown(self.ledger.error or "unknown error")
         price = self.prices.lookup(llm.model)
         if price is None and not reg.allow_unpriced:
             return NotPriced(llm.model)
@@ -120,12 +136,42 @@ class CostTracker:
                       f"{ticket.llm.model} call cost ${cost / 1e9:.6f}, above its reserved bound "
                       f"${ticket.reservation.amount / 1e9:.6f}", {"request_id": ticket.request_id})
         self.budgets.settle(ticket.reservation, cost)
-        self.ledger.record(Call(
+        written = self.ledger.record(Call(
             ticket.request_id, ticket.reservation.at, ticket.reg.agent_id, ticket.reg.role, ticket.credential,
             ticket.llm.api, ticket.llm.model, status, usage or Usage(), cost, ticket.reservation.amount,
             estimated, attempts,
         ))
+        self._ledger_health(written)
         return cost
+
+    # -- ledger failures ------------------------------------------------------
+    # A call that was made is answered and charged (in memory) even when its row cannot be written: the
+    # upstream has billed it, and an error would only make the agent's SDK retry it. New calls are refused
+    # (LedgerDown) until the rows that wait are written, tried at most every LEDGER_RETRY_EVERY seconds.
+    def _ledger_written(self) -> bool:
+        now = self.monotonic()
+        if now - self._ledger_tried < LEDGER_RETRY_EVERY:
+            return False
+        self._ledger_tried = now
+        written = self.ledger.flush()
+        self._ledger_health(written)
+        return written
+
+    def _ledger_health(self, written: bool) -> None:
+        if written == (not self._ledger_failing):
+            return
+        self._ledger_failing = not written
+        if written:
+            log.warning("ledger: writing again; metered calls are admitted again")
+            self.emit("ledger_recovered", None, "zone 2 writes its ledger again: metered calls are admitted again",
+                      {})
+            return
+        self._ledger_tried = self.monotonic()
+        error = self.ledger.error or "unknown error"
+        log.error("ledger: cannot write (%s); metered calls are refused until it can", error)
+        self.emit("ledger_write_failed", None, f"zone 2 cannot write its ledger ({error}): metered calls are "
+                  "refused (503 ledger_unavailable) until it can", {"error": error,
+                                                                   "unwritten": len(self.ledger.unwritten)})
 
     # -- breaker ---------------------------------------------------------------
     def breaker(self, agent_id: str, upstream: str) -> Breaker:

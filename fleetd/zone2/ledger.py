@@ -80,6 +80,9 @@ class Ledger:
         migrations.apply(self.db)
         self.conn = conn
         self.in_memory = str(path) == ":memory:"
+        # Rows whose commit failed (a full disk, an I/O error), oldest first; record and flush retry them.
+        self.unwritten: list[Call] = []
+        self.error: str | None = None
         self.checkpointer = None if self.in_memory else Checkpointer(path)
 
     def close(self) -> None:
@@ -87,8 +90,8 @@ class Ledger:
             self.checkpointer.close()
         self.conn.close()
 
-    def record(self, call: Call) -> None:
-        """Write one row: committed (WAL) when this returns.
+    def record(self, call: Call) -> bool:
+        """Write one row: committed (WAL) when this returns True.
 
         Zone 2 calls this on its event loop for every metered call, before the agent gets its answer. In
         autocommit mode the INSERT is its own transaction (a BEGIN and a COMMIT would cost ~20 µs more);
@@ -97,7 +100,26 @@ class Ledger:
         for the GIL of the busy loop, the loop for the thread's wake-up), and batching the rows of one
         loop turn made each answer wait for the whole turn. Checkpoints, which fsync, are what must stay
         off the loop: see :class:`Checkpointer`.
+
+        A row that cannot be committed (SQLite's error is kept in ``error``) waits in ``unwritten``, in
+        order, behind any earlier ones; False says so. Each INSERT is atomic, so none is written twice.
         """
+        self.unwritten.append(call)
+        return self.flush()
+
+    def flush(self) -> bool:
+        """Commit the rows that wait in ``unwritten``, oldest first; True when none is left."""
+        while self.unwritten:
+            try:
+                self._insert(self.unwritten[0])
+            except sqlite3.Error as exc:
+                self.error = str(exc)
+                return False
+            del self.unwritten[0]
+        self.error = None
+        return True
+
+    def _insert(self, call: Call) -> None:
         u = call.usage
         self.conn.execute(INSERT, (
             call.request_id, call.at.isoformat(), call.agent_id, call.role, call.credential, call.api, call.model,

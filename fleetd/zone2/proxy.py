@@ -22,7 +22,7 @@ from aiohttp import web
 
 from fleetd.zone2.breaker import Reject, parse_retry_after, retry_delay
 from fleetd.zone2.budget import Refusal
-from fleetd.zone2.costs import CostTracker, NotPriced
+from fleetd.zone2.costs import CostTracker, LedgerDown, NotPriced
 from fleetd.zone2.handles import (
     HOP_BY_HOP,
     BadHandle,
@@ -161,6 +161,9 @@ class Gateway:
         except BadLLMRequest as exc:
             return error(400, "invalid_request_error", str(exc))
         ticket = self.costs.admit(reg, credential, llm)
+        if isinstance(ticket, LedgerDown):
+            return error(503, "ledger_unavailable", f"zone 2 cannot record calls ({ticket.error}): "
+                         "no metered call is made until it can", {"Retry-After": str(ticket.retry_after)})
         if isinstance(ticket, NotPriced):
             return error(400, "model_not_priced",
                          f"model {ticket.model!r} has no price: set one with `fleetd price set`")

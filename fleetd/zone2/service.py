@@ -58,7 +58,8 @@ def init_control(registry: Registry, costs: CostTracker, started: float) -> web.
 
     async def health(request: web.Request) -> web.Response:
         return web.json_response({"ok": True, "agents": len(registry.by_ip), "creds": len(registry.creds),
-                                  "uptime_seconds": round(time.monotonic() - started, 1), "pid": os.getpid()})
+                                  "uptime_seconds": round(time.monotonic() - started, 1), "pid": os.getpid(),
+                                  "ledger_error": costs.ledger.error, "ledger_unwritten": len(costs.ledger.unwritten)})
 
     async def put_creds(request: web.Request) -> web.Response:
         data = await request.json()
@@ -193,6 +194,9 @@ async def serve(control_dir: Path, host: str, port: int) -> None:
     await gateway.cleanup()
     await control.cleanup()
     await daemon.close()
+    if not costs.ledger.flush():
+        log.error("ledger: %d rows could not be written (%s) and are lost", len(costs.ledger.unwritten),
+                  costs.ledger.error)
     costs.ledger.close()
 
 

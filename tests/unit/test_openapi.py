@@ -495,12 +495,15 @@ def test_status_with_zone2_matches_the_schema(doc: dict[str, Any], vault_supervi
         "restarts": 0,
         "agents_registered": None,
         "credentials": None,
+        "ledger_error": None,
     }
     zone2.healthy, zone2.container_id, zone2.ip, zone2.restarts = True, "e" * 64, "172.30.0.2", 1
-    zone2.last_health = {"ok": True, "agents": 2, "creds": 1, "uptime_seconds": 3.5, "pid": 1}
+    zone2.last_health = {"ok": True, "agents": 2, "creds": 1, "uptime_seconds": 3.5, "pid": 1,
+                         "ledger_error": "database or disk is full", "ledger_unwritten": 3}
     status = sup.status()
     check(doc, "Status", status)
     assert (status["zone2"]["agents_registered"], status["zone2"]["credentials"]) == (2, 1)
+    assert status["zone2"]["ledger_error"] == "database or disk is full"
     sup.gateway = None
     assert sup.status()["zone2"] is None
 

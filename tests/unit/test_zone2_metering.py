@@ -294,6 +294,38 @@ def test_spend_survives_a_restart_of_the_tracker(tmp_path: Path) -> None:
     run(tmp_path, second)
 
 
+def test_a_ledger_that_cannot_be_written_refuses_new_calls_until_it_can_and_loses_no_row(tmp_path: Path) -> None:
+    async def check(r: Rig) -> None:
+        now = [1000.0]
+        r.costs.monotonic = lambda: now[0]
+        body = {"model": "test-model", "max_tokens": 8, "messages": [{"role": "user", "content": "x"}]}
+        r.costs.ledger.conn.execute("PRAGMA query_only=1")  # SQLite refuses every write, as on a full disk
+        status, _, raw = await r.post(CHAT, body)
+        assert status == 200 and json.loads(raw)["usage"]  # made and paid for upstream: answered, not a 500
+        assert r.costs.status("agent1")["llm_calls"] == 1  # and charged in memory
+        assert len(r.costs.ledger.unwritten) == 1 and "readonly" in (r.costs.ledger.error or "")
+        assert [e[0] for e in r.events] == ["ledger_write_failed"]
+
+        for _ in range(2):  # no new call while its row could not be kept, and no event per refusal
+            status, headers, raw = await r.post(CHAT, body)
+            assert status == 503 and json.loads(raw)["error"]["type"] == "ledger_unavailable"
+            assert headers["Retry-After"] == "1"
+        assert r.upstream_calls() == 1
+        assert (await r.post("/v1/models", {}))[0] != 503  # unmetered calls are not held up
+
+        r.costs.ledger.conn.execute("PRAGMA query_only=0")
+        assert (await r.post(CHAT, body))[0] == 503  # retried at most once a second
+        now[0] += 1.0
+        status, _, _ = await r.post(CHAT, body)
+        assert status == 200 and r.upstream_calls() == 2
+        rows = r.ledger()
+        assert [row["status"] for row in rows] == [200, 200] and rows[0]["at"] <= rows[1]["at"]
+        assert r.costs.ledger.unwritten == [] and r.costs.ledger.error is None
+        assert [e[0] for e in r.events] == ["ledger_write_failed", "ledger_recovered"]
+
+    run(tmp_path, check)
+
+
 BREAKER = {"breaker": {"threshold": 3, "window": 30, "open_seconds": 1, "max_open_seconds": 8}}
 
 
