@@ -516,13 +516,17 @@ def max_calls(value: str | None) -> int | str | None:
 @click.option("--daily-usd", help="Per-agent cap per UTC day, in US dollars (default 50; 'inherit': from the config).")
 @click.option("--monthly-usd", help="Per-agent cap per calendar month, in US dollars (default 200; 'inherit').")
 @click.option("--max-llm-calls", help="Per-agent maximum number of LLM calls ('inherit': from the config).")
-@click.option("--allow-unpriced/--no-allow-unpriced", default=None,
+@click.option("--allow-unpriced", "allow_unpriced", flag_value="true", type=str, default=None,
               help="Let calls to models with no price through unmetered (default: refused).")
+@click.option("--no-allow-unpriced", "allow_unpriced", flag_value="false", type=str,
+              help="Refuse them (400 model_not_priced).")
+@click.option("--inherit-allow-unpriced", "allow_unpriced", flag_value=INHERIT, type=str,
+              help="Unset: take allow_unpriced from the config again.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 @api_errors
 def role_set(ctx: click.Context, name: str, creds: str | None, daily_usd: str | None, monthly_usd: str | None,
-             max_llm_calls: str | None, allow_unpriced: bool | None, as_json: bool) -> None:
+             max_llm_calls: str | None, allow_unpriced: str | None, as_json: bool) -> None:
     """Create or change a role: its credentials and its agents' budget caps.
 
     A cap given as 'inherit' is unset: the role's agents take it from the config file's [roles.NAME] or
@@ -531,7 +535,8 @@ def role_set(ctx: click.Context, name: str, creds: str | None, daily_usd: str | 
     Example: fleetd role set researcher --creds openai,anthropic --daily-usd 5 --max-llm-calls 200
     """
     values = {"daily_usd": daily_usd, "monthly_usd": monthly_usd,
-              "max_llm_calls": max_calls(max_llm_calls), "allow_unpriced": allow_unpriced}
+              "max_llm_calls": max_calls(max_llm_calls),
+              "allow_unpriced": {"true": True, "false": False}.get(allow_unpriced or "", allow_unpriced)}
     body: dict[str, Any] = {k: v for k, v in values.items() if v is not None}
     if creds is not None:
         body["creds"] = [c.strip() for c in creds.split(",") if c.strip()]
@@ -540,8 +545,8 @@ def role_set(ctx: click.Context, name: str, creds: str | None, daily_usd: str | 
         print_json(record)
     else:
         click.echo(f"{record['name']}: creds {','.join(record['creds']) or '-'}" + "".join(
-            f", {key} {record[key]}" for key in ("daily_usd", "monthly_usd", "max_llm_calls") if record.get(key)
-            is not None))
+            f", {key} {record[key]}" for key in ("daily_usd", "monthly_usd", "max_llm_calls", "allow_unpriced")
+            if record.get(key) is not None))
 
 
 @role.command("ls")

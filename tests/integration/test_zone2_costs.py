@@ -311,3 +311,9 @@ def test_role_caps_are_set_and_unset_from_the_cli(bench: SdkBench) -> None:
     assert (role()["daily_usd"], role()["max_llm_calls"], role()["creds"]) == ("3", None, ["openai"])
     bad = bench.daemon.cli("role", "set", "capped", "--max-llm-calls", "lots", check=False)
     assert bad.returncode == 2 and "--max-llm-calls" in bad.stderr and "Traceback" not in bad.stderr
+    bench.daemon.cli("role", "set", "capped", "--allow-unpriced")
+    assert role()["allow_unpriced"] is True
+    bench.daemon.cli("role", "set", "capped", "--no-allow-unpriced")
+    assert role()["allow_unpriced"] is False
+    bench.daemon.cli("role", "set", "capped", "--inherit-allow-unpriced")
+    assert (role()["allow_unpriced"], role()["daily_usd"]) == (None, "3")
