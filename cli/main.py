@@ -85,6 +85,9 @@ def zone2(control_dir: Path, port: int) -> None:
 @click.option("--fail-status", type=click.IntRange(400, 599), default=500, show_default=True)
 @click.option("--cached-tokens", type=click.IntRange(min=0), default=0, help="Report this much input as cached.")
 @click.option("--cache-write-tokens", type=click.IntRange(min=0), default=0, help="Anthropic cache writes to report.")
+@click.option("--cache-write-1h-tokens", type=click.IntRange(min=0), default=0,
+              help="Of those, report this many as 1-hour cache writes.")
+@click.option("--service-tier", help="OpenAI: the service_tier answers name (default: the one asked for).")
 @click.option("--reasoning-tokens", type=click.IntRange(min=0), default=0, help="Report this much output as reasoning.")
 @click.option("--break-streams", type=click.IntRange(min=0), default=0, help="Cut the next N streams off halfway.")
 def llm_sim(host: str, port: int, **knobs: Any) -> None:

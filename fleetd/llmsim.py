@@ -39,6 +39,8 @@ class SimConfig:
     fail_status: int = 500
     cached_tokens: int = 0  # of the input, reported as cache reads (at most the input)
     cache_write_tokens: int = 0  # Anthropic: reported as cache_creation_input_tokens
+    cache_write_1h_tokens: int = 0  # Anthropic: of those, reported as written to 1-hour entries (the rest 5-minute)
+    service_tier: str | None = None  # OpenAI: the tier answers name (default: the one asked for; "auto" -> "default")
     reasoning_tokens: int = 0  # of the output, reported as reasoning (at most the output)
     break_streams: int = 0  # cut this many next streams off halfway, before any usage is sent
     require_key: str | None = None  # when set, any other bearer / x-api-key gets 401 naming it
@@ -104,6 +106,21 @@ def usage_numbers(data: dict[str, Any], config: SimConfig) -> tuple[int, int]:
     return prompt, max(1, completion)
 
 
+def served_tier(data: dict[str, Any], config: SimConfig) -> str:
+    """The ``service_tier`` an OpenAI answer names, as the real API does: the tier asked for, "auto" -> "default"."""
+    asked = data.get("service_tier")
+    return config.service_tier or (asked if isinstance(asked, str) and asked != "auto" else "default")
+
+
+def anthropic_usage(prompt: int, output: int, config: SimConfig) -> dict[str, Any]:
+    one_hour = min(config.cache_write_1h_tokens, config.cache_write_tokens)
+    return {"input_tokens": prompt, "output_tokens": output, "cache_creation_input_tokens": config.cache_write_tokens,
+            "cache_read_input_tokens": config.cached_tokens,
+            "cache_creation": {"ephemeral_5m_input_tokens": config.cache_write_tokens - one_hour,
+                               "ephemeral_1h_input_tokens": one_hour},
+            "service_tier": "standard"}
+
+
 def take_break(config: SimConfig) -> bool:
     """Whether this stream is one to cut off halfway."""
     if config.break_streams > 0:
@@ -138,6 +155,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if not data.get("stream"):
         return web.json_response({
             "id": ident, "object": "chat.completion", "created": int(time.time()), "model": model,
+            "service_tier": served_tier(data, config),
             "choices": [{"index": 0, "message": {"role": "assistant", "content": " ".join(words(completion))},
                          "finish_reason": "stop"}],
             "usage": usage,
@@ -148,7 +166,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     async def send(chunk: dict[str, Any]) -> None:
         await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
 
-    base = {"id": ident, "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
+    base = {"id": ident, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
+            "service_tier": served_tier(data, config)}
     include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
     broken = take_break(config)
     for i, word in enumerate(words(completion)):
@@ -180,6 +199,7 @@ async def responses(request: web.Request) -> web.StreamResponse:
     body = {
         "id": ident, "object": "response", "created_at": int(time.time()),
         "status": "completed", "model": data.get("model", "sim-model"), "output": [message],
+        "service_tier": served_tier(data, config),
         "usage": {"input_tokens": prompt, "output_tokens": completion, "total_tokens": prompt + completion,
                   "input_tokens_details": {"cached_tokens": min(config.cached_tokens, prompt)},
                   "output_tokens_details": {"reasoning_tokens": min(config.reasoning_tokens, completion)}},
@@ -233,9 +253,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
             "id": ident, "type": "message", "role": "assistant", "model": model,
             "content": [{"type": "text", "text": " ".join(words(completion))}],
             "stop_reason": "end_turn", "stop_sequence": None,
-            "usage": {"input_tokens": prompt, "output_tokens": completion,
-                      "cache_creation_input_tokens": config.cache_write_tokens,
-                      "cache_read_input_tokens": config.cached_tokens},
+            "usage": anthropic_usage(prompt, completion, config),
         })
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await response.prepare(request)
@@ -246,8 +264,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
     await send("message_start", {"type": "message_start", "message": {
         "id": ident, "type": "message", "role": "assistant", "model": model, "content": [],
         "stop_reason": None, "stop_sequence": None,
-        "usage": {"input_tokens": prompt, "output_tokens": 1, "cache_creation_input_tokens": config.cache_write_tokens,
-                  "cache_read_input_tokens": config.cached_tokens}}})
+        "usage": anthropic_usage(prompt, 1, config)}})
     await send("content_block_start", {"type": "content_block_start", "index": 0,
                                        "content_block": {"type": "text", "text": ""}})
     broken = take_break(config)

@@ -56,6 +56,21 @@ class Ticket:
     reservation: Reservation
 
 
+def priority_requested(llm: LLMRequest) -> bool:
+    """An OpenAI call that asks for priority processing (billed at PRIORITY_MULTIPLIER x, see pricing)."""
+    return llm.api != "anthropic_messages" and llm.service_tier == "priority"
+
+
+def served_at_priority(llm: LLMRequest, usage: Usage | None) -> bool:
+    """Whether an OpenAI call is billed at priority: as the answer says, or as asked when the answer does not say
+    (a project whose default tier is priority answers "priority" to calls that asked for none)."""
+    if llm.api == "anthropic_messages":
+        return False
+    if usage is not None and usage.service_tier is not None:
+        return usage.service_tier == "priority"
+    return priority_requested(llm)
+
+
 def month_start(now: datetime) -> datetime:
     return datetime(now.year, now.month, 1, tzinfo=UTC)
 
@@ -102,7 +117,8 @@ class CostTracker:
         bound = 0
         if price is not None:
             max_output = llm.max_output_tokens or price.max_output_tokens or DEFAULT_MAX_OUTPUT
-            bound = bound_nusd(price, llm.input_token_bound, max_output * llm.choices)
+            bound = bound_nusd(price, llm.input_token_bound, max_output * llm.choices,
+                               priority=priority_requested(llm), one_hour_cache=llm.cache_1h)
         held = self.budgets.reserve(reg.agent_id, reg.caps, bound)
         if isinstance(held, Refusal):
             self._refused(reg, held)
@@ -123,13 +139,15 @@ class CostTracker:
         """
         estimated = False
         cost = 0
+        priority = served_at_priority(ticket.llm, usage)
         if status is not None and 200 <= status < 300:
             if usage is None:
                 cost, estimated = ticket.reservation.amount, True
             elif ticket.price is not None:
-                cost = cost_nusd(ticket.price, usage)
+                cost = cost_nusd(ticket.price, usage, priority=priority)
         elif usage is not None and ticket.price is not None:
-            cost = cost_nusd(ticket.price, usage)  # an error that still reports usage is billed as reported
+            # an error that still reports usage is billed as reported
+            cost = cost_nusd(ticket.price, usage, priority=priority)
         if cost > ticket.reservation.amount:
             # The bound is an upper bound by construction; if usage ever beats it, bill the truth and say so.
             self.emit("reservation_exceeded", ticket.reg.agent_id,

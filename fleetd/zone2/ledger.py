@@ -29,7 +29,8 @@ CHECKPOINT_INTERVAL = 0.25  # s between checkpoints by the Checkpointer thread
 WAL_BACKSTOP_PAGES = 10_000  # the writer's own automatic checkpoint (4 KB pages), which also restarts the WAL
 INSERT = ("INSERT INTO calls (request_id, at, agent_id, role, credential, api, model, status, input_tokens, "
           "cached_input_tokens, cache_write_tokens, output_tokens, reasoning_tokens, cost_nusd, reserved_nusd, "
-          "estimated, attempts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+          "estimated, attempts, cache_write_1h_tokens, service_tier) "
+          "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 migrations = Migrations("fleetd-ledger")
 
 
@@ -48,6 +49,12 @@ def m001_calls(db: sqlite_utils.Database) -> None:
     )
     db.execute("CREATE INDEX calls_agent_at ON calls(agent_id, at)")
     db.execute("CREATE INDEX calls_at ON calls(at)")
+
+
+@migrations()
+def m002_cache_ttl_and_service_tier(db: sqlite_utils.Database) -> None:
+    db.execute("ALTER TABLE calls ADD COLUMN cache_write_1h_tokens INTEGER NOT NULL DEFAULT 0")
+    db.execute("ALTER TABLE calls ADD COLUMN service_tier TEXT")
 
 
 @dataclass(frozen=True)
@@ -124,7 +131,8 @@ class Ledger:
         self.conn.execute(INSERT, (
             call.request_id, call.at.isoformat(), call.agent_id, call.role, call.credential, call.api, call.model,
             call.status, u.input_tokens, u.cached_input_tokens, u.cache_write_tokens, u.output_tokens,
-            u.reasoning_tokens, call.cost_nusd, call.reserved_nusd, int(call.estimated), call.attempts))
+            u.reasoning_tokens, call.cost_nusd, call.reserved_nusd, int(call.estimated), call.attempts,
+            u.cache_write_1h_tokens, u.service_tier))
 
     def history(self, since: datetime) -> Iterator[tuple[str, datetime, int]]:
         """(agent, when, cost) of every call since ``since``: what budgets must know after a restart."""

@@ -27,6 +27,12 @@ from typing import Any
 from fleetd.zone2.usage import Usage
 
 NANO = 1_000_000_000  # money is integer nano-USD everywhere in zone 2 (no float drift in caps)
+# OpenAI's priority processing (service_tier "priority") costs 1.7x to 2x the standard prices, depending on the
+# model; the table holds standard prices only, so a call served at priority is charged at twice them (never less
+# than the provider charges).
+PRIORITY_MULTIPLIER = 2
+# Anthropic: a write to a 1-hour cache entry costs twice the input price (a 5-minute one 1.25x: cache_write).
+ONE_HOUR_CACHE_WRITE_MULTIPLIER = 2
 _NUSD_PER_TOKEN_PER_USD_PER_MTOK = Fraction(NANO, 1_000_000)  # p USD/Mtok = p * 1000 nUSD/token
 
 # A dated snapshot (-YYYY-MM-DD or -YYYYMMDD) or the "-latest" alias of a model id.
@@ -234,26 +240,39 @@ def _priced(tokens_at: list[tuple[int, float]]) -> int:
     return _ceil_nusd(sum((n * _exact(p) for n, p in tokens_at), Fraction(0)))
 
 
-def cost_nusd(price: Price, usage: Usage) -> int:
-    """What a call with ``usage`` costs at ``price``, in nano-USD, rounded up to a whole nano-dollar."""
-    return _priced([
+def cost_nusd(price: Price, usage: Usage, *, priority: bool = False) -> int:
+    """What a call with ``usage`` costs at ``price``, in nano-USD, rounded up to a whole nano-dollar.
+
+    Cache writes to 1-hour entries (part of ``cache_write_tokens``) cost ONE_HOUR_CACHE_WRITE_MULTIPLIER x input;
+    ``priority``: the call was served at OpenAI's priority tier (PRIORITY_MULTIPLIER x every price).
+    """
+    writes = _tokens("cache_write_tokens", usage.cache_write_tokens)
+    one_hour = min(_tokens("cache_write_1h_tokens", usage.cache_write_1h_tokens), writes)
+    cost = _priced([
         (_tokens("input_tokens", usage.input_tokens), price.input),
         (_tokens("cached_input_tokens", usage.cached_input_tokens), price.cached_input_price),
-        (_tokens("cache_write_tokens", usage.cache_write_tokens), price.cache_write_price),
+        (writes - one_hour, price.cache_write_price),
+        (one_hour, price.input * ONE_HOUR_CACHE_WRITE_MULTIPLIER),
         (_tokens("output_tokens", usage.output_tokens), price.output),
     ])
+    return cost * PRIORITY_MULTIPLIER if priority else cost
 
 
-def bound_nusd(price: Price, input_tokens: int, output_tokens: int) -> int:
+def bound_nusd(price: Price, input_tokens: int, output_tokens: int, *, priority: bool = False,
+               one_hour_cache: bool = False) -> int:
     """An upper bound on the cost of a call, for reserving budget before it is made.
 
-    Every input token at the dearest input rate (uncached, cache read or cache write), every
-    output token at the output rate: at least :func:`cost_nusd` of any usage with the same
-    total input (uncached + cached + cache-write) and output tokens.
+    Every input token at the dearest input rate (uncached, cache read or cache write, and a 1-hour cache write
+    when the request asks for one), every output token at the output rate, all of it doubled for a priority
+    request: at least :func:`cost_nusd` of any usage with the same total input (uncached + cached + cache-write)
+    and output tokens.
     """
-    dearest_input = max((price.input, price.cached_input_price, price.cache_write_price), key=_exact)
-    return _priced([(_tokens("input_tokens", input_tokens), dearest_input),
-                    (_tokens("output_tokens", output_tokens), price.output)])
+    rates = [price.input, price.cached_input_price, price.cache_write_price]
+    if one_hour_cache:
+        rates.append(price.input * ONE_HOUR_CACHE_WRITE_MULTIPLIER)
+    bound = _priced([(_tokens("input_tokens", input_tokens), max(rates, key=_exact)),
+                     (_tokens("output_tokens", output_tokens), price.output)])
+    return bound * PRIORITY_MULTIPLIER if priority else bound
 
 
 def usd(nusd: int) -> float:

@@ -35,6 +35,8 @@ class Usage:
     cache_write_tokens: int = 0  # Anthropic cache_creation_input_tokens
     output_tokens: int = 0  # completion/output tokens, reasoning included
     reasoning_tokens: int = 0  # informational: already part of output_tokens
+    cache_write_1h_tokens: int = 0  # the part of cache_write_tokens written to 1-hour cache entries (Anthropic)
+    service_tier: str | None = None  # the tier the upstream says it served the call at (OpenAI: "priority", ...)
 
 
 API = Literal["openai_chat", "openai_responses", "anthropic_messages"]
@@ -81,6 +83,8 @@ class LLMRequest:
     input_token_bound: int  # an UPPER bound on the input tokens this request can be billed for
     body: bytes  # the body to send upstream (rewritten when usage was injected)
     usage_injected: bool  # True when WE added stream_options.include_usage (the client did not ask)
+    service_tier: str | None = None  # as requested (OpenAI: "auto", "default", "flex", "priority")
+    cache_1h: bool = False  # Anthropic: a cache_control asks for a 1-hour TTL (its writes cost more)
 
 
 # Content parts whose token cost is not proportional to their size in the body: an image, file or document given by
@@ -90,7 +94,7 @@ MEDIA_PART_TOKENS = 3000
 OVERHEAD_TOKENS = 1024
 
 
-def input_token_bound(body: bytes, data: object) -> int:
+def input_token_bound(body: bytes, media_parts: int) -> int:
     """An upper bound on the input tokens a request body can be billed for.
 
     The tokenizers of both vendors are byte-level BPE: every token stands for at least one byte of UTF-8 text, so a
@@ -107,12 +111,14 @@ def input_token_bound(body: bytes, data: object) -> int:
     Responses ``previous_response_id`` / ``conversation`` / stored ``prompt``, multi-page documents given by
     reference, and server-side tools (web search, file search) that feed fetched text back to the model.
     """
-    return len(body) + OVERHEAD_TOKENS + MEDIA_PART_TOKENS * count_media_parts(data)
+    return len(body) + OVERHEAD_TOKENS + MEDIA_PART_TOKENS * media_parts
 
 
-def count_media_parts(data: object) -> int:
-    """How many objects with a media ``type`` (``MEDIA_PART_TYPES``) the JSON value holds, at any depth."""
+def scan_body(data: object) -> tuple[int, bool]:
+    """In one walk of a JSON value: how many objects with a media ``type`` (``MEDIA_PART_TYPES``) it holds at any
+    depth, and whether any ``cache_control`` in it asks for a 1-hour TTL (``{"type": "ephemeral", "ttl": "1h"}``)."""
     count = 0
+    one_hour = False
     stack: list[object] = [data]
     while stack:
         item = stack.pop()
@@ -120,10 +126,13 @@ def count_media_parts(data: object) -> int:
             kind = item.get("type")
             if isinstance(kind, str) and kind in MEDIA_PART_TYPES:
                 count += 1
+            control = item.get("cache_control")
+            if isinstance(control, dict) and control.get("ttl") == "1h":
+                one_hour = True
             stack.extend(item.values())
         elif isinstance(item, list):
             stack.extend(item)
-    return count
+    return count, one_hour
 
 
 def parse_request(api: API, body: bytes) -> LLMRequest:
@@ -163,6 +172,10 @@ def parse_request(api: API, body: bytes) -> LLMRequest:
     else:
         max_output = _max_tokens(data, "max_tokens")
 
+    tier = data.get("service_tier")
+    if tier is not None and not isinstance(tier, str):
+        raise BadLLMRequest('"service_tier" must be a string')
+
     sent = body
     injected = False
     if api == "openai_chat" and stream:
@@ -174,15 +187,19 @@ def parse_request(api: API, body: bytes) -> LLMRequest:
             sent = _dumps(data)
             injected = True
 
+    media, one_hour = scan_body(data)
+    longer = sent if len(sent) > len(body) else body  # the bound holds for whichever one is sent
     return LLMRequest(
         api=api,
         model=model,
         stream=stream,
         max_output_tokens=max_output,
         choices=choices,
-        input_token_bound=input_token_bound(sent if len(sent) > len(body) else body, data),  # the longer one
+        input_token_bound=input_token_bound(longer, media),
         body=sent,
         usage_injected=injected,
+        service_tier=tier,
+        cache_1h=one_hour and api == "anthropic_messages",
     )
 
 
@@ -227,7 +244,11 @@ def _detail(usage: dict[str, Any], key: str, field: str) -> int:
     return _count(details.get(field)) if isinstance(details, dict) else 0
 
 
-def _openai_usage(usage: object, prefix_in: str, prefix_out: str) -> Usage | None:
+def _tier(value: object) -> str | None:
+    return value if isinstance(value, str) and 0 < len(value) <= 32 else None
+
+
+def _openai_usage(usage: object, prefix_in: str, prefix_out: str, tier: object) -> Usage | None:
     """OpenAI's two usage shapes: chat (prompt/completion_tokens) and Responses (input/output_tokens)."""
     if not isinstance(usage, dict):
         return None
@@ -237,33 +258,50 @@ def _openai_usage(usage: object, prefix_in: str, prefix_out: str) -> Usage | Non
         cached_input_tokens=cached,
         output_tokens=_count(usage.get(f"{prefix_out}_tokens")),
         reasoning_tokens=_detail(usage, f"{prefix_out}_tokens_details", "reasoning_tokens"),
+        service_tier=_tier(tier),
     )
 
 
-def openai_chat_usage(usage: object) -> Usage | None:
-    """Usage from an OpenAI chat ``usage`` object (None when it is not an object)."""
-    return _openai_usage(usage, "prompt", "completion")
+def openai_chat_usage(usage: object, service_tier: object = None) -> Usage | None:
+    """Usage from an OpenAI chat ``usage`` object (None when it is not an object) and the completion's (or
+    chunk's) ``service_tier``."""
+    return _openai_usage(usage, "prompt", "completion", service_tier)
 
 
-def openai_responses_usage(usage: object) -> Usage | None:
-    """Usage from an OpenAI Responses ``usage`` object (None when it is not an object)."""
-    return _openai_usage(usage, "input", "output")
+def openai_responses_usage(usage: object, service_tier: object = None) -> Usage | None:
+    """Usage from an OpenAI Responses ``usage`` object (None when it is not an object) and the response's
+    ``service_tier``."""
+    return _openai_usage(usage, "input", "output", service_tier)
 
 
 def anthropic_usage(usage: object) -> Usage | None:
-    """Usage from an Anthropic ``usage`` object (None when it is not an object)."""
+    """Usage from an Anthropic ``usage`` object (None when it is not an object).
+
+    ``cache_creation_input_tokens`` counts every cache write; ``cache_creation.ephemeral_1h_input_tokens`` says how
+    many of them went to 1-hour entries, which cost more than the 5-minute ones.
+    """
     if not isinstance(usage, dict):
         return None
+    one_hour = _detail(usage, "cache_creation", "ephemeral_1h_input_tokens")
+    five_minutes = _detail(usage, "cache_creation", "ephemeral_5m_input_tokens")
     return Usage(
         input_tokens=_count(usage.get("input_tokens")),
         cached_input_tokens=_count(usage.get("cache_read_input_tokens")),
-        cache_write_tokens=_count(usage.get("cache_creation_input_tokens")),
+        cache_write_tokens=max(_count(usage.get("cache_creation_input_tokens")), one_hour + five_minutes),
         output_tokens=_count(usage.get("output_tokens")),
+        cache_write_1h_tokens=one_hour,
+        service_tier=_tier(usage.get("service_tier")),
     )
 
 
-_USAGE_OF = {"openai_chat": openai_chat_usage, "openai_responses": openai_responses_usage,
-             "anthropic_messages": anthropic_usage}
+def usage_in(api: API, obj: dict[str, Any]) -> Usage | None:
+    """The usage of a whole answer object: a chat completion (or chunk), a Responses response, an Anthropic message.
+    OpenAI puts the service tier beside ``usage``; Anthropic inside it."""
+    if api == "openai_chat":
+        return openai_chat_usage(obj.get("usage"), obj.get("service_tier"))
+    if api == "openai_responses":
+        return openai_responses_usage(obj.get("usage"), obj.get("service_tier"))
+    return anthropic_usage(obj.get("usage"))
 
 
 def _loads(data: bytes) -> Any:
@@ -280,7 +318,7 @@ def usage_from_body(api: API, body: bytes) -> Usage | None:
     """
     data = _loads(body)
     if isinstance(data, dict):
-        return _USAGE_OF[api](data.get("usage"))
+        return usage_in(api, data)
     if data is None and (b"data:" in body):
         meter = StreamMeter(api)
         meter.feed(body)
@@ -340,6 +378,7 @@ class StreamMeter:
         self._data_dropped = False
         # anthropic: message_start's counts, raised by later message_delta counts
         self._anthropic: dict[str, int] = {}
+        self._anthropic_tier: str | None = None
         # hiding mode
         self._held = bytearray()  # raw bytes of the current event, not forwarded yet
         self._released = False  # the current event outgrew MAX_HELD_BYTES and is being forwarded as it comes
@@ -507,7 +546,7 @@ class StreamMeter:
         event = _loads(data)
         if not isinstance(event, dict):
             return False
-        usage = openai_chat_usage(event.get("usage"))
+        usage = usage_in("openai_chat", event)
         if usage is None:
             return False
         self._usage = usage
@@ -526,7 +565,7 @@ class StreamMeter:
         self._complete = True
         response = event.get("response")
         if isinstance(response, dict):
-            usage = openai_responses_usage(response.get("usage"))
+            usage = usage_in("openai_responses", response)
             if usage is not None:
                 self._usage = usage
 
@@ -546,6 +585,7 @@ class StreamMeter:
             if not isinstance(usage, dict):
                 return
             self._anthropic = {}
+            self._anthropic_tier = None
         elif kind == "message_delta":
             usage = event.get("usage")
             if not isinstance(usage, dict):
@@ -553,8 +593,18 @@ class StreamMeter:
         else:
             return
         # message_delta counts are cumulative: the larger count is the later one, whichever event carried it
+        counts = self._anthropic
         for key in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens", "output_tokens"):
             value = usage.get(key)
             if value is not None:
-                self._anthropic[key] = max(self._anthropic.get(key, 0), _count(value))
-        self._usage = anthropic_usage(self._anthropic)
+                counts[key] = max(counts.get(key, 0), _count(value))
+        creation = usage.get("cache_creation")
+        if isinstance(creation, dict):
+            for key in ("ephemeral_5m_input_tokens", "ephemeral_1h_input_tokens"):
+                value = creation.get(key)
+                if value is not None:
+                    counts[key] = max(counts.get(key, 0), _count(value))
+        tier = _tier(usage.get("service_tier")) or self._anthropic_tier
+        self._anthropic_tier = tier
+        self._usage = anthropic_usage({**counts, "service_tier": tier, "cache_creation": {
+            key: counts[key] for key in ("ephemeral_5m_input_tokens", "ephemeral_1h_input_tokens") if key in counts}})

@@ -192,6 +192,24 @@ def test_negative_token_counts_are_refused() -> None:
 
 # -- bound -----------------------------------------------------------------------------------
 
+def test_one_hour_cache_writes_cost_twice_the_input_price() -> None:
+    sonnet = Price("claude-sonnet-4-5", input=3.00, output=15.00, cached_input=0.30, cache_write=3.75)
+    usage = Usage(input_tokens=100, cache_write_tokens=2000, cache_write_1h_tokens=500, output_tokens=300)
+    # 100*$3 + 1500*$3.75 (5-minute writes) + 500*$6 (1-hour writes: 2 x $3) + 300*$15, per million tokens
+    assert cost_nusd(sonnet, usage) == 300_000 + 5_625_000 + 3_000_000 + 4_500_000
+    # a 1-hour count above the writes it is part of (garbage from upstream) is capped at them
+    assert cost_nusd(sonnet, replace(usage, cache_write_1h_tokens=10**6)) == 300_000 + 12_000_000 + 4_500_000
+
+
+def test_priority_calls_cost_twice_the_standard_prices() -> None:
+    gpt = Price("gpt-5", input=1.25, output=10.00, cached_input=0.125)
+    usage = Usage(input_tokens=1000, cached_input_tokens=1000, output_tokens=100)
+    standard = 1000 * 1250 + 1000 * 125 + 100 * 10_000  # nUSD: $p per 1M tokens is p * 1000 nUSD per token
+    assert cost_nusd(gpt, usage) == standard
+    assert cost_nusd(gpt, usage, priority=True) == 2 * standard
+    assert bound_nusd(gpt, 1000, 100, priority=True) == 2 * bound_nusd(gpt, 1000, 100)
+
+
 def test_bound_prices_every_input_token_at_the_dearest_input_rate() -> None:
     sonnet = Price("s", input=3.00, output=15.00, cached_input=0.30, cache_write=3.75)
     assert bound_nusd(sonnet, 1000, 100) == 1000 * 3750 + 100 * 15000
@@ -209,9 +227,14 @@ def test_bound_is_at_least_the_cost_of_any_usage_with_the_same_totals(table: Pri
             total_out = rng.randrange(0, 200_000)
             cached = rng.randrange(0, total_in + 1)
             written = rng.randrange(0, total_in - cached + 1)
+            one_hour = rng.randrange(0, written + 1)
             usage = Usage(input_tokens=total_in - cached - written, cached_input_tokens=cached,
                           cache_write_tokens=written, output_tokens=total_out)
             assert bound_nusd(price, total_in, total_out) >= cost_nusd(price, usage), (price.model, usage)
+            usage = replace(usage, cache_write_1h_tokens=one_hour)
+            assert bound_nusd(price, total_in, total_out, one_hour_cache=True) >= cost_nusd(price, usage)
+            assert (bound_nusd(price, total_in, total_out, priority=True, one_hour_cache=True)
+                    >= cost_nusd(price, usage, priority=True)), (price.model, usage)
 
 
 # -- overrides and round trips ---------------------------------------------------------------

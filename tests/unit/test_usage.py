@@ -261,7 +261,8 @@ CHAT_BODY = {
     "service_tier": "default",
     "system_fingerprint": "fp_fc9f1d7035",
 }
-CHAT_USAGE = Usage(input_tokens=93, cached_input_tokens=1024, output_tokens=46, reasoning_tokens=32)
+CHAT_USAGE = Usage(input_tokens=93, cached_input_tokens=1024, output_tokens=46, reasoning_tokens=32,
+                   service_tier="default")
 
 RESPONSES_BODY = {
     "id": "resp_67ccd3a9da748190baa7f1570fe91ac604becb25c45c1d41",
@@ -283,8 +284,10 @@ RESPONSES_BODY = {
         "output_tokens_details": {"reasoning_tokens": 832},
         "total_tokens": 3363,
     },
+    "service_tier": "default",
 }
-RESPONSES_USAGE = Usage(input_tokens=280, cached_input_tokens=2048, output_tokens=1035, reasoning_tokens=832)
+RESPONSES_USAGE = Usage(input_tokens=280, cached_input_tokens=2048, output_tokens=1035, reasoning_tokens=832,
+                        service_tier="default")
 
 ANTHROPIC_BODY = {
     "id": "msg_013Zva2CMHLNnXjNJJKqJ2EF",
@@ -303,7 +306,8 @@ ANTHROPIC_BODY = {
         "service_tier": "standard",
     },
 }
-ANTHROPIC_USAGE = Usage(input_tokens=21, cached_input_tokens=4000, cache_write_tokens=188086, output_tokens=393)
+ANTHROPIC_USAGE = Usage(input_tokens=21, cached_input_tokens=4000, cache_write_tokens=188086, output_tokens=393,
+                        service_tier="standard")
 
 
 def test_usage_from_body_each_api() -> None:
@@ -545,7 +549,7 @@ def test_multi_line_data_and_comments() -> None:
         meter = StreamMeter("anthropic_messages")
         assert b"".join(meter.feed(c) for c in chunks) + meter.flush() == data
         assert meter.usage == Usage(input_tokens=21, cached_input_tokens=4000, cache_write_tokens=188086,
-                                    output_tokens=12)
+                                    output_tokens=12, service_tier="standard")
         assert meter.complete
 
 
@@ -567,14 +571,15 @@ def test_anthropic_message_delta_carrying_input_and_cache_counts() -> None:
     meter = StreamMeter("anthropic_messages")
     run(meter, events)
     assert meter.usage == Usage(input_tokens=25, cached_input_tokens=4100, cache_write_tokens=188086,
-                                output_tokens=500)
+                                output_tokens=500, service_tier="standard")
 
 
 def test_anthropic_usage_before_the_end() -> None:
     events = anthropic_stream()
     meter = StreamMeter("anthropic_messages")
     meter.feed(events[0])
-    assert meter.usage == Usage(input_tokens=21, cached_input_tokens=4000, cache_write_tokens=188086, output_tokens=1)
+    assert meter.usage == Usage(input_tokens=21, cached_input_tokens=4000, cache_write_tokens=188086, output_tokens=1,
+                                service_tier="standard")
     assert not meter.complete
     for event in events[1:-1]:
         meter.feed(event)
@@ -683,23 +688,24 @@ def test_against_llmsim() -> None:
 
     hidden = StreamMeter("openai_chat", hide_usage_chunk=True)
     out = run(hidden, [stream[i : i + 13] for i in range(0, len(stream), 13)])
-    assert hidden.usage == Usage(input_tokens=5, output_tokens=7) and hidden.complete
+    assert hidden.usage == Usage(input_tokens=5, output_tokens=7, service_tier="default") and hidden.complete
     assert b'"usage": {' in stream and b'"usage": {' not in out and out.endswith(b"data: [DONE]\n\n")
     assert out.count(b"\n\n") == stream.count(b"\n\n") - 1
 
     kept = StreamMeter("openai_chat")
     assert run(kept, [stream_asked]) == stream_asked
-    assert kept.usage == Usage(input_tokens=5, output_tokens=7) and kept.complete
+    assert kept.usage == Usage(input_tokens=5, output_tokens=7, service_tier="default") and kept.complete
 
-    assert usage_from_body("openai_chat", plain) == Usage(input_tokens=5, output_tokens=7)
-    assert usage_from_body("openai_responses", resp) == Usage(input_tokens=3, output_tokens=5)
-    assert usage_from_body("anthropic_messages", anthropic_body) == Usage(input_tokens=5, output_tokens=6)
+    assert usage_from_body("openai_chat", plain) == Usage(input_tokens=5, output_tokens=7, service_tier="default")
+    assert usage_from_body("openai_responses", resp) == Usage(input_tokens=3, output_tokens=5, service_tier="default")
+    assert usage_from_body("anthropic_messages", anthropic_body) == Usage(input_tokens=5, output_tokens=6,
+                                                                          service_tier="standard")
 
     meter = StreamMeter("anthropic_messages")
     for chunk in [anthropic_stream_body[i : i + 7] for i in range(0, len(anthropic_stream_body), 7)]:
         meter.feed(chunk)
     meter.flush()
-    assert meter.usage == Usage(input_tokens=5, output_tokens=6) and meter.complete
+    assert meter.usage == Usage(input_tokens=5, output_tokens=6, service_tier="standard") and meter.complete
 
 
 def test_usage_object_split_over_data_lines_in_one_chunk() -> None:

@@ -174,6 +174,62 @@ def test_streams_are_metered_and_the_injected_usage_chunk_is_hidden(tmp_path: Pa
     run(tmp_path, check)
 
 
+def test_priority_calls_are_billed_at_twice_the_standard_prices_as_the_answer_says(tmp_path: Path) -> None:
+    async def check(r: Rig) -> None:
+        words = [{"role": "user", "content": "one two three four five"}]
+        chat = {"model": "gpt-4o", "max_tokens": 10, "messages": words}
+        assert (await r.post(CHAT, {**chat, "service_tier": "priority"}))[0] == 200
+        status, _, body = await r.post(CHAT, {**chat, "service_tier": "priority", "stream": True})
+        assert status == 200 and sse_events(body)[-1] == "[DONE]"
+        assert (await r.post("/v1/responses", {"model": "gpt-4o", "input": "one two three four five",
+                                               "max_output_tokens": 10, "service_tier": "priority"}))[0] == 200
+        r.sim.config.service_tier = "default"  # priority asked for, not granted: the answer says so
+        assert (await r.post(CHAT, {**chat, "service_tier": "priority"}))[0] == 200
+        r.sim.config.service_tier = "priority"  # not asked for (a project whose default tier is priority)
+        assert (await r.post(CHAT, chat))[0] == 200
+        assert (await r.post(CHAT, {**chat, "service_tier": 3}))[0] == 400
+        await settled(r)
+        rows = r.ledger()
+        standard = 5 * 2500 + 10 * 10000  # gpt-4o: $2.50 input, $10 output per 1M tokens
+        assert [(c["service_tier"], c["cost_nusd"]) for c in rows] == [
+            ("priority", 2 * standard), ("priority", 2 * standard), ("priority", 2 * standard),
+            ("default", standard), ("priority", 2 * standard)]
+        assert all(c["cost_nusd"] <= c["reserved_nusd"] for c in rows[:4])  # asked for: within the bound
+
+    run(tmp_path, check)
+
+
+def test_a_priority_request_reserves_twice_the_bound(tmp_path: Path) -> None:
+    async def check(r: Rig) -> None:
+        r.register(Caps(daily_nusd=USD // 100))  # $0.01: one call's bound ($0.0064) fits, doubled it does not
+        body = {"model": "test-model", "max_tokens": 64, "messages": [{"role": "user", "content": "x"}]}
+        status, _, raw = await r.post(CHAT, {**body, "service_tier": "priority"})
+        assert status == 429 and json.loads(raw)["error"]["type"] == "budget_exceeded"
+        assert (await r.post(CHAT, {**body, "service_tier": "flex"}))[0] == 200
+        assert r.upstream_calls() == 1
+
+    run(tmp_path, check)
+
+
+def test_one_hour_cache_writes_are_billed_at_twice_the_input_price(tmp_path: Path) -> None:
+    async def check(r: Rig) -> None:
+        r.sim.config.cache_write_tokens, r.sim.config.cache_write_1h_tokens = 400, 300
+        system = [{"type": "text", "text": "a b c", "cache_control": {"type": "ephemeral", "ttl": "1h"}}]
+        body = {"model": "claude-sonnet-4", "max_tokens": 9, "system": system,
+                "messages": [{"role": "user", "content": "a b"}]}
+        assert (await r.post("/v1/messages", body))[0] == 200
+        assert (await r.post("/v1/messages", {**body, "stream": True}))[0] == 200
+        await settled(r)
+        rows = r.ledger()
+        # claude-sonnet-4: $3 input, $3.75 5-minute cache write, $6 1-hour cache write, $15 output per 1M tokens
+        assert [(c["cache_write_tokens"], c["cache_write_1h_tokens"], c["service_tier"]) for c in rows] == [
+            (400, 300, "standard")] * 2
+        assert [c["cost_nusd"] for c in rows] == [5 * 3000 + 100 * 3750 + 300 * 6000 + 9 * 15000] * 2
+        assert all(c["cost_nusd"] <= c["reserved_nusd"] for c in rows)
+
+    run(tmp_path, check)
+
+
 def test_a_request_that_does_not_fit_gets_429_budget_exceeded_without_retry(tmp_path: Path) -> None:
     async def check(r: Rig) -> None:
         r.register(Caps(daily_nusd=USD // 100))  # $0.01
