@@ -66,3 +66,78 @@ class PidHandles:
     def close(self) -> None:
         for container_id in list(self._fds):
             self.detach(container_id)
+
+
+def _pidfd_in(pid: int, container_id: str) -> int | None:
+    """A pidfd for ``pid`` if that process is in the container's cgroup (checked after opening: no reuse race)."""
+    if pid <= 0 or not hasattr(os, "pidfd_open"):
+        return None
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return None
+    try:
+        inside = container_id in Path(f"/proc/{pid}/cgroup").read_text()
+    except OSError:
+        inside = False
+    if not inside:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (its threads' ``children`` lists, else a scan of /proc)."""
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+        found: list[int] = []
+        for task in tasks:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        return found
+    except (OSError, ValueError):
+        pass
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[-1].split()  # after "(comm)", which may hold spaces
+        if len(fields) > 1 and fields[1] == str(pid):
+            found.append(int(entry.name))
+    return found
+
+
+def kill_process_tree(pid: int, container_id: str) -> int:
+    """SIGKILL a process of a container and all its descendants (a timed-out exec probe); how many were killed.
+
+    Docker has no API to end an exec. Each process is stopped (SIGSTOP) before its children are listed, so none
+    can fork a new one unseen; then all are killed. Only processes in the container's cgroup are touched, each
+    through a pidfd, so a PID reused meanwhile is never signalled. Nothing happens where the daemon cannot see
+    the container's processes (another PID namespace, a remote engine).
+    """
+    held: list[int] = []
+    frontier = [pid]
+    try:
+        while frontier:
+            process = frontier.pop()
+            fd = _pidfd_in(process, container_id)
+            if fd is None:
+                continue
+            held.append(fd)
+            try:
+                signal.pidfd_send_signal(fd, signal.SIGSTOP)
+            except OSError:
+                continue  # gone already
+            frontier += _children(process)
+        killed = 0
+        for fd in held:
+            with contextlib.suppress(OSError):
+                signal.pidfd_send_signal(fd, signal.SIGKILL)
+                killed += 1
+        return killed
+    finally:
+        for fd in held:
+            os.close(fd)

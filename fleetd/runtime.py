@@ -19,6 +19,7 @@ from docker.types import LogConfig
 
 from fleetd.errors import ImageNotFound, NotFound, RuntimeFailure, RuntimeUnavailable
 from fleetd.models import AgentSpec
+from fleetd.pidfds import kill_process_tree
 
 log = logging.getLogger(__name__)
 CHECKPOINT_DIR = "/fleetd/checkpoint"
@@ -239,9 +240,11 @@ class DockerRuntime:
         """Run ``command`` in the container (docker exec, no tty) and return its exit code.
 
         A command still running after ``timeout`` seconds gives 124, like
-        coreutils' ``timeout`` (which minimal images may lack). The exec is
-        started detached and polled, so no thread waits on it; an overrunning
-        process is left to finish in the container (Docker cannot kill an exec).
+        coreutils' ``timeout`` (which minimal images may lack), and is killed
+        with everything it started, as containerd's ExecSync does for a
+        Kubernetes exec probe: Docker has no API to end an exec, so the daemon
+        signals the processes itself (:func:`fleetd.pidfds.kill_process_tree`).
+        The exec is started detached and polled, so no thread waits on it.
         """
         import time
 
@@ -257,6 +260,8 @@ class DockerRuntime:
                     return int(state["ExitCode"])
                 left = give_up - time.monotonic()
                 if left <= 0:
+                    killed = kill_process_tree(int(state.get("Pid") or 0), container_id)
+                    log.debug("exec %r in %s timed out: %d processes killed", command, container_id[:12], killed)
                     return 124
                 time.sleep(min(pause, left))
                 pause = min(pause * 2, 0.2)

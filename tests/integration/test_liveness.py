@@ -230,3 +230,21 @@ def test_drain_waits_then_stops_the_rest_and_refuses_spawns_until_undrain(fleet:
     assert fleet.api.call("GET", "/v1/status")["draining"] is True
     fleet.cli("undrain")
     fleet.spawn(AGENT_IMAGE, "true")
+
+
+def test_a_timed_out_exec_probe_is_killed_with_what_it_started(fleet: Daemon, engine: docker.DockerClient) -> None:
+    # Each probe runs a shell that starts two sleeps and hangs; with the 1 s timeout every one of them times out.
+    agent_id = fleet.spawn(
+        "--ttl", "600", "--readiness-probe", "exec:sh -c 'sleep 300 & sleep 301',period=1,timeout=1",
+        AGENT_IMAGE, "python3", "-c", "import time; time.sleep(600)")
+    container = engine.containers.get(fleet.agent(agent_id)["container_id"])
+    wait_for(lambda: len(events(fleet, agent_id, "probe_failed")) >= 1, 30, what="the probe failed")
+    time.sleep(6)  # ~6 more probes, each timed out
+
+    def leftovers() -> list[str]:
+        return [" ".join(p) for p in container.top(ps_args="-o pid,args")["Processes"]
+                if "sleep 30" in " ".join(p)]
+
+    # At most the probe under way right now (a shell and its two sleeps) may be seen: none of the earlier ones.
+    assert len(leftovers()) <= 3, leftovers()
+    assert fleet.agent(agent_id)["ready"] is False and fleet.agent(agent_id)["state"] == "running"
