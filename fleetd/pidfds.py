@@ -86,7 +86,7 @@ def _pidfd_in(pid: int, container_id: str) -> int | None:
     return fd
 
 
-def _children(pid: int) -> list[int]:
+def children(pid: int) -> list[int]:
     """The child processes of ``pid`` (its threads' ``children`` lists, else a scan of /proc)."""
     try:
         tasks = list(Path(f"/proc/{pid}/task").iterdir())
@@ -95,7 +95,11 @@ def _children(pid: int) -> list[int]:
             found += [int(c) for c in (task / "children").read_text().split()]
         return found
     except (OSError, ValueError):
-        pass
+        return children_by_scan(pid)
+
+
+def children_by_scan(pid: int) -> list[int]:
+    """The child processes of ``pid``, by their parent PID in /proc/*/stat (kernels without ``children`` lists)."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -131,7 +135,7 @@ def kill_process_tree(pid: int, container_id: str) -> int:
                 signal.pidfd_send_signal(fd, signal.SIGSTOP)
             except OSError:
                 continue  # gone already
-            frontier += _children(process)
+            frontier += children(process)
         killed = 0
         for fd in held:
             with contextlib.suppress(OSError):
