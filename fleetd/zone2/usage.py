@@ -183,8 +183,9 @@ def parse_request(api: API, body: bytes) -> LLMRequest:
         if options is not None and not isinstance(options, dict):
             raise BadLLMRequest('"stream_options" must be an object')
         if not (options and options.get("include_usage") is True):
+            spliced = _with_usage_option(body) if "stream_options" not in data else None
             data["stream_options"] = {**(options or {}), "include_usage": True}
-            sent = _dumps(data)
+            sent = spliced or _dumps(data)
             injected = True
 
     media, one_hour = scan_body(data)
@@ -214,6 +215,19 @@ def _max_tokens(data: dict[str, Any], key: str) -> int | None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise BadLLMRequest(f'"{key}" must be a non-negative integer')
     return value
+
+
+_USAGE_OPTION = b',"stream_options":{"include_usage":true}'
+
+
+def _with_usage_option(body: bytes) -> bytes | None:
+    """``body`` (a JSON object without a top-level ``stream_options``) with ``stream_options.include_usage`` added
+    as its last member, the client's bytes otherwise unchanged: a long conversation is not serialized again (that
+    costs more than parsing it). None when the body is not plain UTF-8 JSON text ending in the object's ``}``."""
+    end = len(body.rstrip(b" \t\r\n"))
+    if end == 0 or body[end - 1] != 0x7D or json.detect_encoding(body) not in ("utf-8", "utf-8-sig"):
+        return None
+    return body[: end - 1] + _USAGE_OPTION + body[end - 1 :]
 
 
 def _dumps(data: object) -> bytes:

@@ -128,6 +128,18 @@ def test_parse_chat_stream_injects_when_not_asked(options: Any) -> None:
     assert json.loads(request.body)["stream_options"] == {"include_usage": True}
 
 
+def test_parse_chat_stream_adds_the_option_to_the_clients_bytes_without_serializing_again() -> None:
+    body = b' {"model": "m",\n "messages": [{"role": "user", "content": "h\\u00e9llo \xe2\x98\x83"}], "stream": true}\n'
+    request = parse_request("openai_chat", body)
+    assert request.usage_injected is True
+    assert request.body == body[:-2] + b',"stream_options":{"include_usage":true}}\n'  # all else byte for byte
+    assert json.loads(request.body) == {**json.loads(body), "stream_options": {"include_usage": True}}
+    # Not plain UTF-8 JSON text: serialized again instead
+    utf16 = '{"model": "m", "messages": [], "stream": true}'.encode("utf-16")
+    assert parse_request("openai_chat", utf16).body == b'{"model":"m","messages":[],"stream":true,' \
+                                                       b'"stream_options":{"include_usage":true}}'
+
+
 def test_parse_chat_stream_null_stream_options() -> None:
     request = parse_request("openai_chat", b'{"model":"m","messages":[],"stream":true,"stream_options":null}')
     assert request.usage_injected is True
