@@ -1,31 +1,39 @@
-"""How much of zone 2's added streaming TTFB is its HTTP stack: aiohttp vs a bare relay, side by side.
+"""How much of zone 2's added streaming TTFB is its HTTP stack: aiohttp vs bare relays, side by side.
 
-All on loopback, no Docker: one LLM simulator (``fleetd llm-sim --latency-ms 0 --chunk-delay-ms 50``)
-and two relays in front of it, each in a process of its own on uvloop:
+One LLM simulator (``fleetd llm-sim --latency-ms 0 --chunk-delay-ms 50``) and three relays in front of it,
+each a process of its own on uvloop (``bench/relays.py``):
 
 - **aiohttp**: zone 2's real agent-facing app (``init_gateway``: aiohttp server and client), with a
   registry, prices and a ledger on disk, as zone 2 runs it;
-- **bare**: the same per-request work (identify, target and handle checks, credential scope,
-  header forwarding, request parsing, budget admission, breaker, stream meter, redactor, ledger
-  row) on a bare asyncio protocol parsed with httptools, with one kept-alive upstream connection
-  per request in flight. It is a measuring floor, **not a data plane**: no limits, timeouts, TLS,
-  pipelining, flow control or error handling.
+- **bare**: the same per-request work (target and handle checks, credential scope, header forwarding,
+  request parsing, budget admission, breaker, stream meter, redactor, ledger row) on a bare asyncio
+  protocol parsed with httptools. A measuring floor, **not a data plane**: no limits, timeouts, TLS,
+  pipelining, flow control or error handling;
+- **bytes**: bytes copied between an agent's connection and an upstream one: the least any relay does.
 
-``fleetd loadgen --stream`` runs against the simulator directly and through each relay, the order
-rotating every round; the table gives each one's TTFB p50 (first server-sent event) and the
-difference to direct, median over rounds. The gap between the two relays is what the HTTP stack
-costs on a request's way to its first byte; the bare relay's figure is roughly the floor for
-Python on this machine with zone 2's checks in the path. Target (issue 3): added TTFB p50 <= 1 ms.
+``fleetd loadgen --stream`` runs against the simulator directly and through each relay, the order rotating
+every round; the table gives each one's TTFB p50 (first server-sent event) and the difference to direct
+(median over rounds of the per-round difference). Two topologies:
 
-Needs httptools (``pip install -e '.[bench]'``). Run: .venv/bin/python bench/dataplane.py [--rounds 5]
+- loopback (default): every process on 127.0.0.1;
+- ``--docker``: the topology of bench/gateway.py without fleetd: the simulator on an egress bridge
+  network, each relay a container (image fleetd/zone2) on it and on an agents' bridge network, the load
+  generator a container (1 CPU, 512m) on the agents' network (or on the egress network, for direct).
+
+The gap between aiohttp and bare is what the HTTP stack costs on a request's way to its first byte; bare
+is roughly the floor for Python with zone 2's checks in the path, bytes the floor for any relay in that
+topology. Target (issue 3): added TTFB p50 <= 1 ms, judged here for aiohttp only.
+
+Needs httptools (``pip install -e '.[bench]'``), and for --docker the image fleetd/zone2 built from this
+tree. Run: .venv/bin/python bench/dataplane.py [--docker] [--rounds 5]
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
+import secrets
 import signal
 import socket
 import statistics
@@ -34,197 +42,22 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import fleetd_exe, table, verdict
+from harness import BASELINE_LABEL, LOG_OPTS, code_version, fleetd_exe, remove_containers, table, verdict
+from relays import SECRET
 
-SECRET = "sk-bench-dataplane-0123456789"
+from fleetd import __version__
+
+IMAGE = f"fleetd/zone2:{__version__}"
+RELAYS = Path(__file__).resolve().parent / "relays.py"
 PATH = "/v1/chat/completions"
 BODY = json.dumps(
     {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello, briefly."}], "stream": True},
     separators=(",", ":"),
 )
 TARGET_TTFB_ADDED_MS = 1.0
-
-
-# -- the relays (run as subprocesses of this script) ----------------------------------------------
-def _gateway_parts(upstream: str, ledger: Path) -> tuple[Any, Any]:
-    from fleetd.zone2.budget import Caps
-    from fleetd.zone2.costs import CostTracker
-    from fleetd.zone2.ledger import Ledger
-    from fleetd.zone2.pricing import PriceTable
-    from fleetd.zone2.registry import Registration, Registry, Upstream
-
-    registry = Registry()
-    registry.set_creds([Upstream("sim", upstream, SECRET)])
-    registry.register(Registration("bench", "127.0.0.1", "bench", frozenset({"sim"}), Caps(), False))
-    costs = CostTracker(Ledger(ledger), lambda *e: None)
-    costs.configure({"prices": PriceTable.builtin().to_list(), "retry": {"max_retries": 0}})
-    return registry, costs
-
-
-async def serve_aiohttp(upstream: str, port: int, ledger: Path) -> None:
-    from aiohttp import web
-
-    from fleetd.zone2.proxy import init_gateway
-
-    registry, costs = _gateway_parts(upstream, ledger)
-
-    async def whois(ip: str) -> None:
-        return None
-
-    runner = web.AppRunner(init_gateway(registry, whois, costs), access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    await asyncio.Event().wait()
-
-
-async def serve_bare(upstream: str, port: int, ledger: Path) -> None:
-    import httptools
-    from multidict import CIMultiDict
-    from yarl import URL
-
-    from fleetd.zone2.handles import Redactor, request_handles, safe_path
-    from fleetd.zone2.proxy import Upcall, forward_headers, response_headers
-    from fleetd.zone2.usage import StreamMeter, classify, parse_request
-
-    registry, costs = _gateway_parts(upstream, ledger)
-    loop = asyncio.get_running_loop()
-    idle: dict[tuple[str, int], list[Any]] = {}
-    running: set[asyncio.Task[None]] = set()
-
-    class Answer:
-        def __init__(self) -> None:
-            self.headers: CIMultiDict[str] = CIMultiDict()
-            self.status = 0
-            self.parts: list[bytes] = []
-            self.done = False
-            self.wake: asyncio.Future[None] | None = None
-
-        def _poke(self) -> None:
-            if self.wake is not None and not self.wake.done():
-                self.wake.set_result(None)
-
-        async def chunks(self) -> Any:
-            while True:
-                if self.parts:
-                    out, self.parts = b"".join(self.parts), []
-                    yield out
-                elif self.done:
-                    return
-                else:
-                    self.wake = loop.create_future()
-                    await self.wake
-
-    class Client(asyncio.Protocol):
-        def __init__(self, key: tuple[str, int]) -> None:
-            self.key = key
-            self.parser = httptools.HttpResponseParser(self)
-            self.answer = Answer()
-            self.head: asyncio.Future[Answer] = loop.create_future()
-
-        def connection_made(self, transport: Any) -> None:
-            self.transport = transport
-
-        def data_received(self, data: bytes) -> None:
-            self.parser.feed_data(data)
-
-        def on_header(self, name: bytes, value: bytes) -> None:
-            self.answer.headers.add(name.decode("latin-1"), value.decode("latin-1"))
-
-        def on_headers_complete(self) -> None:
-            self.answer.status = self.parser.get_status_code()
-            self.head.set_result(self.answer)
-
-        def on_body(self, body: bytes) -> None:
-            self.answer.parts.append(body)
-            self.answer._poke()
-
-        def on_message_complete(self) -> None:
-            self.answer.done = True
-            self.answer._poke()
-            idle.setdefault(self.key, []).append(self)
-
-    async def send(call: Upcall, body: bytes) -> Answer:
-        url = URL(call.url)
-        key = (url.host or "", url.port or 80)
-        conns = idle.get(key)
-        client: Client
-        if conns:
-            client = conns.pop()
-            client.answer, client.head = Answer(), loop.create_future()
-        else:
-            _, client = await loop.create_connection(lambda: Client(key), *key)
-        head = [f"{call.method} {url.raw_path_qs} HTTP/1.1\r\nHost: {key[0]}:{key[1]}\r\n"]
-        head += [f"{k}: {v}\r\n" for k, v in call.headers.items()]
-        head.append(f"Content-Length: {len(body)}\r\n\r\n")
-        client.transport.write("".join(head).encode("latin-1") + body)
-        return await client.head
-
-    class Server(asyncio.Protocol):
-        def connection_made(self, transport: Any) -> None:
-            self.transport = transport
-            self.parser = httptools.HttpRequestParser(self)
-            self.ip = transport.get_extra_info("peername")[0]
-
-        def data_received(self, data: bytes) -> None:
-            self.parser.feed_data(data)
-
-        def on_message_begin(self) -> None:
-            self.headers: CIMultiDict[str] = CIMultiDict()
-            self.body: list[bytes] = []
-
-        def on_url(self, url: bytes) -> None:
-            self.target = url.decode("latin-1")
-
-        def on_header(self, name: bytes, value: bytes) -> None:
-            self.headers.add(name.decode("latin-1"), value.decode("latin-1"))
-
-        def on_body(self, body: bytes) -> None:
-            self.body.append(body)
-
-        def on_message_complete(self) -> None:
-            method = self.parser.get_method().decode()
-            task = loop.create_task(self.handle(method, self.target, self.headers, b"".join(self.body)))
-            running.add(task)
-            task.add_done_callback(running.discard)
-
-        async def handle(self, method: str, target: str, headers: Any, body: bytes) -> None:
-            reg = registry.by_ip[self.ip]
-            path, query = safe_path(target)
-            creds = registry.resolve(reg, request_handles(headers.items(), query))
-            assert creds is not None
-            secrets = {c.name: c.secret for c in creds}
-            base = creds[0].upstream
-            call = Upcall(
-                method, base + path, forward_headers(headers, secrets), body, base, Redactor(secrets.values())
-            )
-            api = classify(method, path)
-            assert api is not None
-            llm = parse_request(api, body)
-            ticket = costs.admit(reg, "sim", llm)
-            admission = costs.breaker_admit(reg.agent_id, base)
-            answer = await send(call, llm.body)
-            costs.breaker_record(reg.agent_id, base, answer.status, admission.probe)
-            meter = StreamMeter(api, hide_usage_chunk=llm.usage_injected)
-            head = [f"HTTP/1.1 {answer.status} OK\r\n"]
-            head += [f"{k}: {v}\r\n" for k, v in response_headers(answer.headers, call.redactor)]
-            head.append("Transfer-Encoding: chunked\r\n\r\n")
-            self.transport.write("".join(head).encode("latin-1"))
-            async for chunk in answer.chunks():
-                out = call.redactor.feed(meter.feed(chunk))
-                if out:
-                    self.transport.write(b"%x\r\n%b\r\n" % (len(out), out))
-            tail = call.redactor.feed(meter.flush()) + call.redactor.flush()
-            if tail:
-                self.transport.write(b"%x\r\n%b\r\n" % (len(tail), tail))
-            self.transport.write(b"0\r\n\r\n")
-            costs.settle(ticket, answer.status, meter.usage, 1)
-
-    await loop.create_server(Server, "127.0.0.1", port)
-    await asyncio.Event().wait()
 
 
 # -- the benchmark ---------------------------------------------------------------------------------
@@ -247,15 +80,154 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -
     raise SystemExit(f"nothing listens on 127.0.0.1:{port} after {timeout:g} s")
 
 
-def loadgen(port: int, auth: str, concurrency: int, duration: float) -> float:
-    out = subprocess.run(
-        [fleetd_exe(), "loadgen", f"http://127.0.0.1:{port}{PATH}", "--header", f"Authorization: Bearer {auth}",
-         "--body", BODY, "--stream", "--concurrency", str(concurrency), "--duration", f"{duration:g}",
-         "--warmup", "1"], capture_output=True, text=True, check=True)  # fmt: skip
-    result = json.loads(out.stdout)
+def loadgen_args(url: str, mode: str, concurrency: int, duration: float) -> list[str]:
+    # The byte relay passes the request as it is, so it carries the real key; the others swap the handle.
+    auth = SECRET if mode in ("direct", "bytes") else "$CRED{sim}"
+    return ["loadgen", url, "--header", f"Authorization: Bearer {auth}", "--body", BODY, "--stream",
+            "--concurrency", str(concurrency), "--duration", f"{duration:g}", "--warmup", "1"]  # fmt: skip
+
+
+def ttfb_p50(output: str, where: str) -> float:
+    result = json.loads(output.strip().splitlines()[-1])
     if result["errors"]:
-        raise SystemExit(f"loadgen saw errors through 127.0.0.1:{port}: {result['errors']}")
+        raise SystemExit(f"loadgen saw errors {where}: {result['errors']}")
     return float(result["ttfb_ms"]["p50"])
+
+
+class Loopback:
+    """Every process on 127.0.0.1 of this machine."""
+
+    def __init__(self, modes: list[str]) -> None:
+        self.modes = modes
+        self.ports = {"direct": free_port(), **{m: free_port() for m in modes if m != "direct"}}
+        self.scratch = tempfile.TemporaryDirectory(prefix="fleetd-dataplane-")
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> None:
+        sim = ["llm-sim", "--host", "127.0.0.1", "--port", str(self.ports["direct"]), "--latency-ms", "0",
+               "--chunk-delay-ms", "50"]  # fmt: skip
+        self.procs.append(subprocess.Popen([fleetd_exe(), *sim], stdout=subprocess.DEVNULL))
+        wait_port(self.ports["direct"], self.procs[0])
+        for mode in self.modes:
+            if mode == "direct":
+                continue
+            self.procs.append(subprocess.Popen(
+                [sys.executable, str(RELAYS), "--serve", mode, "--upstream", f"http://127.0.0.1:{self.ports['direct']}",
+                 "--host", "127.0.0.1", "--port", str(self.ports[mode]),
+                 "--ledger", f"{self.scratch.name}/{mode}.db"]))  # fmt: skip
+            wait_port(self.ports[mode], self.procs[-1])
+
+    def run(self, mode: str, concurrency: int, duration: float) -> float:
+        url = f"http://127.0.0.1:{self.ports[mode]}{PATH}"
+        out = subprocess.run([fleetd_exe(), *loadgen_args(url, mode, concurrency, duration)],
+                             capture_output=True, text=True, check=True)  # fmt: skip
+        return ttfb_p50(out.stdout, f"at {url}")
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        self.scratch.cleanup()
+
+
+class Docker:
+    """The bench's topology in containers, without fleetd: the simulator on an egress network; each relay a
+    container (image fleetd/zone2) on that network and on an agents' network; the load generator a container
+    (1 CPU, 512m, as in bench/gateway.py) on the agents' network, or on the egress network for direct."""
+
+    def __init__(self, modes: list[str]) -> None:
+        self.modes = modes
+        self.hex = secrets.token_hex(4)
+        self.prefix = f"fleetd-dataplane-{self.hex}"
+        self.label = f"{BASELINE_LABEL}={self.hex}"
+        self.agents, self.egress = f"{self.prefix}-agents", f"{self.prefix}-egress"
+        self.seq = 0
+        import httptools  # mounted into the relays' containers: the image does not ship it
+
+        self.httptools = Path(httptools.__file__).parent
+
+    def _docker(self, *args: str) -> str:
+        out = subprocess.run(["docker", *args], capture_output=True, text=True)
+        if out.returncode != 0:
+            raise SystemExit(f"docker {' '.join(args[:3])}...: {out.stderr.strip()}")
+        return out.stdout.strip()
+
+    def start(self) -> None:
+        for network in (self.agents, self.egress):
+            self._docker("network", "create", "--label", self.label, network)
+        self._docker(
+            "run",
+            "-d",
+            "--name",
+            f"{self.prefix}-sim",
+            "--label",
+            self.label,
+            "--network",
+            self.egress,
+            *LOG_OPTS,
+            IMAGE,
+            "llm-sim",
+            "--port",
+            "8000",
+            "--latency-ms",
+            "0",
+            "--chunk-delay-ms",
+            "50",
+        )
+        bench_dir = Path(__file__).resolve().parent
+        for mode in self.modes:
+            if mode == "direct":
+                continue
+            name = f"{self.prefix}-{mode}"
+            self._docker(
+                "run", "-d", "--name", name, "--label", self.label, "--network", self.agents, *LOG_OPTS,
+                "--memory", "256m", "--cpus", "2", "--read-only", "--tmpfs", "/tmp",
+                "-v", f"{bench_dir}:/bench:ro", "-v", f"{self.httptools}:/extra/httptools:ro",
+                "-e", "PYTHONPATH=/extra", "--entrypoint", "python3", IMAGE, "/bench/relays.py", "--serve", mode,
+                "--upstream", f"http://{self.prefix}-sim:8000", "--host", "0.0.0.0", "--port", "8080",
+                "--ledger", f"/tmp/{mode}.db")  # fmt: skip
+            self._docker("network", "connect", self.egress, name)
+        time.sleep(3)
+        for mode in ("direct", *[m for m in self.modes if m != "direct"]):
+            self.run(mode, 1, 2.0)  # the relays listen and the path works before anything is measured
+
+    def run(self, mode: str, concurrency: int, duration: float) -> float:
+        self.seq += 1
+        name = f"{self.prefix}-load-{self.seq}"
+        url = f"http://{self.prefix}-sim:8000{PATH}" if mode == "direct" else f"http://{self.prefix}-{mode}:8080{PATH}"
+        network = self.egress if mode == "direct" else self.agents
+        self._docker(
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--label",
+            self.label,
+            "--network",
+            network,
+            *LOG_OPTS,
+            "--memory",
+            "512m",
+            "--cpus",
+            "1",
+            IMAGE,
+            *loadgen_args(url, mode, concurrency, duration),
+        )
+        try:
+            self._docker("wait", name)
+            logs = subprocess.run(["docker", "logs", name], capture_output=True, text=True)
+            return ttfb_p50(logs.stdout, f"in {name} ({logs.stderr.strip()[-300:]})")
+        finally:
+            subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+
+    def stop(self) -> None:
+        remove_containers(f"label={self.label}")
+        for network in (self.agents, self.egress):
+            subprocess.run(["docker", "network", "rm", network], capture_output=True)
 
 
 def main() -> int:
@@ -263,90 +235,51 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--duration", type=float, default=6.0, help="measured seconds per run")
     parser.add_argument("--concurrency", default="1,100", help="streams in flight, one scenario each")
-    parser.add_argument("--serve", choices=["aiohttp", "bare"], help=argparse.SUPPRESS)
-    parser.add_argument("--upstream", help=argparse.SUPPRESS)
-    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--ledger", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--docker", action="store_true", help="containers and bridge networks instead of loopback")
     args = parser.parse_args()
-    if args.serve:
-        import uvloop
-
-        uvloop.run((serve_aiohttp if args.serve == "aiohttp" else serve_bare)(args.upstream, args.port, args.ledger))
-        return 0
     try:
         import httptools  # noqa: F401
     except ImportError:
         print("bench/dataplane.py needs httptools: .venv/bin/pip install -e '.[bench]'", file=sys.stderr)
         return 2
 
-    ports = {"sim": free_port(), "aiohttp": free_port(), "bare": free_port()}
-    print(f"dataplane bench: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}, loopback ports {ports}")
-    scratch = tempfile.TemporaryDirectory(prefix="fleetd-dataplane-")
-    procs = [
-        subprocess.Popen(
-            [
-                fleetd_exe(),
-                "llm-sim",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(ports["sim"]),
-                "--latency-ms",
-                "0",
-                "--chunk-delay-ms",
-                "50",
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-    ]
+    modes = ["direct", "aiohttp", "bare", "bytes"]
+    topology: Loopback | Docker = Docker(modes) if args.docker else Loopback(modes)
+    where = "containers on bridge networks" if args.docker else "loopback"
+    print(
+        f"dataplane bench ({where}): code {code_version()}, {os.cpu_count()} CPUs, "
+        f"load average {os.getloadavg()[0]:.2f}; {args.rounds} rounds of {args.duration:g} s per mode"
+    )
     try:
-        wait_port(ports["sim"], procs[0])
-        for relay in ("aiohttp", "bare"):
-            procs.append(subprocess.Popen(
-                [sys.executable, __file__, "--serve", relay, "--upstream", f"http://127.0.0.1:{ports['sim']}",
-                 "--port", str(ports[relay]), "--ledger", f"{scratch.name}/{relay}.db"]))  # fmt: skip
-            wait_port(ports[relay], procs[-1])
+        topology.start()
         rows, ok = [], True
         for concurrency in (int(c) for c in args.concurrency.split(",")):
-            modes = ["direct", "aiohttp", "bare"]
             ttfb: dict[str, list[float]] = {m: [] for m in modes}
-            added: dict[str, list[float]] = {m: [] for m in modes[1:]}
             for round_ in range(args.rounds):
-                got = {}
-                for mode in modes[round_ % 3 :] + modes[: round_ % 3]:
-                    auth = SECRET if mode == "direct" else "$CRED{sim}"
-                    got[mode] = loadgen(ports["sim" if mode == "direct" else mode], auth, concurrency, args.duration)
-                    ttfb[mode].append(got[mode])
-                for mode in modes[1:]:
-                    added[mode].append(got[mode] - got["direct"])
-                print(f"  c{concurrency} round {round_ + 1}: " + ", ".join(f"{m} {v:.3f} ms" for m, v in got.items()))
-            rows.append(
-                [
-                    f"stream c{concurrency}",
-                    statistics.median(ttfb["direct"]),
-                    statistics.median(ttfb["aiohttp"]),
-                    statistics.median(ttfb["bare"]),
-                    statistics.median(added["aiohttp"]),
-                    statistics.median(added["bare"]),
-                ]
-            )
-            ok = ok and statistics.median(added["aiohttp"]) <= TARGET_TTFB_ADDED_MS
+                order = modes[round_ % len(modes) :] + modes[: round_ % len(modes)]
+                got = {mode: topology.run(mode, concurrency, args.duration) for mode in order}
+                for mode, value in got.items():
+                    ttfb[mode].append(value)
+                print(
+                    f"  c{concurrency} round {round_ + 1}: " + ", ".join(f"{m} {v:.3f} ms" for m, v in got.items()),
+                    flush=True,
+                )
+            # added: the median over rounds of (relay - direct) in the same round
+            added = {m: statistics.median(t - d for t, d in zip(ttfb[m], ttfb["direct"], strict=True))
+                     for m in modes[1:]}  # fmt: skip
+            rows.append([f"stream c{concurrency}", *(statistics.median(ttfb[m]) for m in modes),
+                         *(added[m] for m in modes[1:])])  # fmt: skip
+            ok = ok and added["aiohttp"] <= TARGET_TTFB_ADDED_MS
         print()
-        print(table(["scenario", "direct ttfb p50", "aiohttp", "bare", "added aiohttp", "added bare"], rows))
+        print(table(["scenario", "direct ttfb p50", "aiohttp", "bare", "bytes", "added aiohttp", "added bare",
+                     "added bytes"], rows))  # fmt: skip
         verdict(
             ok,
-            f"zone 2's aiohttp relay adds <= {TARGET_TTFB_ADDED_MS:g} ms TTFB p50 on loopback "
-            "(the bare relay is a floor for comparison, not judged)",
+            f"zone 2's aiohttp relay adds <= {TARGET_TTFB_ADDED_MS:g} ms TTFB p50 ({where}; the bare and "
+            "byte relays are floors for comparison, not judged)",
         )
     finally:
-        for proc in procs:
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        scratch.cleanup()
+        topology.stop()
     return 0
 
 
