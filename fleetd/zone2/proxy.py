@@ -34,7 +34,16 @@ from fleetd.zone2.handles import (
 )
 from fleetd.zone2.ledger import Ledger
 from fleetd.zone2.registry import Registration, Registry
-from fleetd.zone2.usage import API, BadLLMRequest, StreamMeter, Usage, classify, parse_request, usage_from_body
+from fleetd.zone2.usage import (
+    API,
+    BadLLMRequest,
+    StreamMeter,
+    Usage,
+    classify,
+    parse_request,
+    unmetered_billable,
+    usage_from_body,
+)
 
 log = logging.getLogger("fleetd.zone2")
 MAX_BODY = 10 << 20
@@ -131,6 +140,9 @@ class Gateway:
                       Redactor(secrets.values()))
         api = classify(request.method, path)
         if api is None:
+            if unmetered_billable(request.method, path) and not reg.allow_unpriced:
+                return error(400, "endpoint_not_metered", "zone 2 cannot meter the cost of this call against the "
+                             "agent's budget: a role with --allow-unpriced lets it through unmetered")
             return await self.plain(request, reg, call)
         return await self.metered(request, reg, call, api, ",".join(sorted(secrets)))
 

@@ -42,6 +42,32 @@ class Usage:
 API = Literal["openai_chat", "openai_responses", "anthropic_messages"]
 
 
+# Calls to an LLM provider that cost money but that zone 2 cannot meter (priced per image, per second of audio, per
+# job, at batch rates, or with no usage in the answer), by the last segments of the path, lower case; "*" is any one
+# segment. Embeddings and legacy completions are here too: the table holds no prices for their models. Zone 2
+# refuses these (400 endpoint_not_metered) unless the role lets unpriced calls through: a cap that such a call can
+# spend past is no cap.
+UNMETERED_BILLABLE: tuple[tuple[str, ...], ...] = (
+    ("embeddings",), ("completions",), ("images", "generations"), ("images", "edits"), ("images", "variations"),
+    ("audio", "speech"), ("audio", "transcriptions"), ("audio", "translations"), ("fine_tuning", "jobs"),
+    ("batches",), ("threads", "runs"), ("threads", "*", "runs"), ("realtime", "sessions"),
+    ("realtime", "client_secrets"), ("videos",), ("messages", "batches"), ("v1", "complete"),
+)
+
+
+def unmetered_billable(method: str, path: str) -> bool:
+    """Whether a request is a POST to an endpoint in UNMETERED_BILLABLE (and not one that ``classify`` meters)."""
+    if method.upper() != "POST" or classify(method, path) is not None:
+        return False
+    path = path.split("?", 1)[0].split("#", 1)[0]
+    segments = [s.lower() for s in path.split("/") if s]
+    for pattern in UNMETERED_BILLABLE:
+        tail = segments[-len(pattern):]
+        if len(tail) == len(pattern) and all(p in ("*", t) for p, t in zip(pattern, tail, strict=True)):
+            return True
+    return False
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Requests
 

@@ -456,6 +456,33 @@ def test_retries_only_429_and_5xx_honour_retry_after_and_count_for_the_breaker(t
     run(tmp_path, check, {**BREAKER, "retry": {"max_retries": 3, "base": 0.01, "cap": 8}})
 
 
+@pytest.mark.parametrize("path", ["/v1/embeddings", "/v1/completions", "/v1/images/generations",
+                                  "/v1/audio/transcriptions", "/v1/batches", "/v1/fine_tuning/jobs",
+                                  "/v1/threads/thread_1/runs", "/v1/messages/batches", "/v1/complete",
+                                  "/openai/deployments/emb/embeddings?api-version=2024-10-21"])
+def test_billable_calls_zone2_cannot_meter_are_refused_unless_the_role_allows_unpriced(tmp_path: Path,
+                                                                                      path: str) -> None:
+    async def check(r: Rig) -> None:
+        body = {"model": "text-embedding-3-small", "input": "x"}
+        status, _, raw = await r.post(path, body)
+        assert status == 400 and json.loads(raw)["error"]["type"] == "endpoint_not_metered"  # zone 2's own answer
+        r.register(allow_unpriced=True)
+        status, _, _ = await r.post(path, body)
+        assert status == 404  # passed on: the simulator's router has no such route
+        assert r.ledger() == []
+
+    run(tmp_path, check)
+
+
+@pytest.mark.parametrize("path", ["/v1/messages/count_tokens", "/v1/moderations", "/v1/files", "/v1/tools/search"])
+def test_free_or_tool_posts_pass_unmetered(tmp_path: Path, path: str) -> None:
+    async def check(r: Rig) -> None:
+        assert (await r.post(path, {"model": "claude-sonnet-4", "input": "x"}))[0] == 404  # reached the simulator
+        assert r.ledger() == []
+
+    run(tmp_path, check)
+
+
 @pytest.mark.parametrize("path", ["/v1/models", "/v1/tools/search"])
 def test_other_calls_pass_unmetered(tmp_path: Path, path: str) -> None:
     async def check(r: Rig) -> None:
