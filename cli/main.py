@@ -523,7 +523,7 @@ def max_calls(value: str | None) -> int | str | None:
               help="Let calls to models with no price, and to endpoints zone 2 cannot meter (embeddings, images, "
                    "audio, batches...), through unmetered (default: refused).")
 @click.option("--no-allow-unpriced", "allow_unpriced", flag_value="false", type=str,
-              help="Refuse them (400 model_not_priced).")
+              help="Refuse them (400 model_not_priced, endpoint_not_metered).")
 @click.option("--inherit-allow-unpriced", "allow_unpriced", flag_value=INHERIT, type=str,
               help="Unset: take allow_unpriced from the config again.")
 @click.option("--json", "as_json", is_flag=True)
