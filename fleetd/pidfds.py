@@ -24,19 +24,10 @@ class PidHandles:
 
     def attach(self, container_id: str, pid: int) -> bool:
         """Keep a pidfd for ``pid`` if it is the init process of ``container_id``."""
-        if pid <= 0 or container_id in self._fds or not hasattr(os, "pidfd_open"):
-            return container_id in self._fds
-        try:
-            fd = os.pidfd_open(pid)
-        except OSError:
-            return False
-        try:
-            # Checked after opening: the pidfd now pins the process we verify.
-            cgroup = Path(f"/proc/{pid}/cgroup").read_text()
-        except OSError:
-            cgroup = ""
-        if container_id not in cgroup:
-            os.close(fd)
+        if container_id in self._fds:
+            return True
+        fd = pidfd_in(pid, container_id)
+        if fd is None:
             return False
         self._fds[container_id] = fd
         return True
@@ -68,7 +59,7 @@ class PidHandles:
             self.detach(container_id)
 
 
-def _pidfd_in(pid: int, container_id: str) -> int | None:
+def pidfd_in(pid: int, container_id: str) -> int | None:
     """A pidfd for ``pid`` if that process is in the container's cgroup (checked after opening: no reuse race)."""
     if pid <= 0 or not hasattr(os, "pidfd_open"):
         return None
@@ -127,7 +118,7 @@ def kill_process_tree(pid: int, container_id: str) -> int:
     try:
         while frontier:
             process = frontier.pop()
-            fd = _pidfd_in(process, container_id)
+            fd = pidfd_in(process, container_id)
             if fd is None:
                 continue
             held.append(fd)
