@@ -416,8 +416,9 @@ class StreamMeter:
         self._data: list[bytes] = []
         self._data_size = 0
         self._data_dropped = False
-        # anthropic: message_start's counts, raised by later message_delta counts
+        # anthropic: message_start's counts (and its cache_creation split), raised by later message_delta counts
         self._anthropic: dict[str, int] = {}
+        self._anthropic_creation: dict[str, int] = {}
         self._anthropic_tier: str | None = None
         # hiding mode
         self._held = bytearray()  # raw bytes of the current event, not forwarded yet
@@ -624,8 +625,7 @@ class StreamMeter:
             usage = message.get("usage") if isinstance(message, dict) else None
             if not isinstance(usage, dict):
                 return
-            self._anthropic = {}
-            self._anthropic_tier = None
+            self._anthropic, self._anthropic_creation, self._anthropic_tier = {}, {}, None
         elif kind == "message_delta":
             usage = event.get("usage")
             if not isinstance(usage, dict):
@@ -633,18 +633,19 @@ class StreamMeter:
         else:
             return
         # message_delta counts are cumulative: the larger count is the later one, whichever event carried it
-        counts = self._anthropic
-        for key in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens", "output_tokens"):
-            value = usage.get(key)
-            if value is not None:
-                counts[key] = max(counts.get(key, 0), _count(value))
+        _keep_larger(self._anthropic, usage,
+                     ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens", "output_tokens"))
         creation = usage.get("cache_creation")
         if isinstance(creation, dict):
-            for key in ("ephemeral_5m_input_tokens", "ephemeral_1h_input_tokens"):
-                value = creation.get(key)
-                if value is not None:
-                    counts[key] = max(counts.get(key, 0), _count(value))
-        tier = _tier(usage.get("service_tier")) or self._anthropic_tier
-        self._anthropic_tier = tier
-        self._usage = anthropic_usage({**counts, "service_tier": tier, "cache_creation": {
-            key: counts[key] for key in ("ephemeral_5m_input_tokens", "ephemeral_1h_input_tokens") if key in counts}})
+            _keep_larger(self._anthropic_creation, creation, ("ephemeral_5m_input_tokens", "ephemeral_1h_input_tokens"))
+        self._anthropic_tier = _tier(usage.get("service_tier")) or self._anthropic_tier
+        self._usage = anthropic_usage({**self._anthropic, "cache_creation": self._anthropic_creation,
+                                       "service_tier": self._anthropic_tier})
+
+
+def _keep_larger(counts: dict[str, int], usage: dict[str, Any], keys: tuple[str, ...]) -> None:
+    """Raise each count in ``counts`` to the one ``usage`` gives for it, if any."""
+    for key in keys:
+        value = usage.get(key)
+        if value is not None:
+            counts[key] = max(counts.get(key, 0), _count(value))
