@@ -55,12 +55,18 @@ UNMETERED_BILLABLE: tuple[tuple[str, ...], ...] = (
 )
 
 
+def path_segments(path: str) -> list[str]:
+    """The segments of a request path, lower case: query and fragment dropped, empty segments (from doubled or
+    trailing slashes) ignored."""
+    path = path.split("?", 1)[0].split("#", 1)[0]
+    return [s.lower() for s in path.split("/") if s]
+
+
 def unmetered_billable(method: str, path: str) -> bool:
     """Whether a request is a POST to an endpoint in UNMETERED_BILLABLE (and not one that ``classify`` meters)."""
     if method.upper() != "POST" or classify(method, path) is not None:
         return False
-    path = path.split("?", 1)[0].split("#", 1)[0]
-    segments = [s.lower() for s in path.split("/") if s]
+    segments = path_segments(path)
     for pattern in UNMETERED_BILLABLE:
         tail = segments[-len(pattern):]
         if len(tail) == len(pattern) and all(p in ("*", t) for p, t in zip(pattern, tail, strict=True)):
@@ -82,8 +88,7 @@ def classify(method: str, path: str) -> API | None:
     """
     if method.upper() != "POST":
         return None
-    path = path.split("?", 1)[0].split("#", 1)[0]
-    segments = [s.lower() for s in path.split("/") if s]
+    segments = path_segments(path)
     if segments[-2:] == ["chat", "completions"]:
         return "openai_chat"
     if segments == ["responses"] or segments[-2:] == ["v1", "responses"]:
