@@ -45,7 +45,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import BASELINE_LABEL, LOG_OPTS, code_version, fleetd_exe, remove_containers, table, verdict
+from harness import BASELINE_LABEL, LOG_OPTS, code_version, fleetd_exe, remove_containers, run_to_end, table, verdict
 from relays import SECRET
 
 from fleetd import __version__
@@ -200,29 +200,10 @@ class Docker:
         name = f"{self.prefix}-load-{self.seq}"
         url = f"http://{self.prefix}-sim:8000{PATH}" if mode == "direct" else f"http://{self.prefix}-{mode}:8080{PATH}"
         network = self.egress if mode == "direct" else self.agents
-        self._docker(
-            "run",
-            "-d",
-            "--name",
-            name,
-            "--label",
-            self.label,
-            "--network",
-            network,
-            *LOG_OPTS,
-            "--memory",
-            "512m",
-            "--cpus",
-            "1",
-            IMAGE,
-            *loadgen_args(url, mode, concurrency, duration),
-        )
-        try:
-            self._docker("wait", name)
-            logs = subprocess.run(["docker", "logs", name], capture_output=True, text=True)
-            return ttfb_p50(logs.stdout, f"in {name} ({logs.stderr.strip()[-300:]})")
-        finally:
-            subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+        args = ["--label", self.label, "--network", network, *LOG_OPTS, "--memory", "512m", "--cpus", "1", IMAGE,
+                *loadgen_args(url, mode, concurrency, duration)]  # fmt: skip
+        logs = run_to_end(name, args)
+        return ttfb_p50(logs.stdout, f"in {name} ({logs.stderr.strip()[-300:]})")
 
     def stop(self) -> None:
         remove_containers(f"label={self.label}")

@@ -61,7 +61,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import BASELINE_LABEL, LOG_OPTS, Bench, remove_containers, table, verdict
+from harness import BASELINE_LABEL, LOG_OPTS, Bench, remove_containers, run_to_end, table, verdict
 
 from fleetd import __version__
 
@@ -281,19 +281,14 @@ class GatewayBench:
         self.seq += 1
         name = f"fleetd-bench-{self.bench.hex}-direct-{self.seq}"
         url = f"http://{self.sim}:{SIM_PORT}{PATH}"
-        cmd = [
-            "docker", "run", "-d", "--name", name, "--label", f"{BASELINE_LABEL}={self.bench.hex}",
+        args = [
+            "--label", f"{BASELINE_LABEL}={self.bench.hex}",
             "--memory", "512m", "--memory-swap", "512m", "--cpus", "1", "--pids-limit", "256", "--init",
             "--cap-drop", "ALL", "--security-opt", "no-new-privileges:true", "--network", self.egress, *LOG_OPTS,
             IMAGE, *scenario.loadgen_args(url, self.secret),
         ]  # fmt: skip
-        subprocess.run(cmd, check=True, capture_output=True, text=True)
-        try:
-            subprocess.run(["docker", "wait", name], check=True, capture_output=True, timeout=timeout)
-            logs = subprocess.run(["docker", "logs", name], capture_output=True, text=True, check=True)
-            return parse_result(logs.stdout + logs.stderr, name)
-        finally:
-            subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+        logs = run_to_end(name, args, timeout)
+        return parse_result(logs.stdout + logs.stderr, name)
 
     def _through(self, scenario: Scenario, timeout: float) -> dict[str, Any]:
         url = f"http://zone2:8080{PATH}"

@@ -327,6 +327,20 @@ def remove_containers(*filters: str) -> int:
     return len(ids)
 
 
+def run_to_end(name: str, run_args: Sequence[str], timeout: float | None = None) -> subprocess.CompletedProcess[str]:
+    """``docker run -d --name NAME RUN_ARGS``, wait for the container to exit and return ``docker logs`` of it
+    (stdout and stderr); the container is removed either way."""
+    for cmd in (["docker", "run", "-d", "--name", name, *run_args], ["docker", "wait", name]):
+        started = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+        if started.returncode != 0:
+            subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+            raise RuntimeError(f"{' '.join(cmd[:3])} {name}: {started.stderr.strip()}")
+    try:
+        return subprocess.run(["docker", "logs", name], capture_output=True, text=True, check=True)
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+
+
 # -- measuring ----------------------------------------------------------------
 def timed_run(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, subprocess.CompletedProcess[str]]:
     """Wall time of a process from launch until it exits."""
