@@ -412,7 +412,10 @@ def init_gateway(registry: Registry, whois: Whois, costs: CostTracker | None = N
     async def open_session(app: web.Application) -> Any:
         timeout = aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT, sock_read=IDLE_TIMEOUT)
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=60)
-        app[SESSION] = aiohttp.ClientSession(timeout=timeout, connector=connector, auto_decompress=False)
+        # No cookie jar: the session is shared by every agent, so a jar would replay one agent's cookies
+        # on another's calls. Set-Cookie and Cookie pass through as headers, as a stateless proxy's do.
+        app[SESSION] = aiohttp.ClientSession(timeout=timeout, connector=connector, auto_decompress=False,
+                                             cookie_jar=aiohttp.DummyCookieJar())
         app[REGISTRY] = registry
         app[GATEWAY] = Gateway(registry, whois, app[SESSION], tracker)
         yield

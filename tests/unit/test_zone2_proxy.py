@@ -195,3 +195,40 @@ def test_request_target_tricks_are_refused() -> None:
         assert seen == [] and elsewhere == []
 
     run(check)
+
+
+def test_cookies_an_upstream_sets_never_reach_another_agents_calls() -> None:
+    """Zone 2 keeps no cookie jar: one agent's session cookie is not replayed on another agent's calls."""
+
+    async def main() -> None:
+        seen: list[str | None] = []
+
+        async def login(request: web.Request) -> web.Response:
+            seen.append(request.headers.get("Cookie"))
+            response = web.json_response({"ok": True})
+            response.set_cookie("session", f"of-{request.query['who']}")
+            return response
+
+        app = web.Application()
+        app.router.add_get("/login", login)
+        async with serve(app) as upstream:
+            registry = Registry()
+            # A host name, not an address: aiohttp's default jar refuses cookies from bare IPs.
+            registry.set_creds([Upstream("tool", upstream.replace("127.0.0.1", "localhost"), SECRET)])
+            for n in (1, 2):
+                registry.register(Registration(f"agent{n}", f"127.0.0.{n}", "default", frozenset({"tool"})))
+
+            async def whois(ip: str) -> Registration | None:
+                return None
+
+            async with serve(init_gateway(registry, whois)) as gw:
+                for who, source in (("agent1", "127.0.0.1"), ("agent2", "127.0.0.2"), ("agent1", "127.0.0.1")):
+                    connector = aiohttp.TCPConnector(local_addr=(source, 0))
+                    async with aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar()) as c:
+                        async with c.get(f"{gw}/login?who={who}", headers={"X-Key": "$CRED{tool}"}) as r:
+                            assert r.status == 200
+                            assert r.cookies["session"].value == f"of-{who}"  # Set-Cookie reaches the agent
+
+        assert seen == [None, None, None]  # nor is any cookie sent upstream for an agent that sent none
+
+    asyncio.run(main())
