@@ -224,10 +224,11 @@ def test_cookies_an_upstream_sets_never_reach_another_agents_calls() -> None:
             async with serve(init_gateway(registry, whois)) as gw:
                 for who, source in (("agent1", "127.0.0.1"), ("agent2", "127.0.0.2"), ("agent1", "127.0.0.1")):
                     connector = aiohttp.TCPConnector(local_addr=(source, 0))
-                    async with aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar()) as c:
-                        async with c.get(f"{gw}/login?who={who}", headers={"X-Key": "$CRED{tool}"}) as r:
-                            assert r.status == 200
-                            assert r.cookies["session"].value == f"of-{who}"  # Set-Cookie reaches the agent
+                    jar = aiohttp.DummyCookieJar()  # the agent keeps none either: each call stands alone
+                    async with aiohttp.ClientSession(connector=connector, cookie_jar=jar) as c, \
+                            c.get(f"{gw}/login?who={who}", headers={"X-Key": "$CRED{tool}"}) as r:
+                        assert r.status == 200
+                        assert r.cookies["session"].value == f"of-{who}"  # Set-Cookie reaches the agent
 
         assert seen == [None, None, None]  # nor is any cookie sent upstream for an agent that sent none
 
