@@ -520,8 +520,8 @@ def max_calls(value: str | None) -> int | str | None:
 @click.option("--monthly-usd", help="Per-agent cap per calendar month, in US dollars (default 200; 'inherit').")
 @click.option("--max-llm-calls", help="Per-agent maximum number of LLM calls ('inherit': from the config).")
 @click.option("--allow-unpriced", "allow_unpriced", flag_value="true", type=str, default=None,
-              help="Let calls to models with no price, and to endpoints zone 2 cannot meter (embeddings, images, "
-                   "audio, batches...), through unmetered (default: refused).")
+              help="Let calls to models with no price, and to endpoints zone 2 cannot meter (images, audio, "
+                   "batches...), through unmetered (default: refused).")
 @click.option("--no-allow-unpriced", "allow_unpriced", flag_value="false", type=str,
               help="Refuse them (400 model_not_priced, endpoint_not_metered).")
 @click.option("--inherit-allow-unpriced", "allow_unpriced", flag_value=INHERIT, type=str,

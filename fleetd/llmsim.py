@@ -5,6 +5,8 @@
 - ``POST /v1/chat/completions`` (OpenAI; ``stream`` with ``stream_options.include_usage``)
 - ``POST /v1/responses`` (OpenAI Responses API; ``stream`` ends with ``response.completed``)
 - ``POST /v1/messages`` (Anthropic; ``stream`` with message_start/message_delta usage)
+- ``POST /v1/embeddings`` (OpenAI; floats or ``encoding_format: "base64"``; input tokens = words, or the
+  length of a token list), also at Azure OpenAI's ``/openai/deployments/NAME/embeddings``
 - ``GET /v1/models``
 
 Token counts are deterministic: input = words in the request's messages,
@@ -19,7 +21,10 @@ to show that a real key arrived here and nowhere else).
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import math
+import struct
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -282,6 +287,35 @@ async def messages(request: web.Request) -> web.StreamResponse:
     return response
 
 
+EMBEDDING_DIMENSIONS = 8
+
+
+async def embeddings(request: web.Request) -> web.Response:
+    """OpenAI's embeddings: one vector per input (a string, or a list of strings or of token lists), as floats or,
+    with ``encoding_format: "base64"`` (what the official SDK asks for), as little-endian float32 in base64."""
+    data, refusal = await gate(request)
+    if refusal:
+        return refusal
+    given = data.get("input")
+    inputs = given if isinstance(given, list) and given and not all(isinstance(v, int) for v in given) else [given]
+    dimensions = data.get("dimensions")
+    size = dimensions if isinstance(dimensions, int) and 0 < dimensions <= 4096 else EMBEDDING_DIMENSIONS
+    prompt = 0
+    vectors: list[Any] = []
+    for index, item in enumerate(inputs):
+        prompt += len(item) if isinstance(item, list) else max(1, count_words(item))
+        vector = [round(math.sin(index + k), 6) for k in range(size)]
+        if data.get("encoding_format") == "base64":
+            vectors.append(base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode())
+        else:
+            vectors.append(vector)
+    return web.json_response({
+        "object": "list", "model": data.get("model", "sim-embedding"),
+        "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)],
+        "usage": {"prompt_tokens": prompt, "total_tokens": prompt},
+    })
+
+
 async def models(request: web.Request) -> web.Response:
     _, refusal = await gate(request)
     if refusal:
@@ -326,6 +360,8 @@ def init_sim(config: SimConfig | None = None) -> web.Application:
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/responses", responses)
     app.router.add_post("/v1/messages", messages)
+    app.router.add_post("/v1/embeddings", embeddings)
+    app.router.add_post("/openai/deployments/{deployment}/embeddings", embeddings)  # Azure OpenAI's path
     app.router.add_get("/v1/models", models)
     app.router.add_get("/sim/requests", sim_requests)
     app.router.add_get("/sim/stats", sim_stats)

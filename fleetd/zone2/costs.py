@@ -116,7 +116,8 @@ class CostTracker:
             return NotPriced(llm.model)
         bound = 0
         if price is not None:
-            max_output = llm.max_output_tokens or price.max_output_tokens or DEFAULT_MAX_OUTPUT
+            max_output = (0 if llm.api == "openai_embeddings"
+                          else llm.max_output_tokens or price.max_output_tokens or DEFAULT_MAX_OUTPUT)
             bound = bound_nusd(price, llm.input_token_bound, max_output * llm.choices,
                                priority=priority_requested(llm), one_hour_cache=llm.cache_1h)
         held = self.budgets.reserve(reg.agent_id, reg.caps, bound)

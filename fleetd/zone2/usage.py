@@ -39,16 +39,16 @@ class Usage:
     service_tier: str | None = None  # the tier the upstream says it served the call at (OpenAI: "priority", ...)
 
 
-API = Literal["openai_chat", "openai_responses", "anthropic_messages"]
+API = Literal["openai_chat", "openai_responses", "anthropic_messages", "openai_embeddings"]
 
 
 # Calls to an LLM provider that cost money but that zone 2 cannot meter (priced per image, per second of audio, per
 # job, at batch rates, or with no usage in the answer), by the last segments of the path, lower case; "*" is any one
-# segment. Embeddings and legacy completions are here too: the table holds no prices for their models. Zone 2
-# refuses these (400 endpoint_not_metered) unless the role lets unpriced calls through: a cap that such a call can
-# spend past is no cap.
+# segment. Legacy completions are here too: the table holds no prices for their models. Zone 2 refuses these
+# (400 endpoint_not_metered) unless the role lets unpriced calls through: a cap that such a call can spend past is
+# no cap.
 UNMETERED_BILLABLE: tuple[tuple[str, ...], ...] = (
-    ("embeddings",), ("completions",), ("images", "generations"), ("images", "edits"), ("images", "variations"),
+    ("completions",), ("images", "generations"), ("images", "edits"), ("images", "variations"),
     ("audio", "speech"), ("audio", "transcriptions"), ("audio", "translations"), ("fine_tuning", "jobs"),
     ("batches",), ("threads", "runs"), ("threads", "*", "runs"), ("realtime", "sessions"),
     ("realtime", "client_secrets"), ("videos",), ("messages", "batches"), ("v1", "complete"),
@@ -83,8 +83,10 @@ def classify(method: str, path: str) -> API | None:
 
     POST only, by the last segments of the path (query and fragment ignored, empty segments from doubled or
     trailing slashes ignored, case-insensitive so that a variant spelling cannot slip past the meter):
-    ``.../chat/completions``; ``/v1/responses`` or ``/responses``; ``/v1/messages`` or ``/messages``. Neighbours
-    such as ``/v1/messages/count_tokens``, ``/v1/threads/x/messages`` or ``/v1/responses/x/cancel`` are not calls.
+    ``.../chat/completions``; ``/v1/responses`` or ``/responses``; ``/v1/messages`` or ``/messages``;
+    ``.../embeddings`` (OpenAI's shape, also Azure's ``/openai/deployments/X/embeddings`` and the other vendors
+    that copy it). Neighbours such as ``/v1/messages/count_tokens``, ``/v1/threads/x/messages`` or
+    ``/v1/responses/x/cancel`` are not calls.
     """
     if method.upper() != "POST":
         return None
@@ -95,6 +97,8 @@ def classify(method: str, path: str) -> API | None:
         return "openai_responses"
     if segments == ["messages"] or segments[-2:] == ["v1", "messages"]:
         return "anthropic_messages"
+    if segments[-1:] == ["embeddings"]:
+        return "openai_embeddings"
     return None
 
 
@@ -108,7 +112,7 @@ class LLMRequest:
     model: str
     stream: bool
     # chat: max_completion_tokens or max_tokens (the larger when both); responses: max_output_tokens;
-    # anthropic: max_tokens
+    # anthropic: max_tokens; embeddings: 0 (they have no output tokens)
     max_output_tokens: int | None
     choices: int  # chat "n" (default 1), else 1
     input_token_bound: int  # an UPPER bound on the input tokens this request can be billed for
@@ -200,6 +204,8 @@ def parse_request(api: API, body: bytes) -> LLMRequest:
             choices = n
     elif api == "openai_responses":
         max_output = _max_tokens(data, "max_output_tokens")
+    elif api == "openai_embeddings":
+        max_output = 0
     else:
         max_output = _max_tokens(data, "max_tokens")
 
@@ -313,6 +319,15 @@ def openai_chat_usage(usage: object, service_tier: object = None) -> Usage | Non
     return _openai_usage(usage, "prompt", "completion", service_tier)
 
 
+def openai_embeddings_usage(usage: object) -> Usage | None:
+    """Usage from an embeddings ``usage`` object: ``prompt_tokens`` (OpenAI, Azure, Mistral), or ``total_tokens``
+    alone (Voyage), all of it input."""
+    if not isinstance(usage, dict):
+        return None
+    tokens = usage.get("prompt_tokens")
+    return Usage(input_tokens=_count(usage.get("total_tokens") if tokens is None else tokens))
+
+
 def openai_responses_usage(usage: object, service_tier: object = None) -> Usage | None:
     """Usage from an OpenAI Responses ``usage`` object (None when it is not an object) and the response's
     ``service_tier``."""
@@ -340,12 +355,14 @@ def anthropic_usage(usage: object) -> Usage | None:
 
 
 def usage_in(api: API, obj: dict[str, Any]) -> Usage | None:
-    """The usage of a whole answer object: a chat completion (or chunk), a Responses response, an Anthropic message.
-    OpenAI puts the service tier beside ``usage``; Anthropic inside it."""
+    """The usage of a whole answer object: a chat completion (or chunk), a Responses response, an Anthropic message,
+    an embeddings list. OpenAI puts the service tier beside ``usage``; Anthropic inside it."""
     if api == "openai_chat":
         return openai_chat_usage(obj.get("usage"), obj.get("service_tier"))
     if api == "openai_responses":
         return openai_responses_usage(obj.get("usage"), obj.get("service_tier"))
+    if api == "openai_embeddings":
+        return openai_embeddings_usage(obj.get("usage"))
     return anthropic_usage(obj.get("usage"))
 
 
@@ -387,6 +404,7 @@ _MARKERS: dict[str, re.Pattern[bytes]] = {
     "openai_chat": re.compile(_USAGE_ANYWHERE + rb"|\[DONE\]"),
     "openai_responses": re.compile(b"|".join(re.escape(kind) for kind in _RESPONSES_END_BYTES)),
     "anthropic_messages": re.compile(_USAGE_ANYWHERE + rb"|message_stop"),
+    "openai_embeddings": re.compile(_USAGE_ANYWHERE),  # never streamed; read as one if an upstream does
 }
 
 MAX_EVENT_BYTES = 64 << 20  # an event with more data than this is forwarded but not parsed
@@ -577,11 +595,18 @@ class StreamMeter:
                 return self._chat_event(data)
             if self.api == "openai_responses":
                 self._responses_event(name, data)
+            elif self.api == "openai_embeddings":
+                self._embeddings_event(data)
             else:
                 self._anthropic_event(name, data)
         except Exception:  # a safety net: metering must never break the stream
             return False
         return False
+
+    def _embeddings_event(self, data: bytes) -> None:
+        event = _loads(data) if _USAGE_OBJECT.search(data) else None
+        if isinstance(event, dict):
+            self._usage = usage_in("openai_embeddings", event) or self._usage
 
     def _chat_event(self, data: bytes) -> bool:
         if len(data) < 32 and data.strip() == b"[DONE]":

@@ -35,6 +35,7 @@ cap = 4
 # gpt-4o-mini: $0.15 input, $0.075 cached, $0.60 output per 1M tokens; claude-sonnet-4-5: $3 input, $15 output.
 GPT_4O_MINI = (0.15, 0.60)
 CLAUDE_SONNET_45 = (3.0, 15.0)
+TEXT_EMBEDDING_3_SMALL = (0.02, 0.0)
 
 SPEND_SCRIPT = """
 import json
@@ -64,6 +65,8 @@ emit("messages", input=m.usage.input_tokens, output=m.usage.output_tokens)
 with an.messages.stream(model="claude-sonnet-4-5", max_tokens=11, messages=M) as s:
     final = s.get_final_message()
 emit("messages_stream", input=final.usage.input_tokens, output=final.usage.output_tokens)
+e = oa.embeddings.create(model="text-embedding-3-small", input=["tell the fleet", "a story"])
+emit("embeddings", input=e.usage.prompt_tokens, vectors=len(e.data), dims=len(e.data[0].embedding))
 emit("done")
 """
 
@@ -186,11 +189,13 @@ def test_spend_of_plain_and_streaming_calls_of_each_api(bench: SdkBench, sdk_ima
     expected += cost((5, 10), GPT_4O_MINI)  # the chat stream: the simulator counts 5 input words
     expected += sum(cost((out[k]["input"], out[k]["output"]), CLAUDE_SONNET_45)
                     for k in ("messages", "messages_stream"))
+    assert out["embeddings"] == {"input": 5, "vectors": 2, "dims": 8}  # the SDK asked for base64 and decoded it
+    expected += cost((5, 0), TEXT_EMBEDDING_3_SMALL)
     agent_id = next(a["id"] for a in bench.daemon.agents() if a["role"] == "worker" and a["state"] == "exited")
     line = budget(bench, agent_id)
     assert line["spent_today_usd"] == pytest.approx(expected, abs=1e-9)
     assert line["spent_month_usd"] == pytest.approx(expected, abs=1e-9)
-    assert line["llm_calls"] == 6 and line["reserved_usd"] == 0
+    assert line["llm_calls"] == 7 and line["reserved_usd"] == 0
     assert (line["daily_cap_usd"], line["monthly_cap_usd"], line["max_llm_calls"]) == (50.0, 200.0, None)
     for key in ("spent_today_usd", "spent_month_usd", "reserved_usd", "daily_cap_usd", "monthly_cap_usd",
                 "llm_calls", "max_llm_calls"):

@@ -52,7 +52,10 @@ from fleetd.zone2.usage import (
         ("POST", "/v1/responses/input_tokens", None),
         ("POST", "/v1/chat/completions/chatcmpl-1", None),
         ("POST", "/v1/completions", None),
-        ("POST", "/v1/embeddings", None),
+        ("POST", "/v1/embeddings", "openai_embeddings"),
+        ("POST", "/openai/deployments/emb/embeddings", "openai_embeddings"),
+        ("GET", "/v1/embeddings", None),
+        ("POST", "/v1/embeddings/x", None),
         ("POST", "/v1/models", None),
         ("POST", "/", None),
         ("POST", "", None),
@@ -326,6 +329,24 @@ def test_usage_from_body_each_api() -> None:
     assert usage_from_body("openai_chat", json.dumps(CHAT_BODY).encode()) == CHAT_USAGE
     assert usage_from_body("openai_responses", json.dumps(RESPONSES_BODY).encode()) == RESPONSES_USAGE
     assert usage_from_body("anthropic_messages", json.dumps(ANTHROPIC_BODY).encode()) == ANTHROPIC_USAGE
+
+
+def test_embeddings_usage_is_all_input() -> None:
+    body = {"object": "list", "data": [], "model": "text-embedding-3-small",
+            "usage": {"prompt_tokens": 8, "total_tokens": 8}}
+    assert usage_from_body("openai_embeddings", json.dumps(body).encode()) == Usage(input_tokens=8)
+    voyage = {"object": "list", "data": [], "usage": {"total_tokens": 12}}  # Voyage names only the total
+    assert usage_from_body("openai_embeddings", json.dumps(voyage).encode()) == Usage(input_tokens=12)
+    assert usage_from_body("openai_embeddings", b'{"error": {"message": "bad"}}') is None
+    streamed = b'data: {"object": "list", "usage": {"prompt_tokens": 3, "total_tokens": 3}}\n\n'
+    assert usage_from_body("openai_embeddings", streamed + b"data: [DONE]\n\n") == Usage(input_tokens=3)
+
+
+def test_parse_embeddings_reserves_no_output() -> None:
+    body = dumps({"model": "text-embedding-3-small", "input": ["a", "b"]})
+    llm = parse_request("openai_embeddings", body)
+    assert (llm.model, llm.max_output_tokens, llm.stream, llm.body) == ("text-embedding-3-small", 0, False, body)
+    assert llm.input_token_bound >= len(body)
 
 
 def test_usage_from_body_missing_and_null_fields_are_zero() -> None:

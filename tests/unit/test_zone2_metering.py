@@ -456,10 +456,9 @@ def test_retries_only_429_and_5xx_honour_retry_after_and_count_for_the_breaker(t
     run(tmp_path, check, {**BREAKER, "retry": {"max_retries": 3, "base": 0.01, "cap": 8}})
 
 
-@pytest.mark.parametrize("path", ["/v1/embeddings", "/v1/completions", "/v1/images/generations",
-                                  "/v1/audio/transcriptions", "/v1/batches", "/v1/fine_tuning/jobs",
-                                  "/v1/threads/thread_1/runs", "/v1/messages/batches", "/v1/complete",
-                                  "/openai/deployments/emb/embeddings?api-version=2024-10-21"])
+@pytest.mark.parametrize("path", ["/v1/completions", "/v1/images/generations", "/v1/audio/transcriptions",
+                                  "/v1/batches", "/v1/fine_tuning/jobs", "/v1/threads/thread_1/runs",
+                                  "/v1/messages/batches", "/v1/complete", "/openai/deployments/x/completions"])
 def test_billable_calls_zone2_cannot_meter_are_refused_unless_the_role_allows_unpriced(tmp_path: Path,
                                                                                       path: str) -> None:
     async def check(r: Rig) -> None:
@@ -470,6 +469,48 @@ def test_billable_calls_zone2_cannot_meter_are_refused_unless_the_role_allows_un
         status, _, _ = await r.post(path, body)
         assert status == 404  # passed on: the simulator's router has no such route
         assert r.ledger() == []
+
+    run(tmp_path, check)
+
+
+@pytest.mark.parametrize("path", ["/v1/embeddings", "/openai/deployments/emb/embeddings?api-version=2024-10-21"])
+def test_embeddings_are_billed_by_their_prompt_tokens_at_the_input_price(tmp_path: Path, path: str) -> None:
+    async def check(r: Rig) -> None:
+        texts = ["one two three", "four five"]
+        for body in ({"model": "text-embedding-3-small", "input": texts},
+                     {"model": "text-embedding-3-large", "input": "a b c d", "encoding_format": "base64"},
+                     {"model": "text-embedding-3-small", "input": [[1, 2, 3, 4, 5, 6, 7]]}):
+            status, _, raw = await r.post(path, body)
+            assert status == 200 and json.loads(raw)["usage"]["prompt_tokens"] > 0
+        rows = r.ledger()
+        assert [(c["api"], c["model"], c["input_tokens"], c["output_tokens"]) for c in rows] == [
+            ("openai_embeddings", "text-embedding-3-small", 5, 0),
+            ("openai_embeddings", "text-embedding-3-large", 4, 0),
+            ("openai_embeddings", "text-embedding-3-small", 7, 0),
+        ]
+        # $0.02 and $0.13 per 1M tokens = 20 and 130 nano-dollars per token
+        assert [c["cost_nusd"] for c in rows] == [5 * 20, 4 * 130, 7 * 20]
+        assert all(0 < c["cost_nusd"] <= c["reserved_nusd"] for c in rows)
+        assert not any(c["estimated"] for c in rows)
+        status, _, raw = await r.post(path, {"model": "my-embedder", "input": "x"})
+        assert status == 400 and json.loads(raw)["error"]["type"] == "model_not_priced"  # as any LLM call
+        status, _, raw = await r.post(path, {"input": "x"})
+        assert status == 400 and json.loads(raw)["error"]["type"] == "invalid_request_error"
+        assert len(r.ledger()) == 3
+
+    run(tmp_path, check)
+
+
+def test_embeddings_count_against_the_caps(tmp_path: Path) -> None:
+    async def check(r: Rig) -> None:
+        # A cap that one small call fits (its bound: body bytes + 1024 tokens at $0.13/1M, ~150k nano-dollars)
+        # but not the reservation of a call with a 200 KB input (~26M nano-dollars).
+        r.register(Caps(daily_nusd=400_000))
+        body = {"model": "text-embedding-3-large", "input": "word " * 20}
+        assert (await r.post("/v1/embeddings", body))[0] == 200
+        status, _, raw = await r.post("/v1/embeddings", {"model": "text-embedding-3-large", "input": "x" * (200 << 10)})
+        assert status == 429 and json.loads(raw)["error"]["type"] == "budget_exceeded"
+        assert len(r.sim.requests) == 1
 
     run(tmp_path, check)
 
