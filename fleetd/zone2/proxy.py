@@ -43,11 +43,13 @@ from fleetd.zone2.usage import (
     parse_request,
     unmetered_billable,
     usage_from_body,
+    usage_from_tail,
 )
 
 log = logging.getLogger("fleetd.zone2")
 MAX_BODY = 10 << 20
 MAX_BUFFERED = 8 << 20  # larger answers (or of unknown length) are streamed through
+TAIL_BYTES = 64 << 10  # of an answer larger than that, what is kept to find its usage in
 CONNECT_TIMEOUT = 10.0
 IDLE_TIMEOUT = 300.0
 DROPPED_PREFIXES = ("x-forwarded-", "forwarded", "x-real-ip", "proxy-")
@@ -306,11 +308,14 @@ async def buffered(upstream: aiohttp.ClientResponse, redactor: Redactor) -> Buff
 
 
 class BodyMeter:
-    """Usage from a non-streamed body of unknown length, read as it passes through (up to a limit)."""
+    """Usage from a non-streamed body of unknown or large length, read as it passes through: parsed whole up to
+    MAX_BUFFERED; beyond that only its last TAIL_BYTES are kept, where the answers put their usage (a batch of
+    embeddings runs to tens of MB)."""
 
     def __init__(self, api: API) -> None:
         self.api = api
         self.parts: list[bytes] = []
+        self.tail = bytearray()
         self.size = 0
         self.usage: Usage | None = None
         self.complete = False
@@ -319,12 +324,21 @@ class BodyMeter:
         self.size += len(chunk)
         if self.size <= MAX_BUFFERED:
             self.parts.append(chunk)
+            return chunk
+        if self.parts:
+            self.tail += b"".join(self.parts)[-TAIL_BYTES:]
+            self.parts = []
+        self.tail += chunk
+        if len(self.tail) > 2 * TAIL_BYTES:
+            del self.tail[:-TAIL_BYTES]
         return chunk
 
     def flush(self) -> bytes:
         self.complete = True
         if self.size <= MAX_BUFFERED:
             self.usage = usage_from_body(self.api, b"".join(self.parts))
+        else:
+            self.usage = usage_from_tail(self.api, bytes(self.tail[-TAIL_BYTES:]))
         return b""
 
 

@@ -389,6 +389,28 @@ def usage_from_body(api: API, body: bytes) -> Usage | None:
     return None
 
 
+_DECODER = json.JSONDecoder()
+_TIER_FIELD = re.compile(rb'"service_tier"\s*:\s*"([^"\\]{1,32})"')
+
+
+def usage_from_tail(api: API, tail: bytes) -> Usage | None:
+    """Usage from the end of a JSON answer too large to parse whole: the last ``"usage": {...}`` in it (every API
+    puts the usage after the content: choices, output, content blocks, embeddings) and the last ``service_tier``.
+    None when the tail holds none. A ``"usage"`` inside a string has its quotes escaped and does not match."""
+    at = len(tail)
+    while (at := tail.rfind(b'"usage"', 0, at)) != -1:
+        found = _USAGE_OBJECT.match(tail, at)
+        if found is None:
+            continue
+        try:
+            usage, _ = _DECODER.raw_decode(tail[found.end() - 1:].decode("utf-8", "replace"))
+        except ValueError:
+            continue
+        tiers = _TIER_FIELD.findall(tail)
+        return usage_in(api, {"usage": usage, "service_tier": tiers[-1].decode() if tiers else None})
+    return None
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Streams
 

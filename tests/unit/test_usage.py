@@ -22,6 +22,7 @@ from fleetd.zone2.usage import (
     classify,
     parse_request,
     usage_from_body,
+    usage_from_tail,
 )
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -340,6 +341,22 @@ def test_embeddings_usage_is_all_input() -> None:
     assert usage_from_body("openai_embeddings", b'{"error": {"message": "bad"}}') is None
     streamed = b'data: {"object": "list", "usage": {"prompt_tokens": 3, "total_tokens": 3}}\n\n'
     assert usage_from_body("openai_embeddings", streamed + b"data: [DONE]\n\n") == Usage(input_tokens=3)
+
+
+def test_usage_from_the_tail_of_an_answer_too_large_to_parse() -> None:
+    body = json.dumps({"object": "list", "data": [{"embedding": "QUJD" * 5000}] * 40, "model": "m",
+                       "usage": {"prompt_tokens": 40, "total_tokens": 40}}).encode()
+    assert usage_from_tail("openai_embeddings", body[-(64 << 10):]) == Usage(input_tokens=40)
+    chat = dict(CHAT_BODY, service_tier="priority")
+    whole = json.dumps(chat).encode()
+    tail = whole[whole.rfind(b'"usage"') - 40:]  # the usage and what follows it (service_tier)
+    assert usage_from_tail("openai_chat", tail) == usage_from_body("openai_chat", whole)
+    assert usage_from_tail("openai_chat", tail).service_tier == "priority"  # type: ignore[union-attr]
+    # a "usage" in a string has escaped quotes; a usage object cut at the start of the tail is skipped
+    quoted = json.dumps({"choices": [{"text": '"usage": {"prompt_tokens": 99}'}]}).encode()
+    assert usage_from_tail("openai_chat", quoted) is None
+    assert usage_from_tail("openai_chat", b'{"prompt_tokens": 5}, "usage": "none"}') is None
+    assert usage_from_tail("openai_chat", b"") is None
 
 
 def test_parse_embeddings_reserves_no_output() -> None:

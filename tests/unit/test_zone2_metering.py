@@ -27,7 +27,7 @@ from fleetd.zone2.budget import Caps
 from fleetd.zone2.costs import CostTracker
 from fleetd.zone2.ledger import WAL_BACKSTOP_PAGES, Call, Ledger
 from fleetd.zone2.pricing import PriceTable
-from fleetd.zone2.proxy import init_gateway
+from fleetd.zone2.proxy import MAX_BUFFERED, init_gateway
 from fleetd.zone2.registry import Registration, Registry, Upstream
 from fleetd.zone2.usage import Usage
 from tests.unit.test_zone2_proxy import serve
@@ -497,6 +497,19 @@ def test_embeddings_are_billed_by_their_prompt_tokens_at_the_input_price(tmp_pat
         status, _, raw = await r.post(path, {"input": "x"})
         assert status == 400 and json.loads(raw)["error"]["type"] == "invalid_request_error"
         assert len(r.ledger()) == 3
+
+    run(tmp_path, check)
+
+
+def test_an_answer_too_large_to_parse_whole_is_billed_by_the_usage_at_its_end(tmp_path: Path) -> None:
+    async def check(r: Rig) -> None:
+        # 420 vectors of 4096 float32 in base64: ~9.2 MB, beyond what zone 2 parses whole (8 MiB)
+        body = {"model": "text-embedding-3-small", "input": ["w"] * 420, "dimensions": 4096,
+                "encoding_format": "base64"}
+        status, _, raw = await r.post("/v1/embeddings", body)
+        assert status == 200 and len(raw) > MAX_BUFFERED and json.loads(raw)["usage"]["prompt_tokens"] == 420
+        (row,) = r.ledger()
+        assert (row["input_tokens"], row["cost_nusd"], row["estimated"]) == (420, 420 * 20, 0)
 
     run(tmp_path, check)
 
