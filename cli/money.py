@@ -36,18 +36,26 @@ def price() -> None:
 @click.option("--cache-write-per-mtok", type=float, help="USD per 1M cache-write tokens (default: input).")
 @click.option("--max-output-tokens", type=click.IntRange(min=1),
               help="The model's output limit: bounds the reservation of calls that set no max tokens.")
+@click.option("--long-context-above", "long_context_threshold", type=click.IntRange(min=1),
+              help="Input tokens above which a call is billed, all of it, at the long-context prices below.")
+@click.option("--long-context-input-per-mtok", type=float, help="USD per 1M input tokens in a long-context call.")
+@click.option("--long-context-output-per-mtok", type=float, help="USD per 1M output tokens in a long-context call.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 @api_errors
 def price_set(ctx: click.Context, model: str, input_per_mtok: float, output_per_mtok: float,
               cached_input_per_mtok: float | None, cache_write_per_mtok: float | None,
-              max_output_tokens: int | None, as_json: bool) -> None:
+              max_output_tokens: int | None, long_context_threshold: int | None,
+              long_context_input_per_mtok: float | None, long_context_output_per_mtok: float | None,
+              as_json: bool) -> None:
     """Set (or override a built-in) price for MODEL.
 
     Example: fleetd price set gpt-4o --input-per-mtok 2.5 --output-per-mtok 10 --cached-input-per-mtok 1.25
     """
     body = {"input": input_per_mtok, "output": output_per_mtok, "cached_input": cached_input_per_mtok,
-            "cache_write": cache_write_per_mtok, "max_output_tokens": max_output_tokens}
+            "cache_write": cache_write_per_mtok, "max_output_tokens": max_output_tokens,
+            "long_context_threshold": long_context_threshold, "long_context_input": long_context_input_per_mtok,
+            "long_context_output": long_context_output_per_mtok}
     record = client(ctx).call("PUT", price_path(model), body)
     if as_json:
         print_json(record)
@@ -68,10 +76,19 @@ def price_ls(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         print_json(records)
         return
-    print_table(["MODEL", "INPUT", "CACHED", "CACHE WRITE", "OUTPUT", "MAX OUT", "FROM", "AS OF"], [
+    print_table(["MODEL", "INPUT", "CACHED", "CACHE WRITE", "OUTPUT", "MAX OUT", "LONG CONTEXT", "FROM", "AS OF"], [
         [p["model"], per_mtok(p["input"]), per_mtok(p.get("cached_input")), per_mtok(p.get("cache_write")),
-         per_mtok(p["output"]), str(p.get("max_output_tokens") or "-"), p["origin"], p.get("as_of") or "-"]
+         per_mtok(p["output"]), str(p.get("max_output_tokens") or "-"), long_context(p), p["origin"],
+         p.get("as_of") or "-"]
         for p in records])
+
+
+def long_context(price: dict[str, Any]) -> str:
+    """">200000: 6/22.5": above that many input tokens, a call is billed at these input/output prices."""
+    if price.get("long_context_threshold") is None:
+        return "-"
+    return (f">{price['long_context_threshold']}: {per_mtok(price.get('long_context_input'))}/"
+            f"{per_mtok(price.get('long_context_output'))}")
 
 
 @price.command("rm")

@@ -30,6 +30,9 @@ Config file keys (all optional)::
     cached_input = 1.5          # optional (default: input)
     cache_write = 3.75          # optional (default: input)
     max_output_tokens = 16384   # optional: bounds the reservation when a request sets no max tokens
+    long_context_threshold = 200000  # optional, the three together: a call with more input tokens than
+    long_context_input = 6.0         # this is billed, all of it, at these prices (cache reads and writes
+    long_context_output = 22.5       # at the same multiple of input)
 
 Precedence of an agent's caps, per key: ``spawn --daily-usd`` etc., then ``fleetd role set``,
 then ``[roles.NAME]``, then ``[budget]``, then the built-in $50/day and $200/month.
@@ -43,6 +46,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from fleetd.errors import InvalidRequest
 from fleetd.units import parse_usd
+from fleetd.zone2.pricing import Price
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -51,7 +55,8 @@ BUDGET_KEYS = ("daily_usd", "monthly_usd", "max_llm_calls", "allow_unpriced")
 INSTANCE_KEYS = ("instance_daily_usd", "instance_monthly_usd")
 BREAKER_KEYS = {"threshold": int, "window": float, "open_seconds": float, "max_open_seconds": float}
 RETRY_KEYS = {"max_retries": int, "base": float, "cap": float}
-PRICE_KEYS = {"input", "output", "cached_input", "cache_write", "max_output_tokens", "source", "as_of"}
+PRICE_KEYS = {"input", "output", "cached_input", "cache_write", "max_output_tokens", "source", "as_of",
+              "long_context_threshold", "long_context_input", "long_context_output"}
 NANO = Decimal(10) ** 9
 
 
@@ -149,20 +154,25 @@ def price_entry(model: str, table: dict[str, Any], where: str) -> dict[str, Any]
     if not model or len(model) > 200 or any(c.isspace() for c in model):
         raise InvalidRequest(f"{where}: invalid model name {model!r}")
     entry: dict[str, Any] = {"model": model}
-    for key in ("input", "output", "cached_input", "cache_write"):
+    for key in ("input", "output", "cached_input", "cache_write", "long_context_input", "long_context_output"):
         if table.get(key) is None:
             if key in ("input", "output"):
                 raise InvalidRequest(f"{where}: {key} (USD per 1M tokens) is required")
             continue
         entry[key] = float(parse_usd(table[key], f"{where}.{key}"))
-    limit = table.get("max_output_tokens")
-    if limit is not None:
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise InvalidRequest(f"{where}.max_output_tokens: must be a whole number >= 1")
-        entry["max_output_tokens"] = limit
+    for key in ("max_output_tokens", "long_context_threshold"):
+        limit = table.get(key)
+        if limit is not None:
+            if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+                raise InvalidRequest(f"{where}.{key}: must be a whole number >= 1")
+            entry[key] = limit
     for key in ("source", "as_of"):
         if table.get(key) is not None:
             entry[key] = str(table[key])
+    try:
+        Price.from_dict(entry)  # the rules that join fields (the long-context ones go together)
+    except ValueError as exc:
+        raise InvalidRequest(f"{where}: {exc}") from None
     return entry
 
 

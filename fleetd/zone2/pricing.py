@@ -39,8 +39,9 @@ _NUSD_PER_TOKEN_PER_USD_PER_MTOK = Fraction(NANO, 1_000_000)  # p USD/Mtok = p *
 _SNAPSHOT = re.compile(r"^(?P<base>.+?)-(?:\d{4}-\d{2}-\d{2}|\d{8}|latest)$")
 
 _FIELDS = ("model", "input", "output", "cached_input", "cache_write", "max_output_tokens", "source", "as_of",
-           "provider")
-_PRICE_FIELDS = ("input", "output", "cached_input", "cache_write")
+           "provider", "long_context_threshold", "long_context_input", "long_context_output")
+_PRICE_FIELDS = ("input", "output", "cached_input", "cache_write", "long_context_input", "long_context_output")
+_OPTIONAL_PRICES = ("cached_input", "cache_write", "long_context_input", "long_context_output")
 
 
 @functools.lru_cache(maxsize=4096)
@@ -65,13 +66,19 @@ class Price:
     source: str = ""
     as_of: str = ""
     provider: str = ""
+    # Long context: a call whose input (uncached + cache reads + cache writes) is above the threshold is billed
+    # at these prices, all of it (Anthropic above 200K input tokens, the newest GPT-5.x above 272K); its cache
+    # reads and writes at the input's multiple, as the providers publish them.
+    long_context_threshold: int | None = None
+    long_context_input: float | None = None
+    long_context_output: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model.strip():
             raise ValueError(f"a price needs a model name, got {self.model!r}")
         for name in _PRICE_FIELDS:
             value = getattr(self, name)
-            if value is None and name in ("cached_input", "cache_write"):
+            if value is None and name in _OPTIONAL_PRICES:
                 continue
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ValueError(f"price for model {self.model!r}: {name} must be a number (USD per 1M tokens), "
@@ -80,10 +87,16 @@ class Price:
                 raise ValueError(f"price for model {self.model!r}: {name} must be finite, got {value!r}")
             if value < 0:
                 raise ValueError(f"price for model {self.model!r}: {name} must not be negative, got {value!r}")
-        limit = self.max_output_tokens
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0):
-            raise ValueError(f"price for model {self.model!r}: max_output_tokens must be a positive integer, "
-                             f"got {limit!r}")
+        for name in ("max_output_tokens", "long_context_threshold"):
+            limit = getattr(self, name)
+            if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0):
+                raise ValueError(f"price for model {self.model!r}: {name} must be a positive integer, got {limit!r}")
+        long_context = (self.long_context_threshold, self.long_context_input, self.long_context_output)
+        if any(v is not None for v in long_context) and any(v is None for v in long_context):
+            raise ValueError(f"price for model {self.model!r}: long_context_threshold, long_context_input and "
+                             "long_context_output go together")
+        if self.long_context_input is not None and self.input == 0 and self.long_context_input != 0:
+            raise ValueError(f"price for model {self.model!r}: a long-context price needs an input price above 0")
         for name in ("source", "as_of", "provider"):
             if not isinstance(getattr(self, name), str):
                 raise ValueError(f"price for model {self.model!r}: {name} must be a string")
@@ -126,6 +139,8 @@ class Price:
             model=name, input=d["input"], output=d["output"], cached_input=d.get("cached_input"),
             cache_write=d.get("cache_write"), max_output_tokens=d.get("max_output_tokens"),
             source=d.get("source") or "", as_of=d.get("as_of") or "", provider=d.get("provider") or "",
+            long_context_threshold=d.get("long_context_threshold"), long_context_input=d.get("long_context_input"),
+            long_context_output=d.get("long_context_output"),
         )
 
 
@@ -220,13 +235,46 @@ def _ceil_nusd(usd_per_mtok_times_tokens: Fraction) -> int:
 
 
 @functools.lru_cache(maxsize=4096)
-def _micro(value: float) -> int | None:
+def _micro(value: float | Fraction) -> int | None:
     """A price (USD per 1M tokens) times 10**6, when that is a whole number (six decimals or fewer)."""
-    scaled = _exact(value) * 1_000_000
+    scaled = _rate(value) * 1_000_000
     return int(scaled) if scaled.denominator == 1 else None
 
 
-def _priced(tokens_at: list[tuple[int, float]]) -> int:
+def _rate(value: float | Fraction) -> Fraction:
+    return value if isinstance(value, Fraction) else _exact(value)
+
+
+Rate = float | Fraction
+
+
+@dataclass(frozen=True)
+class _Rates:
+    """The per-1M prices one call is billed at (standard, or long context)."""
+
+    input: Rate
+    cached_input: Rate
+    cache_write: Rate
+    cache_write_1h: Rate
+    output: Rate
+
+
+@functools.lru_cache(maxsize=1024)
+def _rates(price: Price, long_context: bool) -> _Rates:
+    if not long_context or price.long_context_input is None or price.long_context_output is None:
+        return _Rates(price.input, price.cached_input_price, price.cache_write_price,
+                      price.input * ONE_HOUR_CACHE_WRITE_MULTIPLIER, price.output)
+    scale = _exact(price.long_context_input) / _exact(price.input) if price.input else Fraction(0)
+    return _Rates(price.long_context_input, _exact(price.cached_input_price) * scale,
+                  _exact(price.cache_write_price) * scale,
+                  _exact(price.long_context_input) * ONE_HOUR_CACHE_WRITE_MULTIPLIER, price.long_context_output)
+
+
+def _long_context(price: Price, input_tokens: int) -> bool:
+    return price.long_context_threshold is not None and input_tokens > price.long_context_threshold
+
+
+def _priced(tokens_at: list[tuple[int, Rate]]) -> int:
     """sum(tokens * price) in nano-USD, rounded up to a whole nano-dollar, exactly.
 
     p USD per 1M tokens is p * 1000 nano-USD per token, so with P = p * 10**6 (a whole number for
@@ -237,23 +285,27 @@ def _priced(tokens_at: list[tuple[int, float]]) -> int:
     whole = [r for r in rates if r is not None]
     if len(whole) == len(rates):
         return -(-sum(n * r for (n, _), r in zip(tokens_at, whole, strict=True)) // 1000)
-    return _ceil_nusd(sum((n * _exact(p) for n, p in tokens_at), Fraction(0)))
+    return _ceil_nusd(sum((n * _rate(p) for n, p in tokens_at), Fraction(0)))
 
 
 def cost_nusd(price: Price, usage: Usage, *, priority: bool = False) -> int:
     """What a call with ``usage`` costs at ``price``, in nano-USD, rounded up to a whole nano-dollar.
 
     Cache writes to 1-hour entries (part of ``cache_write_tokens``) cost ONE_HOUR_CACHE_WRITE_MULTIPLIER x input;
+    a call whose whole input is above the price's ``long_context_threshold`` is billed at its long-context prices;
     ``priority``: the call was served at OpenAI's priority tier (PRIORITY_MULTIPLIER x every price).
     """
+    uncached = _tokens("input_tokens", usage.input_tokens)
+    cached = _tokens("cached_input_tokens", usage.cached_input_tokens)
     writes = _tokens("cache_write_tokens", usage.cache_write_tokens)
     one_hour = min(_tokens("cache_write_1h_tokens", usage.cache_write_1h_tokens), writes)
+    rates = _rates(price, _long_context(price, uncached + cached + writes))
     cost = _priced([
-        (_tokens("input_tokens", usage.input_tokens), price.input),
-        (_tokens("cached_input_tokens", usage.cached_input_tokens), price.cached_input_price),
-        (writes - one_hour, price.cache_write_price),
-        (one_hour, price.input * ONE_HOUR_CACHE_WRITE_MULTIPLIER),
-        (_tokens("output_tokens", usage.output_tokens), price.output),
+        (uncached, rates.input),
+        (cached, rates.cached_input),
+        (writes - one_hour, rates.cache_write),
+        (one_hour, rates.cache_write_1h),
+        (_tokens("output_tokens", usage.output_tokens), rates.output),
     ])
     return cost * PRIORITY_MULTIPLIER if priority else cost
 
@@ -263,15 +315,16 @@ def bound_nusd(price: Price, input_tokens: int, output_tokens: int, *, priority:
     """An upper bound on the cost of a call, for reserving budget before it is made.
 
     Every input token at the dearest input rate (uncached, cache read or cache write, and a 1-hour cache write
-    when the request asks for one), every output token at the output rate, all of it doubled for a priority
-    request: at least :func:`cost_nusd` of any usage with the same total input (uncached + cached + cache-write)
-    and output tokens.
+    when the request asks for one), every output token at the output rate, at the long-context prices when the
+    input bound is above the threshold, all of it doubled for a priority request: at least :func:`cost_nusd` of
+    any usage with at most that total input (uncached + cached + cache-write) and output tokens.
     """
-    rates = [price.input, price.cached_input_price, price.cache_write_price]
+    rates = _rates(price, _long_context(price, _tokens("input_tokens", input_tokens)))
+    candidates = [rates.input, rates.cached_input, rates.cache_write]
     if one_hour_cache:
-        rates.append(price.input * ONE_HOUR_CACHE_WRITE_MULTIPLIER)
-    bound = _priced([(_tokens("input_tokens", input_tokens), max(rates, key=_exact)),
-                     (_tokens("output_tokens", output_tokens), price.output)])
+        candidates.append(rates.cache_write_1h)
+    bound = _priced([(input_tokens, max(candidates, key=_rate)),
+                     (_tokens("output_tokens", output_tokens), rates.output)])
     return bound * PRIORITY_MULTIPLIER if priority else bound
 
 

@@ -304,6 +304,17 @@ def test_price_set_ls_rm_from_the_cli_with_a_slash_in_the_model_id(bench: SdkBen
     assert again.returncode != 0 and "no price set" in again.stderr and "Traceback" not in again.stderr
     bad = bench.daemon.cli("price", "set", model, "--input-per-mtok", "-1", "--output-per-mtok", "1", check=False)
     assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    bench.daemon.cli("price", "set", model, "--input-per-mtok", "3", "--output-per-mtok", "15",
+                     "--long-context-above", "200000", "--long-context-input-per-mtok", "6",
+                     "--long-context-output-per-mtok", "22.5")
+    listed = {p["model"]: p for p in json.loads(bench.daemon.cli("price", "ls", "--json").stdout)}
+    assert (listed[model]["long_context_threshold"], listed[model]["long_context_input"],
+            listed[model]["long_context_output"]) == (200000, 6.0, 22.5)
+    assert ">200000: 6/22.5" in bench.daemon.cli("price", "ls").stdout
+    half = bench.daemon.cli("price", "set", model, "--input-per-mtok", "3", "--output-per-mtok", "15",
+                            "--long-context-above", "200000", check=False)
+    assert half.returncode != 0 and "go together" in half.stderr and len(half.stderr.strip().splitlines()) == 1
+    bench.daemon.cli("price", "rm", model)
 
 
 def test_role_caps_are_set_and_unset_from_the_cli(bench: SdkBench) -> None:

@@ -221,9 +221,38 @@ def test_bound_prices_every_input_token_at_the_dearest_input_rate() -> None:
     assert bound_nusd(plain, 0, 0) == 0
 
 
+LONG = Price("long", input=3.00, output=15.00, cached_input=0.30, cache_write=3.75, long_context_threshold=200_000,
+             long_context_input=6.00, long_context_output=22.50)
+
+
+def test_a_call_above_the_long_context_threshold_is_billed_all_at_the_long_context_prices() -> None:
+    at = Usage(input_tokens=150_000, cached_input_tokens=40_000, cache_write_tokens=10_000, output_tokens=1000)
+    # 200,000 input tokens in all: not above the threshold
+    assert cost_nusd(LONG, at) == 150_000 * 3000 + 40_000 * 300 + 10_000 * 3750 + 1000 * 15_000
+    above = replace(at, input_tokens=150_001, cache_write_1h_tokens=4000)
+    # all of it at the long-context prices, cache reads and writes at the same multiple (2x) of input
+    assert cost_nusd(LONG, above) == (150_001 * 6000 + 40_000 * 600 + 6000 * 7500 + 4000 * 12_000
+                                      + 1000 * 22_500)
+    assert cost_nusd(LONG, above, priority=True) == 2 * cost_nusd(LONG, above)
+    # the bound follows the input bound: long-context prices only when it is above the threshold
+    assert bound_nusd(LONG, 200_000, 10) == 200_000 * 3750 + 10 * 15_000
+    assert bound_nusd(LONG, 200_001, 10) == 200_001 * 7500 + 10 * 22_500
+    assert bound_nusd(LONG, 200_001, 10, one_hour_cache=True) == 200_001 * 12_000 + 10 * 22_500
+
+
+@pytest.mark.parametrize("partial", [{"long_context_threshold": 200_000}, {"long_context_input": 6.0},
+                                     {"long_context_threshold": 200_000, "long_context_output": 22.5},
+                                     {"long_context_threshold": 0, "long_context_input": 6.0,
+                                      "long_context_output": 22.5}])
+def test_the_long_context_fields_go_together(partial: dict[str, object]) -> None:
+    with pytest.raises(ValueError, match="long_context"):
+        Price.from_dict({"model": "m", "input": 3.0, "output": 15.0, **partial})
+
+
 def test_bound_is_at_least_the_cost_of_any_usage_with_the_same_totals(table: PriceTable) -> None:
     rng = random.Random(20261126)
-    prices = [*table.all(), Price("tiny", input=0.0003, output=0.0007, cached_input=0.0001, cache_write=0.0005)]
+    prices = [*table.all(), Price("tiny", input=0.0003, output=0.0007, cached_input=0.0001, cache_write=0.0005),
+              LONG, replace(LONG, model="odd", long_context_input=3.3333333)]
     for price in prices:
         for _ in range(200):
             total_in = rng.randrange(0, 2_000_000)
