@@ -66,7 +66,9 @@ def test_anthropic_cache_prices_follow_the_published_multipliers(table: PriceTab
     for price in table.all():
         if price.provider == "anthropic":
             assert Decimal(str(price.cache_write_price)) == Decimal(str(price.input)) * Decimal("1.25"), price.model
-            assert Decimal(str(price.cached_input_price)) == Decimal(str(price.input)) / 10, price.model
+            # cache reads: 10% of input, 5% for the Sonnet/Opus 5.5 generation
+            assert Decimal(str(price.cached_input_price)) in (Decimal(str(price.input)) / 10,
+                                                               Decimal(str(price.input)) / 20), price.model
         if price.provider == "openai":
             assert price.cache_write_price == price.input, price.model
 

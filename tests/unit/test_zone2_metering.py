@@ -36,6 +36,9 @@ SECRET = "sk-sim-METERED-0123456789"
 USD = 1_000_000_000
 # A price whose output dominates, so a call's real cost is close to its reserved bound.
 TEST_PRICE = {"model": "test-model", "input": 0.001, "output": 100.0, "max_output_tokens": 64}
+# Long-context prices above 10 input tokens (real ones start at 200K or 272K).
+LONG_PRICE = {"model": "long-model", "input": 1.0, "output": 2.0, "long_context_threshold": 10,
+              "long_context_input": 2.0, "long_context_output": 3.0, "max_output_tokens": 64}
 CHAT = "/v1/chat/completions"
 AUTH = {"Authorization": "Bearer $CRED{sim}"}
 
@@ -76,7 +79,7 @@ async def rig(tmp_path: Path, policy: dict[str, Any] | None = None) -> AsyncIter
         registry.set_creds([Upstream("sim", sim_url, SECRET)])
         events: list[tuple[str, str | None, str, dict[str, Any]]] = []
         costs = CostTracker(Ledger(tmp_path / "ledger.db"), lambda *e: events.append(e))
-        prices = [*PriceTable.builtin().to_list(), TEST_PRICE]
+        prices = [*PriceTable.builtin().to_list(), TEST_PRICE, LONG_PRICE]
         costs.configure({"prices": prices, "retry": {"max_retries": 0}, **(policy or {})})
 
         async def whois(ip: str) -> Registration | None:
@@ -226,6 +229,20 @@ def test_one_hour_cache_writes_are_billed_at_twice_the_input_price(tmp_path: Pat
             (400, 300, "standard")] * 2
         assert [c["cost_nusd"] for c in rows] == [5 * 3000 + 100 * 3750 + 300 * 6000 + 9 * 15000] * 2
         assert all(c["cost_nusd"] <= c["reserved_nusd"] for c in rows)
+
+    run(tmp_path, check)
+
+
+def test_a_call_above_the_long_context_threshold_is_billed_at_the_long_context_prices(tmp_path: Path) -> None:
+    async def check(r: Rig) -> None:
+        for words in (10, 11):
+            body = {"model": "long-model", "max_tokens": 4,
+                    "messages": [{"role": "user", "content": " ".join(["w"] * words)}]}
+            assert (await r.post(CHAT, body))[0] == 200
+        short, long = r.ledger()
+        assert (short["input_tokens"], short["output_tokens"], short["cost_nusd"]) == (10, 4, 10 * 1000 + 4 * 2000)
+        assert (long["input_tokens"], long["output_tokens"], long["cost_nusd"]) == (11, 4, 11 * 2000 + 4 * 3000)
+        assert short["cost_nusd"] <= short["reserved_nusd"] and long["cost_nusd"] <= long["reserved_nusd"]
 
     run(tmp_path, check)
 
