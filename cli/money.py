@@ -40,6 +40,8 @@ def price() -> None:
               help="Input tokens above which a call is billed, all of it, at the long-context prices below.")
 @click.option("--long-context-input-per-mtok", type=float, help="USD per 1M input tokens in a long-context call.")
 @click.option("--long-context-output-per-mtok", type=float, help="USD per 1M output tokens in a long-context call.")
+@click.option("--priority-multiplier", type=click.FloatRange(1, 10),
+              help="OpenAI: the model's priority-tier prices over these (default 2).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 @api_errors
@@ -47,7 +49,7 @@ def price_set(ctx: click.Context, model: str, input_per_mtok: float, output_per_
               cached_input_per_mtok: float | None, cache_write_per_mtok: float | None,
               max_output_tokens: int | None, long_context_threshold: int | None,
               long_context_input_per_mtok: float | None, long_context_output_per_mtok: float | None,
-              as_json: bool) -> None:
+              priority_multiplier: float | None, as_json: bool) -> None:
     """Set (or override a built-in) price for MODEL.
 
     Example: fleetd price set gpt-4o --input-per-mtok 2.5 --output-per-mtok 10 --cached-input-per-mtok 1.25
@@ -55,7 +57,7 @@ def price_set(ctx: click.Context, model: str, input_per_mtok: float, output_per_
     body = {"input": input_per_mtok, "output": output_per_mtok, "cached_input": cached_input_per_mtok,
             "cache_write": cache_write_per_mtok, "max_output_tokens": max_output_tokens,
             "long_context_threshold": long_context_threshold, "long_context_input": long_context_input_per_mtok,
-            "long_context_output": long_context_output_per_mtok}
+            "long_context_output": long_context_output_per_mtok, "priority_multiplier": priority_multiplier}
     record = client(ctx).call("PUT", price_path(model), body)
     if as_json:
         print_json(record)

@@ -27,8 +27,9 @@ from typing import Any
 from fleetd.zone2.usage import Usage
 
 NANO = 1_000_000_000  # money is integer nano-USD everywhere in zone 2 (no float drift in caps)
-# OpenAI's priority processing (service_tier "priority") costs 1.7x to 2x the standard prices, depending on the
-# model; the table holds standard prices only, so a call served at priority is charged at twice them (never less
+# OpenAI's priority processing (service_tier "priority") costs 1.75x to 2.5x the standard prices, depending on the
+# model: a price names its model's ratio (priority_multiplier); for one that names none, a call served at priority
+# is charged at twice the standard prices (what most models cost; GPT-5.5's 2.5x is listed in the table) (never less
 # than the provider charges).
 PRIORITY_MULTIPLIER = 2
 # Anthropic: a write to a 1-hour cache entry costs twice the input price (a 5-minute one 1.25x: cache_write).
@@ -39,7 +40,7 @@ _NUSD_PER_TOKEN_PER_USD_PER_MTOK = Fraction(NANO, 1_000_000)  # p USD/Mtok = p *
 _SNAPSHOT = re.compile(r"^(?P<base>.+?)-(?:\d{4}-\d{2}-\d{2}|\d{8}|latest)$")
 
 _FIELDS = ("model", "input", "output", "cached_input", "cache_write", "max_output_tokens", "source", "as_of",
-           "provider", "long_context_threshold", "long_context_input", "long_context_output")
+           "provider", "long_context_threshold", "long_context_input", "long_context_output", "priority_multiplier")
 _PRICE_FIELDS = ("input", "output", "cached_input", "cache_write", "long_context_input", "long_context_output")
 _OPTIONAL_PRICES = ("cached_input", "cache_write", "long_context_input", "long_context_output")
 
@@ -72,6 +73,9 @@ class Price:
     long_context_threshold: int | None = None
     long_context_input: float | None = None
     long_context_output: float | None = None
+    # OpenAI: its priority prices over these (all of a model's priority prices are the same multiple); None ->
+    # PRIORITY_MULTIPLIER
+    priority_multiplier: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model.strip():
@@ -95,6 +99,11 @@ class Price:
         if any(v is not None for v in long_context) and any(v is None for v in long_context):
             raise ValueError(f"price for model {self.model!r}: long_context_threshold, long_context_input and "
                              "long_context_output go together")
+        multiplier = self.priority_multiplier
+        if multiplier is not None and (isinstance(multiplier, bool) or not isinstance(multiplier, int | float)
+                                       or not math.isfinite(multiplier) or not 1 <= multiplier <= 10):
+            raise ValueError(f"price for model {self.model!r}: priority_multiplier must be a number from 1 to 10, "
+                             f"got {multiplier!r}")
         if self.long_context_input is not None and self.input == 0 and self.long_context_input != 0:
             raise ValueError(f"price for model {self.model!r}: a long-context price needs an input price above 0")
         for name in ("source", "as_of", "provider"):
@@ -140,7 +149,7 @@ class Price:
             cache_write=d.get("cache_write"), max_output_tokens=d.get("max_output_tokens"),
             source=d.get("source") or "", as_of=d.get("as_of") or "", provider=d.get("provider") or "",
             long_context_threshold=d.get("long_context_threshold"), long_context_input=d.get("long_context_input"),
-            long_context_output=d.get("long_context_output"),
+            long_context_output=d.get("long_context_output"), priority_multiplier=d.get("priority_multiplier"),
         )
 
 
@@ -274,8 +283,14 @@ def _long_context(price: Price, input_tokens: int) -> bool:
     return price.long_context_threshold is not None and input_tokens > price.long_context_threshold
 
 
-def _priced(tokens_at: list[tuple[int, Rate]]) -> int:
-    """sum(tokens * price) in nano-USD, rounded up to a whole nano-dollar, exactly.
+def _priority(price: Price, priority: bool) -> Fraction:
+    if not priority:
+        return Fraction(1)
+    return Fraction(PRIORITY_MULTIPLIER) if price.priority_multiplier is None else _exact(price.priority_multiplier)
+
+
+def _priced(tokens_at: list[tuple[int, Rate]], factor: Fraction = Fraction(1)) -> int:
+    """factor * sum(tokens * price) in nano-USD, rounded up to a whole nano-dollar, exactly.
 
     p USD per 1M tokens is p * 1000 nano-USD per token, so with P = p * 10**6 (a whole number for
     any price written with six decimals or fewer) the sum is ceil(sum(tokens * P) / 1000): integer
@@ -284,8 +299,9 @@ def _priced(tokens_at: list[tuple[int, Rate]]) -> int:
     rates = [_micro(p) for _, p in tokens_at]
     whole = [r for r in rates if r is not None]
     if len(whole) == len(rates):
-        return -(-sum(n * r for (n, _), r in zip(tokens_at, whole, strict=True)) // 1000)
-    return _ceil_nusd(sum((n * _rate(p) for n, p in tokens_at), Fraction(0)))
+        total = sum(n * r for (n, _), r in zip(tokens_at, whole, strict=True)) * factor.numerator
+        return -(-total // (1000 * factor.denominator))
+    return _ceil_nusd(sum((n * _rate(p) for n, p in tokens_at), Fraction(0)) * factor)
 
 
 def cost_nusd(price: Price, usage: Usage, *, priority: bool = False) -> int:
@@ -293,7 +309,8 @@ def cost_nusd(price: Price, usage: Usage, *, priority: bool = False) -> int:
 
     Cache writes to 1-hour entries (part of ``cache_write_tokens``) cost ONE_HOUR_CACHE_WRITE_MULTIPLIER x input;
     a call whose whole input is above the price's ``long_context_threshold`` is billed at its long-context prices;
-    ``priority``: the call was served at OpenAI's priority tier (PRIORITY_MULTIPLIER x every price).
+    ``priority``: the call was served at OpenAI's priority tier (every price times the model's priority_multiplier,
+    else PRIORITY_MULTIPLIER).
     """
     uncached = _tokens("input_tokens", usage.input_tokens)
     cached = _tokens("cached_input_tokens", usage.cached_input_tokens)
@@ -306,8 +323,8 @@ def cost_nusd(price: Price, usage: Usage, *, priority: bool = False) -> int:
         (writes - one_hour, rates.cache_write),
         (one_hour, rates.cache_write_1h),
         (_tokens("output_tokens", usage.output_tokens), rates.output),
-    ])
-    return cost * PRIORITY_MULTIPLIER if priority else cost
+    ], _priority(price, priority))
+    return cost
 
 
 def bound_nusd(price: Price, input_tokens: int, output_tokens: int, *, priority: bool = False,
@@ -316,16 +333,16 @@ def bound_nusd(price: Price, input_tokens: int, output_tokens: int, *, priority:
 
     Every input token at the dearest input rate (uncached, cache read or cache write, and a 1-hour cache write
     when the request asks for one), every output token at the output rate, at the long-context prices when the
-    input bound is above the threshold, all of it doubled for a priority request: at least :func:`cost_nusd` of
-    any usage with at most that total input (uncached + cached + cache-write) and output tokens.
+    input bound is above the threshold, all of it at the priority multiple for a priority request: at least
+    :func:`cost_nusd` of any usage with at most that total input (uncached + cached + cache-write) and output
+    tokens.
     """
     rates = _rates(price, _long_context(price, _tokens("input_tokens", input_tokens)))
     candidates = [rates.input, rates.cached_input, rates.cache_write]
     if one_hour_cache:
         candidates.append(rates.cache_write_1h)
-    bound = _priced([(input_tokens, max(candidates, key=_rate)),
-                     (_tokens("output_tokens", output_tokens), rates.output)])
-    return bound * PRIORITY_MULTIPLIER if priority else bound
+    return _priced([(input_tokens, max(candidates, key=_rate)),
+                    (_tokens("output_tokens", output_tokens), rates.output)], _priority(price, priority))
 
 
 def usd(nusd: int) -> float:

@@ -306,10 +306,10 @@ def test_price_set_ls_rm_from_the_cli_with_a_slash_in_the_model_id(bench: SdkBen
     assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
     bench.daemon.cli("price", "set", model, "--input-per-mtok", "3", "--output-per-mtok", "15",
                      "--long-context-above", "200000", "--long-context-input-per-mtok", "6",
-                     "--long-context-output-per-mtok", "22.5")
+                     "--long-context-output-per-mtok", "22.5", "--priority-multiplier", "2.5")
     listed = {p["model"]: p for p in json.loads(bench.daemon.cli("price", "ls", "--json").stdout)}
     assert (listed[model]["long_context_threshold"], listed[model]["long_context_input"],
-            listed[model]["long_context_output"]) == (200000, 6.0, 22.5)
+            listed[model]["long_context_output"], listed[model]["priority_multiplier"]) == (200000, 6.0, 22.5, 2.5)
     assert ">200000: 6/22.5" in bench.daemon.cli("price", "ls").stdout
     half = bench.daemon.cli("price", "set", model, "--input-per-mtok", "3", "--output-per-mtok", "15",
                             "--long-context-above", "200000", check=False)

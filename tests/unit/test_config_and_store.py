@@ -28,10 +28,10 @@ def test_config_file(tmp_path: Path) -> None:
 def test_config_prices_take_long_context_prices(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
     path.write_text('[prices."my-model"]\ninput = 3.0\noutput = 15.0\nlong_context_threshold = 200000\n'
-                    'long_context_input = 6.0\nlong_context_output = 22.5\n')
+                    'long_context_input = 6.0\nlong_context_output = 22.5\npriority_multiplier = 2.5\n')
     (entry,) = load_config(path).policy.prices
-    assert (entry["long_context_threshold"], entry["long_context_input"], entry["long_context_output"]) == (
-        200000, 6.0, 22.5)
+    assert (entry["long_context_threshold"], entry["long_context_input"], entry["long_context_output"],
+            entry["priority_multiplier"]) == (200000, 6.0, 22.5, 2.5)
 
 
 @pytest.mark.parametrize(
@@ -39,6 +39,7 @@ def test_config_prices_take_long_context_prices(tmp_path: Path) -> None:
     [("bogus = 1", "unknown keys"),
      ('[prices."m"]\ninput = 3.0\noutput = 15.0\nlong_context_threshold = 200000', "go together"),
      ('[prices."m"]\ninput = 3.0\noutput = 15.0\nlong_context_threshold = 0', "whole number"),
+     ('[prices."m"]\ninput = 3.0\noutput = 15.0\npriority_multiplier = 0.5', "priority_multiplier"),
      ("[defaults]\nmemory = 'x'", "invalid size"), ("instance = 'a b'", "instance"),
      ("[roles.r]\nttl = -1", "whole number"), ("= broken", "config"),
      ("[defaults]\nheartbeat_interval = 0.2", "heartbeat_interval"),

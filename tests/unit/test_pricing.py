@@ -215,6 +215,36 @@ def test_priority_calls_cost_twice_the_standard_prices() -> None:
     assert bound_nusd(gpt, 1000, 100, priority=True) == 2 * bound_nusd(gpt, 1000, 100)
 
 
+# OpenAI's published priority prices (input, cached input, output per 1M tokens),
+# https://openai.com/api-priority-processing/
+PRIORITY_PRICES = {"gpt-5.5": ("12.50", "1.250", "75.00"), "gpt-5.4": ("5.00", "0.500", "30.00"),
+                   "gpt-5.2": ("3.50", "0.350", "28.00"), "gpt-5.1": ("2.50", "0.250", "20.00"),
+                   "gpt-5": ("2.50", "0.250", "20.00"), "gpt-5-mini": ("0.45", "0.045", "3.60"),
+                   "gpt-4.1": ("3.50", "0.875", "14.00")}
+
+
+def test_the_table_priority_multipliers_give_openai_published_priority_prices(table: PriceTable) -> None:
+    for model, published in PRIORITY_PRICES.items():
+        price = table.lookup(model)
+        assert price is not None and price.priority_multiplier is not None, model
+        multiple = Decimal(str(price.priority_multiplier))
+        ours = (Decimal(str(price.input)) * multiple, Decimal(str(price.cached_input_price)) * multiple,
+                Decimal(str(price.output)) * multiple)
+        assert ours == tuple(Decimal(v) for v in published), model
+
+
+def test_a_priority_call_is_billed_at_its_models_multiple_rounded_up_once() -> None:
+    gpt = Price("gpt-5.5", input=5.00, output=30.00, cached_input=0.50, priority_multiplier=2.5)
+    usage = Usage(input_tokens=3, cached_input_tokens=1, output_tokens=1)
+    assert cost_nusd(gpt, usage) == 3 * 5000 + 500 + 30_000
+    assert cost_nusd(gpt, usage, priority=True) == (3 * 5000 + 500 + 30_000) * 5 // 2  # 2.5x, exact
+    assert cost_nusd(replace(gpt, input=0.000001), Usage(input_tokens=1), priority=True) == 1  # 0.0025 -> 1
+    assert bound_nusd(gpt, 10, 10, priority=True) == (10 * 5000 + 10 * 30_000) * 5 // 2
+    assert cost_nusd(replace(gpt, priority_multiplier=None), usage, priority=True) == 2 * cost_nusd(gpt, usage)
+    with pytest.raises(ValueError, match="priority_multiplier"):
+        replace(gpt, priority_multiplier=0.5)
+
+
 def test_bound_prices_every_input_token_at_the_dearest_input_rate() -> None:
     sonnet = Price("s", input=3.00, output=15.00, cached_input=0.30, cache_write=3.75)
     assert bound_nusd(sonnet, 1000, 100) == 1000 * 3750 + 100 * 15000
@@ -254,7 +284,7 @@ def test_the_long_context_fields_go_together(partial: dict[str, object]) -> None
 def test_bound_is_at_least_the_cost_of_any_usage_with_the_same_totals(table: PriceTable) -> None:
     rng = random.Random(20261126)
     prices = [*table.all(), Price("tiny", input=0.0003, output=0.0007, cached_input=0.0001, cache_write=0.0005),
-              LONG, replace(LONG, model="odd", long_context_input=3.3333333)]
+              LONG, replace(LONG, model="odd", long_context_input=3.3333333, priority_multiplier=1.7777)]
     for price in prices:
         for _ in range(200):
             total_in = rng.randrange(0, 2_000_000)
