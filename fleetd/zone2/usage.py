@@ -300,13 +300,19 @@ def _tier(value: object) -> str | None:
 
 
 def _openai_usage(usage: object, prefix_in: str, prefix_out: str, tier: object) -> Usage | None:
-    """OpenAI's two usage shapes: chat (prompt/completion_tokens) and Responses (input/output_tokens)."""
+    """OpenAI's two usage shapes: chat (prompt/completion_tokens) and Responses (input/output_tokens).
+
+    Cache reads (``cached_tokens``) and, from GPT-5.6 on, cache writes (``cache_write_tokens``, billed above the
+    input price) are parts of the input count, as the details of it."""
     if not isinstance(usage, dict):
         return None
-    cached = _detail(usage, f"{prefix_in}_tokens_details", "cached_tokens")
+    details = f"{prefix_in}_tokens_details"
+    cached = _detail(usage, details, "cached_tokens")
+    written = _detail(usage, details, "cache_write_tokens")
     return Usage(
-        input_tokens=max(_count(usage.get(f"{prefix_in}_tokens")) - cached, 0),
+        input_tokens=max(_count(usage.get(f"{prefix_in}_tokens")) - cached - written, 0),
         cached_input_tokens=cached,
+        cache_write_tokens=written,
         output_tokens=_count(usage.get(f"{prefix_out}_tokens")),
         reasoning_tokens=_detail(usage, f"{prefix_out}_tokens_details", "reasoning_tokens"),
         service_tier=_tier(tier),

@@ -69,8 +69,9 @@ def test_anthropic_cache_prices_follow_the_published_multipliers(table: PriceTab
             # cache reads: 10% of input, 5% for the Sonnet/Opus 5.5 generation
             assert Decimal(str(price.cached_input_price)) in (Decimal(str(price.input)) / 10,
                                                                Decimal(str(price.input)) / 20), price.model
-        if price.provider == "openai":
-            assert price.cache_write_price == price.input, price.model
+        if price.provider == "openai":  # cache writes cost extra from GPT-6 (and GPT-5.6) on: 1.25x input
+            expected = Decimal("1.25") if price.model.startswith("gpt-6") else Decimal(1)
+            assert Decimal(str(price.cache_write_price)) == Decimal(str(price.input)) * expected, price.model
 
 
 def test_simulator_prices_are_separate_and_made_up(table: PriceTable) -> None:
@@ -231,6 +232,13 @@ def test_the_table_priority_multipliers_give_openai_published_priority_prices(ta
         ours = (Decimal(str(price.input)) * multiple, Decimal(str(price.cached_input_price)) * multiple,
                 Decimal(str(price.output)) * multiple)
         assert ours == tuple(Decimal(v) for v in published), model
+
+
+def test_openai_cache_writes_are_billed_at_the_cache_write_price(table: PriceTable) -> None:
+    astra = table.lookup("gpt-6-astra")
+    assert astra is not None
+    usage = Usage(input_tokens=793, cached_input_tokens=1000, cache_write_tokens=3207, output_tokens=10)
+    assert cost_nusd(astra, usage) == 793 * 10_000 + 1000 * 1000 + 3207 * 12_500 + 10 * 50_000
 
 
 def test_a_priority_call_is_billed_at_its_models_multiple_rounded_up_once() -> None:

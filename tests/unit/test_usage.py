@@ -332,6 +332,16 @@ def test_usage_from_body_each_api() -> None:
     assert usage_from_body("anthropic_messages", json.dumps(ANTHROPIC_BODY).encode()) == ANTHROPIC_USAGE
 
 
+def test_openai_cache_writes_are_part_of_the_input() -> None:
+    usage = {"input_tokens": 5000, "output_tokens": 10,
+             "input_tokens_details": {"cached_tokens": 1000, "cache_write_tokens": 3207}}
+    assert usage_from_body("openai_responses", json.dumps({"usage": usage}).encode()) == Usage(
+        input_tokens=793, cached_input_tokens=1000, cache_write_tokens=3207, output_tokens=10)
+    chat = {"prompt_tokens": 4000, "completion_tokens": 1, "prompt_tokens_details": {"cache_write_tokens": 4000}}
+    assert usage_from_body("openai_chat", json.dumps({"usage": chat}).encode()) == Usage(
+        cache_write_tokens=4000, output_tokens=1)
+
+
 def test_embeddings_usage_is_all_input() -> None:
     body = {"object": "list", "data": [], "model": "text-embedding-3-small",
             "usage": {"prompt_tokens": 8, "total_tokens": 8}}
