@@ -53,6 +53,9 @@ TAIL_BYTES = 64 << 10  # of an answer larger than that, what is kept to find its
 CONNECT_TIMEOUT = 10.0
 IDLE_TIMEOUT = 300.0
 DROPPED_PREFIXES = ("x-forwarded-", "forwarded", "x-real-ip", "proxy-")
+# Zone 2 asks upstreams for identity bodies (it must read them to redact secrets and find usage). One that compresses
+# anyway is decoded when aiohttp can (gzip, deflate); any other encoding is refused with a 502, never passed on.
+READABLE_ENCODINGS = frozenset({"", "identity", "gzip", "deflate"})
 Whois = Callable[[str], Awaitable[Registration | None]]
 REGISTRY = web.AppKey("registry", Registry)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
@@ -215,13 +218,23 @@ class Gateway:
 
     async def send(self, call: Upcall, body: bytes) -> aiohttp.ClientResponse:
         try:
-            return await self.session.request(call.method, call.url, headers=call.headers, data=body or None,
-                                              allow_redirects=False, auto_decompress=False)
+            response = await self.session.request(call.method, call.url, headers=call.headers, data=body or None,
+                                                  allow_redirects=False)
         except TimeoutError:
             raise UpstreamFailed(error(504, "upstream_timeout", "the upstream did not answer in time")) from None
+        except aiohttp.ClientResponseError as exc:  # aiohttp refuses encodings it lacks a decoder for (br, zstd)
+            if "content-encoding" in exc.message.lower():
+                raise UpstreamFailed(unreadable(exc.message.split(":")[-1].strip())) from None
+            raise UpstreamFailed(error(502, "upstream_unreachable",
+                                       f"cannot reach the upstream: {type(exc).__name__}")) from None
         except aiohttp.ClientError as exc:
             raise UpstreamFailed(error(502, "upstream_unreachable",
                                        f"cannot reach the upstream: {type(exc).__name__}")) from None
+        encoding = content_encoding(response)
+        if encoding not in READABLE_ENCODINGS:
+            response.release()
+            raise UpstreamFailed(unreadable(encoding))
+        return response
 
     async def send_with_retries(self, reg: Registration, call: Upcall, body: bytes) -> Outcome:
         """Attempts under the breaker; 429 and 5xx retried with full jitter, honouring Retry-After."""
@@ -287,11 +300,21 @@ def upstream_retry_after(headers: Any) -> float | None:
     return parse_retry_after(headers.get("Retry-After"))
 
 
+def unreadable(encoding: str) -> web.Response:
+    return error(502, "upstream_encoding", f"the upstream answered in Content-Encoding {encoding[:60]!r}, which "
+                 "zone 2 cannot read to redact it (it asks for identity)")
+
+
+def content_encoding(upstream: aiohttp.ClientResponse) -> str:
+    return upstream.headers.get("Content-Encoding", "").strip().lower()
+
+
 def fits_buffer(upstream: aiohttp.ClientResponse) -> bool:
-    """Not a stream, and of a known, modest length: read it whole and send it in one write."""
+    """Not a stream, and of a known, modest length: read it whole and send it in one write. (A compressed body is
+    decoded as it comes: its Content-Length says nothing of the decoded size.)"""
     length = upstream.headers.get("Content-Length")
     return (upstream.content_type != "text/event-stream" and length is not None and length.isdigit()
-            and int(length) <= MAX_BUFFERED)
+            and int(length) <= MAX_BUFFERED and content_encoding(upstream) in ("", "identity"))
 
 
 async def buffered(upstream: aiohttp.ClientResponse, redactor: Redactor) -> Buffered:
@@ -428,7 +451,8 @@ def init_gateway(registry: Registry, whois: Whois, costs: CostTracker | None = N
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=60)
         # No cookie jar: the session is shared by every agent, so a jar would replay one agent's cookies
         # on another's calls. Set-Cookie and Cookie pass through as headers, as a stateless proxy's do.
-        app[SESSION] = aiohttp.ClientSession(timeout=timeout, connector=connector, auto_decompress=False,
+        # Bodies an upstream compresses despite Accept-Encoding: identity are decoded (READABLE_ENCODINGS).
+        app[SESSION] = aiohttp.ClientSession(timeout=timeout, connector=connector, auto_decompress=True,
                                              cookie_jar=aiohttp.DummyCookieJar())
         app[REGISTRY] = registry
         app[GATEWAY] = Gateway(registry, whois, app[SESSION], tracker)

@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import socket
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -45,6 +46,8 @@ def upstream_app(seen: list[dict[str, Any]]) -> web.Application:
             return web.json_response({"error": f"invalid key {request.headers.get('Authorization')}"}, status=401)
         if request.path == "/redirect":
             raise web.HTTPFound("http://127.0.0.2:1/steal")
+        if request.path.startswith("/compressed/"):  # an upstream that compresses although asked for identity
+            return await compressed(request, request.path.removeprefix("/compressed/"))
         if request.path == "/stream":
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await response.prepare(request)
@@ -59,6 +62,19 @@ def upstream_app(seen: list[dict[str, Any]]) -> web.Application:
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", echo)
     return app
+
+
+async def compressed(request: web.Request, encoding: str) -> web.StreamResponse:
+    """The key echoed back in a body compressed with ``encoding`` (gzip: in two flushed parts, as a stream)."""
+    key = request.headers.get("Authorization", "")
+    packer = zlib.compressobj(wbits=31)  # gzip framing
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Content-Encoding": encoding})
+    await response.prepare(request)
+    await response.write(packer.compress(b"data: first\n\n") + packer.flush(zlib.Z_SYNC_FLUSH))
+    await asyncio.sleep(0.05)
+    await response.write(packer.compress(f"data: invalid key {key}\n\n".encode()) + packer.flush())
+    await response.write_eof()
+    return response
 
 
 Check = Callable[[aiohttp.ClientSession, str, list[dict[str, Any]], list[dict[str, Any]]], Awaitable[None]]
@@ -233,3 +249,22 @@ def test_cookies_an_upstream_sets_never_reach_another_agents_calls() -> None:
         assert seen == [None, None, None]  # nor is any cookie sent upstream for an agent that sent none
 
     asyncio.run(main())
+
+
+def test_a_body_compressed_despite_identity_is_decoded_and_redacted_or_refused() -> None:
+    async def check(client: aiohttp.ClientSession, gw: str, seen: list[Any], elsewhere: list[Any]) -> None:
+        auth = {"Authorization": "Bearer $CRED{openai}"}
+        async with client.get(f"{gw}/compressed/gzip", headers=auth, auto_decompress=False) as r:
+            assert r.status == 200 and "Content-Encoding" not in r.headers
+            first = await r.content.readline()
+            assert first == b"data: first\n"  # decoded as it streams, not held to the end
+            rest = await r.read()
+        assert SECRET.encode() not in rest and b"invalid key Bearer [REDACTED]" in rest
+        assert seen[-1]["headers"]["Accept-Encoding"] == "identity"
+        for encoding in ("compress", "br", "gzip, gzip"):  # nothing zone 2 cannot read is passed on
+            async with client.get(f"{gw}/compressed/{encoding}", headers=auth, auto_decompress=False) as r:
+                body = await r.read()
+                assert r.status == 502 and json.loads(body)["error"]["type"] == "upstream_encoding", encoding
+                assert SECRET.encode() not in body
+
+    run(check)
