@@ -162,7 +162,8 @@ class Gateway:
             self.costs.breaker_record(reg.agent_id, call.base, None, admission.probe)
             return exc.response
         self.costs.breaker_record(reg.agent_id, call.base, upstream.status, admission.probe)
-        log.debug("%s %s %s -> %s", reg.agent_id, request.method, call.url, upstream.status)
+        # The target without its query: a handle in the query has become the secret there.
+        log.debug("%s %s %s -> %s", reg.agent_id, request.method, call.url.split("?", 1)[0], upstream.status)
         try:
             if fits_buffer(upstream):
                 return await buffered(upstream, call.redactor)

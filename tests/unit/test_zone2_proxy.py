@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 import socket
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from fleetd.zone2.proxy import init_gateway
@@ -123,6 +126,19 @@ def test_handle_in_query_and_custom_header() -> None:
         assert seen[0]["headers"]["X-Custom"] == SECRET
 
     run(check)
+
+
+def test_no_secret_in_zone2s_log_even_at_debug(caplog: pytest.LogCaptureFixture) -> None:
+    async def check(client: aiohttp.ClientSession, gw: str, seen: list[Any], elsewhere: list[Any]) -> None:
+        for target in ("/search?key=$CRED{openai}&q=a", "/echo-key", "/redirect", "/compressed/compress"):
+            async with client.get(gw + target, headers={"Authorization": "Bearer $CRED{openai}"},
+                                  allow_redirects=False) as r:
+                await r.read()
+
+    with caplog.at_level(logging.DEBUG):
+        run(check)
+    assert "/search" in caplog.text  # the calls were logged
+    assert SECRET not in caplog.text and quote(SECRET) not in caplog.text
 
 
 def test_secret_echoed_in_an_error_is_redacted() -> None:
