@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import select
+import signal
 import sys
 import time
 from collections.abc import Iterator, Mapping
@@ -389,12 +390,23 @@ def live(console: Console, frames: Frames, interval: float) -> None:
     from rich.text import Text
 
     hint = Text(f"every {interval:g}s  ·  q or Ctrl-C to quit", style="dim")
-    with keys() as fd, Live(console=console, screen=True, auto_refresh=False, redirect_stdout=False,
-                            redirect_stderr=False) as view:
+    with interruptible(), keys() as fd, Live(console=console, screen=True, auto_refresh=False,
+                                             redirect_stdout=False, redirect_stderr=False) as view:
         while True:
             view.update(Group(frames.next(), hint), refresh=True)
             if wait_for_quit(fd, interval):
                 return
+
+
+@contextmanager
+def interruptible() -> Iterator[None]:
+    """Ctrl-C quits the live view even when SIGINT came in ignored (a process started from a script in the
+    background inherits that), as it quits top and htop, which install their own handler."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @click.command()

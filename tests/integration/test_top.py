@@ -11,6 +11,7 @@ import signal
 import struct
 import termios
 import time
+from typing import Any
 
 import pytest
 
@@ -25,12 +26,13 @@ COLUMNS, LINES = 200, 50
 class Terminal:
     """``fleetd top`` running under a pseudo-terminal of its own (its controlling terminal)."""
 
-    def __init__(self, daemon: Daemon, *args: str) -> None:
+    def __init__(self, daemon: Daemon, *args: str, sigint: Any = signal.SIG_DFL) -> None:
         argv = [FLEETD, "--socket", str(daemon.socket), "top", *args]
         env = {**os.environ, "TERM": "xterm", "COLUMNS": str(COLUMNS), "LINES": str(LINES)}
         pid, fd = pty.fork()
         if pid == 0:  # the child: exec at once (pty.fork made the slave its stdin/stdout/stderr and tty)
             try:
+                signal.signal(signal.SIGINT, sigint)  # as given, whatever the test runner's disposition is
                 os.execve(FLEETD, argv, env)
             finally:
                 os._exit(127)
@@ -107,7 +109,8 @@ def stats_served(daemon: Daemon) -> bool:
 def test_top_live_under_a_terminal_quits_on_ctrl_c_and_q(daemon: Daemon) -> None:
     agent_id = daemon.spawn("--ttl", "120", AGENT_IMAGE, "sleep", "300")
     daemon.wait_state(agent_id, "running")
-    term = Terminal(daemon, "--interval", "0.5")
+    # Started with SIGINT ignored, as from a script run in the background: Ctrl-C must quit all the same.
+    term = Terminal(daemon, "--interval", "0.5", sigint=signal.SIG_IGN)
     try:
         screen = term.wait_screen(agent_id, "running", "zone 2 healthy", "q or Ctrl-C to quit")
         assert re.search(r"\b1m[0-5]\ds\b", screen), screen  # the TTL, e.g. 1m58s
