@@ -28,9 +28,8 @@ from fleetd.zone2.usage import Usage
 
 NANO = 1_000_000_000  # money is integer nano-USD everywhere in zone 2 (no float drift in caps)
 # OpenAI's priority processing (service_tier "priority") costs 1.75x to 2.5x the standard prices, depending on the
-# model: a price names its model's ratio (priority_multiplier); for one that names none, a call served at priority
-# is charged at twice the standard prices (what most models cost; GPT-5.5's 2.5x is listed in the table) (never less
-# than the provider charges).
+# model. A price names its model's ratio (priority_multiplier); a call to a model whose price names none is charged
+# at twice the standard prices, the ratio of most models (GPT-5.5's 2.5x is in the table).
 PRIORITY_MULTIPLIER = 2
 # Anthropic: a write to a 1-hour cache entry costs twice the input price (a 5-minute one 1.25x: cache_write).
 ONE_HOUR_CACHE_WRITE_MULTIPLIER = 2
@@ -317,14 +316,13 @@ def cost_nusd(price: Price, usage: Usage, *, priority: bool = False) -> int:
     writes = _tokens("cache_write_tokens", usage.cache_write_tokens)
     one_hour = min(_tokens("cache_write_1h_tokens", usage.cache_write_1h_tokens), writes)
     rates = _rates(price, _long_context(price, uncached + cached + writes))
-    cost = _priced([
+    return _priced([
         (uncached, rates.input),
         (cached, rates.cached_input),
         (writes - one_hour, rates.cache_write),
         (one_hour, rates.cache_write_1h),
         (_tokens("output_tokens", usage.output_tokens), rates.output),
     ], _priority(price, priority))
-    return cost
 
 
 def bound_nusd(price: Price, input_tokens: int, output_tokens: int, *, priority: bool = False,
