@@ -223,12 +223,10 @@ class Gateway:
                                                   allow_redirects=False)
         except TimeoutError:
             raise UpstreamFailed(error(504, "upstream_timeout", "the upstream did not answer in time")) from None
-        except aiohttp.ClientResponseError as exc:  # aiohttp refuses encodings it lacks a decoder for (br, zstd)
-            if "content-encoding" in exc.message.lower():
-                raise UpstreamFailed(unreadable(exc.message.split(":")[-1].strip())) from None
-            raise UpstreamFailed(error(502, "upstream_unreachable",
-                                       f"cannot reach the upstream: {type(exc).__name__}")) from None
         except aiohttp.ClientError as exc:
+            # aiohttp refuses an encoding it has no decoder for (br, zstd) as a malformed answer
+            if isinstance(exc, aiohttp.ClientResponseError) and "content-encoding" in exc.message.lower():
+                raise UpstreamFailed(unreadable(exc.message.split(":")[-1].strip())) from None
             raise UpstreamFailed(error(502, "upstream_unreachable",
                                        f"cannot reach the upstream: {type(exc).__name__}")) from None
         encoding = content_encoding(response)

@@ -632,18 +632,16 @@ class StreamMeter:
         return False
 
     def _embeddings_event(self, data: bytes) -> None:
-        event = _loads(data) if _USAGE_OBJECT.search(data) else None
-        if isinstance(event, dict):
+        event = _with_usage(data)
+        if event is not None:
             self._usage = usage_in("openai_embeddings", event) or self._usage
 
     def _chat_event(self, data: bytes) -> bool:
         if len(data) < 32 and data.strip() == b"[DONE]":
             self._complete = True
             return False
-        if _USAGE_OBJECT.search(data) is None:
-            return False
-        event = _loads(data)
-        if not isinstance(event, dict):
+        event = _with_usage(data)
+        if event is None:
             return False
         usage = usage_in("openai_chat", event)
         if usage is None:
@@ -699,6 +697,14 @@ class StreamMeter:
         self._anthropic_tier = _tier(usage.get("service_tier")) or self._anthropic_tier
         self._usage = anthropic_usage({**self._anthropic, "cache_creation": self._anthropic_creation,
                                        "service_tier": self._anthropic_tier})
+
+
+def _with_usage(data: bytes) -> dict[str, Any] | None:
+    """An event's JSON object when it holds a non-null ``usage`` (a cheap search first, then the parse)."""
+    if _USAGE_OBJECT.search(data) is None:
+        return None
+    event = _loads(data)
+    return event if isinstance(event, dict) else None
 
 
 def _keep_larger(counts: dict[str, int], usage: dict[str, Any], keys: tuple[str, ...]) -> None:
