@@ -3,7 +3,8 @@
 ``fleetd llm-sim --port 8000`` serves:
 
 - ``POST /v1/chat/completions`` (OpenAI; ``stream`` with ``stream_options.include_usage``)
-- ``POST /v1/responses`` (OpenAI Responses API; ``stream`` ends with ``response.completed``)
+- ``POST /v1/responses`` (OpenAI Responses API; ``stream`` ends with ``response.completed``; a
+  ``previous_response_id`` adds that response's input and output tokens to the input, as upstream state)
 - ``POST /v1/messages`` (Anthropic; ``stream`` with message_start/message_delta usage)
 - ``POST /v1/embeddings`` (OpenAI; floats or ``encoding_format: "base64"``; input tokens = words, or the
   length of a token list), also at Azure OpenAI's ``/openai/deployments/NAME/embeddings``
@@ -51,11 +52,17 @@ class SimConfig:
     require_key: str | None = None  # when set, any other bearer / x-api-key gets 401 naming it
 
 
+MAX_STORED_RESPONSES = 10_000  # the oldest is forgotten first
+
+
 @dataclass
 class Sim:
     config: SimConfig = field(default_factory=SimConfig)
     requests: list[dict[str, Any]] = field(default_factory=list)  # the last 200
     answered: dict[int, int] = field(default_factory=dict)  # status -> count, since start
+    # Responses: the tokens each stored response leaves in its conversation (input + output), which a call naming
+    # it as previous_response_id reads again, as the real API does
+    contexts: dict[str, int] = field(default_factory=dict)
 
 
 SIM = web.AppKey("sim", Sim)
@@ -195,10 +202,20 @@ async def responses(request: web.Request) -> web.StreamResponse:
     data, refusal = await gate(request)
     if refusal:
         return refusal
-    config = request.app[SIM].config
+    sim = request.app[SIM]
+    config = sim.config
     prompt, completion = usage_numbers(data, config)
+    previous = data.get("previous_response_id")
+    if previous is not None:
+        if previous not in sim.contexts:
+            return openai_error(400, "invalid_request_error", f"Previous response with id '{previous}' not found.")
+        prompt += sim.contexts[previous]
     text = " ".join(words(completion))
     ident = f"resp_{uuid.uuid4().hex[:12]}"
+    if data.get("store", True) is not False:
+        sim.contexts[ident] = prompt + completion
+        if len(sim.contexts) > MAX_STORED_RESPONSES:
+            del sim.contexts[next(iter(sim.contexts))]
     message = {"type": "message", "id": f"msg_{uuid.uuid4().hex[:8]}", "status": "completed",
                "role": "assistant", "content": [{"type": "output_text", "text": text, "annotations": []}]}
     body = {

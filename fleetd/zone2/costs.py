@@ -21,10 +21,13 @@ from fleetd.zone2.budget import Budgets, Caps, Refusal, Reservation, month_key
 from fleetd.zone2.ledger import Call, Ledger
 from fleetd.zone2.pricing import Price, PriceTable, bound_nusd, cost_nusd
 from fleetd.zone2.registry import Registration
-from fleetd.zone2.usage import LLMRequest, Usage
+from fleetd.zone2.usage import OVERHEAD_TOKENS, LLMRequest, Usage
 
 log = logging.getLogger("fleetd.zone2")
 DEFAULT_MAX_OUTPUT = 128_000  # when neither the request nor the price table bounds the output
+# When the price table does not name a model's context window: the largest of the models it lists (GPT-4.1's
+# 1,047,576 tokens, GPT-5.4's 1,050,000).
+DEFAULT_CONTEXT_WINDOW = 1_050_000
 REFUSAL_EVENT_EVERY = 60.0  # at most one refusal event per agent and kind per minute
 LEDGER_RETRY_EVERY = 1.0  # s: while ledger rows wait unwritten, how often an admission tries to write them
 Emit = Callable[[str, str | None, str, dict[str, Any]], None]  # (type, agent_id, message, data)
@@ -69,6 +72,15 @@ def served_at_priority(llm: LLMRequest, usage: Usage | None) -> bool:
     if usage is not None and usage.service_tier is not None:
         return usage.service_tier == "priority"
     return priority_requested(llm)
+
+
+def context_tokens(llm: LLMRequest, status: int | None, usage: Usage | None) -> int | None:
+    """The tokens a Responses call leaves in its conversation, which a call continuing from it reads again: all of
+    its input and its output. Unknown (None) when the call failed, named no response id, or let upstream truncate
+    (then the conversation kept upstream may be longer than what this call read)."""
+    if usage is None or usage.response_id is None or llm.truncates or status is None or not 200 <= status < 300:
+        return None
+    return usage.input_tokens + usage.cached_input_tokens + usage.cache_write_tokens + usage.output_tokens
 
 
 def month_start(now: datetime) -> datetime:
@@ -118,13 +130,30 @@ class CostTracker:
         if price is not None:
             max_output = (0 if llm.api == "openai_embeddings"
                           else llm.max_output_tokens or price.max_output_tokens or DEFAULT_MAX_OUTPUT)
-            bound = bound_nusd(price, llm.input_token_bound, max_output * llm.choices,
+            bound = bound_nusd(price, self.input_bound(llm, price), max_output * llm.choices,
                                priority=priority_requested(llm), one_hour_cache=llm.cache_1h)
         held = self.budgets.reserve(reg.agent_id, reg.caps, bound)
         if isinstance(held, Refusal):
             self._refused(reg, held)
             return held
         return Ticket(uuid.uuid4().hex, reg, credential, llm, price, held)
+
+    def input_bound(self, llm: LLMRequest, price: Price) -> int:
+        """An upper bound on the input tokens of a call, with what it reads from upstream state.
+
+        A Responses call continuing a response that zone 2 relayed reads that response's whole context again (its
+        input and its output, reasoning included, as recorded in the ledger, and the chat template around those
+        items: OVERHEAD_TOKENS more) plus its own body; any other state
+        kept upstream (a conversation, a stored prompt, a response zone 2 has not seen or whose context was
+        truncated) can be anything up to the model's context window.
+        """
+        bound = llm.input_token_bound
+        if llm.previous_response_id is None and not llm.stored_input:
+            return bound
+        known = None if llm.stored_input else self.ledger.context_of(llm.previous_response_id or "")
+        if known is None:
+            return max(bound, price.context_window or DEFAULT_CONTEXT_WINDOW)
+        return bound + known + OVERHEAD_TOKENS  # and the template around the items it carries
 
     def _refused(self, reg: Registration, refusal: Refusal) -> None:
         key = (reg.agent_id, refusal.type)
@@ -158,7 +187,7 @@ class CostTracker:
         written = self.ledger.record(Call(
             ticket.request_id, ticket.reservation.at, ticket.reg.agent_id, ticket.reg.role, ticket.credential,
             ticket.llm.api, ticket.llm.model, status, usage or Usage(), cost, ticket.reservation.amount,
-            estimated, attempts,
+            estimated, attempts, context_tokens(ticket.llm, status, usage),
         ))
         self._ledger_health(written)
         return cost

@@ -29,8 +29,10 @@ CHECKPOINT_INTERVAL = 0.25  # s between checkpoints by the Checkpointer thread
 WAL_BACKSTOP_PAGES = 10_000  # the writer's own automatic checkpoint (4 KB pages), which also restarts the WAL
 INSERT = ("INSERT INTO calls (request_id, at, agent_id, role, credential, api, model, status, input_tokens, "
           "cached_input_tokens, cache_write_tokens, output_tokens, reasoning_tokens, cost_nusd, reserved_nusd, "
-          "estimated, attempts, cache_write_1h_tokens, service_tier) "
-          "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+          "estimated, attempts, cache_write_1h_tokens, service_tier, response_id, context_tokens) "
+          "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+CONTEXT_OF = ("SELECT context_tokens FROM calls WHERE response_id = ? AND context_tokens IS NOT NULL "
+              "ORDER BY id DESC LIMIT 1")  # on the partial index calls_response_id
 migrations = Migrations("fleetd-ledger")
 
 
@@ -57,6 +59,15 @@ def m002_cache_ttl_and_service_tier(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE calls ADD COLUMN service_tier TEXT")
 
 
+@migrations()
+def m003_response_context(db: sqlite_utils.Database) -> None:
+    # OpenAI Responses: the answer's id and how many tokens a call continuing from it (previous_response_id)
+    # carries in from upstream, so that its reservation covers them.
+    db.execute("ALTER TABLE calls ADD COLUMN response_id TEXT")
+    db.execute("ALTER TABLE calls ADD COLUMN context_tokens INTEGER")
+    db.execute("CREATE INDEX calls_response_id ON calls(response_id) WHERE response_id IS NOT NULL")
+
+
 @dataclass(frozen=True)
 class Call:
     request_id: str
@@ -72,6 +83,9 @@ class Call:
     reserved_nusd: int
     estimated: bool  # no usage arrived: billed at the reserved upper bound
     attempts: int
+    # OpenAI Responses: the tokens of the conversation as this answer leaves it (its whole input and its output),
+    # which a call naming it as previous_response_id reads again; None when unknown
+    context_tokens: int | None = None
 
 
 class Ledger:
@@ -132,7 +146,16 @@ class Ledger:
             call.request_id, call.at.isoformat(), call.agent_id, call.role, call.credential, call.api, call.model,
             call.status, u.input_tokens, u.cached_input_tokens, u.cache_write_tokens, u.output_tokens,
             u.reasoning_tokens, call.cost_nusd, call.reserved_nusd, int(call.estimated), call.attempts,
-            u.cache_write_1h_tokens, u.service_tier))
+            u.cache_write_1h_tokens, u.service_tier, u.response_id, call.context_tokens))
+
+    def context_of(self, response_id: str) -> int | None:
+        """The context tokens recorded for an OpenAI response, or None when zone 2 has not seen it (or cannot read
+        the ledger: the caller then assumes the most)."""
+        try:
+            row = self.conn.execute(CONTEXT_OF, (response_id,)).fetchone()
+        except sqlite3.Error:
+            return None
+        return None if row is None else int(row[0])
 
     def history(self, since: datetime) -> Iterator[tuple[str, datetime, int]]:
         """(agent, when, cost) of every call since ``since``: what budgets must know after a restart."""

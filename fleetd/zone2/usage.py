@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 
@@ -37,6 +37,7 @@ class Usage:
     reasoning_tokens: int = 0  # informational: already part of output_tokens
     cache_write_1h_tokens: int = 0  # the part of cache_write_tokens written to 1-hour cache entries (Anthropic)
     service_tier: str | None = None  # the tier the upstream says it served the call at (OpenAI: "priority", ...)
+    response_id: str | None = None  # OpenAI Responses: the answer's id, which a later call may continue from
 
 
 API = Literal["openai_chat", "openai_responses", "anthropic_messages", "openai_embeddings"]
@@ -120,12 +121,20 @@ class LLMRequest:
     usage_injected: bool  # True when WE added stream_options.include_usage (the client did not ask)
     service_tier: str | None = None  # as requested (OpenAI: "auto", "default", "flex", "priority")
     cache_1h: bool = False  # Anthropic: a cache_control asks for a 1-hour TTL (its writes cost more)
+    # OpenAI Responses: input the body names but does not hold, kept upstream. ``previous_response_id`` continues a
+    # response whose context zone 2 may have recorded; ``stored_input`` is a ``conversation`` or a stored
+    # ``prompt``, whose size zone 2 cannot know. ``truncates``: ``"truncation": "auto"`` lets upstream drop
+    # earlier items, so this call's usage does not measure the whole conversation that a later call continues.
+    previous_response_id: str | None = None
+    stored_input: bool = False
+    truncates: bool = False
 
 
 # Content parts whose token cost is not proportional to their size in the body: an image, file or document given by
 # URL or file id is a few bytes here but hundreds or thousands of tokens upstream.
 MEDIA_PART_TYPES = frozenset({"image_url", "input_image", "image", "document", "file", "input_file", "input_audio"})
 MEDIA_PART_TOKENS = 3000
+MAX_RESPONSE_ID = 128  # a Responses id longer than this is not recorded (real ones are "resp_" and ~50 hex digits)
 OVERHEAD_TOKENS = 1024
 
 
@@ -142,9 +151,10 @@ def input_token_bound(body: bytes, media_parts: int) -> int:
     the JSON adds ``MEDIA_PART_TOKENS`` (a high-detail image costs at most ~1.6k tokens at Anthropic and less than
     that at OpenAI; base64 data is already counted by its length).
 
-    Not covered (the real usage settles those calls): state kept upstream that the body only names, e.g. a
-    Responses ``previous_response_id`` / ``conversation`` / stored ``prompt``, multi-page documents given by
-    reference, and server-side tools (web search, file search) that feed fetched text back to the model.
+    Not covered here: state kept upstream that the body only names, a Responses ``previous_response_id`` /
+    ``conversation`` / stored ``prompt`` (the cost tracker adds what it knows of it, or the model's context
+    window); not covered at all (the real usage settles those calls): multi-page documents given by reference, and
+    server-side tools (web search, file search) that feed fetched text back to the model.
     """
     return len(body) + OVERHEAD_TOKENS + MEDIA_PART_TOKENS * media_parts
 
@@ -204,6 +214,9 @@ def parse_request(api: API, body: bytes) -> LLMRequest:
             choices = n
     elif api == "openai_responses":
         max_output = _max_tokens(data, "max_output_tokens")
+        previous = data.get("previous_response_id")
+        if previous is not None and not isinstance(previous, str):
+            raise BadLLMRequest('"previous_response_id" must be a string')
     elif api == "openai_embeddings":
         max_output = 0
     else:
@@ -238,6 +251,9 @@ def parse_request(api: API, body: bytes) -> LLMRequest:
         usage_injected=injected,
         service_tier=tier,
         cache_1h=one_hour and api == "anthropic_messages",
+        previous_response_id=data.get("previous_response_id") if api == "openai_responses" else None,
+        stored_input=api == "openai_responses" and any(data.get(key) is not None for key in ("conversation", "prompt")),
+        truncates=api == "openai_responses" and data.get("truncation") == "auto",
     )
 
 
@@ -334,10 +350,13 @@ def openai_embeddings_usage(usage: object) -> Usage | None:
     return Usage(input_tokens=_count(usage.get("total_tokens") if tokens is None else tokens))
 
 
-def openai_responses_usage(usage: object, service_tier: object = None) -> Usage | None:
-    """Usage from an OpenAI Responses ``usage`` object (None when it is not an object) and the response's
-    ``service_tier``."""
-    return _openai_usage(usage, "input", "output", service_tier)
+def openai_responses_usage(usage: object, service_tier: object = None, response_id: object = None) -> Usage | None:
+    """Usage from an OpenAI Responses ``usage`` object (None when it is not an object), the response's
+    ``service_tier`` and its ``id``."""
+    found = _openai_usage(usage, "input", "output", service_tier)
+    if found is None or not (isinstance(response_id, str) and 0 < len(response_id) <= MAX_RESPONSE_ID):
+        return found
+    return replace(found, response_id=response_id)
 
 
 def anthropic_usage(usage: object) -> Usage | None:
@@ -366,7 +385,7 @@ def usage_in(api: API, obj: dict[str, Any]) -> Usage | None:
     if api == "openai_chat":
         return openai_chat_usage(obj.get("usage"), obj.get("service_tier"))
     if api == "openai_responses":
-        return openai_responses_usage(obj.get("usage"), obj.get("service_tier"))
+        return openai_responses_usage(obj.get("usage"), obj.get("service_tier"), obj.get("id"))
     if api == "openai_embeddings":
         return openai_embeddings_usage(obj.get("usage"))
     return anthropic_usage(obj.get("usage"))

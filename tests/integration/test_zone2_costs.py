@@ -306,11 +306,14 @@ def test_price_set_ls_rm_from_the_cli_with_a_slash_in_the_model_id(bench: SdkBen
     assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
     bench.daemon.cli("price", "set", model, "--input-per-mtok", "3", "--output-per-mtok", "15",
                      "--long-context-above", "200000", "--long-context-input-per-mtok", "6",
-                     "--long-context-output-per-mtok", "22.5", "--priority-multiplier", "2.5")
+                     "--long-context-output-per-mtok", "22.5", "--priority-multiplier", "2.5",
+                     "--context-window", "1000000")
     listed = {p["model"]: p for p in json.loads(bench.daemon.cli("price", "ls", "--json").stdout)}
     assert (listed[model]["long_context_threshold"], listed[model]["long_context_input"],
-            listed[model]["long_context_output"], listed[model]["priority_multiplier"]) == (200000, 6.0, 22.5, 2.5)
-    assert ">200000: 6/22.5" in bench.daemon.cli("price", "ls").stdout
+            listed[model]["long_context_output"], listed[model]["priority_multiplier"],
+            listed[model]["context_window"]) == (200000, 6.0, 22.5, 2.5, 1000000)
+    row = next(line for line in bench.daemon.cli("price", "ls").stdout.splitlines() if line.startswith(model))
+    assert "1000000" in row and ">200000: 6/22.5" in row
     half = bench.daemon.cli("price", "set", model, "--input-per-mtok", "3", "--output-per-mtok", "15",
                             "--long-context-above", "200000", check=False)
     assert half.returncode != 0 and "go together" in half.stderr and len(half.stderr.strip().splitlines()) == 1

@@ -342,7 +342,7 @@ def test_to_list_from_list_round_trip_through_json(table: PriceTable) -> None:
 
 def test_price_dict_round_trip() -> None:
     price = Price("m", input=0.25, output=2.0, cached_input=0.025, cache_write=None, max_output_tokens=128_000,
-                  source="https://example.com", as_of="2026-11-26", provider="openai")
+                  source="https://example.com", as_of="2026-11-26", provider="openai", context_window=400_000)
     assert Price.from_dict(json.loads(json.dumps(price.to_dict()))) == price
     assert price.to_dict()["cache_write"] is None
 
@@ -375,7 +375,8 @@ def test_missing_input_or_output_is_refused_naming_the_model(missing: str) -> No
 
 
 @pytest.mark.parametrize("bad", [{"input": "1.0"}, {"input": True}, {"input": float("nan")}, {"output": float("inf")},
-                                 {"max_output_tokens": 0}, {"max_output_tokens": 1.5}, {"model": ""}])
+                                 {"max_output_tokens": 0}, {"max_output_tokens": 1.5}, {"model": ""},
+                                 {"context_window": 0}, {"context_window": "400000"}, {"context_window": True}])
 def test_malformed_prices_are_refused(bad: dict[str, object]) -> None:
     entry: dict[str, object] = {"model": "gpt-x", "input": 1.0, "output": 2.0, **bad}
     with pytest.raises(ValueError):

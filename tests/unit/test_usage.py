@@ -23,6 +23,7 @@ from fleetd.zone2.usage import (
     parse_request,
     usage_from_body,
     usage_from_tail,
+    usage_in,
 )
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -252,6 +253,31 @@ def test_parse_request_errors(api: API, body: bytes, message: str) -> None:
         parse_request(api, body)
 
 
+def test_parse_responses_names_the_state_it_reads_from_upstream() -> None:
+    plain = parse_request("openai_responses", b'{"model": "m", "input": "hi"}')
+    assert (plain.previous_response_id, plain.stored_input, plain.truncates) == (None, False, False)
+    continued = parse_request("openai_responses", b'{"model": "m", "previous_response_id": "resp_1", '
+                                                  b'"truncation": "auto"}')
+    assert (continued.previous_response_id, continued.stored_input, continued.truncates) == ("resp_1", False, True)
+    for stored in (b'"conversation": "conv_1"', b'"conversation": {"id": "conv_1"}', b'"prompt": {"id": "pmpt_1"}'):
+        assert parse_request("openai_responses", b'{"model": "m", ' + stored + b"}").stored_input, stored
+    assert not parse_request("openai_responses", b'{"model": "m", "conversation": null}').stored_input
+    # only the Responses API keeps state upstream
+    chat = parse_request("openai_chat", b'{"model": "m", "previous_response_id": "resp_1", "prompt": {"id": "p"}}')
+    assert (chat.previous_response_id, chat.stored_input) == (None, False)
+    with pytest.raises(BadLLMRequest, match="previous_response_id"):
+        parse_request("openai_responses", b'{"model": "m", "previous_response_id": ["resp_1"]}')
+
+
+def test_a_responses_usage_carries_its_response_id_when_it_is_one() -> None:
+    usage = {"input_tokens": 1, "output_tokens": 2}
+    assert usage_in("openai_responses", {"id": "resp_1", "usage": usage}) == Usage(1, output_tokens=2,
+                                                                                  response_id="resp_1")
+    for odd in (None, 5, "", "r" * 129):
+        assert usage_in("openai_responses", {"id": odd, "usage": usage}).response_id is None  # type: ignore[union-attr]
+    assert usage_in("openai_chat", {"id": "chatcmpl-1", "usage": {"prompt_tokens": 1}}).response_id is None  # type: ignore[union-attr]
+
+
 def test_bad_request_is_a_value_error() -> None:
     assert issubclass(BadLLMRequest, ValueError)
 
@@ -303,7 +329,7 @@ RESPONSES_BODY = {
     "service_tier": "default",
 }
 RESPONSES_USAGE = Usage(input_tokens=280, cached_input_tokens=2048, output_tokens=1035, reasoning_tokens=832,
-                        service_tier="default")
+                        service_tier="default", response_id="resp_67ccd3a9da748190baa7f1570fe91ac604becb25c45c1d41")
 
 ANTHROPIC_BODY = {
     "id": "msg_013Zva2CMHLNnXjNJJKqJ2EF",
@@ -757,7 +783,8 @@ def test_against_llmsim() -> None:
     assert kept.usage == Usage(input_tokens=5, output_tokens=7, service_tier="default") and kept.complete
 
     assert usage_from_body("openai_chat", plain) == Usage(input_tokens=5, output_tokens=7, service_tier="default")
-    assert usage_from_body("openai_responses", resp) == Usage(input_tokens=3, output_tokens=5, service_tier="default")
+    assert usage_from_body("openai_responses", resp) == Usage(input_tokens=3, output_tokens=5, service_tier="default",
+                                                              response_id=json.loads(resp)["id"])
     assert usage_from_body("anthropic_messages", anthropic_body) == Usage(input_tokens=5, output_tokens=6,
                                                                           service_tier="standard")
 

@@ -1,0 +1,131 @@
+"""Responses calls that read state kept upstream (``previous_response_id``, ``conversation``, a stored ``prompt``):
+their reservation covers what they read from there, so a long conversation cannot spend past a cap.
+
+On loopback, as tests/unit/test_zone2_metering.py: the gateway and the simulator in this process, real HTTP between
+them, a real ledger file. The simulator keeps each stored response's tokens (input + output) and adds them to the
+input of a call that continues it, as OpenAI does.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from fleetd.zone2.budget import Caps
+from fleetd.zone2.costs import CostTracker
+from fleetd.zone2.ledger import Ledger
+from fleetd.zone2.pricing import Price, PriceTable, bound_nusd
+from fleetd.zone2.usage import parse_request
+from tests.unit.test_zone2_metering import USD, Rig, run, settled
+
+RESPONSES = "/v1/responses"
+# Input dominates (a long conversation's cost is its input, read again on every turn); the context window is small,
+# so that a bound at the window is easy to tell from one at a recorded context.
+STATE_PRICE = {"model": "state-model", "input": 100.0, "output": 0.001, "max_output_tokens": 64,
+               "context_window": 50_000}
+POLICY = {"prices": [*PriceTable.builtin().to_list(), STATE_PRICE]}
+PRICE = Price.from_dict(STATE_PRICE)
+LONG_INPUT = " ".join(["w"] * 20_000)  # 20000 tokens at the simulator, $2 at this price
+OUTPUT = 16  # the simulator's output tokens
+
+
+def call(**fields: Any) -> dict[str, Any]:
+    return {"model": "state-model", "input": "hi", "max_output_tokens": OUTPUT, **fields}
+
+
+async def respond(r: Rig, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """A Responses call (streamed when the body says so): its status and the response object."""
+    status, _, raw = await r.post(RESPONSES, body)
+    if not body.get("stream"):
+        return status, json.loads(raw)
+    for line in raw.split(b"\n"):
+        if line.startswith(b"data: ") and b'"response.completed"' in line:
+            return status, json.loads(line[6:])["response"]
+    return status, json.loads(raw) if status != 200 else {}
+
+
+def overspent(r: Rig) -> list[Any]:
+    return [e for e in r.events if e[0] == "reservation_exceeded"]
+
+
+def test_a_continued_response_reserves_the_conversation_it_reads_again(tmp_path: Path) -> None:
+    async def check(r: Rig) -> None:
+        status, first = await respond(r, call(input=LONG_INPUT))
+        assert status == 200 and first["usage"]["input_tokens"] == 20_000
+        status, second = await respond(r, call(previous_response_id=first["id"], stream=True))
+        assert status == 200 and second["usage"]["input_tokens"] == 20_000 + OUTPUT + 1
+        status, third = await respond(r, call(previous_response_id=second["id"], input="ok"))
+        assert status == 200 and third["usage"]["input_tokens"] == 20_000 + 2 * (OUTPUT + 1)
+        await settled(r)
+        rows = r.ledger()
+        assert [row["response_id"] for row in rows] == [first["id"], second["id"], third["id"]]
+        assert [row["context_tokens"] for row in rows] == [20_000 + OUTPUT, 20_000 + 2 * OUTPUT + 1,
+                                                           20_000 + 3 * OUTPUT + 2]
+        # Each continuation costs ~$2 (its input is the conversation); its body alone bounds ~$0.11.
+        assert all(row["cost_nusd"] <= row["reserved_nusd"] for row in rows), rows
+        assert rows[1]["cost_nusd"] > 2 * USD and not overspent(r)
+        # The recorded contexts outlive zone 2: a tracker over the same ledger file (a restarted zone 2) knows them.
+        with_body = parse_request("openai_responses", json.dumps(call(previous_response_id=third["id"])).encode())
+        restarted = CostTracker(Ledger(tmp_path / "ledger.db"), lambda *e: None)
+        try:
+            assert restarted.input_bound(with_body, PRICE) >= 20_000 + 3 * OUTPUT + 2 + with_body.input_token_bound
+            assert restarted.input_bound(with_body, PRICE) < PRICE.context_window  # type: ignore[operator]
+        finally:
+            restarted.ledger.close()
+
+    run(tmp_path, check, POLICY)
+
+
+def test_a_continuation_that_does_not_fit_the_cap_is_refused_before_it_reaches_upstream(tmp_path: Path) -> None:
+    async def check(r: Rig) -> None:
+        status, first = await respond(r, call(input=LONG_INPUT))
+        assert status == 200
+        spent = r.costs.status("agent1")["spent_today_nusd"]
+        r.register(Caps(daily_nusd=spent + USD))  # $1 left: a short call fits, reading the conversation does not
+        upstream = r.upstream_calls()
+        refused = [
+            call(previous_response_id=first["id"]),
+            call(previous_response_id=first["id"], stream=True),
+            call(previous_response_id="resp_not_made_through_zone2"),  # unknown: up to the context window
+            call(conversation="conv_123"),
+            call(conversation={"id": "conv_123"}),
+            call(prompt={"id": "pmpt_123", "version": "2"}),
+        ]
+        for body in refused:
+            status, error = await respond(r, body)
+            assert status == 429 and error["error"]["type"] == "budget_exceeded", body
+        assert r.upstream_calls() == upstream
+        status, _ = await respond(r, call())  # the same call without upstream state fits
+        assert status == 200 and r.upstream_calls() == upstream + 1
+
+    run(tmp_path, check, POLICY)
+
+
+def test_a_truncated_or_unseen_conversation_reserves_the_context_window(tmp_path: Path) -> None:
+    async def check(r: Rig) -> None:
+        status, first = await respond(r, call(input="a b c", truncation="auto"))
+        assert status == 200
+        status, _ = await respond(r, call(previous_response_id=first["id"]))
+        assert status == 200
+        await settled(r)
+        truncated, continued = r.ledger()
+        # "truncation": "auto" may have dropped items that the conversation upstream still holds
+        assert truncated["response_id"] == first["id"] and truncated["context_tokens"] is None
+        assert continued["reserved_nusd"] == bound_nusd(PRICE, 50_000, OUTPUT)
+        assert continued["cost_nusd"] <= continued["reserved_nusd"]
+        # a model the table gives no context window: the largest window of the models it lists
+        no_window = Price("other", input=1.0, output=1.0)
+        unseen = parse_request("openai_responses", json.dumps(call(conversation="conv_1")).encode())
+        assert r.costs.input_bound(unseen, no_window) == 1_050_000
+
+    run(tmp_path, check, POLICY)
+
+
+def test_a_bad_previous_response_id_is_refused_as_a_bad_request(tmp_path: Path) -> None:
+    async def check(r: Rig) -> None:
+        status, error = await respond(r, call(previous_response_id=12))
+        assert status == 400 and "previous_response_id" in error["error"]["message"]
+        assert r.upstream_calls() == 0
+
+    run(tmp_path, check, POLICY)
