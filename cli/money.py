@@ -42,8 +42,8 @@ def price() -> None:
 @click.option("--long-context-output-per-mtok", type=float, help="USD per 1M output tokens in a long-context call.")
 @click.option("--priority-multiplier", type=click.FloatRange(1, 10),
               help="OpenAI: the model's priority-tier prices over these (default 2).")
-@click.option("--context-window", type=click.IntRange(min=1),
-              help="The most tokens the model reads in one call: bounds the reservation of a call whose input is "
+@click.option("--max-input-tokens", type=click.IntRange(min=1),
+              help="The model's input limit (its context window): bounds the reservation of a call whose input is "
                    "partly kept upstream (previous_response_id, conversation; default 1050000).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
@@ -52,7 +52,7 @@ def price_set(ctx: click.Context, model: str, input_per_mtok: float, output_per_
               cached_input_per_mtok: float | None, cache_write_per_mtok: float | None,
               max_output_tokens: int | None, long_context_threshold: int | None,
               long_context_input_per_mtok: float | None, long_context_output_per_mtok: float | None,
-              priority_multiplier: float | None, context_window: int | None, as_json: bool) -> None:
+              priority_multiplier: float | None, max_input_tokens: int | None, as_json: bool) -> None:
     """Set (or override a built-in) price for MODEL.
 
     Example: fleetd price set gpt-4o --input-per-mtok 2.5 --output-per-mtok 10 --cached-input-per-mtok 1.25
@@ -61,7 +61,7 @@ def price_set(ctx: click.Context, model: str, input_per_mtok: float, output_per_
             "cache_write": cache_write_per_mtok, "max_output_tokens": max_output_tokens,
             "long_context_threshold": long_context_threshold, "long_context_input": long_context_input_per_mtok,
             "long_context_output": long_context_output_per_mtok, "priority_multiplier": priority_multiplier,
-            "context_window": context_window}
+            "max_input_tokens": max_input_tokens}
     record = client(ctx).call("PUT", price_path(model), body)
     if as_json:
         print_json(record)
@@ -82,10 +82,10 @@ def price_ls(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         print_json(records)
         return
-    print_table(["MODEL", "INPUT", "CACHED", "CACHE WRITE", "OUTPUT", "MAX OUT", "CONTEXT", "LONG CONTEXT", "FROM",
+    print_table(["MODEL", "INPUT", "CACHED", "CACHE WRITE", "OUTPUT", "MAX OUT", "MAX IN", "LONG CONTEXT", "FROM",
                  "AS OF"], [
         [p["model"], per_mtok(p["input"]), per_mtok(p.get("cached_input")), per_mtok(p.get("cache_write")),
-         per_mtok(p["output"]), str(p.get("max_output_tokens") or "-"), str(p.get("context_window") or "-"),
+         per_mtok(p["output"]), str(p.get("max_output_tokens") or "-"), str(p.get("max_input_tokens") or "-"),
          long_context(p), p["origin"], p.get("as_of") or "-"]
         for p in records])
 

@@ -34,7 +34,7 @@ Config file keys (all optional)::
     long_context_input = 6.0         # this is billed, all of it, at these prices (cache reads and writes
     long_context_output = 22.5       # at the same multiple of input)
     priority_multiplier = 2.0        # optional: OpenAI priority prices over these (default 2)
-    context_window = 400000          # optional: the most input tokens one call reads (default 1050000)
+    max_input_tokens = 272000        # optional: bounds a call reading input kept upstream (default 1050000)
 
 Precedence of an agent's caps, per key: ``spawn --daily-usd`` etc., then ``fleetd role set``,
 then ``[roles.NAME]``, then ``[budget]``, then the built-in $50/day and $200/month.
@@ -59,7 +59,7 @@ BREAKER_KEYS = {"threshold": int, "window": float, "open_seconds": float, "max_o
 RETRY_KEYS = {"max_retries": int, "base": float, "cap": float}
 PRICE_KEYS = {"input", "output", "cached_input", "cache_write", "max_output_tokens", "source", "as_of",
               "long_context_threshold", "long_context_input", "long_context_output", "priority_multiplier",
-              "context_window"}
+              "max_input_tokens"}
 NANO = Decimal(10) ** 9
 
 
@@ -163,7 +163,7 @@ def price_entry(model: str, table: dict[str, Any], where: str) -> dict[str, Any]
                 raise InvalidRequest(f"{where}: {key} (USD per 1M tokens) is required")
             continue
         entry[key] = float(parse_usd(table[key], f"{where}.{key}"))
-    for key in ("max_output_tokens", "long_context_threshold", "context_window"):
+    for key in ("max_output_tokens", "long_context_threshold", "max_input_tokens"):
         limit = table.get(key)
         if limit is not None:
             if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:

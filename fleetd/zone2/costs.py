@@ -25,9 +25,9 @@ from fleetd.zone2.usage import OVERHEAD_TOKENS, LLMRequest, Usage
 
 log = logging.getLogger("fleetd.zone2")
 DEFAULT_MAX_OUTPUT = 128_000  # when neither the request nor the price table bounds the output
-# When the price table does not name a model's context window: the largest of the models it lists (GPT-4.1's
-# 1,047,576 tokens, GPT-5.4's 1,050,000).
-DEFAULT_CONTEXT_WINDOW = 1_050_000
+# When the price table does not name a model's input limit: the largest of the models it lists (GPT-4.1's
+# context window of 1,047,576 tokens, GPT-5.4's 1,050,000).
+DEFAULT_MAX_INPUT = 1_050_000
 REFUSAL_EVENT_EVERY = 60.0  # at most one refusal event per agent and kind per minute
 LEDGER_RETRY_EVERY = 1.0  # s: while ledger rows wait unwritten, how often an admission tries to write them
 Emit = Callable[[str, str | None, str, dict[str, Any]], None]  # (type, agent_id, message, data)
@@ -143,16 +143,15 @@ class CostTracker:
 
         A Responses call continuing a response that zone 2 relayed reads that response's whole context again (its
         input and its output, reasoning included, as recorded in the ledger, and the chat template around those
-        items: OVERHEAD_TOKENS more) plus its own body; any other state
-        kept upstream (a conversation, a stored prompt, a response zone 2 has not seen or whose context was
-        truncated) can be anything up to the model's context window.
-        """
+        items: OVERHEAD_TOKENS more) plus its own body. Any other state kept upstream (a conversation, a stored
+        prompt, a response zone 2 has not seen or whose context was truncated) can be anything up to the model's
+        input limit (its context window, or less when its provider says so)."""
         bound = llm.input_token_bound
         if llm.previous_response_id is None and not llm.stored_input:
             return bound
         known = None if llm.stored_input else self.ledger.context_of(llm.previous_response_id or "")
         if known is None:
-            return max(bound, price.context_window or DEFAULT_CONTEXT_WINDOW)
+            return max(bound, price.max_input_tokens or DEFAULT_MAX_INPUT)
         return bound + known + OVERHEAD_TOKENS  # and the template around the items it carries
 
     def _refused(self, reg: Registration, refusal: Refusal) -> None:

@@ -40,7 +40,7 @@ _SNAPSHOT = re.compile(r"^(?P<base>.+?)-(?:\d{4}-\d{2}-\d{2}|\d{8}|latest)$")
 
 _FIELDS = ("model", "input", "output", "cached_input", "cache_write", "max_output_tokens", "source", "as_of",
            "provider", "long_context_threshold", "long_context_input", "long_context_output", "priority_multiplier",
-           "context_window")
+           "max_input_tokens")
 _PRICE_FIELDS = ("input", "output", "cached_input", "cache_write", "long_context_input", "long_context_output")
 _OPTIONAL_PRICES = ("cached_input", "cache_write", "long_context_input", "long_context_output")
 
@@ -76,9 +76,10 @@ class Price:
     # OpenAI: its priority prices over these (all of a model's priority prices are the same multiple); None ->
     # PRIORITY_MULTIPLIER
     priority_multiplier: float | None = None
-    # The most tokens the model reads in one call (its context window): what bounds the input of a call whose
-    # input is partly held upstream (a Responses conversation, a stored prompt); None -> DEFAULT_CONTEXT_WINDOW
-    context_window: int | None = None
+    # The model's largest possible input (its context window, or the maximum input its provider states): what
+    # bounds a call whose input is partly held upstream (a Responses conversation, a stored prompt); None ->
+    # costs.DEFAULT_MAX_INPUT
+    max_input_tokens: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model.strip():
@@ -94,7 +95,7 @@ class Price:
                 raise ValueError(f"price for model {self.model!r}: {name} must be finite, got {value!r}")
             if value < 0:
                 raise ValueError(f"price for model {self.model!r}: {name} must not be negative, got {value!r}")
-        for name in ("max_output_tokens", "long_context_threshold", "context_window"):
+        for name in ("max_output_tokens", "long_context_threshold", "max_input_tokens"):
             limit = getattr(self, name)
             if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0):
                 raise ValueError(f"price for model {self.model!r}: {name} must be a positive integer, got {limit!r}")
@@ -153,7 +154,7 @@ class Price:
             source=d.get("source") or "", as_of=d.get("as_of") or "", provider=d.get("provider") or "",
             long_context_threshold=d.get("long_context_threshold"), long_context_input=d.get("long_context_input"),
             long_context_output=d.get("long_context_output"), priority_multiplier=d.get("priority_multiplier"),
-            context_window=d.get("context_window"),
+            max_input_tokens=d.get("max_input_tokens"),
         )
 
 

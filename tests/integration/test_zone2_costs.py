@@ -9,7 +9,9 @@ never retry other 4xx.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -54,6 +56,9 @@ emit("chat_stream", usage_seen=any(c.usage is not None for c in chunks),
          c.choices[0].delta.content or "" for c in chunks if c.choices))
 r = oa.responses.create(model="gpt-4o-mini", input="tell the fleet a story", max_output_tokens=6)
 emit("responses", input=r.usage.input_tokens, output=r.usage.output_tokens)
+# a continuation: OpenAI (here the simulator) reads the first response's input and output again
+r2 = oa.responses.create(model="gpt-4o-mini", previous_response_id=r.id, input="go on", max_output_tokens=5)
+emit("responses_continued", input=r2.usage.input_tokens, output=r2.usage.output_tokens, previous=r.id, id=r2.id)
 done = None
 for event in oa.responses.create(model="gpt-4o-mini", input="tell the fleet a story", max_output_tokens=7,
                                  stream=True):
@@ -185,7 +190,7 @@ def test_spend_of_plain_and_streaming_calls_of_each_api(bench: SdkBench, sdk_ima
     assert out["chat_stream"]["text"]
     assert not out["chat_stream"]["usage_seen"] and out["chat_stream"]["empty_choices"] == 0  # not asked: hidden
     expected = sum(cost((out[k]["input"], out[k]["output"]), GPT_4O_MINI)
-                   for k in ("chat", "responses", "responses_stream"))
+                   for k in ("chat", "responses", "responses_continued", "responses_stream"))
     expected += cost((5, 10), GPT_4O_MINI)  # the chat stream: the simulator counts 5 input words
     expected += sum(cost((out[k]["input"], out[k]["output"]), CLAUDE_SONNET_45)
                     for k in ("messages", "messages_stream"))
@@ -195,13 +200,23 @@ def test_spend_of_plain_and_streaming_calls_of_each_api(bench: SdkBench, sdk_ima
     line = budget(bench, agent_id)
     assert line["spent_today_usd"] == pytest.approx(expected, abs=1e-9)
     assert line["spent_month_usd"] == pytest.approx(expected, abs=1e-9)
-    assert line["llm_calls"] == 7 and line["reserved_usd"] == 0
+    assert line["llm_calls"] == 8 and line["reserved_usd"] == 0
     assert (line["daily_cap_usd"], line["monthly_cap_usd"], line["max_llm_calls"]) == (50.0, 200.0, None)
     for key in ("spent_today_usd", "spent_month_usd", "reserved_usd", "daily_cap_usd", "monthly_cap_usd",
                 "llm_calls", "max_llm_calls"):
         assert key in line
     table = bench.daemon.cli("budget", agent_id).stdout
     assert agent_id in table and "/ $50.00" in table
+    # The continuation read 2 + 6 tokens from upstream beyond its own 2; its reservation covered them.
+    first, continued = out["responses"], out["responses_continued"]
+    assert continued["input"] == first["input"] + first["output"] + 2
+    with contextlib.closing(sqlite3.connect(bench.daemon.state_dir / "zone2" / "ledger.db")) as ledger:
+        rows = dict(ledger.execute("SELECT response_id, context_tokens FROM calls WHERE response_id IS NOT NULL"))
+        reserved, charged = ledger.execute("SELECT reserved_nusd, cost_nusd FROM calls WHERE response_id = ?",
+                                        (continued["id"],)).fetchone()
+    assert rows[continued["previous"]] == first["input"] + first["output"]
+    assert rows[continued["id"]] == continued["input"] + continued["output"]
+    assert charged <= reserved
 
 
 def test_fifty_concurrent_streams_stay_within_a_small_cap_and_spend_survives_zone2_sigkill(
@@ -307,11 +322,11 @@ def test_price_set_ls_rm_from_the_cli_with_a_slash_in_the_model_id(bench: SdkBen
     bench.daemon.cli("price", "set", model, "--input-per-mtok", "3", "--output-per-mtok", "15",
                      "--long-context-above", "200000", "--long-context-input-per-mtok", "6",
                      "--long-context-output-per-mtok", "22.5", "--priority-multiplier", "2.5",
-                     "--context-window", "1000000")
+                     "--max-input-tokens", "1000000")
     listed = {p["model"]: p for p in json.loads(bench.daemon.cli("price", "ls", "--json").stdout)}
     assert (listed[model]["long_context_threshold"], listed[model]["long_context_input"],
             listed[model]["long_context_output"], listed[model]["priority_multiplier"],
-            listed[model]["context_window"]) == (200000, 6.0, 22.5, 2.5, 1000000)
+            listed[model]["max_input_tokens"]) == (200000, 6.0, 22.5, 2.5, 1000000)
     row = next(line for line in bench.daemon.cli("price", "ls").stdout.splitlines() if line.startswith(model))
     assert "1000000" in row and ">200000: 6/22.5" in row
     half = bench.daemon.cli("price", "set", model, "--input-per-mtok", "3", "--output-per-mtok", "15",

@@ -29,10 +29,10 @@ def test_config_prices_take_long_context_prices(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
     path.write_text('[prices."my-model"]\ninput = 3.0\noutput = 15.0\nlong_context_threshold = 200000\n'
                     'long_context_input = 6.0\nlong_context_output = 22.5\npriority_multiplier = 2.5\n'
-                    'context_window = 1000000\n')
+                    'max_input_tokens = 1000000\n')
     (entry,) = load_config(path).policy.prices
     assert (entry["long_context_threshold"], entry["long_context_input"], entry["long_context_output"],
-            entry["priority_multiplier"], entry["context_window"]) == (200000, 6.0, 22.5, 2.5, 1000000)
+            entry["priority_multiplier"], entry["max_input_tokens"]) == (200000, 6.0, 22.5, 2.5, 1000000)
 
 
 @pytest.mark.parametrize(
@@ -41,7 +41,7 @@ def test_config_prices_take_long_context_prices(tmp_path: Path) -> None:
      ('[prices."m"]\ninput = 3.0\noutput = 15.0\nlong_context_threshold = 200000', "go together"),
      ('[prices."m"]\ninput = 3.0\noutput = 15.0\nlong_context_threshold = 0', "whole number"),
      ('[prices."m"]\ninput = 3.0\noutput = 15.0\npriority_multiplier = 0.5', "priority_multiplier"),
-     ('[prices."m"]\ninput = 3.0\noutput = 15.0\ncontext_window = 1.5', "context_window"),
+     ('[prices."m"]\ninput = 3.0\noutput = 15.0\nmax_input_tokens = 1.5', "max_input_tokens"),
      ("[defaults]\nmemory = 'x'", "invalid size"), ("instance = 'a b'", "instance"),
      ("[roles.r]\nttl = -1", "whole number"), ("= broken", "config"),
      ("[defaults]\nheartbeat_interval = 0.2", "heartbeat_interval"),

@@ -62,6 +62,16 @@ def test_every_builtin_entry_is_sourced_dated_and_sane(table: PriceTable) -> Non
         assert isinstance(price.max_output_tokens, int) and price.max_output_tokens > 0, price.model
 
 
+def test_every_openai_model_names_its_input_limit(table: PriceTable) -> None:
+    """The Responses API keeps conversations upstream; a call reading one unseen is bounded by this limit."""
+    for price in table.all():
+        if price.provider != "openai" or price.model.startswith("text-embedding-"):
+            continue
+        assert price.max_input_tokens is not None and price.max_input_tokens >= 128_000, price.model
+        assert price.max_input_tokens >= (price.long_context_threshold or 0), price.model
+    assert table.lookup("gpt-5") is not None and table.lookup("gpt-5").max_input_tokens == 272_000  # type: ignore[union-attr]
+
+
 def test_anthropic_cache_prices_follow_the_published_multipliers(table: PriceTable) -> None:
     for price in table.all():
         if price.provider == "anthropic":
@@ -342,7 +352,7 @@ def test_to_list_from_list_round_trip_through_json(table: PriceTable) -> None:
 
 def test_price_dict_round_trip() -> None:
     price = Price("m", input=0.25, output=2.0, cached_input=0.025, cache_write=None, max_output_tokens=128_000,
-                  source="https://example.com", as_of="2026-11-26", provider="openai", context_window=400_000)
+                  source="https://example.com", as_of="2026-11-26", provider="openai", max_input_tokens=400_000)
     assert Price.from_dict(json.loads(json.dumps(price.to_dict()))) == price
     assert price.to_dict()["cache_write"] is None
 
@@ -376,7 +386,7 @@ def test_missing_input_or_output_is_refused_naming_the_model(missing: str) -> No
 
 @pytest.mark.parametrize("bad", [{"input": "1.0"}, {"input": True}, {"input": float("nan")}, {"output": float("inf")},
                                  {"max_output_tokens": 0}, {"max_output_tokens": 1.5}, {"model": ""},
-                                 {"context_window": 0}, {"context_window": "400000"}, {"context_window": True}])
+                                 {"max_input_tokens": 0}, {"max_input_tokens": "400000"}, {"max_input_tokens": True}])
 def test_malformed_prices_are_refused(bad: dict[str, object]) -> None:
     entry: dict[str, object] = {"model": "gpt-x", "input": 1.0, "output": 2.0, **bad}
     with pytest.raises(ValueError):

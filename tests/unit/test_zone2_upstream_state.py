@@ -23,7 +23,7 @@ RESPONSES = "/v1/responses"
 # Input dominates (a long conversation's cost is its input, read again on every turn); the context window is small,
 # so that a bound at the window is easy to tell from one at a recorded context.
 STATE_PRICE = {"model": "state-model", "input": 100.0, "output": 0.001, "max_output_tokens": 64,
-               "context_window": 50_000}
+               "max_input_tokens": 50_000}
 POLICY = {"prices": [*PriceTable.builtin().to_list(), STATE_PRICE]}
 PRICE = Price.from_dict(STATE_PRICE)
 LONG_INPUT = " ".join(["w"] * 20_000)  # 20000 tokens at the simulator, $2 at this price
@@ -70,7 +70,7 @@ def test_a_continued_response_reserves_the_conversation_it_reads_again(tmp_path:
         restarted = CostTracker(Ledger(tmp_path / "ledger.db"), lambda *e: None)
         try:
             assert restarted.input_bound(with_body, PRICE) >= 20_000 + 3 * OUTPUT + 2 + with_body.input_token_bound
-            assert restarted.input_bound(with_body, PRICE) < PRICE.context_window  # type: ignore[operator]
+            assert restarted.input_bound(with_body, PRICE) < PRICE.max_input_tokens  # type: ignore[operator]
         finally:
             restarted.ledger.close()
 
@@ -102,7 +102,7 @@ def test_a_continuation_that_does_not_fit_the_cap_is_refused_before_it_reaches_u
     run(tmp_path, check, POLICY)
 
 
-def test_a_truncated_or_unseen_conversation_reserves_the_context_window(tmp_path: Path) -> None:
+def test_a_truncated_or_unseen_conversation_reserves_the_max_input_tokens(tmp_path: Path) -> None:
     async def check(r: Rig) -> None:
         status, first = await respond(r, call(input="a b c", truncation="auto"))
         assert status == 200
