@@ -144,12 +144,13 @@ class CostTracker:
         A Responses call continuing a response that zone 2 relayed reads that response's whole context again (its
         input and its output, reasoning included, as recorded in the ledger, and the chat template around those
         items: OVERHEAD_TOKENS more) plus its own body. Any other state kept upstream (a conversation, a stored
-        prompt, a response zone 2 has not seen or whose context was truncated) can be anything up to the model's
-        input limit (its context window, or less when its provider says so)."""
+        prompt, a response zone 2 has not seen or whose context was truncated), and a PDF or file (billed by its
+        pages), can be anything up to the model's input limit (its context window, or less when its provider says
+        so)."""
         bound = llm.input_token_bound
-        if llm.previous_response_id is None and not llm.stored_input:
+        if llm.previous_response_id is None and not llm.unsized_input:
             return bound
-        known = None if llm.stored_input else self.ledger.context_of(llm.previous_response_id or "")
+        known = None if llm.unsized_input else self.ledger.context_of(llm.previous_response_id or "")
         if known is None:
             return max(bound, price.max_input_tokens or DEFAULT_MAX_INPUT)
         return bound + known + OVERHEAD_TOKENS  # and the template around the items it carries

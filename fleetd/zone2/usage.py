@@ -121,12 +121,13 @@ class LLMRequest:
     usage_injected: bool  # True when WE added stream_options.include_usage (the client did not ask)
     service_tier: str | None = None  # as requested (OpenAI: "auto", "default", "flex", "priority")
     cache_1h: bool = False  # Anthropic: a cache_control asks for a 1-hour TTL (its writes cost more)
-    # OpenAI Responses: input the body names but does not hold, kept upstream. ``previous_response_id`` continues a
-    # response whose context zone 2 may have recorded; ``stored_input`` is a ``conversation`` or a stored
-    # ``prompt``, whose size zone 2 cannot know. ``truncates``: ``"truncation": "auto"`` lets upstream drop
-    # earlier items, so this call's usage does not measure the whole conversation that a later call continues.
+    # Input the body names but cannot size. ``previous_response_id`` (OpenAI Responses) continues a response whose
+    # context zone 2 may have recorded. ``unsized_input``: a Responses ``conversation`` or stored ``prompt`` kept
+    # upstream, or a file or document part that is not plain text (a PDF is billed by its pages, each page's text
+    # and image, whether given inline, by URL or by file id). ``truncates``: ``"truncation": "auto"`` lets upstream
+    # drop earlier items, so this call's usage does not measure the whole conversation that a later call continues.
     previous_response_id: str | None = None
-    stored_input: bool = False
+    unsized_input: bool = False
     truncates: bool = False
 
 
@@ -134,6 +135,10 @@ class LLMRequest:
 # URL or file id is a few bytes here but hundreds or thousands of tokens upstream.
 MEDIA_PART_TYPES = frozenset({"image_url", "input_image", "image", "document", "file", "input_file", "input_audio"})
 MEDIA_PART_TOKENS = 3000
+# Parts billed by pages (PDFs): no bound follows from their size here. A "document" whose source is text or content
+# blocks holds its text in the body and is sized by it.
+UNSIZED_PART_TYPES = frozenset({"document", "file", "input_file"})
+SIZED_DOCUMENT_SOURCES = frozenset({"text", "content"})
 MAX_RESPONSE_ID = 128  # a Responses id longer than this is not recorded (real ones are "resp_" and ~50 hex digits)
 OVERHEAD_TOKENS = 1024
 
@@ -151,19 +156,26 @@ def input_token_bound(body: bytes, media_parts: int) -> int:
     the JSON adds ``MEDIA_PART_TOKENS`` (a high-detail image costs at most ~1.6k tokens at Anthropic and less than
     that at OpenAI; base64 data is already counted by its length).
 
-    Not covered here: state kept upstream that the body only names, a Responses ``previous_response_id`` /
-    ``conversation`` / stored ``prompt`` (the cost tracker adds what it knows of it, or the model's context
-    window); not covered at all (the real usage settles those calls): multi-page documents given by reference, and
-    server-side tools (web search, file search) that feed fetched text back to the model.
+    Not covered here (``LLMRequest.unsized_input`` and ``previous_response_id``: the cost tracker adds what it knows
+    of them, or the model's input limit): state kept upstream that the body only names, a Responses
+    ``previous_response_id`` / ``conversation`` / stored ``prompt``, and PDFs and files, billed by their pages.
+    Not covered at all (the real usage settles those calls): server-side tools (web search, file search) that feed
+    fetched text back to the model over several turns.
     """
     return len(body) + OVERHEAD_TOKENS + MEDIA_PART_TOKENS * media_parts
 
 
-def scan_body(data: object) -> tuple[int, bool]:
-    """In one walk of a JSON value: how many objects with a media ``type`` (``MEDIA_PART_TYPES``) it holds at any
-    depth, and whether any ``cache_control`` in it asks for a 1-hour TTL (``{"type": "ephemeral", "ttl": "1h"}``)."""
+@dataclass(frozen=True)
+class BodyScan:
+    media_parts: int  # objects with a media ``type`` (MEDIA_PART_TYPES) at any depth
+    one_hour_cache: bool  # a ``cache_control`` asks for a 1-hour TTL (``{"type": "ephemeral", "ttl": "1h"}``)
+    unsized: bool  # a part billed by pages (UNSIZED_PART_TYPES, a document not of text)
+
+
+def scan_body(data: object) -> BodyScan:
+    """What the bound needs to know of a JSON request value, in one walk of it."""
     count = 0
-    one_hour = False
+    one_hour = unsized = False
     stack: list[object] = [data]
     while stack:
         item = stack.pop()
@@ -171,13 +183,21 @@ def scan_body(data: object) -> tuple[int, bool]:
             kind = item.get("type")
             if isinstance(kind, str) and kind in MEDIA_PART_TYPES:
                 count += 1
+                if kind in UNSIZED_PART_TYPES and not _sized_document(item):
+                    unsized = True
             control = item.get("cache_control")
             if isinstance(control, dict) and control.get("ttl") == "1h":
                 one_hour = True
             stack.extend(item.values())
         elif isinstance(item, list):
             stack.extend(item)
-    return count, one_hour
+    return BodyScan(count, one_hour, unsized)
+
+
+def _sized_document(part: dict[str, Any]) -> bool:
+    """An Anthropic document whose text is in the body (``source`` of type text or content)."""
+    source = part.get("source")
+    return part.get("type") == "document" and isinstance(source, dict) and source.get("type") in SIZED_DOCUMENT_SOURCES
 
 
 def parse_request(api: API, body: bytes) -> LLMRequest:
@@ -238,7 +258,7 @@ def parse_request(api: API, body: bytes) -> LLMRequest:
             sent = spliced or _dumps(data)
             injected = True
 
-    media, one_hour = scan_body(data)
+    scan = scan_body(data)
     longer = sent if len(sent) > len(body) else body  # the bound holds for whichever one is sent
     return LLMRequest(
         api=api,
@@ -246,13 +266,14 @@ def parse_request(api: API, body: bytes) -> LLMRequest:
         stream=stream,
         max_output_tokens=max_output,
         choices=choices,
-        input_token_bound=input_token_bound(longer, media),
+        input_token_bound=input_token_bound(longer, scan.media_parts),
         body=sent,
         usage_injected=injected,
         service_tier=tier,
-        cache_1h=one_hour and api == "anthropic_messages",
+        cache_1h=scan.one_hour_cache and api == "anthropic_messages",
         previous_response_id=data.get("previous_response_id") if api == "openai_responses" else None,
-        stored_input=api == "openai_responses" and any(data.get(key) is not None for key in ("conversation", "prompt")),
+        unsized_input=scan.unsized or (api == "openai_responses"
+                                       and any(data.get(key) is not None for key in ("conversation", "prompt"))),
         truncates=api == "openai_responses" and data.get("truncation") == "auto",
     )
 

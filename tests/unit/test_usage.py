@@ -16,6 +16,7 @@ from fleetd.llmsim import SimConfig, init_sim
 from fleetd.zone2.usage import (
     API,
     MAX_HELD_BYTES,
+    MEDIA_PART_TOKENS,
     BadLLMRequest,
     StreamMeter,
     Usage,
@@ -255,18 +256,41 @@ def test_parse_request_errors(api: API, body: bytes, message: str) -> None:
 
 def test_parse_responses_names_the_state_it_reads_from_upstream() -> None:
     plain = parse_request("openai_responses", b'{"model": "m", "input": "hi"}')
-    assert (plain.previous_response_id, plain.stored_input, plain.truncates) == (None, False, False)
+    assert (plain.previous_response_id, plain.unsized_input, plain.truncates) == (None, False, False)
     continued = parse_request("openai_responses", b'{"model": "m", "previous_response_id": "resp_1", '
                                                   b'"truncation": "auto"}')
-    assert (continued.previous_response_id, continued.stored_input, continued.truncates) == ("resp_1", False, True)
+    assert (continued.previous_response_id, continued.unsized_input, continued.truncates) == ("resp_1", False, True)
     for stored in (b'"conversation": "conv_1"', b'"conversation": {"id": "conv_1"}', b'"prompt": {"id": "pmpt_1"}'):
-        assert parse_request("openai_responses", b'{"model": "m", ' + stored + b"}").stored_input, stored
-    assert not parse_request("openai_responses", b'{"model": "m", "conversation": null}').stored_input
+        assert parse_request("openai_responses", b'{"model": "m", ' + stored + b"}").unsized_input, stored
+    assert not parse_request("openai_responses", b'{"model": "m", "conversation": null}').unsized_input
     # only the Responses API keeps state upstream
     chat = parse_request("openai_chat", b'{"model": "m", "previous_response_id": "resp_1", "prompt": {"id": "p"}}')
-    assert (chat.previous_response_id, chat.stored_input) == (None, False)
+    assert (chat.previous_response_id, chat.unsized_input) == (None, False)
     with pytest.raises(BadLLMRequest, match="previous_response_id"):
         parse_request("openai_responses", b'{"model": "m", "previous_response_id": ["resp_1"]}')
+
+
+@pytest.mark.parametrize(("api", "part", "unsized"), [
+    ("anthropic_messages", {"type": "document", "source": {"type": "base64", "media_type": "application/pdf",
+                                                           "data": "JVBERi0xLjQK"}}, True),
+    ("anthropic_messages", {"type": "document", "source": {"type": "url", "url": "https://x.test/a.pdf"}}, True),
+    ("anthropic_messages", {"type": "document", "source": {"type": "file", "file_id": "file_1"}}, True),
+    ("anthropic_messages", {"type": "document", "source": {"type": "text", "media_type": "text/plain",
+                                                           "data": "plain text is in the body"}}, False),
+    ("anthropic_messages", {"type": "document", "source": {"type": "content",
+                                                           "content": [{"type": "text", "text": "so is it"}]}}, False),
+    ("anthropic_messages", {"type": "image", "source": {"type": "url", "url": "https://x.test/a.png"}}, False),
+    ("openai_responses", {"type": "input_file", "file_id": "file_1"}, True),
+    ("openai_responses", {"type": "input_file", "file_url": "https://x.test/a.pdf"}, True),
+    ("openai_chat", {"type": "file", "file": {"file_data": "data:application/pdf;base64,JVBERi0xLjQK"}}, True),
+    ("openai_chat", {"type": "image_url", "image_url": {"url": "https://x.test/a.png"}}, False),
+])
+def test_pdfs_and_files_are_input_the_body_cannot_size(api: API, part: dict[str, Any], unsized: bool) -> None:
+    key = "input" if api == "openai_responses" else "messages"
+    body = {"model": "m", "max_tokens": 5, key: [{"role": "user", "content": [part, {"type": "text", "text": "?"}]}]}
+    llm = parse_request(api, json.dumps(body).encode())
+    assert llm.unsized_input is unsized
+    assert llm.input_token_bound >= MEDIA_PART_TOKENS  # a media part either way
 
 
 def test_a_responses_usage_carries_its_response_id_when_it_is_one() -> None:

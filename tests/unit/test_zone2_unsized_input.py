@@ -1,5 +1,7 @@
-"""Responses calls that read state kept upstream (``previous_response_id``, ``conversation``, a stored ``prompt``):
-their reservation covers what they read from there, so a long conversation cannot spend past a cap.
+"""Calls with input that their body does not size: Responses calls that read state kept upstream
+(``previous_response_id``, ``conversation``, a stored ``prompt``), and PDFs, billed by their pages. Their reservation
+covers that input (what zone 2 recorded of it, else the model's input limit), so that neither a long conversation nor
+a long PDF can spend past a cap.
 
 On loopback, as tests/unit/test_zone2_metering.py: the gateway and the simulator in this process, real HTTP between
 them, a real ledger file. The simulator keeps each stored response's tokens (input + output) and adds them to the
@@ -24,8 +26,10 @@ RESPONSES = "/v1/responses"
 # so that a bound at the window is easy to tell from one at a recorded context.
 STATE_PRICE = {"model": "state-model", "input": 100.0, "output": 0.001, "max_output_tokens": 64,
                "max_input_tokens": 50_000}
-POLICY = {"prices": [*PriceTable.builtin().to_list(), STATE_PRICE]}
+DOC_PRICE = {"model": "doc-model", "input": 1.0, "output": 1.0, "max_output_tokens": 64, "max_input_tokens": 100_000}
+POLICY = {"prices": [*PriceTable.builtin().to_list(), STATE_PRICE, DOC_PRICE]}
 PRICE = Price.from_dict(STATE_PRICE)
+PDF = {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0xLjQK"}}
 LONG_INPUT = " ".join(["w"] * 20_000)  # 20000 tokens at the simulator, $2 at this price
 OUTPUT = 16  # the simulator's output tokens
 
@@ -127,5 +131,29 @@ def test_a_bad_previous_response_id_is_refused_as_a_bad_request(tmp_path: Path) 
         status, error = await respond(r, call(previous_response_id=12))
         assert status == 400 and "previous_response_id" in error["error"]["message"]
         assert r.upstream_calls() == 0
+
+    run(tmp_path, check, POLICY)
+
+
+def test_a_pdf_reserves_the_models_input_limit_and_plain_text_documents_their_size(tmp_path: Path) -> None:
+    async def check(r: Rig) -> None:
+        def message(*parts: dict[str, Any]) -> dict[str, Any]:
+            return {"model": "doc-model", "max_tokens": 5,
+                    "messages": [{"role": "user", "content": [*parts, {"type": "text", "text": "summarize"}]}]}
+
+        text = {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "a short memo"}}
+        assert (await r.post("/v1/messages", message(PDF)))[0] == 200
+        assert (await r.post("/v1/messages", message(text)))[0] == 200
+        pdf_row, text_row = r.ledger()
+        price = Price.from_dict(DOC_PRICE)
+        assert pdf_row["reserved_nusd"] == bound_nusd(price, 100_000, 5)  # a page costs ~1.5-3K tokens, any size
+        assert text_row["reserved_nusd"] < bound_nusd(price, 10_000, 5)  # its text is in the body
+        spent = r.costs.status("agent1")["spent_today_nusd"]
+        r.register(Caps(daily_nusd=spent + USD // 20))  # $0.05 left: the PDF's bound is $0.10
+        upstream = r.upstream_calls()
+        status, _, raw = await r.post("/v1/messages", message(PDF))
+        assert status == 429 and json.loads(raw)["error"]["type"] == "budget_exceeded"
+        assert r.upstream_calls() == upstream
+        assert (await r.post("/v1/messages", message(text)))[0] == 200
 
     run(tmp_path, check, POLICY)
