@@ -6,7 +6,7 @@ Config file keys (all optional)::
     daily_usd = 50              # per agent, per UTC day
     monthly_usd = 200           # per agent, per calendar month (UTC)
     max_llm_calls = 1000        # per agent, over its lifetime (default: no maximum)
-    allow_unpriced = false      # true: unpriced models and unmeterable endpoints pass unmetered (else 400)
+    allow_unpriced = false      # true: unpriced models, unmeterable endpoints and server-side tools pass (else 400)
     instance_daily_usd = 500    # the whole instance (default: no instance cap)
     instance_monthly_usd = 5000
 

@@ -178,6 +178,12 @@ class Gateway:
             llm = parse_request(api, call.body)
         except BadLLMRequest as exc:
             return error(400, "invalid_request_error", str(exc))
+        if llm.server_tools and not reg.allow_unpriced:
+            return error(400, "tool_not_metered",
+                         f"zone 2 cannot meter server-side tools ({', '.join(llm.server_tools)}) against the agent's "
+                         "budget: the provider bills each use on top of the tokens, and feeds what they return to the "
+                         "model over several turns. A role with --allow-unpriced lets them through, metered for the "
+                         "tokens only")
         ticket = self.costs.admit(reg, credential, llm)
         if isinstance(ticket, LedgerDown):
             return error(503, "ledger_unavailable", f"zone 2 cannot record calls ({ticket.error}): "

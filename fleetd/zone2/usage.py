@@ -129,6 +129,35 @@ class LLMRequest:
     previous_response_id: str | None = None
     unsized_input: bool = False
     truncates: bool = False
+    server_tools: tuple[str, ...] = ()  # tools the provider runs during the call (SERVER_TOOL_TYPES), as named
+
+
+# Tools the provider runs itself during a call. Each use is billed on top of the tokens (web search $10-25 per 1K
+# calls at OpenAI, $10 per 1K at Anthropic; file search per call; code execution per container), and what they
+# return is read by the model again over several internal turns, so nothing in the request bounds the call's cost.
+# Client-side tools (function, custom, computer use, shell, bash, text editor, memory) are calls the agent makes
+# itself, one request each. By type: OpenAI's names, and the dated Anthropic ones by prefix
+# (web_search_20250305, web_fetch_20250910, code_execution_20250825, tool_search_tool_regex_20251119); also
+# OpenAI's dated web_search_preview_2025_03_11 and web_search_2025_08_26.
+SERVER_TOOL_TYPES = frozenset({"web_search", "web_search_preview", "file_search", "code_interpreter",
+                               "image_generation", "mcp"})
+SERVER_TOOL_PREFIXES = ("web_search_", "web_fetch_", "code_execution_", "tool_search_tool_")
+
+
+def server_tools(data: dict[str, Any]) -> tuple[str, ...]:
+    """The server-side tools a request body offers the model: its ``tools`` of a SERVER_TOOL_TYPES type, Anthropic's
+    ``mcp_servers`` (the MCP connector) and Chat Completions' ``web_search_options`` (the search models)."""
+    found: list[str] = []
+    tools = data.get("tools")
+    for tool in tools if isinstance(tools, list) else ():
+        kind = tool.get("type") if isinstance(tool, dict) else None
+        if isinstance(kind, str) and (kind in SERVER_TOOL_TYPES or kind.startswith(SERVER_TOOL_PREFIXES)):
+            found.append(kind[:64])
+    if data.get("mcp_servers"):
+        found.append("mcp_servers")
+    if data.get("web_search_options") is not None:
+        found.append("web_search_options")
+    return tuple(dict.fromkeys(found))
 
 
 # Content parts whose token cost is not proportional to their size in the body: an image, file or document given by
@@ -275,6 +304,7 @@ def parse_request(api: API, body: bytes) -> LLMRequest:
         unsized_input=scan.unsized or (api == "openai_responses"
                                        and any(data.get(key) is not None for key in ("conversation", "prompt"))),
         truncates=api == "openai_responses" and data.get("truncation") == "auto",
+        server_tools=server_tools(data),
     )
 
 

@@ -293,6 +293,25 @@ def test_pdfs_and_files_are_input_the_body_cannot_size(api: API, part: dict[str,
     assert llm.input_token_bound >= MEDIA_PART_TOKENS  # a media part either way
 
 
+def test_server_side_tools_are_named_and_client_side_ones_are_not() -> None:
+    def tools(*types: object, **extra: object) -> tuple[str, ...]:
+        body = {"model": "m", "tools": [{"type": t} for t in types], **extra}
+        return parse_request("openai_responses", json.dumps(body).encode()).server_tools
+
+    assert tools("web_search", "web_search_preview_2025_03_11", "code_interpreter", "function") == (
+        "web_search", "web_search_preview_2025_03_11", "code_interpreter")
+    assert tools("web_search_20250305", "web_fetch_20250910", "code_execution_20250825",
+                 "tool_search_tool_regex_20251119", "web_search_20250305") == (
+        "web_search_20250305", "web_fetch_20250910", "code_execution_20250825", "tool_search_tool_regex_20251119")
+    assert tools("function", "custom", "computer_use_preview", "bash_20250124", "text_editor_20250728", "memory",
+                 "local_shell", 7, None) == ()
+    assert tools(mcp_servers=[{"type": "url"}]) == ("mcp_servers",)
+    assert tools(web_search_options={}) == ("web_search_options",)
+    assert tools(mcp_servers=[], web_search_options=None) == ()
+    body = {"model": "m", "tools": "web_search"}
+    assert parse_request("openai_responses", json.dumps(body).encode()).server_tools == ()  # not a list: upstream 400s
+
+
 def test_a_responses_usage_carries_its_response_id_when_it_is_one() -> None:
     usage = {"input_tokens": 1, "output_tokens": 2}
     assert usage_in("openai_responses", {"id": "resp_1", "usage": usage}) == Usage(1, output_tokens=2,

@@ -545,6 +545,53 @@ def test_embeddings_count_against_the_caps(tmp_path: Path) -> None:
     run(tmp_path, check)
 
 
+SERVER_TOOL_CALLS = [
+    ("/v1/responses", {"model": "gpt-4o", "input": "news?", "tools": [{"type": "web_search"}]}, "web_search"),
+    ("/v1/responses", {"model": "gpt-4o", "input": "q", "tools": [{"type": "file_search", "vector_store_ids": ["v"]}]},
+     "file_search"),
+    ("/v1/responses", {"model": "gpt-4o", "input": "q", "tools": [
+        {"type": "function", "name": "f", "parameters": {"type": "object"}},
+        {"type": "mcp", "server_label": "x", "server_url": "https://mcp.test"}]}, "mcp"),
+    ("/v1/messages", {"model": "claude-sonnet-4", "max_tokens": 5, "messages": [{"role": "user", "content": "q"}],
+                      "tools": [{"type": "web_search_20250305", "name": "web_search", "max_uses": 3}]},
+     "web_search_20250305"),
+    ("/v1/messages", {"model": "claude-sonnet-4", "max_tokens": 5, "messages": [{"role": "user", "content": "q"}],
+                      "mcp_servers": [{"type": "url", "url": "https://mcp.test", "name": "x"}]}, "mcp_servers"),
+    (CHAT, {"model": "gpt-4o", "messages": [{"role": "user", "content": "q"}], "web_search_options": {}},
+     "web_search_options"),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "tool"), SERVER_TOOL_CALLS)
+def test_calls_offering_server_side_tools_are_refused_unless_the_role_allows_unpriced(
+        tmp_path: Path, path: str, body: dict[str, Any], tool: str) -> None:
+    """Each use of a web search, file search, code execution or MCP tool is billed beyond the tokens, and what it
+    returns is read again over internal turns: no reservation bounds such a call."""
+    async def check(r: Rig) -> None:
+        status, _, raw = await r.post(path, body)
+        error = json.loads(raw)["error"]
+        assert status == 400 and error["type"] == "tool_not_metered" and tool in error["message"]
+        assert r.upstream_calls() == 0 and r.ledger() == []
+        r.register(allow_unpriced=True)
+        assert (await r.post(path, body))[0] == 200
+        await settled(r)
+        assert [row["model"] for row in r.ledger()] == [body["model"]]  # its tokens are still metered
+
+    run(tmp_path, check)
+
+
+def test_client_side_tools_are_metered_as_usual(tmp_path: Path) -> None:
+    async def check(r: Rig) -> None:
+        function = {"type": "function", "name": "f", "parameters": {"type": "object"}}
+        assert (await r.post("/v1/responses", {"model": "gpt-4o", "input": "q", "tools": [function]}))[0] == 200
+        bash = {"type": "bash_20250124", "name": "bash"}
+        assert (await r.post("/v1/messages", {"model": "claude-sonnet-4", "max_tokens": 5, "tools": [bash],
+                                              "messages": [{"role": "user", "content": "q"}]}))[0] == 200
+        assert len(r.ledger()) == 2
+
+    run(tmp_path, check)
+
+
 @pytest.mark.parametrize("path", ["/v1/messages/count_tokens", "/v1/moderations", "/v1/files", "/v1/tools/search"])
 def test_free_or_tool_posts_pass_unmetered(tmp_path: Path, path: str) -> None:
     async def check(r: Rig) -> None:
