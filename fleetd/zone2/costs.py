@@ -130,7 +130,7 @@ class CostTracker:
         if price is not None:
             max_output = (0 if llm.api == "openai_embeddings"
                           else llm.max_output_tokens or price.max_output_tokens or DEFAULT_MAX_OUTPUT)
-            bound = bound_nusd(price, self.input_bound(llm, price), max_output * llm.choices,
+            bound = bound_nusd(price, self.input_bound(llm, price), (max_output + llm.prediction_bound) * llm.choices,
                                priority=priority_requested(llm), one_hour_cache=llm.cache_1h)
         held = self.budgets.reserve(reg.agent_id, reg.caps, bound)
         if isinstance(held, Refusal):

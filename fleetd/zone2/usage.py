@@ -130,6 +130,9 @@ class LLMRequest:
     unsized_input: bool = False
     truncates: bool = False
     server_tools: tuple[str, ...] = ()  # tools the provider runs during the call (SERVER_TOOL_TYPES), as named
+    # Chat Predicted Outputs: the prediction's tokens that the answer does not use are billed as output tokens too
+    # (completion_tokens_details.rejected_prediction_tokens), beyond what max_tokens bounds; at most its length here
+    prediction_bound: int = 0
 
 
 # Tools the provider runs itself during a call. Each use is billed on top of the tokens (web search $10-25 per 1K
@@ -251,11 +254,15 @@ def parse_request(api: API, body: bytes) -> LLMRequest:
     stream = bool(stream)
 
     choices = 1
+    prediction_bound = 0
     if api == "openai_chat":
         limits = [_max_tokens(data, "max_completion_tokens"), _max_tokens(data, "max_tokens")]
         given = [n for n in limits if n is not None]
         # Both may be sent; take the larger so that the reservation stays an upper bound either way.
         max_output = max(given) if given else None
+        prediction = data.get("prediction")
+        if prediction is not None:
+            prediction_bound = len(_dumps(prediction))
         n = data.get("n")
         if n is not None:
             if not _is_int(n) or n < 1:
@@ -305,6 +312,7 @@ def parse_request(api: API, body: bytes) -> LLMRequest:
                                        and any(data.get(key) is not None for key in ("conversation", "prompt"))),
         truncates=api == "openai_responses" and data.get("truncation") == "auto",
         server_tools=server_tools(data),
+        prediction_bound=prediction_bound,
     )
 
 

@@ -293,6 +293,14 @@ def test_pdfs_and_files_are_input_the_body_cannot_size(api: API, part: dict[str,
     assert llm.input_token_bound >= MEDIA_PART_TOKENS  # a media part either way
 
 
+def test_a_chat_prediction_bounds_its_rejected_tokens_by_its_length() -> None:
+    prediction = {"type": "content", "content": "def f():\n    return 1\n"}
+    llm = parse_request("openai_chat", json.dumps({"model": "m", "prediction": prediction}).encode())
+    assert llm.prediction_bound == len(json.dumps(prediction, separators=(",", ":")))
+    assert parse_request("openai_chat", b'{"model": "m"}').prediction_bound == 0
+    assert parse_request("openai_responses", b'{"model": "m", "prediction": {"content": "x"}}').prediction_bound == 0
+
+
 def test_server_side_tools_are_named_and_client_side_ones_are_not() -> None:
     def tools(*types: object, **extra: object) -> tuple[str, ...]:
         body = {"model": "m", "tools": [{"type": t} for t in types], **extra}

@@ -247,6 +247,20 @@ def test_a_call_above_the_long_context_threshold_is_billed_at_the_long_context_p
     run(tmp_path, check)
 
 
+def test_a_chat_prediction_is_reserved_as_output(tmp_path: Path) -> None:
+    """Predicted Outputs: the prediction's tokens that the answer does not use are billed as output tokens."""
+    async def check(r: Rig) -> None:
+        r.register(Caps(daily_nusd=USD))  # test-model: $100 per 1M output tokens
+        chat = {"model": "test-model", "max_tokens": 10, "messages": [{"role": "user", "content": "edit this"}]}
+        long = {"type": "content", "content": "x " * 10_000}  # ~20K output tokens at most: $2
+        status, _, raw = await r.post(CHAT, {**chat, "prediction": long})
+        assert status == 429 and json.loads(raw)["error"]["type"] == "budget_exceeded"
+        assert r.upstream_calls() == 0
+        assert (await r.post(CHAT, {**chat, "prediction": {"type": "content", "content": "x y"}}))[0] == 200
+
+    run(tmp_path, check)
+
+
 def test_a_request_that_does_not_fit_gets_429_budget_exceeded_without_retry(tmp_path: Path) -> None:
     async def check(r: Rig) -> None:
         r.register(Caps(daily_nusd=USD // 100))  # $0.01
