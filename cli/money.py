@@ -42,6 +42,10 @@ def price() -> None:
 @click.option("--long-context-output-per-mtok", type=float, help="USD per 1M output tokens in a long-context call.")
 @click.option("--priority-multiplier", type=click.FloatRange(1, 10),
               help="OpenAI: the model's priority-tier prices over these (default 2).")
+@click.option("--fast-multiplier", type=click.FloatRange(1, 10),
+              help="Anthropic: the model's fast-mode prices over these (default: fast mode refused as unpriced).")
+@click.option("--us-inference-multiplier", type=click.FloatRange(1, 10),
+              help="Anthropic: the model's US-only inference prices over these (default 1).")
 @click.option("--max-input-tokens", type=click.IntRange(min=1),
               help="The model's input limit (its context window): bounds the reservation of a call whose input is "
                    "partly kept upstream (previous_response_id, conversation; default 1050000).")
@@ -52,7 +56,8 @@ def price_set(ctx: click.Context, model: str, input_per_mtok: float, output_per_
               cached_input_per_mtok: float | None, cache_write_per_mtok: float | None,
               max_output_tokens: int | None, long_context_threshold: int | None,
               long_context_input_per_mtok: float | None, long_context_output_per_mtok: float | None,
-              priority_multiplier: float | None, max_input_tokens: int | None, as_json: bool) -> None:
+              priority_multiplier: float | None, fast_multiplier: float | None,
+              us_inference_multiplier: float | None, max_input_tokens: int | None, as_json: bool) -> None:
     """Set (or override a built-in) price for MODEL.
 
     Example: fleetd price set gpt-4o --input-per-mtok 2.5 --output-per-mtok 10 --cached-input-per-mtok 1.25
@@ -61,7 +66,8 @@ def price_set(ctx: click.Context, model: str, input_per_mtok: float, output_per_
             "cache_write": cache_write_per_mtok, "max_output_tokens": max_output_tokens,
             "long_context_threshold": long_context_threshold, "long_context_input": long_context_input_per_mtok,
             "long_context_output": long_context_output_per_mtok, "priority_multiplier": priority_multiplier,
-            "max_input_tokens": max_input_tokens}
+            "max_input_tokens": max_input_tokens, "fast_multiplier": fast_multiplier,
+            "us_inference_multiplier": us_inference_multiplier}
     record = client(ctx).call("PUT", price_path(model), body)
     if as_json:
         print_json(record)
@@ -82,12 +88,18 @@ def price_ls(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         print_json(records)
         return
-    print_table(["MODEL", "INPUT", "CACHED", "CACHE WRITE", "OUTPUT", "MAX OUT", "MAX IN", "LONG CONTEXT", "FROM",
-                 "AS OF"], [
+    print_table(["MODEL", "INPUT", "CACHED", "CACHE WRITE", "OUTPUT", "MAX OUT", "MAX IN", "LONG CONTEXT", "MULTIPLES",
+                 "FROM", "AS OF"], [
         [p["model"], per_mtok(p["input"]), per_mtok(p.get("cached_input")), per_mtok(p.get("cache_write")),
          per_mtok(p["output"]), str(p.get("max_output_tokens") or "-"), str(p.get("max_input_tokens") or "-"),
-         long_context(p), p["origin"], p.get("as_of") or "-"]
+         long_context(p), multiples(p), p["origin"], p.get("as_of") or "-"]
         for p in records])
+
+
+def multiples(price: dict[str, Any]) -> str:
+    """"priority 2x, fast 2x, us 1.1x": the modes a call is billed at a multiple of the prices in."""
+    named = (("priority", "priority_multiplier"), ("fast", "fast_multiplier"), ("us", "us_inference_multiplier"))
+    return ", ".join(f"{mode} {price[key]:g}x" for mode, key in named if price.get(key) is not None) or "-"
 
 
 def long_context(price: dict[str, Any]) -> str:

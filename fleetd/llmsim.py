@@ -50,6 +50,7 @@ class SimConfig:
     reasoning_tokens: int = 0  # of the output, reported as reasoning (at most the output)
     break_streams: int = 0  # cut this many next streams off halfway, before any usage is sent
     require_key: str | None = None  # when set, any other bearer / x-api-key gets 401 naming it
+    inference_geo: str = "global"  # Anthropic: where calls that do not ask run (a workspace's default_inference_geo)
 
 
 MAX_STORED_RESPONSES = 10_000  # the oldest is forgotten first
@@ -124,13 +125,17 @@ def served_tier(data: dict[str, Any], config: SimConfig) -> str:
     return config.service_tier or (asked if isinstance(asked, str) and asked != "auto" else "default")
 
 
-def anthropic_usage(prompt: int, output: int, config: SimConfig) -> dict[str, Any]:
+def anthropic_usage(prompt: int, output: int, config: SimConfig, data: dict[str, Any]) -> dict[str, Any]:
+    """Anthropic's usage object; ``speed`` and ``inference_geo`` as asked ("fast" served as asked; the geo asked
+    for, else the workspace default ``config.inference_geo``), as the real API reports them."""
     one_hour = min(config.cache_write_1h_tokens, config.cache_write_tokens)
+    geo = data.get("inference_geo")
     return {"input_tokens": prompt, "output_tokens": output, "cache_creation_input_tokens": config.cache_write_tokens,
             "cache_read_input_tokens": config.cached_tokens,
             "cache_creation": {"ephemeral_5m_input_tokens": config.cache_write_tokens - one_hour,
                                "ephemeral_1h_input_tokens": one_hour},
-            "service_tier": "standard"}
+            "service_tier": "standard", "speed": "fast" if data.get("speed") == "fast" else "standard",
+            "inference_geo": geo if isinstance(geo, str) else config.inference_geo}
 
 
 def take_break(config: SimConfig) -> bool:
@@ -275,7 +280,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
             "id": ident, "type": "message", "role": "assistant", "model": model,
             "content": [{"type": "text", "text": " ".join(words(completion))}],
             "stop_reason": "end_turn", "stop_sequence": None,
-            "usage": anthropic_usage(prompt, completion, config),
+            "usage": anthropic_usage(prompt, completion, config, data),
         })
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await response.prepare(request)
@@ -286,7 +291,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
     await send("message_start", {"type": "message_start", "message": {
         "id": ident, "type": "message", "role": "assistant", "model": model, "content": [],
         "stop_reason": None, "stop_sequence": None,
-        "usage": anthropic_usage(prompt, 1, config)}})
+        "usage": anthropic_usage(prompt, 1, config, data)}})
     await send("content_block_start", {"type": "content_block_start", "index": 0,
                                        "content_block": {"type": "text", "text": ""}})
     broken = take_break(config)

@@ -34,6 +34,8 @@ Config file keys (all optional)::
     long_context_input = 6.0         # this is billed, all of it, at these prices (cache reads and writes
     long_context_output = 22.5       # at the same multiple of input)
     priority_multiplier = 2.0        # optional: OpenAI priority prices over these (default 2)
+    fast_multiplier = 2.0            # optional: Anthropic fast mode's prices over these (default: not priced)
+    us_inference_multiplier = 1.1    # optional: Anthropic US-only inference's prices over these (default 1)
     max_input_tokens = 272000        # optional: bounds a call reading input kept upstream (default 1050000)
 
 Precedence of an agent's caps, per key: ``spawn --daily-usd`` etc., then ``fleetd role set``,
@@ -59,7 +61,7 @@ BREAKER_KEYS = {"threshold": int, "window": float, "open_seconds": float, "max_o
 RETRY_KEYS = {"max_retries": int, "base": float, "cap": float}
 PRICE_KEYS = {"input", "output", "cached_input", "cache_write", "max_output_tokens", "source", "as_of",
               "long_context_threshold", "long_context_input", "long_context_output", "priority_multiplier",
-              "max_input_tokens"}
+              "max_input_tokens", "fast_multiplier", "us_inference_multiplier"}
 NANO = Decimal(10) ** 9
 
 
@@ -169,11 +171,12 @@ def price_entry(model: str, table: dict[str, Any], where: str) -> dict[str, Any]
             if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
                 raise InvalidRequest(f"{where}.{key}: must be a whole number >= 1")
             entry[key] = limit
-    multiplier = table.get("priority_multiplier")
-    if multiplier is not None:
-        if isinstance(multiplier, bool) or not isinstance(multiplier, int | float):
-            raise InvalidRequest(f"{where}.priority_multiplier: must be a number from 1 to 10")
-        entry["priority_multiplier"] = float(multiplier)
+    for key in ("priority_multiplier", "fast_multiplier", "us_inference_multiplier"):
+        multiplier = table.get(key)
+        if multiplier is not None:
+            if isinstance(multiplier, bool) or not isinstance(multiplier, int | float):
+                raise InvalidRequest(f"{where}.{key}: must be a number from 1 to 10")
+            entry[key] = float(multiplier)
     for key in ("source", "as_of"):
         if table.get(key) is not None:
             entry[key] = str(table[key])

@@ -36,6 +36,14 @@ Emit = Callable[[str, str | None, str, dict[str, Any]], None]  # (type, agent_id
 @dataclass(frozen=True)
 class NotPriced:
     model: str
+    fast_mode: bool = False  # the model is priced, its fast mode is not
+
+    @property
+    def message(self) -> str:
+        if self.fast_mode:
+            return (f"fast mode of model {self.model!r} has no price: set its multiple with "
+                    "`fleetd price set MODEL ... --fast-multiplier X`")
+        return f"model {self.model!r} has no price: set one with `fleetd price set`"
 
 
 @dataclass(frozen=True)
@@ -62,6 +70,11 @@ class Ticket:
 def priority_requested(llm: LLMRequest) -> bool:
     """An OpenAI call that asks for priority processing (billed at PRIORITY_MULTIPLIER x, see pricing)."""
     return llm.api != "anthropic_messages" and llm.service_tier == "priority"
+
+
+def fast_requested(llm: LLMRequest) -> bool:
+    """An Anthropic call that asks for fast mode (``"speed": "fast"``), billed at the model's fast_multiplier."""
+    return llm.api == "anthropic_messages" and llm.speed == "fast"
 
 
 def served_at_priority(llm: LLMRequest, usage: Usage | None) -> bool:
@@ -126,12 +139,18 @@ class CostTracker:
         price = self.prices.lookup(llm.model)
         if price is None and not reg.allow_unpriced:
             return NotPriced(llm.model)
+        fast = fast_requested(llm)
+        if fast and price is not None and price.fast_multiplier is None and not reg.allow_unpriced:
+            return NotPriced(llm.model, fast_mode=True)
         bound = 0
         if price is not None:
             max_output = (0 if llm.api == "openai_embeddings"
                           else llm.max_output_tokens or price.max_output_tokens or DEFAULT_MAX_OUTPUT)
+            # US-only inference may be the workspace's default (default_inference_geo), unasked: reserved unless the
+            # request asks for global routing
             bound = bound_nusd(price, self.input_bound(llm, price), (max_output + llm.prediction_bound) * llm.choices,
-                               priority=priority_requested(llm), one_hour_cache=llm.cache_1h)
+                               priority=priority_requested(llm), one_hour_cache=llm.cache_1h, fast=fast,
+                               us_only=llm.api == "anthropic_messages" and llm.inference_geo != "global")
         held = self.budgets.reserve(reg.agent_id, reg.caps, bound)
         if isinstance(held, Refusal):
             self._refused(reg, held)

@@ -29,8 +29,9 @@ CHECKPOINT_INTERVAL = 0.25  # s between checkpoints by the Checkpointer thread
 WAL_BACKSTOP_PAGES = 10_000  # the writer's own automatic checkpoint (4 KB pages), which also restarts the WAL
 INSERT = ("INSERT INTO calls (request_id, at, agent_id, role, credential, api, model, status, input_tokens, "
           "cached_input_tokens, cache_write_tokens, output_tokens, reasoning_tokens, cost_nusd, reserved_nusd, "
-          "estimated, attempts, cache_write_1h_tokens, service_tier, response_id, context_tokens) "
-          "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+          "estimated, attempts, cache_write_1h_tokens, service_tier, response_id, context_tokens, speed, "
+          "inference_geo) "
+          "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 CONTEXT_OF = ("SELECT context_tokens FROM calls WHERE response_id = ? AND context_tokens IS NOT NULL "
               "ORDER BY id DESC LIMIT 1")  # on the partial index calls_response_id
 migrations = Migrations("fleetd-ledger")
@@ -66,6 +67,13 @@ def m003_response_context(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE calls ADD COLUMN response_id TEXT")
     db.execute("ALTER TABLE calls ADD COLUMN context_tokens INTEGER")
     db.execute("CREATE INDEX calls_response_id ON calls(response_id) WHERE response_id IS NOT NULL")
+
+
+@migrations()
+def m004_speed_and_inference_geo(db: sqlite_utils.Database) -> None:
+    # Anthropic: fast mode and US-only inference, each billed at a multiple of the standard prices
+    db.execute("ALTER TABLE calls ADD COLUMN speed TEXT")
+    db.execute("ALTER TABLE calls ADD COLUMN inference_geo TEXT")
 
 
 @dataclass(frozen=True)
@@ -146,7 +154,7 @@ class Ledger:
             call.request_id, call.at.isoformat(), call.agent_id, call.role, call.credential, call.api, call.model,
             call.status, u.input_tokens, u.cached_input_tokens, u.cache_write_tokens, u.output_tokens,
             u.reasoning_tokens, call.cost_nusd, call.reserved_nusd, int(call.estimated), call.attempts,
-            u.cache_write_1h_tokens, u.service_tier, u.response_id, call.context_tokens))
+            u.cache_write_1h_tokens, u.service_tier, u.response_id, call.context_tokens, u.speed, u.inference_geo))
 
     def context_of(self, response_id: str) -> int | None:
         """The context tokens recorded for an OpenAI response, or None when zone 2 has not seen it (or cannot read

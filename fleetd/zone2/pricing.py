@@ -31,6 +31,10 @@ NANO = 1_000_000_000  # money is integer nano-USD everywhere in zone 2 (no float
 # model. A price names its model's ratio (priority_multiplier); a call to a model whose price names none is charged
 # at twice the standard prices, the ratio of most models (GPT-5.5's 2.5x is in the table).
 PRIORITY_MULTIPLIER = 2
+# Anthropic fast mode (usage.speed "fast"): its price over the standard one when a price names none (the most
+# Anthropic has charged: Opus 4.6's 6x; Opus 4.8, 5 and 5.5 cost 2x). A request for fast mode on a model whose price
+# names no fast_multiplier is refused, so this applies only to an answer that says "fast" unasked.
+FAST_MULTIPLIER = 6
 # Anthropic: a write to a 1-hour cache entry costs twice the input price (a 5-minute one 1.25x: cache_write).
 ONE_HOUR_CACHE_WRITE_MULTIPLIER = 2
 _NUSD_PER_TOKEN_PER_USD_PER_MTOK = Fraction(NANO, 1_000_000)  # p USD/Mtok = p * 1000 nUSD/token
@@ -40,7 +44,7 @@ _SNAPSHOT = re.compile(r"^(?P<base>.+?)-(?:\d{4}-\d{2}-\d{2}|\d{8}|latest)$")
 
 _FIELDS = ("model", "input", "output", "cached_input", "cache_write", "max_output_tokens", "source", "as_of",
            "provider", "long_context_threshold", "long_context_input", "long_context_output", "priority_multiplier",
-           "max_input_tokens")
+           "max_input_tokens", "fast_multiplier", "us_inference_multiplier")
 _PRICE_FIELDS = ("input", "output", "cached_input", "cache_write", "long_context_input", "long_context_output")
 _OPTIONAL_PRICES = ("cached_input", "cache_write", "long_context_input", "long_context_output")
 
@@ -80,6 +84,11 @@ class Price:
     # bounds a call whose input is partly held upstream (a Responses conversation, a stored prompt); None ->
     # costs.DEFAULT_MAX_INPUT
     max_input_tokens: int | None = None
+    # Anthropic: fast mode's prices over these (usage.speed "fast"; None: fast mode is not priced for this model)
+    fast_multiplier: float | None = None
+    # Anthropic: US-only inference's prices over these (usage.inference_geo "us"; Claude 4.6 and later: 1.1;
+    # None: the same prices)
+    us_inference_multiplier: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model.strip():
@@ -103,11 +112,12 @@ class Price:
         if any(v is not None for v in long_context) and any(v is None for v in long_context):
             raise ValueError(f"price for model {self.model!r}: long_context_threshold, long_context_input and "
                              "long_context_output go together")
-        multiplier = self.priority_multiplier
-        if multiplier is not None and (isinstance(multiplier, bool) or not isinstance(multiplier, int | float)
-                                       or not math.isfinite(multiplier) or not 1 <= multiplier <= 10):
-            raise ValueError(f"price for model {self.model!r}: priority_multiplier must be a number from 1 to 10, "
-                             f"got {multiplier!r}")
+        for name in ("priority_multiplier", "fast_multiplier", "us_inference_multiplier"):
+            multiplier = getattr(self, name)
+            if multiplier is not None and (isinstance(multiplier, bool) or not isinstance(multiplier, int | float)
+                                           or not math.isfinite(multiplier) or not 1 <= multiplier <= 10):
+                raise ValueError(f"price for model {self.model!r}: {name} must be a number from 1 to 10, "
+                                 f"got {multiplier!r}")
         if self.long_context_input is not None and self.input == 0 and self.long_context_input != 0:
             raise ValueError(f"price for model {self.model!r}: a long-context price needs an input price above 0")
         for name in ("source", "as_of", "provider"):
@@ -154,7 +164,8 @@ class Price:
             source=d.get("source") or "", as_of=d.get("as_of") or "", provider=d.get("provider") or "",
             long_context_threshold=d.get("long_context_threshold"), long_context_input=d.get("long_context_input"),
             long_context_output=d.get("long_context_output"), priority_multiplier=d.get("priority_multiplier"),
-            max_input_tokens=d.get("max_input_tokens"),
+            max_input_tokens=d.get("max_input_tokens"), fast_multiplier=d.get("fast_multiplier"),
+            us_inference_multiplier=d.get("us_inference_multiplier"),
         )
 
 
@@ -288,10 +299,16 @@ def _long_context(price: Price, input_tokens: int) -> bool:
     return price.long_context_threshold is not None and input_tokens > price.long_context_threshold
 
 
-def _priority(price: Price, priority: bool) -> Fraction:
-    if not priority:
-        return Fraction(1)
-    return Fraction(PRIORITY_MULTIPLIER) if price.priority_multiplier is None else _exact(price.priority_multiplier)
+def _premium(price: Price, priority: bool, fast: bool, us_only: bool) -> Fraction:
+    """The multiple of the standard prices a call is billed at: OpenAI's priority tier, Anthropic's fast mode and
+    US-only inference (the last two stack, as Anthropic publishes them)."""
+    factor = Fraction(1)
+    for applies, multiplier, default in ((priority, price.priority_multiplier, PRIORITY_MULTIPLIER),
+                                         (fast, price.fast_multiplier, FAST_MULTIPLIER),
+                                         (us_only, price.us_inference_multiplier, 1)):
+        if applies:
+            factor *= Fraction(default) if multiplier is None else _exact(multiplier)
+    return factor
 
 
 def _priced(tokens_at: list[tuple[int, Rate]], factor: Fraction = Fraction(1)) -> int:
@@ -315,7 +332,9 @@ def cost_nusd(price: Price, usage: Usage, *, priority: bool = False) -> int:
     Cache writes to 1-hour entries (part of ``cache_write_tokens``) cost ONE_HOUR_CACHE_WRITE_MULTIPLIER x input;
     a call whose whole input is above the price's ``long_context_threshold`` is billed at its long-context prices;
     ``priority``: the call was served at OpenAI's priority tier (every price times the model's priority_multiplier,
-    else PRIORITY_MULTIPLIER).
+    else PRIORITY_MULTIPLIER). An Anthropic answer served in fast mode (``usage.speed`` "fast") is billed at every
+    price times the model's fast_multiplier (else FAST_MULTIPLIER), one served US-only (``usage.inference_geo``
+    "us") times its us_inference_multiplier, both when both.
     """
     uncached = _tokens("input_tokens", usage.input_tokens)
     cached = _tokens("cached_input_tokens", usage.cached_input_tokens)
@@ -328,25 +347,25 @@ def cost_nusd(price: Price, usage: Usage, *, priority: bool = False) -> int:
         (writes - one_hour, rates.cache_write),
         (one_hour, rates.cache_write_1h),
         (_tokens("output_tokens", usage.output_tokens), rates.output),
-    ], _priority(price, priority))
+    ], _premium(price, priority, usage.speed == "fast", usage.inference_geo == "us"))
 
 
 def bound_nusd(price: Price, input_tokens: int, output_tokens: int, *, priority: bool = False,
-               one_hour_cache: bool = False) -> int:
+               one_hour_cache: bool = False, fast: bool = False, us_only: bool = False) -> int:
     """An upper bound on the cost of a call, for reserving budget before it is made.
 
     Every input token at the dearest input rate (uncached, cache read or cache write, and a 1-hour cache write
     when the request asks for one), every output token at the output rate, at the long-context prices when the
-    input bound is above the threshold, all of it at the priority multiple for a priority request: at least
-    :func:`cost_nusd` of any usage with at most that total input (uncached + cached + cache-write) and output
-    tokens.
+    input bound is above the threshold, all of it at the priority, fast-mode and US-only multiples that apply: at
+    least :func:`cost_nusd` of any usage with at most that total input (uncached + cached + cache-write) and output
+    tokens billed at those modes or fewer.
     """
     rates = _rates(price, _long_context(price, _tokens("input_tokens", input_tokens)))
     candidates = [rates.input, rates.cached_input, rates.cache_write]
     if one_hour_cache:
         candidates.append(rates.cache_write_1h)
     return _priced([(input_tokens, max(candidates, key=_rate)),
-                    (_tokens("output_tokens", output_tokens), rates.output)], _priority(price, priority))
+                    (_tokens("output_tokens", output_tokens), rates.output)], _premium(price, priority, fast, us_only))
 
 
 def usd(nusd: int) -> float:

@@ -189,8 +189,7 @@ class Gateway:
             return error(503, "ledger_unavailable", f"zone 2 cannot record calls ({ticket.error}): "
                          "no metered call is made until it can", {"Retry-After": str(ticket.retry_after)})
         if isinstance(ticket, NotPriced):
-            return error(400, "model_not_priced",
-                         f"model {ticket.model!r} has no price: set one with `fleetd price set`")
+            return error(400, "model_not_priced", ticket.message)
         if isinstance(ticket, Refusal):
             headers = {"x-should-retry": "false"}
             if ticket.retry_after is not None:

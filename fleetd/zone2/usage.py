@@ -38,6 +38,8 @@ class Usage:
     cache_write_1h_tokens: int = 0  # the part of cache_write_tokens written to 1-hour cache entries (Anthropic)
     service_tier: str | None = None  # the tier the upstream says it served the call at (OpenAI: "priority", ...)
     response_id: str | None = None  # OpenAI Responses: the answer's id, which a later call may continue from
+    speed: str | None = None  # Anthropic: "fast" when fast mode served the call (priced at a multiple)
+    inference_geo: str | None = None  # Anthropic: where it ran ("us" for US-only inference, priced at a multiple)
 
 
 API = Literal["openai_chat", "openai_responses", "anthropic_messages", "openai_embeddings"]
@@ -133,6 +135,8 @@ class LLMRequest:
     # Chat Predicted Outputs: the prediction's tokens that the answer does not use are billed as output tokens too
     # (completion_tokens_details.rejected_prediction_tokens), beyond what max_tokens bounds; at most its length here
     prediction_bound: int = 0
+    speed: str | None = None  # Anthropic: as requested ("fast" asks for fast mode)
+    inference_geo: str | None = None  # Anthropic: as requested ("us" asks for US-only inference)
 
 
 # Tools the provider runs itself during a call. Each use is billed on top of the tokens (web search $10-25 per 1K
@@ -281,6 +285,10 @@ def parse_request(api: API, body: bytes) -> LLMRequest:
     tier = data.get("service_tier")
     if tier is not None and not isinstance(tier, str):
         raise BadLLMRequest('"service_tier" must be a string')
+    labels = {key: data.get(key) for key in ("speed", "inference_geo")} if api == "anthropic_messages" else {}
+    for key, value in labels.items():
+        if value is not None and not isinstance(value, str):
+            raise BadLLMRequest(f'"{key}" must be a string')
 
     sent = body
     injected = False
@@ -313,6 +321,8 @@ def parse_request(api: API, body: bytes) -> LLMRequest:
         truncates=api == "openai_responses" and data.get("truncation") == "auto",
         server_tools=server_tools(data),
         prediction_bound=prediction_bound,
+        speed=labels.get("speed"),
+        inference_geo=labels.get("inference_geo"),
     )
 
 
@@ -435,6 +445,8 @@ def anthropic_usage(usage: object) -> Usage | None:
         output_tokens=_count(usage.get("output_tokens")),
         cache_write_1h_tokens=one_hour,
         service_tier=_tier(usage.get("service_tier")),
+        speed=_tier(usage.get("speed")),
+        inference_geo=_tier(usage.get("inference_geo")),
     )
 
 
@@ -548,7 +560,7 @@ class StreamMeter:
         # anthropic: message_start's counts (and its cache_creation split), raised by later message_delta counts
         self._anthropic: dict[str, int] = {}
         self._anthropic_creation: dict[str, int] = {}
-        self._anthropic_tier: str | None = None
+        self._anthropic_labels: dict[str, str] = {}  # service_tier, speed, inference_geo: the latest given
         # hiding mode
         self._held = bytearray()  # raw bytes of the current event, not forwarded yet
         self._released = False  # the current event outgrew MAX_HELD_BYTES and is being forwarded as it comes
@@ -759,7 +771,7 @@ class StreamMeter:
             usage = message.get("usage") if isinstance(message, dict) else None
             if not isinstance(usage, dict):
                 return
-            self._anthropic, self._anthropic_creation, self._anthropic_tier = {}, {}, None
+            self._anthropic, self._anthropic_creation, self._anthropic_labels = {}, {}, {}
         elif kind == "message_delta":
             usage = event.get("usage")
             if not isinstance(usage, dict):
@@ -772,9 +784,15 @@ class StreamMeter:
         creation = usage.get("cache_creation")
         if isinstance(creation, dict):
             _keep_larger(self._anthropic_creation, creation, ("ephemeral_5m_input_tokens", "ephemeral_1h_input_tokens"))
-        self._anthropic_tier = _tier(usage.get("service_tier")) or self._anthropic_tier
+        for key in _ANTHROPIC_LABELS:
+            label = _tier(usage.get(key))
+            if label is not None:
+                self._anthropic_labels[key] = label
         self._usage = anthropic_usage({**self._anthropic, "cache_creation": self._anthropic_creation,
-                                       "service_tier": self._anthropic_tier})
+                                       **self._anthropic_labels})
+
+
+_ANTHROPIC_LABELS = ("service_tier", "speed", "inference_geo")
 
 
 def _with_usage(data: bytes) -> dict[str, Any] | None:

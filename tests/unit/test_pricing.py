@@ -251,6 +251,40 @@ def test_openai_cache_writes_are_billed_at_the_cache_write_price(table: PriceTab
     assert cost_nusd(astra, usage) == 793 * 10_000 + 1000 * 1000 + 3207 * 12_500 + 10 * 50_000
 
 
+def test_anthropic_fast_mode_and_us_only_inference_multiply_every_price_and_stack() -> None:
+    opus = Price("claude-opus-5", input=5.00, output=25.00, cached_input=0.50, cache_write=6.25, fast_multiplier=2.0,
+                 us_inference_multiplier=1.1)
+    usage = Usage(input_tokens=1000, cached_input_tokens=2000, cache_write_tokens=300, cache_write_1h_tokens=100,
+                  output_tokens=400)
+    standard = cost_nusd(opus, usage)
+    assert standard == 1000 * 5000 + 2000 * 500 + 200 * 6250 + 100 * 10000 + 400 * 25000
+    assert cost_nusd(opus, replace(usage, speed="fast")) == 2 * standard
+    assert cost_nusd(opus, replace(usage, speed="standard", inference_geo="global")) == standard
+    assert cost_nusd(opus, replace(usage, inference_geo="us")) == standard * 11 // 10
+    assert cost_nusd(opus, replace(usage, speed="fast", inference_geo="us")) == standard * 22 // 10
+    # a model without a US-only multiple (before Claude 4.6) costs the same; fast mode without one: FAST_MULTIPLIER
+    older = replace(opus, fast_multiplier=None, us_inference_multiplier=None)
+    assert cost_nusd(older, replace(usage, inference_geo="us")) == standard
+    assert cost_nusd(older, replace(usage, speed="fast")) == 6 * standard
+    assert bound_nusd(opus, 3300, 400, fast=True, us_only=True, one_hour_cache=True) >= cost_nusd(
+        opus, replace(usage, speed="fast", inference_geo="us"))
+    for name in ("fast_multiplier", "us_inference_multiplier"):
+        with pytest.raises(ValueError, match=name):
+            Price.from_dict({"model": "m", "input": 1, "output": 1, name: 0.9})
+
+
+def test_the_table_prices_fast_mode_and_us_only_inference_as_anthropic_publishes_them(table: PriceTable) -> None:
+    for model in ("claude-opus-4-8", "claude-opus-5", "claude-opus-5-5"):
+        assert table.lookup(model).fast_multiplier == 2.0, model  # type: ignore[union-attr]
+    newer = ("claude-opus-4-6", "claude-sonnet-4-6", "claude-opus-4-7", "claude-opus-4-8", "claude-opus-5",
+             "claude-opus-5-5", "claude-sonnet-5", "claude-sonnet-5-5", "claude-fable-5")
+    for price in table.all():
+        if price.provider == "anthropic":
+            assert price.us_inference_multiplier == (1.1 if price.model in newer else None), price.model
+        else:
+            assert price.fast_multiplier is None and price.us_inference_multiplier is None, price.model
+
+
 def test_a_priority_call_is_billed_at_its_models_multiple_rounded_up_once() -> None:
     gpt = Price("gpt-5.5", input=5.00, output=30.00, cached_input=0.50, priority_multiplier=2.5)
     usage = Usage(input_tokens=3, cached_input_tokens=1, output_tokens=1)

@@ -836,14 +836,15 @@ def test_against_llmsim() -> None:
     assert usage_from_body("openai_chat", plain) == Usage(input_tokens=5, output_tokens=7, service_tier="default")
     assert usage_from_body("openai_responses", resp) == Usage(input_tokens=3, output_tokens=5, service_tier="default",
                                                               response_id=json.loads(resp)["id"])
-    assert usage_from_body("anthropic_messages", anthropic_body) == Usage(input_tokens=5, output_tokens=6,
-                                                                          service_tier="standard")
+    assert usage_from_body("anthropic_messages", anthropic_body) == Usage(
+        input_tokens=5, output_tokens=6, service_tier="standard", speed="standard", inference_geo="global")
 
     meter = StreamMeter("anthropic_messages")
     for chunk in [anthropic_stream_body[i : i + 7] for i in range(0, len(anthropic_stream_body), 7)]:
         meter.feed(chunk)
     meter.flush()
-    assert meter.usage == Usage(input_tokens=5, output_tokens=6, service_tier="standard") and meter.complete
+    assert meter.usage == Usage(input_tokens=5, output_tokens=6, service_tier="standard", speed="standard",
+                                inference_geo="global") and meter.complete
 
 
 def test_usage_object_split_over_data_lines_in_one_chunk() -> None:

@@ -233,6 +233,46 @@ def test_one_hour_cache_writes_are_billed_at_twice_the_input_price(tmp_path: Pat
     run(tmp_path, check)
 
 
+def test_anthropic_fast_mode_and_us_only_inference_are_billed_at_their_multiples(tmp_path: Path) -> None:
+    async def check(r: Rig) -> None:
+        message = {"model": "claude-opus-5", "max_tokens": 9, "messages": [{"role": "user", "content": "a b c"}]}
+        assert (await r.post("/v1/messages", {**message, "speed": "fast"}))[0] == 200
+        assert (await r.post("/v1/messages", {**message, "speed": "fast", "stream": True}))[0] == 200
+        r.sim.config.inference_geo = "us"  # the workspace's default_inference_geo: US-only unasked
+        assert (await r.post("/v1/messages", message))[0] == 200
+        assert (await r.post("/v1/messages", {**message, "speed": "fast", "stream": True}))[0] == 200
+        assert (await r.post("/v1/messages", {**message, "inference_geo": "global"}))[0] == 200
+        await settled(r)
+        rows = r.ledger()
+        standard = 3 * 5000 + 9 * 25000  # claude-opus-5: $5 input, $25 output per 1M tokens
+        assert [(c["speed"], c["inference_geo"], c["cost_nusd"]) for c in rows] == [
+            ("fast", "global", 2 * standard), ("fast", "global", 2 * standard), ("standard", "us", standard * 11 // 10),
+            ("fast", "us", 2 * standard * 11 // 10), ("standard", "global", standard)]
+        assert all(c["cost_nusd"] <= c["reserved_nusd"] for c in rows), rows  # US-only is reserved unless global
+        assert not [e for e in r.events if e[0] == "reservation_exceeded"]
+
+    run(tmp_path, check)
+
+
+def test_fast_mode_of_a_model_without_a_fast_price_is_refused_as_unpriced(tmp_path: Path) -> None:
+    async def check(r: Rig) -> None:
+        message = {"model": "claude-opus-4-7", "max_tokens": 9, "speed": "fast",
+                   "messages": [{"role": "user", "content": "a b c"}]}
+        status, _, raw = await r.post("/v1/messages", message)
+        error = json.loads(raw)["error"]
+        assert status == 400 and error["type"] == "model_not_priced" and "fast mode" in error["message"]
+        assert r.upstream_calls() == 0
+        assert (await r.post("/v1/messages", {**message, "speed": "standard"}))[0] == 200
+        assert (await r.post("/v1/messages", {**message, "speed": 2}))[0] == 400
+        r.register(allow_unpriced=True)  # through, reserved and billed at FAST_MULTIPLIER (6x)
+        assert (await r.post("/v1/messages", message))[0] == 200
+        fast = r.ledger()[-1]
+        assert fast["speed"] == "fast" and fast["cost_nusd"] == 6 * (3 * 5000 + 9 * 25000)
+        assert fast["cost_nusd"] <= fast["reserved_nusd"]
+
+    run(tmp_path, check)
+
+
 def test_a_call_above_the_long_context_threshold_is_billed_at_the_long_context_prices(tmp_path: Path) -> None:
     async def check(r: Rig) -> None:
         for words in (10, 11):
