@@ -397,6 +397,9 @@ def status(ctx: click.Context, as_json: bool) -> None:
                    f"registered, {zone2['credentials'] or 0} credentials, {zone2['restarts']} restarts)")
         if zone2.get("ledger_error"):
             click.echo(f"           ledger FAILING ({zone2['ledger_error']}): metered calls are refused")
+        if zone2.get("code_matches") is False:
+            click.echo("           image STALE: zone 2 runs other fleetd code than the daemon "
+                       "(run `fleetd images build`, then restart the daemon)")
     return None
 
 

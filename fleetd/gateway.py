@@ -23,6 +23,7 @@ from aiohttp import web
 
 from fleetd import __version__
 from fleetd.errors import FleetdError, NotFound, RuntimeFailure, Unavailable
+from fleetd.fingerprint import code_fingerprint
 from fleetd.firewall import Firewall
 from fleetd.models import LIVE_STATES
 from fleetd.policy import BudgetCaps, Policy, merged_prices, price_entry, registration_caps, resolve_caps, zone2_policy
@@ -38,6 +39,8 @@ HEALTH_PERIOD = 1.0
 START_TIMEOUT = 20.0
 ZONE2_IMAGE = f"fleetd/zone2:{__version__}"
 GATEWAY_URL = f"http://zone2:{GATEWAY_PORT}"
+STALE_IMAGE_HINT = ("When its image was built from other fleetd code than this daemon runs (an upgrade without a "
+                    "rebuild), run `fleetd images build`, then restart the daemon.")
 
 
 def agent_env() -> dict[str, str]:
@@ -68,6 +71,8 @@ class Zone2:
         self.healthy = False
         self.restarts = 0
         self.last_health: dict[str, Any] = {}
+        self.code_matches: bool | None = None  # zone 2 runs the daemon's code (None: not known yet)
+        self._warned_code: str | None = None  # the container warned about
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
         self._lock = asyncio.Lock()
@@ -141,6 +146,7 @@ class Zone2:
         self.ip = (data["NetworkSettings"]["Networks"].get(self.runtime.network) or {}).get("IPAddress")
         if not self.ip:
             raise RuntimeFailure("zone 2 has no address on the agents' network")
+        self._check_code()
         bridge = await self.call(self.runtime.agents_bridge)
         await self.call(self.firewall.apply, bridge, self.ip)
         await self.push_all()
@@ -148,6 +154,18 @@ class Zone2:
         if self.on_health is not None:
             self.on_health(True)
         self.store.add_event("zone2_ready", f"zone 2 serving agents at {self.ip}:{GATEWAY_PORT}")
+
+    def _check_code(self) -> None:
+        """Warn (log, event, status) when zone 2 runs other fleetd code than the daemon: its image is stale."""
+        theirs = self.last_health.get("code")
+        self.code_matches = theirs == code_fingerprint()
+        if not self.code_matches and self._warned_code != self.container_id:
+            self._warned_code = self.container_id
+            message = (f"zone 2 runs other fleetd code ({self.image}: {theirs or 'unknown'}) than this daemon "
+                       f"({code_fingerprint()}). {STALE_IMAGE_HINT}")
+            log.warning("%s", message)
+            self.store.add_event("zone2_code_mismatch", message, None, {"image": self.image, "zone2": theirs,
+                                                                        "daemon": code_fingerprint()})
 
     def _logs_tail(self) -> str:
         try:
@@ -200,15 +218,22 @@ class Zone2:
 
     # -- talking to zone 2 ----------------------------------------------------
     async def _control(self, method: str, path: str, body: Any = None) -> dict[str, Any] | None:
+        """The answer of zone 2's control API, or None when it did not answer 200."""
+        status, result = await self._request(method, path, body)
+        return result if status == 200 else None
+
+    async def _request(self, method: str, path: str, body: Any = None) -> tuple[int | None, dict[str, Any] | None]:
+        """(status, JSON object) of a control call; (None, None) when zone 2 does not answer."""
         assert self._session is not None
         try:
             async with self._session.request(method, f"http://zone2{path}", json=body) as response:
-                if response.status != 200:
-                    return None
-                result: dict[str, Any] = await response.json()
-                return result
+                try:
+                    result = await response.json()
+                except (aiohttp.ContentTypeError, ValueError):
+                    result = None
+                return response.status, result if isinstance(result, dict) else None
         except (aiohttp.ClientError, TimeoutError, OSError):
-            return None
+            return None, None
 
     async def answering(self, timeout: float = 1.0) -> bool:
         """Does zone 2 answer its control socket within ``timeout`` seconds?"""
@@ -228,7 +253,12 @@ class Zone2:
         return merged_prices(self.builtin_prices, self.policy, self.store.prices())
 
     async def push_policy(self) -> None:
-        await self._control("PUT", "/control/policy", zone2_policy(self.policy, self.prices()))
+        """Send prices, breaker and retry settings and the instance caps. A zone 2 that refuses them (one built from
+        older code, which does not know a field) would meter nothing right: that is an error, not a warning."""
+        status, result = await self._request("PUT", "/control/policy", zone2_policy(self.policy, self.prices()))
+        if status == 400:
+            raise RuntimeFailure(f"zone 2 refused the price table and budget policy ({(result or {}).get('error')}). "
+                                 f"{STALE_IMAGE_HINT}")
 
     async def budget(self, agent_ids: list[str]) -> dict[str, Any] | None:
         """Spend, reservations and calls as zone 2 counts them (None when zone 2 does not answer)."""
@@ -341,7 +371,8 @@ class Zone2:
     def status(self) -> dict[str, Any]:
         return {"healthy": self.healthy, "container_id": self.container_id, "address": self.ip,
                 "restarts": self.restarts, "agents_registered": self.last_health.get("agents"),
-                "credentials": self.last_health.get("creds"), "ledger_error": self.last_health.get("ledger_error")}
+                "credentials": self.last_health.get("creds"), "ledger_error": self.last_health.get("ledger_error"),
+                "code_matches": self.code_matches}
 
 
 def _float(amount: Decimal | None) -> float | None:

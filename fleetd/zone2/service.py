@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from fleetd.fingerprint import code_fingerprint
 from fleetd.zone2.budget import Caps
 from fleetd.zone2.costs import CostTracker
 from fleetd.zone2.ledger import LEDGER_FILE, Ledger
@@ -48,7 +49,10 @@ def init_control(registry: Registry, costs: CostTracker, started: float) -> web.
     app = web.Application(client_max_size=16 << 20)
 
     async def put_policy(request: web.Request) -> web.Response:
-        costs.configure(await request.json())
+        try:
+            costs.configure(await request.json())
+        except (ValueError, TypeError, AttributeError) as exc:  # the policy of another fleetd version, or garbage
+            return web.json_response({"error": str(exc)}, status=400)
         return web.json_response({"prices": len(costs.prices.all())})
 
     async def get_budget(request: web.Request) -> web.Response:
@@ -59,7 +63,8 @@ def init_control(registry: Registry, costs: CostTracker, started: float) -> web.
     async def health(request: web.Request) -> web.Response:
         return web.json_response({"ok": True, "agents": len(registry.by_ip), "creds": len(registry.creds),
                                   "uptime_seconds": round(time.monotonic() - started, 1), "pid": os.getpid(),
-                                  "ledger_error": costs.ledger.error, "ledger_unwritten": len(costs.ledger.unwritten)})
+                                  "ledger_error": costs.ledger.error, "ledger_unwritten": len(costs.ledger.unwritten),
+                                  "code": code_fingerprint()})
 
     async def put_creds(request: web.Request) -> web.Response:
         data = await request.json()

@@ -255,6 +255,7 @@ def test_status(api: Api) -> None:
     zone2 = status["zone2"]
     assert zone2["healthy"] is True, zone2
     assert zone2["address"] and zone2["container_id"]
+    assert zone2["code_matches"] is True  # the image was built from this tree (the fingerprint holds in a wheel)
     engine = docker.from_env()
     try:
         container = engine.containers.get(f"fleetd-{api.instance}-zone2")

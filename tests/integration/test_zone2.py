@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import socket
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import docker
 import pytest
 
-from tests.integration.harness import AGENT_IMAGE, wait_for
+import fleetd
+from tests.integration.harness import AGENT_IMAGE, Daemon, wait_for
 from tests.integration.zone2_fixtures import AGENT_HTTP, Bench, wait_until
 
 CHAT = json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "hello"}]})
@@ -179,3 +182,21 @@ def test_zone2_killed_is_back_within_5s_with_registrations(bench: Bench, engine:
     status = bench.daemon.api.call("GET", "/v1/status")["zone2"]
     assert status["healthy"] and status["restarts"] >= 1 and status["agents_registered"] >= 1
     assert any(e["type"] == "zone2_restarted" for e in bench.daemon.events())
+
+
+def test_a_daemon_upgraded_without_an_image_rebuild_says_zone2_is_stale(tmp_path: Path) -> None:
+    """The daemon runs a copy of fleetd that differs from the code in the zone 2 image by one line, as after an
+    upgrade in place without `fleetd images build`: status, the CLI and an event say so."""
+    overlay = tmp_path / "overlay"
+    shutil.copytree(Path(fleetd.__file__).resolve().parent, overlay / "fleetd",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (overlay / "fleetd" / "units.py").write_text((overlay / "fleetd" / "units.py").read_text() + "\n# upgraded\n")
+    daemon = Daemon(env={"PYTHONPATH": str(overlay)}).start()
+    try:
+        status = daemon.api.call("GET", "/v1/status")["zone2"]
+        assert status["healthy"] is True and status["code_matches"] is False
+        assert "image STALE" in daemon.cli("status").stdout
+        (event,) = [e for e in daemon.events() if e["type"] == "zone2_code_mismatch"]
+        assert "fleetd images build" in event["message"]
+    finally:
+        daemon.cleanup()

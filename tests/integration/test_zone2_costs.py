@@ -322,13 +322,14 @@ def test_price_set_ls_rm_from_the_cli_with_a_slash_in_the_model_id(bench: SdkBen
     bench.daemon.cli("price", "set", model, "--input-per-mtok", "3", "--output-per-mtok", "15",
                      "--long-context-above", "200000", "--long-context-input-per-mtok", "6",
                      "--long-context-output-per-mtok", "22.5", "--priority-multiplier", "2.5",
-                     "--max-input-tokens", "1000000")
+                     "--max-input-tokens", "1000000", "--fast-multiplier", "2", "--us-inference-multiplier", "1.1")
     listed = {p["model"]: p for p in json.loads(bench.daemon.cli("price", "ls", "--json").stdout)}
     assert (listed[model]["long_context_threshold"], listed[model]["long_context_input"],
             listed[model]["long_context_output"], listed[model]["priority_multiplier"],
-            listed[model]["max_input_tokens"]) == (200000, 6.0, 22.5, 2.5, 1000000)
+            listed[model]["max_input_tokens"], listed[model]["fast_multiplier"],
+            listed[model]["us_inference_multiplier"]) == (200000, 6.0, 22.5, 2.5, 1000000, 2.0, 1.1)
     row = next(line for line in bench.daemon.cli("price", "ls").stdout.splitlines() if line.startswith(model))
-    assert "1000000" in row and ">200000: 6/22.5" in row
+    assert "1000000" in row and ">200000: 6/22.5" in row and "priority 2.5x, fast 2x, us 1.1x" in row
     half = bench.daemon.cli("price", "set", model, "--input-per-mtok", "3", "--output-per-mtok", "15",
                             "--long-context-above", "200000", check=False)
     assert half.returncode != 0 and "go together" in half.stderr and len(half.stderr.strip().splitlines()) == 1

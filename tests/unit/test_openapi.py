@@ -496,6 +496,7 @@ def test_status_with_zone2_matches_the_schema(doc: dict[str, Any], vault_supervi
         "agents_registered": None,
         "credentials": None,
         "ledger_error": None,
+        "code_matches": None,
     }
     zone2.healthy, zone2.container_id, zone2.ip, zone2.restarts = True, "e" * 64, "172.30.0.2", 1
     zone2.last_health = {"ok": True, "agents": 2, "creds": 1, "uptime_seconds": 3.5, "pid": 1,
