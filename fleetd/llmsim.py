@@ -51,6 +51,7 @@ class SimConfig:
     break_streams: int = 0  # cut this many next streams off halfway, before any usage is sent
     require_key: str | None = None  # when set, any other bearer / x-api-key gets 401 naming it
     inference_geo: str = "global"  # Anthropic: where calls that do not ask run (a workspace's default_inference_geo)
+    summary_tokens: int = 20  # Anthropic threshold compaction: the summary's length (at most max_tokens)
 
 
 MAX_STORED_RESPONSES = 10_000  # the oldest is forgotten first
@@ -136,6 +137,27 @@ def anthropic_usage(prompt: int, output: int, config: SimConfig, data: dict[str,
                                "ephemeral_1h_input_tokens": one_hour},
             "service_tier": "standard", "speed": "fast" if data.get("speed") == "fast" else "standard",
             "inference_geo": geo if isinstance(geo, str) else config.inference_geo}
+
+
+def compaction(data: dict[str, Any], prompt: int, completion: int,
+               config: SimConfig) -> tuple[int, list[dict[str, Any]] | None]:
+    """Anthropic threshold compaction (a ``context_management.edits`` entry of type compact_*): when the input
+    reaches its trigger, a summary step reads the whole input and writes ``config.summary_tokens`` (at most
+    max_tokens), and the reply reads the summary. Returns the reply's input and ``usage.iterations`` (None without
+    the edit). As the real API reports it, the top-level counts are the reply's alone."""
+    management = data.get("context_management")
+    edits = management.get("edits") if isinstance(management, dict) else None
+    edit = next((e for e in edits or () if isinstance(e, dict) and str(e.get("type", "")).startswith("compact_")),
+                None)
+    if edit is None:
+        return prompt, None
+    trigger = edit.get("trigger")
+    threshold = trigger.get("value", 150_000) if isinstance(trigger, dict) else 150_000
+    if prompt < threshold:
+        return prompt, [{"type": "message", "input_tokens": prompt, "output_tokens": completion}]
+    summary = min(config.summary_tokens, int(data.get("max_tokens") or config.summary_tokens))
+    return summary, [{"type": "compaction", "input_tokens": prompt, "output_tokens": summary},
+                     {"type": "message", "input_tokens": summary, "output_tokens": completion}]
 
 
 def take_break(config: SimConfig) -> bool:
@@ -273,14 +295,16 @@ async def messages(request: web.Request) -> web.StreamResponse:
         return refusal
     config = request.app[SIM].config
     prompt, completion = usage_numbers(data, config)
+    prompt, iterations = compaction(data, prompt, completion, config)
     model = data.get("model", "sim-model")
     ident = f"msg_{uuid.uuid4().hex[:12]}"
     if not data.get("stream"):
+        usage = anthropic_usage(prompt, completion, config, data)
         return web.json_response({
             "id": ident, "type": "message", "role": "assistant", "model": model,
             "content": [{"type": "text", "text": " ".join(words(completion))}],
             "stop_reason": "end_turn", "stop_sequence": None,
-            "usage": anthropic_usage(prompt, completion, config, data),
+            "usage": usage if iterations is None else {**usage, "iterations": iterations},
         })
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await response.prepare(request)
@@ -302,8 +326,10 @@ async def messages(request: web.Request) -> web.StreamResponse:
                                            "delta": {"type": "text_delta", "text": (" " if i else "") + word}})
         await asyncio.sleep(config.chunk_delay_ms / 1000)
     await send("content_block_stop", {"type": "content_block_stop", "index": 0})
+    final = {"output_tokens": completion} if iterations is None else {"output_tokens": completion,
+                                                                       "iterations": iterations}
     await send("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                                 "usage": {"output_tokens": completion}})
+                                 "usage": final})
     await send("message_stop", {"type": "message_stop"})
     await response.write_eof()
     return response

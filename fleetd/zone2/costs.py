@@ -148,9 +148,13 @@ class CostTracker:
                           else llm.max_output_tokens or price.max_output_tokens or DEFAULT_MAX_OUTPUT)
             # US-only inference may be the workspace's default (default_inference_geo), unasked: reserved unless the
             # request asks for global routing
-            bound = bound_nusd(price, self.input_bound(llm, price), (max_output + llm.prediction_bound) * llm.choices,
-                               priority=priority_requested(llm), one_hour_cache=llm.cache_1h, fast=fast,
-                               us_only=llm.api == "anthropic_messages" and llm.inference_geo != "global")
+            output = (max_output + llm.prediction_bound) * llm.choices
+            # Threshold compaction: the summary step reads at most the request and writes at most max_tokens (its
+            # output is cut there, as an on-demand summary's is); the reply reads at most the request and the summary
+            passes = llm.sampling_passes
+            bound = bound_nusd(price, self.input_bound(llm, price) * passes + max_output * (passes - 1),
+                               output * passes, priority=priority_requested(llm), one_hour_cache=llm.cache_1h,
+                               fast=fast, us_only=llm.api == "anthropic_messages" and llm.inference_geo != "global")
         held = self.budgets.reserve(reg.agent_id, reg.caps, bound)
         if isinstance(held, Refusal):
             self._refused(reg, held)

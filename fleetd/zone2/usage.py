@@ -137,6 +137,9 @@ class LLMRequest:
     prediction_bound: int = 0
     speed: str | None = None  # Anthropic: as requested ("fast" asks for fast mode)
     inference_geo: str | None = None  # Anthropic: as requested ("us" asks for US-only inference)
+    # Anthropic threshold compaction (context_management.edits compact_*): the summary is a sampling step before the
+    # reply, reading the conversation; the reply then reads the summary and what follows it. 1 without it.
+    sampling_passes: int = 1
 
 
 # Tools the provider runs itself during a call. Each use is billed on top of the tokens (web search $10-25 per 1K
@@ -195,8 +198,9 @@ def input_token_bound(body: bytes, media_parts: int) -> int:
     Not covered here (``LLMRequest.unsized_input`` and ``previous_response_id``: the cost tracker adds what it knows
     of them, or the model's input limit): state kept upstream that the body only names, a Responses
     ``previous_response_id`` / ``conversation`` / stored ``prompt``, and PDFs and files, billed by their pages.
-    Not covered at all (the real usage settles those calls): server-side tools (web search, file search) that feed
-    fetched text back to the model over several turns.
+    Not covered at all: server-side tools (web search, file search) that feed fetched text back to the model over
+    several turns (``LLMRequest.server_tools``: refused unless the role lets unpriced calls through, and then the
+    real usage settles those calls).
     """
     return len(body) + OVERHEAD_TOKENS + MEDIA_PART_TOKENS * media_parts
 
@@ -323,7 +327,16 @@ def parse_request(api: API, body: bytes) -> LLMRequest:
         prediction_bound=prediction_bound,
         speed=labels.get("speed"),
         inference_geo=labels.get("inference_geo"),
+        sampling_passes=2 if api == "anthropic_messages" and threshold_compaction(data) else 1,
     )
+
+
+def threshold_compaction(data: dict[str, Any]) -> bool:
+    """An Anthropic request whose ``context_management.edits`` has a compaction edit (``compact_20260112``)."""
+    management = data.get("context_management")
+    edits = management.get("edits") if isinstance(management, dict) else None
+    return isinstance(edits, list) and any(
+        isinstance(e, dict) and isinstance(e.get("type"), str) and e["type"].startswith("compact_") for e in edits)
 
 
 def _is_int(value: object) -> bool:
@@ -432,22 +445,34 @@ def anthropic_usage(usage: object) -> Usage | None:
     """Usage from an Anthropic ``usage`` object (None when it is not an object).
 
     ``cache_creation_input_tokens`` counts every cache write; ``cache_creation.ephemeral_1h_input_tokens`` says how
-    many of them went to 1-hour entries, which cost more than the 5-minute ones.
+    many of them went to 1-hour entries, which cost more than the 5-minute ones. Server-side compaction is a sampling
+    step of its own that the top-level counts leave out: each ``compaction`` entry of ``usage.iterations`` is added
+    (the other entries are what the top level sums).
     """
     if not isinstance(usage, dict):
         return None
-    one_hour = _detail(usage, "cache_creation", "ephemeral_1h_input_tokens")
-    five_minutes = _detail(usage, "cache_creation", "ephemeral_5m_input_tokens")
+    counts = [usage, *_compaction_iterations(usage)]
+    one_hour = sum(_detail(u, "cache_creation", "ephemeral_1h_input_tokens") for u in counts)
+    written = sum(max(_count(u.get("cache_creation_input_tokens")),
+                      _detail(u, "cache_creation", "ephemeral_1h_input_tokens")
+                      + _detail(u, "cache_creation", "ephemeral_5m_input_tokens")) for u in counts)
     return Usage(
-        input_tokens=_count(usage.get("input_tokens")),
-        cached_input_tokens=_count(usage.get("cache_read_input_tokens")),
-        cache_write_tokens=max(_count(usage.get("cache_creation_input_tokens")), one_hour + five_minutes),
-        output_tokens=_count(usage.get("output_tokens")),
+        input_tokens=sum(_count(u.get("input_tokens")) for u in counts),
+        cached_input_tokens=sum(_count(u.get("cache_read_input_tokens")) for u in counts),
+        cache_write_tokens=written,
+        output_tokens=sum(_count(u.get("output_tokens")) for u in counts),
         cache_write_1h_tokens=one_hour,
         service_tier=_tier(usage.get("service_tier")),
         speed=_tier(usage.get("speed")),
         inference_geo=_tier(usage.get("inference_geo")),
     )
+
+
+def _compaction_iterations(usage: dict[str, Any]) -> list[dict[str, Any]]:
+    iterations = usage.get("iterations")
+    if not isinstance(iterations, list):
+        return []
+    return [i for i in iterations if isinstance(i, dict) and i.get("type") == "compaction"]
 
 
 def usage_in(api: API, obj: dict[str, Any]) -> Usage | None:
@@ -561,6 +586,7 @@ class StreamMeter:
         self._anthropic: dict[str, int] = {}
         self._anthropic_creation: dict[str, int] = {}
         self._anthropic_labels: dict[str, str] = {}  # service_tier, speed, inference_geo: the latest given
+        self._anthropic_iterations: list[Any] = []  # usage.iterations, the latest given (compaction steps)
         # hiding mode
         self._held = bytearray()  # raw bytes of the current event, not forwarded yet
         self._released = False  # the current event outgrew MAX_HELD_BYTES and is being forwarded as it comes
@@ -772,6 +798,7 @@ class StreamMeter:
             if not isinstance(usage, dict):
                 return
             self._anthropic, self._anthropic_creation, self._anthropic_labels = {}, {}, {}
+            self._anthropic_iterations = []
         elif kind == "message_delta":
             usage = event.get("usage")
             if not isinstance(usage, dict):
@@ -788,8 +815,11 @@ class StreamMeter:
             label = _tier(usage.get(key))
             if label is not None:
                 self._anthropic_labels[key] = label
+        iterations = usage.get("iterations")
+        if isinstance(iterations, list) and len(iterations) >= len(self._anthropic_iterations):
+            self._anthropic_iterations = iterations
         self._usage = anthropic_usage({**self._anthropic, "cache_creation": self._anthropic_creation,
-                                       **self._anthropic_labels})
+                                       **self._anthropic_labels, "iterations": self._anthropic_iterations})
 
 
 _ANTHROPIC_LABELS = ("service_tier", "speed", "inference_geo")

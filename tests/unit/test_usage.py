@@ -20,6 +20,7 @@ from fleetd.zone2.usage import (
     BadLLMRequest,
     StreamMeter,
     Usage,
+    anthropic_usage,
     classify,
     parse_request,
     usage_from_body,
@@ -291,6 +292,24 @@ def test_pdfs_and_files_are_input_the_body_cannot_size(api: API, part: dict[str,
     llm = parse_request(api, json.dumps(body).encode())
     assert llm.unsized_input is unsized
     assert llm.input_token_bound >= MEDIA_PART_TOKENS  # a media part either way
+
+
+def test_anthropic_compaction_iterations_are_added_to_the_top_level_counts() -> None:
+    threshold = {"input_tokens": 23000, "output_tokens": 1000, "cache_read_input_tokens": 5,
+                 "iterations": [{"type": "compaction", "input_tokens": 180000, "output_tokens": 3500,
+                                 "cache_creation_input_tokens": 7},
+                                {"type": "message", "input_tokens": 23000, "output_tokens": 1000}]}
+    assert anthropic_usage(threshold) == Usage(input_tokens=203000, cached_input_tokens=5, cache_write_tokens=7,
+                                               output_tokens=4500)
+    on_demand = {"input_tokens": 0, "output_tokens": 0,
+                 "iterations": [{"type": "compaction", "input_tokens": 9000, "output_tokens": 700}]}
+    assert anthropic_usage(on_demand) == Usage(input_tokens=9000, output_tokens=700)
+    plain = {"input_tokens": 10, "output_tokens": 2, "iterations": [{"type": "message", "input_tokens": 10}, 7]}
+    assert anthropic_usage(plain) == Usage(input_tokens=10, output_tokens=2)
+    edits = {"context_management": {"edits": [{"type": "clear_tool_uses_20250919"}, {"type": "compact_20260112"}]}}
+    body = {"model": "m", "max_tokens": 5, "messages": [], **edits}
+    assert parse_request("anthropic_messages", json.dumps(body).encode()).sampling_passes == 2
+    assert parse_request("anthropic_messages", b'{"model": "m", "max_tokens": 5}').sampling_passes == 1
 
 
 def test_a_chat_prediction_bounds_its_rejected_tokens_by_its_length() -> None:

@@ -254,6 +254,32 @@ def test_anthropic_fast_mode_and_us_only_inference_are_billed_at_their_multiples
     run(tmp_path, check)
 
 
+def test_anthropic_compaction_steps_are_billed_beside_the_reply(tmp_path: Path) -> None:
+    """Threshold compaction: the summary is a sampling step that the top-level usage leaves out and
+    usage.iterations reports; both are billed, and the reservation covers both."""
+    async def check(r: Rig) -> None:
+        r.sim.config.summary_tokens = 30
+        edit = {"type": "compact_20260112", "trigger": {"type": "input_tokens", "value": 100}}
+        message = {"model": "claude-sonnet-4", "max_tokens": 40, "context_management": {"edits": [edit]},
+                   "messages": [{"role": "user", "content": " ".join(["w"] * 500)}]}
+        status, _, raw = await r.post("/v1/messages", message)
+        assert status == 200
+        usage = json.loads(raw)["usage"]
+        assert (usage["input_tokens"], usage["iterations"][0]["input_tokens"]) == (30, 500)  # the reply's alone
+        assert (await r.post("/v1/messages", {**message, "stream": True}))[0] == 200
+        short = {**message, "messages": [{"role": "user", "content": "a b c"}]}  # below the trigger: no summary
+        assert (await r.post("/v1/messages", short))[0] == 200
+        await settled(r)
+        rows = r.ledger()
+        # claude-sonnet-4: $3 input, $15 output per 1M tokens; summary step 500 in / 30 out, reply 30 in / 16 out
+        assert [(c["input_tokens"], c["output_tokens"]) for c in rows] == [(530, 46), (530, 46), (3, 16)]
+        assert rows[0]["cost_nusd"] == 530 * 3000 + 46 * 15000 and rows[1]["cost_nusd"] == rows[0]["cost_nusd"]
+        assert all(c["cost_nusd"] <= c["reserved_nusd"] for c in rows)
+        assert not [e for e in r.events if e[0] == "reservation_exceeded"]
+
+    run(tmp_path, check)
+
+
 def test_fast_mode_of_a_model_without_a_fast_price_is_refused_as_unpriced(tmp_path: Path) -> None:
     async def check(r: Rig) -> None:
         message = {"model": "claude-opus-4-7", "max_tokens": 9, "speed": "fast",
