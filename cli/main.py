@@ -527,7 +527,8 @@ def max_calls(value: str | None) -> int | str | None:
                    "batches...), through unmetered, and calls offering server-side tools (web search...) through "
                    "metered for their tokens only (default: refused).")
 @click.option("--no-allow-unpriced", "allow_unpriced", flag_value="false", type=str,
-              help="Refuse them (400 model_not_priced, endpoint_not_metered, tool_not_metered).")
+              help="Refuse them (400 model_not_priced, endpoint_not_metered, tool_not_metered, "
+                   "fallbacks_not_metered).")
 @click.option("--inherit-allow-unpriced", "allow_unpriced", flag_value=INHERIT, type=str,
               help="Unset: take allow_unpriced from the config again.")
 @click.option("--json", "as_json", is_flag=True)

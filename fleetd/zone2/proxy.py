@@ -184,6 +184,11 @@ class Gateway:
                          "budget: the provider bills each use on top of the tokens, and feeds what they return to the "
                          "model over several turns. A role with --allow-unpriced lets them through, metered for the "
                          "tokens only")
+        if llm.model_fallbacks and not reg.allow_unpriced:
+            return error(400, "fallbacks_not_metered",
+                         "zone 2 cannot meter a call that may run again on other models (fallbacks): each attempt is "
+                         "billed at its own model's prices, on models the API may choose. A role with "
+                         "--allow-unpriced lets it through, metered at the requested model's prices")
         ticket = self.costs.admit(reg, credential, llm)
         if isinstance(ticket, LedgerDown):
             return error(503, "ledger_unavailable", f"zone 2 cannot record calls ({ticket.error}): "

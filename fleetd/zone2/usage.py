@@ -140,6 +140,9 @@ class LLMRequest:
     # Anthropic threshold compaction (context_management.edits compact_*): the summary is a sampling step before the
     # reply, reading the conversation; the reply then reads the summary and what follows it. 1 without it.
     sampling_passes: int = 1
+    # Anthropic server-side fallback (``fallbacks``): a declined request runs again on other models, each attempt
+    # billed at its own model's prices (usage.iterations names them), some of them chosen by the API
+    model_fallbacks: bool = False
 
 
 # Tools the provider runs itself during a call. Each use is billed on top of the tokens (web search $10-25 per 1K
@@ -328,6 +331,7 @@ def parse_request(api: API, body: bytes) -> LLMRequest:
         speed=labels.get("speed"),
         inference_geo=labels.get("inference_geo"),
         sampling_passes=2 if api == "anthropic_messages" and threshold_compaction(data) else 1,
+        model_fallbacks=api == "anthropic_messages" and data.get("fallbacks") not in (None, [], ""),
     )
 
 

@@ -660,6 +660,22 @@ def test_calls_offering_server_side_tools_are_refused_unless_the_role_allows_unp
     run(tmp_path, check)
 
 
+@pytest.mark.parametrize("fallbacks", ["default", [{"model": "claude-opus-4-8"}]])
+def test_calls_with_server_side_model_fallbacks_are_refused_unless_the_role_allows_unpriced(
+        tmp_path: Path, fallbacks: Any) -> None:
+    async def check(r: Rig) -> None:
+        message = {"model": "claude-fable-5", "max_tokens": 5, "messages": [{"role": "user", "content": "q"}],
+                   "fallbacks": fallbacks}
+        status, _, raw = await r.post("/v1/messages", message)
+        assert status == 400 and json.loads(raw)["error"]["type"] == "fallbacks_not_metered"
+        assert r.upstream_calls() == 0
+        r.register(allow_unpriced=True)
+        assert (await r.post("/v1/messages", message))[0] == 200
+        assert (await r.post("/v1/messages", {**message, "fallbacks": None}))[0] == 200
+
+    run(tmp_path, check)
+
+
 def test_client_side_tools_are_metered_as_usual(tmp_path: Path) -> None:
     async def check(r: Rig) -> None:
         function = {"type": "function", "name": "f", "parameters": {"type": "object"}}
