@@ -149,12 +149,13 @@ class LLMRequest:
 # calls at OpenAI, $10 per 1K at Anthropic; file search per call; code execution per container), and what they
 # return is read by the model again over several internal turns, so nothing in the request bounds the call's cost.
 # Client-side tools (function, custom, computer use, shell, bash, text editor, memory) are calls the agent makes
-# itself, one request each. By type: OpenAI's names, and the dated Anthropic ones by prefix
-# (web_search_20250305, web_fetch_20250910, code_execution_20250825, tool_search_tool_regex_20251119); also
-# OpenAI's dated web_search_preview_2025_03_11 and web_search_2025_08_26.
+# itself, one request each. By type: OpenAI's names, Anthropic's MCP connector toolset, and the dated Anthropic ones
+# by prefix (web_search_20250305, web_fetch_20250910, code_execution_20250825, tool_search_tool_regex_20251119, and
+# advisor_20260301, whose advice another model writes at its own prices); also OpenAI's dated
+# web_search_preview_2025_03_11 and web_search_2025_08_26.
 SERVER_TOOL_TYPES = frozenset({"web_search", "web_search_preview", "file_search", "code_interpreter",
-                               "image_generation", "mcp"})
-SERVER_TOOL_PREFIXES = ("web_search_", "web_fetch_", "code_execution_", "tool_search_tool_")
+                               "image_generation", "mcp", "mcp_toolset"})
+SERVER_TOOL_PREFIXES = ("web_search_", "web_fetch_", "code_execution_", "tool_search_tool_", "advisor_")
 
 
 def server_tools(data: dict[str, Any]) -> tuple[str, ...]:

@@ -328,8 +328,9 @@ def test_server_side_tools_are_named_and_client_side_ones_are_not() -> None:
     assert tools("web_search", "web_search_preview_2025_03_11", "code_interpreter", "function") == (
         "web_search", "web_search_preview_2025_03_11", "code_interpreter")
     assert tools("web_search_20250305", "web_fetch_20250910", "code_execution_20250825",
-                 "tool_search_tool_regex_20251119", "web_search_20250305") == (
-        "web_search_20250305", "web_fetch_20250910", "code_execution_20250825", "tool_search_tool_regex_20251119")
+                 "tool_search_tool_regex_20251119", "web_search_20250305", "advisor_20260301", "mcp_toolset") == (
+        "web_search_20250305", "web_fetch_20250910", "code_execution_20250825", "tool_search_tool_regex_20251119",
+        "advisor_20260301", "mcp_toolset")
     assert tools("function", "custom", "computer_use_preview", "bash_20250124", "text_editor_20250728", "memory",
                  "local_shell", 7, None) == ()
     assert tools(mcp_servers=[{"type": "url"}]) == ("mcp_servers",)
