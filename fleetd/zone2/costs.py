@@ -146,11 +146,11 @@ class CostTracker:
         if price is not None:
             max_output = (0 if llm.api == "openai_embeddings"
                           else llm.max_output_tokens or price.max_output_tokens or DEFAULT_MAX_OUTPUT)
-            # US-only inference may be the workspace's default (default_inference_geo), unasked: reserved unless the
-            # request asks for global routing
             output = (max_output + llm.prediction_bound) * llm.choices
             # Threshold compaction: the summary step reads at most the request and writes at most max_tokens (its
-            # output is cut there, as an on-demand summary's is); the reply reads at most the request and the summary
+            # output is cut there, as an on-demand summary's is); the reply reads at most the request and the summary.
+            # US-only inference may be the workspace's default (default_inference_geo), unasked: reserved unless the
+            # request asks for global routing.
             passes = llm.sampling_passes
             bound = bound_nusd(price, self.input_bound(llm, price) * passes + max_output * (passes - 1),
                                output * passes, priority=priority_requested(llm), one_hour_cache=llm.cache_1h,

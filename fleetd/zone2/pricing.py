@@ -33,7 +33,8 @@ NANO = 1_000_000_000  # money is integer nano-USD everywhere in zone 2 (no float
 PRIORITY_MULTIPLIER = 2
 # Anthropic fast mode (usage.speed "fast"): its price over the standard one when a price names none (the most
 # Anthropic has charged: Opus 4.6's 6x; Opus 4.8, 5 and 5.5 cost 2x). A request for fast mode on a model whose price
-# names no fast_multiplier is refused, so this applies only to an answer that says "fast" unasked.
+# names no fast_multiplier is refused unless the agent's role allows unpriced calls, so this applies to those calls
+# and to an answer that says "fast" unasked.
 FAST_MULTIPLIER = 6
 # Anthropic: a write to a 1-hour cache entry costs twice the input price (a 5-minute one 1.25x: cache_write).
 ONE_HOUR_CACHE_WRITE_MULTIPLIER = 2

@@ -456,21 +456,27 @@ def anthropic_usage(usage: object) -> Usage | None:
     """
     if not isinstance(usage, dict):
         return None
-    counts = [usage, *_compaction_iterations(usage)]
-    one_hour = sum(_detail(u, "cache_creation", "ephemeral_1h_input_tokens") for u in counts)
-    written = sum(max(_count(u.get("cache_creation_input_tokens")),
-                      _detail(u, "cache_creation", "ephemeral_1h_input_tokens")
-                      + _detail(u, "cache_creation", "ephemeral_5m_input_tokens")) for u in counts)
+    uncached, cached, written, output, one_hour = (
+        sum(column) for column in zip(*map(_anthropic_counts, [usage, *_compaction_iterations(usage)]), strict=True))
     return Usage(
-        input_tokens=sum(_count(u.get("input_tokens")) for u in counts),
-        cached_input_tokens=sum(_count(u.get("cache_read_input_tokens")) for u in counts),
+        input_tokens=uncached,
+        cached_input_tokens=cached,
         cache_write_tokens=written,
-        output_tokens=sum(_count(u.get("output_tokens")) for u in counts),
+        output_tokens=output,
         cache_write_1h_tokens=one_hour,
         service_tier=_tier(usage.get("service_tier")),
         speed=_tier(usage.get("speed")),
         inference_geo=_tier(usage.get("inference_geo")),
     )
+
+
+def _anthropic_counts(usage: dict[str, Any]) -> tuple[int, int, int, int, int]:
+    """(input, cache reads, cache writes, output, 1-hour cache writes) of one Anthropic usage object or iteration."""
+    one_hour = _detail(usage, "cache_creation", "ephemeral_1h_input_tokens")
+    five_minutes = _detail(usage, "cache_creation", "ephemeral_5m_input_tokens")
+    return (_count(usage.get("input_tokens")), _count(usage.get("cache_read_input_tokens")),
+            max(_count(usage.get("cache_creation_input_tokens")), one_hour + five_minutes),
+            _count(usage.get("output_tokens")), one_hour)
 
 
 def _compaction_iterations(usage: dict[str, Any]) -> list[dict[str, Any]]:
