@@ -1,7 +1,9 @@
 """The relays that bench/dataplane.py compares, each run as a process of its own (or in a container).
 
-- ``aiohttp``: zone 2's real agent-facing app (``init_gateway``: aiohttp server and client), with a registry,
-  prices and a ledger on disk, as zone 2 runs it;
+- ``zone2``: zone 2's real agent-facing app (``init_gateway``: aiohttp's server, zone 2's own upstream client),
+  with a registry, prices and a ledger on disk, as zone 2 runs it;
+- ``aioclient``: the same app with its upstream calls made by aiohttp's client, as zone 2 made them before
+  ``fleetd.zone2.upstream`` (the baseline that client is measured against);
 - ``bare``: the same per-request work (target and handle checks, credential scope, header forwarding, request
   parsing, budget admission, breaker, stream meter, redactor, ledger row) on a bare asyncio protocol parsed with
   httptools, with one kept-alive upstream connection per request in flight. A measuring floor, **not a data
@@ -42,7 +44,7 @@ def _gateway_parts(upstream: str, ledger: Path) -> tuple[Any, Any, Any]:
     return registry, costs, whois
 
 
-async def serve_aiohttp(upstream: str, host: str, port: int, ledger: Path) -> None:
+async def serve_zone2(upstream: str, host: str, port: int, ledger: Path) -> None:
     from aiohttp import web
 
     from fleetd.zone2.proxy import init_gateway
@@ -243,7 +245,51 @@ async def serve_bare(upstream: str, host: str, port: int, ledger: Path) -> None:
     await asyncio.Event().wait()
 
 
-SERVERS = {"aiohttp": serve_aiohttp, "bare": serve_bare, "bytes": serve_bytes}
+async def serve_aioclient(upstream: str, host: str, port: int, ledger: Path) -> None:
+    """Zone 2's app with its upstream calls made by aiohttp's client, as zone 2 made them before its own client
+    (``fleetd.zone2.upstream``): the same session settings, adapted to the Response the proxy reads."""
+    import aiohttp
+    from aiohttp import web
+
+    from fleetd.zone2 import proxy
+    from fleetd.zone2.upstream import UpstreamError
+
+    registry, costs, whois = _gateway_parts(upstream, ledger)
+    timeout = aiohttp.ClientTimeout(total=None, connect=proxy.CONNECT_TIMEOUT, sock_read=proxy.IDLE_TIMEOUT)
+    session = aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=60),
+                                    auto_decompress=True, cookie_jar=aiohttp.DummyCookieJar())
+
+    class Adapted:
+        def __init__(self, inner: aiohttp.ClientResponse) -> None:
+            self.inner, self.status, self.reason, self.headers = inner, inner.status, inner.reason, inner.headers
+            self.content_type = inner.content_type
+
+        async def chunks(self) -> Any:
+            try:
+                async for chunk in self.inner.content.iter_any():
+                    yield chunk
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise UpstreamError("broken", str(exc)) from None
+
+        async def read(self) -> bytes:
+            return b"".join([c async for c in self.chunks()])
+
+        def release(self) -> None:
+            self.inner.release()
+
+    async def send(self: Any, call: Any, body: bytes) -> Any:
+        inner = await session.request(call.method, call.url, headers=call.headers, data=body or None,
+                                      allow_redirects=False)
+        return Adapted(inner)
+
+    proxy.Gateway.send = send  # type: ignore[method-assign]
+    runner = web.AppRunner(proxy.init_gateway(registry, whois, costs), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    await asyncio.Event().wait()
+
+
+SERVERS = {"zone2": serve_zone2, "aioclient": serve_aioclient, "bare": serve_bare, "bytes": serve_bytes}
 
 
 def main() -> int:

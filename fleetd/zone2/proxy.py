@@ -17,7 +17,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-import aiohttp
 from aiohttp import web
 
 from fleetd.zone2.breaker import Reject, parse_retry_after, retry_delay
@@ -34,6 +33,7 @@ from fleetd.zone2.handles import (
 )
 from fleetd.zone2.ledger import Ledger
 from fleetd.zone2.registry import Registration, Registry
+from fleetd.zone2.upstream import BadRequestHead, Response, UpstreamError, Upstreams
 from fleetd.zone2.usage import (
     API,
     BadLLMRequest,
@@ -54,11 +54,11 @@ CONNECT_TIMEOUT = 10.0
 IDLE_TIMEOUT = 300.0
 DROPPED_PREFIXES = ("x-forwarded-", "forwarded", "x-real-ip", "proxy-")
 # Zone 2 asks upstreams for identity bodies (it must read them to redact secrets and find usage). One that compresses
-# anyway is decoded when aiohttp can (gzip, deflate); any other encoding is refused with a 502, never passed on.
+# anyway is decoded when it can be (gzip, deflate); any other encoding is refused with a 502, never passed on.
 READABLE_ENCODINGS = frozenset({"", "identity", "gzip", "deflate"})
 Whois = Callable[[str], Awaitable[Registration | None]]
 REGISTRY = web.AppKey("registry", Registry)
-SESSION = web.AppKey("session", aiohttp.ClientSession)
+UPSTREAMS = web.AppKey("upstreams", Upstreams)
 GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway")
 
 
@@ -98,11 +98,10 @@ def response_headers(headers: Any, redactor: Redactor) -> list[tuple[str, str]]:
 class Gateway:
     """Handles every request an agent makes to zone 2."""
 
-    def __init__(self, registry: Registry, whois: Whois, session: aiohttp.ClientSession,
-                 costs: CostTracker) -> None:
+    def __init__(self, registry: Registry, whois: Whois, upstreams: Upstreams, costs: CostTracker) -> None:
         self.registry = registry
         self.whois = whois
-        self.session = session
+        self.upstreams = upstreams
         self.costs = costs
 
     async def identify(self, request: web.Request) -> Registration | None:
@@ -227,18 +226,16 @@ class Gateway:
             # Exactly once, whatever happened above (also when the agent went away).
             self.costs.settle(ticket, status, usage, attempts)
 
-    async def send(self, call: Upcall, body: bytes) -> aiohttp.ClientResponse:
+    async def send(self, call: Upcall, body: bytes) -> Response:
+        """One attempt upstream; redirects are answers like any other (never followed)."""
         try:
-            response = await self.session.request(call.method, call.url, headers=call.headers, data=body or None,
-                                                  allow_redirects=False)
-        except TimeoutError:
-            raise UpstreamFailed(error(504, "upstream_timeout", "the upstream did not answer in time")) from None
-        except aiohttp.ClientError as exc:
-            # aiohttp refuses an encoding it has no decoder for (br, zstd) as a malformed answer
-            if isinstance(exc, aiohttp.ClientResponseError) and "content-encoding" in exc.message.lower():
-                raise UpstreamFailed(unreadable(exc.message.split(":")[-1].strip())) from None
-            raise UpstreamFailed(error(502, "upstream_unreachable",
-                                       f"cannot reach the upstream: {type(exc).__name__}")) from None
+            response = await self.upstreams.request(call.method, call.url, call.headers, body)
+        except BadRequestHead as exc:
+            raise UpstreamFailed(error(400, "bad_request", str(exc))) from None
+        except UpstreamError as exc:
+            if exc.kind == "timeout":
+                raise UpstreamFailed(error(504, "upstream_timeout", "the upstream did not answer in time")) from None
+            raise UpstreamFailed(error(502, "upstream_unreachable", str(exc))) from None
         encoding = content_encoding(response)
         if encoding not in READABLE_ENCODINGS:
             response.release()
@@ -288,7 +285,7 @@ class Upcall:
 @dataclass(frozen=True)
 class Outcome:
     response: web.Response | None  # zone 2's own answer (breaker open, upstream unreachable)
-    upstream: aiohttp.ClientResponse | None
+    upstream: Response | None
     attempts: int
 
 
@@ -314,11 +311,11 @@ def unreadable(encoding: str) -> web.Response:
                  "zone 2 cannot read to redact it (it asks for identity)")
 
 
-def content_encoding(upstream: aiohttp.ClientResponse) -> str:
+def content_encoding(upstream: Response) -> str:
     return upstream.headers.get("Content-Encoding", "").strip().lower()
 
 
-def fits_buffer(upstream: aiohttp.ClientResponse) -> bool:
+def fits_buffer(upstream: Response) -> bool:
     """Not a stream, and of a known, modest length: read it whole and send it in one write. (A compressed body is
     decoded as it comes: its Content-Length says nothing of the decoded size.)"""
     length = upstream.headers.get("Content-Length")
@@ -326,13 +323,13 @@ def fits_buffer(upstream: aiohttp.ClientResponse) -> bool:
             and int(length) <= MAX_BUFFERED and content_encoding(upstream) in ("", "identity"))
 
 
-async def buffered(upstream: aiohttp.ClientResponse, redactor: Redactor) -> Buffered:
+async def buffered(upstream: Response, redactor: Redactor) -> Buffered:
     """A response with a known length: read whole, redacted, sent in one write."""
     try:
         raw = await upstream.read()
-    except (aiohttp.ClientError, TimeoutError):
+    except UpstreamError:
         return error(502, "upstream_broken", "the upstream's answer broke off", cls=Buffered)
-    response = Buffered(status=upstream.status, reason=upstream.reason, body=redactor.scrub(raw))
+    response = Buffered(status=upstream.status, reason=upstream.reason or None, body=redactor.scrub(raw))
     for key, value in response_headers(upstream.headers, redactor):
         response.headers.add(key, value)
     response.raw = raw
@@ -374,14 +371,14 @@ class BodyMeter:
         return b""
 
 
-async def relay_stream(request: web.Request, upstream: aiohttp.ClientResponse, redactor: Redactor,
+async def relay_stream(request: web.Request, upstream: Response, redactor: Redactor,
                        meter: StreamMeter | BodyMeter | None) -> web.StreamResponse:
     """Pass a stream through chunk by chunk. If the agent goes away, keep reading until usage arrives.
 
     If the upstream breaks off, the agent's connection is cut too (no clean end of the chunked
     body), so the agent's client sees a truncated answer rather than a complete-looking one.
     """
-    response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+    response = web.StreamResponse(status=upstream.status, reason=upstream.reason or None)
     for key, value in response_headers(upstream.headers, redactor):
         response.headers.add(key, value)
     agent_gone = False
@@ -390,7 +387,7 @@ async def relay_stream(request: web.Request, upstream: aiohttp.ClientResponse, r
     except ConnectionResetError:
         agent_gone = True
     try:
-        async for chunk in upstream.content.iter_any():
+        async for chunk in upstream.chunks():
             out = meter.feed(chunk) if meter is not None else chunk
             if agent_gone:
                 if meter is None or meter.complete:
@@ -402,7 +399,7 @@ async def relay_stream(request: web.Request, upstream: aiohttp.ClientResponse, r
                     await response.write(out)
                 except ConnectionResetError:
                     agent_gone = True
-    except (aiohttp.ClientError, TimeoutError):
+    except UpstreamError:
         response.force_close()
         if request.transport is not None:
             request.transport.close()
@@ -455,20 +452,16 @@ def init_gateway(registry: Registry, whois: Whois, costs: CostTracker | None = N
 
     app = web.Application(client_max_size=MAX_BODY, middlewares=[targets])
 
-    async def open_session(app: web.Application) -> Any:
-        timeout = aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT, sock_read=IDLE_TIMEOUT)
-        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=60)
-        # No cookie jar: the session is shared by every agent, so a jar would replay one agent's cookies
-        # on another's calls. Set-Cookie and Cookie pass through as headers, as a stateless proxy's do.
-        # Bodies an upstream compresses despite Accept-Encoding: identity are decoded (READABLE_ENCODINGS).
-        app[SESSION] = aiohttp.ClientSession(timeout=timeout, connector=connector, auto_decompress=True,
-                                             cookie_jar=aiohttp.DummyCookieJar())
+    async def open_upstreams(app: web.Application) -> Any:
+        # No cookie jar: the pools are shared by every agent. Set-Cookie and Cookie pass through as headers,
+        # as a stateless proxy's do. Bodies an upstream compresses despite Accept-Encoding: identity are decoded.
+        app[UPSTREAMS] = Upstreams(connect_timeout=CONNECT_TIMEOUT, read_timeout=IDLE_TIMEOUT)
         app[REGISTRY] = registry
-        app[GATEWAY] = Gateway(registry, whois, app[SESSION], tracker)
+        app[GATEWAY] = Gateway(registry, whois, app[UPSTREAMS], tracker)
         yield
-        await app[SESSION].close()
+        await app[UPSTREAMS].close()
 
-    app.cleanup_ctx.append(open_session)
+    app.cleanup_ctx.append(open_upstreams)
 
     async def handle(request: web.Request) -> web.StreamResponse:
         return await request.app[GATEWAY].handle(request)
