@@ -238,21 +238,26 @@ class _Connection(asyncio.Protocol):
             response._finish(UpstreamError("broken", "the upstream closed the connection mid-answer"))
 
     # -- httptools callbacks ------------------------------------------------------------------------
+    # Once the answer's headers are in, whatever else looks like a head is not the answer's: trailers of a
+    # chunked body (dropped, as aiohttp's client drops them), or bytes past its end (the connection is not reused).
     def on_message_begin(self) -> None:
-        assert self.response is not None
-        self.response.headers = CIMultiDict()
+        if self.headers_done:
+            self.keep_alive = False
+        elif self.response is not None:
+            self.response.headers = CIMultiDict()
 
     def on_status(self, status: bytes) -> None:
-        assert self.response is not None
-        self.response.reason += status.decode("latin-1")
+        if not self.headers_done and self.response is not None:
+            self.response.reason += status.decode("latin-1")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        assert self.response is not None
-        self.response.headers.add(name.decode("latin-1"), value.decode("latin-1"))
+        if not self.headers_done and self.response is not None:
+            self.response.headers.add(name.decode("latin-1"), value.decode("latin-1"))
 
     def on_headers_complete(self) -> None:
         response = self.response
-        assert response is not None
+        if response is None or self.headers_done:
+            return
         status = self.parser.get_status_code()
         if 100 <= status < 200:  # interim (100 Continue, 103 Early Hints): the answer comes after it
             response.reason = ""
@@ -269,6 +274,8 @@ class _Connection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         if self.response is not None and not self.response.complete:
             self.response._data(body)
+        else:
+            self.keep_alive = False
 
     def on_message_complete(self) -> None:
         if self.headers_done and self.response is not None:

@@ -168,6 +168,29 @@ def test_connection_close_chunked_and_eof_delimited_bodies() -> None:
     run(check)
 
 
+def test_trailers_and_bytes_past_the_end_do_not_touch_the_answer() -> None:
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            head, _ = await read_request(reader)
+            if b"/trailer" in head:
+                writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-A: 1\r\n\r\n"
+                             b"2\r\nok\r\n0\r\nX-Trailer: t\r\n\r\n")
+            else:  # one answer, then the start of another nobody asked for, in the same write
+                writer.write(answer(b"ok", "X-A: 1\r\n") + b"HTTP/1.1 200 OK\r\nX-B: 2\r\nContent-Length: 2\r\n")
+
+    async def check(pool: Upstreams) -> None:
+        async with raw_server(serve) as (url, accepted):
+            for path in ("/trailer", "/extra", "/after"):
+                response = await pool.request("GET", url + path, {}, b"")
+                assert await response.read() == b"ok"
+                response.release()
+                assert dict(response.headers) in ({"Transfer-Encoding": "chunked", "X-A": "1"},
+                                                  {"Content-Length": "2", "X-A": "1"}), path
+            assert accepted == [0, 1]  # the connection that carried extra bytes was not reused
+
+    run(check)
+
+
 def test_head_interim_answers_and_no_content() -> None:
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while True:
