@@ -329,7 +329,8 @@ async def buffered(upstream: Response, redactor: Redactor) -> Buffered:
         raw = await upstream.read()
     except UpstreamError:
         return error(502, "upstream_broken", "the upstream's answer broke off", cls=Buffered)
-    response = Buffered(status=upstream.status, reason=upstream.reason or None, body=redactor.scrub(raw))
+    response = Buffered(status=upstream.status, reason=redactor.scrub_text(upstream.reason) or None,
+                        body=redactor.scrub(raw))
     for key, value in response_headers(upstream.headers, redactor):
         response.headers.add(key, value)
     response.raw = raw
@@ -378,7 +379,7 @@ async def relay_stream(request: web.Request, upstream: Response, redactor: Redac
     If the upstream breaks off, the agent's connection is cut too (no clean end of the chunked
     body), so the agent's client sees a truncated answer rather than a complete-looking one.
     """
-    response = web.StreamResponse(status=upstream.status, reason=upstream.reason or None)
+    response = web.StreamResponse(status=upstream.status, reason=redactor.scrub_text(upstream.reason) or None)
     for key, value in response_headers(upstream.headers, redactor):
         response.headers.add(key, value)
     agent_gone = False

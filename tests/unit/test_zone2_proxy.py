@@ -45,8 +45,9 @@ async def serve(app: web.Application) -> AsyncIterator[str]:
 def upstream_app(seen: list[dict[str, Any]]) -> web.Application:
     async def echo(request: web.Request) -> web.StreamResponse:
         seen.append({"path": request.path_qs, "headers": dict(request.headers), "body": await request.text()})
-        if request.path == "/echo-key":  # an API that puts the key in its error message
-            return web.json_response({"error": f"invalid key {request.headers.get('Authorization')}"}, status=401)
+        if request.path == "/echo-key":  # an API that puts the key in its error message (and its reason phrase)
+            key = request.headers.get("Authorization")
+            return web.json_response({"error": f"invalid key {key}"}, status=401, reason=f"Invalid key {key}")
         if request.path == "/redirect":
             raise web.HTTPFound("http://127.0.0.2:1/steal")
         if request.path.startswith("/compressed/"):  # an upstream that compresses although asked for identity
@@ -146,6 +147,7 @@ def test_secret_echoed_in_an_error_is_redacted() -> None:
         async with client.get(f"{gw}/echo-key", headers={"Authorization": "Bearer $CRED{openai}"}) as r:
             text = await r.text()
         assert r.status == 401 and SECRET not in text and "[REDACTED]" in text
+        assert r.reason == "Invalid key Bearer [REDACTED]"
 
     run(check)
 
