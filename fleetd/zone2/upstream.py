@@ -39,6 +39,7 @@ DEFAULT_PORTS = {"http": 80, "https": 443}
 BODYLESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # no Content-Length: 0 without a body
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 FORBIDDEN_IN_HEAD = ("\r", "\n", "\0")
+SEPARATE_BODY = 64 << 10  # a body this large is written after the head, not joined to it
 
 
 class UpstreamError(Exception):
@@ -188,7 +189,6 @@ class _Connection(asyncio.Protocol):
         self.loop = pool.loop
         self.transport: asyncio.Transport | None = None
         self.closed = False
-        self.used = False  # has carried an answer before: the upstream may have closed it meanwhile
         self.idle_since = 0.0
         self.response: Response | None = None
         self.parser: Any = None
@@ -230,7 +230,7 @@ class _Connection(asyncio.Protocol):
         response = self.response
         if response is None or response.complete:
             return
-        if self.headers_done and self._eof_delimited():
+        if self.headers_done and eof_delimited(response.headers):
             response._finish()  # a body without a length ends where the connection does
         elif not self.got_bytes:
             response._finish(UpstreamError("broken", "the upstream closed the connection without answering"))
@@ -291,14 +291,12 @@ class _Connection(asyncio.Protocol):
         self.got_bytes = self.headers_done = self.keep_alive = False
         self.last_read = self.loop.time()
         self.timer = self.loop.call_later(self.pool.read_timeout, self._check_silence)
-        self.transport.write(head + body if len(body) < 65536 else head)
-        if len(body) >= 65536:
+        if len(body) < SEPARATE_BODY:
+            self.transport.write(head + body)
+        else:  # not copied into one buffer with the head
+            self.transport.write(head)
             self.transport.write(body)
         return self.response
-
-    def _eof_delimited(self) -> bool:
-        headers = self.response.headers if self.response is not None else CIMultiDict()
-        return "Content-Length" not in headers and "chunked" not in headers.get("Transfer-Encoding", "").lower()
 
     def _check_silence(self) -> None:
         self.timer = None
@@ -347,7 +345,6 @@ class _Connection(asyncio.Protocol):
         self.parser = None
         if reusable and self.keep_alive and not self.closed:
             self.resume()
-            self.used = True
             self.pool.put_back(self)
         else:
             self.close()
@@ -463,6 +460,11 @@ class Upstreams:
             for conn in list(conns):
                 conn.close()
         self.idle.clear()
+
+
+def eof_delimited(headers: CIMultiDict[str]) -> bool:
+    """An answer's body without a length of its own ends where the connection does."""
+    return "Content-Length" not in headers and "chunked" not in headers.get("Transfer-Encoding", "").lower()
 
 
 def replayable(method: str, headers: Mapping[str, str]) -> bool:

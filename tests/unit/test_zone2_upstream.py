@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from fleetd.zone2.upstream import BadRequestHead, UpstreamError, Upstreams, replayable
+from fleetd.zone2.upstream import BadRequestHead, Response, UpstreamError, Upstreams, replayable
 
 Serve = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -54,6 +54,16 @@ async def read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
         if line.lower().startswith(b"content-length:"):
             length = int(line.split(b":", 1)[1])
     return head, await reader.readexactly(length)
+
+
+async def fetch(pool: Upstreams, method: str, url: str, headers: dict[str, str] | None = None,
+                body: bytes = b"") -> tuple[Response, bytes]:
+    """One request: its answer, read to the end and released, and the body."""
+    response = await pool.request(method, url, headers or {}, body)
+    try:
+        return response, await response.read()
+    finally:
+        response.release()
 
 
 def answer(body: bytes, extra: str = "") -> bytes:
@@ -96,10 +106,9 @@ def test_a_kept_alive_connection_carries_the_next_requests() -> None:
     async def check(pool: Upstreams) -> None:
         async with raw_server(serve) as (url, accepted):
             for i in range(3):
-                response = await pool.request("POST", url + f"/v1/x?i={i}", {"X-Key": "k"}, b"hi")
+                response, body = await fetch(pool, "POST", url + f"/v1/x?i={i}", {"X-Key": "k"}, b"hi")
                 assert response.status == 200 and response.reason == "OK"
-                assert await response.read() == b"echo:hi"
-                response.release()
+                assert body == b"echo:hi"
             assert accepted == [0] and pool.idle_count() == 1
         assert heads[2].startswith(b"POST /v1/x?i=2 HTTP/1.1\r\n")
         assert f"Host: {url.removeprefix('http://')}".encode() in heads[0]
@@ -117,9 +126,7 @@ def test_an_answer_not_read_to_its_end_closes_its_connection() -> None:
     async def check(pool: Upstreams) -> None:
         async with raw_server(serve) as (url, accepted):
             (await pool.request("GET", url, {}, b"")).release()  # released unread
-            response = await pool.request("GET", url, {}, b"")
-            assert len(await response.read()) == 1000
-            response.release()
+            assert len((await fetch(pool, "GET", url))[1]) == 1000
             assert accepted == [0, 1] and pool.idle_count() == 1
 
     run(check)
@@ -137,9 +144,7 @@ def test_an_upstream_closing_idle_connections_costs_no_request() -> None:
     async def check(pool: Upstreams) -> None:
         async with raw_server(serve) as (url, accepted):
             for _ in range(2):
-                response = await pool.request("POST", url, {}, b"{}")
-                assert await response.read() == b"once"
-                response.release()
+                assert (await fetch(pool, "POST", url, body=b"{}"))[1] == b"once"
                 await asyncio.sleep(0.2)
             assert accepted == [0, 1]
 
@@ -157,12 +162,8 @@ def test_connection_close_chunked_and_eof_delimited_bodies() -> None:
 
     async def check(pool: Upstreams) -> None:
         async with raw_server(serve) as (url, _):
-            response = await pool.request("GET", url + "/chunked", {}, b"")
-            assert await response.read() == b"hello world"
-            response.release()
-            response = await pool.request("GET", url + "/eof", {}, b"")
-            assert await response.read() == b"until the end"
-            response.release()
+            assert (await fetch(pool, "GET", url + "/chunked"))[1] == b"hello world"
+            assert (await fetch(pool, "GET", url + "/eof"))[1] == b"until the end"
             assert pool.idle_count() == 0  # Connection: close is not kept
 
     run(check)
@@ -181,9 +182,8 @@ def test_trailers_and_bytes_past_the_end_do_not_touch_the_answer() -> None:
     async def check(pool: Upstreams) -> None:
         async with raw_server(serve) as (url, accepted):
             for path in ("/trailer", "/extra", "/after"):
-                response = await pool.request("GET", url + path, {}, b"")
-                assert await response.read() == b"ok"
-                response.release()
+                response, body = await fetch(pool, "GET", url + path)
+                assert body == b"ok"
                 assert dict(response.headers) in ({"Transfer-Encoding": "chunked", "X-A": "1"},
                                                   {"Content-Length": "2", "X-A": "1"}), path
             assert accepted == [0, 1]  # the connection that carried extra bytes was not reused
@@ -204,16 +204,13 @@ def test_head_interim_answers_and_no_content() -> None:
 
     async def check(pool: Upstreams) -> None:
         async with raw_server(serve) as (url, _):
-            response = await pool.request("HEAD", url, {}, b"")
-            assert response.headers["Content-Length"] == "1234" and await response.read() == b""
-            response.release()
-            response = await pool.request("GET", url + "/hints", {}, b"")
+            response, body = await fetch(pool, "HEAD", url)
+            assert response.headers["Content-Length"] == "1234" and body == b""
+            response, body = await fetch(pool, "GET", url + "/hints")
             assert (response.status, response.headers.get("X-Final"), "Link" in response.headers) == (200, "1", False)
-            assert await response.read() == b"final"
-            response.release()
-            response = await pool.request("DELETE", url, {}, b"")
-            assert response.status == 204 and await response.read() == b""
-            response.release()
+            assert body == b"final"
+            response, body = await fetch(pool, "DELETE", url)
+            assert response.status == 204 and body == b""
 
     run(check)
 
@@ -238,9 +235,7 @@ def test_compressed_bodies_are_decoded_and_a_corrupt_one_breaks() -> None:
     async def check(pool: Upstreams) -> None:
         async with raw_server(serve) as (url, _):
             for path in ("/gzip", "/zlib", "/raw"):
-                response = await pool.request("GET", url + path, {}, b"")
-                assert await response.read() == text, path
-                response.release()
+                assert (await fetch(pool, "GET", url + path))[1] == text, path
             response = await pool.request("GET", url + "/corrupt", {}, b"")
             with pytest.raises(UpstreamError, match="corrupt"):
                 await response.read()
@@ -411,9 +406,7 @@ def test_tls_upstream_is_verified(tmp_path: Path) -> None:
     async def trusted(pool: Upstreams) -> None:
         async with raw_server(serve, server_tls) as (url, accepted):
             for _ in range(2):
-                response = await pool.request("GET", url + "/x", {}, b"")
-                assert await response.read() == b"over tls"
-                response.release()
+                assert (await fetch(pool, "GET", url + "/x"))[1] == b"over tls"
             assert accepted == [0]
 
     async def untrusted(pool: Upstreams) -> None:  # the system's CAs do not know the test's certificate
