@@ -294,8 +294,11 @@ class Buffered(web.Response):
 
 
 def circuit_open(reject: Reject) -> web.Response:
+    """Fail fast: ``x-should-retry: false`` stops the official SDKs from sleeping on the 503 and retrying it (they
+    honour a Retry-After up to 60 s otherwise), so the agent can queue or escalate at once; Retry-After stays as
+    information."""
     return error(503, "circuit_open", "the upstream is failing with 429s: this agent's calls to it fail fast "
-                 f"for {reject.retry_after} s", {"Retry-After": str(reject.retry_after)})
+                 f"for {reject.retry_after} s", {"Retry-After": str(reject.retry_after), "x-should-retry": "false"})
 
 
 def upstream_retry_after(headers: Any) -> float | None:

@@ -292,6 +292,52 @@ def test_half_open_admits_exactly_one_of_twenty_concurrent_calls(bench: SdkBench
     assert out["after"] == 200
 
 
+FAIL_FAST_SCRIPT = """
+import json, time
+import anthropic, openai
+def emit(kind, **fields):
+    print(json.dumps({"kind": kind, **fields}), flush=True)
+M = [{"role": "user", "content": "x"}]
+trip = openai.OpenAI(api_key="$CRED{openai}", max_retries=0, timeout=30)
+for _ in range(3):  # three 429s (Retry-After 30: handed back, not waited for) open the circuit
+    try:
+        trip.chat.completions.create(model="gpt-4o-mini", messages=M, max_tokens=4)
+    except openai.APIStatusError:
+        pass
+def timed(call, errors):
+    start = time.monotonic()
+    try:
+        call()
+        status = 200
+    except errors as exc:
+        status = exc.status_code
+    return status, time.monotonic() - start
+# The SDKs at their default settings (2 retries, Retry-After honoured up to 60 s).
+oa, an = openai.OpenAI(api_key="$CRED{openai}"), anthropic.Anthropic(api_key="$CRED{anthropic}")
+emit("fail_fast", openai=timed(lambda: oa.chat.completions.create(model="gpt-4o-mini", messages=M, max_tokens=4),
+                               openai.APIStatusError),
+     anthropic=timed(lambda: an.messages.create(model="claude-sonnet-4-5", messages=M, max_tokens=4),
+                     anthropic.APIStatusError),
+     retries=(oa.max_retries, an.max_retries))
+emit("done")
+"""
+
+
+def test_an_open_circuit_fails_fast_for_the_official_sdks_at_their_default_retries(
+        bench: SdkBench, sdk_image: str) -> None:  # noqa: F811
+    bench.sim("llm", "/sim/config", {"rate_limit": 3, "retry_after": 30, "latency_ms": 0})
+    try:
+        _, out = run_sdk_agent(bench, sdk_image, FAIL_FAST_SCRIPT)
+    finally:
+        bench.sim("llm", "/sim/config", {"rate_limit": 0, "retry_after": 1})
+    result = out["fail_fast"]
+    assert result["retries"] == [2, 2]  # the SDKs' defaults: they would retry a plain 503
+    for sdk in ("openai", "anthropic"):
+        status, seconds = result[sdk]
+        # Without x-should-retry: false each SDK slept on Retry-After (2 s here) twice before giving up.
+        assert status == 503 and seconds < 1.0, (sdk, result)
+
+
 def test_other_4xx_are_not_retried_and_retry_after_is_honoured(bench: SdkBench, sdk_image: str) -> None:  # noqa: F811
     stats = bench.sim("llm", "/sim/stats")["requests"]
     bench.sim("llm", "/sim/config", {"fail": 1, "fail_status": 400})

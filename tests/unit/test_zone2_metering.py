@@ -492,6 +492,7 @@ def test_a_429_only_upstream_sees_threshold_plus_one_probe_per_open_window(tmp_p
         assert r.upstream_calls() == 3
         _, headers, raw = await r.post(CHAT, body)
         assert json.loads(raw)["error"]["type"] == "circuit_open" and int(headers["Retry-After"]) >= 1
+        assert headers["x-should-retry"] == "false"  # the official SDKs fail fast instead of sleeping on it
         await asyncio.sleep(1.1)  # open for 1 s: one probe, which fails: open for 2 s
         assert [(await r.post(CHAT, body))[0] for _ in range(5)] == [429, 503, 503, 503, 503]
         assert r.upstream_calls() == 4
