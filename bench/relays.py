@@ -101,8 +101,9 @@ async def serve_bare(upstream: str, host: str, port: int, ledger: Path) -> None:
     from multidict import CIMultiDict
     from yarl import URL
 
-    from fleetd.zone2.handles import Redactor, request_handles, safe_path
+    from fleetd.zone2.handles import Redactor, request_handles
     from fleetd.zone2.proxy import Upcall, forward_headers, response_headers
+    from fleetd.zone2.targets import safe_path
     from fleetd.zone2.usage import StreamMeter, classify, parse_request
 
     registry, costs, whois = _gateway_parts(upstream, ledger)

@@ -1,8 +1,9 @@
-"""Credential handles and request-target safety: pure functions, no I/O.
+"""Credential handles and the redaction of secrets: pure functions, no I/O.
 
 An agent writes ``$CRED{name}`` where a secret would go (a header, the query
-string). Zone 2 swaps in the secret only toward that credential's own upstream,
-so everything that could steer a request elsewhere is refused here.
+string). Zone 2 swaps in the secret only toward that credential's own upstream
+(what could steer a request elsewhere is refused in ``targets``), and masks any
+echo of it in the answer.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Iterable
-from urllib.parse import quote, unquote
+from urllib.parse import quote
 
 HANDLE = re.compile(r"\$CRED\{([A-Za-z0-9][A-Za-z0-9_.\-]{0,63})\}")
 HANDLE_START = "$CRED{"
@@ -56,24 +57,6 @@ def substitute(text: str, secrets: dict[str, str]) -> str:
 def substitute_query(query: str, secrets: dict[str, str]) -> str:
     """Swap handles in a raw query string; the secret goes in percent-encoded."""
     return QUERY_HANDLE.sub(lambda m: quote(secrets[m.group(1)], safe=""), query)
-
-
-def safe_path(raw_target: str) -> tuple[str, str]:
-    """Split an origin-form request target into (path, query), refusing anything that could re-route it.
-
-    Refused: absolute-form (``http://host/…``), authority-form, ``//host`` paths,
-    dot segments (also percent-encoded), backslashes and control characters.
-    """
-    if not raw_target.startswith("/") or raw_target.startswith("//"):
-        raise BadHandle("the request target must be a path starting with a single /")
-    path, _, query = raw_target.partition("?")
-    decoded = unquote(path)
-    if any(ch in decoded for ch in ("\\", "\0", "\r", "\n")) or decoded.startswith("//"):
-        raise BadHandle("the request path has characters a proxy cannot pass on safely")
-    segments = decoded.split("/")
-    if any(segment in (".", "..") for segment in segments):
-        raise BadHandle("the request path may not contain dot segments")
-    return path, query
 
 
 _MASK = b"[REDACTED]"

@@ -27,12 +27,12 @@ from fleetd.zone2.handles import (
     BadHandle,
     Redactor,
     request_handles,
-    safe_path,
     substitute,
     substitute_query,
 )
 from fleetd.zone2.ledger import Ledger
 from fleetd.zone2.registry import Registration, Registry
+from fleetd.zone2.targets import safe_path
 from fleetd.zone2.upstream import BadRequestHead, Response, UpstreamError, Upstreams
 from fleetd.zone2.usage import (
     API,

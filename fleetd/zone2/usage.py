@@ -25,6 +25,8 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+from fleetd.zone2.targets import path_segments
+
 
 @dataclass(frozen=True)
 class Usage:
@@ -58,13 +60,6 @@ UNMETERED_BILLABLE: tuple[tuple[str, ...], ...] = (
 )
 
 
-def path_segments(path: str) -> list[str]:
-    """The segments of a request path, lower case: query and fragment dropped, empty segments (from doubled or
-    trailing slashes) ignored."""
-    path = path.split("?", 1)[0].split("#", 1)[0]
-    return [s.lower() for s in path.split("/") if s]
-
-
 def unmetered_billable(method: str, path: str) -> bool:
     """Whether a request is a POST to an endpoint in UNMETERED_BILLABLE (and not one that ``classify`` meters)."""
     if method.upper() != "POST" or classify(method, path) is not None:
@@ -84,8 +79,9 @@ def unmetered_billable(method: str, path: str) -> bool:
 def classify(method: str, path: str) -> API | None:
     """Which metered API a request goes to, or None when it is not a metered call.
 
-    POST only, by the last segments of the path (query and fragment ignored, empty segments from doubled or
-    trailing slashes ignored, case-insensitive so that a variant spelling cannot slip past the meter):
+    POST only, by the last segments of the broadest reading of the path (``targets.path_segments``: decoded, also
+    twice and ``%2F`` as a separator, ``;params`` dropped, empty segments ignored, case-insensitive), so that no
+    spelling an upstream would route to a metered endpoint slips past the meter:
     ``.../chat/completions``; ``/v1/responses`` or ``/responses``; ``/v1/messages`` or ``/messages``;
     ``.../embeddings`` (OpenAI's shape, also Azure's ``/openai/deployments/X/embeddings`` and the other vendors
     that copy it). Neighbours such as ``/v1/messages/count_tokens``, ``/v1/threads/x/messages`` or

@@ -5,7 +5,7 @@ import string
 
 import pytest
 
-from fleetd.zone2.handles import BadHandle, Redactor, handles_in, request_handles, safe_path, substitute
+from fleetd.zone2.handles import BadHandle, Redactor, handles_in, request_handles, substitute
 
 
 def test_handles() -> None:
@@ -19,20 +19,6 @@ def test_handles() -> None:
 
 def test_substitute() -> None:
     assert substitute("Bearer $CRED{a}", {"a": "sk-1"}) == "Bearer sk-1"
-
-
-@pytest.mark.parametrize("target", ["/v1/chat/completions", "/v1/x?key=$CRED{a}", "/", "/a%20b"])
-def test_safe_paths(target: str) -> None:
-    assert safe_path(target)[0].startswith("/")
-
-
-@pytest.mark.parametrize(
-    "target",
-    ["http://evil/x", "evil:443", "//evil/x", "/a/../../x", "/a/%2e%2e/x", "/./x", "/a\\b", "/a%00", "/%2fevil/x", "*"],
-)
-def test_unsafe_paths(target: str) -> None:
-    with pytest.raises(BadHandle):
-        safe_path(target)
 
 
 def test_redactor_across_chunks() -> None:

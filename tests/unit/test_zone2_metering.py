@@ -390,6 +390,33 @@ def test_max_llm_calls_is_enforced_and_unpriced_models_are_refused(tmp_path: Pat
     run(tmp_path, check)
 
 
+def test_a_percent_encoded_path_is_metered_as_the_endpoint_the_upstream_reads(tmp_path: Path) -> None:
+    """The bypass: ``/v1/chat/%63ompletions`` went through unmetered (no cap, no call count) while the upstream
+    served it as ``/v1/chat/completions``. Now the path is normalised once, classified, and sent as classified."""
+    async def check(r: Rig) -> None:
+        from yarl import URL
+
+        body = {"model": "gpt-4o-mini", "max_tokens": 4, "messages": [{"role": "user", "content": "x"}]}
+        r.register(Caps(max_llm_calls=0))
+        for raw in ("/v1/chat/%63ompletions", "/v1/chat%2Fcompletions", "/v1/%6Dessages", "/v1/%72esponses",
+                    "/v1/%65mbeddings"):
+            async with r.client.post(URL(r.gw + raw, encoded=True), json=body, headers=AUTH) as resp:
+                assert resp.status == 429, raw
+                assert (await resp.json())["error"]["type"] == "max_llm_calls_exceeded"
+        async with r.client.post(URL(r.gw + "/v1/images/%67enerations", encoded=True), json=body,
+                                 headers=AUTH) as resp:
+            assert resp.status == 400 and (await resp.json())["error"]["type"] == "endpoint_not_metered"
+        assert r.upstream_calls() == 0
+        r.register()
+        async with r.client.post(URL(r.gw + "/v1/chat/%63ompletions", encoded=True), json=body,
+                                 headers=AUTH) as resp:
+            assert resp.status == 200
+        assert r.sim.requests[-1]["path"] == "/v1/chat/completions"  # sent as it was classified
+        assert [(c["api"], c["model"], c["output_tokens"]) for c in r.ledger()] == [("openai_chat", "gpt-4o-mini", 4)]
+
+    run(tmp_path, check)
+
+
 def test_bad_llm_bodies_get_400_and_never_reach_the_upstream(tmp_path: Path) -> None:
     async def check(r: Rig) -> None:
         for bad in ({"messages": []}, {"model": 5}, {"model": "gpt-4o", "max_tokens": -1}):
