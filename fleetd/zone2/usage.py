@@ -243,12 +243,16 @@ def _sized_document(part: dict[str, Any]) -> bool:
 def parse_request(api: API, body: bytes) -> LLMRequest:
     """Read what metering needs from a request body; for a chat stream, make sure the usage is streamed.
 
-    Raises BadLLMRequest for a body that is not a JSON object, has no string ``model``, has a max-tokens field that
+    Raises BadLLMRequest for a body that is not a JSON object, has a key twice in one of its objects, has no string
+    ``model``, has a max-tokens field that
     is not a non-negative integer, a chat ``n`` that is not a positive integer, a ``stream`` that is not a boolean or
     a chat ``stream_options`` that is not an object.
     """
     try:
-        data = json.loads(body)
+        data = _UNIQUE_KEYS.decode(body.decode(json.detect_encoding(body), "surrogatepass"))
+    except DuplicateKey as exc:
+        raise BadLLMRequest(f"request body has the key {exc.key[:64]!r} twice in one object: upstreams differ in "
+                            "which one they read, so zone 2 cannot meter it") from None
     except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise BadLLMRequest("request body is not valid JSON") from None
     if not isinstance(data, dict):
@@ -330,6 +334,28 @@ def parse_request(api: API, body: bytes) -> LLMRequest:
         sampling_passes=2 if api == "anthropic_messages" and threshold_compaction(data) else 1,
         model_fallbacks=api == "anthropic_messages" and data.get("fallbacks") not in (None, [], ""),
     )
+
+
+class DuplicateKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object, refusing a key given twice (after unescaping: ``"m\\u006fdel"`` is ``"model"``). Python keeps
+    the last; an upstream that keeps the first would run another model or max_tokens than the one metered."""
+    data = dict(pairs)
+    if len(data) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise DuplicateKey(key)
+            seen.add(key)
+    return data
+
+
+_UNIQUE_KEYS = json.JSONDecoder(object_pairs_hook=_unique_keys)  # made once: json.loads(hook=) makes one a call
 
 
 def threshold_compaction(data: dict[str, Any]) -> bool:

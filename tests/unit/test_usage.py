@@ -248,6 +248,14 @@ def test_input_token_bound_after_injection_is_at_least_the_sent_body() -> None:
         ("openai_responses", b'{"model": "m", "max_output_tokens": [1]}', "max_output_tokens"),
         ("anthropic_messages", b'{"model": "m", "max_tokens": -1}', "max_tokens"),
         ("anthropic_messages", b'{"max_tokens": 10}', "model"),
+        # a key twice in one object: an upstream that keeps the first would run another model or max_tokens
+        ("openai_chat", b'{"model": "gpt-4o-mini", "model": "o1-pro"}', "'model' twice"),
+        ("openai_chat", b'{"model": "m", "max_tokens": 1, "max_tokens": 100000}', "'max_tokens' twice"),
+        ("openai_chat", b'{"model": "m", "m\\u006fdel": "o1-pro"}', "'model' twice"),  # the same key, escaped
+        ("anthropic_messages", b'{"model": "m", "messages": [{"role": "user", "content": [{"type": "text", '
+                               b'"type": "image"}]}]}', "'type' twice"),
+        ("openai_chat", b'{"model": "m", "stream": true, "stream_options": {"include_usage": true, '
+                        b'"include_usage": false}}', "'include_usage' twice"),
     ],
 )
 def test_parse_request_errors(api: API, body: bytes, message: str) -> None:

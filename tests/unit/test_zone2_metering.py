@@ -425,6 +425,9 @@ def test_bad_llm_bodies_get_400_and_never_reach_the_upstream(tmp_path: Path) -> 
             assert json.loads(raw)["error"]["message"]
         async with r.client.post(r.gw + CHAT, data=b"{not json", headers=AUTH) as resp:
             assert resp.status == 400
+        twice = b'{"model": "gpt-4o-mini", "max_tokens": 1, "max_tokens": 100000, "messages": []}'
+        async with r.client.post(r.gw + CHAT, data=twice, headers=AUTH) as resp:
+            assert resp.status == 400 and "'max_tokens' twice" in (await resp.json())["error"]["message"]
         assert r.upstream_calls() == 0
         assert r.ledger() == []
 
