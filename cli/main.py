@@ -20,6 +20,7 @@ from cli.money import budget, price
 from cli.output import ago, duration, heartbeat_text, print_json, print_table, ready_text, state_text
 from cli.spawn_options import SPAWN_OPTIONS, EnvError, spawn_request
 from cli.top import top
+from fleetd.zone2.kinds import KINDS
 
 F = TypeVar("F", bound=Callable[..., Any])
 VERSION = "0.1.0"
@@ -450,10 +451,23 @@ def cred() -> None:
 @cred.command("set")
 @click.argument("name")
 @click.option("--upstream", required=True, help="The only URL this secret is ever sent to.")
+@click.option("--provider", type=click.Choice(KINDS),
+              help="What the upstream is. Default: inferred from its host when it is a known LLM provider "
+                   "(api.openai.com, api.anthropic.com, Azure OpenAI, Gemini, Bedrock, OpenAI-compatible "
+                   "vendors), else generic; a rotation keeps the kind it had.")
 @click.pass_context
 @api_errors
-def cred_set(ctx: click.Context, name: str, upstream: str) -> None:
+def cred_set(ctx: click.Context, name: str, upstream: str, provider: str | None) -> None:
     """Store (or rotate) a secret, read from standard input, never from an argument.
+
+    \b
+    Calls with a credential of an LLM provider (openai, anthropic, azure-openai,
+    gemini, bedrock) are default-deny: a POST or PUT to an endpoint zone 2 cannot
+    meter (images, audio, batches, an endpoint it does not know) is refused with
+    400 endpoint_not_metered unless the agent's role has --allow-unpriced; GET,
+    HEAD, DELETE and free calls (token counting, file uploads) go through. A
+    generic credential (a search API, a tool) is relayed as is; calls it makes
+    to LLM endpoints zone 2 knows are metered all the same.
 
     Example: printf %s "$OPENAI_API_KEY" | fleetd cred set openai --upstream https://api.openai.com
     """
@@ -463,8 +477,9 @@ def cred_set(ctx: click.Context, name: str, upstream: str) -> None:
         secret = sys.stdin.read().strip("\r\n")
     if not secret:
         raise click.ClickException("no secret on standard input")
-    record = client(ctx).call("PUT", f"/v1/creds/{name}", {"upstream": upstream, "secret": secret})
-    click.echo(f"{record['name']} -> {record['upstream']}")
+    body = {"upstream": upstream, "secret": secret, **({"provider": provider} if provider else {})}
+    record = client(ctx).call("PUT", f"/v1/creds/{name}", body)
+    click.echo(f"{record['name']} -> {record['upstream']} ({record['provider']})")
 
 
 @cred.command("ls")
@@ -479,8 +494,9 @@ def cred_ls(ctx: click.Context, as_json: bool) -> None:
     records = client(ctx).call("GET", "/v1/creds")
     if as_json:
         return print_json(records)
-    print_table(["NAME", "UPSTREAM", "CREATED", "UPDATED"],
-                [[r["name"], r["upstream"], ago(r["created_at"]), ago(r["updated_at"])] for r in records])
+    print_table(["NAME", "UPSTREAM", "PROVIDER", "CREATED", "UPDATED"],
+                [[r["name"], r["upstream"], r["provider"], ago(r["created_at"]), ago(r["updated_at"])]
+                 for r in records])
     return None
 
 

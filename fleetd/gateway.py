@@ -310,7 +310,7 @@ class Zone2:
 
     async def push_creds(self) -> None:
         creds = self.vault.open_all()
-        payload = [{"name": c.name, "upstream": c.upstream, "secret": c.secret} for c in creds]
+        payload = [{"name": c.name, "upstream": c.upstream, "secret": c.secret, "provider": c.provider} for c in creds]
         await self._control("PUT", "/control/creds", payload)
 
     async def register(self, agent_id: str, ip: str) -> None:

@@ -81,6 +81,12 @@ def m004_restarts_heartbeats_probes(db: sqlite_utils.Database) -> None:
         db.execute(f"ALTER TABLE agents ADD COLUMN {column}")
 
 
+@migrations()
+def m005_credential_provider(db: sqlite_utils.Database) -> None:
+    # The provider kind (fleetd.zone2.kinds); NULL for credentials set before kinds existed: inferred from the upstream.
+    db.execute("ALTER TABLE credentials ADD COLUMN provider TEXT")
+
+
 ROLE_BUDGET_FIELDS = ("daily_usd", "monthly_usd", "max_llm_calls", "allow_unpriced")
 AGENT_COLUMNS = (
     "name", "image", "role", "state", "reason", "container_id", "created_at",

@@ -492,15 +492,18 @@ class Supervisor:
     async def set_credential(self, name: str, data: dict[str, Any]) -> dict[str, Any]:
         """Create or rotate a credential; zone 2 uses the new value for its next request."""
         assert self.vault is not None
-        upstream, secret = data.get("upstream"), data.get("secret")
+        upstream, secret, provider = data.get("upstream"), data.get("secret"), data.get("provider")
         if not isinstance(upstream, str) or not isinstance(secret, str):
             raise InvalidRequest("a credential needs an upstream URL and a secret (both strings)")
+        if provider is not None and not isinstance(provider, str):
+            raise InvalidRequest("provider must be a string")
         existed = bool(self.vault.records(name))
-        record = self.vault.set(name, upstream, secret)
+        record = self.vault.set(name, upstream, secret, provider)
         if self.gateway is not None:
             await self.gateway.push_creds()
         self.store.add_event("credential_rotated" if existed else "credential_set",
-                             f"credential {name} -> {record['upstream']}", None, {"name": name})
+                             f"credential {name} -> {record['upstream']} ({record['provider']})", None,
+                             {"name": name, "provider": record["provider"]})
         return record
 
     async def remove_credential(self, name: str) -> None:

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from fleetd.errors import FleetdError, InvalidRequest, NotFound
 from fleetd.models import iso, utcnow
 from fleetd.store import Store
+from fleetd.zone2.kinds import GENERIC, UnknownKind, check_kind, infer_kind
 
 KEY_FILE = "master.key"
 SYSTEMD_CREDENTIAL = "fleetd-master-key"
@@ -76,6 +77,7 @@ class Credential:
     name: str
     upstream: str
     secret: str
+    provider: str = GENERIC
 
 
 class Vault:
@@ -89,23 +91,34 @@ class Vault:
     def _aad(name: str, upstream: str) -> bytes:
         return f"fleetd-cred\0{name}\0{upstream}".encode()
 
-    def set(self, name: str, upstream: str, secret: str) -> dict[str, str]:
-        """Create or rotate a credential; returns its public record."""
+    def set(self, name: str, upstream: str, secret: str, provider: str | None = None) -> dict[str, str]:
+        """Create or rotate a credential; returns its public record.
+
+        Without ``provider``, a rotation keeps the credential's kind when its upstream stays the same (a secret
+        rotated must not drop the default-deny an operator chose); otherwise the kind is inferred from the host.
+        """
         if not CRED_NAME.fullmatch(name):
             raise InvalidRequest(f"invalid credential name {name!r}: letters, digits, _ . - (max 64)")
         upstream = normalize_upstream(upstream)
         if not secret or len(secret) > MAX_SECRET or "\n" in secret or "\r" in secret:
             raise InvalidRequest("the secret must be one non-empty line of at most 16 KiB")
+        if provider is None:
+            old = self.records(name)
+            provider = old[0]["provider"] if old and old[0]["upstream"] == upstream else infer_kind(upstream)
+        try:
+            check_kind(provider)
+        except UnknownKind as exc:
+            raise InvalidRequest(f"--provider: {exc}") from None
         nonce = secrets.token_bytes(12)
         sealed = self.aead.encrypt(nonce, secret.encode(), self._aad(name, upstream))
         now = iso(utcnow())
         with self.store.transaction():
             self.store.conn.execute(
-                """INSERT INTO credentials (name, upstream, nonce, sealed, created_at, updated_at)
-                   VALUES (?, ?, ?, ?, ?, ?)
+                """INSERT INTO credentials (name, upstream, nonce, sealed, created_at, updated_at, provider)
+                   VALUES (?, ?, ?, ?, ?, ?, ?)
                    ON CONFLICT(name) DO UPDATE SET upstream = excluded.upstream, nonce = excluded.nonce,
-                   sealed = excluded.sealed, updated_at = excluded.updated_at""",
-                (name, upstream, nonce, sealed, now, now),
+                   sealed = excluded.sealed, updated_at = excluded.updated_at, provider = excluded.provider""",
+                (name, upstream, nonce, sealed, now, now, provider),
             )
         return self.record(name)
 
@@ -116,13 +129,14 @@ class Vault:
         return rows[0]
 
     def records(self, name: str | None = None) -> list[dict[str, str]]:
-        """Names, upstreams and dates: never values."""
-        sql = "SELECT name, upstream, created_at, updated_at FROM credentials"
+        """Names, upstreams, provider kinds and dates: never values."""
+        sql = "SELECT name, upstream, provider, created_at, updated_at FROM credentials"
         params: list[str] = []
         if name is not None:
             sql += " WHERE name = ?"
             params.append(name)
-        return list(self.store.db.query(sql + " ORDER BY name", params))
+        return [{**row, "provider": row["provider"] or infer_kind(row["upstream"])}
+                for row in self.store.db.query(sql + " ORDER BY name", params)]
 
     def remove(self, name: str) -> None:
         self.record(name)
@@ -130,12 +144,12 @@ class Vault:
 
     def open_all(self) -> list[Credential]:
         """Every credential in plaintext, for zone 2's memory only."""
-        rows = self.store.conn.execute("SELECT name, upstream, nonce, sealed FROM credentials").fetchall()
+        rows = self.store.conn.execute("SELECT name, upstream, nonce, sealed, provider FROM credentials").fetchall()
         out = []
-        for name, upstream, nonce, sealed in rows:
+        for name, upstream, nonce, sealed, provider in rows:
             try:
                 secret = self.aead.decrypt(nonce, sealed, self._aad(name, upstream)).decode()
             except InvalidTag:
                 raise VaultError(f"credential {name!r} does not decrypt with this master key") from None
-            out.append(Credential(name, upstream, secret))
+            out.append(Credential(name, upstream, secret, provider or infer_kind(upstream)))
         return out

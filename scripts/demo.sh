@@ -55,7 +55,7 @@ fleetd events --agent "$agent"
 say "zone 2: a local LLM simulator stands in for the provider; the key goes into the vault"
 docker rm -f fleetd-demo-llm >/dev/null 2>&1 || true
 docker run -d --name fleetd-demo-llm --network fleetd-default-egress fleetd/zone2 llm-sim --port 8000 >/dev/null
-printf %s "sk-demo-$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')" | fleetd cred set demo-llm --upstream http://fleetd-demo-llm:8000
+printf %s "sk-demo-$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')" | fleetd cred set demo-llm --upstream http://fleetd-demo-llm:8000 --provider openai
 fleetd role set demo --creds demo-llm
 fleetd cred ls
 

@@ -30,6 +30,7 @@ from fleetd.zone2.handles import (
     substitute,
     substitute_query,
 )
+from fleetd.zone2.kinds import free_call, is_llm
 from fleetd.zone2.ledger import Ledger
 from fleetd.zone2.registry import Registration, Registry
 from fleetd.zone2.targets import safe_path
@@ -132,6 +133,7 @@ class Gateway:
         if len(upstreams) != 1:
             return error(403, "forbidden", "credentials bound to different upstreams in one request")
         base = upstreams.pop()
+        llm_provider = any(is_llm(c.kind) for c in creds)  # the strictest kind named
         secrets = {c.name: c.secret for c in creds}
         url = base + path + ("?" + substitute_query(query, secrets) if query else "")
         if (request.content_length or 0) > MAX_BODY:
@@ -144,7 +146,9 @@ class Gateway:
                       Redactor(secrets.values()))
         api = classify(request.method, path)
         if api is None:
-            if unmetered_billable(request.method, path) and not reg.allow_unpriced:
+            unmeterable = ((llm_provider and not free_call(request.method, path))
+                           or unmetered_billable(request.method, path))
+            if unmeterable and not reg.allow_unpriced:
                 return error(400, "endpoint_not_metered", "zone 2 cannot meter the cost of this call against the "
                              "agent's budget: a role with --allow-unpriced lets it through unmetered")
             return await self.plain(request, reg, call)

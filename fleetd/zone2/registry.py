@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from fleetd.zone2.budget import Caps
+from fleetd.zone2.kinds import GENERIC
 
 
 @dataclass(frozen=True)
@@ -15,6 +16,7 @@ class Upstream:
     name: str
     upstream: str  # scheme://host[:port][/base]
     secret: str
+    kind: str = GENERIC  # the provider kind (kinds.KINDS): an LLM provider's calls are default-deny
 
 
 @dataclass(frozen=True)

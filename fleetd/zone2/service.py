@@ -22,6 +22,7 @@ from aiohttp import web
 from fleetd.fingerprint import code_fingerprint
 from fleetd.zone2.budget import Caps
 from fleetd.zone2.costs import CostTracker
+from fleetd.zone2.kinds import GENERIC
 from fleetd.zone2.ledger import LEDGER_FILE, Ledger
 from fleetd.zone2.proxy import init_gateway
 from fleetd.zone2.registry import Registration, Registry, Upstream
@@ -68,7 +69,8 @@ def init_control(registry: Registry, costs: CostTracker, started: float) -> web.
 
     async def put_creds(request: web.Request) -> web.Response:
         data = await request.json()
-        registry.set_creds([Upstream(c["name"], c["upstream"], c["secret"]) for c in data])
+        registry.set_creds([Upstream(c["name"], c["upstream"], c["secret"], c.get("provider") or GENERIC)
+                            for c in data])
         return web.json_response({"creds": len(registry.creds)})
 
     async def put_agents(request: web.Request) -> web.Response:

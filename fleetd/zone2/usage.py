@@ -82,7 +82,7 @@ def classify(method: str, path: str) -> API | None:
     POST only, by the last segments of the broadest reading of the path (``targets.path_segments``: decoded, also
     twice and ``%2F`` as a separator, ``;params`` dropped, empty segments ignored, case-insensitive), so that no
     spelling an upstream would route to a metered endpoint slips past the meter:
-    ``.../chat/completions``; ``/v1/responses`` or ``/responses``; ``/v1/messages`` or ``/messages``;
+    ``.../chat/completions``; ``/v1/responses``, ``/responses`` or Azure's ``/openai/responses``; ``/v1/messages`` or ``/messages``;
     ``.../embeddings`` (OpenAI's shape, also Azure's ``/openai/deployments/X/embeddings`` and the other vendors
     that copy it). Neighbours such as ``/v1/messages/count_tokens``, ``/v1/threads/x/messages`` or
     ``/v1/responses/x/cancel`` are not calls.
@@ -92,7 +92,7 @@ def classify(method: str, path: str) -> API | None:
     segments = path_segments(path)
     if segments[-2:] == ["chat", "completions"]:
         return "openai_chat"
-    if segments == ["responses"] or segments[-2:] == ["v1", "responses"]:
+    if segments == ["responses"] or segments[-2:] in (["v1", "responses"], ["openai", "responses"]):
         return "openai_responses"
     if segments == ["messages"] or segments[-2:] == ["v1", "messages"]:
         return "anthropic_messages"

@@ -71,9 +71,11 @@ class Bench:
         with urllib.request.urlopen(request, timeout=5) as response:
             return json.loads(response.read())
 
-    def set_cred(self, name: str, secret: str, role: str) -> None:
+    def set_cred(self, name: str, secret: str, role: str, provider: str = "openai") -> None:
+        """Bind ``name`` to a simulator; an LLM provider's kind by default (its calls are default-deny)."""
         subprocess.run([FLEETD, "--socket", str(self.daemon.socket), "cred", "set", name, "--upstream",
-                        self.upstream(role)], input=secret, text=True, check=True, capture_output=True)
+                        self.upstream(role), "--provider", provider], input=secret, text=True, check=True,
+                       capture_output=True)
 
     def run_agent(self, script: str, *args: str, role: str = "worker", timeout: float = 60) -> tuple[str, str]:
         """Run a Python script in an agent; return (agent id, its output)."""

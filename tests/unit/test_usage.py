@@ -42,6 +42,7 @@ from fleetd.zone2.usage import (
         ("POST", "/v1/responses", "openai_responses"),
         ("POST", "/responses", "openai_responses"),
         ("POST", "/openai/v1/responses?x=1", "openai_responses"),
+        ("POST", "/openai/responses?api-version=2025-04-01-preview", "openai_responses"),  # Azure's
         ("POST", "/v1/messages", "anthropic_messages"),
         ("POST", "/messages", "anthropic_messages"),
         ("POST", "/anthropic/v1/messages?beta=true", "anthropic_messages"),

@@ -32,7 +32,7 @@ def test_listing_never_shows_values(tmp_path: Path) -> None:
     vault = make(tmp_path)
     vault.set("a", "http://127.0.0.1:9000", SECRET)
     [row] = vault.records()
-    assert set(row) == {"name", "upstream", "created_at", "updated_at"}
+    assert set(row) == {"name", "upstream", "provider", "created_at", "updated_at"}
     assert SECRET not in repr(row)
 
 
@@ -96,3 +96,24 @@ def test_bad_upstreams(url: str) -> None:
 def test_bad_credentials(tmp_path: Path, name: str, secret: str) -> None:
     with pytest.raises(InvalidRequest):
         make(tmp_path).set(name, "http://127.0.0.1:1", secret)
+
+
+def test_provider_kind_is_inferred_kept_on_rotation_and_checked(tmp_path: Path) -> None:
+    vault = make(tmp_path)
+    assert vault.set("oa", "https://API.openai.com/", SECRET)["provider"] == "openai"
+    assert vault.set("an", "https://api.anthropic.com", SECRET)["provider"] == "anthropic"
+    assert vault.set("sim", "http://127.0.0.1:9000", SECRET)["provider"] == "generic"
+    assert vault.set("sim", "http://127.0.0.1:9000", SECRET, "openai")["provider"] == "openai"
+    # a rotation without a kind keeps the one chosen: rotating a secret must not drop default-deny
+    assert vault.set("sim", "http://127.0.0.1:9000", "rotated")["provider"] == "openai"
+    assert vault.set("sim", "http://127.0.0.1:9001", "moved")["provider"] == "generic"  # a new upstream: inferred
+    assert {c.name: c.provider for c in vault.open_all()} == {"oa": "openai", "an": "anthropic", "sim": "generic"}
+    with pytest.raises(InvalidRequest, match="provider"):
+        vault.set("x", "http://127.0.0.1:9000", SECRET, "openia")
+
+
+def test_credentials_stored_before_kinds_get_the_inferred_one(tmp_path: Path) -> None:
+    vault = make(tmp_path)
+    vault.set("oa", "https://api.openai.com", SECRET)
+    vault.store.conn.execute("UPDATE credentials SET provider = NULL")
+    assert vault.records()[0]["provider"] == "openai" and vault.open_all()[0].provider == "openai"

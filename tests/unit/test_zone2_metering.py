@@ -21,6 +21,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from yarl import URL
 
 from fleetd.llmsim import SIM, init_sim
 from fleetd.zone2.budget import Caps
@@ -394,8 +395,6 @@ def test_a_percent_encoded_path_is_metered_as_the_endpoint_the_upstream_reads(tm
     """The bypass: ``/v1/chat/%63ompletions`` went through unmetered (no cap, no call count) while the upstream
     served it as ``/v1/chat/completions``. Now the path is normalised once, classified, and sent as classified."""
     async def check(r: Rig) -> None:
-        from yarl import URL
-
         body = {"model": "gpt-4o-mini", "max_tokens": 4, "messages": [{"role": "user", "content": "x"}]}
         r.register(Caps(max_llm_calls=0))
         for raw in ("/v1/chat/%63ompletions", "/v1/chat%2Fcompletions", "/v1/%6Dessages", "/v1/%72esponses",
@@ -413,6 +412,39 @@ def test_a_percent_encoded_path_is_metered_as_the_endpoint_the_upstream_reads(tm
             assert resp.status == 200
         assert r.sim.requests[-1]["path"] == "/v1/chat/completions"  # sent as it was classified
         assert [(c["api"], c["model"], c["output_tokens"]) for c in r.ledger()] == [("openai_chat", "gpt-4o-mini", 4)]
+
+    run(tmp_path, check)
+
+
+def test_an_llm_provider_credential_is_default_deny(tmp_path: Path) -> None:
+    """Unknown endpoints of an LLM provider (a new OpenAI path, Azure's, Gemini's, Bedrock's) passed unmetered."""
+    async def check(r: Rig) -> None:
+        sim_url = r.registry.creds["sim"].upstream
+        body = {"model": "gpt-4o-mini", "input": "x"}
+        unknown = ("/v1/responses/compact", "/v1/fancy/new", "/v1beta/models/gemini-9:predict",
+                   "/model/anthropic.claude-v2%3A1/invoke", "/model/x/converse")
+        for kind in ("openai", "azure-openai", "gemini", "bedrock", "anthropic"):
+            r.registry.set_creds([Upstream("sim", sim_url, SECRET, kind)])
+            for path in unknown:
+                for method in ("POST", "PUT", "PATCH"):
+                    async with r.client.request(method, URL(r.gw + path, encoded=True), json=body,
+                                                headers=AUTH) as resp:
+                        assert resp.status == 400, (kind, method, path)
+                        assert (await resp.json())["error"]["type"] == "endpoint_not_metered"
+        assert r.upstream_calls() == 0
+        # reads, deletions and free calls go through; so does all of it for a role that allows unpriced calls
+        for method, path in (("GET", "/v1/models"), ("DELETE", "/v1/responses/resp_1"),
+                             ("POST", "/v1/messages/count_tokens"), ("POST", "/v1/responses/input_tokens")):
+            async with r.client.request(method, r.gw + path, json=body, headers=AUTH) as resp:
+                assert resp.status != 400 or (await resp.json())["error"]["type"] != "endpoint_not_metered", path
+        r.register(allow_unpriced=True)
+        async with r.client.post(r.gw + "/v1/fancy/new", json=body, headers=AUTH) as resp:
+            assert resp.status == 404  # the simulator's answer: the call reached the upstream
+        # a generic credential is a plain relay
+        r.register()
+        r.registry.set_creds([Upstream("sim", sim_url, SECRET)])
+        async with r.client.post(r.gw + "/v1/fancy/new", json=body, headers=AUTH) as resp:
+            assert resp.status == 404
 
     run(tmp_path, check)
 
