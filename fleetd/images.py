@@ -115,12 +115,22 @@ def runtime_requirements(root: Path | None = None) -> list[str]:
     return [r.split(";")[0].strip() for r in requirements if "extra ==" not in r]
 
 
+def clean_build_tree(root: Path) -> None:
+    """Remove setuptools' build/lib and build/bdist.*: a wheel built in the tree copies what they hold, modules
+    deleted from the source since included (the image would run code the checkout no longer has)."""
+    build = root / "build"
+    for stale in [build / "lib", *build.glob("bdist.*")]:
+        if stale.is_dir():
+            shutil.rmtree(stale)
+
+
 def prepare_wheels(root: Path) -> Iterator[str]:
     """Wheels of fleetd and its dependencies in build/wheels, for CPython 3.11 on Linux."""
     wheels = root / "build" / "wheels"
     if wheels.exists():
         for old in wheels.glob("fleetd-*.whl"):
             old.unlink()
+    clean_build_tree(root)
     wheels.mkdir(parents=True, exist_ok=True)
     yield f"preparing wheels in {wheels}"
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--quiet"]
