@@ -102,9 +102,10 @@ async def serve_bare(upstream: str, host: str, port: int, ledger: Path) -> None:
     from yarl import URL
 
     from fleetd.zone2.handles import Redactor, request_handles
+    from fleetd.zone2.meters import StreamMeter
+    from fleetd.zone2.providers import classify
     from fleetd.zone2.proxy import Upcall, forward_headers, response_headers
-    from fleetd.zone2.targets import safe_path
-    from fleetd.zone2.usage import StreamMeter, classify, parse_request
+    from fleetd.zone2.targets import path_segments, safe_path
 
     registry, costs, whois = _gateway_parts(upstream, ledger)
     loop = asyncio.get_running_loop()
@@ -222,12 +223,12 @@ async def serve_bare(upstream: str, host: str, port: int, ledger: Path) -> None:
             )
             api = classify(method, path)
             assert api is not None
-            llm = parse_request(api, body)
+            llm = api.parse(body, path_segments(path))
             ticket = costs.admit(reg, "sim", llm)
             admission = costs.breaker_admit(reg.agent_id, base)
             answer = await send(call, llm.body)
             costs.breaker_record(reg.agent_id, base, answer.status, admission.probe)
-            meter = StreamMeter(api, hide_usage_chunk=llm.usage_injected)
+            meter = StreamMeter(api, llm.usage_injected)
             head = [f"HTTP/1.1 {answer.status} OK\r\n"]
             head += [f"{k}: {v}\r\n" for k, v in response_headers(answer.headers, call.redactor)]
             head.append("Transfer-Encoding: chunked\r\n\r\n")

@@ -91,8 +91,12 @@ def zone2(control_dir: Path, port: int) -> None:
 @click.option("--service-tier", help="OpenAI: the service_tier answers name (default: the one asked for).")
 @click.option("--reasoning-tokens", type=click.IntRange(min=0), default=0, help="Report this much output as reasoning.")
 @click.option("--break-streams", type=click.IntRange(min=0), default=0, help="Cut the next N streams off halfway.")
+@click.option("--image-tokens", type=click.IntRange(min=0), default=1000, show_default=True,
+              help="Input tokens each image in a request counts for.")
+@click.option("--image-tokens-low", type=click.IntRange(min=0), default=100, show_default=True,
+              help="The same for an OpenAI image at detail low.")
 def llm_sim(host: str, port: int, **knobs: Any) -> None:
-    """Run a local OpenAI/Anthropic-compatible LLM simulator (for demos and tests).
+    """Run a local OpenAI/Anthropic/Gemini-compatible LLM simulator (for demos and tests).
 
     Example: fleetd llm-sim --port 8000 --rate-limit 5
     """

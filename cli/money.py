@@ -49,6 +49,11 @@ def price() -> None:
 @click.option("--max-input-tokens", type=click.IntRange(min=1),
               help="The model's input limit (its context window): bounds the reservation of a call whose input is "
                    "partly kept upstream (previous_response_id, conversation; default 1050000).")
+@click.option("--image-tokens", type=click.IntRange(min=1),
+              help="The most input tokens one image costs with the model, as its provider publishes: each image "
+                   "in a request is reserved at this (default 48169, the largest any provider publishes).")
+@click.option("--image-tokens-low", type=click.IntRange(min=1),
+              help="The same at OpenAI's \"detail\": \"low\" (default: --image-tokens).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 @api_errors
@@ -57,7 +62,8 @@ def price_set(ctx: click.Context, model: str, input_per_mtok: float, output_per_
               max_output_tokens: int | None, long_context_threshold: int | None,
               long_context_input_per_mtok: float | None, long_context_output_per_mtok: float | None,
               priority_multiplier: float | None, fast_multiplier: float | None,
-              us_inference_multiplier: float | None, max_input_tokens: int | None, as_json: bool) -> None:
+              us_inference_multiplier: float | None, max_input_tokens: int | None, image_tokens: int | None,
+              image_tokens_low: int | None, as_json: bool) -> None:
     """Set (or override a built-in) price for MODEL.
 
     Example: fleetd price set gpt-4o --input-per-mtok 2.5 --output-per-mtok 10 --cached-input-per-mtok 1.25
@@ -67,7 +73,8 @@ def price_set(ctx: click.Context, model: str, input_per_mtok: float, output_per_
             "long_context_threshold": long_context_threshold, "long_context_input": long_context_input_per_mtok,
             "long_context_output": long_context_output_per_mtok, "priority_multiplier": priority_multiplier,
             "max_input_tokens": max_input_tokens, "fast_multiplier": fast_multiplier,
-            "us_inference_multiplier": us_inference_multiplier}
+            "us_inference_multiplier": us_inference_multiplier, "image_tokens": image_tokens,
+            "image_tokens_low": image_tokens_low}
     record = client(ctx).call("PUT", price_path(model), body)
     if as_json:
         print_json(record)
@@ -88,11 +95,11 @@ def price_ls(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         print_json(records)
         return
-    print_table(["MODEL", "INPUT", "CACHED", "CACHE WRITE", "OUTPUT", "MAX OUT", "MAX IN", "LONG CONTEXT", "MULTIPLES",
-                 "FROM", "AS OF"], [
+    print_table(["MODEL", "INPUT", "CACHED", "CACHE WRITE", "OUTPUT", "MAX OUT", "MAX IN", "IMAGE", "LONG CONTEXT",
+                 "MULTIPLES", "FROM", "AS OF"], [
         [p["model"], per_mtok(p["input"]), per_mtok(p.get("cached_input")), per_mtok(p.get("cache_write")),
          per_mtok(p["output"]), str(p.get("max_output_tokens") or "-"), str(p.get("max_input_tokens") or "-"),
-         long_context(p), multiples(p), p["origin"], p.get("as_of") or "-"]
+         str(p.get("image_tokens") or "-"), long_context(p), multiples(p), p["origin"], p.get("as_of") or "-"]
         for p in records])
 
 

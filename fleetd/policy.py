@@ -37,6 +37,8 @@ Config file keys (all optional)::
     fast_multiplier = 2.0            # optional: Anthropic fast mode's prices over these (default: not priced)
     us_inference_multiplier = 1.1    # optional: Anthropic US-only inference's prices over these (default 1)
     max_input_tokens = 272000        # optional: bounds a call reading input kept upstream (default 1050000)
+    image_tokens = 1445              # optional: the most input tokens one image costs (default 48169)
+    image_tokens_low = 85            # optional: the same at OpenAI's "detail": "low" (default: image_tokens)
 
 Precedence of an agent's caps, per key: ``spawn --daily-usd`` etc., then ``fleetd role set``,
 then ``[roles.NAME]``, then ``[budget]``, then the built-in $50/day and $200/month.
@@ -50,7 +52,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from fleetd.errors import InvalidRequest
 from fleetd.units import parse_usd
-from fleetd.zone2.pricing import Price
+from fleetd.zone2.pricing import MULTIPLIER_FIELDS, PRICE_FIELDS, TOKEN_FIELDS, Price
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -59,9 +61,7 @@ BUDGET_KEYS = ("daily_usd", "monthly_usd", "max_llm_calls", "allow_unpriced")
 INSTANCE_KEYS = ("instance_daily_usd", "instance_monthly_usd")
 BREAKER_KEYS = {"threshold": int, "window": float, "open_seconds": float, "max_open_seconds": float}
 RETRY_KEYS = {"max_retries": int, "base": float, "cap": float}
-PRICE_KEYS = {"input", "output", "cached_input", "cache_write", "max_output_tokens", "source", "as_of",
-              "long_context_threshold", "long_context_input", "long_context_output", "priority_multiplier",
-              "max_input_tokens", "fast_multiplier", "us_inference_multiplier"}
+PRICE_KEYS = set(PRICE_FIELDS) - {"model", "provider"}
 NANO = Decimal(10) ** 9
 
 
@@ -165,13 +165,13 @@ def price_entry(model: str, table: dict[str, Any], where: str) -> dict[str, Any]
                 raise InvalidRequest(f"{where}: {key} (USD per 1M tokens) is required")
             continue
         entry[key] = float(parse_usd(table[key], f"{where}.{key}"))
-    for key in ("max_output_tokens", "long_context_threshold", "max_input_tokens"):
+    for key in TOKEN_FIELDS:
         limit = table.get(key)
         if limit is not None:
             if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
                 raise InvalidRequest(f"{where}.{key}: must be a whole number >= 1")
             entry[key] = limit
-    for key in ("priority_multiplier", "fast_multiplier", "us_inference_multiplier"):
+    for key in MULTIPLIER_FIELDS:
         multiplier = table.get(key)
         if multiplier is not None:
             if isinstance(multiplier, bool) or not isinstance(multiplier, int | float):

@@ -19,15 +19,19 @@ from typing import Any
 from fleetd.zone2.breaker import Admit, Breaker, BreakerSettings, Reject, RetrySettings, Transition
 from fleetd.zone2.budget import Budgets, Caps, Refusal, Reservation, month_key
 from fleetd.zone2.ledger import Call, Ledger
+from fleetd.zone2.llm import OVERHEAD_TOKENS, LLMRequest, Media, Usage
 from fleetd.zone2.pricing import Price, PriceTable, bound_nusd, cost_nusd
+from fleetd.zone2.providers import provider
 from fleetd.zone2.registry import Registration
-from fleetd.zone2.usage import OVERHEAD_TOKENS, LLMRequest, Usage
 
 log = logging.getLogger("fleetd.zone2")
 DEFAULT_MAX_OUTPUT = 128_000  # when neither the request nor the price table bounds the output
 # When the price table does not name a model's input limit: the largest of the models it lists (GPT-4.1's
 # context window of 1,047,576 tokens, GPT-5.4's 1,050,000).
 DEFAULT_MAX_INPUT = 1_050_000
+# An image of a model whose price names no image_tokens: the largest worst case any provider publishes (GPT-4o mini
+# at high detail: 2,833 + 8 tiles x 5,667 tokens).
+DEFAULT_IMAGE_TOKENS = 48_169
 REFUSAL_EVENT_EVERY = 60.0  # at most one refusal event per agent and kind per minute
 LEDGER_RETRY_EVERY = 1.0  # s: while ledger rows wait unwritten, how often an admission tries to write them
 Emit = Callable[[str, str | None, str, dict[str, Any]], None]  # (type, agent_id, message, data)
@@ -67,26 +71,6 @@ class Ticket:
     reservation: Reservation
 
 
-def priority_requested(llm: LLMRequest) -> bool:
-    """An OpenAI call that asks for priority processing (billed at PRIORITY_MULTIPLIER x, see pricing)."""
-    return llm.api != "anthropic_messages" and llm.service_tier == "priority"
-
-
-def fast_requested(llm: LLMRequest) -> bool:
-    """An Anthropic call that asks for fast mode (``"speed": "fast"``), billed at the model's fast_multiplier."""
-    return llm.api == "anthropic_messages" and llm.speed == "fast"
-
-
-def served_at_priority(llm: LLMRequest, usage: Usage | None) -> bool:
-    """Whether an OpenAI call is billed at priority: as the answer says, or as asked when the answer does not say
-    (a project whose default tier is priority answers "priority" to calls that asked for none)."""
-    if llm.api == "anthropic_messages":
-        return False
-    if usage is not None and usage.service_tier is not None:
-        return usage.service_tier == "priority"
-    return priority_requested(llm)
-
-
 def context_tokens(llm: LLMRequest, status: int | None, usage: Usage | None) -> int | None:
     """The tokens a Responses call leaves in its conversation, which a call continuing from it reads again: all of
     its input and its output. Unknown (None) when the call failed, named no response id, or let upstream truncate
@@ -94,6 +78,14 @@ def context_tokens(llm: LLMRequest, status: int | None, usage: Usage | None) -> 
     if usage is None or usage.response_id is None or llm.truncates or status is None or not 200 <= status < 300:
         return None
     return usage.input_tokens + usage.cached_input_tokens + usage.cache_write_tokens + usage.output_tokens
+
+
+def media_tokens(media: Media, price: Price) -> int:
+    """An upper bound on the tokens of a call's images: each at the model's published worst case for its detail
+    (``image_tokens``, ``image_tokens_low``), or at DEFAULT_IMAGE_TOKENS when its price names none; plus the media
+    tokens the body asks for itself."""
+    full = price.image_tokens or DEFAULT_IMAGE_TOKENS
+    return media.images * full + media.images_low * (price.image_tokens_low or full) + media.tokens
 
 
 def month_start(now: datetime) -> datetime:
@@ -139,22 +131,20 @@ class CostTracker:
         price = self.prices.lookup(llm.model)
         if price is None and not reg.allow_unpriced:
             return NotPriced(llm.model)
-        fast = fast_requested(llm)
-        if fast and price is not None and price.fast_multiplier is None and not reg.allow_unpriced:
+        if llm.fast and price is not None and price.fast_multiplier is None and not reg.allow_unpriced:
             return NotPriced(llm.model, fast_mode=True)
         bound = 0
         if price is not None:
-            max_output = (0 if llm.api == "openai_embeddings"
-                          else llm.max_output_tokens or price.max_output_tokens or DEFAULT_MAX_OUTPUT)
-            output = (max_output + llm.prediction_bound) * llm.choices
-            # Threshold compaction: the summary step reads at most the request and writes at most max_tokens (its
-            # output is cut there, as an on-demand summary's is); the reply reads at most the request and the summary.
-            # US-only inference may be the workspace's default (default_inference_geo), unasked: reserved unless the
-            # request asks for global routing.
+            model_output = price.max_output_tokens or DEFAULT_MAX_OUTPUT
+            max_output = 0 if llm.output_free else llm.max_output_tokens or model_output
+            thinking = model_output if llm.thinking_tokens is None else llm.thinking_tokens
+            output = (max_output + thinking + llm.prediction_bound) * llm.choices
+            # Compaction: the summary step reads at most the request and writes at most max_tokens (its output is cut
+            # there, as an on-demand summary's is); the reply reads at most the request and the summary.
             passes = llm.sampling_passes
             bound = bound_nusd(price, self.input_bound(llm, price) * passes + max_output * (passes - 1),
-                               output * passes, priority=priority_requested(llm), one_hour_cache=llm.cache_1h,
-                               fast=fast, us_only=llm.api == "anthropic_messages" and llm.inference_geo != "global")
+                               output * passes, priority=llm.priority, one_hour_cache=llm.cache_1h, fast=llm.fast,
+                               us_only=llm.us_only)
         held = self.budgets.reserve(reg.agent_id, reg.caps, bound)
         if isinstance(held, Refusal):
             self._refused(reg, held)
@@ -170,10 +160,11 @@ class CostTracker:
         prompt, a response zone 2 has not seen or whose context was truncated), and a PDF or file (billed by its
         pages), can be anything up to the model's input limit (its context window, or less when its provider says
         so)."""
-        bound = llm.input_token_bound
-        if llm.previous_response_id is None and not llm.unsized_input:
+        bound = llm.input_token_bound + media_tokens(llm.media, price)
+        unsized = llm.unsized_input or llm.media.unsized
+        if llm.previous_response_id is None and not unsized:
             return bound
-        known = None if llm.unsized_input else self.ledger.context_of(llm.previous_response_id or "")
+        known = None if unsized else self.ledger.context_of(llm.previous_response_id or "")
         if known is None:
             return max(bound, price.max_input_tokens or DEFAULT_MAX_INPUT)
         return bound + known + OVERHEAD_TOKENS  # and the template around the items it carries
@@ -192,7 +183,7 @@ class CostTracker:
         """
         estimated = False
         cost = 0
-        priority = served_at_priority(ticket.llm, usage)
+        priority = provider(ticket.llm.api).served_at_priority(ticket.llm, usage)
         if status is not None and 200 <= status < 300:
             if usage is None:
                 cost, estimated = ticket.reservation.amount, True

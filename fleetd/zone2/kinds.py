@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
+from fleetd.zone2.providers import classify
 from fleetd.zone2.targets import path_segments
 
 GENERIC = "generic"
@@ -44,6 +45,19 @@ FREE_ENDPOINTS: tuple[tuple[str, ...], ...] = (
 )
 
 
+# Calls to an LLM provider that cost money but that zone 2 cannot meter (priced per image, per second of audio, per
+# job, at batch rates, or with no usage in the answer), by the last segments of the path; "*" is any one segment.
+# Legacy completions are here too: the table holds no prices for their models. Refused (400 endpoint_not_metered)
+# whatever the credential's kind, unless the role lets unpriced calls through: a cap that such a call can spend
+# past is no cap.
+UNMETERED_BILLABLE: tuple[tuple[str, ...], ...] = (
+    ("completions",), ("images", "generations"), ("images", "edits"), ("images", "variations"),
+    ("audio", "speech"), ("audio", "transcriptions"), ("audio", "translations"), ("fine_tuning", "jobs"),
+    ("batches",), ("threads", "runs"), ("threads", "*", "runs"), ("realtime", "sessions"),
+    ("realtime", "client_secrets"), ("videos",), ("messages", "batches"), ("v1", "complete"),
+)
+
+
 class UnknownKind(ValueError):
     """A provider kind fleetd does not know."""
 
@@ -70,14 +84,9 @@ def is_llm(kind: str) -> bool:
     return kind in LLM_KINDS
 
 
-def free_call(method: str, path: str) -> bool:
-    """A request that costs nothing at an LLM provider: a read, a deletion, or a POST in FREE_ENDPOINTS."""
-    if method.upper() in FREE_METHODS:
-        return True
-    if method.upper() != "POST":
-        return False
-    segments = path_segments(path)
-    for pattern in FREE_ENDPOINTS:
+def _ends_with(segments: list[str], patterns: tuple[tuple[str, ...], ...]) -> bool:
+    """Do the path's last segments match one of ``patterns`` ("*" any one segment; ":name" a Gemini method)?"""
+    for pattern in patterns:
         if pattern[0].startswith(":"):
             if segments and segments[-1].endswith(pattern[0]):
                 return True
@@ -86,3 +95,16 @@ def free_call(method: str, path: str) -> bool:
         if len(tail) == len(pattern) and all(p in ("*", t) for p, t in zip(pattern, tail, strict=True)):
             return True
     return False
+
+
+def free_call(method: str, path: str) -> bool:
+    """A request that costs nothing at an LLM provider: a read, a deletion, or a POST in FREE_ENDPOINTS."""
+    if method.upper() in FREE_METHODS:
+        return True
+    return method.upper() == "POST" and _ends_with(path_segments(path), FREE_ENDPOINTS)
+
+
+def unmetered_billable(method: str, path: str) -> bool:
+    """A POST to an endpoint in UNMETERED_BILLABLE, and not one that ``providers.classify`` meters."""
+    return (method.upper() == "POST" and classify(method, path) is None
+            and _ends_with(path_segments(path), UNMETERED_BILLABLE))

@@ -22,7 +22,7 @@ from typing import Any
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
-from fleetd.zone2.usage import Usage
+from fleetd.zone2.llm import Usage
 
 LEDGER_FILE = "ledger.db"
 CHECKPOINT_INTERVAL = 0.25  # s between checkpoints by the Checkpointer thread

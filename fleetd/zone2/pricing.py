@@ -24,7 +24,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from fleetd.zone2.usage import Usage
+from fleetd.zone2.llm import Usage
 
 NANO = 1_000_000_000  # money is integer nano-USD everywhere in zone 2 (no float drift in caps)
 # OpenAI's priority processing (service_tier "priority") costs 1.75x to 2.5x the standard prices, depending on the
@@ -43,10 +43,13 @@ _NUSD_PER_TOKEN_PER_USD_PER_MTOK = Fraction(NANO, 1_000_000)  # p USD/Mtok = p *
 # A dated snapshot (-YYYY-MM-DD or -YYYYMMDD) or the "-latest" alias of a model id.
 _SNAPSHOT = re.compile(r"^(?P<base>.+?)-(?:\d{4}-\d{2}-\d{2}|\d{8}|latest)$")
 
-_FIELDS = ("model", "input", "output", "cached_input", "cache_write", "max_output_tokens", "source", "as_of",
+PRICE_FIELDS = ("model", "input", "output", "cached_input", "cache_write", "max_output_tokens", "source", "as_of",
            "provider", "long_context_threshold", "long_context_input", "long_context_output", "priority_multiplier",
-           "max_input_tokens", "fast_multiplier", "us_inference_multiplier")
-_PRICE_FIELDS = ("input", "output", "cached_input", "cache_write", "long_context_input", "long_context_output")
+           "max_input_tokens", "fast_multiplier", "us_inference_multiplier", "image_tokens", "image_tokens_low")
+_MONEY_FIELDS = ("input", "output", "cached_input", "cache_write", "long_context_input", "long_context_output")
+# Fields that count tokens (positive whole numbers) and multiples of the prices (1 to 10), for whoever validates them
+TOKEN_FIELDS = ("max_output_tokens", "long_context_threshold", "max_input_tokens", "image_tokens", "image_tokens_low")
+MULTIPLIER_FIELDS = ("priority_multiplier", "fast_multiplier", "us_inference_multiplier")
 _OPTIONAL_PRICES = ("cached_input", "cache_write", "long_context_input", "long_context_output")
 
 
@@ -90,11 +93,16 @@ class Price:
     # Anthropic: US-only inference's prices over these (usage.inference_geo "us"; Claude 4.6 and later: 1.1;
     # None: the same prices)
     us_inference_multiplier: float | None = None
+    # The most input tokens one image can cost with this model, as its provider publishes (at the detail the model
+    # uses by default, which is its largest on the newest OpenAI models; None -> costs.DEFAULT_IMAGE_TOKENS), and at
+    # OpenAI's "detail": "low" (None -> image_tokens). Images are billed by pixels, not by their bytes in the body.
+    image_tokens: int | None = None
+    image_tokens_low: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model.strip():
             raise ValueError(f"a price needs a model name, got {self.model!r}")
-        for name in _PRICE_FIELDS:
+        for name in _MONEY_FIELDS:
             value = getattr(self, name)
             if value is None and name in _OPTIONAL_PRICES:
                 continue
@@ -105,7 +113,7 @@ class Price:
                 raise ValueError(f"price for model {self.model!r}: {name} must be finite, got {value!r}")
             if value < 0:
                 raise ValueError(f"price for model {self.model!r}: {name} must not be negative, got {value!r}")
-        for name in ("max_output_tokens", "long_context_threshold", "max_input_tokens"):
+        for name in TOKEN_FIELDS:
             limit = getattr(self, name)
             if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0):
                 raise ValueError(f"price for model {self.model!r}: {name} must be a positive integer, got {limit!r}")
@@ -113,7 +121,7 @@ class Price:
         if any(v is not None for v in long_context) and any(v is None for v in long_context):
             raise ValueError(f"price for model {self.model!r}: long_context_threshold, long_context_input and "
                              "long_context_output go together")
-        for name in ("priority_multiplier", "fast_multiplier", "us_inference_multiplier"):
+        for name in MULTIPLIER_FIELDS:
             multiplier = getattr(self, name)
             if multiplier is not None and (isinstance(multiplier, bool) or not isinstance(multiplier, int | float)
                                            or not math.isfinite(multiplier) or not 1 <= multiplier <= 10):
@@ -136,7 +144,7 @@ class Price:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict; :meth:`from_dict` turns it back into an equal Price."""
-        return {name: getattr(self, name) for name in _FIELDS}
+        return {name: getattr(self, name) for name in PRICE_FIELDS}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], *, model: str | None = None) -> Price:
@@ -152,10 +160,10 @@ class Price:
             raise ValueError(f"price for model {model!r} names a different model {name!r}")
         if not isinstance(name, str) or not name.strip():
             raise ValueError(f"a price needs a model name, got {name!r}")
-        unknown = sorted(set(d) - set(_FIELDS))
+        unknown = sorted(set(d) - set(PRICE_FIELDS))
         if unknown:
             raise ValueError(f"price for model {name!r}: unknown field(s) {', '.join(unknown)} "
-                             f"(known: {', '.join(_FIELDS[1:])})")
+                             f"(known: {', '.join(PRICE_FIELDS[1:])})")
         for required in ("input", "output"):
             if d.get(required) is None:
                 raise ValueError(f"price for model {name!r} is missing {required!r} (USD per 1M tokens)")
@@ -166,7 +174,8 @@ class Price:
             long_context_threshold=d.get("long_context_threshold"), long_context_input=d.get("long_context_input"),
             long_context_output=d.get("long_context_output"), priority_multiplier=d.get("priority_multiplier"),
             max_input_tokens=d.get("max_input_tokens"), fast_multiplier=d.get("fast_multiplier"),
-            us_inference_multiplier=d.get("us_inference_multiplier"),
+            us_inference_multiplier=d.get("us_inference_multiplier"), image_tokens=d.get("image_tokens"),
+            image_tokens_low=d.get("image_tokens_low"),
         )
 
 

@@ -30,27 +30,17 @@ from fleetd.zone2.handles import (
     substitute,
     substitute_query,
 )
-from fleetd.zone2.kinds import free_call, is_llm
+from fleetd.zone2.kinds import free_call, is_llm, unmetered_billable
 from fleetd.zone2.ledger import Ledger
+from fleetd.zone2.llm import BadLLMRequest, Usage
+from fleetd.zone2.meters import MAX_BUFFERED, BodyMeter, StreamMeter, usage_from_body
+from fleetd.zone2.providers import Provider, classify
 from fleetd.zone2.registry import Registration, Registry
-from fleetd.zone2.targets import safe_path
+from fleetd.zone2.targets import path_segments, safe_path
 from fleetd.zone2.upstream import BadRequestHead, Response, UpstreamError, Upstreams
-from fleetd.zone2.usage import (
-    API,
-    BadLLMRequest,
-    StreamMeter,
-    Usage,
-    classify,
-    parse_request,
-    unmetered_billable,
-    usage_from_body,
-    usage_from_tail,
-)
 
 log = logging.getLogger("fleetd.zone2")
 MAX_BODY = 10 << 20
-MAX_BUFFERED = 8 << 20  # larger answers (or of unknown length) are streamed through
-TAIL_BYTES = 64 << 10  # of an answer larger than that, what is kept to find its usage in
 CONNECT_TIMEOUT = 10.0
 IDLE_TIMEOUT = 300.0
 DROPPED_PREFIXES = ("x-forwarded-", "forwarded", "x-real-ip", "proxy-")
@@ -144,15 +134,15 @@ class Gateway:
             return error(413, "request_too_large", f"request bodies are limited to {MAX_BODY >> 20} MiB")
         call = Upcall(request.method, url, forward_headers(request.headers, secrets), body, base,
                       Redactor(secrets.values()))
-        api = classify(request.method, path)
-        if api is None:
+        provider = classify(request.method, path)
+        if provider is None:
             unmeterable = ((llm_provider and not free_call(request.method, path))
                            or unmetered_billable(request.method, path))
             if unmeterable and not reg.allow_unpriced:
                 return error(400, "endpoint_not_metered", "zone 2 cannot meter the cost of this call against the "
                              "agent's budget: a role with --allow-unpriced lets it through unmetered")
             return await self.plain(request, reg, call)
-        return await self.metered(request, reg, call, api, ",".join(sorted(secrets)))
+        return await self.metered(request, reg, call, provider, path_segments(path), ",".join(sorted(secrets)))
 
     async def plain(self, request: web.Request, reg: Registration, call: Upcall) -> web.StreamResponse:
         """A generic (tool API) call: proxied without metering, guarded by the breaker."""
@@ -174,11 +164,11 @@ class Gateway:
         finally:
             upstream.release()
 
-    async def metered(self, request: web.Request, reg: Registration, call: Upcall, api: API,
-                      credential: str) -> web.StreamResponse:
+    async def metered(self, request: web.Request, reg: Registration, call: Upcall, provider: Provider,
+                      segments: list[str], credential: str) -> web.StreamResponse:
         """An LLM call: admitted against the budget, retried per policy, settled with its real usage."""
         try:
-            llm = parse_request(api, call.body)
+            llm = provider.parse(call.body, segments)
         except BadLLMRequest as exc:
             return error(400, "invalid_request_error", str(exc))
         if llm.server_tools and not reg.allow_unpriced:
@@ -217,10 +207,11 @@ class Gateway:
             try:
                 if fits_buffer(upstream):
                     whole = await buffered(upstream, call.redactor)
-                    usage = usage_from_body(api, whole.raw)
+                    usage = usage_from_body(provider, whole.raw)
                     return whole
-                meter: StreamMeter | BodyMeter = (StreamMeter(api, hide_usage_chunk=llm.usage_injected)
-                                                  if upstream.content_type == "text/event-stream" else BodyMeter(api))
+                meter: StreamMeter | BodyMeter = (StreamMeter(provider, llm.usage_injected)
+                                                  if upstream.content_type == "text/event-stream"
+                                                  else BodyMeter(provider))
                 streamed = await relay_stream(request, upstream, call.redactor, meter)
                 usage = meter.usage
                 return streamed
@@ -342,41 +333,6 @@ async def buffered(upstream: Response, redactor: Redactor) -> Buffered:
         response.headers.add(key, value)
     response.raw = raw
     return response
-
-
-class BodyMeter:
-    """Usage from a non-streamed body of unknown or large length, read as it passes through: parsed whole up to
-    MAX_BUFFERED; beyond that only its last TAIL_BYTES are kept, where the answers put their usage (a batch of
-    embeddings runs to tens of MB)."""
-
-    def __init__(self, api: API) -> None:
-        self.api = api
-        self.parts: list[bytes] = []
-        self.tail = bytearray()
-        self.size = 0
-        self.usage: Usage | None = None
-        self.complete = False
-
-    def feed(self, chunk: bytes) -> bytes:
-        self.size += len(chunk)
-        if self.size <= MAX_BUFFERED:
-            self.parts.append(chunk)
-            return chunk
-        if self.parts:
-            self.tail += b"".join(self.parts)[-TAIL_BYTES:]
-            self.parts = []
-        self.tail += chunk
-        if len(self.tail) > 2 * TAIL_BYTES:
-            del self.tail[:-TAIL_BYTES]
-        return chunk
-
-    def flush(self) -> bytes:
-        self.complete = True
-        if self.size <= MAX_BUFFERED:
-            self.usage = usage_from_body(self.api, b"".join(self.parts))
-        else:
-            self.usage = usage_from_tail(self.api, bytes(self.tail[-TAIL_BYTES:]))
-        return b""
 
 
 async def relay_stream(request: web.Request, upstream: Response, redactor: Redactor,

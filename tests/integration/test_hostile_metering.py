@@ -54,7 +54,7 @@ def test_percent_encoded_metered_paths_are_metered(bench: Bench) -> None:
 
 def test_unmetered_endpoints_of_an_llm_provider_are_refused(bench: Bench) -> None:
     before = len(bench.sim_requests("llm"))
-    targets = ["/v1/images/%67enerations", "/v1/responses/compact", "/v1/some/new/endpoint",
+    targets = ["/v1/images/%67enerations", "/v1/responses/resp_1/fork", "/v1/some/new/endpoint",
                "/v1beta/models/gemini-9:predict"]
     results = attack(bench, "worker", [("POST", t, BODY) for t in targets] + [("POST", "/v1/chat/completions", TWICE)])
     assert results[:-1] == [(t, 400, "endpoint_not_metered") for t in targets]

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from fleetd.zone2.llm import Usage
 from fleetd.zone2.pricing import (
     NANO,
     Price,
@@ -23,7 +24,6 @@ from fleetd.zone2.pricing import (
     parse_price_toml,
     usd,
 )
-from fleetd.zone2.usage import Usage
 
 REPO = Path(__file__).resolve().parents[2]
 SIM_PROVIDER = "fleetd-llm-sim"
@@ -40,7 +40,7 @@ def test_builtin_table_loads_the_models_asked_for(table: PriceTable) -> None:
     for model in ("gpt-5", "gpt-5-mini", "gpt-5-nano", "gpt-4.1", "gpt-4.1-mini", "gpt-4.1-nano", "gpt-4o",
                   "gpt-4o-mini", "o3", "o4-mini", "o1", "claude-opus-4-1", "claude-opus-4", "claude-sonnet-4",
                   "claude-sonnet-4-5", "claude-3-7-sonnet", "claude-3-5-haiku", "claude-haiku-4-5",
-                  "sim-small", "sim-model"):
+                  "sim-small", "sim-model", "gemini-2.5-pro", "gemini-2.5-flash", "gemini-3-pro-preview"):
         assert model in table, model
 
 
@@ -50,7 +50,7 @@ def test_every_builtin_entry_is_sourced_dated_and_sane(table: PriceTable) -> Non
         assert price.source.strip(), price.model
         date.fromisoformat(price.as_of)  # an ISO date
         assert date.fromisoformat(price.as_of) <= date(2026, 11, 26), price.model
-        assert price.provider in ("openai", "anthropic", SIM_PROVIDER), price.model
+        assert price.provider in ("openai", "anthropic", "google", SIM_PROVIDER), price.model
         if price.provider != SIM_PROVIDER:
             assert price.source.startswith("https://"), price.model
         assert 0 <= price.cached_input_price <= price.input, price.model
@@ -70,6 +70,18 @@ def test_every_chat_model_names_its_input_limit(table: PriceTable) -> None:
         assert price.max_input_tokens is not None and price.max_input_tokens >= 128_000, price.model
         assert price.max_input_tokens >= (price.long_context_threshold or 0), price.model
     assert table.lookup("gpt-5") is not None and table.lookup("gpt-5").max_input_tokens == 272_000  # type: ignore[union-attr]
+
+
+def test_every_chat_model_names_its_worst_case_image(table: PriceTable) -> None:
+    """Images are billed by pixels: without its own worst case a model's images reserve the largest of any."""
+    for price in table.all():
+        if price.model.startswith("text-embedding-"):
+            continue
+        assert price.image_tokens is not None and 1000 <= price.image_tokens <= 48_169, price.model
+        assert (price.image_tokens_low or price.image_tokens) <= price.image_tokens, price.model
+    assert table.lookup("gpt-4o-mini").image_tokens == 48_169  # type: ignore[union-attr]
+    assert table.lookup("claude-opus-4-7").image_tokens == 4784  # type: ignore[union-attr]
+    assert table.lookup("gemini-3-pro-preview").image_tokens == 2240  # type: ignore[union-attr]
 
 
 def test_anthropic_cache_prices_follow_the_published_multipliers(table: PriceTable) -> None:

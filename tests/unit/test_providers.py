@@ -1,4 +1,4 @@
-"""Metering of OpenAI chat / responses and Anthropic messages calls (fleetd.zone2.usage)."""
+"""Metering of each provider API zone 2 knows (fleetd.zone2.providers): classify, parse, usage, streams."""
 
 from __future__ import annotations
 
@@ -13,20 +13,40 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from fleetd.llmsim import SimConfig, init_sim
-from fleetd.zone2.usage import (
-    API,
-    MAX_HELD_BYTES,
-    MEDIA_PART_TOKENS,
-    BadLLMRequest,
-    StreamMeter,
-    Usage,
-    anthropic_usage,
-    classify,
-    parse_request,
-    usage_from_body,
-    usage_from_tail,
-    usage_in,
-)
+from fleetd.zone2 import meters, providers
+from fleetd.zone2.llm import BadLLMRequest, LLMRequest, Media, Usage
+from fleetd.zone2.providers.anthropic import anthropic_usage
+from fleetd.zone2.sse import MAX_HELD_BYTES
+from fleetd.zone2.targets import path_segments
+
+API = str
+
+
+# The adapters by name, as the ledger and these tests name them.
+def classify(method: str, path: str) -> str | None:
+    found = providers.classify(method, path)
+    return found.api if found else None
+
+
+def parse_request(api: str, body: bytes, path: str = "") -> LLMRequest:
+    return providers.provider(api).parse(body, path_segments(path))
+
+
+def StreamMeter(api: str, hide_usage_chunk: bool = False) -> meters.StreamMeter:
+    return meters.StreamMeter(providers.provider(api), hide_usage_chunk)
+
+
+def usage_from_body(api: str, body: bytes) -> Usage | None:
+    return meters.usage_from_body(providers.provider(api), body)
+
+
+def usage_from_tail(api: str, tail: bytes) -> Usage | None:
+    return providers.provider(api).tail_usage(tail)
+
+
+def usage_in(api: str, obj: dict[str, Any]) -> Usage | None:
+    return providers.provider(api).usage(obj)
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # classify
@@ -55,6 +75,9 @@ from fleetd.zone2.usage import (
         ("POST", "/v1/threads/thread_1/messages", None),
         ("POST", "/v1/responses/resp_1/cancel", None),
         ("POST", "/v1/responses/input_tokens", None),
+        ("POST", "/v1/responses/compact", "openai_responses"),  # a compaction pass, billed as a Responses call
+        ("POST", "/openai/v1/responses/compact", "openai_responses"),
+        ("POST", "/v1/responses/resp_1/compact", None),
         ("POST", "/v1/chat/completions/chatcmpl-1", None),
         ("POST", "/v1/completions", None),
         ("POST", "/v1/embeddings", "openai_embeddings"),
@@ -182,36 +205,40 @@ def test_parse_other_apis_never_rewrite() -> None:
     assert parse_request("anthropic_messages", dumps({"model": "c", "max_output_tokens": 9})).max_output_tokens is None
 
 
-def test_input_token_bound_counts_media_parts() -> None:
+def test_media_parts_are_counted_by_kind_and_detail() -> None:
     chat = {
         "model": "gpt-4o",
         "messages": [
             {"role": "user", "content": [
                 {"type": "text", "text": "what is this"},
                 {"type": "image_url", "image_url": {"url": "https://example.com/a.png", "detail": "high"}},
-                {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}},
-                {"type": "file", "file": {"file_id": "file-1"}},
+                {"type": "image_url", "image_url": {"url": "https://example.com/a.png", "detail": "low"}},
+                {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}},
             ]},
         ],
     }
     body = dumps(chat)
-    assert parse_request("openai_chat", body).input_token_bound == len(body) + 1024 + 3 * 3000
+    llm = parse_request("openai_chat", body)
+    assert llm.input_token_bound == len(body) + 1024  # the text; media are priced by the model's image_tokens
+    assert llm.media == Media(images=2, images_low=1)
     responses = {"model": "gpt-5", "input": [{"role": "user", "content": [
         {"type": "input_text", "text": "x"},
-        {"type": "input_image", "image_url": "https://example.com/b.png"},
-        {"type": "input_file", "file_id": "file-2"},
+        {"type": "input_image", "image_url": "https://example.com/b.png", "detail": "low"},
+        {"type": "input_image", "file_id": "file-3", "detail": "original"},
     ]}]}
-    body = dumps(responses)
-    assert parse_request("openai_responses", body).input_token_bound == len(body) + 1024 + 2 * 3000
+    assert parse_request("openai_responses", dumps(responses)).media == Media(images=1, images_low=1)
     anthropic = {"model": "claude", "max_tokens": 10, "messages": [{"role": "user", "content": [
         {"type": "image", "source": {"type": "url", "url": "https://example.com/c.png"}},
-        {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0="}},
         {"type": "tool_result", "tool_use_id": "t", "content": [
             {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBO"}}]},
         {"type": "text", "text": "describe"},
     ]}]}
-    body = dumps(anthropic)
-    assert parse_request("anthropic_messages", body).input_token_bound == len(body) + 1024 + 3 * 3000
+    assert parse_request("anthropic_messages", dumps(anthropic)).media == Media(images=2)
+    # audio and files: billed by length and pages, no bound follows from the body
+    for part in ({"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}},
+                 {"type": "file", "file": {"file_id": "file-1"}}):
+        body = dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": [part]}]})
+        assert parse_request("openai_chat", body).media.unsized
 
 
 def test_input_token_bound_after_injection_is_at_least_the_sent_body() -> None:
@@ -299,8 +326,8 @@ def test_pdfs_and_files_are_input_the_body_cannot_size(api: API, part: dict[str,
     key = "input" if api == "openai_responses" else "messages"
     body = {"model": "m", "max_tokens": 5, key: [{"role": "user", "content": [part, {"type": "text", "text": "?"}]}]}
     llm = parse_request(api, json.dumps(body).encode())
-    assert llm.unsized_input is unsized
-    assert llm.input_token_bound >= MEDIA_PART_TOKENS  # a media part either way
+    assert llm.media.unsized is unsized
+    assert llm.media.images == int(part["type"] in ("image", "image_url"))  # text documents: sized by the body
 
 
 def test_anthropic_compaction_iterations_are_added_to_the_top_level_counts() -> None:
@@ -635,8 +662,8 @@ def test_whole_events_that_do_not_matter_are_not_split_into_lines(monkeypatch: p
     usage_event = chat_usage_event("\n")
     meter = StreamMeter("openai_chat", hide_usage_chunk=True)
     scanned: list[bytes] = []
-    scan = meter._scan
-    monkeypatch.setattr(meter, "_scan", lambda data, out: (scanned.append(data), scan(data, out))[1])
+    scan = meter.events._scan
+    monkeypatch.setattr(meter.events, "_scan", lambda data, out: (scanned.append(data), scan(data, out))[1])
     out = [meter.feed(event) for event in events]
     assert b"".join(out) == b"".join(e for e in events if e != usage_event)
     assert scanned == [e for e in events if e == usage_event or b"[DONE]" in e]
@@ -883,3 +910,100 @@ def test_usage_object_split_over_data_lines_in_one_chunk() -> None:
     meter = StreamMeter("openai_chat")
     assert meter.feed(event) is event
     assert meter.usage is not None and (meter.usage.input_tokens, meter.usage.output_tokens) == (7, 3)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Gemini (generateContent): the model in the path, proto3's two JSON spellings, usageMetadata
+
+GEMINI = "/v1beta/models/gemini-2.5-flash:generateContent"
+
+
+@pytest.mark.parametrize(("path", "model", "stream"), [
+    (GEMINI, "gemini-2.5-flash", False),
+    ("/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse", "gemini-2.5-flash", True),
+    ("/v1/projects/p/locations/us-central1/publishers/google/models/gemini-3-pro-preview:generateContent",
+     "gemini-3-pro-preview", False),
+    ("/v1beta/models/gemini-2.5-flash%3AgenerateContent", "gemini-2.5-flash", False),  # %3A read as ":"
+    ("/v1beta/tunedModels/my-tune:generateContent", "my-tune", False),  # unpriced unless given a price
+])
+def test_gemini_calls_are_classified_with_their_model_from_the_path(path: str, model: str, stream: bool) -> None:
+    assert classify("POST", path) == "gemini_generate"
+    llm = parse_request("gemini_generate", b'{"contents": []}', path)
+    assert (llm.model, llm.stream) == (model, stream)
+
+
+@pytest.mark.parametrize("path", ["/v1beta/models/gemini-2.5-flash:countTokens", "/v1beta/models/x:embedContent",
+                                  "/v1beta/models/generateContent", "/v1beta/models/x:generateContentX"])
+def test_other_gemini_methods_are_not_generate_calls(path: str) -> None:
+    assert classify("POST", path) is None
+
+
+def test_gemini_request_bounds() -> None:
+    body = dumps({"contents": [{"role": "user", "parts": [
+        {"text": "describe"},
+        {"inlineData": {"mimeType": "image/png", "data": "iVBO"}},
+        {"file_data": {"mime_type": "image/jpeg", "file_uri": "gs://b/x.jpg"},
+         "mediaResolution": {"level": "MEDIA_RESOLUTION_ULTRA_HIGH", "numTokens": "5000"}},
+    ]}], "generationConfig": {"maxOutputTokens": 100, "candidateCount": 2,
+                              "thinkingConfig": {"thinkingBudget": 64}}})
+    llm = parse_request("gemini_generate", body, GEMINI)
+    assert (llm.max_output_tokens, llm.choices, llm.thinking_tokens) == (100, 2, 64)
+    assert llm.media == Media(images=2, tokens=5000)
+    assert llm.input_token_bound == len(body) + 1024
+    # snake_case works as well; ints may come as strings (proto3 JSON)
+    llm = parse_request("gemini_generate", dumps({"generation_config": {"max_output_tokens": "9"}}), GEMINI)
+    assert (llm.max_output_tokens, llm.choices, llm.thinking_tokens) == (9, 1, None)  # thinking: up to the max
+    # dynamic thinking (-1) is unbounded by the request
+    llm = parse_request("gemini_generate", dumps({"generationConfig": {"thinkingConfig": {"thinkingBudget": -1}}}),
+                        GEMINI)
+    assert llm.thinking_tokens is None
+    # media billed by length or pages, and cached content kept upstream, have no bound in the body
+    for part in ({"inlineData": {"mimeType": "audio/ogg", "data": "T2dn"}},
+                 {"fileData": {"mimeType": "video/mp4", "fileUri": "https://x.test/v.mp4"}},
+                 {"fileData": {"mimeType": "application/pdf", "fileUri": "files/abc"}}):
+        assert parse_request("gemini_generate", dumps({"contents": [{"parts": [part]}]}), GEMINI).media.unsized
+    assert parse_request("gemini_generate", dumps({"cachedContent": "cachedContents/x"}), GEMINI).unsized_input
+    tools = dumps({"tools": [{"googleSearch": {}}, {"code_execution": {}}, {"functionDeclarations": []}]})
+    assert parse_request("gemini_generate", tools, GEMINI).server_tools == ("googleSearch", "code_execution")
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    (b'{"generationConfig": {"maxOutputTokens": 1, "max_output_tokens": 65536}}', "given twice"),
+    (b'{"generationConfig": {"maxOutputTokens": 1}, "generation_config": {}}', "given twice"),
+    (b'{"generationConfig": {"maxOutputTokens": 1, "maxOutputTokens": 9}}', "twice"),
+    (b'{"generationConfig": {"maxOutputTokens": -1}}', "maxOutputTokens"),
+    (b'{"generationConfig": {"maxOutputTokens": 1.5}}', "maxOutputTokens"),
+    (b'{"generationConfig": {"candidateCount": 0}}', "candidateCount"),
+    (b'{"generationConfig": "x"}', "generationConfig"),
+    (b'[]', "object"),
+])
+def test_gemini_bodies_that_cannot_be_metered(body: bytes, message: str) -> None:
+    with pytest.raises(BadLLMRequest, match=message):
+        parse_request("gemini_generate", body, GEMINI)
+
+
+GEMINI_USAGE = {"promptTokenCount": 220, "cachedContentTokenCount": 20, "toolUsePromptTokenCount": 5,
+                "candidatesTokenCount": 7, "thoughtsTokenCount": 185, "totalTokenCount": 437}
+GEMINI_BILLED = Usage(input_tokens=205, cached_input_tokens=20, output_tokens=192, reasoning_tokens=185)
+
+
+def test_gemini_usage_of_a_body_an_sse_stream_an_array_stream_and_a_tail() -> None:
+    answer = {"candidates": [{"content": {"parts": [{"text": "hi"}]}, "finishReason": "STOP"}],
+              "usageMetadata": GEMINI_USAGE}
+    assert usage_from_body("gemini_generate", dumps(answer)) == GEMINI_BILLED
+    # streamed: cumulative counts, in full on the last chunk
+    first = {"candidates": [{"content": {"parts": [{"text": "h"}]}}],
+             "usageMetadata": {"promptTokenCount": 220, "candidatesTokenCount": 1}}
+    events = sse(first, eol="\r\n") + sse(answer, eol="\r\n")
+    meter = StreamMeter("gemini_generate")
+    assert run(meter, [events[:30], events[30:]]) == events  # passed on untouched
+    assert meter.usage == GEMINI_BILLED and meter.complete
+    # without alt=sse: one JSON array
+    assert usage_from_body("gemini_generate", dumps([first, answer])) == GEMINI_BILLED
+    # the end of a large answer
+    tail = b'x" }]}, "usageMetadata": ' + dumps({**GEMINI_USAGE, "trafficType": "ON_DEMAND_PRIORITY"}) + b"}"
+    usage = usage_from_tail("gemini_generate", tail)
+    assert usage is not None and usage.output_tokens == 192 and usage.service_tier == "ON_DEMAND_PRIORITY"
+    gemini = providers.provider("gemini_generate")
+    llm = parse_request("gemini_generate", b"{}", GEMINI)
+    assert gemini.served_at_priority(llm, usage) and not gemini.served_at_priority(llm, GEMINI_BILLED)

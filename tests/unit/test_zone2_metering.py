@@ -27,10 +27,10 @@ from fleetd.llmsim import SIM, init_sim
 from fleetd.zone2.budget import Caps
 from fleetd.zone2.costs import CostTracker
 from fleetd.zone2.ledger import WAL_BACKSTOP_PAGES, Call, Ledger
+from fleetd.zone2.llm import Usage
 from fleetd.zone2.pricing import PriceTable
 from fleetd.zone2.proxy import MAX_BUFFERED, init_gateway
 from fleetd.zone2.registry import Registration, Registry, Upstream
-from fleetd.zone2.usage import Usage
 from tests.unit.test_zone2_proxy import serve
 
 SECRET = "sk-sim-METERED-0123456789"
@@ -372,6 +372,76 @@ def test_fifty_concurrent_streams_against_a_small_cap_end_within_it_and_close_to
     run(tmp_path, check)
 
 
+# Images cost what the model's provider publishes per image, whatever their size in the body.
+IMAGE_PRICE = {"model": "vision-model", "input": 1.0, "output": 1.0, "max_output_tokens": 64,
+               "image_tokens": 20_000, "image_tokens_low": 500}
+
+
+def test_parallel_calls_with_images_never_settle_above_a_small_cap(tmp_path: Path) -> None:
+    """An image was reserved at a flat 3,000 tokens: a model billing 20,000 an image (GPT-4o mini bills up to 48,169)
+    let parallel calls under a small cap settle far above it."""
+    async def check(r: Rig) -> None:
+        cap = USD // 20  # $0.05: two calls of ~$0.02
+        r.register(Caps(daily_nusd=cap))
+        r.sim.config.image_tokens, r.sim.config.image_tokens_low = 20_000, 500
+        r.sim.config.latency_ms = 100  # all of them in flight at once
+        image = {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}
+        body = {"model": "vision-model", "max_tokens": 4,
+                "messages": [{"role": "user", "content": [{"type": "text", "text": "what"}, image]}]}
+        results = await asyncio.gather(*(r.post(CHAT, body) for _ in range(20)))
+        await settled(r)
+        spent = r.costs.status("agent1")["spent_today_nusd"]
+        rows = r.ledger()
+        assert [row["input_tokens"] for row in rows] == [20_001] * len(rows)  # the simulator bills the image
+        assert spent <= cap, f"settled ${spent / USD:.4f} above the ${cap / USD:.2f} cap"
+        assert 1 <= len(rows) == sum(1 for status, _, _ in results if status == 200)
+        assert all(row["cost_nusd"] <= row["reserved_nusd"] for row in rows)
+        assert not [e for e in r.events if e[0] == "reservation_exceeded"]
+        # a low-detail image is reserved at the model's low-detail figure: many more of them fit
+        r.register(Caps(daily_nusd=USD))
+        low = {"type": "image_url", "image_url": {"url": "https://example.com/a.png", "detail": "low"}}
+        status, _, _ = await r.post(CHAT, {**body, "messages": [{"role": "user", "content": [low]}]})
+        assert status == 200 and r.ledger()[-1]["reserved_nusd"] < rows[0]["reserved_nusd"] // 10
+
+    run(tmp_path, check, {"prices": [*PriceTable.builtin().to_list(), IMAGE_PRICE]})
+
+
+def test_gemini_calls_are_metered_plain_and_streamed_and_refused_over_cap(tmp_path: Path) -> None:
+    """Gemini's generateContent passed unmetered (a model in the path, usage in usageMetadata)."""
+    async def check(r: Rig) -> None:
+        r.sim.config.reasoning_tokens = 3  # thoughts: billed as output, apart from the candidates' count
+        key = {"x-goog-api-key": "$CRED{sim}"}
+        body = {"contents": [{"role": "user", "parts": [{"text": "one two three"}]}],
+                "generationConfig": {"maxOutputTokens": 5, "thinkingConfig": {"thinkingBudget": 8}}}
+        base = "/v1beta/models/gemini-2.5-flash"
+        async with r.client.post(r.gw + base + ":generateContent", json=body, headers=key) as resp:
+            assert resp.status == 200 and (await resp.json())["usageMetadata"]["thoughtsTokenCount"] == 3
+        async with r.client.post(r.gw + base + ":streamGenerateContent?alt=sse&key=$CRED{sim}", json=body) as resp:
+            assert resp.status == 200 and resp.content_type == "text/event-stream"
+            assert (await resp.read()).count(b"data: ") == 5
+        async with r.client.post(r.gw + base + ":streamGenerateContent", json=body, headers=key) as resp:
+            assert resp.status == 200 and len(json.loads(await resp.read())) == 5  # one JSON array
+        rows = r.ledger()
+        assert [(row["api"], row["model"], row["input_tokens"], row["output_tokens"], row["reasoning_tokens"])
+                for row in rows] == [("gemini_generate", "gemini-2.5-flash", 3, 8, 3)] * 3
+        # gemini-2.5-flash: $0.30 input, $2.50 output (thinking included) per 1M tokens
+        assert [row["cost_nusd"] for row in rows] == [3 * 300 + 8 * 2500] * 3
+        assert all(row["reserved_nusd"] >= row["cost_nusd"] for row in rows)
+        assert r.sim.requests[-1]["headers"]["x-goog-api-key"] == SECRET
+        # refused before the upstream when over the cap, and for a model with no price
+        calls = r.upstream_calls()
+        r.register(Caps(daily_nusd=rows[0]["reserved_nusd"] - 1))
+        async with r.client.post(r.gw + base + ":generateContent", json=body, headers=key) as resp:
+            assert resp.status == 429 and (await resp.json())["error"]["type"] == "budget_exceeded"
+        r.register()
+        async with r.client.post(r.gw + "/v1beta/models/gemini-9-ultra:generateContent", json=body,
+                                 headers=key) as resp:
+            assert resp.status == 400 and (await resp.json())["error"]["type"] == "model_not_priced"
+        assert r.upstream_calls() == calls
+
+    run(tmp_path, check)
+
+
 def test_max_llm_calls_is_enforced_and_unpriced_models_are_refused(tmp_path: Path) -> None:
     async def check(r: Rig) -> None:
         body = {"model": "gpt-4o-mini", "max_tokens": 4, "messages": [{"role": "user", "content": "x"}]}
@@ -421,7 +491,7 @@ def test_an_llm_provider_credential_is_default_deny(tmp_path: Path) -> None:
     async def check(r: Rig) -> None:
         sim_url = r.registry.creds["sim"].upstream
         body = {"model": "gpt-4o-mini", "input": "x"}
-        unknown = ("/v1/responses/compact", "/v1/fancy/new", "/v1beta/models/gemini-9:predict",
+        unknown = ("/v1/responses/resp_1/fork", "/v1/fancy/new", "/v1beta/models/gemini-9:predict",
                    "/model/anthropic.claude-v2%3A1/invoke", "/model/x/converse")
         for kind in ("openai", "azure-openai", "gemini", "bedrock", "anthropic"):
             r.registry.set_creds([Upstream("sim", sim_url, SECRET, kind)])

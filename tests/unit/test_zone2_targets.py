@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from fleetd.zone2.handles import BadHandle
+from fleetd.zone2.kinds import unmetered_billable
 from fleetd.zone2.targets import normalize_path, path_segments, safe_path
-from fleetd.zone2.usage import classify, unmetered_billable
+from tests.unit.test_providers import classify
 
 
 @pytest.mark.parametrize("target", ["/v1/chat/completions", "/v1/x?key=$CRED{a}", "/", "/a%20b"])

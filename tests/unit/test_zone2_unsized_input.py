@@ -18,7 +18,7 @@ from fleetd.zone2.budget import Caps
 from fleetd.zone2.costs import CostTracker
 from fleetd.zone2.ledger import Ledger
 from fleetd.zone2.pricing import Price, PriceTable, bound_nusd
-from fleetd.zone2.usage import parse_request
+from tests.unit.test_providers import parse_request
 from tests.unit.test_zone2_metering import USD, Rig, run, settled
 
 RESPONSES = "/v1/responses"
@@ -95,6 +95,12 @@ def test_a_continuation_that_does_not_fit_the_cap_is_refused_before_it_reaches_u
             call(conversation="conv_123"),
             call(conversation={"id": "conv_123"}),
             call(prompt={"id": "pmpt_123", "version": "2"}),
+            # items read from upstream storage by id: references (their type is optional), reasoning items without
+            # their encrypted content, compaction items (an encrypted summary that expands upstream)
+            call(input=[{"type": "item_reference", "id": "msg_123"}]),
+            call(input=[{"id": "msg_123"}, {"role": "user", "content": "and then?"}]),
+            call(input=[{"type": "reasoning", "id": "rs_123", "summary": []}]),
+            call(input=[{"type": "compaction", "encrypted_content": "gAAAA"}]),
         ]
         for body in refused:
             status, error = await respond(r, body)
@@ -157,3 +163,18 @@ def test_a_pdf_reserves_the_models_input_limit_and_plain_text_documents_their_si
         assert (await r.post("/v1/messages", message(text)))[0] == 200
 
     run(tmp_path, check, POLICY)
+
+
+def test_items_given_whole_are_sized_by_the_body() -> None:
+    for items in ([{"role": "user", "content": "hi", "id": "msg_1"}],
+                  [{"type": "reasoning", "id": "rs_1", "summary": [], "encrypted_content": "gAAAA" * 100}],
+                  [{"type": "function_call_output", "call_id": "c1", "output": "42"}]):
+        assert not parse_request("openai_responses", json.dumps(call(input=items)).encode()).unsized_input, items
+
+
+def test_a_compaction_pass_reserves_a_second_sampling_pass() -> None:
+    trigger = parse_request("openai_responses", json.dumps(call(input=[{"type": "compaction_trigger"}])).encode())
+    managed = parse_request("openai_responses", json.dumps(call(
+        context_management=[{"type": "compaction", "compact_threshold": 1000}])).encode())
+    compact = parse_request("openai_responses", json.dumps(call()).encode(), "/v1/responses/compact")
+    assert (trigger.sampling_passes, managed.sampling_passes, compact.sampling_passes) == (2, 2, 1)
