@@ -68,3 +68,27 @@ def test_the_provider_kind_is_set_listed_and_kept(bench: Bench) -> None:
     assert "PROVIDER" in bench.daemon.cli("cred", "ls").stdout
     bad = bench.daemon.cli("cred", "set", "x", "--upstream", "http://127.0.0.1:9", "--provider", "openia", check=False)
     assert bad.returncode == 2 and "openia" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_gemini_calls_are_metered_through_a_real_gateway(bench: Bench) -> None:
+    bench.set_cred("gemini", "AIza-test-key", "llm", provider="gemini")
+    bench.daemon.cli("role", "set", "gem", "--creds", "gemini")
+    body = json.dumps({"contents": [{"parts": [{"text": "one two three"}]}],
+                       "generationConfig": {"maxOutputTokens": 4, "thinkingConfig": {"thinkingBudget": 0}}})
+    script = AGENT_HTTP + f"""
+H = {{"x-goog-api-key": "$CRED{{gemini}}", "Content-Type": "application/json"}}
+for target in ("/v1beta/models/gemini-2.5-flash:generateContent",
+               "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
+               "/v1beta/models/gemini-2.5-flash:embedContent"):
+    status, text = call("POST", target, H, {body!r})
+    print("RESULT", json.dumps([target, status, text[:300]]))
+"""
+    agent_id, out = bench.run_agent(script, role="gem")
+    results = [json.loads(line.split(" ", 1)[1]) for line in out.splitlines() if line.startswith("RESULT ")]
+    assert [status for _, status, _ in results] == [200, 200, 400], results
+    assert "endpoint_not_metered" in results[2][2]  # a Gemini credential is default-deny
+    budget = json.loads(bench.daemon.cli("budget", agent_id, "--json").stdout)
+    # two calls of 3 input and 4 output tokens at gemini-2.5-flash's $0.30 / $2.50 per 1M
+    assert budget["llm_calls"] == 2
+    assert budget["spent_today_usd"] == pytest.approx(2 * (3 * 0.30 + 4 * 2.50) / 1e6, abs=1e-9)
+    assert bench.sim_requests("llm")[-1]["headers"]["x-goog-api-key"] == "AIza-test-key"
