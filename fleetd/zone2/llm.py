@@ -131,8 +131,59 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 _UNIQUE_KEYS = json.JSONDecoder(object_pairs_hook=_unique_keys)  # made once: json.loads(hook=) makes one a call
 
 
+# Parsing JSON costs far more memory than its bytes: ``[{},{},...]`` of 9.7 MB peaked near 283 MB, more than zone 2
+# has. A body is parsed only when an upper bound on what it parses into (``parse_cost``) is within this.
+PARSE_BUDGET = 48 << 20
+_COSTS = {b"{": 200, b"[": 80, b",": 64, b":": 64}  # bytes a dict, a list, a value beyond its text costs at most
+_MAX_PRECISE_QUOTES = 20_000  # past this many quotes, reading the strings out costs more CPU than it is worth
+
+
+class JsonShape:
+    """What ``parse_cost`` counts, counted chunk by chunk as a body arrives: a few microseconds between reads
+    rather than tens of milliseconds of zone 2's one thread after the last one."""
+
+    def __init__(self) -> None:
+        self.counts = dict.fromkeys(_COSTS, 0)
+
+    def feed(self, chunk: bytes) -> None:
+        for char in _COSTS:
+            self.counts[char] += chunk.count(char)
+
+
+def parse_cost(body: bytes, counts: dict[bytes, int] | None = None) -> int:
+    """An upper bound on the memory ``json.loads(body)`` takes: its bytes, plus each container and each value (the
+    commas and colons between them) at what the largest of its kind costs. Counted in C over the bytes (or given,
+    by a JsonShape fed the body); when that says too much, the characters inside strings are taken out of the count
+    (a CSV pasted into a message has many commas that cost nothing), unless there are so many strings that reading
+    them out would cost too much CPU."""
+    counts = dict(counts) if counts is not None else {char: body.count(char) for char in _COSTS}
+    cost = len(body) + sum(_COSTS[char] * n for char, n in counts.items())
+    if cost <= PARSE_BUDGET or body.count(b'"') > _MAX_PRECISE_QUOTES:
+        return cost
+    at = 0
+    while (start := body.find(b'"', at)) != -1:
+        end = start
+        while True:  # the closing quote: one preceded by an even number of backslashes
+            end = body.find(b'"', end + 1)
+            if end == -1:
+                return cost  # not JSON: json.loads will say so, or the count stands
+            escapes = end - 1
+            while body[escapes] == 0x5C:
+                escapes -= 1
+            if (end - 1 - escapes) % 2 == 0:
+                break
+        for char in counts:
+            counts[char] -= body.count(char, start + 1, end)
+        at = end + 1
+    return len(body) + sum(_COSTS[char] * n for char, n in counts.items())
+
+
 def parse_object(body: bytes) -> dict[str, Any]:
-    """A request body as a JSON object; BadLLMRequest if it is not one, or has a key twice in any of its objects."""
+    """A request body as a JSON object; BadLLMRequest if it is not one, has a key twice in any of its objects, or
+    would take more memory to parse than PARSE_BUDGET."""
+    if len(body) > 1 << 16 and parse_cost(body) > PARSE_BUDGET:
+        raise BadLLMRequest(f"request body has too many JSON values to meter (parsing it would take more than "
+                            f"{PARSE_BUDGET >> 20} MiB): send fewer, larger ones")
     try:
         data = _UNIQUE_KEYS.decode(body.decode(json.detect_encoding(body), "surrogatepass"))
     except DuplicateKey as exc:
