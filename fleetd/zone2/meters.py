@@ -7,6 +7,8 @@ What an answer means is its provider adapter's business; these only feed it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from fleetd.zone2.llm import Usage, loads
 from fleetd.zone2.providers import Provider
 from fleetd.zone2.sse import EventStream
@@ -60,11 +62,13 @@ def usage_from_body(provider: Provider, body: bytes) -> Usage | None:
 
 class BodyMeter:
     """Usage from a non-streamed body of unknown or large length, read as it passes through: parsed whole up to
-    MAX_BUFFERED; beyond that only its last TAIL_BYTES are kept, where the answers put their usage (a batch of
-    embeddings runs to tens of MB)."""
+    MAX_BUFFERED (as long as ``hold`` grants the bytes); beyond that only its last TAIL_BYTES are kept, where the
+    answers put their usage (a batch of embeddings runs to tens of MB)."""
 
-    def __init__(self, provider: Provider) -> None:
+    def __init__(self, provider: Provider, hold: Callable[[int], bool] = lambda n: True) -> None:
         self.provider = provider
+        self.hold = hold  # asks to hold n more bytes (the agent's share of zone 2's memory); False: keep the tail
+        self.whole = True  # every byte so far is kept (in parts), to be parsed whole
         self.parts: list[bytes] = []
         self.tail = bytearray()
         self.size = 0
@@ -73,9 +77,10 @@ class BodyMeter:
 
     def feed(self, chunk: bytes) -> bytes:
         self.size += len(chunk)
-        if self.size <= MAX_BUFFERED:
+        if self.whole and self.size <= MAX_BUFFERED and self.hold(len(chunk)):
             self.parts.append(chunk)
             return chunk
+        self.whole = False
         if self.parts:
             self.tail += b"".join(self.parts)[-TAIL_BYTES:]
             self.parts = []
@@ -86,7 +91,7 @@ class BodyMeter:
 
     def flush(self) -> bytes:
         self.complete = True
-        if self.size <= MAX_BUFFERED:
+        if self.whole:
             self.usage = usage_from_body(self.provider, b"".join(self.parts))
         else:
             self.usage = self.provider.tail_usage(bytes(self.tail[-TAIL_BYTES:]))

@@ -22,6 +22,7 @@ from aiohttp import web
 from fleetd.zone2.breaker import Reject, parse_retry_after, retry_delay
 from fleetd.zone2.budget import Refusal
 from fleetd.zone2.costs import CostTracker, LedgerDown, NotPriced
+from fleetd.zone2.guard import GUARD, Guard, guard_middleware, read_body
 from fleetd.zone2.handles import (
     HOP_BY_HOP,
     BadHandle,
@@ -32,7 +33,7 @@ from fleetd.zone2.handles import (
 )
 from fleetd.zone2.kinds import free_call, is_llm, unmetered_billable
 from fleetd.zone2.ledger import Ledger
-from fleetd.zone2.llm import BadLLMRequest, Usage
+from fleetd.zone2.llm import PARSE_BUDGET, BadLLMRequest, JsonShape, Usage, parse_cost
 from fleetd.zone2.meters import MAX_BUFFERED, BodyMeter, StreamMeter, usage_from_body
 from fleetd.zone2.providers import Provider, classify
 from fleetd.zone2.registry import Registration, Registry
@@ -41,6 +42,7 @@ from fleetd.zone2.upstream import BadRequestHead, Response, UpstreamError, Upstr
 
 log = logging.getLogger("fleetd.zone2")
 MAX_BODY = 10 << 20
+MAX_HEARTBEAT = 64 << 10  # a heartbeat's progress is a few fields: checked before a byte is read
 CONNECT_TIMEOUT = 10.0
 IDLE_TIMEOUT = 300.0
 DROPPED_PREFIXES = ("x-forwarded-", "forwarded", "x-real-ip", "proxy-")
@@ -89,11 +91,13 @@ def response_headers(headers: Any, redactor: Redactor) -> list[tuple[str, str]]:
 class Gateway:
     """Handles every request an agent makes to zone 2."""
 
-    def __init__(self, registry: Registry, whois: Whois, upstreams: Upstreams, costs: CostTracker) -> None:
+    def __init__(self, registry: Registry, whois: Whois, upstreams: Upstreams, costs: CostTracker,
+                 guard: Guard) -> None:
         self.registry = registry
         self.whois = whois
         self.upstreams = upstreams
         self.costs = costs
+        self.guard = guard
 
     async def identify(self, request: web.Request) -> Registration | None:
         ip = request.remote or ""
@@ -126,12 +130,8 @@ class Gateway:
         llm_provider = any(is_llm(c.kind) for c in creds)  # the strictest kind named
         secrets = {c.name: c.secret for c in creds}
         url = base + path + ("?" + substitute_query(query, secrets) if query else "")
-        if (request.content_length or 0) > MAX_BODY:
-            return error(413, "request_too_large", f"request bodies are limited to {MAX_BODY >> 20} MiB")
-        try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            return error(413, "request_too_large", f"request bodies are limited to {MAX_BODY >> 20} MiB")
+        shape = JsonShape()
+        body = await read_body(request, MAX_BODY, feed=shape.feed)
         call = Upcall(request.method, url, forward_headers(request.headers, secrets), body, base,
                       Redactor(secrets.values()))
         provider = classify(request.method, path)
@@ -142,6 +142,12 @@ class Gateway:
                 return error(400, "endpoint_not_metered", "zone 2 cannot meter the cost of this call against the "
                              "agent's budget: a role with --allow-unpriced lets it through unmetered")
             return await self.plain(request, reg, call)
+        if request.headers.get("Content-Encoding", "identity").strip().lower() != "identity":
+            return error(400, "bad_request", "zone 2 meters what it reads: send an LLM call's body uncompressed "
+                         "(without Content-Encoding)")
+        if parse_cost(body, shape.counts) > PARSE_BUDGET:  # counted as it arrived: no pass over it here
+            return error(400, "invalid_request_error", f"request body has too many JSON values to meter (parsing "
+                         f"it would take more than {PARSE_BUDGET >> 20} MiB): send fewer, larger ones")
         return await self.metered(request, reg, call, provider, path_segments(path), ",".join(sorted(secrets)))
 
     async def plain(self, request: web.Request, reg: Registration, call: Upcall) -> web.StreamResponse:
@@ -158,7 +164,7 @@ class Gateway:
         # The target without its query: a handle in the query has become the secret there.
         log.debug("%s %s %s -> %s", reg.agent_id, request.method, call.url.split("?", 1)[0], upstream.status)
         try:
-            if fits_buffer(upstream):
+            if self.fits_buffer(request, upstream):
                 return await buffered(upstream, call.redactor)
             return await relay_stream(request, upstream, call.redactor, None)
         finally:
@@ -205,13 +211,13 @@ class Gateway:
             assert upstream is not None
             status = upstream.status
             try:
-                if fits_buffer(upstream):
+                if self.fits_buffer(request, upstream):
                     whole = await buffered(upstream, call.redactor)
                     usage = usage_from_body(provider, whole.raw)
                     return whole
                 meter: StreamMeter | BodyMeter = (StreamMeter(provider, llm.usage_injected)
                                                   if upstream.content_type == "text/event-stream"
-                                                  else BodyMeter(provider))
+                                                  else BodyMeter(provider, lambda n: self.guard.take(request, n)))
                 streamed = await relay_stream(request, upstream, call.redactor, meter)
                 usage = meter.usage
                 return streamed
@@ -220,6 +226,11 @@ class Gateway:
         finally:
             # Exactly once, whatever happened above (also when the agent went away).
             self.costs.settle(ticket, status, usage, attempts)
+
+    def fits_buffer(self, request: web.Request, upstream: Response) -> bool:
+        """Read the answer whole when it may be (``fits_buffer``) and the agent's share of memory holds it; else it
+        streams through, holding next to nothing."""
+        return fits_buffer(upstream) and self.guard.take(request, int(upstream.headers["Content-Length"]))
 
     async def send(self, call: Upcall, body: bytes) -> Response:
         """One attempt upstream; redirects are answers like any other (never followed)."""
@@ -403,9 +414,11 @@ def progress_of(data: Any) -> dict[str, Any] | None:
 
 
 def init_gateway(registry: Registry, whois: Whois, costs: CostTracker | None = None,
-                 relay: Relay | None = None) -> web.Application:
-    """The agent-facing aiohttp application."""
+                 relay: Relay | None = None, guard: Guard | None = None) -> web.Application:
+    """The agent-facing aiohttp application (serve it with ``guard.serve_guarded``, or any aiohttp site in
+    tests: the shares of memory hold either way, the connection limits and timers only when guarded)."""
     tracker = costs or memory_costs()
+    shares = guard or Guard()
     @web.middleware
     async def targets(request: web.Request, handler: Any) -> web.StreamResponse:
         # Authority-form (CONNECT host:port) and the like never reach a route: refuse them the same way.
@@ -414,14 +427,15 @@ def init_gateway(registry: Registry, whois: Whois, costs: CostTracker | None = N
         result: web.StreamResponse = await handler(request)
         return result
 
-    app = web.Application(client_max_size=MAX_BODY, middlewares=[targets])
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[guard_middleware, targets])
+    app[GUARD] = shares
 
     async def open_upstreams(app: web.Application) -> Any:
         # No cookie jar: the pools are shared by every agent. Set-Cookie and Cookie pass through as headers,
         # as a stateless proxy's do. Bodies an upstream compresses despite Accept-Encoding: identity are decoded.
         app[UPSTREAMS] = Upstreams(connect_timeout=CONNECT_TIMEOUT, read_timeout=IDLE_TIMEOUT)
         app[REGISTRY] = registry
-        app[GATEWAY] = Gateway(registry, whois, app[UPSTREAMS], tracker)
+        app[GATEWAY] = Gateway(registry, whois, app[UPSTREAMS], tracker, shares)
         yield
         await app[UPSTREAMS].close()
 
@@ -435,8 +449,8 @@ def init_gateway(registry: Registry, whois: Whois, costs: CostTracker | None = N
         reg = await request.app[GATEWAY].identify(request)
         if reg is None:
             return error(403, "unknown_agent", "this address is not a fleetd agent")
+        raw = await read_body(request, MAX_HEARTBEAT, "heartbeat bodies")
         try:
-            raw = await request.read()
             progress = progress_of(json.loads(raw) if raw.strip() else None)
         except ValueError as exc:
             return error(400, "bad_request", f"invalid heartbeat: {exc}")
@@ -447,6 +461,11 @@ def init_gateway(registry: Registry, whois: Whois, costs: CostTracker | None = N
             return error(404, "not_watched", "the daemon is not watching this agent (it is not running)")
         return web.json_response({"ok": True, "agent_id": reg.agent_id})
 
+    async def health(request: web.Request) -> web.Response:
+        """GET /fleetd/health: the daemon's probe of what agents see (this port, this loop), from the host."""
+        return web.json_response({"ok": True})
+
     app.router.add_post("/fleetd/heartbeat", heartbeat)
+    app.router.add_get("/fleetd/health", health)
     app.router.add_route("*", "/{tail:.*}", handle)
     return app

@@ -28,6 +28,7 @@ from fleetd.gateway import Zone2
 from fleetd.store import Store
 from fleetd.vault import Vault
 from fleetd.zone2.costs import CostTracker
+from fleetd.zone2.guard import Guard
 from fleetd.zone2.ledger import Ledger
 from fleetd.zone2.registry import Registry
 from fleetd.zone2.service import CONTROL_SOCKET, init_control
@@ -50,7 +51,7 @@ def test_the_fingerprint_is_of_the_code_and_its_data_only(tmp_path: Path) -> Non
 
 async def control_and_daemon(tmp_path: Path) -> tuple[web.AppRunner, Zone2, CostTracker]:
     costs = CostTracker(Ledger(tmp_path / "ledger.db"), lambda *e: None)
-    runner = web.AppRunner(init_control(Registry(), costs, 0.0), access_log=None)
+    runner = web.AppRunner(init_control(Registry(), costs, Guard(), 0.0), access_log=None)
     await runner.setup()
     control = tmp_path / "control"
     control.mkdir()

@@ -1,0 +1,320 @@
+"""Zone 2's agent-facing server, guarded: no agent can hold more than its share of it, nor hold it forever.
+
+An agent is hostile code: it can open thousands of connections, send half a request and wait, or announce ten
+megabytes and send them a byte a second. Each connection is wrapped (:class:`GuardedConnection`) so that
+
+- an address gets a connection only within its share (``shares.Shares``); over it, a short 503 ``zone2_busy``
+  and the connection closes, before a byte of it is read;
+- a request's head must arrive whole within ``Timeouts.head`` of its first byte, and an idle kept-alive
+  connection closes after ``Timeouts.idle``;
+- a body is read (:func:`read_body`) only within the address's share of memory, up to a limit checked before
+  reading, and dropped when the client stalls for ``Timeouts.body_stall`` or takes over ``Timeouts.body``;
+- what the handler buffered is given back when the request ends (:func:`guard_middleware`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import resource
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from fleetd.zone2.shares import Limits, Shares
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    head: float = 10.0  # s from a request's first byte to its whole head
+    idle: float = 30.0  # s a kept-alive connection may wait for its next request
+    body_stall: float = 10.0  # s a body may stall
+    body: float = 60.0  # s a whole body may take
+    sweep: float = 1.0  # s between two sweeps for late heads and idle connections
+
+
+IDLE_TIMEOUT = Timeouts.idle
+FD_HEADROOM = 512  # descriptors kept for upstream connections, the ledger and the control socket
+BUSY = "zone2_busy"
+
+# A refusal sent before the request is read: the client reads it as the answer to what it sends.
+_BUSY_BODY = json.dumps({"error": {"type": BUSY, "code": BUSY, "message":
+                                   "zone 2: this agent has as many connections open as it may: close some"}})
+BUSY_RESPONSE = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+                 f"Connection: close\r\nContent-Length: {len(_BUSY_BODY)}\r\n\r\n{_BUSY_BODY}").encode()
+
+GUARD: web.AppKey[Guard] = web.AppKey("guard")
+HELD = web.RequestKey("held", int)  # bytes a request holds of its address's share
+LARGE = web.RequestKey("large", bool)  # the request holds its address's turn for a large body
+LARGE_BODY = 1 << 20  # bytes from which a body waits for its address's turn (``Guard.one_large_body``)
+LINGER = 1.0  # s aiohttp waits for the rest of a request whose body was not read before it closes the connection
+
+
+class Refused(Exception):
+    """A request over its address's share, too large, or too slow: answered with ``response``."""
+
+    def __init__(self, status: int, code: str, message: str, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.retry_after = status, code, message, retry_after
+
+
+def connection_limit(limits: Limits) -> Limits:
+    """``limits`` with the connection cap lowered to what the process's descriptor limit allows, with headroom."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return limits
+    return Limits(**{**limits.__dict__, "connections": max(64, min(limits.connections, soft - FD_HEADROOM))})
+
+
+class Guard:
+    """The connections of the agent-facing server and their shares."""
+
+    def __init__(self, limits: Limits | None = None, timeouts: Timeouts | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.shares = Shares(connection_limit(limits or Limits()))
+        self.timeouts = timeouts or Timeouts()
+        self.clock = clock
+        self.connections: dict[Any, GuardedConnection] = {}  # by transport
+        self.refused_connections = 0
+        self.dropped_slow = 0
+        self._large: dict[str, asyncio.Lock] = {}  # an address's turn to read and parse a large body
+        self._large_waiting: dict[str, int] = {}
+
+    def wrap(self, factory: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
+        """A protocol factory for ``loop.create_server`` that guards the connections ``factory`` serves."""
+        return lambda: GuardedConnection(self, factory())
+
+    def connection(self, transport: Any) -> GuardedConnection | None:
+        return self.connections.get(transport)
+
+    def sweep(self) -> None:
+        """Close connections whose head is late or that idled too long."""
+        now = self.clock()
+        for connection in list(self.connections.values()):
+            if connection.overdue(now):
+                self.dropped_slow += 1
+                connection.abort()
+
+    async def sweeping(self) -> None:
+        while True:
+            await asyncio.sleep(self.timeouts.sweep)
+            self.sweep()
+
+    async def one_large_body(self, request: web.Request) -> None:
+        """Wait until no other large body of this address is being read or parsed, then hold that turn until the
+        request ends: reading and parsing a large body takes zone 2's one thread for tens of milliseconds, and an
+        agent sending them back to back must not take it from the others."""
+        ip = request.remote or ""
+        lock = self._large.get(ip)
+        if lock is None:
+            lock = self._large[ip] = asyncio.Lock()
+        self._large_waiting[ip] = self._large_waiting.get(ip, 0) + 1
+        try:
+            await lock.acquire()
+        finally:
+            self._large_waiting[ip] -= 1
+        request[LARGE] = True
+
+    def end_large_body(self, request: web.Request) -> None:
+        if not request.get(LARGE):
+            return
+        ip = request.remote or ""
+        self._large[ip].release()
+        if not self._large_waiting.get(ip):
+            del self._large[ip]
+            self._large_waiting.pop(ip, None)
+
+    def take(self, request: web.Request, n: int) -> bool:
+        """Hold ``n`` more bytes for ``request``, within its address's share (given back when it ends)."""
+        if not self.shares.take(request.remote or "", n):
+            return False
+        request[HELD] = request.get(HELD, 0) + n
+        return True
+
+    def give(self, request: web.Request, n: int) -> None:
+        n = min(n, request.get(HELD, 0))
+        self.shares.give(request.remote or "", n)
+        request[HELD] = request.get(HELD, 0) - n
+
+    def status(self) -> dict[str, Any]:
+        shares = self.shares
+        return {"connections": shares.total_connections, "connections_limit": shares.limits.connections,
+                "bytes_held": shares.total_held, "addresses": len(shares.connections),
+                "refused_connections": self.refused_connections, "dropped_slow": self.dropped_slow}
+
+
+class GuardedConnection(asyncio.Protocol):
+    """One agent connection: the server's own protocol behind a share check and the head and idle timers."""
+
+    def __init__(self, guard: Guard, inner: asyncio.Protocol) -> None:
+        self.guard = guard
+        self.inner: asyncio.Protocol | None = inner
+        self.transport: asyncio.Transport | None = None
+        self.ip = ""
+        self.busy = False  # a request is being handled
+        self.since = guard.clock()  # idle since (not busy, no byte of a next request yet)
+        self.head_since: float | None = None  # the first byte of a request not yet handled arrived then
+        self.discarding = False  # its request was refused: what it sends is dropped unread
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # a stream transport (uvloop's is no subclass)
+        peer = transport.get_extra_info("peername")
+        self.ip = str(peer[0]) if peer else ""
+        if not self.guard.shares.open(self.ip):
+            self.guard.refused_connections += 1
+            self.inner = None
+            self.transport.write(BUSY_RESPONSE)  # type: ignore[union-attr]
+            transport.close()
+            return
+        self.guard.connections[transport] = self
+        assert self.inner is not None
+        self.inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self.inner is None or self.discarding:
+            return
+        if not self.busy and self.head_since is None:
+            self.head_since = self.guard.clock()
+        self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received() if self.inner is not None else None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.inner is None:
+            return
+        self.guard.connections.pop(self.transport, None)
+        self.guard.shares.close(self.ip)
+        inner, self.inner = self.inner, None
+        inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        if self.inner is not None:
+            self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.inner is not None:
+            self.inner.resume_writing()
+
+    # -- the timers, driven by the middleware and the sweep -------------------------------------------------
+    def started(self) -> None:
+        """A request's head arrived whole: it is being handled."""
+        self.busy, self.head_since = True, None
+
+    def finished(self) -> None:
+        self.busy, self.since = False, self.guard.clock()
+
+    def overdue(self, now: float) -> bool:
+        if self.busy:
+            return False
+        timeouts = self.guard.timeouts
+        if self.head_since is not None:
+            return now - self.head_since > timeouts.head
+        return now - self.since > timeouts.idle
+
+    def discard(self) -> None:
+        """Drop whatever else this connection sends (its request was refused: it closes after the answer)."""
+        self.discarding = True
+        if self.transport is not None:
+            with contextlib.suppress(RuntimeError, AttributeError):
+                self.transport.resume_reading()  # the server may have paused it while the body waited
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+
+@web.middleware
+async def guard_middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                           ) -> web.StreamResponse:
+    """Mark the connection busy while its request is handled; give back what the request held when it ends."""
+    guard = request.app[GUARD]
+    connection = guard.connection(request.transport)
+    if connection is not None:
+        connection.started()
+    try:
+        return await handler(request)
+    except Refused as exc:
+        body = {"error": {"type": exc.code, "code": exc.code, "message": exc.message}}
+        headers = {"Connection": "close"} if exc.status in (408, 413) else {}  # the rest of the body is not read
+        if exc.retry_after is not None:
+            headers["Retry-After"] = str(exc.retry_after)
+        if connection is not None and exc.status in (408, 413, 503):
+            # The rest of the body is dropped as it comes, unparsed, for the second aiohttp lingers before it
+            # closes (so that a client that sends its whole body before reading reads the answer, not a reset)
+            connection.discard()
+        return web.json_response(body, status=exc.status, headers=headers)
+    finally:
+        guard.give(request, request.get(HELD, 0))
+        guard.end_large_body(request)
+        if connection is not None:
+            connection.finished()
+
+
+async def read_body(request: web.Request, limit: int, what: str = "request bodies",
+                    feed: Callable[[bytes], None] | None = None) -> bytes:
+    """The request's body, at most ``limit`` bytes (a declared length over it is refused before a byte is read),
+    held within its address's share of memory and read in time; else :class:`Refused`. ``feed`` sees each chunk
+    as it arrives."""
+    guard = request.app[GUARD]
+    declared = request.content_length
+    too_large = Refused(413, "request_too_large", f"{what} are limited to {_size(limit)}")
+    if declared is not None and declared > limit:
+        raise too_large
+    if declared is None or declared >= LARGE_BODY:
+        await guard.one_large_body(request)
+    if declared and not guard.take(request, declared):
+        raise busy()
+    chunks: list[bytes] = []
+    size = 0
+    loop = asyncio.get_running_loop()
+    timeouts = guard.timeouts
+    deadline = loop.time() + timeouts.body
+    while True:
+        left = deadline - loop.time()
+        try:
+            chunk = await asyncio.wait_for(request.content.readany(), min(timeouts.body_stall, max(left, 0.001)))
+        except TimeoutError:
+            raise Refused(408, "request_timeout", "the request body arrived too slowly") from None
+        if not chunk:
+            break
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        if declared is None and not guard.take(request, len(chunk)):
+            raise busy()
+        if feed is not None:
+            feed(chunk)
+        chunks.append(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def busy() -> Refused:
+    return Refused(503, BUSY, "zone 2 holds as much of this agent's data as it may: retry when its other calls "
+                              "are done", retry_after=1)
+
+
+def _size(n: int) -> str:
+    return f"{n >> 20} MiB" if n >= 1 << 20 else f"{n >> 10} KiB"
+
+
+async def serve_guarded(runner: web.AppRunner, guard: Guard, host: str, port: int, backlog: int = 1024
+                        ) -> tuple[asyncio.AbstractServer, asyncio.Task[None]]:
+    """Listen on host:port with ``runner``'s application behind ``guard``; returns the server and its sweeper."""
+    server = runner.server
+    assert server is not None, "runner.setup() first"
+    listener = await asyncio.get_running_loop().create_server(guard.wrap(server), host, port, backlog=backlog,
+                                                              reuse_address=True)
+    sweeper = asyncio.get_running_loop().create_task(guard.sweeping())
+    return listener, sweeper
+
+
+async def stop_guarded(listener: asyncio.AbstractServer, sweeper: asyncio.Task[None]) -> None:
+    sweeper.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await sweeper
+    listener.close()
