@@ -397,7 +397,8 @@ def status(ctx: click.Context, as_json: bool) -> None:
     click.echo(f"agents     {counts}")
     zone2 = info.get("zone2")
     if zone2:
-        health = "healthy" if zone2["healthy"] else "DOWN"
+        health = ("healthy" if zone2.get("serving_agents", True) else "STARVED (agents get no answer)") \
+            if zone2["healthy"] else "DOWN"
         click.echo(f"zone 2     {health} at {zone2['address'] or '-'} ({zone2['agents_registered'] or 0} agents "
                    f"registered, {zone2['credentials'] or 0} credentials, {zone2['restarts']} restarts)")
         if zone2.get("ledger_error"):

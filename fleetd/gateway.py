@@ -36,6 +36,7 @@ from fleetd.zone2.service import CONTROL_SOCKET, DAEMON_SOCKET, GATEWAY_PORT
 log = logging.getLogger(__name__)
 NOBODY = 65534
 HEALTH_PERIOD = 1.0
+AGENT_PROBE_TIMEOUT = 1.0  # s: zone 2 answering agents slower than this is starved (their p99 target is 0.1 s)
 START_TIMEOUT = 20.0
 ZONE2_IMAGE = f"fleetd/zone2:{__version__}"
 GATEWAY_URL = f"http://zone2:{GATEWAY_PORT}"
@@ -80,6 +81,9 @@ class Zone2:
         self.suspended = False  # after teardown, until the next spawn
         self.on_heartbeat: Callable[[str, dict[str, Any] | None], bool] | None = None
         self.on_health: Callable[[bool], None] | None = None  # the watchdog pauses while zone 2 is down
+        self.starved = False  # the control socket answers, the agents' port does not
+        self._missed_probes = 0
+        self._probe_session: aiohttp.ClientSession | None = None
 
     # -- lifecycle ------------------------------------------------------------
     async def start(self) -> None:
@@ -99,8 +103,9 @@ class Zone2:
         """Stop watching; zone 2 itself keeps running for the agents (like the agents do)."""
         if self._task is not None:
             self._task.cancel()
-        if self._session is not None:
-            await self._session.close()
+        for session in (self._session, self._probe_session):
+            if session is not None:
+                await session.close()
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -151,9 +156,9 @@ class Zone2:
         await self.call(self.firewall.apply, bridge, self.ip)
         await self.push_all()
         self.healthy = True
-        if self.on_health is not None:
-            self.on_health(True)
         self.store.add_event("zone2_ready", f"zone 2 serving agents at {self.ip}:{GATEWAY_PORT}")
+        # The watchdog resumes when the agents' port answers (the next watch, within HEALTH_PERIOD), so that every
+        # agent's window starts when its heartbeats can arrive again, not when the control socket did.
 
     def _check_code(self) -> None:
         """Warn (log, event, status) when zone 2 runs other fleetd code than the daemon: its image is stale."""
@@ -185,13 +190,46 @@ class Zone2:
             if self.suspended:
                 continue
             if self.healthy and await self.health() is not None:
-                if self.on_health is not None:
-                    self.on_health(True)  # resumes a watchdog paused because zone 2 was slow to answer
+                self._agents_see(await self.serving_agents())
                 continue
             try:
                 await self.ensure()
             except FleetdError as exc:
                 log.warning("zone 2: %s", exc.message)
+
+    async def serving_agents(self) -> bool:
+        """Does zone 2 answer on the agents' port, as an agent would reach it, within AGENT_PROBE_TIMEOUT? Its control
+        socket may answer while that port is starved (one agent holding every descriptor, say)."""
+        if self.ip is None:
+            return False
+        if self._probe_session is None:
+            self._probe_session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=AGENT_PROBE_TIMEOUT))
+        try:
+            async with self._probe_session.get(f"http://{self.ip}:{GATEWAY_PORT}/fleetd/health") as response:
+                await response.read()
+                return True  # any answer in time (a zone 2 older than this route answers 403: as good)
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            return False
+
+    def _agents_see(self, serving: bool) -> None:
+        """Pause the heartbeat watchdog while agents cannot reach zone 2 (two probes in a row failed: one may be a
+        blip); resume it, every agent's window counted afresh, once they can. Zone 2 is not restarted for this:
+        a restart would cut every agent's calls, and what starves it is one agent's load, which zone 2 sheds."""
+        if serving:
+            self._missed_probes = 0
+            if self.starved:
+                self.starved = False
+                self.store.add_event("zone2_serving", "zone 2 answers agents again")
+            if self.on_health is not None:
+                self.on_health(True)
+            return
+        self._missed_probes += 1
+        if self._missed_probes >= 2 and not self.starved:
+            self.starved = True
+            self.store.add_event("zone2_starved", f"zone 2 does not answer on the agents' port within "
+                                 f"{AGENT_PROBE_TIMEOUT:g} s (its control socket does): heartbeats cannot arrive")
+            if self.on_health is not None:
+                self.on_health(False)
 
     def _unhealthy(self) -> None:
         if self.healthy and self.on_health is not None:
@@ -236,9 +274,11 @@ class Zone2:
             return None, None
 
     async def answering(self, timeout: float = 1.0) -> bool:
-        """Does zone 2 answer its control socket within ``timeout`` seconds?"""
+        """Does zone 2 answer, within ``timeout`` seconds, its control socket and the agents' port (what a heartbeat
+        goes through)?"""
         try:
-            return await asyncio.wait_for(self.health(), timeout) is not None
+            return (await asyncio.wait_for(self.health(), timeout) is not None
+                    and await asyncio.wait_for(self.serving_agents(), timeout))
         except TimeoutError:
             return False
 
@@ -369,7 +409,8 @@ class Zone2:
         os.chmod(path, 0o666)  # the directory (0700, zone 2's uid) is what keeps others out
 
     def status(self) -> dict[str, Any]:
-        return {"healthy": self.healthy, "container_id": self.container_id, "address": self.ip,
+        return {"healthy": self.healthy, "serving_agents": self.healthy and not self.starved,
+                "container_id": self.container_id, "address": self.ip,
                 "restarts": self.restarts, "agents_registered": self.last_health.get("agents"),
                 "credentials": self.last_health.get("creds"), "ledger_error": self.last_health.get("ledger_error"),
                 "code_matches": self.code_matches}

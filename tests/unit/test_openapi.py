@@ -490,6 +490,7 @@ def test_status_with_zone2_matches_the_schema(doc: dict[str, Any], vault_supervi
     check(doc, "Status", status)
     assert status["zone2"] == {
         "healthy": False,
+        "serving_agents": False,
         "container_id": None,
         "address": None,
         "restarts": 0,
