@@ -7,7 +7,7 @@ event loop. Docker's exceptions are translated once, in ``docker_errors``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,10 @@ from fleetd.pidfds import kill_process_tree
 
 log = logging.getLogger(__name__)
 CHECKPOINT_DIR = "/fleetd/checkpoint"
+# The only places an agent may write (its root filesystem is read-only), each a disk of its own
+# (fleetd.disks) of half its --disk: the disk's name, where it is mounted.
+DISK_MOUNTS = {"tmp": "/tmp", "ckpt": CHECKPOINT_DIR}
+VOLUME_KINDS = {"tmp": "tmp", "ckpt": "checkpoint"}
 
 LABEL_INSTANCE = "fleetd.instance"
 LABEL_AGENT = "fleetd.agent-id"
@@ -171,8 +175,13 @@ class DockerRuntime:
             self.api.start(container_id)
         return container_id
 
-    def create_and_start(self, agent_id: str, spec: AgentSpec, env: dict[str, str] | None = None) -> str:
-        """Create and start the agent's container; return its id."""
+    def create_and_start(self, agent_id: str, spec: AgentSpec, env: dict[str, str],
+                         disks: Mapping[str, Path]) -> str:
+        """Create and start the agent's container; return its id.
+
+        ``disks`` are the devices (fleetd.disks) of the places in DISK_MOUNTS: each becomes a volume
+        mounted there; everything else the agent sees is read-only.
+        """
         network = self.ensure_network()
         host_config = self.api.create_host_config(
             mem_limit=spec.memory,
@@ -186,7 +195,8 @@ class DockerRuntime:
             security_opt=["no-new-privileges:true"],
             network_mode=network,
             log_config=LogConfig(type="json-file", config=LOG_CONFIG),
-            binds={self.checkpoint_volume(agent_id): {"bind": CHECKPOINT_DIR, "mode": "rw"}},
+            read_only=True,
+            binds={self.disk_volume(agent_id, which): {"bind": DISK_MOUNTS[which], "mode": "rw"} for which in disks},
         )
         labels = {
             **spec.labels,
@@ -196,10 +206,15 @@ class DockerRuntime:
             LABEL_ROLE: spec.role,
             LABEL_KIND: "agent",
         }
-        env = {**spec.env, **(env or {}), "FLEETD_AGENT_ID": agent_id}
+        env = {**spec.env, **env, "FLEETD_AGENT_ID": agent_id}
         with docker_errors(spec.image):
-            self.api.create_volume(self.checkpoint_volume(agent_id),
-                                   labels={**self.labels, LABEL_AGENT: agent_id, LABEL_KIND: "checkpoint"})
+            for which, device in disks.items():
+                # dockerd mounts the filesystem when the container starts, as any volume with mount options.
+                self.api.create_volume(
+                    self.disk_volume(agent_id, which), driver="local",
+                    driver_opts={"type": "ext4", "device": str(device), "o": "nosuid,nodev"},
+                    labels={**self.labels, LABEL_AGENT: agent_id, LABEL_KIND: VOLUME_KINDS[which]},
+                )
             created = self.api.create_container(
                 spec.image,
                 command=list(spec.command) or None,
@@ -273,16 +288,18 @@ class DockerRuntime:
         except NotFound:
             pass
 
-    def checkpoint_volume(self, agent_id: str) -> str:
-        """The named volume at /fleetd/checkpoint: it outlives restarts of the agent, not the agent."""
-        return f"fleetd-{self.instance}-ckpt-{agent_id}"
+    def disk_volume(self, agent_id: str, which: str) -> str:
+        """The volume of one of the agent's disks: it outlives restarts of the agent, not the agent."""
+        return f"fleetd-{self.instance}-{which}-{agent_id}"
 
-    def remove_checkpoint(self, agent_id: str) -> None:
-        try:
-            with docker_errors():
-                self.api.remove_volume(self.checkpoint_volume(agent_id), force=True)
-        except NotFound:
-            pass
+    def remove_volumes(self, agent_id: str) -> None:
+        """Remove the agent's volumes (its container must be gone)."""
+        for which in DISK_MOUNTS:
+            try:
+                with docker_errors():
+                    self.api.remove_volume(self.disk_volume(agent_id, which), force=True)
+            except NotFound:
+                pass
 
     def start(self, container_id: str) -> None:
         """Start an existing (exited) container again: same id, name, volumes and labels."""

@@ -20,6 +20,7 @@ import docker
 import docker.errors
 
 from cli.client import ApiError, Client
+from fleetd.disks import Disks
 from fleetd.firewall import Firewall
 
 FLEETD = str(Path(sys.executable).with_name("fleetd"))
@@ -123,6 +124,7 @@ class Daemon:
     def cleanup(self) -> None:
         self.stop()
         remove_instance_objects(self.instance)
+        Disks(self.state_dir / "disks").remove_all()  # their loop devices would outlive the deleted files
         shutil.rmtree(self.root, ignore_errors=True)
 
     # -- the real CLI --------------------------------------------------------
