@@ -88,7 +88,9 @@ class Disks:
 
     def _remove(self, image: Path) -> None:
         # A device still mounted is only marked to go when it is unmounted (the kernel's autoclear).
-        for loop in _run("losetup", "--noheadings", "--output", "NAME", "--associated", str(image)).split():
+        # check=False: another removal of the same agent (its destroy event, the janitor) may have been first.
+        for loop in _run("losetup", "--noheadings", "--output", "NAME", "--associated", str(image),
+                         check=False).split():
             _run("losetup", "--detach", loop, check=False)
         image.with_suffix(".dev").unlink(missing_ok=True)
         image.unlink(missing_ok=True)

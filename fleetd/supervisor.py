@@ -570,6 +570,8 @@ class Supervisor:
             agent = self._get(agent_id)
             try:
                 await self.call(self.runtime.remove, agent["container_id"])
+                # Also when the container was already gone (no destroy event then).
+                await self.call(self._remove_disks, agent_id)
             except FleetdError as exc:
                 log.warning("janitor: cannot remove %s: %s", agent_id, exc.message)
                 continue
