@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 JANITOR_PERIOD = 30.0
 MAX_LOG_STREAMS = 256
-INFRASTRUCTURE = ("zone2",)  # containers of the instance that are not agents
+INFRASTRUCTURE = ("zone2", "netns")  # containers of the instance that are not agents
 
 
 class Supervisor:
@@ -140,7 +140,11 @@ class Supervisor:
                         {"container_id": container_id, "agent_label": label},
                     )
                     await self.call(self.runtime.remove, container_id)
-        # Disks whose agent's container is gone for good (removed while the daemon was down): theirs go too.
+        # Namespace holders and disks of agents that will not run again (ended while the daemon was down).
+        for holder in await self.call(self.runtime.containers, "netns"):
+            agent = self.store.get((holder.get("Labels") or {}).get(LABEL_AGENT) or "")
+            if agent is None or agent["state"] not in LIVE_STATES:
+                await self.call(self.runtime.remove, holder["Id"])
         have_container = {c["agent_id"] for c in containers}
         for agent_id in await self.call(self.disks.agents):
             agent = self.store.get(agent_id)
@@ -172,6 +176,7 @@ class Supervisor:
         if self.draining:
             raise Conflict("the daemon is draining: no new agents until `fleetd undrain`")
         spec = build_spec(request, self.config, self.host_cpus, frozenset(r["name"] for r in self.store.roles()))
+        await self.call(self.runtime.check_image, spec.image)
         env: dict[str, str] = {
             "FLEETD_HEARTBEAT_INTERVAL": f"{spec.heartbeat_interval:g}",
             "FLEETD_GRACE_SECONDS": str(spec.grace),
@@ -200,7 +205,7 @@ class Supervisor:
         )
         try:
             disks = await self.call(self._make_disks, agent_id, spec)
-            container_id = await self.call(self.runtime.create_and_start, agent_id, spec, env, disks)
+            container_id = await self.call(self.runtime.create_and_start, agent_id, spec, env, disks, self._zone2_ip())
         except InvalidRequest:
             await self.call(self._remove_disks, agent_id)
             # Bad input (unknown image, bad reference): leave no trace.
@@ -225,6 +230,10 @@ class Supervisor:
         else:  # it already exited: the die event beat us here
             agent = self.store.update(agent_id, container_id=container_id)
         return agent
+
+    def _zone2_ip(self) -> str | None:
+        """The address an agent's /etc/hosts gives zone2 (fixed on the agents' network: see runtime)."""
+        return self.gateway.ip if self.gateway is not None else None
 
     def _make_disks(self, agent_id: str, spec: AgentSpec) -> dict[str, Path]:
         """The agent's disks, half of its --disk each (blocking: mke2fs, losetup)."""
@@ -261,8 +270,7 @@ class Supervisor:
         if not state.get("Running"):
             return
         self.pidfds.attach(container_id, int(state.get("Pid") or 0))
-        networks = ((data or {}).get("NetworkSettings") or {}).get("Networks") or {}
-        ip = (networks.get(self.runtime.network) or {}).get("IPAddress")
+        ip = await self.call(self.runtime.address_of, data)
         if self.gateway is not None and ip:
             await self.gateway.register(agent_id, ip)
         agent = self.store.get(agent_id)
@@ -379,6 +387,7 @@ class Supervisor:
         self._streak.pop(agent_id, None)
         self.liveness.forget(agent_id)
         self._exited[agent_id].set()
+        self._spawn_task(self.call(self.runtime.remove_netns, agent_id))  # its logs stay, its namespace goes
         if self.gateway is not None:
             self._spawn_task(self.gateway.unregister(agent_id))
 
@@ -397,7 +406,7 @@ class Supervisor:
         if attrs.get(LABEL_KIND) == "zone2" and action == "die" and self.gateway is not None:
             self.gateway.on_exit()
             return
-        if not agent_id:
+        if not agent_id or attrs.get(LABEL_KIND) == "netns":  # a holder's events are not its agent's
             return
         container_id = (event.get("Actor") or {}).get("ID") or event.get("id")
         if action == "oom":
@@ -506,6 +515,7 @@ class Supervisor:
             return
         try:
             await self.call(self._attach_disks, agent_id)
+            await self.call(self.runtime.ensure_netns_of, agent["container_id"], self._zone2_ip())
             await self.call(self.runtime.start, agent["container_id"])
         except FleetdError as exc:
             self.store.add_event("restart_failed", exc.message, agent_id)
