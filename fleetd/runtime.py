@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import secrets
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -357,17 +358,22 @@ class DockerRuntime:
         return bytes(self.api.logs(holder, stdout=True, stderr=True)).decode(errors="replace").count(netns.READY)
 
     def _wait_netns_ready(self, holder: str, before: int) -> None:
-        give_up = time.monotonic() + NETNS_START_TIMEOUT
-        pause = 0.005
-        while True:
-            logs = bytes(self.api.logs(holder, stdout=True, stderr=True)).decode(errors="replace")
-            if logs.count(netns.READY) > before:
-                return
-            state = self.api.inspect_container(holder)["State"]
-            if not state.get("Running") or time.monotonic() > give_up:
-                raise RuntimeFailure(f"the agent's network namespace was not set up: {logs.strip()[-300:]}")
-            time.sleep(pause)
-            pause = min(pause * 2, 0.1)
+        """Follow the holder's output until it says ready (once more than ``before``), it exits, or time is up."""
+        stream = self.api.logs(holder, stdout=True, stderr=True, stream=True, follow=True)
+        timer = threading.Timer(NETNS_START_TIMEOUT, stream.close)  # unblocks the read below
+        timer.start()
+        seen = b""
+        try:
+            for chunk in stream:
+                seen += chunk
+                if seen.count(netns.READY.encode()) > before:
+                    return
+        except Exception:  # the stream closed by the timer
+            pass
+        finally:
+            timer.cancel()
+            stream.close()
+        raise RuntimeFailure(f"the agent's network namespace was not set up: {seen.decode(errors='replace')[-300:]}")
 
     def remove_netns(self, agent_id: str) -> None:
         """Remove the agent's namespace holder (when the agent will not run again)."""

@@ -204,17 +204,25 @@ class Supervisor:
             spec=_dumps(spec.to_json()),
         )
         try:
-            disks = await self.call(self._make_disks, agent_id, spec)
+            # The disks and the network namespace do not wait for each other (the holder's start is most of it).
+            made = await asyncio.gather(self.call(self._make_disks, agent_id, spec),
+                                        self.call(self.runtime.ensure_netns, agent_id, self._zone2_ip()),
+                                        return_exceptions=True)
+            for failed in made:
+                if isinstance(failed, BaseException):
+                    raise failed
+            disks = made[0]
+            assert isinstance(disks, dict)
             container_id = await self.call(self.runtime.create_and_start, agent_id, spec, env, disks, self._zone2_ip())
         except InvalidRequest:
-            await self.call(self._remove_disks, agent_id)
+            await self.call(self._discard, agent_id)
             # Bad input (unknown image, bad reference): leave no trace.
             self.store.conn.execute("DELETE FROM agents WHERE id = ?", (agent_id,))
             self.store.conn.execute("DELETE FROM transitions WHERE agent_id = ?", (agent_id,))
             self.store.conn.execute("DELETE FROM events WHERE agent_id = ?", (agent_id,))
             raise
         except FleetdError as exc:
-            await self.call(self._remove_disks, agent_id)
+            await self.call(self._discard, agent_id)
             self.store.transition(agent_id, State.FAILED, Reason.START_FAILED, finished_at=iso(utcnow()))
             self.store.add_event("start_failed", exc.message, agent_id)
             self._finished(agent_id)
@@ -245,6 +253,11 @@ class Supervisor:
         """The agent's volumes and disks, once its container is gone (blocking)."""
         self.runtime.remove_volumes(agent_id)
         self.disks.remove(agent_id)
+
+    def _discard(self, agent_id: str) -> None:
+        """What a spawn that failed made: its namespace holder, volumes and disks (blocking)."""
+        self.runtime.remove_netns(agent_id)
+        self._remove_disks(agent_id)
 
     def _attach_disks(self, agent_id: str) -> None:
         """Before a restart: the disks' loop devices are gone after a host reboot (blocking)."""
