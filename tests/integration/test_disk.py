@@ -128,7 +128,8 @@ def test_writes_stop_at_the_disk_limit_everywhere_and_the_checkpoint_survives_a_
     assert status["zone2"]["healthy"] is True and status["docker"]["connected"] is True
 
 
-def test_a_root_agent_is_bounded_too(daemon: Daemon, root_image: str) -> None:
+def test_a_root_agent_is_bounded_too(root_image: str, daemon: Daemon) -> None:
+    # root_image first: its teardown (removing the image) runs after the daemon's has removed the containers.
     agent_id = daemon.spawn("--disk", "64m", root_image, "python3", "-c", WRITER, str(WRITE_CAP))
     report = report_of(daemon, agent_id)
     # Root owns /etc/hosts (a file on the host's disk) but not the agent user's checkpoint directory.
