@@ -39,6 +39,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from cli.client import ApiError, Client  # noqa: E402 - needs the repo on sys.path first
+from fleetd.disks import Disks  # noqa: E402
 
 IMAGE = "fleetd/agent-python"
 BASELINE_LABEL = "fleetd-bench"
@@ -184,6 +185,10 @@ class Bench:
             if not left and not networks:
                 break
             time.sleep(1)
+        volumes = _lines(["docker", "volume", "ls", "-q", "--filter", f"label=fleetd.instance={self.instance}"])
+        if volumes:
+            subprocess.run(["docker", "volume", "rm", "-f", *volumes], capture_output=True, text=True)
+        Disks(self.state_dir / "disks").remove_all()  # agents' disk images: their loop devices too
         with contextlib.suppress(OSError):
             self.socket.unlink()
         if self.keep_logs:

@@ -15,6 +15,8 @@ SPAWN_OPTIONS: list[tuple[tuple[str, ...], str, str, str]] = [
     (("--ttl",), "ttl", "int", "Seconds until the deadline (default 3600)."),
     (("--memory", "-m"), "memory", "str", "Memory limit, e.g. 512m (swap disabled)."),
     (("--memory-reservation",), "memory_reservation", "str", "Soft memory limit, e.g. 256m."),
+    (("--disk",), "disk", "str",
+     "Writable space in all, e.g. 1g (default): /tmp and /fleetd/checkpoint get half each, the rest is read-only."),
     (("--cpus",), "cpus", "str", "CPUs, e.g. 0.25."),
     (("--pids-limit",), "pids_limit", "int", "Max processes (default 256)."),
     (("--grace",), "grace", "int", "Seconds between SIGTERM and SIGKILL (default 30)."),

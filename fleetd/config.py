@@ -14,6 +14,7 @@ The file is TOML; every key is optional::
     pids_limit = 256
     ttl = 3600
     grace = 30
+    disk = "1g"                # the agent's writable space: /tmp and /fleetd/checkpoint, half each
 
     [roles.researcher]         # per-role overrides of [defaults] (and of [budget], see fleetd.policy)
     memory = "1g"
@@ -34,7 +35,7 @@ from fleetd import __version__
 from fleetd.errors import InvalidRequest
 from fleetd.paths import default_config, default_socket, default_state_dir
 from fleetd.policy import BUDGET_KEYS, Policy, load_policy, overlay
-from fleetd.units import NAME_PATTERN, parse_heartbeat_interval, parse_memory
+from fleetd.units import NAME_PATTERN, parse_disk, parse_heartbeat_interval, parse_memory
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class Limits:
 
     memory: int | None = None
     memory_reservation: int | None = None
+    disk: int | None = None
     cpus: float | None = None
     pids_limit: int | None = None
     ttl: int | None = None
@@ -58,7 +60,7 @@ class Limits:
         return overlay(self, base)
 
 
-BUILTIN_DEFAULTS = Limits(memory=512 << 20, cpus=1.0, pids_limit=256, ttl=3600, grace=30)
+BUILTIN_DEFAULTS = Limits(memory=512 << 20, disk=1 << 30, cpus=1.0, pids_limit=256, ttl=3600, grace=30)
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,8 @@ def _limits(table: dict[str, Any], where: str) -> Limits:
     for key, value in table.items():
         if key in ("memory", "memory_reservation"):
             values[key] = parse_memory(value, f"{where}.{key}")
+        elif key == "disk":
+            values[key] = parse_disk(value, f"{where}.disk")
         elif key in ("restart", "startup_probe", "readiness_probe", "liveness_probe"):
             if not isinstance(value, str):
                 raise InvalidRequest(f"{where}.{key}: must be a string like the spawn flag's value")

@@ -69,7 +69,7 @@ class Daemon:
         check_socket_free(config.socket)
         self.store = Store(config.state_dir / "state.db")
         self.store.claim_instance(config.instance)
-        self.runtime = await wait_for_docker(config.instance, self.should_exit)
+        self.runtime = await wait_for_docker(config.instance, config.zone2_image, self.should_exit)
         self.timers = Timers()
         self.timers.start()
         self.supervisor = Supervisor(config, self.store, self.runtime, self.timers)
@@ -199,12 +199,12 @@ def secure_socket(path: Path) -> None:
     os.chmod(path, 0o660)
 
 
-async def wait_for_docker(instance: str, give_up: asyncio.Event) -> DockerRuntime:
+async def wait_for_docker(instance: str, helper_image: str, give_up: asyncio.Event) -> DockerRuntime:
     """Connect to the engine, waiting a little for one that is still starting."""
     deadline = time.monotonic() + DOCKER_WAIT
     while True:
         try:
-            runtime = DockerRuntime(instance)
+            runtime = DockerRuntime(instance, helper_image)
             await asyncio.to_thread(runtime.ping)
             return runtime
         except RuntimeUnavailable as exc:

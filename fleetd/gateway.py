@@ -113,6 +113,9 @@ class Zone2:
         """Zone 2 runs and knows everything; restart and re-feed it if not."""
         async with self._lock:
             data = await self.call(self.runtime.inspect, self.runtime.zone2_name)
+            if data is not None and not self._at_fixed_address(data):
+                await self.call(self.runtime.remove, data["Id"])  # agents find zone2 at that address alone
+                data = None
             running = bool(data and data["State"]["Running"] and data["Config"]["Image"] == self.image)
             if running and await self.health() is not None:
                 if not self.healthy:
@@ -134,6 +137,12 @@ class Zone2:
                     raise RuntimeFailure(f"zone 2 did not start ({self.image}): {logs.strip()[-500:]}")
                 await asyncio.sleep(0.05)
             await self._adopt(await self.call(self.runtime.inspect, self.runtime.zone2_name))
+
+    def _at_fixed_address(self, data: dict[str, Any]) -> bool:
+        """Zone 2 was made with the address the agents' network keeps for it (when it keeps one)."""
+        wanted = self.runtime.zone2_address
+        endpoint = ((data.get("NetworkSettings") or {}).get("Networks") or {}).get(self.runtime.network) or {}
+        return wanted is None or (endpoint.get("IPAMConfig") or {}).get("IPv4Address") == wanted
 
     async def _bring_up(self, data: dict[str, Any] | None) -> str:
         """Start the dead zone 2 container again (fastest), or create it afresh."""

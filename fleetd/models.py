@@ -48,6 +48,7 @@ class AgentSpec:
     labels: dict[str, str] = field(default_factory=dict)
     memory: int | None = None
     memory_reservation: int | None = None
+    disk: int | None = None  # bytes the agent may write in all (None: spawned before disks were bounded)
     nano_cpus: int | None = None
     pids_limit: int = 256
     ttl: int = 3600

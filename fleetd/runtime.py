@@ -6,8 +6,12 @@ event loop. Docker's exceptions are translated once, in ``docker_errors``.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
-from collections.abc import Iterator
+import secrets
+import threading
+import time
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -15,20 +19,28 @@ from typing import Any
 import docker
 import docker.errors
 import requests.exceptions
-from docker.types import LogConfig
+from docker.types import IPAMConfig, IPAMPool, LogConfig
 
+from fleetd import __version__, netns
+from fleetd.cgroups import cgroup_usage
 from fleetd.errors import ImageNotFound, NotFound, RuntimeFailure, RuntimeUnavailable
 from fleetd.models import AgentSpec
 from fleetd.pidfds import kill_process_tree
 
 log = logging.getLogger(__name__)
 CHECKPOINT_DIR = "/fleetd/checkpoint"
+# The only places an agent may write (its root filesystem is read-only), each a disk of its own
+# (fleetd.disks) of half its --disk: the disk's name, where it is mounted.
+DISK_MOUNTS = {"tmp": "/tmp", "ckpt": CHECKPOINT_DIR}
+VOLUME_KINDS = {"tmp": "tmp", "ckpt": "checkpoint"}
 
 LABEL_INSTANCE = "fleetd.instance"
 LABEL_AGENT = "fleetd.agent-id"
 LABEL_NAME = "fleetd.name"
 LABEL_ROLE = "fleetd.role"
 LABEL_KIND = "fleetd.kind"
+LABEL_ZONE2_ADDRESS = "fleetd.zone2-address"  # on the agents' network: the address kept for zone 2
+NETNS_START_TIMEOUT = 20.0
 # A container's json-file log is capped so a chatty agent cannot fill the disk.
 LOG_CONFIG = {"max-size": "10m", "max-file": "3"}
 POOL_SIZE = 64
@@ -54,11 +66,13 @@ def docker_errors(image: str | None = None) -> Iterator[None]:
 class DockerRuntime:
     """Containers, networks and the event stream of one fleetd instance."""
 
-    def __init__(self, instance: str) -> None:
+    def __init__(self, instance: str, helper_image: str = f"fleetd/zone2:{__version__}") -> None:
         self.instance = instance
         self.network = f"fleetd-{instance}-agents"
         self.egress = f"fleetd-{instance}-egress"
         self.zone2_name = f"fleetd-{instance}-zone2"
+        self.helper_image = helper_image  # runs each agent's netns holder (fleetd.netns)
+        self.zone2_address: str | None = None  # fixed, on networks this fleetd made (else Docker picks)
         with docker_errors():
             self.client = docker.from_env(max_pool_size=POOL_SIZE)
         self.api = self.client.api
@@ -82,24 +96,71 @@ class DockerRuntime:
             self.api.ping()
 
     def ensure_network(self) -> str:
-        """The instance's private agent network: internal, no inter-agent traffic."""
+        """The instance's private agent network: internal, no inter-agent traffic, a fixed address for zone 2.
+
+        Agents find zone 2 in their /etc/hosts (fleetd.netns), so its address must not change when it is
+        re-created: the network has a subnet of its own (a static address needs one), zone 2 the first
+        address after the gateway, agents the upper half.
+        """
         if self._network_ready:
             return self.network
         with docker_errors():
-            if not self.api.networks(names=[self.network], filters=self.label_filter):
-                try:
-                    self.api.create_network(
-                        self.network,
-                        driver="bridge",
-                        internal=True,
-                        options={"com.docker.network.bridge.enable_icc": "false"},
-                        labels={**self.labels, LABEL_KIND: "agents"},
-                    )
-                except docker.errors.APIError as exc:
-                    if exc.status_code != 409:  # created by a racing spawn
-                        raise
+            found = self._agents_network()
+            if found is not None and LABEL_ZONE2_ADDRESS not in (found.get("Labels") or {}):
+                found = self._replace_old_network(found)
+            if found is None:
+                self._create_agents_network()
+                found = self._agents_network()
+            self.zone2_address = ((found or {}).get("Labels") or {}).get(LABEL_ZONE2_ADDRESS)
         self._network_ready = True
         return self.network
+
+    def _agents_network(self) -> dict[str, Any] | None:
+        for network in self.api.networks(names=[self.network], filters=self.label_filter):
+            if network["Name"] == self.network:
+                found: dict[str, Any] = self.api.inspect_network(network["Id"])
+                return found
+        return None
+
+    def _create_agents_network(self) -> None:
+        subnet = self._free_subnet()
+        pool = IPAMPool(subnet=str(subnet), gateway=str(subnet[1]), iprange=str(list(subnet.subnets())[1]))
+        try:
+            self.api.create_network(
+                self.network,
+                driver="bridge",
+                internal=True,
+                options={"com.docker.network.bridge.enable_icc": "false"},
+                ipam=IPAMConfig(pool_configs=[pool]),
+                labels={**self.labels, LABEL_KIND: "agents", LABEL_ZONE2_ADDRESS: str(subnet[2])},
+            )
+        except docker.errors.APIError as exc:
+            if exc.status_code != 409:  # created by a racing spawn
+                raise
+
+    def _free_subnet(self) -> ipaddress.IPv4Network:
+        """A subnet from Docker's own pools: the one it gives a throw-away network (then removed)."""
+        probe = self.api.create_network(f"fleetd-{self.instance}-probe-{secrets.token_hex(3)}", driver="bridge",
+                                        internal=True, labels={**self.labels, LABEL_KIND: "probe"})
+        try:
+            config = self.api.inspect_network(probe["Id"])["IPAM"]["Config"]
+        finally:
+            self.api.remove_network(probe["Id"])
+        return ipaddress.IPv4Network(config[0]["Subnet"])
+
+    def _replace_old_network(self, network: dict[str, Any]) -> dict[str, Any] | None:
+        """A network of an older fleetd (no fixed zone 2 address): replaced when only zone 2 is on it."""
+        attached = {name.lstrip("/") for c in self.api.containers(all=True, filters={"network": network["Id"]})
+                    for name in c.get("Names") or []}
+        if attached - {self.zone2_name}:
+            log.warning("the agents' network %s has no fixed address for zone 2 and agents on it: zone 2 keeps "
+                        "Docker's address until it is replaced (after the last agent, or fleetd teardown)",
+                        self.network)
+            return network
+        for old in self.api.containers(all=True, filters={"name": f"^/{self.zone2_name}$"}):
+            self.api.remove_container(old["Id"], force=True)
+        self.api.remove_network(network["Id"])
+        return None
 
     def ensure_egress(self) -> str:
         """The network zone 2 (and only zone 2) uses to reach upstreams."""
@@ -154,9 +215,8 @@ class DockerRuntime:
                 network_mode=self.ensure_network(),
                 log_config=LogConfig(type="json-file", config=LOG_CONFIG),
             )
-            networking = self.api.create_networking_config(
-                {self.network: self.api.create_endpoint_config(aliases=["zone2"])}  # type: ignore[arg-type]
-            )
+            endpoint = self.api.create_endpoint_config(aliases=["zone2"], ipv4_address=self.zone2_address)
+            networking = self.api.create_networking_config({self.network: endpoint})  # type: ignore[arg-type]
             created = self.api.create_container(
                 image,
                 command=["zone2", "--control-dir", "/control"],
@@ -171,9 +231,20 @@ class DockerRuntime:
             self.api.start(container_id)
         return container_id
 
-    def create_and_start(self, agent_id: str, spec: AgentSpec, env: dict[str, str] | None = None) -> str:
-        """Create and start the agent's container; return its id."""
-        network = self.ensure_network()
+    def check_image(self, image: str) -> None:
+        """ImageNotFound unless the engine has ``image`` (before anything is made for an agent)."""
+        with docker_errors(image):
+            self.api.inspect_image(image)  # type: ignore[no-untyped-call]
+
+    def create_and_start(self, agent_id: str, spec: AgentSpec, env: dict[str, str],
+                         disks: Mapping[str, Path], zone2_ip: str | None) -> str:
+        """Create and start the agent's container in its own network namespace; return its id.
+
+        ``disks`` are the devices (fleetd.disks) of the places in DISK_MOUNTS: each becomes a volume
+        mounted there; everything else the agent sees is read-only. The namespace is its holder's
+        (fleetd.netns), made first: its /etc/hosts names zone 2 at ``zone2_ip``.
+        """
+        self.ensure_netns(agent_id, zone2_ip)
         host_config = self.api.create_host_config(
             mem_limit=spec.memory,
             # Swap equal to memory: no swap, so the memory limit is real.
@@ -184,9 +255,11 @@ class DockerRuntime:
             init=True,
             cap_drop=["ALL"],
             security_opt=["no-new-privileges:true"],
-            network_mode=network,
+            # Docker keeps the holder's id: a holder is started again (never replaced) while its agent may run.
+            network_mode=f"container:{self.netns_name(agent_id)}",
             log_config=LogConfig(type="json-file", config=LOG_CONFIG),
-            binds={self.checkpoint_volume(agent_id): {"bind": CHECKPOINT_DIR, "mode": "rw"}},
+            read_only=True,
+            binds={self.disk_volume(agent_id, which): {"bind": DISK_MOUNTS[which], "mode": "rw"} for which in disks},
         )
         labels = {
             **spec.labels,
@@ -196,25 +269,124 @@ class DockerRuntime:
             LABEL_ROLE: spec.role,
             LABEL_KIND: "agent",
         }
-        env = {**spec.env, **(env or {}), "FLEETD_AGENT_ID": agent_id}
-        with docker_errors(spec.image):
-            self.api.create_volume(self.checkpoint_volume(agent_id),
-                                   labels={**self.labels, LABEL_AGENT: agent_id, LABEL_KIND: "checkpoint"})
+        env = {**spec.env, **env, "FLEETD_AGENT_ID": agent_id}
+        try:
+            with docker_errors(spec.image):
+                for which, device in disks.items():
+                    # dockerd mounts the filesystem when the container starts, as any volume with mount options.
+                    self.api.create_volume(
+                        self.disk_volume(agent_id, which), driver="local",
+                        driver_opts={"type": "ext4", "device": str(device), "o": "nosuid,nodev"},
+                        labels={**self.labels, LABEL_AGENT: agent_id, LABEL_KIND: VOLUME_KINDS[which]},
+                    )
+                created = self.api.create_container(
+                    spec.image,
+                    command=list(spec.command) or None,
+                    name=f"fleetd-{self.instance}-{agent_id}",
+                    environment=env,
+                    labels=labels,
+                    host_config=host_config,
+                )
+                container_id: str = created["Id"]
+                try:
+                    self.api.start(container_id)
+                except docker.errors.APIError:
+                    self.api.remove_container(container_id, force=True)
+                    raise
+        except Exception:
+            self.remove_netns(agent_id)
+            raise
+        return container_id
+
+    # -- network namespaces ----------------------------------------------------
+    def netns_name(self, agent_id: str) -> str:
+        return f"fleetd-{self.instance}-{agent_id}-netns"
+
+    def ensure_netns(self, agent_id: str, zone2_ip: str | None) -> None:
+        """The agent's namespace holder runs, its rules in place: started again when it stopped, else made."""
+        name = self.netns_name(agent_id)
+        with docker_errors(self.helper_image):
+            for old in self.api.containers(all=True, filters={"name": f"^/{name}$"}):
+                if old["State"] != "running":  # dockerd restarted: a new namespace, set up again
+                    readies = self._netns_readies(old["Id"])
+                    self.api.start(old["Id"])
+                    self._wait_netns_ready(old["Id"], readies)
+                return
+            host_config = self.api.create_host_config(
+                network_mode=self.ensure_network(),
+                cap_drop=["ALL"],
+                cap_add=netns.CAPABILITIES,
+                security_opt=["no-new-privileges:true"],
+                read_only=True,
+                init=True,
+                mem_limit=32 << 20,
+                memswap_limit=32 << 20,
+                pids_limit=8,
+                sysctls=netns.SYSCTLS,
+                extra_hosts={"zone2": zone2_ip} if zone2_ip else None,
+                # Were Docker's DNS server reached after all, it would forward inside this namespace (which
+                # routes nowhere), never from the host's (CVE-2024-29018: only for the host's resolvers).
+                dns=["127.0.0.1"],
+                log_config=LogConfig(type="json-file", config={"max-size": "1m", "max-file": "1"}),
+            )
             created = self.api.create_container(
-                spec.image,
-                command=list(spec.command) or None,
-                name=f"fleetd-{self.instance}-{agent_id}",
-                environment=env,
-                labels=labels,
+                self.helper_image,
+                command=["python3", "-c", netns.SCRIPT],
+                entrypoint=[],
+                name=name,
+                hostname=agent_id,
+                user="0:0",
+                labels={**self.labels, LABEL_AGENT: agent_id, LABEL_KIND: "netns"},
                 host_config=host_config,
             )
-            container_id: str = created["Id"]
+            holder: str = created["Id"]
             try:
-                self.api.start(container_id)
-            except docker.errors.APIError:
-                self.api.remove_container(container_id, force=True)
+                self.api.start(holder)
+                self._wait_netns_ready(holder, 0)
+            except BaseException:
+                self.api.remove_container(holder, force=True)
                 raise
-        return container_id
+
+    def ensure_netns_of(self, container_id: str, zone2_ip: str | None) -> None:
+        """Before an agent's container starts again: its namespace holder runs (an older agent has none)."""
+        data = self.inspect(container_id) or {}
+        if str((data.get("HostConfig") or {}).get("NetworkMode") or "").startswith("container:"):
+            self.ensure_netns((data.get("Config", {}).get("Labels") or {})[LABEL_AGENT], zone2_ip)
+
+    def _netns_readies(self, holder: str) -> int:
+        """How many times the holder said its namespace was ready (once per start)."""
+        return bytes(self.api.logs(holder, stdout=True, stderr=True)).decode(errors="replace").count(netns.READY)
+
+    def _wait_netns_ready(self, holder: str, before: int) -> None:
+        """Follow the holder's output until it says ready (once more than ``before``), it exits, or time is up."""
+        stream = self.api.logs(holder, stdout=True, stderr=True, stream=True, follow=True)
+        timer = threading.Timer(NETNS_START_TIMEOUT, stream.close)  # unblocks the read below
+        timer.start()
+        seen = b""
+        try:
+            for chunk in stream:
+                seen += chunk
+                if seen.count(netns.READY.encode()) > before:
+                    return
+        except Exception:  # the stream closed by the timer
+            pass
+        finally:
+            timer.cancel()
+            stream.close()
+        raise RuntimeFailure(f"the agent's network namespace was not set up: {seen.decode(errors='replace')[-300:]}")
+
+    def remove_netns(self, agent_id: str) -> None:
+        """Remove the agent's namespace holder (when the agent will not run again)."""
+        self.remove(self.netns_name(agent_id))
+
+    def address_of(self, data: dict[str, Any]) -> str | None:
+        """A running agent's address on the agents' network (its holder's; its own for an older agent)."""
+        mode = str((data.get("HostConfig") or {}).get("NetworkMode") or "")
+        if mode.startswith("container:"):
+            data = self.inspect(mode.removeprefix("container:")) or {}
+        networks = (data.get("NetworkSettings") or {}).get("Networks") or {}
+        address = (networks.get(self.network) or {}).get("IPAddress")
+        return str(address) if address else None
 
     def signal(self, container_id: str, signal: str) -> bool:
         """Send a signal; False when the container is not running (nothing to signal)."""
@@ -272,17 +444,26 @@ class DockerRuntime:
                 self.api.remove_container(container_id, force=True, v=True)
         except NotFound:
             pass
+        except RuntimeFailure as exc:
+            if "already in progress" not in exc.message:
+                raise
+            # Another task removes it at the same time (teardown, and the agent's end): done when it is gone.
+            give_up = time.monotonic() + 30
+            while self.inspect(container_id) is not None and time.monotonic() < give_up:
+                time.sleep(0.05)
 
-    def checkpoint_volume(self, agent_id: str) -> str:
-        """The named volume at /fleetd/checkpoint: it outlives restarts of the agent, not the agent."""
-        return f"fleetd-{self.instance}-ckpt-{agent_id}"
+    def disk_volume(self, agent_id: str, which: str) -> str:
+        """The volume of one of the agent's disks: it outlives restarts of the agent, not the agent."""
+        return f"fleetd-{self.instance}-{which}-{agent_id}"
 
-    def remove_checkpoint(self, agent_id: str) -> None:
-        try:
-            with docker_errors():
-                self.api.remove_volume(self.checkpoint_volume(agent_id), force=True)
-        except NotFound:
-            pass
+    def remove_volumes(self, agent_id: str) -> None:
+        """Remove the agent's volumes (its container must be gone)."""
+        for which in DISK_MOUNTS:
+            try:
+                with docker_errors():
+                    self.api.remove_volume(self.disk_volume(agent_id, which), force=True)
+            except NotFound:
+                pass
 
     def start(self, container_id: str) -> None:
         """Start an existing (exited) container again: same id, name, volumes and labels."""
@@ -293,10 +474,11 @@ class DockerRuntime:
         """Memory in use, its limit and CPU time of a running container, read from its cgroup."""
         return cgroup_usage(container_id)
 
-    def containers(self) -> list[dict[str, Any]]:
-        """Every container of this instance, running or not."""
+    def containers(self, kind: str | None = None) -> list[dict[str, Any]]:
+        """Every container of this instance (of one kind: agent, netns, zone2), running or not."""
+        labels = [f"{LABEL_INSTANCE}={self.instance}"] + ([f"{LABEL_KIND}={kind}"] if kind else [])
         with docker_errors():
-            found: list[dict[str, Any]] = self.api.containers(all=True, filters=self.label_filter)
+            found: list[dict[str, Any]] = self.api.containers(all=True, filters={"label": labels})
             return found
 
     def logs(self, container_id: str, follow: bool, tail: int | None) -> Any:
@@ -337,46 +519,3 @@ class DockerRuntime:
                     pass
         self._network_ready = False
         return removed
-
-
-def cgroup_paths(root: Path, container_id: str) -> list[tuple[Path, Path, Path, int]]:
-    """Where a container's memory use, memory limit and CPU time are, for each cgroup layout Docker makes.
-
-    cgroup v1 and v2, each with the cgroupfs or the systemd cgroup driver. The last item is the CPU
-    file's unit: 1 (v1 ``cpuacct.usage``, nanoseconds) or 1000 (v2 ``cpu.stat`` ``usage_usec``).
-    """
-    scope = f"system.slice/docker-{container_id}.scope"
-    return [
-        # v1, cgroupfs driver
-        (root / "memory/docker" / container_id / "memory.usage_in_bytes",
-         root / "memory/docker" / container_id / "memory.limit_in_bytes",
-         root / "cpuacct/docker" / container_id / "cpuacct.usage", 1),
-        # v1, systemd driver
-        (root / "memory" / scope / "memory.usage_in_bytes", root / "memory" / scope / "memory.limit_in_bytes",
-         root / "cpuacct" / scope / "cpuacct.usage", 1),
-        # v2, systemd driver
-        (root / scope / "memory.current", root / scope / "memory.max", root / scope / "cpu.stat", 1000),
-        # v2, cgroupfs driver
-        (root / "docker" / container_id / "memory.current", root / "docker" / container_id / "memory.max",
-         root / "docker" / container_id / "cpu.stat", 1000),
-    ]
-
-
-def cgroup_usage(container_id: str, root: Path = Path("/sys/fs/cgroup")) -> dict[str, int] | None:
-    """Memory in use, its limit (0: none) and CPU time in ns, from the first layout that has the container."""
-    for memory, limit, cpu, scale in cgroup_paths(root, container_id):
-        try:
-            used = int(memory.read_text())
-            cap = limit.read_text().strip()
-            cpu_text = cpu.read_text()
-        except (OSError, ValueError):
-            continue
-        if scale == 1000:  # cgroup v2: "usage_usec N" in cpu.stat
-            usec = next((int(line.split()[1]) for line in cpu_text.splitlines() if line.startswith("usage_usec")), 0)
-            cpu_ns = usec * 1000
-        else:
-            cpu_ns = int(cpu_text)
-        # v1 writes a huge number for "no limit", v2 writes "max"
-        limit_bytes = int(cap) if cap.isdigit() and int(cap) < 1 << 62 else 0
-        return {"memory_bytes": used, "memory_limit_bytes": limit_bytes, "cpu_ns": cpu_ns}
-    return None

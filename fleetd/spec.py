@@ -9,11 +9,19 @@ from fleetd.config import Config
 from fleetd.errors import InvalidRequest
 from fleetd.health import ProbeSpec, RestartPolicy
 from fleetd.models import AgentSpec
-from fleetd.units import NAME_PATTERN, parse_cpus, parse_heartbeat_interval, parse_memory, parse_pairs, parse_usd
+from fleetd.units import (
+    NAME_PATTERN,
+    parse_cpus,
+    parse_disk,
+    parse_heartbeat_interval,
+    parse_memory,
+    parse_pairs,
+    parse_usd,
+)
 
 SPAWN_FIELDS = {
     "image", "command", "name", "role", "env", "labels", "memory",
-    "memory_reservation", "cpus", "pids_limit", "ttl", "grace",
+    "memory_reservation", "disk", "cpus", "pids_limit", "ttl", "grace",
     "daily_usd", "monthly_usd", "max_llm_calls",
     "heartbeat_interval", "restart", "startup_probe", "readiness_probe", "liveness_probe",
 }
@@ -100,6 +108,7 @@ def build_spec(request: Any, config: Config, host_cpus: int, roles: frozenset[st
         labels=labels,
         memory=memory,
         memory_reservation=reservation,
+        disk=parse_disk(pick("disk")),
         nano_cpus=nano_cpus,
         pids_limit=whole_number(pick("pids_limit"), "--pids-limit", 1),
         ttl=ttl_seconds(pick("ttl"), config),

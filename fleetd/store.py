@@ -17,6 +17,7 @@ from typing import Any
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
+from fleetd.bounds import MAX_MESSAGE_CHARS, MAX_TYPE_CHARS, bounded_data, clip
 from fleetd.errors import InvalidRequest, NotFound
 from fleetd.models import LIVE_STATES, State, iso, utcnow
 
@@ -287,13 +288,16 @@ class Store:
     def add_event(
         self, type_: str, message: str, agent_id: str | None = None, data: dict[str, Any] | None = None
     ) -> dict[str, Any]:
+        """Record an event; its type, message and data are cut to their bounds (fleetd.bounds) first."""
         at = iso(utcnow())
+        # Zone 2 relays refusals that quote what an agent sent: agent-chosen text, bounded here where it is kept.
+        type_, message, data = clip(type_, MAX_TYPE_CHARS), clip(message, MAX_MESSAGE_CHARS), bounded_data(data or {})
         cursor = self.conn.execute(
             "INSERT INTO events (at, agent_id, type, message, data) VALUES (?, ?, ?, ?, ?)",
-            (at, agent_id, type_, message, json.dumps(data or {})),
+            (at, agent_id, type_, message, json.dumps(data)),
         )
         event = {"id": cursor.lastrowid, "time": at, "agent_id": agent_id, "type": type_,
-                 "message": message, "data": data or {}}
+                 "message": message, "data": data}
         if self.on_event is not None:
             self.on_event(event)
         return event

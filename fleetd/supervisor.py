@@ -19,6 +19,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from fleetd import __version__
@@ -34,13 +35,14 @@ from fleetd.decisions import (
     kill_time,
     plan_reconcile,
 )
+from fleetd.disks import Disks
 from fleetd.errors import Conflict, FleetdError, InvalidRequest, NotFound
 from fleetd.health import RestartPolicy, backoff_index, restart_delay, should_restart
 from fleetd.liveness import Liveness
 from fleetd.models import LIVE_STATES, AgentSpec, Reason, State, iso, parse_iso, utcnow
 from fleetd.pidfds import PidHandles
 from fleetd.policy import BUDGET_KEYS, INHERIT, budget_caps
-from fleetd.runtime import CHECKPOINT_DIR, LABEL_AGENT, LABEL_KIND, POOL_SIZE, DockerRuntime
+from fleetd.runtime import CHECKPOINT_DIR, DISK_MOUNTS, LABEL_AGENT, LABEL_KIND, POOL_SIZE, DockerRuntime
 from fleetd.spec import build_spec, ttl_seconds, whole_number
 from fleetd.store import Store
 from fleetd.timers import Timers
@@ -54,17 +56,19 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 JANITOR_PERIOD = 30.0
 MAX_LOG_STREAMS = 256
-INFRASTRUCTURE = ("zone2",)  # containers of the instance that are not agents
+INFRASTRUCTURE = ("zone2", "netns")  # containers of the instance that are not agents
 
 
 class Supervisor:
     """Carries out every verb of the API against Docker and the store."""
 
-    def __init__(self, config: Config, store: Store, runtime: DockerRuntime, timers: Timers) -> None:
+    def __init__(self, config: Config, store: Store, runtime: DockerRuntime, timers: Timers,
+                 disks: Disks | None = None) -> None:
         self.config = config
         self.store = store
         self.runtime = runtime
         self.timers = timers
+        self.disks = disks or Disks(config.state_dir / "disks")
         self.executor = ThreadPoolExecutor(max_workers=POOL_SIZE, thread_name_prefix="docker")
         # Log streams block on a quiet agent: they get threads of their own, never the pool's.
         self.stream_executor = ThreadPoolExecutor(max_workers=MAX_LOG_STREAMS, thread_name_prefix="logs")
@@ -136,6 +140,16 @@ class Supervisor:
                         {"container_id": container_id, "agent_label": label},
                     )
                     await self.call(self.runtime.remove, container_id)
+        # Namespace holders and disks of agents that will not run again (ended while the daemon was down).
+        for holder in await self.call(self.runtime.containers, "netns"):
+            agent = self.store.get((holder.get("Labels") or {}).get(LABEL_AGENT) or "")
+            if agent is None or agent["state"] not in LIVE_STATES:
+                await self.call(self.runtime.remove, holder["Id"])
+        have_container = {c["agent_id"] for c in containers}
+        for agent_id in await self.call(self.disks.agents):
+            agent = self.store.get(agent_id)
+            if agent_id not in have_container and (agent is None or agent["state"] == State.REMOVED):
+                await self.call(self._remove_disks, agent_id)
 
     async def _adopt(self, agent_id: str, container_id: str, startup: bool) -> None:
         agent = self.store.get(agent_id)
@@ -162,6 +176,7 @@ class Supervisor:
         if self.draining:
             raise Conflict("the daemon is draining: no new agents until `fleetd undrain`")
         spec = build_spec(request, self.config, self.host_cpus, frozenset(r["name"] for r in self.store.roles()))
+        await self.call(self.runtime.check_image, spec.image)
         env: dict[str, str] = {
             "FLEETD_HEARTBEAT_INTERVAL": f"{spec.heartbeat_interval:g}",
             "FLEETD_GRACE_SECONDS": str(spec.grace),
@@ -189,14 +204,25 @@ class Supervisor:
             spec=_dumps(spec.to_json()),
         )
         try:
-            container_id = await self.call(self.runtime.create_and_start, agent_id, spec, env)
+            # The disks and the network namespace do not wait for each other (the holder's start is most of it).
+            made = await asyncio.gather(self.call(self._make_disks, agent_id, spec),
+                                        self.call(self.runtime.ensure_netns, agent_id, self._zone2_ip()),
+                                        return_exceptions=True)
+            for failed in made:
+                if isinstance(failed, BaseException):
+                    raise failed
+            disks = made[0]
+            assert isinstance(disks, dict)
+            container_id = await self.call(self.runtime.create_and_start, agent_id, spec, env, disks, self._zone2_ip())
         except InvalidRequest:
+            await self.call(self._discard, agent_id)
             # Bad input (unknown image, bad reference): leave no trace.
             self.store.conn.execute("DELETE FROM agents WHERE id = ?", (agent_id,))
             self.store.conn.execute("DELETE FROM transitions WHERE agent_id = ?", (agent_id,))
             self.store.conn.execute("DELETE FROM events WHERE agent_id = ?", (agent_id,))
             raise
         except FleetdError as exc:
+            await self.call(self._discard, agent_id)
             self.store.transition(agent_id, State.FAILED, Reason.START_FAILED, finished_at=iso(utcnow()))
             self.store.add_event("start_failed", exc.message, agent_id)
             self._finished(agent_id)
@@ -212,6 +238,31 @@ class Supervisor:
         else:  # it already exited: the die event beat us here
             agent = self.store.update(agent_id, container_id=container_id)
         return agent
+
+    def _zone2_ip(self) -> str | None:
+        """The address an agent's /etc/hosts gives zone2 (fixed on the agents' network: see runtime)."""
+        return self.gateway.ip if self.gateway is not None else None
+
+    def _make_disks(self, agent_id: str, spec: AgentSpec) -> dict[str, Path]:
+        """The agent's disks, half of its --disk each (blocking: mke2fs, losetup)."""
+        assert spec.disk is not None
+        share = spec.disk // len(DISK_MOUNTS) // 4096 * 4096  # whole ext4 blocks
+        return {which: self.disks.create(agent_id, which, share) for which in DISK_MOUNTS}
+
+    def _remove_disks(self, agent_id: str) -> None:
+        """The agent's volumes and disks, once its container is gone (blocking)."""
+        self.runtime.remove_volumes(agent_id)
+        self.disks.remove(agent_id)
+
+    def _discard(self, agent_id: str) -> None:
+        """What a spawn that failed made: its namespace holder, volumes and disks (blocking)."""
+        self.runtime.remove_netns(agent_id)
+        self._remove_disks(agent_id)
+
+    def _attach_disks(self, agent_id: str) -> None:
+        """Before a restart: the disks' loop devices are gone after a host reboot (blocking)."""
+        for which in self.disks.exists(agent_id):
+            self.disks.attach(agent_id, which)
 
     def _arm_deadline(self, agent: dict[str, Any]) -> None:
         deadline = parse_iso(agent["deadline"])
@@ -232,8 +283,7 @@ class Supervisor:
         if not state.get("Running"):
             return
         self.pidfds.attach(container_id, int(state.get("Pid") or 0))
-        networks = ((data or {}).get("NetworkSettings") or {}).get("Networks") or {}
-        ip = (networks.get(self.runtime.network) or {}).get("IPAddress")
+        ip = await self.call(self.runtime.address_of, data)
         if self.gateway is not None and ip:
             await self.gateway.register(agent_id, ip)
         agent = self.store.get(agent_id)
@@ -350,6 +400,7 @@ class Supervisor:
         self._streak.pop(agent_id, None)
         self.liveness.forget(agent_id)
         self._exited[agent_id].set()
+        self._spawn_task(self.call(self.runtime.remove_netns, agent_id))  # its logs stay, its namespace goes
         if self.gateway is not None:
             self._spawn_task(self.gateway.unregister(agent_id))
 
@@ -368,7 +419,7 @@ class Supervisor:
         if attrs.get(LABEL_KIND) == "zone2" and action == "die" and self.gateway is not None:
             self.gateway.on_exit()
             return
-        if not agent_id:
+        if not agent_id or attrs.get(LABEL_KIND) == "netns":  # a holder's events are not its agent's
             return
         container_id = (event.get("Actor") or {}).get("ID") or event.get("id")
         if action == "oom":
@@ -381,7 +432,7 @@ class Supervisor:
             if agent and agent["state"] in (State.EXITED, State.FAILED):
                 self.store.transition(agent_id, State.REMOVED, agent["reason"], exit_code=agent["exit_code"])
             if agent and agent["state"] not in LIVE_STATES:
-                self._spawn_task(self.call(self.runtime.remove_checkpoint, agent_id))  # gone with the agent
+                self._spawn_task(self.call(self._remove_disks, agent_id))  # gone with the agent
 
     def on_docker_disconnect(self, reason: str) -> None:
         self.docker_connected = False
@@ -476,6 +527,8 @@ class Supervisor:
             self._end_restarting(agent, Reason.DRAINED)
             return
         try:
+            await self.call(self._attach_disks, agent_id)
+            await self.call(self.runtime.ensure_netns_of, agent["container_id"], self._zone2_ip())
             await self.call(self.runtime.start, agent["container_id"])
         except FleetdError as exc:
             self.store.add_event("restart_failed", exc.message, agent_id)
@@ -543,6 +596,8 @@ class Supervisor:
             agent = self._get(agent_id)
             try:
                 await self.call(self.runtime.remove, agent["container_id"])
+                # Also when the container was already gone (no destroy event then).
+                await self.call(self._remove_disks, agent_id)
             except FleetdError as exc:
                 log.warning("janitor: cannot remove %s: %s", agent_id, exc.message)
                 continue
@@ -558,6 +613,7 @@ class Supervisor:
                 self.store.transition(agent["id"], State.STOPPING, Reason.TEARDOWN, kill_at=iso(utcnow()))
         rules = await self.gateway.teardown() if self.gateway is not None else 0
         removed = await self.call(self.runtime.teardown)
+        removed["disks"] = await self.call(self.disks.remove_all)
         removed["firewall_rules"] = rules
         for agent in self.store.agents(tuple(s for s in State if s != State.REMOVED)):
             self.store.transition(
@@ -631,7 +687,7 @@ class Supervisor:
                 False if live else None),
             "restarts": agent["restarts"], "restart_policy": spec.restart, "restart_at": agent["restart_at"],
             "limits": {
-                "memory": spec.memory, "memory_reservation": spec.memory_reservation,
+                "memory": spec.memory, "memory_reservation": spec.memory_reservation, "disk": spec.disk,
                 "cpus": spec.nano_cpus / 1e9 if spec.nano_cpus else None,
                 "pids_limit": spec.pids_limit, "ttl": spec.ttl, "grace": spec.grace,
             },

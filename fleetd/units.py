@@ -16,24 +16,37 @@ _MEMORY = re.compile(r"^(\d+(?:\.\d+)?) ?([kmgtp])?i?b?$", re.IGNORECASE)
 _UNIT = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
 # Docker refuses a memory limit below 6 MiB.
 MIN_MEMORY = 6 * 1024 * 1024
+# Two ext4 filesystems of half each (/tmp, the checkpoint); below 8 MiB ext4 keeps most of it for itself.
+MIN_DISK = 16 << 20
+MAX_DISK = 1 << 40
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
 _LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]*$")
 NAME_PATTERN = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]{0,62}$")
 
 
+def parse_size(value: str | int, flag: str) -> int:
+    """Return a size in bytes, as Docker reads ``512m`` (binary units)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    match = _MEMORY.match(str(value).strip())
+    if not match:
+        raise InvalidRequest(f"{flag}: invalid size {value!r}: use a number with an optional unit, e.g. 512m or 1g")
+    return int(float(match.group(1)) * _UNIT[(match.group(2) or "").lower()])
+
+
 def parse_memory(value: str | int, flag: str = "--memory") -> int:
     """Return a memory size in bytes, as Docker reads ``512m``."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        size = value
-    else:
-        match = _MEMORY.match(str(value).strip())
-        if not match:
-            raise InvalidRequest(
-                f"{flag}: invalid size {value!r}: use a number with an optional unit, e.g. 512m or 1g"
-            )
-        size = int(float(match.group(1)) * _UNIT[(match.group(2) or "").lower()])
+    size = parse_size(value, flag)
     if size < MIN_MEMORY:
         raise InvalidRequest(f"{flag}: {value!r} is below Docker's minimum of 6 MiB (6m)")
+    return size
+
+
+def parse_disk(value: str | int, flag: str = "--disk") -> int:
+    """Return an agent's writable space in bytes: at least 16m, at most 1t."""
+    size = parse_size(value, flag)
+    if not MIN_DISK <= size <= MAX_DISK:
+        raise InvalidRequest(f"{flag}: {value!r} must be between 16m and 1t")
     return size
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
+from fleetd.bounds import MAX_TEXT_CHARS, clip
 from fleetd.zone2.llm import Usage
 
 LEDGER_FILE = "ledger.db"
@@ -74,6 +75,10 @@ def m004_speed_and_inference_geo(db: sqlite_utils.Database) -> None:
     # Anthropic: fast mode and US-only inference, each billed at a multiple of the standard prices
     db.execute("ALTER TABLE calls ADD COLUMN speed TEXT")
     db.execute("ALTER TABLE calls ADD COLUMN inference_geo TEXT")
+
+
+def _clip(text: str | None) -> str | None:
+    return None if text is None else clip(text)
 
 
 @dataclass(frozen=True)
@@ -150,11 +155,15 @@ class Ledger:
 
     def _insert(self, call: Call) -> None:
         u = call.usage
+        # Agent- and upstream-chosen strings are cut to MAX_TEXT_CHARS (a model name can be megabytes under
+        # allow-unpriced); a response id that long is not kept at all, as a cut one could match another call's.
+        response_id = u.response_id if u.response_id is None or len(u.response_id) <= MAX_TEXT_CHARS else None
         self.conn.execute(INSERT, (
-            call.request_id, call.at.isoformat(), call.agent_id, call.role, call.credential, call.api, call.model,
-            call.status, u.input_tokens, u.cached_input_tokens, u.cache_write_tokens, u.output_tokens,
-            u.reasoning_tokens, call.cost_nusd, call.reserved_nusd, int(call.estimated), call.attempts,
-            u.cache_write_1h_tokens, u.service_tier, u.response_id, call.context_tokens, u.speed, u.inference_geo))
+            call.request_id, call.at.isoformat(), call.agent_id, call.role, _clip(call.credential), call.api,
+            _clip(call.model), call.status, u.input_tokens, u.cached_input_tokens, u.cache_write_tokens,
+            u.output_tokens, u.reasoning_tokens, call.cost_nusd, call.reserved_nusd, int(call.estimated),
+            call.attempts, u.cache_write_1h_tokens, _clip(u.service_tier), response_id, call.context_tokens,
+            _clip(u.speed), _clip(u.inference_geo)))
 
     def context_of(self, response_id: str) -> int | None:
         """The context tokens recorded for an OpenAI response, or None when zone 2 has not seen it (or cannot read

@@ -20,6 +20,7 @@ import docker
 import docker.errors
 
 from cli.client import ApiError, Client
+from fleetd.disks import Disks
 from fleetd.firewall import Firewall
 
 FLEETD = str(Path(sys.executable).with_name("fleetd"))
@@ -42,8 +43,8 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: floa
         time.sleep(interval)
 
 
-def remove_instance_objects(instance: str) -> None:
-    """Remove every container, network, volume and firewall rule of ``instance``."""
+def remove_instance_objects(instance: str, state_dir: Path | None = None) -> None:
+    """Remove every container, network, volume and firewall rule of ``instance`` (and its disks in ``state_dir``)."""
     Firewall(instance).remove()
     client = docker.from_env()
     label = {"label": f"fleetd.instance={instance}"}
@@ -55,6 +56,8 @@ def remove_instance_objects(instance: str) -> None:
     for volume in client.volumes.list(filters=label):
         volume.remove(force=True)
     client.close()
+    if state_dir is not None:
+        Disks(state_dir / "disks").remove_all()  # their loop devices would outlive the deleted image files
 
 
 class Daemon:
@@ -122,7 +125,7 @@ class Daemon:
 
     def cleanup(self) -> None:
         self.stop()
-        remove_instance_objects(self.instance)
+        remove_instance_objects(self.instance, self.state_dir)
         shutil.rmtree(self.root, ignore_errors=True)
 
     # -- the real CLI --------------------------------------------------------
@@ -164,10 +167,16 @@ def term_time(logs: str) -> float:
     raise AssertionError(f"no SIGTERM in logs: {logs!r}")
 
 
-def containers(instance: str, kinds: tuple[str, ...] = ("zone2",)) -> list[Any]:
-    """The instance's containers, leaving out infrastructure (zone 2) unless asked."""
+def containers(instance: str, kinds: tuple[str, ...] = ("zone2", "netns")) -> list[Any]:
+    """The instance's containers, leaving out infrastructure (zone 2, agents' namespace holders) unless asked."""
     client = docker.from_env()
     # ignore_removed: the daemon's janitor may remove one between docker-py's list and its inspect of it
     found = client.containers.list(all=True, filters={"label": f"fleetd.instance={instance}"}, ignore_removed=True)
     client.close()
     return [c for c in found if c.labels.get("fleetd.kind") not in kinds]
+
+
+def agent_address(engine: docker.DockerClient, instance: str, agent_id: str) -> str:
+    """An agent's address on the agents' network: its namespace holder's (fleetd.netns)."""
+    holder = engine.containers.get(f"fleetd-{instance}-{agent_id}-netns")
+    return str(holder.attrs["NetworkSettings"]["Networks"][f"fleetd-{instance}-agents"]["IPAddress"])

@@ -233,7 +233,7 @@ def api(doc: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterat
             proc.kill()
             proc.wait()
         try:
-            remove_instance_objects(instance)  # containers, networks, volumes and firewall rules: ours only
+            remove_instance_objects(instance, state_dir)  # containers, networks, volumes, disks, firewall rules
         finally:
             shutil.rmtree(socket_dir, ignore_errors=True)
 

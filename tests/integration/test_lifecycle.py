@@ -182,9 +182,11 @@ def test_teardown_removes_every_object_of_the_instance(daemon: Daemon, engine: d
     ids = [daemon.spawn(AGENT_IMAGE, "sleep", "60") for _ in range(2)]
     assert len(containers(daemon.instance)) == 2
     out = daemon.cli("teardown").stdout
-    # two agents and zone 2; the agents' and the egress network; zone 2's firewall rules
-    assert "3 containers removed" in out and "2 networks removed" in out and "3 firewall_rules removed" in out
+    # two agents, their namespace holders and zone 2; the agents' and the egress network; zone 2's firewall rules
+    assert "5 containers removed" in out and "2 networks removed" in out and "3 firewall_rules removed" in out
     assert containers(daemon.instance, kinds=()) == []
+    assert engine.volumes.list(filters={"label": f"fleetd.instance={daemon.instance}"}) == []
+    assert not list((daemon.state_dir / "disks").glob("*"))  # their disks (and loop devices) too
     assert "fleetd:" + daemon.instance not in subprocess.run(["iptables", "-S"], capture_output=True, text=True).stdout
     assert engine.networks.list(filters={"label": f"fleetd.instance={daemon.instance}"}) == []
     assert {daemon.agent(i)["state"] for i in ids} == {"removed"}

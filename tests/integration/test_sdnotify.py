@@ -134,4 +134,4 @@ def test_daemon_notifies_systemd(workdir: Path) -> None:
             proc.kill()
             proc.wait(timeout=30)
         fake.close()
-        remove_instance_objects(instance)
+        remove_instance_objects(instance, workdir / "state")

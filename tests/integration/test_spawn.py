@@ -33,7 +33,13 @@ def test_spawn_applies_limits_and_secure_defaults(daemon: Daemon, engine: docker
     assert host["Init"] is True
     assert host["CapDrop"] == ["ALL"]
     assert "no-new-privileges:true" in host["SecurityOpt"]
-    assert host["NetworkMode"] == f"fleetd-{daemon.instance}-agents"
+    assert host["ReadonlyRootfs"] is True
+    # Its network namespace is its holder's, on the agents' network (fleetd.netns).
+    holder = engine.containers.get(f"fleetd-{daemon.instance}-{agent['id']}-netns")
+    assert host["NetworkMode"] == f"container:{holder.id}"
+    assert list(holder.attrs["NetworkSettings"]["Networks"]) == [f"fleetd-{daemon.instance}-agents"]
+    assert holder.attrs["HostConfig"]["CapAdd"] == ["NET_ADMIN", "SETUID", "SETGID"]
+    assert holder.labels["fleetd.agent-id"] == agent["id"] and holder.labels["fleetd.kind"] == "netns"
     labels = attrs["Config"]["Labels"]
     assert labels["fleetd.instance"] == daemon.instance
     assert labels["fleetd.agent-id"] == agent["id"]

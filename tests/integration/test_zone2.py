@@ -14,7 +14,7 @@ import docker
 import pytest
 
 import fleetd
-from tests.integration.harness import AGENT_IMAGE, Daemon, wait_for
+from tests.integration.harness import AGENT_IMAGE, Daemon, agent_address, wait_for
 from tests.integration.zone2_fixtures import AGENT_HTTP, Bench, wait_until
 
 CHAT = json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "hello"}]})
@@ -108,8 +108,7 @@ def test_isolation(bench: Bench, engine: docker.DockerClient) -> None:
         agents_net = engine.networks.get(f"fleetd-{bench.daemon.instance}-agents")
         host_ip = agents_net.attrs["IPAM"]["Config"][0]["Gateway"]
         other = bench.daemon.spawn(AGENT_IMAGE, "python3", "-m", "http.server", "8000")
-        other_ip = engine.containers.get(bench.daemon.agent(other)["container_id"]).attrs["NetworkSettings"][
-            "Networks"][agents_net.name]["IPAddress"]
+        other_ip = agent_address(engine, bench.daemon.instance, other)
         wait_for(lambda: "Serving HTTP" in bench.daemon.logs(other), 20)
         sim_ip = bench.sim_url("llm").removeprefix("http://")
         script = AGENT_HTTP + f"""

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fleetd.runtime import cgroup_usage
+from fleetd.cgroups import cgroup_usage
 
 CID = "0123abcd" * 8
 

@@ -16,12 +16,13 @@ from fleetd.timers import Timers
 def test_config_file(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
     path.write_text('instance = "prod"\nmax_ttl = 100\n[defaults]\nmemory = "1g"\nheartbeat_interval = 2.5\n'
-                    '[roles.r]\ncpus = 0.5\nheartbeat_interval = 0\n')
+                    'disk = "2g"\n[roles.r]\ncpus = 0.5\nheartbeat_interval = 0\ndisk = "256m"\n')
     config = load_config(path, state_dir=tmp_path, socket=None)
     assert config.defaults.heartbeat_interval == 2.5 and config.limits_for("r").heartbeat_interval == 0
     assert config.instance == "prod" and config.max_ttl == 100 and config.state_dir == tmp_path
     assert config.defaults.memory == 1 << 30 and config.defaults.pids_limit == 256
     assert config.limits_for("r").cpus == 0.5 and config.limits_for("r").memory == 1 << 30
+    assert config.defaults.disk == 2 << 30 and config.limits_for("r").disk == 256 << 20
     assert load_config(path, instance="other").instance == "other"  # flags beat the file
 
 
@@ -45,7 +46,8 @@ def test_config_prices_take_long_context_prices(tmp_path: Path) -> None:
      ("[defaults]\nmemory = 'x'", "invalid size"), ("instance = 'a b'", "instance"),
      ("[roles.r]\nttl = -1", "whole number"), ("= broken", "config"),
      ("[defaults]\nheartbeat_interval = 0.2", "heartbeat_interval"),
-     ("[defaults]\nheartbeat_interval = '5'", "heartbeat_interval")],
+     ("[defaults]\nheartbeat_interval = '5'", "heartbeat_interval"),
+     ("[roles.r]\ndisk = '8m'", "roles.r.disk")],
 )
 def test_bad_config(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "c.toml"

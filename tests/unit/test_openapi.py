@@ -511,7 +511,7 @@ def test_status_with_zone2_matches_the_schema(doc: dict[str, Any], vault_supervi
 
 
 def test_teardown_result_counts_firewall_rules(doc: dict[str, Any]) -> None:
-    removed = {"containers": 2, "networks": 2, "volumes": 0, "firewall_rules": 3}
+    removed = {"containers": 2, "networks": 2, "volumes": 0, "disks": 2, "firewall_rules": 3}
     check(doc, "TeardownResult", {"removed": removed})
     with pytest.raises(jsonschema.ValidationError):
         validator(doc, "TeardownResult").validate({"removed": {"containers": 2, "networks": 2, "volumes": 0}})

@@ -197,6 +197,10 @@ def test_root_daemon_keeps_what_it_needs(unit: dict[str, list[tuple[str, str]]])
     assert {"AF_UNIX", "AF_NETLINK"} <= set(families)
     for key in ("InaccessiblePaths", "TemporaryFileSystem"):
         assert not any("/run" in v for v in values(unit, "Service", key)), f"{key}= would hide docker.sock"
+    # Agents' disks: losetup needs /dev/loop-control and every /dev/loopN, which a private /dev would not show.
+    assert values(unit, "Service", "PrivateDevices") in ([], ["no"])
+    assert one(unit, "Service", "DevicePolicy") == "closed"
+    assert set(values(unit, "Service", "DeviceAllow")) == {"/dev/loop-control rw", "block-loop rw"}
 
 
 def test_every_directive_is_explained(text: str) -> None:

@@ -5,7 +5,7 @@ import pytest
 from fleetd.config import Config, Limits
 from fleetd.errors import InvalidRequest
 from fleetd.spec import build_spec
-from fleetd.units import parse_cpus, parse_memory, parse_pairs
+from fleetd.units import parse_cpus, parse_disk, parse_memory, parse_pairs
 
 
 @pytest.mark.parametrize(
@@ -28,6 +28,15 @@ def test_memory_below_docker_minimum() -> None:
         parse_memory("5m")
 
 
+def test_disk_sizes() -> None:
+    assert parse_disk("1g") == 1 << 30 and parse_disk("16m") == 16 << 20 and parse_disk(64 << 20) == 64 << 20
+    for bad in ("15m", "2t", "0"):
+        with pytest.raises(InvalidRequest, match="between 16m and 1t"):
+            parse_disk(bad)
+    with pytest.raises(InvalidRequest, match="invalid size"):
+        parse_disk("lots")
+
+
 def test_cpus() -> None:
     assert parse_cpus("0.25", 2) == 250_000_000
     assert parse_cpus(2, 2) == 2_000_000_000
@@ -45,7 +54,7 @@ def test_pairs() -> None:
             parse_pairs(bad, "env")
 
 
-CONFIG = Config(roles={"big": Limits(memory=1 << 30, ttl=7200)})
+CONFIG = Config(roles={"big": Limits(memory=1 << 30, ttl=7200, disk=4 << 30)})
 
 
 def test_spec_defaults_and_roles() -> None:
@@ -55,6 +64,8 @@ def test_spec_defaults_and_roles() -> None:
     big = build_spec({"image": "img", "role": "big", "ttl": 60}, CONFIG, 2)
     assert big.memory == 1 << 30 and big.ttl == 60 and big.role == "big"
     assert build_spec({"image": "img", "role": "big"}, CONFIG, 2).ttl == 7200
+    assert (plain.disk, big.disk) == (1 << 30, 4 << 30)  # 1g unless the role or the spawn says otherwise
+    assert build_spec({"image": "img", "role": "big", "disk": "64m"}, CONFIG, 2).disk == 64 << 20
 
 
 @pytest.mark.parametrize(
