@@ -13,7 +13,7 @@ from pathlib import Path
 
 from fleetd.store import Store
 from fleetd.zone2.ledger import Call, Ledger
-from fleetd.zone2.usage import Usage
+from fleetd.zone2.llm import Usage
 
 MEGABYTE = "x" * (1 << 20)
 # The bounds, as README states them.
