@@ -147,6 +147,26 @@ def test_zone2_outage_does_not_get_heartbeating_agents_killed(fleet: Daemon, eng
         assert not events(fleet, agent_id, "heartbeat_lost")
 
 
+def test_zone2_killed_again_and_again_gets_no_heartbeating_agent_killed(fleet: Daemon,
+                                                                        engine: docker.DockerClient) -> None:
+    """After a docker kill of zone 2, an agent beating every second was now and then stopped as heartbeat_lost once
+    zone 2 was back. Its window must count from when zone 2 answers agents again, and the agent must not be stuck
+    meanwhile: resolving "zone2" while zone 2 was down took Docker's embedded DNS 10 s (it forwarded the name to
+    a resolver an internal network cannot reach), five windows of a 1 s interval."""
+    agents = [fleet.spawn("--heartbeat-interval", "1", AGENT_IMAGE, "python3", "-c", BEATING_FOREVER)
+              for _ in range(4)]
+    wait_for(lambda: all(fleet.agent(a)["last_heartbeat"] for a in agents), 20, what="heartbeats")
+    for round_ in range(1, 4):
+        engine.containers.get(f"fleetd-{fleet.instance}-zone2").kill()
+        wait_for(lambda r=round_: fleet.api.call("GET", "/v1/status")["zone2"]["restarts"] >= r, 30,
+                 what="zone 2 restarted")
+        wait_for(lambda: fleet.api.call("GET", "/v1/status")["zone2"]["serving_agents"], 30, what="zone 2 serving")
+        time.sleep(3)  # more than 2 x interval after it answers again
+    for agent_id in agents:
+        assert fleet.agent(agent_id)["state"] == "running", fleet.events(agent_id)
+        assert not events(fleet, agent_id, "heartbeat_lost")
+
+
 def test_probes_gate_flip_and_a_liveness_failure_restarts_keeping_deadline_and_checkpoint(
         fleet: Daemon, engine: docker.DockerClient) -> None:
     agent_id = fleet.spawn(
