@@ -236,15 +236,13 @@ class DockerRuntime:
         with docker_errors(image):
             self.api.inspect_image(image)  # type: ignore[no-untyped-call]
 
-    def create_and_start(self, agent_id: str, spec: AgentSpec, env: dict[str, str],
-                         disks: Mapping[str, Path], zone2_ip: str | None) -> str:
-        """Create and start the agent's container in its own network namespace; return its id.
+    def create_agent(self, agent_id: str, spec: AgentSpec, env: dict[str, str], disks: Mapping[str, Path]) -> str:
+        """Create the agent's container (not started) in its holder's network namespace; return its id.
 
         ``disks`` are the devices (fleetd.disks) of the places in DISK_MOUNTS: each becomes a volume
-        mounted there; everything else the agent sees is read-only. The namespace is its holder's
-        (fleetd.netns), made first: its /etc/hosts names zone 2 at ``zone2_ip``.
+        mounted there; everything else the agent sees is read-only. The holder (fleetd.netns) must exist,
+        not yet run: the container is made while the holder starts, and started after it is ready.
         """
-        self.ensure_netns(agent_id, zone2_ip)
         host_config = self.api.create_host_config(
             mem_limit=spec.memory,
             # Swap equal to memory: no swap, so the memory limit is real.
@@ -270,33 +268,36 @@ class DockerRuntime:
             LABEL_KIND: "agent",
         }
         env = {**spec.env, **env, "FLEETD_AGENT_ID": agent_id}
-        try:
-            with docker_errors(spec.image):
-                for which, device in disks.items():
-                    # dockerd mounts the filesystem when the container starts, as any volume with mount options.
-                    self.api.create_volume(
-                        self.disk_volume(agent_id, which), driver="local",
-                        driver_opts={"type": "ext4", "device": str(device), "o": "nosuid,nodev"},
-                        labels={**self.labels, LABEL_AGENT: agent_id, LABEL_KIND: VOLUME_KINDS[which]},
-                    )
-                created = self.api.create_container(
-                    spec.image,
-                    command=list(spec.command) or None,
-                    name=f"fleetd-{self.instance}-{agent_id}",
-                    environment=env,
-                    labels=labels,
-                    host_config=host_config,
+        with docker_errors(spec.image):
+            for which, device in disks.items():
+                # dockerd mounts the filesystem when the container starts, as any volume with mount options.
+                self.api.create_volume(
+                    self.disk_volume(agent_id, which), driver="local",
+                    driver_opts={"type": "ext4", "device": str(device), "o": "nosuid,nodev"},
+                    labels={**self.labels, LABEL_AGENT: agent_id, LABEL_KIND: VOLUME_KINDS[which]},
                 )
-                container_id: str = created["Id"]
-                try:
-                    self.api.start(container_id)
-                except docker.errors.APIError:
-                    self.api.remove_container(container_id, force=True)
-                    raise
-        except Exception:
-            self.remove_netns(agent_id)
-            raise
+            created = self.api.create_container(
+                spec.image,
+                command=list(spec.command) or None,
+                name=self.agent_name(agent_id),
+                environment=env,
+                labels=labels,
+                host_config=host_config,
+            )
+        container_id: str = created["Id"]
         return container_id
+
+    def agent_name(self, agent_id: str) -> str:
+        return f"fleetd-{self.instance}-{agent_id}"
+
+    def start_agent(self, container_id: str) -> None:
+        """Start a container made by ``create_agent`` (its holder ready); removed if it cannot start."""
+        with docker_errors():
+            try:
+                self.api.start(container_id)
+            except docker.errors.APIError:
+                self.api.remove_container(container_id, force=True)
+                raise
 
     # -- network namespaces ----------------------------------------------------
     def netns_name(self, agent_id: str) -> str:
@@ -304,6 +305,12 @@ class DockerRuntime:
 
     def ensure_netns(self, agent_id: str, zone2_ip: str | None) -> None:
         """The agent's namespace holder runs, its rules in place: started again when it stopped, else made."""
+        holder = self.create_netns(agent_id, zone2_ip)
+        if holder is not None:
+            self.start_netns(holder)
+
+    def create_netns(self, agent_id: str, zone2_ip: str | None) -> str | None:
+        """Make the agent's namespace holder, not started yet; None when it exists (started again if it stopped)."""
         name = self.netns_name(agent_id)
         with docker_errors(self.helper_image):
             for old in self.api.containers(all=True, filters={"name": f"^/{name}$"}):
@@ -311,7 +318,7 @@ class DockerRuntime:
                     readies = self._netns_readies(old["Id"])
                     self.api.start(old["Id"])
                     self._wait_netns_ready(old["Id"], readies)
-                return
+                return None
             host_config = self.api.create_host_config(
                 network_mode=self.ensure_network(),
                 cap_drop=["ALL"],
@@ -339,7 +346,12 @@ class DockerRuntime:
                 labels={**self.labels, LABEL_AGENT: agent_id, LABEL_KIND: "netns"},
                 host_config=host_config,
             )
-            holder: str = created["Id"]
+        holder: str = created["Id"]
+        return holder
+
+    def start_netns(self, holder: str) -> None:
+        """Start a holder made by ``create_netns`` and wait until its namespace is set up; removed if it fails."""
+        with docker_errors(self.helper_image):
             try:
                 self.api.start(holder)
                 self._wait_netns_ready(holder, 0)

@@ -204,16 +204,17 @@ class Supervisor:
             spec=_dumps(spec.to_json()),
         )
         try:
-            # The disks and the network namespace do not wait for each other (the holder's start is most of it).
-            made = await asyncio.gather(self.call(self._make_disks, agent_id, spec),
-                                        self.call(self.runtime.ensure_netns, agent_id, self._zone2_ip()),
-                                        return_exceptions=True)
+            # The holder's start (most of a spawn's time) and the rest (disks, volumes, the agent's container,
+            # made in the holder's namespace to be) do not wait for each other; the agent starts after both.
+            holder = await self.call(self.runtime.create_netns, agent_id, self._zone2_ip())
+            made = await asyncio.gather(self.call(self.runtime.start_netns, holder) if holder else asyncio.sleep(0),
+                                        self.call(self._create_agent, agent_id, spec, env), return_exceptions=True)
             for failed in made:
                 if isinstance(failed, BaseException):
                     raise failed
-            disks = made[0]
-            assert isinstance(disks, dict)
-            container_id = await self.call(self.runtime.create_and_start, agent_id, spec, env, disks, self._zone2_ip())
+            container_id = made[1]
+            assert isinstance(container_id, str)
+            await self.call(self.runtime.start_agent, container_id)
         except InvalidRequest:
             await self.call(self._discard, agent_id)
             # Bad input (unknown image, bad reference): leave no trace.
@@ -243,6 +244,10 @@ class Supervisor:
         """The address an agent's /etc/hosts gives zone2 (fixed on the agents' network: see runtime)."""
         return self.gateway.ip if self.gateway is not None else None
 
+    def _create_agent(self, agent_id: str, spec: AgentSpec, env: dict[str, str]) -> str:
+        """The agent's disks and its container, not started (blocking)."""
+        return self.runtime.create_agent(agent_id, spec, env, self._make_disks(agent_id, spec))
+
     def _make_disks(self, agent_id: str, spec: AgentSpec) -> dict[str, Path]:
         """The agent's disks, half of its --disk each (blocking: mke2fs, losetup)."""
         assert spec.disk is not None
@@ -255,7 +260,8 @@ class Supervisor:
         self.disks.remove(agent_id)
 
     def _discard(self, agent_id: str) -> None:
-        """What a spawn that failed made: its namespace holder, volumes and disks (blocking)."""
+        """What a spawn that failed made: its container, namespace holder, volumes and disks (blocking)."""
+        self.runtime.remove(self.runtime.agent_name(agent_id))
         self.runtime.remove_netns(agent_id)
         self._remove_disks(agent_id)
 
