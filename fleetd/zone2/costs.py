@@ -176,15 +176,20 @@ class CostTracker:
             self._last_refusal[key] = now
             self.emit(refusal.type, reg.agent_id, refusal.message, {"role": reg.role})
 
-    def settle(self, ticket: Ticket, status: int | None, usage: Usage | None, attempts: int) -> int:
-        """Charge the call: its real cost; the reserved bound if it succeeded but no usage came; else 0.
+    def settle(self, ticket: Ticket, status: int | None, usage: Usage | None, attempts: int,
+               unanswered: bool = False) -> int:
+        """Charge the call: its real cost; the reserved bound if it succeeded but no usage came, or if it went out
+        and no answer came (the upstream may have run and billed a call it never answered: a long generation
+        outlasting the read timeout); else 0.
 
         The budget windows change at once; the ledger row is committed before this returns.
         """
         estimated = False
         cost = 0
         priority = provider(ticket.llm.api).served_at_priority(ticket.llm, usage)
-        if status is not None and 200 <= status < 300:
+        if status is None and unanswered:
+            cost, estimated = ticket.reservation.amount, True
+        elif status is not None and 200 <= status < 300:
             if usage is None:
                 cost, estimated = ticket.reservation.amount, True
             elif ticket.price is not None:

@@ -34,6 +34,7 @@ class Timeouts:
     idle: float = 30.0  # s a kept-alive connection may wait for its next request
     body_stall: float = 10.0  # s a body may stall
     body: float = 60.0  # s a whole body may take
+    write: float = 30.0  # s an answer's write may wait for the agent to read (a client that never reads)
     sweep: float = 1.0  # s between two sweeps for late heads and idle connections
 
 
@@ -51,6 +52,10 @@ GUARD: web.AppKey[Guard] = web.AppKey("guard")
 HELD = web.RequestKey("held", int)  # bytes a request holds of its address's share
 LARGE = web.RequestKey("large", bool)  # the request holds its address's turn for a large body
 LARGE_BODY = 1 << 20  # bytes from which a body waits for its address's turn (``Guard.one_large_body``)
+# Bytes a request's head may take (what arrives before it is handled: pipelined bodies too). Real heads are a few KiB;
+# aiohttp alone allows 128 fields of 8 KiB, ~1 MB a connection, which 64 connections of an agent would hold unseen.
+MAX_HEAD = 64 << 10
+READ_BUFFER = 16 << 10  # aiohttp reads a body ahead of the handler up to twice this, per connection
 LINGER = 1.0  # s aiohttp waits for the rest of a request whose body was not read before it closes the connection
 
 
@@ -63,11 +68,13 @@ class Refused(Exception):
 
 
 def connection_limit(limits: Limits) -> Limits:
-    """``limits`` with the connection cap lowered to what the process's descriptor limit allows, with headroom."""
+    """``limits`` with the connection cap lowered to what the process's descriptor limit allows: each agent
+    connection may hold an upstream connection too, and some descriptors are kept for the rest."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
         return limits
-    return Limits(**{**limits.__dict__, "connections": max(64, min(limits.connections, soft - FD_HEADROOM))})
+    allowed = max(64, (soft - FD_HEADROOM) // 2)
+    return Limits(**{**limits.__dict__, "connections": min(limits.connections, allowed)})
 
 
 class Guard:
@@ -108,6 +115,8 @@ class Guard:
         """Wait until no other large body of this address is being read or parsed, then hold that turn until the
         request ends: reading and parsing a large body takes zone 2's one thread for tens of milliseconds, and an
         agent sending them back to back must not take it from the others."""
+        if request.get(LARGE):
+            return  # it has its turn already
         ip = request.remote or ""
         lock = self._large.get(ip)
         if lock is None:
@@ -159,6 +168,9 @@ class GuardedConnection(asyncio.Protocol):
         self.since = guard.clock()  # idle since (not busy, no byte of a next request yet)
         self.head_since: float | None = None  # the first byte of a request not yet handled arrived then
         self.discarding = False  # its request was refused: what it sends is dropped unread
+        self.head_bytes = 0  # of the request whose head is arriving
+        self.head_tail = b""  # its last bytes (the end of a head may span two reads)
+        self.head_done = False  # its head has arrived whole: what follows is its body
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # a stream transport (uvloop's is no subclass)
@@ -177,8 +189,17 @@ class GuardedConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.inner is None or self.discarding:
             return
-        if not self.busy and self.head_since is None:
-            self.head_since = self.guard.clock()
+        if not self.busy and not self.head_done:
+            if self.head_since is None:
+                self.head_since, self.head_bytes, self.head_tail = self.guard.clock(), 0, b""
+            seen = self.head_tail + data
+            end = min((i for i in (seen.find(b"\r\n\r\n"), seen.find(b"\n\n")) if i != -1), default=-1)
+            self.head_bytes += len(data) if end == -1 else end - len(self.head_tail)
+            if self.head_bytes > MAX_HEAD:  # a head the parser would hold for up to Timeouts.head
+                self.guard.dropped_slow += 1
+                self.abort()
+                return
+            self.head_done, self.head_tail = end != -1, seen[-3:]
         self.inner.data_received(data)
 
     def eof_received(self) -> bool | None:
@@ -206,7 +227,7 @@ class GuardedConnection(asyncio.Protocol):
         self.busy, self.head_since = True, None
 
     def finished(self) -> None:
-        self.busy, self.since = False, self.guard.clock()
+        self.busy, self.since, self.head_done = False, self.guard.clock(), False
 
     def overdue(self, now: float) -> bool:
         if self.busy:
@@ -237,7 +258,12 @@ async def guard_middleware(request: web.Request, handler: Callable[[web.Request]
     if connection is not None:
         connection.started()
     try:
-        return await handler(request)
+        response = await handler(request)
+        if not response.prepared:
+            # Send it here, while the request still holds its bytes: aiohttp would write it after this returns,
+            # when the share is given back, and hold it for as long as the agent does not read.
+            await answer(request, response)
+        return response
     except Refused as exc:
         body = {"error": {"type": exc.code, "code": exc.code, "message": exc.message}}
         headers = {"Connection": "close"} if exc.status in (408, 413) else {}  # the rest of the body is not read
@@ -255,11 +281,37 @@ async def guard_middleware(request: web.Request, handler: Callable[[web.Request]
             connection.finished()
 
 
+async def answer(request: web.Request, response: web.StreamResponse) -> None:
+    """Write a whole answer, giving up (and closing the connection) when the agent does not read it in time."""
+    async def send() -> None:
+        await response.prepare(request)
+        await response.write_eof()
+
+    if not await in_time(request, send()):
+        response.force_close()
+
+
+async def in_time(request: web.Request, write: Awaitable[None]) -> bool:
+    """Await a write to the agent within ``Timeouts.write``; False when the agent went away or stalled (then its
+    connection is dropped: the bytes waiting for it go)."""
+    try:
+        await asyncio.wait_for(write, request.app[GUARD].timeouts.write)
+        return True
+    except (ConnectionResetError, ConnectionError):
+        return False
+    except TimeoutError:
+        if request.transport is not None:
+            request.transport.abort()
+        return False
+
+
 async def read_body(request: web.Request, limit: int, what: str = "request bodies",
                     feed: Callable[[bytes], None] | None = None) -> bytes:
     """The request's body, at most ``limit`` bytes (a declared length over it is refused before a byte is read),
     held within its address's share of memory and read in time; else :class:`Refused`. ``feed`` sees each chunk
     as it arrives."""
+    if not request.body_exists:  # a GET, a DELETE: no length, not chunked
+        return b""
     guard = request.app[GUARD]
     declared = request.content_length
     too_large = Refused(413, "request_too_large", f"{what} are limited to {_size(limit)}")

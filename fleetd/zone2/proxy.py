@@ -22,7 +22,7 @@ from aiohttp import web
 from fleetd.zone2.breaker import Reject, parse_retry_after, retry_delay
 from fleetd.zone2.budget import Refusal
 from fleetd.zone2.costs import CostTracker, LedgerDown, NotPriced
-from fleetd.zone2.guard import GUARD, Guard, guard_middleware, read_body
+from fleetd.zone2.guard import GUARD, LARGE_BODY, Guard, guard_middleware, in_time, read_body
 from fleetd.zone2.handles import (
     HOP_BY_HOP,
     BadHandle,
@@ -42,6 +42,7 @@ from fleetd.zone2.upstream import BadRequestHead, Response, UpstreamError, Upstr
 
 log = logging.getLogger("fleetd.zone2")
 MAX_BODY = 10 << 20
+HEAVY_CONTAINERS = 5000  # JSON objects and arrays from which a body's parse goes to a thread
 MAX_HEARTBEAT = 64 << 10  # a heartbeat's progress is a few fields: checked before a byte is read
 CONNECT_TIMEOUT = 10.0
 IDLE_TIMEOUT = 300.0
@@ -145,10 +146,14 @@ class Gateway:
         if request.headers.get("Content-Encoding", "identity").strip().lower() != "identity":
             return error(400, "bad_request", "zone 2 meters what it reads: send an LLM call's body uncompressed "
                          "(without Content-Encoding)")
+        heavy = len(body) >= LARGE_BODY or shape.containers > HEAVY_CONTAINERS
+        if heavy:  # reading it is done; parsing it takes the same turn (one agent, one heavy body at a time)
+            await self.guard.one_large_body(request)
         if parse_cost(body, shape.counts) > PARSE_BUDGET:  # counted as it arrived: no pass over it here
             return error(400, "invalid_request_error", f"request body has too many JSON values to meter (parsing "
                          f"it would take more than {PARSE_BUDGET >> 20} MiB): send fewer, larger ones")
-        return await self.metered(request, reg, call, provider, path_segments(path), ",".join(sorted(secrets)))
+        return await self.metered(request, reg, call, provider, path_segments(path), ",".join(sorted(secrets)),
+                                  heavy)
 
     async def plain(self, request: web.Request, reg: Registration, call: Upcall) -> web.StreamResponse:
         """A generic (tool API) call: proxied without metering, guarded by the breaker."""
@@ -171,10 +176,16 @@ class Gateway:
             upstream.release()
 
     async def metered(self, request: web.Request, reg: Registration, call: Upcall, provider: Provider,
-                      segments: list[str], credential: str) -> web.StreamResponse:
-        """An LLM call: admitted against the budget, retried per policy, settled with its real usage."""
+                      segments: list[str], credential: str, heavy: bool = False) -> web.StreamResponse:
+        """An LLM call: admitted against the budget, retried per policy, settled with its real usage.
+
+        A heavy body (large, or of many JSON objects: the adapters walk them in Python) is parsed in a thread,
+        which the interpreter switches away from every few milliseconds: the other agents' requests go on."""
         try:
-            llm = provider.parse(call.body, segments)
+            if heavy:
+                llm = await asyncio.to_thread(provider.parse, call.body, segments)
+            else:
+                llm = provider.parse(call.body, segments)
         except BadLLMRequest as exc:
             return error(400, "invalid_request_error", str(exc))
         if llm.server_tools and not reg.allow_unpriced:
@@ -202,9 +213,10 @@ class Gateway:
         status: int | None = None
         usage: Usage | None = None
         attempts = 0
+        unanswered = False
         try:
             outcome = await self.send_with_retries(reg, call, llm.body)
-            attempts = outcome.attempts
+            attempts, unanswered = outcome.attempts, outcome.unanswered
             if outcome.response is not None:
                 return outcome.response
             upstream = outcome.upstream
@@ -225,7 +237,7 @@ class Gateway:
                 upstream.release()
         finally:
             # Exactly once, whatever happened above (also when the agent went away).
-            self.costs.settle(ticket, status, usage, attempts)
+            self.costs.settle(ticket, status, usage, attempts, unanswered)
 
     def fits_buffer(self, request: web.Request, upstream: Response) -> bool:
         """Read the answer whole when it may be (``fits_buffer``) and the agent's share of memory holds it; else it
@@ -240,8 +252,9 @@ class Gateway:
             raise UpstreamFailed(error(400, "bad_request", str(exc))) from None
         except UpstreamError as exc:
             if exc.kind == "timeout":
-                raise UpstreamFailed(error(504, "upstream_timeout", "the upstream did not answer in time")) from None
-            raise UpstreamFailed(error(502, "upstream_unreachable", str(exc))) from None
+                raise UpstreamFailed(error(504, "upstream_timeout", "the upstream did not answer in time"),
+                                     exc.sent) from None
+            raise UpstreamFailed(error(502, "upstream_unreachable", str(exc)), exc.sent) from None
         encoding = content_encoding(response)
         if encoding not in READABLE_ENCODINGS:
             response.release()
@@ -259,7 +272,7 @@ class Gateway:
                 upstream = await self.send(call, body)
             except UpstreamFailed as exc:
                 self.costs.breaker_record(reg.agent_id, call.base, None, admission.probe)
-                return Outcome(exc.response, None, attempt + 1)
+                return Outcome(exc.response, None, attempt + 1, exc.sent)
             self.costs.breaker_record(reg.agent_id, call.base, upstream.status, admission.probe)
             delay = retry_delay(self.costs.retry, attempt, upstream.status, upstream_retry_after(upstream.headers))
             if delay is None:
@@ -271,9 +284,10 @@ class Gateway:
 
 
 class UpstreamFailed(Exception):
-    def __init__(self, response: web.Response) -> None:
+    def __init__(self, response: web.Response, sent: bool = False) -> None:
         super().__init__(response.status)
         self.response = response
+        self.sent = sent  # the request had gone out: the upstream may have billed what it never answered
 
 
 @dataclass(frozen=True)
@@ -293,6 +307,7 @@ class Outcome:
     response: web.Response | None  # zone 2's own answer (breaker open, upstream unreachable)
     upstream: Response | None
     attempts: int
+    unanswered: bool = False  # the last attempt went out and no answer came (a timeout, a cut connection)
 
 
 class Buffered(web.Response):
@@ -369,11 +384,8 @@ async def relay_stream(request: web.Request, upstream: Response, redactor: Redac
                     return response
                 continue
             out = redactor.feed(out)
-            if out:
-                try:
-                    await response.write(out)
-                except ConnectionResetError:
-                    agent_gone = True
+            if out and not await in_time(request, response.write(out)):
+                agent_gone = True
     except UpstreamError:
         response.force_close()
         if request.transport is not None:
@@ -381,13 +393,8 @@ async def relay_stream(request: web.Request, upstream: Response, redactor: Redac
         return response
     tail = redactor.feed(meter.flush()) if meter is not None else b""
     tail += redactor.flush()
-    if not agent_gone:
-        try:
-            if tail:
-                await response.write(tail)
-            await response.write_eof()
-        except ConnectionResetError:
-            pass
+    if not agent_gone and (not tail or await in_time(request, response.write(tail))):
+        await in_time(request, response.write_eof())
     return response
 
 

@@ -22,7 +22,7 @@ from aiohttp import web
 from fleetd.fingerprint import code_fingerprint
 from fleetd.zone2.budget import Caps
 from fleetd.zone2.costs import CostTracker
-from fleetd.zone2.guard import IDLE_TIMEOUT, LINGER, Guard, serve_guarded, stop_guarded
+from fleetd.zone2.guard import IDLE_TIMEOUT, LINGER, READ_BUFFER, Guard, serve_guarded, stop_guarded
 from fleetd.zone2.kinds import GENERIC
 from fleetd.zone2.ledger import LEDGER_FILE, Ledger
 from fleetd.zone2.proxy import init_gateway
@@ -200,7 +200,7 @@ async def serve(control_dir: Path, host: str, port: int) -> None:
     # Bodies are relayed as sent (an LLM call's must come uncompressed: zone 2 meters what it reads), and an idle
     # kept-alive connection is closed by the guard's sweep, not kept for aiohttp's default hour.
     gateway = web.AppRunner(agents_app, access_log=None, handle_signals=False, auto_decompress=False,
-                            keepalive_timeout=IDLE_TIMEOUT, lingering_time=LINGER)
+                            keepalive_timeout=IDLE_TIMEOUT, lingering_time=LINGER, read_bufsize=READ_BUFFER)
     control = web.AppRunner(init_control(registry, costs, guard, time.monotonic()), access_log=None,
                             handle_signals=False)
     await gateway.setup()

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Limits:
     connections_per_agent: int = 64
-    connections: int = 2048  # all addresses together (each costs ~10 KiB of memory and a descriptor)
+    # all addresses together: each costs ~10 KiB, its head up to 64 KiB and its read-ahead 32 KiB of memory, and two
+    # descriptors (its own and an upstream's)
+    connections: int = 1024
     bytes_per_agent: int = 24 << 20  # request bodies and buffered answers held at once (a 10 MiB body fits twice)
     bytes: int = 64 << 20  # all addresses together (zone 2 itself needs ~60 MB of its 256 MiB)
     small: int = 64 << 10  # a take this small is granted within the agent's cap even when the whole is short

@@ -45,12 +45,14 @@ SEPARATE_BODY = 64 << 10  # a body this large is written after the head, not joi
 class UpstreamError(Exception):
     """The upstream could not be reached, broke off, sent no valid HTTP or fell silent.
 
-    ``kind`` is ``connect``, ``timeout`` or ``broken``.
+    ``kind`` is ``connect``, ``timeout`` or ``broken``. ``sent``: the request had gone out (the upstream may have
+    acted on it, and billed it, without answering).
     """
 
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, kind: str, message: str, sent: bool = False) -> None:
         super().__init__(message)
         self.kind = kind
+        self.sent = sent
 
 
 class BadRequestHead(ValueError):
@@ -387,10 +389,15 @@ class Upstreams:
             except UpstreamError as exc:
                 lost_idle = reused and conn.closed and not conn.got_bytes and exc.kind == "broken"
                 if not (lost_idle and replayable(method, headers)):
+                    exc.sent = True
                     raise
                 conn = await self._connect(key)  # the upstream had closed the idle connection: once more
                 response = conn.start(method, head, body)
-                await response.head
+                try:
+                    await response.head
+                except UpstreamError as again:
+                    again.sent = True
+                    raise
             return response
         except BaseException:
             conn.close()

@@ -19,7 +19,7 @@ from fleetd.zone2.shares import Limits
 from tests.unit.test_zone2_proxy import SECRET, serve, upstream_app
 
 ATTACKER, BYSTANDER = "127.0.0.1", "127.0.0.2"
-TIMEOUTS = Timeouts(head=0.5, idle=1.0, body_stall=0.5, body=2.0, sweep=0.1)
+TIMEOUTS = Timeouts(head=0.5, idle=1.0, body_stall=0.5, body=2.0, write=1.0, sweep=0.1)
 LIMITS = Limits(connections_per_agent=8, connections=64, bytes_per_agent=3 << 20, bytes=4 << 20,
                 small_reserve=1 << 20)
 HEARTBEAT = b"POST /fleetd/heartbeat HTTP/1.1\r\nHost: zone2\r\nContent-Type: application/json\r\n"
@@ -201,3 +201,65 @@ def test_the_daemons_probe_gets_an_answer_from_the_agent_port() -> None:
         assert answer.startswith(b"HTTP/1.1 200") and json.loads(answer.split(b"\r\n\r\n", 1)[1]) == {"ok": True}
 
     run(check)
+
+
+def test_answers_an_agent_does_not_read_stay_in_its_share_and_are_dropped_in_time() -> None:
+    """Buffered answers (up to 8 MiB each) were given back to the agent's share before aiohttp wrote them: 40
+    connections that never read took zone 2 to 590 MiB while the guard counted nothing."""
+    import socket
+
+    async def check(port: int, guard: Guard) -> None:
+        loop = asyncio.get_running_loop()
+        stuck = []
+        for _ in range(8):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # and never read
+            sock.bind((ATTACKER, 0))
+            sock.setblocking(False)
+            await loop.sock_connect(sock, ("127.0.0.1", port))
+            await loop.sock_sendall(sock, b"GET /big HTTP/1.1\r\nHost: zone2\r\n" + AUTH + b"\r\n")
+            stuck.append(sock)
+        await asyncio.sleep(0.5)
+        held = guard.shares.held.get(ATTACKER, 0)
+        assert held == 16 << 20  # two 8 MiB answers counted while written; past the share, streamed through
+        await bystander_ok(port)
+        await asyncio.sleep(TIMEOUTS.write + 0.5)  # nobody read: each write gave up, its connection dropped
+        assert guard.shares.total_held == 0 and ATTACKER not in guard.shares.connections
+        for sock in stuck:
+            sock.close()
+
+    run(check, Limits(bytes_per_agent=20 << 20, bytes=64 << 20))
+
+
+def test_a_head_past_64_kib_is_dropped_and_a_large_body_is_not_taken_for_one() -> None:
+    """A head of ~1 MB (aiohttp allows 128 fields of 8 KiB) on each of an agent's 64 connections was held in memory
+    uncounted: two agents took zone 2 past its 256 MiB."""
+    async def check(port: int, guard: Guard) -> None:
+        fields = b"".join(b"X-Pad-%d: %s\r\n" % (i, b"a" * 8000) for i in range(20))
+        answer = await ask(port, ATTACKER, HEARTBEAT + fields + b"Content-Length: 2\r\n\r\n{}")
+        assert answer == b"" and guard.dropped_slow == 1
+        # a body sent in the same write as its head is a body, not a head
+        body = json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "x" * (2 << 20)}]}).encode()
+        answer = await ask(port, BYSTANDER, call(len(body)) + body)
+        assert answer.startswith(b"HTTP/1.1 "), answer[:100]
+        assert guard.dropped_slow == 1
+        await bystander_ok(port)
+
+    run(check)
+
+
+def test_heavy_bodies_of_one_agent_do_not_stall_the_others() -> None:
+    """A Gemini body of 180,000 empty objects (0.5 MiB, within the parse budget) took zone 2's one thread ~0.7 s
+    each, parsed before any budget check: four at a time held a bystander's heartbeat for 2.5-5 s."""
+    async def check(port: int, guard: Guard) -> None:
+        body = b'{"contents":[' + b"{}," * 180_000 + b"{}]}"
+        head = (b"POST /v1beta/models/m:generateContent HTTP/1.1\r\nHost: zone2\r\nContent-Type: application/json\r\n"
+                + AUTH + b"Content-Length: %d\r\n\r\n" % len(body))
+        attack = asyncio.gather(*(ask(port, ATTACKER, head + body) for _ in range(6)))
+        await asyncio.sleep(0.05)
+        slowest = max([await bystander_ok(port) for _ in range(10)])
+        answers = await attack
+        assert all(a.startswith(b"HTTP/1.1 4") for a in answers), [a[:60] for a in answers]
+        assert slowest < 1.0, f"a bystander's heartbeat waited {slowest:.2f} s"
+
+    run(check, Limits(bytes_per_agent=24 << 20, bytes=64 << 20))

@@ -442,6 +442,34 @@ def test_gemini_calls_are_metered_plain_and_streamed_and_refused_over_cap(tmp_pa
     run(tmp_path, check)
 
 
+def test_a_call_the_upstream_never_answers_in_time_is_charged_its_bound(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A call the upstream ran longer than the read timeout was charged $0 (a 504 with no status): the provider
+    bills a long generation it finishes after zone 2 stopped waiting. Only a call that never went out is free."""
+    from fleetd.zone2 import proxy
+
+    monkeypatch.setattr(proxy, "IDLE_TIMEOUT", 0.3)
+
+    async def check(r: Rig) -> None:
+        r.sim.config.latency_ms = 800
+        body = {"model": "test-model", "max_tokens": 8, "messages": [{"role": "user", "content": "x"}]}
+        status, _, raw = await r.post(CHAT, body)
+        assert status == 504 and json.loads(raw)["error"]["type"] == "upstream_timeout"
+        [row] = r.ledger()
+        assert row["status"] is None and row["estimated"] and row["cost_nusd"] == row["reserved_nusd"] > 0
+        # an upstream that cannot be reached was never sent the call: free (a port this test held, then let go)
+        import socket
+
+        with socket.socket() as held:
+            held.bind(("127.0.0.1", 0))
+            port = held.getsockname()[1]
+        r.registry.set_creds([Upstream("sim", f"http://127.0.0.1:{port}", SECRET)])
+        status, _, _ = await r.post(CHAT, body)
+        assert status == 502 and r.ledger()[-1]["cost_nusd"] == 0
+
+    run(tmp_path, check)
+
+
 def test_max_llm_calls_is_enforced_and_unpriced_models_are_refused(tmp_path: Path) -> None:
     async def check(r: Rig) -> None:
         body = {"model": "gpt-4o-mini", "max_tokens": 4, "messages": [{"role": "user", "content": "x"}]}

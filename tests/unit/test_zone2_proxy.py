@@ -52,6 +52,8 @@ def upstream_app(seen: list[dict[str, Any]]) -> web.Application:
             raise web.HTTPFound("http://127.0.0.2:1/steal")
         if request.path.startswith("/compressed/"):  # an upstream that compresses although asked for identity
             return await compressed(request, request.path.removeprefix("/compressed/"))
+        if request.path == "/big":  # an answer of 8 MiB with a known length (read whole when it may be)
+            return web.Response(body=b"x" * (8 << 20), content_type="application/octet-stream")
         if request.path == "/stream":
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await response.prepare(request)

@@ -14,6 +14,7 @@ both is refused, as a key given twice is.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
@@ -39,10 +40,13 @@ PRIORITY_TRAFFIC = "ON_DEMAND_PRIORITY"  # Vertex AI Priority PayGo, billed abov
 # internal turns (URL context, code execution, file search): nothing in the request bounds their cost.
 SERVER_TOOLS = frozenset({"googlesearch", "googlesearchretrieval", "codeexecution", "urlcontext", "filesearch",
                           "googlemaps", "enterprisewebsearch", "retrieval"})
+_MEDIA_KEYS = frozenset({"inlineData", "inline_data", "fileData", "file_data", "mediaResolution",
+                         "media_resolution"})
 _COUNTS = ("promptTokenCount", "cachedContentTokenCount", "toolUsePromptTokenCount", "candidatesTokenCount",
            "thoughtsTokenCount")
 
 
+@functools.cache
 def _snake(name: str) -> str:
     return re.sub(r"[A-Z]", lambda m: "_" + m.group(0).lower(), name)
 
@@ -90,6 +94,8 @@ def scan_media(data: dict[str, Any]) -> Media:
     images = tokens = 0
     unsized = False
     for obj in walk(data):
+        if not obj.keys() & _MEDIA_KEYS:
+            continue
         for key in ("inlineData", "fileData"):
             media = get(obj, key)
             if not isinstance(media, dict):
