@@ -13,7 +13,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from fleetd.zone2.providers import classify
-from fleetd.zone2.targets import path_segments
+from fleetd.zone2.targets import path_readings
 
 GENERIC = "generic"
 # LLM provider kinds; Bedrock has no endpoint zone 2 meters: all of its billable calls are refused.
@@ -98,13 +98,15 @@ def _ends_with(segments: list[str], patterns: tuple[tuple[str, ...], ...]) -> bo
 
 
 def free_call(method: str, path: str) -> bool:
-    """A request that costs nothing at an LLM provider: a read, a deletion, or a POST in FREE_ENDPOINTS."""
+    """A request that costs nothing at an LLM provider: a read, a deletion, or a POST in FREE_ENDPOINTS under every
+    reading of its path."""
     if method.upper() in FREE_METHODS:
         return True
-    return method.upper() == "POST" and _ends_with(path_segments(path), FREE_ENDPOINTS)
+    return method.upper() == "POST" and all(_ends_with(r, FREE_ENDPOINTS) for r in path_readings(path))
 
 
 def unmetered_billable(method: str, path: str) -> bool:
-    """A POST to an endpoint in UNMETERED_BILLABLE, and not one that ``providers.classify`` meters."""
+    """A POST to an endpoint in UNMETERED_BILLABLE under some reading of its path, and not one that
+    ``providers.classify`` meters."""
     return (method.upper() == "POST" and classify(method, path) is None
-            and _ends_with(path_segments(path), UNMETERED_BILLABLE))
+            and any(_ends_with(r, UNMETERED_BILLABLE) for r in path_readings(path)))

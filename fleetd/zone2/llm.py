@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -115,16 +116,22 @@ class DuplicateKey(ValueError):
         self.key = key
 
 
+def _fold(key: str) -> str:
+    """A key as a case-insensitive parser matches it (Go's encoding/json folds "Model", and U+017F into "s")."""
+    return key.lower() if key.isascii() else unicodedata.normalize("NFKC", key).casefold()
+
+
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """A JSON object, refusing a key given twice (after unescaping: ``"m\\u006fdel"`` is ``"model"``). Python keeps
-    the last; an upstream that keeps the first would run another model or max_tokens than the one metered."""
+    """A JSON object, refusing a key given twice (after unescaping: ``"m\\u006fdel"`` is ``"model"``), also in
+    another case (``"Model"``, ``"max_token\\u017f"``). Python keeps the last; an upstream that keeps the first, or
+    matches keys whatever their case, would run another model or max_tokens than the one metered."""
     data = dict(pairs)
-    if len(data) != len(pairs):
+    if len(pairs) > 1 and len({_fold(key) for key, _ in pairs}) != len(pairs):
         seen: set[str] = set()
         for key, _ in pairs:
-            if key in seen:
+            if _fold(key) in seen:
                 raise DuplicateKey(key)
-            seen.add(key)
+            seen.add(_fold(key))
     return data
 
 
@@ -184,8 +191,8 @@ def parse_object(body: bytes) -> dict[str, Any]:
     try:
         data = _UNIQUE_KEYS.decode(body.decode(json.detect_encoding(body), "surrogatepass"))
     except DuplicateKey as exc:
-        raise BadLLMRequest(f"request body has the key {exc.key[:64]!r} twice in one object: upstreams differ in "
-                            "which one they read, so zone 2 cannot meter it") from None
+        raise BadLLMRequest(f"request body has the key {exc.key[:64]!r} twice in one object (or in two cases): "
+                            "upstreams differ in which one they read, so zone 2 cannot meter it") from None
     except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise BadLLMRequest("request body is not valid JSON") from None
     if not isinstance(data, dict):

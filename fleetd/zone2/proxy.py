@@ -35,9 +35,9 @@ from fleetd.zone2.kinds import free_call, is_llm, unmetered_billable
 from fleetd.zone2.ledger import Ledger
 from fleetd.zone2.llm import PARSE_BUDGET, BadLLMRequest, JsonShape, Usage, parse_cost
 from fleetd.zone2.meters import MAX_BUFFERED, BodyMeter, StreamMeter, usage_from_body
-from fleetd.zone2.providers import Provider, classify
+from fleetd.zone2.providers import Provider, match
 from fleetd.zone2.registry import Registration, Registry
-from fleetd.zone2.targets import path_segments, safe_path
+from fleetd.zone2.targets import safe_path
 from fleetd.zone2.upstream import BadRequestHead, Response, UpstreamError, Upstreams
 
 log = logging.getLogger("fleetd.zone2")
@@ -135,8 +135,8 @@ class Gateway:
         body = await read_body(request, MAX_BODY, feed=shape.feed)
         call = Upcall(request.method, url, forward_headers(request.headers, secrets), body, base,
                       Redactor(secrets.values()))
-        provider = classify(request.method, path)
-        if provider is None:
+        matched = match(request.method, path)
+        if matched is None:
             unmeterable = ((llm_provider and not free_call(request.method, path))
                            or unmetered_billable(request.method, path))
             if unmeterable and not reg.allow_unpriced:
@@ -152,8 +152,8 @@ class Gateway:
         if parse_cost(body, shape.counts) > PARSE_BUDGET:  # counted as it arrived: no pass over it here
             return error(400, "invalid_request_error", f"request body has too many JSON values to meter (parsing "
                          f"it would take more than {PARSE_BUDGET >> 20} MiB): send fewer, larger ones")
-        return await self.metered(request, reg, call, provider, path_segments(path), ",".join(sorted(secrets)),
-                                  heavy)
+        provider, segments = matched
+        return await self.metered(request, reg, call, provider, segments, ",".join(sorted(secrets)), heavy)
 
     async def plain(self, request: web.Request, reg: Registration, call: Upcall) -> web.StreamResponse:
         """A generic (tool API) call: proxied without metering, guarded by the breaker."""

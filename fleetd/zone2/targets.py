@@ -60,9 +60,20 @@ def path_segments(path: str) -> list[str]:
     """The broadest reading of a request path, for classification: lower case, query and fragment dropped,
     percent-decoded (also ``%2F`` into a separator, and more than once), each segment's ``;params`` dropped (as
     servlet containers route), empty segments (from doubled or trailing slashes) ignored."""
+    return path_readings(path)[0]
+
+
+def path_readings(path: str) -> list[list[str]]:
+    """Every way an upstream may read a path's segments: ``path_segments``' reading, and, when decoding brings out
+    a ``?`` or ``#`` (``%3F``, ``%23``), the one of a server that decodes the path and then finds its query there.
+    A call is metered when any reading is a metered endpoint, and free only when every reading is free."""
     path = path.split("?", 1)[0].split("#", 1)[0]
-    segments = (s.split(";", 1)[0] for s in fully_decoded(path).split("/"))
-    return [s.lower() for s in segments if s]
+    decoded = fully_decoded(path)
+    readings = [decoded]
+    cut = decoded.split("?", 1)[0].split("#", 1)[0]
+    if cut != decoded:
+        readings.append(cut)
+    return [[s.lower() for s in (part.split(";", 1)[0] for part in reading.split("/")) if s] for reading in readings]
 
 
 def safe_path(raw_target: str) -> tuple[str, str]:

@@ -284,6 +284,10 @@ def test_input_token_bound_after_injection_is_at_least_the_sent_body() -> None:
                                b'"type": "image"}]}]}', "'type' twice"),
         ("openai_chat", b'{"model": "m", "stream": true, "stream_options": {"include_usage": true, '
                         b'"include_usage": false}}', "'include_usage' twice"),
+        # the same key in another case, for an upstream that matches keys whatever their case (Go's encoding/json)
+        ("openai_chat", b'{"model": "gpt-4.1-nano", "max_tokens": 16, "Model": "gpt-5.4-pro"}', "'Model' twice"),
+        ("openai_chat", b'{"model": "m", "max_tokens": 16, "max_token\\u017f": 128000}', "twice"),
+        ("openai_chat", b'{"model": "m", "max_tokens": 16, "MAX_TO\\u212aENS": 128000}', "twice"),  # Kelvin sign
     ],
 )
 def test_parse_request_errors(api: API, body: bytes, message: str) -> None:
@@ -1035,3 +1039,38 @@ def test_a_body_that_would_parse_into_more_than_the_budget_is_refused_before_par
     # many small values are as costly as they look
     values = b'{"model": "m", "input": [' + b'"ab",' * 2_000_000 + b'"ab"]}'
     assert parse_cost(values) > PARSE_BUDGET
+
+
+@pytest.mark.parametrize(("api", "body", "images", "unsized"), [
+    # a screenshot passed back to a computer-use model is an image, wherever it sits
+    ("openai_responses", {"model": "m", "input": [{"type": "computer_call_output", "call_id": "c", "output": {
+        "type": "computer_screenshot", "image_url": "https://x.test/s.png"}}]}, 1, False),
+    # kinds of content no bound follows for, and kinds zone 2 does not know: default-deny
+    ("openai_chat", {"model": "m", "messages": [{"role": "user", "content": [
+        {"type": "video_url", "video_url": {"url": "https://x.test/v.mp4"}}]}]}, 0, True),
+    ("openai_chat", {"model": "m", "messages": [{"role": "user", "content": [{"type": "hologram", "id": "h"}]}]},
+     0, True),
+    ("openai_responses", {"model": "m", "input": [{"type": "web_search_call", "id": "ws_1"}]}, 0, True),
+    ("anthropic_messages", {"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": [
+        {"type": "tool_result", "tool_use_id": "t", "content": [{"type": "web_fetch_result", "url": "u"}]}]}]},
+     0, True),
+    # Gemini's OpenAI-compatible chat naming a cache kept upstream
+    ("openai_chat", {"model": "m", "messages": [], "extra_body": {"google": {"cached_content": "c/1"}}}, 0, True),
+    # what is whole in the body stays sized: text, tool calls and results, schemas with "type" keys
+    ("openai_chat", {"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]},
+                                                {"role": "assistant", "content": "ok", "tool_calls": []}],
+                     "tools": [{"type": "function", "function": {"name": "f", "parameters": {
+                         "type": "object", "properties": {"type": {"type": "string"}}}}}]}, 0, False),
+    ("anthropic_messages", {"model": "m", "max_tokens": 1, "system": [{"type": "text", "text": "s"}],
+                            "messages": [{"role": "user", "content": [
+                                {"type": "tool_result", "tool_use_id": "t", "content": [
+                                    {"type": "text", "text": "r"}, {"type": "image", "source": {"type": "url",
+                                                                                          "url": "u"}}]}]}]},
+     1, False),
+])
+def test_content_of_kinds_zone2_cannot_size_is_unsized(api: str, body: dict[str, Any], images: int,
+                                                        unsized: bool) -> None:
+    """A screenshot in a computer_call_output, a chat video_url part, a cache named in extra_body were reserved as
+    a few bytes of text (the kinds were a deny-list): 40 screenshots reserved $0.017 for ~$2.46 of input."""
+    media = parse_request(api, dumps(body)).media
+    assert (media.images, media.unsized) == (images, unsized)

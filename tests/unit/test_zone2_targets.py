@@ -86,3 +86,16 @@ def test_every_spelling_of_a_metered_endpoint_is_metered(raw: str, api: str) -> 
 def test_every_spelling_of_an_unmeterable_endpoint_is_refused(raw: str) -> None:
     path, _ = safe_path(raw)
     assert unmetered_billable("POST", path)
+
+
+@pytest.mark.parametrize("raw", ["/v1/chat/completions%3F/v1/files",
+                                 "/v1beta/models/gemini-2.5-pro:generateContent%3F:countTokens",
+                                 "/v1/chat/completions%23/v1/files"])
+def test_a_path_an_upstream_may_read_as_a_metered_call_is_not_free(raw: str) -> None:
+    """A hop that decodes the path once and reads it again finds a query in %3F: the call was taken for a free file
+    upload and relayed unmetered, while such an upstream ran a chat completion."""
+    from fleetd.zone2.kinds import free_call
+
+    path, _ = safe_path(raw)
+    assert classify("POST", path) is not None
+    assert not free_call("POST", path)

@@ -15,29 +15,35 @@ from fleetd.zone2.providers.embeddings import Embeddings
 from fleetd.zone2.providers.gemini import GeminiGenerate
 from fleetd.zone2.providers.openai_chat import OpenAIChat
 from fleetd.zone2.providers.openai_responses import OpenAIResponses
-from fleetd.zone2.targets import path_segments
+from fleetd.zone2.targets import path_readings
 
 # In the order requests are matched against them.
 PROVIDERS: tuple[Provider, ...] = (OpenAIChat(), OpenAIResponses(), AnthropicMessages(), Embeddings(),
                                    GeminiGenerate())
 _BY_API = {p.api: p for p in PROVIDERS}
 
-__all__ = ["PROVIDERS", "Provider", "StreamUsage", "classify", "provider"]
+__all__ = ["PROVIDERS", "Provider", "StreamUsage", "classify", "match", "provider"]
 
 
 def classify(method: str, path: str) -> Provider | None:
-    """The metered API a request goes to, or None when it is not a metered call.
+    """The metered API a request goes to, or None when it is not a metered call (``match`` without the reading)."""
+    found = match(method, path)
+    return found[0] if found else None
 
-    POST only, by the broadest reading of the path (``targets.path_segments``: decoded, also twice and ``%2F`` as a
-    separator, ``;params`` dropped, empty segments ignored, case-insensitive), so that no spelling an upstream
-    would route to a metered endpoint slips past the meter.
+
+def match(method: str, path: str) -> tuple[Provider, list[str]] | None:
+    """The metered API a request goes to and the reading of its path that goes there, or None.
+
+    POST only, by every reading an upstream may give the path (``targets.path_readings``: decoded, also twice and
+    ``%2F`` as a separator, ``;params`` dropped, a decoded ``?`` ending it, empty segments ignored,
+    case-insensitive), so that no spelling an upstream would route to a metered endpoint slips past the meter.
     """
     if method.upper() != "POST":
         return None
-    segments = path_segments(path)
-    for candidate in PROVIDERS:
-        if candidate.matches(segments):
-            return candidate
+    for segments in path_readings(path):
+        for candidate in PROVIDERS:
+            if candidate.matches(segments):
+                return candidate, segments
     return None
 
 

@@ -12,7 +12,23 @@ from typing import Any
 from fleetd.zone2.llm import Media, walk
 
 # Image parts: billed by pixels (each up to the model's price's image_tokens), whatever their size in the body.
-IMAGE_PART_TYPES = frozenset({"image_url", "input_image", "image"})
+IMAGE_PART_TYPES = frozenset({"image_url", "input_image", "image", "computer_screenshot"})
+# Parts and input items whose whole content is in the body, so that its bytes bound their tokens. In a content list or
+# a Responses input list, a part of any other type (a video, a new media kind, another tool's stored result) is taken
+# as input no bound follows for: default-deny, as for endpoints.
+SIZED_PART_TYPES = frozenset({
+    # OpenAI chat content parts; Responses content parts and input items
+    "text", "input_text", "output_text", "refusal", "summary_text", "reasoning_text", "message", "reasoning",
+    "computer_call_output",  # its output is a screenshot: an image
+    "function_call", "function_call_output", "custom_tool_call", "custom_tool_call_output", "computer_call",
+    "local_shell_call", "local_shell_call_output", "shell_call", "shell_call_output", "apply_patch_call",
+    "apply_patch_call_output", "mcp_list_tools", "mcp_approval_request", "mcp_approval_response", "mcp_call",
+    "compaction_trigger",
+    # Anthropic content blocks
+    "tool_use", "tool_result", "thinking", "redacted_thinking", "search_result",
+})
+# Anywhere in a body: input read from a cache kept upstream (Gemini's OpenAI-compatible chat: extra_body.google)
+CACHED_CONTENT_KEYS = frozenset({"cached_content", "cachedContent"})
 # Parts no bound follows for: files and documents (a PDF is billed by its pages, each page's text and image, whether
 # given inline, by URL or by file id) and audio (by its length: compressed silence is a few bytes a minute). A
 # "document" whose source is text or content blocks holds its text in the body and is sized by it.
@@ -43,7 +59,8 @@ class Scan:
 
 
 def scan(data: dict[str, Any]) -> Scan:
-    """What the reservation needs to know of a request's parts, in one walk of it."""
+    """What the reservation needs to know of a request's parts: images anywhere, parts of unknown or unsized kinds
+    where content goes, a 1-hour cache anywhere."""
     images = images_low = 0
     unsized = one_hour = False
     for item in walk(data):
@@ -56,10 +73,42 @@ def scan(data: dict[str, Any]) -> Scan:
                     images += 1
             elif kind in UNSIZED_PART_TYPES and not _sized_document(item):
                 unsized = True
+        if not unsized and not item.keys().isdisjoint(CACHED_CONTENT_KEYS):
+            unsized = True
         control = item.get("cache_control")
         if isinstance(control, dict) and control.get("ttl") == "1h":
             one_hour = True
+    unsized = unsized or any(_unknown(part) for part in content_parts(data))
     return Scan(Media(images=images, images_low=images_low, unsized=unsized), one_hour, _stored_items(data))
+
+
+def _unknown(part: dict[str, Any]) -> bool:
+    kind = part.get("type")
+    if kind is None:  # a chat message or a Responses message without its optional type
+        return not ({"role", "content"} & part.keys()) and "id" not in part
+    return not isinstance(kind, str) or not (kind in SIZED_PART_TYPES or kind in IMAGE_PART_TYPES
+                                              or kind in UNSIZED_PART_TYPES)
+
+
+def content_parts(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """The objects where content goes: the parts of each message's content, the items of a Responses input, the
+    parts of their content and output, Anthropic's system blocks, a tool result's content, at any nesting."""
+    found: list[dict[str, Any]] = []
+    lists: list[object] = [data.get("input"), data.get("system")]
+    messages = data.get("messages")
+    for message in messages if isinstance(messages, list) else ():
+        if isinstance(message, dict):
+            lists.append(message.get("content"))
+    while lists:
+        items = lists.pop()
+        for item in items if isinstance(items, list) else ():
+            if not isinstance(item, dict):
+                continue
+            found.append(item)
+            lists.append(item.get("content"))
+            output = item.get("output")
+            lists.append([output] if isinstance(output, dict) else output)
+    return found
 
 
 def _detail(part: dict[str, Any]) -> object:
