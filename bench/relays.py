@@ -219,7 +219,7 @@ async def serve_bare(upstream: str, host: str, port: int, ledger: Path) -> None:
             secrets = {c.name: c.secret for c in creds}
             base = creds[0].upstream
             call = Upcall(
-                method, base + path, forward_headers(headers, secrets), body, base, Redactor(secrets.values())
+                method, base + path, forward_headers(headers, secrets), body, base, Redactor.for_secrets(secrets.values())
             )
             api = classify(method, path)
             assert api is not None

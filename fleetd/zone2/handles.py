@@ -8,7 +8,9 @@ echo of it in the answer.
 
 from __future__ import annotations
 
+import base64
 import functools
+import json
 import re
 from collections.abc import Iterable
 from urllib.parse import quote
@@ -60,6 +62,28 @@ def substitute_query(query: str, secrets: dict[str, str]) -> str:
 
 
 _MASK = b"[REDACTED]"
+MIN_ENCODED = 16  # a base64 piece of a secret shorter than this is not looked for (it would match by chance)
+
+
+@functools.lru_cache(maxsize=256)
+def spellings(secret: str) -> frozenset[bytes]:
+    """The forms in which an upstream may echo a secret back: as sent, percent-encoded (as zone 2 puts it in a
+    query; upper- and lower-case hex), JSON-escaped, and base64 (standard and URL-safe; of the secret alone and
+    inside a longer value, at each of the three offsets a byte string can start at: ``Basic`` credentials)."""
+    raw = secret.encode()
+    forms = {raw, quote(secret, safe="").encode(), quote(secret).encode(), json.dumps(secret)[1:-1].encode(),
+             raw.replace(b"/", b"\\/")}
+    forms |= {re.sub(rb"%[0-9A-F]{2}", lambda m: m.group(0).lower(), form) for form in list(forms)}
+    for offset in range(3):  # the characters that encode the secret's bits alone, whatever surrounds it
+        encoded = base64.b64encode(b"\0" * offset + raw + b"\0\0")
+        piece = encoded[(8 * offset + 5) // 6:(8 * (offset + len(raw))) // 6]
+        if len(piece) >= MIN_ENCODED:
+            forms |= {piece, piece.translate(_URLSAFE)}
+    forms |= {base64.b64encode(raw), base64.urlsafe_b64encode(raw)}
+    return frozenset(form for form in forms if form)
+
+
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
 
 
 def _overlaps(s: bytes, t: bytes) -> bool:
@@ -139,12 +163,18 @@ class Redactor:
 
     MASK = _MASK
 
-    def __init__(self, secrets: Iterable[str]) -> None:
-        self.secrets = sorted({s.encode() for s in secrets if s}, key=lambda s: (-len(s), s))
+    def __init__(self, secrets: Iterable[str | bytes]) -> None:
+        self.secrets = sorted({s.encode() if isinstance(s, str) else s for s in secrets if s},
+                              key=lambda s: (-len(s), s))
         self._plan = _plan(tuple(self.secrets))
         self.keep = self._plan.keep
         self.tail = b""
         self._open = 0  # general path: the first _open bytes of tail lie in a MASK not yet emitted
+
+    @classmethod
+    def for_secrets(cls, secrets: Iterable[str]) -> Redactor:
+        """A redactor of every spelling of ``secrets`` an upstream may echo (``spellings``)."""
+        return cls(form for secret in secrets if secret for form in spellings(secret))
 
     def feed(self, chunk: bytes) -> bytes:
         """Redact ``chunk``; hold back the few bytes at its end that might begin a secret."""

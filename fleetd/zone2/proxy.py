@@ -134,7 +134,7 @@ class Gateway:
         shape = JsonShape()
         body = await read_body(request, MAX_BODY, feed=shape.feed)
         call = Upcall(request.method, url, forward_headers(request.headers, secrets), body, base,
-                      Redactor(secrets.values()))
+                      Redactor.for_secrets(secrets.values()))
         matched = match(request.method, path)
         if matched is None:
             unmeterable = ((llm_provider and not free_call(request.method, path))

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import json
 import logging
+import re
 import socket
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -21,6 +23,7 @@ from fleetd.zone2.proxy import init_gateway
 from fleetd.zone2.registry import Registration, Registry, Upstream
 
 SECRET = "sk-live-TOPSECRET-42"
+SLASHY = "sk-live/KEY+abc==xyz0123456789"  # a secret with characters that every encoding changes
 OTHER_SECRET = "sk-other-SECRET-99"
 
 
@@ -48,6 +51,13 @@ def upstream_app(seen: list[dict[str, Any]]) -> web.Application:
         if request.path == "/echo-key":  # an API that puts the key in its error message (and its reason phrase)
             key = request.headers.get("Authorization")
             return web.json_response({"error": f"invalid key {key}"}, status=401, reason=f"Invalid key {key}")
+        if request.path == "/echo-forms":  # the key as a URL, a JSON string and Basic credentials would carry it
+            key = request.query.get("key", "")
+            encoded = quote(key, safe="")
+            forms = [encoded, re.sub("%[0-9A-F]{2}", lambda m: m.group(0).lower(), encoded),
+                     json.dumps(key)[1:-1].replace("/", "\\/"), base64.b64encode(f"user:{key}".encode()).decode(),
+                     base64.urlsafe_b64encode(key.encode()).decode()]
+            return web.Response(text="\n".join(forms))  # as sent: a JSON answer would escape them once more
         if request.path == "/redirect":
             raise web.HTTPFound("http://127.0.0.2:1/steal")
         if request.path.startswith("/compressed/"):  # an upstream that compresses although asked for identity
@@ -93,9 +103,10 @@ def run(check: Check, registered: bool = True) -> None:
         async with serve(upstream_app(seen)) as upstream, serve(upstream_app(elsewhere)) as other:
             registry = Registry()
             registry.set_creds([Upstream("openai", upstream, SECRET), Upstream("other", other, OTHER_SECRET),
-                                Upstream("forbidden", upstream, "sk-not-yours")])
+                                Upstream("forbidden", upstream, "sk-not-yours"), Upstream("slashy", upstream, SLASHY)])
             if registered:
-                registry.register(Registration("agent1", "127.0.0.1", "default", frozenset({"openai", "other"})))
+                registry.register(Registration("agent1", "127.0.0.1", "default",
+                                               frozenset({"openai", "other", "slashy"})))
 
             async def whois(ip: str) -> Registration | None:
                 return None
@@ -150,6 +161,19 @@ def test_secret_echoed_in_an_error_is_redacted() -> None:
             text = await r.text()
         assert r.status == 401 and SECRET not in text and "[REDACTED]" in text
         assert r.reason == "Invalid key Bearer [REDACTED]"
+
+    run(check)
+
+
+def test_a_secret_echoed_in_another_spelling_is_redacted() -> None:
+    """An upstream that echoed the URL gave the agent the key percent-encoded (as zone 2 put it in the query), and
+    one that echoed Basic credentials gave it in base64."""
+    async def check(client: aiohttp.ClientSession, gw: str, seen: list[Any], elsewhere: list[Any]) -> None:
+        async with client.get(f"{gw}/echo-forms?key=$CRED{{slashy}}", headers={}) as r:
+            echo = (await r.text()).split("\n")
+        assert r.status == 200 and len(echo) == 5
+        for form in echo:
+            assert "[REDACTED]" in form and "c2stbGl2ZS9" not in form and "%2F" not in form.upper(), echo
 
     run(check)
 
