@@ -218,9 +218,8 @@ async def serve_bare(upstream: str, host: str, port: int, ledger: Path) -> None:
             assert creds is not None
             secrets = {c.name: c.secret for c in creds}
             base = creds[0].upstream
-            call = Upcall(
-                method, base + path, forward_headers(headers, secrets), body, base, Redactor.for_secrets(secrets.values())
-            )
+            redactor = Redactor.for_secrets(secrets.values())
+            call = Upcall(method, base + path, forward_headers(headers, secrets), body, base, redactor)
             api = classify(method, path)
             assert api is not None
             llm = api.parse(body, path_segments(path))

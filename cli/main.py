@@ -95,6 +95,7 @@ def zone2(control_dir: Path, port: int) -> None:
               help="Input tokens each image in a request counts for.")
 @click.option("--image-tokens-low", type=click.IntRange(min=0), default=100, show_default=True,
               help="The same for an OpenAI image at detail low.")
+@click.option("--served-model", help="Answers name this model whatever was asked (as an Azure deployment does).")
 def llm_sim(host: str, port: int, **knobs: Any) -> None:
     """Run a local OpenAI/Anthropic/Gemini-compatible LLM simulator (for demos and tests).
 

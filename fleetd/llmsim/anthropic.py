@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
-from fleetd.llmsim.core import SIM, SimConfig, cut, gate, take_break, usage_numbers, words
+from fleetd.llmsim.core import SIM, SimConfig, answer_model, cut, gate, take_break, usage_numbers, words
 
 
 def anthropic_usage(prompt: int, output: int, config: SimConfig, data: dict[str, Any]) -> dict[str, Any]:
@@ -53,7 +53,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
     config = request.app[SIM].config
     prompt, completion = usage_numbers(data, config)
     prompt, iterations = compaction(data, prompt, completion, config)
-    model = data.get("model", "sim-model")
+    model = answer_model(data, config)
     ident = f"msg_{uuid.uuid4().hex[:12]}"
     if not data.get("stream"):
         usage = anthropic_usage(prompt, completion, config, data)

@@ -31,6 +31,12 @@ class SimConfig:
     summary_tokens: int = 20  # Anthropic threshold compaction: the summary's length (at most max_tokens)
     image_tokens: int = 1000  # each image in the input (any API's image part) counts this many input tokens
     image_tokens_low: int = 100  # an OpenAI image at "detail": "low"
+    served_model: str | None = None  # answers name this model, whatever was asked (as an Azure deployment does)
+
+
+def answer_model(data: dict[str, Any], config: SimConfig, default: str = "sim-model") -> str:
+    """The model an answer names: the --served-model knob, else the one asked for."""
+    return config.served_model or str(data.get("model") or default)
 
 
 MAX_STORED_RESPONSES = 10_000  # the oldest is forgotten first

@@ -60,7 +60,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
     thoughts = config.reasoning_tokens if budget is None or int(budget) < 0 else min(config.reasoning_tokens,
                                                                                       int(budget))
     prompt = prompt_tokens(data, config)
-    base = {"modelVersion": model, "responseId": uuid.uuid4().hex[:16]}
+    base = {"modelVersion": config.served_model or model, "responseId": uuid.uuid4().hex[:16]}
 
     def chunk(texts: list[str], done: int, finished: bool) -> dict[str, Any]:
         return {**base, "candidates": [

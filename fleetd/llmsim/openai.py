@@ -17,6 +17,7 @@ from fleetd.llmsim.core import (
     MAX_STORED_RESPONSES,
     SIM,
     SimConfig,
+    answer_model,
     count_words,
     cut,
     gate,
@@ -39,7 +40,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         return refusal
     config = request.app[SIM].config
     prompt, completion = usage_numbers(data, config)
-    model = data.get("model", "sim-model")
+    model = answer_model(data, config)
     ident = f"chatcmpl-{uuid.uuid4().hex[:12]}"
     cached, reasoning = min(config.cached_tokens, prompt), min(config.reasoning_tokens, completion)
     usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
@@ -101,7 +102,7 @@ async def responses(request: web.Request) -> web.StreamResponse:
                "role": "assistant", "content": [{"type": "output_text", "text": text, "annotations": []}]}
     body = {
         "id": ident, "object": "response", "created_at": int(time.time()),
-        "status": "completed", "model": data.get("model", "sim-model"), "output": [message],
+        "status": "completed", "model": answer_model(data, config), "output": [message],
         "service_tier": served_tier(data, config),
         "usage": {"input_tokens": prompt, "output_tokens": completion, "total_tokens": prompt + completion,
                   "input_tokens_details": {"cached_tokens": min(config.cached_tokens, prompt)},
@@ -166,7 +167,7 @@ async def embeddings(request: web.Request) -> web.Response:
         else:
             vectors.append(vector)
     return web.json_response({
-        "object": "list", "model": data.get("model", "sim-embedding"),
+        "object": "list", "model": answer_model(data, request.app[SIM].config, "sim-embedding"),
         "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)],
         "usage": {"prompt_tokens": prompt, "total_tokens": prompt},
     })

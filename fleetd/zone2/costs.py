@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,6 +33,7 @@ DEFAULT_MAX_INPUT = 1_050_000
 # An image of a model whose price names no image_tokens: the largest worst case any provider publishes (GPT-4o mini
 # at high detail: 2,833 + 8 tiles x 5,667 tokens).
 DEFAULT_IMAGE_TOKENS = 48_169
+MAX_SERVED = 1024  # names remembered as served by a dearer model (see CostTracker._cost)
 REFUSAL_EVENT_EVERY = 60.0  # at most one refusal event per agent and kind per minute
 LEDGER_RETRY_EVERY = 1.0  # s: while ledger rows wait unwritten, how often an admission tries to write them
 Emit = Callable[[str, str | None, str, dict[str, Any]], None]  # (type, agent_id, message, data)
@@ -105,6 +107,8 @@ class CostTracker:
         self.budgets = Budgets(clock)
         self.breakers: dict[tuple[str, str], Breaker] = {}
         self._last_refusal: dict[tuple[str, str], float] = {}
+        # (credential, model asked for) -> the dearer model its answers said ran; the most recent MAX_SERVED
+        self._served: OrderedDict[tuple[str, str], Price] = OrderedDict()
         self._ledger_failing = False
         self._ledger_tried = 0.0
         self._load()
@@ -133,23 +137,27 @@ class CostTracker:
             return NotPriced(llm.model)
         if llm.fast and price is not None and price.fast_multiplier is None and not reg.allow_unpriced:
             return NotPriced(llm.model, fast_mode=True)
-        bound = 0
-        if price is not None:
-            model_output = price.max_output_tokens or DEFAULT_MAX_OUTPUT
-            max_output = 0 if llm.output_free else llm.max_output_tokens or model_output
-            thinking = model_output if llm.thinking_tokens is None else llm.thinking_tokens
-            output = (max_output + thinking + llm.prediction_bound) * llm.choices
-            # Compaction: the summary step reads at most the request and writes at most max_tokens (its output is cut
-            # there, as an on-demand summary's is); the reply reads at most the request and the summary.
-            passes = llm.sampling_passes
-            bound = bound_nusd(price, self.input_bound(llm, price) * passes + max_output * (passes - 1),
-                               output * passes, priority=llm.priority, one_hour_cache=llm.cache_1h, fast=llm.fast,
-                               us_only=llm.us_only)
+        # A name whose answers said another, dearer model ran is reserved at that model's price too.
+        served = self._served.get((credential, llm.model))
+        bound = max((self.bound(llm, p) for p in (price, served) if p is not None), default=0)
         held = self.budgets.reserve(reg.agent_id, reg.caps, bound)
         if isinstance(held, Refusal):
             self._refused(reg, held)
             return held
         return Ticket(uuid.uuid4().hex, reg, credential, llm, price, held)
+
+    def bound(self, llm: LLMRequest, price: Price) -> int:
+        """An upper bound on the cost of ``llm`` at ``price``, in nano-USD."""
+        model_output = price.max_output_tokens or DEFAULT_MAX_OUTPUT
+        max_output = 0 if llm.output_free else llm.max_output_tokens or model_output
+        thinking = model_output if llm.thinking_tokens is None else llm.thinking_tokens
+        output = (max_output + thinking + llm.prediction_bound) * llm.choices
+        # Compaction: the summary step reads at most the request and writes at most max_tokens (its output is cut
+        # there, as an on-demand summary's is); the reply reads at most the request and the summary.
+        passes = llm.sampling_passes
+        return bound_nusd(price, self.input_bound(llm, price) * passes + max_output * (passes - 1),
+                          output * passes, priority=llm.priority, one_hour_cache=llm.cache_1h, fast=llm.fast,
+                          us_only=llm.us_only)
 
     def input_bound(self, llm: LLMRequest, price: Price) -> int:
         """An upper bound on the input tokens of a call, with what it reads from upstream state.
@@ -169,11 +177,17 @@ class CostTracker:
             return max(bound, price.max_input_tokens or DEFAULT_MAX_INPUT)
         return bound + known + OVERHEAD_TOKENS  # and the template around the items it carries
 
-    def _refused(self, reg: Registration, refusal: Refusal) -> None:
-        key = (reg.agent_id, refusal.type)
+    def _due(self, agent_id: str, kind: str) -> bool:
+        """Whether an event of this kind for this agent is due: at most one per REFUSAL_EVENT_EVERY seconds."""
+        key = (agent_id, kind)
         now = self.monotonic()
-        if now - self._last_refusal.get(key, -REFUSAL_EVENT_EVERY) >= REFUSAL_EVENT_EVERY:
-            self._last_refusal[key] = now
+        if now - self._last_refusal.get(key, -REFUSAL_EVENT_EVERY) < REFUSAL_EVENT_EVERY:
+            return False
+        self._last_refusal[key] = now
+        return True
+
+    def _refused(self, reg: Registration, refusal: Refusal) -> None:
+        if self._due(reg.agent_id, refusal.type):
             self.emit(refusal.type, reg.agent_id, refusal.message, {"role": reg.role})
 
     def settle(self, ticket: Ticket, status: int | None, usage: Usage | None, attempts: int,
@@ -192,11 +206,11 @@ class CostTracker:
         elif status is not None and 200 <= status < 300:
             if usage is None:
                 cost, estimated = ticket.reservation.amount, True
-            elif ticket.price is not None:
-                cost = cost_nusd(ticket.price, usage, priority=priority)
-        elif usage is not None and ticket.price is not None:
+            else:
+                cost = self._cost(ticket, usage, priority)
+        elif usage is not None:
             # an error that still reports usage is billed as reported
-            cost = cost_nusd(ticket.price, usage, priority=priority)
+            cost = self._cost(ticket, usage, priority)
         if cost > ticket.reservation.amount:
             # The bound is an upper bound by construction; if usage ever beats it, bill the truth and say so.
             self.emit("reservation_exceeded", ticket.reg.agent_id,
@@ -210,6 +224,27 @@ class CostTracker:
         ))
         self._ledger_health(written)
         return cost
+
+    def _cost(self, ticket: Ticket, usage: Usage, priority: bool) -> int:
+        """What ``usage`` costs at the price of the model asked for, or at that of the model the answer says ran
+        when it is priced differently (an Azure deployment or an alias chooses its own): the dearer of the two,
+        so that a cheap name in the request cannot buy a dear model's tokens. A mismatch is an event."""
+        asked = cost_nusd(ticket.price, usage, priority=priority) if ticket.price is not None else 0
+        served = self.prices.lookup(usage.model) if usage.model is not None else None
+        if served is None or served == ticket.price:
+            return asked
+        cost = cost_nusd(served, usage, priority=priority)
+        if cost > asked:
+            self._served[(ticket.credential, ticket.llm.model)] = served
+            self._served.move_to_end((ticket.credential, ticket.llm.model))
+            while len(self._served) > MAX_SERVED:
+                self._served.popitem(last=False)
+        if self._due(ticket.reg.agent_id, "model_mismatch"):
+            self.emit("model_mismatch", ticket.reg.agent_id,
+                      f"asked for model {ticket.llm.model!r}, the answer says {usage.model!r} ran: billed at the "
+                      f"dearer of their prices (${max(asked, cost) / 1e9:.6f})",
+                      {"request_id": ticket.request_id, "asked": ticket.llm.model, "served": usage.model})
+        return max(asked, cost)
 
     # -- ledger failures ------------------------------------------------------
     # A call that was made is answered and charged (in memory) even when its row cannot be written: the

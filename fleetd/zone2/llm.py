@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 import math
 import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 # What the body does not show of the input: the chat template's tokens per message (fewer than the JSON punctuation
 # of that message), tool definitions as rendered, the vendors' tool-use system prompts (hundreds of tokens).
 OVERHEAD_TOKENS = 1024
+MAX_MODEL = 200  # characters of a model name read from an answer (as a price's model id)
 
 
 class BadLLMRequest(ValueError):
@@ -36,6 +37,8 @@ class Usage:
     response_id: str | None = None  # OpenAI Responses: the answer's id, which a later call may continue from
     speed: str | None = None  # Anthropic: "fast" when fast mode served the call (priced at a multiple)
     inference_geo: str | None = None  # Anthropic: where it ran ("us" for US-only inference, priced at a multiple)
+    # the model the answer says ran (an Azure deployment chooses its own); what was used, not how much: not compared
+    model: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -282,6 +285,13 @@ def count(value: object) -> int:
 def detail(usage: dict[str, Any], key: str, field_name: str) -> int:
     details = usage.get(key)
     return count(details.get(field_name)) if isinstance(details, dict) else 0
+
+
+def served_by(usage: Usage | None, model: object) -> Usage | None:
+    """``usage`` with the model the answer names (a string of at most MAX_MODEL characters), if any."""
+    if usage is None or not isinstance(model, str) or not 0 < len(model) <= MAX_MODEL:
+        return usage
+    return replace(usage, model=model)
 
 
 def label(value: object) -> str | None:

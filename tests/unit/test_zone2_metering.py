@@ -203,6 +203,43 @@ def test_priority_calls_are_billed_at_twice_the_standard_prices_as_the_answer_sa
     run(tmp_path, check)
 
 
+def test_a_call_the_answer_says_ran_on_a_dearer_model_is_billed_at_the_dearer_price(tmp_path: Path) -> None:
+    """An Azure deployment, an alias or a router chooses the model itself: a cheap name in the request must not buy
+    a dear model's tokens. Billed at the dearer of the two prices; a mismatch is an event."""
+    async def check(r: Rig) -> None:
+        words = [{"role": "user", "content": "one two three four five"}]
+        mini = {"model": "gpt-4o-mini", "max_tokens": 10, "messages": words}
+        r.sim.config.served_model = "gpt-4o-2024-08-06"  # a snapshot of gpt-4o: looked up as gpt-4o
+        assert (await r.post(CHAT, mini))[0] == 200
+        status, _, body = await r.post(CHAT, {**mini, "stream": True})
+        assert status == 200 and sse_events(body)[-1] == "[DONE]"
+        assert (await r.post("/v1/responses", {"model": "gpt-4o-mini", "input": "one two three four five",
+                                               "max_output_tokens": 10}))[0] == 200
+        r.sim.config.served_model = "claude-opus-4"
+        status, _, _ = await r.post("/v1/messages", {"model": "claude-3-5-haiku", "max_tokens": 10, "stream": True,
+                                                     "messages": words})
+        assert status == 200
+        r.sim.config.served_model = "gpt-4o-mini"  # cheaper than asked: the price asked for stands
+        assert (await r.post(CHAT, {**mini, "model": "gpt-4o"}))[0] == 200
+        r.sim.config.served_model = "someone-elses-model"  # not priced: nothing to compare with
+        assert (await r.post(CHAT, mini))[0] == 200
+        await settled(r)
+        rows = r.ledger()
+        dear = 5 * 2500 + 10 * 10000  # gpt-4o: $2.50 input, $10 output per 1M tokens
+        cheap = 5 * 150 + 10 * 600  # gpt-4o-mini: $0.15, $0.60
+        opus = 5 * 15000 + 10 * 75000  # claude-opus-4: $15, $75
+        assert [c["cost_nusd"] for c in rows] == [dear, dear, dear, opus, dear, cheap]
+        # the first was reserved at the price asked for; once an answer named gpt-4o, that name is reserved as gpt-4o
+        # (gpt-4o's prices are ~16 times gpt-4o-mini's)
+        assert rows[1]["reserved_nusd"] > 10 * rows[0]["reserved_nusd"]
+        assert all(c["cost_nusd"] <= c["reserved_nusd"] for c in rows[1:3])
+        mismatches = [e for e in r.events if e[0] == "model_mismatch"]
+        assert len(mismatches) == 1  # at most one a minute per agent
+        assert mismatches[0][3]["asked"] == "gpt-4o-mini" and mismatches[0][3]["served"] == "gpt-4o-2024-08-06"
+
+    run(tmp_path, check)
+
+
 def test_a_priority_request_reserves_twice_the_bound(tmp_path: Path) -> None:
     async def check(r: Rig) -> None:
         r.register(Caps(daily_nusd=USD // 100))  # $0.01: one call's bound ($0.0064) fits, doubled it does not

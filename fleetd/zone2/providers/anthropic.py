@@ -25,6 +25,7 @@ from fleetd.zone2.llm import (
     max_tokens_field,
     model_field,
     parse_object,
+    served_by,
     stream_field,
     string_field,
 )
@@ -109,7 +110,9 @@ class AnthropicMessages(Provider):
         )
 
     def usage(self, answer: Any) -> Usage | None:
-        return anthropic_usage(answer.get("usage")) if isinstance(answer, dict) else None
+        if not isinstance(answer, dict):
+            return None
+        return served_by(anthropic_usage(answer.get("usage")), answer.get("model"))
 
     def stream(self) -> StreamUsage:
         return MessagesStream()
@@ -124,6 +127,7 @@ class MessagesStream(StreamUsage):
         self._creation: dict[str, int] = {}
         self._labels: dict[str, str] = {}  # service_tier, speed, inference_geo: the latest given
         self._iterations: list[Any] = []  # usage.iterations, the latest given (compaction steps)
+        self._model: object = None  # message_start's message.model
 
     def event(self, name: bytes, data: bytes) -> bool:
         if b"message_stop" not in data and name != b"message_stop" and USAGE_OBJECT.search(data) is None:
@@ -141,6 +145,7 @@ class MessagesStream(StreamUsage):
             if not isinstance(usage, dict):
                 return False
             self._counts, self._creation, self._labels, self._iterations = {}, {}, {}, []
+            self._model = message.get("model") if isinstance(message, dict) else None
         elif kind == "message_delta":
             usage = event.get("usage")
             if not isinstance(usage, dict):
@@ -159,6 +164,6 @@ class MessagesStream(StreamUsage):
         iterations = usage.get("iterations")
         if isinstance(iterations, list) and len(iterations) >= len(self._iterations):
             self._iterations = iterations
-        self.usage = anthropic_usage({**self._counts, "cache_creation": self._creation, **self._labels,
-                                      "iterations": self._iterations})
+        self.usage = served_by(anthropic_usage({**self._counts, "cache_creation": self._creation, **self._labels,
+                                                "iterations": self._iterations}), self._model)
         return False

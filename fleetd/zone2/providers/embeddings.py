@@ -15,6 +15,7 @@ from fleetd.zone2.llm import (
     input_token_bound,
     model_field,
     parse_object,
+    served_by,
     stream_field,
     string_field,
 )
@@ -49,7 +50,9 @@ class Embeddings(Provider):
         )
 
     def usage(self, answer: Any) -> Usage | None:
-        return embeddings_usage(answer.get("usage")) if isinstance(answer, dict) else None
+        if not isinstance(answer, dict):
+            return None
+        return served_by(embeddings_usage(answer.get("usage")), answer.get("model"))
 
     def stream(self) -> StreamUsage:
         return EmbeddingsStream()
@@ -62,5 +65,5 @@ class EmbeddingsStream(StreamUsage):
     def event(self, name: bytes, data: bytes) -> bool:
         event = with_usage(data)
         if event is not None:
-            self.usage = embeddings_usage(event.get("usage")) or self.usage
+            self.usage = served_by(embeddings_usage(event.get("usage")), event.get("model")) or self.usage
         return False

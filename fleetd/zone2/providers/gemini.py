@@ -29,6 +29,7 @@ from fleetd.zone2.llm import (
     label,
     loads,
     parse_object,
+    served_by,
     walk,
 )
 from fleetd.zone2.providers.base import Provider, StreamUsage
@@ -154,16 +155,18 @@ class GeminiGenerate(Provider):
     def usage(self, answer: Any) -> Usage | None:
         if isinstance(answer, list):  # a stream without alt=sse: the array of its chunks, counts cumulative
             counted: dict[str, int] = {}
-            traffic = None
+            traffic = model = None
             for chunk in answer:
                 metadata = chunk.get("usageMetadata") if isinstance(chunk, dict) else None
                 if isinstance(metadata, dict):
                     keep_larger(counted, metadata, _COUNTS)
                     traffic = metadata.get("trafficType", traffic)
-            return gemini_usage({**counted, "trafficType": traffic}) if counted else None
+                    model = chunk.get("modelVersion", model)
+            return served_by(gemini_usage({**counted, "trafficType": traffic}), model) if counted else None
         if not isinstance(answer, dict):
             return None
-        return gemini_usage(answer.get("usageMetadata"), answer.get("service_tier"))
+        return served_by(gemini_usage(answer.get("usageMetadata"), answer.get("service_tier")),
+                         answer.get("modelVersion"))
 
     def stream(self) -> StreamUsage:
         return GeminiStream()
@@ -177,6 +180,7 @@ class GeminiStream(StreamUsage):
         super().__init__()
         self._counts: dict[str, int] = {}
         self._traffic: object = None
+        self._model: object = None
 
     def event(self, name: bytes, data: bytes) -> bool:
         event = loads(data)
@@ -186,7 +190,8 @@ class GeminiStream(StreamUsage):
         if isinstance(metadata, dict):
             keep_larger(self._counts, metadata, _COUNTS)
             self._traffic = metadata.get("trafficType", self._traffic)
-            self.usage = gemini_usage({**self._counts, "trafficType": self._traffic})
+            self._model = event.get("modelVersion", self._model)
+            self.usage = served_by(gemini_usage({**self._counts, "trafficType": self._traffic}), self._model)
         candidates = event.get("candidates")
         if isinstance(candidates, list) and any(isinstance(c, dict) and c.get("finishReason") for c in candidates):
             self.complete = True

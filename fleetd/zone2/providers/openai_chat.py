@@ -24,6 +24,7 @@ from fleetd.zone2.llm import (
     max_tokens_field,
     model_field,
     parse_object,
+    served_by,
     stream_field,
     string_field,
 )
@@ -88,7 +89,9 @@ class OpenAIChat(Provider):
         )
 
     def usage(self, answer: Any) -> Usage | None:
-        return chat_usage(answer.get("usage"), answer.get("service_tier")) if isinstance(answer, dict) else None
+        if not isinstance(answer, dict):
+            return None
+        return served_by(chat_usage(answer.get("usage"), answer.get("service_tier")), answer.get("model"))
 
     def stream(self) -> StreamUsage:
         return ChatStream()
@@ -105,7 +108,7 @@ class ChatStream(StreamUsage):
         event = with_usage(data)
         if event is None:
             return False
-        usage = chat_usage(event.get("usage"), event.get("service_tier"))
+        usage = served_by(chat_usage(event.get("usage"), event.get("service_tier")), event.get("model"))
         if usage is None:
             return False
         self.usage = usage

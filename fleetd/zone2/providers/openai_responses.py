@@ -23,6 +23,7 @@ from fleetd.zone2.llm import (
     max_tokens_field,
     model_field,
     parse_object,
+    served_by,
     stream_field,
     string_field,
 )
@@ -85,7 +86,8 @@ class OpenAIResponses(Provider):
     def usage(self, answer: Any) -> Usage | None:
         if not isinstance(answer, dict):
             return None
-        return responses_usage(answer.get("usage"), answer.get("service_tier"), answer.get("id"))
+        return served_by(responses_usage(answer.get("usage"), answer.get("service_tier"), answer.get("id")),
+                         answer.get("model"))
 
     def stream(self) -> StreamUsage:
         return ResponsesStream()
@@ -107,7 +109,8 @@ class ResponsesStream(StreamUsage):
         self.complete = True
         response = event.get("response")
         if isinstance(response, dict):
-            usage = responses_usage(response.get("usage"), response.get("service_tier"), response.get("id"))
+            usage = served_by(responses_usage(response.get("usage"), response.get("service_tier"),
+                                              response.get("id")), response.get("model"))
             if usage is not None:
                 self.usage = usage
         return False
