@@ -7,6 +7,7 @@ The file is TOML; every key is optional::
     log_retention = 3600       # seconds an exited agent's container (and logs) is kept
     max_exited = 100           # at most this many exited containers are kept
     drain_on_exit = false      # stop every agent when the daemon stops
+    spare_namespaces = 2       # agents' network namespaces made ahead of spawns (0: each spawn makes its own)
 
     [defaults]                 # spawn limits when no flag gives one
     memory = "512m"
@@ -60,6 +61,7 @@ class Limits:
         return overlay(self, base)
 
 
+MAX_SPARE_NAMESPACES = 32
 BUILTIN_DEFAULTS = Limits(memory=512 << 20, disk=1 << 30, cpus=1.0, pids_limit=256, ttl=3600, grace=30)
 
 
@@ -80,6 +82,7 @@ class Config:
     zone2_image: str = f"fleetd/zone2:{__version__}"
     policy: Policy = field(default_factory=Policy)
     metrics: str | None = None  # HOST:PORT of the opt-in Prometheus listener
+    spare_namespaces: int = 2  # namespace holders started ahead of spawns (fleetd.spare_netns)
 
     def limits_for(self, role: str | None, defined: frozenset[str] = frozenset()) -> Limits:
         """The spawn defaults for a role (the instance defaults when none).
@@ -142,7 +145,7 @@ def load_config(path: Path | None = None, **overrides: Any) -> Config:
             raise InvalidRequest(f"config {source}: {exc}") from None
     kwargs: dict[str, Any] = {}
     for key in ("instance", "max_ttl", "max_grace", "log_retention", "max_exited", "drain_on_exit", "zone2_image",
-                "metrics"):
+                "metrics", "spare_namespaces"):
         if key in data:
             kwargs[key] = data.pop(key)
     for key in ("state_dir", "socket"):
@@ -168,6 +171,8 @@ def load_config(path: Path | None = None, **overrides: Any) -> Config:
             parse_listen(config.metrics)
         except ValueError as exc:
             raise InvalidRequest(f"--metrics: {exc}") from None
+    if type(config.spare_namespaces) is not int or not 0 <= config.spare_namespaces <= MAX_SPARE_NAMESPACES:
+        raise InvalidRequest(f"spare_namespaces: expected a whole number from 0 to {MAX_SPARE_NAMESPACES}")
     if not NAME_PATTERN.fullmatch(config.instance):
         raise InvalidRequest(f"invalid instance name {config.instance!r}: use letters, digits, _ . -")
     return config

@@ -92,6 +92,7 @@ class Daemon:
         liveness.relay_ok = self.gateway.answering
         self.supervisor.vault = self.vault
         await self.gateway.start()
+        self.supervisor.spares.fill()  # holders for the first spawns (fleetd.spare_netns)
         self._runner = web.AppRunner(init_app(self.supervisor), handle_signals=False, shutdown_timeout=2.0)
         await self._runner.setup()
         config.socket.parent.mkdir(parents=True, exist_ok=True)
@@ -133,6 +134,8 @@ class Daemon:
             await self._metrics.cleanup()
         if hasattr(self, "gateway"):
             await self.gateway.stop()
+        if hasattr(self, "supervisor"):
+            await self.supervisor.spares.clear()
         if self._socket_owned and self.config.socket.is_socket():
             self.config.socket.unlink()
         if self._watcher is not None:

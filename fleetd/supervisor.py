@@ -43,6 +43,7 @@ from fleetd.models import LIVE_STATES, AgentSpec, Reason, State, iso, parse_iso,
 from fleetd.pidfds import PidHandles
 from fleetd.policy import BUDGET_KEYS, INHERIT, budget_caps
 from fleetd.runtime import CHECKPOINT_DIR, DISK_MOUNTS, LABEL_AGENT, LABEL_KIND, POOL_SIZE, DockerRuntime
+from fleetd.spare_netns import SpareNamespaces
 from fleetd.spec import build_spec, ttl_seconds, whole_number
 from fleetd.store import Store
 from fleetd.timers import Timers
@@ -88,6 +89,7 @@ class Supervisor:
         self.liveness = Liveness(store, self.condemn, self._exec_probe)
         self.draining = store.meta("draining") == "1"
         self._streak: dict[str, int] = {}  # restarts in a row, for the backoff (reset after 10 min of running)
+        self.spares = SpareNamespaces(runtime, self.call, self._zone2_ip, config.spare_namespaces)
 
     async def _exec_probe(self, container_id: str, command: tuple[str, ...], timeout: float) -> int:
         return await self.call(self.runtime.exec_status, container_id, list(command), timeout)
@@ -141,9 +143,12 @@ class Supervisor:
                     )
                     await self.call(self.runtime.remove, container_id)
         # Namespace holders and disks of agents that will not run again (ended while the daemon was down).
-        for holder in await self.call(self.runtime.containers, "netns"):
-            agent = self.store.get((holder.get("Labels") or {}).get(LABEL_AGENT) or "")
-            if agent is None or agent["state"] not in LIVE_STATES:
+        holders = await self.call(self.runtime.containers, "netns")
+        spares = self.spares.held()  # after the listing: a spare begun meanwhile is in it
+        for holder in holders:
+            owner = (holder.get("Labels") or {}).get(LABEL_AGENT) or ""
+            agent = self.store.get(owner)
+            if owner not in spares and (agent is None or agent["state"] not in LIVE_STATES):
                 await self.call(self.runtime.remove, holder["Id"])
         have_container = {c["agent_id"] for c in containers}
         for agent_id in await self.call(self.disks.agents):
@@ -187,11 +192,12 @@ class Supervisor:
             from fleetd.gateway import agent_env
 
             env.update(agent_env())
-        agent_id = secrets.token_hex(6)
-        name = spec.name or agent_id
-        owner = self.store.live_name_owner(name)
+        owner = self.store.live_name_owner(spec.name) if spec.name else None
         if owner is not None:
-            raise Conflict(f"name {name!r} is already in use by agent {owner}")
+            raise Conflict(f"name {spec.name!r} is already in use by agent {owner}")
+        # A spare holder's id, its namespace ready (fleetd.spare_netns); else a new id, its holder made below.
+        agent_id = self.spares.take() or secrets.token_hex(6)
+        name = spec.name or agent_id
         now = utcnow()
         self.store.insert_agent(
             agent_id,
@@ -228,6 +234,8 @@ class Supervisor:
             self.store.add_event("start_failed", exc.message, agent_id)
             self._finished(agent_id)
             raise
+        finally:
+            self.spares.fill()  # the next spawn's holder, made after this one's
         agent = self.store.get(agent_id)
         assert agent is not None
         if agent["state"] == State.CREATED:
@@ -618,6 +626,7 @@ class Supervisor:
                 # Their containers die next: the exits must say why.
                 self.store.transition(agent["id"], State.STOPPING, Reason.TEARDOWN, kill_at=iso(utcnow()))
         rules = await self.gateway.teardown() if self.gateway is not None else 0
+        await self.spares.clear()  # made again by the next spawn
         removed = await self.call(self.runtime.teardown)
         removed["disks"] = await self.call(self.disks.remove_all)
         removed["firewall_rules"] = rules

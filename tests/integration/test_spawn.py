@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 
 import docker
 
-from tests.integration.harness import AGENT_IMAGE, Daemon, containers
+from tests.integration.harness import AGENT_IMAGE, Daemon, containers, wait_for
 
 CONTRACT_KEYS = {"id", "name", "image", "role", "state", "reason", "container_id", "created_at", "deadline",
                  "exit_code", "last_heartbeat"}
@@ -103,3 +103,49 @@ def test_name_is_free_again_after_exit(daemon: Daemon) -> None:
     second = daemon.spawn("--name", "job", AGENT_IMAGE, "sleep", "60")
     assert daemon.agent("job")["id"] == second  # a name resolves to the live agent first
     assert len(containers(daemon.instance)) == 2
+
+
+def spare_holders(engine: docker.DockerClient, daemon: Daemon, agents: set[str] | None = None) -> set[str]:
+    """Agent ids of the instance's namespace holders that belong to no agent record (the spares)."""
+    agents = {a["id"] for a in daemon.agents()} if agents is None else agents
+    holders = engine.containers.list(all=True, filters={"label": [f"fleetd.instance={daemon.instance}",
+                                                                    "fleetd.kind=netns"]})
+    return {h.labels["fleetd.agent-id"] for h in holders if h.labels["fleetd.agent-id"] not in agents}
+
+
+def test_a_spawn_takes_a_namespace_made_ahead_and_the_pool_is_made_again(engine: docker.DockerClient) -> None:
+    """The holder's start is most of a spawn: two are made ahead (spare_namespaces); a spawn takes one with its
+    agent id, and another is made after it. A restart of the daemon does not adopt a spare as an agent; its
+    stop removes them."""
+    daemon = Daemon(config="spare_namespaces = 2\n").start()
+    try:
+        spares = wait_for(lambda: (found := spare_holders(engine, daemon)) and len(found) == 2 and found, 30,
+                          what="two spare holders")
+        for holder in spares:
+            assert engine.containers.get(f"fleetd-{daemon.instance}-{holder}-netns").status == "running"
+        agent = daemon.agent(daemon.spawn(AGENT_IMAGE, "sleep", "300"))
+        assert agent["id"] in spares and agent["state"] == "running"
+        hostname = engine.containers.get(agent["container_id"]).exec_run(["hostname"]).output.decode().strip()
+        assert hostname == agent["id"]
+        pool = wait_for(lambda: (found := spare_holders(engine, daemon)) and len(found) == 2 and found, 30,
+                        what="the pool made again")
+        assert agent["id"] not in pool
+        named = daemon.agent(daemon.spawn("--name", "second", AGENT_IMAGE, "sleep", "300"))
+        assert named["id"] in pool and named["name"] == "second"
+        daemon.stop()
+        assert spare_holders(engine, daemon, {agent["id"], named["id"]}) == set()  # the stop removed the spares, not the agents' holders
+        daemon.start()
+        assert {a["id"] for a in daemon.agents()} == {agent["id"], named["id"]}
+        wait_for(lambda: len(spare_holders(engine, daemon)) == 2, 30, what="the pool made again after a restart")
+        assert daemon.agent(agent["id"])["state"] == "running"
+    finally:
+        daemon.cleanup()
+
+
+def test_no_spares_when_turned_off(engine: docker.DockerClient) -> None:
+    daemon = Daemon(config="spare_namespaces = 0\n").start()
+    try:
+        agent = daemon.agent(daemon.spawn(AGENT_IMAGE, "sleep", "300"))
+        assert agent["state"] == "running" and spare_holders(engine, daemon) == set()
+    finally:
+        daemon.cleanup()
