@@ -47,6 +47,9 @@ MAX_HEARTBEAT = 64 << 10  # a heartbeat's progress is a few fields: checked befo
 CONNECT_TIMEOUT = 10.0
 IDLE_TIMEOUT = 300.0
 DROPPED_PREFIXES = ("x-forwarded-", "forwarded", "x-real-ip", "proxy-")
+# A method other than the one zone 2 classified (Google's front ends, among others, honour these): the call is sent
+# with the method it was metered as, or not at all.
+METHOD_OVERRIDES = frozenset({"x-http-method-override", "x-http-method", "x-method-override"})
 # Zone 2 asks upstreams for identity bodies (it must read them to redact secrets and find usage). One that compresses
 # anyway is decoded when it can be (gzip, deflate); any other encoding is refused with a 502, never passed on.
 READABLE_ENCODINGS = frozenset({"", "identity", "gzip", "deflate"})
@@ -72,7 +75,8 @@ def forward_headers(headers: Any, secrets: dict[str, str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for key, value in headers.items():
         lower = key.lower()
-        if lower in HOP_BY_HOP or lower in connection_listed or lower.startswith(DROPPED_PREFIXES):
+        if (lower in HOP_BY_HOP or lower in connection_listed or lower.startswith(DROPPED_PREFIXES)
+                or lower in METHOD_OVERRIDES):
             continue
         out[key] = substitute(value, secrets)
     out["Accept-Encoding"] = "identity"  # redaction needs the plain bytes

@@ -133,7 +133,8 @@ def test_a_spawn_takes_a_namespace_made_ahead_and_the_pool_is_made_again(engine:
         named = daemon.agent(daemon.spawn("--name", "second", AGENT_IMAGE, "sleep", "300"))
         assert named["id"] in pool and named["name"] == "second"
         daemon.stop()
-        assert spare_holders(engine, daemon, {agent["id"], named["id"]}) == set()  # the stop removed the spares, not the agents' holders
+        # the stop removed the spares, not the agents' holders
+        assert spare_holders(engine, daemon, {agent["id"], named["id"]}) == set()
         daemon.start()
         assert {a["id"] for a in daemon.agents()} == {agent["id"], named["id"]}
         wait_for(lambda: len(spare_holders(engine, daemon)) == 2, 30, what="the pool made again after a restart")

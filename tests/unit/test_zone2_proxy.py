@@ -119,13 +119,17 @@ def run(check: Check, registered: bool = True) -> None:
 
 def test_handle_in_bearer_is_swapped_and_sent_to_its_upstream() -> None:
     async def check(client: aiohttp.ClientSession, gw: str, seen: list[Any], elsewhere: list[Any]) -> None:
-        headers = {"Authorization": "Bearer $CRED{openai}", "X-Forwarded-Host": "evil", "Host": "evil.example"}
+        headers = {"Authorization": "Bearer $CRED{openai}", "X-Forwarded-Host": "evil", "Host": "evil.example",
+                   "X-HTTP-Method-Override": "DELETE", "X-HTTP-Method": "PUT", "X-Method-Override": "PATCH"}
         async with client.post(f"{gw}/v1/tools/search?x=1", headers=headers, json={"a": 1}) as r:
             assert r.status == 200
             assert (await r.json())["auth"] == "Bearer [REDACTED]"  # the echo back is redacted
         assert seen[0]["path"] == "/v1/tools/search?x=1"
         assert seen[0]["headers"]["Authorization"] == f"Bearer {SECRET}"
         assert "X-Forwarded-Host" not in seen[0]["headers"]
+        # sent with the method it was classified as: no header that asks the upstream for another
+        assert not {"x-http-method-override", "x-http-method", "x-method-override"} & {
+            h.lower() for h in seen[0]["headers"]}
         assert seen[0]["body"] == '{"a": 1}'
         assert elsewhere == []
 
