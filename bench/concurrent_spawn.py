@@ -103,9 +103,12 @@ def main() -> int:
         action="store_true",
         help="also run each round a batch of in-process API spawns (threads, no CLI processes)",
     )
+    parser.add_argument("--spare-namespaces", type=int, default=None,
+                        help="the daemon's spare_namespaces (default: its default, 2): holders started ahead")
     args = parser.parse_args()
 
-    with Bench() as bench:
+    config = {} if args.spare_namespaces is None else {"spare_namespaces": args.spare_namespaces}
+    with Bench(config=config) as bench:
         print(
             f"instance {bench.instance}, daemon pid {bench.pid}, {args.concurrency} processes per batch, "
             f"{args.rounds} rounds"

@@ -61,7 +61,7 @@ class Limits:
         return overlay(self, base)
 
 
-MAX_SPARE_NAMESPACES = 32
+MAX_SPARE_NAMESPACES = 256
 BUILTIN_DEFAULTS = Limits(memory=512 << 20, disk=1 << 30, cpus=1.0, pids_limit=256, ttl=3600, grace=30)
 
 
