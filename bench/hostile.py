@@ -13,7 +13,9 @@ zone 2 is not restarted, and its memory stays under its limit.
 
 The baseline is an image of zone 2 built from other code: ``--baseline-image IMAGE`` (already built), or
 ``--baseline-ref REF``, which builds ``fleetd/zone2`` from that commit (a git worktree) and tags it
-``fleetd/zone2:bench-baseline``, then builds this tree's images again.
+``fleetd/zone2:bench-baseline``, then builds this tree's images again; the baseline's daemon runs that commit's
+code too (FLEETD_BENCH_REF), as an older zone 2 refuses a policy with newer fields. Both together: that image,
+already built, with that commit's daemon.
 
 Run: .venv/bin/python bench/hostile.py [--baseline-ref 1ce5586 | --baseline-image fleetd/zone2:bench-baseline]
      [--seconds 15] [--only body,json]
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -85,8 +88,20 @@ def sim_ready(ip: str) -> bool:
         return False
 
 
-def one_run(image: str, attack: str, seconds: float) -> dict[str, Any]:
-    with Bench(config={"zone2_image": image}) as bench:
+def one_run(image: str, attack: str, seconds: float, ref: str | None = None) -> dict[str, Any]:
+    """One attack against a fresh daemon whose zone 2 runs ``image``; the daemon's code is ``ref``'s when given
+    (a zone 2 refuses a policy with fields newer than its code)."""
+    saved = os.environ.get("FLEETD_BENCH_REF")
+    if ref is not None:
+        os.environ["FLEETD_BENCH_REF"] = ref
+    try:
+        bench = Bench(config={"zone2_image": image})
+    finally:
+        if saved is None:
+            os.environ.pop("FLEETD_BENCH_REF", None)
+        else:
+            os.environ["FLEETD_BENCH_REF"] = saved
+    with bench:
         egress = f"fleetd-{bench.instance}-egress"
         sim = f"fleetd-bench-{bench.hex}-sim"
         for _ in range(100):  # the egress network comes with zone 2
@@ -102,8 +117,9 @@ def one_run(image: str, attack: str, seconds: float) -> dict[str, Any]:
             if sim_ready(ip):
                 break
             time.sleep(0.2)
-        subprocess.run([bench.exe, "cred", "set", "openai", "--upstream", f"http://{sim}:8000", "--provider",
-                        "openai"], input="sk-bench", text=True, check=True, capture_output=True, env=bench.env)
+        kind = [] if ref is not None else ["--provider", "openai"]  # older code has no provider kinds
+        subprocess.run([bench.exe, "cred", "set", "openai", "--upstream", f"http://{sim}:8000", *kind],
+                       input="sk-bench", text=True, check=True, capture_output=True, env=bench.env)
         bench.fleetd("role", "set", "worker", "--creds", "openai")
         status = bench.client().call("GET", "/v1/status")["zone2"]
         reset_peak_memory(status["container_id"])
@@ -155,15 +171,15 @@ def main() -> int:
     parser.add_argument("--baseline-image")
     parser.add_argument("--baseline-ref")
     args = parser.parse_args()
-    images = [("this code", CURRENT)]
+    images: list[tuple[str, str, str | None]] = [("this code", CURRENT, None)]
     baseline = args.baseline_image or (build_baseline(args.baseline_ref) if args.baseline_ref else None)
     if baseline:
-        images.insert(0, ("baseline", baseline))
+        images.insert(0, ("baseline", baseline, args.baseline_ref))
     rows, all_ok = [], True
     for attack in args.only.split(","):
-        for label, image in images:
+        for label, image, ref in images:
             print(f"{attack}: {label} ({image}) ...", flush=True)
-            cells, ok = row(label, attack, one_run(image, attack, args.seconds))
+            cells, ok = row(label, attack, one_run(image, attack, args.seconds, ref))
             rows.append(cells)
             if label == "this code":
                 all_ok &= ok
