@@ -22,6 +22,7 @@ import aiohttp
 from aiohttp import web
 
 from fleetd import __version__
+from fleetd.background import Background
 from fleetd.errors import FleetdError, NotFound, RuntimeFailure, Unavailable
 from fleetd.fingerprint import code_fingerprint
 from fleetd.firewall import Firewall
@@ -78,6 +79,7 @@ class Zone2:
         self._runner: web.AppRunner | None = None
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        self.background = Background()
         self.suspended = False  # after teardown, until the next spawn
         self.on_heartbeat: Callable[[str, dict[str, Any] | None], bool] | None = None
         self.on_health: Callable[[bool], None] | None = None  # the watchdog pauses while zone 2 is down
@@ -249,7 +251,7 @@ class Zone2:
         """Docker says zone 2 died: restart it now rather than at the next health check."""
         self._unhealthy()
         if not self.suspended:
-            asyncio.get_running_loop().create_task(self._ensure_logged())
+            self.background.start(self._ensure_logged(), "bringing zone 2 back after its exit")
 
     async def _ensure_logged(self) -> None:
         try:

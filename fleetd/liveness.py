@@ -21,6 +21,7 @@ from typing import Any
 
 import aiohttp
 
+from fleetd.background import Background
 from fleetd.health import ProbeSpec, ProbeTracker, Verdict, Watchdog, Which
 from fleetd.models import AgentSpec, Reason, iso, utcnow
 from fleetd.probes import run_probe
@@ -51,7 +52,7 @@ class Liveness:
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._probes: set[asyncio.Task[None]] = set()
+        self._probes = Background()  # probe runs, judgements and the condemnations they lead to
         self._session: aiohttp.ClientSession | None = None
         self._last_flush = 0.0
         self._judging: set[str] = set()
@@ -65,8 +66,7 @@ class Liveness:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        for task in list(self._probes):
-            task.cancel()
+        await self._probes.cancel()
         self.flush()
         if self._session is not None:
             await self._session.close()
@@ -180,9 +180,7 @@ class Liveness:
             self._judging.difference_update(lost)
 
     def _background(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._probes.add(task)
-        task.add_done_callback(self._probes.discard)
+        self._probes.start(coro, getattr(coro, "__qualname__", "a liveness task"))
 
     async def _probe(self, agent_id: str, which: Which, tracker: ProbeTracker) -> None:
         spec = tracker.specs[which]

@@ -35,6 +35,14 @@ class Reason(StrEnum):
     LIVENESS_FAILED = "liveness_failed"
     STARTUP_FAILED = "startup_failed"
 
+    @classmethod
+    def named(cls, value: str | None, default: Reason) -> Reason:
+        """The reason called ``value``, else ``default`` (``value in Reason`` raises TypeError on Python 3.11)."""
+        try:
+            return default if value is None else cls(value)
+        except ValueError:
+            return default
+
 
 @dataclass(frozen=True)
 class AgentSpec:

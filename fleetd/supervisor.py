@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from fleetd import __version__
+from fleetd.background import Background
 from fleetd.config import Config
 from fleetd.decisions import (
     Adopt,
@@ -82,7 +83,8 @@ class Supervisor:
         self._subscribers: set[asyncio.Queue[dict[str, Any] | None]] = set()
         self.gateway: Zone2 | None = None
         self.vault: Vault | None = None
-        self._background: set[asyncio.Task[None]] = set()
+        self.background = Background()  # kept until they end; their failures logged
+        self._spawning: set[str] = set()  # agents whose spawn is in flight
         self.log_streams = 0  # open logs streams (follow readers included)
         self.pidfds = PidHandles()
         store.on_event = self._publish
@@ -123,7 +125,8 @@ class Supervisor:
             # user's, a test's upstream simulator) is not fleetd's to adopt or remove.
             if LABEL_AGENT in (c.get("Labels") or {}) and (c.get("Labels") or {}).get(LABEL_KIND) not in INFRASTRUCTURE
         ]
-        agents = self.store.agents()
+        # A spawn in flight (a resync after the engine came back) is its own to finish or fail.
+        agents = [a for a in self.store.agents() if a["id"] not in self._spawning]
         for action in plan_reconcile(agents, containers):
             match action:
                 case Adopt(agent_id, container_id):
@@ -131,6 +134,13 @@ class Supervisor:
                 case RecordExit(agent_id, container_id):
                     await self._record_exit(agent_id, container_id)
                 case MarkLost(agent_id):
+                    agent = self.store.get(agent_id)
+                    if agent is not None and agent["state"] == State.CREATED:
+                        # the daemon stopped during the spawn, before the container was made
+                        self._never_started(agent_id, None, "its container was never made (the daemon stopped "
+                                            "during the spawn?)")
+                        await self.call(self._discard, agent_id)
+                        continue
                     self.store.transition(agent_id, State.EXITED, Reason.LOST, finished_at=iso(utcnow()))
                     self._finished(agent_id)
                 case RemoveOrphan(container_id, label):
@@ -209,6 +219,7 @@ class Supervisor:
             deadline=iso(deadline_for(now, spec.ttl)),
             spec=_dumps(spec.to_json()),
         )
+        self._spawning.add(agent_id)
         try:
             # The holder's start (most of a spawn's time) and the rest (disks, volumes, the agent's container,
             # made in the holder's namespace to be) do not wait for each other; the agent starts after both.
@@ -235,6 +246,7 @@ class Supervisor:
             self._finished(agent_id)
             raise
         finally:
+            self._spawning.discard(agent_id)
             self.spares.fill()  # the next spawn's holder, made after this one's
         agent = self.store.get(agent_id)
         assert agent is not None
@@ -243,7 +255,7 @@ class Supervisor:
                 agent_id, State.RUNNING, None, container_id=container_id, started_at=iso(utcnow())
             )
             self._arm_deadline(agent)
-            self._spawn_task(self._after_start(agent_id, container_id))
+            self.background.start(self._after_start(agent_id, container_id), f"after the start of agent {agent_id}")
         else:  # it already exited: the die event beat us here
             agent = self.store.update(agent_id, container_id=container_id)
         return agent
@@ -414,15 +426,10 @@ class Supervisor:
         self._streak.pop(agent_id, None)
         self.liveness.forget(agent_id)
         self._exited[agent_id].set()
-        self._spawn_task(self.call(self.runtime.remove_netns, agent_id))  # its logs stay, its namespace goes
+        # its logs stay, its namespace goes
+        self.background.start(self.call(self.runtime.remove_netns, agent_id), f"removing agent {agent_id}'s namespace")
         if self.gateway is not None:
-            self._spawn_task(self.gateway.unregister(agent_id))
-
-    def _spawn_task(self, coro: Any) -> None:
-        """Run ``coro`` in the background, keeping a reference until it ends."""
-        task = asyncio.get_running_loop().create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+            self.background.start(self.gateway.unregister(agent_id), f"unregistering agent {agent_id} from zone 2")
 
     # -- Docker events ------------------------------------------------------
     def on_docker_event(self, event: dict[str, Any]) -> None:
@@ -440,13 +447,14 @@ class Supervisor:
             self._oom_seen.add(agent_id)
             self.store.add_event("oom", "the kernel's OOM killer killed a process", agent_id)
         elif action == "die":
-            asyncio.get_running_loop().create_task(self._record_exit(agent_id, container_id))
+            self.background.start(self._record_exit(agent_id, container_id), f"recording agent {agent_id}'s exit")
         elif action == "destroy":
             agent = self.store.get(agent_id)
             if agent and agent["state"] in (State.EXITED, State.FAILED):
                 self.store.transition(agent_id, State.REMOVED, agent["reason"], exit_code=agent["exit_code"])
             if agent and agent["state"] not in LIVE_STATES:
-                self._spawn_task(self.call(self._remove_disks, agent_id))  # gone with the agent
+                # gone with the agent
+                self.background.start(self.call(self._remove_disks, agent_id), f"removing agent {agent_id}'s disks")
 
     def on_docker_disconnect(self, reason: str) -> None:
         self.docker_connected = False
@@ -456,7 +464,7 @@ class Supervisor:
         self.docker_connected = True
         self.store.add_event("docker_reconnected", "the Docker engine is back: resyncing")
         self.runtime._network_ready = False
-        asyncio.get_running_loop().create_task(self._resync_logged())
+        self.background.start(self._resync_logged(), "resync after the engine came back")
 
     async def _resync_logged(self) -> None:
         try:
@@ -478,7 +486,11 @@ class Supervisor:
         if state.get("Running"):
             return  # a stale event: it runs again
         agent = self.store.get(agent_id)  # may have changed while we waited
-        if agent is None or agent["state"] not in LIVE_STATES:
+        if agent is None or agent["state"] not in LIVE_STATES or agent["state"] == State.RESTARTING:
+            return  # another call recorded this exit meanwhile (the SIGKILL path and the die event race)
+        if data is not None and state.get("Status") == "created":
+            self._never_started(agent_id, container_id or agent["container_id"],
+                                "its container was made but never started (the daemon stopped during the spawn?)")
             return
         exit_code = state.get("ExitCode") if data else None
         oom = bool(state.get("OOMKilled"))
@@ -500,6 +512,13 @@ class Supervisor:
             finished_at=iso(utcnow()),
             container_id=container_id or agent["container_id"],
         )
+        self._finished(agent_id)
+
+    def _never_started(self, agent_id: str, container_id: str | None, why: str) -> None:
+        """An agent whose container never ran: failed (start_failed), never "exited 0"."""
+        self.store.transition(agent_id, State.FAILED, Reason.START_FAILED, finished_at=iso(utcnow()),
+                              container_id=container_id)
+        self.store.add_event("start_failed", why, agent_id)
         self._finished(agent_id)
 
     # -- restarts -----------------------------------------------------------
@@ -546,7 +565,7 @@ class Supervisor:
             await self.call(self.runtime.start, agent["container_id"])
         except FleetdError as exc:
             self.store.add_event("restart_failed", exc.message, agent_id)
-            self._end_restarting(agent, Reason(agent["reason"]) if agent["reason"] in Reason else Reason.EXITED)
+            self._end_restarting(agent, Reason.named(agent["reason"], Reason.EXITED))
             return
         agent = self.store.transition(agent_id, State.RUNNING, None, started_at=iso(utcnow()), restart_at=None,
                                       restarts=agent["restarts"] + 1, exit_code=None, ready=0)
