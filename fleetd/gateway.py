@@ -90,9 +90,12 @@ class Zone2:
     # -- lifecycle ------------------------------------------------------------
     async def start(self) -> None:
         """Bring zone 2 up (before any spawn is accepted) and keep it up."""
-        self.control_dir.mkdir(mode=0o700, exist_ok=True)
-        os.chown(self.control_dir, NOBODY, NOBODY)
-        os.chmod(self.control_dir, 0o700)
+        # The daemon owns the control dir (it binds daemon.sock there); zone 2, nobody, writes it as its group (its
+        # socket, its ledger). Inside the state dir (0750), it keeps everyone else out. Owner first, then the mode
+        # as that owner: CAP_CHOWN is all this needs, not CAP_FOWNER or CAP_DAC_OVERRIDE (systemd/fleetd.service).
+        self.control_dir.mkdir(mode=0o770, exist_ok=True)
+        os.chown(self.control_dir, os.getuid(), NOBODY)
+        os.chmod(self.control_dir, 0o770)
         await self._serve_whois()
         self._session = aiohttp.ClientSession(
             connector=aiohttp.UnixConnector(path=str(self.control_dir / CONTROL_SOCKET)),
@@ -417,7 +420,7 @@ class Zone2:
         if path.exists():
             path.unlink()
         await web.UnixSite(self._runner, str(path)).start()
-        os.chmod(path, 0o666)  # the directory (0700, zone 2's uid) is what keeps others out
+        os.chmod(path, 0o666)  # zone 2 connects as nobody; the control dir is what keeps others out
 
     def status(self) -> dict[str, Any]:
         return {"healthy": self.healthy, "serving_agents": self.healthy and not self.starved,

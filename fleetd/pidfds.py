@@ -11,9 +11,12 @@ be in the container's cgroup before its pidfd is kept; where that cannot be done
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 from pathlib import Path
+
+log = logging.getLogger("fleetd")
 
 
 class PidHandles:
@@ -21,6 +24,7 @@ class PidHandles:
 
     def __init__(self) -> None:
         self._fds: dict[str, int] = {}
+        self._warned = False  # a failed send is logged once
 
     def attach(self, container_id: str, pid: int) -> bool:
         """Keep a pidfd for ``pid`` if it is the init process of ``container_id``."""
@@ -41,7 +45,11 @@ class PidHandles:
             signal.pidfd_send_signal(fd, signal.Signals[name])
         except ProcessLookupError:
             return False
-        except OSError:
+        except OSError as exc:
+            if not self._warned:
+                self._warned = True
+                # EPERM: the agent runs as another user and the daemon lacks CAP_KILL (see systemd/fleetd.service)
+                log.warning("signalling through a pidfd failed (%s): using Docker's API, which is slower", exc)
             return None
         return True
 

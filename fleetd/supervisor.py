@@ -297,10 +297,14 @@ class Supervisor:
 
     async def _signal(self, container_id: str, name: str) -> bool:
         """Signal a container's init: through its pidfd at once, else through Docker's API."""
+        return (await self._signal_via(container_id, name))[0]
+
+    async def _signal_via(self, container_id: str, name: str) -> tuple[bool, str]:
+        """Whether the signal was sent (False: the container is gone), and which way: "pidfd" or "docker"."""
         sent = self.pidfds.send(container_id, name)
-        if sent is None:
-            sent = await self.call(self.runtime.signal, container_id, name)
-        return sent
+        if sent is not None:
+            return sent, "pidfd"
+        return await self.call(self.runtime.signal, container_id, name), "docker"
 
     async def _after_start(self, agent_id: str, container_id: str) -> None:
         """One inspect of a started container: keep a pidfd of its init, tell zone 2 its address."""
@@ -344,8 +348,7 @@ class Supervisor:
         self.timers.cancel(f"deadline:{agent['id']}")
         agent = self.store.transition(agent["id"], State.STOPPING, reason, kill_at=iso(kill_at))
         signal = "SIGKILL" if grace == 0 else "SIGTERM"
-        via = "pidfd" if self.pidfds.has(agent["container_id"]) else "docker"
-        sent = await self._signal(agent["container_id"], signal)
+        sent, via = await self._signal_via(agent["container_id"], signal)
         self.store.add_event(
             "signal", f"{signal} sent ({reason})", agent["id"],
             {"signal": signal, "sent": sent, "grace": grace, "via": via},

@@ -64,7 +64,8 @@ class Daemon:
     """A fleetd daemon subprocess with its own instance name, state dir and socket."""
 
     def __init__(self, root: Path | None = None, instance: str | None = None, args: tuple[str, ...] = (),
-                 config: str | None = None, env: dict[str, str] | None = None) -> None:
+                 config: str | None = None, env: dict[str, str] | None = None,
+                 wrapper: Callable[[list[str]], list[str]] | None = None) -> None:
         # Unix socket paths are limited to ~100 bytes: keep the dir short.
         self.root = root or Path(tempfile.mkdtemp(prefix="fl-", dir="/tmp"))
         self.instance = instance or f"t-{secrets.token_hex(4)}"
@@ -73,6 +74,7 @@ class Daemon:
         self.log_path = self.root / "daemon.log"
         self.args = args
         self.env = env
+        self.wrapper = wrapper  # runs the daemon's command line under something (tests/integration/sandbox.py)
         self.config_path: Path | None = None
         if config is not None:
             self.config_path = self.root / "config.toml"
@@ -90,7 +92,8 @@ class Daemon:
     def start(self, wait: bool = True) -> Daemon:
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
         env = {**os.environ, **(self.env or {})}
-        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
+        command = self.command() if self.wrapper is None else self.wrapper(self.command())
+        self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
                                      start_new_session=True)
         log.close()
         if wait:

@@ -7,6 +7,7 @@ import json
 import secrets
 import subprocess
 import time
+from collections.abc import Callable
 from typing import Any
 
 import docker
@@ -19,9 +20,10 @@ ZONE2_IMAGE = "fleetd/zone2:latest"
 class Bench:
     """A daemon with an upstream simulator and an 'evil' simulator on its egress network."""
 
-    def __init__(self, engine: docker.DockerClient, config: str | None = None) -> None:
+    def __init__(self, engine: docker.DockerClient, config: str | None = None,
+                 wrapper: Callable[[list[str]], list[str]] | None = None) -> None:
         self.engine = engine
-        self.daemon = Daemon(config=config).start()
+        self.daemon = Daemon(config=config, wrapper=wrapper).start()
         self.secret = f"sk-test-{secrets.token_hex(12)}"
         egress = f"fleetd-{self.daemon.instance}-egress"
         self.sims: dict[str, Any] = {}

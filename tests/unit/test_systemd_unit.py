@@ -193,6 +193,7 @@ def test_root_daemon_keeps_what_it_needs(unit: dict[str, list[tuple[str, str]]])
     caps = one(unit, "Service", "CapabilityBoundingSet").split()
     assert "CAP_NET_ADMIN" in caps
     assert "CAP_CHOWN" in caps  # secure_socket() gives the socket to group fleetd
+    assert "CAP_KILL" in caps  # pidfd signals to agents, which run as another uid
     families = one(unit, "Service", "RestrictAddressFamilies").split()
     assert {"AF_UNIX", "AF_NETLINK"} <= set(families)
     for key in ("InaccessiblePaths", "TemporaryFileSystem"):
