@@ -91,24 +91,54 @@ class Budgets:
         self._open: dict[int, Reservation] = {}
 
     # -- history ---------------------------------------------------------------
+    # Zone 2 keeps in memory the windows of the agents it serves, not of every agent the ledger names: the
+    # instance's are loaded at start, an agent's when it first asks (``load_agent``), and dropped when it is gone
+    # for good (``forget``). Its spend stays in the ledger.
     def load(self, rows: Iterable[tuple[str, datetime, int]]) -> None:
-        """Spend already made (agent, when, nano-USD), e.g. from the ledger after a restart."""
-        for agent_id, at, cost in rows:
-            self._charge(agent_id, day_key(at), month_key(at), cost)
-            self._agents[agent_id].calls += 1
+        """The instance's spend already made (agent, when, nano-USD), e.g. from the ledger after a restart."""
+        for _agent_id, at, cost in rows:
+            self._add(self._agents[INSTANCE], day_key(at), month_key(at), cost)
             self._agents[INSTANCE].calls += 1
 
     def load_calls(self, counts: dict[str, int]) -> None:
-        """Calls made before the loaded history (they count against the maximum, not the windows)."""
-        for agent_id, count in counts.items():
-            self._agents[agent_id].calls += count
-            self._agents[INSTANCE].calls += count
+        """The instance's calls made before the loaded history (they count against no window)."""
+        self._agents[INSTANCE].calls += sum(counts.values())
+
+    def known(self, agent_id: str) -> bool:
+        return agent_id in self._agents
+
+    def load_agent(self, agent_id: str, rows: Iterable[tuple[datetime, int]], earlier_calls: int) -> None:
+        """One agent's spend this month (when, nano-USD) and its calls before it: read before its first call."""
+        windows = self._agents[agent_id]
+        for at, cost in rows:
+            self._add(windows, day_key(at), month_key(at), cost)
+            windows.calls += 1
+        windows.calls += earlier_calls
+
+    def forget(self, agent_id: str) -> bool:
+        """Drop an agent's windows (it is gone for good); kept while a call of its is in flight."""
+        windows = self._agents.get(agent_id)
+        if agent_id == INSTANCE or windows is None or windows.inflight_calls:
+            return False
+        del self._agents[agent_id]
+        return True
+
+    @staticmethod
+    def _add(windows: _Windows, day: str, month: str, cost: int) -> None:
+        windows.spent[day] += cost
+        windows.spent[month] += cost
 
     def _charge(self, agent_id: str, day: str, month: str, cost: int) -> None:
         for who in (agent_id, INSTANCE):
-            windows = self._agents[who]
-            windows.spent[day] += cost
-            windows.spent[month] += cost
+            self._add(self._agents[who], day, month, cost)
+
+    @staticmethod
+    def _prune(windows: _Windows, day: str, month: str) -> None:
+        """Forget windows that have closed (yesterday's, last month's) once nothing is reserved in them."""
+        for key in [k for k in windows.spent if k not in (day, month) and not windows.reserved.get(k)]:
+            del windows.spent[key]
+        for key in [k for k, v in windows.reserved.items() if k not in (day, month) and not v]:
+            del windows.reserved[key]
 
     # -- admission -------------------------------------------------------------
     def reserve(self, agent_id: str, caps: Caps, amount: int) -> Reservation | Refusal:
@@ -116,6 +146,10 @@ class Budgets:
         now = self.clock()
         day, month = day_key(now), month_key(now)
         agent = self._agents[agent_id]
+        if len(agent.spent) > 2:
+            self._prune(agent, day, month)
+        if len(self._agents[INSTANCE].spent) > 2:
+            self._prune(self._agents[INSTANCE], day, month)
         if caps.max_llm_calls is not None and agent.calls + agent.inflight_calls >= caps.max_llm_calls:
             return Refusal("max_llm_calls_exceeded",
                            f"this agent has used its {caps.max_llm_calls} LLM calls", None)

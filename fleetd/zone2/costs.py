@@ -132,6 +132,7 @@ class CostTracker:
     def admit(self, reg: Registration, credential: str, llm: LLMRequest) -> Ticket | Refusal | NotPriced | LedgerDown:
         if self.ledger.unwritten and not self._ledger_written():
             return LedgerDown(self.ledger.error or "unknown error")
+        self._known(reg.agent_id)
         price = self.prices.lookup(llm.model)
         if price is None and not reg.allow_unpriced:
             return NotPriced(llm.model)
@@ -176,6 +177,20 @@ class CostTracker:
         if known is None:
             return max(bound, price.max_input_tokens or DEFAULT_MAX_INPUT)
         return bound + known + OVERHEAD_TOKENS  # and the template around the items it carries
+
+    def _known(self, agent_id: str) -> None:
+        """The agent's windows are in memory: read from the ledger before its first call (or report)."""
+        if not self.budgets.known(agent_id):
+            rows, earlier = self.ledger.agent_history(agent_id, month_start(self.clock()))
+            self.budgets.load_agent(agent_id, rows, earlier)
+
+    def forget(self, agent_id: str) -> None:
+        """The agent is gone for good: its windows, breakers and refusal records leave memory (not the ledger)."""
+        self.budgets.forget(agent_id)
+        for key in [k for k in self.breakers if k[0] == agent_id]:
+            del self.breakers[key]
+        for key in [k for k in self._last_refusal if k[0] == agent_id]:
+            del self._last_refusal[key]
 
     def _due(self, agent_id: str, kind: str) -> bool:
         """Whether an event of this kind for this agent is due: at most one per REFUSAL_EVENT_EVERY seconds."""
@@ -303,6 +318,8 @@ class CostTracker:
 
     # -- reading ---------------------------------------------------------------
     def status(self, agent_id: str | None) -> dict[str, Any]:
+        if agent_id:
+            self._known(agent_id)
         figures: dict[str, Any] = dict(self.budgets.status(agent_id) if agent_id else self.budgets.instance_status())
         now = self.monotonic()
         if agent_id:

@@ -181,6 +181,15 @@ class Ledger:
         ):
             yield agent_id, datetime.fromisoformat(at), cost
 
+    def agent_history(self, agent_id: str, since: datetime) -> tuple[list[tuple[datetime, int]], int]:
+        """One agent's (when, cost) since ``since``, and how many calls it made before (index calls_agent_at)."""
+        rows = [(datetime.fromisoformat(at), cost) for at, cost in self.conn.execute(
+            "SELECT at, cost_nusd FROM calls WHERE agent_id = ? AND at >= ? ORDER BY at",
+            (agent_id, since.isoformat()))]
+        earlier = self.conn.execute("SELECT count(*) FROM calls WHERE agent_id = ? AND at < ?",
+                                    (agent_id, since.isoformat())).fetchone()[0]
+        return rows, int(earlier)
+
     def call_counts(self, before: datetime) -> dict[str, int]:
         """Calls per agent made before ``before`` (the rest come with :meth:`history`)."""
         rows = self.conn.execute("SELECT agent_id, count(*) FROM calls WHERE at < ? GROUP BY agent_id",

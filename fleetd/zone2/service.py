@@ -84,6 +84,7 @@ def init_control(registry: Registry, costs: CostTracker, guard: Guard, started: 
 
     async def delete_agent(request: web.Request) -> web.Response:
         registry.unregister(request.match_info["agent_id"])
+        costs.forget(request.match_info["agent_id"])
         return web.json_response({"agents": len(registry.by_ip)})
 
     app.router.add_get("/control/health", health)

@@ -107,7 +107,7 @@ def test_instance_cap_binds_all_agents_together() -> None:
 
 def test_max_llm_calls_counts_calls_in_flight_and_history() -> None:
     budgets = Budgets(Clock(datetime(2026, 11, 26, tzinfo=UTC)))
-    budgets.load_calls({"a": 2})
+    budgets.load_agent("a", [], earlier_calls=2)
     caps = Caps(max_llm_calls=4)
     first = reserve(budgets, "a", caps, 0)
     reserve(budgets, "a", caps, 0)
@@ -119,12 +119,31 @@ def test_max_llm_calls_counts_calls_in_flight_and_history() -> None:
 
 def test_history_loaded_after_a_restart_is_enforced() -> None:
     now = datetime(2026, 11, 26, 10, tzinfo=UTC)
-    budgets = Budgets(Clock(now))
-    budgets.load([("a", now - timedelta(hours=1), 4 * USD), ("a", now - timedelta(days=1), 5 * USD)])
+    budgets = Budgets(Clock(now), Caps(daily_nusd=6 * USD))
+    history = [("a", now - timedelta(hours=1), 4 * USD), ("a", now - timedelta(days=1), 5 * USD)]
+    budgets.load(history)  # the instance's, at start
+    assert not budgets.known("a")  # an agent's are read when it first asks
+    budgets.load_agent("a", [(at, cost) for _, at, cost in history], earlier_calls=0)
     status = budgets.status("a")
     assert status["spent_today_nusd"] == 4 * USD and status["spent_month_nusd"] == 9 * USD
     assert status["llm_calls"] == 2
     assert isinstance(budgets.reserve("a", Caps(daily_nusd=5 * USD), 2 * USD), Refusal)
+    refusal = budgets.reserve("b", Caps(), 3 * USD)  # the instance's history is enforced for every agent
+    assert isinstance(refusal, Refusal) and "instance" in refusal.message
+
+
+def test_an_agent_gone_for_good_leaves_memory_and_closed_windows_are_dropped() -> None:
+    clock = Clock(datetime(2026, 11, 26, 10, tzinfo=UTC))
+    budgets = Budgets(clock)
+    held = reserve(budgets, "a", Caps(), USD)
+    assert not budgets.forget("a")  # a call in flight: kept until it settles
+    budgets.settle(held, USD)
+    for day in range(40):  # a long-lived agent: a window per day it spent in
+        clock.at = datetime(2026, 11, 26, 10, tzinfo=UTC) + timedelta(days=day)
+        budgets.settle(reserve(budgets, "b", Caps(), USD), USD)
+    assert len(budgets._agents["b"].spent) <= 3 and len(budgets._agents["b"].reserved) <= 3  # today, yesterday, month
+    assert budgets.forget("a") and budgets.forget("b") and budgets.agents() == []
+    assert budgets.instance_status()["llm_calls"] == 41  # the instance's count stays
 
 
 def test_random_concurrent_reservations_never_exceed_any_cap() -> None:

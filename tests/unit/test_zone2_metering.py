@@ -943,3 +943,29 @@ def test_ledger_rows_commit_on_the_spot_checkpoints_run_in_a_thread_and_the_wal_
     finally:
         ledger.close()
     assert ledger.checkpointer is not None and not ledger.checkpointer.thread.is_alive()
+
+
+def test_zone2_keeps_only_the_agents_it_serves_in_memory(tmp_path: Path) -> None:
+    """After a restart, an agent's windows are read from the ledger when it first asks, not for every agent of
+    the month; an agent gone for good (DELETE /control/agents/ID) leaves memory, its rows stay in the ledger."""
+    async def check(r: Rig) -> None:
+        for _ in range(2):
+            assert (await r.post(CHAT, {"model": "gpt-4o", "max_tokens": 10,
+                                        "messages": [{"role": "user", "content": "one two"}]}))[0] == 200
+        await settled(r)
+        spent = r.costs.status("agent1")["spent_today_nusd"]
+        assert spent > 0
+        restarted = CostTracker(Ledger(tmp_path / "ledger.db"), lambda *e: None)
+        try:
+            assert restarted.budgets.agents() == []  # nobody's windows until asked
+            assert restarted.budgets.instance_status()["spent_today_nusd"] == spent
+            status = restarted.status("agent1")
+            assert status["spent_today_nusd"] == spent and status["llm_calls"] == 2
+            restarted.forget("agent1")
+            assert restarted.budgets.agents() == [] and restarted.breakers == {}
+        finally:
+            restarted.ledger.close()
+        r.costs.forget("agent1")
+        assert r.costs.budgets.agents() == [] and len(r.ledger()) == 2
+
+    run(tmp_path, check)
