@@ -9,6 +9,10 @@ The file is TOML; every key is optional::
     drain_on_exit = false      # stop every agent when the daemon stops
     spare_namespaces = 2       # agents' network namespaces made ahead of spawns (0: each spawn makes its own)
 
+    [retention]                # removed agents' records, with their transitions and events, kept this long
+    records = 604800           # (7 days) after their end
+    events = 2592000           # (30 days) any event
+
     [defaults]                 # spawn limits when no flag gives one
     memory = "512m"
     cpus = 0.5
@@ -83,6 +87,10 @@ class Config:
     policy: Policy = field(default_factory=Policy)
     metrics: str | None = None  # HOST:PORT of the opt-in Prometheus listener
     spare_namespaces: int = 2  # namespace holders started ahead of spawns (fleetd.spare_netns)
+    # [retention]: records of removed agents (their transitions and events) are kept this long after their end;
+    # any event this long. Ledger rows are never deleted.
+    retention_records: int = 7 * 86400
+    retention_events: int = 30 * 86400
 
     def limits_for(self, role: str | None, defined: frozenset[str] = frozenset()) -> Limits:
         """The spawn defaults for a role (the instance defaults when none).
@@ -129,6 +137,13 @@ def _limits(table: dict[str, Any], where: str) -> Limits:
     return Limits(**values)
 
 
+def retention_seconds(value: object, where: str) -> int:
+    """A retention period: whole seconds, at least an hour."""
+    if type(value) is not int or value < 3600:
+        raise InvalidRequest(f"{where}: must be a whole number of seconds, at least 3600")
+    return value
+
+
 def load_config(path: Path | None = None, **overrides: Any) -> Config:
     """Read the config file (the default one only if it exists) and apply overrides.
 
@@ -148,6 +163,12 @@ def load_config(path: Path | None = None, **overrides: Any) -> Config:
                 "metrics", "spare_namespaces"):
         if key in data:
             kwargs[key] = data.pop(key)
+    retention = data.pop("retention", {})
+    if not isinstance(retention, dict) or set(retention) - {"records", "events"}:
+        raise InvalidRequest("retention: expected a table with records and events (seconds or durations)")
+    for key in ("records", "events"):
+        if key in retention:
+            kwargs[f"retention_{key}"] = retention_seconds(retention[key], f"retention.{key}")
     for key in ("state_dir", "socket"):
         if key in data:
             kwargs[key] = Path(data.pop(key))

@@ -44,8 +44,6 @@ PROBES = ("startup", "readiness", "liveness")
 BREAKER_STATES = ("closed", "open", "half_open")
 WINDOWS = (("day", "spent_today_usd", "daily_cap_usd"), ("month", "spent_month_usd", "monthly_cap_usd"))
 AGENT_LABELS = ("agent", "name", "role")
-RESTARTED_EVENT = "restarted"
-PROBE_FAILED_EVENT = "probe_failed"
 BUDGET_TIMEOUT = 4.0  # seconds for zone 2's budget report; a scrape must not hang on it
 _HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
 
@@ -54,7 +52,8 @@ _HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
 class Snapshot:
     """Everything one scrape shows, gathered (asynchronously) before rendering."""
 
-    agents: list[dict[str, Any]] = field(default_factory=list)  # API records, every state
+    agents: list[dict[str, Any]] = field(default_factory=list)  # API records (gather: the live agents')
+    states: dict[str, int] | None = None  # agents per state, all of them (None: counted from ``agents``)
     # {"spawns": int, "exits_by_reason": {reason: int}, "probe_failures": {probe: int} or
     #  {(agent_id, probe): int}, "restarts": int}
     counts: dict[str, Any] = field(default_factory=dict)
@@ -79,7 +78,7 @@ class SnapshotCollector:
     def collect(self) -> Iterable[Metric]:
         snap = self.snapshot
         yield from _info()
-        yield from _agent_states(snap.agents)
+        yield from _agent_states(snap.agents, snap.states)
         yield from _counters(snap.counts)
         yield from _agent_gauges(snap.agents)
         yield from _budget(snap.budget, snap.zone2_healthy)
@@ -91,9 +90,11 @@ def _info() -> Iterator[Metric]:
     yield info
 
 
-def _agent_states(agents: list[dict[str, Any]]) -> Iterator[Metric]:
+def _agent_states(agents: list[dict[str, Any]], states: dict[str, int] | None) -> Iterator[Metric]:
     counts = dict.fromkeys(STATES, 0)
-    for agent in agents:
+    if states is not None:
+        counts.update(states)
+    for agent in agents if states is None else ():
         state = str(agent.get("state") or "unknown")
         counts[state] = counts.get(state, 0) + 1
     family = GaugeMetricFamily("fleetd_agents", "Agents by state (every agent the store knows).", labels=["state"])
@@ -226,23 +227,24 @@ def _number(value: Any) -> float | None:
 async def gather(supervisor: Any) -> Snapshot:
     """Take a snapshot of the live daemon: agents, counters from the store, zone 2's budget report."""
     store = supervisor.store
-    rows: list[dict[str, Any]] = store.agents()
+    # Live agents' rows only, and the states counted in SQL: a scrape's cost follows the fleet, not its history.
+    rows: list[dict[str, Any]] = store.agents(LIVE)
     agents = [await _agent_record(supervisor, row) for row in rows]
-    counts = store_counts(store.conn)
+    states = store.state_counts()
+    counts = store.counts()  # lifetime: they survive restarts and the store's retention
     gateway = getattr(supervisor, "gateway", None)
     budget: dict[str, Any] | None = None
     healthy = bool(getattr(gateway, "healthy", False))
     if gateway is not None:
-        live = [row for row in rows if row.get("state") in LIVE]
         try:
-            budget = await asyncio.wait_for(gateway.budget_report(live), BUDGET_TIMEOUT)
+            budget = await asyncio.wait_for(gateway.budget_report(rows), BUDGET_TIMEOUT)
         except FleetdError:
             budget = None  # zone 2 is down or restarting: fleetd_zone2_up says so
         except TimeoutError:
             log.warning("metrics: zone 2's budget report took more than %.0f s", BUDGET_TIMEOUT)
         except Exception:
             log.exception("metrics: zone 2's budget report failed")
-    return Snapshot(agents=agents, counts=counts, budget=budget, zone2_healthy=healthy)
+    return Snapshot(agents=agents, states=states, counts=counts, budget=budget, zone2_healthy=healthy)
 
 
 async def _agent_record(supervisor: Any, row: dict[str, Any]) -> dict[str, Any]:
@@ -256,33 +258,6 @@ async def _agent_record(supervisor: Any, row: dict[str, Any]) -> dict[str, Any]:
         except Exception:
             log.exception("metrics: cannot render agent %s", row.get("id"))
     return {k: row.get(k) for k in ("id", "name", "role", "state", "reason")}
-
-
-def store_counts(conn: Any) -> dict[str, Any]:
-    """Counters from the durable store (they survive daemon restarts)."""
-    spawns = conn.execute("SELECT COUNT(*) FROM agents").fetchone()[0]
-    # A container's end: into exited, or straight into restarting when its restart policy brings it back
-    # (an agent stopped while waiting to restart does not end a second time).
-    exits = {
-        reason or "unknown": count
-        for reason, count in conn.execute(
-            "SELECT reason, COUNT(*) FROM transitions WHERE to_state IN ('exited', 'restarting') "
-            "AND COALESCE(from_state, '') != 'restarting' GROUP BY reason")
-    }
-    restarts = 0
-    probe_failures: dict[str, int] = {}
-    # One pass over events for both kinds (the table has no index on type).
-    for type_, probe, count in conn.execute(
-        "SELECT type, CASE WHEN type = ? THEN json_extract(data, '$.probe') END, COUNT(*) FROM events "
-        "WHERE type IN (?, ?) GROUP BY 1, 2",
-        (PROBE_FAILED_EVENT, RESTARTED_EVENT, PROBE_FAILED_EVENT),
-    ):
-        if type_ == RESTARTED_EVENT:
-            restarts += count
-        else:
-            key = str(probe) if probe else "unknown"
-            probe_failures[key] = probe_failures.get(key, 0) + count
-    return {"spawns": spawns, "exits_by_reason": exits, "probe_failures": probe_failures, "restarts": restarts}
 
 
 # -- serving ------------------------------------------------------------------

@@ -11,6 +11,7 @@ import json
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,24 @@ def m005_credential_provider(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE credentials ADD COLUMN provider TEXT")
 
 
+@migrations()
+def m006_retention(db: sqlite_utils.Database) -> None:
+    # Commands read live agents and recent events: indexes so that their cost does not grow with history.
+    db.execute("CREATE INDEX events_agent ON events(agent_id)")
+    db.execute("CREATE INDEX events_at ON events(at)")
+    db.execute("CREATE INDEX events_type ON events(type)")
+    db.execute("CREATE INDEX agents_finished ON agents(state, finished_at)")
+    # What the rows removed by retention had counted (spawns, exits, restarts, probe failures): Prometheus
+    # counters must not go down when old records go.
+    db.execute("CREATE TABLE retired_counts (name TEXT NOT NULL, key TEXT NOT NULL, value INTEGER NOT NULL, "
+               "PRIMARY KEY (name, key))")
+
+
+RESTARTED_EVENT = "restarted"
+PROBE_FAILED_EVENT = "probe_failed"
+# A container's end: into exited, or straight into restarting when its restart policy brings it back (an agent
+# stopped while waiting to restart does not end a second time).
+EXIT_TRANSITIONS = "to_state IN ('exited', 'restarting') AND COALESCE(from_state, '') != 'restarting'"
 ROLE_BUDGET_FIELDS = ("daily_usd", "monthly_usd", "max_llm_calls", "allow_unpriced")
 AGENT_COLUMNS = (
     "name", "image", "role", "state", "reason", "container_id", "created_at",
@@ -186,6 +205,59 @@ class Store:
         return list(
             self.db.query(f"SELECT * FROM agents WHERE state IN ({marks}) ORDER BY created_at", list(states))
         )
+
+    def state_counts(self) -> dict[str, int]:
+        """How many agents are in each state (one indexed query, no rows loaded)."""
+        return {state: count for state, count in self.conn.execute("SELECT state, COUNT(*) FROM agents GROUP BY 1")}
+
+    def counts(self) -> dict[str, Any]:
+        """Lifetime counters: what the store holds, plus what retention removed (``retired_counts``)."""
+        retired: dict[str, dict[str, int]] = {}
+        for name, key, value in self.conn.execute("SELECT name, key, value FROM retired_counts"):
+            retired.setdefault(name, {})[key] = value
+        exits = dict(retired.get("exits", {}))
+        for reason, count in self.conn.execute(f"SELECT reason, COUNT(*) FROM transitions WHERE {EXIT_TRANSITIONS} "
+                                               "GROUP BY reason"):
+            exits[reason or "unknown"] = exits.get(reason or "unknown", 0) + count
+        probe_failures = dict(retired.get("probe_failures", {}))
+        for probe, count in self.conn.execute(
+                "SELECT json_extract(data, '$.probe'), COUNT(*) FROM events WHERE type = ? GROUP BY 1",
+                (PROBE_FAILED_EVENT,)):
+            key = str(probe) if probe else "unknown"
+            probe_failures[key] = probe_failures.get(key, 0) + count
+        restarts = self.conn.execute("SELECT COUNT(*) FROM events WHERE type = ?", (RESTARTED_EVENT,)).fetchone()[0]
+        spawns = self.conn.execute("SELECT COUNT(*) FROM agents").fetchone()[0]
+        return {"spawns": spawns + retired.get("spawns", {}).get("", 0), "exits_by_reason": exits,
+                "probe_failures": probe_failures, "restarts": restarts + retired.get("restarts", {}).get("", 0)}
+
+    def purge(self, records_before: datetime, events_before: datetime) -> dict[str, int]:
+        """Retention: removed agents that ended before ``records_before`` go with their transitions and events;
+        any event before ``events_before`` goes. What they counted moves to ``retired_counts`` first."""
+        upsert = "ON CONFLICT (name, key) DO UPDATE SET value = value + excluded.value"
+        gone = "(agent_id IN (SELECT id FROM doomed) OR at < :events)"
+        with self.transaction():
+            self.conn.execute("CREATE TEMP TABLE doomed AS SELECT id FROM agents WHERE state = 'removed' "
+                              "AND COALESCE(finished_at, created_at) < :records", {"records": iso(records_before)})
+            try:
+                self.conn.execute(f"INSERT INTO retired_counts SELECT 'spawns', '', COUNT(*) FROM doomed WHERE 1 "
+                                  f"{upsert}")
+                self.conn.execute(f"INSERT INTO retired_counts SELECT 'exits', COALESCE(reason, 'unknown'), COUNT(*) "
+                                  f"FROM transitions WHERE agent_id IN (SELECT id FROM doomed) AND "
+                                  f"{EXIT_TRANSITIONS} GROUP BY 2 {upsert}")
+                self.conn.execute(f"INSERT INTO retired_counts SELECT 'restarts', '', COUNT(*) FROM events "
+                                  f"WHERE type = :restarted AND {gone} {upsert}",
+                                  {"restarted": RESTARTED_EVENT, "events": iso(events_before)})
+                self.conn.execute(f"INSERT INTO retired_counts SELECT 'probe_failures', "
+                                  f"COALESCE(json_extract(data, '$.probe'), 'unknown'), COUNT(*) FROM events "
+                                  f"WHERE type = :probe AND {gone} GROUP BY 2 {upsert}",
+                                  {"probe": PROBE_FAILED_EVENT, "events": iso(events_before)})
+                events = self.conn.execute(f"DELETE FROM events WHERE {gone}", {"events": iso(events_before)}).rowcount
+                transitions = self.conn.execute(
+                    "DELETE FROM transitions WHERE agent_id IN (SELECT id FROM doomed)").rowcount
+                agents = self.conn.execute("DELETE FROM agents WHERE id IN (SELECT id FROM doomed)").rowcount
+            finally:
+                self.conn.execute("DROP TABLE temp.doomed")
+        return {"agents": agents, "transitions": transitions, "events": events}
 
     def live_name_owner(self, name: str) -> str | None:
         marks = ", ".join("?" for _ in LIVE_STATES)

@@ -8,7 +8,6 @@ pool so the event loop never blocks on the engine. Its decisions come from
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import json
 import logging
@@ -57,6 +56,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 JANITOR_PERIOD = 30.0
+PURGE_EVERY = 600.0  # seconds between retention runs (fleetd.store.Store.purge)
 MAX_LOG_STREAMS = 256
 INFRASTRUCTURE = ("zone2", "netns")  # containers of the instance that are not agents
 
@@ -79,12 +79,13 @@ class Supervisor:
         self.docker_version = "?"
         self.docker_connected = False
         self._oom_seen: set[str] = set()
-        self._exited: dict[str, asyncio.Event] = collections.defaultdict(asyncio.Event)
+        self._exited: dict[str, asyncio.Event] = {}  # live agents someone waits to see end
         self._subscribers: set[asyncio.Queue[dict[str, Any] | None]] = set()
         self.gateway: Zone2 | None = None
         self.vault: Vault | None = None
         self.background = Background()  # kept until they end; their failures logged
         self._spawning: set[str] = set()  # agents whose spawn is in flight
+        self._purged = -PURGE_EVERY  # when retention last ran (monotonic)
         self.log_streams = 0  # open logs streams (follow readers included)
         self.pidfds = PidHandles()
         store.on_event = self._publish
@@ -110,8 +111,6 @@ class Supervisor:
         await self.call(self.runtime.ensure_network)
         self.liveness.start()
         await self.resync(startup=True)
-        for agent in self.store.agents((State.EXITED, State.FAILED)):
-            self._exited[agent["id"]].set()
         # Look often enough that a short retention is honoured, at most every 30 s.
         period = min(JANITOR_PERIOD, max(1.0, self.config.log_retention / 2))
         self.timers.every("janitor", period, self.janitor)
@@ -416,8 +415,13 @@ class Supervisor:
         return agent
 
     async def _wait_exit(self, agent_id: str, timeout: float) -> None:
+        """Until the agent has ended (at once if it has), at most ``timeout`` seconds."""
+        agent = self.store.get(agent_id)
+        if agent is None or agent["state"] not in LIVE_STATES:
+            return
+        ended = self._exited.setdefault(agent_id, asyncio.Event())
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._exited[agent_id].wait(), timeout)
+            await asyncio.wait_for(ended.wait(), timeout)
 
     def _finished(self, agent_id: str) -> None:
         agent = self.store.get(agent_id)
@@ -428,7 +432,9 @@ class Supervisor:
         self._oom_seen.discard(agent_id)
         self._streak.pop(agent_id, None)
         self.liveness.forget(agent_id)
-        self._exited[agent_id].set()
+        ended = self._exited.pop(agent_id, None)  # kept for live agents only
+        if ended is not None:
+            ended.set()
         # its logs stay, its namespace goes
         self.background.start(self.call(self.runtime.remove_netns, agent_id), f"removing agent {agent_id}'s namespace")
         if self.gateway is not None:
@@ -638,6 +644,19 @@ class Supervisor:
                 log.warning("janitor: cannot remove %s: %s", agent_id, exc.message)
                 continue
             self.store.transition(agent_id, State.REMOVED, agent["reason"], exit_code=agent["exit_code"])
+        if time.monotonic() - self._purged >= PURGE_EVERY:
+            self.purge()
+
+    def purge(self) -> dict[str, int]:
+        """Retention ([retention]): records of removed agents, and events, older than their windows go."""
+        self._purged = time.monotonic()
+        now = utcnow()
+        removed = self.store.purge(now - timedelta(seconds=self.config.retention_records),
+                                   now - timedelta(seconds=self.config.retention_events))
+        if any(removed.values()):
+            log.info("retention: removed %(agents)d agent records, %(transitions)d transitions, %(events)d events",
+                     removed)
+        return removed
 
     async def teardown(self) -> dict[str, int]:
         """Remove every Docker object of this instance; every agent ends ``removed``."""
@@ -759,7 +778,7 @@ class Supervisor:
         return [self.agent_json(a) for a in agents]
 
     def status(self) -> dict[str, Any]:
-        counts = collections.Counter(a["state"] for a in self.store.agents())
+        counts = self.store.state_counts()
         return {
             "version": __version__, "instance": self.config.instance, "pid": os.getpid(),
             "uptime_seconds": round(time.monotonic() - self.started, 1),

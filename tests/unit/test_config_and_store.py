@@ -47,13 +47,23 @@ def test_config_prices_take_long_context_prices(tmp_path: Path) -> None:
      ("[roles.r]\nttl = -1", "whole number"), ("= broken", "config"),
      ("[defaults]\nheartbeat_interval = 0.2", "heartbeat_interval"),
      ("[defaults]\nheartbeat_interval = '5'", "heartbeat_interval"),
-     ("[roles.r]\ndisk = '8m'", "roles.r.disk")],
+     ("[roles.r]\ndisk = '8m'", "roles.r.disk"),
+     ("[retention]\nrecords = 60", "retention.records"), ("[retention]\nforever = 1", "retention"),
+     ("retention = 5", "retention")],
 )
 def test_bad_config(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "c.toml"
     path.write_text(text)
     with pytest.raises(InvalidRequest, match=message):
         load_config(path)
+
+
+def test_retention_config(tmp_path: Path) -> None:
+    assert (load_config(None).retention_records, load_config(None).retention_events) == (7 * 86400, 30 * 86400)
+    path = tmp_path / "c.toml"
+    path.write_text("[retention]\nrecords = 86400\nevents = 172800\n")
+    config = load_config(path)
+    assert (config.retention_records, config.retention_events) == (86400, 172800)
 
 
 def new_agent(store: Store, agent_id: str, name: str, state: str = "running") -> None:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from fleetd.errors import FleetdError, Unavailable
-from fleetd.metrics import STATES, Snapshot, gather, parse_listen, render, serve_metrics, store_counts
+from fleetd.metrics import STATES, Snapshot, gather, parse_listen, render, serve_metrics
 from fleetd.models import Reason, State, iso, utcnow
 from fleetd.store import Store
 
@@ -239,11 +240,28 @@ def populated(path: Path) -> Store:
 def test_store_counts(tmp_path: Path) -> None:
     store = populated(tmp_path / "state.db")
     try:
-        counts = store_counts(store.conn)
+        counts = store.counts()
     finally:
         store.close()
     assert counts == {"spawns": 3, "exits_by_reason": {"ttl_expired": 1, "oom_killed": 2, "liveness_failed": 1},
                       "probe_failures": {"liveness": 2, "startup": 1, "unknown": 1}, "restarts": 2}
+
+
+def test_retention_removes_old_records_and_the_counters_never_go_down(tmp_path: Path) -> None:
+    store = populated(tmp_path / "state.db")
+    try:
+        before = store.counts()
+        store.update("a3", finished_at="2026-01-01T00:00:00+00:00")
+        removed = store.purge(records_before=utcnow(), events_before=utcnow() + timedelta(seconds=1))
+        assert removed["agents"] == 1 and removed["events"] > 0  # a3 (removed, ended long ago); every event
+        assert store.get("a3") is None and store.transitions("a3") == [] and store.events(agent_id="a1") == []
+        assert store.get("a1") is not None and store.get("a2") is not None  # live or not removed: kept
+        assert store.counts() == before
+        assert store.purge(records_before=utcnow(), events_before=utcnow()) == {
+            "agents": 0, "transitions": 0, "events": 0}
+        assert store.counts() == before  # nothing counted twice
+    finally:
+        store.close()
 
 
 def test_gather(tmp_path: Path) -> None:
@@ -251,7 +269,8 @@ def test_gather(tmp_path: Path) -> None:
     gateway = FakeGateway(BUDGET)
     try:
         snap = asyncio.run(gather(FakeSupervisor(store, gateway)))
-        assert [a["id"] for a in snap.agents] == ["a1", "a2", "a3"]
+        assert [a["id"] for a in snap.agents] == ["a1"]  # rows of live agents only: a scrape follows the fleet
+        assert sum(snap.states.values()) == 3 if snap.states else False  # every agent counted, in SQL
         assert gateway.asked == [["a1"]]  # zone 2 is asked about live agents only
         assert snap.budget is BUDGET and snap.zone2_healthy
         assert snap.counts["spawns"] == 3
