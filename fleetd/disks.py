@@ -17,8 +17,11 @@ Images are sparse: the host's disk holds what agents wrote, up to their size, no
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shutil
+import struct
 import subprocess
 from pathlib import Path
 
@@ -28,6 +31,11 @@ MKE2FS = ("-q", "-F", "-t", "ext4", "-m", "0")  # no blocks reserved for root: t
 # The ext4 root starts empty (no lost+found), so that Docker copies the image's directory into the
 # volume on first use, with its owner and mode, as it does for a named volume.
 EMPTY_ROOT = ("-w", "-R", "rmdir lost+found")
+# <linux/loop.h>: the status of a loop device (struct loop_info64 begins with lo_device and lo_inode: the backing
+# file's st_dev and st_ino), and the detach.
+LOOP_CLR_FD = 0x4C01
+LOOP_GET_STATUS64 = 0x4C05
+LOOP_INFO64_SIZE = 232
 
 
 class Disks:
@@ -87,13 +95,45 @@ class Disks:
         return len(images)
 
     def _remove(self, image: Path) -> None:
-        # A device still mounted is only marked to go when it is unmounted (the kernel's autoclear).
         # check=False: another removal of the same agent (its destroy event, the janitor) may have been first.
         for loop in _run("losetup", "--noheadings", "--output", "NAME", "--associated", str(image),
                          check=False).split():
-            _run("losetup", "--detach", loop, check=False)
+            detach(loop, image)
         image.with_suffix(".dev").unlink(missing_ok=True)
         image.unlink(missing_ok=True)
+
+
+def detach(loop: str, image: Path) -> bool:
+    """Detach ``loop`` if it is still backed by ``image``; return whether it was.
+
+    By name alone (``losetup --detach``) this raced: the device listed for one agent's image could be freed (its
+    volume unmounted) and given to another agent's spawn before the detach, which then took the other agent's
+    disk away (its mount failed with EIO). Holding the device open pins it: it cannot be freed and attached to
+    another file while we look at its backing file and detach it. A device still mounted is only marked to go
+    when it is unmounted (the kernel's autoclear).
+    """
+    try:
+        fd = os.open(loop, os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return False  # gone already
+    try:
+        status = bytearray(LOOP_INFO64_SIZE)
+        try:
+            fcntl.ioctl(fd, LOOP_GET_STATUS64, status)
+        except OSError:
+            return False  # not attached to anything now
+        device, inode = struct.unpack_from("=QQ", status)
+        try:
+            backing = os.stat(image)
+        except FileNotFoundError:
+            return False
+        if (device, inode) != (backing.st_dev, backing.st_ino):
+            return False  # another file's device now
+        with contextlib.suppress(OSError):  # ENXIO: another removal detached it first
+            fcntl.ioctl(fd, LOOP_CLR_FD)
+        return True
+    finally:
+        os.close(fd)
 
 
 def _run(tool: str, *args: str, check: bool = True) -> str:

@@ -145,3 +145,26 @@ def test_the_disks_go_with_the_agent(daemon: Daemon, engine: docker.DockerClient
     daemon.cli("teardown")
     assert not list(disks.glob(f"{agent_id}-*"))
     assert not [v for v in engine.volumes.list(filters={"label": f"fleetd.instance={daemon.instance}"})]
+
+
+def test_removing_a_disk_never_detaches_a_device_another_disk_now_holds(tmp_path: Path) -> None:
+    """Agent A's removal lists A's loop device, the device is freed (A's volume unmounted) and a spawn gives it to
+    agent B, then A's removal detaches it by name: B's mount failed with EIO (1.5% of spawns under churn in
+    bench/soak.py). The detach now checks, holding the device, that it still backs A's image."""
+    from fleetd.disks import Disks, detach
+
+    disks = Disks(tmp_path / "disks")
+    try:
+        a = disks.create("agenta", "tmp", 16 << 20)
+        loop_a = os.readlink(a)
+        b = disks.create("agentb", "tmp", 16 << 20)
+        loop_b = os.readlink(b)
+        # A's removal, racing: it holds B's device name (as if A's had been freed and given to B)
+        assert not detach(loop_b, disks.image("agenta", "tmp"))
+        assert Path(f"/sys/block/{Path(loop_b).name}/loop/backing_file").read_text().strip() == str(
+            disks.image("agentb", "tmp"))
+        assert detach(loop_a, disks.image("agenta", "tmp"))  # its own: detached
+        backing = Path(f"/sys/block/{Path(loop_a).name}/loop/backing_file")
+        assert not backing.exists() or backing.read_text().strip() != str(disks.image("agenta", "tmp"))
+    finally:
+        disks.remove_all()
