@@ -66,7 +66,7 @@ class Bench:
             b.fleetd("spawn", IMAGE, "sleep", "300")
     """
 
-    def __init__(self, keep_logs: bool = False, config: dict[str, int | str] | None = None) -> None:
+    def __init__(self, keep_logs: bool = False, config: dict[str, Any] | None = None) -> None:
         self.hex = secrets.token_hex(4)
         self.instance = f"bench-{self.hex}"
         self.network = f"fleetd-{self.instance}-agents"
@@ -110,7 +110,10 @@ class Bench:
         cmd += ["--instance", self.instance]
         if self.config:
             config_file = self.tmp / "config.toml"
-            config_file.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in self.config.items()))
+            top = "".join(f"{k} = {json.dumps(v)}\n" for k, v in self.config.items() if not isinstance(v, dict))
+            tables = "".join(f"\n[{k}]\n" + "".join(f"{kk} = {json.dumps(vv)}\n" for kk, vv in v.items())
+                             for k, v in self.config.items() if isinstance(v, dict))
+            config_file.write_text(top + tables)
             cmd += ["--config", str(config_file)]
         log = open(self.log_path, "wb")  # noqa: SIM115 - owned by the daemon process
         self.proc = subprocess.Popen(

@@ -138,9 +138,9 @@ def _limits(table: dict[str, Any], where: str) -> Limits:
 
 
 def retention_seconds(value: object, where: str) -> int:
-    """A retention period: whole seconds, at least an hour."""
-    if type(value) is not int or value < 3600:
-        raise InvalidRequest(f"{where}: must be a whole number of seconds, at least 3600")
+    """A retention period: whole seconds, at least a minute."""
+    if type(value) is not int or value < 60:
+        raise InvalidRequest(f"{where}: must be a whole number of seconds, at least 60")
     return value
 
 

@@ -644,7 +644,9 @@ class Supervisor:
                 log.warning("janitor: cannot remove %s: %s", agent_id, exc.message)
                 continue
             self.store.transition(agent_id, State.REMOVED, agent["reason"], exit_code=agent["exit_code"])
-        if time.monotonic() - self._purged >= PURGE_EVERY:
+        # Often enough that a short retention is honoured, at most every PURGE_EVERY.
+        period = min(PURGE_EVERY, self.config.retention_records / 4, self.config.retention_events / 4)
+        if time.monotonic() - self._purged >= period:
             self.purge()
 
     def purge(self) -> dict[str, int]:

@@ -48,7 +48,7 @@ def test_config_prices_take_long_context_prices(tmp_path: Path) -> None:
      ("[defaults]\nheartbeat_interval = 0.2", "heartbeat_interval"),
      ("[defaults]\nheartbeat_interval = '5'", "heartbeat_interval"),
      ("[roles.r]\ndisk = '8m'", "roles.r.disk"),
-     ("[retention]\nrecords = 60", "retention.records"), ("[retention]\nforever = 1", "retention"),
+     ("[retention]\nrecords = 59", "retention.records"), ("[retention]\nforever = 1", "retention"),
      ("retention = 5", "retention")],
 )
 def test_bad_config(tmp_path: Path, text: str, message: str) -> None:
