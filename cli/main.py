@@ -42,9 +42,11 @@ def main(socket: str | None) -> None:
 @click.option("--instance", help="Instance name: labels every Docker object (default: default).")
 @click.option("--drain-on-exit", is_flag=True, default=None, help="Stop every agent when the daemon stops.")
 @click.option("--metrics", metavar="HOST:PORT", help="Serve Prometheus metrics there, e.g. 127.0.0.1:9464.")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
+              show_default=True, help="debug adds a line per API request.")
 @click.pass_context
 def daemon(ctx: click.Context, config_file: Path | None, state_dir: Path | None, daemon_socket: Path | None,
-           instance: str | None, drain_on_exit: bool | None, metrics: str | None) -> None:
+           instance: str | None, drain_on_exit: bool | None, metrics: str | None, log_level: str) -> None:
     """Run the daemon in the foreground (systemd runs this).
 
     Example: fleetd daemon --instance staging --state-dir /var/lib/fleetd-staging
@@ -61,7 +63,7 @@ def daemon(ctx: click.Context, config_file: Path | None, state_dir: Path | None,
         )
     except FleetdError as exc:
         raise click.ClickException(exc.message) from None
-    sys.exit(run(config))
+    sys.exit(run(config, log_level))
 
 
 @main.command(hidden=True)

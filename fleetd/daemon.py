@@ -21,6 +21,9 @@ from pathlib import Path
 from typing import IO
 
 from aiohttp import web
+from aiohttp.web_log import AccessLogger
+from aiohttp.web_request import BaseRequest
+from aiohttp.web_response import StreamResponse
 
 from fleetd import __version__
 from fleetd.api import init_app
@@ -38,6 +41,18 @@ from fleetd.vault import Vault, load_master_key
 log = logging.getLogger("fleetd")
 DOCKER_WAIT = 30.0
 
+
+
+class DebugAccessLogger(AccessLogger):
+    """aiohttp's line per API request, at DEBUG: at INFO every `fleetd ps` would be a line in the journal."""
+
+    @property
+    def enabled(self) -> bool:
+        return self.logger.isEnabledFor(logging.DEBUG)
+
+    def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
+        values = [value for _, value in self._format_line(request, response, time)]
+        self.logger.debug(self._log_format % tuple(values))
 
 class Daemon:
     """One fleetd instance: its lock, store, supervisor and socket."""
@@ -93,7 +108,8 @@ class Daemon:
         self.supervisor.vault = self.vault
         await self.gateway.start()
         self.supervisor.spares.fill()  # holders for the first spawns (fleetd.spare_netns)
-        self._runner = web.AppRunner(init_app(self.supervisor), handle_signals=False, shutdown_timeout=2.0)
+        self._runner = web.AppRunner(init_app(self.supervisor), handle_signals=False, shutdown_timeout=2.0,
+                                     access_log_class=DebugAccessLogger)
         await self._runner.setup()
         config.socket.parent.mkdir(parents=True, exist_ok=True)
         umask = os.umask(0o117)  # the socket is born 0660, never wider
@@ -107,12 +123,12 @@ class Daemon:
             from fleetd.metrics import parse_listen, serve_metrics
 
             self._metrics = await serve_metrics(self.supervisor, *parse_listen(config.metrics))
-            log.info("Prometheus metrics on http://%s/metrics", config.metrics)
         period = watchdog_period()
         if period:
             self._tasks.append(asyncio.create_task(self._watchdog(period)))
         self.store.add_event("daemon_started", f"fleetd {__version__} started (pid {os.getpid()})")
-        log.info("fleetd %s instance %s listening on %s", __version__, config.instance, config.socket)
+        metrics = f", Prometheus metrics on http://{config.metrics}/metrics" if config.metrics else ""
+        log.info("fleetd %s instance %s listening on %s%s", __version__, config.instance, config.socket, metrics)
         notify(f"READY=1\nSTATUS=serving on {config.socket}\nMAINPID={os.getpid()}")
 
     async def main_loop(self) -> None:
@@ -218,10 +234,10 @@ async def wait_for_docker(instance: str, helper_image: str, give_up: asyncio.Eve
             await asyncio.sleep(1)
 
 
-def run(config: Config) -> int:
+def run(config: Config, log_level: str = "info") -> int:
     """Run the daemon until SIGTERM/SIGINT; return the process exit code."""
     logging.basicConfig(
-        level=logging.INFO,
+        level=getattr(logging, log_level.upper()),
         format="%(levelname)s %(name)s: %(message)s"
         if os.environ.get("JOURNAL_STREAM")
         else "%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -24,3 +24,20 @@ def test_round_trip_matches_the_json_module(value: object) -> None:
 def test_bad_documents(text: str) -> None:
     with pytest.raises(ValueError):
         loads(text)
+
+
+def test_shell_completion_as_the_readme_says() -> None:
+    """README: eval "$(_FLEETD_COMPLETE=bash_source fleetd)"; the script asks fleetd itself for completions."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = str(Path(sys.executable).with_name("fleetd"))
+    for shell in ("bash", "zsh", "fish"):
+        script = subprocess.run([exe], env={**os.environ, "_FLEETD_COMPLETE": f"{shell}_source"},
+                                capture_output=True, text=True, check=True).stdout
+        assert "_FLEETD_COMPLETE" in script, shell
+    words = subprocess.run([exe], env={**os.environ, "_FLEETD_COMPLETE": "bash_complete", "COMP_WORDS": "fleetd sp",
+                                       "COMP_CWORD": "1"}, capture_output=True, text=True, check=True).stdout
+    assert "spawn" in words
