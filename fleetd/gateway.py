@@ -345,7 +345,7 @@ class Zone2:
             figures = counted["agents"].get(agent["id"], {})
             report.append(budget_view(agent, caps, figures))
         instance = counted["instance"]
-        return {"agents": report, "instance": {
+        return {"agents": report, "counters": instance.get("counters") or {}, "instance": {
             "spent_today_usd": usd(instance.get("spent_today_nusd", 0)),
             "spent_month_usd": usd(instance.get("spent_month_nusd", 0)),
             "reserved_usd": usd(instance.get("reserved_nusd", 0)),

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, ProcessCollector, generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import CollectorRegistry
 
@@ -58,6 +58,7 @@ class Snapshot:
     #  {(agent_id, probe): int}, "restarts": int}
     counts: dict[str, Any] = field(default_factory=dict)
     budget: dict[str, Any] | None = None  # the body of GET /v1/budget, None when zone 2 does not answer
+    usage: dict[str, dict[str, Any]] = field(default_factory=dict)  # agent id -> memory and CPU (Supervisor.stats)
     zone2_healthy: bool = False
 
 
@@ -66,6 +67,7 @@ def render(snapshot: Snapshot) -> bytes:
     """The text exposition of one snapshot (serve it as ``CONTENT_TYPE_LATEST``)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(SnapshotCollector(snapshot))
+    ProcessCollector(registry=registry)  # the daemon's own: process_cpu_seconds_total, resident memory, fds
     return generate_latest(registry)
 
 
@@ -81,7 +83,9 @@ class SnapshotCollector:
         yield from _agent_states(snap.agents, snap.states)
         yield from _counters(snap.counts)
         yield from _agent_gauges(snap.agents)
+        yield from _agent_usage(snap.agents, snap.usage)
         yield from _budget(snap.budget, snap.zone2_healthy)
+        yield from _zone2_counters((snap.budget or {}).get("counters") or {})
 
 
 def _info() -> Iterator[Metric]:
@@ -125,6 +129,44 @@ def _counters(counts: Mapping[str, Any]) -> Iterator[Metric]:
     for probe, total in by_probe.items():
         probes.add_metric([probe], total)
     yield probes
+
+
+def _agent_usage(agents: list[dict[str, Any]], usage: Mapping[str, Mapping[str, Any]]) -> Iterator[Metric]:
+    memory = GaugeMetricFamily("fleetd_agent_memory_bytes", "A running agent's memory in use (its cgroup's).",
+                               labels=list(AGENT_LABELS))
+    limit = GaugeMetricFamily("fleetd_agent_memory_limit_bytes", "A running agent's memory limit.",
+                              labels=list(AGENT_LABELS))
+    cpu = CounterMetricFamily("fleetd_agent_cpu_seconds", "CPU time a running agent's container used.",
+                              labels=list(AGENT_LABELS))
+    for agent in agents:
+        used = usage.get(str(agent.get("id")))
+        if not used:
+            continue
+        labels = _agent_labels(agent)
+        memory.add_metric(labels, _number(used.get("memory_bytes")) or 0)
+        if _number(used.get("memory_limit_bytes")):
+            limit.add_metric(labels, _number(used.get("memory_limit_bytes")) or 0)
+        cpu.add_metric(labels, _number(used.get("cpu_seconds")) or 0)
+    yield from (memory, limit, cpu)
+
+
+def _zone2_counters(counters: Mapping[str, Any]) -> Iterator[Metric]:
+    """Zone 2's counters since it started (a restart of zone 2 is a counter reset, which rate() handles)."""
+    tokens = CounterMetricFamily("fleetd_llm_tokens", "Tokens of metered LLM calls, by how they are billed.",
+                                 labels=["kind"])
+    for kind, count in sorted((counters.get("tokens") or {}).items()):
+        tokens.add_metric([str(kind)], _number(count) or 0)
+    refusals = CounterMetricFamily("fleetd_zone2_refusals", "Answers zone 2 gave itself, by error code.",
+                                   labels=["code"])
+    for code, count in sorted((counters.get("refusals") or {}).items()):
+        refusals.add_metric([str(code)], _number(count) or 0)
+    upstream = CounterMetricFamily("fleetd_upstream_responses", "Upstream answers to agents' calls, by HTTP status "
+                                   "(none: no answer came).", labels=["status"])
+    for status, count in sorted((counters.get("upstream_status") or {}).items()):
+        upstream.add_metric([str(status)], _number(count) or 0)
+    trips = CounterMetricFamily("fleetd_breaker_trips", "Circuit breakers that opened.",
+                                value=_number(counters.get("breaker_trips")) or 0)
+    yield from (tokens, refusals, upstream, trips)
 
 
 def _agent_gauges(agents: list[dict[str, Any]]) -> Iterator[Metric]:
@@ -244,7 +286,14 @@ async def gather(supervisor: Any) -> Snapshot:
             log.warning("metrics: zone 2's budget report took more than %.0f s", BUDGET_TIMEOUT)
         except Exception:
             log.exception("metrics: zone 2's budget report failed")
-    return Snapshot(agents=agents, states=states, counts=counts, budget=budget, zone2_healthy=healthy)
+    usage: dict[str, dict[str, Any]] = {}
+    stats = getattr(supervisor, "stats", None)
+    if stats is not None:
+        try:
+            usage = {str(u["id"]): u for u in await stats()}
+        except Exception:
+            log.exception("metrics: cannot read agents' memory and CPU")
+    return Snapshot(agents=agents, states=states, counts=counts, budget=budget, zone2_healthy=healthy, usage=usage)
 
 
 async def _agent_record(supervisor: Any, row: dict[str, Any]) -> dict[str, Any]:

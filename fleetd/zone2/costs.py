@@ -19,6 +19,7 @@ from typing import Any
 
 from fleetd.zone2.breaker import Admit, Breaker, BreakerSettings, Reject, RetrySettings, Transition
 from fleetd.zone2.budget import Budgets, Caps, Refusal, Reservation, month_key
+from fleetd.zone2.counters import Counts
 from fleetd.zone2.ledger import Call, Ledger
 from fleetd.zone2.llm import OVERHEAD_TOKENS, LLMRequest, Media, Usage
 from fleetd.zone2.pricing import Price, PriceTable, bound_nusd, cost_nusd
@@ -109,6 +110,7 @@ class CostTracker:
         self._last_refusal: dict[tuple[str, str], float] = {}
         # (credential, model asked for) -> the dearer model its answers said ran; the most recent MAX_SERVED
         self._served: OrderedDict[tuple[str, str], Price] = OrderedDict()
+        self.counts = Counts()  # lifetime counters for metrics (zone2.counters)
         self._ledger_failing = False
         self._ledger_tried = 0.0
         self._load()
@@ -232,6 +234,8 @@ class CostTracker:
                       f"{ticket.llm.model} call cost ${cost / 1e9:.6f}, above its reserved bound "
                       f"${ticket.reservation.amount / 1e9:.6f}", {"request_id": ticket.request_id})
         self.budgets.settle(ticket.reservation, cost)
+        if usage is not None:
+            self.counts.metered(usage)
         written = self.ledger.record(Call(
             ticket.request_id, ticket.reservation.at, ticket.reg.agent_id, ticket.reg.role, ticket.credential,
             ticket.llm.api, ticket.llm.model, status, usage or Usage(), cost, ticket.reservation.amount,
@@ -305,11 +309,14 @@ class CostTracker:
         return admission
 
     def breaker_record(self, agent_id: str, upstream: str, status: int | None, probe: bool) -> None:
+        self.counts.answered(status)
         transition = self.breaker(agent_id, upstream).record(self.monotonic(), status, probe)
         if transition:
             self._transition(agent_id, upstream, transition)
 
     def _transition(self, agent_id: str, upstream: str, transition: Transition) -> None:
+        if str(transition.to) == "open":
+            self.counts.breaker_trips += 1
         data: dict[str, Any] = {"upstream": upstream, "state": str(transition.to)}
         if transition.open_seconds is not None:
             data["open_seconds"] = transition.open_seconds

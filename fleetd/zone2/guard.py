@@ -25,6 +25,7 @@ from typing import Any
 
 from aiohttp import web
 
+from fleetd.zone2.counters import Counts
 from fleetd.zone2.shares import Limits, Shares
 
 
@@ -41,6 +42,7 @@ class Timeouts:
 IDLE_TIMEOUT = Timeouts.idle
 FD_HEADROOM = 512  # descriptors kept for upstream connections, the ledger and the control socket
 BUSY = "zone2_busy"
+REFUSAL = web.ResponseKey("fleetd.refusal", str)  # on a response zone 2 gave itself: its error code
 
 # A refusal sent before the request is read: the client reads it as the answer to what it sends.
 _BUSY_BODY = json.dumps({"error": {"type": BUSY, "code": BUSY, "message":
@@ -81,12 +83,13 @@ class Guard:
     """The connections of the agent-facing server and their shares."""
 
     def __init__(self, limits: Limits | None = None, timeouts: Timeouts | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, counts: Counts | None = None) -> None:
         self.shares = Shares(connection_limit(limits or Limits()))
         self.timeouts = timeouts or Timeouts()
         self.clock = clock
         self.connections: dict[Any, GuardedConnection] = {}  # by transport
         self.refused_connections = 0
+        self.counts = counts or Counts()  # refusals counted here; tokens, upstream statuses, trips: costs
         self.dropped_slow = 0
         self._large: dict[str, asyncio.Lock] = {}  # an address's turn to read and parse a large body
         self._large_waiting: dict[str, int] = {}
@@ -178,6 +181,7 @@ class GuardedConnection(asyncio.Protocol):
         self.ip = str(peer[0]) if peer else ""
         if not self.guard.shares.open(self.ip):
             self.guard.refused_connections += 1
+            self.guard.counts.refused(BUSY)
             self.inner = None
             self.transport.write(BUSY_RESPONSE)  # type: ignore[union-attr]
             transport.close()
@@ -259,12 +263,15 @@ async def guard_middleware(request: web.Request, handler: Callable[[web.Request]
         connection.started()
     try:
         response = await handler(request)
+        if REFUSAL in response:
+            guard.counts.refused(response[REFUSAL])
         if not response.prepared:
             # Send it here, while the request still holds its bytes: aiohttp would write it after this returns,
             # when the share is given back, and hold it for as long as the agent does not read.
             await answer(request, response)
         return response
     except Refused as exc:
+        guard.counts.refused(exc.code)
         body = {"error": {"type": exc.code, "code": exc.code, "message": exc.message}}
         headers = {"Connection": "close"} if exc.status in (408, 413) else {}  # the rest of the body is not read
         if exc.retry_after is not None:

@@ -22,7 +22,7 @@ from aiohttp import web
 from fleetd.zone2.breaker import Reject, parse_retry_after, retry_delay
 from fleetd.zone2.budget import Refusal
 from fleetd.zone2.costs import CostTracker, LedgerDown, NotPriced
-from fleetd.zone2.guard import GUARD, LARGE_BODY, Guard, guard_middleware, in_time, read_body
+from fleetd.zone2.guard import GUARD, LARGE_BODY, REFUSAL, Guard, guard_middleware, in_time, read_body
 from fleetd.zone2.handles import (
     HOP_BY_HOP,
     BadHandle,
@@ -66,7 +66,9 @@ def error(status: int, code: str, message: str, headers: dict[str, str] | None =
           cls: type[R] = web.Response) -> R:  # type: ignore[assignment]
     """An answer of zone 2's own, in the OpenAI error shape the official SDKs parse."""
     body = {"error": {"type": code, "code": code, "message": message}}
-    return cls(text=json.dumps(body), status=status, headers=headers, content_type="application/json")
+    response = cls(text=json.dumps(body), status=status, headers=headers, content_type="application/json")
+    response[REFUSAL] = code  # counted by the guard's middleware, which sees every answer (counters.Counts)
+    return response
 
 
 def forward_headers(headers: Any, secrets: dict[str, str]) -> dict[str, str]:
@@ -429,7 +431,7 @@ def init_gateway(registry: Registry, whois: Whois, costs: CostTracker | None = N
     """The agent-facing aiohttp application (serve it with ``guard.serve_guarded``, or any aiohttp site in
     tests: the shares of memory hold either way, the connection limits and timers only when guarded)."""
     tracker = costs or memory_costs()
-    shares = guard or Guard()
+    shares = guard or Guard(counts=tracker.counts)
     @web.middleware
     async def targets(request: web.Request, handler: Any) -> web.StreamResponse:
         # Authority-form (CONNECT host:port) and the like never reach a route: refuse them the same way.

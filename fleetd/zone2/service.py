@@ -59,7 +59,7 @@ def init_control(registry: Registry, costs: CostTracker, guard: Guard, started: 
 
     async def get_budget(request: web.Request) -> web.Response:
         agents = request.query.getall("agent", [])
-        return web.json_response({"instance": costs.status(None),
+        return web.json_response({"instance": {**costs.status(None), "counters": costs.counts.to_json()},
                                   "agents": {agent_id: costs.status(agent_id) for agent_id in agents}})
 
     async def health(request: web.Request) -> web.Response:
@@ -196,7 +196,7 @@ async def serve(control_dir: Path, host: str, port: int) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    guard = Guard()
+    guard = Guard(counts=costs.counts)
     agents_app = init_gateway(registry, daemon.whois, costs, daemon.heartbeat, guard)
     # Bodies are relayed as sent (an LLM call's must come uncompressed: zone 2 meters what it reads), and an idle
     # kept-alive connection is closed by the guard's sweep, not kept for aiohttp's default hour.

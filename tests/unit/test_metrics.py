@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import socket
+import subprocess
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -323,3 +325,27 @@ def test_serve_metrics(tmp_path: Path) -> None:
     assert value(m["fleetd_agent_ready"], agent="a1", name="alpha", role="coder") == 1
     assert value(m["fleetd_zone2_up"]) == 1
     assert index_status == 200 and 'href="/metrics"' in index
+
+
+def test_zone2_counters_agent_usage_and_the_process_itself() -> None:
+    budget = {"agents": [], "instance": {}, "counters": {
+        "tokens": {"input": 120, "output": 30}, "refusals": {"budget_exceeded": 2, "zone2_busy": 5},
+        "upstream_status": {"200": 7, "429": 3, "none": 1}, "breaker_trips": 1}}
+    agents = [{"id": "a1", "name": "alpha", "role": "default", "state": "running"}]
+    usage = {"a1": {"id": "a1", "memory_bytes": 1 << 20, "memory_limit_bytes": 64 << 20, "cpu_seconds": 2.5}}
+    body = render(Snapshot(agents=agents, budget=budget, zone2_healthy=True, usage=usage))
+    found, kinds = parse(body), types(body)
+    assert value(found["fleetd_llm_tokens"], kind="input") == 120 and kinds["fleetd_llm_tokens"] == "counter"
+    assert value(found["fleetd_zone2_refusals"], code="zone2_busy") == 5
+    assert value(found["fleetd_upstream_responses"], status="429") == 3
+    assert value(found["fleetd_breaker_trips"]) == 1
+    assert value(found["fleetd_agent_memory_bytes"], agent="a1") == 1 << 20
+    assert value(found["fleetd_agent_cpu_seconds"], agent="a1") == 2.5
+    assert "process_resident_memory_bytes" in found and "process_cpu_seconds" in found
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Prometheus) is not installed here")
+def test_promtool_finds_nothing_to_say() -> None:
+    body = render(Snapshot(agents=AGENTS, budget=BUDGET, zone2_healthy=True))
+    result = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True, check=False)
+    assert result.returncode == 0 and not result.stdout.strip() and not result.stderr.strip(), result

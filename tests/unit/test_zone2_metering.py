@@ -969,3 +969,21 @@ def test_zone2_keeps_only_the_agents_it_serves_in_memory(tmp_path: Path) -> None
         assert r.costs.budgets.agents() == [] and len(r.ledger()) == 2
 
     run(tmp_path, check)
+
+
+def test_zone2_counts_tokens_refusals_upstream_answers_and_trips(tmp_path: Path) -> None:
+    """What the daemon's metrics show of zone 2 (fleetd_llm_tokens, fleetd_zone2_refusals,
+    fleetd_upstream_responses, fleetd_breaker_trips): counted instance-wide, so bounded."""
+    async def check(r: Rig) -> None:
+        words = [{"role": "user", "content": "one two three"}]
+        assert (await r.post(CHAT, {"model": "gpt-4o", "max_tokens": 10, "messages": words}))[0] == 200
+        assert (await r.post(CHAT, {"model": "no-such-model", "max_tokens": 10, "messages": words}))[0] == 400
+        r.sim.config.fail, r.sim.config.fail_status = 1, 503
+        assert (await r.post(CHAT, {"model": "gpt-4o", "max_tokens": 10, "messages": words}))[0] == 503
+        await settled(r)
+        counters = r.costs.counts.to_json()
+        assert counters["tokens"]["input"] == 3 and counters["tokens"]["output"] == 10
+        assert counters["refusals"] == {"model_not_priced": 1}
+        assert counters["upstream_status"] == {"200": 1, "503": 1}
+
+    run(tmp_path, check)
