@@ -9,14 +9,11 @@ import click
 
 from cli.common import api_errors, client
 from cli.output import print_json, print_table
+from fleetd.units import format_usd
 
 
 def dollars(value: float | None) -> str:
-    if value is None:
-        return "-"
-    if value == 0 or value >= 1:
-        return f"${value:,.2f}"
-    return f"${value:.4f}" if value >= 0.01 else f"${value:.6f}"
+    return format_usd(value)  # one money format (fleetd.units), as zone 2's refusals show it
 
 
 def per_mtok(value: float | None) -> str:

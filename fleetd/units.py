@@ -92,6 +92,16 @@ def format_bytes(size: int | None) -> str:
     return f"{size}B"
 
 
+def format_usd(value: float | None) -> str:
+    """Money as every command and message shows it: dollars to the hundredth of a cent (``$1,234.5678``), so that
+    one call's cost, a day's spend and a cap read alike; below that, ``<$0.0001``."""
+    if value is None:
+        return "-"
+    if 0 < value < 0.00005:
+        return "<$0.0001"
+    return f"${value:,.4f}"
+
+
 def format_seconds(seconds: float) -> str:
     """Show a duration like ``59m58s`` (what ``ps`` prints for time left)."""
     total = int(max(0, seconds))

@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from fleetd.units import format_usd
+
 INSTANCE = "*instance*"  # the pseudo-agent whose windows are the instance's caps
 
 
@@ -164,8 +166,9 @@ class Budgets:
                     retry = max(1, int((reset(now) - now).total_seconds() + 0.999))
                     return Refusal(
                         "budget_exceeded",
-                        f"{whose} {label} budget of ${cap / 1e9:.2f} would be exceeded: "
-                        f"${committed / 1e9:.4f} spent or reserved, this request may cost up to ${amount / 1e9:.4f}",
+                        f"{whose} {label} budget of {format_usd(cap / 1e9)} would be exceeded: "
+                        f"{format_usd(committed / 1e9)} spent or reserved, this request may cost up to "
+                        f"{format_usd(amount / 1e9)}",
                         retry,
                     )
         for windows in (agent, self._agents[INSTANCE]):

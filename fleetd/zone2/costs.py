@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from fleetd.units import format_usd
 from fleetd.zone2.breaker import Admit, Breaker, BreakerSettings, Reject, RetrySettings, Transition
 from fleetd.zone2.budget import Budgets, Caps, Refusal, Reservation, month_key
 from fleetd.zone2.counters import Counts
@@ -231,8 +232,8 @@ class CostTracker:
         if cost > ticket.reservation.amount:
             # The bound is an upper bound by construction; if usage ever beats it, bill the truth and say so.
             self.emit("reservation_exceeded", ticket.reg.agent_id,
-                      f"{ticket.llm.model} call cost ${cost / 1e9:.6f}, above its reserved bound "
-                      f"${ticket.reservation.amount / 1e9:.6f}", {"request_id": ticket.request_id})
+                      f"{ticket.llm.model} call cost {format_usd(cost / 1e9)}, above its reserved bound "
+                      f"{format_usd(ticket.reservation.amount / 1e9)}", {"request_id": ticket.request_id})
         self.budgets.settle(ticket.reservation, cost)
         if usage is not None:
             self.counts.metered(usage)
@@ -261,7 +262,7 @@ class CostTracker:
         if self._due(ticket.reg.agent_id, "model_mismatch"):
             self.emit("model_mismatch", ticket.reg.agent_id,
                       f"asked for model {ticket.llm.model!r}, the answer says {usage.model!r} ran: billed at the "
-                      f"dearer of their prices (${max(asked, cost) / 1e9:.6f})",
+                      f"dearer of their prices ({format_usd(max(asked, cost) / 1e9)})",
                       {"request_id": ticket.request_id, "asked": ticket.llm.model, "served": usage.model})
         return max(asked, cost)
 

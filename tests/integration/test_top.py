@@ -156,7 +156,7 @@ def test_top_once_prints_one_frame_and_all_shows_exited(daemon: Daemon) -> None:
     assert lines[0].startswith(f"fleetd {daemon.instance}") and "1 agent running" in lines[0], lines[0]
     assert lines[1].split()[:7] == ["ID", "NAME", "ROLE", "STATE", "READY", "TTL", "HEARTBEAT"]
     row = next(line for line in lines if line.startswith(running))
-    assert "top-runner" in row and "running" in row and "$0.00 / $50.00" in row, row
+    assert "top-runner" in row and "running" in row and "$0.0000 / $50.0000" in row, row
     assert re.search(r"\b1m[0-5]\ds\b|\b2m00s\b", row), row
     assert gone not in result.stdout
 

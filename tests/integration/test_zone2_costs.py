@@ -206,7 +206,7 @@ def test_spend_of_plain_and_streaming_calls_of_each_api(bench: SdkBench, sdk_ima
                 "llm_calls", "max_llm_calls"):
         assert key in line
     table = bench.daemon.cli("budget", agent_id).stdout
-    assert agent_id in table and "/ $50.00" in table
+    assert agent_id in table and "/ $50.0000" in table
     # The continuation read 2 + 6 tokens from upstream beyond its own 2; its reservation covered them.
     first, continued = out["responses"], out["responses_continued"]
     assert continued["input"] == first["input"] + first["output"] + 2

@@ -271,3 +271,15 @@ def test_retry_after_parsing() -> None:
 @pytest.mark.parametrize("bad", [" ", "abc", "nan-ish"])
 def test_retry_after_garbage_is_ignored(bad: str) -> None:
     assert parse_retry_after(bad) is None
+
+
+def test_a_refusal_shows_the_numbers_fleetd_budget_shows() -> None:
+    from cli.money import dollars
+
+    budgets = Budgets(Clock(datetime(2026, 11, 26, tzinfo=UTC)))
+    budgets.settle(reserve(budgets, "a", Caps(), 4_990_000_000), 4_990_000_000)
+    refusal = budgets.reserve("a", Caps(daily_nusd=5 * USD), 12_000_000)
+    assert isinstance(refusal, Refusal)
+    assert (f"daily budget of {dollars(5.0)} would be exceeded: {dollars(4.99)} spent or reserved, this request "
+            f"may cost up to {dollars(0.012)}") in refusal.message
+    assert "$5.0000" in refusal.message and "$4.9900" in refusal.message

@@ -57,15 +57,15 @@ def test_every_column_from_full_answers() -> None:
     assert lines[1].split() == ["ID", "NAME", "ROLE", "STATE", "READY", "TTL", "HEARTBEAT", "PROGRESS", "MEM",
                                 "CPU", "%", "SPEND", "CALLS"]
     assert row(text) == ["3f9c2a1b7d0e", "scout", "researcher", "running", "yes", "4m12s", "3s ago",
-                         "3/10 reading papers", "100 / 512 MiB", "50.0%", "$1.25 / $5.00", "42/200"]
+                         "3/10 reading papers", "100 / 512 MiB", "50.0%", "$1.2500 / $5.0000", "42/200"]
 
 
 def test_header_has_instance_totals_and_zone2() -> None:
     first = show(render([agent()], STATS, BUDGET, STATUS, None, None, now=NOW)).splitlines()[0]
     assert "fleetd prod" in first
     assert "1 agent running" in first
-    assert "today $1.25 / $100.00" in first
-    assert "month $4.00" in first and "month $4.00 /" not in first  # no monthly instance cap
+    assert "today $1.2500 / $100.0000" in first
+    assert "month $4.0000" in first and "month $4.0000 /" not in first  # no monthly instance cap
     assert "42 LLM calls" in first
     assert "zone 2 healthy" in first
     down = show(render([], None, None, {"zone2": {"healthy": False}}, None, None, now=NOW)).splitlines()[0]
@@ -74,7 +74,7 @@ def test_header_has_instance_totals_and_zone2() -> None:
 
 def test_cpu_is_blank_on_the_first_frame_and_a_delta_after() -> None:
     first = row(show(render([agent()], STATS, BUDGET, STATUS, None, None, now=NOW)))
-    assert first[8:] == ["100 / 512 MiB", "$1.25 / $5.00", "42/200"]  # the CPU cell is blank
+    assert first[8:] == ["100 / 512 MiB", "$1.2500 / $5.0000", "42/200"]  # the CPU cell is blank
     assert row(show(render([agent()], STATS, BUDGET, STATUS, BEFORE, 0.5, now=NOW)))[9] == "200.0%"
     restarted = [{**BEFORE[0], "cpu_seconds": 99.0}]  # the counter went back: no figure rather than a negative one
     assert not any(c.endswith("%") for c in row(show(render([agent()], STATS, BUDGET, STATUS, restarted, 2.0,
@@ -148,7 +148,7 @@ def test_long_progress_messages_are_cut() -> None:
 def test_budget_without_call_cap() -> None:
     budget = {"agents": [{**BUDGET["agents"][0], "max_llm_calls": None, "daily_cap_usd": None}],
               "instance": BUDGET["instance"]}
-    assert row(show(render([agent()], None, budget, None, None, None, now=NOW)))[-2:] == ["$1.25 / -", "42/-"]
+    assert row(show(render([agent()], None, budget, None, None, None, now=NOW)))[-2:] == ["$1.2500 / -", "42/-"]
 
 
 def test_error_line_is_shown() -> None:

@@ -90,3 +90,10 @@ def test_spec_defaults_and_roles() -> None:
 def test_spec_refuses(request_: object, message: str) -> None:
     with pytest.raises(InvalidRequest, match=message):
         build_spec(request_, CONFIG, 2)
+
+
+def test_one_money_format_everywhere() -> None:
+    from fleetd.units import format_usd
+
+    assert [format_usd(v) for v in (None, 0, 0.00001, 0.000123, 0.0123, 1.25, 50, 1234.56789)] == [
+        "-", "$0.0000", "<$0.0001", "$0.0001", "$0.0123", "$1.2500", "$50.0000", "$1,234.5679"]
