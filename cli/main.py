@@ -19,6 +19,7 @@ from cli.common import api_errors, client
 from cli.money import budget, price
 from cli.output import ago, duration, heartbeat_text, print_json, print_table, ready_text, state_text
 from cli.spawn_options import SPAWN_OPTIONS, EnvError, spawn_request
+from cli.template import Render, TemplateError, compile_template, tabulate
 from cli.top import top
 from fleetd.zone2.kinds import KINDS
 
@@ -231,43 +232,99 @@ def spawn(ctx: click.Context, /, image: str, command: tuple[str, ...], **options
         click.echo(agent["id"])
 
 
+PS_COLUMNS = ["ID", "NAME", "IMAGE", "ROLE", "STATE", "READY", "TTL", "HEARTBEAT", "RESTARTS", "CREATED"]
+
+
+def ps_row(agent: dict[str, Any]) -> dict[str, str]:
+    """The columns ``ps`` shows, by the names ``--format`` uses (``{{.ID}}``, ``{{.TTL}}``...)."""
+    a = agent
+    values = [a["id"], a["name"], a["image"], a["role"], state_text(a), ready_text(a), duration(a["ttl_remaining"]),
+              heartbeat_text(a), str(a.get("restarts") or 0), ago(a["created_at"])]
+    names = [column.title() if len(column) > 3 else column for column in PS_COLUMNS]
+    return dict(zip(names, values, strict=True)) | {
+        "Labels": ",".join(f"{k}={v}" for k, v in (a.get("labels") or {}).items())}
+
+
+def renderer(template: str) -> Render:
+    try:
+        return compile_template(template)
+    except TemplateError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def render(show: Render, record: dict[str, Any]) -> str:
+    try:
+        return show(record)
+    except TemplateError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 @main.command()
 @click.option("-a", "--all", "all_", is_flag=True, help="Show exited and removed agents too.")
 @click.option("-q", "--quiet", is_flag=True, help="Only ids.")
 @click.option("--json", "as_json", is_flag=True)
+@click.option("-f", "--filter", "filters", multiple=True, metavar="KEY=VALUE",
+              help="Only matching agents (repeatable): state=S, role=R, name=N, id=PREFIX, label=K, label=K=V.")
+@click.option("--format", "template", metavar="TEMPLATE",
+              help="table, json, or a Go-like template per agent: '{{.ID}} {{.Name}} {{.State}}' (the columns), "
+                   "'{{.limits.ttl}}' (the record's fields); 'table TEMPLATE' adds a header.")
 @click.pass_context
 @api_errors
-def ps(ctx: click.Context, all_: bool, quiet: bool, as_json: bool) -> None:
-    """List agents (live ones unless -a).
+def ps(ctx: click.Context, all_: bool, quiet: bool, as_json: bool, filters: tuple[str, ...],
+       template: str | None) -> None:
+    """List agents (live ones unless -a), like docker ps.
 
-    Example: fleetd ps -a
+    \b
+    Examples: fleetd ps -a
+              fleetd ps --filter state=exited --filter label=team=a
+              fleetd ps --format 'table {{.ID}}\t{{.Name}}\t{{.State}}'
     """
-    agents = client(ctx).call("GET", "/v1/agents", query={"all": all_})
+    show, header = None, False
+    if template not in (None, "table", "json"):
+        assert template is not None
+        header = template.startswith("table ")
+        show = renderer(template[len("table "):] if header else template)
+    agents = client(ctx).call("GET", "/v1/agents", query={"all": all_, "filter": list(filters) or None})
     if as_json:
         return print_json(agents)
     if quiet:
         for agent in agents:
             click.echo(agent["id"])
         return None
-    rows = [
-        [a["id"], a["name"], a["image"], a["role"], state_text(a), ready_text(a), duration(a["ttl_remaining"]),
-         heartbeat_text(a), str(a.get("restarts") or 0), ago(a["created_at"])]
-        for a in agents
-    ]
-    print_table(["ID", "NAME", "IMAGE", "ROLE", "STATE", "READY", "TTL", "HEARTBEAT", "RESTARTS", "CREATED"], rows)
+    if template == "json":  # one object a line, as docker ps --format json
+        for agent in agents:
+            click.echo(json.dumps(agent))
+        return None
+    if show is not None:
+        lines = ([show(None)] if header else []) + [render(show, {**agent, **ps_row(agent)}) for agent in agents]
+        for line in tabulate(lines) if header else lines:
+            click.echo(line)
+        return None
+    rows = [list(ps_row(a).values())[:len(PS_COLUMNS)] for a in agents]
+    print_table(PS_COLUMNS, rows)
     return None
 
 
 @main.command()
 @click.argument("agent")
+@click.option("--format", "template", metavar="TEMPLATE",
+              help="Print only this, as docker inspect --format: '{{.state}}', '{{.limits.ttl}}', "
+                   "'{{json .labels}}'.")
 @click.pass_context
 @api_errors
-def inspect(ctx: click.Context, agent: str) -> None:
+def inspect(ctx: click.Context, agent: str, template: str | None) -> None:
     """Show an agent's full record as JSON (spec, limits, transitions).
 
-    Example: fleetd inspect 3f9c2a
+    \b
+    Examples: fleetd inspect 3f9c2a
+              fleetd inspect --format '{{.state}} {{.exit_code}}' 3f9c2a
     """
-    print_json(client(ctx).call("GET", f"/v1/agents/{agent}"))
+    show = renderer(template) if template is not None else None
+    record = client(ctx).call("GET", f"/v1/agents/{agent}")
+    if show is None:
+        print_json(record)
+    else:
+        click.echo(render(show, record))
 
 
 @main.command()

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from fleetd.errors import FleetdError, InvalidRequest, Unavailable
+from fleetd.filters import parse_filters
 from fleetd.models import LIVE_STATES
 from fleetd.supervisor import Supervisor
 
@@ -91,7 +92,8 @@ async def status(request: web.Request) -> web.Response:
 
 
 async def list_agents(request: web.Request) -> web.Response:
-    return web.json_response(sup(request).list_agents(flag(request, "all")))
+    filters = parse_filters(request.query.getall("filter", []))
+    return web.json_response(sup(request).list_agents(flag(request, "all"), filters))
 
 
 async def spawn(request: web.Request) -> web.Response:

@@ -744,6 +744,7 @@ class Supervisor:
             "ready": bool(agent["ready"]) if agent["state"] == State.RUNNING and agent["ready"] is not None else (
                 False if live else None),
             "restarts": agent["restarts"], "restart_policy": spec.restart, "restart_at": agent["restart_at"],
+            "labels": dict(spec.labels),
             "limits": {
                 "memory": spec.memory, "memory_reservation": spec.memory_reservation, "disk": spec.disk,
                 "cpus": spec.nano_cpus / 1e9 if spec.nano_cpus else None,
@@ -775,7 +776,10 @@ class Supervisor:
                             "memory_limit_bytes": used["memory_limit_bytes"], "cpu_seconds": used["cpu_ns"] / 1e9})
         return out
 
-    def list_agents(self, all_: bool) -> list[dict[str, Any]]:
+    def list_agents(self, all_: bool, filters: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
+        """Live agents (every one with ``all_``), narrowed by ``filters`` (``fleetd.filters``) in SQL."""
+        if filters:
+            return [self.agent_json(a) for a in self.store.filtered_agents(filters, all_)]
         agents = self.store.agents(None if all_ else LIVE_STATES)
         return [self.agent_json(a) for a in agents]
 
