@@ -302,7 +302,14 @@ def ps(ctx: click.Context, all_: bool, quiet: bool, as_json: bool, filters: tupl
         return None
     rows = [list(ps_row(a).values())[:len(PS_COLUMNS)] for a in agents]
     print_table(PS_COLUMNS, rows)
+    draining_note(ctx)
     return None
+
+
+def draining_note(ctx: click.Context) -> None:
+    """Say so (on stderr) when the fleet is draining, as kubectl marks a node SchedulingDisabled."""
+    if client(ctx).call("GET", "/v1/status").get("draining"):
+        click.echo("fleetd is DRAINING: new spawns are refused until `fleetd undrain`", err=True)
 
 
 @main.command()
@@ -455,6 +462,8 @@ def status(ctx: click.Context, as_json: bool) -> None:
     click.echo(f"docker     {'connected' if docker['connected'] else 'DISCONNECTED'} "
                f"(engine {docker['version']}, {docker['cpus']} CPUs)")
     click.echo(f"agents     {counts}")
+    if info.get("draining"):
+        click.echo("draining   YES: new spawns are refused until `fleetd undrain`")
     zone2 = info.get("zone2")
     if zone2:
         health = ("healthy" if zone2.get("serving_agents", True) else "STARVED (agents get no answer)") \

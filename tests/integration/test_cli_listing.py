@@ -1,4 +1,5 @@
-"""docker and systemd habits of the CLI (issue 15): ps --filter/--format, inspect --format."""
+"""docker and systemd habits of the CLI (issue 15): ps --filter/--format, inspect --format, draining shown
+by status and ps."""
 
 from __future__ import annotations
 
@@ -60,3 +61,17 @@ def test_inspect_format(daemon: Daemon) -> None:
     one_line_error(daemon.cli("inspect", "--format", "{{.limits.nope}}", agent_id, check=False), "no field")
     one_line_error(daemon.cli("inspect", "--format", "{{if .state}}x{{end}}", agent_id, check=False),
                    "not supported")
+
+
+def test_status_and_ps_show_draining(daemon: Daemon) -> None:
+    assert "draining" not in daemon.cli("status").stdout
+    assert "DRAINING" not in daemon.cli("ps").stderr
+    daemon.cli("drain", "--timeout", "0")
+    assert json.loads(daemon.cli("status", "--json").stdout)["draining"] is True
+    assert "draining   YES" in daemon.cli("status").stdout
+    ps = daemon.cli("ps")
+    assert "DRAINING" in ps.stderr and ps.stdout.startswith("ID")
+    assert daemon.cli("ps", "-q").stderr == ""  # scripts' output stays as it was
+    daemon.cli("undrain")
+    assert json.loads(daemon.cli("status", "--json").stdout)["draining"] is False
+    assert "DRAINING" not in daemon.cli("ps").stderr
