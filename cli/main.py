@@ -306,6 +306,19 @@ def ps(ctx: click.Context, all_: bool, quiet: bool, as_json: bool, filters: tupl
     return None
 
 
+def check_time(value: str | None, option: str) -> str | None:
+    """A --since/--until value, checked here so that the error names the option (the daemon reads it again)."""
+    from fleetd.errors import InvalidRequest
+    from fleetd.times import parse_time
+
+    if value is not None:
+        try:
+            parse_time(value, option)
+        except InvalidRequest as exc:
+            raise click.ClickException(exc.message) from None
+    return value
+
+
 def draining_note(ctx: click.Context) -> None:
     """Say so (on stderr) when the fleet is draining, as kubectl marks a node SchedulingDisabled."""
     if client(ctx).call("GET", "/v1/status").get("draining"):
@@ -357,15 +370,22 @@ def logs(ctx: click.Context, agent: str, follow: bool, tail: int | None) -> None
 @main.command()
 @click.option("-f", "--follow", is_flag=True, help="Keep streaming new events.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
-@click.option("--since", type=click.IntRange(min=0), help="Only events after this event id.")
+@click.option("--since", metavar="TIME",
+              help="Only events from this time on (with -f: following starts there): 10m, 1h30m (that long ago), "
+                   "2026-12-04T10:00:00Z or Unix seconds, as docker events --since.")
+@click.option("--until", metavar="TIME", help="Only events up to this time (with -f: stop following then).")
+@click.option("--after", type=click.IntRange(min=0), metavar="ID", help="Only events after this event id.")
 @click.option("--agent", help="Only this agent's events.")
 @click.option("-n", "--limit", type=click.IntRange(min=1), default=1000, show_default=True)
 @click.pass_context
 @api_errors
-def events(ctx: click.Context, follow: bool, as_json: bool, since: int | None, agent: str | None, limit: int) -> None:
+def events(ctx: click.Context, follow: bool, as_json: bool, since: str | None, until: str | None,
+           after: int | None, agent: str | None, limit: int) -> None:
     """Show what happened: spawns, state changes, signals, OOM kills, orphans.
 
-    Example: fleetd events -f --json
+    \b
+    Examples: fleetd events -f --json
+              fleetd events --since 10m --until 5m
     """
     def show(event: dict[str, Any]) -> None:
         if as_json:
@@ -374,7 +394,13 @@ def events(ctx: click.Context, follow: bool, as_json: bool, since: int | None, a
             who = event["agent_id"] or "-"
             click.echo(f"{event['time']}  {event['type']:<20} {who:<12}  {event['message']}")
 
-    query = {"follow": follow, "since": since, "agent": agent, "limit": limit}
+    query = {"follow": follow, "since": after, "from": check_time(since, "--since"),
+             "until": check_time(until, "--until"), "agent": agent, "limit": limit}
+    if since is not None and until is not None:
+        from fleetd.times import parse_time
+
+        if parse_time(until) < parse_time(since):
+            raise click.ClickException(f"--until {until} is before --since {since}")
     if not follow:
         for event in client(ctx).call("GET", "/v1/events", query=query):
             show(event)

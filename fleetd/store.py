@@ -412,17 +412,28 @@ class Store:
             self.on_event(event)
         return event
 
-    def events(self, since: int | None = None, limit: int = 1000, agent_id: str | None = None) -> list[dict[str, Any]]:
-        """Events after ``since`` (the next ``limit`` of them), or else the newest ``limit``."""
+    def events(self, since: int | None = None, limit: int = 1000, agent_id: str | None = None,
+               start: str | None = None, until: str | None = None) -> list[dict[str, Any]]:
+        """Events after ``since`` or at ``start`` or later (the next ``limit`` of them), or else the newest ``limit``.
+
+        ``start`` and ``until`` (both included) are times as stored (``fleetd.models.iso``), which sort as text.
+        """
         sql = "SELECT * FROM events WHERE id > ?"
         params: list[Any] = [since or 0]
         if agent_id:
             sql += " AND agent_id = ?"
             params.append(agent_id)
-        sql += " ORDER BY id " + ("ASC" if since is not None else "DESC") + " LIMIT ?"
+        if start is not None:
+            sql += " AND at >= ?"
+            params.append(start)
+        if until is not None:
+            sql += " AND at <= ?"
+            params.append(until)
+        forward = since is not None or start is not None
+        sql += " ORDER BY id " + ("ASC" if forward else "DESC") + " LIMIT ?"
         params.append(limit)
         rows = list(self.db.query(sql, params))
-        if since is None:
+        if not forward:
             rows.reverse()
         return [
             {"id": r["id"], "time": r["at"], "agent_id": r["agent_id"], "type": r["type"],

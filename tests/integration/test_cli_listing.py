@@ -1,12 +1,15 @@
-"""docker and systemd habits of the CLI (issue 15): ps --filter/--format, inspect --format, draining shown
-by status and ps."""
+"""docker and systemd habits of the CLI: ps --filter/--format, inspect --format, events --since/--until,
+draining shown by status and ps (issue 15)."""
 
 from __future__ import annotations
 
 import json
 import subprocess
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from tests.integration.harness import AGENT_IMAGE, Daemon
+from tests.integration.harness import AGENT_IMAGE, FLEETD, Daemon
 
 
 def one_line_error(result: subprocess.CompletedProcess[str], words: str) -> None:
@@ -75,3 +78,44 @@ def test_status_and_ps_show_draining(daemon: Daemon) -> None:
     daemon.cli("undrain")
     assert json.loads(daemon.cli("status", "--json").stdout)["draining"] is False
     assert "DRAINING" not in daemon.cli("ps").stderr
+
+
+def events(daemon: Daemon, *args: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in daemon.cli("events", "--json", *args).stdout.splitlines()]
+
+
+def test_events_since_and_until(daemon: Daemon) -> None:
+    first = daemon.spawn(AGENT_IMAGE, "true")
+    daemon.wait_state(first, "exited")
+    time.sleep(0.05)
+    second = daemon.spawn(AGENT_IMAGE, "true")
+    daemon.wait_state(second, "exited")
+    every = events(daemon)
+    middle = next(e for e in every if e["agent_id"] == second)
+    cut = str(middle["time"])
+    later = [e for e in every if str(e["time"]) >= cut]
+    earlier = [e for e in every if str(e["time"]) <= cut]
+    assert later and earlier and len(later) < len(every)
+
+    assert events(daemon, "--since", cut) == later
+    assert events(daemon, "--until", cut) == earlier
+    assert events(daemon, "--since", cut, "--until", cut) == [e for e in every if e["time"] == cut]
+    assert events(daemon, "--since", "10m") == every
+    assert events(daemon, "--until", "10m") == []
+    assert events(daemon, "--since", str(int(time.time()) + 60)) == []  # Unix seconds
+    assert events(daemon, "--since", str(int(time.time()) - 600)) == every
+    assert events(daemon, "--after", str(middle["id"])) == [e for e in every if e["id"] > middle["id"]]
+    one_line_error(daemon.cli("events", "--since", "yesterday", check=False), "since")
+    one_line_error(daemon.cli("events", "--since", "1m", "--until", "1h", check=False), "until")
+
+    # -f --since: following starts there; --until: it ends by itself then.
+    end = datetime.now(UTC) + timedelta(seconds=4)
+    started = time.monotonic()
+    with subprocess.Popen([FLEETD, "--socket", str(daemon.socket), "events", "-f", "--json", "--since", cut,
+                           "--until", end.isoformat()], stdout=subprocess.PIPE, text=True) as follower:
+        third = daemon.spawn(AGENT_IMAGE, "true")
+        out, _ = follower.communicate(timeout=30)
+    assert follower.returncode == 0 and 3 <= time.monotonic() - started < 20
+    followed = [json.loads(line) for line in out.splitlines()]
+    assert followed[: len(later)] == later
+    assert any(e["agent_id"] == third for e in followed[len(later):])

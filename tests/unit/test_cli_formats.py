@@ -1,8 +1,9 @@
-"""docker habits of the CLI: --format templates, --filter."""
+"""docker habits of the CLI: --format templates, --filter, --since/--until times."""
 
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from fleetd.errors import InvalidRequest
 from fleetd.filters import parse_filters
 from fleetd.models import iso, utcnow
 from fleetd.store import Store
+from fleetd.times import parse_time
 
 RECORD = {"id": "3f9c2a", "state": "running", "exit_code": None, "ready": True,
           "limits": {"ttl": 3600, "cpus": 0.25}, "labels": {"team": "a"}}
@@ -43,6 +45,28 @@ def test_table_header_and_alignment() -> None:
     render = compile_template(r"{{.ID}}\t{{.limits.ttl}}\t{{json .labels}}")
     lines = tabulate([render(None), render({"ID": "abc", "limits": {"ttl": 5}, "labels": {}})])
     assert lines == ["ID    TTL   LABELS", "abc   5     {}"]
+
+
+def test_parse_time_three_forms() -> None:
+    now = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
+    assert parse_time("10m", now=now) == datetime(2026, 12, 4, 11, 50, tzinfo=UTC)
+    assert parse_time("1h30m", now=now) == datetime(2026, 12, 4, 10, 30, tzinfo=UTC)
+    assert parse_time("1.5h", now=now) == datetime(2026, 12, 4, 10, 30, tzinfo=UTC)
+    assert parse_time("2026-12-04T10:00:00Z") == datetime(2026, 12, 4, 10, 0, tzinfo=UTC)
+    assert parse_time("2026-12-04T11:00:00+01:00") == datetime(2026, 12, 4, 10, 0, tzinfo=UTC)
+    assert parse_time("2026-12-04T10:00:00") == datetime(2026, 12, 4, 10, 0, tzinfo=UTC)
+    assert parse_time("1796378400") == datetime.fromtimestamp(1796378400, UTC)
+    assert parse_time("1796378400.5").microsecond == 500000
+
+
+@pytest.mark.parametrize("text", ["", "10", "ten minutes", "10x", "-5m", "2026-13-40T00:00:00Z", "1e99"])
+def test_parse_time_rejects_others_in_one_line(text: str) -> None:
+    if text == "10":
+        assert parse_time(text).year == 1970  # Unix seconds, as docker reads a bare number
+        return
+    with pytest.raises(InvalidRequest) as caught:
+        parse_time(text, "since")
+    assert caught.value.message.startswith("since: ") and "\n" not in caught.value.message
 
 
 def test_parse_filters() -> None:
