@@ -351,16 +351,23 @@ def inspect(ctx: click.Context, agent: str, template: str | None) -> None:
 @click.argument("agent")
 @click.option("-f", "--follow", is_flag=True, help="Keep streaming new output.")
 @click.option("-n", "--tail", type=click.IntRange(min=0), help="Only the last N lines.")
+@click.option("--since", metavar="TIME",
+              help="Only output from this time on: 10m, 1h30m (that long ago), 2026-12-04T10:00:00Z or Unix seconds.")
+@click.option("-t", "--timestamps", is_flag=True, help="Begin each line with its time (RFC 3339, nanoseconds).")
 @click.pass_context
 @api_errors
-def logs(ctx: click.Context, agent: str, follow: bool, tail: int | None) -> None:
+def logs(ctx: click.Context, agent: str, follow: bool, tail: int | None, since: str | None,
+         timestamps: bool) -> None:
     """Print an agent's output (still there after it exits, for the retention period).
 
-    Example: fleetd logs -f 3f9c2a
+    \b
+    Examples: fleetd logs -f 3f9c2a
+              fleetd logs --since 10m -t 3f9c2a
     """
     out = sys.stdout.buffer
+    query = {"follow": follow, "tail": tail, "since": check_time(since, "--since"), "timestamps": timestamps}
     try:
-        for chunk in client(ctx).stream(f"/v1/agents/{agent}/logs", {"follow": follow, "tail": tail}):
+        for chunk in client(ctx).stream(f"/v1/agents/{agent}/logs", query):
             out.write(chunk)
             out.flush()
     except KeyboardInterrupt:

@@ -136,7 +136,10 @@ async def extend(request: web.Request) -> web.Response:
 
 async def logs(request: web.Request) -> web.StreamResponse:
     s = sup(request)
-    chunks = await s.open_logs(request.match_info["ref"], flag(request, "follow"), number(request, "tail"))
+    since = request.query.get("since")
+    start = parse_time(since, "query parameter since").timestamp() if since else None
+    chunks = await s.open_logs(request.match_info["ref"], flag(request, "follow"), number(request, "tail"),
+                               start, flag(request, "timestamps"))
     response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
     await response.prepare(request)
     try:

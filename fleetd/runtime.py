@@ -493,11 +493,17 @@ class DockerRuntime:
             found: list[dict[str, Any]] = self.api.containers(all=True, filters={"label": labels})
             return found
 
-    def logs(self, container_id: str, follow: bool, tail: int | None) -> Any:
-        """A stream of raw log bytes (stdout and stderr), cancellable with ``close()``."""
+    def logs(self, container_id: str, follow: bool, tail: int | None, since: float | None = None,
+             timestamps: bool = False) -> Any:
+        """A stream of raw log bytes (stdout and stderr), cancellable with ``close()``.
+
+        ``since``: Unix seconds, only output from then on; ``timestamps``: each line begins with its time.
+        """
+        extra: dict[str, Any] = {"since": since} if since is not None and since > 0 else {}
         with docker_errors():
             return self.api.logs(
-                container_id, stream=True, follow=follow, tail="all" if tail is None else tail
+                container_id, stream=True, follow=follow, tail="all" if tail is None else tail,
+                timestamps=timestamps, **extra,
             )
 
     def events(self, since: int | None) -> Any:

@@ -800,7 +800,8 @@ class Supervisor:
                          "probed": len(self.liveness.trackers)},
         }
 
-    async def open_logs(self, ref: str, follow: bool, tail: int | None) -> AsyncIterator[bytes]:
+    async def open_logs(self, ref: str, follow: bool, tail: int | None, since: float | None = None,
+                        timestamps: bool = False) -> AsyncIterator[bytes]:
         """Stream an agent's output, also after it exited (until its retention ends).
 
         Errors (unknown agent, container gone) are raised here, before any byte.
@@ -808,7 +809,7 @@ class Supervisor:
         agent = self.store.resolve(ref)
         if agent["state"] == State.REMOVED or not agent["container_id"]:
             raise NotFound(f"no logs for agent {agent['id']}: its container is gone ({agent['state']})")
-        stream = await self.call(self.runtime.logs, agent["container_id"], follow, tail)
+        stream = await self.call(self.runtime.logs, agent["container_id"], follow, tail, since, timestamps)
         return self._chunks(stream)
 
     async def _chunks(self, stream: Any) -> AsyncIterator[bytes]:

@@ -122,6 +122,8 @@ def raw_request(daemon: Daemon, method: str, path: str, body: bytes | None = Non
         ("GET", "/v1/events?from=yesterday", None, 400, "invalid_request"),
         ("GET", "/v1/events?until=10x", None, 400, "invalid_request"),
         ("GET", "/v1/events?from=1m&until=1h", None, 400, "invalid_request"),
+        ("GET", "/v1/agents/abc123/logs?since=soon", None, 400, "invalid_request"),
+        ("GET", "/v1/agents/abc123/logs?timestamps=maybe", None, 400, "invalid_request"),
         ("GET", "/v1/nowhere", None, 404, "not_found"),
         ("DELETE", "/v1/agents", None, 405, "method_not_allowed"),
         ("POST", "/v1/agents/abc123/extend", b"{}", 400, "invalid_request"),

@@ -1,4 +1,4 @@
-"""docker and systemd habits of the CLI: ps --filter/--format, inspect --format, events --since/--until,
+"""docker and systemd habits of the CLI: ps --filter/--format, inspect --format, events and logs --since,
 draining shown by status and ps (issue 15)."""
 
 from __future__ import annotations
@@ -119,3 +119,19 @@ def test_events_since_and_until(daemon: Daemon) -> None:
     followed = [json.loads(line) for line in out.splitlines()]
     assert followed[: len(later)] == later
     assert any(e["agent_id"] == third for e in followed[len(later):])
+
+
+def test_logs_since_and_timestamps(daemon: Daemon) -> None:
+    agent_id = daemon.spawn(AGENT_IMAGE, "sh", "-c", "echo one; sleep 2; echo two")
+    daemon.wait_state(agent_id, "exited")
+    stamped = daemon.cli("logs", "-t", agent_id).stdout.splitlines()
+    assert [line.split(" ", 1)[1] for line in stamped] == ["one", "two"]
+    times = [datetime.fromisoformat(line.split(" ", 1)[0]) for line in stamped]
+    assert times[1] - times[0] >= timedelta(seconds=1.5)
+    between = (times[0] + timedelta(seconds=1)).isoformat()
+    assert daemon.cli("logs", "--since", between, agent_id).stdout.split() == ["two"]
+    assert daemon.cli("logs", "--since", str(int(times[0].timestamp()) - 1), agent_id).stdout.split() == [
+        "one", "two"]
+    assert daemon.cli("logs", "--since", "1h", "--timestamps", agent_id).stdout.splitlines() == stamped
+    assert daemon.cli("logs", "--since", "1ms", agent_id).stdout == ""
+    one_line_error(daemon.cli("logs", "--since", "soon", agent_id, check=False), "since")
