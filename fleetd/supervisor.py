@@ -42,6 +42,7 @@ from fleetd.liveness import Liveness
 from fleetd.models import LIVE_STATES, AgentSpec, Reason, State, iso, parse_iso, utcnow
 from fleetd.pidfds import PidHandles
 from fleetd.policy import BUDGET_KEYS, INHERIT, budget_caps
+from fleetd.probes import MAX_OUTPUT
 from fleetd.runtime import CHECKPOINT_DIR, DISK_MOUNTS, LABEL_AGENT, LABEL_KIND, POOL_SIZE, DockerRuntime
 from fleetd.spare_netns import SpareNamespaces
 from fleetd.spec import build_spec, ttl_seconds, whole_number
@@ -94,8 +95,8 @@ class Supervisor:
         self._streak: dict[str, int] = {}  # restarts in a row, for the backoff (reset after 10 min of running)
         self.spares = SpareNamespaces(runtime, self.call, self._zone2_ip, config.spare_namespaces)
 
-    async def _exec_probe(self, container_id: str, command: tuple[str, ...], timeout: float) -> int:
-        return await self.call(self.runtime.exec_status, container_id, list(command), timeout)
+    async def _exec_probe(self, container_id: str, command: tuple[str, ...], timeout: float) -> tuple[int, bytes]:
+        return await self.call(self.runtime.exec_output, container_id, list(command), timeout, MAX_OUTPUT)
 
     async def call(self, func: Callable[..., T], *args: Any) -> T:
         """Run a blocking Docker call off the event loop."""
