@@ -3,7 +3,8 @@
 Supported: text with actions in it, each action one of
 
 * ``{{.}}``: the whole record, as compact JSON;
-* ``{{.Field}}`` or ``{{.a.b}}``: a field, or a path into nested objects;
+* ``{{.Field}}`` or ``{{.a.b}}``: a field, or a path into nested objects (a name that is not
+  there matches one that differs only in case: ``{{.State}}`` is ``state``, as docker spells it);
 * ``{{json .Field}}`` / ``{{json .}}``: the value as JSON.
 
 Strings print as they are, numbers as numbers, booleans as ``true``/``false``,
@@ -86,6 +87,9 @@ def _action(body: str, whole: str) -> tuple[bool, list[str]]:
 def lookup(record: Any, path: list[str]) -> Any:
     value = record
     for depth, key in enumerate(path):
+        if isinstance(value, dict) and key not in value:  # {{.State}}, as docker's Go fields are spelt
+            same = [k for k in value if isinstance(k, str) and k.lower() == key.lower()]
+            key = same[0] if len(same) == 1 else key
         if not isinstance(value, dict) or key not in value:
             where = "." + ".".join(path[: depth + 1])
             raise TemplateError(f"template: no field {where}")

@@ -24,6 +24,8 @@ def test_template_fields_paths_and_json() -> None:
     assert render(RECORD) == 'running 3600 {"team":"a"} true []'
     assert json.loads(compile_template("{{json .}}")(RECORD)) == RECORD
     assert compile_template(r"{{.id}}\t{{.limits}}")(RECORD) == '3f9c2a\t{"ttl":3600,"cpus":0.25}'
+    assert compile_template("{{.State}} {{.Limits.TTL}}")(RECORD) == "running 3600"  # docker's spelling
+    assert compile_template("{{.ID}}/{{.id}}")({"ID": "A", "id": "b"}) == "A/b"  # the exact name first
 
 
 @pytest.mark.parametrize("template", ["{{if .state}}x{{end}}", "{{.state | printf}}", "{{.state", "x}}",
@@ -70,7 +72,7 @@ def test_parse_time_rejects_others_in_one_line(text: str) -> None:
 
 
 def test_parse_filters() -> None:
-    assert parse_filters(["state=running", "label=team=a", "label=x", "state=exited"]) == {
+    assert parse_filters(["state=running", "label=team=a", "label=x", "status=exited"]) == {
         "state": ["running", "exited"], "label": ["team=a", "x"]}
     for bad in ["state", "colour=red", "state=asleep", "name=", "label==a"]:
         with pytest.raises(InvalidRequest, match="bad filter"):
