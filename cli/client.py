@@ -114,7 +114,7 @@ class Client:
             if params:
                 from urllib.parse import urlencode
 
-                path = f"{path}?{urlencode(params)}"
+                path = f"{path}?{urlencode(params, doseq=True)}"
         payload = b"" if body is None else dumps(body).encode()
         if not path.isascii() or " " in path:
             from urllib.parse import quote

@@ -19,6 +19,7 @@ from cli.common import api_errors, client
 from cli.money import budget, price
 from cli.output import ago, duration, heartbeat_text, print_json, print_table, ready_text, state_text
 from cli.spawn_options import SPAWN_OPTIONS, EnvError, spawn_request
+from cli.template import Render, TemplateError, compile_template, tabulate
 from cli.top import top
 from fleetd.zone2.kinds import KINDS
 
@@ -231,59 +232,142 @@ def spawn(ctx: click.Context, /, image: str, command: tuple[str, ...], **options
         click.echo(agent["id"])
 
 
+PS_COLUMNS = ["ID", "NAME", "IMAGE", "ROLE", "STATE", "READY", "TTL", "HEARTBEAT", "RESTARTS", "CREATED"]
+
+
+def ps_row(agent: dict[str, Any]) -> dict[str, str]:
+    """The columns ``ps`` shows, by the names ``--format`` uses (``{{.ID}}``, ``{{.TTL}}``...)."""
+    a = agent
+    values = [a["id"], a["name"], a["image"], a["role"], state_text(a), ready_text(a), duration(a["ttl_remaining"]),
+              heartbeat_text(a), str(a.get("restarts") or 0), ago(a["created_at"])]
+    names = [column.title() if len(column) > 3 else column for column in PS_COLUMNS]
+    return dict(zip(names, values, strict=True)) | {
+        "Labels": ",".join(f"{k}={v}" for k, v in (a.get("labels") or {}).items())}
+
+
+def renderer(template: str) -> Render:
+    try:
+        return compile_template(template)
+    except TemplateError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def render(show: Render, record: dict[str, Any]) -> str:
+    try:
+        return show(record)
+    except TemplateError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 @main.command()
 @click.option("-a", "--all", "all_", is_flag=True, help="Show exited and removed agents too.")
 @click.option("-q", "--quiet", is_flag=True, help="Only ids.")
 @click.option("--json", "as_json", is_flag=True)
+@click.option("-f", "--filter", "filters", multiple=True, metavar="KEY=VALUE",
+              help="Only matching agents (repeatable): state=S, role=R, name=N, id=PREFIX, label=K, label=K=V.")
+@click.option("--format", "template", metavar="TEMPLATE",
+              help="table, json, or a Go-like template per agent: '{{.ID}} {{.Name}} {{.State}}' (the columns), "
+                   "'{{.limits.ttl}}' (the record's fields); 'table TEMPLATE' adds a header.")
 @click.pass_context
 @api_errors
-def ps(ctx: click.Context, all_: bool, quiet: bool, as_json: bool) -> None:
-    """List agents (live ones unless -a).
+def ps(ctx: click.Context, all_: bool, quiet: bool, as_json: bool, filters: tuple[str, ...],
+       template: str | None) -> None:
+    """List agents (live ones unless -a), like docker ps.
 
-    Example: fleetd ps -a
+    \b
+    Examples: fleetd ps -a
+              fleetd ps --filter state=exited --filter label=team=a
+              fleetd ps --format 'table {{.ID}}\t{{.Name}}\t{{.State}}'
     """
-    agents = client(ctx).call("GET", "/v1/agents", query={"all": all_})
+    show, header = None, False
+    if template not in (None, "table", "json"):
+        assert template is not None
+        header = template.startswith("table ")
+        show = renderer(template[len("table "):] if header else template)
+    agents = client(ctx).call("GET", "/v1/agents", query={"all": all_, "filter": list(filters) or None})
     if as_json:
         return print_json(agents)
     if quiet:
         for agent in agents:
             click.echo(agent["id"])
         return None
-    rows = [
-        [a["id"], a["name"], a["image"], a["role"], state_text(a), ready_text(a), duration(a["ttl_remaining"]),
-         heartbeat_text(a), str(a.get("restarts") or 0), ago(a["created_at"])]
-        for a in agents
-    ]
-    print_table(["ID", "NAME", "IMAGE", "ROLE", "STATE", "READY", "TTL", "HEARTBEAT", "RESTARTS", "CREATED"], rows)
+    if template == "json":  # one object a line, as docker ps --format json
+        for agent in agents:
+            click.echo(json.dumps(agent))
+        return None
+    if show is not None:
+        lines = ([show(None)] if header else []) + [render(show, {**agent, **ps_row(agent)}) for agent in agents]
+        for line in tabulate(lines) if header else lines:
+            click.echo(line)
+        return None
+    rows = [list(ps_row(a).values())[:len(PS_COLUMNS)] for a in agents]
+    print_table(PS_COLUMNS, rows)
+    draining_note(ctx)
     return None
+
+
+def check_time(value: str | None, option: str) -> str | None:
+    """A --since/--until value, checked here so that the error names the option (the daemon reads it again)."""
+    from fleetd.errors import InvalidRequest
+    from fleetd.times import parse_time
+
+    if value is not None:
+        try:
+            parse_time(value, option)
+        except InvalidRequest as exc:
+            raise click.ClickException(exc.message) from None
+    return value
+
+
+def draining_note(ctx: click.Context) -> None:
+    """Say so (on stderr) when the fleet is draining, as kubectl marks a node SchedulingDisabled."""
+    if client(ctx).call("GET", "/v1/status").get("draining"):
+        click.echo("fleetd is DRAINING: new spawns are refused until `fleetd undrain`", err=True)
 
 
 @main.command()
 @click.argument("agent")
+@click.option("--format", "template", metavar="TEMPLATE",
+              help="Print only this, as docker inspect --format: '{{.state}}', '{{.limits.ttl}}', "
+                   "'{{json .labels}}'.")
 @click.pass_context
 @api_errors
-def inspect(ctx: click.Context, agent: str) -> None:
+def inspect(ctx: click.Context, agent: str, template: str | None) -> None:
     """Show an agent's full record as JSON (spec, limits, transitions).
 
-    Example: fleetd inspect 3f9c2a
+    \b
+    Examples: fleetd inspect 3f9c2a
+              fleetd inspect --format '{{.state}} {{.exit_code}}' 3f9c2a
     """
-    print_json(client(ctx).call("GET", f"/v1/agents/{agent}"))
+    show = renderer(template) if template is not None else None
+    record = client(ctx).call("GET", f"/v1/agents/{agent}")
+    if show is None:
+        print_json(record)
+    else:
+        click.echo(render(show, record))
 
 
 @main.command()
 @click.argument("agent")
 @click.option("-f", "--follow", is_flag=True, help="Keep streaming new output.")
 @click.option("-n", "--tail", type=click.IntRange(min=0), help="Only the last N lines.")
+@click.option("--since", metavar="TIME",
+              help="Only output from this time on: 10m, 1h30m (that long ago), 2026-12-04T10:00:00Z or Unix seconds.")
+@click.option("-t", "--timestamps", is_flag=True, help="Begin each line with its time (RFC 3339, nanoseconds).")
 @click.pass_context
 @api_errors
-def logs(ctx: click.Context, agent: str, follow: bool, tail: int | None) -> None:
+def logs(ctx: click.Context, agent: str, follow: bool, tail: int | None, since: str | None,
+         timestamps: bool) -> None:
     """Print an agent's output (still there after it exits, for the retention period).
 
-    Example: fleetd logs -f 3f9c2a
+    \b
+    Examples: fleetd logs -f 3f9c2a
+              fleetd logs --since 10m -t 3f9c2a
     """
     out = sys.stdout.buffer
+    query = {"follow": follow, "tail": tail, "since": check_time(since, "--since"), "timestamps": timestamps}
     try:
-        for chunk in client(ctx).stream(f"/v1/agents/{agent}/logs", {"follow": follow, "tail": tail}):
+        for chunk in client(ctx).stream(f"/v1/agents/{agent}/logs", query):
             out.write(chunk)
             out.flush()
     except KeyboardInterrupt:
@@ -293,15 +377,22 @@ def logs(ctx: click.Context, agent: str, follow: bool, tail: int | None) -> None
 @main.command()
 @click.option("-f", "--follow", is_flag=True, help="Keep streaming new events.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
-@click.option("--since", type=click.IntRange(min=0), help="Only events after this event id.")
+@click.option("--since", metavar="TIME",
+              help="Only events from this time on (with -f: following starts there): 10m, 1h30m (that long ago), "
+                   "2026-12-04T10:00:00Z or Unix seconds, as docker events --since.")
+@click.option("--until", metavar="TIME", help="Only events up to this time (with -f: stop following then).")
+@click.option("--after", type=click.IntRange(min=0), metavar="ID", help="Only events after this event id.")
 @click.option("--agent", help="Only this agent's events.")
 @click.option("-n", "--limit", type=click.IntRange(min=1), default=1000, show_default=True)
 @click.pass_context
 @api_errors
-def events(ctx: click.Context, follow: bool, as_json: bool, since: int | None, agent: str | None, limit: int) -> None:
+def events(ctx: click.Context, follow: bool, as_json: bool, since: str | None, until: str | None,
+           after: int | None, agent: str | None, limit: int) -> None:
     """Show what happened: spawns, state changes, signals, OOM kills, orphans.
 
-    Example: fleetd events -f --json
+    \b
+    Examples: fleetd events -f --json
+              fleetd events --since 10m --until 5m
     """
     def show(event: dict[str, Any]) -> None:
         if as_json:
@@ -310,7 +401,13 @@ def events(ctx: click.Context, follow: bool, as_json: bool, since: int | None, a
             who = event["agent_id"] or "-"
             click.echo(f"{event['time']}  {event['type']:<20} {who:<12}  {event['message']}")
 
-    query = {"follow": follow, "since": since, "agent": agent, "limit": limit}
+    query = {"follow": follow, "since": after, "from": check_time(since, "--since"),
+             "until": check_time(until, "--until"), "agent": agent, "limit": limit}
+    if since is not None and until is not None:
+        from fleetd.times import parse_time
+
+        if parse_time(until) < parse_time(since):
+            raise click.ClickException(f"--until {until} is before --since {since}")
     if not follow:
         for event in client(ctx).call("GET", "/v1/events", query=query):
             show(event)
@@ -398,6 +495,8 @@ def status(ctx: click.Context, as_json: bool) -> None:
     click.echo(f"docker     {'connected' if docker['connected'] else 'DISCONNECTED'} "
                f"(engine {docker['version']}, {docker['cpus']} CPUs)")
     click.echo(f"agents     {counts}")
+    if info.get("draining"):
+        click.echo("draining   YES: new spawns are refused until `fleetd undrain`")
     zone2 = info.get("zone2")
     if zone2:
         health = ("healthy" if zone2.get("serving_agents", True) else "STARVED (agents get no answer)") \

@@ -15,8 +15,10 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from fleetd.errors import FleetdError, InvalidRequest, Unavailable
-from fleetd.models import LIVE_STATES
+from fleetd.filters import parse_filters
+from fleetd.models import LIVE_STATES, iso, parse_iso, utcnow
 from fleetd.supervisor import Supervisor
+from fleetd.times import parse_time
 
 if TYPE_CHECKING:
     from fleetd.gateway import Zone2
@@ -91,7 +93,8 @@ async def status(request: web.Request) -> web.Response:
 
 
 async def list_agents(request: web.Request) -> web.Response:
-    return web.json_response(sup(request).list_agents(flag(request, "all")))
+    filters = parse_filters(request.query.getall("filter", []))
+    return web.json_response(sup(request).list_agents(flag(request, "all"), filters))
 
 
 async def spawn(request: web.Request) -> web.Response:
@@ -133,7 +136,10 @@ async def extend(request: web.Request) -> web.Response:
 
 async def logs(request: web.Request) -> web.StreamResponse:
     s = sup(request)
-    chunks = await s.open_logs(request.match_info["ref"], flag(request, "follow"), number(request, "tail"))
+    since = request.query.get("since")
+    start = parse_time(since, "query parameter since").timestamp() if since else None
+    chunks = await s.open_logs(request.match_info["ref"], flag(request, "follow"), number(request, "tail"),
+                               start, flag(request, "timestamps"))
     response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
     await response.prepare(request)
     try:
@@ -162,34 +168,56 @@ async def until_hangup(request: web.Request, awaitable: Awaitable[bytes]) -> byt
             raise ConnectionResetError("client went away")
 
 
+def moment(request: web.Request, name: str) -> str | None:
+    """A time query parameter (``fleetd.times``: 10m, RFC 3339 or Unix seconds) as events store times."""
+    value = request.query.get(name)
+    if value is None or value == "":
+        return None
+    return iso(parse_time(value, f"query parameter {name}"))
+
+
 async def events(request: web.Request) -> web.StreamResponse:
     s = sup(request)
     since = number(request, "since")
     limit = number(request, "limit")
     if limit == 0:
         raise InvalidRequest("query parameter limit: must be at least 1")
+    start, until = moment(request, "from"), moment(request, "until")
+    if start is not None and until is not None and until < start:
+        raise InvalidRequest("query parameter until: before from")
     agent_id = request.query.get("agent")
     if agent_id:
         agent_id = s.store.resolve(agent_id)["id"]
     follow = flag(request, "follow")
     queue = s.subscribe() if follow else None
     try:
-        past = s.store.events(since, limit or 1000, agent_id)
+        past = s.store.events(since, limit or 1000, agent_id, start, until)
         if not follow:
             return web.json_response(past)
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await response.prepare(request)
         last = since or 0
-        for event in past:
-            await response.write(json.dumps(event).encode() + b"\n")
-            last = event["id"]
+        while past:  # every past event, page by page, so that following starts where asked
+            for event in past:
+                await response.write(json.dumps(event).encode() + b"\n")
+                last = event["id"]
+            past = s.store.events(last, limit or 1000, agent_id, start, until) if len(past) == (limit or 1000) else []
         assert queue is not None
+        end = parse_iso(until) if until is not None else None
         while True:
-            new = await queue.get()
+            left = (end - utcnow()).total_seconds() if end is not None else None
+            if left is not None and left <= 0:
+                break  # --until: the stream ends at that time, as docker events --until does
+            try:
+                new = await asyncio.wait_for(queue.get(), left)
+            except TimeoutError:
+                break
             if new is None:
                 break  # this reader fell too far behind: end the stream rather than skip events
             if new["id"] <= last or (agent_id and new["agent_id"] != agent_id):
                 continue
+            if until is not None and new["time"] > until:
+                break
             await response.write(json.dumps(new).encode() + b"\n")
         await response.write_eof()
         return response

@@ -24,7 +24,7 @@ import aiohttp
 from fleetd.background import Background
 from fleetd.health import ProbeSpec, ProbeTracker, Verdict, Watchdog, Which
 from fleetd.models import AgentSpec, Reason, iso, utcnow
-from fleetd.probes import run_probe
+from fleetd.probes import ProbeResult, probe
 from fleetd.store import Store
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ FLUSH_PERIOD = 2.0  # heartbeats reach state.db at most this often (they are kep
 IDLE_WAKE = 1.0
 MIN_WAIT = 0.02
 Condemn = Callable[[str, Reason, str], Coroutine[Any, Any, None]]
-ExecProbe = Callable[[str, tuple[str, ...], float], Awaitable[int]]
+ExecProbe = Callable[[str, tuple[str, ...], float], Awaitable[int | tuple[int, bytes]]]
 
 
 class Liveness:
@@ -187,24 +187,28 @@ class Liveness:
         ip = self.addresses.get(agent_id, "")
         container_id = self.containers.get(agent_id, "")
 
-        async def exec_fn(command: tuple[str, ...], timeout: float) -> int:
+        async def exec_fn(command: tuple[str, ...], timeout: float) -> int | tuple[int, bytes]:
             return await self.exec_probe(container_id, command, timeout)
 
         if self._session is None:
             self._session = aiohttp.ClientSession()
-        ok = await run_probe(spec, ip, exec_fn, self._session)
+        result = await probe(spec, ip, exec_fn, self._session)
         if self.trackers.get(agent_id) is not tracker:
             return  # the agent restarted or ended meanwhile
-        verdict = tracker.record(which, ok, self.clock())
-        self._act(agent_id, verdict)
+        verdict = tracker.record(which, result.ok, self.clock())
+        self._act(agent_id, verdict, result, spec.kind)
         self._wake.set()
 
-    def _act(self, agent_id: str, verdict: Verdict) -> None:
+    def _act(self, agent_id: str, verdict: Verdict, result: ProbeResult | None = None, kind: str = "") -> None:
         if verdict.stale:
             return
         if not verdict.ok:
-            self.store.add_event("probe_failed", f"{verdict.which} probe failed", agent_id,
-                                 {"probe": verdict.which})
+            # Why, in the event: its text was chosen by the agent (a body, an exec's output), so store.add_event
+            # bounds it, and the probe kept no more than fleetd.probes.MAX_OUTPUT of an output anyway.
+            why = f": {result.message}" if result is not None and result.message else ""
+            self.store.add_event("probe_failed", f"{verdict.which} probe failed{why}", agent_id,
+                                 {**(result.data if result is not None else {}), "probe": verdict.which,
+                                  **({"kind": kind} if kind else {})})
         if verdict.started_now:
             self.store.add_event("started", "startup probe succeeded", agent_id, {"probe": "startup"})
         if verdict.ready_changed is not None:

@@ -63,6 +63,32 @@ def docker_errors(image: str | None = None) -> Iterator[None]:
         raise RuntimeUnavailable(f"cannot reach the Docker engine: {exc}") from None
 
 
+class _Demux:
+    """Docker's multiplexed exec stream (an 8-byte header, stream and size, before each frame): payloads kept
+    up to ``limit`` bytes."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.buffer = bytearray()
+        self.pending = b""
+        self.frame_left = 0
+
+    def feed(self, data: bytes) -> None:
+        self.pending += data
+        while self.pending:
+            if self.frame_left == 0:
+                if len(self.pending) < 8:
+                    return
+                self.frame_left, self.pending = int.from_bytes(self.pending[4:8], "big"), self.pending[8:]
+                continue
+            chunk, self.pending = self.pending[: self.frame_left], self.pending[self.frame_left:]
+            self.frame_left -= len(chunk)
+            self.buffer += chunk[: max(0, self.limit - len(self.buffer))]
+
+    def kept(self) -> bytes:
+        return bytes(self.buffer)
+
+
 class DockerRuntime:
     """Containers, networks and the event stream of one fleetd instance."""
 
@@ -450,6 +476,46 @@ class DockerRuntime:
                 time.sleep(min(pause, left))
                 pause = min(pause * 2, 0.2)
 
+    def exec_output(self, container_id: str, command: list[str], timeout: float, keep: int) -> tuple[int, bytes]:
+        """``exec_status``, with the start of the command's output (stdout and stderr): ``keep`` bytes and one.
+
+        For an exec probe's failure event. The output is read as it comes, without blocking, so a command
+        that writes more is not stalled on a full pipe; what is past ``keep`` is read and dropped.
+        """
+        import select
+
+        give_up = time.monotonic() + timeout
+        output = _Demux(keep + 1)  # one more byte than kept: the event can say "it was longer"
+        with docker_errors():
+            created = self.api.exec_create(container_id, command, stdout=True, stderr=True, tty=False)
+            exec_id: str = created["Id"]
+            raw = self.api.exec_start(exec_id, socket=True)
+            sock: Any = getattr(raw, "_sock", raw)
+            try:
+                sock.setblocking(False)
+                streaming = True
+                while True:
+                    left = give_up - time.monotonic()
+                    if streaming and left > 0 and select.select([sock], [], [], min(left, 0.2))[0]:
+                        try:
+                            data = sock.recv(65536)
+                        except (BlockingIOError, InterruptedError):
+                            continue
+                        streaming = bool(data)
+                        output.feed(data)
+                        continue
+                    state = self.api.exec_inspect(exec_id)
+                    if not state.get("Running") and state.get("ExitCode") is not None:
+                        return int(state["ExitCode"]), output.kept()
+                    if time.monotonic() >= give_up:
+                        killed = kill_process_tree(int(state.get("Pid") or 0), container_id)
+                        log.debug("exec %r in %s timed out: %d processes killed", command, container_id[:12], killed)
+                        return 124, output.kept()
+                    if not streaming:
+                        time.sleep(min(0.05, max(0.0, give_up - time.monotonic())))
+            finally:
+                sock.close()
+
     def remove(self, container_id: str) -> None:
         try:
             with docker_errors():
@@ -493,11 +559,17 @@ class DockerRuntime:
             found: list[dict[str, Any]] = self.api.containers(all=True, filters={"label": labels})
             return found
 
-    def logs(self, container_id: str, follow: bool, tail: int | None) -> Any:
-        """A stream of raw log bytes (stdout and stderr), cancellable with ``close()``."""
+    def logs(self, container_id: str, follow: bool, tail: int | None, since: float | None = None,
+             timestamps: bool = False) -> Any:
+        """A stream of raw log bytes (stdout and stderr), cancellable with ``close()``.
+
+        ``since``: Unix seconds, only output from then on; ``timestamps``: each line begins with its time.
+        """
+        extra: dict[str, Any] = {"since": since} if since is not None and since > 0 else {}
         with docker_errors():
             return self.api.logs(
-                container_id, stream=True, follow=follow, tail="all" if tail is None else tail
+                container_id, stream=True, follow=follow, tail="all" if tail is None else tail,
+                timestamps=timestamps, **extra,
             )
 
     def events(self, since: int | None) -> Any:

@@ -206,6 +206,44 @@ class Store:
             self.db.query(f"SELECT * FROM agents WHERE state IN ({marks}) ORDER BY created_at", list(states))
         )
 
+    def filtered_agents(self, filters: dict[str, list[str]], all_: bool) -> list[dict[str, Any]]:
+        """Agents matching ``filters`` (``fleetd.filters``: values of one key ORed, keys ANDed), in SQL.
+
+        Live ones only unless ``all_`` or a ``state`` filter (as ``docker ps --filter status=exited``).
+        """
+        where: list[str] = []
+        params: list[Any] = []
+
+        def any_of(clauses: list[tuple[str, list[Any]]]) -> None:
+            where.append("(" + " OR ".join(c for c, _ in clauses) + ")")
+            for _, p in clauses:
+                params.extend(p)
+
+        if not all_ and "state" not in filters:
+            filters = {**filters, "state": list(LIVE_STATES)}
+        for key, values in filters.items():
+            if key == "state":
+                any_of([("state = ?", [v]) for v in values])
+            elif key == "role":
+                any_of([("role = ?", [v]) for v in values])
+            elif key == "name":  # part of the name, as docker's name filter
+                any_of([("instr(name, ?) > 0", [v]) for v in values])
+            elif key == "id":  # a prefix of the id
+                any_of([("substr(id, 1, length(?)) = ?", [v, v]) for v in values])
+            elif key == "label":
+                clauses = []
+                for value in values:
+                    label, eq, wanted = value.partition("=")
+                    test = "key = ?" + (" AND value = ?" if eq else "")
+                    clauses.append((f"EXISTS (SELECT 1 FROM json_each(agents.spec, '$.labels') WHERE {test})",
+                                    [label, wanted] if eq else [label]))
+                any_of(clauses)
+            else:
+                raise ValueError(f"unknown filter key {key!r}")
+        sql = "SELECT * FROM agents" + (" WHERE " + " AND ".join(where) if where else "")
+        sql += " ORDER BY created_at, rowid"
+        return list(self.db.query(sql, params))
+
     def state_counts(self) -> dict[str, int]:
         """How many agents are in each state (one indexed query, no rows loaded)."""
         return {state: count for state, count in self.conn.execute("SELECT state, COUNT(*) FROM agents GROUP BY 1")}
@@ -374,17 +412,28 @@ class Store:
             self.on_event(event)
         return event
 
-    def events(self, since: int | None = None, limit: int = 1000, agent_id: str | None = None) -> list[dict[str, Any]]:
-        """Events after ``since`` (the next ``limit`` of them), or else the newest ``limit``."""
+    def events(self, since: int | None = None, limit: int = 1000, agent_id: str | None = None,
+               start: str | None = None, until: str | None = None) -> list[dict[str, Any]]:
+        """Events after ``since`` or at ``start`` or later (the next ``limit`` of them), or else the newest ``limit``.
+
+        ``start`` and ``until`` (both included) are times as stored (``fleetd.models.iso``), which sort as text.
+        """
         sql = "SELECT * FROM events WHERE id > ?"
         params: list[Any] = [since or 0]
         if agent_id:
             sql += " AND agent_id = ?"
             params.append(agent_id)
-        sql += " ORDER BY id " + ("ASC" if since is not None else "DESC") + " LIMIT ?"
+        if start is not None:
+            sql += " AND at >= ?"
+            params.append(start)
+        if until is not None:
+            sql += " AND at <= ?"
+            params.append(until)
+        forward = since is not None or start is not None
+        sql += " ORDER BY id " + ("ASC" if forward else "DESC") + " LIMIT ?"
         params.append(limit)
         rows = list(self.db.query(sql, params))
-        if since is None:
+        if not forward:
             rows.reverse()
         return [
             {"id": r["id"], "time": r["at"], "agent_id": r["agent_id"], "type": r["type"],

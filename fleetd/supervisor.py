@@ -42,6 +42,7 @@ from fleetd.liveness import Liveness
 from fleetd.models import LIVE_STATES, AgentSpec, Reason, State, iso, parse_iso, utcnow
 from fleetd.pidfds import PidHandles
 from fleetd.policy import BUDGET_KEYS, INHERIT, budget_caps
+from fleetd.probes import MAX_OUTPUT
 from fleetd.runtime import CHECKPOINT_DIR, DISK_MOUNTS, LABEL_AGENT, LABEL_KIND, POOL_SIZE, DockerRuntime
 from fleetd.spare_netns import SpareNamespaces
 from fleetd.spec import build_spec, ttl_seconds, whole_number
@@ -94,8 +95,8 @@ class Supervisor:
         self._streak: dict[str, int] = {}  # restarts in a row, for the backoff (reset after 10 min of running)
         self.spares = SpareNamespaces(runtime, self.call, self._zone2_ip, config.spare_namespaces)
 
-    async def _exec_probe(self, container_id: str, command: tuple[str, ...], timeout: float) -> int:
-        return await self.call(self.runtime.exec_status, container_id, list(command), timeout)
+    async def _exec_probe(self, container_id: str, command: tuple[str, ...], timeout: float) -> tuple[int, bytes]:
+        return await self.call(self.runtime.exec_output, container_id, list(command), timeout, MAX_OUTPUT)
 
     async def call(self, func: Callable[..., T], *args: Any) -> T:
         """Run a blocking Docker call off the event loop."""
@@ -744,6 +745,7 @@ class Supervisor:
             "ready": bool(agent["ready"]) if agent["state"] == State.RUNNING and agent["ready"] is not None else (
                 False if live else None),
             "restarts": agent["restarts"], "restart_policy": spec.restart, "restart_at": agent["restart_at"],
+            "labels": dict(spec.labels),
             "limits": {
                 "memory": spec.memory, "memory_reservation": spec.memory_reservation, "disk": spec.disk,
                 "cpus": spec.nano_cpus / 1e9 if spec.nano_cpus else None,
@@ -775,7 +777,10 @@ class Supervisor:
                             "memory_limit_bytes": used["memory_limit_bytes"], "cpu_seconds": used["cpu_ns"] / 1e9})
         return out
 
-    def list_agents(self, all_: bool) -> list[dict[str, Any]]:
+    def list_agents(self, all_: bool, filters: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
+        """Live agents (every one with ``all_``), narrowed by ``filters`` (``fleetd.filters``) in SQL."""
+        if filters:
+            return [self.agent_json(a) for a in self.store.filtered_agents(filters, all_)]
         agents = self.store.agents(None if all_ else LIVE_STATES)
         return [self.agent_json(a) for a in agents]
 
@@ -796,7 +801,8 @@ class Supervisor:
                          "probed": len(self.liveness.trackers)},
         }
 
-    async def open_logs(self, ref: str, follow: bool, tail: int | None) -> AsyncIterator[bytes]:
+    async def open_logs(self, ref: str, follow: bool, tail: int | None, since: float | None = None,
+                        timestamps: bool = False) -> AsyncIterator[bytes]:
         """Stream an agent's output, also after it exited (until its retention ends).
 
         Errors (unknown agent, container gone) are raised here, before any byte.
@@ -804,7 +810,7 @@ class Supervisor:
         agent = self.store.resolve(ref)
         if agent["state"] == State.REMOVED or not agent["container_id"]:
             raise NotFound(f"no logs for agent {agent['id']}: its container is gone ({agent['state']})")
-        stream = await self.call(self.runtime.logs, agent["container_id"], follow, tail)
+        stream = await self.call(self.runtime.logs, agent["container_id"], follow, tail, since, timestamps)
         return self._chunks(stream)
 
     async def _chunks(self, stream: Any) -> AsyncIterator[bytes]:
