@@ -31,7 +31,7 @@ from fleetd.zone2.llm import Usage
 from fleetd.zone2.pricing import PriceTable
 from fleetd.zone2.proxy import MAX_BUFFERED, init_gateway
 from fleetd.zone2.registry import Registration, Registry, Upstream
-from tests.unit.test_zone2_proxy import serve
+from tests.unit.loopback import serve
 
 SECRET = "sk-sim-METERED-0123456789"
 USD = 1_000_000_000
