@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import docker
 import pytest
 
 from tests.integration.harness import AGENT_IMAGE, Daemon
+from tests.integration.sdk_image import SDK_IMAGE, build_sdk_image
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -31,6 +33,15 @@ def daemon() -> Iterator[Daemon]:
         yield d
     finally:
         d.cleanup()
+
+
+@pytest.fixture(scope="session")
+def sdk_image(engine: docker.DockerClient) -> str:
+    """An agent image with the ``openai`` and ``anthropic`` SDKs on its PATH; left in place for the next run."""
+    start = time.monotonic()
+    _, built = build_sdk_image(engine)
+    print(f"\n{SDK_IMAGE}: {'built' if built else 'reused'} in {time.monotonic() - start:.1f}s")
+    return SDK_IMAGE
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

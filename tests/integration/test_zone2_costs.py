@@ -20,7 +20,7 @@ import docker
 import pytest
 
 from tests.integration.harness import wait_for
-from tests.integration.test_zone2_sdk import SdkBench, run_sdk_agent, sdk_image  # noqa: F401 (fixture)
+from tests.integration.sdk_fixtures import SdkBench, run_sdk_agent
 
 CONFIG = """
 [breaker]
@@ -185,7 +185,7 @@ def cost(tokens: tuple[int, int], price: tuple[float, float]) -> float:
     return (tokens[0] * price[0] + tokens[1] * price[1]) / 1e6
 
 
-def test_spend_of_plain_and_streaming_calls_of_each_api(bench: SdkBench, sdk_image: str) -> None:  # noqa: F811
+def test_spend_of_plain_and_streaming_calls_of_each_api(bench: SdkBench, sdk_image: str) -> None:
     _, out = run_sdk_agent(bench, sdk_image, SPEND_SCRIPT)
     assert out["chat_stream"]["text"]
     assert not out["chat_stream"]["usage_seen"] and out["chat_stream"]["empty_choices"] == 0  # not asked: hidden
@@ -220,7 +220,7 @@ def test_spend_of_plain_and_streaming_calls_of_each_api(bench: SdkBench, sdk_ima
 
 
 def test_fifty_concurrent_streams_stay_within_a_small_cap_and_spend_survives_zone2_sigkill(
-        bench: SdkBench, sdk_image: str) -> None:  # noqa: F811
+        bench: SdkBench, sdk_image: str) -> None:
     bench.daemon.cli("price", "set", "pricey-test", "--input-per-mtok", "0.001", "--output-per-mtok", "100",
                      "--max-output-tokens", "64")
     agent_id = bench.daemon.spawn("--role", "worker", "--daily-usd", "0.01", sdk_image, "python3", "-c",
@@ -254,7 +254,7 @@ def test_fifty_concurrent_streams_stay_within_a_small_cap_and_spend_survives_zon
 
 
 def test_a_429_storm_reaches_the_upstream_only_threshold_plus_one_probe_per_window(
-        bench: SdkBench, sdk_image: str) -> None:  # noqa: F811
+        bench: SdkBench, sdk_image: str) -> None:
     bench.sim("llm", "/sim/config", {"rate_limit": 10**6, "retry_after": 0})
     before = bench.sim("llm", "/sim/stats")["by_status"].get("429", 0)
     try:
@@ -275,7 +275,7 @@ def test_a_429_storm_reaches_the_upstream_only_threshold_plus_one_probe_per_wind
     bench.daemon.cli("stop", agent_id, "--grace", "1")
 
 
-def test_half_open_admits_exactly_one_of_twenty_concurrent_calls(bench: SdkBench, sdk_image: str) -> None:  # noqa: F811
+def test_half_open_admits_exactly_one_of_twenty_concurrent_calls(bench: SdkBench, sdk_image: str) -> None:
     bench.sim("llm", "/sim/config", {"rate_limit": 3, "retry_after": 30, "latency_ms": 0})
     agent_id = bench.daemon.spawn("--role", "worker", sdk_image, "python3", "-c", HALF_OPEN_SCRIPT)
     # After the three 429s (Retry-After 30 > the retry cap: handed back, not waited for), slow the upstream so
@@ -324,7 +324,7 @@ emit("done")
 
 
 def test_an_open_circuit_fails_fast_for_the_official_sdks_at_their_default_retries(
-        bench: SdkBench, sdk_image: str) -> None:  # noqa: F811
+        bench: SdkBench, sdk_image: str) -> None:
     bench.sim("llm", "/sim/config", {"rate_limit": 3, "retry_after": 30, "latency_ms": 0})
     try:
         _, out = run_sdk_agent(bench, sdk_image, FAIL_FAST_SCRIPT)
@@ -338,7 +338,7 @@ def test_an_open_circuit_fails_fast_for_the_official_sdks_at_their_default_retri
         assert status == 503 and seconds < 1.0, (sdk, result)
 
 
-def test_other_4xx_are_not_retried_and_retry_after_is_honoured(bench: SdkBench, sdk_image: str) -> None:  # noqa: F811
+def test_other_4xx_are_not_retried_and_retry_after_is_honoured(bench: SdkBench, sdk_image: str) -> None:
     stats = bench.sim("llm", "/sim/stats")["requests"]
     bench.sim("llm", "/sim/config", {"fail": 1, "fail_status": 400})
     _, out = run_sdk_agent(bench, sdk_image, RETRY_SCRIPT.replace("sys.argv[1]", "'bad-request'"))

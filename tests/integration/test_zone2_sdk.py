@@ -8,19 +8,15 @@ points the SDKs at zone 2, which swaps in the real key toward the simulator.
 from __future__ import annotations
 
 import json
-import secrets
-import time
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import docker
 import pytest
 
-from tests.integration.sdk_image import SDK_IMAGE, build_sdk_image
+from tests.integration.sdk_fixtures import CHUNK_DELAY_MS, SdkBench, run_sdk_agent
 from tests.integration.zone2_fixtures import Bench
 
-CHUNK_DELAY_MS = 60  # per streamed token: buffering anywhere on the way would squash the arrival times together
 STREAM_TOKENS = 12
 MIN_SPREAD = STREAM_TOKENS * CHUNK_DELAY_MS / 1000 / 2
 
@@ -89,36 +85,6 @@ emit("done")
 )
 
 
-@pytest.fixture(scope="session")
-def sdk_image(engine: docker.DockerClient) -> str:
-    """An agent image with the ``openai`` and ``anthropic`` SDKs on its PATH; left in place for the next run."""
-    start = time.monotonic()
-    _, built = build_sdk_image(engine)
-    print(f"\n{SDK_IMAGE}: {'built' if built else 'reused'} in {time.monotonic() - start:.1f}s")
-    return SDK_IMAGE
-
-
-class SdkBench(Bench):
-    """The zone 2 bench plus an ``anthropic`` credential on the same simulator, both allowed to ``worker``."""
-
-    def __init__(self, engine: docker.DockerClient, config: str | None = None) -> None:
-        super().__init__(engine, config)
-        self.anthropic_secret = f"sk-ant-test-{secrets.token_hex(12)}"
-        try:
-            self.set_cred("anthropic", self.anthropic_secret, "llm")
-            self.daemon.cli("role", "set", "worker", "--creds", "openai,anthropic")
-            request = urllib.request.Request(
-                f"{self.sim_url('llm')}/sim/config",
-                method="POST",
-                data=json.dumps({"chunk_delay_ms": CHUNK_DELAY_MS}).encode(),
-                headers={"Content-Type": "application/json"},
-            )
-            urllib.request.urlopen(request, timeout=5).close()
-        except BaseException:
-            self.close()
-            raise
-
-
 @pytest.fixture(scope="module")
 def bench(engine: docker.DockerClient) -> Iterator[SdkBench]:
     b = SdkBench(engine)
@@ -126,21 +92,6 @@ def bench(engine: docker.DockerClient) -> Iterator[SdkBench]:
         yield b
     finally:
         b.close()
-
-
-def run_sdk_agent(bench: Bench, image: str, script: str) -> tuple[str, dict[str, dict[str, Any]]]:
-    """Run ``script`` in an agent from ``image``; return its logs and its JSON lines by kind."""
-    agent_id = bench.daemon.spawn("--role", "worker", image, "python3", "-c", script)
-    record = bench.daemon.wait_state(agent_id, "exited", timeout=90)
-    logs = bench.daemon.logs(agent_id)
-    results: dict[str, dict[str, Any]] = {}
-    for line in logs.splitlines():
-        if line.startswith("{"):
-            item = json.loads(line)
-            results[item.pop("kind")] = item
-    assert "done" in results, f"agent {agent_id} stopped early ({record.get('exit_code')}):\n{logs}"
-    assert record["exit_code"] == 0, logs
-    return logs, results
 
 
 def header(request: dict[str, Any], name: str) -> str | None:

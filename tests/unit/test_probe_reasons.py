@@ -14,7 +14,7 @@ from fleetd.liveness import Liveness
 from fleetd.probes import MAX_OUTPUT, ProbeResult, probe
 from fleetd.runtime import DockerRuntime, _Demux
 from fleetd.store import Store
-from tests.unit.test_probes import LOOPBACK, FakeExecApi, closed_port, http, http_server, runtime_with
+from tests.unit.probe_helpers import LOOPBACK, FakeExecApi, closed_port, http, http_server, runtime_with
 
 
 def test_http_probe_says_the_status_code() -> None:

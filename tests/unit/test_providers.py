@@ -13,39 +13,20 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from fleetd.llmsim import SimConfig, init_sim
-from fleetd.zone2 import meters, providers
-from fleetd.zone2.llm import BadLLMRequest, LLMRequest, Media, Usage
+from fleetd.zone2 import providers
+from fleetd.zone2.llm import BadLLMRequest, Media, Usage
 from fleetd.zone2.providers.anthropic import anthropic_usage
 from fleetd.zone2.sse import MAX_HELD_BYTES
-from fleetd.zone2.targets import path_segments
+from tests.unit.provider_calls import (
+    StreamMeter,
+    classify,
+    parse_request,
+    usage_from_body,
+    usage_from_tail,
+    usage_in,
+)
 
 API = str
-
-
-# The adapters by name, as the ledger and these tests name them.
-def classify(method: str, path: str) -> str | None:
-    found = providers.classify(method, path)
-    return found.api if found else None
-
-
-def parse_request(api: str, body: bytes, path: str = "") -> LLMRequest:
-    return providers.provider(api).parse(body, path_segments(path))
-
-
-def StreamMeter(api: str, hide_usage_chunk: bool = False) -> meters.StreamMeter:
-    return meters.StreamMeter(providers.provider(api), hide_usage_chunk)
-
-
-def usage_from_body(api: str, body: bytes) -> Usage | None:
-    return meters.usage_from_body(providers.provider(api), body)
-
-
-def usage_from_tail(api: str, tail: bytes) -> Usage | None:
-    return providers.provider(api).tail_usage(tail)
-
-
-def usage_in(api: str, obj: dict[str, Any]) -> Usage | None:
-    return providers.provider(api).usage(obj)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from fleetd.zone2.guard import LINGER, Guard, Timeouts, serve_guarded, stop_guar
 from fleetd.zone2.proxy import init_gateway
 from fleetd.zone2.registry import Registration, Registry, Upstream
 from fleetd.zone2.shares import Limits
-from tests.unit.test_zone2_proxy import SECRET, serve, upstream_app
+from tests.unit.loopback import SECRET, serve, upstream_app
 
 ATTACKER, BYSTANDER = "127.0.0.1", "127.0.0.2"
 TIMEOUTS = Timeouts(head=0.5, idle=1.0, body_stall=0.5, body=2.0, write=1.0, sweep=0.1)

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import io
 import json
 import logging
-import re
 import socket
-import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -21,76 +17,10 @@ from aiohttp import web
 
 from fleetd.zone2.proxy import init_gateway
 from fleetd.zone2.registry import Registration, Registry, Upstream
+from tests.unit.loopback import SECRET, serve, upstream_app
 
-SECRET = "sk-live-TOPSECRET-42"
 SLASHY = "sk-live/KEY+abc==xyz0123456789"  # a secret with characters that every encoding changes
 OTHER_SECRET = "sk-other-SECRET-99"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@asynccontextmanager
-async def serve(app: web.Application) -> AsyncIterator[str]:
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
-
-
-def upstream_app(seen: list[dict[str, Any]]) -> web.Application:
-    async def echo(request: web.Request) -> web.StreamResponse:
-        seen.append({"path": request.path_qs, "headers": dict(request.headers), "body": await request.text()})
-        if request.path == "/echo-key":  # an API that puts the key in its error message (and its reason phrase)
-            key = request.headers.get("Authorization")
-            return web.json_response({"error": f"invalid key {key}"}, status=401, reason=f"Invalid key {key}")
-        if request.path == "/echo-forms":  # the key as a URL, a JSON string and Basic credentials would carry it
-            key = request.query.get("key", "")
-            encoded = quote(key, safe="")
-            forms = [encoded, re.sub("%[0-9A-F]{2}", lambda m: m.group(0).lower(), encoded),
-                     json.dumps(key)[1:-1].replace("/", "\\/"), base64.b64encode(f"user:{key}".encode()).decode(),
-                     base64.urlsafe_b64encode(key.encode()).decode()]
-            return web.Response(text="\n".join(forms))  # as sent: a JSON answer would escape them once more
-        if request.path == "/redirect":
-            raise web.HTTPFound("http://127.0.0.2:1/steal")
-        if request.path.startswith("/compressed/"):  # an upstream that compresses although asked for identity
-            return await compressed(request, request.path.removeprefix("/compressed/"))
-        if request.path == "/big":  # an answer of 8 MiB with a known length (read whole when it may be)
-            return web.Response(body=b"x" * (8 << 20), content_type="application/octet-stream")
-        if request.path == "/stream":
-            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-            await response.prepare(request)
-            for i in range(3):
-                await response.write(f"data: {i}\n\n".encode())
-                await asyncio.sleep(0.05)
-            await response.write(f"data: {request.headers.get('x-api-key')}\n\n".encode())
-            await response.write_eof()
-            return response
-        return web.json_response({"path": request.path_qs, "auth": request.headers.get("Authorization")})
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", echo)
-    return app
-
-
-async def compressed(request: web.Request, encoding: str) -> web.StreamResponse:
-    """The key echoed back in a body compressed with ``encoding`` (gzip: in two flushed parts, as a stream)."""
-    key = request.headers.get("Authorization", "")
-    packer = zlib.compressobj(wbits=31)  # gzip framing
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Content-Encoding": encoding})
-    await response.prepare(request)
-    await response.write(packer.compress(b"data: first\n\n") + packer.flush(zlib.Z_SYNC_FLUSH))
-    await asyncio.sleep(0.05)
-    await response.write(packer.compress(f"data: invalid key {key}\n\n".encode()) + packer.flush())
-    await response.write_eof()
-    return response
 
 
 Check = Callable[[aiohttp.ClientSession, str, list[dict[str, Any]], list[dict[str, Any]]], Awaitable[None]]

@@ -10,7 +10,7 @@ import aiohttp
 
 from fleetd.zone2.proxy import init_gateway
 from fleetd.zone2.registry import Registration, Registry, Upstream
-from tests.unit.test_zone2_proxy import SECRET, serve, upstream_app
+from tests.unit.loopback import SECRET, serve, upstream_app
 
 AUTH = b"Authorization: Bearer $CRED{openai}\r\n"
 

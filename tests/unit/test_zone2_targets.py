@@ -7,7 +7,7 @@ import pytest
 from fleetd.zone2.handles import BadHandle
 from fleetd.zone2.kinds import unmetered_billable
 from fleetd.zone2.targets import normalize_path, path_segments, safe_path
-from tests.unit.test_providers import classify
+from tests.unit.provider_calls import classify
 
 
 @pytest.mark.parametrize("target", ["/v1/chat/completions", "/v1/x?key=$CRED{a}", "/", "/a%20b"])

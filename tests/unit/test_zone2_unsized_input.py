@@ -18,8 +18,8 @@ from fleetd.zone2.budget import Caps
 from fleetd.zone2.costs import CostTracker
 from fleetd.zone2.ledger import Ledger
 from fleetd.zone2.pricing import Price, PriceTable, bound_nusd
-from tests.unit.test_providers import parse_request
-from tests.unit.test_zone2_metering import USD, Rig, run, settled
+from tests.unit.metering_rig import USD, Rig, run, settled
+from tests.unit.provider_calls import parse_request
 
 RESPONSES = "/v1/responses"
 # Input dominates (a long conversation's cost is its input, read again on every turn); the context window is small,
