@@ -121,6 +121,10 @@ class DockerRuntime:
         with docker_errors():
             self.api.ping()
 
+    def forget_network(self) -> None:
+        """The engine restarted: look the agents' network up again (and make it if it went) on next use."""
+        self._network_ready = False
+
     def ensure_network(self) -> str:
         """The instance's private agent network: internal, no inter-agent traffic, a fixed address for zone 2.
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from fleetd import __version__
+from fleetd.agent_runtime import AgentRuntime
 from fleetd.background import Background
 from fleetd.config import Config
 from fleetd.decisions import (
@@ -43,7 +44,7 @@ from fleetd.models import LIVE_STATES, AgentSpec, Reason, State, iso, parse_iso,
 from fleetd.pidfds import PidHandles
 from fleetd.policy import BUDGET_KEYS, INHERIT, budget_caps
 from fleetd.probes import MAX_OUTPUT
-from fleetd.runtime import CHECKPOINT_DIR, DISK_MOUNTS, LABEL_AGENT, LABEL_KIND, POOL_SIZE, DockerRuntime
+from fleetd.runtime import CHECKPOINT_DIR, DISK_MOUNTS, LABEL_AGENT, LABEL_KIND, POOL_SIZE
 from fleetd.spare_netns import SpareNamespaces
 from fleetd.spec import build_spec, ttl_seconds, whole_number
 from fleetd.store import Store
@@ -65,7 +66,7 @@ INFRASTRUCTURE = ("zone2", "netns")  # containers of the instance that are not a
 class Supervisor:
     """Carries out every verb of the API against Docker and the store."""
 
-    def __init__(self, config: Config, store: Store, runtime: DockerRuntime, timers: Timers,
+    def __init__(self, config: Config, store: Store, runtime: AgentRuntime, timers: Timers,
                  disks: Disks | None = None) -> None:
         self.config = config
         self.store = store
@@ -473,7 +474,7 @@ class Supervisor:
     def on_docker_reconnect(self) -> None:
         self.docker_connected = True
         self.store.add_event("docker_reconnected", "the Docker engine is back: resyncing")
-        self.runtime._network_ready = False
+        self.runtime.forget_network()
         self.background.start(self._resync_logged(), "resync after the engine came back")
 
     async def _resync_logged(self) -> None:

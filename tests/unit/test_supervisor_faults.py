@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
@@ -16,52 +15,11 @@ import pytest
 
 from fleetd.background import Background
 from fleetd.config import Config
-from fleetd.disks import Disks
-from fleetd.errors import RuntimeFailure
 from fleetd.models import AgentSpec, State, iso, utcnow
 from fleetd.store import Store
 from fleetd.supervisor import Supervisor
 from fleetd.timers import Timers
-
-
-class FakeRuntime:
-    """The calls of DockerRuntime the paths under test make, in memory."""
-
-    def __init__(self) -> None:
-        self.start_fails = False
-        self.started: list[str] = []
-        self.removed: list[str] = []
-        self.states: dict[str, dict[str, Any]] = {}  # container id -> its inspect document's State
-        self.listed: list[dict[str, Any]] = []  # what ``containers()`` lists
-        self.inspect_delay = 0.0
-
-    def inspect(self, container_id: str) -> dict[str, Any] | None:
-        time.sleep(self.inspect_delay)  # in the supervisor's thread pool, as a Docker call
-        state = self.states.get(container_id)
-        return None if state is None else {"Id": container_id, "State": state}
-
-    def containers(self, kind: str | None = None) -> list[dict[str, Any]]:
-        return [] if kind else self.listed
-
-    def remove(self, container_id: str) -> None:
-        self.removed.append(container_id)
-
-    def remove_volumes(self, agent_id: str) -> None:
-        pass
-
-    def agent_name(self, agent_id: str) -> str:
-        return f"fleetd-test-{agent_id}"
-
-    def ensure_netns_of(self, container_id: str, zone2_ip: str | None) -> None:
-        pass
-
-    def start(self, container_id: str) -> None:
-        if self.start_fails:
-            raise RuntimeFailure("docker: cannot start container: no such device")
-        self.started.append(container_id)
-
-    def remove_netns(self, agent_id: str) -> None:
-        self.removed.append(agent_id)
+from tests.unit.fake_runtime import FakeDisks, FakeRuntime
 
 
 def run(tmp_path: Path, check: Callable[[Supervisor, Store, FakeRuntime], Awaitable[None]]) -> None:
@@ -70,8 +28,8 @@ def run(tmp_path: Path, check: Callable[[Supervisor, Store, FakeRuntime], Awaita
         runtime = FakeRuntime()
         timers = Timers()
         timers.start()
-        supervisor = Supervisor(Config(state_dir=tmp_path), store, runtime, timers,  # type: ignore[arg-type]
-                                Disks(tmp_path / "disks"))
+        supervisor = Supervisor(Config(state_dir=tmp_path, spare_namespaces=0), store,
+                                runtime, timers, FakeDisks())  # type: ignore[arg-type]
         try:
             await check(supervisor, store, runtime)
         finally:
@@ -110,7 +68,7 @@ def test_an_exit_recorded_twice_at_once_schedules_one_restart(tmp_path: Path) ->
     async def check(supervisor: Supervisor, store: Store, runtime: FakeRuntime) -> None:
         insert(store, "a1", restart="on-failure", state=State.STOPPING.value, reason="liveness_failed",
                started_at=iso(utcnow()))
-        runtime.states["c-a1"] = {"Status": "exited", "Running": False, "ExitCode": 137, "OOMKilled": False}
+        runtime.put("c-a1", "a1", "exited", 137)
         runtime.inspect_delay = 0.05
         await asyncio.gather(supervisor._record_exit("a1", "c-a1"), supervisor._record_exit("a1", "c-a1"))
         agent = store.get("a1")
@@ -129,8 +87,7 @@ def test_a_container_that_never_started_is_a_failed_start_not_an_exit_0(tmp_path
     async def check(supervisor: Supervisor, store: Store, runtime: FakeRuntime) -> None:
         insert(store, "made", state=State.CREATED.value, container_id=None)
         insert(store, "unmade", state=State.CREATED.value, container_id=None)
-        runtime.states["c-made"] = {"Status": "created", "Running": False, "ExitCode": 0, "OOMKilled": False}
-        runtime.listed = [{"Id": "c-made", "State": "created", "Labels": {"fleetd.agent-id": "made"}}]
+        runtime.put("c-made", "made", "created")
         await supervisor.resync(startup=True)
         for agent_id in ("made", "unmade"):
             agent = store.get(agent_id)
@@ -138,7 +95,7 @@ def test_a_container_that_never_started_is_a_failed_start_not_an_exit_0(tmp_path
             assert (agent["state"], agent["reason"], agent["exit_code"]) == ("failed", "start_failed", None)
             assert "start_failed" in [e["type"] for e in store.events(agent_id=agent_id)]
         assert store.get("made")["container_id"] == "c-made"  # type: ignore[index]
-        assert "fleetd-test-unmade" in runtime.removed  # what its spawn made is discarded
+        assert runtime.agent_name("unmade") in runtime.removed  # what its spawn made is discarded
 
     run(tmp_path, check)
 

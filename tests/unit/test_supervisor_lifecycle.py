@@ -1,0 +1,159 @@
+"""The supervisor's lifecycle decisions against an in-memory runtime (tests/unit/fake_runtime.py), no Docker:
+spawn, exit, deadline, restart policy, and what a restarted daemon adopts, records and marks lost."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from fleetd.config import Config
+from fleetd.store import Store
+from fleetd.supervisor import Supervisor
+from fleetd.timers import Timers
+from tests.unit.fake_runtime import FakeDisks, FakeRuntime
+
+Check = Callable[[Callable[[], Supervisor], Store, FakeRuntime], Awaitable[None]]
+
+
+def run(tmp_path: Path, check: Check) -> None:
+    """``check(new, store, runtime)``: ``new()`` starts a supervisor (again, as a restarted daemon would)."""
+    async def main() -> None:
+        store = Store(tmp_path / "state.db")
+        runtime = FakeRuntime()
+        disks = FakeDisks()
+        made: list[tuple[Supervisor, Timers]] = []
+
+        def new() -> Supervisor:
+            if made:  # the previous daemon stops first
+                made[-1][1].shutdown()
+                made[-1][0].close()
+            timers = Timers()
+            timers.start()
+            supervisor = Supervisor(Config(state_dir=tmp_path, spare_namespaces=0), store,
+                                    runtime, timers, disks)  # type: ignore[arg-type]
+            made.append((supervisor, timers))
+            return supervisor
+
+        try:
+            await check(new, store, runtime)
+        finally:
+            if made:
+                await made[-1][0].background.cancel()
+                await made[-1][0].liveness.stop()
+                made[-1][1].shutdown()
+                made[-1][0].close()
+            store.close()
+
+    asyncio.run(main())
+
+
+async def deliver(supervisor: Supervisor, runtime: FakeRuntime) -> None:
+    """Hand the runtime's die events to the supervisor, as the event watcher does, and let them be recorded."""
+    while runtime.died:
+        supervisor.on_docker_event(runtime.died.pop(0))
+    for _ in range(50):
+        if not supervisor.background.tasks:
+            return
+        await asyncio.sleep(0.01)
+
+
+def spawn_request(**fields: Any) -> dict[str, Any]:
+    return {"image": "img", "command": ["work"], "ttl": 600, **fields}
+
+
+def test_spawn_starts_the_container_in_its_namespace_and_arms_the_deadline(tmp_path: Path) -> None:
+    async def check(new: Callable[[], Supervisor], store: Store, runtime: FakeRuntime) -> None:
+        supervisor = new()
+        await supervisor.start()
+        agent = await supervisor.spawn(spawn_request(env=["A=1"]))
+        container = runtime.containers_by_id[agent["container_id"]]
+        assert agent["state"] == "running" and container["State"]["Running"]
+        assert runtime.by_name(f"fleetd-test-{agent['id']}-netns")["State"]["Running"]  # type: ignore[index]
+        assert container["Env"]["A"] == "1" and container["Env"]["FLEETD_AGENT_ID"] == agent["id"]
+        assert supervisor.timers.scheduler.get_job(f"deadline:{agent['id']}") is not None
+        runtime.missing_images.add("nope")
+        before = len(store.agents())
+        try:
+            await supervisor.spawn(spawn_request(image="nope"))
+        except Exception as exc:
+            assert "not found" in str(exc)
+        assert len(store.agents()) == before  # bad input leaves no record
+
+    run(tmp_path, check)
+
+
+def test_an_exit_is_recorded_with_its_code_and_the_namespace_goes(tmp_path: Path) -> None:
+    async def check(new: Callable[[], Supervisor], store: Store, runtime: FakeRuntime) -> None:
+        supervisor = new()
+        await supervisor.start()
+        agent = await supervisor.spawn(spawn_request())
+        runtime.exit(agent["container_id"], 3)
+        await deliver(supervisor, runtime)
+        ended = store.get(agent["id"])
+        assert ended is not None and (ended["state"], ended["reason"], ended["exit_code"]) == ("exited", "exited", 3)
+        assert runtime.by_name(f"fleetd-test-{agent['id']}-netns") is None
+        assert supervisor.timers.scheduler.get_job(f"deadline:{agent['id']}") is None
+
+    run(tmp_path, check)
+
+
+def test_the_deadline_sends_sigterm_and_the_exit_keeps_the_reason(tmp_path: Path) -> None:
+    async def check(new: Callable[[], Supervisor], store: Store, runtime: FakeRuntime) -> None:
+        supervisor = new()
+        await supervisor.start()
+        agent = await supervisor.spawn(spawn_request())
+        await supervisor.expire(agent["id"])
+        assert runtime.signals == [(agent["container_id"], "SIGTERM")]
+        assert store.get(agent["id"])["state"] == "stopping"  # type: ignore[index]
+        await deliver(supervisor, runtime)
+        ended = store.get(agent["id"])
+        assert ended is not None and (ended["state"], ended["reason"]) == ("exited", "ttl_expired")
+
+    run(tmp_path, check)
+
+
+def test_a_failure_is_restarted_by_its_policy_in_the_same_container(tmp_path: Path) -> None:
+    async def check(new: Callable[[], Supervisor], store: Store, runtime: FakeRuntime) -> None:
+        supervisor = new()
+        await supervisor.start()
+        agent = await supervisor.spawn(spawn_request(restart="on-failure:1"))
+        runtime.exit(agent["container_id"], 1)
+        await deliver(supervisor, runtime)
+        waiting = store.get(agent["id"])
+        assert waiting is not None and waiting["state"] == "restarting" and waiting["restart_at"]
+        await supervisor.restart(agent["id"])
+        again = store.get(agent["id"])
+        assert again is not None and (again["state"], again["restarts"]) == ("running", 1)
+        assert runtime.containers_by_id[agent["container_id"]]["State"]["Running"]  # the same container
+        runtime.exit(agent["container_id"], 1)  # a second failure: on-failure:1 is spent
+        await deliver(supervisor, runtime)
+        assert store.get(agent["id"])["state"] == "exited"  # type: ignore[index]
+
+    run(tmp_path, check)
+
+
+def test_a_restarted_daemon_adopts_what_runs_records_what_ended_and_marks_what_vanished(tmp_path: Path) -> None:
+    async def check(new: Callable[[], Supervisor], store: Store, runtime: FakeRuntime) -> None:
+        first = new()
+        await first.start()
+        running, ended, vanished = [await first.spawn(spawn_request()) for _ in range(3)]
+        # The daemon stops; meanwhile one agent exits (no one sees the event) and one container is removed.
+        second = new()
+        runtime.exit(ended["container_id"], 2)
+        runtime.died.clear()
+        del runtime.containers_by_id[vanished["container_id"]]
+        await second.start()
+        assert store.get(running["id"])["state"] == "running"  # type: ignore[index]
+        assert second.timers.scheduler.get_job(f"deadline:{running['id']}") is not None  # re-armed, not re-created
+        assert runtime.containers_by_id[running["container_id"]]["State"]["Running"]
+        record = store.get(ended["id"])
+        assert record is not None and (record["state"], record["exit_code"]) == ("exited", 2)
+        assert store.get(vanished["id"])["reason"] == "lost"  # type: ignore[index]
+        # An orphan (this instance's label, no record) is removed.
+        orphan = runtime._make("stray", {"fleetd.agent-id": "nobody", "fleetd.kind": "agent"})
+        await second.resync()
+        assert orphan not in runtime.containers_by_id
+
+    run(tmp_path, check)
