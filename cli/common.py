@@ -32,6 +32,25 @@ def api_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+class Duration(click.ParamType[float, Any]):
+    """Seconds, or a duration like 90s, 10m, 1h30m, 1.5h, 2d (fleetd.durations); sent as a number of seconds."""
+
+    name = "duration"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, int | float):
+            return value
+        from fleetd.durations import seconds
+
+        found = seconds(str(value))
+        if found is None:
+            self.fail(f"{value!r} is not a duration: use seconds or e.g. 90s, 10m, 1h30m, 1.5h, 2d", param, ctx)
+        return int(found) if found.is_integer() else found
+
+
+DURATION = Duration()
+
+
 def client(ctx: click.Context) -> Client:
     root = ctx.find_root()
     return Client(root.params.get("socket") or default_socket())

@@ -10,16 +10,17 @@ TYPE_CHECKING = False  # not typing's: importing typing costs the fast path star
 if TYPE_CHECKING:  # typing costs start-up time the fast path does not have
     from typing import Any
 
-# (flags, destination, kind, help); kind: "int", "str", "multi" (repeatable) or "flag"
+# (flags, destination, kind, help); kind: "int", "duration" (seconds, or 90s, 10m, 1h30m: fleetd.durations),
+# "str", "multi" (repeatable) or "flag"
 SPAWN_OPTIONS: list[tuple[tuple[str, ...], str, str, str]] = [
-    (("--ttl",), "ttl", "int", "Seconds until the deadline (default 3600)."),
+    (("--ttl",), "ttl", "duration", "Time until the deadline: seconds or e.g. 90m, 1h30m, 2d (default 1h)."),
     (("--memory", "-m"), "memory", "str", "Memory limit, e.g. 512m (swap disabled)."),
     (("--memory-reservation",), "memory_reservation", "str", "Soft memory limit, e.g. 256m."),
     (("--disk",), "disk", "str",
      "Writable space in all, e.g. 1g (default): /tmp and /fleetd/checkpoint get half each, the rest is read-only."),
     (("--cpus",), "cpus", "str", "CPUs, e.g. 0.25."),
     (("--pids-limit",), "pids_limit", "int", "Max processes (default 256)."),
-    (("--grace",), "grace", "int", "Seconds between SIGTERM and SIGKILL (default 30)."),
+    (("--grace",), "grace", "duration", "Time between SIGTERM and SIGKILL, e.g. 30s or 2m (default 30s)."),
     (("--role",), "role", "str", "Role whose defaults and credentials apply."),
     (("--name",), "name", "str", "A name, unique among live agents."),
     (("-e", "--env"), "env", "multi", "KEY=VALUE (or KEY, taken from this shell)."),
@@ -27,8 +28,8 @@ SPAWN_OPTIONS: list[tuple[tuple[str, ...], str, str, str]] = [
     (("--daily-usd",), "daily_usd", "str", "This agent's cap per UTC day in US dollars (default: its role's)."),
     (("--monthly-usd",), "monthly_usd", "str", "This agent's cap per calendar month in US dollars."),
     (("--max-llm-calls",), "max_llm_calls", "int", "This agent's maximum number of LLM calls."),
-    (("--heartbeat-interval",), "heartbeat_interval", "str",
-     "Seconds between the agent's heartbeats; none for 2 x this: SIGTERM (0: off)."),
+    (("--heartbeat-interval",), "heartbeat_interval", "duration",
+     "Time between the agent's heartbeats, e.g. 30s; none for 2 x this: SIGTERM (0: off)."),
     (("--restart",), "restart", "str", "never (default), on-failure[:N] or always, as docker run."),
     (("--startup-probe",), "startup_probe", "str", "e.g. http:8080/healthz,period=5 (also tcp:PORT, exec:CMD)."),
     (("--readiness-probe",), "readiness_probe", "str", "Probe whose result is the agent's readiness."),
@@ -94,6 +95,13 @@ def parse_fast(args: list[str]) -> tuple[dict[str, Any], str, list[str]] | None:
             if not value.strip().lstrip("-").isdigit():
                 return None
             options[dest] = int(value)
+        elif kind == "duration":
+            from fleetd.durations import seconds
+
+            found = seconds(value)
+            if found is None:
+                return None  # click says what is wrong with it
+            options[dest] = int(found) if found.is_integer() else found
         elif kind == "multi":
             options[dest].append(value)
         else:

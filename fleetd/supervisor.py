@@ -44,10 +44,10 @@ from fleetd.pidfds import PidHandles
 from fleetd.policy import BUDGET_KEYS, INHERIT, budget_caps
 from fleetd.runtime import CHECKPOINT_DIR, DISK_MOUNTS, LABEL_AGENT, LABEL_KIND, POOL_SIZE, DockerRuntime
 from fleetd.spare_netns import SpareNamespaces
-from fleetd.spec import build_spec, ttl_seconds, whole_number
+from fleetd.spec import build_spec, grace_seconds, ttl_seconds
 from fleetd.store import Store
 from fleetd.timers import Timers
-from fleetd.units import NAME_PATTERN, format_bytes
+from fleetd.units import NAME_PATTERN, format_bytes, parse_whole_seconds
 
 if TYPE_CHECKING:
     from fleetd.gateway import Zone2
@@ -372,7 +372,7 @@ class Supervisor:
         """SIGTERM, wait the grace period, SIGKILL; like ``docker stop`` a stopped agent is left alone."""
         agent = self.store.resolve(ref)
         spec = _spec(agent)
-        grace = spec.grace if grace is None else whole_number(grace, "--grace", 0, self.config.max_grace)
+        grace = spec.grace if grace is None else grace_seconds(grace, self.config)
         if agent["state"] in (State.RUNNING, State.CREATED) and agent["container_id"]:
             agent = await self._terminate(agent, Reason.STOPPED, grace)
         elif agent["state"] == State.RESTARTING:
@@ -688,7 +688,7 @@ class Supervisor:
 
     async def drain_fleet(self, timeout: Any = None) -> dict[str, Any]:
         """`fleetd drain`: accept no spawns, let agents finish for ``timeout`` seconds, then stop the rest."""
-        seconds = whole_number(3600 if timeout is None else timeout, "--timeout", 0, 7 * 86400)
+        seconds = parse_whole_seconds(3600 if timeout is None else timeout, "--timeout", 0, 7 * 86400)
         if not self.draining:
             self.draining = True
             self.store.set_meta("draining", "1")

@@ -44,11 +44,12 @@ def test_config_prices_take_long_context_prices(tmp_path: Path) -> None:
      ('[prices."m"]\ninput = 3.0\noutput = 15.0\npriority_multiplier = 0.5', "priority_multiplier"),
      ('[prices."m"]\ninput = 3.0\noutput = 15.0\nmax_input_tokens = 1.5', "max_input_tokens"),
      ("[defaults]\nmemory = 'x'", "invalid size"), ("instance = 'a b'", "instance"),
-     ("[roles.r]\nttl = -1", "whole number"), ("= broken", "config"),
+     ("[roles.r]\nttl = -1", "roles.r.ttl: must be at least 1"), ("= broken", "config"),
      ("[defaults]\nheartbeat_interval = 0.2", "heartbeat_interval"),
-     ("[defaults]\nheartbeat_interval = '5'", "heartbeat_interval"),
+     ("[defaults]\nheartbeat_interval = 'soon'", "heartbeat_interval: invalid duration"),
      ("[roles.r]\ndisk = '8m'", "roles.r.disk"),
      ("[retention]\nrecords = 59", "retention.records"), ("[retention]\nforever = 1", "retention"),
+     ("[retention]\nevents = '1 fortnight'", "retention.events: invalid duration"),
      ("retention = 5", "retention")],
 )
 def test_bad_config(tmp_path: Path, text: str, message: str) -> None:
