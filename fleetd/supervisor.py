@@ -404,8 +404,8 @@ class Supervisor:
 
     async def extend(self, ref: str, ttl: Any) -> dict[str, Any]:
         """Set the deadline to now + ``ttl`` seconds (E2B's set_timeout)."""
+        seconds = ttl_seconds(ttl, self.config)  # bad input is a 400 whichever agent it names
         agent = self.store.resolve(ref)
-        seconds = ttl_seconds(ttl, self.config)
         if agent["state"] != State.RUNNING:
             raise Conflict(f"agent {agent['id']} is {agent['state']}: only a running agent can be extended")
         deadline = deadline_for(utcnow(), seconds)
