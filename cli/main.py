@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import click
 
-from cli.client import Client
+from cli.client import ApiError, Client
 from cli.common import DURATION, api_errors, client
 from cli.money import budget, price
 from cli.output import ago, duration, heartbeat_text, print_json, print_table, ready_text, state_text
@@ -359,6 +359,59 @@ def kill(ctx: click.Context, agents: tuple[str, ...], signal: str) -> None:
     for agent in agents:
         record = client(ctx).call("POST", f"/v1/agents/{agent}/kill", {"signal": signal})
         click.echo(record["id"])
+
+
+@main.command()
+@click.argument("agents", nargs=-1, required=True)
+@click.option("-f", "--force", is_flag=True, help="Kill a live agent first (SIGKILL), like docker rm -f.")
+@click.pass_context
+def rm(ctx: click.Context, agents: tuple[str, ...], force: bool) -> None:
+    """Remove ended agents' containers (and their logs); the records stay, state removed.
+
+    A removed agent's name is free again. A live agent is refused unless -f.
+
+    Example: fleetd rm 3f9c2a
+    """
+    api = client(ctx)
+    failed = False
+    for agent in agents:
+        try:
+            record = api.call("DELETE", f"/v1/agents/{agent}", query={"force": force})
+        except ApiError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            failed = True
+            continue
+        click.echo(record["id"])
+    if failed:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("agents", nargs=-1, required=True)
+@click.pass_context
+def wait(ctx: click.Context, agents: tuple[str, ...]) -> None:
+    """Block until agents have ended (exited, failed or removed); print each exit code, like docker wait.
+
+    An agent with no exit code (it never started, or its container was lost) prints -1. An
+    unknown agent prints an error and the command exits 1 after the others.
+
+    Example: fleetd wait 3f9c2a
+    """
+    api = Client(client(ctx).socket_path, timeout=None)
+    failed = False
+    try:
+        for agent in agents:
+            try:
+                record = api.call("POST", f"/v1/agents/{agent}/wait")
+            except ApiError as exc:
+                click.echo(f"Error: {exc}", err=True)
+                failed = True
+                continue
+            click.echo(-1 if record["exit_code"] is None else record["exit_code"])
+    except KeyboardInterrupt:
+        sys.exit(130)
+    if failed:
+        sys.exit(1)
 
 
 @main.command()

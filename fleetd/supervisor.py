@@ -414,6 +414,45 @@ class Supervisor:
         self._arm_deadline(agent)
         return agent
 
+    async def remove(self, ref: str, force: bool = False) -> dict[str, Any]:
+        """``fleetd rm``: remove an ended agent's container, volumes and disks; its record stays, ``removed``.
+
+        A live agent is refused (409) unless ``force``: then it is killed first (SIGKILL, like ``docker rm -f``).
+        """
+        agent = self.store.resolve(ref)
+        agent_id = agent["id"]
+        if agent["state"] in LIVE_STATES:
+            if not force:
+                raise Conflict(f"agent {agent_id} is {agent['state']}: stop it first (`fleetd stop {agent_id}`) "
+                               f"or remove it by force (`fleetd rm -f {agent_id}`)")
+            if agent_id in self._spawning:
+                raise Conflict(f"agent {agent_id} is being spawned: try again in a moment")
+            if agent["state"] == State.RESTARTING:
+                self._end_restarting(agent, Reason.KILLED)
+            elif agent["state"] in (State.RUNNING, State.STOPPING) and agent["container_id"]:
+                await self.kill(agent_id)
+            agent = self._get(agent_id)
+            if agent["state"] in LIVE_STATES:  # the kill was not seen to end it (or it never had a container)
+                self.timers.cancel(f"kill:{agent_id}")
+                self.store.transition(agent_id, State.EXITED, Reason.KILLED, finished_at=iso(utcnow()))
+                self._finished(agent_id)
+        if agent["container_id"]:
+            await self.call(self.runtime.remove, agent["container_id"])
+        await self.call(self._remove_disks, agent_id)
+        agent = self._get(agent_id)  # the destroy event may have recorded it meanwhile
+        if agent["state"] != State.REMOVED:
+            agent = self.store.transition(agent_id, State.REMOVED, agent["reason"], exit_code=agent["exit_code"])
+        return agent
+
+    async def wait(self, ref: str) -> dict[str, Any]:
+        """``fleetd wait``: return the agent's record once it has ended (exited, failed or removed)."""
+        agent = self.store.resolve(ref)
+        while agent["state"] in LIVE_STATES:
+            # The event is set when it ends; looking again now and then also covers a restart of the daemon's view.
+            await self._wait_exit(agent["id"], 5.0)
+            agent = self._get(agent["id"])
+        return agent
+
     async def _wait_exit(self, agent_id: str, timeout: float) -> None:
         """Until the agent has ended (at once if it has), at most ``timeout`` seconds."""
         agent = self.store.get(agent_id)

@@ -472,6 +472,8 @@ def test_unknown_agent(api: Api) -> None:
         ("POST", "/v1/agents/nosuchagent/stop", "/v1/agents/{ref}/stop"),
         ("POST", "/v1/agents/nosuchagent/kill", "/v1/agents/{ref}/kill"),
         ("POST", "/v1/agents/nosuchagent/extend", "/v1/agents/{ref}/extend"),
+        ("POST", "/v1/agents/nosuchagent/wait", "/v1/agents/{ref}/wait"),
+        ("DELETE", "/v1/agents/nosuchagent", "/v1/agents/{ref}"),
         ("GET", "/v1/events?agent=nosuchagent", "/v1/events"),
     ]:
         body = {"ttl": 60} if path.endswith("/extend") else None

@@ -78,11 +78,13 @@ def test_non_integer_flag_is_a_usage_error(daemon: Daemon) -> None:
     assert "is not a duration" in result.stderr and "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("verb", [["inspect"], ["stop"], ["kill"], ["logs"], ["extend", "--ttl", "5"]])
+@pytest.mark.parametrize("verb", [["inspect"], ["stop"], ["kill"], ["logs"], ["extend", "--ttl", "5"], ["rm"],
+                                  ["rm", "-f"], ["wait"]])
 def test_unknown_agent(shared: Daemon, verb: list[str]) -> None:
     daemon = shared
     result = daemon.cli(*verb[:1], "ffffffffffff", *verb[1:], check=False)
     assert result.returncode == 1 and "no such agent: ffffffffffff" in result.stderr
+    assert result.stdout == ""
 
 
 def test_cli_without_daemon_says_so(tmp_path: object) -> None:
@@ -121,6 +123,8 @@ def raw_request(daemon: Daemon, method: str, path: str, body: bytes | None = Non
          "invalid_request"),
         ("POST", "/v1/agents/abc123/extend", b'{"ttl": "soon"}', 400, "invalid_request"),
         ("POST", "/v1/drain", b'{"timeout": "10 parsecs"}', 400, "invalid_request"),
+        ("DELETE", "/v1/agents/ffffffffffff?force=maybe", None, 400, "invalid_request"),
+        ("POST", "/v1/agents/ffffffffffff/wait", None, 404, "not_found"),
         ("POST", "/v1/agents", b'{"image": "fleetd/agent-python", "command": "sleep 1"}', 400, "invalid_request"),
         ("POST", "/v1/agents", b'{"image": 5}', 400, "invalid_request"),
         ("POST", "/v1/agents", b'{"image": "fleetd/agent-python", "env": {"A": 1}}', 400, "invalid_request"),

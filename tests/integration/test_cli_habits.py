@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.harness import AGENT_IMAGE, Daemon
+from tests.integration.harness import AGENT_IMAGE, Daemon, containers
 
 
 @pytest.fixture(scope="module")
@@ -34,3 +34,40 @@ def test_durations_on_every_command(shared: Daemon) -> None:
     stopped = daemon.cli("stop", "-t", "1s", agent, slow)
     assert stopped.stdout.split() == [agent, slow]
     assert daemon.agent(agent)["state"] == "exited"
+
+
+def test_wait_prints_exit_codes_like_docker_wait(shared: Daemon) -> None:
+    daemon = shared
+    three = daemon.spawn(AGENT_IMAGE, "sh", "-c", "sleep 2; exit 3")
+    zero = daemon.spawn(AGENT_IMAGE, "true")
+    result = daemon.cli("wait", three, zero)
+    assert result.stdout == "3\n0\n" and result.returncode == 0
+    assert daemon.agent(three)["state"] == "exited"  # wait returned once it had ended, not before
+    unknown = daemon.cli("wait", zero, "ffffffffffff", three, check=False)
+    assert unknown.returncode == 1 and unknown.stdout == "0\n3\n"
+    assert unknown.stderr == "Error: no such agent: ffffffffffff\n"
+
+
+def test_rm_removes_an_ended_agent_and_refuses_a_live_one(shared: Daemon) -> None:
+    daemon = shared
+    done = daemon.spawn("--name", "rm-done", AGENT_IMAGE, "true")
+    live = daemon.spawn("--name", "rm-live", AGENT_IMAGE, "sleep", "300")
+    daemon.cli("wait", done)
+    ids = {c.labels["fleetd.agent-id"] for c in containers(daemon.instance)}
+    assert {done, live} <= ids
+
+    refused = daemon.cli("rm", "rm-live", check=False)
+    assert refused.returncode == 1 and f"`fleetd rm -f {live}`" in refused.stderr
+    assert refused.stderr.count("\n") == 1 and daemon.agent(live)["state"] == "running"
+
+    assert daemon.cli("rm", "rm-done").stdout == f"{done}\n"
+    record = daemon.agent(done)
+    assert (record["state"], record["reason"], record["exit_code"]) == ("removed", "exited", 0)
+    assert done not in {c.labels["fleetd.agent-id"] for c in containers(daemon.instance)}
+    assert daemon.cli("logs", done, check=False).returncode == 1  # the logs went with the container
+
+    assert daemon.cli("rm", "-f", live).stdout == f"{live}\n"
+    record = daemon.agent(live)
+    assert (record["state"], record["reason"]) == ("removed", "killed")
+    assert live not in {c.labels["fleetd.agent-id"] for c in containers(daemon.instance)}
+    assert "removed" in [e["data"].get("to") for e in daemon.events(live)]

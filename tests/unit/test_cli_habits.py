@@ -1,0 +1,105 @@
+"""Habits of docker and systemd users (issue 15): rm, wait, --env-file, names held until removed, teardown's
+confirmation and its report of what it could not remove. The daemon side runs against an in-memory runtime."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+import cli.main
+from cli.client import ApiError, Client
+from fleetd.errors import Conflict
+from fleetd.models import State
+from fleetd.store import Store
+from fleetd.supervisor import Supervisor
+from tests.unit.test_supervisor_faults import FakeRuntime, insert, run
+
+# -- the CLI's rm, wait, teardown against a fake API --------------------------------
+
+
+class FakeApi:
+    def __init__(self, answers: dict[tuple[str, str], Any]) -> None:
+        self.answers = answers
+        self.calls: list[tuple[str, str, Any]] = []
+
+    def call(self, method: str, path: str, body: Any = None, query: Any = None) -> Any:
+        self.calls.append((method, path, query))
+        answer = self.answers[(method, path)]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+def invoke(monkeypatch: pytest.MonkeyPatch, answers: dict[tuple[str, str], Any], *args: str,
+           tty: bool = False, input_: str | None = None) -> tuple[Any, FakeApi]:
+    api = FakeApi(answers)
+    monkeypatch.setattr(Client, "call", lambda _client, *args, **kwargs: api.call(*args, **kwargs))
+    monkeypatch.setattr(cli.main, "interactive", lambda: tty, raising=False)
+    return CliRunner().invoke(cli.main.main, ["--socket", "/nonexistent", *args], input=input_), api
+
+
+def test_wait_prints_each_exit_code_and_exits_1_for_an_unknown_agent(monkeypatch: pytest.MonkeyPatch) -> None:
+    answers = {("POST", "/v1/agents/a/wait"): {"exit_code": 3}, ("POST", "/v1/agents/b/wait"): {"exit_code": None},
+               ("POST", "/v1/agents/nope/wait"): ApiError("no such agent: nope")}
+    result, _ = invoke(monkeypatch, answers, "wait", "a", "b")
+    assert (result.exit_code, result.stdout) == (0, "3\n-1\n")
+    result, _ = invoke(monkeypatch, answers, "wait", "a", "nope", "b")
+    assert (result.exit_code, result.stdout) == (1, "3\n-1\n")
+    assert result.stderr == "Error: no such agent: nope\n"
+
+
+def test_rm_goes_on_after_an_error_and_exits_1(monkeypatch: pytest.MonkeyPatch) -> None:
+    answers = {("DELETE", "/v1/agents/a"): {"id": "aaa"},
+               ("DELETE", "/v1/agents/live"): ApiError("agent live is running: stop it first ... fleetd rm -f live")}
+    result, api = invoke(monkeypatch, answers, "rm", "live", "a")
+    assert (result.exit_code, result.stdout) == (1, "aaa\n") and "fleetd rm -f live" in result.stderr
+    assert api.calls[0][2] == {"force": False}
+    result, api = invoke(monkeypatch, answers, "rm", "-f", "a")
+    assert result.exit_code == 0 and api.calls[0][2] == {"force": True}
+
+
+# -- the daemon's side ------------------------------------------------------------
+
+
+def test_rm_refuses_a_live_agent_and_removes_an_ended_one(tmp_path: Path) -> None:
+    async def check(supervisor: Supervisor, store: Store, runtime: FakeRuntime) -> None:
+        insert(store, "live", state=State.RUNNING.value)
+        insert(store, "done", state=State.EXITED.value, reason="exited", exit_code=3)
+        with pytest.raises(Conflict, match=r"agent live is running: .*`fleetd rm -f live`"):
+            await supervisor.remove("live")
+        assert store.get("live")["state"] == "running"  # type: ignore[index]
+        agent = await supervisor.remove("done")
+        assert (agent["state"], agent["reason"], agent["exit_code"]) == ("removed", "exited", 3)
+        assert runtime.removed == ["c-done"]
+        assert (await supervisor.remove("done"))["state"] == "removed"  # again: nothing left to do
+
+    run(tmp_path, check)
+
+
+def test_rm_force_of_an_agent_waiting_to_restart(tmp_path: Path) -> None:
+    async def check(supervisor: Supervisor, store: Store, runtime: FakeRuntime) -> None:
+        insert(store, "again", restart="always", state=State.RESTARTING.value, reason="exited")
+        agent = await supervisor.remove("again", force=True)
+        assert (agent["state"], agent["reason"]) == ("removed", "killed")
+        assert "c-again" in runtime.removed
+
+    run(tmp_path, check)
+
+
+def test_wait_returns_once_the_agent_has_ended(tmp_path: Path) -> None:
+    async def check(supervisor: Supervisor, store: Store, runtime: FakeRuntime) -> None:
+        insert(store, "w", state=State.RUNNING.value)
+        waiter = asyncio.ensure_future(supervisor.wait("w"))
+        await asyncio.sleep(0.1)
+        assert not waiter.done()
+        store.transition("w", State.EXITED, "exited", exit_code=7)
+        supervisor._finished("w")
+        agent = await asyncio.wait_for(waiter, 5)
+        assert (agent["state"], agent["exit_code"]) == ("exited", 7)
+        assert (await supervisor.wait("w"))["exit_code"] == 7  # ended already: at once
+
+    run(tmp_path, check)
