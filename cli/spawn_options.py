@@ -23,7 +23,9 @@ SPAWN_OPTIONS: list[tuple[tuple[str, ...], str, str, str]] = [
     (("--grace",), "grace", "duration", "Time between SIGTERM and SIGKILL, e.g. 30s or 2m (default 30s)."),
     (("--role",), "role", "str", "Role whose defaults and credentials apply."),
     (("--name",), "name", "str", "A name, unique among live agents."),
-    (("-e", "--env"), "env", "multi", "KEY=VALUE (or KEY, taken from this shell)."),
+    (("-e", "--env"), "env", "multi", "KEY=VALUE (or KEY, taken from this shell); wins over --env-file."),
+    (("--env-file",), "env_file", "multi",
+     "Read env from a file (repeatable): KEY=VALUE lines, # comments, a bare KEY taken from this shell."),
     (("--label", "-l"), "label", "multi", "KEY=VALUE label on the container."),
     (("--daily-usd",), "daily_usd", "str", "This agent's cap per UTC day in US dollars (default: its role's)."),
     (("--monthly-usd",), "monthly_usd", "str", "This agent's cap per calendar month in US dollars."),
@@ -55,10 +57,37 @@ def env_items(values: tuple[str, ...] | list[str]) -> list[str]:
     return items
 
 
+def env_file_items(path: str) -> list[str]:
+    """``--env-file``, read as ``docker run`` reads it: ``KEY=VALUE`` lines (the value verbatim, quotes
+    included), lines starting with ``#`` and blank lines skipped, a bare ``KEY`` taken from this shell
+    (skipped when unset)."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            lines = file.read().splitlines()
+    except OSError as exc:
+        raise EnvError(f"--env-file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise EnvError(f"--env-file {path}: not UTF-8 text") from None
+    items = []
+    for number, line in enumerate(lines, 1):
+        text = line.lstrip()
+        if not text or text.startswith("#"):
+            continue
+        key, eq, value = text.partition("=")
+        if not key or any(c.isspace() for c in key):
+            raise EnvError(f"--env-file {path}, line {number}: invalid variable {key!r}: expected KEY=VALUE")
+        if eq:
+            items.append(f"{key}={value}")
+        elif key in os.environ:
+            items.append(f"{key}={os.environ[key]}")
+    return items
+
+
 def spawn_request(image: str, command: list[str], options: dict[str, Any]) -> dict[str, Any]:
-    """The API body for a spawn, from parsed options."""
-    request = {k: v for k, v in options.items() if v is not None and k not in ("env", "label", "as_json")}
-    request.update(image=image, command=list(command), env=env_items(options.get("env") or ()),
+    """The API body for a spawn, from parsed options: env files first, then -e (the later value of a key wins)."""
+    request = {k: v for k, v in options.items() if v is not None and k not in ("env", "env_file", "label", "as_json")}
+    env = [item for path in options.get("env_file") or () for item in env_file_items(path)]
+    request.update(image=image, command=list(command), env=env + env_items(options.get("env") or ()),
                    labels=list(options.get("label") or ()))
     return request
 

@@ -44,6 +44,7 @@ def snapshot(daemon: Daemon) -> tuple[list[tuple[str, str]], int, int]:
         (["--ttl", "1.5s", AGENT_IMAGE], "--ttl: must be a whole number of seconds"),
         (["--ttl", "2d", AGENT_IMAGE], "--ttl: must be at most 86400"),
         (["--grace", "2h", AGENT_IMAGE], "--grace: must be at most 3600"),
+        (["--env-file", "/nonexistent/agent.env", AGENT_IMAGE], "--env-file /nonexistent/agent.env: No such file"),
         (["--pids-limit", "0", AGENT_IMAGE], "--pids-limit: must be at least 1"),
         (["-e", "=x", AGENT_IMAGE], "invalid env '=x'"),
         (["-e", "BAD KEY=1", AGENT_IMAGE], "invalid env 'BAD KEY=1'"),

@@ -12,11 +12,49 @@ from click.testing import CliRunner
 
 import cli.main
 from cli.client import ApiError, Client
+from cli.spawn_options import EnvError, parse_fast, spawn_request
 from fleetd.errors import Conflict
 from fleetd.models import State
 from fleetd.store import Store
 from fleetd.supervisor import Supervisor
 from tests.unit.test_supervisor_faults import FakeRuntime, insert, run
+
+# -- --env-file ------------------------------------------------------------------
+
+
+def test_env_files_are_read_like_docker_and_e_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = tmp_path / "a.env"
+    first.write_text("# a comment\n\nA=1\n  B=two words\nQUOTED=\"kept\"\nFROM_SHELL\nUNSET_ONE\nEMPTY=\nX=file\n")
+    second = tmp_path / "b.env"
+    second.write_text("A=from-b\n")
+    monkeypatch.setenv("FROM_SHELL", "shell")
+    monkeypatch.delenv("UNSET_ONE", raising=False)
+    request = spawn_request("img", [], {"env_file": [str(first), str(second)], "env": ["X=flag"], "label": []})
+    assert request["env"] == ["A=1", "B=two words", 'QUOTED="kept"', "FROM_SHELL=shell", "EMPTY=", "X=file",
+                              "A=from-b", "X=flag"]
+    assert "env_file" not in request
+    # The daemon keeps the last value of a key: files in order, then -e.
+    from fleetd.units import parse_pairs
+    assert parse_pairs(request["env"], "env") == {"A": "from-b", "B": "two words", "QUOTED": '"kept"',
+                                                  "FROM_SHELL": "shell", "EMPTY": "", "X": "flag"}
+
+
+def test_env_file_faults_are_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.env"
+    bad.write_text("OK=1\nBAD KEY=1\n")
+    with pytest.raises(EnvError, match=r"bad.env, line 2: invalid variable 'BAD KEY'"):
+        spawn_request("img", [], {"env_file": [str(bad)]})
+    with pytest.raises(EnvError, match="No such file"):
+        spawn_request("img", [], {"env_file": [str(tmp_path / "missing.env")]})
+    result = CliRunner().invoke(cli.main.main, ["--socket", "/nonexistent", "spawn", "--env-file",
+                                                str(tmp_path / "missing.env"), "img"])
+    assert result.exit_code == 1 and result.output.count("\n") == 1 and "missing.env" in result.output
+
+
+def test_the_spawn_fast_path_takes_env_files() -> None:
+    parsed = parse_fast(["--env-file", "x.env", "--env-file=y.env", "-e", "A=1", "img", "cmd"])
+    assert parsed is not None and parsed[0]["env_file"] == ["x.env", "y.env"] and parsed[1:] == ("img", ["cmd"])
+
 
 # -- the CLI's rm, wait, teardown against a fake API --------------------------------
 
