@@ -22,7 +22,7 @@ SPAWN_OPTIONS: list[tuple[tuple[str, ...], str, str, str]] = [
     (("--pids-limit",), "pids_limit", "int", "Max processes (default 256)."),
     (("--grace",), "grace", "duration", "Time between SIGTERM and SIGKILL, e.g. 30s or 2m (default 30s)."),
     (("--role",), "role", "str", "Role whose defaults and credentials apply."),
-    (("--name",), "name", "str", "A name, unique among live agents."),
+    (("--name",), "name", "str", "A name, held until the agent that has it is removed (fleetd rm)."),
     (("-e", "--env"), "env", "multi", "KEY=VALUE (or KEY, taken from this shell); wins over --env-file."),
     (("--env-file",), "env_file", "multi",
      "Read env from a file (repeatable): KEY=VALUE lines, # comments, a bare KEY taken from this shell."),

@@ -201,9 +201,12 @@ class Supervisor:
             from fleetd.gateway import agent_env
 
             env.update(agent_env())
-        owner = self.store.live_name_owner(spec.name) if spec.name else None
+        owner = self.store.name_owner(spec.name) if spec.name else None
         if owner is not None:
-            raise Conflict(f"name {spec.name!r} is already in use by agent {owner}")
+            held_by, state = owner
+            free = f"fleetd rm {held_by}" if state not in LIVE_STATES else f"fleetd rm -f {held_by}"
+            raise Conflict(f"name {spec.name!r} is already in use by agent {held_by} ({state}): "
+                           f"run `{free}` to free it")
         # A spare holder's id, its namespace ready (fleetd.spare_netns); else a new id, its holder made below.
         agent_id = self.spares.take() or secrets.token_hex(6)
         name = spec.name or agent_id

@@ -74,6 +74,22 @@ def test_rm_removes_an_ended_agent_and_refuses_a_live_one(shared: Daemon) -> Non
     assert "removed" in [e["data"].get("to") for e in daemon.events(live)]
 
 
+def test_a_name_is_held_until_its_agent_is_removed(shared: Daemon) -> None:
+    daemon = shared
+    first = daemon.spawn("--name", "holder", AGENT_IMAGE, "true")
+    daemon.cli("wait", first)
+    taken = daemon.cli("spawn", "--name", "holder", AGENT_IMAGE, "true", check=False)
+    assert taken.returncode == 1
+    assert taken.stderr == (f"Error: name 'holder' is already in use by agent {first} (exited): "
+                            f"run `fleetd rm {first}` to free it\n")
+    daemon.cli("rm", first)
+    second = daemon.spawn("--name", "holder", AGENT_IMAGE, "sleep", "300")
+    assert daemon.agent("holder")["id"] == second
+    live = daemon.cli("spawn", "--name", "holder", AGENT_IMAGE, "true", check=False)
+    assert live.returncode == 1 and f"(running): run `fleetd rm -f {second}` to free it" in live.stderr
+    daemon.cli("rm", "-f", second)
+
+
 def test_env_files_then_e_flags(shared: Daemon, tmp_path: Path) -> None:
     daemon = shared
     env_file = tmp_path / "agent.env"

@@ -128,6 +128,19 @@ def test_rm_force_of_an_agent_waiting_to_restart(tmp_path: Path) -> None:
     run(tmp_path, check)
 
 
+def test_a_name_is_held_until_its_agent_is_removed(tmp_path: Path) -> None:
+    async def check(supervisor: Supervisor, store: Store, runtime: FakeRuntime) -> None:
+        supervisor.host_cpus = 2
+        supervisor.runtime.check_image = lambda image: None  # type: ignore[attr-defined]
+        store.insert_agent("old", name="job", image="img", role="default", state="exited",
+                           created_at="2026-01-01T00:00:00.000Z", container_id="c-old", spec="{}")
+        with pytest.raises(Conflict, match=r"name 'job' is already in use by agent old \(exited\): "
+                                           r"run `fleetd rm old` to free it"):
+            await supervisor.spawn({"image": "img", "name": "job"})
+
+    run(tmp_path, check)
+
+
 def test_wait_returns_once_the_agent_has_ended(tmp_path: Path) -> None:
     async def check(supervisor: Supervisor, store: Store, runtime: FakeRuntime) -> None:
         insert(store, "w", state=State.RUNNING.value)

@@ -102,7 +102,19 @@ def test_store_resolve(tmp_path: Path) -> None:
         store.resolve("aaa111")
     with pytest.raises(NotFound):
         store.resolve("zzz")
-    assert store.live_name_owner("web") == "aaa111999999"
+    assert store.name_owner("web") == ("aaa111999999", "running")
+
+
+def test_a_name_is_held_until_its_record_is_removed(tmp_path: Path) -> None:
+    """Docker's rule: an exited container keeps its name until it is removed."""
+    store = Store(tmp_path / "state.db")
+    new_agent(store, "bbb111222333", "job", state="exited")
+    assert store.name_owner("job") == ("bbb111222333", "exited")
+    new_agent(store, "ccc111222333", "failing", state="failed")
+    assert store.name_owner("failing") == ("ccc111222333", "failed")
+    store.transition("bbb111222333", State.REMOVED, "exited")
+    assert store.name_owner("job") is None
+    assert store.name_owner("nobody") is None
 
 
 def test_store_belongs_to_one_instance(tmp_path: Path) -> None:
