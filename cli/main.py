@@ -495,16 +495,31 @@ def undrain(ctx: click.Context) -> None:
     click.echo("accepting new agents")
 
 
+def interactive() -> bool:
+    """Whether a person may be asked: standard input is a terminal."""
+    return sys.stdin.isatty()
+
+
 @main.command()
+@click.option("-f", "--force", is_flag=True, help="Do not ask for confirmation on a terminal.")
 @click.pass_context
 @api_errors
-def teardown(ctx: click.Context) -> None:
-    """Remove every Docker object of this instance (containers, networks, volumes).
+def teardown(ctx: click.Context, force: bool) -> None:
+    """Remove every Docker object of this instance (containers, networks, volumes); every agent ends removed.
 
-    Example: fleetd teardown
+    On a terminal it asks first, unless -f. Exits 1 when something could not be removed (listed on stderr).
+
+    Example: fleetd teardown -f
     """
-    removed = client(ctx).call("POST", "/v1/teardown")["removed"]
-    click.echo(", ".join(f"{n} {kind} removed" for kind, n in removed.items()))
+    if not force and interactive():
+        click.confirm("Remove every agent, container, network and volume of this fleetd instance?", abort=True)
+    result = Client(client(ctx).socket_path, timeout=None).call("POST", "/v1/teardown")
+    click.echo(", ".join(f"{n} {kind} removed" for kind, n in result["removed"].items()))
+    failed = result.get("failed") or []
+    for item in failed:
+        click.echo(f"Error: could not remove {item['kind']} {item['name']}: {item['error']}", err=True)
+    if failed:
+        sys.exit(1)
 
 
 @main.group()

@@ -287,7 +287,8 @@ async def stats(request: web.Request) -> web.Response:
 
 
 async def teardown(request: web.Request) -> web.Response:
-    return web.json_response({"removed": await sup(request).teardown()})
+    removed, failed = await sup(request).teardown()
+    return web.json_response({"removed": removed, "failed": failed})
 
 
 def init_app(supervisor: Supervisor) -> web.Application:

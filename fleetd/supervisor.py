@@ -702,8 +702,12 @@ class Supervisor:
                      removed)
         return removed
 
-    async def teardown(self) -> dict[str, int]:
-        """Remove every Docker object of this instance; every agent ends ``removed``."""
+    async def teardown(self) -> tuple[dict[str, int], list[dict[str, str]]]:
+        """Remove every Docker object of this instance; every agent ends ``removed``.
+
+        Returns the counts removed and what could not be removed; an agent whose container is among those
+        keeps its record as it is (not ``removed``: its container is still there).
+        """
         for agent in self.store.agents(LIVE_STATES):
             self.timers.cancel(f"deadline:{agent['id']}")
             self.timers.cancel(f"kill:{agent['id']}")
@@ -712,16 +716,20 @@ class Supervisor:
                 self.store.transition(agent["id"], State.STOPPING, Reason.TEARDOWN, kill_at=iso(utcnow()))
         rules = await self.gateway.teardown() if self.gateway is not None else 0
         await self.spares.clear()  # made again by the next spawn
-        removed = await self.call(self.runtime.teardown)
+        removed, failed = await self.call(self.runtime.teardown)
         removed["disks"] = await self.call(self.disks.remove_all)
         removed["firewall_rules"] = rules
+        left = {f["id"] for f in failed if f["kind"] == "container"}
         for agent in self.store.agents(tuple(s for s in State if s != State.REMOVED)):
+            if agent["container_id"] in left:
+                continue
             self.store.transition(
                 agent["id"], State.REMOVED, agent["reason"], finished_at=agent["finished_at"] or iso(utcnow())
             )
             self._finished(agent["id"])
-        self.store.add_event("teardown", f"removed {removed}", None, removed)
-        return removed
+        self.store.add_event("teardown", f"removed {removed}" + (f"; could not remove {len(failed)}" if failed else ""),
+                             None, {**removed, "failed": failed})
+        return removed, failed
 
     def drain_seconds(self) -> float:
         """How long a drain may take: the longest grace period of a live agent, plus slack."""

@@ -523,6 +523,7 @@ def test_teardown(api: Api) -> None:
     firewall = Firewall(api.instance)
     assert len([rule for rule in firewall.rules() if firewall.tag in rule]) == 3
     result = api.call("POST", "/v1/teardown", "/v1/teardown", 200)
+    assert result["failed"] == []
     assert result["removed"]["containers"] >= 2  # the agents and zone 2
     assert result["removed"]["networks"] == 2  # agents and egress
     assert result["removed"]["firewall_rules"] == 3

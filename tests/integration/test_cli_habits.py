@@ -102,3 +102,12 @@ def test_env_files_then_e_flags(shared: Daemon, tmp_path: Path) -> None:
     assert daemon.logs(agent).strip() == "MODE=file SHARED=from-flag SECOND=2"
     # FROM_SHELL is unset in this shell: skipped, as docker does
     assert daemon.agent(agent)["spec"]["env"] == {"MODE": "file", "SHARED": "from-flag", "EMPTY": "", "SECOND": "2"}
+
+
+def test_teardown_without_a_terminal_needs_no_confirmation(shared: Daemon) -> None:
+    daemon = shared
+    daemon.spawn(AGENT_IMAGE, "sleep", "300")
+    result = daemon.cli("teardown")  # stdin is /dev/null: no question asked, as before -f existed
+    assert result.returncode == 0 and "containers removed" in result.stdout and result.stderr == ""
+    assert containers(daemon.instance) == []
+    assert {a["state"] for a in daemon.agents()} == {"removed"}

@@ -7,6 +7,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import docker.errors
 import pytest
 from click.testing import CliRunner
 
@@ -15,6 +16,7 @@ from cli.client import ApiError, Client
 from cli.spawn_options import EnvError, parse_fast, spawn_request
 from fleetd.errors import Conflict
 from fleetd.models import State
+from fleetd.runtime import DockerRuntime
 from fleetd.store import Store
 from fleetd.supervisor import Supervisor
 from tests.unit.test_supervisor_faults import FakeRuntime, insert, run
@@ -100,7 +102,86 @@ def test_rm_goes_on_after_an_error_and_exits_1(monkeypatch: pytest.MonkeyPatch) 
     assert result.exit_code == 0 and api.calls[0][2] == {"force": True}
 
 
+REMOVED = {"containers": 2, "networks": 2, "volumes": 0, "disks": 0, "firewall_rules": 3}
+
+
+def test_teardown_asks_on_a_terminal_unless_forced(monkeypatch: pytest.MonkeyPatch) -> None:
+    answers = {("POST", "/v1/teardown"): {"removed": REMOVED, "failed": []}}
+    result, api = invoke(monkeypatch, answers, "teardown", tty=True, input_="n\n")
+    assert result.exit_code == 1 and "Aborted" in result.output and api.calls == []
+    result, api = invoke(monkeypatch, answers, "teardown", tty=True, input_="y\n")
+    assert result.exit_code == 0 and len(api.calls) == 1 and "2 containers removed" in result.stdout
+    for args in (["teardown", "-f"], ["teardown", "--force"]):
+        result, api = invoke(monkeypatch, answers, *args, tty=True)
+        assert result.exit_code == 0 and len(api.calls) == 1 and "?" not in result.output
+    result, api = invoke(monkeypatch, answers, "teardown")  # not a terminal: as before, no question
+    assert result.exit_code == 0 and len(api.calls) == 1
+
+
+def test_teardown_reports_what_it_could_not_remove_and_exits_1(monkeypatch: pytest.MonkeyPatch) -> None:
+    failed = [{"kind": "network", "name": "fleetd-x-agents", "id": "n1", "error": "has active endpoints"}]
+    result, _ = invoke(monkeypatch, {("POST", "/v1/teardown"): {"removed": REMOVED, "failed": failed}}, "teardown")
+    assert result.exit_code == 1 and "2 containers removed" in result.stdout
+    assert result.stderr == "Error: could not remove network fleetd-x-agents: has active endpoints\n"
+
+
 # -- the daemon's side ------------------------------------------------------------
+
+
+class FakeApiClient:
+    """docker-py's low-level API, as much of it as DockerRuntime.teardown uses."""
+
+    def __init__(self) -> None:
+        self.removed: list[str] = []
+
+    def containers(self, all: bool, filters: Any) -> list[dict[str, Any]]:
+        return [{"Id": "c-stuck", "Names": ["/fleetd-x-stuck"]}, {"Id": "c-ok", "Names": ["/fleetd-x-ok"]}]
+
+    def remove_container(self, container_id: str, force: bool, v: bool) -> None:
+        if container_id == "c-stuck":
+            raise docker.errors.APIError("500 Server Error", explanation="device or resource busy")
+        self.removed.append(container_id)
+
+    def networks(self, filters: Any) -> list[dict[str, Any]]:
+        return [{"Id": "n1", "Name": "fleetd-x-agents"}]
+
+    def remove_network(self, network_id: str) -> None:
+        raise docker.errors.APIError("403", explanation="network has active endpoints")
+
+    def volumes(self, filters: Any) -> dict[str, Any]:
+        return {"Volumes": [{"Name": "v1"}]}
+
+    def remove_volume(self, name: str, force: bool) -> None:
+        self.removed.append(name)
+
+
+def test_runtime_teardown_removes_the_rest_and_lists_what_it_could_not() -> None:
+    runtime = DockerRuntime.__new__(DockerRuntime)
+    runtime.instance = "x"
+    runtime.api = FakeApiClient()  # type: ignore[assignment]
+    removed, failed = runtime.teardown()
+    assert removed == {"containers": 1, "networks": 0, "volumes": 1}
+    assert [(f["kind"], f["name"], f["id"]) for f in failed] == [
+        ("container", "fleetd-x-stuck", "c-stuck"), ("network", "fleetd-x-agents", "n1")]
+    assert "device or resource busy" in failed[0]["error"]
+
+
+class TeardownRuntime(FakeRuntime):
+    def teardown(self) -> tuple[dict[str, int], list[dict[str, str]]]:
+        return ({"containers": 1, "networks": 2, "volumes": 0},
+                [{"kind": "container", "name": "stuck", "id": "c-stuck", "error": "busy"}])
+
+
+def test_an_agent_whose_container_teardown_could_not_remove_is_not_marked_removed(tmp_path: Path) -> None:
+    async def check(supervisor: Supervisor, store: Store, runtime: FakeRuntime) -> None:
+        supervisor.runtime = TeardownRuntime()  # type: ignore[assignment]
+        insert(store, "stuck", state=State.EXITED.value)
+        insert(store, "gone", state=State.EXITED.value)
+        removed, failed = await supervisor.teardown()
+        assert removed["containers"] == 1 and [f["id"] for f in failed] == ["c-stuck"]
+        assert (store.get("stuck")["state"], store.get("gone")["state"]) == ("exited", "removed")  # type: ignore[index]
+
+    run(tmp_path, check)
 
 
 def test_rm_refuses_a_live_agent_and_removes_an_ended_one(tmp_path: Path) -> None:
