@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import wraps
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -32,7 +32,13 @@ def api_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-class Duration(click.ParamType[float, Any]):
+if TYPE_CHECKING:
+    _ParamType = click.ParamType[float, Any]  # generic in the click this is checked with
+else:
+    _ParamType = click.ParamType  # pyproject allows click 8.1, where it is not generic
+
+
+class Duration(_ParamType):
     """Seconds, or a duration like 90s, 10m, 1h30m, 1.5h, 2d (fleetd.durations); sent as a number of seconds."""
 
     name = "duration"
