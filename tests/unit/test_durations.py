@@ -90,3 +90,13 @@ def test_cli_refuses_bad_durations_in_one_line(args: list[str]) -> None:
     result = CliRunner().invoke(cli_main, ["--socket", "/nonexistent", *args])
     assert result.exit_code == 2 and "is not a duration" in result.output
     assert "Traceback" not in result.output
+
+
+def test_top_interval_takes_a_duration() -> None:
+    runner = CliRunner()
+    bad = runner.invoke(cli_main, ["--socket", "/nonexistent", "top", "--once", "-n", "often"])
+    assert bad.exit_code == 2 and "is not a duration" in bad.output
+    short = runner.invoke(cli_main, ["--socket", "/nonexistent", "top", "--once", "-n", "50ms"])
+    assert short.exit_code == 2 and "below 0.1 s" in short.output
+    good = runner.invoke(cli_main, ["--socket", "/nonexistent", "top", "--once", "-n", "500ms"])
+    assert good.exit_code == 1 and "cannot reach fleetd" in good.output  # past the parsing, to the daemon
