@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import wraps
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -30,6 +30,31 @@ def api_errors(func: F) -> F:
             raise click.ClickException(str(exc)) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+if TYPE_CHECKING:
+    _ParamType = click.ParamType[float, Any]  # generic in the click this is checked with
+else:
+    _ParamType = click.ParamType  # pyproject allows click 8.1, where it is not generic
+
+
+class Duration(_ParamType):
+    """Seconds, or a duration like 90s, 10m, 1h30m, 1.5h, 2d (fleetd.durations); sent as a number of seconds."""
+
+    name = "duration"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, int | float):
+            return value
+        from fleetd.durations import seconds
+
+        found = seconds(str(value))
+        if found is None:
+            self.fail(f"{value!r} is not a duration: use seconds or e.g. 90s, 10m, 1h30m, 1.5h, 2d", param, ctx)
+        return int(found) if found.is_integer() else found
+
+
+DURATION = Duration()
 
 
 def client(ctx: click.Context) -> Client:

@@ -14,8 +14,8 @@ from typing import Any, TypeVar
 
 import click
 
-from cli.client import Client
-from cli.common import api_errors, client
+from cli.client import ApiError, Client
+from cli.common import DURATION, api_errors, client
 from cli.money import budget, price
 from cli.output import ago, duration, heartbeat_text, print_json, print_table, ready_text, state_text
 from cli.spawn_options import SPAWN_OPTIONS, EnvError, spawn_request
@@ -203,7 +203,8 @@ def images_build(base: str | None) -> None:
 def spawn_options(func: F) -> F:
     """Click options from the one table (cli.spawn_options) the fast path parses too."""
     types: dict[str, dict[str, Any]] = {
-        "int": {"type": int}, "str": {}, "multi": {"multiple": True}, "flag": {"is_flag": True},
+        "int": {"type": int}, "duration": {"type": DURATION}, "str": {}, "multi": {"multiple": True},
+        "flag": {"is_flag": True},
     }
     for flags, dest, kind, help_text in reversed(SPAWN_OPTIONS):
         func = click.option(*flags, dest, help=help_text, **types[kind])(func)
@@ -219,7 +220,7 @@ def spawn_options(func: F) -> F:
 def spawn(ctx: click.Context, /, image: str, command: tuple[str, ...], **options: Any) -> None:
     """Start an agent container with limits and a deadline, like docker run -d.
 
-    Example: fleetd spawn --ttl 3600 --memory 512m --cpus 0.25 fleetd/agent-python python3 agent.py
+    Example: fleetd spawn --ttl 1h --memory 512m --cpus 0.25 fleetd/agent-python python3 agent.py
     """
     try:
         request = spawn_request(image, list(command), options)
@@ -427,13 +428,14 @@ def events(ctx: click.Context, follow: bool, as_json: bool, since: str | None, u
 
 @main.command()
 @click.argument("agents", nargs=-1, required=True)
-@click.option("--grace", "-t", type=int, help="Seconds between SIGTERM and SIGKILL (default: the agent's).")
+@click.option("--grace", "-t", type=DURATION,
+              help="Time between SIGTERM and SIGKILL: seconds or e.g. 30s, 2m (default: the agent's).")
 @click.pass_context
 @api_errors
-def stop(ctx: click.Context, agents: tuple[str, ...], grace: int | None) -> None:
+def stop(ctx: click.Context, agents: tuple[str, ...], grace: float | None) -> None:
     """Stop agents: SIGTERM, wait the grace period, SIGKILL.
 
-    Example: fleetd stop --grace 10 3f9c2a
+    Example: fleetd stop --grace 10s 3f9c2a
     """
     for agent in agents:
         body = {} if grace is None else {"grace": grace}
@@ -457,15 +459,69 @@ def kill(ctx: click.Context, agents: tuple[str, ...], signal: str) -> None:
 
 
 @main.command()
+@click.argument("agents", nargs=-1, required=True)
+@click.option("-f", "--force", is_flag=True, help="Kill a live agent first (SIGKILL), like docker rm -f.")
+@click.pass_context
+def rm(ctx: click.Context, agents: tuple[str, ...], force: bool) -> None:
+    """Remove ended agents' containers (and their logs); the records stay, state removed.
+
+    A removed agent's name is free again. A live agent is refused unless -f.
+
+    Example: fleetd rm 3f9c2a
+    """
+    api = client(ctx)
+    failed = False
+    for agent in agents:
+        try:
+            record = api.call("DELETE", f"/v1/agents/{agent}", query={"force": force})
+        except ApiError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            failed = True
+            continue
+        click.echo(record["id"])
+    if failed:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("agents", nargs=-1, required=True)
+@click.pass_context
+def wait(ctx: click.Context, agents: tuple[str, ...]) -> None:
+    """Block until agents have ended (exited, failed or removed); print each exit code, like docker wait.
+
+    An agent with no exit code (it never started, or its container was lost) prints -1. An
+    unknown agent prints an error and the command exits 1 after the others.
+
+    Example: fleetd wait 3f9c2a
+    """
+    api = Client(client(ctx).socket_path, timeout=None)
+    failed = False
+    try:
+        for agent in agents:
+            try:
+                record = api.call("POST", f"/v1/agents/{agent}/wait")
+            except ApiError as exc:
+                click.echo(f"Error: {exc}", err=True)
+                failed = True
+                continue
+            click.echo(-1 if record["exit_code"] is None else record["exit_code"])
+    except KeyboardInterrupt:
+        sys.exit(130)
+    if failed:
+        sys.exit(1)
+
+
+@main.command()
 @click.argument("agent")
-@click.option("--ttl", type=int, required=True, help="New deadline: this many seconds from now.")
+@click.option("--ttl", type=DURATION, required=True,
+              help="New deadline: this long from now (seconds, or e.g. 90m, 1h30m, 2d).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 @api_errors
-def extend(ctx: click.Context, agent: str, ttl: int, as_json: bool) -> None:
-    """Move an agent's deadline to now + TTL seconds.
+def extend(ctx: click.Context, agent: str, ttl: float, as_json: bool) -> None:
+    """Move an agent's deadline to now + TTL.
 
-    Example: fleetd extend 3f9c2a --ttl 600
+    Example: fleetd extend 3f9c2a --ttl 90m
     """
     record = client(ctx).call("POST", f"/v1/agents/{agent}/extend", {"ttl": ttl})
     if as_json:
@@ -512,14 +568,14 @@ def status(ctx: click.Context, as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--timeout", type=click.IntRange(min=0), default=3600, show_default=True,
-              help="Seconds agents get to finish on their own before SIGTERM, grace, SIGKILL.")
+@click.option("--timeout", type=DURATION, default="1h", show_default=True,
+              help="Time agents get to finish on their own before SIGTERM, grace, SIGKILL (seconds, or e.g. 10m).")
 @click.pass_context
 @api_errors
-def drain(ctx: click.Context, timeout: int) -> None:
+def drain(ctx: click.Context, timeout: float) -> None:
     """Stop accepting spawns, wait for agents to finish, then stop the rest (like kubectl drain).
 
-    Example: fleetd drain --timeout 600
+    Example: fleetd drain --timeout 10m
     """
     result = Client(client(ctx).socket_path, timeout=None).call("POST", "/v1/drain", {"timeout": timeout})
     click.echo(f"drained: {result['finished']} agents finished, {result['stopped']} stopped; "
@@ -538,16 +594,31 @@ def undrain(ctx: click.Context) -> None:
     click.echo("accepting new agents")
 
 
+def interactive() -> bool:
+    """Whether a person may be asked: standard input is a terminal."""
+    return sys.stdin.isatty()
+
+
 @main.command()
+@click.option("-f", "--force", is_flag=True, help="Do not ask for confirmation on a terminal.")
 @click.pass_context
 @api_errors
-def teardown(ctx: click.Context) -> None:
-    """Remove every Docker object of this instance (containers, networks, volumes).
+def teardown(ctx: click.Context, force: bool) -> None:
+    """Remove every Docker object of this instance (containers, networks, volumes); every agent ends removed.
 
-    Example: fleetd teardown
+    On a terminal it asks first, unless -f. Exits 1 when something could not be removed (listed on stderr).
+
+    Example: fleetd teardown -f
     """
-    removed = client(ctx).call("POST", "/v1/teardown")["removed"]
-    click.echo(", ".join(f"{n} {kind} removed" for kind, n in removed.items()))
+    if not force and interactive():
+        click.confirm("Remove every agent, container, network and volume of this fleetd instance?", abort=True)
+    result = Client(client(ctx).socket_path, timeout=None).call("POST", "/v1/teardown")
+    click.echo(", ".join(f"{n} {kind} removed" for kind, n in result["removed"].items()))
+    failed = result.get("failed") or []
+    for item in failed:
+        click.echo(f"Error: could not remove {item['kind']} {item['name']}: {item['error']}", err=True)
+    if failed:
+        sys.exit(1)
 
 
 @main.group()

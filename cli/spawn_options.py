@@ -10,25 +10,28 @@ TYPE_CHECKING = False  # not typing's: importing typing costs the fast path star
 if TYPE_CHECKING:  # typing costs start-up time the fast path does not have
     from typing import Any
 
-# (flags, destination, kind, help); kind: "int", "str", "multi" (repeatable) or "flag"
+# (flags, destination, kind, help); kind: "int", "duration" (seconds, or 90s, 10m, 1h30m: fleetd.durations),
+# "str", "multi" (repeatable) or "flag"
 SPAWN_OPTIONS: list[tuple[tuple[str, ...], str, str, str]] = [
-    (("--ttl",), "ttl", "int", "Seconds until the deadline (default 3600)."),
+    (("--ttl",), "ttl", "duration", "Time until the deadline: seconds or e.g. 90m, 1h30m, 2d (default 1h)."),
     (("--memory", "-m"), "memory", "str", "Memory limit, e.g. 512m (swap disabled)."),
     (("--memory-reservation",), "memory_reservation", "str", "Soft memory limit, e.g. 256m."),
     (("--disk",), "disk", "str",
      "Writable space in all, e.g. 1g (default): /tmp and /fleetd/checkpoint get half each, the rest is read-only."),
     (("--cpus",), "cpus", "str", "CPUs, e.g. 0.25."),
     (("--pids-limit",), "pids_limit", "int", "Max processes (default 256)."),
-    (("--grace",), "grace", "int", "Seconds between SIGTERM and SIGKILL (default 30)."),
+    (("--grace",), "grace", "duration", "Time between SIGTERM and SIGKILL, e.g. 30s or 2m (default 30s)."),
     (("--role",), "role", "str", "Role whose defaults and credentials apply."),
-    (("--name",), "name", "str", "A name, unique among live agents."),
-    (("-e", "--env"), "env", "multi", "KEY=VALUE (or KEY, taken from this shell)."),
+    (("--name",), "name", "str", "A name, held until the agent that has it is removed (fleetd rm)."),
+    (("-e", "--env"), "env", "multi", "KEY=VALUE (or KEY, taken from this shell); wins over --env-file."),
+    (("--env-file",), "env_file", "multi",
+     "Read env from a file (repeatable): KEY=VALUE lines, # comments, a bare KEY taken from this shell."),
     (("--label", "-l"), "label", "multi", "KEY=VALUE label on the container."),
     (("--daily-usd",), "daily_usd", "str", "This agent's cap per UTC day in US dollars (default: its role's)."),
     (("--monthly-usd",), "monthly_usd", "str", "This agent's cap per calendar month in US dollars."),
     (("--max-llm-calls",), "max_llm_calls", "int", "This agent's maximum number of LLM calls."),
-    (("--heartbeat-interval",), "heartbeat_interval", "str",
-     "Seconds between the agent's heartbeats; none for 2 x this: SIGTERM (0: off)."),
+    (("--heartbeat-interval",), "heartbeat_interval", "duration",
+     "Time between the agent's heartbeats, e.g. 30s; none for 2 x this: SIGTERM (0: off)."),
     (("--restart",), "restart", "str", "never (default), on-failure[:N] or always, as docker run."),
     (("--startup-probe",), "startup_probe", "str", "e.g. http:8080/healthz,period=5 (also tcp:PORT, exec:CMD)."),
     (("--readiness-probe",), "readiness_probe", "str", "Probe whose result is the agent's readiness."),
@@ -54,10 +57,37 @@ def env_items(values: tuple[str, ...] | list[str]) -> list[str]:
     return items
 
 
+def env_file_items(path: str) -> list[str]:
+    """``--env-file``, read as ``docker run`` reads it: ``KEY=VALUE`` lines (the value verbatim, quotes
+    included), lines starting with ``#`` and blank lines skipped, a bare ``KEY`` taken from this shell
+    (skipped when unset)."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            lines = file.read().splitlines()
+    except OSError as exc:
+        raise EnvError(f"--env-file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise EnvError(f"--env-file {path}: not UTF-8 text") from None
+    items = []
+    for number, line in enumerate(lines, 1):
+        text = line.lstrip()
+        if not text or text.startswith("#"):
+            continue
+        key, eq, value = text.partition("=")
+        if not key or any(c.isspace() for c in key):
+            raise EnvError(f"--env-file {path}, line {number}: invalid variable {key!r}: expected KEY=VALUE")
+        if eq:
+            items.append(f"{key}={value}")
+        elif key in os.environ:
+            items.append(f"{key}={os.environ[key]}")
+    return items
+
+
 def spawn_request(image: str, command: list[str], options: dict[str, Any]) -> dict[str, Any]:
-    """The API body for a spawn, from parsed options."""
-    request = {k: v for k, v in options.items() if v is not None and k not in ("env", "label", "as_json")}
-    request.update(image=image, command=list(command), env=env_items(options.get("env") or ()),
+    """The API body for a spawn, from parsed options: env files first, then -e (the later value of a key wins)."""
+    request = {k: v for k, v in options.items() if v is not None and k not in ("env", "env_file", "label", "as_json")}
+    env = [item for path in options.get("env_file") or () for item in env_file_items(path)]
+    request.update(image=image, command=list(command), env=env + env_items(options.get("env") or ()),
                    labels=list(options.get("label") or ()))
     return request
 
@@ -94,6 +124,13 @@ def parse_fast(args: list[str]) -> tuple[dict[str, Any], str, list[str]] | None:
             if not value.strip().lstrip("-").isdigit():
                 return None
             options[dest] = int(value)
+        elif kind == "duration":
+            from fleetd.durations import seconds
+
+            found = seconds(value)
+            if found is None:
+                return None  # click says what is wrong with it
+            options[dest] = int(found) if found.is_integer() else found
         elif kind == "multi":
             options[dest].append(value)
         else:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from cli.client import ApiError, Client
-from cli.common import api_errors, client
+from cli.common import DURATION, api_errors, client
 from cli.money import dollars
 from cli.output import duration, state_text
 
@@ -410,8 +410,8 @@ def interruptible() -> Iterator[None]:
 
 
 @click.command()
-@click.option("-n", "--interval", type=click.FloatRange(min=0.1), default=2.0, show_default=True,
-              help="Seconds between refreshes.")
+@click.option("-n", "--interval", type=DURATION, default=2.0, show_default=True,
+              help="Time between refreshes: seconds or e.g. 500ms, 5s (at least 0.1 s).")
 @click.option("--once", is_flag=True, help="Print one frame and exit (for scripts).")
 @click.option("-a", "--all", "all_", is_flag=True, help="Exited agents too.")
 @click.pass_context
@@ -426,6 +426,8 @@ def top(ctx: click.Context, interval: float, once: bool, all_: bool) -> None:
     """
     from rich.console import Console
 
+    if interval < 0.1:
+        raise click.BadParameter(f"{interval:g} s is below 0.1 s", param_hint="'-n' / '--interval'")
     api = client(ctx)
     api.timeout = max(10.0, interval * 2)  # a hung daemon shows up as an error line, not a frozen screen
     frames = Frames(api, all_)

@@ -10,7 +10,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiohttp import web
 
@@ -28,6 +28,7 @@ SUPERVISOR = web.AppKey("supervisor", Supervisor)
 MAX_BODY = 1 << 20
 HANGUP_CHECK = 1.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+T = TypeVar("T")
 
 
 def error_response(status: int, code: str, message: str) -> web.Response:
@@ -134,6 +135,22 @@ async def extend(request: web.Request) -> web.Response:
     return web.json_response(s.agent_json(agent))
 
 
+async def remove(request: web.Request) -> web.Response:
+    s = sup(request)
+    agent = await s.remove(request.match_info["ref"], flag(request, "force"))
+    return web.json_response(s.agent_json(agent))
+
+
+async def wait(request: web.Request) -> web.Response:
+    s = sup(request)
+    agent = s.store.resolve(request.match_info["ref"])  # an unknown agent: 404 at once
+    try:
+        agent = await until_hangup(request, s.wait(agent["id"]))
+    except ConnectionResetError:
+        return web.Response()  # nobody is left to answer
+    return web.json_response(s.agent_json(agent))
+
+
 async def logs(request: web.Request) -> web.StreamResponse:
     s = sup(request)
     since = request.query.get("since")
@@ -156,7 +173,7 @@ async def logs(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def until_hangup(request: web.Request, awaitable: Awaitable[bytes]) -> bytes:
+async def until_hangup(request: web.Request, awaitable: Awaitable[T]) -> T:
     """Await ``awaitable``, but give up when the client hangs up (a quiet agent never wakes us)."""
     task = asyncio.ensure_future(awaitable)
     while True:
@@ -298,7 +315,8 @@ async def stats(request: web.Request) -> web.Response:
 
 
 async def teardown(request: web.Request) -> web.Response:
-    return web.json_response({"removed": await sup(request).teardown()})
+    removed, failed = await sup(request).teardown()
+    return web.json_response({"removed": removed, "failed": failed})
 
 
 def init_app(supervisor: Supervisor) -> web.Application:
@@ -309,6 +327,8 @@ def init_app(supervisor: Supervisor) -> web.Application:
     app.router.add_get("/v1/agents", list_agents)
     app.router.add_post("/v1/agents", spawn)
     app.router.add_get("/v1/agents/{ref}", inspect)
+    app.router.add_delete("/v1/agents/{ref}", remove)
+    app.router.add_post("/v1/agents/{ref}/wait", wait)
     app.router.add_get("/v1/agents/{ref}/logs", logs)
     app.router.add_post("/v1/agents/{ref}/stop", stop)
     app.router.add_post("/v1/agents/{ref}/kill", kill)

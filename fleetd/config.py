@@ -3,27 +3,27 @@
 The file is TOML; every key is optional::
 
     instance = "prod"
-    max_ttl = 86400            # the longest --ttl or extend a user may ask for
-    log_retention = 3600       # seconds an exited agent's container (and logs) is kept
+    max_ttl = "1d"             # the longest --ttl or extend a user may ask for
+    log_retention = "1h"       # how long an exited agent's container (and logs) is kept
     max_exited = 100           # at most this many exited containers are kept
     drain_on_exit = false      # stop every agent when the daemon stops
     spare_namespaces = 2       # agents' network namespaces made ahead of spawns (0: each spawn makes its own)
 
     [retention]                # removed agents' records, with their transitions and events, kept this long
-    records = 604800           # (7 days) after their end
-    events = 2592000           # (30 days) any event
+    records = "7d"             # after their end
+    events = "30d"             # any event
 
     [defaults]                 # spawn limits when no flag gives one
     memory = "512m"
     cpus = 0.5
     pids_limit = 256
-    ttl = 3600
-    grace = 30
+    ttl = "1h"                 # durations: seconds (3600) or "1h", "90m", "1h30m", "30s", "2d"
+    grace = "30s"
     disk = "1g"                # the agent's writable space: /tmp and /fleetd/checkpoint, half each
 
     [roles.researcher]         # per-role overrides of [defaults] (and of [budget], see fleetd.policy)
     memory = "1g"
-    ttl = 7200
+    ttl = "2h"
 
 Budgets, the circuit breaker, retries and prices: see :mod:`fleetd.policy`.
 """
@@ -40,7 +40,7 @@ from fleetd import __version__
 from fleetd.errors import InvalidRequest
 from fleetd.paths import default_config, default_socket, default_state_dir
 from fleetd.policy import BUDGET_KEYS, Policy, load_policy, overlay
-from fleetd.units import NAME_PATTERN, parse_disk, parse_heartbeat_interval, parse_memory
+from fleetd.units import NAME_PATTERN, parse_disk, parse_heartbeat_interval, parse_memory, parse_whole_seconds
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,8 @@ class Limits:
 
 
 MAX_SPARE_NAMESPACES = 256
+# Top-level keys that are durations (seconds, or "1h", "90m", "2d"), and their least values.
+DURATION_KEYS = {"max_ttl": 1, "max_grace": 0, "log_retention": 0}
 BUILTIN_DEFAULTS = Limits(memory=512 << 20, disk=1 << 30, cpus=1.0, pids_limit=256, ttl=3600, grace=30)
 
 
@@ -123,9 +125,9 @@ def _limits(table: dict[str, Any], where: str) -> Limits:
                 raise InvalidRequest(f"{where}.{key}: must be a string like the spawn flag's value")
             values[key] = value
         elif key == "heartbeat_interval":
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise InvalidRequest(f"{where}.heartbeat_interval: must be a number of seconds")
             values[key] = parse_heartbeat_interval(value, f"{where}.heartbeat_interval")
+        elif key in ("ttl", "grace"):
+            values[key] = parse_whole_seconds(value, f"{where}.{key}", 1 if key == "ttl" else 0)
         elif key == "cpus":
             if not isinstance(value, (int, float)) or value <= 0:
                 raise InvalidRequest(f"{where}.cpus: must be a number above 0")
@@ -138,10 +140,8 @@ def _limits(table: dict[str, Any], where: str) -> Limits:
 
 
 def retention_seconds(value: object, where: str) -> int:
-    """A retention period: whole seconds, at least a minute."""
-    if type(value) is not int or value < 60:
-        raise InvalidRequest(f"{where}: must be a whole number of seconds, at least 60")
-    return value
+    """A retention period: whole seconds (or a duration like "7d"), at least a minute."""
+    return parse_whole_seconds(value, where, 60)
 
 
 def load_config(path: Path | None = None, **overrides: Any) -> Config:
@@ -159,10 +159,13 @@ def load_config(path: Path | None = None, **overrides: Any) -> Config:
         except tomllib.TOMLDecodeError as exc:
             raise InvalidRequest(f"config {source}: {exc}") from None
     kwargs: dict[str, Any] = {}
-    for key in ("instance", "max_ttl", "max_grace", "log_retention", "max_exited", "drain_on_exit", "zone2_image",
+    for key in ("instance", "max_exited", "drain_on_exit", "zone2_image",
                 "metrics", "spare_namespaces"):
         if key in data:
             kwargs[key] = data.pop(key)
+    for key, low in DURATION_KEYS.items():
+        if key in data:
+            kwargs[key] = parse_whole_seconds(data.pop(key), key, low)
     retention = data.pop("retention", {})
     if not isinstance(retention, dict) or set(retention) - {"records", "events"}:
         raise InvalidRequest("retention: expected a table with records and events (seconds or durations)")

@@ -23,6 +23,8 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
+from fleetd import durations
+
 # Reasons for an agent's end that this module adds to ``fleetd.models.Reason``.
 # All three are failures of the agent, so a restart policy may bring it back.
 HEARTBEAT_LOST = "heartbeat_lost"
@@ -330,13 +332,14 @@ class ProbeSpec:
                 if key.endswith("_threshold"):
                     values[key] = int(value)
                 else:
-                    number = float(value)
-                    if not math.isfinite(number):
+                    number = durations.seconds(value)  # 5, 5s, 1m30s, 500ms
+                    if number is None:
                         raise ValueError
                     values[key] = number
             except ValueError:
                 option = next(name for name, field_ in _OPTIONS.items() if field_ == key)
-                raise ValueError(f"invalid probe {where!r}: {option}= needs a number, not {value!r}") from None
+                what = "a whole number" if key.endswith("_threshold") else "seconds or a duration like 5s"
+                raise ValueError(f"invalid probe {where!r}: {option}= needs {what}, not {value!r}") from None
         try:
             return cls(kind=kind, **values)  # type: ignore[arg-type]
         except ValueError as exc:
@@ -363,6 +366,12 @@ class ProbeSpec:
         if "kind" not in data:
             raise ValueError("a probe needs a kind")
         values = dict(data)
+        for name in ("initial_delay", "period", "timeout"):
+            if isinstance(values.get(name), str):  # the API takes "5s" and "1m" as well as numbers
+                number = durations.seconds(values[name])
+                if number is None:
+                    raise ValueError(f"probe {name} must be seconds or a duration like 5s or 1m, not {values[name]!r}")
+                values[name] = number
         if "command" in values:
             values["command"] = tuple(values["command"] or ())
         return cls(**values)

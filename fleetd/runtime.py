@@ -582,13 +582,27 @@ class DockerRuntime:
             filters = {**self.label_filter, "type": "container"}
             return self.api.events(since=since, filters=filters, decode=True)
 
-    def teardown(self) -> dict[str, int]:
-        """Remove every container, network and volume labelled with this instance."""
+    def teardown(self) -> tuple[dict[str, int], list[dict[str, str]]]:
+        """Remove every container, network and volume labelled with this instance.
+
+        Returns the counts removed, and what could not be removed (``kind``, ``name``, ``id``, ``error``):
+        one failure does not stop the rest.
+        """
         removed = {"containers": 0, "networks": 0, "volumes": 0}
+        failed: list[dict[str, str]] = []
+
+        def failure(kind: str, name: str, id_: str, error: str) -> None:
+            log.warning("teardown: cannot remove %s %s: %s", kind, name, error)
+            failed.append({"kind": kind, "name": name, "id": id_, "error": error})
+
         with docker_errors():
             for container in self.api.containers(all=True, filters=self.label_filter):
-                self.remove(container["Id"])
-                removed["containers"] += 1
+                name = ((container.get("Names") or ["?"])[0]).lstrip("/")
+                try:
+                    self.remove(container["Id"])
+                    removed["containers"] += 1
+                except RuntimeFailure as exc:
+                    failure("container", name, container["Id"], exc.message)
             for network in self.api.networks(filters=self.label_filter):
                 try:
                     self.api.remove_network(network["Id"])
@@ -597,7 +611,7 @@ class DockerRuntime:
                     pass
                 except docker.errors.APIError as exc:
                     # e.g. a stale endpoint (moby#42119): report it, and remove the rest anyway
-                    log.warning("teardown: cannot remove network %s: %s", network["Name"], exc.explanation)
+                    failure("network", network["Name"], network["Id"], str(exc.explanation or exc))
             volumes = self.api.volumes(filters=self.label_filter).get("Volumes") or []
             for volume in volumes:
                 try:
@@ -605,5 +619,7 @@ class DockerRuntime:
                     removed["volumes"] += 1
                 except docker.errors.NotFound:
                     pass
+                except docker.errors.APIError as exc:
+                    failure("volume", volume["Name"], volume["Name"], str(exc.explanation or exc))
         self._network_ready = False
-        return removed
+        return removed, failed

@@ -17,6 +17,7 @@ from fleetd.units import (
     parse_memory,
     parse_pairs,
     parse_usd,
+    parse_whole_seconds,
 )
 
 SPAWN_FIELDS = {
@@ -52,7 +53,12 @@ def optional_usd(value: Any, flag: str) -> str | None:
 
 def ttl_seconds(value: Any, config: Config) -> int:
     """A TTL (spawn or extend): above zero and at most the configured maximum."""
-    return whole_number(value, "--ttl", 1, config.max_ttl)
+    return parse_whole_seconds(value, "--ttl", 1, config.max_ttl)
+
+
+def grace_seconds(value: Any, config: Config) -> int:
+    """Seconds between SIGTERM and SIGKILL: 0 to the configured maximum."""
+    return parse_whole_seconds(value, "--grace", 0, config.max_grace)
 
 
 def build_spec(request: Any, config: Config, host_cpus: int, roles: frozenset[str] = frozenset()) -> AgentSpec:
@@ -112,7 +118,7 @@ def build_spec(request: Any, config: Config, host_cpus: int, roles: frozenset[st
         nano_cpus=nano_cpus,
         pids_limit=whole_number(pick("pids_limit"), "--pids-limit", 1),
         ttl=ttl_seconds(pick("ttl"), config),
-        grace=whole_number(pick("grace"), "--grace", 0, config.max_grace),
+        grace=grace_seconds(pick("grace"), config),
         daily_usd=optional_usd(request.get("daily_usd"), "--daily-usd"),
         monthly_usd=optional_usd(request.get("monthly_usd"), "--monthly-usd"),
         max_llm_calls=None if request.get("max_llm_calls") is None

@@ -297,12 +297,15 @@ class Store:
                 self.conn.execute("DROP TABLE temp.doomed")
         return {"agents": agents, "transitions": transitions, "events": events}
 
-    def live_name_owner(self, name: str) -> str | None:
+    def name_owner(self, name: str) -> tuple[str, str] | None:
+        """The agent (id, state) holding a name: any record not removed (Docker's rule for container names)."""
         marks = ", ".join("?" for _ in LIVE_STATES)
         row = self.conn.execute(
-            f"SELECT id FROM agents WHERE name = ? AND state IN ({marks})", [name, *LIVE_STATES]
+            f"SELECT id, state FROM agents WHERE name = ? AND state != ?"
+            f" ORDER BY state IN ({marks}) DESC, created_at DESC LIMIT 1",
+            [name, State.REMOVED.value, *LIVE_STATES],
         ).fetchone()
-        return row[0] if row else None
+        return (row[0], row[1]) if row else None
 
     def update(self, agent_id: str, **fields: Any) -> dict[str, Any]:
         """Change fields that are not the state (deadline, heartbeat …)."""

@@ -46,10 +46,10 @@ from fleetd.policy import BUDGET_KEYS, INHERIT, budget_caps
 from fleetd.probes import MAX_OUTPUT
 from fleetd.runtime import CHECKPOINT_DIR, DISK_MOUNTS, LABEL_AGENT, LABEL_KIND, POOL_SIZE
 from fleetd.spare_netns import SpareNamespaces
-from fleetd.spec import build_spec, ttl_seconds, whole_number
+from fleetd.spec import build_spec, grace_seconds, ttl_seconds
 from fleetd.store import Store
 from fleetd.timers import Timers
-from fleetd.units import NAME_PATTERN, format_bytes
+from fleetd.units import NAME_PATTERN, format_bytes, parse_whole_seconds
 
 if TYPE_CHECKING:
     from fleetd.gateway import Zone2
@@ -203,9 +203,12 @@ class Supervisor:
             from fleetd.gateway import agent_env
 
             env.update(agent_env())
-        owner = self.store.live_name_owner(spec.name) if spec.name else None
+        owner = self.store.name_owner(spec.name) if spec.name else None
         if owner is not None:
-            raise Conflict(f"name {spec.name!r} is already in use by agent {owner}")
+            held_by, state = owner
+            free = f"fleetd rm {held_by}" if state not in LIVE_STATES else f"fleetd rm -f {held_by}"
+            raise Conflict(f"name {spec.name!r} is already in use by agent {held_by} ({state}): "
+                           f"run `{free}` to free it")
         # A spare holder's id, its namespace ready (fleetd.spare_netns); else a new id, its holder made below.
         agent_id = self.spares.take() or secrets.token_hex(6)
         name = spec.name or agent_id
@@ -374,7 +377,7 @@ class Supervisor:
         """SIGTERM, wait the grace period, SIGKILL; like ``docker stop`` a stopped agent is left alone."""
         agent = self.store.resolve(ref)
         spec = _spec(agent)
-        grace = spec.grace if grace is None else whole_number(grace, "--grace", 0, self.config.max_grace)
+        grace = spec.grace if grace is None else grace_seconds(grace, self.config)
         if agent["state"] in (State.RUNNING, State.CREATED) and agent["container_id"]:
             agent = await self._terminate(agent, Reason.STOPPED, grace)
         elif agent["state"] == State.RESTARTING:
@@ -406,14 +409,53 @@ class Supervisor:
 
     async def extend(self, ref: str, ttl: Any) -> dict[str, Any]:
         """Set the deadline to now + ``ttl`` seconds (E2B's set_timeout)."""
+        seconds = ttl_seconds(ttl, self.config)  # bad input is a 400 whichever agent it names
         agent = self.store.resolve(ref)
-        seconds = ttl_seconds(ttl, self.config)
         if agent["state"] != State.RUNNING:
             raise Conflict(f"agent {agent['id']} is {agent['state']}: only a running agent can be extended")
         deadline = deadline_for(utcnow(), seconds)
         agent = self.store.update(agent["id"], deadline=iso(deadline))
         self.store.add_event("extended", f"deadline set to {iso(deadline)}", agent["id"], {"ttl": seconds})
         self._arm_deadline(agent)
+        return agent
+
+    async def remove(self, ref: str, force: bool = False) -> dict[str, Any]:
+        """``fleetd rm``: remove an ended agent's container, volumes and disks; its record stays, ``removed``.
+
+        A live agent is refused (409) unless ``force``: then it is killed first (SIGKILL, like ``docker rm -f``).
+        """
+        agent = self.store.resolve(ref)
+        agent_id = agent["id"]
+        if agent["state"] in LIVE_STATES:
+            if not force:
+                raise Conflict(f"agent {agent_id} is {agent['state']}: stop it first (`fleetd stop {agent_id}`) "
+                               f"or remove it by force (`fleetd rm -f {agent_id}`)")
+            if agent_id in self._spawning:
+                raise Conflict(f"agent {agent_id} is being spawned: try again in a moment")
+            if agent["state"] == State.RESTARTING:
+                self._end_restarting(agent, Reason.KILLED)
+            elif agent["state"] in (State.RUNNING, State.STOPPING) and agent["container_id"]:
+                await self.kill(agent_id)
+            agent = self._get(agent_id)
+            if agent["state"] in LIVE_STATES:  # the kill was not seen to end it (or it never had a container)
+                self.timers.cancel(f"kill:{agent_id}")
+                self.store.transition(agent_id, State.EXITED, Reason.KILLED, finished_at=iso(utcnow()))
+                self._finished(agent_id)
+        if agent["container_id"]:
+            await self.call(self.runtime.remove, agent["container_id"])
+        await self.call(self._remove_disks, agent_id)
+        agent = self._get(agent_id)  # the destroy event may have recorded it meanwhile
+        if agent["state"] != State.REMOVED:
+            agent = self.store.transition(agent_id, State.REMOVED, agent["reason"], exit_code=agent["exit_code"])
+        return agent
+
+    async def wait(self, ref: str) -> dict[str, Any]:
+        """``fleetd wait``: return the agent's record once it has ended (exited, failed or removed)."""
+        agent = self.store.resolve(ref)
+        while agent["state"] in LIVE_STATES:
+            # The event is set when it ends; looking again now and then also covers a restart of the daemon's view.
+            await self._wait_exit(agent["id"], 5.0)
+            agent = self._get(agent["id"])
         return agent
 
     async def _wait_exit(self, agent_id: str, timeout: float) -> None:
@@ -662,8 +704,12 @@ class Supervisor:
                      removed)
         return removed
 
-    async def teardown(self) -> dict[str, int]:
-        """Remove every Docker object of this instance; every agent ends ``removed``."""
+    async def teardown(self) -> tuple[dict[str, int], list[dict[str, str]]]:
+        """Remove every Docker object of this instance; every agent ends ``removed``.
+
+        Returns the counts removed and what could not be removed; an agent whose container is among those
+        keeps its record as it is (not ``removed``: its container is still there).
+        """
         for agent in self.store.agents(LIVE_STATES):
             self.timers.cancel(f"deadline:{agent['id']}")
             self.timers.cancel(f"kill:{agent['id']}")
@@ -672,16 +718,20 @@ class Supervisor:
                 self.store.transition(agent["id"], State.STOPPING, Reason.TEARDOWN, kill_at=iso(utcnow()))
         rules = await self.gateway.teardown() if self.gateway is not None else 0
         await self.spares.clear()  # made again by the next spawn
-        removed = await self.call(self.runtime.teardown)
+        removed, failed = await self.call(self.runtime.teardown)
         removed["disks"] = await self.call(self.disks.remove_all)
         removed["firewall_rules"] = rules
+        left = {f["id"] for f in failed if f["kind"] == "container"}
         for agent in self.store.agents(tuple(s for s in State if s != State.REMOVED)):
+            if agent["container_id"] in left:
+                continue
             self.store.transition(
                 agent["id"], State.REMOVED, agent["reason"], finished_at=agent["finished_at"] or iso(utcnow())
             )
             self._finished(agent["id"])
-        self.store.add_event("teardown", f"removed {removed}", None, removed)
-        return removed
+        self.store.add_event("teardown", f"removed {removed}" + (f"; could not remove {len(failed)}" if failed else ""),
+                             None, {**removed, "failed": failed})
+        return removed, failed
 
     def drain_seconds(self) -> float:
         """How long a drain may take: the longest grace period of a live agent, plus slack."""
@@ -690,7 +740,7 @@ class Supervisor:
 
     async def drain_fleet(self, timeout: Any = None) -> dict[str, Any]:
         """`fleetd drain`: accept no spawns, let agents finish for ``timeout`` seconds, then stop the rest."""
-        seconds = whole_number(3600 if timeout is None else timeout, "--timeout", 0, 7 * 86400)
+        seconds = parse_whole_seconds(3600 if timeout is None else timeout, "--timeout", 0, 7 * 86400)
         if not self.draining:
             self.draining = True
             self.store.set_meta("draining", "1")

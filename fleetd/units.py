@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from decimal import Decimal, InvalidOperation
 
+from fleetd.durations import seconds
 from fleetd.errors import InvalidRequest
 
 # Docker's RAMInBytes: a number, an optional unit, an optional "i" and "b".
@@ -130,12 +131,36 @@ def parse_usd(value: object, flag: str = "--usd") -> Decimal:
 
 def parse_heartbeat_interval(value: object, flag: str = "--heartbeat-interval") -> float:
     """Seconds between an agent's heartbeats: 0 (none expected), or 0.5 to 86400."""
-    try:
-        seconds = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise InvalidRequest(f"{flag}: expected seconds, got {value!r}") from None
-    if not 0 <= seconds <= 86400 or seconds != seconds:
+    interval = parse_duration(value, flag)
+    if not interval <= 86400:
         raise InvalidRequest(f"{flag}: must be between 0 (off) and 86400 seconds, got {value!r}")
-    if 0 < seconds < 0.5:
+    if 0 < interval < 0.5:
         raise InvalidRequest(f"{flag}: at least 0.5 seconds (or 0 for none)")
-    return seconds
+    return interval
+
+
+DURATION_HINT = "use seconds or a duration like 90s, 10m, 1h30m, 1.5h or 2d"
+
+
+def parse_duration(value: object, flag: str, low: float = 0) -> float:
+    """Seconds >= ``low`` from a number (seconds) or a duration string (``fleetd.durations``)."""
+    found = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        found = float(value)
+    elif isinstance(value, str):
+        found = seconds(value)
+    if found is None or found != found or found in (float("inf"), float("-inf")):
+        raise InvalidRequest(f"{flag}: invalid duration {value!r}: {DURATION_HINT}")
+    if found < low:
+        raise InvalidRequest(f"{flag}: must be at least {low:g}, got {value!r}")
+    return found
+
+
+def parse_whole_seconds(value: object, flag: str, low: int, high: int | None = None) -> int:
+    """A duration of whole seconds within [low, high] (a TTL, a grace period, a timeout)."""
+    found = parse_duration(value, flag, low)
+    if not found.is_integer():
+        raise InvalidRequest(f"{flag}: must be a whole number of seconds, got {value!r}")
+    if high is not None and found > high:
+        raise InvalidRequest(f"{flag}: must be at most {high}, got {value!r}")
+    return int(found)

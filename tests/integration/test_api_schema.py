@@ -465,6 +465,33 @@ def test_name_conflict(api: Api) -> None:
     assert name in message["error"]["message"]
 
 
+def test_durations_wait_and_remove(api: Api) -> None:
+    name = f"api-rm-{secrets.token_hex(3)}"
+    live = spawn(api, name=name, ttl="1h30m", grace="30s", heartbeat_interval="1m")
+    assert (live["limits"]["ttl"], live["limits"]["grace"], live["heartbeat_interval"]) == (5400, 30, 60)
+    ref = f"/v1/agents/{live['id']}"
+    extended = api.call("POST", f"{ref}/extend", "/v1/agents/{ref}/extend", 200, {"ttl": "90m"})
+    assert 5300 < extended["ttl_remaining"] <= 5400
+    message = api.error("POST", f"{ref}/extend", "/v1/agents/{ref}/extend", 400, "invalid_request", {"ttl": "soon"})
+    assert "--ttl: invalid duration 'soon'" in message["error"]["message"]
+    refused = api.error("DELETE", ref, "/v1/agents/{ref}", 409, "conflict")
+    assert f"fleetd rm -f {live['id']}" in refused["error"]["message"]
+    taken = api.error("POST", "/v1/agents", "/v1/agents", 409, "conflict", {"image": IMAGE, "name": name})
+    assert f"agent {live['id']} (running)" in taken["error"]["message"]
+    forced = api.call("DELETE", f"{ref}?force=true", "/v1/agents/{ref}", 200)
+    assert (forced["state"], forced["reason"]) == ("removed", "killed")
+
+    ended = spawn(api, name=name, command=["sh", "-c", "exit 3"])  # the name is free again
+    ref = f"/v1/agents/{ended['id']}"
+    waited = api.call("POST", f"{ref}/wait", "/v1/agents/{ref}/wait", 200)
+    assert (waited["state"], waited["exit_code"]) == ("exited", 3)
+    assert api.call("POST", f"{ref}/wait", "/v1/agents/{ref}/wait", 200)["exit_code"] == 3  # at once now
+    removed = api.call("DELETE", ref, "/v1/agents/{ref}", 200)
+    assert (removed["state"], removed["exit_code"]) == ("removed", 3)
+    assert api.call("DELETE", ref, "/v1/agents/{ref}", 200)["state"] == "removed"
+    assert api.call("POST", f"{ref}/wait", "/v1/agents/{ref}/wait", 200)["state"] == "removed"
+
+
 def test_unknown_agent(api: Api) -> None:
     for method, path, template in [
         ("GET", "/v1/agents/nosuchagent", "/v1/agents/{ref}"),
@@ -472,6 +499,8 @@ def test_unknown_agent(api: Api) -> None:
         ("POST", "/v1/agents/nosuchagent/stop", "/v1/agents/{ref}/stop"),
         ("POST", "/v1/agents/nosuchagent/kill", "/v1/agents/{ref}/kill"),
         ("POST", "/v1/agents/nosuchagent/extend", "/v1/agents/{ref}/extend"),
+        ("POST", "/v1/agents/nosuchagent/wait", "/v1/agents/{ref}/wait"),
+        ("DELETE", "/v1/agents/nosuchagent", "/v1/agents/{ref}"),
         ("GET", "/v1/events?agent=nosuchagent", "/v1/events"),
     ]:
         body = {"ttl": 60} if path.endswith("/extend") else None
@@ -494,6 +523,7 @@ def test_teardown(api: Api) -> None:
     firewall = Firewall(api.instance)
     assert len([rule for rule in firewall.rules() if firewall.tag in rule]) == 3
     result = api.call("POST", "/v1/teardown", "/v1/teardown", 200)
+    assert result["failed"] == []
     assert result["removed"]["containers"] >= 2  # the agents and zone 2
     assert result["removed"]["networks"] == 2  # agents and egress
     assert result["removed"]["firewall_rules"] == 3

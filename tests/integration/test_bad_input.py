@@ -41,6 +41,10 @@ def snapshot(daemon: Daemon) -> tuple[list[tuple[str, str]], int, int]:
         (["--ttl", "-5", AGENT_IMAGE], "--ttl: must be at least 1"),
         (["--ttl", "86401", AGENT_IMAGE], "--ttl: must be at most 86400"),
         (["--grace", "-1", AGENT_IMAGE], "--grace: must be at least 0"),
+        (["--ttl", "1.5s", AGENT_IMAGE], "--ttl: must be a whole number of seconds"),
+        (["--ttl", "2d", AGENT_IMAGE], "--ttl: must be at most 86400"),
+        (["--grace", "2h", AGENT_IMAGE], "--grace: must be at most 3600"),
+        (["--env-file", "/nonexistent/agent.env", AGENT_IMAGE], "--env-file /nonexistent/agent.env: No such file"),
         (["--pids-limit", "0", AGENT_IMAGE], "--pids-limit: must be at least 1"),
         (["-e", "=x", AGENT_IMAGE], "invalid env '=x'"),
         (["-e", "BAD KEY=1", AGENT_IMAGE], "invalid env 'BAD KEY=1'"),
@@ -72,13 +76,16 @@ def test_duplicate_name_is_refused(daemon: Daemon) -> None:
 def test_non_integer_flag_is_a_usage_error(daemon: Daemon) -> None:
     result = daemon.cli("spawn", "--ttl", "soon", AGENT_IMAGE, check=False)
     assert result.returncode == 2 and "Invalid value for '--ttl'" in result.stderr
+    assert "is not a duration" in result.stderr and "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("verb", [["inspect"], ["stop"], ["kill"], ["logs"], ["extend", "--ttl", "5"]])
+@pytest.mark.parametrize("verb", [["inspect"], ["stop"], ["kill"], ["logs"], ["extend", "--ttl", "5"], ["rm"],
+                                  ["rm", "-f"], ["wait"]])
 def test_unknown_agent(shared: Daemon, verb: list[str]) -> None:
     daemon = shared
     result = daemon.cli(*verb[:1], "ffffffffffff", *verb[1:], check=False)
     assert result.returncode == 1 and "no such agent: ffffffffffff" in result.stderr
+    assert result.stdout == ""
 
 
 def test_cli_without_daemon_says_so(tmp_path: object) -> None:
@@ -111,6 +118,14 @@ def raw_request(daemon: Daemon, method: str, path: str, body: bytes | None = Non
         ("POST", "/v1/agents", b"\xff\xfe", 400, "invalid_request"),
         ("POST", "/v1/agents", b'{"image": "fleetd/agent-python", "bogus": 1}', 400, "invalid_request"),
         ("POST", "/v1/agents", b'{"image": "fleetd/agent-python", "ttl": "abc"}', 400, "invalid_request"),
+        ("POST", "/v1/agents", b'{"image": "fleetd/agent-python", "ttl": "1h30"}', 400, "invalid_request"),
+        ("POST", "/v1/agents", b'{"image": "fleetd/agent-python", "grace": "1.5s"}', 400, "invalid_request"),
+        ("POST", "/v1/agents", b'{"image": "fleetd/agent-python", "heartbeat_interval": "often"}', 400,
+         "invalid_request"),
+        ("POST", "/v1/agents/abc123/extend", b'{"ttl": "soon"}', 400, "invalid_request"),
+        ("POST", "/v1/drain", b'{"timeout": "10 parsecs"}', 400, "invalid_request"),
+        ("DELETE", "/v1/agents/ffffffffffff?force=maybe", None, 400, "invalid_request"),
+        ("POST", "/v1/agents/ffffffffffff/wait", None, 404, "not_found"),
         ("POST", "/v1/agents", b'{"image": "fleetd/agent-python", "command": "sleep 1"}', 400, "invalid_request"),
         ("POST", "/v1/agents", b'{"image": 5}', 400, "invalid_request"),
         ("POST", "/v1/agents", b'{"image": "fleetd/agent-python", "env": {"A": 1}}', 400, "invalid_request"),

@@ -97,12 +97,16 @@ def test_roles_from_config_set_defaults() -> None:
         d.cleanup()
 
 
-def test_name_is_free_again_after_exit(daemon: Daemon) -> None:
+def test_name_is_free_again_once_its_agent_is_removed(daemon: Daemon) -> None:
+    """Docker's rule: an exited agent keeps its name (and its container) until it is removed."""
     first = daemon.spawn("--name", "job", AGENT_IMAGE, "true")
     daemon.wait_state(first, "exited")
+    taken = daemon.cli("spawn", "--name", "job", AGENT_IMAGE, "sleep", "60", check=False)
+    assert taken.returncode == 1 and f"in use by agent {first} (exited): run `fleetd rm {first}`" in taken.stderr
+    daemon.cli("rm", first)
     second = daemon.spawn("--name", "job", AGENT_IMAGE, "sleep", "60")
-    assert daemon.agent("job")["id"] == second  # a name resolves to the live agent first
-    assert len(containers(daemon.instance)) == 2
+    assert daemon.agent("job")["id"] == second
+    assert len(containers(daemon.instance)) == 1
 
 
 def spare_holders(engine: docker.DockerClient, daemon: Daemon, agents: set[str] | None = None) -> set[str]:

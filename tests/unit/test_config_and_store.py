@@ -44,11 +44,12 @@ def test_config_prices_take_long_context_prices(tmp_path: Path) -> None:
      ('[prices."m"]\ninput = 3.0\noutput = 15.0\npriority_multiplier = 0.5', "priority_multiplier"),
      ('[prices."m"]\ninput = 3.0\noutput = 15.0\nmax_input_tokens = 1.5', "max_input_tokens"),
      ("[defaults]\nmemory = 'x'", "invalid size"), ("instance = 'a b'", "instance"),
-     ("[roles.r]\nttl = -1", "whole number"), ("= broken", "config"),
+     ("[roles.r]\nttl = -1", "roles.r.ttl: must be at least 1"), ("= broken", "config"),
      ("[defaults]\nheartbeat_interval = 0.2", "heartbeat_interval"),
-     ("[defaults]\nheartbeat_interval = '5'", "heartbeat_interval"),
+     ("[defaults]\nheartbeat_interval = 'soon'", "heartbeat_interval: invalid duration"),
      ("[roles.r]\ndisk = '8m'", "roles.r.disk"),
      ("[retention]\nrecords = 59", "retention.records"), ("[retention]\nforever = 1", "retention"),
+     ("[retention]\nevents = '1 fortnight'", "retention.events: invalid duration"),
      ("retention = 5", "retention")],
 )
 def test_bad_config(tmp_path: Path, text: str, message: str) -> None:
@@ -101,7 +102,19 @@ def test_store_resolve(tmp_path: Path) -> None:
         store.resolve("aaa111")
     with pytest.raises(NotFound):
         store.resolve("zzz")
-    assert store.live_name_owner("web") == "aaa111999999"
+    assert store.name_owner("web") == ("aaa111999999", "running")
+
+
+def test_a_name_is_held_until_its_record_is_removed(tmp_path: Path) -> None:
+    """Docker's rule: an exited container keeps its name until it is removed."""
+    store = Store(tmp_path / "state.db")
+    new_agent(store, "bbb111222333", "job", state="exited")
+    assert store.name_owner("job") == ("bbb111222333", "exited")
+    new_agent(store, "ccc111222333", "failing", state="failed")
+    assert store.name_owner("failing") == ("ccc111222333", "failed")
+    store.transition("bbb111222333", State.REMOVED, "exited")
+    assert store.name_owner("job") is None
+    assert store.name_owner("nobody") is None
 
 
 def test_store_belongs_to_one_instance(tmp_path: Path) -> None:

@@ -512,6 +512,11 @@ def test_status_with_zone2_matches_the_schema(doc: dict[str, Any], vault_supervi
 
 def test_teardown_result_counts_firewall_rules(doc: dict[str, Any]) -> None:
     removed = {"containers": 2, "networks": 2, "volumes": 0, "disks": 2, "firewall_rules": 3}
-    check(doc, "TeardownResult", {"removed": removed})
+    check(doc, "TeardownResult", {"removed": removed, "failed": []})
+    failed = [{"kind": "network", "name": "fleetd-x-agents", "id": "n1", "error": "has active endpoints"}]
+    check(doc, "TeardownResult", {"removed": removed, "failed": failed})
     with pytest.raises(jsonschema.ValidationError):
-        validator(doc, "TeardownResult").validate({"removed": {"containers": 2, "networks": 2, "volumes": 0}})
+        validator(doc, "TeardownResult").validate({"removed": {"containers": 2, "networks": 2, "volumes": 0},
+                                                   "failed": []})
+    with pytest.raises(jsonschema.ValidationError):
+        validator(doc, "TeardownResult").validate({"removed": removed})  # what it could not remove is always said
