@@ -108,6 +108,7 @@ class AgentRuntime(Protocol):
         ...
 
     # -- the whole instance -------------------------------------------------------------------------------------
-    def teardown(self) -> dict[str, int]:
-        """Remove every object of this instance; counts by kind."""
+    def teardown(self) -> tuple[dict[str, int], list[dict[str, str]]]:
+        """Remove every object of this instance: counts by kind, and what could not be removed (``kind``,
+        ``name``, ``id``, ``error``)."""
         ...

@@ -169,10 +169,10 @@ class FakeRuntime:
              timestamps: bool = False) -> Any:
         return iter(())
 
-    def teardown(self) -> dict[str, int]:
+    def teardown(self) -> tuple[dict[str, int], list[dict[str, str]]]:
         removed = len(self.containers_by_id)
         self.containers_by_id.clear()
-        return {"containers": removed, "networks": 0, "volumes": 0}
+        return {"containers": removed, "networks": 0, "volumes": 0}, []
 
 
 class FakeDisks:

@@ -19,7 +19,8 @@ from fleetd.models import State
 from fleetd.runtime import DockerRuntime
 from fleetd.store import Store
 from fleetd.supervisor import Supervisor
-from tests.unit.test_supervisor_faults import FakeRuntime, insert, run
+from tests.unit.fake_runtime import FakeRuntime
+from tests.unit.supervisor_rig import insert, run
 
 # -- --env-file ------------------------------------------------------------------
 

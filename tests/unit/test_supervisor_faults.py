@@ -4,47 +4,17 @@ container that never started and a background task that fails leave behind."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-from collections.abc import Awaitable, Callable
-from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from fleetd.background import Background
-from fleetd.config import Config
-from fleetd.models import AgentSpec, State, iso, utcnow
+from fleetd.models import State, iso, utcnow
 from fleetd.store import Store
 from fleetd.supervisor import Supervisor
-from fleetd.timers import Timers
-from tests.unit.fake_runtime import FakeDisks, FakeRuntime
-
-
-def run(tmp_path: Path, check: Callable[[Supervisor, Store, FakeRuntime], Awaitable[None]]) -> None:
-    async def main() -> None:
-        store = Store(tmp_path / "state.db")
-        runtime = FakeRuntime()
-        timers = Timers()
-        timers.start()
-        supervisor = Supervisor(Config(state_dir=tmp_path, spare_namespaces=0), store,
-                                runtime, timers, FakeDisks())  # type: ignore[arg-type]
-        try:
-            await check(supervisor, store, runtime)
-        finally:
-            timers.shutdown()
-            supervisor.close()
-            store.close()
-
-    asyncio.run(main())
-
-
-def insert(store: Store, agent_id: str, restart: str = "never", **fields: Any) -> None:
-    fields = {"container_id": f"c-{agent_id}", **fields}
-    store.insert_agent(agent_id, name=agent_id, image="img", role="default", created_at=iso(utcnow()),
-                       deadline=iso(utcnow() + timedelta(hours=1)),
-                       spec=json.dumps(AgentSpec(image="img", restart=restart).to_json()), **fields)
+from tests.unit.fake_runtime import FakeRuntime
+from tests.unit.supervisor_rig import insert, run
 
 
 def test_a_restart_whose_start_fails_ends_the_agent_with_the_reason_it_was_restarting_for(tmp_path: Path) -> None:
