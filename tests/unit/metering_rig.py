@@ -7,6 +7,7 @@ Shared by tests/unit/test_zone2_metering.py and test_zone2_unsized_input.py; not
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -35,6 +36,19 @@ CHAT = "/v1/chat/completions"
 AUTH = {"Authorization": "Bearer $CRED{sim}"}
 
 
+class Clock:
+    """``time.monotonic`` that a test can move ahead: breaker windows and back-offs without sleeping through them."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
+
+
 @dataclass
 class Rig:
     gw: str
@@ -43,6 +57,7 @@ class Rig:
     sim: Any
     registry: Registry
     events: list[tuple[str, str | None, str, dict[str, Any]]] = field(default_factory=list)
+    clock: Clock = field(default_factory=Clock)  # the cost tracker's monotonic clock
 
     def register(self, caps: Caps | None = None, allow_unpriced: bool = False) -> None:
         self.registry.register(Registration("agent1", "127.0.0.1", "worker", frozenset({"sim"}), caps or Caps(),
@@ -70,7 +85,8 @@ async def rig(tmp_path: Path, policy: dict[str, Any] | None = None) -> AsyncIter
         registry = Registry()
         registry.set_creds([Upstream("sim", sim_url, SECRET)])
         events: list[tuple[str, str | None, str, dict[str, Any]]] = []
-        costs = CostTracker(Ledger(tmp_path / "ledger.db"), lambda *e: events.append(e))
+        clock = Clock()
+        costs = CostTracker(Ledger(tmp_path / "ledger.db"), lambda *e: events.append(e), monotonic=clock)
         prices = [*PriceTable.builtin().to_list(), TEST_PRICE, LONG_PRICE]
         costs.configure({"prices": prices, "retry": {"max_retries": 0}, **(policy or {})})
 
@@ -78,7 +94,7 @@ async def rig(tmp_path: Path, policy: dict[str, Any] | None = None) -> AsyncIter
             return None
 
         async with serve(init_gateway(registry, whois, costs)) as gw, aiohttp.ClientSession() as client:
-            r = Rig(gw, client, costs, sim_app[SIM], registry, events)
+            r = Rig(gw, client, costs, sim_app[SIM], registry, events, clock)
             r.register()
             yield r
         costs.ledger.close()

@@ -607,12 +607,12 @@ def test_a_429_only_upstream_sees_threshold_plus_one_probe_per_open_window(tmp_p
         _, headers, raw = await r.post(CHAT, body)
         assert json.loads(raw)["error"]["type"] == "circuit_open" and int(headers["Retry-After"]) >= 1
         assert headers["x-should-retry"] == "false"  # the official SDKs fail fast instead of sleeping on it
-        await asyncio.sleep(1.1)  # open for 1 s: one probe, which fails: open for 2 s
+        r.clock.advance(1.1)  # open for 1 s: one probe, which fails: open for 2 s
         assert [(await r.post(CHAT, body))[0] for _ in range(5)] == [429, 503, 503, 503, 503]
         assert r.upstream_calls() == 4
-        await asyncio.sleep(1.1)
+        r.clock.advance(1.1)
         assert (await r.post(CHAT, body))[0] == 503  # still open: the backoff doubled
-        await asyncio.sleep(1.0)
+        r.clock.advance(1.0)
         r.sim.config.rate_limit = 0  # the upstream recovers: the probe closes the circuit
         assert (await r.post(CHAT, body))[0] == 200
         assert [(await r.post(CHAT, body))[0] for _ in range(3)] == [200, 200, 200]
@@ -630,7 +630,7 @@ def test_half_open_admits_exactly_one_request_under_concurrency(tmp_path: Path) 
         body = {"model": "gpt-4o", "max_tokens": 4, "messages": [{"role": "user", "content": "x"}]}
         for _ in range(3):
             await r.post(CHAT, body)
-        await asyncio.sleep(1.1)
+        r.clock.advance(1.1)  # the open window (1 s) passes
         r.sim.config.latency_ms = 300  # the probe takes a while: everyone else arrives meanwhile
         before = r.upstream_calls()
         statuses = [s for s, _, _ in await asyncio.gather(*(r.post(CHAT, body) for _ in range(20)))]
