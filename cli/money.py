@@ -25,54 +25,29 @@ def price() -> None:
     """Model prices (USD per 1M tokens) that zone 2 meters LLM calls with."""
 
 
+def price_options(command: Any) -> Any:
+    """``fleetd price set``'s options, one per price field that has a flag (fleetd.zone2.pricing.FIELDS)."""
+    from fleetd.zone2.pricing import FIELDS
+
+    types = {"usd": float, "tokens": click.IntRange(min=1), "multiple": click.FloatRange(1, 10)}
+    for field in reversed([f for f in FIELDS if f.flag]):
+        command = click.option(str(field.flag), field.name, type=types[field.kind], required=field.required,
+                               help=field.help)(command)
+    return command
+
+
 @price.command("set")
 @click.argument("model")
-@click.option("--input-per-mtok", type=float, required=True, help="USD per 1M uncached input tokens.")
-@click.option("--output-per-mtok", type=float, required=True, help="USD per 1M output tokens (reasoning included).")
-@click.option("--cached-input-per-mtok", type=float, help="USD per 1M cached input tokens (default: input).")
-@click.option("--cache-write-per-mtok", type=float, help="USD per 1M cache-write tokens (default: input).")
-@click.option("--max-output-tokens", type=click.IntRange(min=1),
-              help="The model's output limit: bounds the reservation of calls that set no max tokens.")
-@click.option("--long-context-above", "long_context_threshold", type=click.IntRange(min=1),
-              help="Input tokens above which a call is billed, all of it, at the long-context prices below.")
-@click.option("--long-context-input-per-mtok", type=float, help="USD per 1M input tokens in a long-context call.")
-@click.option("--long-context-output-per-mtok", type=float, help="USD per 1M output tokens in a long-context call.")
-@click.option("--priority-multiplier", type=click.FloatRange(1, 10),
-              help="OpenAI: the model's priority-tier prices over these (default 2).")
-@click.option("--fast-multiplier", type=click.FloatRange(1, 10),
-              help="Anthropic: the model's fast-mode prices over these (default: fast mode refused as unpriced).")
-@click.option("--us-inference-multiplier", type=click.FloatRange(1, 10),
-              help="Anthropic: the model's US-only inference prices over these (default 1).")
-@click.option("--max-input-tokens", type=click.IntRange(min=1),
-              help="The model's input limit (its context window): bounds the reservation of a call whose input is "
-                   "partly kept upstream (previous_response_id, conversation; default 1050000).")
-@click.option("--image-tokens", type=click.IntRange(min=1),
-              help="The most input tokens one image costs with the model, as its provider publishes: each image "
-                   "in a request is reserved at this (default 48169, the largest any provider publishes).")
-@click.option("--image-tokens-low", type=click.IntRange(min=1),
-              help="The same at OpenAI's \"detail\": \"low\" (default: --image-tokens).")
+@price_options
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 @api_errors
-def price_set(ctx: click.Context, model: str, input_per_mtok: float, output_per_mtok: float,
-              cached_input_per_mtok: float | None, cache_write_per_mtok: float | None,
-              max_output_tokens: int | None, long_context_threshold: int | None,
-              long_context_input_per_mtok: float | None, long_context_output_per_mtok: float | None,
-              priority_multiplier: float | None, fast_multiplier: float | None,
-              us_inference_multiplier: float | None, max_input_tokens: int | None, image_tokens: int | None,
-              image_tokens_low: int | None, as_json: bool) -> None:
+def price_set(ctx: click.Context, /, model: str, as_json: bool, **fields: Any) -> None:
     """Set (or override a built-in) price for MODEL.
 
     Example: fleetd price set gpt-4o --input-per-mtok 2.5 --output-per-mtok 10 --cached-input-per-mtok 1.25
     """
-    body = {"input": input_per_mtok, "output": output_per_mtok, "cached_input": cached_input_per_mtok,
-            "cache_write": cache_write_per_mtok, "max_output_tokens": max_output_tokens,
-            "long_context_threshold": long_context_threshold, "long_context_input": long_context_input_per_mtok,
-            "long_context_output": long_context_output_per_mtok, "priority_multiplier": priority_multiplier,
-            "max_input_tokens": max_input_tokens, "fast_multiplier": fast_multiplier,
-            "us_inference_multiplier": us_inference_multiplier, "image_tokens": image_tokens,
-            "image_tokens_low": image_tokens_low}
-    record = client(ctx).call("PUT", price_path(model), body)
+    record = client(ctx).call("PUT", price_path(model), fields)
     if as_json:
         print_json(record)
     else:

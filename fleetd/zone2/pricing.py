@@ -43,14 +43,56 @@ _NUSD_PER_TOKEN_PER_USD_PER_MTOK = Fraction(NANO, 1_000_000)  # p USD/Mtok = p *
 # A dated snapshot (-YYYY-MM-DD or -YYYYMMDD) or the "-latest" alias of a model id.
 _SNAPSHOT = re.compile(r"^(?P<base>.+?)-(?:\d{4}-\d{2}-\d{2}|\d{8}|latest)$")
 
-PRICE_FIELDS = ("model", "input", "output", "cached_input", "cache_write", "max_output_tokens", "source", "as_of",
-           "provider", "long_context_threshold", "long_context_input", "long_context_output", "priority_multiplier",
-           "max_input_tokens", "fast_multiplier", "us_inference_multiplier", "image_tokens", "image_tokens_low")
-_MONEY_FIELDS = ("input", "output", "cached_input", "cache_write", "long_context_input", "long_context_output")
+@dataclass(frozen=True)
+class PriceField:
+    """One field of a price, declared once: the config file, the API, the store, ``fleetd price set`` and the
+    checks below all derive from :data:`FIELDS`."""
+
+    name: str
+    kind: str  # "usd" (per 1M tokens), "tokens" (a positive whole number), "multiple" (1 to 10), "text"
+    flag: str | None = None  # its `fleetd price set` option (None: not set there)
+    help: str = ""
+    required: bool = False
+
+
+FIELDS: tuple[PriceField, ...] = (
+    PriceField("model", "text", required=True),
+    PriceField("input", "usd", "--input-per-mtok", "USD per 1M uncached input tokens.", required=True),
+    PriceField("output", "usd", "--output-per-mtok", "USD per 1M output tokens (reasoning included).", required=True),
+    PriceField("cached_input", "usd", "--cached-input-per-mtok", "USD per 1M cached input tokens (default: input)."),
+    PriceField("cache_write", "usd", "--cache-write-per-mtok", "USD per 1M cache-write tokens (default: input)."),
+    PriceField("max_output_tokens", "tokens", "--max-output-tokens",
+               "The model's output limit: bounds the reservation of calls that set no max tokens."),
+    PriceField("source", "text"),
+    PriceField("as_of", "text"),
+    PriceField("provider", "text"),
+    PriceField("long_context_threshold", "tokens", "--long-context-above",
+               "Input tokens above which a call is billed, all of it, at the long-context prices below."),
+    PriceField("long_context_input", "usd", "--long-context-input-per-mtok",
+               "USD per 1M input tokens in a long-context call."),
+    PriceField("long_context_output", "usd", "--long-context-output-per-mtok",
+               "USD per 1M output tokens in a long-context call."),
+    PriceField("priority_multiplier", "multiple", "--priority-multiplier",
+               "OpenAI: the model's priority-tier prices over these (default 2)."),
+    PriceField("max_input_tokens", "tokens", "--max-input-tokens",
+               "The model's input limit (its context window): bounds the reservation of a call whose input is "
+               "partly kept upstream (previous_response_id, conversation; default 1050000)."),
+    PriceField("fast_multiplier", "multiple", "--fast-multiplier",
+               "Anthropic: the model's fast-mode prices over these (default: fast mode refused as unpriced)."),
+    PriceField("us_inference_multiplier", "multiple", "--us-inference-multiplier",
+               "Anthropic: the model's US-only inference prices over these (default 1)."),
+    PriceField("image_tokens", "tokens", "--image-tokens",
+               "The most input tokens one image costs with the model, as its provider publishes: each image in a "
+               "request is reserved at this (default 48169, the largest any provider publishes)."),
+    PriceField("image_tokens_low", "tokens", "--image-tokens-low",
+               'The same at OpenAI\'s "detail": "low" (default: --image-tokens).'),
+)
+PRICE_FIELDS = tuple(f.name for f in FIELDS)
+_MONEY_FIELDS = tuple(f.name for f in FIELDS if f.kind == "usd")
 # Fields that count tokens (positive whole numbers) and multiples of the prices (1 to 10), for whoever validates them
-TOKEN_FIELDS = ("max_output_tokens", "long_context_threshold", "max_input_tokens", "image_tokens", "image_tokens_low")
-MULTIPLIER_FIELDS = ("priority_multiplier", "fast_multiplier", "us_inference_multiplier")
-_OPTIONAL_PRICES = ("cached_input", "cache_write", "long_context_input", "long_context_output")
+TOKEN_FIELDS = tuple(f.name for f in FIELDS if f.kind == "tokens")
+MULTIPLIER_FIELDS = tuple(f.name for f in FIELDS if f.kind == "multiple")
+_OPTIONAL_PRICES = tuple(f.name for f in FIELDS if f.kind == "usd" and not f.required)
 
 
 @functools.lru_cache(maxsize=4096)

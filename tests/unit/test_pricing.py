@@ -486,3 +486,22 @@ def test_usd_is_for_display() -> None:
     assert usd(1_500_000_000) == 1.5
     assert usd(0) == 0.0
     assert usd(nusd("19.99")) == 19.99
+
+
+def test_price_fields_are_declared_once_and_everything_follows_them() -> None:
+    """fleetd.zone2.pricing.FIELDS is the one list: the Price dataclass, `fleetd price set` and the API schema."""
+    import dataclasses
+    from pathlib import Path
+
+    import yaml
+
+    from cli.money import price_set
+    from fleetd.zone2.pricing import FIELDS, PRICE_FIELDS, Price
+
+    assert {f.name for f in dataclasses.fields(Price)} == set(PRICE_FIELDS)
+    options = {p.name: p for p in price_set.params}
+    for field in FIELDS:
+        if field.flag:
+            assert field.flag in options[field.name].opts and options[field.name].required == field.required
+    spec = yaml.safe_load((Path(__file__).resolve().parents[2] / "docs" / "openapi.yaml").read_text())
+    assert set(PRICE_FIELDS) <= set(spec["components"]["schemas"]["Price"]["properties"])
