@@ -26,6 +26,7 @@ from typing import Any
 from aiohttp import web
 
 from fleetd.zone2.counters import Counts
+from fleetd.zone2.errors import REFUSAL, Zone2Error, error_response
 from fleetd.zone2.shares import Limits, Shares
 
 
@@ -42,7 +43,6 @@ class Timeouts:
 IDLE_TIMEOUT = Timeouts.idle
 FD_HEADROOM = 512  # descriptors kept for upstream connections, the ledger and the control socket
 BUSY = "zone2_busy"
-REFUSAL = web.ResponseKey("fleetd.refusal", str)  # on a response zone 2 gave itself: its error code
 
 # A refusal sent before the request is read: the client reads it as the answer to what it sends.
 _BUSY_BODY = json.dumps({"error": {"type": BUSY, "code": BUSY, "message":
@@ -61,12 +61,13 @@ READ_BUFFER = 16 << 10  # aiohttp reads a body ahead of the handler up to twice 
 LINGER = 1.0  # s aiohttp waits for the rest of a request whose body was not read before it closes the connection
 
 
-class Refused(Exception):
-    """A request over its address's share, too large, or too slow: answered with ``response``."""
+class Refused(Zone2Error):
+    """A request over its address's share, too large, or too slow, refused before its body was read: the rest of
+    the body is dropped unread."""
 
     def __init__(self, status: int, code: str, message: str, retry_after: int | None = None) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.retry_after = status, code, message, retry_after
+        super().__init__(status, code, message, {"Retry-After": str(retry_after)} if retry_after is not None else {})
+        self.retry_after = retry_after
 
 
 def connection_limit(limits: Limits) -> Limits:
@@ -270,17 +271,17 @@ async def guard_middleware(request: web.Request, handler: Callable[[web.Request]
             # when the share is given back, and hold it for as long as the agent does not read.
             await answer(request, response)
         return response
-    except Refused as exc:
+    except Zone2Error as exc:  # every answer of zone 2's own is rendered here, once
         guard.counts.refused(exc.code)
-        body = {"error": {"type": exc.code, "code": exc.code, "message": exc.message}}
-        headers = {"Connection": "close"} if exc.status in (408, 413) else {}  # the rest of the body is not read
-        if exc.retry_after is not None:
-            headers["Retry-After"] = str(exc.retry_after)
-        if connection is not None and exc.status in (408, 413, 503):
-            # The rest of the body is dropped as it comes, unparsed, for the second aiohttp lingers before it
-            # closes (so that a client that sends its whole body before reading reads the answer, not a reset)
-            connection.discard()
-        return web.json_response(body, status=exc.status, headers=headers)
+        headers = dict(exc.headers)
+        if isinstance(exc, Refused):
+            if exc.status in (408, 413):
+                headers["Connection"] = "close"  # the rest of the body is not read
+            if connection is not None and exc.status in (408, 413, 503):
+                # The rest of the body is dropped as it comes, unparsed, for the second aiohttp lingers before it
+                # closes (so that a client that sends its whole body before reading reads the answer, not a reset)
+                connection.discard()
+        return error_response(exc.status, exc.code, exc.message, headers)
     finally:
         guard.give(request, request.get(HELD, 0))
         guard.end_large_body(request)

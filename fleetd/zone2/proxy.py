@@ -15,14 +15,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from aiohttp import web
 
 from fleetd.zone2.breaker import Reject, parse_retry_after, retry_delay
 from fleetd.zone2.budget import Refusal
 from fleetd.zone2.costs import CostTracker, LedgerDown, NotPriced
-from fleetd.zone2.guard import GUARD, LARGE_BODY, REFUSAL, Guard, guard_middleware, in_time, read_body
+from fleetd.zone2.errors import UpstreamFailed, Zone2Error
+from fleetd.zone2.guard import GUARD, LARGE_BODY, Guard, guard_middleware, in_time, read_body
 from fleetd.zone2.handles import (
     HOP_BY_HOP,
     BadHandle,
@@ -57,18 +58,6 @@ Whois = Callable[[str], Awaitable[Registration | None]]
 REGISTRY = web.AppKey("registry", Registry)
 UPSTREAMS = web.AppKey("upstreams", Upstreams)
 GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway")
-
-
-R = TypeVar("R", bound=web.Response)
-
-
-def error(status: int, code: str, message: str, headers: dict[str, str] | None = None,
-          cls: type[R] = web.Response) -> R:  # type: ignore[assignment]
-    """An answer of zone 2's own, in the OpenAI error shape the official SDKs parse."""
-    body = {"error": {"type": code, "code": code, "message": message}}
-    response = cls(text=json.dumps(body), status=status, headers=headers, content_type="application/json")
-    response[REFUSAL] = code  # counted by the guard's middleware, which sees every answer (counters.Counts)
-    return response
 
 
 def forward_headers(headers: Any, secrets: dict[str, str]) -> dict[str, str]:
@@ -119,20 +108,20 @@ class Gateway:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         reg = await self.identify(request)
         if reg is None:
-            return error(403, "unknown_agent", "this address is not a fleetd agent")
+            raise Zone2Error(403, "unknown_agent", "this address is not a fleetd agent")
         try:
             path, query = safe_path(request.raw_path)
             names = request_handles(request.headers.items(), query)
         except BadHandle as exc:
-            return error(400, "bad_request", str(exc))
+            raise Zone2Error(400, "bad_request", str(exc)) from None
         if not names:
-            return error(400, "no_credential", "name a credential with $CRED{name} in a header or the query")
+            raise Zone2Error(400, "no_credential", "name a credential with $CRED{name} in a header or the query")
         creds = self.registry.resolve(reg, names)
         if creds is None:
-            return error(403, "forbidden", "credential not available to this agent")
+            raise Zone2Error(403, "forbidden", "credential not available to this agent")
         upstreams = {c.upstream for c in creds}
         if len(upstreams) != 1:
-            return error(403, "forbidden", "credentials bound to different upstreams in one request")
+            raise Zone2Error(403, "forbidden", "credentials bound to different upstreams in one request")
         base = upstreams.pop()
         llm_provider = any(is_llm(c.kind) for c in creds)  # the strictest kind named
         secrets = {c.name: c.secret for c in creds}
@@ -146,17 +135,17 @@ class Gateway:
             unmeterable = ((llm_provider and not free_call(request.method, path))
                            or unmetered_billable(request.method, path))
             if unmeterable and not reg.allow_unpriced:
-                return error(400, "endpoint_not_metered", "zone 2 cannot meter the cost of this call against the "
+                raise Zone2Error(400, "endpoint_not_metered", "zone 2 cannot meter the cost of this call against the "
                              "agent's budget: a role with --allow-unpriced lets it through unmetered")
             return await self.plain(request, reg, call)
         if request.headers.get("Content-Encoding", "identity").strip().lower() != "identity":
-            return error(400, "bad_request", "zone 2 meters what it reads: send an LLM call's body uncompressed "
+            raise Zone2Error(400, "bad_request", "zone 2 meters what it reads: send an LLM call's body uncompressed "
                          "(without Content-Encoding)")
         heavy = len(body) >= LARGE_BODY or shape.containers > HEAVY_CONTAINERS
         if heavy:  # reading it is done; parsing it takes the same turn (one agent, one heavy body at a time)
             await self.guard.one_large_body(request)
         if parse_cost(body, shape.counts) > PARSE_BUDGET:  # counted as it arrived: no pass over it here
-            return error(400, "invalid_request_error", f"request body has too many JSON values to meter (parsing "
+            raise Zone2Error(400, "invalid_request_error", f"request body has too many JSON values to meter (parsing "
                          f"it would take more than {PARSE_BUDGET >> 20} MiB): send fewer, larger ones")
         provider, segments = matched
         return await self.metered(request, reg, call, provider, segments, ",".join(sorted(secrets)), heavy)
@@ -165,12 +154,12 @@ class Gateway:
         """A generic (tool API) call: proxied without metering, guarded by the breaker."""
         admission = self.costs.breaker_admit(reg.agent_id, call.base)
         if isinstance(admission, Reject):
-            return circuit_open(admission)
+            raise circuit_open(admission)
         try:
             upstream = await self.send(call, call.body)
-        except UpstreamFailed as exc:
+        except UpstreamFailed:
             self.costs.breaker_record(reg.agent_id, call.base, None, admission.probe)
-            return exc.response
+            raise
         self.costs.breaker_record(reg.agent_id, call.base, upstream.status, admission.probe)
         # The target without its query: a handle in the query has become the secret there.
         log.debug("%s %s %s -> %s", reg.agent_id, request.method, call.url.split("?", 1)[0], upstream.status)
@@ -193,29 +182,29 @@ class Gateway:
             else:
                 llm = provider.parse(call.body, segments)
         except BadLLMRequest as exc:
-            return error(400, "invalid_request_error", str(exc))
+            raise Zone2Error(400, "invalid_request_error", str(exc)) from None
         if llm.server_tools and not reg.allow_unpriced:
-            return error(400, "tool_not_metered",
+            raise Zone2Error(400, "tool_not_metered",
                          f"zone 2 cannot meter server-side tools ({', '.join(llm.server_tools)}) against the agent's "
                          "budget: the provider bills each use on top of the tokens, and feeds what they return to the "
                          "model over several turns. A role with --allow-unpriced lets them through, metered for the "
                          "tokens only")
         if llm.model_fallbacks and not reg.allow_unpriced:
-            return error(400, "fallbacks_not_metered",
+            raise Zone2Error(400, "fallbacks_not_metered",
                          "zone 2 cannot meter a call that may run again on other models (fallbacks): each attempt is "
                          "billed at its own model's prices, on models the API may choose. A role with "
                          "--allow-unpriced lets it through, metered at the requested model's prices")
         ticket = self.costs.admit(reg, credential, llm)
         if isinstance(ticket, LedgerDown):
-            return error(503, "ledger_unavailable", f"zone 2 cannot record calls ({ticket.error}): "
+            raise Zone2Error(503, "ledger_unavailable", f"zone 2 cannot record calls ({ticket.error}): "
                          "no metered call is made until it can", {"Retry-After": str(ticket.retry_after)})
         if isinstance(ticket, NotPriced):
-            return error(400, "model_not_priced", ticket.message)
+            raise Zone2Error(400, "model_not_priced", ticket.message)
         if isinstance(ticket, Refusal):
             headers = {"x-should-retry": "false"}
             if ticket.retry_after is not None:
                 headers["Retry-After"] = str(ticket.retry_after)
-            return error(429, ticket.type, ticket.message, headers)
+            raise Zone2Error(429, ticket.type, ticket.message, headers)
         status: int | None = None
         usage: Usage | None = None
         attempts = 0
@@ -223,8 +212,8 @@ class Gateway:
         try:
             outcome = await self.send_with_retries(reg, call, llm.body)
             attempts, unanswered = outcome.attempts, outcome.unanswered
-            if outcome.response is not None:
-                return outcome.response
+            if outcome.error is not None:
+                raise outcome.error
             upstream = outcome.upstream
             assert upstream is not None
             status = upstream.status
@@ -255,16 +244,16 @@ class Gateway:
         try:
             response = await self.upstreams.request(call.method, call.url, call.headers, body)
         except BadRequestHead as exc:
-            raise UpstreamFailed(error(400, "bad_request", str(exc))) from None
+            raise UpstreamFailed(400, "bad_request", str(exc)) from None
         except UpstreamError as exc:
             if exc.kind == "timeout":
-                raise UpstreamFailed(error(504, "upstream_timeout", "the upstream did not answer in time"),
+                raise UpstreamFailed(504, "upstream_timeout", "the upstream did not answer in time",
                                      exc.sent) from None
-            raise UpstreamFailed(error(502, "upstream_unreachable", str(exc)), exc.sent) from None
+            raise UpstreamFailed(502, "upstream_unreachable", str(exc), exc.sent) from None
         encoding = content_encoding(response)
         if encoding not in READABLE_ENCODINGS:
             response.release()
-            raise UpstreamFailed(unreadable(encoding))
+            raise unreadable(encoding)
         return response
 
     async def send_with_retries(self, reg: Registration, call: Upcall, body: bytes) -> Outcome:
@@ -278,7 +267,7 @@ class Gateway:
                 upstream = await self.send(call, body)
             except UpstreamFailed as exc:
                 self.costs.breaker_record(reg.agent_id, call.base, None, admission.probe)
-                return Outcome(exc.response, None, attempt + 1, exc.sent)
+                return Outcome(exc, None, attempt + 1, exc.sent)
             self.costs.breaker_record(reg.agent_id, call.base, upstream.status, admission.probe)
             delay = retry_delay(self.costs.retry, attempt, upstream.status, upstream_retry_after(upstream.headers))
             if delay is None:
@@ -287,13 +276,6 @@ class Gateway:
             upstream.release()
             await asyncio.sleep(delay)
             attempt += 1
-
-
-class UpstreamFailed(Exception):
-    def __init__(self, response: web.Response, sent: bool = False) -> None:
-        super().__init__(response.status)
-        self.response = response
-        self.sent = sent  # the request had gone out: the upstream may have billed what it never answered
 
 
 @dataclass(frozen=True)
@@ -310,7 +292,7 @@ class Upcall:
 
 @dataclass(frozen=True)
 class Outcome:
-    response: web.Response | None  # zone 2's own answer (breaker open, upstream unreachable)
+    error: Zone2Error | None  # zone 2's own answer (breaker open, upstream unreachable)
     upstream: Response | None
     attempts: int
     unanswered: bool = False  # the last attempt went out and no answer came (a timeout, a cut connection)
@@ -320,11 +302,11 @@ class Buffered(web.Response):
     raw: bytes = b""
 
 
-def circuit_open(reject: Reject) -> web.Response:
+def circuit_open(reject: Reject) -> Zone2Error:
     """Fail fast: ``x-should-retry: false`` stops the official SDKs from sleeping on the 503 and retrying it (they
     honour a Retry-After up to 60 s otherwise), so the agent can queue or escalate at once; Retry-After stays as
     information."""
-    return error(503, "circuit_open", "the upstream is failing with 429s: this agent's calls to it fail fast "
+    return Zone2Error(503, "circuit_open", "the upstream is failing with 429s: this agent's calls to it fail fast "
                  f"for {reject.retry_after} s", {"Retry-After": str(reject.retry_after), "x-should-retry": "false"})
 
 
@@ -336,9 +318,9 @@ def upstream_retry_after(headers: Any) -> float | None:
     return parse_retry_after(headers.get("Retry-After"))
 
 
-def unreadable(encoding: str) -> web.Response:
-    return error(502, "upstream_encoding", f"the upstream answered in Content-Encoding {encoding[:60]!r}, which "
-                 "zone 2 cannot read to redact it (it asks for identity)")
+def unreadable(encoding: str) -> UpstreamFailed:
+    return UpstreamFailed(502, "upstream_encoding", f"the upstream answered in Content-Encoding {encoding[:60]!r}, "
+                          "which zone 2 cannot read to redact it (it asks for identity)")
 
 
 def content_encoding(upstream: Response) -> str:
@@ -358,7 +340,7 @@ async def buffered(upstream: Response, redactor: Redactor) -> Buffered:
     try:
         raw = await upstream.read()
     except UpstreamError:
-        return error(502, "upstream_broken", "the upstream's answer broke off", cls=Buffered)
+        raise UpstreamFailed(502, "upstream_broken", "the upstream's answer broke off") from None
     response = Buffered(status=upstream.status, reason=redactor.scrub_text(upstream.reason) or None,
                         body=redactor.scrub(raw))
     for key, value in response_headers(upstream.headers, redactor):
@@ -436,7 +418,7 @@ def init_gateway(registry: Registry, whois: Whois, costs: CostTracker | None = N
     async def targets(request: web.Request, handler: Any) -> web.StreamResponse:
         # Authority-form (CONNECT host:port) and the like never reach a route: refuse them the same way.
         if not request.raw_path.startswith("/"):
-            return error(400, "bad_request", "the request target must be a path starting with a single /")
+            raise Zone2Error(400, "bad_request", "the request target must be a path starting with a single /")
         result: web.StreamResponse = await handler(request)
         return result
 
@@ -461,17 +443,17 @@ def init_gateway(registry: Registry, whois: Whois, costs: CostTracker | None = N
         """POST /fleetd/heartbeat: relayed to the daemon's watchdog, attributed by source address."""
         reg = await request.app[GATEWAY].identify(request)
         if reg is None:
-            return error(403, "unknown_agent", "this address is not a fleetd agent")
+            raise Zone2Error(403, "unknown_agent", "this address is not a fleetd agent")
         raw = await read_body(request, MAX_HEARTBEAT, "heartbeat bodies")
         try:
             progress = progress_of(json.loads(raw) if raw.strip() else None)
         except ValueError as exc:
-            return error(400, "bad_request", f"invalid heartbeat: {exc}")
+            raise Zone2Error(400, "bad_request", f"invalid heartbeat: {exc}") from None
         taken = None if relay is None else await relay(reg.agent_id, progress)
         if taken is None:
-            return error(503, "daemon_unreachable", "the daemon did not take the heartbeat: try again")
+            raise Zone2Error(503, "daemon_unreachable", "the daemon did not take the heartbeat: try again")
         if not taken:
-            return error(404, "not_watched", "the daemon is not watching this agent (it is not running)")
+            raise Zone2Error(404, "not_watched", "the daemon is not watching this agent (it is not running)")
         return web.json_response({"ok": True, "agent_id": reg.agent_id})
 
     async def health(request: web.Request) -> web.Response:
