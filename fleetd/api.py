@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiohttp import web
 
+from fleetd.admin import Admin
 from fleetd.errors import FleetdError, InvalidRequest, Unavailable
 from fleetd.filters import parse_filters
 from fleetd.models import LIVE_STATES, iso, parse_iso, utcnow
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 SUPERVISOR = web.AppKey("supervisor", Supervisor)
+ADMIN = web.AppKey("admin", Admin)
 MAX_BODY = 1 << 20
 HANGUP_CHECK = 1.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -87,6 +89,10 @@ def number(request: web.Request, name: str) -> int | None:
 
 def sup(request: web.Request) -> Supervisor:
     return request.app[SUPERVISOR]
+
+
+def admin(request: web.Request) -> Admin:
+    return request.app[ADMIN]
 
 
 async def status(request: web.Request) -> web.Response:
@@ -206,7 +212,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     if agent_id:
         agent_id = s.store.resolve(agent_id)["id"]
     follow = flag(request, "follow")
-    queue = s.subscribe() if follow else None
+    queue = s.events.subscribe() if follow else None
     try:
         past = s.store.events(since, limit or 1000, agent_id, start, until)
         if not follow:
@@ -242,27 +248,25 @@ async def events(request: web.Request) -> web.StreamResponse:
         return web.Response()
     finally:
         if queue is not None:
-            s.unsubscribe(queue)
+            s.events.unsubscribe(queue)
 
 
 async def set_credential(request: web.Request) -> web.Response:
-    record = await sup(request).set_credential(request.match_info["name"], await body(request))
+    record = await admin(request).set_credential(request.match_info["name"], await body(request))
     return web.json_response(record)
 
 
 async def list_credentials(request: web.Request) -> web.Response:
-    vault = sup(request).vault
-    assert vault is not None
-    return web.json_response(vault.records())
+    return web.json_response(admin(request).credentials())
 
 
 async def remove_credential(request: web.Request) -> web.Response:
-    await sup(request).remove_credential(request.match_info["name"])
+    await admin(request).remove_credential(request.match_info["name"])
     return web.json_response({"removed": request.match_info["name"]})
 
 
 async def set_role(request: web.Request) -> web.Response:
-    return web.json_response(await sup(request).set_role(request.match_info["name"], await body(request)))
+    return web.json_response(await admin(request).set_role(request.match_info["name"], await body(request)))
 
 
 async def list_roles(request: web.Request) -> web.Response:
@@ -319,10 +323,11 @@ async def teardown(request: web.Request) -> web.Response:
     return web.json_response({"removed": removed, "failed": failed})
 
 
-def init_app(supervisor: Supervisor) -> web.Application:
+def init_app(supervisor: Supervisor, admin: Admin) -> web.Application:
     """The aiohttp application serving the control API."""
     app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_BODY)
     app[SUPERVISOR] = supervisor
+    app[ADMIN] = admin
     app.router.add_get("/v1/status", status)
     app.router.add_get("/v1/agents", list_agents)
     app.router.add_post("/v1/agents", spawn)

@@ -26,6 +26,7 @@ from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
 from fleetd import __version__
+from fleetd.admin import Admin
 from fleetd.api import init_app
 from fleetd.config import Config
 from fleetd.docker_events import DockerEventWatcher
@@ -105,10 +106,10 @@ class Daemon:
         self.gateway.on_heartbeat = liveness.beat
         self.gateway.on_health = lambda up: liveness.resume() if up else liveness.pause("zone 2 is down")
         liveness.relay_ok = self.gateway.answering
-        self.supervisor.vault = self.vault
         await self.gateway.start()
         self.supervisor.spares.fill()  # holders for the first spawns (fleetd.spare_netns)
-        self._runner = web.AppRunner(init_app(self.supervisor), handle_signals=False, shutdown_timeout=2.0,
+        admin = Admin(self.store, self.vault, self.gateway)
+        self._runner = web.AppRunner(init_app(self.supervisor, admin), handle_signals=False, shutdown_timeout=2.0,
                                      access_log_class=DebugAccessLogger)
         await self._runner.setup()
         config.socket.parent.mkdir(parents=True, exist_ok=True)

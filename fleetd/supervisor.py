@@ -38,22 +38,21 @@ from fleetd.decisions import (
 )
 from fleetd.disks import Disks
 from fleetd.errors import Conflict, FleetdError, InvalidRequest, NotFound
+from fleetd.event_bus import EventBus
 from fleetd.health import RestartPolicy, backoff_index, restart_delay, should_restart
 from fleetd.liveness import Liveness
 from fleetd.models import LIVE_STATES, AgentSpec, Reason, State, iso, parse_iso, utcnow
 from fleetd.pidfds import PidHandles
-from fleetd.policy import BUDGET_KEYS, INHERIT, budget_caps
 from fleetd.probes import MAX_OUTPUT
 from fleetd.runtime import CHECKPOINT_DIR, DISK_MOUNTS, LABEL_AGENT, LABEL_KIND, POOL_SIZE
 from fleetd.spare_netns import SpareNamespaces
 from fleetd.spec import build_spec, grace_seconds, ttl_seconds
 from fleetd.store import Store
 from fleetd.timers import Timers
-from fleetd.units import NAME_PATTERN, format_bytes, parse_whole_seconds
+from fleetd.units import format_bytes, parse_whole_seconds
 
 if TYPE_CHECKING:
     from fleetd.gateway import Zone2
-    from fleetd.vault import Vault
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -82,15 +81,14 @@ class Supervisor:
         self.docker_connected = False
         self._oom_seen: set[str] = set()
         self._exited: dict[str, asyncio.Event] = {}  # live agents someone waits to see end
-        self._subscribers: set[asyncio.Queue[dict[str, Any] | None]] = set()
+        self.events = EventBus()  # the live feed of what the store records (fleetd events -f)
         self.gateway: Zone2 | None = None
-        self.vault: Vault | None = None
         self.background = Background()  # kept until they end; their failures logged
         self._spawning: set[str] = set()  # agents whose spawn is in flight
         self._purged = -PURGE_EVERY  # when retention last ran (monotonic)
         self.log_streams = 0  # open logs streams (follow readers included)
         self.pidfds = PidHandles()
-        store.on_event = self._publish
+        store.on_event = self.events.publish
         self.liveness = Liveness(store, self.condemn, self._exec_probe)
         self.draining = store.meta("draining") == "1"
         self._streak: dict[str, int] = {}  # restarts in a row, for the backoff (reset after 10 min of running)
@@ -627,51 +625,6 @@ class Supervisor:
         await self._after_start(agent_id, agent["container_id"])
 
     # -- housekeeping -------------------------------------------------------
-    # -- credentials and roles ----------------------------------------------
-    async def set_credential(self, name: str, data: dict[str, Any]) -> dict[str, Any]:
-        """Create or rotate a credential; zone 2 uses the new value for its next request."""
-        assert self.vault is not None
-        upstream, secret, provider = data.get("upstream"), data.get("secret"), data.get("provider")
-        if not isinstance(upstream, str) or not isinstance(secret, str):
-            raise InvalidRequest("a credential needs an upstream URL and a secret (both strings)")
-        if provider is not None and not isinstance(provider, str):
-            raise InvalidRequest("provider must be a string")
-        existed = bool(self.vault.records(name))
-        record = self.vault.set(name, upstream, secret, provider)
-        if self.gateway is not None:
-            await self.gateway.push_creds()
-        self.store.add_event("credential_rotated" if existed else "credential_set",
-                             f"credential {name} -> {record['upstream']} ({record['provider']})", None,
-                             {"name": name, "provider": record["provider"]})
-        return record
-
-    async def remove_credential(self, name: str) -> None:
-        assert self.vault is not None
-        self.vault.remove(name)
-        if self.gateway is not None:
-            await self.gateway.push_creds()
-        self.store.add_event("credential_removed", f"credential {name} removed", None, {"name": name})
-
-    async def set_role(self, name: str, data: dict[str, Any]) -> dict[str, Any]:
-        if not NAME_PATTERN.fullmatch(name) or name == "default":
-            raise InvalidRequest(f"invalid role name {name!r}")
-        creds = data.get("creds")
-        if creds is not None and (not isinstance(creds, list) or not all(isinstance(c, str) for c in creds)):
-            raise InvalidRequest("creds must be a list of credential names")
-        unknown = set(data) - {"creds", *BUDGET_KEYS}
-        if unknown:
-            raise InvalidRequest(f"unknown role fields: {sorted(unknown)}")
-        # A budget key sent as "inherit" is unset: the role's agents take it from the config again.
-        inherit = {k for k in BUDGET_KEYS if data.get(k) == INHERIT}
-        caps = budget_caps({k: v for k, v in data.items() if k not in inherit}, f"role {name}")
-        budget = {k: v for k, v in caps.to_json().items() if v is not None}
-        budget.update(dict.fromkeys(inherit))
-        role = self.store.set_role(name, creds, budget)
-        if self.gateway is not None:
-            await self.gateway.push_all()  # running agents of this role see the new scope and caps at once
-        self.store.add_event("role_set", f"role {name}: creds {role['creds']}", None, {"name": name, **budget})
-        return role
-
     async def janitor(self) -> None:
         """Remove exited agents' containers past retention (or beyond the count kept)."""
         doomed = expired_exits(
@@ -876,26 +829,6 @@ class Supervisor:
         finally:
             self.log_streams -= 1
             stream.close()  # unblocks the thread still waiting in next()
-
-    def subscribe(self) -> asyncio.Queue[dict[str, Any] | None]:
-        """A queue of new events; ``None`` in it means: you fell behind, stop."""
-        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=10000)
-        self._subscribers.add(queue)
-        return queue
-
-    def unsubscribe(self, queue: asyncio.Queue[dict[str, Any] | None]) -> None:
-        self._subscribers.discard(queue)
-
-    def _publish(self, event: dict[str, Any]) -> None:
-        for queue in list(self._subscribers):
-            try:
-                queue.put_nowait(event)
-            except asyncio.QueueFull:
-                # A reader this far behind is told to stop rather than silently miss events.
-                self._subscribers.discard(queue)
-                while not queue.empty():
-                    queue.get_nowait()
-                queue.put_nowait(None)
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)

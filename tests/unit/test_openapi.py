@@ -21,6 +21,7 @@ from referencing.jsonschema import DRAFT202012
 
 from cli.main import main as cli_main
 from fleetd import errors
+from fleetd.admin import Admin
 from fleetd.api import error_response, init_app
 from fleetd.config import Config
 from fleetd.gateway import Zone2
@@ -131,7 +132,7 @@ def test_server_explains_the_unix_socket(doc: dict[str, Any]) -> None:
 
 
 def test_paths_equal_the_routes_of_init_app(doc: dict[str, Any]) -> None:
-    app = init_app(object())  # type: ignore[arg-type]  # init_app only stores the supervisor
+    app = init_app(object(), object())  # type: ignore[arg-type]  # init_app only stores the supervisor and admin
     routes = {(r.method, r.resource.canonical) for r in app.router.routes() if r.method != "HEAD"}
     assert set(operations(doc)) == routes
 
@@ -374,9 +375,8 @@ def test_name_patterns_equal_the_daemons(doc: dict[str, Any]) -> None:
 
 
 @pytest.fixture
-def vault_supervisor(supervisor: Supervisor) -> Supervisor:
-    supervisor.vault = Vault(supervisor.store, secrets.token_bytes(32))
-    return supervisor
+def admin(supervisor: Supervisor) -> Admin:
+    return Admin(supervisor.store, Vault(supervisor.store, secrets.token_bytes(32)), None)
 
 
 @pytest.mark.parametrize(
@@ -388,9 +388,9 @@ def vault_supervisor(supervisor: Supervisor) -> Supervisor:
     ],
 )
 def test_credential_writes_the_daemon_accepts_match_the_schema(
-    doc: dict[str, Any], vault_supervisor: Supervisor, name: str, request_: dict[str, Any]
+    doc: dict[str, Any], admin: Admin, name: str, request_: dict[str, Any]
 ) -> None:
-    record = asyncio.run(vault_supervisor.set_credential(name, request_))
+    record = asyncio.run(admin.set_credential(name, request_))
     check(doc, "Credential", record)
     validator(doc, "CredentialName").validate(name)
     validator(doc, "CredentialWrite").validate(request_)
@@ -414,18 +414,17 @@ def test_credential_writes_the_daemon_accepts_match_the_schema(
     ],
 )
 def test_credential_writes_the_daemon_refuses_fail_the_schema(
-    doc: dict[str, Any], vault_supervisor: Supervisor, name: str, request_: dict[str, Any]
+    doc: dict[str, Any], admin: Admin, name: str, request_: dict[str, Any]
 ) -> None:
     with pytest.raises(errors.InvalidRequest):
-        asyncio.run(vault_supervisor.set_credential(name, request_))
-    assert vault_supervisor.vault is not None and vault_supervisor.vault.records() == []
+        asyncio.run(admin.set_credential(name, request_))
+    assert admin.vault.records() == []
     name_ok = validator(doc, "CredentialName").is_valid(name)
     assert not (name_ok and validator(doc, "CredentialWrite").is_valid(request_))
 
 
-def test_credential_and_role_records_match_the_schemas(doc: dict[str, Any], vault_supervisor: Supervisor) -> None:
-    sup = vault_supervisor
-    assert sup.vault is not None
+def test_credential_and_role_records_match_the_schemas(doc: dict[str, Any], admin: Admin) -> None:
+    sup = admin
     secret = f"sk-{secrets.token_hex(16)}"
     first = asyncio.run(sup.set_credential("openai", {"upstream": "https://API.openai.com/", "secret": secret}))
     assert first["upstream"] == "https://api.openai.com"
@@ -480,11 +479,10 @@ def test_credential_and_role_records_match_the_schemas(doc: dict[str, Any], vaul
     assert secret not in everything and "sk-2" not in everything
 
 
-def test_status_with_zone2_matches_the_schema(doc: dict[str, Any], vault_supervisor: Supervisor) -> None:
-    sup = vault_supervisor
-    assert sup.vault is not None
+def test_status_with_zone2_matches_the_schema(doc: dict[str, Any], supervisor: Supervisor, admin: Admin) -> None:
+    sup = supervisor
     runtime = SimpleNamespace(instance=sup.config.instance)  # Zone2.__init__ only reads the instance
-    zone2 = Zone2(sup.config.state_dir, sup.store, sup.vault, runtime, sup.call)  # type: ignore[arg-type]
+    zone2 = Zone2(sup.config.state_dir, sup.store, admin.vault, runtime, sup.call)  # type: ignore[arg-type]
     sup.gateway = zone2
     status = sup.status()
     check(doc, "Status", status)

@@ -1,0 +1,67 @@
+"""The administrative verbs: credentials (the vault) and roles, each pushed to zone 2 at once. Split from the
+agent lifecycle (fleetd.supervisor): they share the store and zone 2, not the containers."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from fleetd.errors import InvalidRequest
+from fleetd.policy import BUDGET_KEYS, INHERIT, budget_caps
+from fleetd.store import Store
+from fleetd.units import NAME_PATTERN
+from fleetd.vault import Vault
+
+if TYPE_CHECKING:
+    from fleetd.gateway import Zone2
+
+
+class Admin:
+    def __init__(self, store: Store, vault: Vault, gateway: Zone2 | None) -> None:
+        self.store = store
+        self.vault = vault
+        self.gateway = gateway
+
+    async def set_credential(self, name: str, data: dict[str, Any]) -> dict[str, Any]:
+        """Create or rotate a credential; zone 2 uses the new value for its next request."""
+        upstream, secret, provider = data.get("upstream"), data.get("secret"), data.get("provider")
+        if not isinstance(upstream, str) or not isinstance(secret, str):
+            raise InvalidRequest("a credential needs an upstream URL and a secret (both strings)")
+        if provider is not None and not isinstance(provider, str):
+            raise InvalidRequest("provider must be a string")
+        existed = bool(self.vault.records(name))
+        record = self.vault.set(name, upstream, secret, provider)
+        if self.gateway is not None:
+            await self.gateway.push_creds()
+        self.store.add_event("credential_rotated" if existed else "credential_set",
+                             f"credential {name} -> {record['upstream']} ({record['provider']})", None,
+                             {"name": name, "provider": record["provider"]})
+        return record
+
+    def credentials(self) -> list[dict[str, Any]]:
+        return self.vault.records()
+
+    async def remove_credential(self, name: str) -> None:
+        self.vault.remove(name)
+        if self.gateway is not None:
+            await self.gateway.push_creds()
+        self.store.add_event("credential_removed", f"credential {name} removed", None, {"name": name})
+
+    async def set_role(self, name: str, data: dict[str, Any]) -> dict[str, Any]:
+        if not NAME_PATTERN.fullmatch(name) or name == "default":
+            raise InvalidRequest(f"invalid role name {name!r}")
+        creds = data.get("creds")
+        if creds is not None and (not isinstance(creds, list) or not all(isinstance(c, str) for c in creds)):
+            raise InvalidRequest("creds must be a list of credential names")
+        unknown = set(data) - {"creds", *BUDGET_KEYS}
+        if unknown:
+            raise InvalidRequest(f"unknown role fields: {sorted(unknown)}")
+        # A budget key sent as "inherit" is unset: the role's agents take it from the config again.
+        inherit = {k for k in BUDGET_KEYS if data.get(k) == INHERIT}
+        caps = budget_caps({k: v for k, v in data.items() if k not in inherit}, f"role {name}")
+        budget = {k: v for k, v in caps.to_json().items() if v is not None}
+        budget.update(dict.fromkeys(inherit))
+        role = self.store.set_role(name, creds, budget)
+        if self.gateway is not None:
+            await self.gateway.push_all()  # running agents of this role see the new scope and caps at once
+        self.store.add_event("role_set", f"role {name}: creds {role['creds']}", None, {"name": name, **budget})
+        return role
