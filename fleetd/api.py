@@ -20,6 +20,7 @@ from fleetd.filters import parse_filters
 from fleetd.models import LIVE_STATES, iso, parse_iso, utcnow
 from fleetd.supervisor import Supervisor
 from fleetd.times import parse_time
+from fleetd.views import agent_view
 
 if TYPE_CHECKING:
     from fleetd.gateway import Zone2
@@ -95,24 +96,30 @@ def admin(request: web.Request) -> Admin:
     return request.app[ADMIN]
 
 
+def agent_json(s: Supervisor, agent: dict[str, Any], detail: bool = False) -> dict[str, Any]:
+    """An agent's record as the API shows it (fleetd.views), with its watchdog's heartbeat figures."""
+    return agent_view(agent, s.liveness.heartbeat(agent["id"]), s.store.transitions(agent["id"]) if detail else None)
+
+
 async def status(request: web.Request) -> web.Response:
     return web.json_response(sup(request).status())
 
 
 async def list_agents(request: web.Request) -> web.Response:
     filters = parse_filters(request.query.getall("filter", []))
-    return web.json_response(sup(request).list_agents(flag(request, "all"), filters))
+    s = sup(request)
+    return web.json_response([agent_json(s, a) for a in s.list_agents(flag(request, "all"), filters)])
 
 
 async def spawn(request: web.Request) -> web.Response:
     s = sup(request)
     agent = await s.spawn(await body(request))
-    return web.json_response(s.agent_json(agent), status=201)
+    return web.json_response(agent_json(s, agent), status=201)
 
 
 async def inspect(request: web.Request) -> web.Response:
     s = sup(request)
-    return web.json_response(s.agent_json(s.store.resolve(request.match_info["ref"]), detail=True))
+    return web.json_response(agent_json(s, s.store.resolve(request.match_info["ref"]), detail=True))
 
 
 async def stop(request: web.Request) -> web.Response:
@@ -122,14 +129,14 @@ async def stop(request: web.Request) -> web.Response:
     if not isinstance(wait, bool):
         raise InvalidRequest("wait must be true or false")
     agent = await s.stop(request.match_info["ref"], data.get("grace"), wait)
-    return web.json_response(s.agent_json(agent))
+    return web.json_response(agent_json(s, agent))
 
 
 async def kill(request: web.Request) -> web.Response:
     data = await body(request)
     s = sup(request)
     agent = await s.kill(request.match_info["ref"], data.get("signal", "SIGKILL"))
-    return web.json_response(s.agent_json(agent))
+    return web.json_response(agent_json(s, agent))
 
 
 async def extend(request: web.Request) -> web.Response:
@@ -138,13 +145,13 @@ async def extend(request: web.Request) -> web.Response:
         raise InvalidRequest("extend needs a ttl (seconds from now)")
     s = sup(request)
     agent = await s.extend(request.match_info["ref"], data["ttl"])
-    return web.json_response(s.agent_json(agent))
+    return web.json_response(agent_json(s, agent))
 
 
 async def remove(request: web.Request) -> web.Response:
     s = sup(request)
     agent = await s.remove(request.match_info["ref"], flag(request, "force"))
-    return web.json_response(s.agent_json(agent))
+    return web.json_response(agent_json(s, agent))
 
 
 async def wait(request: web.Request) -> web.Response:
@@ -154,7 +161,7 @@ async def wait(request: web.Request) -> web.Response:
         agent = await until_hangup(request, s.wait(agent["id"]))
     except ConnectionResetError:
         return web.Response()  # nobody is left to answer
-    return web.json_response(s.agent_json(agent))
+    return web.json_response(agent_json(s, agent))
 
 
 async def logs(request: web.Request) -> web.StreamResponse:

@@ -29,6 +29,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from fleetd import __version__
 from fleetd.errors import FleetdError
+from fleetd.views import agent_view
 
 log = logging.getLogger(__name__)
 
@@ -298,6 +299,9 @@ async def gather(supervisor: Any) -> Snapshot:
 
 async def _agent_record(supervisor: Any, row: dict[str, Any]) -> dict[str, Any]:
     to_json = getattr(supervisor, "agent_json", None)
+    if to_json is None and hasattr(supervisor, "liveness"):
+        def to_json(agent: dict[str, Any]) -> dict[str, Any]:
+            return agent_view(agent, supervisor.liveness.heartbeat(agent["id"]))
     if to_json is not None:
         try:
             record = to_json(row)

@@ -17,7 +17,7 @@ import signal as signals
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -733,44 +733,6 @@ class Supervisor:
             raise NotFound(f"no such agent: {agent_id}")
         return agent
 
-    def agent_json(self, agent: dict[str, Any], detail: bool = False) -> dict[str, Any]:
-        """The public shape of an agent record."""
-        spec = _spec(agent)
-        deadline = parse_iso(agent["deadline"])
-        live = agent["state"] in LIVE_STATES
-        out: dict[str, Any] = {
-            "id": agent["id"], "name": agent["name"], "image": agent["image"], "role": agent["role"],
-            "state": agent["state"], "reason": agent["reason"], "exit_code": agent["exit_code"],
-            "oom_killed": bool(agent["oom_killed"]), "container_id": agent["container_id"],
-            "created_at": agent["created_at"], "started_at": agent["started_at"],
-            "finished_at": agent["finished_at"], "deadline": agent["deadline"],
-            "ttl_remaining": _seconds_until(deadline) if live and deadline else None,
-            "kill_at": agent["kill_at"], **self._heartbeat_json(agent, spec),
-            "ready": bool(agent["ready"]) if agent["state"] == State.RUNNING and agent["ready"] is not None else (
-                False if live else None),
-            "restarts": agent["restarts"], "restart_policy": spec.restart, "restart_at": agent["restart_at"],
-            "labels": dict(spec.labels),
-            "limits": {
-                "memory": spec.memory, "memory_reservation": spec.memory_reservation, "disk": spec.disk,
-                "cpus": spec.nano_cpus / 1e9 if spec.nano_cpus else None,
-                "pids_limit": spec.pids_limit, "ttl": spec.ttl, "grace": spec.grace,
-            },
-        }
-        if detail:
-            out["spec"] = spec.to_json()
-            out["transitions"] = self.store.transitions(agent["id"])
-        return out
-
-    def _heartbeat_json(self, agent: dict[str, Any], spec: AgentSpec) -> dict[str, Any]:
-        last, age, progress = self.liveness.heartbeat(agent["id"])
-        if last is None and agent["last_heartbeat"]:
-            last = agent["last_heartbeat"]
-            at = parse_iso(last)
-            age = round((utcnow() - at).total_seconds(), 3) if at else None
-            progress = json.loads(agent["progress"]) if agent["progress"] else None
-        return {"last_heartbeat": last, "heartbeat_age": age, "heartbeat_interval": spec.heartbeat_interval,
-                "progress": progress}
-
     async def stats(self) -> list[dict[str, Any]]:
         """Memory and CPU use of every running agent, read from its cgroup."""
         out = []
@@ -782,11 +744,10 @@ class Supervisor:
         return out
 
     def list_agents(self, all_: bool, filters: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
-        """Live agents (every one with ``all_``), narrowed by ``filters`` (``fleetd.filters``) in SQL."""
+        """Live agents' records (every one with ``all_``), narrowed by ``filters`` (``fleetd.filters``) in SQL."""
         if filters:
-            return [self.agent_json(a) for a in self.store.filtered_agents(filters, all_)]
-        agents = self.store.agents(None if all_ else LIVE_STATES)
-        return [self.agent_json(a) for a in agents]
+            return self.store.filtered_agents(filters, all_)
+        return self.store.agents(None if all_ else LIVE_STATES)
 
     def status(self) -> dict[str, Any]:
         counts = self.store.state_counts()
@@ -842,10 +803,6 @@ def _spec(agent: dict[str, Any]) -> AgentSpec:
 
 def _dumps(data: dict[str, Any]) -> str:
     return json.dumps(data, sort_keys=True)
-
-
-def _seconds_until(moment: datetime) -> float:
-    return round(max(0.0, (moment - utcnow()).total_seconds()), 1)
 
 
 def _signal_name(signal: Any) -> str:

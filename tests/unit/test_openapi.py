@@ -22,7 +22,7 @@ from referencing.jsonschema import DRAFT202012
 from cli.main import main as cli_main
 from fleetd import errors
 from fleetd.admin import Admin
-from fleetd.api import error_response, init_app
+from fleetd.api import agent_json, error_response, init_app
 from fleetd.config import Config
 from fleetd.gateway import Zone2
 from fleetd.models import Reason, State, iso, utcnow
@@ -307,11 +307,11 @@ def test_agent_records_match_the_schemas(doc: dict[str, Any], supervisor: Superv
     store.transition(failed, State.FAILED, Reason.START_FAILED, finished_at=iso(utcnow()))
 
     for agent in store.agents():
-        check(doc, "Agent", supervisor.agent_json(agent))
-        detail = supervisor.agent_json(agent, detail=True)
+        check(doc, "Agent", agent_json(supervisor, agent))
+        detail = agent_json(supervisor, agent, detail=True)
         check(doc, "AgentDetail", detail)
         assert detail["transitions"][0]["from_state"] is None
-    for agent in supervisor.list_agents(True):
+    for agent in (agent_json(supervisor, a) for a in supervisor.list_agents(True)):
         assert set(agent) == set(doc["components"]["schemas"]["Agent"]["properties"])
 
 
