@@ -27,11 +27,13 @@ from fleetd.errors import FleetdError, NotFound, RuntimeFailure, Unavailable
 from fleetd.fingerprint import code_fingerprint
 from fleetd.firewall import Firewall
 from fleetd.models import LIVE_STATES
-from fleetd.policy import BudgetCaps, Policy, merged_prices, price_entry, registration_caps, resolve_caps, zone2_policy
+from fleetd.policy import BudgetCaps, Policy, merged_prices, nusd, price_entry, resolve_caps, zone2_policy
 from fleetd.runtime import DockerRuntime
 from fleetd.store import Store
 from fleetd.vault import Vault
+from fleetd.zone2.budget import Caps
 from fleetd.zone2.pricing import PriceTable
+from fleetd.zone2.registry import Registration
 from fleetd.zone2.service import CONTROL_SOCKET, DAEMON_SOCKET, GATEWAY_PORT
 
 log = logging.getLogger(__name__)
@@ -359,7 +361,7 @@ class Zone2:
         await self.push_policy()
         await self.push_creds()
         addresses = await self.call(self.runtime.agent_addresses)
-        regs = [r for ip, agent_id in addresses.items() if (r := self.registration(agent_id, ip))]
+        regs = [r.to_json() for ip, agent_id in addresses.items() if (r := self.registration(agent_id, ip))]
         await self._control("PUT", "/control/agents", regs)
 
     async def push_creds(self) -> None:
@@ -370,17 +372,20 @@ class Zone2:
     async def register(self, agent_id: str, ip: str) -> None:
         reg = self.registration(agent_id, ip)
         if reg:
-            await self._control("POST", "/control/agents", reg)
+            await self._control("POST", "/control/agents", reg.to_json())
 
     async def unregister(self, agent_id: str) -> None:
         await self._control("DELETE", f"/control/agents/{agent_id}")
 
-    def registration(self, agent_id: str, ip: str) -> dict[str, Any] | None:
+    def registration(self, agent_id: str, ip: str) -> Registration | None:
+        """What zone 2 must know of a live agent at ``ip`` (the daemon <-> zone 2 contract: zone2.registry)."""
         agent = self.store.get(agent_id)
         if agent is None or agent["state"] not in LIVE_STATES:
             return None
-        return {"agent_id": agent_id, "ip": ip, "role": agent["role"], "creds": self.store.role_creds(agent["role"]),
-                **registration_caps(self.caps(agent))}
+        caps = self.caps(agent)
+        return Registration(agent_id, ip, agent["role"], frozenset(self.store.role_creds(agent["role"])),
+                            Caps(nusd(caps.daily_usd), nusd(caps.monthly_usd), caps.max_llm_calls),
+                            bool(caps.allow_unpriced))
 
     def caps(self, agent: dict[str, Any]) -> BudgetCaps:
         return resolve_caps(self.policy, agent["role"], self.store.role(agent["role"]), json.loads(agent["spec"]))
@@ -395,7 +400,7 @@ class Zone2:
             reg = self.registration(addresses[ip], ip) if ip in addresses else None
             if reg is None:
                 return web.json_response({"error": "not an agent"}, status=404)
-            return web.Response(text=json.dumps(reg), content_type="application/json")
+            return web.Response(text=json.dumps(reg.to_json()), content_type="application/json")
 
         async def event(request: web.Request) -> web.Response:
             data = await request.json()

@@ -216,12 +216,6 @@ def resolve_caps(policy: Policy, role: str, role_row: dict[str, Any] | None, spe
     return from_spawn.over(from_store).over(from_config).over(policy.budget)
 
 
-def registration_caps(caps: BudgetCaps) -> dict[str, Any]:
-    """The caps as zone 2 takes them (integer nano-USD)."""
-    return {"daily_nusd": nusd(caps.daily_usd), "monthly_nusd": nusd(caps.monthly_usd),
-            "max_llm_calls": caps.max_llm_calls, "allow_unpriced": bool(caps.allow_unpriced)}
-
-
 def merged_prices(builtin: list[dict[str, Any]], policy: Policy, stored: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The price table zone 2 uses: built-in, then the config file, then `fleetd price set` (last wins)."""
     table: dict[str, dict[str, Any]] = {}

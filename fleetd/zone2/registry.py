@@ -6,6 +6,7 @@ Nothing here touches disk. After zone 2 restarts, the daemon sends it all again.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from fleetd.zone2.budget import Caps
 from fleetd.zone2.kinds import GENERIC
@@ -21,12 +22,31 @@ class Upstream:
 
 @dataclass(frozen=True)
 class Registration:
+    """An agent as zone 2 knows it: the daemon sends it (PUT/POST /control/agents, GET /control/whois's answer)
+    as :meth:`to_json`, zone 2 reads it with :meth:`from_json`: one contract for both sides."""
+
     agent_id: str
     ip: str
     role: str
     creds: frozenset[str] = field(default_factory=frozenset)
     caps: Caps = field(default_factory=Caps)
     allow_unpriced: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"agent_id": self.agent_id, "ip": self.ip, "role": self.role, "creds": sorted(self.creds),
+                "daily_nusd": self.caps.daily_nusd, "monthly_nusd": self.caps.monthly_nusd,
+                "max_llm_calls": self.caps.max_llm_calls, "allow_unpriced": self.allow_unpriced}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Registration:
+        caps = Caps(_optional_int(data.get("daily_nusd")), _optional_int(data.get("monthly_nusd")),
+                    _optional_int(data.get("max_llm_calls")))
+        return cls(str(data["agent_id"]), str(data["ip"]), str(data.get("role") or "default"),
+                   frozenset(data.get("creds") or ()), caps, bool(data.get("allow_unpriced")))
+
+
+def _optional_int(value: Any) -> int | None:
+    return None if value is None else int(value)
 
 
 class Registry:

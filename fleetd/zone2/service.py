@@ -20,7 +20,6 @@ import aiohttp
 from aiohttp import web
 
 from fleetd.fingerprint import code_fingerprint
-from fleetd.zone2.budget import Caps
 from fleetd.zone2.costs import CostTracker
 from fleetd.zone2.guard import IDLE_TIMEOUT, LINGER, READ_BUFFER, Guard, serve_guarded, stop_guarded
 from fleetd.zone2.kinds import GENERIC
@@ -33,17 +32,6 @@ CONTROL_SOCKET = "zone2.sock"
 DAEMON_SOCKET = "daemon.sock"
 GATEWAY_PORT = 8080
 HEARTBEAT_LINGER = 0.02  # s a heartbeat waits in zone 2 for others to go to the daemon with it
-
-
-def _optional_int(value: Any) -> int | None:
-    return None if value is None else int(value)
-
-
-def registration(data: dict[str, Any]) -> Registration:
-    caps = Caps(_optional_int(data.get("daily_nusd")), _optional_int(data.get("monthly_nusd")),
-                _optional_int(data.get("max_llm_calls")))
-    return Registration(str(data["agent_id"]), str(data["ip"]), str(data.get("role") or "default"),
-                        frozenset(data.get("creds") or ()), caps, bool(data.get("allow_unpriced")))
 
 
 def init_control(registry: Registry, costs: CostTracker, guard: Guard, started: float) -> web.Application:
@@ -75,11 +63,11 @@ def init_control(registry: Registry, costs: CostTracker, guard: Guard, started: 
         return web.json_response({"creds": len(registry.creds)})
 
     async def put_agents(request: web.Request) -> web.Response:
-        registry.replace_agents([registration(a) for a in await request.json()])
+        registry.replace_agents([Registration.from_json(a) for a in await request.json()])
         return web.json_response({"agents": len(registry.by_ip)})
 
     async def post_agent(request: web.Request) -> web.Response:
-        registry.register(registration(await request.json()))
+        registry.register(Registration.from_json(await request.json()))
         return web.json_response({"agents": len(registry.by_ip)})
 
     async def delete_agent(request: web.Request) -> web.Response:
@@ -119,7 +107,7 @@ class DaemonLink:
             async with self._session().get("http://daemon/control/whois", params={"ip": ip}) as response:
                 if response.status != 200:
                     return None
-                return registration(await response.json())
+                return Registration.from_json(await response.json())
         except (aiohttp.ClientError, TimeoutError):
             return None
 
