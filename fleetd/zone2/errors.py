@@ -8,8 +8,6 @@ import json
 
 from aiohttp import web
 
-REFUSAL = web.ResponseKey("fleetd.refusal", str)  # on a response zone 2 gave itself: its error code
-
 
 class Zone2Error(Exception):
     """A request zone 2 answers itself, with ``status`` and ``{"error": {"type", "code", "message"}}``."""
@@ -18,9 +16,6 @@ class Zone2Error(Exception):
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
         self.headers = dict(headers or {})
-
-    def response(self) -> web.Response:
-        return error_response(self.status, self.code, self.message, self.headers)
 
 
 class UpstreamFailed(Zone2Error):
@@ -32,8 +27,6 @@ class UpstreamFailed(Zone2Error):
 
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
-    """The answer itself (for the middleware, and for answers written before a handler runs)."""
+    """The answer itself, as the guard's middleware writes it."""
     body = {"error": {"type": code, "code": code, "message": message}}
-    response = web.Response(text=json.dumps(body), status=status, headers=headers, content_type="application/json")
-    response[REFUSAL] = code  # counted by the guard's middleware, which sees every answer (counters.Counts)
-    return response
+    return web.Response(text=json.dumps(body), status=status, headers=headers, content_type="application/json")

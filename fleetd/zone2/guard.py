@@ -26,7 +26,7 @@ from typing import Any
 from aiohttp import web
 
 from fleetd.zone2.counters import Counts
-from fleetd.zone2.errors import REFUSAL, Zone2Error, error_response
+from fleetd.zone2.errors import Zone2Error, error_response
 from fleetd.zone2.shares import Limits, Shares
 
 
@@ -264,8 +264,6 @@ async def guard_middleware(request: web.Request, handler: Callable[[web.Request]
         connection.started()
     try:
         response = await handler(request)
-        if REFUSAL in response:
-            guard.counts.refused(response[REFUSAL])
         if not response.prepared:
             # Send it here, while the request still holds its bytes: aiohttp would write it after this returns,
             # when the share is given back, and hold it for as long as the agent does not read.
