@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fleetd.zone2.llm import LLMRequest, Usage, count, detail, label
+from fleetd.zone2.providers.base import Provider
 
 
 def openai_usage(usage: object, prefix_in: str, prefix_out: str, tier: object) -> Usage | None:
@@ -31,3 +32,10 @@ def served_at_priority(llm: LLMRequest, usage: Usage | None) -> bool:
     if usage is not None and usage.service_tier is not None:
         return usage.service_tier == "priority"
     return llm.priority
+
+
+class OpenAIShaped(Provider):
+    """An API billed as OpenAI bills: at the priority multiple when the answer (or the request) says priority."""
+
+    def served_at_priority(self, llm: LLMRequest, usage: Usage | None) -> bool:
+        return served_at_priority(llm, usage)

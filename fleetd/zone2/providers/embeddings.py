@@ -20,8 +20,8 @@ from fleetd.zone2.llm import (
     string_field,
 )
 from fleetd.zone2.providers import parts
-from fleetd.zone2.providers._openai import served_at_priority
-from fleetd.zone2.providers.base import Provider, StreamUsage
+from fleetd.zone2.providers._openai import OpenAIShaped
+from fleetd.zone2.providers.base import StreamUsage
 from fleetd.zone2.providers.openai_chat import USAGE_ANYWHERE, with_usage
 
 
@@ -32,7 +32,7 @@ def embeddings_usage(usage: object) -> Usage | None:
     return Usage(input_tokens=count(usage.get("total_tokens") if tokens is None else tokens))
 
 
-class Embeddings(Provider):
+class Embeddings(OpenAIShaped):
     api = "openai_embeddings"
     markers = re.compile(USAGE_ANYWHERE)
 
@@ -56,9 +56,6 @@ class Embeddings(Provider):
 
     def stream(self) -> StreamUsage:
         return EmbeddingsStream()
-
-    def served_at_priority(self, llm: LLMRequest, usage: Usage | None) -> bool:
-        return served_at_priority(llm, usage)
 
 
 class EmbeddingsStream(StreamUsage):

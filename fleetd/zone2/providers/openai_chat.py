@@ -29,8 +29,8 @@ from fleetd.zone2.llm import (
     string_field,
 )
 from fleetd.zone2.providers import parts
-from fleetd.zone2.providers._openai import openai_usage, served_at_priority
-from fleetd.zone2.providers.base import Provider, StreamUsage
+from fleetd.zone2.providers._openai import OpenAIShaped, openai_usage
+from fleetd.zone2.providers.base import StreamUsage
 
 USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')  # a non-null usage: "usage":null does not match
 USAGE_ANYWHERE = rb'"usage"[^"{]*\{'  # looser: "usage" and its object may sit on different data lines
@@ -50,7 +50,7 @@ def chat_usage(usage: object, service_tier: object = None) -> Usage | None:
     return openai_usage(usage, "prompt", "completion", service_tier)
 
 
-class OpenAIChat(Provider):
+class OpenAIChat(OpenAIShaped):
     api = "openai_chat"
     markers = re.compile(USAGE_ANYWHERE + rb"|\[DONE\]")
 
@@ -95,9 +95,6 @@ class OpenAIChat(Provider):
 
     def stream(self) -> StreamUsage:
         return ChatStream()
-
-    def served_at_priority(self, llm: LLMRequest, usage: Usage | None) -> bool:
-        return served_at_priority(llm, usage)
 
 
 class ChatStream(StreamUsage):

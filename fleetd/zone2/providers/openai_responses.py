@@ -28,8 +28,8 @@ from fleetd.zone2.llm import (
     string_field,
 )
 from fleetd.zone2.providers import parts
-from fleetd.zone2.providers._openai import openai_usage, served_at_priority
-from fleetd.zone2.providers.base import Provider, StreamUsage
+from fleetd.zone2.providers._openai import OpenAIShaped, openai_usage
+from fleetd.zone2.providers.base import StreamUsage
 
 MAX_RESPONSE_ID = 128  # a Responses id longer than this is not recorded (real ones are "resp_" and ~50 hex digits)
 END_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
@@ -56,7 +56,7 @@ def compacts(data: dict[str, Any]) -> bool:
                                              for m in management))
 
 
-class OpenAIResponses(Provider):
+class OpenAIResponses(OpenAIShaped):
     api = "openai_responses"
     markers = re.compile(b"|".join(re.escape(kind) for kind in _END_BYTES))
 
@@ -91,9 +91,6 @@ class OpenAIResponses(Provider):
 
     def stream(self) -> StreamUsage:
         return ResponsesStream()
-
-    def served_at_priority(self, llm: LLMRequest, usage: Usage | None) -> bool:
-        return served_at_priority(llm, usage)
 
 
 class ResponsesStream(StreamUsage):
