@@ -10,24 +10,18 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from aiohttp import web
 
-from fleetd.admin import Admin
-from fleetd.errors import FleetdError, InvalidRequest, Unavailable
+from fleetd.errors import FleetdError, InvalidRequest
 from fleetd.filters import parse_filters
 from fleetd.models import LIVE_STATES, iso, parse_iso, utcnow
-from fleetd.supervisor import Supervisor
+from fleetd.services import Services
 from fleetd.times import parse_time
-from fleetd.views import agent_view
-
-if TYPE_CHECKING:
-    from fleetd.gateway import Zone2
 
 log = logging.getLogger(__name__)
-SUPERVISOR = web.AppKey("supervisor", Supervisor)
-ADMIN = web.AppKey("admin", Admin)
+SERVICES = web.AppKey("services", Services)
 MAX_BODY = 1 << 20
 HANGUP_CHECK = 1.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -88,88 +82,79 @@ def number(request: web.Request, name: str) -> int | None:
     return int(value)
 
 
-def sup(request: web.Request) -> Supervisor:
-    return request.app[SUPERVISOR]
-
-
-def admin(request: web.Request) -> Admin:
-    return request.app[ADMIN]
-
-
-def agent_json(s: Supervisor, agent: dict[str, Any], detail: bool = False) -> dict[str, Any]:
-    """An agent's record as the API shows it (fleetd.views), with its watchdog's heartbeat figures."""
-    return agent_view(agent, s.liveness.heartbeat(agent["id"]), s.store.transitions(agent["id"]) if detail else None)
+def services(request: web.Request) -> Services:
+    return request.app[SERVICES]
 
 
 async def status(request: web.Request) -> web.Response:
-    return web.json_response(sup(request).status())
+    return web.json_response(services(request).status())
 
 
 async def list_agents(request: web.Request) -> web.Response:
     filters = parse_filters(request.query.getall("filter", []))
-    s = sup(request)
-    return web.json_response([agent_json(s, a) for a in s.list_agents(flag(request, "all"), filters)])
+    s = services(request)
+    return web.json_response([s.agent_json(a) for a in s.agents.list_agents(flag(request, "all"), filters)])
 
 
 async def spawn(request: web.Request) -> web.Response:
-    s = sup(request)
-    agent = await s.spawn(await body(request))
-    return web.json_response(agent_json(s, agent), status=201)
+    s = services(request)
+    agent = await s.agents.spawn(await body(request))
+    return web.json_response(s.agent_json(agent), status=201)
 
 
 async def inspect(request: web.Request) -> web.Response:
-    s = sup(request)
-    return web.json_response(agent_json(s, s.store.resolve(request.match_info["ref"]), detail=True))
+    s = services(request)
+    return web.json_response(s.agent_json(s.records.resolve(request.match_info["ref"]), detail=True))
 
 
 async def stop(request: web.Request) -> web.Response:
     data = await body(request)
-    s = sup(request)
+    s = services(request)
     wait = data.get("wait", True)
     if not isinstance(wait, bool):
         raise InvalidRequest("wait must be true or false")
-    agent = await s.stop(request.match_info["ref"], data.get("grace"), wait)
-    return web.json_response(agent_json(s, agent))
+    agent = await s.agents.stop(request.match_info["ref"], data.get("grace"), wait)
+    return web.json_response(s.agent_json(agent))
 
 
 async def kill(request: web.Request) -> web.Response:
     data = await body(request)
-    s = sup(request)
-    agent = await s.kill(request.match_info["ref"], data.get("signal", "SIGKILL"))
-    return web.json_response(agent_json(s, agent))
+    s = services(request)
+    agent = await s.agents.kill(request.match_info["ref"], data.get("signal", "SIGKILL"))
+    return web.json_response(s.agent_json(agent))
 
 
 async def extend(request: web.Request) -> web.Response:
     data = await body(request)
     if "ttl" not in data:
         raise InvalidRequest("extend needs a ttl (seconds from now)")
-    s = sup(request)
-    agent = await s.extend(request.match_info["ref"], data["ttl"])
-    return web.json_response(agent_json(s, agent))
+    s = services(request)
+    agent = await s.agents.extend(request.match_info["ref"], data["ttl"])
+    return web.json_response(s.agent_json(agent))
 
 
 async def remove(request: web.Request) -> web.Response:
-    s = sup(request)
-    agent = await s.remove(request.match_info["ref"], flag(request, "force"))
-    return web.json_response(agent_json(s, agent))
+    s = services(request)
+    agent = await s.agents.remove(request.match_info["ref"], flag(request, "force"))
+    return web.json_response(s.agent_json(agent))
 
 
 async def wait(request: web.Request) -> web.Response:
-    s = sup(request)
-    agent = s.store.resolve(request.match_info["ref"])  # an unknown agent: 404 at once
+    s = services(request)
+    agent = s.records.resolve(request.match_info["ref"])  # an unknown agent: 404 at once
     try:
-        agent = await until_hangup(request, s.wait(agent["id"]))
+        agent = await until_hangup(request, s.agents.wait(agent["id"]))
     except ConnectionResetError:
         return web.Response()  # nobody is left to answer
-    return web.json_response(agent_json(s, agent))
+    return web.json_response(s.agent_json(agent))
 
 
 async def logs(request: web.Request) -> web.StreamResponse:
-    s = sup(request)
+    s = services(request)
     since = request.query.get("since")
     start = parse_time(since, "query parameter since").timestamp() if since else None
-    chunks = await s.open_logs(request.match_info["ref"], flag(request, "follow"), number(request, "tail"),
-                               start, flag(request, "timestamps"))
+    chunks = await s.logs.stream(s.records.resolve(request.match_info["ref"]), flag(request, "follow"),
+                                 number(request, "tail"), start, flag(request, "timestamps"))
     response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
     await response.prepare(request)
     try:
@@ -207,7 +192,7 @@ def moment(request: web.Request, name: str) -> str | None:
 
 
 async def events(request: web.Request) -> web.StreamResponse:
-    s = sup(request)
+    s = services(request)
     since = number(request, "since")
     limit = number(request, "limit")
     if limit == 0:
@@ -217,11 +202,11 @@ async def events(request: web.Request) -> web.StreamResponse:
         raise InvalidRequest("query parameter until: before from")
     agent_id = request.query.get("agent")
     if agent_id:
-        agent_id = s.store.resolve(agent_id)["id"]
+        agent_id = s.records.resolve(agent_id)["id"]
     follow = flag(request, "follow")
     queue = s.events.subscribe() if follow else None
     try:
-        past = s.store.events(since, limit or 1000, agent_id, start, until)
+        past = s.records.events(since, limit or 1000, agent_id, start, until)
         if not follow:
             return web.json_response(past)
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
@@ -231,7 +216,7 @@ async def events(request: web.Request) -> web.StreamResponse:
             for event in past:
                 await response.write(json.dumps(event).encode() + b"\n")
                 last = event["id"]
-            past = s.store.events(last, limit or 1000, agent_id, start, until) if len(past) == (limit or 1000) else []
+            past = s.records.events(last, limit or 1000, agent_id, start, until) if len(past) == (limit or 1000) else []
         assert queue is not None
         end = parse_iso(until) if until is not None else None
         while True:
@@ -259,82 +244,74 @@ async def events(request: web.Request) -> web.StreamResponse:
 
 
 async def set_credential(request: web.Request) -> web.Response:
-    record = await admin(request).set_credential(request.match_info["name"], await body(request))
+    record = await services(request).admin.set_credential(request.match_info["name"], await body(request))
     return web.json_response(record)
 
 
 async def list_credentials(request: web.Request) -> web.Response:
-    return web.json_response(admin(request).credentials())
+    return web.json_response(services(request).admin.credentials())
 
 
 async def remove_credential(request: web.Request) -> web.Response:
-    await admin(request).remove_credential(request.match_info["name"])
+    await services(request).admin.remove_credential(request.match_info["name"])
     return web.json_response({"removed": request.match_info["name"]})
 
 
 async def set_role(request: web.Request) -> web.Response:
-    return web.json_response(await admin(request).set_role(request.match_info["name"], await body(request)))
+    return web.json_response(await services(request).admin.set_role(request.match_info["name"], await body(request)))
 
 
 async def list_roles(request: web.Request) -> web.Response:
-    return web.json_response(sup(request).store.roles())
-
-
-def zone2(request: web.Request) -> Zone2:
-    gateway = sup(request).gateway
-    if gateway is None:
-        raise Unavailable("this daemon runs without zone 2")
-    return gateway
+    return web.json_response(services(request).records.roles())
 
 
 async def list_prices(request: web.Request) -> web.Response:
-    return web.json_response(zone2(request).prices())
+    return web.json_response(services(request).zone2.prices())
 
 
 async def set_price(request: web.Request) -> web.Response:
-    return web.json_response(await zone2(request).set_price(request.match_info["model"], await body(request)))
+    return web.json_response(await services(request).zone2.set_price(request.match_info["model"], await body(request)))
 
 
 async def remove_price(request: web.Request) -> web.Response:
-    await zone2(request).remove_price(request.match_info["model"])
+    await services(request).zone2.remove_price(request.match_info["model"])
     return web.json_response({"removed": request.match_info["model"]})
 
 
 async def budget(request: web.Request) -> web.Response:
     """Every live agent's budget (``?all=1``: exited ones too), and the instance's."""
-    agents = sup(request).store.agents(None if flag(request, "all") else tuple(LIVE_STATES))
-    return web.json_response(await zone2(request).budget_report(agents))
+    agents = services(request).records.agents(None if flag(request, "all") else tuple(LIVE_STATES))
+    return web.json_response(await services(request).zone2.budget_report(agents))
 
 
 async def agent_budget(request: web.Request) -> web.Response:
-    agent = sup(request).store.resolve(request.match_info["ref"])
-    report = await zone2(request).budget_report([agent])
+    agent = services(request).records.resolve(request.match_info["ref"])
+    report = await services(request).zone2.budget_report([agent])
     return web.json_response(report["agents"][0])
 
 
 async def drain(request: web.Request) -> web.Response:
     data = await body(request)
-    return web.json_response(await sup(request).drain_fleet(data.get("timeout")))
+    return web.json_response(await services(request).agents.drain_fleet(data.get("timeout")))
 
 
 async def undrain(request: web.Request) -> web.Response:
-    return web.json_response(sup(request).undrain())
+    return web.json_response(services(request).agents.undrain())
 
 
 async def stats(request: web.Request) -> web.Response:
-    return web.json_response(await sup(request).stats())
+    return web.json_response(await services(request).agents.stats())
 
 
 async def teardown(request: web.Request) -> web.Response:
-    removed, failed = await sup(request).teardown()
+    removed, failed = await services(request).agents.teardown()
     return web.json_response({"removed": removed, "failed": failed})
 
 
-def init_app(supervisor: Supervisor, admin: Admin) -> web.Application:
+def init_app(parts: Services) -> web.Application:
     """The aiohttp application serving the control API."""
     app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_BODY)
-    app[SUPERVISOR] = supervisor
-    app[ADMIN] = admin
+    app[SERVICES] = parts
     app.router.add_get("/v1/status", status)
     app.router.add_get("/v1/agents", list_agents)
     app.router.add_post("/v1/agents", spawn)

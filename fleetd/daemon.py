@@ -28,12 +28,17 @@ from aiohttp.web_response import StreamResponse
 from fleetd import __version__
 from fleetd.admin import Admin
 from fleetd.api import init_app
+from fleetd.blocking import BlockingCalls
 from fleetd.config import Config
 from fleetd.docker_events import DockerEventWatcher
 from fleetd.errors import DaemonAlreadyRunning, FleetdError, RuntimeUnavailable
+from fleetd.event_bus import EventBus
 from fleetd.gateway import Zone2
-from fleetd.runtime import DockerRuntime
+from fleetd.liveness import Liveness, engine_exec
+from fleetd.log_streams import LogStreams
+from fleetd.runtime import POOL_SIZE, DockerRuntime
 from fleetd.sdnotify import notify, watchdog_period
+from fleetd.services import Services
 from fleetd.store import Store
 from fleetd.supervisor import Supervisor
 from fleetd.timers import Timers
@@ -88,28 +93,29 @@ class Daemon:
         self.runtime = await wait_for_docker(config.instance, config.zone2_image, self.should_exit)
         self.timers = Timers()
         self.timers.start()
-        self.supervisor = Supervisor(config, self.store, self.runtime, self.timers)
-        loop = asyncio.get_running_loop()
-        s = self.supervisor
+        # The parts, each given what it needs when it is made (unit tests make them with fakes).
+        self.calls = BlockingCalls(POOL_SIZE)
+        events = EventBus()
+        self.store.on_event = events.publish
+        self.vault = Vault(self.store, load_master_key(config.state_dir))
+        self.liveness = Liveness(self.store, engine_exec(self.runtime, self.calls))
+        self.gateway = Zone2(config.state_dir, self.store, self.vault, self.runtime, self.calls.call, self.liveness,
+                             config.zone2_image, config.policy)
+        self.supervisor = s = Supervisor(config, self.store, self.runtime, self.timers, self.calls, self.gateway,
+                                         self.liveness)
+        self.logs = LogStreams(self.runtime, self.calls)
         self._watcher = DockerEventWatcher(
-            self.runtime, loop, s.on_docker_event, s.on_docker_reconnect, s.on_docker_disconnect
+            self.runtime, asyncio.get_running_loop(), s.on_docker_event, s.on_docker_reconnect, s.on_docker_disconnect
         )
         # Watch before reconciling, so no exit falls between the two.
         self._watcher.start(since=int(time.time()))
         await self.supervisor.start()
         # Zone 2 serves before the socket accepts a single spawn.
-        self.vault = Vault(self.store, load_master_key(config.state_dir))
-        self.gateway = Zone2(config.state_dir, self.store, self.vault, self.runtime, self.supervisor.call,
-                             config.zone2_image, config.policy)
-        self.supervisor.gateway = self.gateway
-        liveness = self.supervisor.liveness
-        self.gateway.on_heartbeat = liveness.beat
-        self.gateway.on_health = lambda up: liveness.resume() if up else liveness.pause("zone 2 is down")
-        liveness.relay_ok = self.gateway.answering
         await self.gateway.start()
         self.supervisor.spares.fill()  # holders for the first spawns (fleetd.spare_netns)
-        admin = Admin(self.store, self.vault, self.gateway)
-        self._runner = web.AppRunner(init_app(self.supervisor, admin), handle_signals=False, shutdown_timeout=2.0,
+        parts = Services(config, self.supervisor, self.store, self.liveness, self.gateway,
+                         Admin(self.store, self.vault, self.gateway), events, self.logs, self.timers)
+        self._runner = web.AppRunner(init_app(parts), handle_signals=False, shutdown_timeout=2.0,
                                      access_log_class=DebugAccessLogger)
         await self._runner.setup()
         config.socket.parent.mkdir(parents=True, exist_ok=True)
@@ -123,7 +129,7 @@ class Daemon:
         if config.metrics:
             from fleetd.metrics import parse_listen, serve_metrics
 
-            self._metrics = await serve_metrics(self.supervisor, *parse_listen(config.metrics))
+            self._metrics = await serve_metrics(parts, *parse_listen(config.metrics))
         period = watchdog_period()
         if period:
             self._tasks.append(asyncio.create_task(self._watchdog(period)))
@@ -160,9 +166,11 @@ class Daemon:
         if hasattr(self, "timers"):
             self.timers.shutdown()
         if hasattr(self, "supervisor"):
-            await self.supervisor.liveness.stop()
+            await self.liveness.stop()
             self.store.add_event("daemon_stopped", "fleetd stopped; agents keep running")
             self.supervisor.close()
+            self.logs.close()
+            self.calls.close()
         if hasattr(self, "store"):
             self.store.close()
         if self._lock is not None:

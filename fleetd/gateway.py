@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 from aiohttp import web
@@ -56,11 +56,23 @@ def agent_env() -> dict[str, str]:
     }
 
 
+class HeartbeatWatch(Protocol):
+    """The heartbeat watchdog (``fleetd.liveness.Liveness``): zone 2 relays the agents' beats to it, and pauses it
+    while the beats cannot arrive."""
+
+    def beat(self, agent_id: str, progress: dict[str, Any] | None) -> bool: ...
+
+    def pause(self, why: str) -> None: ...
+
+    def resume(self) -> None: ...
+
+
 class Zone2:
     """Runs, watches and feeds the zone 2 gateway container."""
 
     def __init__(self, state_dir: Path, store: Store, vault: Vault, runtime: DockerRuntime,
-                 call: Callable[..., Awaitable[Any]], image: str = ZONE2_IMAGE, policy: Policy | None = None) -> None:
+                 call: Callable[..., Awaitable[Any]], watchdog: HeartbeatWatch, image: str = ZONE2_IMAGE,
+                 policy: Policy | None = None) -> None:
         self.control_dir = state_dir / "zone2"
         self.store = store
         self.vault = vault
@@ -83,8 +95,7 @@ class Zone2:
         self._task: asyncio.Task[None] | None = None
         self.background = Background()
         self.suspended = False  # after teardown, until the next spawn
-        self.on_heartbeat: Callable[[str, dict[str, Any] | None], bool] | None = None
-        self.on_health: Callable[[bool], None] | None = None  # the watchdog pauses while zone 2 is down
+        self.watchdog = watchdog  # paused while zone 2 is down
         self.starved = False  # the control socket answers, the agents' port does not
         self._missed_probes = 0
         self._probe_session: aiohttp.ClientSession | None = None
@@ -236,24 +247,27 @@ class Zone2:
             if self.starved:
                 self.starved = False
                 self.store.add_event("zone2_serving", "zone 2 answers agents again")
-            if self.on_health is not None:
-                self.on_health(True)
+            self.watchdog.resume()
             return
         self._missed_probes += 1
         if self._missed_probes >= 2 and not self.starved:
             self.starved = True
             self.store.add_event("zone2_starved", f"zone 2 does not answer on the agents' port within "
                                  f"{AGENT_PROBE_TIMEOUT:g} s (its control socket does): heartbeats cannot arrive")
-            if self.on_health is not None:
-                self.on_health(False)
+            self.watchdog.pause("zone 2 does not answer on the agents' port")
 
     def _unhealthy(self) -> None:
-        if self.healthy and self.on_health is not None:
-            self.on_health(False)
+        if self.healthy:
+            self.watchdog.pause("zone 2 is down")
         self.healthy = False
+
+    def agent_env(self) -> dict[str, str]:
+        return agent_env()
 
     def on_exit(self) -> None:
         """Docker says zone 2 died: restart it now rather than at the next health check."""
+        if self._session is None:
+            return  # not started yet: start() brings it up
         self._unhealthy()
         if not self.suspended:
             self.background.start(self._ensure_logged(), "bringing zone 2 back after its exit")
@@ -278,7 +292,8 @@ class Zone2:
 
     async def _request(self, method: str, path: str, body: Any = None) -> tuple[int | None, dict[str, Any] | None]:
         """(status, JSON object) of a control call; (None, None) when zone 2 does not answer."""
-        assert self._session is not None
+        if self._session is None:
+            return None, None  # before start(): what is said now is sent again by start()'s push_all
         try:
             async with self._session.request(method, f"http://zone2{path}", json=body) as response:
                 try:
@@ -358,6 +373,8 @@ class Zone2:
 
     async def push_all(self) -> None:
         """Send the policy, every credential and every live agent's registration."""
+        if self._session is None:
+            return  # before start(), which sends them all
         await self.push_policy()
         await self.push_creds()
         addresses = await self.call(self.runtime.agent_addresses)
@@ -413,7 +430,7 @@ class Zone2:
         async def heartbeats(request: web.Request) -> web.Response:
             """A batch of heartbeats relayed by zone 2; answers which agents are being watched."""
             taken = [str(b["agent_id"]) for b in await request.json()
-                     if self.on_heartbeat is not None and self.on_heartbeat(str(b["agent_id"]), b.get("progress"))]
+                     if self.watchdog.beat(str(b["agent_id"]), b.get("progress"))]
             return web.json_response({"taken": taken})
 
         app.router.add_get("/control/whois", whois)

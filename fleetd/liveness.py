@@ -21,10 +21,12 @@ from typing import Any
 
 import aiohttp
 
+from fleetd.agent_runtime import AgentRuntime
 from fleetd.background import Background
+from fleetd.blocking import BlockingCalls
 from fleetd.health import ProbeSpec, ProbeTracker, Verdict, Watchdog, Which
 from fleetd.models import AgentSpec, Reason, iso, utcnow
-from fleetd.probes import ProbeResult, probe
+from fleetd.probes import MAX_OUTPUT, ProbeResult, probe
 from fleetd.store import Store
 
 log = logging.getLogger(__name__)
@@ -33,15 +35,21 @@ IDLE_WAKE = 1.0
 MIN_WAIT = 0.02
 Condemn = Callable[[str, Reason, str], Coroutine[Any, Any, None]]
 ExecProbe = Callable[[str, tuple[str, ...], float], Awaitable[int | tuple[int, bytes]]]
+RelayOk = Callable[[], Awaitable[bool]]
+
+
+def engine_exec(runtime: AgentRuntime, calls: BlockingCalls) -> ExecProbe:
+    """Exec probes run in the agent's container through the engine (its output kept up to MAX_OUTPUT)."""
+
+    async def exec_probe(container_id: str, command: tuple[str, ...], timeout: float) -> tuple[int, bytes]:
+        return await calls.call(runtime.exec_output, container_id, list(command), timeout, MAX_OUTPUT)
+
+    return exec_probe
 
 
 class Liveness:
-    def __init__(self, store: Store, condemn: Condemn, exec_probe: ExecProbe,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, store: Store, exec_probe: ExecProbe, clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
-        # Before condemning anyone for silence: is zone 2 (which relays heartbeats) answering at all?
-        self.relay_ok: Callable[[], Awaitable[bool]] | None = None
-        self.condemn = condemn
         self.exec_probe = exec_probe
         self.clock = clock
         self.watchdog = Watchdog()
@@ -58,7 +66,11 @@ class Liveness:
         self._judging: set[str] = set()
 
     # -- lifecycle ---------------------------------------------------------------
-    def start(self) -> None:
+    def start(self, condemn: Condemn, relay_ok: RelayOk) -> None:
+        """Watch, and hand the agents that fail to ``condemn``; before condemning anyone for silence, ask
+        ``relay_ok`` whether zone 2 (which relays the heartbeats) answers at all."""
+        self.condemn = condemn
+        self.relay_ok = relay_ok
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
@@ -162,7 +174,7 @@ class Liveness:
     async def _judge(self, lost: list[str]) -> None:
         """Condemn agents whose heartbeats stopped, unless zone 2 is what went quiet."""
         try:
-            if self.relay_ok is not None and not await self.relay_ok():
+            if not await self.relay_ok():
                 self.pause("zone 2 does not answer, so heartbeats cannot arrive")
                 return
             still = set(self.watchdog.lost(self.clock()))

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import html
-import inspect
 import ipaddress
 import logging
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, ProcessCollector, generate_latest
@@ -29,7 +28,9 @@ from prometheus_client.registry import CollectorRegistry
 
 from fleetd import __version__
 from fleetd.errors import FleetdError
-from fleetd.views import agent_view
+
+if TYPE_CHECKING:
+    from fleetd.services import Services
 
 log = logging.getLogger(__name__)
 
@@ -267,58 +268,38 @@ def _number(value: Any) -> float | None:
 
 
 # -- gathering ----------------------------------------------------------------
-async def gather(supervisor: Any) -> Snapshot:
+async def gather(parts: Services) -> Snapshot:
     """Take a snapshot of the live daemon: agents, counters from the store, zone 2's budget report."""
-    store = supervisor.store
+    store = parts.records
     # Live agents' rows only, and the states counted in SQL: a scrape's cost follows the fleet, not its history.
     rows: list[dict[str, Any]] = store.agents(LIVE)
-    agents = [await _agent_record(supervisor, row) for row in rows]
+    agents = [parts.agent_json(row) for row in rows]
     states = store.state_counts()
     counts = store.counts()  # lifetime: they survive restarts and the store's retention
-    gateway = getattr(supervisor, "gateway", None)
     budget: dict[str, Any] | None = None
-    healthy = bool(getattr(gateway, "healthy", False))
-    if gateway is not None:
-        try:
-            budget = await asyncio.wait_for(gateway.budget_report(rows), BUDGET_TIMEOUT)
-        except FleetdError:
-            budget = None  # zone 2 is down or restarting: fleetd_zone2_up says so
-        except TimeoutError:
-            log.warning("metrics: zone 2's budget report took more than %.0f s", BUDGET_TIMEOUT)
-        except Exception:
-            log.exception("metrics: zone 2's budget report failed")
+    try:
+        budget = await asyncio.wait_for(parts.zone2.budget_report(rows), BUDGET_TIMEOUT)
+    except FleetdError:
+        budget = None  # zone 2 is down or restarting: fleetd_zone2_up says so
+    except TimeoutError:
+        log.warning("metrics: zone 2's budget report took more than %.0f s", BUDGET_TIMEOUT)
+    except Exception:
+        log.exception("metrics: zone 2's budget report failed")
     usage: dict[str, dict[str, Any]] = {}
-    stats = getattr(supervisor, "stats", None)
-    if stats is not None:
-        try:
-            usage = {str(u["id"]): u for u in await stats()}
-        except Exception:
-            log.exception("metrics: cannot read agents' memory and CPU")
-    return Snapshot(agents=agents, states=states, counts=counts, budget=budget, zone2_healthy=healthy, usage=usage)
-
-
-async def _agent_record(supervisor: Any, row: dict[str, Any]) -> dict[str, Any]:
-    to_json = getattr(supervisor, "agent_json", None)
-    if to_json is None and hasattr(supervisor, "liveness"):
-        def to_json(agent: dict[str, Any]) -> dict[str, Any]:
-            return agent_view(agent, supervisor.liveness.heartbeat(agent["id"]))
-    if to_json is not None:
-        try:
-            record = to_json(row)
-            if inspect.isawaitable(record):
-                record = await record
-            return dict(record)
-        except Exception:
-            log.exception("metrics: cannot render agent %s", row.get("id"))
-    return {k: row.get(k) for k in ("id", "name", "role", "state", "reason")}
+    try:
+        usage = {str(u["id"]): u for u in await parts.agents.stats()}
+    except Exception:
+        log.exception("metrics: cannot read agents' memory and CPU")
+    return Snapshot(agents=agents, states=states, counts=counts, budget=budget, zone2_healthy=parts.zone2.healthy,
+                    usage=usage)
 
 
 # -- serving ------------------------------------------------------------------
-async def serve_metrics(supervisor: Any, host: str, port: int) -> web.AppRunner:
+async def serve_metrics(parts: Services, host: str, port: int) -> web.AppRunner:
     """Listen on HOST:PORT (TCP) with GET /metrics; the caller cleans the returned runner up."""
 
     async def metrics(request: web.Request) -> web.Response:
-        body = render(await gather(supervisor))
+        body = render(await gather(parts))
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def index(request: web.Request) -> web.Response:

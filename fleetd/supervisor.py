@@ -1,8 +1,10 @@
 """The supervisor: agent lifecycle, deadlines, exits and re-adoption.
 
-It owns the store and the timers, and calls the Docker adapter in a thread
-pool so the event loop never blocks on the engine. Its decisions come from
-``decisions``; this module only carries them out.
+It records in the store, arms the timers, and calls the container runtime (``fleetd.agent_runtime``) through the
+blocking-call pool so the event loop never blocks on the engine. Its decisions come from ``decisions`` and
+``health``; this module only carries them out. What it needs of zone 2 is ``fleetd.zone2_port``; the liveness
+watchdog tells it whom to condemn. All of them come in through the constructor (``fleetd.daemon`` wires them; unit
+tests pass fakes).
 """
 
 from __future__ import annotations
@@ -11,19 +13,17 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import secrets
 import signal as signals
 import time
-from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
-from fleetd import __version__
 from fleetd.agent_runtime import AgentRuntime
 from fleetd.background import Background
+from fleetd.blocking import BlockingCalls
 from fleetd.config import Config
 from fleetd.decisions import (
     Adopt,
@@ -38,68 +38,55 @@ from fleetd.decisions import (
 )
 from fleetd.disks import Disks
 from fleetd.errors import Conflict, FleetdError, InvalidRequest, NotFound
-from fleetd.event_bus import EventBus
 from fleetd.health import RestartPolicy, backoff_index, restart_delay, should_restart
 from fleetd.liveness import Liveness
 from fleetd.models import LIVE_STATES, AgentSpec, Reason, State, iso, parse_iso, utcnow
 from fleetd.pidfds import PidHandles
-from fleetd.probes import MAX_OUTPUT
-from fleetd.runtime import CHECKPOINT_DIR, DISK_MOUNTS, LABEL_AGENT, LABEL_KIND, POOL_SIZE
+from fleetd.runtime import CHECKPOINT_DIR, DISK_MOUNTS, LABEL_AGENT, LABEL_KIND
 from fleetd.spare_netns import SpareNamespaces
 from fleetd.spec import build_spec, grace_seconds, ttl_seconds
 from fleetd.store import Store
 from fleetd.timers import Timers
 from fleetd.units import format_bytes, parse_whole_seconds
-
-if TYPE_CHECKING:
-    from fleetd.gateway import Zone2
+from fleetd.zone2_port import Zone2Port
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 JANITOR_PERIOD = 30.0
 PURGE_EVERY = 600.0  # seconds between retention runs (fleetd.store.Store.purge)
-MAX_LOG_STREAMS = 256
 INFRASTRUCTURE = ("zone2", "netns")  # containers of the instance that are not agents
 
 
 class Supervisor:
     """Carries out every verb of the API against Docker and the store."""
 
-    def __init__(self, config: Config, store: Store, runtime: AgentRuntime, timers: Timers,
-                 disks: Disks | None = None) -> None:
+    def __init__(self, config: Config, store: Store, runtime: AgentRuntime, timers: Timers, calls: BlockingCalls,
+                 zone2: Zone2Port, liveness: Liveness, disks: Disks | None = None) -> None:
         self.config = config
         self.store = store
         self.runtime = runtime
         self.timers = timers
+        self.calls = calls
+        self.zone2 = zone2
+        self.liveness = liveness
         self.disks = disks or Disks(config.state_dir / "disks")
-        self.executor = ThreadPoolExecutor(max_workers=POOL_SIZE, thread_name_prefix="docker")
-        # Log streams block on a quiet agent: they get threads of their own, never the pool's.
-        self.stream_executor = ThreadPoolExecutor(max_workers=MAX_LOG_STREAMS, thread_name_prefix="logs")
         self.started = time.monotonic()
         self.host_cpus = 1
         self.docker_version = "?"
         self.docker_connected = False
         self._oom_seen: set[str] = set()
         self._exited: dict[str, asyncio.Event] = {}  # live agents someone waits to see end
-        self.events = EventBus()  # the live feed of what the store records (fleetd events -f)
-        self.gateway: Zone2 | None = None
         self.background = Background()  # kept until they end; their failures logged
         self._spawning: set[str] = set()  # agents whose spawn is in flight
         self._purged = -PURGE_EVERY  # when retention last ran (monotonic)
-        self.log_streams = 0  # open logs streams (follow readers included)
         self.pidfds = PidHandles()
-        store.on_event = self.events.publish
-        self.liveness = Liveness(store, self.condemn, self._exec_probe)
         self.draining = store.meta("draining") == "1"
         self._streak: dict[str, int] = {}  # restarts in a row, for the backoff (reset after 10 min of running)
         self.spares = SpareNamespaces(runtime, self.call, self._zone2_ip, config.spare_namespaces)
 
-    async def _exec_probe(self, container_id: str, command: tuple[str, ...], timeout: float) -> tuple[int, bytes]:
-        return await self.call(self.runtime.exec_output, container_id, list(command), timeout, MAX_OUTPUT)
-
     async def call(self, func: Callable[..., T], *args: Any) -> T:
-        """Run a blocking Docker call off the event loop."""
-        return await asyncio.get_running_loop().run_in_executor(self.executor, func, *args)
+        """Run a blocking engine call off the event loop."""
+        return await self.calls.call(func, *args)
 
     # -- startup ------------------------------------------------------------
     async def start(self) -> None:
@@ -109,7 +96,7 @@ class Supervisor:
         self.docker_version = str(info.get("ServerVersion") or "?")
         self.docker_connected = True
         await self.call(self.runtime.ensure_network)
-        self.liveness.start()
+        self.liveness.start(self.condemn, self.zone2.answering)
         await self.resync(startup=True)
         # Look often enough that a short retention is honoured, at most every 30 s.
         period = min(JANITOR_PERIOD, max(1.0, self.config.log_retention / 2))
@@ -196,11 +183,8 @@ class Supervisor:
             "FLEETD_GRACE_SECONDS": str(spec.grace),
             "FLEETD_CHECKPOINT_DIR": CHECKPOINT_DIR,
         }
-        if self.gateway is not None:
-            await self.gateway.ready()  # zone 2 runs before any agent does
-            from fleetd.gateway import agent_env
-
-            env.update(agent_env())
+        await self.zone2.ready()  # zone 2 runs before any agent does
+        env.update(self.zone2.agent_env())
         owner = self.store.name_owner(spec.name) if spec.name else None
         if owner is not None:
             held_by, state = owner
@@ -264,7 +248,7 @@ class Supervisor:
 
     def _zone2_ip(self) -> str | None:
         """The address an agent's /etc/hosts gives zone2 (fixed on the agents' network: see runtime)."""
-        return self.gateway.ip if self.gateway is not None else None
+        return self.zone2.ip
 
     def _create_agent(self, agent_id: str, spec: AgentSpec, env: dict[str, str]) -> str:
         """The agent's disks and its container, not started (blocking)."""
@@ -316,8 +300,8 @@ class Supervisor:
             return
         self.pidfds.attach(container_id, int(state.get("Pid") or 0))
         ip = await self.call(self.runtime.address_of, data)
-        if self.gateway is not None and ip:
-            await self.gateway.register(agent_id, ip)
+        if ip:
+            await self.zone2.register(agent_id, ip)
         agent = self.store.get(agent_id)
         if agent is not None and agent["state"] == State.RUNNING:
             self.liveness.watch(agent, _spec(agent), container_id, ip)
@@ -479,8 +463,7 @@ class Supervisor:
             ended.set()
         # its logs stay, its namespace goes
         self.background.start(self.call(self.runtime.remove_netns, agent_id), f"removing agent {agent_id}'s namespace")
-        if self.gateway is not None:
-            self.background.start(self.gateway.unregister(agent_id), f"unregistering agent {agent_id} from zone 2")
+        self.background.start(self.zone2.unregister(agent_id), f"unregistering agent {agent_id} from zone 2")
 
     # -- Docker events ------------------------------------------------------
     def on_docker_event(self, event: dict[str, Any]) -> None:
@@ -488,8 +471,8 @@ class Supervisor:
         attrs = (event.get("Actor") or {}).get("Attributes") or {}
         agent_id = attrs.get(LABEL_AGENT)
         action = event.get("Action") or event.get("status") or ""
-        if attrs.get(LABEL_KIND) == "zone2" and action == "die" and self.gateway is not None:
-            self.gateway.on_exit()
+        if attrs.get(LABEL_KIND) == "zone2" and action == "die":
+            self.zone2.on_exit()
             return
         if not agent_id or attrs.get(LABEL_KIND) == "netns":  # a holder's events are not its agent's
             return
@@ -669,7 +652,7 @@ class Supervisor:
             if agent["state"] != State.STOPPING:
                 # Their containers die next: the exits must say why.
                 self.store.transition(agent["id"], State.STOPPING, Reason.TEARDOWN, kill_at=iso(utcnow()))
-        rules = await self.gateway.teardown() if self.gateway is not None else 0
+        rules = await self.zone2.teardown()
         await self.spares.clear()  # made again by the next spawn
         removed, failed = await self.call(self.runtime.teardown)
         removed["disks"] = await self.call(self.disks.remove_all)
@@ -749,51 +732,11 @@ class Supervisor:
             return self.store.filtered_agents(filters, all_)
         return self.store.agents(None if all_ else LIVE_STATES)
 
-    def status(self) -> dict[str, Any]:
-        counts = self.store.state_counts()
-        return {
-            "version": __version__, "instance": self.config.instance, "pid": os.getpid(),
-            "uptime_seconds": round(time.monotonic() - self.started, 1),
-            "socket": str(self.config.socket), "state_dir": str(self.config.state_dir),
-            "docker": {"connected": self.docker_connected, "version": self.docker_version, "cpus": self.host_cpus},
-            "agents": {s.value: counts.get(s.value, 0) for s in State},
-            "timers": len(self.timers.scheduler.get_jobs()),
-            "log_streams": self.log_streams,
-            "zone2": self.gateway.status() if self.gateway is not None else None,
-            "max_ttl": self.config.max_ttl,
-            "draining": self.draining,
-            "watchdog": {"paused": self.liveness.watchdog.paused, "watched": len(self.liveness.watchdog.watches),
-                         "probed": len(self.liveness.trackers)},
-        }
-
-    async def open_logs(self, ref: str, follow: bool, tail: int | None, since: float | None = None,
-                        timestamps: bool = False) -> AsyncIterator[bytes]:
-        """Stream an agent's output, also after it exited (until its retention ends).
-
-        Errors (unknown agent, container gone) are raised here, before any byte.
-        """
-        agent = self.store.resolve(ref)
-        if agent["state"] == State.REMOVED or not agent["container_id"]:
-            raise NotFound(f"no logs for agent {agent['id']}: its container is gone ({agent['state']})")
-        stream = await self.call(self.runtime.logs, agent["container_id"], follow, tail, since, timestamps)
-        return self._chunks(stream)
-
-    async def _chunks(self, stream: Any) -> AsyncIterator[bytes]:
-        loop = asyncio.get_running_loop()
-        self.log_streams += 1
-        try:
-            while True:
-                chunk = await loop.run_in_executor(self.stream_executor, next, stream, b"")
-                if not chunk:
-                    break
-                yield chunk
-        finally:
-            self.log_streams -= 1
-            stream.close()  # unblocks the thread still waiting in next()
+    def engine(self) -> dict[str, Any]:
+        """What `fleetd status` shows of the container engine."""
+        return {"connected": self.docker_connected, "version": self.docker_version, "cpus": self.host_cpus}
 
     def close(self) -> None:
-        self.executor.shutdown(wait=False, cancel_futures=True)
-        self.stream_executor.shutdown(wait=False, cancel_futures=True)
         self.pidfds.close()
 
 

@@ -201,3 +201,38 @@ class FakeDisks:
         count = sum(len(v) for v in self.made.values())
         self.made.clear()
         return count
+
+
+class FakeZone2:
+    """Zone 2 as the supervisor sees it (fleetd.zone2_port.Zone2Port): who is registered, at which address."""
+
+    def __init__(self, ip: str | None = "172.30.0.2") -> None:
+        self.ip = ip
+        self.registered: dict[str, str] = {}  # agent id -> its address
+        self.exits = 0  # times the engine said zone 2 died
+        self.torn_down = False
+
+    def agent_env(self) -> dict[str, str]:
+        return {"FLEETD_GATEWAY_URL": "http://zone2:8080"}
+
+    async def ready(self) -> None:
+        self.torn_down = False
+
+    async def register(self, agent_id: str, ip: str) -> None:
+        self.registered[agent_id] = ip
+
+    async def unregister(self, agent_id: str) -> None:
+        self.registered.pop(agent_id, None)
+
+    def on_exit(self) -> None:
+        self.exits += 1
+
+    async def answering(self, timeout: float = 1.0) -> bool:
+        return True
+
+    async def teardown(self) -> int:
+        self.torn_down = True
+        return 0
+
+    def status(self) -> dict[str, Any]:
+        return {"healthy": True, "address": self.ip, "agents_registered": len(self.registered)}

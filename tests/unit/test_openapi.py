@@ -7,7 +7,6 @@ import json
 import re
 import secrets
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import click
@@ -22,16 +21,15 @@ from referencing.jsonschema import DRAFT202012
 from cli.main import main as cli_main
 from fleetd import errors
 from fleetd.admin import Admin
-from fleetd.api import agent_json, error_response, init_app
+from fleetd.api import error_response, init_app
 from fleetd.config import Config
-from fleetd.gateway import Zone2
 from fleetd.models import Reason, State, iso, utcnow
+from fleetd.services import Services
 from fleetd.spec import SPAWN_FIELDS, build_spec
 from fleetd.store import Store
-from fleetd.supervisor import Supervisor
-from fleetd.timers import Timers
 from fleetd.units import NAME_PATTERN
-from fleetd.vault import CRED_NAME, MAX_SECRET, Vault  # also defines VaultError, an API error (vault_error)
+from fleetd.vault import CRED_NAME, MAX_SECRET  # also defines VaultError, an API error (vault_error)
+from tests.unit.supervisor_rig import build_services
 
 SPEC_PATH = Path(__file__).resolve().parents[2] / "docs" / "openapi.yaml"
 DOC_URI = "urn:fleetd:openapi"
@@ -132,7 +130,7 @@ def test_server_explains_the_unix_socket(doc: dict[str, Any]) -> None:
 
 
 def test_paths_equal_the_routes_of_init_app(doc: dict[str, Any]) -> None:
-    app = init_app(object(), object())  # type: ignore[arg-type]  # init_app only stores the supervisor and admin
+    app = init_app(object())  # type: ignore[arg-type]  # init_app only stores the daemon's parts
     routes = {(r.method, r.resource.canonical) for r in app.router.routes() if r.method != "HEAD"}
     assert set(operations(doc)) == routes
 
@@ -264,24 +262,25 @@ def test_error_codes_cover_every_api_error(doc: dict[str, Any]) -> None:
     check(doc, "Error", json.loads(error_response(405, "method_not_allowed", "Method Not Allowed").text or ""))
 
 
-# -- real response shapes, built by the real supervisor and store (no Docker) -----
+# -- real response shapes, built by the daemon's real parts and store (no Docker) -----
 
 
 @pytest.fixture
-def supervisor(tmp_path: Path) -> Any:
+def parts(tmp_path: Path) -> Any:
     config = Config(instance="t-unit", state_dir=tmp_path, socket=tmp_path / "fleetd.sock")
     store = Store(tmp_path / "state.db")
-    sup = Supervisor(config, store, None, Timers())  # type: ignore[arg-type]  # no Docker call is made here
-    yield sup
-    sup.close()
+    built = build_services(config, store)
+    yield built
+    built.agents.close()
+    built.agents.calls.close()
     store.close()
 
 
-def add_agent(sup: Supervisor, request: dict[str, Any], name: str) -> str:
-    spec = build_spec(request, sup.config, host_cpus=4)
+def add_agent(parts: Services, request: dict[str, Any], name: str) -> str:
+    spec = build_spec(request, parts.config, host_cpus=4)
     now = utcnow()
-    agent_id = f"{len(sup.store.agents()):012x}"
-    sup.store.insert_agent(
+    agent_id = f"{len(parts.records.agents()):012x}"
+    parts.records.insert_agent(
         agent_id,
         name=name,
         image=spec.image,
@@ -294,34 +293,34 @@ def add_agent(sup: Supervisor, request: dict[str, Any], name: str) -> str:
     return agent_id
 
 
-def test_agent_records_match_the_schemas(doc: dict[str, Any], supervisor: Supervisor) -> None:
-    store = supervisor.store
-    running = add_agent(supervisor, {"image": "img", "cpus": 0.5, "env": ["A=1"]}, "runner")
+def test_agent_records_match_the_schemas(doc: dict[str, Any], parts: Services) -> None:
+    store = parts.records
+    running = add_agent(parts, {"image": "img", "cpus": 0.5, "env": ["A=1"]}, "runner")
     store.transition(running, State.RUNNING, None, container_id="c" * 64, started_at=iso(utcnow()))
     store.update(running, last_heartbeat=iso(utcnow()))
-    exited = add_agent(supervisor, {"image": "img", "command": ["true"]}, "done")
+    exited = add_agent(parts, {"image": "img", "command": ["true"]}, "done")
     store.transition(exited, State.RUNNING, None, container_id="d" * 64, started_at=iso(utcnow()))
     store.transition(exited, State.STOPPING, Reason.STOPPED, kill_at=iso(utcnow()))
     store.transition(exited, State.EXITED, Reason.STOPPED, exit_code=143, finished_at=iso(utcnow()))
-    failed = add_agent(supervisor, {"image": "img"}, "never")
+    failed = add_agent(parts, {"image": "img"}, "never")
     store.transition(failed, State.FAILED, Reason.START_FAILED, finished_at=iso(utcnow()))
 
     for agent in store.agents():
-        check(doc, "Agent", agent_json(supervisor, agent))
-        detail = agent_json(supervisor, agent, detail=True)
+        check(doc, "Agent", parts.agent_json(agent))
+        detail = parts.agent_json(agent, detail=True)
         check(doc, "AgentDetail", detail)
         assert detail["transitions"][0]["from_state"] is None
-    for agent in (agent_json(supervisor, a) for a in supervisor.list_agents(True)):
+    for agent in (parts.agent_json(a) for a in parts.agents.list_agents(True)):
         assert set(agent) == set(doc["components"]["schemas"]["Agent"]["properties"])
 
 
-def test_status_and_events_match_the_schemas(doc: dict[str, Any], supervisor: Supervisor) -> None:
-    agent_id = add_agent(supervisor, {"image": "img"}, "a")
-    supervisor.store.add_event(
+def test_status_and_events_match_the_schemas(doc: dict[str, Any], parts: Services) -> None:
+    agent_id = add_agent(parts, {"image": "img"}, "a")
+    parts.records.add_event(
         "teardown", "removed", None, {"containers": 2, "networks": 2, "volumes": 0, "firewall_rules": 3}
     )
-    check(doc, "Status", supervisor.status())
-    events = supervisor.store.events()
+    check(doc, "Status", parts.status())
+    events = parts.records.events()
     assert [e["agent_id"] for e in events] == [agent_id, None]
     for event in events:
         check(doc, "Event", event)
@@ -375,8 +374,8 @@ def test_name_patterns_equal_the_daemons(doc: dict[str, Any]) -> None:
 
 
 @pytest.fixture
-def admin(supervisor: Supervisor) -> Admin:
-    return Admin(supervisor.store, Vault(supervisor.store, secrets.token_bytes(32)), None)
+def admin(parts: Services) -> Admin:
+    return parts.admin
 
 
 @pytest.mark.parametrize(
@@ -479,12 +478,9 @@ def test_credential_and_role_records_match_the_schemas(doc: dict[str, Any], admi
     assert secret not in everything and "sk-2" not in everything
 
 
-def test_status_with_zone2_matches_the_schema(doc: dict[str, Any], supervisor: Supervisor, admin: Admin) -> None:
-    sup = supervisor
-    runtime = SimpleNamespace(instance=sup.config.instance)  # Zone2.__init__ only reads the instance
-    zone2 = Zone2(sup.config.state_dir, sup.store, admin.vault, runtime, sup.call)  # type: ignore[arg-type]
-    sup.gateway = zone2
-    status = sup.status()
+def test_status_with_zone2_matches_the_schema(doc: dict[str, Any], parts: Services) -> None:
+    zone2 = parts.zone2
+    status = parts.status()
     check(doc, "Status", status)
     assert status["zone2"] == {
         "healthy": False,
@@ -500,12 +496,10 @@ def test_status_with_zone2_matches_the_schema(doc: dict[str, Any], supervisor: S
     zone2.healthy, zone2.container_id, zone2.ip, zone2.restarts = True, "e" * 64, "172.30.0.2", 1
     zone2.last_health = {"ok": True, "agents": 2, "creds": 1, "uptime_seconds": 3.5, "pid": 1,
                          "ledger_error": "database or disk is full", "ledger_unwritten": 3}
-    status = sup.status()
+    status = parts.status()
     check(doc, "Status", status)
     assert (status["zone2"]["agents_registered"], status["zone2"]["credentials"]) == (2, 1)
     assert status["zone2"]["ledger_error"] == "database or disk is full"
-    sup.gateway = None
-    assert sup.status()["zone2"] is None
 
 
 def test_teardown_result_counts_firewall_rules(doc: dict[str, Any]) -> None:

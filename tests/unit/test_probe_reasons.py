@@ -104,13 +104,10 @@ def test_exec_output_reads_the_multiplexed_stream() -> None:
 def test_probe_failed_event_says_why(tmp_path: Path) -> None:
     store = Store(tmp_path / "state.db")
 
-    async def condemn(*args: Any) -> None:
-        return None
-
     async def exec_probe(*args: Any) -> int:
         return 0
 
-    liveness = Liveness(store, condemn, exec_probe)
+    liveness = Liveness(store, exec_probe)
     result = ProbeResult(False, "command exited with code 3: " + "z" * 5000,
                          {"error": "command exited with code 3: " + "z" * 5000, "exit_code": 3, "output": "z" * 5000})
     liveness._act("a1", Verdict("readiness", False), result, "exec")

@@ -9,10 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from fleetd.config import Config
+from fleetd.runtime import LABEL_KIND
 from fleetd.store import Store
 from fleetd.supervisor import Supervisor
 from fleetd.timers import Timers
-from tests.unit.fake_runtime import FakeDisks, FakeRuntime
+from tests.unit.fake_runtime import FakeDisks, FakeRuntime, FakeZone2
+from tests.unit.supervisor_rig import build, close_all
 
 Check = Callable[[Callable[[], Supervisor], Store, FakeRuntime], Awaitable[None]]
 
@@ -31,8 +33,7 @@ def run(tmp_path: Path, check: Check) -> None:
                 made[-1][0].close()
             timers = Timers()
             timers.start()
-            supervisor = Supervisor(Config(state_dir=tmp_path, spare_namespaces=0), store,
-                                    runtime, timers, disks)  # type: ignore[arg-type]
+            supervisor = build(Config(state_dir=tmp_path, spare_namespaces=0), store, runtime, timers, disks)
             made.append((supervisor, timers))
             return supervisor
 
@@ -40,10 +41,8 @@ def run(tmp_path: Path, check: Check) -> None:
             await check(new, store, runtime)
         finally:
             if made:
-                await made[-1][0].background.cancel()
-                await made[-1][0].liveness.stop()
                 made[-1][1].shutdown()
-                made[-1][0].close()
+                await close_all(made[-1][0])
             store.close()
 
     asyncio.run(main())
@@ -155,5 +154,30 @@ def test_a_restarted_daemon_adopts_what_runs_records_what_ended_and_marks_what_v
         orphan = runtime._make("stray", {"fleetd.agent-id": "nobody", "fleetd.kind": "agent"})
         await second.resync()
         assert orphan not in runtime.containers_by_id
+
+    run(tmp_path, check)
+
+
+def test_zone2_learns_each_agent_from_start_to_end_and_is_brought_back_when_it_dies(tmp_path: Path) -> None:
+    """Zone 2 comes to the supervisor through its constructor (fleetd.zone2_port), never as None: agents get its
+    environment, it learns each agent's address when it starts and forgets it when it ends, and the engine's
+    word that zone 2's container died reaches it."""
+    async def check(new: Callable[[], Supervisor], store: Store, runtime: FakeRuntime) -> None:
+        supervisor = new()
+        zone2 = supervisor.zone2
+        assert isinstance(zone2, FakeZone2)
+        await supervisor.start()
+        agent = await supervisor.spawn(spawn_request())
+        container = runtime.containers_by_id[agent["container_id"]]
+        assert container["Env"]["FLEETD_GATEWAY_URL"] == "http://zone2:8080"
+        await deliver(supervisor, runtime)
+        assert zone2.registered == {agent["id"]: "10.0.0.9"}
+        runtime.exit(agent["container_id"], 0)
+        await deliver(supervisor, runtime)
+        assert zone2.registered == {}
+        supervisor.on_docker_event({"Action": "die", "Actor": {"ID": "z", "Attributes": {LABEL_KIND: "zone2"}}})
+        assert zone2.exits == 1
+        await supervisor.teardown()
+        assert zone2.torn_down
 
     run(tmp_path, check)

@@ -58,7 +58,7 @@ async def control_and_daemon(tmp_path: Path) -> tuple[web.AppRunner, Zone2, Cost
     await web.UnixSite(runner, str(control / CONTROL_SOCKET)).start()
     store = Store(tmp_path / "state.db")
     zone2 = Zone2(tmp_path, store, Vault(store, secrets.token_bytes(32)),
-                  SimpleNamespace(instance="t-skew"), None)  # type: ignore[arg-type]
+                  SimpleNamespace(instance="t-skew"), None, None)  # type: ignore[arg-type]
     zone2._session = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(control / CONTROL_SOCKET)))
     return runner, zone2, costs
 

@@ -15,12 +15,29 @@ from fleetd.gateway import Zone2
 from fleetd.store import Store
 
 
+class Watchdog:
+    """Records what zone 2 tells the heartbeat watchdog: True resumed, False paused."""
+
+    def __init__(self) -> None:
+        self.seen: list[bool] = []
+
+    def beat(self, agent_id: str, progress: dict[str, Any] | None) -> bool:
+        return True
+
+    def pause(self, why: str) -> None:
+        self.seen.append(False)
+
+    def resume(self) -> None:
+        self.seen.append(True)
+
+
 class Scripted(Zone2):
     """Zone 2 whose control socket answers and whose agents' port answers as scripted, one answer a probe."""
 
     def __init__(self, store: Store, tmp_path: Path, agents_port: list[bool]) -> None:
         runtime: Any = SimpleNamespace(instance="t")
-        super().__init__(tmp_path, store, None, runtime, None)  # type: ignore[arg-type]
+        self.recorded = Watchdog()
+        super().__init__(tmp_path, store, None, runtime, None, self.recorded)  # type: ignore[arg-type]
         self.script = agents_port
         self.healthy, self.ip = True, "172.30.0.2"
 
@@ -38,8 +55,7 @@ def test_a_starved_agents_port_pauses_the_watchdog_until_agents_get_answers(tmp_
     monkeypatch.setattr(gateway, "HEALTH_PERIOD", 0.01)
     store = Store(tmp_path / "state.db")
     zone2 = Scripted(store, tmp_path, [True, False, False, False, True, False, True])
-    seen: list[bool] = []
-    zone2.on_health = seen.append
+    seen = zone2.recorded.seen
 
     async def main() -> None:
         task = asyncio.get_running_loop().create_task(zone2._watch())
