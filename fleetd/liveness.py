@@ -25,7 +25,7 @@ from fleetd.agent_runtime import AgentRuntime
 from fleetd.background import Background
 from fleetd.blocking import BlockingCalls
 from fleetd.health import ProbeSpec, ProbeTracker, Verdict, Watchdog, Which
-from fleetd.models import AgentSpec, Reason, iso, utcnow
+from fleetd.models import AgentSpec, Reason, State, iso, utcnow
 from fleetd.probes import MAX_OUTPUT, ProbeResult, probe
 from fleetd.store import Store
 
@@ -113,14 +113,22 @@ class Liveness:
             self._flush_one(agent_id)
 
     def beat(self, agent_id: str, progress: dict[str, Any] | None) -> bool:
-        """A heartbeat relayed by zone 2. False for an agent that is not being watched."""
+        """A heartbeat relayed by zone 2. False for an agent that is not being watched.
+
+        An agent that beats at once can beat before its watch begins (the supervisor watches it after one inspect
+        of its started container, which a loaded engine makes slow): a running agent's beat is taken then too, or
+        the agent would be told it is not watched (fleetd_agent.progress() returning False) for being quick."""
         known = self.watchdog.beat(agent_id, self.clock(), progress)
-        if known or agent_id in self.containers:
+        if known or agent_id in self.containers or self._starting(agent_id):
             watch = self.watchdog.get(agent_id)
             self.beats[agent_id] = (utcnow(), watch.progress if watch else progress)
             self._dirty.add(agent_id)  # no wake-up: a heartbeat only moves a deadline later
             return True
         return False
+
+    def _starting(self, agent_id: str) -> bool:
+        agent = self.store.get(agent_id)
+        return agent is not None and agent["state"] == State.RUNNING
 
     def pause(self, why: str) -> None:
         if not self.watchdog.paused:
