@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 
 import docker
 
@@ -113,11 +113,13 @@ def test_ttl_expiry_kills_after_grace(daemon: Daemon) -> None:
 
 
 def test_extend_moves_the_deadline(daemon: Daemon) -> None:
-    agent_id = daemon.spawn("--ttl", "3", AGENT_IMAGE, *TRAP_TERM)
+    # A TTL the extend comes well within, even on a loaded machine; then wait past the old deadline.
+    agent_id = daemon.spawn("--ttl", "8", AGENT_IMAGE, *TRAP_TERM)
     before = daemon.agent(agent_id)["deadline"]
     record = json.loads(daemon.cli("extend", agent_id, "--ttl", "60", "--json").stdout)
     assert record["deadline"] > before and 55 < record["ttl_remaining"] <= 60
-    time.sleep(4)
+    old_deadline = datetime.fromisoformat(before.replace("Z", "+00:00"))
+    time.sleep(max(0.0, (old_deadline - datetime.now(UTC)).total_seconds()) + 1.5)
     assert daemon.agent(agent_id)["state"] == "running"
     too_long = daemon.cli("extend", agent_id, "--ttl", "100000", check=False)
     assert too_long.returncode == 1 and "at most 86400" in too_long.stderr
