@@ -74,7 +74,9 @@ OOM = "x = []\nwhile True:\n    x.append(bytearray(16 << 20))\n"
 
 @pytest.fixture
 def fleet() -> Iterator[Daemon]:
-    d = Daemon(config="log_retention = 2\n").start()
+    # Exited containers go 10 s after they exit: soon enough for the checkpoint test to see it, late enough for a
+    # loaded machine to read an exited agent's logs first.
+    d = Daemon(config="log_retention = 10\n").start()
     try:
         yield d
     finally:
@@ -205,7 +207,7 @@ def test_probes_gate_flip_and_a_liveness_failure_restarts_keeping_deadline_and_c
     wait_for(lambda: "run 2" in fleet.logs(agent_id), 20, what="second run")  # the checkpoint survived
     assert after["ready"] is False  # probes start over after a restart
 
-    # Removed with the agent: stop it, the janitor removes the container (retention 2 s), the volume goes too.
+    # Removed with the agent: stop it, the janitor removes the container (retention 10 s), the volume goes too.
     volume = f"fleetd-{fleet.instance}-ckpt-{agent_id}"
     assert engine.volumes.get(volume)
     fleet.cli("stop", agent_id, "--grace", "1")
