@@ -98,7 +98,7 @@ class Zone2:
         self.control_dir.mkdir(mode=0o770, exist_ok=True)
         os.chown(self.control_dir, os.getuid(), NOBODY)
         os.chmod(self.control_dir, 0o770)
-        await self._serve_whois()
+        await self._serve_daemon_socket()
         self._session = aiohttp.ClientSession(
             connector=aiohttp.UnixConnector(path=str(self.control_dir / CONTROL_SOCKET)),
             timeout=aiohttp.ClientTimeout(total=5),
@@ -390,8 +390,9 @@ class Zone2:
     def caps(self, agent: dict[str, Any]) -> BudgetCaps:
         return resolve_caps(self.policy, agent["role"], self.store.role(agent["role"]), json.loads(agent["spec"]))
 
-    # -- whois: zone 2 asks the daemon --------------------------------------
-    async def _serve_whois(self) -> None:
+    # -- daemon.sock: zone 2 asks the daemon ----------------------------------
+    def daemon_app(self) -> web.Application:
+        """The API zone 2 calls on ``daemon.sock``: who an address is, heartbeats to relay, events to record."""
         app = web.Application()
 
         async def whois(request: web.Request) -> web.Response:
@@ -419,7 +420,10 @@ class Zone2:
         app.router.add_get("/control/whois", whois)
         app.router.add_post("/control/heartbeats", heartbeats)
         app.router.add_post("/control/events", event)
-        self._runner = web.AppRunner(app, access_log=None)
+        return app
+
+    async def _serve_daemon_socket(self) -> None:
+        self._runner = web.AppRunner(self.daemon_app(), access_log=None)
         await self._runner.setup()
         path = self.control_dir / DAEMON_SOCKET
         if path.exists():
