@@ -32,8 +32,8 @@ from fleetd.runtime import DockerRuntime
 from fleetd.store import Store
 from fleetd.vault import Vault
 from fleetd.zone2.budget import Caps
+from fleetd.zone2.contract import Credentials, Registration, Registrations, Upstream
 from fleetd.zone2.pricing import PriceTable
-from fleetd.zone2.registry import Registration
 from fleetd.zone2.service import CONTROL_SOCKET, DAEMON_SOCKET, GATEWAY_PORT
 
 log = logging.getLogger(__name__)
@@ -361,13 +361,12 @@ class Zone2:
         await self.push_policy()
         await self.push_creds()
         addresses = await self.call(self.runtime.agent_addresses)
-        regs = [r.to_json() for ip, agent_id in addresses.items() if (r := self.registration(agent_id, ip))]
-        await self._control("PUT", "/control/agents", regs)
+        regs = tuple(r for ip, agent_id in addresses.items() if (r := self.registration(agent_id, ip)))
+        await self._control("PUT", "/control/agents", Registrations(regs).to_json())
 
     async def push_creds(self) -> None:
-        creds = self.vault.open_all()
-        payload = [{"name": c.name, "upstream": c.upstream, "secret": c.secret, "provider": c.provider} for c in creds]
-        await self._control("PUT", "/control/creds", payload)
+        creds = Credentials(tuple(Upstream(c.name, c.upstream, c.secret, c.provider) for c in self.vault.open_all()))
+        await self._control("PUT", "/control/creds", creds.to_json())
 
     async def register(self, agent_id: str, ip: str) -> None:
         reg = self.registration(agent_id, ip)
@@ -378,7 +377,7 @@ class Zone2:
         await self._control("DELETE", f"/control/agents/{agent_id}")
 
     def registration(self, agent_id: str, ip: str) -> Registration | None:
-        """What zone 2 must know of a live agent at ``ip`` (the daemon <-> zone 2 contract: zone2.registry)."""
+        """What zone 2 must know of a live agent at ``ip``."""
         agent = self.store.get(agent_id)
         if agent is None or agent["state"] not in LIVE_STATES:
             return None
@@ -401,7 +400,7 @@ class Zone2:
             reg = self.registration(addresses[ip], ip) if ip in addresses else None
             if reg is None:
                 return web.json_response({"error": "not an agent"}, status=404)
-            return web.Response(text=json.dumps(reg.to_json()), content_type="application/json")
+            return web.json_response(reg.to_json())
 
         async def event(request: web.Request) -> web.Response:
             data = await request.json()

@@ -20,12 +20,12 @@ from typing import Any
 from fleetd.units import format_usd
 from fleetd.zone2.breaker import Admit, Breaker, BreakerSettings, Reject, RetrySettings, Transition
 from fleetd.zone2.budget import Budgets, Caps, Refusal, Reservation, month_key
+from fleetd.zone2.contract import Registration
 from fleetd.zone2.counters import Counts
 from fleetd.zone2.ledger import Call, Ledger
 from fleetd.zone2.llm import OVERHEAD_TOKENS, LLMRequest, Media, Usage
 from fleetd.zone2.pricing import Price, PriceTable, bound_nusd, cost_nusd
 from fleetd.zone2.providers import provider
-from fleetd.zone2.registry import Registration
 
 log = logging.getLogger("fleetd.zone2")
 DEFAULT_MAX_OUTPUT = 128_000  # when neither the request nor the price table bounds the output

@@ -20,12 +20,13 @@ import aiohttp
 from aiohttp import web
 
 from fleetd.fingerprint import code_fingerprint
+from fleetd.zone2.contract import Credentials, Registration, Registrations
+from fleetd.zone2.control import received, refuse_malformed
 from fleetd.zone2.costs import CostTracker
 from fleetd.zone2.guard import IDLE_TIMEOUT, LINGER, READ_BUFFER, Guard, serve_guarded, stop_guarded
-from fleetd.zone2.kinds import GENERIC
 from fleetd.zone2.ledger import LEDGER_FILE, Ledger
 from fleetd.zone2.proxy import init_gateway
-from fleetd.zone2.registry import Registration, Registry, Upstream
+from fleetd.zone2.registry import Registry
 
 log = logging.getLogger("fleetd.zone2")
 CONTROL_SOCKET = "zone2.sock"
@@ -35,8 +36,8 @@ HEARTBEAT_LINGER = 0.02  # s a heartbeat waits in zone 2 for others to go to the
 
 
 def init_control(registry: Registry, costs: CostTracker, guard: Guard, started: float) -> web.Application:
-    """The daemon-facing control API (Unix socket)."""
-    app = web.Application(client_max_size=16 << 20)
+    """The daemon-facing control API (Unix socket): each handler reads its message with the contract's class."""
+    app = web.Application(client_max_size=16 << 20, middlewares=[refuse_malformed])
 
     async def put_policy(request: web.Request) -> web.Response:
         try:
@@ -57,17 +58,15 @@ def init_control(registry: Registry, costs: CostTracker, guard: Guard, started: 
                                   "code": code_fingerprint(), "gateway": guard.status()})
 
     async def put_creds(request: web.Request) -> web.Response:
-        data = await request.json()
-        registry.set_creds([Upstream(c["name"], c["upstream"], c["secret"], c.get("provider") or GENERIC)
-                            for c in data])
+        registry.set_creds((await received(request, Credentials)).creds)
         return web.json_response({"creds": len(registry.creds)})
 
     async def put_agents(request: web.Request) -> web.Response:
-        registry.replace_agents([Registration.from_json(a) for a in await request.json()])
+        registry.replace_agents((await received(request, Registrations)).agents)
         return web.json_response({"agents": len(registry.by_ip)})
 
     async def post_agent(request: web.Request) -> web.Response:
-        registry.register(Registration.from_json(await request.json()))
+        registry.register(await received(request, Registration))
         return web.json_response({"agents": len(registry.by_ip)})
 
     async def delete_agent(request: web.Request) -> web.Response:
@@ -108,7 +107,7 @@ class DaemonLink:
                 if response.status != 200:
                     return None
                 return Registration.from_json(await response.json())
-        except (aiohttp.ClientError, TimeoutError):
+        except (aiohttp.ClientError, TimeoutError, ValueError):  # ValueError: not JSON, or not a registration
             return None
 
     async def heartbeat(self, agent_id: str, progress: dict[str, Any] | None) -> bool | None:

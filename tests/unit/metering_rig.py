@@ -18,11 +18,12 @@ import aiohttp
 
 from fleetd.llmsim import SIM, init_sim
 from fleetd.zone2.budget import Caps
+from fleetd.zone2.contract import Registration, Upstream
 from fleetd.zone2.costs import CostTracker
 from fleetd.zone2.ledger import Ledger
 from fleetd.zone2.pricing import PriceTable
 from fleetd.zone2.proxy import init_gateway
-from fleetd.zone2.registry import Registration, Registry, Upstream
+from fleetd.zone2.registry import Registry
 from tests.unit.loopback import serve
 
 SECRET = "sk-sim-METERED-0123456789"

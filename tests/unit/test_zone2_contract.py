@@ -1,18 +1,107 @@
-"""The daemon <-> zone 2 contract for agent registrations: one dataclass, written by one side, read by the other."""
+"""The daemon <-> zone 2 contract (fleetd.zone2.contract): each message is written by one side and read by the other
+with the same class, in the wire format each side sent before; a message its class cannot read is refused, and zone 2
+answers it 400 with a JSON error, changing nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 
 from fleetd.zone2.budget import Caps
-from fleetd.zone2.registry import Registration
+from fleetd.zone2.contract import ContractError, Credentials, Registration, Registrations, Upstream
+from fleetd.zone2.costs import CostTracker
+from fleetd.zone2.guard import Guard
+from fleetd.zone2.ledger import Ledger
+from fleetd.zone2.registry import Registry
+from fleetd.zone2.service import init_control
+
+REG = Registration("a1b2c3d4e5f6", "10.0.0.9", "researcher", frozenset({"openai", "search"}),
+                   Caps(5_000_000_000, None, 100), allow_unpriced=True)
+
+MESSAGES: list[Any] = [
+    REG,
+    Registrations((REG, Registration("b2", "10.0.0.10", "default"))),
+    Credentials((Upstream("openai", "https://api.openai.com", "sk-1", "openai"),
+                 Upstream("search", "http://search:8080/base", "k"))),
+]
 
 
-def test_a_registration_survives_the_wire_both_ways() -> None:
-    reg = Registration("a1b2c3d4e5f6", "10.0.0.9", "researcher", frozenset({"openai", "search"}),
-                       Caps(5_000_000_000, None, 100), allow_unpriced=True)
-    wire = json.loads(json.dumps(reg.to_json()))
+@pytest.mark.parametrize("message", MESSAGES, ids=lambda m: type(m).__name__)
+def test_every_message_survives_the_wire_both_ways(message: Any) -> None:
+    assert type(message).from_json(json.loads(json.dumps(message.to_json()))) == message
+
+
+def test_the_wire_keeps_the_names_each_side_sent_before() -> None:
+    """A zone 2 image built from the code before the contract reads what this daemon sends, and the other way."""
+    wire = json.loads(json.dumps(REG.to_json()))
     assert wire["creds"] == ["openai", "search"] and wire["monthly_nusd"] is None
-    assert Registration.from_json(wire) == reg
-    bare = Registration.from_json({"agent_id": "x", "ip": "10.0.0.2"})  # what an older daemon may send
+    assert list(Credentials((Upstream("x", "http://x", "s"),)).to_json()[0]) == ["name", "upstream", "secret",
+                                                                                "provider"]
+
+
+def test_what_an_older_peer_sends_still_reads() -> None:
+    bare = Registration.from_json({"agent_id": "x", "ip": "10.0.0.2"})
     assert (bare.role, bare.creds, bare.caps, bare.allow_unpriced) == ("default", frozenset(), Caps(), False)
+
+
+REFUSED: list[tuple[Any, Any, str]] = [
+    (Registration, {"agent_id": "a1"}, "registration: ip is missing"),
+    (Registration, {"agent_id": "a1", "ip": "10.0.0.2", "daily_nusd": "5"},
+     "registration: daily_nusd must be a whole number or null, got a string"),
+    (Registration, {"agent_id": "a1", "ip": "10.0.0.2", "max_llm_calls": True}, "max_llm_calls must be a whole number"),
+    (Registration, {"agent_id": "a1", "ip": "10.0.0.2", "creds": ["openai", 7]}, "creds must be an array of strings"),
+    (Registrations, {"agent_id": "a1", "ip": "10.0.0.2"}, "registrations: expected an array, got an object"),
+    (Credentials, [{"name": "openai", "upstream": "https://api.openai.com"}], "credential: secret is missing"),
+    (Credentials, [{"name": "x", "upstream": "u", "secret": "s", "provider": None}],
+     "provider must be a string, got null"),
+]
+
+
+@pytest.mark.parametrize(("cls", "data", "why"), REFUSED, ids=[why for _, _, why in REFUSED])
+def test_a_message_its_class_cannot_read_is_refused_saying_why(cls: Any, data: Any, why: str) -> None:
+    with pytest.raises(ContractError) as refusal:
+        cls.from_json(data)
+    assert why in str(refusal.value)
+
+
+# -- malformed messages: 400 and a JSON error, and nothing changes ------------------------------------------------
+
+
+async def answer(app: web.Application, method: str, path: str, body: bytes) -> tuple[int, str]:
+    """The status and body ``app`` answers a request with."""
+    async with TestClient(TestServer(app)) as client, client.request(method, path, data=body) as response:
+        return response.status, await response.text()
+
+
+def refused(answered: tuple[int, str]) -> bool:
+    """400, saying why in a JSON object's ``error``."""
+    status, body = answered
+    return status == 400 and isinstance(json.loads(body).get("error"), str)
+
+
+ZONE2_MALFORMED = [
+    ("PUT", "/control/creds", b'[{"name": "openai", "upstream": "https://api.openai.com"}]'),
+    ("PUT", "/control/creds", b'{"name": "openai", "upstream": "https://api.openai.com", "secret": "sk"}'),
+    ("PUT", "/control/agents", b'[{"agent_id": "a1", "ip": "10.0.0.2"}, {"ip": "10.0.0.3"}]'),
+    ("POST", "/control/agents", b'{"agent_id": "a1", "ip": "10.0.0.2", "daily_nusd": "lots"}'),
+    ("POST", "/control/agents", b'{"agent_id": "a1", "ip": "10.0.0.2", "creds": "openai"}'),
+    ("POST", "/control/agents", b"not JSON"),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body"), ZONE2_MALFORMED)
+def test_zone2_answers_a_malformed_control_message_400_and_keeps_what_it_had(
+        tmp_path: Path, method: str, path: str, body: bytes) -> None:
+    registry = Registry()
+    costs = CostTracker(Ledger(tmp_path / "ledger.db"), lambda *e: None)
+    try:
+        assert refused(asyncio.run(answer(init_control(registry, costs, Guard(), 0.0), method, path, body)))
+        assert (registry.creds, registry.by_ip) == ({}, {})
+    finally:
+        costs.ledger.close()

@@ -1,0 +1,172 @@
+"""The messages between the daemon and zone 2, each a frozen dataclass written and read by the same class.
+
+The sender builds a message and sends :meth:`to_json`; the receiver reads it with :meth:`from_json`, which checks
+every field and raises :class:`ContractError` when it cannot (one type, which both servers answer 400:
+zone2.control). A field with a default may be absent, as from an older peer; a field without one is required; keys
+a class does not know are ignored. The wire format is what each side sent before these classes: a daemon and a
+zone 2 image built from the code before them understand each other.
+
+``zone2.sock`` (served by zone 2): PUT /control/creds :class:`Credentials`; PUT /control/agents
+:class:`Registrations`; POST /control/agents :class:`Registration`; DELETE /control/agents/ID.
+
+``daemon.sock`` (served by the daemon): GET /control/whois?ip=IP -> :class:`Registration`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Self
+
+from fleetd.zone2.budget import Caps
+from fleetd.zone2.kinds import GENERIC
+
+
+class ContractError(ValueError):
+    """A message that is not what its class says: not JSON, a field missing or of the wrong type."""
+
+
+class Message(Protocol):
+    """What every message class is: written with ``to_json``, read (and checked) with ``from_json``."""
+
+    def to_json(self) -> Any: ...
+
+    @classmethod
+    def from_json(cls, data: Any) -> Self: ...
+
+
+# -- reading JSON ----------------------------------------------------------------------------------------------------
+class _Required:
+    """The default of a field that must be present."""
+
+
+REQUIRED = _Required()
+
+
+def _kind(value: Any) -> str:
+    """The JSON name of a value's type, for error messages."""
+    if value is None:
+        return "null"
+    for kinds, name in ((bool, "a boolean"), ((int, float), "a number"), (str, "a string"), (list, "an array"),
+                        (dict, "an object")):
+        if isinstance(value, kinds):
+            return name
+    return type(value).__name__
+
+
+def _is_whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+class _Object:
+    """A JSON object read as one message: each accessor returns a field of the type it names, or raises
+    ContractError naming the message and the field."""
+
+    def __init__(self, data: Any, what: str) -> None:
+        if not isinstance(data, dict):
+            raise ContractError(f"{what}: expected an object, got {_kind(data)}")
+        self.data: dict[str, Any] = data
+        self.what = what
+
+    def _field(self, key: str, default: Any, valid: Callable[[Any], bool], expected: str,
+               nullable: bool = False) -> Any:
+        if key not in self.data:
+            if default is REQUIRED:
+                raise ContractError(f"{self.what}: {key} is missing")
+            return default
+        value = self.data[key]
+        if not (valid(value) or (nullable and value is None)):
+            raise ContractError(f"{self.what}: {key} must be {expected}{' or null' if nullable else ''}, "
+                                f"got {_kind(value)}")
+        return value
+
+    def text(self, key: str, default: str | _Required = REQUIRED) -> str:
+        return str(self._field(key, default, lambda v: isinstance(v, str), "a string"))
+
+    def optional_whole(self, key: str) -> int | None:
+        value = self._field(key, None, _is_whole, "a whole number", nullable=True)
+        return None if value is None else int(value)
+
+    def flag(self, key: str, default: bool | _Required = REQUIRED) -> bool:
+        return bool(self._field(key, default, lambda v: isinstance(v, bool), "true or false"))
+
+    def texts(self, key: str, default: list[str] | _Required = REQUIRED) -> list[str]:
+        return [str(v) for v in self._field(key, default, lambda v: isinstance(v, list)
+                                            and all(isinstance(s, str) for s in v), "an array of strings")]
+
+
+def _array(data: Any, what: str) -> list[Any]:
+    if not isinstance(data, list):
+        raise ContractError(f"{what}: expected an array, got {_kind(data)}")
+    return data
+
+
+# -- zone2.sock: the daemon tells zone 2 -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Registration:
+    """An agent as zone 2 knows it: PUT/POST /control/agents, and GET /control/whois's answer."""
+
+    agent_id: str
+    ip: str
+    role: str = "default"
+    creds: frozenset[str] = field(default_factory=frozenset)
+    caps: Caps = field(default_factory=Caps)
+    allow_unpriced: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"agent_id": self.agent_id, "ip": self.ip, "role": self.role, "creds": sorted(self.creds),
+                "daily_nusd": self.caps.daily_nusd, "monthly_nusd": self.caps.monthly_nusd,
+                "max_llm_calls": self.caps.max_llm_calls, "allow_unpriced": self.allow_unpriced}
+
+    @classmethod
+    def from_json(cls, data: Any) -> Registration:
+        o = _Object(data, "registration")
+        caps = Caps(o.optional_whole("daily_nusd"), o.optional_whole("monthly_nusd"), o.optional_whole("max_llm_calls"))
+        return cls(o.text("agent_id"), o.text("ip"), o.text("role", "default"), frozenset(o.texts("creds", [])),
+                   caps, o.flag("allow_unpriced", False))
+
+
+@dataclass(frozen=True)
+class Registrations:
+    """Every live agent at once (PUT /control/agents, after zone 2 starts): a JSON array of registrations."""
+
+    agents: tuple[Registration, ...]
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return [reg.to_json() for reg in self.agents]
+
+    @classmethod
+    def from_json(cls, data: Any) -> Registrations:
+        return cls(tuple(Registration.from_json(item) for item in _array(data, "registrations")))
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """A credential as zone 2 holds it (in memory only): where its calls go and the secret they carry."""
+
+    name: str
+    upstream: str  # scheme://host[:port][/base]
+    secret: str
+    kind: str = GENERIC  # the provider kind (kinds.KINDS): an LLM provider's calls are default-deny
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "upstream": self.upstream, "secret": self.secret, "provider": self.kind}
+
+    @classmethod
+    def from_json(cls, data: Any) -> Upstream:
+        o = _Object(data, "credential")
+        return cls(o.text("name"), o.text("upstream"), o.text("secret"), o.text("provider", GENERIC))
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """Every credential at once (PUT /control/creds): a JSON array; rotation takes effect on the next request."""
+
+    creds: tuple[Upstream, ...]
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return [cred.to_json() for cred in self.creds]
+
+    @classmethod
+    def from_json(cls, data: Any) -> Credentials:
+        return cls(tuple(Upstream.from_json(item) for item in _array(data, "credentials")))
