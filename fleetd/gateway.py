@@ -32,7 +32,7 @@ from fleetd.runtime import DockerRuntime
 from fleetd.store import Store
 from fleetd.vault import Vault
 from fleetd.zone2.budget import Caps
-from fleetd.zone2.contract import Credentials, Registration, Registrations, Upstream
+from fleetd.zone2.contract import Credentials, Message, Registration, Registrations, Upstream
 from fleetd.zone2.pricing import PriceTable
 from fleetd.zone2.service import CONTROL_SOCKET, DAEMON_SOCKET, GATEWAY_PORT
 
@@ -271,14 +271,16 @@ class Zone2:
         return int(await self.call(self.firewall.remove))
 
     # -- talking to zone 2 ----------------------------------------------------
-    async def _control(self, method: str, path: str, body: Any = None) -> dict[str, Any] | None:
+    async def _control(self, method: str, path: str, message: Message | None = None) -> dict[str, Any] | None:
         """The answer of zone 2's control API, or None when it did not answer 200."""
-        status, result = await self._request(method, path, body)
+        status, result = await self._request(method, path, message)
         return result if status == 200 else None
 
-    async def _request(self, method: str, path: str, body: Any = None) -> tuple[int | None, dict[str, Any] | None]:
+    async def _request(self, method: str, path: str, message: Message | None = None
+                       ) -> tuple[int | None, dict[str, Any] | None]:
         """(status, JSON object) of a control call; (None, None) when zone 2 does not answer."""
         assert self._session is not None
+        body = None if message is None else message.to_json()
         try:
             async with self._session.request(method, f"http://zone2{path}", json=body) as response:
                 try:
@@ -362,16 +364,16 @@ class Zone2:
         await self.push_creds()
         addresses = await self.call(self.runtime.agent_addresses)
         regs = tuple(r for ip, agent_id in addresses.items() if (r := self.registration(agent_id, ip)))
-        await self._control("PUT", "/control/agents", Registrations(regs).to_json())
+        await self._control("PUT", "/control/agents", Registrations(regs))
 
     async def push_creds(self) -> None:
         creds = Credentials(tuple(Upstream(c.name, c.upstream, c.secret, c.provider) for c in self.vault.open_all()))
-        await self._control("PUT", "/control/creds", creds.to_json())
+        await self._control("PUT", "/control/creds", creds)
 
     async def register(self, agent_id: str, ip: str) -> None:
         reg = self.registration(agent_id, ip)
         if reg:
-            await self._control("POST", "/control/agents", reg.to_json())
+            await self._control("POST", "/control/agents", reg)
 
     async def unregister(self, agent_id: str) -> None:
         await self._control("DELETE", f"/control/agents/{agent_id}")

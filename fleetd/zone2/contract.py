@@ -3,23 +3,27 @@
 The sender builds a message and sends :meth:`to_json`; the receiver reads it with :meth:`from_json`, which checks
 every field and raises :class:`ContractError` when it cannot (one type, which both servers answer 400:
 zone2.control). A field with a default may be absent, as from an older peer; a field without one is required; keys
-a class does not know are ignored. The wire format is what each side sent before these classes: a daemon and a
-zone 2 image built from the code before them understand each other.
+a class does not know are ignored, except in the price table and the breaker and retry settings, where zone 2 must
+not meter or retry by settings it cannot read. The wire format is what each side sent before these classes: a
+daemon and a zone 2 image built from the code before them understand each other.
 
-``zone2.sock`` (served by zone 2): PUT /control/creds :class:`Credentials`; PUT /control/agents
-:class:`Registrations`; POST /control/agents :class:`Registration`; DELETE /control/agents/ID.
+``zone2.sock`` (served by zone 2): PUT /control/policy :class:`Zone2Policy`; PUT /control/creds :class:`Credentials`;
+PUT /control/agents :class:`Registrations`; POST /control/agents :class:`Registration`; DELETE /control/agents/ID.
 
 ``daemon.sock`` (served by the daemon): GET /control/whois?ip=IP -> :class:`Registration`.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol, Self
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol, Self, TypeVar
 
+from fleetd.zone2.breaker import BreakerSettings, RetrySettings
 from fleetd.zone2.budget import Caps
 from fleetd.zone2.kinds import GENERIC
+from fleetd.zone2.pricing import Price
 
 
 class ContractError(ValueError):
@@ -58,6 +62,10 @@ def _is_whole(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 class _Object:
     """A JSON object read as one message: each accessor returns a field of the type it names, or raises
     ContractError naming the message and the field."""
@@ -83,12 +91,25 @@ class _Object:
     def text(self, key: str, default: str | _Required = REQUIRED) -> str:
         return str(self._field(key, default, lambda v: isinstance(v, str), "a string"))
 
+    def whole(self, key: str, default: int | _Required = REQUIRED) -> int:
+        return int(self._field(key, default, _is_whole, "a whole number"))
+
     def optional_whole(self, key: str) -> int | None:
         value = self._field(key, None, _is_whole, "a whole number", nullable=True)
         return None if value is None else int(value)
 
+    def number(self, key: str, default: float | _Required = REQUIRED) -> float:
+        return float(self._field(key, default, _is_number, "a number"))
+
     def flag(self, key: str, default: bool | _Required = REQUIRED) -> bool:
         return bool(self._field(key, default, lambda v: isinstance(v, bool), "true or false"))
+
+    def mapping(self, key: str) -> dict[str, Any]:
+        """A JSON object (absent: empty)."""
+        return dict(self._field(key, {}, lambda v: isinstance(v, dict), "an object"))
+
+    def array(self, key: str, default: list[Any] | _Required = REQUIRED) -> list[Any]:
+        return list(self._field(key, default, lambda v: isinstance(v, list), "an array"))
 
     def texts(self, key: str, default: list[str] | _Required = REQUIRED) -> list[str]:
         return [str(v) for v in self._field(key, default, lambda v: isinstance(v, list)
@@ -99,6 +120,21 @@ def _array(data: Any, what: str) -> list[Any]:
     if not isinstance(data, list):
         raise ContractError(f"{what}: expected an array, got {_kind(data)}")
     return data
+
+
+Settings = TypeVar("Settings", BreakerSettings, RetrySettings)
+
+
+def _settings(kind: type[Settings], data: _Object) -> Settings:
+    """Breaker or retry settings: each field a number of its default's kind, absent ones at their default, and no
+    key the class does not know (a newer daemon's setting, which this zone 2 would silently not apply)."""
+    defaults = asdict(kind())
+    unknown = sorted(set(data.data) - set(defaults))
+    if unknown:
+        raise ContractError(f"{data.what}: unknown keys {unknown}")
+    values: dict[str, Any] = {name: data.whole(name, default) if isinstance(default, int)
+                              else data.number(name, default) for name, default in defaults.items()}
+    return kind(**values)
 
 
 # -- zone2.sock: the daemon tells zone 2 -----------------------------------------------------------------------------
@@ -170,3 +206,31 @@ class Credentials:
     @classmethod
     def from_json(cls, data: Any) -> Credentials:
         return cls(tuple(Upstream.from_json(item) for item in _array(data, "credentials")))
+
+
+@dataclass(frozen=True)
+class Zone2Policy:
+    """What zone 2 enforces besides each agent's caps (PUT /control/policy): the price table, the breaker and retry
+    settings and the instance's caps (of spend: its calls have no maximum)."""
+
+    prices: tuple[Price, ...] = ()
+    breaker: BreakerSettings = field(default_factory=BreakerSettings)
+    retry: RetrySettings = field(default_factory=RetrySettings)
+    instance: Caps = field(default_factory=Caps)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"prices": [price.to_dict() for price in self.prices], "breaker": asdict(self.breaker),
+                "retry": asdict(self.retry),
+                "instance": {"daily_nusd": self.instance.daily_nusd, "monthly_nusd": self.instance.monthly_nusd}}
+
+    @classmethod
+    def from_json(cls, data: Any) -> Zone2Policy:
+        o = _Object(data, "policy")
+        try:
+            prices = tuple(Price.from_dict(item) for item in o.array("prices", []))
+        except ValueError as exc:  # a price field this zone 2 does not know (a newer daemon's), or a bad value
+            raise ContractError(f"policy: {exc}") from None
+        instance = _Object(o.mapping("instance"), "policy: instance")
+        return cls(prices, _settings(BreakerSettings, _Object(o.mapping("breaker"), "policy: breaker")),
+                   _settings(RetrySettings, _Object(o.mapping("retry"), "policy: retry")),
+                   Caps(instance.optional_whole("daily_nusd"), instance.optional_whole("monthly_nusd")))

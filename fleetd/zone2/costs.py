@@ -19,8 +19,8 @@ from typing import Any
 
 from fleetd.units import format_usd
 from fleetd.zone2.breaker import Admit, Breaker, BreakerSettings, Reject, RetrySettings, Transition
-from fleetd.zone2.budget import Budgets, Caps, Refusal, Reservation, month_key
-from fleetd.zone2.contract import Registration
+from fleetd.zone2.budget import Budgets, Refusal, Reservation, month_key
+from fleetd.zone2.contract import Registration, Zone2Policy
 from fleetd.zone2.counters import Counts
 from fleetd.zone2.ledger import Call, Ledger
 from fleetd.zone2.llm import OVERHEAD_TOKENS, LLMRequest, Media, Usage
@@ -122,12 +122,11 @@ class CostTracker:
         self.budgets.load_calls(self.ledger.call_counts(since))
 
     # -- policy from the daemon ------------------------------------------------
-    def configure(self, data: dict[str, Any]) -> None:
-        self.prices = PriceTable.from_list(data.get("prices") or [])
-        self.breaker_settings = BreakerSettings(**(data.get("breaker") or {}))
-        self.retry = RetrySettings(**(data.get("retry") or {}))
-        instance = data.get("instance") or {}
-        self.budgets.instance_caps = Caps(instance.get("daily_nusd"), instance.get("monthly_nusd"))
+    def configure(self, policy: Zone2Policy) -> None:
+        self.prices = PriceTable(policy.prices)
+        self.breaker_settings = policy.breaker
+        self.retry = policy.retry
+        self.budgets.instance_caps = policy.instance
         for breaker in self.breakers.values():
             breaker.settings = self.breaker_settings
 

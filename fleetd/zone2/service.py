@@ -20,7 +20,7 @@ import aiohttp
 from aiohttp import web
 
 from fleetd.fingerprint import code_fingerprint
-from fleetd.zone2.contract import Credentials, Registration, Registrations
+from fleetd.zone2.contract import Credentials, Registration, Registrations, Zone2Policy
 from fleetd.zone2.control import received, refuse_malformed
 from fleetd.zone2.costs import CostTracker
 from fleetd.zone2.guard import IDLE_TIMEOUT, LINGER, READ_BUFFER, Guard, serve_guarded, stop_guarded
@@ -40,11 +40,8 @@ def init_control(registry: Registry, costs: CostTracker, guard: Guard, started: 
     app = web.Application(client_max_size=16 << 20, middlewares=[refuse_malformed])
 
     async def put_policy(request: web.Request) -> web.Response:
-        try:
-            costs.configure(await request.json())
-        except (ValueError, TypeError, AttributeError) as exc:  # the policy of another fleetd version, or garbage
-            return web.json_response({"error": str(exc)}, status=400)
-        return web.json_response({"prices": len(costs.prices.all())})
+        costs.configure(await received(request, Zone2Policy))  # 400 for a newer daemon's, which this one cannot read
+        return web.json_response({"prices": len(costs.prices)})
 
     async def get_budget(request: web.Request) -> web.Response:
         agents = request.query.getall("agent", [])

@@ -18,7 +18,7 @@ import aiohttp
 
 from fleetd.llmsim import SIM, init_sim
 from fleetd.zone2.budget import Caps
-from fleetd.zone2.contract import Registration, Upstream
+from fleetd.zone2.contract import Registration, Upstream, Zone2Policy
 from fleetd.zone2.costs import CostTracker
 from fleetd.zone2.ledger import Ledger
 from fleetd.zone2.pricing import PriceTable
@@ -89,7 +89,7 @@ async def rig(tmp_path: Path, policy: dict[str, Any] | None = None) -> AsyncIter
         clock = Clock()
         costs = CostTracker(Ledger(tmp_path / "ledger.db"), lambda *e: events.append(e), monotonic=clock)
         prices = [*PriceTable.builtin().to_list(), TEST_PRICE, LONG_PRICE]
-        costs.configure({"prices": prices, "retry": {"max_retries": 0}, **(policy or {})})
+        costs.configure(Zone2Policy.from_json({"prices": prices, "retry": {"max_retries": 0}, **(policy or {})}))
 
         async def whois(ip: str) -> Registration | None:
             return None

@@ -13,11 +13,13 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from fleetd.zone2.breaker import BreakerSettings, RetrySettings
 from fleetd.zone2.budget import Caps
-from fleetd.zone2.contract import ContractError, Credentials, Registration, Registrations, Upstream
+from fleetd.zone2.contract import ContractError, Credentials, Registration, Registrations, Upstream, Zone2Policy
 from fleetd.zone2.costs import CostTracker
 from fleetd.zone2.guard import Guard
 from fleetd.zone2.ledger import Ledger
+from fleetd.zone2.pricing import Price, PriceTable
 from fleetd.zone2.registry import Registry
 from fleetd.zone2.service import init_control
 
@@ -29,6 +31,9 @@ MESSAGES: list[Any] = [
     Registrations((REG, Registration("b2", "10.0.0.10", "default"))),
     Credentials((Upstream("openai", "https://api.openai.com", "sk-1", "openai"),
                  Upstream("search", "http://search:8080/base", "k"))),
+    Zone2Policy((Price("my-finetune", 3.0, 12.0, cached_input=1.5, max_output_tokens=16384),
+                 *PriceTable.builtin().all()[:3]),
+                BreakerSettings(threshold=3, window=10.0), RetrySettings(max_retries=0), Caps(500_000_000_000, None)),
 ]
 
 
@@ -43,11 +48,21 @@ def test_the_wire_keeps_the_names_each_side_sent_before() -> None:
     assert wire["creds"] == ["openai", "search"] and wire["monthly_nusd"] is None
     assert list(Credentials((Upstream("x", "http://x", "s"),)).to_json()[0]) == ["name", "upstream", "secret",
                                                                                 "provider"]
+    policy = Zone2Policy().to_json()
+    assert (set(policy), set(policy["instance"])) == ({"prices", "breaker", "retry", "instance"},
+                                                      {"daily_nusd", "monthly_nusd"})
+    assert BreakerSettings(**policy["breaker"]) == BreakerSettings()  # as zone 2 before the contract read them
+    assert RetrySettings(**policy["retry"]) == RetrySettings()
 
 
 def test_what_an_older_peer_sends_still_reads() -> None:
     bare = Registration.from_json({"agent_id": "x", "ip": "10.0.0.2"})
     assert (bare.role, bare.creds, bare.caps, bare.allow_unpriced) == ("default", frozenset(), Caps(), False)
+    # a daemon before the contract sent only the breaker and retry keys its config set
+    policy = Zone2Policy.from_json({"prices": [{"model": "m", "input": 1, "output": 2}], "breaker": {"threshold": 3},
+                                    "retry": {}, "instance": {"daily_nusd": None, "monthly_nusd": 5}})
+    assert (policy.prices, policy.breaker, policy.retry, policy.instance) == (
+        (Price("m", 1, 2),), BreakerSettings(threshold=3), RetrySettings(), Caps(None, 5))
 
 
 REFUSED: list[tuple[Any, Any, str]] = [
@@ -60,6 +75,14 @@ REFUSED: list[tuple[Any, Any, str]] = [
     (Credentials, [{"name": "openai", "upstream": "https://api.openai.com"}], "credential: secret is missing"),
     (Credentials, [{"name": "x", "upstream": "u", "secret": "s", "provider": None}],
      "provider must be a string, got null"),
+    (Zone2Policy, [1, 2], "policy: expected an object, got an array"),
+    (Zone2Policy, {"prices": [{"model": "m", "input": 1, "output": 1, "speed_multiplier": 3.0}]},
+     "unknown field(s) speed_multiplier"),
+    (Zone2Policy, {"prices": {"model": "m"}}, "policy: prices must be an array, got an object"),
+    (Zone2Policy, {"breaker": {"threshold": 2.5}}, "policy: breaker: threshold must be a whole number, got a number"),
+    (Zone2Policy, {"retry": {"cap": "8"}}, "policy: retry: cap must be a number, got a string"),
+    (Zone2Policy, {"retry": {"tries": 1}}, "policy: retry: unknown keys ['tries']"),
+    (Zone2Policy, {"instance": {"daily_nusd": 1.5}}, "policy: instance: daily_nusd must be a whole number"),
 ]
 
 
@@ -86,6 +109,9 @@ def refused(answered: tuple[int, str]) -> bool:
 
 
 ZONE2_MALFORMED = [
+    ("PUT", "/control/policy", b'{"breaker": {"threshold": "5"}}'),
+    ("PUT", "/control/policy", b'{"instance": {"daily_nusd": "lots"}}'),
+    ("PUT", "/control/policy", b'{"prices": [{"model": "m", "input": 1, "output": 2}], "retry": {"tries": 1}}'),
     ("PUT", "/control/creds", b'[{"name": "openai", "upstream": "https://api.openai.com"}]'),
     ("PUT", "/control/creds", b'{"name": "openai", "upstream": "https://api.openai.com", "secret": "sk"}'),
     ("PUT", "/control/agents", b'[{"agent_id": "a1", "ip": "10.0.0.2"}, {"ip": "10.0.0.3"}]'),
@@ -102,6 +128,8 @@ def test_zone2_answers_a_malformed_control_message_400_and_keeps_what_it_had(
     costs = CostTracker(Ledger(tmp_path / "ledger.db"), lambda *e: None)
     try:
         assert refused(asyncio.run(answer(init_control(registry, costs, Guard(), 0.0), method, path, body)))
-        assert (registry.creds, registry.by_ip) == ({}, {})
+        assert (registry.creds, registry.by_ip, len(costs.prices)) == ({}, {}, 0)
+        assert (costs.breaker_settings, costs.retry, costs.budgets.instance_caps) == (
+            BreakerSettings(), RetrySettings(), Caps())
     finally:
         costs.ledger.close()
