@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 from aiohttp import web
@@ -32,9 +32,11 @@ from fleetd.runtime import DockerRuntime
 from fleetd.store import Store
 from fleetd.vault import Vault
 from fleetd.zone2.budget import Caps
-from fleetd.zone2.contract import Credentials, Message, Registration, Registrations, Upstream
+from fleetd.zone2.contract import ContractError, Credentials, Health, Message, Registration, Registrations, Upstream
 from fleetd.zone2.pricing import PriceTable
 from fleetd.zone2.service import CONTROL_SOCKET, DAEMON_SOCKET, GATEWAY_PORT
+
+Answer = TypeVar("Answer", bound=Message)  # what Zone2._ask reads
 
 log = logging.getLogger(__name__)
 NOBODY = 65534
@@ -74,7 +76,7 @@ class Zone2:
         self.ip: str | None = None
         self.healthy = False
         self.restarts = 0
-        self.last_health: dict[str, Any] = {}
+        self.last_health: Health | None = None
         self.code_matches: bool | None = None  # zone 2 runs the daemon's code (None: not known yet)
         self._warned_code: str | None = None  # the container warned about
         self._session: aiohttp.ClientSession | None = None
@@ -178,7 +180,7 @@ class Zone2:
 
     def _check_code(self) -> None:
         """Warn (log, event, status) when zone 2 runs other fleetd code than the daemon: its image is stale."""
-        theirs = self.last_health.get("code")
+        theirs = self.last_health.code if self.last_health else None
         self.code_matches = theirs == code_fingerprint()
         if not self.code_matches and self._warned_code != self.container_id:
             self._warned_code = self.container_id
@@ -271,6 +273,18 @@ class Zone2:
         return int(await self.call(self.firewall.remove))
 
     # -- talking to zone 2 ----------------------------------------------------
+    async def _ask(self, path: str, answer: type[Answer]) -> Answer | None:
+        """Zone 2's answer to GET ``path``, read as ``answer``; None when it does not answer 200 with one (an answer
+        this daemon cannot read is logged: zone 2 runs other fleetd code)."""
+        status, result = await self._request("GET", path)
+        if status != 200:
+            return None
+        try:
+            return answer.from_json(result)
+        except ContractError as exc:
+            log.warning("zone 2's answer to %s cannot be read (%s). %s", path, exc, STALE_IMAGE_HINT)
+            return None
+
     async def _control(self, method: str, path: str, message: Message | None = None) -> dict[str, Any] | None:
         """The answer of zone 2's control API, or None when it did not answer 200."""
         status, result = await self._request(method, path, message)
@@ -300,8 +314,8 @@ class Zone2:
         except TimeoutError:
             return False
 
-    async def health(self) -> dict[str, Any] | None:
-        result = await self._control("GET", "/control/health")
+    async def health(self) -> Health | None:
+        result = await self._ask("/control/health", Health)
         if result is not None:
             self.last_health = result
         return result
@@ -433,11 +447,11 @@ class Zone2:
         os.chmod(path, 0o666)  # zone 2 connects as nobody; the control dir is what keeps others out
 
     def status(self) -> dict[str, Any]:
+        health = self.last_health
         return {"healthy": self.healthy, "serving_agents": self.healthy and not self.starved,
-                "container_id": self.container_id, "address": self.ip,
-                "restarts": self.restarts, "agents_registered": self.last_health.get("agents"),
-                "credentials": self.last_health.get("creds"), "ledger_error": self.last_health.get("ledger_error"),
-                "code_matches": self.code_matches}
+                "container_id": self.container_id, "address": self.ip, "restarts": self.restarts,
+                "agents_registered": health and health.agents, "credentials": health and health.creds,
+                "ledger_error": health and health.ledger_error, "code_matches": self.code_matches}
 
 
 def _float(amount: Decimal | None) -> float | None:

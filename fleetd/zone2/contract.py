@@ -7,8 +7,9 @@ a class does not know are ignored, except in the price table and the breaker and
 not meter or retry by settings it cannot read. The wire format is what each side sent before these classes: a
 daemon and a zone 2 image built from the code before them understand each other.
 
-``zone2.sock`` (served by zone 2): PUT /control/policy :class:`Zone2Policy`; PUT /control/creds :class:`Credentials`;
-PUT /control/agents :class:`Registrations`; POST /control/agents :class:`Registration`; DELETE /control/agents/ID.
+``zone2.sock`` (served by zone 2): GET /control/health -> :class:`Health`; PUT /control/policy :class:`Zone2Policy`;
+PUT /control/creds :class:`Credentials`; PUT /control/agents :class:`Registrations`; POST /control/agents
+:class:`Registration`; DELETE /control/agents/ID.
 
 ``daemon.sock`` (served by the daemon): GET /control/whois?ip=IP -> :class:`Registration`.
 """
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Protocol, Self, TypeVar
 
 from fleetd.zone2.breaker import BreakerSettings, RetrySettings
@@ -91,6 +92,10 @@ class _Object:
     def text(self, key: str, default: str | _Required = REQUIRED) -> str:
         return str(self._field(key, default, lambda v: isinstance(v, str), "a string"))
 
+    def optional_text(self, key: str) -> str | None:
+        value = self._field(key, None, lambda v: isinstance(v, str), "a string", nullable=True)
+        return None if value is None else str(value)
+
     def whole(self, key: str, default: int | _Required = REQUIRED) -> int:
         return int(self._field(key, default, _is_whole, "a whole number"))
 
@@ -107,6 +112,10 @@ class _Object:
     def mapping(self, key: str) -> dict[str, Any]:
         """A JSON object (absent: empty)."""
         return dict(self._field(key, {}, lambda v: isinstance(v, dict), "an object"))
+
+    def optional_mapping(self, key: str) -> dict[str, Any] | None:
+        value = self._field(key, None, lambda v: isinstance(v, dict), "an object", nullable=True)
+        return None if value is None else dict(value)
 
     def array(self, key: str, default: list[Any] | _Required = REQUIRED) -> list[Any]:
         return list(self._field(key, default, lambda v: isinstance(v, list), "an array"))
@@ -234,3 +243,52 @@ class Zone2Policy:
         return cls(prices, _settings(BreakerSettings, _Object(o.mapping("breaker"), "policy: breaker")),
                    _settings(RetrySettings, _Object(o.mapping("retry"), "policy: retry")),
                    Caps(instance.optional_whole("daily_nusd"), instance.optional_whole("monthly_nusd")))
+
+
+# -- zone2.sock: what zone 2 answers ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GatewayLoad:
+    """The agent-facing server's connections and memory held (zone2.guard), in the health answer."""
+
+    connections: int
+    connections_limit: int
+    bytes_held: int
+    addresses: int
+    refused_connections: int
+    dropped_slow: int
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Any) -> GatewayLoad:
+        o = _Object(data, "gateway load")
+        return cls(**{f.name: o.whole(f.name) for f in fields(cls)})
+
+
+@dataclass(frozen=True)
+class Health:
+    """GET /control/health: zone 2 is up, what it holds, and the fleetd code it runs (its image may be stale)."""
+
+    agents: int
+    creds: int
+    uptime_seconds: float
+    pid: int
+    ok: bool = True
+    ledger_error: str | None = None  # the ledger cannot be written: metered calls are refused
+    ledger_unwritten: int = 0  # rows waiting in memory
+    code: str | None = None  # fleetd.fingerprint.code_fingerprint (None: a zone 2 older than it)
+    gateway: GatewayLoad | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "agents": self.agents, "creds": self.creds, "uptime_seconds": self.uptime_seconds,
+                "pid": self.pid, "ledger_error": self.ledger_error, "ledger_unwritten": self.ledger_unwritten,
+                "code": self.code, "gateway": None if self.gateway is None else self.gateway.to_json()}
+
+    @classmethod
+    def from_json(cls, data: Any) -> Health:
+        o = _Object(data, "health")
+        gateway = o.optional_mapping("gateway")
+        return cls(o.whole("agents"), o.whole("creds"), o.number("uptime_seconds"), o.whole("pid"),
+                   o.flag("ok", True), o.optional_text("ledger_error"), o.whole("ledger_unwritten", 0),
+                   o.optional_text("code"), None if gateway is None else GatewayLoad.from_json(gateway))

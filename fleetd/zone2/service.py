@@ -20,7 +20,7 @@ import aiohttp
 from aiohttp import web
 
 from fleetd.fingerprint import code_fingerprint
-from fleetd.zone2.contract import Credentials, Registration, Registrations, Zone2Policy
+from fleetd.zone2.contract import Credentials, Health, Registration, Registrations, Zone2Policy
 from fleetd.zone2.control import received, refuse_malformed
 from fleetd.zone2.costs import CostTracker
 from fleetd.zone2.guard import IDLE_TIMEOUT, LINGER, READ_BUFFER, Guard, serve_guarded, stop_guarded
@@ -49,10 +49,10 @@ def init_control(registry: Registry, costs: CostTracker, guard: Guard, started: 
                                   "agents": {agent_id: costs.status(agent_id) for agent_id in agents}})
 
     async def health(request: web.Request) -> web.Response:
-        return web.json_response({"ok": True, "agents": len(registry.by_ip), "creds": len(registry.creds),
-                                  "uptime_seconds": round(time.monotonic() - started, 1), "pid": os.getpid(),
-                                  "ledger_error": costs.ledger.error, "ledger_unwritten": len(costs.ledger.unwritten),
-                                  "code": code_fingerprint(), "gateway": guard.status()})
+        return web.json_response(Health(
+            len(registry.by_ip), len(registry.creds), round(time.monotonic() - started, 1), os.getpid(),
+            ledger_error=costs.ledger.error, ledger_unwritten=len(costs.ledger.unwritten), code=code_fingerprint(),
+            gateway=guard.status()).to_json())
 
     async def put_creds(request: web.Request) -> web.Response:
         registry.set_creds((await received(request, Credentials)).creds)

@@ -6,22 +6,38 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
+import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from fleetd.gateway import Zone2
+from fleetd.store import Store
+from fleetd.vault import Vault
 from fleetd.zone2.breaker import BreakerSettings, RetrySettings
 from fleetd.zone2.budget import Caps
-from fleetd.zone2.contract import ContractError, Credentials, Registration, Registrations, Upstream, Zone2Policy
+from fleetd.zone2.contract import (
+    ContractError,
+    Credentials,
+    GatewayLoad,
+    Health,
+    Registration,
+    Registrations,
+    Upstream,
+    Zone2Policy,
+)
 from fleetd.zone2.costs import CostTracker
 from fleetd.zone2.guard import Guard
 from fleetd.zone2.ledger import Ledger
 from fleetd.zone2.pricing import Price, PriceTable
 from fleetd.zone2.registry import Registry
-from fleetd.zone2.service import init_control
+from fleetd.zone2.service import CONTROL_SOCKET, init_control
 
 REG = Registration("a1b2c3d4e5f6", "10.0.0.9", "researcher", frozenset({"openai", "search"}),
                    Caps(5_000_000_000, None, 100), allow_unpriced=True)
@@ -34,6 +50,8 @@ MESSAGES: list[Any] = [
     Zone2Policy((Price("my-finetune", 3.0, 12.0, cached_input=1.5, max_output_tokens=16384),
                  *PriceTable.builtin().all()[:3]),
                 BreakerSettings(threshold=3, window=10.0), RetrySettings(max_retries=0), Caps(500_000_000_000, None)),
+    Health(2, 1, 3.5, 7, ledger_error="database or disk is full", ledger_unwritten=3, code="0123456789abcdef",
+           gateway=GatewayLoad(4, 1024, 2048, 2, 1, 0)),
 ]
 
 
@@ -53,6 +71,8 @@ def test_the_wire_keeps_the_names_each_side_sent_before() -> None:
                                                       {"daily_nusd", "monthly_nusd"})
     assert BreakerSettings(**policy["breaker"]) == BreakerSettings()  # as zone 2 before the contract read them
     assert RetrySettings(**policy["retry"]) == RetrySettings()
+    assert set(MESSAGES[4].to_json()) == {"ok", "agents", "creds", "uptime_seconds", "pid", "ledger_error",
+                                          "ledger_unwritten", "code", "gateway"}
 
 
 def test_what_an_older_peer_sends_still_reads() -> None:
@@ -63,6 +83,9 @@ def test_what_an_older_peer_sends_still_reads() -> None:
                                     "retry": {}, "instance": {"daily_nusd": None, "monthly_nusd": 5}})
     assert (policy.prices, policy.breaker, policy.retry, policy.instance) == (
         (Price("m", 1, 2),), BreakerSettings(threshold=3), RetrySettings(), Caps(None, 5))
+    # a zone 2 older than the ledger's error, the code fingerprint and the guard
+    health = Health.from_json({"ok": True, "agents": 2, "creds": 1, "uptime_seconds": 3.5, "pid": 1})
+    assert (health.ledger_error, health.ledger_unwritten, health.code, health.gateway) == (None, 0, None, None)
 
 
 REFUSED: list[tuple[Any, Any, str]] = [
@@ -83,6 +106,9 @@ REFUSED: list[tuple[Any, Any, str]] = [
     (Zone2Policy, {"retry": {"cap": "8"}}, "policy: retry: cap must be a number, got a string"),
     (Zone2Policy, {"retry": {"tries": 1}}, "policy: retry: unknown keys ['tries']"),
     (Zone2Policy, {"instance": {"daily_nusd": 1.5}}, "policy: instance: daily_nusd must be a whole number"),
+    (Health, {"agents": 2, "creds": 1, "pid": 1}, "health: uptime_seconds is missing"),
+    (Health, {"agents": 2, "creds": 1, "pid": 1, "uptime_seconds": 1, "gateway": {"connections": 1}},
+     "gateway load: connections_limit is missing"),
 ]
 
 
@@ -133,3 +159,44 @@ def test_zone2_answers_a_malformed_control_message_400_and_keeps_what_it_had(
             BreakerSettings(), RetrySettings(), Caps())
     finally:
         costs.ledger.close()
+
+
+def daemon(tmp_path: Path) -> Zone2:
+    """The daemon's side of zone 2 on a store of its own, where agent a1's address is 10.0.0.2."""
+    async def call(fn: Any, *args: Any) -> Any:
+        return fn(*args)
+
+    store = Store(tmp_path / "state.db")
+    runtime = SimpleNamespace(instance="t-contract", agent_addresses=lambda: {"10.0.0.2": "a1"})
+    return Zone2(tmp_path, store, Vault(store, secrets.token_bytes(32)), runtime, call)  # type: ignore[arg-type]
+
+
+def test_an_answer_the_daemon_cannot_read_is_no_answer_and_is_said(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A zone 2 built from other code, whose answers this daemon cannot read: as if it had not answered, and logged
+    naming the stale image."""
+    async def garbled(request: web.Request) -> web.Response:
+        return web.json_response({"ok": True, "agents": "two"})
+
+    zone2 = daemon(tmp_path)
+
+    async def main() -> None:
+        app = web.Application()
+        app.router.add_get("/control/health", garbled)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
+            socket = str(Path(tmp) / CONTROL_SOCKET)
+            await web.UnixSite(runner, socket).start()
+            zone2._session = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=socket))
+            try:
+                assert await zone2.health() is None and zone2.last_health is None
+            finally:
+                await zone2._session.close()
+                await runner.cleanup()
+
+    try:
+        asyncio.run(main())
+    finally:
+        zone2.store.close()
+    assert "health: agents must be a whole number" in caplog.text and "fleetd images build" in caplog.text

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -109,12 +110,12 @@ def test_a_stored_price_this_daemon_cannot_read_is_an_error_naming_it() -> None:
 def test_zone2_reports_its_code_and_the_daemon_says_when_it_differs(tmp_path: Path) -> None:
     async def check(zone2: Zone2, costs: CostTracker) -> None:
         health = await zone2.health()
-        assert health is not None and health["code"] == code_fingerprint()
+        assert health is not None and health.code == code_fingerprint()
         zone2.container_id = "c1"
         zone2._check_code()
         assert zone2.code_matches is True and zone2.status()["code_matches"] is True
         assert not [e for e in zone2.store.events() if e["type"] == "zone2_code_mismatch"]
-        zone2.last_health = {**health, "code": "0123456789abcdef"}  # an image built from other code
+        zone2.last_health = replace(health, code="0123456789abcdef")  # an image built from other code
         zone2._check_code()
         zone2._check_code()  # said once per container
         assert zone2.status()["code_matches"] is False
