@@ -32,7 +32,17 @@ from fleetd.runtime import DockerRuntime
 from fleetd.store import Store
 from fleetd.vault import Vault
 from fleetd.zone2.budget import Caps
-from fleetd.zone2.contract import ContractError, Credentials, Health, Message, Registration, Registrations, Upstream
+from fleetd.zone2.contract import (
+    AgentFigures,
+    BudgetAnswer,
+    ContractError,
+    Credentials,
+    Health,
+    Message,
+    Registration,
+    Registrations,
+    Upstream,
+)
 from fleetd.zone2.pricing import PriceTable
 from fleetd.zone2.service import CONTROL_SOCKET, DAEMON_SOCKET, GATEWAY_PORT
 
@@ -285,11 +295,6 @@ class Zone2:
             log.warning("zone 2's answer to %s cannot be read (%s). %s", path, exc, STALE_IMAGE_HINT)
             return None
 
-    async def _control(self, method: str, path: str, message: Message | None = None) -> dict[str, Any] | None:
-        """The answer of zone 2's control API, or None when it did not answer 200."""
-        status, result = await self._request(method, path, message)
-        return result if status == 200 else None
-
     async def _request(self, method: str, path: str, message: Message | None = None
                        ) -> tuple[int | None, dict[str, Any] | None]:
         """(status, JSON object) of a control call; (None, None) when zone 2 does not answer."""
@@ -332,10 +337,10 @@ class Zone2:
             raise RuntimeFailure(f"zone 2 refused the price table and budget policy ({(result or {}).get('error')}). "
                                  f"{STALE_IMAGE_HINT}")
 
-    async def budget(self, agent_ids: list[str]) -> dict[str, Any] | None:
+    async def budget(self, agent_ids: list[str]) -> BudgetAnswer | None:
         """Spend, reservations and calls as zone 2 counts them (None when zone 2 does not answer)."""
         query = "&".join(f"agent={agent_id}" for agent_id in agent_ids)
-        return await self._control("GET", f"/control/budget?{query}")
+        return await self._ask(f"/control/budget?{query}", BudgetAnswer)
 
     async def set_price(self, model: str, data: dict[str, Any]) -> dict[str, Any]:
         entry = price_entry(model, {k: v for k, v in data.items() if v is not None}, f"price {model}")
@@ -357,19 +362,16 @@ class Zone2:
         counted = await self.budget([a["id"] for a in agents])
         if counted is None:
             raise Unavailable("zone 2 is not answering: budgets are counted there (try again in a moment)")
-        report = []
-        for agent in agents:
-            caps = self.caps(agent)
-            figures = counted["agents"].get(agent["id"], {})
-            report.append(budget_view(agent, caps, figures))
-        instance = counted["instance"]
-        return {"agents": report, "counters": instance.get("counters") or {}, "instance": {
-            "spent_today_usd": usd(instance.get("spent_today_nusd", 0)),
-            "spent_month_usd": usd(instance.get("spent_month_nusd", 0)),
-            "reserved_usd": usd(instance.get("reserved_nusd", 0)),
+        report = [budget_view(agent, self.caps(agent), counted.agents.get(agent["id"], AgentFigures()))
+                  for agent in agents]
+        instance = counted.instance
+        return {"agents": report, "counters": instance.counters.to_json(), "instance": {
+            "spent_today_usd": usd(instance.spent_today_nusd),
+            "spent_month_usd": usd(instance.spent_month_nusd),
+            "reserved_usd": usd(instance.reserved_nusd),
             "daily_cap_usd": _float(self.policy.instance_daily_usd),
             "monthly_cap_usd": _float(self.policy.instance_monthly_usd),
-            "llm_calls": instance.get("llm_calls", 0),
+            "llm_calls": instance.llm_calls,
         }}
 
     async def push_all(self) -> None:
@@ -378,19 +380,19 @@ class Zone2:
         await self.push_creds()
         addresses = await self.call(self.runtime.agent_addresses)
         regs = tuple(r for ip, agent_id in addresses.items() if (r := self.registration(agent_id, ip)))
-        await self._control("PUT", "/control/agents", Registrations(regs))
+        await self._request("PUT", "/control/agents", Registrations(regs))
 
     async def push_creds(self) -> None:
         creds = Credentials(tuple(Upstream(c.name, c.upstream, c.secret, c.provider) for c in self.vault.open_all()))
-        await self._control("PUT", "/control/creds", creds)
+        await self._request("PUT", "/control/creds", creds)
 
     async def register(self, agent_id: str, ip: str) -> None:
         reg = self.registration(agent_id, ip)
         if reg:
-            await self._control("POST", "/control/agents", reg)
+            await self._request("POST", "/control/agents", reg)
 
     async def unregister(self, agent_id: str) -> None:
-        await self._control("DELETE", f"/control/agents/{agent_id}")
+        await self._request("DELETE", f"/control/agents/{agent_id}")
 
     def registration(self, agent_id: str, ip: str) -> Registration | None:
         """What zone 2 must know of a live agent at ``ip``."""
@@ -462,16 +464,16 @@ def usd(nusd: int) -> float:
     return round(nusd / 1e9, 9)
 
 
-def budget_view(agent: dict[str, Any], caps: BudgetCaps, figures: dict[str, Any]) -> dict[str, Any]:
+def budget_view(agent: dict[str, Any], caps: BudgetCaps, figures: AgentFigures) -> dict[str, Any]:
     """One agent's line of `fleetd budget` (the keys DESIGN.md promises, and a few more)."""
     return {
         "id": agent["id"], "name": agent["name"], "role": agent["role"], "state": agent["state"],
-        "spent_today_usd": usd(figures.get("spent_today_nusd", 0)),
-        "spent_month_usd": usd(figures.get("spent_month_nusd", 0)),
-        "reserved_usd": usd(figures.get("reserved_nusd", 0)),
+        "spent_today_usd": usd(figures.spent_today_nusd),
+        "spent_month_usd": usd(figures.spent_month_nusd),
+        "reserved_usd": usd(figures.reserved_nusd),
         "daily_cap_usd": _float(caps.daily_usd), "monthly_cap_usd": _float(caps.monthly_usd),
-        "llm_calls": figures.get("llm_calls", 0), "max_llm_calls": caps.max_llm_calls,
-        "calls_in_flight": figures.get("inflight_calls", 0),
+        "llm_calls": figures.llm_calls, "max_llm_calls": caps.max_llm_calls,
+        "calls_in_flight": figures.inflight_calls,
         "allow_unpriced": bool(caps.allow_unpriced),
-        "breakers": figures.get("breakers", {}),
+        "breakers": {upstream: breaker.to_json() for upstream, breaker in figures.breakers.items()},
     }

@@ -8,8 +8,8 @@ not meter or retry by settings it cannot read. The wire format is what each side
 daemon and a zone 2 image built from the code before them understand each other.
 
 ``zone2.sock`` (served by zone 2): GET /control/health -> :class:`Health`; PUT /control/policy :class:`Zone2Policy`;
-PUT /control/creds :class:`Credentials`; PUT /control/agents :class:`Registrations`; POST /control/agents
-:class:`Registration`; DELETE /control/agents/ID.
+GET /control/budget?agent=ID... -> :class:`BudgetAnswer`; PUT /control/creds :class:`Credentials`; PUT
+/control/agents :class:`Registrations`; POST /control/agents :class:`Registration`; DELETE /control/agents/ID.
 
 ``daemon.sock`` (served by the daemon): GET /control/whois?ip=IP -> :class:`Registration`.
 """
@@ -17,7 +17,7 @@ PUT /control/creds :class:`Credentials`; PUT /control/agents :class:`Registratio
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Protocol, Self, TypeVar
 
@@ -92,19 +92,23 @@ class _Object:
     def text(self, key: str, default: str | _Required = REQUIRED) -> str:
         return str(self._field(key, default, lambda v: isinstance(v, str), "a string"))
 
-    def optional_text(self, key: str) -> str | None:
-        value = self._field(key, None, lambda v: isinstance(v, str), "a string", nullable=True)
+    def optional_text(self, key: str, default: _Required | None = REQUIRED) -> str | None:
+        value = self._field(key, default, lambda v: isinstance(v, str), "a string", nullable=True)
         return None if value is None else str(value)
 
     def whole(self, key: str, default: int | _Required = REQUIRED) -> int:
         return int(self._field(key, default, _is_whole, "a whole number"))
 
-    def optional_whole(self, key: str) -> int | None:
-        value = self._field(key, None, _is_whole, "a whole number", nullable=True)
+    def optional_whole(self, key: str, default: _Required | None = REQUIRED) -> int | None:
+        value = self._field(key, default, _is_whole, "a whole number", nullable=True)
         return None if value is None else int(value)
 
     def number(self, key: str, default: float | _Required = REQUIRED) -> float:
         return float(self._field(key, default, _is_number, "a number"))
+
+    def optional_number(self, key: str, default: _Required | None = REQUIRED) -> float | None:
+        value = self._field(key, default, _is_number, "a number", nullable=True)
+        return None if value is None else float(value)
 
     def flag(self, key: str, default: bool | _Required = REQUIRED) -> bool:
         return bool(self._field(key, default, lambda v: isinstance(v, bool), "true or false"))
@@ -113,8 +117,8 @@ class _Object:
         """A JSON object (absent: empty)."""
         return dict(self._field(key, {}, lambda v: isinstance(v, dict), "an object"))
 
-    def optional_mapping(self, key: str) -> dict[str, Any] | None:
-        value = self._field(key, None, lambda v: isinstance(v, dict), "an object", nullable=True)
+    def optional_mapping(self, key: str, default: _Required | None = REQUIRED) -> dict[str, Any] | None:
+        value = self._field(key, default, lambda v: isinstance(v, dict), "an object", nullable=True)
         return None if value is None else dict(value)
 
     def array(self, key: str, default: list[Any] | _Required = REQUIRED) -> list[Any]:
@@ -123,6 +127,17 @@ class _Object:
     def texts(self, key: str, default: list[str] | _Required = REQUIRED) -> list[str]:
         return [str(v) for v in self._field(key, default, lambda v: isinstance(v, list)
                                             and all(isinstance(s, str) for s in v), "an array of strings")]
+
+    def counts(self, key: str) -> dict[str, int]:
+        """An object of whole numbers by name (absent: empty)."""
+        return {str(k): int(v) for k, v in self._field(key, {}, lambda v: isinstance(v, dict) and all(
+            _is_whole(n) for n in v.values()), "an object of whole numbers").items()}
+
+    def required(self, key: str) -> Any:
+        """A field of any type, which must be present (its own class reads it)."""
+        if key not in self.data:
+            raise ContractError(f"{self.what}: {key} is missing")
+        return self.data[key]
 
 
 def _array(data: Any, what: str) -> list[Any]:
@@ -166,7 +181,7 @@ class Registration:
     @classmethod
     def from_json(cls, data: Any) -> Registration:
         o = _Object(data, "registration")
-        caps = Caps(o.optional_whole("daily_nusd"), o.optional_whole("monthly_nusd"), o.optional_whole("max_llm_calls"))
+        caps = Caps(*(o.optional_whole(key, None) for key in ("daily_nusd", "monthly_nusd", "max_llm_calls")))
         return cls(o.text("agent_id"), o.text("ip"), o.text("role", "default"), frozenset(o.texts("creds", [])),
                    caps, o.flag("allow_unpriced", False))
 
@@ -242,7 +257,7 @@ class Zone2Policy:
         instance = _Object(o.mapping("instance"), "policy: instance")
         return cls(prices, _settings(BreakerSettings, _Object(o.mapping("breaker"), "policy: breaker")),
                    _settings(RetrySettings, _Object(o.mapping("retry"), "policy: retry")),
-                   Caps(instance.optional_whole("daily_nusd"), instance.optional_whole("monthly_nusd")))
+                   Caps(instance.optional_whole("daily_nusd", None), instance.optional_whole("monthly_nusd", None)))
 
 
 # -- zone2.sock: what zone 2 answers ---------------------------------------------------------------------------------
@@ -288,7 +303,114 @@ class Health:
     @classmethod
     def from_json(cls, data: Any) -> Health:
         o = _Object(data, "health")
-        gateway = o.optional_mapping("gateway")
+        gateway = o.optional_mapping("gateway", None)
         return cls(o.whole("agents"), o.whole("creds"), o.number("uptime_seconds"), o.whole("pid"),
-                   o.flag("ok", True), o.optional_text("ledger_error"), o.whole("ledger_unwritten", 0),
-                   o.optional_text("code"), None if gateway is None else GatewayLoad.from_json(gateway))
+                   o.flag("ok", True), o.optional_text("ledger_error", None), o.whole("ledger_unwritten", 0),
+                   o.optional_text("code", None), None if gateway is None else GatewayLoad.from_json(gateway))
+
+
+@dataclass(frozen=True)
+class BudgetFigures:
+    """Spend and calls as zone 2 counts them (an agent's, or the instance's), in integer nano-USD. Absent figures
+    are zero: nothing counted."""
+
+    spent_today_nusd: int = 0  # UTC day
+    spent_month_nusd: int = 0  # calendar month (UTC)
+    reserved_nusd: int = 0  # held for calls in flight
+    llm_calls: int = 0  # metered calls made, lifetime
+    inflight_calls: int = 0
+    month: str = ""  # YYYY-MM of spent_month_nusd
+
+    def to_json(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(BudgetFigures)}
+
+    @staticmethod
+    def _read(o: _Object) -> dict[str, Any]:
+        """The figures' fields of a message that extends them, as keyword arguments."""
+        return {**{f.name: o.whole(f.name, 0) for f in fields(BudgetFigures) if f.name != "month"},
+                "month": o.text("month", "")}
+
+
+@dataclass(frozen=True)
+class BreakerStatus:
+    """One circuit breaker of an agent (per upstream), in its budget figures."""
+
+    state: str  # breaker.BreakerState
+    reopen_in: float | None  # s until a probe may go, when open
+    trips: int  # consecutive
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Any) -> BreakerStatus:
+        o = _Object(data, "breaker")
+        return cls(o.text("state"), o.optional_number("reopen_in"), o.whole("trips"))
+
+
+@dataclass(frozen=True)
+class AgentFigures(BudgetFigures):
+    """An agent's figures, with its circuit breakers."""
+
+    breakers: Mapping[str, BreakerStatus] = field(default_factory=dict)  # by upstream
+
+    def to_json(self) -> dict[str, Any]:
+        return {**super().to_json(), "breakers": {name: b.to_json() for name, b in self.breakers.items()}}
+
+    @classmethod
+    def from_json(cls, data: Any) -> AgentFigures:
+        o = _Object(data, "agent's figures")
+        return cls(**cls._read(o), breakers={str(name): BreakerStatus.from_json(b)
+                                             for name, b in o.mapping("breakers").items()})
+
+
+@dataclass(frozen=True)
+class Counters:
+    """Zone 2's lifetime counters (zone2.counters), for the daemon's metrics."""
+
+    tokens: Mapping[str, int] = field(default_factory=dict)  # by kind (counters.TOKEN_KINDS)
+    refusals: Mapping[str, int] = field(default_factory=dict)  # by error code
+    upstream_status: Mapping[str, int] = field(default_factory=dict)  # by status, "none" when no answer came
+    breaker_trips: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"tokens": dict(self.tokens), "refusals": dict(self.refusals),
+                "upstream_status": dict(self.upstream_status), "breaker_trips": self.breaker_trips}
+
+    @classmethod
+    def from_json(cls, data: Any) -> Counters:
+        o = _Object(data, "counters")
+        return cls(o.counts("tokens"), o.counts("refusals"), o.counts("upstream_status"), o.whole("breaker_trips", 0))
+
+
+@dataclass(frozen=True)
+class InstanceFigures(BudgetFigures):
+    """The instance's figures (every agent's together), with zone 2's counters."""
+
+    counters: Counters = field(default_factory=Counters)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**super().to_json(), "counters": self.counters.to_json()}
+
+    @classmethod
+    def from_json(cls, data: Any) -> InstanceFigures:
+        o = _Object(data, "instance's figures")
+        return cls(**cls._read(o), counters=Counters.from_json(o.mapping("counters")))
+
+
+@dataclass(frozen=True)
+class BudgetAnswer:
+    """GET /control/budget?agent=ID...: the instance's figures and counters, and the figures of each agent asked."""
+
+    instance: InstanceFigures
+    agents: Mapping[str, AgentFigures] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"instance": self.instance.to_json(),
+                "agents": {agent_id: figures.to_json() for agent_id, figures in self.agents.items()}}
+
+    @classmethod
+    def from_json(cls, data: Any) -> BudgetAnswer:
+        o = _Object(data, "budget")
+        agents = {str(agent_id): AgentFigures.from_json(figures) for agent_id, figures in o.mapping("agents").items()}
+        return cls(InstanceFigures.from_json(o.required("instance")), agents)

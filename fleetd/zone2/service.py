@@ -20,7 +20,7 @@ import aiohttp
 from aiohttp import web
 
 from fleetd.fingerprint import code_fingerprint
-from fleetd.zone2.contract import Credentials, Health, Registration, Registrations, Zone2Policy
+from fleetd.zone2.contract import BudgetAnswer, Credentials, Health, Registration, Registrations, Zone2Policy
 from fleetd.zone2.control import received, refuse_malformed
 from fleetd.zone2.costs import CostTracker
 from fleetd.zone2.guard import IDLE_TIMEOUT, LINGER, READ_BUFFER, Guard, serve_guarded, stop_guarded
@@ -45,8 +45,8 @@ def init_control(registry: Registry, costs: CostTracker, guard: Guard, started: 
 
     async def get_budget(request: web.Request) -> web.Response:
         agents = request.query.getall("agent", [])
-        return web.json_response({"instance": {**costs.status(None), "counters": costs.counts.to_json()},
-                                  "agents": {agent_id: costs.status(agent_id) for agent_id in agents}})
+        answer = BudgetAnswer(costs.instance_status(), {agent_id: costs.status(agent_id) for agent_id in agents})
+        return web.json_response(answer.to_json())
 
     async def health(request: web.Request) -> web.Response:
         return web.json_response(Health(

@@ -111,7 +111,7 @@ def run(tmp_path: Path, check: Check, policy: dict[str, Any] | None = None) -> N
 
 async def settled(r: Rig) -> None:
     for _ in range(200):
-        if r.costs.status("agent1")["inflight_calls"] == 0:
+        if r.costs.status("agent1").inflight_calls == 0:
             return
         await asyncio.sleep(0.02)
     raise AssertionError("calls did not settle")

@@ -8,6 +8,8 @@ import asyncio
 import json
 import secrets
 import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -17,16 +19,22 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from fleetd.errors import Unavailable
 from fleetd.gateway import Zone2
 from fleetd.store import Store
 from fleetd.vault import Vault
 from fleetd.zone2.breaker import BreakerSettings, RetrySettings
-from fleetd.zone2.budget import Caps
+from fleetd.zone2.budget import Caps, Reservation
 from fleetd.zone2.contract import (
+    AgentFigures,
+    BreakerStatus,
+    BudgetAnswer,
     ContractError,
+    Counters,
     Credentials,
     GatewayLoad,
     Health,
+    InstanceFigures,
     Registration,
     Registrations,
     Upstream,
@@ -38,7 +46,10 @@ from fleetd.zone2.ledger import Ledger
 from fleetd.zone2.pricing import Price, PriceTable
 from fleetd.zone2.registry import Registry
 from fleetd.zone2.service import CONTROL_SOCKET, init_control
+from tests.unit.supervisor_rig import insert
 
+FIGURES = {"spent_today_nusd": 5, "spent_month_nusd": 9, "reserved_nusd": 1, "llm_calls": 3, "inflight_calls": 1,
+           "month": "2026-12"}
 REG = Registration("a1b2c3d4e5f6", "10.0.0.9", "researcher", frozenset({"openai", "search"}),
                    Caps(5_000_000_000, None, 100), allow_unpriced=True)
 
@@ -52,6 +63,10 @@ MESSAGES: list[Any] = [
                 BreakerSettings(threshold=3, window=10.0), RetrySettings(max_retries=0), Caps(500_000_000_000, None)),
     Health(2, 1, 3.5, 7, ledger_error="database or disk is full", ledger_unwritten=3, code="0123456789abcdef",
            gateway=GatewayLoad(4, 1024, 2048, 2, 1, 0)),
+    BudgetAnswer(InstanceFigures(**FIGURES, counters=Counters({"input": 3, "output": 10}, {"model_not_priced": 1},
+                                                             {"200": 2, "none": 1}, 1)),
+                 {"a1": AgentFigures(**FIGURES, breakers={"https://api.openai.com": BreakerStatus("open", 12.5, 2)}),
+                  "a2": AgentFigures(month="2026-12")}),
 ]
 
 
@@ -86,6 +101,12 @@ def test_what_an_older_peer_sends_still_reads() -> None:
     # a zone 2 older than the ledger's error, the code fingerprint and the guard
     health = Health.from_json({"ok": True, "agents": 2, "creds": 1, "uptime_seconds": 3.5, "pid": 1})
     assert (health.ledger_error, health.ledger_unwritten, health.code, health.gateway) == (None, 0, None, None)
+    # zone 2's budget answer as the code before the contract wrote it
+    old = {"instance": {**FIGURES, "counters": {"tokens": {"input": 3}, "refusals": {}, "upstream_status": {"200": 1},
+                                                "breaker_trips": 0}},
+           "agents": {"a1": {**FIGURES, "breakers": {"openai": {"state": "half_open", "reopen_in": None, "trips": 1}}}}}
+    budget = BudgetAnswer.from_json(old)
+    assert budget.to_json() == old and budget.agents["a1"].breakers["openai"].state == "half_open"
 
 
 REFUSED: list[tuple[Any, Any, str]] = [
@@ -109,6 +130,13 @@ REFUSED: list[tuple[Any, Any, str]] = [
     (Health, {"agents": 2, "creds": 1, "pid": 1}, "health: uptime_seconds is missing"),
     (Health, {"agents": 2, "creds": 1, "pid": 1, "uptime_seconds": 1, "gateway": {"connections": 1}},
      "gateway load: connections_limit is missing"),
+    (BudgetAnswer, {"agents": {}}, "budget: instance is missing"),
+    (BudgetAnswer, {"instance": {"spent_today_nusd": "5"}},
+     "instance's figures: spent_today_nusd must be a whole number, got a string"),
+    (BudgetAnswer, {"instance": {}, "agents": {"a1": {"breakers": {"u": {"state": "open", "trips": 1}}}}},
+     "breaker: reopen_in is missing"),
+    (BudgetAnswer, {"instance": {"counters": {"tokens": {"input": 1.5}}}},
+     "counters: tokens must be an object of whole numbers"),
 ]
 
 
@@ -161,6 +189,9 @@ def test_zone2_answers_a_malformed_control_message_400_and_keeps_what_it_had(
         costs.ledger.close()
 
 
+# -- the daemon reading zone 2's answers ----------------------------------------------------------------------------
+
+
 def daemon(tmp_path: Path) -> Zone2:
     """The daemon's side of zone 2 on a store of its own, where agent a1's address is 10.0.0.2."""
     async def call(fn: Any, *args: Any) -> Any:
@@ -169,6 +200,60 @@ def daemon(tmp_path: Path) -> Zone2:
     store = Store(tmp_path / "state.db")
     runtime = SimpleNamespace(instance="t-contract", agent_addresses=lambda: {"10.0.0.2": "a1"})
     return Zone2(tmp_path, store, Vault(store, secrets.token_bytes(32)), runtime, call)  # type: ignore[arg-type]
+
+
+@asynccontextmanager
+async def on_socket(app: web.Application, name: str) -> AsyncIterator[Path]:
+    """``app`` served on a Unix socket called ``name``, in a directory of its own under /tmp (short enough for a
+    socket's path)."""
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
+            path = Path(tmp) / name
+            await web.UnixSite(runner, str(path)).start()
+            yield path
+    finally:
+        await runner.cleanup()
+
+
+@asynccontextmanager
+async def asking(zone2: Zone2, app: web.Application) -> AsyncIterator[None]:
+    """The daemon's side ``zone2`` talking to ``app`` as zone 2's control socket."""
+    async with on_socket(app, CONTROL_SOCKET) as path:
+        zone2._session = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(path)))
+        try:
+            yield
+        finally:
+            await zone2._session.close()
+
+
+def test_the_daemon_reports_budgets_as_zone2_counts_them(tmp_path: Path) -> None:
+    zone2 = daemon(tmp_path)
+    insert(zone2.store, "a1", state="running")
+    costs = CostTracker(Ledger(tmp_path / "ledger.db"), lambda *e: None)
+    held = costs.budgets.reserve("a1", Caps(), 2_000_000_000)
+    assert isinstance(held, Reservation)
+    costs.budgets.settle(held, 1_500_000_000)
+    costs.budgets.reserve("a1", Caps(), 250_000_000)  # in flight
+    costs.breaker_record("a1", "openai", 429, probe=False)
+
+    async def main() -> dict[str, Any]:
+        async with asking(zone2, init_control(Registry(), costs, Guard(counts=costs.counts), 0.0)):
+            return await zone2.budget_report([zone2.store.get("a1")])  # type: ignore[list-item]
+
+    try:
+        report = asyncio.run(main())
+    finally:
+        zone2.store.close()
+        costs.ledger.close()
+    (agent,) = report["agents"]
+    assert (agent["spent_today_usd"], agent["reserved_usd"], agent["llm_calls"], agent["calls_in_flight"]) == (
+        1.5, 0.25, 1, 1)
+    assert agent["daily_cap_usd"] == 50.0 and agent["breakers"] == {
+        "openai": {"state": "closed", "reopen_in": None, "trips": 0}}
+    assert (report["instance"]["spent_month_usd"], report["instance"]["llm_calls"]) == (1.5, 1)
+    assert report["counters"]["upstream_status"] == {"429": 1} and report["counters"]["tokens"]["input"] == 0
 
 
 def test_an_answer_the_daemon_cannot_read_is_no_answer_and_is_said(
@@ -183,20 +268,15 @@ def test_an_answer_the_daemon_cannot_read_is_no_answer_and_is_said(
     async def main() -> None:
         app = web.Application()
         app.router.add_get("/control/health", garbled)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
-            socket = str(Path(tmp) / CONTROL_SOCKET)
-            await web.UnixSite(runner, socket).start()
-            zone2._session = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=socket))
-            try:
-                assert await zone2.health() is None and zone2.last_health is None
-            finally:
-                await zone2._session.close()
-                await runner.cleanup()
+        app.router.add_get("/control/budget", garbled)
+        async with asking(zone2, app):
+            assert await zone2.health() is None and zone2.last_health is None
+            with pytest.raises(Unavailable):
+                await zone2.budget_report([])
 
     try:
         asyncio.run(main())
     finally:
         zone2.store.close()
     assert "health: agents must be a whole number" in caplog.text and "fleetd images build" in caplog.text
+    assert "budget: agents must be an object" in caplog.text
