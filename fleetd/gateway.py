@@ -37,12 +37,16 @@ from fleetd.zone2.contract import (
     BudgetAnswer,
     ContractError,
     Credentials,
+    Event,
     Health,
+    HeartbeatAnswer,
+    HeartbeatBatch,
     Message,
     Registration,
     Registrations,
     Upstream,
 )
+from fleetd.zone2.control import received, refuse_malformed
 from fleetd.zone2.pricing import PriceTable
 from fleetd.zone2.service import CONTROL_SOCKET, DAEMON_SOCKET, GATEWAY_PORT
 
@@ -409,8 +413,9 @@ class Zone2:
 
     # -- daemon.sock: zone 2 asks the daemon ----------------------------------
     def daemon_app(self) -> web.Application:
-        """The API zone 2 calls on ``daemon.sock``: who an address is, heartbeats to relay, events to record."""
-        app = web.Application()
+        """The API zone 2 calls on ``daemon.sock``: who an address is, heartbeats to relay, events to record. Each
+        handler reads its message with the contract's class."""
+        app = web.Application(middlewares=[refuse_malformed])
 
         async def whois(request: web.Request) -> web.Response:
             ip = request.query.get("ip", "")
@@ -421,18 +426,17 @@ class Zone2:
             return web.json_response(reg.to_json())
 
         async def event(request: web.Request) -> web.Response:
-            data = await request.json()
-            agent_id = data.get("agent_id")
-            if agent_id is not None and self.store.get(agent_id) is None:
-                agent_id = None
-            self.store.add_event(str(data["type"]), str(data["message"]), agent_id, data.get("data") or {})
+            event = await received(request, Event)
+            agent_id = event.agent_id if event.agent_id and self.store.get(event.agent_id) else None
+            self.store.add_event(event.type, event.message, agent_id, event.data)
             return web.json_response({"ok": True})
 
         async def heartbeats(request: web.Request) -> web.Response:
             """A batch of heartbeats relayed by zone 2; answers which agents are being watched."""
-            taken = [str(b["agent_id"]) for b in await request.json()
-                     if self.on_heartbeat is not None and self.on_heartbeat(str(b["agent_id"]), b.get("progress"))]
-            return web.json_response({"taken": taken})
+            beats = (await received(request, HeartbeatBatch)).beats
+            taken = tuple(b.agent_id for b in beats
+                          if self.on_heartbeat is not None and self.on_heartbeat(b.agent_id, b.progress))
+            return web.json_response(HeartbeatAnswer(taken).to_json())
 
         app.router.add_get("/control/whois", whois)
         app.router.add_post("/control/heartbeats", heartbeats)

@@ -1,4 +1,4 @@
-"""The messages between the daemon and zone 2, each a frozen dataclass written and read by the same class.
+"""Every message between the daemon and zone 2, each a frozen dataclass written and read by the same class.
 
 The sender builds a message and sends :meth:`to_json`; the receiver reads it with :meth:`from_json`, which checks
 every field and raises :class:`ContractError` when it cannot (one type, which both servers answer 400:
@@ -11,7 +11,8 @@ daemon and a zone 2 image built from the code before them understand each other.
 GET /control/budget?agent=ID... -> :class:`BudgetAnswer`; PUT /control/creds :class:`Credentials`; PUT
 /control/agents :class:`Registrations`; POST /control/agents :class:`Registration`; DELETE /control/agents/ID.
 
-``daemon.sock`` (served by the daemon): GET /control/whois?ip=IP -> :class:`Registration`.
+``daemon.sock`` (served by the daemon): GET /control/whois?ip=IP -> :class:`Registration`; POST /control/heartbeats
+:class:`HeartbeatBatch` -> :class:`HeartbeatAnswer`; POST /control/events :class:`Event`.
 """
 
 from __future__ import annotations
@@ -414,3 +415,67 @@ class BudgetAnswer:
         o = _Object(data, "budget")
         agents = {str(agent_id): AgentFigures.from_json(figures) for agent_id, figures in o.mapping("agents").items()}
         return cls(InstanceFigures.from_json(o.required("instance")), agents)
+
+
+# -- daemon.sock: zone 2 tells the daemon ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Heartbeat:
+    """An agent's heartbeat, relayed: the optional progress it reported ({"step": 8, "total": 15, ...})."""
+
+    agent_id: str
+    progress: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"agent_id": self.agent_id, "progress": self.progress}
+
+    @classmethod
+    def from_json(cls, data: Any) -> Heartbeat:
+        o = _Object(data, "heartbeat")
+        return cls(o.text("agent_id"), o.optional_mapping("progress", None))
+
+
+@dataclass(frozen=True)
+class HeartbeatBatch:
+    """POST /control/heartbeats: the heartbeats zone 2 gathered while the last batch was on its way (a JSON array)."""
+
+    beats: tuple[Heartbeat, ...]
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return [beat.to_json() for beat in self.beats]
+
+    @classmethod
+    def from_json(cls, data: Any) -> HeartbeatBatch:
+        return cls(tuple(Heartbeat.from_json(item) for item in _array(data, "heartbeats")))
+
+
+@dataclass(frozen=True)
+class HeartbeatAnswer:
+    """The daemon's answer to a batch: the agents whose heartbeats it took (the others it does not watch)."""
+
+    taken: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"taken": list(self.taken)}
+
+    @classmethod
+    def from_json(cls, data: Any) -> HeartbeatAnswer:
+        return cls(tuple(_Object(data, "heartbeat answer").texts("taken")))
+
+
+@dataclass(frozen=True)
+class Event:
+    """POST /control/events: something zone 2 saw (a refusal, a breaker's transition, its ledger failing), for the
+    daemon's event log."""
+
+    type: str
+    agent_id: str | None  # None: about zone 2 or the instance, not one agent
+    message: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": self.type, "agent_id": self.agent_id, "message": self.message, "data": self.data}
+
+    @classmethod
+    def from_json(cls, data: Any) -> Event:
+        o = _Object(data, "event")
+        return cls(o.text("type"), o.optional_text("agent_id"), o.text("message"), o.mapping("data"))

@@ -20,7 +20,18 @@ import aiohttp
 from aiohttp import web
 
 from fleetd.fingerprint import code_fingerprint
-from fleetd.zone2.contract import BudgetAnswer, Credentials, Health, Registration, Registrations, Zone2Policy
+from fleetd.zone2.contract import (
+    BudgetAnswer,
+    Credentials,
+    Event,
+    Health,
+    Heartbeat,
+    HeartbeatAnswer,
+    HeartbeatBatch,
+    Registration,
+    Registrations,
+    Zone2Policy,
+)
 from fleetd.zone2.control import received, refuse_malformed
 from fleetd.zone2.costs import CostTracker
 from fleetd.zone2.guard import IDLE_TIMEOUT, LINGER, READ_BUFFER, Guard, serve_guarded, stop_guarded
@@ -138,12 +149,12 @@ class DaemonLink:
 
     async def _post_beats(self, beats: dict[str, tuple[dict[str, Any] | None, list[asyncio.Future[bool | None]]]]
                           ) -> None:
-        body = [{"agent_id": agent_id, "progress": progress} for agent_id, (progress, _) in beats.items()]
+        batch = HeartbeatBatch(tuple(Heartbeat(agent_id, progress) for agent_id, (progress, _) in beats.items()))
         taken: set[str] | None
         try:
-            async with self._session().post("http://daemon/control/heartbeats", json=body) as response:
-                taken = set((await response.json())["taken"]) if response.status == 200 else None
-        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError):
+            async with self._session().post("http://daemon/control/heartbeats", json=batch.to_json()) as response:
+                taken = set(HeartbeatAnswer.from_json(await response.json()).taken) if response.status == 200 else None
+        except (aiohttp.ClientError, TimeoutError, ValueError):  # ValueError: not JSON, or not an answer
             taken = None
         for agent_id, (_, waiting) in beats.items():
             for future in waiting:
@@ -153,17 +164,16 @@ class DaemonLink:
     def emit(self, type_: str, agent_id: str | None, message: str, data: dict[str, Any]) -> None:
         """Send an event to the daemon's log in the background (never holds up a request)."""
         log.info("event %s %s: %s", type_, agent_id or "-", message)
-        task = asyncio.get_running_loop().create_task(self._post_event(
-            {"type": type_, "agent_id": agent_id, "message": message, "data": data}))
+        task = asyncio.get_running_loop().create_task(self._post_event(Event(type_, agent_id, message, data)))
         self.pending.add(task)
         task.add_done_callback(self.pending.discard)
 
-    async def _post_event(self, event: dict[str, Any]) -> None:
+    async def _post_event(self, event: Event) -> None:
         try:
-            async with self._session().post("http://daemon/control/events", json=event) as response:
+            async with self._session().post("http://daemon/control/events", json=event.to_json()) as response:
                 await response.read()
         except (aiohttp.ClientError, TimeoutError):
-            log.warning("could not send event %s to the daemon", event["type"])
+            log.warning("could not send event %s to the daemon", event.type)
 
     async def close(self) -> None:
         if self.pending:

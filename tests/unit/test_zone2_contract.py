@@ -1,6 +1,6 @@
 """The daemon <-> zone 2 contract (fleetd.zone2.contract): each message is written by one side and read by the other
-with the same class, in the wire format each side sent before; a message its class cannot read is refused, and zone 2
-answers it 400 with a JSON error, changing nothing."""
+with the same class, in the wire format each side sent before; a message its class cannot read is refused, and either
+server answers it 400 with a JSON error, changing nothing."""
 
 from __future__ import annotations
 
@@ -32,8 +32,12 @@ from fleetd.zone2.contract import (
     ContractError,
     Counters,
     Credentials,
+    Event,
     GatewayLoad,
     Health,
+    Heartbeat,
+    HeartbeatAnswer,
+    HeartbeatBatch,
     InstanceFigures,
     Registration,
     Registrations,
@@ -45,11 +49,13 @@ from fleetd.zone2.guard import Guard
 from fleetd.zone2.ledger import Ledger
 from fleetd.zone2.pricing import Price, PriceTable
 from fleetd.zone2.registry import Registry
-from fleetd.zone2.service import CONTROL_SOCKET, init_control
+from fleetd.zone2.service import CONTROL_SOCKET, DAEMON_SOCKET, DaemonLink, init_control
 from tests.unit.supervisor_rig import insert
 
 FIGURES = {"spent_today_nusd": 5, "spent_month_nusd": 9, "reserved_nusd": 1, "llm_calls": 3, "inflight_calls": 1,
            "month": "2026-12"}
+HEALTH = Health(2, 1, 3.5, 7, ledger_error="database or disk is full", ledger_unwritten=3, code="0123456789abcdef",
+                gateway=GatewayLoad(4, 1024, 2048, 2, 1, 0))
 REG = Registration("a1b2c3d4e5f6", "10.0.0.9", "researcher", frozenset({"openai", "search"}),
                    Caps(5_000_000_000, None, 100), allow_unpriced=True)
 
@@ -61,12 +67,15 @@ MESSAGES: list[Any] = [
     Zone2Policy((Price("my-finetune", 3.0, 12.0, cached_input=1.5, max_output_tokens=16384),
                  *PriceTable.builtin().all()[:3]),
                 BreakerSettings(threshold=3, window=10.0), RetrySettings(max_retries=0), Caps(500_000_000_000, None)),
-    Health(2, 1, 3.5, 7, ledger_error="database or disk is full", ledger_unwritten=3, code="0123456789abcdef",
-           gateway=GatewayLoad(4, 1024, 2048, 2, 1, 0)),
+    HEALTH,
     BudgetAnswer(InstanceFigures(**FIGURES, counters=Counters({"input": 3, "output": 10}, {"model_not_priced": 1},
                                                              {"200": 2, "none": 1}, 1)),
                  {"a1": AgentFigures(**FIGURES, breakers={"https://api.openai.com": BreakerStatus("open", 12.5, 2)}),
                   "a2": AgentFigures(month="2026-12")}),
+    HeartbeatBatch((Heartbeat("a1", {"step": 8, "total": 15, "message": "halfway"}), Heartbeat("a2"))),
+    HeartbeatAnswer(("a1",)),
+    Event("circuit_open", "a1", "circuit to openai open", {"upstream": "openai", "open_seconds": 60}),
+    Event("ledger_write_failed", None, "zone 2 cannot write its ledger"),
 ]
 
 
@@ -86,8 +95,11 @@ def test_the_wire_keeps_the_names_each_side_sent_before() -> None:
                                                       {"daily_nusd", "monthly_nusd"})
     assert BreakerSettings(**policy["breaker"]) == BreakerSettings()  # as zone 2 before the contract read them
     assert RetrySettings(**policy["retry"]) == RetrySettings()
-    assert set(MESSAGES[4].to_json()) == {"ok", "agents", "creds", "uptime_seconds", "pid", "ledger_error",
-                                          "ledger_unwritten", "code", "gateway"}
+    assert set(HEALTH.to_json()) == {"ok", "agents", "creds", "uptime_seconds", "pid", "ledger_error",
+                                     "ledger_unwritten", "code", "gateway"}
+    assert HeartbeatBatch((Heartbeat("a1"),)).to_json() == [{"agent_id": "a1", "progress": None}]
+    assert HeartbeatAnswer(("a1",)).to_json() == {"taken": ["a1"]}
+    assert Event("t", None, "m").to_json() == {"type": "t", "agent_id": None, "message": "m", "data": {}}
 
 
 def test_what_an_older_peer_sends_still_reads() -> None:
@@ -137,6 +149,15 @@ REFUSED: list[tuple[Any, Any, str]] = [
      "breaker: reopen_in is missing"),
     (BudgetAnswer, {"instance": {"counters": {"tokens": {"input": 1.5}}}},
      "counters: tokens must be an object of whole numbers"),
+    (HeartbeatBatch, {"agent_id": "a1"}, "heartbeats: expected an array, got an object"),
+    (HeartbeatBatch, [{"agent_id": "a1", "progress": "halfway"}],
+     "heartbeat: progress must be an object or null, got a string"),
+    (HeartbeatAnswer, {}, "heartbeat answer: taken is missing"),
+    (HeartbeatAnswer, {"taken": "a1"}, "taken must be an array of strings"),
+    (Event, {"type": "x", "message": "m"}, "event: agent_id is missing"),
+    (Event, {"type": "x", "agent_id": 7, "message": "m"}, "event: agent_id must be a string or null, got a number"),
+    (Event, {"type": "x", "agent_id": None, "message": "m", "data": [1]},
+     "event: data must be an object, got an array"),
 ]
 
 
@@ -147,9 +168,7 @@ def test_a_message_its_class_cannot_read_is_refused_saying_why(cls: Any, data: A
     assert why in str(refusal.value)
 
 
-# -- malformed messages: 400 and a JSON error, and nothing changes ------------------------------------------------
-
-
+# -- on the control sockets ------------------------------------------------------------------------------------------
 async def answer(app: web.Application, method: str, path: str, body: bytes) -> tuple[int, str]:
     """The status and body ``app`` answers a request with."""
     async with TestClient(TestServer(app)) as client, client.request(method, path, data=body) as response:
@@ -162,36 +181,6 @@ def refused(answered: tuple[int, str]) -> bool:
     return status == 400 and isinstance(json.loads(body).get("error"), str)
 
 
-ZONE2_MALFORMED = [
-    ("PUT", "/control/policy", b'{"breaker": {"threshold": "5"}}'),
-    ("PUT", "/control/policy", b'{"instance": {"daily_nusd": "lots"}}'),
-    ("PUT", "/control/policy", b'{"prices": [{"model": "m", "input": 1, "output": 2}], "retry": {"tries": 1}}'),
-    ("PUT", "/control/creds", b'[{"name": "openai", "upstream": "https://api.openai.com"}]'),
-    ("PUT", "/control/creds", b'{"name": "openai", "upstream": "https://api.openai.com", "secret": "sk"}'),
-    ("PUT", "/control/agents", b'[{"agent_id": "a1", "ip": "10.0.0.2"}, {"ip": "10.0.0.3"}]'),
-    ("POST", "/control/agents", b'{"agent_id": "a1", "ip": "10.0.0.2", "daily_nusd": "lots"}'),
-    ("POST", "/control/agents", b'{"agent_id": "a1", "ip": "10.0.0.2", "creds": "openai"}'),
-    ("POST", "/control/agents", b"not JSON"),
-]
-
-
-@pytest.mark.parametrize(("method", "path", "body"), ZONE2_MALFORMED)
-def test_zone2_answers_a_malformed_control_message_400_and_keeps_what_it_had(
-        tmp_path: Path, method: str, path: str, body: bytes) -> None:
-    registry = Registry()
-    costs = CostTracker(Ledger(tmp_path / "ledger.db"), lambda *e: None)
-    try:
-        assert refused(asyncio.run(answer(init_control(registry, costs, Guard(), 0.0), method, path, body)))
-        assert (registry.creds, registry.by_ip, len(costs.prices)) == ({}, {}, 0)
-        assert (costs.breaker_settings, costs.retry, costs.budgets.instance_caps) == (
-            BreakerSettings(), RetrySettings(), Caps())
-    finally:
-        costs.ledger.close()
-
-
-# -- the daemon reading zone 2's answers ----------------------------------------------------------------------------
-
-
 def daemon(tmp_path: Path) -> Zone2:
     """The daemon's side of zone 2 on a store of its own, where agent a1's address is 10.0.0.2."""
     async def call(fn: Any, *args: Any) -> Any:
@@ -200,6 +189,21 @@ def daemon(tmp_path: Path) -> Zone2:
     store = Store(tmp_path / "state.db")
     runtime = SimpleNamespace(instance="t-contract", agent_addresses=lambda: {"10.0.0.2": "a1"})
     return Zone2(tmp_path, store, Vault(store, secrets.token_bytes(32)), runtime, call)  # type: ignore[arg-type]
+
+
+Beats = list[tuple[str, dict[str, Any] | None]]
+
+
+def watched(zone2: Zone2) -> Beats:
+    """Give the daemon's side ``zone2`` a watchdog that watches agent a1 alone; the heartbeats it is given."""
+    beats: Beats = []
+
+    def beat(agent_id: str, progress: dict[str, Any] | None) -> bool:
+        beats.append((agent_id, progress))
+        return agent_id == "a1"
+
+    zone2.on_heartbeat = beat
+    return beats
 
 
 @asynccontextmanager
@@ -226,6 +230,34 @@ async def asking(zone2: Zone2, app: web.Application) -> AsyncIterator[None]:
             yield
         finally:
             await zone2._session.close()
+
+
+# -- zone2.sock ----------------------------------------------------------------------------------------------------
+ZONE2_MALFORMED = [
+    ("PUT", "/control/policy", b'{"breaker": {"threshold": "5"}}'),
+    ("PUT", "/control/policy", b'{"instance": {"daily_nusd": "lots"}}'),
+    ("PUT", "/control/policy", b'{"prices": [{"model": "m", "input": 1, "output": 2}], "retry": {"tries": 1}}'),
+    ("PUT", "/control/creds", b'[{"name": "openai", "upstream": "https://api.openai.com"}]'),
+    ("PUT", "/control/creds", b'{"name": "openai", "upstream": "https://api.openai.com", "secret": "sk"}'),
+    ("PUT", "/control/agents", b'[{"agent_id": "a1", "ip": "10.0.0.2"}, {"ip": "10.0.0.3"}]'),
+    ("POST", "/control/agents", b'{"agent_id": "a1", "ip": "10.0.0.2", "daily_nusd": "lots"}'),
+    ("POST", "/control/agents", b'{"agent_id": "a1", "ip": "10.0.0.2", "creds": "openai"}'),
+    ("POST", "/control/agents", b"not JSON"),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body"), ZONE2_MALFORMED)
+def test_zone2_answers_a_malformed_control_message_400_and_keeps_what_it_had(
+        tmp_path: Path, method: str, path: str, body: bytes) -> None:
+    registry = Registry()
+    costs = CostTracker(Ledger(tmp_path / "ledger.db"), lambda *e: None)
+    try:
+        assert refused(asyncio.run(answer(init_control(registry, costs, Guard(), 0.0), method, path, body)))
+        assert (registry.creds, registry.by_ip, len(costs.prices)) == ({}, {}, 0)
+        assert (costs.breaker_settings, costs.retry, costs.budgets.instance_caps) == (
+            BreakerSettings(), RetrySettings(), Caps())
+    finally:
+        costs.ledger.close()
 
 
 def test_the_daemon_reports_budgets_as_zone2_counts_them(tmp_path: Path) -> None:
@@ -280,3 +312,57 @@ def test_an_answer_the_daemon_cannot_read_is_no_answer_and_is_said(
         zone2.store.close()
     assert "health: agents must be a whole number" in caplog.text and "fleetd images build" in caplog.text
     assert "budget: agents must be an object" in caplog.text
+
+
+# -- daemon.sock ---------------------------------------------------------------------------------------------------
+DAEMON_MALFORMED = [
+    ("/control/events", b'{"agent_id": null, "message": "no type"}'),
+    ("/control/events", b'{"type": "circuit_open", "agent_id": null, "message": "m", "data": [1]}'),
+    ("/control/events", b'["circuit_open"]'),
+    ("/control/heartbeats", b'[{"agent_id": "a1"}, {"progress": {"step": 1}}]'),
+    ("/control/heartbeats", b'[{"agent_id": "a1", "progress": "halfway"}]'),
+    ("/control/heartbeats", b'{"agent_id": "a1"}'),
+    ("/control/heartbeats", b'[{"agent_id": 7}]'),
+    ("/control/heartbeats", b""),
+]
+
+
+@pytest.mark.parametrize(("path", "body"), DAEMON_MALFORMED)
+def test_the_daemon_answers_a_malformed_message_of_zone2_400_and_records_nothing(
+        tmp_path: Path, path: str, body: bytes) -> None:
+    zone2 = daemon(tmp_path)
+    beats = watched(zone2)
+    try:
+        assert refused(asyncio.run(answer(zone2.daemon_app(), "POST", path, body)))
+        assert beats == [] and zone2.store.events() == []
+    finally:
+        zone2.store.close()
+
+
+def test_zone2s_link_and_the_daemon_read_each_other(tmp_path: Path) -> None:
+    """Zone 2's side of daemon.sock (DaemonLink) against the daemon's: who an address is, heartbeats, events."""
+    zone2 = daemon(tmp_path)
+    beats = watched(zone2)
+    insert(zone2.store, "a1", state="running")
+
+    async def main() -> None:
+        async with on_socket(zone2.daemon_app(), DAEMON_SOCKET) as path:
+            link = DaemonLink(path)
+            try:
+                assert await link.whois("10.0.0.2") == zone2.registration("a1", "10.0.0.2") is not None
+                assert await link.whois("10.0.0.3") is None
+                assert await asyncio.gather(link.heartbeat("a1", {"step": 1}), link.heartbeat("gone", None)) == [
+                    True, False]
+                link.emit("circuit_open", "a1", "circuit to openai open", {"upstream": "openai"})
+                link.emit("ledger_write_failed", "gone", "zone 2 cannot write its ledger", {})
+            finally:
+                await link.close()  # once the events are sent
+
+    try:
+        asyncio.run(main())
+        assert beats == [("a1", {"step": 1}), ("gone", None)]
+        events = {e["type"]: e for e in zone2.store.events()}
+        assert (events["circuit_open"]["agent_id"], events["circuit_open"]["data"]) == ("a1", {"upstream": "openai"})
+        assert events["ledger_write_failed"]["agent_id"] is None  # an agent the daemon does not know
+    finally:
+        zone2.store.close()
