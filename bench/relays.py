@@ -27,16 +27,18 @@ SECRET = "sk-bench-dataplane-0123456789"
 
 def _gateway_parts(upstream: str, ledger: Path) -> tuple[Any, Any, Any]:
     """Registry, cost tracker and whois of a relay: any caller is taken as the one agent of role bench."""
+    from fleetd.zone2.breaker import RetrySettings
     from fleetd.zone2.budget import Caps
+    from fleetd.zone2.contract import Registration, Upstream, Zone2Policy
     from fleetd.zone2.costs import CostTracker
     from fleetd.zone2.ledger import Ledger
     from fleetd.zone2.pricing import PriceTable
-    from fleetd.zone2.registry import Registration, Registry, Upstream
+    from fleetd.zone2.registry import Registry
 
     registry = Registry()
     registry.set_creds([Upstream("sim", upstream, SECRET)])
     costs = CostTracker(Ledger(ledger), lambda *e: None)
-    costs.configure({"prices": PriceTable.builtin().to_list(), "retry": {"max_retries": 0}})
+    costs.configure(Zone2Policy(tuple(PriceTable.builtin().all()), retry=RetrySettings(max_retries=0)))
 
     async def whois(ip: str) -> Registration:
         return Registration("bench", ip, "bench", frozenset({"sim"}), Caps(), False)

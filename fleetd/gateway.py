@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
 from aiohttp import web
@@ -32,9 +32,25 @@ from fleetd.runtime import DockerRuntime
 from fleetd.store import Store
 from fleetd.vault import Vault
 from fleetd.zone2.budget import Caps
+from fleetd.zone2.contract import (
+    AgentFigures,
+    BudgetAnswer,
+    ContractError,
+    Credentials,
+    Event,
+    Health,
+    HeartbeatAnswer,
+    HeartbeatBatch,
+    Message,
+    Registration,
+    Registrations,
+    Upstream,
+)
+from fleetd.zone2.control import received, refuse_malformed
 from fleetd.zone2.pricing import PriceTable
-from fleetd.zone2.registry import Registration
 from fleetd.zone2.service import CONTROL_SOCKET, DAEMON_SOCKET, GATEWAY_PORT
+
+Answer = TypeVar("Answer", bound=Message)  # what Zone2._ask reads
 
 log = logging.getLogger(__name__)
 NOBODY = 65534
@@ -86,7 +102,7 @@ class Zone2:
         self.ip: str | None = None
         self.healthy = False
         self.restarts = 0
-        self.last_health: dict[str, Any] = {}
+        self.last_health: Health | None = None
         self.code_matches: bool | None = None  # zone 2 runs the daemon's code (None: not known yet)
         self._warned_code: str | None = None  # the container warned about
         self._session: aiohttp.ClientSession | None = None
@@ -109,7 +125,7 @@ class Zone2:
         self.control_dir.mkdir(mode=0o770, exist_ok=True)
         os.chown(self.control_dir, os.getuid(), NOBODY)
         os.chmod(self.control_dir, 0o770)
-        await self._serve_whois()
+        await self._serve_daemon_socket()
         self._session = aiohttp.ClientSession(
             connector=aiohttp.UnixConnector(path=str(self.control_dir / CONTROL_SOCKET)),
             timeout=aiohttp.ClientTimeout(total=5),
@@ -189,7 +205,7 @@ class Zone2:
 
     def _check_code(self) -> None:
         """Warn (log, event, status) when zone 2 runs other fleetd code than the daemon: its image is stale."""
-        theirs = self.last_health.get("code")
+        theirs = self.last_health.code if self.last_health else None
         self.code_matches = theirs == code_fingerprint()
         if not self.code_matches and self._warned_code != self.container_id:
             self._warned_code = self.container_id
@@ -285,15 +301,24 @@ class Zone2:
         return int(await self.call(self.firewall.remove))
 
     # -- talking to zone 2 ----------------------------------------------------
-    async def _control(self, method: str, path: str, body: Any = None) -> dict[str, Any] | None:
-        """The answer of zone 2's control API, or None when it did not answer 200."""
-        status, result = await self._request(method, path, body)
-        return result if status == 200 else None
+    async def _ask(self, path: str, answer: type[Answer]) -> Answer | None:
+        """Zone 2's answer to GET ``path``, read as ``answer``; None when it does not answer 200 with one (an answer
+        this daemon cannot read is logged: zone 2 runs other fleetd code)."""
+        status, result = await self._request("GET", path)
+        if status != 200:
+            return None
+        try:
+            return answer.from_json(result)
+        except ContractError as exc:
+            log.warning("zone 2's answer to %s cannot be read (%s). %s", path, exc, STALE_IMAGE_HINT)
+            return None
 
-    async def _request(self, method: str, path: str, body: Any = None) -> tuple[int | None, dict[str, Any] | None]:
+    async def _request(self, method: str, path: str, message: Message | None = None
+                       ) -> tuple[int | None, dict[str, Any] | None]:
         """(status, JSON object) of a control call; (None, None) when zone 2 does not answer."""
         if self._session is None:
             return None, None  # before start(): what is said now is sent again by start()'s push_all
+        body = None if message is None else message.to_json()
         try:
             async with self._session.request(method, f"http://zone2{path}", json=body) as response:
                 try:
@@ -313,8 +338,8 @@ class Zone2:
         except TimeoutError:
             return False
 
-    async def health(self) -> dict[str, Any] | None:
-        result = await self._control("GET", "/control/health")
+    async def health(self) -> Health | None:
+        result = await self._ask("/control/health", Health)
         if result is not None:
             self.last_health = result
         return result
@@ -331,10 +356,10 @@ class Zone2:
             raise RuntimeFailure(f"zone 2 refused the price table and budget policy ({(result or {}).get('error')}). "
                                  f"{STALE_IMAGE_HINT}")
 
-    async def budget(self, agent_ids: list[str]) -> dict[str, Any] | None:
+    async def budget(self, agent_ids: list[str]) -> BudgetAnswer | None:
         """Spend, reservations and calls as zone 2 counts them (None when zone 2 does not answer)."""
         query = "&".join(f"agent={agent_id}" for agent_id in agent_ids)
-        return await self._control("GET", f"/control/budget?{query}")
+        return await self._ask(f"/control/budget?{query}", BudgetAnswer)
 
     async def set_price(self, model: str, data: dict[str, Any]) -> dict[str, Any]:
         entry = price_entry(model, {k: v for k, v in data.items() if v is not None}, f"price {model}")
@@ -356,19 +381,16 @@ class Zone2:
         counted = await self.budget([a["id"] for a in agents])
         if counted is None:
             raise Unavailable("zone 2 is not answering: budgets are counted there (try again in a moment)")
-        report = []
-        for agent in agents:
-            caps = self.caps(agent)
-            figures = counted["agents"].get(agent["id"], {})
-            report.append(budget_view(agent, caps, figures))
-        instance = counted["instance"]
-        return {"agents": report, "counters": instance.get("counters") or {}, "instance": {
-            "spent_today_usd": usd(instance.get("spent_today_nusd", 0)),
-            "spent_month_usd": usd(instance.get("spent_month_nusd", 0)),
-            "reserved_usd": usd(instance.get("reserved_nusd", 0)),
+        report = [budget_view(agent, self.caps(agent), counted.agents.get(agent["id"], AgentFigures()))
+                  for agent in agents]
+        instance = counted.instance
+        return {"agents": report, "counters": instance.counters.to_json(), "instance": {
+            "spent_today_usd": usd(instance.spent_today_nusd),
+            "spent_month_usd": usd(instance.spent_month_nusd),
+            "reserved_usd": usd(instance.reserved_nusd),
             "daily_cap_usd": _float(self.policy.instance_daily_usd),
             "monthly_cap_usd": _float(self.policy.instance_monthly_usd),
-            "llm_calls": instance.get("llm_calls", 0),
+            "llm_calls": instance.llm_calls,
         }}
 
     async def push_all(self) -> None:
@@ -378,24 +400,23 @@ class Zone2:
         await self.push_policy()
         await self.push_creds()
         addresses = await self.call(self.runtime.agent_addresses)
-        regs = [r.to_json() for ip, agent_id in addresses.items() if (r := self.registration(agent_id, ip))]
-        await self._control("PUT", "/control/agents", regs)
+        regs = tuple(r for ip, agent_id in addresses.items() if (r := self.registration(agent_id, ip)))
+        await self._request("PUT", "/control/agents", Registrations(regs))
 
     async def push_creds(self) -> None:
-        creds = self.vault.open_all()
-        payload = [{"name": c.name, "upstream": c.upstream, "secret": c.secret, "provider": c.provider} for c in creds]
-        await self._control("PUT", "/control/creds", payload)
+        creds = Credentials(tuple(Upstream(c.name, c.upstream, c.secret, c.provider) for c in self.vault.open_all()))
+        await self._request("PUT", "/control/creds", creds)
 
     async def register(self, agent_id: str, ip: str) -> None:
         reg = self.registration(agent_id, ip)
         if reg:
-            await self._control("POST", "/control/agents", reg.to_json())
+            await self._request("POST", "/control/agents", reg)
 
     async def unregister(self, agent_id: str) -> None:
-        await self._control("DELETE", f"/control/agents/{agent_id}")
+        await self._request("DELETE", f"/control/agents/{agent_id}")
 
     def registration(self, agent_id: str, ip: str) -> Registration | None:
-        """What zone 2 must know of a live agent at ``ip`` (the daemon <-> zone 2 contract: zone2.registry)."""
+        """What zone 2 must know of a live agent at ``ip``."""
         agent = self.store.get(agent_id)
         if agent is None or agent["state"] not in LIVE_STATES:
             return None
@@ -407,9 +428,11 @@ class Zone2:
     def caps(self, agent: dict[str, Any]) -> BudgetCaps:
         return resolve_caps(self.policy, agent["role"], self.store.role(agent["role"]), json.loads(agent["spec"]))
 
-    # -- whois: zone 2 asks the daemon --------------------------------------
-    async def _serve_whois(self) -> None:
-        app = web.Application()
+    # -- daemon.sock: zone 2 asks the daemon ----------------------------------
+    def daemon_app(self) -> web.Application:
+        """The API zone 2 calls on ``daemon.sock``: who an address is, heartbeats to relay, events to record. Each
+        handler reads its message with the contract's class."""
+        app = web.Application(middlewares=[refuse_malformed])
 
         async def whois(request: web.Request) -> web.Response:
             ip = request.query.get("ip", "")
@@ -417,26 +440,27 @@ class Zone2:
             reg = self.registration(addresses[ip], ip) if ip in addresses else None
             if reg is None:
                 return web.json_response({"error": "not an agent"}, status=404)
-            return web.Response(text=json.dumps(reg.to_json()), content_type="application/json")
+            return web.json_response(reg.to_json())
 
         async def event(request: web.Request) -> web.Response:
-            data = await request.json()
-            agent_id = data.get("agent_id")
-            if agent_id is not None and self.store.get(agent_id) is None:
-                agent_id = None
-            self.store.add_event(str(data["type"]), str(data["message"]), agent_id, data.get("data") or {})
+            event = await received(request, Event)
+            agent_id = event.agent_id if event.agent_id and self.store.get(event.agent_id) else None
+            self.store.add_event(event.type, event.message, agent_id, event.data)
             return web.json_response({"ok": True})
 
         async def heartbeats(request: web.Request) -> web.Response:
             """A batch of heartbeats relayed by zone 2; answers which agents are being watched."""
-            taken = [str(b["agent_id"]) for b in await request.json()
-                     if self.watchdog.beat(str(b["agent_id"]), b.get("progress"))]
-            return web.json_response({"taken": taken})
+            beats = (await received(request, HeartbeatBatch)).beats
+            taken = tuple(b.agent_id for b in beats if self.watchdog.beat(b.agent_id, b.progress))
+            return web.json_response(HeartbeatAnswer(taken).to_json())
 
         app.router.add_get("/control/whois", whois)
         app.router.add_post("/control/heartbeats", heartbeats)
         app.router.add_post("/control/events", event)
-        self._runner = web.AppRunner(app, access_log=None)
+        return app
+
+    async def _serve_daemon_socket(self) -> None:
+        self._runner = web.AppRunner(self.daemon_app(), access_log=None)
         await self._runner.setup()
         path = self.control_dir / DAEMON_SOCKET
         if path.exists():
@@ -445,11 +469,11 @@ class Zone2:
         os.chmod(path, 0o666)  # zone 2 connects as nobody; the control dir is what keeps others out
 
     def status(self) -> dict[str, Any]:
+        health = self.last_health
         return {"healthy": self.healthy, "serving_agents": self.healthy and not self.starved,
-                "container_id": self.container_id, "address": self.ip,
-                "restarts": self.restarts, "agents_registered": self.last_health.get("agents"),
-                "credentials": self.last_health.get("creds"), "ledger_error": self.last_health.get("ledger_error"),
-                "code_matches": self.code_matches}
+                "container_id": self.container_id, "address": self.ip, "restarts": self.restarts,
+                "agents_registered": health and health.agents, "credentials": health and health.creds,
+                "ledger_error": health and health.ledger_error, "code_matches": self.code_matches}
 
 
 def _float(amount: Decimal | None) -> float | None:
@@ -460,16 +484,16 @@ def usd(nusd: int) -> float:
     return round(nusd / 1e9, 9)
 
 
-def budget_view(agent: dict[str, Any], caps: BudgetCaps, figures: dict[str, Any]) -> dict[str, Any]:
+def budget_view(agent: dict[str, Any], caps: BudgetCaps, figures: AgentFigures) -> dict[str, Any]:
     """One agent's line of `fleetd budget` (the keys DESIGN.md promises, and a few more)."""
     return {
         "id": agent["id"], "name": agent["name"], "role": agent["role"], "state": agent["state"],
-        "spent_today_usd": usd(figures.get("spent_today_nusd", 0)),
-        "spent_month_usd": usd(figures.get("spent_month_nusd", 0)),
-        "reserved_usd": usd(figures.get("reserved_nusd", 0)),
+        "spent_today_usd": usd(figures.spent_today_nusd),
+        "spent_month_usd": usd(figures.spent_month_nusd),
+        "reserved_usd": usd(figures.reserved_nusd),
         "daily_cap_usd": _float(caps.daily_usd), "monthly_cap_usd": _float(caps.monthly_usd),
-        "llm_calls": figures.get("llm_calls", 0), "max_llm_calls": caps.max_llm_calls,
-        "calls_in_flight": figures.get("inflight_calls", 0),
+        "llm_calls": figures.llm_calls, "max_llm_calls": caps.max_llm_calls,
+        "calls_in_flight": figures.inflight_calls,
         "allow_unpriced": bool(caps.allow_unpriced),
-        "breakers": figures.get("breakers", {}),
+        "breakers": {upstream: breaker.to_json() for upstream, breaker in figures.breakers.items()},
     }

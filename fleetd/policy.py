@@ -52,6 +52,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from fleetd.errors import InvalidRequest
 from fleetd.units import parse_usd
+from fleetd.zone2.breaker import BreakerSettings, RetrySettings
+from fleetd.zone2.budget import Caps
+from fleetd.zone2.contract import Zone2Policy
 from fleetd.zone2.pricing import MULTIPLIER_FIELDS, PRICE_FIELDS, TOKEN_FIELDS, Price
 
 if TYPE_CHECKING:
@@ -225,12 +228,13 @@ def merged_prices(builtin: list[dict[str, Any]], policy: Policy, stored: list[di
     return [table[m] for m in sorted(table)]
 
 
-def zone2_policy(policy: Policy, prices: list[dict[str, Any]]) -> dict[str, Any]:
-    """The body of zone 2's PUT /control/policy."""
-    return {
-        "prices": [{k: v for k, v in p.items() if k not in ("origin", "updated_at")} for p in prices],
-        "breaker": policy.breaker,
-        "retry": policy.retry,
-        "instance": {"daily_nusd": nusd(policy.instance_daily_usd), "monthly_nusd": nusd(policy.instance_monthly_usd)},
-    }
+def zone2_policy(policy: Policy, prices: list[dict[str, Any]]) -> Zone2Policy:
+    """What zone 2 enforces besides each agent's caps (PUT /control/policy), from the config and the price table."""
+    try:
+        table = tuple(Price.from_dict({k: v for k, v in p.items() if k not in ("origin", "updated_at")})
+                      for p in prices)
+    except ValueError as exc:  # a price stored by a newer fleetd, with a field this one does not know
+        raise InvalidRequest(f"price table: {exc}") from None
+    return Zone2Policy(table, BreakerSettings(**policy.breaker), RetrySettings(**policy.retry),
+                       Caps(nusd(policy.instance_daily_usd), nusd(policy.instance_monthly_usd)))
 

@@ -17,6 +17,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import TypedDict
 
 from fleetd.units import format_usd
 
@@ -52,6 +53,16 @@ def month_reset(at: datetime) -> datetime:
     """The first instant of the next calendar month (UTC) after ``at``."""
     at = at.astimezone(UTC)
     return datetime(at.year + at.month // 12, at.month % 12 + 1, 1, tzinfo=UTC)
+
+
+class Spend(TypedDict):
+    """An agent's (or the instance's) spend and calls now: its windows of today and this month."""
+
+    spent_today_nusd: int
+    spent_month_nusd: int
+    reserved_nusd: int
+    llm_calls: int
+    inflight_calls: int
 
 
 @dataclass(frozen=True)
@@ -194,7 +205,7 @@ class Budgets:
         self._charge(reservation.agent_id, reservation.day, reservation.month, cost)
 
     # -- reading ---------------------------------------------------------------
-    def status(self, agent_id: str) -> dict[str, int]:
+    def status(self, agent_id: str) -> Spend:
         now = self.clock()
         windows = self._agents.get(agent_id) or _Windows()
         day, month = day_key(now), month_key(now)
@@ -206,7 +217,7 @@ class Budgets:
             "inflight_calls": windows.inflight_calls,
         }
 
-    def instance_status(self) -> dict[str, int]:
+    def instance_status(self) -> Spend:
         return self.status(INSTANCE)
 
     def agents(self) -> list[str]:

@@ -19,13 +19,13 @@ from typing import Any
 
 from fleetd.units import format_usd
 from fleetd.zone2.breaker import Admit, Breaker, BreakerSettings, Reject, RetrySettings, Transition
-from fleetd.zone2.budget import Budgets, Caps, Refusal, Reservation, month_key
+from fleetd.zone2.budget import Budgets, Refusal, Reservation, month_key
+from fleetd.zone2.contract import AgentFigures, BreakerStatus, InstanceFigures, Registration, Zone2Policy
 from fleetd.zone2.counters import Counts
 from fleetd.zone2.ledger import Call, Ledger
 from fleetd.zone2.llm import OVERHEAD_TOKENS, LLMRequest, Media, Usage
 from fleetd.zone2.pricing import Price, PriceTable, bound_nusd, cost_nusd
 from fleetd.zone2.providers import provider
-from fleetd.zone2.registry import Registration
 
 log = logging.getLogger("fleetd.zone2")
 DEFAULT_MAX_OUTPUT = 128_000  # when neither the request nor the price table bounds the output
@@ -122,12 +122,11 @@ class CostTracker:
         self.budgets.load_calls(self.ledger.call_counts(since))
 
     # -- policy from the daemon ------------------------------------------------
-    def configure(self, data: dict[str, Any]) -> None:
-        self.prices = PriceTable.from_list(data.get("prices") or [])
-        self.breaker_settings = BreakerSettings(**(data.get("breaker") or {}))
-        self.retry = RetrySettings(**(data.get("retry") or {}))
-        instance = data.get("instance") or {}
-        self.budgets.instance_caps = Caps(instance.get("daily_nusd"), instance.get("monthly_nusd"))
+    def configure(self, policy: Zone2Policy) -> None:
+        self.prices = PriceTable(policy.prices)
+        self.breaker_settings = policy.breaker
+        self.retry = policy.retry
+        self.budgets.instance_caps = policy.instance
         for breaker in self.breakers.values():
             breaker.settings = self.breaker_settings
 
@@ -325,16 +324,16 @@ class CostTracker:
                   data)
 
     # -- reading ---------------------------------------------------------------
-    def status(self, agent_id: str | None) -> dict[str, Any]:
-        if agent_id:
-            self._known(agent_id)
-        figures: dict[str, Any] = dict(self.budgets.status(agent_id) if agent_id else self.budgets.instance_status())
+    def status(self, agent_id: str) -> AgentFigures:
+        """An agent's spend, calls and breakers (GET /control/budget)."""
+        self._known(agent_id)
         now = self.monotonic()
-        if agent_id:
-            figures["breakers"] = {
-                upstream: {"state": str(b.state), "reopen_in": max(0.0, round(b.reopen_at - now, 1))
-                           if b.state == "open" else None, "trips": b.trips}
-                for (agent, upstream), b in self.breakers.items() if agent == agent_id
-            }
-        figures["month"] = month_key(self.clock())
-        return figures
+        breakers = {upstream: BreakerStatus(str(b.state), max(0.0, round(b.reopen_at - now, 1))
+                                            if b.state == "open" else None, b.trips)
+                    for (agent, upstream), b in self.breakers.items() if agent == agent_id}
+        return AgentFigures(**self.budgets.status(agent_id), month=month_key(self.clock()), breakers=breakers)
+
+    def instance_status(self) -> InstanceFigures:
+        """The instance's spend and calls, and the counters since zone 2 started (GET /control/budget)."""
+        return InstanceFigures(**self.budgets.instance_status(), month=month_key(self.clock()),
+                               counters=self.counts.snapshot())

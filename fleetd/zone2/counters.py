@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
 
+from fleetd.zone2.contract import Counters
 from fleetd.zone2.llm import Usage
 
 TOKEN_KINDS = ("input", "cached_input", "cache_write", "output", "reasoning")
@@ -31,9 +31,10 @@ class Counts:
     def answered(self, status: int | None) -> None:
         _count(self.upstream, str(status) if status is not None else "none")
 
-    def to_json(self) -> dict[str, Any]:
-        return {"tokens": {k: self.tokens[k] for k in TOKEN_KINDS}, "refusals": dict(self.refusals),
-                "upstream_status": dict(self.upstream), "breaker_trips": self.breaker_trips}
+    def snapshot(self) -> Counters:
+        """The counts now, as the daemon reads them (in GET /control/budget's answer)."""
+        return Counters({k: self.tokens[k] for k in TOKEN_KINDS}, dict(self.refusals), dict(self.upstream),
+                        self.breaker_trips)
 
 
 def _count(counter: Counter[str], key: str) -> None:

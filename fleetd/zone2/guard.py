@@ -25,6 +25,7 @@ from typing import Any
 
 from aiohttp import web
 
+from fleetd.zone2.contract import GatewayLoad
 from fleetd.zone2.counters import Counts
 from fleetd.zone2.errors import Zone2Error, error_response
 from fleetd.zone2.shares import Limits, Shares
@@ -153,11 +154,10 @@ class Guard:
         self.shares.give(request.remote or "", n)
         request[HELD] = request.get(HELD, 0) - n
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> GatewayLoad:
         shares = self.shares
-        return {"connections": shares.total_connections, "connections_limit": shares.limits.connections,
-                "bytes_held": shares.total_held, "addresses": len(shares.connections),
-                "refused_connections": self.refused_connections, "dropped_slow": self.dropped_slow}
+        return GatewayLoad(shares.total_connections, shares.limits.connections, shares.total_held,
+                           len(shares.connections), self.refused_connections, self.dropped_slow)
 
 
 class GuardedConnection(asyncio.Protocol):

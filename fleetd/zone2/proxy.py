@@ -21,6 +21,7 @@ from aiohttp import web
 
 from fleetd.zone2.breaker import Reject, parse_retry_after, retry_delay
 from fleetd.zone2.budget import Refusal
+from fleetd.zone2.contract import Registration
 from fleetd.zone2.costs import CostTracker, LedgerDown, NotPriced
 from fleetd.zone2.errors import UpstreamFailed, Zone2Error
 from fleetd.zone2.guard import GUARD, LARGE_BODY, Guard, guard_middleware, in_time, read_body
@@ -37,7 +38,7 @@ from fleetd.zone2.ledger import Ledger
 from fleetd.zone2.llm import PARSE_BUDGET, BadLLMRequest, JsonShape, Usage, parse_cost
 from fleetd.zone2.meters import MAX_BUFFERED, BodyMeter, StreamMeter, usage_from_body
 from fleetd.zone2.providers import Provider, match
-from fleetd.zone2.registry import Registration, Registry
+from fleetd.zone2.registry import Registry
 from fleetd.zone2.targets import safe_path
 from fleetd.zone2.upstream import BadRequestHead, Response, UpstreamError, Upstreams
 

@@ -20,12 +20,24 @@ import aiohttp
 from aiohttp import web
 
 from fleetd.fingerprint import code_fingerprint
+from fleetd.zone2.contract import (
+    BudgetAnswer,
+    Credentials,
+    Event,
+    Health,
+    Heartbeat,
+    HeartbeatAnswer,
+    HeartbeatBatch,
+    Registration,
+    Registrations,
+    Zone2Policy,
+)
+from fleetd.zone2.control import received, refuse_malformed
 from fleetd.zone2.costs import CostTracker
 from fleetd.zone2.guard import IDLE_TIMEOUT, LINGER, READ_BUFFER, Guard, serve_guarded, stop_guarded
-from fleetd.zone2.kinds import GENERIC
 from fleetd.zone2.ledger import LEDGER_FILE, Ledger
 from fleetd.zone2.proxy import init_gateway
-from fleetd.zone2.registry import Registration, Registry, Upstream
+from fleetd.zone2.registry import Registry
 
 log = logging.getLogger("fleetd.zone2")
 CONTROL_SOCKET = "zone2.sock"
@@ -35,39 +47,34 @@ HEARTBEAT_LINGER = 0.02  # s a heartbeat waits in zone 2 for others to go to the
 
 
 def init_control(registry: Registry, costs: CostTracker, guard: Guard, started: float) -> web.Application:
-    """The daemon-facing control API (Unix socket)."""
-    app = web.Application(client_max_size=16 << 20)
+    """The daemon-facing control API (Unix socket): each handler reads its message with the contract's class."""
+    app = web.Application(client_max_size=16 << 20, middlewares=[refuse_malformed])
 
     async def put_policy(request: web.Request) -> web.Response:
-        try:
-            costs.configure(await request.json())
-        except (ValueError, TypeError, AttributeError) as exc:  # the policy of another fleetd version, or garbage
-            return web.json_response({"error": str(exc)}, status=400)
-        return web.json_response({"prices": len(costs.prices.all())})
+        costs.configure(await received(request, Zone2Policy))  # 400 for a newer daemon's, which this one cannot read
+        return web.json_response({"prices": len(costs.prices)})
 
     async def get_budget(request: web.Request) -> web.Response:
         agents = request.query.getall("agent", [])
-        return web.json_response({"instance": {**costs.status(None), "counters": costs.counts.to_json()},
-                                  "agents": {agent_id: costs.status(agent_id) for agent_id in agents}})
+        answer = BudgetAnswer(costs.instance_status(), {agent_id: costs.status(agent_id) for agent_id in agents})
+        return web.json_response(answer.to_json())
 
     async def health(request: web.Request) -> web.Response:
-        return web.json_response({"ok": True, "agents": len(registry.by_ip), "creds": len(registry.creds),
-                                  "uptime_seconds": round(time.monotonic() - started, 1), "pid": os.getpid(),
-                                  "ledger_error": costs.ledger.error, "ledger_unwritten": len(costs.ledger.unwritten),
-                                  "code": code_fingerprint(), "gateway": guard.status()})
+        return web.json_response(Health(
+            len(registry.by_ip), len(registry.creds), round(time.monotonic() - started, 1), os.getpid(),
+            ledger_error=costs.ledger.error, ledger_unwritten=len(costs.ledger.unwritten), code=code_fingerprint(),
+            gateway=guard.status()).to_json())
 
     async def put_creds(request: web.Request) -> web.Response:
-        data = await request.json()
-        registry.set_creds([Upstream(c["name"], c["upstream"], c["secret"], c.get("provider") or GENERIC)
-                            for c in data])
+        registry.set_creds((await received(request, Credentials)).creds)
         return web.json_response({"creds": len(registry.creds)})
 
     async def put_agents(request: web.Request) -> web.Response:
-        registry.replace_agents([Registration.from_json(a) for a in await request.json()])
+        registry.replace_agents((await received(request, Registrations)).agents)
         return web.json_response({"agents": len(registry.by_ip)})
 
     async def post_agent(request: web.Request) -> web.Response:
-        registry.register(Registration.from_json(await request.json()))
+        registry.register(await received(request, Registration))
         return web.json_response({"agents": len(registry.by_ip)})
 
     async def delete_agent(request: web.Request) -> web.Response:
@@ -108,7 +115,7 @@ class DaemonLink:
                 if response.status != 200:
                     return None
                 return Registration.from_json(await response.json())
-        except (aiohttp.ClientError, TimeoutError):
+        except (aiohttp.ClientError, TimeoutError, ValueError):  # ValueError: not JSON, or not a registration
             return None
 
     async def heartbeat(self, agent_id: str, progress: dict[str, Any] | None) -> bool | None:
@@ -142,12 +149,12 @@ class DaemonLink:
 
     async def _post_beats(self, beats: dict[str, tuple[dict[str, Any] | None, list[asyncio.Future[bool | None]]]]
                           ) -> None:
-        body = [{"agent_id": agent_id, "progress": progress} for agent_id, (progress, _) in beats.items()]
+        batch = HeartbeatBatch(tuple(Heartbeat(agent_id, progress) for agent_id, (progress, _) in beats.items()))
         taken: set[str] | None
         try:
-            async with self._session().post("http://daemon/control/heartbeats", json=body) as response:
-                taken = set((await response.json())["taken"]) if response.status == 200 else None
-        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError):
+            async with self._session().post("http://daemon/control/heartbeats", json=batch.to_json()) as response:
+                taken = set(HeartbeatAnswer.from_json(await response.json()).taken) if response.status == 200 else None
+        except (aiohttp.ClientError, TimeoutError, ValueError):  # ValueError: not JSON, or not an answer
             taken = None
         for agent_id, (_, waiting) in beats.items():
             for future in waiting:
@@ -157,17 +164,16 @@ class DaemonLink:
     def emit(self, type_: str, agent_id: str | None, message: str, data: dict[str, Any]) -> None:
         """Send an event to the daemon's log in the background (never holds up a request)."""
         log.info("event %s %s: %s", type_, agent_id or "-", message)
-        task = asyncio.get_running_loop().create_task(self._post_event(
-            {"type": type_, "agent_id": agent_id, "message": message, "data": data}))
+        task = asyncio.get_running_loop().create_task(self._post_event(Event(type_, agent_id, message, data)))
         self.pending.add(task)
         task.add_done_callback(self.pending.discard)
 
-    async def _post_event(self, event: dict[str, Any]) -> None:
+    async def _post_event(self, event: Event) -> None:
         try:
-            async with self._session().post("http://daemon/control/events", json=event) as response:
+            async with self._session().post("http://daemon/control/events", json=event.to_json()) as response:
                 await response.read()
         except (aiohttp.ClientError, TimeoutError):
-            log.warning("could not send event %s to the daemon", event["type"])
+            log.warning("could not send event %s to the daemon", event.type)
 
     async def close(self) -> None:
         if self.pending:

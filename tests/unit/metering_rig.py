@@ -18,11 +18,12 @@ import aiohttp
 
 from fleetd.llmsim import SIM, init_sim
 from fleetd.zone2.budget import Caps
+from fleetd.zone2.contract import Registration, Upstream, Zone2Policy
 from fleetd.zone2.costs import CostTracker
 from fleetd.zone2.ledger import Ledger
 from fleetd.zone2.pricing import PriceTable
 from fleetd.zone2.proxy import init_gateway
-from fleetd.zone2.registry import Registration, Registry, Upstream
+from fleetd.zone2.registry import Registry
 from tests.unit.loopback import serve
 
 SECRET = "sk-sim-METERED-0123456789"
@@ -88,7 +89,7 @@ async def rig(tmp_path: Path, policy: dict[str, Any] | None = None) -> AsyncIter
         clock = Clock()
         costs = CostTracker(Ledger(tmp_path / "ledger.db"), lambda *e: events.append(e), monotonic=clock)
         prices = [*PriceTable.builtin().to_list(), TEST_PRICE, LONG_PRICE]
-        costs.configure({"prices": prices, "retry": {"max_retries": 0}, **(policy or {})})
+        costs.configure(Zone2Policy.from_json({"prices": prices, "retry": {"max_retries": 0}, **(policy or {})}))
 
         async def whois(ip: str) -> Registration | None:
             return None
@@ -110,7 +111,7 @@ def run(tmp_path: Path, check: Check, policy: dict[str, Any] | None = None) -> N
 
 async def settled(r: Rig) -> None:
     for _ in range(200):
-        if r.costs.status("agent1")["inflight_calls"] == 0:
+        if r.costs.status("agent1").inflight_calls == 0:
             return
         await asyncio.sleep(0.02)
     raise AssertionError("calls did not settle")

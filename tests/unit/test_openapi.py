@@ -29,6 +29,7 @@ from fleetd.spec import SPAWN_FIELDS, build_spec
 from fleetd.store import Store
 from fleetd.units import NAME_PATTERN
 from fleetd.vault import CRED_NAME, MAX_SECRET  # also defines VaultError, an API error (vault_error)
+from fleetd.zone2.contract import Health
 from tests.unit.supervisor_rig import build_services
 
 SPEC_PATH = Path(__file__).resolve().parents[2] / "docs" / "openapi.yaml"
@@ -494,8 +495,7 @@ def test_status_with_zone2_matches_the_schema(doc: dict[str, Any], parts: Servic
         "code_matches": None,
     }
     zone2.healthy, zone2.container_id, zone2.ip, zone2.restarts = True, "e" * 64, "172.30.0.2", 1
-    zone2.last_health = {"ok": True, "agents": 2, "creds": 1, "uptime_seconds": 3.5, "pid": 1,
-                         "ledger_error": "database or disk is full", "ledger_unwritten": 3}
+    zone2.last_health = Health(2, 1, 3.5, 1, ledger_error="database or disk is full", ledger_unwritten=3)
     status = parts.status()
     check(doc, "Status", status)
     assert (status["zone2"]["agents_registered"], status["zone2"]["credentials"]) == (2, 1)

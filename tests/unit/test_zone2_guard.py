@@ -12,9 +12,10 @@ from typing import Any
 
 from aiohttp import web
 
+from fleetd.zone2.contract import Registration, Upstream
 from fleetd.zone2.guard import LINGER, Guard, Timeouts, serve_guarded, stop_guarded
 from fleetd.zone2.proxy import init_gateway
-from fleetd.zone2.registry import Registration, Registry, Upstream
+from fleetd.zone2.registry import Registry
 from fleetd.zone2.shares import Limits
 from tests.unit.loopback import SECRET, serve, upstream_app
 

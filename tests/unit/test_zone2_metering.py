@@ -60,8 +60,8 @@ def test_plain_calls_of_each_api_are_billed_by_their_usage(tmp_path: Path) -> No
         assert all(c["status"] == 200 and c["estimated"] == 0 for c in rows)
         assert all(c["cost_nusd"] <= c["reserved_nusd"] for c in rows)
         status_now = r.costs.status("agent1")
-        assert status_now["spent_today_nusd"] == sum(c["cost_nusd"] for c in rows)
-        assert status_now["reserved_nusd"] == 0 and status_now["llm_calls"] == 3
+        assert status_now.spent_today_nusd == sum(c["cost_nusd"] for c in rows)
+        assert status_now.reserved_nusd == 0 and status_now.llm_calls == 3
 
     run(tmp_path, check)
 
@@ -316,12 +316,12 @@ def test_fifty_concurrent_streams_against_a_small_cap_end_within_it_and_close_to
         results = await asyncio.gather(*(r.post(CHAT, body) for _ in range(50)))
         statuses = [s for s, _, _ in results]
         await settled(r)  # a stream is over for the agent before zone 2 has written its ledger row
-        spent = r.costs.status("agent1")["spent_today_nusd"]
+        spent = r.costs.status("agent1").spent_today_nusd
         bound = max(c["reserved_nusd"] for c in r.ledger())
         assert spent <= cap
         assert spent >= cap - bound  # reservations were released: another call would not have fit
         assert statuses.count(200) == len(r.ledger()) and set(statuses) == {200, 429}
-        assert r.costs.status("agent1")["reserved_nusd"] == 0
+        assert r.costs.status("agent1").reserved_nusd == 0
 
     run(tmp_path, check)
 
@@ -344,7 +344,7 @@ def test_parallel_calls_with_images_never_settle_above_a_small_cap(tmp_path: Pat
                 "messages": [{"role": "user", "content": [{"type": "text", "text": "what"}, image]}]}
         results = await asyncio.gather(*(r.post(CHAT, body) for _ in range(20)))
         await settled(r)
-        spent = r.costs.status("agent1")["spent_today_nusd"]
+        spent = r.costs.status("agent1").spent_today_nusd
         rows = r.ledger()
         assert [row["input_tokens"] for row in rows] == [20_001] * len(rows)  # the simulator bills the image
         assert spent <= cap, f"settled ${spent / USD:.4f} above the ${cap / USD:.2f} cap"
@@ -552,8 +552,8 @@ def test_spend_survives_a_restart_of_the_tracker(tmp_path: Path) -> None:
 
     async def second(r: Rig) -> None:  # a new tracker on the same ledger file, as after zone 2 restarts
         r.register(Caps(daily_nusd=USD // 100))
-        assert r.costs.status("agent1")["llm_calls"] == 1
-        assert r.costs.status("agent1")["spent_today_nusd"] == 64 * 100_000 + 1 * 1  # $100/M out, $0.001/M in
+        assert r.costs.status("agent1").llm_calls == 1
+        assert r.costs.status("agent1").spent_today_nusd == 64 * 100_000 + 1 * 1  # $100/M out, $0.001/M in
         body = {"model": "test-model", "max_tokens": 64, "messages": [{"role": "user", "content": "x"}]}
         assert (await r.post(CHAT, body))[0] == 429
 
@@ -569,7 +569,7 @@ def test_a_ledger_that_cannot_be_written_refuses_new_calls_until_it_can_and_lose
         r.costs.ledger.conn.execute("PRAGMA query_only=1")  # SQLite refuses every write, as on a full disk
         status, _, raw = await r.post(CHAT, body)
         assert status == 200 and json.loads(raw)["usage"]  # made and paid for upstream: answered, not a 500
-        assert r.costs.status("agent1")["llm_calls"] == 1  # and charged in memory
+        assert r.costs.status("agent1").llm_calls == 1  # and charged in memory
         assert len(r.costs.ledger.unwritten) == 1 and "readonly" in (r.costs.ledger.error or "")
         assert [e[0] for e in r.events] == ["ledger_write_failed"]
 
@@ -870,14 +870,14 @@ def test_zone2_keeps_only_the_agents_it_serves_in_memory(tmp_path: Path) -> None
             assert (await r.post(CHAT, {"model": "gpt-4o", "max_tokens": 10,
                                         "messages": [{"role": "user", "content": "one two"}]}))[0] == 200
         await settled(r)
-        spent = r.costs.status("agent1")["spent_today_nusd"]
+        spent = r.costs.status("agent1").spent_today_nusd
         assert spent > 0
         restarted = CostTracker(Ledger(tmp_path / "ledger.db"), lambda *e: None)
         try:
             assert restarted.budgets.agents() == []  # nobody's windows until asked
             assert restarted.budgets.instance_status()["spent_today_nusd"] == spent
             status = restarted.status("agent1")
-            assert status["spent_today_nusd"] == spent and status["llm_calls"] == 2
+            assert status.spent_today_nusd == spent and status.llm_calls == 2
             restarted.forget("agent1")
             assert restarted.budgets.agents() == [] and restarted.breakers == {}
         finally:
@@ -898,9 +898,9 @@ def test_zone2_counts_tokens_refusals_upstream_answers_and_trips(tmp_path: Path)
         r.sim.config.fail, r.sim.config.fail_status = 1, 503
         assert (await r.post(CHAT, {"model": "gpt-4o", "max_tokens": 10, "messages": words}))[0] == 503
         await settled(r)
-        counters = r.costs.counts.to_json()
-        assert counters["tokens"]["input"] == 3 and counters["tokens"]["output"] == 10
-        assert counters["refusals"] == {"model_not_priced": 1}
-        assert counters["upstream_status"] == {"200": 1, "503": 1}
+        counters = r.costs.counts.snapshot()
+        assert counters.tokens["input"] == 3 and counters.tokens["output"] == 10
+        assert counters.refusals == {"model_not_priced": 1}
+        assert counters.upstream_status == {"200": 1, "503": 1}
 
     run(tmp_path, check)

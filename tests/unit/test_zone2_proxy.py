@@ -15,8 +15,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from fleetd.zone2.contract import Registration, Upstream
 from fleetd.zone2.proxy import init_gateway
-from fleetd.zone2.registry import Registration, Registry, Upstream
+from fleetd.zone2.registry import Registry
 from tests.unit.loopback import SECRET, serve, upstream_app
 
 SLASHY = "sk-live/KEY+abc==xyz0123456789"  # a secret with characters that every encoding changes

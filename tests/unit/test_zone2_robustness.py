@@ -8,8 +8,9 @@ import time
 
 import aiohttp
 
+from fleetd.zone2.contract import Registration, Upstream
 from fleetd.zone2.proxy import init_gateway
-from fleetd.zone2.registry import Registration, Registry, Upstream
+from fleetd.zone2.registry import Registry
 from tests.unit.loopback import SECRET, serve, upstream_app
 
 AUTH = b"Authorization: Bearer $CRED{openai}\r\n"

@@ -85,7 +85,7 @@ def test_a_continuation_that_does_not_fit_the_cap_is_refused_before_it_reaches_u
     async def check(r: Rig) -> None:
         status, first = await respond(r, call(input=LONG_INPUT))
         assert status == 200
-        spent = r.costs.status("agent1")["spent_today_nusd"]
+        spent = r.costs.status("agent1").spent_today_nusd
         r.register(Caps(daily_nusd=spent + USD))  # $1 left: a short call fits, reading the conversation does not
         upstream = r.upstream_calls()
         refused = [
@@ -154,7 +154,7 @@ def test_a_pdf_reserves_the_models_input_limit_and_plain_text_documents_their_si
         price = Price.from_dict(DOC_PRICE)
         assert pdf_row["reserved_nusd"] == bound_nusd(price, 100_000, 5)  # a page costs ~1.5-3K tokens, any size
         assert text_row["reserved_nusd"] < bound_nusd(price, 10_000, 5)  # its text is in the body
-        spent = r.costs.status("agent1")["spent_today_nusd"]
+        spent = r.costs.status("agent1").spent_today_nusd
         r.register(Caps(daily_nusd=spent + USD // 20))  # $0.05 left: the PDF's bound is $0.10
         upstream = r.upstream_calls()
         status, _, raw = await r.post("/v1/messages", message(PDF))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -22,14 +23,16 @@ import pytest
 from aiohttp import web
 
 import fleetd
-from fleetd.errors import RuntimeFailure
+from fleetd.errors import InvalidRequest, RuntimeFailure
 from fleetd.fingerprint import code_fingerprint
 from fleetd.gateway import Zone2
+from fleetd.policy import Policy, zone2_policy
 from fleetd.store import Store
 from fleetd.vault import Vault
 from fleetd.zone2.costs import CostTracker
 from fleetd.zone2.guard import Guard
 from fleetd.zone2.ledger import Ledger
+from fleetd.zone2.pricing import Price
 from fleetd.zone2.registry import Registry
 from fleetd.zone2.service import CONTROL_SOCKET, init_control
 
@@ -78,13 +81,15 @@ def run(tmp_path: Path, check: Any) -> None:
     asyncio.run(main())
 
 
-def test_a_policy_zone2_cannot_read_is_an_error_at_the_daemon_and_changes_nothing(tmp_path: Path) -> None:
+def test_a_policy_zone2_cannot_read_is_an_error_at_the_daemon_and_changes_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     async def check(zone2: Zone2, costs: CostTracker) -> None:
         await zone2.push_policy()
         priced = len(costs.prices.all())
         assert priced > 20 and costs.prices.lookup("gpt-4o") is not None
         # what an older zone 2 sees from a newer daemon: a price field it does not know
-        zone2.prices = lambda: [{"model": "m", "input": 1.0, "output": 1.0, "speed_multiplier": 3.0}]  # type: ignore
+        newer = Price.to_dict
+        monkeypatch.setattr(Price, "to_dict", lambda price: {**newer(price), "speed_multiplier": 3.0})
         with pytest.raises(RuntimeFailure, match=r"refused .*speed_multiplier.*fleetd images build"):
             await zone2.push_policy()
         assert len(costs.prices.all()) == priced  # the policy in force stays as it was
@@ -95,15 +100,22 @@ def test_a_policy_zone2_cannot_read_is_an_error_at_the_daemon_and_changes_nothin
     run(tmp_path, check)
 
 
+def test_a_stored_price_this_daemon_cannot_read_is_an_error_naming_it() -> None:
+    """A price set with a newer fleetd, then downgraded: said at the daemon, before zone 2 is asked anything."""
+    stored = {"model": "m", "input": 1.0, "output": 1.0, "speed_multiplier": 3.0, "origin": "price set"}
+    with pytest.raises(InvalidRequest, match=r"price table: .*'m'.*speed_multiplier"):
+        zone2_policy(Policy(), [stored])
+
+
 def test_zone2_reports_its_code_and_the_daemon_says_when_it_differs(tmp_path: Path) -> None:
     async def check(zone2: Zone2, costs: CostTracker) -> None:
         health = await zone2.health()
-        assert health is not None and health["code"] == code_fingerprint()
+        assert health is not None and health.code == code_fingerprint()
         zone2.container_id = "c1"
         zone2._check_code()
         assert zone2.code_matches is True and zone2.status()["code_matches"] is True
         assert not [e for e in zone2.store.events() if e["type"] == "zone2_code_mismatch"]
-        zone2.last_health = {**health, "code": "0123456789abcdef"}  # an image built from other code
+        zone2.last_health = replace(health, code="0123456789abcdef")  # an image built from other code
         zone2._check_code()
         zone2._check_code()  # said once per container
         assert zone2.status()["code_matches"] is False

@@ -1,0 +1,481 @@
+"""Every message between the daemon and zone 2, each a frozen dataclass written and read by the same class.
+
+The sender builds a message and sends :meth:`to_json`; the receiver reads it with :meth:`from_json`, which checks
+every field and raises :class:`ContractError` when it cannot (one type, which both servers answer 400:
+zone2.control). A field with a default may be absent, as from an older peer; a field without one is required; keys
+a class does not know are ignored, except in the price table and the breaker and retry settings, where zone 2 must
+not meter or retry by settings it cannot read. The wire format is what each side sent before these classes: a
+daemon and a zone 2 image built from the code before them understand each other.
+
+``zone2.sock`` (served by zone 2): GET /control/health -> :class:`Health`; PUT /control/policy :class:`Zone2Policy`;
+GET /control/budget?agent=ID... -> :class:`BudgetAnswer`; PUT /control/creds :class:`Credentials`; PUT
+/control/agents :class:`Registrations`; POST /control/agents :class:`Registration`; DELETE /control/agents/ID.
+
+``daemon.sock`` (served by the daemon): GET /control/whois?ip=IP -> :class:`Registration`; POST /control/heartbeats
+:class:`HeartbeatBatch` -> :class:`HeartbeatAnswer`; POST /control/events :class:`Event`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Protocol, Self, TypeVar
+
+from fleetd.zone2.breaker import BreakerSettings, RetrySettings
+from fleetd.zone2.budget import Caps
+from fleetd.zone2.kinds import GENERIC
+from fleetd.zone2.pricing import Price
+
+
+class ContractError(ValueError):
+    """A message that is not what its class says: not JSON, a field missing or of the wrong type."""
+
+
+class Message(Protocol):
+    """What every message class is: written with ``to_json``, read (and checked) with ``from_json``."""
+
+    def to_json(self) -> Any: ...
+
+    @classmethod
+    def from_json(cls, data: Any) -> Self: ...
+
+
+# -- reading JSON ----------------------------------------------------------------------------------------------------
+class _Required:
+    """The default of a field that must be present."""
+
+
+REQUIRED = _Required()
+
+
+def _kind(value: Any) -> str:
+    """The JSON name of a value's type, for error messages."""
+    if value is None:
+        return "null"
+    for kinds, name in ((bool, "a boolean"), ((int, float), "a number"), (str, "a string"), (list, "an array"),
+                        (dict, "an object")):
+        if isinstance(value, kinds):
+            return name
+    return type(value).__name__
+
+
+def _is_whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+class _Object:
+    """A JSON object read as one message: each accessor returns a field of the type it names, or raises
+    ContractError naming the message and the field."""
+
+    def __init__(self, data: Any, what: str) -> None:
+        if not isinstance(data, dict):
+            raise ContractError(f"{what}: expected an object, got {_kind(data)}")
+        self.data: dict[str, Any] = data
+        self.what = what
+
+    def _field(self, key: str, default: Any, valid: Callable[[Any], bool], expected: str,
+               nullable: bool = False) -> Any:
+        if key not in self.data:
+            if default is REQUIRED:
+                raise ContractError(f"{self.what}: {key} is missing")
+            return default
+        value = self.data[key]
+        if not (valid(value) or (nullable and value is None)):
+            raise ContractError(f"{self.what}: {key} must be {expected}{' or null' if nullable else ''}, "
+                                f"got {_kind(value)}")
+        return value
+
+    def text(self, key: str, default: str | _Required = REQUIRED) -> str:
+        return str(self._field(key, default, lambda v: isinstance(v, str), "a string"))
+
+    def optional_text(self, key: str, default: _Required | None = REQUIRED) -> str | None:
+        value = self._field(key, default, lambda v: isinstance(v, str), "a string", nullable=True)
+        return None if value is None else str(value)
+
+    def whole(self, key: str, default: int | _Required = REQUIRED) -> int:
+        return int(self._field(key, default, _is_whole, "a whole number"))
+
+    def optional_whole(self, key: str, default: _Required | None = REQUIRED) -> int | None:
+        value = self._field(key, default, _is_whole, "a whole number", nullable=True)
+        return None if value is None else int(value)
+
+    def number(self, key: str, default: float | _Required = REQUIRED) -> float:
+        return float(self._field(key, default, _is_number, "a number"))
+
+    def optional_number(self, key: str, default: _Required | None = REQUIRED) -> float | None:
+        value = self._field(key, default, _is_number, "a number", nullable=True)
+        return None if value is None else float(value)
+
+    def flag(self, key: str, default: bool | _Required = REQUIRED) -> bool:
+        return bool(self._field(key, default, lambda v: isinstance(v, bool), "true or false"))
+
+    def mapping(self, key: str) -> dict[str, Any]:
+        """A JSON object (absent: empty)."""
+        return dict(self._field(key, {}, lambda v: isinstance(v, dict), "an object"))
+
+    def optional_mapping(self, key: str, default: _Required | None = REQUIRED) -> dict[str, Any] | None:
+        value = self._field(key, default, lambda v: isinstance(v, dict), "an object", nullable=True)
+        return None if value is None else dict(value)
+
+    def array(self, key: str, default: list[Any] | _Required = REQUIRED) -> list[Any]:
+        return list(self._field(key, default, lambda v: isinstance(v, list), "an array"))
+
+    def texts(self, key: str, default: list[str] | _Required = REQUIRED) -> list[str]:
+        return [str(v) for v in self._field(key, default, lambda v: isinstance(v, list)
+                                            and all(isinstance(s, str) for s in v), "an array of strings")]
+
+    def counts(self, key: str) -> dict[str, int]:
+        """An object of whole numbers by name (absent: empty)."""
+        return {str(k): int(v) for k, v in self._field(key, {}, lambda v: isinstance(v, dict) and all(
+            _is_whole(n) for n in v.values()), "an object of whole numbers").items()}
+
+    def required(self, key: str) -> Any:
+        """A field of any type, which must be present (its own class reads it)."""
+        if key not in self.data:
+            raise ContractError(f"{self.what}: {key} is missing")
+        return self.data[key]
+
+
+def _array(data: Any, what: str) -> list[Any]:
+    if not isinstance(data, list):
+        raise ContractError(f"{what}: expected an array, got {_kind(data)}")
+    return data
+
+
+Settings = TypeVar("Settings", BreakerSettings, RetrySettings)
+
+
+def _settings(kind: type[Settings], data: _Object) -> Settings:
+    """Breaker or retry settings: each field a number of its default's kind, absent ones at their default, and no
+    key the class does not know (a newer daemon's setting, which this zone 2 would silently not apply)."""
+    defaults = asdict(kind())
+    unknown = sorted(set(data.data) - set(defaults))
+    if unknown:
+        raise ContractError(f"{data.what}: unknown keys {unknown}")
+    values: dict[str, Any] = {name: data.whole(name, default) if isinstance(default, int)
+                              else data.number(name, default) for name, default in defaults.items()}
+    return kind(**values)
+
+
+# -- zone2.sock: the daemon tells zone 2 -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Registration:
+    """An agent as zone 2 knows it: PUT/POST /control/agents, and GET /control/whois's answer."""
+
+    agent_id: str
+    ip: str
+    role: str = "default"
+    creds: frozenset[str] = field(default_factory=frozenset)
+    caps: Caps = field(default_factory=Caps)
+    allow_unpriced: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"agent_id": self.agent_id, "ip": self.ip, "role": self.role, "creds": sorted(self.creds),
+                "daily_nusd": self.caps.daily_nusd, "monthly_nusd": self.caps.monthly_nusd,
+                "max_llm_calls": self.caps.max_llm_calls, "allow_unpriced": self.allow_unpriced}
+
+    @classmethod
+    def from_json(cls, data: Any) -> Registration:
+        o = _Object(data, "registration")
+        caps = Caps(*(o.optional_whole(key, None) for key in ("daily_nusd", "monthly_nusd", "max_llm_calls")))
+        return cls(o.text("agent_id"), o.text("ip"), o.text("role", "default"), frozenset(o.texts("creds", [])),
+                   caps, o.flag("allow_unpriced", False))
+
+
+@dataclass(frozen=True)
+class Registrations:
+    """Every live agent at once (PUT /control/agents, after zone 2 starts): a JSON array of registrations."""
+
+    agents: tuple[Registration, ...]
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return [reg.to_json() for reg in self.agents]
+
+    @classmethod
+    def from_json(cls, data: Any) -> Registrations:
+        return cls(tuple(Registration.from_json(item) for item in _array(data, "registrations")))
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """A credential as zone 2 holds it (in memory only): where its calls go and the secret they carry."""
+
+    name: str
+    upstream: str  # scheme://host[:port][/base]
+    secret: str
+    kind: str = GENERIC  # the provider kind (kinds.KINDS): an LLM provider's calls are default-deny
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "upstream": self.upstream, "secret": self.secret, "provider": self.kind}
+
+    @classmethod
+    def from_json(cls, data: Any) -> Upstream:
+        o = _Object(data, "credential")
+        return cls(o.text("name"), o.text("upstream"), o.text("secret"), o.text("provider", GENERIC))
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """Every credential at once (PUT /control/creds): a JSON array; rotation takes effect on the next request."""
+
+    creds: tuple[Upstream, ...]
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return [cred.to_json() for cred in self.creds]
+
+    @classmethod
+    def from_json(cls, data: Any) -> Credentials:
+        return cls(tuple(Upstream.from_json(item) for item in _array(data, "credentials")))
+
+
+@dataclass(frozen=True)
+class Zone2Policy:
+    """What zone 2 enforces besides each agent's caps (PUT /control/policy): the price table, the breaker and retry
+    settings and the instance's caps (of spend: its calls have no maximum)."""
+
+    prices: tuple[Price, ...] = ()
+    breaker: BreakerSettings = field(default_factory=BreakerSettings)
+    retry: RetrySettings = field(default_factory=RetrySettings)
+    instance: Caps = field(default_factory=Caps)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"prices": [price.to_dict() for price in self.prices], "breaker": asdict(self.breaker),
+                "retry": asdict(self.retry),
+                "instance": {"daily_nusd": self.instance.daily_nusd, "monthly_nusd": self.instance.monthly_nusd}}
+
+    @classmethod
+    def from_json(cls, data: Any) -> Zone2Policy:
+        o = _Object(data, "policy")
+        try:
+            prices = tuple(Price.from_dict(item) for item in o.array("prices", []))
+        except ValueError as exc:  # a price field this zone 2 does not know (a newer daemon's), or a bad value
+            raise ContractError(f"policy: {exc}") from None
+        instance = _Object(o.mapping("instance"), "policy: instance")
+        return cls(prices, _settings(BreakerSettings, _Object(o.mapping("breaker"), "policy: breaker")),
+                   _settings(RetrySettings, _Object(o.mapping("retry"), "policy: retry")),
+                   Caps(instance.optional_whole("daily_nusd", None), instance.optional_whole("monthly_nusd", None)))
+
+
+# -- zone2.sock: what zone 2 answers ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GatewayLoad:
+    """The agent-facing server's connections and memory held (zone2.guard), in the health answer."""
+
+    connections: int
+    connections_limit: int
+    bytes_held: int
+    addresses: int
+    refused_connections: int
+    dropped_slow: int
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Any) -> GatewayLoad:
+        o = _Object(data, "gateway load")
+        return cls(**{f.name: o.whole(f.name) for f in fields(cls)})
+
+
+@dataclass(frozen=True)
+class Health:
+    """GET /control/health: zone 2 is up, what it holds, and the fleetd code it runs (its image may be stale)."""
+
+    agents: int
+    creds: int
+    uptime_seconds: float
+    pid: int
+    ok: bool = True
+    ledger_error: str | None = None  # the ledger cannot be written: metered calls are refused
+    ledger_unwritten: int = 0  # rows waiting in memory
+    code: str | None = None  # fleetd.fingerprint.code_fingerprint (None: a zone 2 older than it)
+    gateway: GatewayLoad | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "agents": self.agents, "creds": self.creds, "uptime_seconds": self.uptime_seconds,
+                "pid": self.pid, "ledger_error": self.ledger_error, "ledger_unwritten": self.ledger_unwritten,
+                "code": self.code, "gateway": None if self.gateway is None else self.gateway.to_json()}
+
+    @classmethod
+    def from_json(cls, data: Any) -> Health:
+        o = _Object(data, "health")
+        gateway = o.optional_mapping("gateway", None)
+        return cls(o.whole("agents"), o.whole("creds"), o.number("uptime_seconds"), o.whole("pid"),
+                   o.flag("ok", True), o.optional_text("ledger_error", None), o.whole("ledger_unwritten", 0),
+                   o.optional_text("code", None), None if gateway is None else GatewayLoad.from_json(gateway))
+
+
+@dataclass(frozen=True)
+class BudgetFigures:
+    """Spend and calls as zone 2 counts them (an agent's, or the instance's), in integer nano-USD. Absent figures
+    are zero: nothing counted."""
+
+    spent_today_nusd: int = 0  # UTC day
+    spent_month_nusd: int = 0  # calendar month (UTC)
+    reserved_nusd: int = 0  # held for calls in flight
+    llm_calls: int = 0  # metered calls made, lifetime
+    inflight_calls: int = 0
+    month: str = ""  # YYYY-MM of spent_month_nusd
+
+    def to_json(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(BudgetFigures)}
+
+    @staticmethod
+    def _read(o: _Object) -> dict[str, Any]:
+        """The figures' fields of a message that extends them, as keyword arguments."""
+        return {**{f.name: o.whole(f.name, 0) for f in fields(BudgetFigures) if f.name != "month"},
+                "month": o.text("month", "")}
+
+
+@dataclass(frozen=True)
+class BreakerStatus:
+    """One circuit breaker of an agent (per upstream), in its budget figures."""
+
+    state: str  # breaker.BreakerState
+    reopen_in: float | None  # s until a probe may go, when open
+    trips: int  # consecutive
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Any) -> BreakerStatus:
+        o = _Object(data, "breaker")
+        return cls(o.text("state"), o.optional_number("reopen_in"), o.whole("trips"))
+
+
+@dataclass(frozen=True)
+class AgentFigures(BudgetFigures):
+    """An agent's figures, with its circuit breakers."""
+
+    breakers: Mapping[str, BreakerStatus] = field(default_factory=dict)  # by upstream
+
+    def to_json(self) -> dict[str, Any]:
+        return {**super().to_json(), "breakers": {name: b.to_json() for name, b in self.breakers.items()}}
+
+    @classmethod
+    def from_json(cls, data: Any) -> AgentFigures:
+        o = _Object(data, "agent's figures")
+        return cls(**cls._read(o), breakers={str(name): BreakerStatus.from_json(b)
+                                             for name, b in o.mapping("breakers").items()})
+
+
+@dataclass(frozen=True)
+class Counters:
+    """Zone 2's lifetime counters (zone2.counters), for the daemon's metrics."""
+
+    tokens: Mapping[str, int] = field(default_factory=dict)  # by kind (counters.TOKEN_KINDS)
+    refusals: Mapping[str, int] = field(default_factory=dict)  # by error code
+    upstream_status: Mapping[str, int] = field(default_factory=dict)  # by status, "none" when no answer came
+    breaker_trips: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"tokens": dict(self.tokens), "refusals": dict(self.refusals),
+                "upstream_status": dict(self.upstream_status), "breaker_trips": self.breaker_trips}
+
+    @classmethod
+    def from_json(cls, data: Any) -> Counters:
+        o = _Object(data, "counters")
+        return cls(o.counts("tokens"), o.counts("refusals"), o.counts("upstream_status"), o.whole("breaker_trips", 0))
+
+
+@dataclass(frozen=True)
+class InstanceFigures(BudgetFigures):
+    """The instance's figures (every agent's together), with zone 2's counters."""
+
+    counters: Counters = field(default_factory=Counters)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**super().to_json(), "counters": self.counters.to_json()}
+
+    @classmethod
+    def from_json(cls, data: Any) -> InstanceFigures:
+        o = _Object(data, "instance's figures")
+        return cls(**cls._read(o), counters=Counters.from_json(o.mapping("counters")))
+
+
+@dataclass(frozen=True)
+class BudgetAnswer:
+    """GET /control/budget?agent=ID...: the instance's figures and counters, and the figures of each agent asked."""
+
+    instance: InstanceFigures
+    agents: Mapping[str, AgentFigures] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"instance": self.instance.to_json(),
+                "agents": {agent_id: figures.to_json() for agent_id, figures in self.agents.items()}}
+
+    @classmethod
+    def from_json(cls, data: Any) -> BudgetAnswer:
+        o = _Object(data, "budget")
+        agents = {str(agent_id): AgentFigures.from_json(figures) for agent_id, figures in o.mapping("agents").items()}
+        return cls(InstanceFigures.from_json(o.required("instance")), agents)
+
+
+# -- daemon.sock: zone 2 tells the daemon ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Heartbeat:
+    """An agent's heartbeat, relayed: the optional progress it reported ({"step": 8, "total": 15, ...})."""
+
+    agent_id: str
+    progress: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"agent_id": self.agent_id, "progress": self.progress}
+
+    @classmethod
+    def from_json(cls, data: Any) -> Heartbeat:
+        o = _Object(data, "heartbeat")
+        return cls(o.text("agent_id"), o.optional_mapping("progress", None))
+
+
+@dataclass(frozen=True)
+class HeartbeatBatch:
+    """POST /control/heartbeats: the heartbeats zone 2 gathered while the last batch was on its way (a JSON array)."""
+
+    beats: tuple[Heartbeat, ...]
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return [beat.to_json() for beat in self.beats]
+
+    @classmethod
+    def from_json(cls, data: Any) -> HeartbeatBatch:
+        return cls(tuple(Heartbeat.from_json(item) for item in _array(data, "heartbeats")))
+
+
+@dataclass(frozen=True)
+class HeartbeatAnswer:
+    """The daemon's answer to a batch: the agents whose heartbeats it took (the others it does not watch)."""
+
+    taken: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"taken": list(self.taken)}
+
+    @classmethod
+    def from_json(cls, data: Any) -> HeartbeatAnswer:
+        return cls(tuple(_Object(data, "heartbeat answer").texts("taken")))
+
+
+@dataclass(frozen=True)
+class Event:
+    """POST /control/events: something zone 2 saw (a refusal, a breaker's transition, its ledger failing), for the
+    daemon's event log."""
+
+    type: str
+    agent_id: str | None  # None: about zone 2 or the instance, not one agent
+    message: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": self.type, "agent_id": self.agent_id, "message": self.message, "data": self.data}
+
+    @classmethod
+    def from_json(cls, data: Any) -> Event:
+        o = _Object(data, "event")
+        return cls(o.text("type"), o.optional_text("agent_id"), o.text("message"), o.mapping("data"))
