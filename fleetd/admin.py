@@ -3,7 +3,7 @@ agent lifecycle (fleetd.supervisor): they share the store and zone 2, not the co
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from fleetd.errors import InvalidRequest
 from fleetd.policy import BUDGET_KEYS, INHERIT, budget_caps
@@ -11,15 +11,20 @@ from fleetd.store import Store
 from fleetd.units import NAME_PATTERN
 from fleetd.vault import Vault
 
-if TYPE_CHECKING:
-    from fleetd.gateway import Zone2
+
+class Zone2Feed(Protocol):
+    """What the administrative verbs tell zone 2 (``fleetd.gateway.Zone2``)."""
+
+    async def push_creds(self) -> None: ...
+
+    async def push_all(self) -> None: ...
 
 
 class Admin:
-    def __init__(self, store: Store, vault: Vault, gateway: Zone2 | None) -> None:
+    def __init__(self, store: Store, vault: Vault, zone2: Zone2Feed) -> None:
         self.store = store
         self.vault = vault
-        self.gateway = gateway
+        self.zone2 = zone2
 
     async def set_credential(self, name: str, data: dict[str, Any]) -> dict[str, Any]:
         """Create or rotate a credential; zone 2 uses the new value for its next request."""
@@ -30,8 +35,7 @@ class Admin:
             raise InvalidRequest("provider must be a string")
         existed = bool(self.vault.records(name))
         record = self.vault.set(name, upstream, secret, provider)
-        if self.gateway is not None:
-            await self.gateway.push_creds()
+        await self.zone2.push_creds()
         self.store.add_event("credential_rotated" if existed else "credential_set",
                              f"credential {name} -> {record['upstream']} ({record['provider']})", None,
                              {"name": name, "provider": record["provider"]})
@@ -42,8 +46,7 @@ class Admin:
 
     async def remove_credential(self, name: str) -> None:
         self.vault.remove(name)
-        if self.gateway is not None:
-            await self.gateway.push_creds()
+        await self.zone2.push_creds()
         self.store.add_event("credential_removed", f"credential {name} removed", None, {"name": name})
 
     async def set_role(self, name: str, data: dict[str, Any]) -> dict[str, Any]:
@@ -61,7 +64,6 @@ class Admin:
         budget = {k: v for k, v in caps.to_json().items() if v is not None}
         budget.update(dict.fromkeys(inherit))
         role = self.store.set_role(name, creds, budget)
-        if self.gateway is not None:
-            await self.gateway.push_all()  # running agents of this role see the new scope and caps at once
+        await self.zone2.push_all()  # running agents of this role see the new scope and caps at once
         self.store.add_event("role_set", f"role {name}: creds {role['creds']}", None, {"name": name, **budget})
         return role

@@ -494,8 +494,9 @@ def test_status_with_zone2_matches_the_schema(doc: dict[str, Any], parts: Servic
         "ledger_error": None,
         "code_matches": None,
     }
-    zone2.healthy, zone2.container_id, zone2.ip, zone2.restarts = True, "e" * 64, "172.30.0.2", 1
-    zone2.last_health = Health(2, 1, 3.5, 1, ledger_error="database or disk is full", ledger_unwritten=3)
+    keeper = zone2.keeper
+    keeper.healthy, keeper.container_id, keeper.ip, keeper.restarts = True, "e" * 64, "172.30.0.2", 1
+    zone2.control.last_health = Health(2, 1, 3.5, 1, ledger_error="database or disk is full", ledger_unwritten=3)
     status = parts.status()
     check(doc, "Status", status)
     assert (status["zone2"]["agents_registered"], status["zone2"]["credentials"]) == (2, 1)

@@ -14,7 +14,6 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -214,8 +213,8 @@ class Watching:
 
 def watched(zone2: Zone2) -> Beats:
     """The heartbeats the daemon's side ``zone2`` gave its watchdog."""
-    assert isinstance(zone2.watchdog, Watching)
-    return zone2.watchdog.beats
+    assert isinstance(zone2.questions.watchdog, Watching)
+    return zone2.questions.watchdog.beats
 
 
 @asynccontextmanager
@@ -237,11 +236,11 @@ async def on_socket(app: web.Application, name: str) -> AsyncIterator[Path]:
 async def asking(zone2: Zone2, app: web.Application) -> AsyncIterator[None]:
     """The daemon's side ``zone2`` talking to ``app`` as zone 2's control socket."""
     async with on_socket(app, CONTROL_SOCKET) as path:
-        zone2._session = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(path)))
+        zone2.control.open(path)
         try:
             yield
         finally:
-            await zone2._session.close()
+            await zone2.control.close()
 
 
 # -- zone2.sock ----------------------------------------------------------------------------------------------------
@@ -314,7 +313,7 @@ def test_an_answer_the_daemon_cannot_read_is_no_answer_and_is_said(
         app.router.add_get("/control/health", garbled)
         app.router.add_get("/control/budget", garbled)
         async with asking(zone2, app):
-            assert await zone2.health() is None and zone2.last_health is None
+            assert await zone2.control.health() is None and zone2.control.last_health is None
             with pytest.raises(Unavailable):
                 await zone2.budget_report([])
 
@@ -345,7 +344,7 @@ def test_the_daemon_answers_a_malformed_message_of_zone2_400_and_records_nothing
     zone2 = daemon(tmp_path)
     beats = watched(zone2)
     try:
-        assert refused(asyncio.run(answer(zone2.daemon_app(), "POST", path, body)))
+        assert refused(asyncio.run(answer(zone2.questions.app(), "POST", path, body)))
         assert beats == [] and zone2.store.events() == []
     finally:
         zone2.store.close()
@@ -358,7 +357,7 @@ def test_zone2s_link_and_the_daemon_read_each_other(tmp_path: Path) -> None:
     insert(zone2.store, "a1", state="running")
 
     async def main() -> None:
-        async with on_socket(zone2.daemon_app(), DAEMON_SOCKET) as path:
+        async with on_socket(zone2.questions.app(), DAEMON_SOCKET) as path:
             link = DaemonLink(path)
             try:
                 assert await link.whois("10.0.0.2") == zone2.registration("a1", "10.0.0.2") is not None

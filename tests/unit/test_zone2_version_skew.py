@@ -62,7 +62,7 @@ async def control_and_daemon(tmp_path: Path) -> tuple[web.AppRunner, Zone2, Cost
     store = Store(tmp_path / "state.db")
     zone2 = Zone2(tmp_path, store, Vault(store, secrets.token_bytes(32)),
                   SimpleNamespace(instance="t-skew"), None, None)  # type: ignore[arg-type]
-    zone2._session = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(control / CONTROL_SOCKET)))
+    zone2.control.open(control / CONTROL_SOCKET)
     return runner, zone2, costs
 
 
@@ -72,8 +72,7 @@ def run(tmp_path: Path, check: Any) -> None:
         try:
             await check(zone2, costs)
         finally:
-            assert zone2._session is not None
-            await zone2._session.close()
+            await zone2.control.close()
             await runner.cleanup()
             zone2.store.close()
             costs.ledger.close()
@@ -93,8 +92,8 @@ def test_a_policy_zone2_cannot_read_is_an_error_at_the_daemon_and_changes_nothin
         with pytest.raises(RuntimeFailure, match=r"refused .*speed_multiplier.*fleetd images build"):
             await zone2.push_policy()
         assert len(costs.prices.all()) == priced  # the policy in force stays as it was
-        assert zone2._session is not None
-        async with zone2._session.put("http://zone2/control/policy", data=b"[1, 2]") as response:
+        async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(zone2.control.path))) as raw, \
+                raw.put("http://zone2/control/policy", data=b"[1, 2]") as response:
             assert response.status == 400 and "error" in await response.json()
 
     run(tmp_path, check)
@@ -109,15 +108,16 @@ def test_a_stored_price_this_daemon_cannot_read_is_an_error_naming_it() -> None:
 
 def test_zone2_reports_its_code_and_the_daemon_says_when_it_differs(tmp_path: Path) -> None:
     async def check(zone2: Zone2, costs: CostTracker) -> None:
-        health = await zone2.health()
+        keeper = zone2.keeper
+        health = await keeper.health()
         assert health is not None and health.code == code_fingerprint()
-        zone2.container_id = "c1"
-        zone2._check_code()
-        assert zone2.code_matches is True and zone2.status()["code_matches"] is True
+        keeper.container_id = "c1"
+        keeper._check_code()
+        assert keeper.code_matches is True and zone2.status()["code_matches"] is True
         assert not [e for e in zone2.store.events() if e["type"] == "zone2_code_mismatch"]
-        zone2.last_health = replace(health, code="0123456789abcdef")  # an image built from other code
-        zone2._check_code()
-        zone2._check_code()  # said once per container
+        zone2.control.last_health = replace(health, code="0123456789abcdef")  # an image built from other code
+        keeper._check_code()
+        keeper._check_code()  # said once per container
         assert zone2.status()["code_matches"] is False
         (event,) = [e for e in zone2.store.events() if e["type"] == "zone2_code_mismatch"]
         assert "fleetd images build" in event["message"] and event["data"]["zone2"] == "0123456789abcdef"

@@ -1,5 +1,5 @@
-"""The daemon's watch of zone 2 (fleetd.gateway.Zone2): agents' view decides the heartbeat watchdog, not the
-control socket's. No Docker: zone 2's answers are scripted."""
+"""The daemon's watch of zone 2 (fleetd.gateway.keeper.Keeper): agents' view decides the heartbeat watchdog, not
+the control socket's. No Docker: zone 2's answers are scripted."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ from typing import Any
 
 import pytest
 
-from fleetd import gateway
-from fleetd.gateway import Zone2
+from fleetd.gateway import keeper
+from fleetd.gateway.control_client import ControlClient
+from fleetd.gateway.keeper import Keeper
 from fleetd.store import Store
+from fleetd.zone2.contract import Health
 
 
 class Watchdog:
@@ -31,18 +33,19 @@ class Watchdog:
         self.seen.append(True)
 
 
-class Scripted(Zone2):
+class Scripted(Keeper):
     """Zone 2 whose control socket answers and whose agents' port answers as scripted, one answer a probe."""
 
     def __init__(self, store: Store, tmp_path: Path, agents_port: list[bool]) -> None:
         runtime: Any = SimpleNamespace(instance="t")
         self.recorded = Watchdog()
-        super().__init__(tmp_path, store, None, runtime, None, self.recorded)  # type: ignore[arg-type]
+        super().__init__(runtime, None, ControlClient(tmp_path / "zone2.sock"), store, self.recorded,  # type: ignore[arg-type]
+                         "img", str(tmp_path), None)  # type: ignore[arg-type]
         self.script = agents_port
         self.healthy, self.ip = True, "172.30.0.2"
 
-    async def health(self) -> dict[str, Any] | None:
-        return {"ok": True}
+    async def health(self) -> Health | None:
+        return Health(0, 0, 0.0, 1)
 
     async def serving_agents(self) -> bool:
         return self.script.pop(0) if self.script else True
@@ -52,7 +55,7 @@ def test_a_starved_agents_port_pauses_the_watchdog_until_agents_get_answers(tmp_
                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """Zone 2's control socket answered while its agents' port was starved (one agent held every descriptor): the
     watchdog went on and a bystander beating every second was stopped as heartbeat_lost."""
-    monkeypatch.setattr(gateway, "HEALTH_PERIOD", 0.01)
+    monkeypatch.setattr(keeper, "HEALTH_PERIOD", 0.01)
     store = Store(tmp_path / "state.db")
     zone2 = Scripted(store, tmp_path, [True, False, False, False, True, False, True])
     seen = zone2.recorded.seen

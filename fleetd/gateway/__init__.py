@@ -1,0 +1,216 @@
+"""The daemon's side of zone 2: keep the gateway container alive and tell it what it must know.
+
+Zone 2 holds credentials and agent registrations in memory only; whenever it (re)starts, everything is sent again.
+Three parts, composed here: the keeper (``keeper``: the container, its address, firewall rules and health), the
+control client (``control_client``: the daemon's messages to zone 2) and ``daemon_socket`` (zone 2's questions to
+the daemon). What zone 2 must know (registrations, credentials, prices and caps) is decided here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Awaitable, Callable
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from fleetd import __version__
+from fleetd.errors import NotFound, Unavailable
+from fleetd.gateway.control_client import ControlClient
+from fleetd.gateway.daemon_socket import DaemonSocket, HeartbeatWatch
+from fleetd.gateway.keeper import Keeper
+from fleetd.models import LIVE_STATES
+from fleetd.policy import BudgetCaps, Policy, merged_prices, nusd, price_entry, resolve_caps, zone2_policy
+from fleetd.runtime import DockerRuntime
+from fleetd.store import Store
+from fleetd.vault import Vault
+from fleetd.zone2.budget import Caps
+from fleetd.zone2.contract import AgentFigures, BudgetAnswer, Credentials, Registration, Registrations, Upstream
+from fleetd.zone2.pricing import PriceTable
+from fleetd.zone2.service import CONTROL_SOCKET, DAEMON_SOCKET, GATEWAY_PORT
+
+NOBODY = 65534
+ZONE2_IMAGE = f"fleetd/zone2:{__version__}"
+GATEWAY_URL = f"http://zone2:{GATEWAY_PORT}"
+
+
+def agent_env() -> dict[str, str]:
+    """What an agent needs to reach zone 2 with unmodified OpenAI/Anthropic SDKs."""
+    return {
+        "FLEETD_GATEWAY_URL": GATEWAY_URL,
+        "OPENAI_BASE_URL": f"{GATEWAY_URL}/v1",
+        "ANTHROPIC_BASE_URL": GATEWAY_URL,
+    }
+
+
+class Zone2:
+    """Runs, watches and feeds the zone 2 gateway container (``fleetd.zone2_port.Zone2Port`` for the supervisor)."""
+
+    def __init__(self, state_dir: Path, store: Store, vault: Vault, runtime: DockerRuntime,
+                 call: Callable[..., Awaitable[Any]], watchdog: HeartbeatWatch, image: str = ZONE2_IMAGE,
+                 policy: Policy | None = None) -> None:
+        self.control_dir = state_dir / "zone2"
+        self.store = store
+        self.vault = vault
+        self.runtime = runtime
+        self.call = call
+        self.policy = policy or Policy()
+        self.builtin_prices = PriceTable.builtin().to_list()
+        self.control = ControlClient(self.control_dir / CONTROL_SOCKET)
+        self.keeper = Keeper(runtime, call, self.control, store, watchdog, image, str(self.control_dir),
+                             self.push_all)
+        self.questions = DaemonSocket(self.control_dir / DAEMON_SOCKET, store, self.whois, watchdog)
+
+    # -- lifecycle ------------------------------------------------------------
+    async def start(self) -> None:
+        """Bring zone 2 up (before any spawn is accepted) and keep it up."""
+        # The daemon owns the control dir (it binds daemon.sock there); zone 2, nobody, writes it as its group (its
+        # socket, its ledger). Inside the state dir (0750), it keeps everyone else out. Owner first, then the mode
+        # as that owner: CAP_CHOWN is all this needs, not CAP_FOWNER or CAP_DAC_OVERRIDE (systemd/fleetd.service).
+        self.control_dir.mkdir(mode=0o770, exist_ok=True)
+        os.chown(self.control_dir, os.getuid(), NOBODY)
+        os.chmod(self.control_dir, 0o770)
+        await self.questions.serve()
+        self.control.open()
+        await self.keeper.start()
+
+    async def stop(self) -> None:
+        """Stop watching; zone 2 itself keeps running for the agents (like the agents do)."""
+        await self.keeper.stop()
+        await self.control.close()
+        await self.questions.close()
+
+    # -- the keeper's, for the supervisor (fleetd.zone2_port) and the API ------
+    @property
+    def ip(self) -> str | None:
+        return self.keeper.ip
+
+    @property
+    def healthy(self) -> bool:
+        return self.keeper.healthy
+
+    def agent_env(self) -> dict[str, str]:
+        return agent_env()
+
+    async def ready(self) -> None:
+        await self.keeper.ready()
+
+    def on_exit(self) -> None:
+        self.keeper.on_exit()
+
+    async def answering(self, timeout: float = 1.0) -> bool:
+        return await self.keeper.answering(timeout)
+
+    async def teardown(self) -> int:
+        return await self.keeper.teardown()
+
+    def status(self) -> dict[str, Any]:
+        return self.keeper.status()
+
+    # -- what zone 2 must know ------------------------------------------------
+    def prices(self) -> list[dict[str, Any]]:
+        """The price table in force: built-in, then the config file, then `fleetd price set`."""
+        return merged_prices(self.builtin_prices, self.policy, self.store.prices())
+
+    async def push_policy(self) -> None:
+        """Send prices, breaker and retry settings and the instance caps."""
+        await self.control.put_policy(zone2_policy(self.policy, self.prices()))
+
+    async def budget(self, agent_ids: list[str]) -> BudgetAnswer | None:
+        return await self.control.budget(agent_ids)
+
+    async def set_price(self, model: str, data: dict[str, Any]) -> dict[str, Any]:
+        entry = price_entry(model, {k: v for k, v in data.items() if v is not None}, f"price {model}")
+        entry.setdefault("source", "fleetd price set")
+        self.store.set_price(model, entry)
+        await self.push_policy()
+        self.store.add_event("price_set", f"price of {model}: ${entry['input']}/M input, ${entry['output']}/M output",
+                             None, entry)
+        return next(p for p in self.prices() if p["model"] == model)
+
+    async def remove_price(self, model: str) -> None:
+        if not self.store.remove_price(model):
+            raise NotFound(f"no price set with `fleetd price set` for {model!r} (built-in prices stay)")
+        await self.push_policy()
+        self.store.add_event("price_removed", f"price of {model} removed", None, {"model": model})
+
+    async def budget_report(self, agents: list[dict[str, Any]]) -> dict[str, Any]:
+        """Each agent's spend against its caps, plus the instance's: the body of GET /v1/budget."""
+        counted = await self.budget([a["id"] for a in agents])
+        if counted is None:
+            raise Unavailable("zone 2 is not answering: budgets are counted there (try again in a moment)")
+        report = [budget_view(agent, self.caps(agent), counted.agents.get(agent["id"], AgentFigures()))
+                  for agent in agents]
+        instance = counted.instance
+        return {"agents": report, "counters": instance.counters.to_json(), "instance": {
+            "spent_today_usd": usd(instance.spent_today_nusd),
+            "spent_month_usd": usd(instance.spent_month_nusd),
+            "reserved_usd": usd(instance.reserved_nusd),
+            "daily_cap_usd": _float(self.policy.instance_daily_usd),
+            "monthly_cap_usd": _float(self.policy.instance_monthly_usd),
+            "llm_calls": instance.llm_calls,
+        }}
+
+    async def push_all(self) -> None:
+        """Send the policy, every credential and every live agent's registration."""
+        if not self.control.opened:
+            return  # before start(), which sends them all
+        await self.push_policy()
+        await self.push_creds()
+        addresses = await self.call(self.runtime.agent_addresses)
+        regs = tuple(r for ip, agent_id in addresses.items() if (r := self.registration(agent_id, ip)))
+        await self.control.put_agents(Registrations(regs))
+
+    async def push_creds(self) -> None:
+        creds = Credentials(tuple(Upstream(c.name, c.upstream, c.secret, c.provider) for c in self.vault.open_all()))
+        await self.control.put_creds(creds)
+
+    async def register(self, agent_id: str, ip: str) -> None:
+        reg = self.registration(agent_id, ip)
+        if reg:
+            await self.control.post_agent(reg)
+
+    async def unregister(self, agent_id: str) -> None:
+        await self.control.delete_agent(agent_id)
+
+    def registration(self, agent_id: str, ip: str) -> Registration | None:
+        """What zone 2 must know of a live agent at ``ip``."""
+        agent = self.store.get(agent_id)
+        if agent is None or agent["state"] not in LIVE_STATES:
+            return None
+        caps = self.caps(agent)
+        return Registration(agent_id, ip, agent["role"], frozenset(self.store.role_creds(agent["role"])),
+                            Caps(nusd(caps.daily_usd), nusd(caps.monthly_usd), caps.max_llm_calls),
+                            bool(caps.allow_unpriced))
+
+    def caps(self, agent: dict[str, Any]) -> BudgetCaps:
+        return resolve_caps(self.policy, agent["role"], self.store.role(agent["role"]), json.loads(agent["spec"]))
+
+    async def whois(self, ip: str) -> Registration | None:
+        """Zone 2 asks who ``ip`` is (an agent's first call may come before its registration)."""
+        addresses = await self.call(self.runtime.agent_addresses)
+        return self.registration(addresses[ip], ip) if ip in addresses else None
+
+
+def _float(amount: Decimal | None) -> float | None:
+    return None if amount is None else float(amount)
+
+
+def usd(nusd: int) -> float:
+    return round(nusd / 1e9, 9)
+
+
+def budget_view(agent: dict[str, Any], caps: BudgetCaps, figures: AgentFigures) -> dict[str, Any]:
+    """One agent's line of `fleetd budget` (the keys DESIGN.md promises, and a few more)."""
+    return {
+        "id": agent["id"], "name": agent["name"], "role": agent["role"], "state": agent["state"],
+        "spent_today_usd": usd(figures.spent_today_nusd),
+        "spent_month_usd": usd(figures.spent_month_nusd),
+        "reserved_usd": usd(figures.reserved_nusd),
+        "daily_cap_usd": _float(caps.daily_usd), "monthly_cap_usd": _float(caps.monthly_usd),
+        "llm_calls": figures.llm_calls, "max_llm_calls": caps.max_llm_calls,
+        "calls_in_flight": figures.inflight_calls,
+        "allow_unpriced": bool(caps.allow_unpriced),
+        "breakers": {upstream: breaker.to_json() for upstream, breaker in figures.breakers.items()},
+    }
