@@ -18,10 +18,10 @@ import signal as signals
 import time
 from collections.abc import Callable
 from datetime import timedelta
-from pathlib import Path
 from typing import Any, TypeVar
 
 from fleetd.agent_runtime import AgentRuntime
+from fleetd.agent_storage import AgentStorage
 from fleetd.background import Background
 from fleetd.blocking import BlockingCalls
 from fleetd.config import Config
@@ -32,17 +32,17 @@ from fleetd.decisions import (
     RemoveOrphan,
     deadline_for,
     exit_reason,
-    expired_exits,
     kill_time,
     plan_reconcile,
 )
 from fleetd.disks import Disks
 from fleetd.errors import Conflict, FleetdError, InvalidRequest, NotFound
 from fleetd.health import RestartPolicy, backoff_index, restart_delay, should_restart
+from fleetd.janitor import Janitor
 from fleetd.liveness import Liveness
 from fleetd.models import LIVE_STATES, AgentSpec, Reason, State, iso, parse_iso, utcnow
 from fleetd.pidfds import PidHandles
-from fleetd.runtime import CHECKPOINT_DIR, DISK_MOUNTS, LABEL_AGENT, LABEL_KIND
+from fleetd.runtime import CHECKPOINT_DIR, LABEL_AGENT, LABEL_KIND
 from fleetd.spare_netns import SpareNamespaces
 from fleetd.spec import build_spec, grace_seconds, ttl_seconds
 from fleetd.store import Store
@@ -52,8 +52,6 @@ from fleetd.zone2_port import Zone2Port
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-JANITOR_PERIOD = 30.0
-PURGE_EVERY = 600.0  # seconds between retention runs (fleetd.store.Store.purge)
 INFRASTRUCTURE = ("zone2", "netns")  # containers of the instance that are not agents
 
 
@@ -69,7 +67,8 @@ class Supervisor:
         self.calls = calls
         self.zone2 = zone2
         self.liveness = liveness
-        self.disks = disks or Disks(config.state_dir / "disks")
+        self.storage = AgentStorage(runtime, disks or Disks(config.state_dir / "disks"))
+        self.janitor = Janitor(config, store, runtime, self.storage, self.call)
         self.started = time.monotonic()
         self.host_cpus = 1
         self.docker_version = "?"
@@ -78,7 +77,6 @@ class Supervisor:
         self._exited: dict[str, asyncio.Event] = {}  # live agents someone waits to see end
         self.background = Background()  # kept until they end; their failures logged
         self._spawning: set[str] = set()  # agents whose spawn is in flight
-        self._purged = -PURGE_EVERY  # when retention last ran (monotonic)
         self.pidfds = PidHandles()
         self.draining = store.meta("draining") == "1"
         self._streak: dict[str, int] = {}  # restarts in a row, for the backoff (reset after 10 min of running)
@@ -98,9 +96,7 @@ class Supervisor:
         await self.call(self.runtime.ensure_network)
         self.liveness.start(self.condemn, self.zone2.answering)
         await self.resync(startup=True)
-        # Look often enough that a short retention is honoured, at most every 30 s.
-        period = min(JANITOR_PERIOD, max(1.0, self.config.log_retention / 2))
-        self.timers.every("janitor", period, self.janitor)
+        self.timers.every("janitor", self.janitor.period, self.janitor.run)
 
     async def resync(self, startup: bool = False) -> None:
         """Make the store match Docker: adopt, record exits, mark lost, remove orphans."""
@@ -125,7 +121,7 @@ class Supervisor:
                         # the daemon stopped during the spawn, before the container was made
                         self._never_started(agent_id, None, "its container was never made (the daemon stopped "
                                             "during the spawn?)")
-                        await self.call(self._discard, agent_id)
+                        await self.call(self.storage.discard, agent_id)
                         continue
                     self.store.transition(agent_id, State.EXITED, Reason.LOST, finished_at=iso(utcnow()))
                     self._finished(agent_id)
@@ -147,10 +143,10 @@ class Supervisor:
             if owner not in spares and (agent is None or agent["state"] not in LIVE_STATES):
                 await self.call(self.runtime.remove, holder["Id"])
         have_container = {c["agent_id"] for c in containers}
-        for agent_id in await self.call(self.disks.agents):
+        for agent_id in await self.call(self.storage.agents):
             agent = self.store.get(agent_id)
             if agent_id not in have_container and (agent is None or agent["state"] == State.REMOVED):
-                await self.call(self._remove_disks, agent_id)
+                await self.call(self.storage.remove, agent_id)
 
     async def _adopt(self, agent_id: str, container_id: str, startup: bool) -> None:
         agent = self.store.get(agent_id)
@@ -211,7 +207,8 @@ class Supervisor:
             # made in the holder's namespace to be) do not wait for each other; the agent starts after both.
             holder = await self.call(self.runtime.create_netns, agent_id, self._zone2_ip())
             made = await asyncio.gather(self.call(self.runtime.start_netns, holder) if holder else asyncio.sleep(0),
-                                        self.call(self._create_agent, agent_id, spec, env), return_exceptions=True)
+                                        self.call(self.storage.create_container, agent_id, spec, env),
+                                        return_exceptions=True)
             for failed in made:
                 if isinstance(failed, BaseException):
                     raise failed
@@ -219,14 +216,14 @@ class Supervisor:
             assert isinstance(container_id, str)
             await self.call(self.runtime.start_agent, container_id)
         except InvalidRequest:
-            await self.call(self._discard, agent_id)
+            await self.call(self.storage.discard, agent_id)
             # Bad input (unknown image, bad reference): leave no trace.
             self.store.conn.execute("DELETE FROM agents WHERE id = ?", (agent_id,))
             self.store.conn.execute("DELETE FROM transitions WHERE agent_id = ?", (agent_id,))
             self.store.conn.execute("DELETE FROM events WHERE agent_id = ?", (agent_id,))
             raise
         except FleetdError as exc:
-            await self.call(self._discard, agent_id)
+            await self.call(self.storage.discard, agent_id)
             self.store.transition(agent_id, State.FAILED, Reason.START_FAILED, finished_at=iso(utcnow()))
             self.store.add_event("start_failed", exc.message, agent_id)
             self._finished(agent_id)
@@ -249,32 +246,6 @@ class Supervisor:
     def _zone2_ip(self) -> str | None:
         """The address an agent's /etc/hosts gives zone2 (fixed on the agents' network: see runtime)."""
         return self.zone2.ip
-
-    def _create_agent(self, agent_id: str, spec: AgentSpec, env: dict[str, str]) -> str:
-        """The agent's disks and its container, not started (blocking)."""
-        return self.runtime.create_agent(agent_id, spec, env, self._make_disks(agent_id, spec))
-
-    def _make_disks(self, agent_id: str, spec: AgentSpec) -> dict[str, Path]:
-        """The agent's disks, half of its --disk each (blocking: mke2fs, losetup)."""
-        assert spec.disk is not None
-        share = spec.disk // len(DISK_MOUNTS) // 4096 * 4096  # whole ext4 blocks
-        return {which: self.disks.create(agent_id, which, share) for which in DISK_MOUNTS}
-
-    def _remove_disks(self, agent_id: str) -> None:
-        """The agent's volumes and disks, once its container is gone (blocking)."""
-        self.runtime.remove_volumes(agent_id)
-        self.disks.remove(agent_id)
-
-    def _discard(self, agent_id: str) -> None:
-        """What a spawn that failed made: its container, namespace holder, volumes and disks (blocking)."""
-        self.runtime.remove(self.runtime.agent_name(agent_id))
-        self.runtime.remove_netns(agent_id)
-        self._remove_disks(agent_id)
-
-    def _attach_disks(self, agent_id: str) -> None:
-        """Before a restart: the disks' loop devices are gone after a host reboot (blocking)."""
-        for which in self.disks.exists(agent_id):
-            self.disks.attach(agent_id, which)
 
     def _arm_deadline(self, agent: dict[str, Any]) -> None:
         deadline = parse_iso(agent["deadline"])
@@ -425,7 +396,7 @@ class Supervisor:
                 self._finished(agent_id)
         if agent["container_id"]:
             await self.call(self.runtime.remove, agent["container_id"])
-        await self.call(self._remove_disks, agent_id)
+        await self.call(self.storage.remove, agent_id)
         agent = self._get(agent_id)  # the destroy event may have recorded it meanwhile
         if agent["state"] != State.REMOVED:
             agent = self.store.transition(agent_id, State.REMOVED, agent["reason"], exit_code=agent["exit_code"])
@@ -488,7 +459,7 @@ class Supervisor:
                 self.store.transition(agent_id, State.REMOVED, agent["reason"], exit_code=agent["exit_code"])
             if agent and agent["state"] not in LIVE_STATES:
                 # gone with the agent
-                self.background.start(self.call(self._remove_disks, agent_id), f"removing agent {agent_id}'s disks")
+                self.background.start(self.call(self.storage.remove, agent_id), f"removing agent {agent_id}'s disks")
 
     def on_docker_disconnect(self, reason: str) -> None:
         self.docker_connected = False
@@ -594,7 +565,7 @@ class Supervisor:
             self._end_restarting(agent, Reason.DRAINED)
             return
         try:
-            await self.call(self._attach_disks, agent_id)
+            await self.call(self.storage.attach, agent_id)
             await self.call(self.runtime.ensure_netns_of, agent["container_id"], self._zone2_ip())
             await self.call(self.runtime.start, agent["container_id"])
         except FleetdError as exc:
@@ -608,38 +579,6 @@ class Supervisor:
         await self._after_start(agent_id, agent["container_id"])
 
     # -- housekeeping -------------------------------------------------------
-    async def janitor(self) -> None:
-        """Remove exited agents' containers past retention (or beyond the count kept)."""
-        doomed = expired_exits(
-            self.store.agents((State.EXITED, State.FAILED)), utcnow(),
-            self.config.log_retention, self.config.max_exited,
-        )
-        for agent_id in doomed:
-            agent = self._get(agent_id)
-            try:
-                await self.call(self.runtime.remove, agent["container_id"])
-                # Also when the container was already gone (no destroy event then).
-                await self.call(self._remove_disks, agent_id)
-            except FleetdError as exc:
-                log.warning("janitor: cannot remove %s: %s", agent_id, exc.message)
-                continue
-            self.store.transition(agent_id, State.REMOVED, agent["reason"], exit_code=agent["exit_code"])
-        # Often enough that a short retention is honoured, at most every PURGE_EVERY.
-        period = min(PURGE_EVERY, self.config.retention_records / 4, self.config.retention_events / 4)
-        if time.monotonic() - self._purged >= period:
-            self.purge()
-
-    def purge(self) -> dict[str, int]:
-        """Retention ([retention]): records of removed agents, and events, older than their windows go."""
-        self._purged = time.monotonic()
-        now = utcnow()
-        removed = self.store.purge(now - timedelta(seconds=self.config.retention_records),
-                                   now - timedelta(seconds=self.config.retention_events))
-        if any(removed.values()):
-            log.info("retention: removed %(agents)d agent records, %(transitions)d transitions, %(events)d events",
-                     removed)
-        return removed
-
     async def teardown(self) -> tuple[dict[str, int], list[dict[str, str]]]:
         """Remove every Docker object of this instance; every agent ends ``removed``.
 
@@ -655,7 +594,7 @@ class Supervisor:
         rules = await self.zone2.teardown()
         await self.spares.clear()  # made again by the next spawn
         removed, failed = await self.call(self.runtime.teardown)
-        removed["disks"] = await self.call(self.disks.remove_all)
+        removed["disks"] = await self.call(self.storage.remove_all)
         removed["firewall_rules"] = rules
         left = {f["id"] for f in failed if f["kind"] == "container"}
         for agent in self.store.agents(tuple(s for s in State if s != State.REMOVED)):

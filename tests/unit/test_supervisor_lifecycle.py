@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from fleetd.config import Config
+from fleetd.models import iso, utcnow
 from fleetd.runtime import LABEL_KIND
 from fleetd.store import Store
 from fleetd.supervisor import Supervisor
@@ -19,7 +21,7 @@ from tests.unit.supervisor_rig import build, close_all
 Check = Callable[[Callable[[], Supervisor], Store, FakeRuntime], Awaitable[None]]
 
 
-def run(tmp_path: Path, check: Check) -> None:
+def run(tmp_path: Path, check: Check, **config: Any) -> None:
     """``check(new, store, runtime)``: ``new()`` starts a supervisor (again, as a restarted daemon would)."""
     async def main() -> None:
         store = Store(tmp_path / "state.db")
@@ -33,7 +35,7 @@ def run(tmp_path: Path, check: Check) -> None:
                 made[-1][0].close()
             timers = Timers()
             timers.start()
-            supervisor = build(Config(state_dir=tmp_path, spare_namespaces=0), store, runtime, timers, disks)
+            supervisor = build(Config(state_dir=tmp_path, spare_namespaces=0, **config), store, runtime, timers, disks)
             made.append((supervisor, timers))
             return supervisor
 
@@ -181,3 +183,26 @@ def test_zone2_learns_each_agent_from_start_to_end_and_is_brought_back_when_it_d
         assert zone2.torn_down
 
     run(tmp_path, check)
+
+
+def test_the_janitor_removes_an_exited_agents_container_and_disks_after_retention(tmp_path: Path) -> None:
+    """fleetd.janitor: past log_retention an exited agent's container and disks go and its record says removed;
+    one still within it keeps both."""
+    async def check(new: Callable[[], Supervisor], store: Store, runtime: FakeRuntime) -> None:
+        supervisor = new()
+        await supervisor.start()
+        old = await supervisor.spawn(spawn_request(disk="64m"))
+        runtime.exit(old["container_id"], 0)
+        await deliver(supervisor, runtime)
+        store.update(old["id"], finished_at=iso(utcnow() - timedelta(seconds=120)))  # past the 60 s retention
+        fresh = await supervisor.spawn(spawn_request(disk="64m"))
+        runtime.exit(fresh["container_id"], 0)
+        await deliver(supervisor, runtime)
+        await supervisor.janitor.run()
+        gone, kept = store.get(old["id"]), store.get(fresh["id"])
+        assert gone is not None and gone["state"] == "removed" and gone["reason"] == "exited"
+        assert old["container_id"] not in runtime.containers_by_id and old["id"] not in supervisor.storage.agents()
+        assert kept is not None and kept["state"] == "exited" and fresh["container_id"] in runtime.containers_by_id
+        assert fresh["id"] in supervisor.storage.agents()
+
+    run(tmp_path, check, log_retention=60)
