@@ -3,8 +3,8 @@
 A deployment is a pool of identical agents taking tasks from a durable queue.
 On each tick the daemon observes the pool (tasks waiting; each agent: holding
 a lease, idle, starting, draining, its TTL deadline) and asks
-``Autoscaler.decide(observation, now)`` what to do. It then starts and
-drains agents as the ``Decision`` says and records it as an event:
+``Autoscaler.decide(observation, now)`` what to do. It then starts, replaces
+and drains agents as the ``Decision`` says and records it as an event:
 ``Decision.to_json()`` carries every input, so an event explains itself.
 
 The rule, from issue 16::
@@ -28,10 +28,22 @@ Counting (the caller must list agents it has decided to start but not yet
 created, or the next tick starts them again):
 
 - capacity (``Decision.current``, what ``wanted`` is compared with): agents
-  not draining. Draining agents take no new task: not capacity.
-- ``max`` bounds every live container, draining ones included: they still
-  hold memory and CPU on the one VM. A scale up that finds no room waits for
-  draining agents to exit.
+  not draining, less idle agents whose TTL replacement already exists (the
+  pair holds one slot). Draining agents take no new task: not capacity.
+- ``max`` bounds every live container, draining ones and both halves of a
+  replacement included: they all hold memory and CPU on the one VM. A scale
+  up that finds no room waits for draining agents to exit.
+
+Warm pool refresh: an idle agent with less than ``ScalingPolicy.refresh_margin``
+of its TTL left gets a replacement started first (``Decision.replace``; the
+daemon labels the new agent with ``replaces=<old id>`` and reports it back as
+``PoolAgent.replaces``); once the replacement is ready the old agent is
+drained (``Decision.retire``). The link lives in the observation, not here,
+so it survives a daemon restart. With no room under ``max`` the old agent is
+drained first, one at a time and only while no other hand-over is under way,
+and the ordinary scale-up rule starts its successor once it has exited: the
+pool never exceeds ``max`` and is never more than one slot short. An agent
+the pool no longer needs (capacity above ``desired``) gets no successor.
 
 Times are floats of seconds on one monotonic clock the caller owns, as in
 ``fleetd.health``. The recommendation history is memory only: after a daemon
@@ -63,6 +75,8 @@ class ScalingPolicy:
     """A deployment's scaling options (``--min``, ``--max``, ``--warm``, ``--tasks-per-agent``, ...).
 
     ``warm`` idle agents are kept ready beyond the busy ones, within ``max``.
+    ``refresh_min_seconds`` and ``refresh_fraction`` say when an idle agent
+    is near its TTL (see ``refresh_margin``).
     """
 
     min: int = 0
@@ -71,6 +85,8 @@ class ScalingPolicy:
     tasks_per_agent: int = 5
     scale_down_window: float = 300.0
     scale_down_step_seconds: float = 60.0
+    refresh_min_seconds: float = 60.0
+    refresh_fraction: float = 0.1
 
     def __post_init__(self) -> None:
         _check_count("min", self.min, 0)
@@ -82,11 +98,23 @@ class ScalingPolicy:
         if self.warm > self.max:
             raise ValueError(f"warm ({self.warm}) must be within max ({self.max})")
         _check_count("tasks_per_agent", self.tasks_per_agent, 1)
-        for name in ("scale_down_window", "scale_down_step_seconds"):
+        for name in ("scale_down_window", "scale_down_step_seconds", "refresh_min_seconds"):
             _check_seconds(name, getattr(self, name))
+        if isinstance(self.refresh_fraction, bool) or not (
+            isinstance(self.refresh_fraction, int | float) and 0 <= self.refresh_fraction < 1
+        ):
+            raise ValueError(f"refresh_fraction must be a number from 0 to below 1, not {self.refresh_fraction!r}")
 
     def clamp(self, count: int) -> int:
         return max(self.min, min(self.max, count))
+
+    def refresh_margin(self, ttl: float) -> float:
+        """How long before its deadline an idle agent is replaced: ``max(60 s, 10 % of its TTL)``.
+
+        At most half the TTL: with a TTL of 60 s or less every agent would be
+        "near" from its spawn on and the pool would replace itself for ever.
+        """
+        return min(max(self.refresh_min_seconds, self.refresh_fraction * ttl), ttl / 2)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -102,6 +130,7 @@ class PoolAgent:
     busy: bool = False  # holds a leased task
     ready: bool = True  # False while starting: not yet long-polling the queue
     draining: bool = False  # asked to drain: takes no new task, on its way out
+    replaces: str | None = None  # the idle agent this one was started to replace
 
     @property
     def idle(self) -> bool:
@@ -133,10 +162,15 @@ class Observation:
     def draining(self) -> int:
         return sum(1 for a in self.agents if a.draining)
 
+    def replacements(self) -> dict[str, PoolAgent]:
+        """Idle agent id -> the live, not draining agent started to replace it."""
+        idle = {a.id for a in self.agents if a.idle}
+        return {a.replaces: a for a in self.agents if a.replaces in idle and not a.draining}
+
     @property
     def capacity(self) -> int:
-        """Agents that take tasks: every one not draining."""
-        return sum(1 for a in self.agents if not a.draining)
+        """Agents that take tasks, counting an idle agent and its replacement as one."""
+        return sum(1 for a in self.agents if not a.draining) - len(self.replacements())
 
     def to_json(self) -> dict[str, Any]:
         return {"queued": self.queued, "busy": self.busy, "draining": self.draining,
@@ -151,7 +185,9 @@ class Decision:
     recommendation), ``stabilized`` the highest recommendation over the
     scale-down window, ``desired`` the capacity this decision moves toward
     (``wanted`` up, ``stabilized`` down) and ``current`` the capacity now.
-    ``start`` new agents; ``drain``: idle agents drained to scale down.
+    ``start`` new agents; ``replace``: start one new agent per id, labelled as
+    its replacement; ``drain``: idle agents drained to scale down;
+    ``retire``: idle agents drained because of their TTL.
     """
 
     now: float
@@ -163,19 +199,22 @@ class Decision:
     desired: int
     current: int
     start: int = 0
+    replace: tuple[str, ...] = ()
     drain: tuple[str, ...] = ()
+    retire: tuple[str, ...] = ()
     reason: str = ""
 
     @property
     def acts(self) -> bool:
         """Whether there is anything to do (record an event only then)."""
-        return bool(self.start or self.drain)
+        return bool(self.start or self.replace or self.drain or self.retire)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "now": self.now, "policy": self.policy.to_json(), "observation": self.observation.to_json(),
             "raw": self.raw, "wanted": self.wanted, "stabilized": self.stabilized, "desired": self.desired,
-            "current": self.current, "start": self.start, "drain": list(self.drain), "reason": self.reason,
+            "current": self.current, "start": self.start, "replace": list(self.replace),
+            "drain": list(self.drain), "retire": list(self.retire), "reason": self.reason,
         }
 
 
@@ -207,21 +246,39 @@ class Autoscaler:
         stabilized = self._stabilized(now, current)
         desired = max(wanted, min(current, stabilized))
         room = max(0, policy.max - len(obs.agents))
+        replacements = obs.replacements()
 
         start = min(max(0, desired - current), room)
         room -= start
         drain: list[str] = []
         if desired < current and self._step_allows(now):
             # Nearest its TTL first: it would need replacing soonest, and a newer agent has the most life left.
-            candidates = sorted((a for a in obs.agents if a.idle),
+            candidates = sorted((a for a in obs.agents if a.idle and a.id not in replacements),
                                 key=lambda a: (a.deadline, a.id))
             if candidates:
                 drain.append(candidates[0].id)
                 self.last_scale_down = now
 
+        renew: list[str] = []
+        retire = [old for old, new in sorted(replacements.items()) if new.ready]
+        near = sorted((a for a in obs.agents if a.idle and a.id not in replacements and a.id not in drain
+                       and a.deadline - now < policy.refresh_margin(a.deadline - a.started_at)),
+                      key=lambda a: (a.deadline, a.id))
+        surplus = max(0, current - len(drain) - desired)
+        for agent in near:
+            if surplus:  # a slot the pool no longer needs: the scale down (or the TTL) takes it, no successor
+                surplus -= 1
+            elif room > 0:
+                renew.append(agent.id)
+                room -= 1
+            elif not (renew or replacements or drain or retire or obs.draining):
+                # No room: drain first, and only while no other hand-over is under way, so the pool
+                # is never more than one slot short; the next near agent waits for a later tick.
+                retire.append(agent.id)
+
         decision = Decision(now, policy, obs, raw, wanted, stabilized, desired, current,
-                            start, tuple(drain))
-        return dataclasses.replace(decision, reason=_reason(decision))
+                            start, tuple(renew), tuple(drain), tuple(retire))
+        return dataclasses.replace(decision, reason=_reason(decision, replacements))
 
     def _record(self, now: float, wanted: int) -> None:
         if not self.history or self.history[-1][1] != wanted:
@@ -246,8 +303,8 @@ class Autoscaler:
         return last is None or now - last >= self.policy.scale_down_step_seconds
 
 
-def _reason(d: Decision) -> str:
-    """The event's sentence: the move and its inputs."""
+def _reason(d: Decision, replacements: dict[str, PoolAgent]) -> str:
+    """The event's sentence: the main move with its inputs, then each TTL refresh."""
     p, obs = d.policy, d.observation
     inputs = f"{obs.queued} queued, {obs.busy} busy, tasks_per_agent {p.tasks_per_agent}, warm {p.warm}"
     if obs.draining:
@@ -267,7 +324,7 @@ def _reason(d: Decision) -> str:
         reason = (f"scaled down {d.current} -> {d.current - 1}: highest wanted in the last "
                   f"{p.scale_down_window:g} s is {d.stabilized}; {inputs}")
     elif d.desired < d.current:
-        idle = any(a.idle for a in obs.agents)
+        idle = any(a.idle and a.id not in replacements for a in obs.agents)
         why = f"one agent per {p.scale_down_step_seconds:g} s" if idle else f"no idle agent, {obs.busy} busy"
         reason = f"scale down {d.current} -> {d.desired} waits ({why}); {inputs}"
     elif d.wanted < d.current:
@@ -275,4 +332,12 @@ def _reason(d: Decision) -> str:
                   f"for {p.scale_down_window:g} s; {inputs}")
     else:
         reason = f"holding {d.current}: {inputs}"
+    deadlines = {a.id: a.deadline for a in obs.agents}
+    for old in d.replace:
+        reason += f"; replacing {old} ({deadlines[old] - d.now:g} s of TTL left)"
+    for old in d.retire:
+        if old in replacements:
+            reason += f"; retiring {old} (replaced by {replacements[old].id})"
+        else:
+            reason += f"; retiring {old} before its replacement (no room under max {p.max})"
     return reason

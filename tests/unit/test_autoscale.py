@@ -16,9 +16,10 @@ HOUR = 3600.0
 
 def agent(
     id: str, *, busy: bool = False, ready: bool = True, draining: bool = False,
-    started: float = 0.0, ttl: float = HOUR,
+    started: float = 0.0, ttl: float = HOUR, replaces: str | None = None,
 ) -> PoolAgent:
-    return PoolAgent(id, started_at=started, deadline=started + ttl, busy=busy, ready=ready, draining=draining)
+    return PoolAgent(id, started_at=started, deadline=started + ttl, busy=busy, ready=ready,
+                     draining=draining, replaces=replaces)
 
 
 def idle(n: int, prefix: str = "i", ttl: float = HOUR) -> list[PoolAgent]:
@@ -45,10 +46,11 @@ class Pool:
 
     def tick(self, now: float, queued: int = 0) -> Decision:
         decision = self.scaler.decide(Observation(queued, tuple(self.agents.values())), now)
-        for gone in decision.drain:
+        for gone in decision.drain + decision.retire:
             del self.agents[gone]
-        for _ in range(decision.start):
-            spawned = agent(f"n{next(self.ids)}", started=now, ttl=self.ttl)
+        new: list[str | None] = [None] * decision.start + list(decision.replace)
+        for replaces in new:
+            spawned = agent(f"n{next(self.ids)}", started=now, ttl=self.ttl, replaces=replaces)
             self.agents[spawned.id] = spawned
         self.max_live = max(self.max_live, len(self.agents))
         return decision
@@ -84,6 +86,8 @@ def test_policy_defaults_are_the_issue_defaults() -> None:
         ({"warm": True}, "warm must be an integer >= 0, not True"),
         ({"scale_down_window": -1}, "scale_down_window must be a number of seconds >= 0, not -1"),
         ({"scale_down_step_seconds": math.inf}, "scale_down_step_seconds must be a number of seconds >= 0"),
+        ({"refresh_min_seconds": math.nan}, "refresh_min_seconds must be a number of seconds >= 0"),
+        ({"refresh_fraction": 1.0}, "refresh_fraction must be a number from 0 to below 1, not 1.0"),
     ],
 )
 def test_policy_refuses_nonsense(options: dict[str, object], message: str) -> None:
@@ -93,6 +97,11 @@ def test_policy_refuses_nonsense(options: dict[str, object], message: str) -> No
 
 def test_warm_may_equal_max_and_min_may_equal_max() -> None:
     assert ScalingPolicy(min=10, max=10, warm=10).warm == 10
+
+
+@pytest.mark.parametrize(("ttl", "margin"), [(HOUR, 360), (1000, 100), (600, 60), (300, 60), (100, 50), (30, 15)])
+def test_refresh_margin_is_max_of_60s_and_a_tenth_at_most_half_the_ttl(ttl: float, margin: float) -> None:
+    assert ScalingPolicy().refresh_margin(ttl) == margin
 
 
 def test_observation_refuses_duplicate_ids_and_negative_queue() -> None:
@@ -108,7 +117,7 @@ def test_observation_refuses_duplicate_ids_and_negative_queue() -> None:
 def test_scales_up_at_once_with_the_issue_formula() -> None:
     d = decide(ScalingPolicy(warm=1), 23, busy(2))
     assert (d.raw, d.wanted, d.current, d.desired, d.start) == (8, 8, 2, 8, 6)  # 2 + ceil(23/5) + 1
-    assert d.drain == ()
+    assert d.drain == d.replace == d.retire == ()
     assert d.reason == "scaled up 2 -> 8: 23 queued, 2 busy, tasks_per_agent 5, warm 1"
 
 
@@ -314,6 +323,97 @@ def test_step_waiting_is_explained() -> None:
     assert d.reason == "scale down 2 -> 0 waits (one agent per 60 s); 0 queued, 0 busy, tasks_per_agent 5, warm 0"
 
 
+# --------------------------------------------------------------------------- warm pool refresh
+
+
+def test_an_idle_agent_near_its_ttl_is_replaced_first_then_retired() -> None:
+    scaler = Autoscaler(ScalingPolicy(warm=1))
+    old = agent("w0", ttl=HOUR)  # margin 360 s
+    assert not scaler.decide(Observation(0, (old,)), now=3240).acts  # exactly 360 s left: not yet
+    d = scaler.decide(Observation(0, (old,)), now=3240.5)
+    assert (d.start, d.replace, d.retire) == (0, ("w0",), ())
+    assert d.reason == "holding 1: 0 queued, 0 busy, tasks_per_agent 5, warm 1; replacing w0 (359.5 s of TTL left)"
+
+    new = agent("w1", started=3241, ready=False, replaces="w0")
+    d = scaler.decide(Observation(0, (old, new)), now=3250)
+    assert (d.current, d.start, d.replace, d.retire, d.acts) == (1, 0, (), (), False)
+
+    new = agent("w1", started=3241, replaces="w0")
+    d = scaler.decide(Observation(0, (old, new)), now=3260)
+    assert (d.start, d.replace, d.retire, d.drain) == (0, (), ("w0",), ())
+    assert d.reason.endswith("; retiring w0 (replaced by w1)")
+
+
+def test_a_replacement_that_took_a_task_at_once_still_retires_the_old_agent() -> None:
+    old = agent("w0", ttl=HOUR)
+    new = agent("w1", started=3241, busy=True, replaces="w0")
+    d = decide(ScalingPolicy(warm=1), 0, [old, new], now=3250)
+    assert (d.wanted, d.current, d.start, d.retire) == (2, 1, 1, ("w0",))
+
+
+def test_an_old_agent_that_took_a_task_meanwhile_is_not_retired() -> None:
+    old = agent("w0", busy=True)
+    new = agent("w1", started=3241, replaces="w0")
+    d = decide(ScalingPolicy(warm=1), 0, [old, new], now=3250)
+    assert (d.current, d.start, d.retire, d.drain) == (2, 0, (), ())
+
+
+def test_busy_and_draining_agents_near_their_ttl_are_not_replaced() -> None:
+    agents = [agent("b0", busy=True), agent("d0", draining=True)]
+    d = decide(ScalingPolicy(), 10, agents, now=HOUR - 1)
+    assert (d.replace, d.retire) == ((), ())
+
+
+def test_a_short_ttl_is_not_replaced_from_its_spawn_on() -> None:
+    scaler = Autoscaler(ScalingPolicy(warm=1))
+    short = agent("w0", ttl=60)  # margin 30 s, not 60 s
+    assert scaler.decide(Observation(0, (short,)), now=30).replace == ()
+    assert scaler.decide(Observation(0, (short,)), now=30.1).replace == ("w0",)
+
+
+def test_refresh_at_max_drains_first_and_never_exceeds_max() -> None:
+    pool = Pool(ScalingPolicy(max=2, warm=2), [agent("w0", ttl=1000), agent("w1", ttl=HOUR)], ttl=HOUR)
+    d = pool.tick(899)  # 101 s left, margin 100: not near
+    assert not d.acts
+    d = pool.tick(901)
+    assert (d.start, d.replace, d.retire) == (0, (), ("w0",))
+    assert d.reason == "holding 2: 0 queued, 0 busy, tasks_per_agent 5, warm 2; " \
+        "retiring w0 before its replacement (no room under max 2)"
+    d = pool.tick(902)  # w0 exited (the rig drains at once): the ordinary scale up starts its successor
+    assert (d.current, d.start) == (1, 1)
+    assert pool.max_live == 2
+
+
+def test_at_max_a_draining_agent_holds_off_the_early_retirement() -> None:
+    agents = [agent("w0", ttl=1000), agent("w1", ttl=1001), agent("d0", draining=True)]
+    d = decide(ScalingPolicy(max=3, warm=2), 0, agents, now=950)
+    assert (d.replace, d.retire, d.start) == ((), (), 0)
+    d = decide(ScalingPolicy(max=3, warm=2), 0, agents[:2], now=950)
+    assert (d.replace, d.retire) == (("w0",), ())  # the room d0 held is free: replace first
+
+
+def test_refresh_with_one_room_replaces_the_nearest_and_drains_no_other() -> None:
+    agents = [agent("w0", ttl=1000), agent("w1", ttl=1001), agent("w2", ttl=HOUR)]
+    d = decide(ScalingPolicy(max=4, warm=3), 0, agents, now=950)
+    assert (d.replace, d.retire) == (("w0",), ())  # w1 waits: no room, and w0's overlap uses it
+
+
+def test_surplus_agents_near_their_ttl_are_not_replaced() -> None:
+    scaler = Autoscaler(ScalingPolicy(warm=1, scale_down_window=0))
+    agents = (agent("w0", ttl=1000), agent("w1", ttl=1001), agent("w2", ttl=HOUR))
+    d = scaler.decide(Observation(0, agents), now=950)
+    assert (d.desired, d.drain, d.replace) == (1, ("w0",), ())  # w1 is surplus too; w2 keeps the warm slot
+    d = scaler.decide(Observation(0, agents[1:]), now=951)
+    assert (d.drain, d.replace) == ((), ())
+
+
+def test_a_pool_kept_warm_for_hours_never_exceeds_max() -> None:
+    pool = Pool(ScalingPolicy(max=3, warm=3), ttl=600)
+    pool.run(0, 4 * HOUR, every=5)
+    assert pool.max_live == 3
+    assert len(pool.agents) == 3
+
+
 # --------------------------------------------------------------------------- the event
 
 
@@ -324,16 +424,16 @@ def test_to_json_carries_every_input() -> None:
     assert data["now"] == 12.5
     assert data["policy"] == {
         "min": 1, "max": 5, "warm": 1, "tasks_per_agent": 5, "scale_down_window": 300.0,
-        "scale_down_step_seconds": 60.0,
+        "scale_down_step_seconds": 60.0, "refresh_min_seconds": 60.0, "refresh_fraction": 0.1,
     }
     assert data["observation"]["queued"] == 7
     assert (data["observation"]["busy"], data["observation"]["draining"]) == (1, 1)
     assert data["observation"]["agents"][1] == {
         "id": "d0", "started_at": 0.0, "deadline": HOUR, "busy": False, "ready": True,
-        "draining": True,
+        "draining": True, "replaces": None,
     }
     assert {k: data[k] for k in ("raw", "wanted", "stabilized", "desired", "current", "start")} == {
         "raw": 4, "wanted": 4, "stabilized": 4, "desired": 4, "current": 1, "start": 3,
     }
-    assert data["drain"] == []
+    assert (data["replace"], data["drain"], data["retire"]) == ([], [], [])
     assert data["reason"] == "scaled up 1 -> 4: 7 queued, 1 busy, tasks_per_agent 5, warm 1, 1 draining"
