@@ -102,6 +102,28 @@ def m006_retention(db: sqlite_utils.Database) -> None:
                "PRIMARY KEY (name, key))")
 
 
+@migrations()
+def m007_tasks(db: sqlite_utils.Database) -> None:
+    # The durable queue of deployments (fleetd.task_queue): seq orders it (FIFO), attempts fences a lease,
+    # version is bound at the first lease, money is in nano-USD like the rest of fleetd.
+    db.execute(
+        """CREATE TABLE tasks (
+            seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, deployment TEXT NOT NULL, version TEXT,
+            state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, max_attempts INTEGER NOT NULL,
+            agent_id TEXT, input TEXT NOT NULL, output TEXT, error TEXT, code TEXT,
+            cost_nusd INTEGER NOT NULL DEFAULT 0, max_nusd INTEGER, llm_calls INTEGER NOT NULL DEFAULT 0,
+            idempotency_key TEXT, created_at TEXT NOT NULL, deadline TEXT NOT NULL, retry_at TEXT NOT NULL,
+            started_at TEXT, finished_at TEXT)"""
+    )
+    # The next task of a deployment in order, and its queue depth; the task an agent holds; what retention and
+    # expiry look for; an idempotency key once per deployment.
+    db.execute("CREATE INDEX tasks_next ON tasks(deployment, state, seq)")
+    db.execute("CREATE INDEX tasks_agent ON tasks(agent_id, state)")
+    db.execute("CREATE INDEX tasks_finished ON tasks(state, finished_at)")
+    db.execute("CREATE INDEX tasks_deadline ON tasks(state, deadline)")
+    db.execute("CREATE UNIQUE INDEX tasks_key ON tasks(deployment, idempotency_key) WHERE idempotency_key IS NOT NULL")
+
+
 RESTARTED_EVENT = "restarted"
 PROBE_FAILED_EVENT = "probe_failed"
 # A container's end: into exited, or straight into restarting when its restart policy brings it back (an agent

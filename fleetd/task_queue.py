@@ -1,0 +1,414 @@
+"""The durable task queue of deployments: each task is a row of state.db, moved by one state machine.
+
+::
+
+    submit ─► queued ──lease──► leased ──complete──► succeeded
+                ▲                 │ ├──fail(retry=False)──► failed
+                │                 │ ├──fail(retry) / give_back, attempts spent──► dead
+                └── after backoff ┘ └──fail(retry) / give_back, attempts left: attempt + 1
+    queued | leased ──cancel──► cancelled        queued | leased ──deadline passed──► failed (ttl_expired)
+
+Every change is one ``BEGIN IMMEDIATE`` transaction, so that two connections (or a daemon killed and started
+again) never hand one task to two agents, and a lease survives a restart as the row it is. A lease is fenced by
+(task id, agent id, attempt): a completion or failure from any other attempt is refused with 409.
+
+Rules where the issue is silent:
+
+- ``attempts`` counts the leases a task has had; the agent sees its attempt from 1. After attempt n ends without
+  success the next one waits a full-jitter backoff ``uniform(0, min(cap, base * 2**(n-1)))`` (the exponent counts
+  from 0, as in zone 2's ``retry_delay``); base 10 s and cap 6 min, as Kubernetes Jobs back off failed pods.
+- ``dead`` means the attempts are spent (a dead letter, kept for inspection); ``failed`` means retrying cannot help:
+  the agent said so (``retry: false``), or the deadline passed. The deadline is the submit time plus the ttl and
+  bounds the whole task, time in the queue included (Kubernetes Jobs' ``activeDeadlineSeconds``), so an expired
+  task is ``failed`` with code ``ttl_expired``: no attempt would be allowed to run.
+- Expiry is applied at the start of every transition (lease, complete, fail, give back, cancel), so no task is
+  handed out or completed past its deadline even before a sweeper calls :meth:`TaskQueue.expire`.
+- The queue keeps no lease timer of its own: an agent's liveness is its heartbeat watchdog, and the daemon calls
+  :meth:`TaskQueue.give_back` when an agent exits, is killed or misses heartbeats (and
+  :meth:`TaskQueue.give_back_orphans` after a restart). The deadline bounds every lease.
+- Cancelling a leased task ends it at once; its agent's completion then gets 409, and the agent may lease another.
+- A retried task keeps its place: FIFO is by submit order, among tasks whose backoff has elapsed.
+- An idempotency key is remembered as long as its task's record (retention). The same key with another input is
+  refused (409) rather than answered with a task that does not do what was asked.
+- At most ``max_pending`` unfinished tasks per deployment (Invariant 10: state has a bound): 409 beyond.
+- Cost may be added in any state: money spent is counted even when the completion came first.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import secrets
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from fleetd.bounds import MAX_MESSAGE_CHARS, MAX_TEXT_CHARS, MAX_TYPE_CHARS, clip
+from fleetd.errors import Conflict, FleetdError, InvalidRequest, NotFound
+from fleetd.models import iso, utcnow
+from fleetd.store import Store
+from fleetd.units import NAME_PATTERN, parse_usd, parse_whole_seconds
+from fleetd.zone2.pricing import nusd, usd
+
+
+class TaskState(StrEnum):
+    QUEUED = "queued"
+    LEASED = "leased"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    DEAD = "dead"
+
+
+LIVE_TASK_STATES = (TaskState.QUEUED, TaskState.LEASED)
+FINISHED_TASK_STATES = (TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED, TaskState.DEAD)
+TTL_EXPIRED = "ttl_expired"
+CANCELLED = "cancelled"
+AGENT_ERROR = "agent_error"  # the code of a fail() that names none
+
+DEFAULT_TTL = 3600  # seconds; the issue's deployment defaults
+DEFAULT_ATTEMPTS = 3
+MAX_TTL = 7 * 86400  # a task's ttl counts its time in the queue too: up to a week, the records' retention
+MAX_ATTEMPTS = 100
+MAX_BODY_BYTES = 1 << 20  # a task's input, and its output, as JSON
+MAX_PENDING = 10_000  # unfinished tasks per deployment
+BACKOFF_BASE = 10.0
+BACKOFF_CAP = 360.0
+SUMMARY_COLUMNS = ("id, deployment, version, state, attempts, max_attempts, agent_id, NULL AS input, NULL AS output, "
+                   "error, code, cost_nusd, max_nusd, llm_calls, idempotency_key, created_at, deadline, retry_at, "
+                   "started_at, finished_at")
+_LIVE = "state IN ('queued', 'leased')"
+
+
+@dataclass(frozen=True)
+class Task:
+    """A task as ``task inspect`` shows it. Listings leave ``input`` and ``output`` out (None): up to 1 MiB each."""
+
+    id: str
+    deployment: str
+    version: str | None
+    state: TaskState
+    attempts: int
+    max_attempts: int
+    agent_id: str | None  # the holder while leased, the last holder once finished
+    input: Any
+    output: Any
+    error: str | None
+    code: str | None
+    cost_nusd: int
+    max_nusd: int | None
+    llm_calls: int
+    key: str | None
+    created_at: str
+    deadline: str
+    retry_at: str  # not leased before this (backoff)
+    started_at: str | None  # the first lease
+    finished_at: str | None
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Task:
+        def body(text: str | None) -> Any:
+            return None if text is None else json.loads(text)
+
+        return cls(row["id"], row["deployment"], row["version"], TaskState(row["state"]), row["attempts"],
+                   row["max_attempts"], row["agent_id"], body(row["input"]), body(row["output"]), row["error"],
+                   row["code"], row["cost_nusd"], row["max_nusd"], row["llm_calls"], row["idempotency_key"],
+                   row["created_at"], row["deadline"], row["retry_at"], row["started_at"], row["finished_at"])
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "deployment": self.deployment, "version": self.version, "state": self.state.value,
+                "attempts": self.attempts, "max_attempts": self.max_attempts, "agent_id": self.agent_id,
+                "input": self.input, "output": self.output, "error": self.error, "code": self.code,
+                "cost_usd": usd(self.cost_nusd), "max_usd": None if self.max_nusd is None else usd(self.max_nusd),
+                "llm_calls": self.llm_calls, "key": self.key, "created_at": self.created_at,
+                "deadline": self.deadline, "retry_at": self.retry_at, "started_at": self.started_at,
+                "finished_at": self.finished_at}
+
+
+@dataclass(frozen=True)
+class Lease:
+    """What ``POST /fleetd/tasks/next`` answers an agent; (id, attempt) fence its completion."""
+
+    id: str
+    input: Any
+    attempt: int
+    deadline: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "input": self.input, "attempt": self.attempt, "deadline": self.deadline}
+
+
+def json_body(value: Any, what: str) -> str:
+    """``value`` as compact JSON within MAX_BODY_BYTES, else InvalidRequest."""
+    try:
+        text = json.dumps(value, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidRequest(f"task {what}: not JSON: {exc}") from None
+    size = len(text.encode())
+    if size > MAX_BODY_BYTES:
+        raise InvalidRequest(f"task {what}: {size} bytes of JSON, at most {MAX_BODY_BYTES}")
+    return text
+
+
+class TaskQueue:
+    """Tasks of every deployment, in the store's state.db; ``clock`` and ``rng`` injected for the tests.
+
+    Each transition is one store transaction: do not call these methods inside another one.
+    """
+
+    def __init__(self, store: Store, clock: Callable[[], datetime] = utcnow, rng: random.Random | None = None,
+                 backoff_base: float = BACKOFF_BASE, backoff_cap: float = BACKOFF_CAP,
+                 max_pending: int = MAX_PENDING) -> None:
+        self.store = store
+        self.conn = store.conn
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self.max_pending = max_pending
+
+    def _row(self, sql: str, params: Collection[Any]) -> dict[str, Any] | None:
+        rows = list(self.store.db.query(sql, list(params)))
+        return rows[0] if rows else None
+
+    def submit(self, deployment: str, payload: Any, *, ttl: object = DEFAULT_TTL,
+               attempts: object = DEFAULT_ATTEMPTS, max_usd: object = None, key: str | None = None) -> Task:
+        """Queue a task; with ``key``, a second submit to the same deployment answers the first task."""
+        if not isinstance(deployment, str) or not NAME_PATTERN.fullmatch(deployment):
+            raise InvalidRequest(f"invalid deployment {deployment!r}: 1-63 letters, digits, _ . - starting with a "
+                                 "letter or digit")
+        ttl_s = parse_whole_seconds(ttl, "--ttl", 1, MAX_TTL)
+        if isinstance(attempts, bool) or not isinstance(attempts, int) or not 1 <= attempts <= MAX_ATTEMPTS:
+            raise InvalidRequest(f"--attempts: a whole number from 1 to {MAX_ATTEMPTS}, got {attempts!r}")
+        max_nusd = None if max_usd is None else nusd(parse_usd(max_usd, "--max-usd"))
+        if key is not None and (not isinstance(key, str) or not 1 <= len(key) <= MAX_TEXT_CHARS):
+            raise InvalidRequest(f"--key: 1 to {MAX_TEXT_CHARS} characters, got {key!r}")
+        text = json_body(payload, "input")
+        now = self.clock()
+        with self.store.transaction():
+            same = None if key is None else self._row(
+                "SELECT * FROM tasks WHERE deployment = ? AND idempotency_key = ?", (deployment, key))
+            if same is not None:
+                if json.loads(same["input"]) != json.loads(text):
+                    raise Conflict(f"idempotency key {key!r} was used for task {same['id']} with another input")
+                return Task.from_row(same)
+            pending = self.conn.execute(f"SELECT COUNT(*) FROM tasks WHERE deployment = ? AND {_LIVE}",
+                                        (deployment,)).fetchone()[0]
+            if pending >= self.max_pending:
+                raise Conflict(f"deployment {deployment} has {pending} unfinished tasks, at most {self.max_pending}")
+            task_id = secrets.token_hex(8)
+            self.conn.execute(
+                "INSERT INTO tasks (id, deployment, state, max_attempts, input, max_nusd, idempotency_key, "
+                "created_at, deadline, retry_at) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?)",
+                (task_id, deployment, attempts, text, max_nusd, key, iso(now), iso(now + timedelta(seconds=ttl_s)),
+                 iso(now)))
+        return self.get(task_id)
+
+    def lease(self, agent_id: str, deployment: str, version: str) -> Lease | None:
+        """The task ``agent_id`` holds, else the oldest ready task of ``deployment`` it may run, else None.
+
+        Ready: queued, its backoff over, and unbound or bound to ``version`` (the first lease binds it).
+        """
+        now = self.clock()
+        at = iso(now)
+        with self.store.transaction():
+            self._expire_due(now)
+            row = self._row("SELECT * FROM tasks WHERE agent_id = ? AND state = 'leased'", (agent_id,))
+            if row is None:
+                row = self._row("SELECT * FROM tasks WHERE deployment = ? AND state = 'queued' AND retry_at <= ? "
+                                "AND (version IS NULL OR version = ?) ORDER BY seq LIMIT 1",
+                                (deployment, at, version))
+                if row is None:
+                    return None
+                self.conn.execute(
+                    "UPDATE tasks SET state = 'leased', agent_id = ?, attempts = attempts + 1, "
+                    "version = COALESCE(version, ?), started_at = COALESCE(started_at, ?) WHERE seq = ?",
+                    (agent_id, version, at, row["seq"]))
+                row = {**row, "attempts": row["attempts"] + 1}
+        return Lease(row["id"], json.loads(row["input"]), row["attempts"], row["deadline"])
+
+    def held(self, agent_id: str) -> Task | None:
+        """The task leased to ``agent_id`` (zone 2 attributes its LLM spend to it), if any."""
+        row = self._row("SELECT * FROM tasks WHERE agent_id = ? AND state = 'leased'", (agent_id,))
+        return Task.from_row(row) if row else None
+
+    def complete(self, task_id: str, agent_id: str, attempt: int, output: Any) -> Task:
+        """``succeeded`` with ``output``; 409 unless this is the task's current lease."""
+        text = json_body(output, "output")
+        now = self.clock()
+        at = iso(now)
+        with self.store.transaction():
+            self._expire_due(now)
+            stale = self._stale(task_id, agent_id, attempt)
+            if stale is None:
+                self.conn.execute("UPDATE tasks SET state = 'succeeded', output = ?, error = NULL, code = NULL, "
+                                  "finished_at = ? WHERE id = ?", (text, at, task_id))
+        if stale is not None:  # raised after the commit: the expiry above stays done
+            raise stale
+        return self.get(task_id)
+
+    def fail(self, task_id: str, agent_id: str, attempt: int, error: str, *, retry: bool = True,
+             code: str = AGENT_ERROR) -> Task:
+        """The agent's attempt failed: queued again (after a backoff) when ``retry`` and attempts remain, ``dead``
+        when they are spent, ``failed`` when not ``retry``. 409 unless this is the task's current lease."""
+        now = self.clock()
+        with self.store.transaction():
+            self._expire_due(now)
+            stale = self._stale(task_id, agent_id, attempt)
+            if stale is None:
+                row = self._row("SELECT * FROM tasks WHERE id = ?", (task_id,))
+                assert row is not None  # _stale found it in this transaction
+                if retry:
+                    self._release(row, code, error, now)
+                else:
+                    self._finish(row["id"], TaskState.FAILED, code, error, now)
+        if stale is not None:
+            raise stale
+        return self.get(task_id)
+
+    def give_back(self, agent_id: str, reason: str) -> Task | None:
+        """The agent exited, was killed or missed heartbeats (``reason``, a short code): its task, if it held one,
+        is queued again for its next attempt after a backoff, or ``dead`` when its attempts are spent."""
+        now = self.clock()
+        with self.store.transaction():
+            self._expire_due(now)
+            row = self._row("SELECT * FROM tasks WHERE agent_id = ? AND state = 'leased'", (agent_id,))
+            if row is None:
+                return None
+            self._release(row, reason, f"agent {agent_id} gave the task back: {reason}", now)
+        return self.get(row["id"])
+
+    def give_back_orphans(self, live_agents: Collection[str], reason: str = "lost") -> list[Task]:
+        """After a restart: give back every lease held by an agent not in ``live_agents`` (it ended unseen)."""
+        now = self.clock()
+        orphans = []
+        with self.store.transaction():
+            self._expire_due(now)
+            for row in list(self.store.db.query("SELECT * FROM tasks WHERE state = 'leased' ORDER BY seq")):
+                if row["agent_id"] not in live_agents:
+                    self._release(row, reason, f"agent {row['agent_id']} gave the task back: {reason}", now)
+                    orphans.append(row["id"])
+        return [self.get(task_id) for task_id in orphans]
+
+    def cancel(self, task_id: str) -> Task:
+        """End a queued or leased task now (its agent's completion then gets 409); a cancelled task stays so."""
+        now = self.clock()
+        with self.store.transaction():
+            self._expire_due(now)
+            task = self.get(task_id)
+            if task.state in LIVE_TASK_STATES:
+                self._finish(task_id, TaskState.CANCELLED, CANCELLED, "cancelled", now)
+        if task.state not in (*LIVE_TASK_STATES, TaskState.CANCELLED):
+            raise Conflict(f"task {task_id} is already {task.state.value}: it cannot be cancelled")
+        return self.get(task_id)
+
+    def expire(self) -> list[str]:
+        """Queued and leased tasks past their deadline become ``failed`` (``ttl_expired``); their ids."""
+        with self.store.transaction():
+            return self._expire_due(self.clock())
+
+    def add_cost(self, task_id: str, cost_nusd: int, llm_calls: int = 1) -> tuple[int, int]:
+        """Attribute LLM spend to a task; its new (cost_nusd, llm_calls)."""
+        if cost_nusd < 0 or llm_calls < 0:
+            raise InvalidRequest(f"task cost: amounts >= 0, got {cost_nusd} nUSD and {llm_calls} calls")
+        with self.store.transaction():
+            self.conn.execute("UPDATE tasks SET cost_nusd = cost_nusd + ?, llm_calls = llm_calls + ? WHERE id = ?",
+                              (cost_nusd, llm_calls, task_id))
+            row = self.conn.execute("SELECT cost_nusd, llm_calls FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no such task: {task_id}")
+        return row[0], row[1]
+
+    def get(self, task_id: str) -> Task:
+        row = self._row("SELECT * FROM tasks WHERE id = ?", (task_id,))
+        if row is None:
+            raise NotFound(f"no such task: {task_id}")
+        return Task.from_row(row)
+
+    def tasks(self, deployment: str | None = None, state: str | None = None, limit: int = 1000) -> list[Task]:
+        """Tasks in submit order, without their input and output (``get`` one for them)."""
+        if state is not None and state not in set(TaskState):
+            raise InvalidRequest(f"--state: one of {', '.join(TaskState)}, got {state!r}")
+        where = [clause for clause, value in (("deployment = :deployment", deployment), ("state = :state", state))
+                 if value is not None]
+        sql = (f"SELECT {SUMMARY_COLUMNS} FROM tasks" + (" WHERE " + " AND ".join(where) if where else "")
+               + " ORDER BY seq LIMIT :limit")
+        return [Task.from_row(r) for r in self.store.db.query(sql, {"deployment": deployment, "state": state,
+                                                                    "limit": limit})]
+
+    def counts(self, deployment: str | None = None) -> dict[str, int]:
+        """Tasks in each state now (queue depth), every state present."""
+        sql = "SELECT state, COUNT(*) FROM tasks" + (" WHERE deployment = ?" if deployment else "") + " GROUP BY 1"
+        found = dict(self.conn.execute(sql, (deployment,) if deployment else ()).fetchall())
+        return {state.value: found.get(state.value, 0) for state in TaskState}
+
+    def finished_totals(self) -> dict[str, int]:
+        """Tasks ever finished, per final state: those kept plus those retention removed (counters never go down)."""
+        totals = {state.value: 0 for state in FINISHED_TASK_STATES}
+        for name in totals:
+            totals[name] = self.conn.execute(
+                "SELECT (SELECT COUNT(*) FROM tasks WHERE state = :s) + "
+                "COALESCE((SELECT value FROM retired_counts WHERE name = 'tasks' AND key = :s), 0)", {"s": name},
+            ).fetchone()[0]
+        return totals
+
+    def purge(self, records_before: datetime) -> int:
+        """Retention, as ``Store.purge`` does for agents: finished tasks that ended before ``records_before`` go,
+        counted first in ``retired_counts`` (name ``tasks``, key the final state). How many went."""
+        marks = ", ".join("?" for _ in FINISHED_TASK_STATES)
+        params = [*FINISHED_TASK_STATES, iso(records_before)]
+        doomed = f"state IN ({marks}) AND finished_at < ?"
+        with self.store.transaction():
+            self.conn.execute(f"INSERT INTO retired_counts SELECT 'tasks', state, COUNT(*) FROM tasks WHERE {doomed} "
+                              "GROUP BY 2 ON CONFLICT (name, key) DO UPDATE SET value = value + excluded.value",
+                              params)
+            gone: int = self.conn.execute(f"DELETE FROM tasks WHERE {doomed}", params).rowcount
+        return gone
+
+    # -- inside a transaction ------------------------------------------------
+    def backoff(self, attempt: int) -> float:
+        """Seconds before the next attempt after attempt number ``attempt`` (from 1) ended: full jitter."""
+        return self.rng.uniform(0.0, min(self.backoff_cap, self.backoff_base * 2 ** (attempt - 1)))
+
+    def _expire_due(self, now: datetime) -> list[str]:
+        at = iso(now)
+        due = [r[0] for r in self.conn.execute(f"SELECT id FROM tasks WHERE {_LIVE} AND deadline <= ? ORDER BY seq",
+                                               (at,))]
+        for task_id in due:
+            self.conn.execute("UPDATE tasks SET state = 'failed', code = ?, error = ?, finished_at = ? WHERE id = ?",
+                              (TTL_EXPIRED, "the task's deadline passed", at, task_id))
+        return due
+
+    def _stale(self, task_id: str, agent_id: str, attempt: int) -> FleetdError | None:
+        """Why (task, agent, attempt) is not the task's current lease, or None when it is."""
+        row = self._row("SELECT id, state, agent_id, attempts, code FROM tasks WHERE id = ?", (task_id,))
+        if row is None:
+            return NotFound(f"no such task: {task_id}")
+        if row["state"] == TaskState.LEASED and row["agent_id"] == agent_id and row["attempts"] == attempt:
+            return None
+        if row["state"] == TaskState.LEASED:
+            now = f"leased to agent {row['agent_id']} at attempt {row['attempts']}"
+        else:  # the code says why it ended or was given back (ttl_expired, heartbeat_lost ...)
+            code = f" ({row['code']})" if row["code"] and row["code"] != row["state"] else ""
+            now = f"{row['state']}{code} at attempt {row['attempts']}"
+        return Conflict(f"task {task_id}: attempt {attempt} of agent {agent_id} is not the current lease; "
+                        f"the task is {now}")
+
+    def _release(self, row: dict[str, Any], code: str, error: str, now: datetime) -> None:
+        """A leased task's attempt ended without success: queued for the next one after a backoff, or dead."""
+        if row["attempts"] >= row["max_attempts"]:
+            self._finish(row["id"], TaskState.DEAD, code,
+                         f"attempts spent ({row['attempts']} of {row['max_attempts']}); the last: {error}", now)
+            return
+        retry_at = now + timedelta(seconds=self.backoff(row["attempts"]))
+        self.conn.execute("UPDATE tasks SET state = 'queued', agent_id = NULL, code = ?, error = ?, retry_at = ? "
+                          "WHERE id = ?", (clip(code, MAX_TYPE_CHARS), clip(error, MAX_MESSAGE_CHARS),
+                                           iso(retry_at), row["id"]))
+
+    def _finish(self, task_id: str, state: TaskState, code: str, error: str, now: datetime) -> None:
+        self.conn.execute("UPDATE tasks SET state = ?, code = ?, error = ?, finished_at = ? WHERE id = ?",
+                          (state.value, clip(code, MAX_TYPE_CHARS), clip(error, MAX_MESSAGE_CHARS), iso(now),
+                           task_id))
+
