@@ -23,6 +23,10 @@ from fleetd.errors import InvalidRequest, NotFound
 from fleetd.models import LIVE_STATES, State, iso, utcnow
 
 migrations = Migrations("fleetd")
+# A container's end: into exited, or straight into restarting when its restart policy brings it back (an agent
+# stopped while waiting to restart does not end a second time).
+_EXIT = "to_state IN ('exited', 'restarting') AND COALESCE(from_state, '') != 'restarting'"
+_PROBE = "COALESCE(json_extract(data, '$.probe'), 'unknown')"  # which probe failed, as a counter's key
 
 
 @migrations()
@@ -124,11 +128,40 @@ def m007_tasks(db: sqlite_utils.Database) -> None:
     db.execute("CREATE UNIQUE INDEX tasks_key ON tasks(deployment, idempotency_key) WHERE idempotency_key IS NOT NULL")
 
 
+@migrations()
+def m008_lifetime_counts(db: sqlite_utils.Database) -> None:
+    # Prometheus counters (spawns, exits by reason, restarts, probe failures) kept as they happen, by triggers:
+    # a scrape reads a few rows instead of counting every record in the retention window (a week of records and a
+    # month of events), and retention has nothing to carry over. Seeded with what was counted until now.
+    db.execute("CREATE TABLE lifetime_counts (name TEXT NOT NULL, key TEXT NOT NULL, value INTEGER NOT NULL, "
+               "PRIMARY KEY (name, key))")
+    for counted in (
+        "SELECT name, key, value FROM retired_counts WHERE name IN ('spawns', 'exits', 'restarts', 'probe_failures')",
+        "SELECT 'spawns', '', COUNT(*) FROM agents",
+        f"SELECT 'exits', COALESCE(reason, 'unknown'), COUNT(*) FROM transitions WHERE {_EXIT} GROUP BY 2",
+        f"SELECT 'restarts', '', COUNT(*) FROM events WHERE type = '{RESTARTED_EVENT}'",
+        f"SELECT 'probe_failures', {_PROBE}, COUNT(*) FROM events WHERE type = '{PROBE_FAILED_EVENT}' GROUP BY 2",
+    ):
+        db.execute(f"INSERT INTO lifetime_counts SELECT * FROM ({counted}) WHERE 1 "
+                   "ON CONFLICT (name, key) DO UPDATE SET value = value + excluded.value")
+    db.execute("DELETE FROM retired_counts WHERE name IN ('spawns', 'exits', 'restarts', 'probe_failures')")
+    _count_trigger(db, "count_spawns", "INSERT ON agents", "1", "'spawns'", "''")
+    _count_trigger(db, "count_exits", "INSERT ON transitions", _EXIT.replace("to_state", "NEW.to_state").replace(
+        "from_state", "NEW.from_state"), "'exits'", "COALESCE(NEW.reason, 'unknown')")
+    _count_trigger(db, "count_restarts", "INSERT ON events", f"NEW.type = '{RESTARTED_EVENT}'", "'restarts'", "''")
+    _count_trigger(db, "count_probe_failures", "INSERT ON events", f"NEW.type = '{PROBE_FAILED_EVENT}'",
+                   "'probe_failures'", _PROBE.replace("data", "NEW.data"))
+
+
+def _count_trigger(db: sqlite_utils.Database, name: str, event: str, when: str, counter: str, key: str) -> None:
+    """A trigger adding one to lifetime_counts (counter, key) for each row of ``event`` that matches ``when``."""
+    db.execute(f"CREATE TRIGGER {name} AFTER {event} WHEN {when} BEGIN "
+               f"INSERT OR IGNORE INTO lifetime_counts VALUES ({counter}, {key}, 0); "
+               f"UPDATE lifetime_counts SET value = value + 1 WHERE name = {counter} AND key = {key}; END")
+
+
 RESTARTED_EVENT = "restarted"
 PROBE_FAILED_EVENT = "probe_failed"
-# A container's end: into exited, or straight into restarting when its restart policy brings it back (an agent
-# stopped while waiting to restart does not end a second time).
-EXIT_TRANSITIONS = "to_state IN ('exited', 'restarting') AND COALESCE(from_state, '') != 'restarting'"
 ROLE_BUDGET_FIELDS = ("daily_usd", "monthly_usd", "max_llm_calls", "allow_unpriced")
 AGENT_COLUMNS = (
     "name", "image", "role", "state", "reason", "container_id", "created_at",
@@ -271,46 +304,22 @@ class Store:
         return {state: count for state, count in self.conn.execute("SELECT state, COUNT(*) FROM agents GROUP BY 1")}
 
     def counts(self) -> dict[str, Any]:
-        """Lifetime counters: what the store holds, plus what retention removed (``retired_counts``)."""
-        retired: dict[str, dict[str, int]] = {}
-        for name, key, value in self.conn.execute("SELECT name, key, value FROM retired_counts"):
-            retired.setdefault(name, {})[key] = value
-        exits = dict(retired.get("exits", {}))
-        for reason, count in self.conn.execute(f"SELECT reason, COUNT(*) FROM transitions WHERE {EXIT_TRANSITIONS} "
-                                               "GROUP BY reason"):
-            exits[reason or "unknown"] = exits.get(reason or "unknown", 0) + count
-        probe_failures = dict(retired.get("probe_failures", {}))
-        for probe, count in self.conn.execute(
-                "SELECT json_extract(data, '$.probe'), COUNT(*) FROM events WHERE type = ? GROUP BY 1",
-                (PROBE_FAILED_EVENT,)):
-            key = str(probe) if probe else "unknown"
-            probe_failures[key] = probe_failures.get(key, 0) + count
-        restarts = self.conn.execute("SELECT COUNT(*) FROM events WHERE type = ?", (RESTARTED_EVENT,)).fetchone()[0]
-        spawns = self.conn.execute("SELECT COUNT(*) FROM agents").fetchone()[0]
-        return {"spawns": spawns + retired.get("spawns", {}).get("", 0), "exits_by_reason": exits,
-                "probe_failures": probe_failures, "restarts": restarts + retired.get("restarts", {}).get("", 0)}
+        """Lifetime counters (``lifetime_counts``, kept by triggers): retention does not lower them."""
+        counted: dict[str, dict[str, int]] = {}
+        for name, key, value in self.conn.execute("SELECT name, key, value FROM lifetime_counts"):
+            counted.setdefault(name, {})[key] = value
+        return {"spawns": counted.get("spawns", {}).get("", 0), "exits_by_reason": counted.get("exits", {}),
+                "probe_failures": counted.get("probe_failures", {}),
+                "restarts": counted.get("restarts", {}).get("", 0)}
 
     def purge(self, records_before: datetime, events_before: datetime) -> dict[str, int]:
         """Retention: removed agents that ended before ``records_before`` go with their transitions and events;
-        any event before ``events_before`` goes. What they counted moves to ``retired_counts`` first."""
-        upsert = "ON CONFLICT (name, key) DO UPDATE SET value = value + excluded.value"
+        any event before ``events_before`` goes. The lifetime counters keep what they counted."""
         gone = "(agent_id IN (SELECT id FROM doomed) OR at < :events)"
         with self.transaction():
             self.conn.execute("CREATE TEMP TABLE doomed AS SELECT id FROM agents WHERE state = 'removed' "
                               "AND COALESCE(finished_at, created_at) < :records", {"records": iso(records_before)})
             try:
-                self.conn.execute(f"INSERT INTO retired_counts SELECT 'spawns', '', COUNT(*) FROM doomed WHERE 1 "
-                                  f"{upsert}")
-                self.conn.execute(f"INSERT INTO retired_counts SELECT 'exits', COALESCE(reason, 'unknown'), COUNT(*) "
-                                  f"FROM transitions WHERE agent_id IN (SELECT id FROM doomed) AND "
-                                  f"{EXIT_TRANSITIONS} GROUP BY 2 {upsert}")
-                self.conn.execute(f"INSERT INTO retired_counts SELECT 'restarts', '', COUNT(*) FROM events "
-                                  f"WHERE type = :restarted AND {gone} {upsert}",
-                                  {"restarted": RESTARTED_EVENT, "events": iso(events_before)})
-                self.conn.execute(f"INSERT INTO retired_counts SELECT 'probe_failures', "
-                                  f"COALESCE(json_extract(data, '$.probe'), 'unknown'), COUNT(*) FROM events "
-                                  f"WHERE type = :probe AND {gone} GROUP BY 2 {upsert}",
-                                  {"probe": PROBE_FAILED_EVENT, "events": iso(events_before)})
                 events = self.conn.execute(f"DELETE FROM events WHERE {gone}", {"events": iso(events_before)}).rowcount
                 transitions = self.conn.execute(
                     "DELETE FROM transitions WHERE agent_id IN (SELECT id FROM doomed)").rowcount
@@ -318,6 +327,14 @@ class Store:
             finally:
                 self.conn.execute("DROP TABLE temp.doomed")
         return {"agents": agents, "transitions": transitions, "events": events}
+
+    def discard_agent(self, agent_id: str) -> None:
+        """A spawn refused after its record was made (bad input the engine found: an unknown image): the agent never
+        existed, so nothing of it stays, not even in the spawn count."""
+        with self.transaction():
+            for table, column in (("events", "agent_id"), ("transitions", "agent_id"), ("agents", "id")):
+                self.conn.execute(f"DELETE FROM {table} WHERE {column} = ?", (agent_id,))
+            self.conn.execute("UPDATE lifetime_counts SET value = value - 1 WHERE name = 'spawns' AND key = ''")
 
     def name_owner(self, name: str) -> tuple[str, str] | None:
         """The agent (id, state) holding a name: any record not removed (Docker's rule for container names)."""

@@ -218,9 +218,7 @@ class Supervisor:
         except InvalidRequest:
             await self.call(self.storage.discard, agent_id)
             # Bad input (unknown image, bad reference): leave no trace.
-            self.store.conn.execute("DELETE FROM agents WHERE id = ?", (agent_id,))
-            self.store.conn.execute("DELETE FROM transitions WHERE agent_id = ?", (agent_id,))
-            self.store.conn.execute("DELETE FROM events WHERE agent_id = ?", (agent_id,))
+            self.store.discard_agent(agent_id)
             raise
         except FleetdError as exc:
             await self.call(self.storage.discard, agent_id)
