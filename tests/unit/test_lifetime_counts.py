@@ -98,3 +98,24 @@ def test_an_older_state_db_starts_its_counters_from_what_it_counted(tmp_path: Pa
     add_agent(store, "a2", probe=None)
     assert store.counts()["spawns"] == 42 and json.dumps(store.counts())
     store.close()
+
+
+def test_state_counts_cost_the_same_with_ten_or_two_thousand_removed_agents(tmp_path: Path) -> None:
+    """`fleetd status` and every scrape count agents by state: counting the table walked every removed agent the
+    records window keeps."""
+    store = Store(tmp_path / "state.db")
+    for n in range(10):
+        add_agent(store, f"a{n}")
+    few = steps(store.conn, store.state_counts)
+    for n in range(10, 2000):
+        add_agent(store, f"a{n}")
+    store.insert_agent("live", name="live", image="img", role="default", state=State.CREATED.value,
+                       created_at=iso(utcnow()), deadline=iso(utcnow()), spec="{}")
+    store.transition("live", State.RUNNING)
+    assert steps(store.conn, store.state_counts) <= few + 1
+    assert store.state_counts() == {"removed": 2000, "running": 1}
+    store.purge(records_before=utcnow(), events_before=utcnow())
+    assert store.state_counts() == {"running": 1}
+    store.discard_agent("live")
+    assert store.state_counts() == {}
+    store.close()
