@@ -59,15 +59,25 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+# Upper bounds of the options a user sets (Invariant 10: every piece of state has a bound; and a count must fit
+# a SQLite integer where a deployment is stored).
+MAX_AGENTS = 1000  # agents of one deployment, all on one VM
+MAX_TASKS_PER_AGENT = 10_000  # a whole queue (task_queue.MAX_PENDING): beyond it the formula cannot change
+MAX_SCALE_DOWN_WINDOW = 3600.0  # as Kubernetes' HPA: the window's history is kept in memory
 
-def _check_count(name: str, value: object, low: int) -> None:
+
+def _check_count(name: str, value: object, low: int, high: int | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ValueError(f"{name} must be an integer >= {low}, not {value!r}")
+    if high is not None and value > high:
+        raise ValueError(f"{name} must be at most {high}, not {value!r}")
 
 
-def _check_seconds(name: str, value: object) -> None:
+def _check_seconds(name: str, value: object, high: float = math.inf) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
         raise ValueError(f"{name} must be a number of seconds >= 0, not {value!r}")
+    if value > high:
+        raise ValueError(f"{name} must be at most {high:g} seconds, not {value!r}")
 
 
 @dataclass(frozen=True)
@@ -91,14 +101,15 @@ class ScalingPolicy:
     def __post_init__(self) -> None:
         _check_count("min", self.min, 0)
         # max 0 would leave the queue to grow for ever; stopping a deployment is its own verb.
-        _check_count("max", self.max, 1)
+        _check_count("max", self.max, 1, MAX_AGENTS)
         if self.min > self.max:
             raise ValueError(f"min ({self.min}) must not exceed max ({self.max})")
         _check_count("warm", self.warm, 0)
         if self.warm > self.max:
             raise ValueError(f"warm ({self.warm}) must be within max ({self.max})")
-        _check_count("tasks_per_agent", self.tasks_per_agent, 1)
-        for name in ("scale_down_window", "scale_down_step_seconds", "refresh_min_seconds"):
+        _check_count("tasks_per_agent", self.tasks_per_agent, 1, MAX_TASKS_PER_AGENT)
+        _check_seconds("scale_down_window", self.scale_down_window, MAX_SCALE_DOWN_WINDOW)
+        for name in ("scale_down_step_seconds", "refresh_min_seconds"):
             _check_seconds(name, getattr(self, name))
         if isinstance(self.refresh_fraction, bool) or not (
             isinstance(self.refresh_fraction, int | float) and 0 <= self.refresh_fraction < 1

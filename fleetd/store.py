@@ -175,6 +175,27 @@ def _count_trigger(db: sqlite_utils.Database, name: str, event: str, when: str, 
                f"UPDATE lifetime_counts SET value = value + 1 WHERE name = {counter} AND key = {key}; END")
 
 
+@migrations()
+def m009_deployments(db: sqlite_utils.Database) -> None:
+    # Deployments (fleetd.deployments): the scaling columns are ScalingPolicy's fields by name, the task_ columns
+    # the defaults of the tasks submitted to it (USD as an exact decimal string); state is active | removing, and
+    # drain says whether its removal waits for the queue to empty.
+    db.execute(
+        """CREATE TABLE deployments (
+            name TEXT PRIMARY KEY, state TEXT NOT NULL, current_version INTEGER NOT NULL,
+            min INTEGER NOT NULL, max INTEGER NOT NULL, warm INTEGER NOT NULL, tasks_per_agent INTEGER NOT NULL,
+            scale_down_window REAL NOT NULL, task_ttl INTEGER NOT NULL, task_attempts INTEGER NOT NULL,
+            task_max_usd TEXT, drain INTEGER NOT NULL DEFAULT 0, created_at TEXT NOT NULL, updated_at TEXT NOT NULL)"""
+    )
+    # Each version's agent spec (AgentSpec JSON), numbered from 1 per deployment; state is active | draining |
+    # retired, so that a rollout can keep two versions active and a replaced one drains its agents.
+    db.execute(
+        """CREATE TABLE deployment_versions (
+            deployment TEXT NOT NULL, version INTEGER NOT NULL, spec TEXT NOT NULL, state TEXT NOT NULL,
+            created_at TEXT NOT NULL, PRIMARY KEY (deployment, version))"""
+    )
+
+
 RESTARTED_EVENT = "restarted"
 PROBE_FAILED_EVENT = "probe_failed"
 ROLE_BUDGET_FIELDS = ("daily_usd", "monthly_usd", "max_llm_calls", "allow_unpriced")

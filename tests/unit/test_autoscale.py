@@ -88,6 +88,10 @@ def test_policy_defaults_are_the_issue_defaults() -> None:
         ({"scale_down_step_seconds": math.inf}, "scale_down_step_seconds must be a number of seconds >= 0"),
         ({"refresh_min_seconds": math.nan}, "refresh_min_seconds must be a number of seconds >= 0"),
         ({"refresh_fraction": 1.0}, "refresh_fraction must be a number from 0 to below 1, not 1.0"),
+        ({"max": 1001}, "max must be at most 1000, not 1001"),
+        ({"min": 2**70, "max": 1000}, r"min \(1180591620717411303424\) must not exceed max \(1000\)"),
+        ({"tasks_per_agent": 10_001}, "tasks_per_agent must be at most 10000, not 10001"),
+        ({"scale_down_window": 3600.5}, "scale_down_window must be at most 3600 seconds, not 3600.5"),
     ],
 )
 def test_policy_refuses_nonsense(options: dict[str, object], message: str) -> None:
@@ -97,6 +101,11 @@ def test_policy_refuses_nonsense(options: dict[str, object], message: str) -> No
 
 def test_warm_may_equal_max_and_min_may_equal_max() -> None:
     assert ScalingPolicy(min=10, max=10, warm=10).warm == 10
+
+
+def test_the_upper_bounds_are_allowed() -> None:
+    policy = ScalingPolicy(max=1000, tasks_per_agent=10_000, scale_down_window=3600)
+    assert (policy.max, policy.tasks_per_agent, policy.scale_down_window) == (1000, 10_000, 3600)
 
 
 @pytest.mark.parametrize(("ttl", "margin"), [(HOUR, 360), (1000, 100), (600, 60), (300, 60), (100, 50), (30, 15)])
