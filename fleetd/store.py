@@ -176,7 +176,7 @@ def _count_trigger(db: sqlite_utils.Database, name: str, event: str, when: str, 
 
 
 @migrations()
-def m009_deployments(db: sqlite_utils.Database) -> None:
+def m010_deployments(db: sqlite_utils.Database) -> None:
     # Deployments (fleetd.deployments): the scaling columns are ScalingPolicy's fields by name, the task_ columns
     # the defaults of the tasks submitted to it (USD as an exact decimal string); state is active | removing, and
     # drain says whether its removal waits for the queue to empty.

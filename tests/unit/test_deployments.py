@@ -34,7 +34,7 @@ def store(tmp_path: Path) -> Iterator[Store]:
     store.close()
 
 
-def test_migration_m009_makes_the_deployment_tables(store: Store) -> None:
+def test_migration_m010_makes_the_deployment_tables(store: Store) -> None:
     assert [c.name for c in store.db["deployments"].columns] == [
         "name", "state", "current_version", "min", "max", "warm", "tasks_per_agent", "scale_down_window",
         "task_ttl", "task_attempts", "task_max_usd", "drain", "created_at", "updated_at"]
