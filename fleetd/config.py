@@ -38,6 +38,7 @@ from typing import Any
 
 from fleetd import __version__
 from fleetd.errors import InvalidRequest
+from fleetd.listen import parse_listen
 from fleetd.paths import default_config, default_socket, default_state_dir
 from fleetd.policy import BUDGET_KEYS, Policy, load_policy, overlay
 from fleetd.units import NAME_PATTERN, parse_disk, parse_heartbeat_interval, parse_memory, parse_whole_seconds
@@ -189,8 +190,6 @@ def load_config(path: Path | None = None, **overrides: Any) -> Config:
     kwargs.update({k: v for k, v in overrides.items() if v is not None})
     config = Config(**kwargs)
     if config.metrics is not None:
-        from fleetd.metrics import parse_listen
-
         try:
             parse_listen(config.metrics)
         except ValueError as exc:

@@ -127,7 +127,8 @@ class Daemon:
         self._socket_owned = True
         secure_socket(config.socket)
         if config.metrics:
-            from fleetd.metrics import parse_listen, serve_metrics
+            from fleetd.listen import parse_listen
+            from fleetd.metrics import serve_metrics
 
             self._metrics = await serve_metrics(parts, *parse_listen(config.metrics))
         period = watchdog_period()

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import html
-import ipaddress
 import logging
-import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -28,6 +26,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from fleetd import __version__
 from fleetd.errors import FleetdError
+from fleetd.listen import format_listen
 
 if TYPE_CHECKING:
     from fleetd.services import Services
@@ -47,7 +46,6 @@ BREAKER_STATES = ("closed", "open", "half_open")
 WINDOWS = (("day", "spent_today_usd", "daily_cap_usd"), ("month", "spent_month_usd", "monthly_cap_usd"))
 AGENT_LABELS = ("agent", "name", "role")
 BUDGET_TIMEOUT = 4.0  # seconds for zone 2's budget report; a scrape must not hang on it
-_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
 
 
 @dataclass
@@ -319,35 +317,3 @@ async def serve_metrics(parts: Services, host: str, port: int) -> web.AppRunner:
         raise FleetdError(f"metrics: cannot listen on {format_listen(host, port)}: {exc.strerror or exc}") from exc
     log.info("metrics on http://%s/metrics", format_listen(host, port))
     return runner
-
-
-def format_listen(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def parse_listen(text: str) -> tuple[str, int]:
-    """``127.0.0.1:9464``, ``[::1]:9464``, ``localhost:9464`` → (host, port); every interface only if asked."""
-    spec = text.strip()
-    example = "e.g. 127.0.0.1:9464 (0.0.0.0:9464 for every interface)"
-    if spec.startswith("["):
-        host, sep, rest = spec[1:].partition("]")
-        if not sep or not rest.startswith(":"):
-            raise ValueError(f"--metrics {text!r}: expected [IPv6]:PORT, e.g. [::1]:9464")
-        port_text = rest[1:]
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ValueError(f"--metrics {text!r}: {host!r} is not an IPv6 address") from None
-    else:
-        host, sep, port_text = spec.rpartition(":")
-        if not sep:
-            raise ValueError(f"--metrics {text!r}: expected HOST:PORT, {example}")
-        if not host:
-            raise ValueError(f"--metrics {text!r}: give the address to listen on, {example}")
-        if ":" in host:
-            raise ValueError(f"--metrics {text!r}: put an IPv6 address in brackets, e.g. [::1]:9464")
-        if not _HOSTNAME.match(host):
-            raise ValueError(f"--metrics {text!r}: {host!r} is not a host name or address")
-    if not port_text.isascii() or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-        raise ValueError(f"--metrics {text!r}: the port must be a number from 1 to 65535")
-    return host, int(port_text)

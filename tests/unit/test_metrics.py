@@ -15,7 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from fleetd.errors import FleetdError, Unavailable
-from fleetd.metrics import STATES, Snapshot, gather, parse_listen, render, serve_metrics
+from fleetd.listen import parse_listen
+from fleetd.metrics import STATES, Snapshot, gather, render, serve_metrics
 from fleetd.models import Reason, State, iso, utcnow
 from fleetd.store import Store
 
