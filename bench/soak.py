@@ -15,11 +15,16 @@ Target: at every checkpoint, each latency and the RSS within 1.2 x its figure at
 bounded by the retention window (not growing with the lifecycles run).
 
 Run: .venv/bin/python bench/soak.py [--lifecycles 20000] [--checkpoints 1000,5000,10000,20000] [--concurrency 6]
+
+On a machine that does other work during the hours of a run, ``--quiet-lock FILE`` takes an exclusive flock on
+FILE for each checkpoint's measurement: run the other work under ``flock -s FILE CMD`` and the two never overlap.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import os
 import socket
 import statistics
@@ -73,19 +78,24 @@ class Spawner:
         self._inflight = 0
 
     def run_until(self, target: int) -> None:
+        """Until ``target`` agents have been spawned (a failed spawn is not a lifecycle: it is counted apart)."""
         self.target = target
         if not self.threads[0].is_alive():
             for thread in self.threads:
                 thread.start()
+        last = time.monotonic()
         while True:
             with self.lock:
-                if self.done + self.failed >= target:
+                if self.done >= target:
                     return
+            if time.monotonic() - last >= 300:
+                last = time.monotonic()
+                print(f"{time.strftime('%H:%M:%S')} {self.done} lifecycles, {self.failed} failed", flush=True)
             time.sleep(0.2)
 
     def _take(self) -> bool:
         with self.lock:
-            if self.stop or self.done + self.failed + self._inflight >= self.target:
+            if self.stop or self.done + self._inflight >= self.target:
                 return False
             self._inflight += 1
             return True
@@ -100,8 +110,9 @@ class Spawner:
                 client.call("POST", "/v1/agents", AGENT)
                 ok = True
             except Exception as exc:  # a failed spawn is counted and reported, the soak goes on
-                print(f"spawn failed: {exc}", flush=True)
+                print(f"{time.strftime('%H:%M:%S')} spawn failed: {exc}", flush=True)
                 ok = False
+                time.sleep(1.0)  # e.g. the engine restarting: wait for it rather than spin through the target
             with self.lock:
                 self._inflight -= 1
                 if ok:
@@ -141,6 +152,20 @@ def measure(bench: Bench, metrics_url: str, repeat: int) -> dict[str, float]:
     return figures
 
 
+@contextlib.contextmanager
+def quiet(path: str | None) -> Any:
+    """Hold an exclusive flock on ``path`` (when given): other work run under ``flock -s`` waits, and is waited for."""
+    if not path:
+        yield
+        return
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lifecycles", type=int, default=20000)
@@ -149,6 +174,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=5, help="runs per figure at a checkpoint (median)")
     parser.add_argument("--records-retention", type=int, default=300, help="seconds (the daemon's default: 7 days)")
     parser.add_argument("--events-retention", type=int, default=600, help="seconds (the daemon's default: 30 days)")
+    parser.add_argument("--quiet-lock", help="a file to flock exclusively while measuring (see above)")
     args = parser.parse_args()
     checkpoints = sorted({int(c) for c in args.checkpoints.split(",") if int(c) <= args.lifecycles})
     port = free_port()
@@ -167,7 +193,8 @@ def main() -> int:
             live = bench.wait_no_live_agents(timeout=300)
             time.sleep(SETTLE)
             elapsed = time.monotonic() - started
-            figures = measure(bench, f"http://127.0.0.1:{port}/metrics", args.repeat)
+            with quiet(args.quiet_lock):
+                figures = measure(bench, f"http://127.0.0.1:{port}/metrics", args.repeat)
             first = first or figures
             ratios = {k: v / first[k] if first[k] else 1.0 for k, v in figures.items() if k != "state.db MB"}
             for key, ratio in ratios.items():
