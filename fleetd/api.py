@@ -153,8 +153,9 @@ async def logs(request: web.Request) -> web.StreamResponse:
     s = services(request)
     since = request.query.get("since")
     start = parse_time(since, "query parameter since").timestamp() if since else None
-    chunks = await s.logs.stream(s.records.resolve(request.match_info["ref"]), flag(request, "follow"),
-                                 number(request, "tail"), start, flag(request, "timestamps"))
+    follow, tail, timestamps = flag(request, "follow"), number(request, "tail"), flag(request, "timestamps")
+    # Bad input is a 400 whichever agent it names: the query is read before the agent is looked up.
+    chunks = await s.logs.stream(s.records.resolve(request.match_info["ref"]), follow, tail, start, timestamps)
     response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
     await response.prepare(request)
     try:
