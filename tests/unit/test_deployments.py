@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from fleetd.deployments import (
 from fleetd.errors import Conflict, InvalidRequest, NotFound
 from fleetd.store import Store
 from fleetd.units import NAME_PATTERN
+from tests.unit.wall_clock import WallClock
 
 
 @pytest.fixture
@@ -46,29 +46,19 @@ def test_migration_m010_makes_the_deployment_tables(store: Store) -> None:
 
 # --------------------------------------------------------------------------- rig
 
-START = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 CONFIG = Config(roles={"big": Limits(memory=1 << 30)})
 CPUS = 2
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = START
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> WallClock:
+    return WallClock()
 
 
 @pytest.fixture
-def deployments(store: Store, clock: Clock) -> Deployments:
+def deployments(store: Store, clock: WallClock) -> Deployments:
     return Deployments(store, CONFIG, clock=clock)
 
 
@@ -198,7 +188,7 @@ def test_a_deployment_is_on_disk(deployments: Deployments, tmp_path: Path) -> No
     assert (d.scaling.max, d.current.spec.image) == (4, "worker:1")
 
 
-def test_apply_unchanged_changes_nothing(deployments: Deployments, store: Store, clock: Clock) -> None:
+def test_apply_unchanged_changes_nothing(deployments: Deployments, store: Store, clock: WallClock) -> None:
     deployments.apply("web", request(max=4, env=["A=1"]), CPUS)
     clock.advance(60)
     applied = deployments.apply("web", request(max="4", env=["A=1"]), CPUS)
@@ -209,7 +199,7 @@ def test_apply_unchanged_changes_nothing(deployments: Deployments, store: Store,
 
 
 def test_apply_with_only_options_changed_updates_them_in_place(deployments: Deployments, store: Store,
-                                                              clock: Clock) -> None:
+                                                              clock: WallClock) -> None:
     deployments.apply("web", request(), CPUS)
     clock.advance(60)
     applied = deployments.apply("web", request(max=20, warm=2, task_max_usd="0.50"), CPUS)
@@ -235,7 +225,7 @@ def test_apply_with_only_options_changed_updates_them_in_place(deployments: Depl
         ({"role": "big"}, ["role", "memory"]),  # the role's limits come with it
     ],
 )
-def test_apply_with_a_changed_agent_spec_makes_version_2(deployments: Deployments, store: Store, clock: Clock,
+def test_apply_with_a_changed_agent_spec_makes_version_2(deployments: Deployments, store: Store, clock: WallClock,
                                                          change: dict[str, Any], fields: list[str]) -> None:
     deployments.apply("web", request(env=["MODE=fast"]), CPUS)
     clock.advance(60)
@@ -328,7 +318,7 @@ def test_a_name_is_one_deployment(deployments: Deployments) -> None:
 # --------------------------------------------------------------------------- scale
 
 
-def test_scale_changes_min_max_warm_and_says_so(deployments: Deployments, store: Store, clock: Clock) -> None:
+def test_scale_changes_min_max_warm_and_says_so(deployments: Deployments, store: Store, clock: WallClock) -> None:
     deployments.apply("web", request(), CPUS)
     clock.advance(5)
     d = deployments.scale("web", min=2, max="20")
@@ -339,7 +329,7 @@ def test_scale_changes_min_max_warm_and_says_so(deployments: Deployments, store:
     assert deployments.scale("web", warm=4).scaling.warm == 4
 
 
-def test_scale_to_the_same_values_records_nothing(deployments: Deployments, store: Store, clock: Clock) -> None:
+def test_scale_to_the_same_values_records_nothing(deployments: Deployments, store: Store, clock: WallClock) -> None:
     deployments.apply("web", request(max=4), CPUS)
     clock.advance(5)
     d = deployments.scale("web", max=4)
@@ -363,7 +353,7 @@ def test_scale_validates_as_deploy_does(deployments: Deployments) -> None:
 # --------------------------------------------------------------------------- remove and forget
 
 
-def test_remove_marks_removing_and_forget_deletes(deployments: Deployments, store: Store, clock: Clock) -> None:
+def test_remove_marks_removing_and_forget_deletes(deployments: Deployments, store: Store, clock: WallClock) -> None:
     deployments.apply("web", request(), CPUS)
     deployments.apply("web", request(image="worker:2"), CPUS)
     clock.advance(1)

@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -20,19 +20,7 @@ from fleetd.errors import Conflict, InvalidRequest, NotFound
 from fleetd.models import iso
 from fleetd.store import Store
 from fleetd.task_queue import MAX_BODY_BYTES, Lease, TaskQueue, TaskState
-
-START = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = START
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
+from tests.unit.wall_clock import START, WallClock
 
 
 class HighRng(random.Random):
@@ -50,12 +38,12 @@ def store(tmp_path: Path) -> Iterator[Store]:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> WallClock:
+    return WallClock()
 
 
 @pytest.fixture
-def queue(store: Store, clock: Clock) -> TaskQueue:
+def queue(store: Store, clock: WallClock) -> TaskQueue:
     return TaskQueue(store, clock=clock, rng=random.Random(7))
 
 
@@ -125,7 +113,7 @@ def test_input_and_output_are_capped_at_one_mebibyte_of_json(queue: TaskQueue) -
 
 
 def test_lease_hands_out_the_oldest_task_binds_the_version_and_counts_the_attempt(queue: TaskQueue,
-                                                                                   clock: Clock) -> None:
+                                                                                   clock: WallClock) -> None:
     first = queue.submit("web", {"n": 1})
     second = queue.submit("web", {"n": 2})
     queue.submit("batch", {"n": 3})
@@ -149,7 +137,7 @@ def test_an_agent_holding_a_task_gets_that_task_back_not_a_second_one(queue: Tas
     assert queue.get(second.id).state is TaskState.QUEUED
 
 
-def test_a_bound_task_goes_only_to_agents_of_its_version(queue: TaskQueue, clock: Clock) -> None:
+def test_a_bound_task_goes_only_to_agents_of_its_version(queue: TaskQueue, clock: WallClock) -> None:
     bound = queue.submit("web", "bound")
     lease(queue, "old-1", version="v1")
     queue.give_back("old-1", "exited")
@@ -161,7 +149,7 @@ def test_a_bound_task_goes_only_to_agents_of_its_version(queue: TaskQueue, clock
     assert queue.get(later.id).version == "v2"
 
 
-def test_complete_succeeds_and_clears_the_error_of_an_earlier_attempt(queue: TaskQueue, clock: Clock) -> None:
+def test_complete_succeeds_and_clears_the_error_of_an_earlier_attempt(queue: TaskQueue, clock: WallClock) -> None:
     task = queue.submit("web", "q")
     lease(queue, "a1")
     queue.fail(task.id, "a1", 1, "rate limited")
@@ -184,7 +172,7 @@ def test_fail_without_retry_ends_the_task_failed(queue: TaskQueue) -> None:
     assert queue.lease("a1", "web", "v1") is None
 
 
-def test_fail_with_retry_queues_the_task_after_a_full_jitter_backoff(queue: TaskQueue, clock: Clock) -> None:
+def test_fail_with_retry_queues_the_task_after_a_full_jitter_backoff(queue: TaskQueue, clock: WallClock) -> None:
     task = queue.submit("web", "q")
     lease(queue, "a1")
     delay = random.Random(7).uniform(0, 10)  # the queue's rng, seeded alike: attempt 1's bound is base (10 s)
@@ -209,7 +197,7 @@ def test_the_backoff_bound_doubles_from_base_up_to_cap(store: Store) -> None:
     assert max(delays) > 300  # the jitter spans the range, not only its low end
 
 
-def test_give_back_retries_with_backoff_until_the_attempts_are_spent_then_dead(store: Store, clock: Clock) -> None:
+def test_give_back_retries_with_backoff_until_the_attempts_are_spent_then_dead(store: Store, clock: WallClock) -> None:
     queue = TaskQueue(store, clock=clock, rng=HighRng())
     task = queue.submit("web", "q", attempts=3)
     assert queue.give_back("nobody", "exited") is None
@@ -235,7 +223,7 @@ def test_fail_with_retry_on_the_last_attempt_is_dead(queue: TaskQueue) -> None:
     assert queue.fail(task.id, "a1", 1, "crashed").state is TaskState.DEAD
 
 
-def test_a_completion_from_a_stale_attempt_is_refused_with_409(queue: TaskQueue, clock: Clock) -> None:
+def test_a_completion_from_a_stale_attempt_is_refused_with_409(queue: TaskQueue, clock: WallClock) -> None:
     task = queue.submit("web", "q")
     lease(queue, "a1")
     queue.give_back("a1", "heartbeat_lost")  # a1 is alive after all, and will try to complete
@@ -261,7 +249,7 @@ def test_a_completion_from_a_stale_attempt_is_refused_with_409(queue: TaskQueue,
         queue.complete("nope", "a2", 2, "x")
 
 
-def test_a_task_past_its_deadline_fails_with_ttl_expired(queue: TaskQueue, clock: Clock) -> None:
+def test_a_task_past_its_deadline_fails_with_ttl_expired(queue: TaskQueue, clock: WallClock) -> None:
     waiting = queue.submit("web", "waits", ttl=60)
     running = queue.submit("web", "runs", ttl=120)
     kept = queue.submit("web", "long", ttl=3600)
@@ -282,7 +270,8 @@ def test_a_task_past_its_deadline_fails_with_ttl_expired(queue: TaskQueue, clock
     assert queue.get(kept.id).state is TaskState.QUEUED
 
 
-def test_no_task_is_handed_out_or_completed_past_its_deadline_before_a_sweep(queue: TaskQueue, clock: Clock) -> None:
+def test_no_task_is_handed_out_or_completed_past_its_deadline_before_a_sweep(queue: TaskQueue,
+                                                                            clock: WallClock) -> None:
     late = queue.submit("web", "late", ttl=10)
     held = queue.submit("web", "held", ttl=20)
     fresh = queue.submit("web", "fresh", ttl=100)
@@ -297,7 +286,7 @@ def test_no_task_is_handed_out_or_completed_past_its_deadline_before_a_sweep(que
     assert queue.get(late.id).code == "ttl_expired"
 
 
-def test_cancel_ends_a_queued_or_leased_task_and_the_holder_gets_409(queue: TaskQueue, clock: Clock) -> None:
+def test_cancel_ends_a_queued_or_leased_task_and_the_holder_gets_409(queue: TaskQueue, clock: WallClock) -> None:
     held = queue.submit("web", "held")
     waiting = queue.submit("web", "waiting")
     lease(queue, "x")
@@ -334,7 +323,7 @@ def test_an_idempotency_key_answers_the_first_task_of_its_deployment(queue: Task
     assert queue.submit("web", {"a": 1}).id != first.id  # no key: a new task each time
 
 
-def test_a_deployment_holds_at_most_max_pending_unfinished_tasks(store: Store, clock: Clock) -> None:
+def test_a_deployment_holds_at_most_max_pending_unfinished_tasks(store: Store, clock: WallClock) -> None:
     queue = TaskQueue(store, clock=clock, max_pending=2)
     first = queue.submit("web", 1)
     queue.submit("web", 2)
@@ -361,7 +350,7 @@ def test_cost_and_llm_calls_add_up_on_the_task(queue: TaskQueue) -> None:
         queue.add_cost(task.id, -1)
 
 
-def scenario(queue: TaskQueue, clock: Clock) -> dict[str, str]:
+def scenario(queue: TaskQueue, clock: WallClock) -> dict[str, str]:
     """One task in each state of deployment web, and a queued one in batch."""
     ids = {name: queue.submit("web", name, attempts=1, ttl=100 if name == "failed" else 3600).id
            for name in ("succeeded", "failed", "cancelled", "dead", "leased", "queued")}
@@ -376,7 +365,7 @@ def scenario(queue: TaskQueue, clock: Clock) -> dict[str, str]:
     return ids
 
 
-def test_counts_per_state_and_listings(queue: TaskQueue, clock: Clock) -> None:
+def test_counts_per_state_and_listings(queue: TaskQueue, clock: WallClock) -> None:
     ids = scenario(queue, clock)
     assert queue.counts("web") == {"queued": 1, "leased": 1, "succeeded": 1, "failed": 1, "cancelled": 1, "dead": 1}
     assert queue.counts() == {"queued": 2, "leased": 1, "succeeded": 1, "failed": 1, "cancelled": 1, "dead": 1}
@@ -392,7 +381,7 @@ def test_counts_per_state_and_listings(queue: TaskQueue, clock: Clock) -> None:
         queue.tasks(state="running")
 
 
-def test_retention_removes_old_finished_tasks_and_the_totals_never_go_down(store: Store, clock: Clock) -> None:
+def test_retention_removes_old_finished_tasks_and_the_totals_never_go_down(store: Store, clock: WallClock) -> None:
     queue = TaskQueue(store, clock=clock, rng=random.Random(1))
     ids = scenario(queue, clock)  # finished at 0 s (succeeded, cancelled, dead) and 100 s (failed)
     agents_before = store.counts()
@@ -461,7 +450,7 @@ os.kill(os.getpid(), signal.SIGKILL)
 """
 
 
-def test_a_lease_survives_a_sigkill_and_can_be_given_back(tmp_path: Path, clock: Clock) -> None:
+def test_a_lease_survives_a_sigkill_and_can_be_given_back(tmp_path: Path, clock: WallClock) -> None:
     path = tmp_path / "state.db"
     killed = subprocess.run([sys.executable, "-c", KILLED_DAEMON, str(path), START.isoformat()],
                             capture_output=True, text=True, timeout=60, check=False)
