@@ -21,6 +21,7 @@ from fleetd.gateway.control_client import ControlClient
 from fleetd.gateway.daemon_socket import DaemonSocket, HeartbeatWatch
 from fleetd.gateway.keeper import Keeper
 from fleetd.models import LIVE_STATES
+from fleetd.netns import NOBODY
 from fleetd.policy import BudgetCaps, Policy, merged_prices, nusd, price_entry, resolve_caps, zone2_policy
 from fleetd.runtime import DockerRuntime
 from fleetd.store import Store
@@ -30,7 +31,6 @@ from fleetd.zone2.contract import AgentFigures, BudgetAnswer, Credentials, Regis
 from fleetd.zone2.pricing import PriceTable
 from fleetd.zone2.service import CONTROL_SOCKET, DAEMON_SOCKET, GATEWAY_PORT
 
-NOBODY = 65534
 ZONE2_IMAGE = f"fleetd/zone2:{__version__}"
 GATEWAY_URL = f"http://zone2:{GATEWAY_PORT}"
 
