@@ -35,10 +35,11 @@ RESERVED_LABEL_PREFIX = "fleetd."
 def whole_number(value: Any, flag: str, low: int, high: int | None = None) -> int:
     """An int within [low, high], or a clear error naming the flag."""
     if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, str) and re.fullmatch(r"-?[0-9]+", value.strip()):
+        # At most 30 digits: Python refuses to convert more than 4300 (ValueError, a 500), and no bound is that big.
+        if isinstance(value, str) and re.fullmatch(r"-?[0-9]{1,30}", value.strip()):
             value = int(value)
         else:
-            raise InvalidRequest(f"{flag}: expected a whole number, got {value!r}")
+            raise InvalidRequest(f"{flag}: expected a whole number, got {value!r:.40}")
     if value < low:
         raise InvalidRequest(f"{flag}: must be at least {low}, got {value}")
     if high is not None and value > high:

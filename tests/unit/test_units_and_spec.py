@@ -97,3 +97,14 @@ def test_one_money_format_everywhere() -> None:
 
     assert [format_usd(v) for v in (None, 0, 0.00001, 0.000123, 0.0123, 1.25, 50, 1234.56789)] == [
         "-", "$0.0000", "<$0.0001", "$0.0001", "$0.0123", "$1.2500", "$50.0000", "$1,234.5679"]
+
+
+def test_a_whole_number_given_as_thousands_of_digits_is_a_clear_400() -> None:
+    """A 5,000-digit string for --pids-limit reached int(), which Python refuses past 4,300 digits: a ValueError,
+    answered 500."""
+    from fleetd.errors import InvalidRequest
+    from fleetd.spec import whole_number
+
+    with pytest.raises(InvalidRequest, match="--pids-limit: expected a whole number"):
+        whole_number("9" * 5000, "--pids-limit", 1)
+    assert whole_number(" 42 ", "--pids-limit", 1) == 42
