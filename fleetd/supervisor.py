@@ -81,6 +81,8 @@ class Supervisor:
         self.draining = store.meta("draining") == "1"
         self._streak: dict[str, int] = {}  # restarts in a row, for the backoff (reset after 10 min of running)
         self.spares = SpareNamespaces(runtime, self.call, self._zone2_ip, config.spare_namespaces)
+        # Told of each agent that has ended, with its final record (the fleet gives back the task it held).
+        self.on_finished: list[Callable[[dict[str, Any]], None]] = []
 
     async def call(self, func: Callable[..., T], *args: Any) -> T:
         """Run a blocking engine call off the event loop."""
@@ -172,8 +174,18 @@ class Supervisor:
         """Validate, record, create and start an agent; arm its deadline."""
         if self.draining:
             raise Conflict("the daemon is draining: no new agents until `fleetd undrain`")
-        spec = build_spec(request, self.config, self.host_cpus, frozenset(r["name"] for r in self.store.roles()))
-        await self.call(self.runtime.check_image, spec.image)
+        return await self.launch(build_spec(request, self.config, self.host_cpus,
+                                            frozenset(r["name"] for r in self.store.roles())))
+
+    async def check_image(self, image: str) -> None:
+        """400 unless the engine has ``image`` (fleetd pulls nothing: images are built or loaded beforehand)."""
+        await self.call(self.runtime.check_image, image)
+
+    async def launch(self, spec: AgentSpec) -> dict[str, Any]:
+        """Record, create and start an agent of a validated spec (``spawn``'s, or a deployment's version)."""
+        if self.draining:
+            raise Conflict("the daemon is draining: no new agents until `fleetd undrain`")
+        await self.check_image(spec.image)
         env: dict[str, str] = {
             "FLEETD_HEARTBEAT_INTERVAL": f"{spec.heartbeat_interval:g}",
             "FLEETD_GRACE_SECONDS": str(spec.grace),
@@ -430,6 +442,12 @@ class Supervisor:
         ended = self._exited.pop(agent_id, None)  # kept for live agents only
         if ended is not None:
             ended.set()
+        if agent is not None:
+            for listener in self.on_finished:
+                try:
+                    listener(agent)
+                except Exception:
+                    log.exception("after the end of agent %s", agent_id)
         # its logs stay, its namespace goes
         self.background.start(self.call(self.runtime.remove_netns, agent_id), f"removing agent {agent_id}'s namespace")
         self.background.start(self.zone2.unregister(agent_id), f"unregistering agent {agent_id} from zone 2")

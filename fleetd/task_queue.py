@@ -206,19 +206,21 @@ class TaskQueue:
                  iso(now)))
         return self.get(task_id)
 
-    def lease(self, agent_id: str, deployment: str, version: str) -> Lease | None:
+    def lease(self, agent_id: str, deployment: str, version: str, bound_only: bool = False) -> Lease | None:
         """The task ``agent_id`` holds, else the oldest ready task of ``deployment`` it may run, else None.
 
-        Ready: queued, its backoff over, and unbound or bound to ``version`` (the first lease binds it).
+        Ready: queued, its backoff over, and unbound or bound to ``version`` (the first lease binds it); with
+        ``bound_only`` (an agent of a version being replaced) only bound ones: it takes no new work.
         """
         now = self.clock()
         at = iso(now)
+        unbound = "" if bound_only else "version IS NULL OR "
         with self.store.transaction():
             self._expire_due(now)
             row = self._row("SELECT * FROM tasks WHERE agent_id = ? AND state = 'leased'", (agent_id,))
             if row is None:
                 row = self._row("SELECT * FROM tasks WHERE deployment = ? AND state = 'queued' AND retry_at <= ? "
-                                "AND (version IS NULL OR version = ?) ORDER BY seq LIMIT 1",
+                                f"AND ({unbound}version = ?) ORDER BY seq LIMIT 1",
                                 (deployment, at, version))
                 if row is None:
                     return None
@@ -320,6 +322,30 @@ class TaskQueue:
         if row is None:
             raise NotFound(f"no such task: {task_id}")
         return row[0], row[1]
+
+    def end_unfinished(self, deployment: str, code: str, message: str, version: str | None = None) -> list[str]:
+        """Every queued or leased task of ``deployment`` (with ``version``: only those bound to it) is ``failed``
+        with ``code``: its deployment (or version) is gone, and nothing would ever run it. Their ids."""
+        now = self.clock()
+        bound = "" if version is None else " AND version = :version"
+        with self.store.transaction():
+            self._expire_due(now)
+            ids = [r[0] for r in self.conn.execute(
+                f"SELECT id FROM tasks WHERE deployment = :deployment AND {_LIVE}{bound} ORDER BY seq",
+                {"deployment": deployment, "version": version})]
+            for task_id in ids:
+                self._finish(task_id, TaskState.FAILED, code, message, now)
+        return ids
+
+    def queued(self, deployment: str) -> int:
+        """Tasks of ``deployment`` waiting for an agent (its queue depth, what the autoscaler reads)."""
+        count: int = self.conn.execute("SELECT COUNT(*) FROM tasks WHERE deployment = ? AND state = 'queued'",
+                                       (deployment,)).fetchone()[0]
+        return count
+
+    def holders(self) -> dict[str, str]:
+        """Agent id -> the id of the task it holds, for every leased task."""
+        return dict(self.conn.execute("SELECT agent_id, id FROM tasks WHERE state = 'leased'").fetchall())
 
     def get(self, task_id: str) -> Task:
         row = self._row("SELECT * FROM tasks WHERE id = ?", (task_id,))
