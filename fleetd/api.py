@@ -10,10 +10,10 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
 
 from aiohttp import web
 
+from fleetd.api_input import MAX_BODY, SERVICES, body, flag, number, services, until_hangup
 from fleetd.errors import FleetdError, InvalidRequest
 from fleetd.filters import parse_filters
 from fleetd.models import LIVE_STATES, iso, parse_iso, utcnow
@@ -21,11 +21,7 @@ from fleetd.services import Services
 from fleetd.times import parse_time
 
 log = logging.getLogger(__name__)
-SERVICES = web.AppKey("services", Services)
-MAX_BODY = 1 << 20
-HANGUP_CHECK = 1.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-T = TypeVar("T")
 
 
 def error_response(status: int, code: str, message: str) -> web.Response:
@@ -48,42 +44,6 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except Exception:
         log.exception("internal error on %s %s", request.method, request.path)
         return error_response(500, "internal_error", "internal error: see the daemon's log")
-
-
-async def body(request: web.Request) -> dict[str, Any]:
-    """The JSON object in the request body ({} when empty)."""
-    raw = await request.read()
-    if not raw.strip():
-        return {}
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(f"malformed JSON body: {exc}") from None
-    if not isinstance(data, dict):
-        raise InvalidRequest("the JSON body must be an object")
-    return data
-
-
-def flag(request: web.Request, name: str) -> bool:
-    value = request.query.get(name, "").lower()
-    if value in ("", "0", "false", "no"):
-        return False
-    if value in ("1", "true", "yes"):
-        return True
-    raise InvalidRequest(f"query parameter {name}: expected true or false, got {value!r}")
-
-
-def number(request: web.Request, name: str) -> int | None:
-    value = request.query.get(name)
-    if value is None or value == "":
-        return None
-    if not (value.isascii() and value.isdigit()):
-        raise InvalidRequest(f"query parameter {name}: expected a whole number >= 0, got {value!r}")
-    return int(value)
-
-
-def services(request: web.Request) -> Services:
-    return request.app[SERVICES]
 
 
 async def status(request: web.Request) -> web.Response:
@@ -170,18 +130,6 @@ async def logs(request: web.Request) -> web.StreamResponse:
     finally:
         await chunks.aclose()  # type: ignore[attr-defined]
     return response
-
-
-async def until_hangup(request: web.Request, awaitable: Awaitable[T]) -> T:
-    """Await ``awaitable``, but give up when the client hangs up (a quiet agent never wakes us)."""
-    task = asyncio.ensure_future(awaitable)
-    while True:
-        done, _ = await asyncio.wait({task}, timeout=HANGUP_CHECK)
-        if done:
-            return task.result()
-        if request.transport is None or request.transport.is_closing():
-            task.cancel()
-            raise ConnectionResetError("client went away")
 
 
 def moment(request: web.Request, name: str) -> str | None:
