@@ -15,6 +15,7 @@ import click
 
 from cli.client import ApiError, Client
 from cli.common import DURATION, api_errors, client, spawn_options
+from cli.fleet import deploy, task
 from cli.money import budget, price
 from cli.output import ago, duration, heartbeat_text, print_json, print_table, ready_text, state_text
 from cli.spawn_options import EnvError, spawn_request
@@ -763,3 +764,5 @@ def role_ls(ctx: click.Context, as_json: bool) -> None:
 main.add_command(price)
 main.add_command(budget)
 main.add_command(top)
+main.add_command(deploy)
+main.add_command(task)
