@@ -113,9 +113,11 @@ class DeployGroup(click.Group):
 
     def resolve_command(self, ctx: click.Context,
                         args: list[str]) -> tuple[str | None, click.Command | None, list[str]]:
-        if self.apply is None or not args or args[0] in self.commands or ctx.resilient_parsing:
+        if self.apply is None or not args or args[0] in self.commands:
             return super().resolve_command(ctx, args)
         if args[0].startswith("-"):  # the group takes no option but --help: one meant for the apply verb
+            if ctx.resilient_parsing:  # shell completion
+                return super().resolve_command(ctx, args)
             raise click.UsageError(f"No such option: {args[0]} (options come after the deployment's NAME: "
                                    f"{ctx.command_path} {DEPLOY_USAGE})", ctx)
         return args[0], self.apply, args[1:]

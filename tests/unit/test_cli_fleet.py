@@ -383,3 +383,15 @@ def test_task_wait_timeout_bounds_the_whole_wait(daemon: FakeDaemon, tasks: list
 def test_the_cli_knows_the_daemons_task_states_and_deploy_fields() -> None:
     assert tuple(state.value for state in TaskState) == cli.fleet.TASK_STATES
     assert cli.fleet.DEPLOY_FIELDS == SCALING_FIELDS + TASK_FIELDS
+
+
+def test_shell_completion_sees_the_apply_verbs_options_and_the_subcommands() -> None:
+    def complete(words: str) -> list[str]:
+        env = {"_FLEETD_COMPLETE": "bash_complete", "COMP_WORDS": words,
+               "COMP_CWORD": str(len(words.split()) - (0 if words.endswith(" ") else 1))}
+        result = CliRunner().invoke(main, [], env=env, prog_name="fleetd")
+        return [line.split(",", 1)[1] for line in result.stdout.splitlines()]
+
+    assert complete("fleetd deploy ") == ["inspect", "ls", "rm", "scale"]
+    assert complete("fleetd deploy web --ma") == ["--max", "--max-llm-calls"]
+    assert complete("fleetd deploy scale web --m") == ["--min", "--max"]
