@@ -360,9 +360,14 @@ def task_submit(ctx: click.Context, deployment: str, stdin: str | None, inline: 
 TASK_COLUMNS = ["ID", "DEPLOYMENT", "STATE", "ATTEMPTS", "AGENT", "COST", "AGE"]
 
 
+def state_text(record: dict[str, Any]) -> str:
+    """``failed (ttl_expired)``: the state, and the code of how it ended when that says more."""
+    state, code = str(record["state"]), record.get("code")
+    return f"{state} ({code})" if code and code != state else state
+
+
 def task_row(record: dict[str, Any]) -> list[str]:
-    state = str(record["state"]) + (f" ({record['code']})" if record.get("code") else "")
-    return [record["id"], record["deployment"], state, f"{record['attempts']}/{record['max_attempts']}",
+    return [record["id"], record["deployment"], state_text(record), f"{record['attempts']}/{record['max_attempts']}",
             record.get("agent_id") or "-", format_usd(record.get("cost_usd")), age(record.get("created_at"))]
 
 
@@ -446,7 +451,7 @@ def task_wait(ctx: click.Context, ids: tuple[str, ...], timeout: float | None) -
                     failed = True
                 continue
             state = record["state"]
-            click.echo(f"{record['id']} {state}" + (f" ({record['code']})" if record.get("code") else ""))
+            click.echo(f"{record['id']} {state_text(record)}")
             failed = failed or state != "succeeded"
     except KeyboardInterrupt:
         sys.exit(INTERRUPTED_EXIT)

@@ -395,3 +395,9 @@ def test_shell_completion_sees_the_apply_verbs_options_and_the_subcommands() -> 
     assert complete("fleetd deploy ") == ["inspect", "ls", "rm", "scale"]
     assert complete("fleetd deploy web --ma") == ["--max", "--max-llm-calls"]
     assert complete("fleetd deploy scale web --m") == ["--min", "--max"]
+
+
+def test_a_state_shows_its_code_when_that_says_more() -> None:
+    assert cli.fleet.state_text({"state": "failed", "code": "ttl_expired"}) == "failed (ttl_expired)"
+    assert cli.fleet.state_text({"state": "cancelled", "code": "cancelled"}) == "cancelled"
+    assert cli.fleet.state_text({"state": "queued", "code": None}) == "queued"
