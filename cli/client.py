@@ -19,7 +19,13 @@ if TYPE_CHECKING:  # kept out of the fast path's start-up
 
 
 class ApiError(Exception):
-    """The daemon answered with an error, or could not be reached."""
+    """The daemon answered with an error (its HTTP ``status`` and machine ``code``), or could not be reached (both
+    None)."""
+
+    def __init__(self, message: str, status: int | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
 
 
 class Response:
@@ -136,11 +142,13 @@ class Client:
         if response.status >= 400:
             raw = response.read()
             sock.close()
+            code = None
             try:
-                message = loads(raw)["error"]["message"]
-            except (ValueError, KeyError, TypeError):
+                error = loads(raw)["error"]
+                message, code = error["message"], error.get("code")
+            except (ValueError, KeyError, TypeError, AttributeError):
                 message = raw.decode(errors="replace").strip() or response.reason
-            raise ApiError(message)
+            raise ApiError(message, response.status, code if isinstance(code, str) else None)
         return response
 
     def call(self, method: str, path: str, body: Any = None, query: dict[str, Any] | None = None) -> Any:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from cli.client import ApiError, Client
+from cli.spawn_options import SPAWN_OPTIONS
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -60,3 +61,23 @@ DURATION = Duration()
 def client(ctx: click.Context) -> Client:
     root = ctx.find_root()
     return Client(root.params.get("socket") or default_socket())
+
+
+def spawn_options_except(*dests: str) -> Callable[[F], F]:
+    """Click options from the one table (cli.spawn_options) the fast path parses too, but those named (``fleetd
+    deploy`` takes every spawn option but ``--name`` and ``--restart``)."""
+    types: dict[str, dict[str, Any]] = {
+        "int": {"type": int}, "duration": {"type": DURATION}, "str": {}, "multi": {"multiple": True},
+        "flag": {"is_flag": True},
+    }
+
+    def decorate(func: F) -> F:
+        for flags, dest, kind, help_text in reversed(SPAWN_OPTIONS):
+            if dest not in dests:
+                func = click.option(*flags, dest, help=help_text, **types[kind])(func)
+        return func
+
+    return decorate
+
+
+spawn_options = spawn_options_except()

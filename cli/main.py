@@ -8,22 +8,21 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
 from cli.client import ApiError, Client
-from cli.common import DURATION, api_errors, client
+from cli.common import DURATION, api_errors, client, spawn_options
+from cli.fleet import deploy, task
 from cli.money import budget, price
 from cli.output import ago, duration, heartbeat_text, print_json, print_table, ready_text, state_text
-from cli.spawn_options import SPAWN_OPTIONS, EnvError, spawn_request
+from cli.spawn_options import EnvError, spawn_request
 from cli.template import Render, TemplateError, compile_template, tabulate
 from cli.top import top
 from fleetd.zone2.kinds import KINDS
 
-F = TypeVar("F", bound=Callable[..., Any])
 VERSION = "0.1.0"
 
 
@@ -198,17 +197,6 @@ def images_build(base: str | None) -> None:
             click.echo(line)
     except FleetdError as exc:
         raise click.ClickException(exc.message) from None
-
-
-def spawn_options(func: F) -> F:
-    """Click options from the one table (cli.spawn_options) the fast path parses too."""
-    types: dict[str, dict[str, Any]] = {
-        "int": {"type": int}, "duration": {"type": DURATION}, "str": {}, "multi": {"multiple": True},
-        "flag": {"is_flag": True},
-    }
-    for flags, dest, kind, help_text in reversed(SPAWN_OPTIONS):
-        func = click.option(*flags, dest, help=help_text, **types[kind])(func)
-    return func
 
 
 @main.command(context_settings={"allow_interspersed_args": False})
@@ -776,3 +764,5 @@ def role_ls(ctx: click.Context, as_json: bool) -> None:
 main.add_command(price)
 main.add_command(budget)
 main.add_command(top)
+main.add_command(deploy)
+main.add_command(task)

@@ -24,6 +24,17 @@ def ago(text: str | None) -> str:
     return f"{max(0, int(seconds))} seconds ago"
 
 
+def age(text: str | None) -> str:
+    """How long ago, as kubectl's AGE column shows it: ``45s``, ``12m``, ``5h``, ``3d``."""
+    if not text:
+        return "-"
+    seconds = max(0, int((datetime.now(UTC) - datetime.fromisoformat(text)).total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
 def duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"
