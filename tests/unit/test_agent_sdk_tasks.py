@@ -334,7 +334,10 @@ WORKER = """
 import sys, time
 sys.path.insert(0, {sdk!r})
 import fleetd_agent
-fleetd_agent.on_sigterm(lambda: print("drained", flush=True), timeout={timeout})
+def drain():
+    time.sleep(0.3)  # a checkpoint to write: the main thread, done with its task, must not end the process first
+    print("drained", flush=True)
+fleetd_agent.on_sigterm(drain, timeout={timeout})
 for task in fleetd_agent.tasks(wait=5):
     print("working", task.id, flush=True)
     time.sleep({work})

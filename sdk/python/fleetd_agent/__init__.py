@@ -365,6 +365,7 @@ def _drain_and_exit(drain: Callable[[], object] | None, timeout: float, exit_cod
 
 
 _sigterm_lock = threading.Lock()
+_sigterm_closer: list[threading.Thread] = []  # the thread draining and ending the process, once SIGTERM came
 
 
 def on_sigterm(
@@ -420,6 +421,7 @@ def on_sigterm(
             )
             started.append(closer)
         closer.start()
+        _sigterm_closer[:] = [closer]
 
     signal.signal(signal.SIGTERM, handle)
 
@@ -611,7 +613,10 @@ def tasks(wait: float = DEFAULT_TASK_WAIT) -> Iterator[Task]:
     Each request for a task (``POST $FLEETD_GATEWAY_URL/fleetd/tasks/next?wait=..``) waits up to ``wait``
     seconds (0 to 60) for one; when none came it asks again. The loop ends when ``should_stop()`` turns True
     (SIGTERM, with ``on_sigterm()`` installed): the task in hand is finished, no other is taken. A task the
-    daemon handed out just as SIGTERM came is given back at once.
+    daemon handed out just as SIGTERM came is given back at once. After SIGTERM the loop does not return:
+    it waits for ``on_sigterm``'s drain, which ends the process (the interpreter ending first would cut the
+    drain off), so code after the loop runs only when the loop ends for another reason; cleanup belongs in
+    the drain.
 
     Answer every task with ``task.complete(output)`` or ``task.fail(error, retry=...)``. One the loop body
     leaves unanswered is failed (for a retry) before the next is taken, with the error "not completed by the
@@ -643,11 +648,10 @@ def _task_loop(base: str, wait: float) -> Iterator[Task]:
                 _give_back(task, NOT_COMPLETED)
                 task = None
             if should_stop():
-                return
+                break
             answer = _post(url, b"{}", wait + TASK_POLL_MARGIN)
             if answer is None or answer[0] in _RETRIED:
-                if stopping_event.wait(delay):
-                    return
+                stopping_event.wait(delay)
                 delay = min(delay * 2, TASK_RETRY_CAP)
                 continue
             delay = TASK_RETRY_FIRST
@@ -664,12 +668,23 @@ def _task_loop(base: str, wait: float) -> Iterator[Task]:
             if should_stop():
                 _give_back(task, STOPPING)
                 task = None
-                return
+                break
             yield task
     finally:
         if task is not None:
             _give_back(task, LOOP_ENDED)
         _task_idle.set()
+    _wait_for_the_drain()
+
+
+def _wait_for_the_drain() -> None:
+    """The loop ends because SIGTERM came: with ``on_sigterm()`` installed, its drain is running in a daemon thread
+    that ends the process. Wait for it here: the main thread returning from the loop could end the interpreter
+    first, and the drain with it, half done."""
+    closer = _sigterm_closer[0] if _sigterm_closer else None
+    if closer is not None and closer is not threading.current_thread():
+        closer.join()
+
 
 # --- checkpoints -------------------------------------------------------------
 
