@@ -29,7 +29,7 @@ import math
 import re
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 from aiohttp import web
 
@@ -57,6 +57,7 @@ GONE_EVERY = 1.0  # s between two looks at a long-polling agent's connection
 PARSE_IN_THREAD = 64 << 10  # bytes of the daemon's answer from which it is parsed in a thread
 CLIENT_GONE = 499  # nginx's "client closed request": the status of an answer nobody reads
 Identify = Callable[[web.Request], Awaitable[Registration | None]]
+Answer = TypeVar("Answer", TaskComplete, TaskFail)
 
 
 class DaemonUnreachable(Exception):
@@ -177,8 +178,7 @@ async def read_answer(request: web.Request, what: str) -> tuple[dict[str, Any], 
     return data, heavy
 
 
-def message_of(cls: type[TaskComplete] | type[TaskFail], data: dict[str, Any], agent_id: str,
-               known: frozenset[str]) -> Any:
+def message_of(cls: type[Answer], data: dict[str, Any], agent_id: str, known: frozenset[str]) -> Answer:
     """The agent's body as the contract's message for the daemon, checked by the contract's class; else 400."""
     unknown = sorted(set(data) - known)
     if unknown:
@@ -265,7 +265,7 @@ class TaskRoutes:
         reg = await self.agent(request)
         task_id = task_id_of(request)
         data, heavy = await read_answer(request, "task completions")
-        message: TaskComplete = message_of(TaskComplete, data, reg.agent_id, frozenset({"output", "attempt"}))
+        message = message_of(TaskComplete, data, reg.agent_id, frozenset({"output", "attempt"}))
         link = self.link_or_503()
         try:
             reply = await link.task_complete(task_id, message, heavy)
@@ -278,7 +278,7 @@ class TaskRoutes:
         reg = await self.agent(request)
         task_id = task_id_of(request)
         data, _ = await read_answer(request, "task failures")
-        message: TaskFail = message_of(TaskFail, data, reg.agent_id, frozenset({"error", "retry", "attempt"}))
+        message = message_of(TaskFail, data, reg.agent_id, frozenset({"error", "retry", "attempt"}))
         link = self.link_or_503()
         try:
             reply = await link.task_fail(task_id, message)
