@@ -12,7 +12,9 @@ GET /control/budget?agent=ID... -> :class:`BudgetAnswer`; PUT /control/creds :cl
 /control/agents :class:`Registrations`; POST /control/agents :class:`Registration`; DELETE /control/agents/ID.
 
 ``daemon.sock`` (served by the daemon): GET /control/whois?ip=IP -> :class:`Registration`; POST /control/heartbeats
-:class:`HeartbeatBatch` -> :class:`HeartbeatAnswer`; POST /control/events :class:`Event`.
+:class:`HeartbeatBatch` -> :class:`HeartbeatAnswer`; POST /control/events :class:`Event`; POST /control/tasks/next
+:class:`TaskNext` -> :class:`TaskLease` (or 204: none came); POST /control/tasks/ID/complete :class:`TaskComplete` and
+POST /control/tasks/ID/fail :class:`TaskFail` -> :class:`TaskOutcome` (or 404/409 with an error body).
 """
 
 from __future__ import annotations
@@ -479,3 +481,117 @@ class Event:
     def from_json(cls, data: Any) -> Event:
         o = _Object(data, "event")
         return cls(o.text("type"), o.optional_text("agent_id"), o.text("message"), o.mapping("data"))
+
+
+# -- daemon.sock: an agent's tasks, relayed by zone 2 ----------------------------------------------------------------
+DEFAULT_TASK_WAIT = 30.0  # s a request for a task waits for one when the agent names no wait
+MAX_TASK_WAIT = 60.0  # s it may wait at most (a long-poll: an agent's connection held open meanwhile)
+MAX_TASK_ERROR = 10_000  # characters of an agent's account of a failure
+MAX_TASK_OUTPUT = 1 << 20  # bytes of a task's output as compact JSON (the daemon's task_queue.MAX_BODY_BYTES)
+
+
+def _attempt(o: _Object, required: bool) -> int | None:
+    """An attempt number (from 1); when not ``required``, it may be null or absent (None)."""
+    value = o.whole("attempt") if required else o.optional_whole("attempt", None)
+    if value is not None and value < 1:
+        raise ContractError(f"{o.what}: attempt must be 1 or more, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class TaskNext:
+    """POST /control/tasks/next: an agent asks for a task, waiting up to ``wait`` s for one. The daemon answers the
+    task the agent holds, else the next ready one of its deployment (:class:`TaskLease`), or 204 when none came."""
+
+    agent_id: str
+    wait: float = DEFAULT_TASK_WAIT
+
+    def to_json(self) -> dict[str, Any]:
+        return {"agent_id": self.agent_id, "wait": self.wait}
+
+    @classmethod
+    def from_json(cls, data: Any) -> TaskNext:
+        o = _Object(data, "task request")
+        wait = o.number("wait", DEFAULT_TASK_WAIT)
+        if not 0 <= wait <= MAX_TASK_WAIT:
+            raise ContractError(f"task request: wait must be from 0 to {MAX_TASK_WAIT:g} seconds, got {wait:g}")
+        return cls(o.text("agent_id"), wait)
+
+
+@dataclass(frozen=True)
+class TaskLease:
+    """The daemon's answer to :class:`TaskNext`, passed to the agent as it is: a task and the attempt that fences its
+    answer (a completion of any other attempt is refused 409)."""
+
+    id: str
+    input: Any  # any JSON the task was submitted with
+    attempt: int  # from 1
+    deadline: str  # ISO 8601: past it the task fails (ttl_expired), whatever the attempt
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "input": self.input, "attempt": self.attempt, "deadline": self.deadline}
+
+    @classmethod
+    def from_json(cls, data: Any) -> TaskLease:
+        o = _Object(data, "task lease")
+        attempt = _attempt(o, required=True)
+        assert attempt is not None
+        return cls(o.text("id"), o.required("input"), attempt, o.text("deadline"))
+
+
+@dataclass(frozen=True)
+class TaskComplete:
+    """POST /control/tasks/ID/complete: the agent's task succeeded with ``output``. ``attempt`` None: the agent named
+    none (the daemon takes the attempt the agent holds)."""
+
+    agent_id: str
+    attempt: int | None
+    output: Any = None  # any JSON, at most MAX_TASK_OUTPUT bytes of it (the daemon counts them)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"agent_id": self.agent_id, "attempt": self.attempt, "output": self.output}
+
+    @classmethod
+    def from_json(cls, data: Any) -> TaskComplete:
+        o = _Object(data, "task completion")
+        return cls(o.text("agent_id"), _attempt(o, required=False), o.data.get("output"))
+
+
+@dataclass(frozen=True)
+class TaskFail:
+    """POST /control/tasks/ID/fail: the agent's attempt failed. ``retry``: the task is queued again after a backoff
+    while attempts remain; else it fails for good."""
+
+    agent_id: str
+    attempt: int | None
+    error: str
+    retry: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        return {"agent_id": self.agent_id, "attempt": self.attempt, "error": self.error, "retry": self.retry}
+
+    @classmethod
+    def from_json(cls, data: Any) -> TaskFail:
+        o = _Object(data, "task failure")
+        error = o.text("error")
+        if len(error) > MAX_TASK_ERROR:
+            raise ContractError(f"task failure: error must be at most {MAX_TASK_ERROR} characters, got {len(error)}")
+        return cls(o.text("agent_id"), _attempt(o, required=False), error, o.flag("retry", True))
+
+
+@dataclass(frozen=True)
+class TaskOutcome:
+    """The daemon's answer to :class:`TaskComplete` and :class:`TaskFail`: the task as it is now. The daemon may send
+    the whole task (its input and output too); zone 2 reads, and passes on to the agent, only these."""
+
+    id: str
+    state: str  # task_queue.TaskState: succeeded; queued again, dead or failed after a failure
+    attempts: int  # leases the task has had
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "state": self.state, "attempts": self.attempts}
+
+    @classmethod
+    def from_json(cls, data: Any) -> TaskOutcome:
+        o = _Object(data, "task outcome")
+        return cls(o.text("id"), o.text("state"), o.whole("attempts"))

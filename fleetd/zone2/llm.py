@@ -144,6 +144,7 @@ _UNIQUE_KEYS = json.JSONDecoder(object_pairs_hook=_unique_keys)  # made once: js
 # Parsing JSON costs far more memory than its bytes: ``[{},{},...]`` of 9.7 MB peaked near 283 MB, more than zone 2
 # has. A body is parsed only when an upper bound on what it parses into (``parse_cost``) is within this.
 PARSE_BUDGET = 48 << 20
+HEAVY_CONTAINERS = 5000  # JSON objects and arrays from which a body's parse goes to a thread
 _COSTS = {b"{": 200, b"[": 80, b",": 64, b":": 64}  # bytes a dict, a list, a value beyond its text costs at most
 _MAX_PRECISE_QUOTES = 20_000  # past this many strings' quotes, reading them out costs more CPU than it is worth
 

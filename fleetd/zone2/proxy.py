@@ -35,16 +35,16 @@ from fleetd.zone2.handles import (
 )
 from fleetd.zone2.kinds import free_call, is_llm, unmetered_billable
 from fleetd.zone2.ledger import Ledger
-from fleetd.zone2.llm import PARSE_BUDGET, BadLLMRequest, JsonShape, Usage, parse_cost
+from fleetd.zone2.llm import HEAVY_CONTAINERS, PARSE_BUDGET, BadLLMRequest, JsonShape, Usage, parse_cost
 from fleetd.zone2.meters import MAX_BUFFERED, BodyMeter, StreamMeter, usage_from_body
 from fleetd.zone2.providers import Provider, match
 from fleetd.zone2.registry import Registry
 from fleetd.zone2.targets import safe_path
+from fleetd.zone2.tasks import HeldTasks, TaskLink, TaskRoutes
 from fleetd.zone2.upstream import BadRequestHead, Response, UpstreamError, Upstreams
 
 log = logging.getLogger("fleetd.zone2")
 MAX_BODY = 10 << 20
-HEAVY_CONTAINERS = 5000  # JSON objects and arrays from which a body's parse goes to a thread
 MAX_HEARTBEAT = 64 << 10  # a heartbeat's progress is a few fields: checked before a byte is read
 CONNECT_TIMEOUT = 10.0
 IDLE_TIMEOUT = 300.0
@@ -59,6 +59,7 @@ Whois = Callable[[str], Awaitable[Registration | None]]
 REGISTRY = web.AppKey("registry", Registry)
 UPSTREAMS = web.AppKey("upstreams", Upstreams)
 GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway")
+TASKS = web.AppKey("tasks", HeldTasks)  # the task each agent holds (zone2.tasks)
 
 
 def forward_headers(headers: Any, secrets: dict[str, str]) -> dict[str, str]:
@@ -410,9 +411,13 @@ def progress_of(data: Any) -> dict[str, Any] | None:
 
 
 def init_gateway(registry: Registry, whois: Whois, costs: CostTracker | None = None,
-                 relay: Relay | None = None, guard: Guard | None = None) -> web.Application:
+                 relay: Relay | None = None, guard: Guard | None = None, tasks: TaskLink | None = None,
+                 held: HeldTasks | None = None) -> web.Application:
     """The agent-facing aiohttp application (serve it with ``guard.serve_guarded``, or any aiohttp site in
-    tests: the shares of memory hold either way, the connection limits and timers only when guarded)."""
+    tests: the shares of memory hold either way, the connection limits and timers only when guarded).
+
+    ``relay`` takes heartbeats to the daemon and ``tasks`` the task calls (None: they are answered 503);
+    ``held`` is where the task each agent holds is kept (``app[TASKS]``; the control API forgets agents in it)."""
     tracker = costs or memory_costs()
     shares = guard or Guard(counts=tracker.counts)
     @web.middleware
@@ -425,6 +430,7 @@ def init_gateway(registry: Registry, whois: Whois, costs: CostTracker | None = N
 
     app = web.Application(client_max_size=MAX_BODY, middlewares=[guard_middleware, targets])
     app[GUARD] = shares
+    app[TASKS] = held if held is not None else HeldTasks()
 
     async def open_upstreams(app: web.Application) -> Any:
         # No cookie jar: the pools are shared by every agent. Set-Cookie and Cookie pass through as headers,
@@ -461,7 +467,11 @@ def init_gateway(registry: Registry, whois: Whois, costs: CostTracker | None = N
         """GET /fleetd/health: the daemon's probe of what agents see (this port, this loop), from the host."""
         return web.json_response({"ok": True})
 
+    async def identify(request: web.Request) -> Registration | None:
+        return await request.app[GATEWAY].identify(request)
+
     app.router.add_post("/fleetd/heartbeat", heartbeat)
     app.router.add_get("/fleetd/health", health)
+    TaskRoutes(tasks, app[TASKS], identify, registry).add_to(app)
     app.router.add_route("*", "/{tail:.*}", handle)
     return app

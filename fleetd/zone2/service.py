@@ -9,12 +9,15 @@ unknown address is).
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 import logging
 import os
 import signal
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 from aiohttp import web
@@ -22,6 +25,7 @@ from aiohttp import web
 from fleetd.fingerprint import code_fingerprint
 from fleetd.zone2.contract import (
     BudgetAnswer,
+    ContractError,
     Credentials,
     Event,
     Health,
@@ -30,25 +34,36 @@ from fleetd.zone2.contract import (
     HeartbeatBatch,
     Registration,
     Registrations,
+    TaskComplete,
+    TaskFail,
+    TaskLease,
+    TaskNext,
+    TaskOutcome,
     Zone2Policy,
 )
-from fleetd.zone2.control import received, refuse_malformed
+from fleetd.zone2.control import M, received, refuse_malformed
 from fleetd.zone2.costs import CostTracker
-from fleetd.zone2.guard import IDLE_TIMEOUT, LINGER, READ_BUFFER, Guard, serve_guarded, stop_guarded
+from fleetd.zone2.guard import IDLE_TIMEOUT, LARGE_BODY, LINGER, READ_BUFFER, Guard, serve_guarded, stop_guarded
 from fleetd.zone2.ledger import LEDGER_FILE, Ledger
 from fleetd.zone2.proxy import init_gateway
 from fleetd.zone2.registry import Registry
+from fleetd.zone2.tasks import PARSE_IN_THREAD, DaemonUnreachable, HeldTasks, TaskReply, parse_json
 
 log = logging.getLogger("fleetd.zone2")
 CONTROL_SOCKET = "zone2.sock"
 DAEMON_SOCKET = "daemon.sock"
 GATEWAY_PORT = 8080
 HEARTBEAT_LINGER = 0.02  # s a heartbeat waits in zone 2 for others to go to the daemon with it
+TASK_NEXT_MARGIN = 10.0  # s the daemon has to answer a long-poll beyond its wait
+TASK_ANSWER_TIMEOUT = 20.0  # s the daemon has to record a completion or failure (a transaction of up to 1 MiB)
 
 
-def init_control(registry: Registry, costs: CostTracker, guard: Guard, started: float) -> web.Application:
-    """The daemon-facing control API (Unix socket): each handler reads its message with the contract's class."""
+def init_control(registry: Registry, costs: CostTracker, guard: Guard, started: float,
+                 held: HeldTasks | None = None) -> web.Application:
+    """The daemon-facing control API (Unix socket): each handler reads its message with the contract's class.
+    ``held``: the tasks the agents hold (the gateway's), forgotten with the agents."""
     app = web.Application(client_max_size=16 << 20, middlewares=[refuse_malformed])
+    tasks = held if held is not None else HeldTasks()
 
     async def put_policy(request: web.Request) -> web.Response:
         costs.configure(await received(request, Zone2Policy))  # 400 for a newer daemon's, which this one cannot read
@@ -70,7 +85,9 @@ def init_control(registry: Registry, costs: CostTracker, guard: Guard, started: 
         return web.json_response({"creds": len(registry.creds)})
 
     async def put_agents(request: web.Request) -> web.Response:
-        registry.replace_agents((await received(request, Registrations)).agents)
+        agents = (await received(request, Registrations)).agents
+        registry.replace_agents(agents)
+        tasks.keep({reg.agent_id for reg in agents})
         return web.json_response({"agents": len(registry.by_ip)})
 
     async def post_agent(request: web.Request) -> web.Response:
@@ -80,6 +97,7 @@ def init_control(registry: Registry, costs: CostTracker, guard: Guard, started: 
     async def delete_agent(request: web.Request) -> web.Response:
         registry.unregister(request.match_info["agent_id"])
         costs.forget(request.match_info["agent_id"])
+        tasks.forget(request.match_info["agent_id"])
         return web.json_response({"agents": len(registry.by_ip)})
 
     app.router.add_get("/control/health", health)
@@ -93,11 +111,13 @@ def init_control(registry: Registry, costs: CostTracker, guard: Guard, started: 
 
 
 class DaemonLink:
-    """Zone 2's line to the daemon over ``daemon.sock``: who is this address, and events to record."""
+    """Zone 2's line to the daemon over ``daemon.sock``: who is this address, heartbeats and events to record, and the
+    agents' task calls."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.session: aiohttp.ClientSession | None = None
+        self.task_session: aiohttp.ClientSession | None = None
         self.pending: set[asyncio.Task[None]] = set()
         self._beats: dict[str, tuple[dict[str, Any] | None, list[asyncio.Future[bool | None]]]] = {}
         self._flush: asyncio.TimerHandle | None = None
@@ -161,6 +181,53 @@ class DaemonLink:
                 if not future.done():
                     future.set_result(None if taken is None else agent_id in taken)
 
+    # -- the agents' tasks (zone2.tasks) --------------------------------------------------------------------------
+    def _task_session(self) -> aiohttp.ClientSession:
+        """The task calls' own connections: a long-poll holds one for up to a minute, and a thousand agents may
+        poll at once, so their pool has no limit (the other calls' pool of 100 would queue them, and the
+        heartbeats behind them); each call has its own timeout."""
+        if self.task_session is None:
+            self.task_session = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(self.path), limit=0))
+        return self.task_session
+
+    async def task_next(self, message: TaskNext) -> TaskReply:
+        """POST /control/tasks/next: a lease (200), none (204), or the daemon's 4xx; else DaemonUnreachable."""
+        status, raw = await self._task_call("/control/tasks/next", _compact(message.to_json()),
+                                            message.wait + TASK_NEXT_MARGIN, (200, 204))
+        if status != 200:
+            return TaskReply(status, raw)
+        return TaskReply(status, raw, lease=_read(TaskLease, await _parsed(raw)))
+
+    async def task_complete(self, task_id: str, message: TaskComplete, heavy: bool = False) -> TaskReply:
+        """POST /control/tasks/ID/complete (``heavy``: an output whose JSON is written in a thread)."""
+        body = await asyncio.to_thread(_compact, message.to_json()) if heavy else _compact(message.to_json())
+        return await self._task_answer(f"/control/tasks/{quote(task_id, safe='')}/complete", body)
+
+    async def task_fail(self, task_id: str, message: TaskFail) -> TaskReply:
+        """POST /control/tasks/ID/fail."""
+        return await self._task_answer(f"/control/tasks/{quote(task_id, safe='')}/fail", _compact(message.to_json()))
+
+    async def _task_answer(self, path: str, body: bytes) -> TaskReply:
+        status, raw = await self._task_call(path, body, TASK_ANSWER_TIMEOUT, (200,))
+        if status != 200:
+            return TaskReply(status, raw)
+        return TaskReply(status, raw, outcome=_read(TaskOutcome, await _parsed(raw)))
+
+    async def _task_call(self, path: str, body: bytes, timeout: float, taken: tuple[int, ...]) -> tuple[int, bytes]:
+        """The daemon's status and body: one of ``taken`` or a 4xx; else DaemonUnreachable."""
+        try:
+            # a body past 1 MiB sent from a buffer, a chunk at a time (as bytes, aiohttp would warn it holds the loop)
+            data: bytes | io.BytesIO = io.BytesIO(body) if len(body) > LARGE_BODY else body
+            async with self._task_session().post(f"http://daemon{path}", data=data,
+                                                 headers={"Content-Type": "application/json"},
+                                                 timeout=aiohttp.ClientTimeout(total=timeout)) as response:
+                status, raw = response.status, await response.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise DaemonUnreachable(type(exc).__name__) from None
+        if status not in taken and not 400 <= status < 500:
+            raise DaemonUnreachable(f"it answered {status}")
+        return status, raw
+
     def emit(self, type_: str, agent_id: str | None, message: str, data: dict[str, Any]) -> None:
         """Send an event to the daemon's log in the background (never holds up a request)."""
         log.info("event %s %s: %s", type_, agent_id or "-", message)
@@ -178,8 +245,29 @@ class DaemonLink:
     async def close(self) -> None:
         if self.pending:
             await asyncio.wait(self.pending, timeout=2)
-        if self.session is not None:
-            await self.session.close()
+        for session in (self.session, self.task_session):
+            if session is not None:
+                await session.close()
+
+
+def _compact(message: Any) -> bytes:
+    """A message as compact JSON: a task's output is counted by the daemon as such (at most 1 MiB)."""
+    return json.dumps(message, separators=(",", ":")).encode()  # ASCII: a lone surrogate an agent sent escaped
+
+
+async def _parsed(raw: bytes) -> Any:
+    """The daemon's JSON answer (a lease carries up to 1 MiB of input: parsed in a thread then)."""
+    try:
+        return await asyncio.to_thread(parse_json, raw) if len(raw) >= PARSE_IN_THREAD else parse_json(raw)
+    except (ValueError, RecursionError):
+        raise DaemonUnreachable("its answer is not JSON") from None
+
+
+def _read(cls: type[M], data: Any) -> M:
+    try:
+        return cls.from_json(data)
+    except ContractError as exc:
+        raise DaemonUnreachable(f"its answer cannot be read: {exc}") from None
 
 
 async def serve(control_dir: Path, host: str, port: int) -> None:
@@ -191,12 +279,13 @@ async def serve(control_dir: Path, host: str, port: int) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     guard = Guard(counts=costs.counts)
-    agents_app = init_gateway(registry, daemon.whois, costs, daemon.heartbeat, guard)
+    held = HeldTasks()
+    agents_app = init_gateway(registry, daemon.whois, costs, daemon.heartbeat, guard, tasks=daemon, held=held)
     # Bodies are relayed as sent (an LLM call's must come uncompressed: zone 2 meters what it reads), and an idle
     # kept-alive connection is closed by the guard's sweep, not kept for aiohttp's default hour.
     gateway = web.AppRunner(agents_app, access_log=None, handle_signals=False, auto_decompress=False,
                             keepalive_timeout=IDLE_TIMEOUT, lingering_time=LINGER, read_bufsize=READ_BUFFER)
-    control = web.AppRunner(init_control(registry, costs, guard, time.monotonic()), access_log=None,
+    control = web.AppRunner(init_control(registry, costs, guard, time.monotonic(), held), access_log=None,
                             handle_signals=False)
     await gateway.setup()
     await control.setup()

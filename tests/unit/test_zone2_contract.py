@@ -40,6 +40,11 @@ from fleetd.zone2.contract import (
     InstanceFigures,
     Registration,
     Registrations,
+    TaskComplete,
+    TaskFail,
+    TaskLease,
+    TaskNext,
+    TaskOutcome,
     Upstream,
     Zone2Policy,
 )
@@ -75,6 +80,15 @@ MESSAGES: list[Any] = [
     HeartbeatAnswer(("a1",)),
     Event("circuit_open", "a1", "circuit to openai open", {"upstream": "openai", "open_seconds": 60}),
     Event("ledger_write_failed", None, "zone 2 cannot write its ledger"),
+    TaskNext("a1", 0.0),
+    TaskNext("a1", 60.0),
+    TaskLease("0123456789abcdef", {"q": "sqlite", "n": [1, 2.5, None]}, 2, "2026-06-01T12:00:00Z"),
+    TaskLease("0123456789abcdef", None, 1, "2026-06-01T12:00:00Z"),
+    TaskComplete("a1", 3, {"summary": "é", "rows": [[1], []]}),
+    TaskComplete("a1", None),
+    TaskFail("a1", 1, "rate limited", retry=True),
+    TaskFail("a1", None, "bad input", retry=False),
+    TaskOutcome("0123456789abcdef", "queued", 1),
 ]
 
 
@@ -99,6 +113,20 @@ def test_the_wire_keeps_the_names_each_side_sent_before() -> None:
     assert HeartbeatBatch((Heartbeat("a1"),)).to_json() == [{"agent_id": "a1", "progress": None}]
     assert HeartbeatAnswer(("a1",)).to_json() == {"taken": ["a1"]}
     assert Event("t", None, "m").to_json() == {"type": "t", "agent_id": None, "message": "m", "data": {}}
+    # the task calls, as docs/agent-protocol.md and the daemon's task queue name their fields
+    assert TaskNext("a1").to_json() == {"agent_id": "a1", "wait": 30.0}
+    assert TaskComplete("a1", None).to_json() == {"agent_id": "a1", "attempt": None, "output": None}
+    assert TaskFail("a1", 2, "e").to_json() == {"agent_id": "a1", "attempt": 2, "error": "e", "retry": True}
+    assert set(TaskLease("t", 1, 1, "d").to_json()) == {"id", "input", "attempt", "deadline"}
+
+
+def test_a_task_message_reads_with_its_optional_fields_absent() -> None:
+    assert TaskNext.from_json({"agent_id": "a1"}) == TaskNext("a1", 30.0)
+    assert TaskComplete.from_json({"agent_id": "a1"}) == TaskComplete("a1", None, None)
+    assert TaskFail.from_json({"agent_id": "a1", "error": "e"}) == TaskFail("a1", None, "e", True)
+    # the daemon answers a completion with the whole task: the rest is not zone 2's to read
+    assert TaskOutcome.from_json({"id": "t", "state": "succeeded", "attempts": 2, "input": [1], "output": 2,
+                                  "cost_usd": "0.01"}) == TaskOutcome("t", "succeeded", 2)
 
 
 def test_what_an_older_peer_sends_still_reads() -> None:
@@ -157,6 +185,23 @@ REFUSED: list[tuple[Any, Any, str]] = [
     (Event, {"type": "x", "agent_id": 7, "message": "m"}, "event: agent_id must be a string or null, got a number"),
     (Event, {"type": "x", "agent_id": None, "message": "m", "data": [1]},
      "event: data must be an object, got an array"),
+    (TaskNext, {"wait": 5}, "task request: agent_id is missing"),
+    (TaskNext, {"agent_id": "a1", "wait": "5"}, "task request: wait must be a number, got a string"),
+    (TaskNext, {"agent_id": "a1", "wait": 61}, "task request: wait must be from 0 to 60 seconds, got 61"),
+    (TaskNext, {"agent_id": "a1", "wait": -0.5}, "task request: wait must be from 0 to 60 seconds, got -0.5"),
+    (TaskLease, {"id": "t", "attempt": 1, "deadline": "d"}, "task lease: input is missing"),
+    (TaskLease, {"id": "t", "input": 1, "deadline": "d"}, "task lease: attempt is missing"),
+    (TaskLease, {"id": "t", "input": 1, "attempt": 0, "deadline": "d"}, "task lease: attempt must be 1 or more"),
+    (TaskLease, {"id": 7, "input": 1, "attempt": 1, "deadline": "d"}, "task lease: id must be a string"),
+    (TaskLease, [1], "task lease: expected an object, got an array"),
+    (TaskComplete, {"attempt": 1, "output": 1}, "task completion: agent_id is missing"),
+    (TaskComplete, {"agent_id": "a1", "attempt": 1.5}, "task completion: attempt must be a whole number or null"),
+    (TaskComplete, {"agent_id": "a1", "attempt": -1}, "task completion: attempt must be 1 or more, got -1"),
+    (TaskFail, {"agent_id": "a1"}, "task failure: error is missing"),
+    (TaskFail, {"agent_id": "a1", "error": None}, "task failure: error must be a string, got null"),
+    (TaskFail, {"agent_id": "a1", "error": "e", "retry": 1}, "task failure: retry must be true or false"),
+    (TaskFail, {"agent_id": "a1", "error": "e" * 10_001}, "error must be at most 10000 characters, got 10001"),
+    (TaskOutcome, {"id": "t", "state": "succeeded"}, "task outcome: attempts is missing"),
 ]
 
 

@@ -23,11 +23,34 @@ Example::
         state["step"] += 1
         fleetd_agent.save_checkpoint(state)
         fleetd_agent.progress(state["step"], 15)
+
+A worker of a deployment takes tasks from the daemon's queue with ``tasks()``,
+one at a time, and answers each with ``Task.complete()`` or ``Task.fail()``.
+With ``on_sigterm()`` installed, SIGTERM drains it: the task in hand is
+finished (within the drain timeout), no other is taken, and the process exits
+0. A heartbeat thread keeps the daemon from taking it for stuck while a task
+runs::
+
+    import fleetd_agent
+
+    fleetd_agent.on_sigterm()
+    fleetd_agent.start_heartbeat()
+    for task in fleetd_agent.tasks():
+        try:
+            result = summarise(task.input)
+        except Exception as exc:
+            task.fail(exc)  # queued again after a backoff while attempts remain
+            continue
+        try:
+            task.complete(result)
+        except fleetd_agent.TaskLost:
+            pass  # given back or cancelled meanwhile: someone else has it, or nobody wants it
 """
 
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import signal
@@ -37,8 +60,9 @@ import threading
 import time
 import traceback
 import urllib.error
+import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -47,6 +71,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Heartbeater",
+    "Task",
+    "TaskError",
+    "TaskLost",
     "agent_id",
     "checkpoint_dir",
     "gateway_url",
@@ -60,6 +87,7 @@ __all__ = [
     "should_stop",
     "start_heartbeat",
     "stopping_event",
+    "tasks",
 ]
 
 HEARTBEAT_PATH = "/fleetd/heartbeat"
@@ -305,16 +333,31 @@ def _run_drain(drain: Callable[[], object], exit_code: int, outcome: list[int]) 
         outcome.append(1)
 
 
+def _after_the_task(drain: Callable[[], object] | None) -> Callable[[], object]:
+    """Wait for the task in hand (``tasks()``) to be answered, then drain."""
+
+    def finish() -> object:
+        _task_idle.wait()
+        return drain() if drain is not None else None
+
+    return finish
+
+
 def _drain_and_exit(drain: Callable[[], object] | None, timeout: float, exit_code: int) -> None:
     code = exit_code
-    if drain is not None:
+    if drain is not None or not _task_idle.is_set():
         outcome: list[int] = []
-        worker = threading.Thread(target=_run_drain, args=(drain, exit_code, outcome), name="fleetd-drain", daemon=True)
+        worker = threading.Thread(
+            target=_run_drain, args=(_after_the_task(drain), exit_code, outcome), name="fleetd-drain", daemon=True
+        )
         worker.start()
         worker.join(timeout)
         if worker.is_alive():
             _flush_streams()
-            _say(f"drain timed out after {timeout:g} s; exiting 1")
+            if not _task_idle.is_set():
+                _say(f"the task in hand was not answered within {timeout:g} s; exiting 1 (fleetd gives it back)")
+            else:
+                _say(f"drain timed out after {timeout:g} s; exiting 1")
             os._exit(1)
         code = outcome[0] if outcome else 1
     _flush_streams()
@@ -322,6 +365,7 @@ def _drain_and_exit(drain: Callable[[], object] | None, timeout: float, exit_cod
 
 
 _sigterm_lock = threading.Lock()
+_sigterm_closer: list[threading.Thread] = []  # the thread draining and ending the process, once SIGTERM came
 
 
 def on_sigterm(
@@ -335,15 +379,18 @@ def on_sigterm(
     When SIGTERM arrives:
 
     1. ``stopping_event`` is set (``should_stop()`` turns True): the agent's
-       loop should take no new work.
-    2. ``drain()`` runs in its own thread, for at most ``timeout`` seconds
-       (default: ``FLEETD_GRACE_SECONDS`` minus 2 s, at least 1 s; the grace
-       period defaults to 10 s when the variable is absent).
+       loop should take no new work (``tasks()`` takes none).
+    2. In its own thread, for at most ``timeout`` seconds in all (default:
+       ``FLEETD_GRACE_SECONDS`` minus 2 s, at least 1 s; the grace period
+       defaults to 10 s when the variable is absent): the task ``tasks()``
+       handed out, if one is in hand, is waited for until it is completed or
+       failed; then ``drain()`` runs.
     3. stdout and stderr are flushed and the process exits via ``os._exit``:
        with ``exit_code`` (0 by default) when drain returned or there is no
        drain; with 1 when drain raised (the traceback goes to stderr); with the
        code of a ``SystemExit`` drain raised; with 1 and one line on stderr,
-       ``fleetd_agent: drain timed out ...``, when drain outlived the timeout.
+       ``fleetd_agent: drain timed out ...``, when drain (or the task in
+       hand, which fleetd then gives back to the queue) outlived the timeout.
 
     The exit does not wait for the main thread, so it happens even when the
     main thread is blocked (in ``sleep``, a socket read, a lock, a long LLM
@@ -374,8 +421,269 @@ def on_sigterm(
             )
             started.append(closer)
         closer.start()
+        _sigterm_closer[:] = [closer]
 
     signal.signal(signal.SIGTERM, handle)
+
+
+# --- tasks -------------------------------------------------------------------
+
+TASKS_PATH = "/fleetd/tasks"
+DEFAULT_TASK_WAIT = 30.0  # s a request for a task waits for one (a long-poll)
+MAX_TASK_WAIT = 60.0
+TASK_POLL_MARGIN = 15.0  # s beyond the wait for the gateway's answer (it gives the daemon 10)
+TASK_ANSWER_TIMEOUT = 30.0  # s for the answer to complete() or fail() (the gateway gives the daemon 20)
+TASK_RETRY_FIRST = 0.5  # s before retrying an unreachable gateway or daemon, doubling ...
+TASK_RETRY_CAP = 5.0  # ... up to this
+TASK_ANSWER_PATIENCE = 60.0  # s complete() and fail() keep retrying an unreachable daemon before raising
+GIVE_BACK_PATIENCE = 5.0  # s the same for a task the SDK gives back itself
+MAX_TASK_ERROR = 10_000  # characters of fail()'s error the gateway takes
+NOT_COMPLETED = "not completed by the agent"
+LOOP_ENDED = "the agent's task loop ended before the task was completed or failed"
+STOPPING = "the agent is stopping (SIGTERM) and took no new task"
+_RETRIED = (502, 503, 504)  # the gateway or the daemon is away for now
+
+_task_idle = threading.Event()  # clear while a task handed out by tasks() is not answered (on_sigterm waits for it)
+_task_idle.set()
+
+
+class TaskError(RuntimeError):
+    """A task call the gateway refused: ``status`` (0: none was made), ``code`` and ``message`` of its answer."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{message} ({status} {code})" if status else message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+class TaskLost(TaskError):
+    """``complete()`` or ``fail()`` refused with 409 (or 404): this attempt no longer holds the task. It was given
+    back (a missed heartbeat), cancelled, past its deadline, or answered already. Move on to the next task."""
+
+
+def _post(url: str, body: bytes, timeout: float) -> tuple[int, bytes] | None:
+    """POST JSON: the status and body of the answer, or None when none came (unreachable, cut off, timed out)."""
+    request = urllib.request.Request(
+        url,
+        data=body,
+        method="POST",
+        headers={"Content-Type": "application/json", "User-Agent": f"fleetd-agent/{__version__}"},
+    )
+    try:
+        with _opener.open(request, timeout=timeout) as response:
+            return int(response.status), response.read()
+    except urllib.error.HTTPError as error:
+        try:
+            return int(error.code), error.read()
+        except (OSError, http.client.HTTPException):
+            return None
+        finally:
+            error.close()
+    except (OSError, http.client.HTTPException):  # URLError, timeouts and resets are OSErrors
+        return None
+
+
+def _refusal(status: int, raw: bytes) -> TaskError:
+    """The gateway's error answer as an exception (TaskLost for 404 and 409 to complete and fail)."""
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        data = None
+    error = data.get("error") if isinstance(data, dict) else None
+    if isinstance(error, dict):
+        code, message = str(error.get("code") or error.get("type") or status), str(error.get("message", ""))
+    elif isinstance(error, str):
+        code, message = "error", error
+    else:
+        code, message = f"http_{status}", raw[:200].decode(errors="replace") or f"HTTP {status}"
+    return TaskError(status, code, message)
+
+
+def _post_retrying(url: str, body: bytes, timeout: float, patience: float) -> tuple[int, bytes]:
+    """``_post``, retried with a capped backoff while the gateway or the daemon is away, for ``patience`` s."""
+    delay = TASK_RETRY_FIRST
+    give_up = time.monotonic() + patience
+    while True:
+        answer = _post(url, body, timeout)
+        if answer is not None and answer[0] not in _RETRIED:
+            return answer
+        if time.monotonic() + delay > give_up:
+            status = answer[0] if answer is not None else 0
+            raise TaskError(status, "unreachable", f"no answer from fleetd for {patience:g} s: {url}")
+        time.sleep(delay)
+        delay = min(delay * 2, TASK_RETRY_CAP)
+
+
+class Task:
+    """A task handed out by ``tasks()``: its ``id``, ``input`` (any JSON), ``attempt`` (from 1; the daemon refuses
+    an answer from any other) and ``deadline`` (ISO 8601: past it the task fails, whatever the attempt).
+
+    Answer it once, with ``complete()`` or ``fail()``, from any thread.
+    """
+
+    def __init__(self, base: str, lease: dict[str, Any]) -> None:
+        self.id = str(lease["id"])
+        self.input: Any = lease.get("input")
+        self.attempt = int(lease["attempt"])
+        self.deadline = str(lease.get("deadline", ""))
+        self.outcome: dict[str, Any] | None = None  # the answer to complete() or fail(): id, state, attempts
+        self._url = f"{base}{TASKS_PATH}/{urllib.parse.quote(self.id, safe='')}"
+        self._lock = threading.Lock()
+        self._answered = False
+
+    @property
+    def answered(self) -> bool:
+        """True once completed, failed, or lost (TaskLost)."""
+        return self._answered
+
+    def complete(self, output: Any = None) -> dict[str, Any]:
+        """Record the task as succeeded with ``output`` (any JSON, at most 1 MiB of it); returns
+        ``{"id", "state", "attempts"}``.
+
+        Retries for up to a minute while fleetd is unreachable. Raises TaskLost when this attempt no longer holds
+        the task, TaskError for another refusal (400 an output that is too large or not JSON: the task is still
+        held, so it may be failed instead), TypeError/ValueError for an output JSON cannot encode.
+        """
+        body = json.dumps({"output": output, "attempt": self.attempt}, separators=(",", ":"), allow_nan=False)
+        return self._answer("complete", body.encode(), TASK_ANSWER_PATIENCE)
+
+    def fail(self, error: str | BaseException, retry: bool = True) -> dict[str, Any]:
+        """Record this attempt as failed; returns ``{"id", "state", "attempts"}``.
+
+        ``error``: text (cut to 10,000 characters) or an exception (its type and message). With ``retry`` (the
+        default) the task is queued again after a backoff while attempts remain, and is ``dead`` once they are
+        spent; ``retry=False`` fails it for good (the input is bad, trying again cannot help). Raises as
+        ``complete()`` does.
+        """
+        return self._fail(error, retry, TASK_ANSWER_PATIENCE)
+
+    def _fail(self, error: str | BaseException, retry: bool, patience: float) -> dict[str, Any]:
+        if isinstance(error, BaseException):
+            error = f"{type(error).__name__}: {error}"
+        text = str(error)
+        if len(text) > MAX_TASK_ERROR:
+            text = text[: MAX_TASK_ERROR - 1] + "…"
+        body = json.dumps({"error": text, "retry": bool(retry), "attempt": self.attempt}, separators=(",", ":"))
+        return self._answer("fail", body.encode(), patience)
+
+    def _answer(self, verb: str, body: bytes, patience: float) -> dict[str, Any]:
+        with self._lock:
+            if self._answered:
+                raise RuntimeError(f"task {self.id} was answered already")
+            status, raw = _post_retrying(f"{self._url}/{verb}", body, TASK_ANSWER_TIMEOUT, patience)
+            if status == 200:
+                try:
+                    outcome = json.loads(raw)
+                except ValueError:
+                    outcome = None
+                self.outcome = outcome if isinstance(outcome, dict) else {}
+                self._done()
+                return self.outcome
+            refusal = _refusal(status, raw)
+            if status in (404, 409):
+                self._done()
+                raise TaskLost(refusal.status, refusal.code, refusal.message)
+            raise refusal
+
+    def _done(self) -> None:
+        self._answered = True
+        _task_idle.set()
+
+    def __repr__(self) -> str:
+        return f"<Task {self.id} attempt={self.attempt} answered={self._answered}>"
+
+
+def _give_back(task: Task, why: str) -> None:
+    """Fail ``task`` for a retry, if it is not answered; never raises (fleetd gives it back when the agent exits)."""
+    try:
+        if not task.answered:
+            task._fail(why, True, GIVE_BACK_PATIENCE)
+    except TaskLost:
+        pass
+    except Exception as exc:  # the loop goes on: the daemon answers the held task again to the next request
+        _say(f"could not give task {task.id} back: {exc}")
+    finally:
+        _task_idle.set()
+
+
+def tasks(wait: float = DEFAULT_TASK_WAIT) -> Iterator[Task]:
+    """Tasks for this agent, one at a time, for as long as it is not stopping.
+
+    Each request for a task (``POST $FLEETD_GATEWAY_URL/fleetd/tasks/next?wait=..``) waits up to ``wait``
+    seconds (0 to 60) for one; when none came it asks again. The loop ends when ``should_stop()`` turns True
+    (SIGTERM, with ``on_sigterm()`` installed): the task in hand is finished, no other is taken. A task the
+    daemon handed out just as SIGTERM came is given back at once. After SIGTERM the loop does not return:
+    it waits for ``on_sigterm``'s drain, which ends the process (the interpreter ending first would cut the
+    drain off), so code after the loop runs only when the loop ends for another reason; cleanup belongs in
+    the drain.
+
+    Answer every task with ``task.complete(output)`` or ``task.fail(error, retry=...)``. One the loop body
+    leaves unanswered is failed (for a retry) before the next is taken, with the error "not completed by the
+    agent"; and when the loop ends early (``break``, or an exception in its body), the task in hand is failed
+    the same way (the agent's loop ended ...) so that another worker gets it soon. An agent holds one task at
+    a time: asked again, the daemon answers the one it holds.
+
+    While the gateway or the daemon is unreachable (no answer, 502, 503, 504) it retries after 0.5 s, doubling
+    to 5 s. Other refusals raise TaskError (403: this address is no fleetd agent; 404 or 409: the agent is no
+    worker of a deployment). Raises ValueError for a wait out of 0..60, and TaskError at once when
+    FLEETD_GATEWAY_URL is unset.
+    """
+    wait = float(wait)
+    if not 0 <= wait <= MAX_TASK_WAIT:
+        raise ValueError(f"wait must be from 0 to {MAX_TASK_WAIT:g} seconds, not {wait!r}")
+    base = gateway_url()
+    if base is None:
+        raise TaskError(0, "no_gateway", "FLEETD_GATEWAY_URL is not set: tasks come from fleetd's gateway")
+    return _task_loop(base, wait)
+
+
+def _task_loop(base: str, wait: float) -> Iterator[Task]:
+    url = f"{base}{TASKS_PATH}/next?wait={wait:g}"
+    task: Task | None = None
+    delay = TASK_RETRY_FIRST
+    try:
+        while True:
+            if task is not None:
+                _give_back(task, NOT_COMPLETED)
+                task = None
+            if should_stop():
+                break
+            answer = _post(url, b"{}", wait + TASK_POLL_MARGIN)
+            if answer is None or answer[0] in _RETRIED:
+                stopping_event.wait(delay)
+                delay = min(delay * 2, TASK_RETRY_CAP)
+                continue
+            delay = TASK_RETRY_FIRST
+            status, raw = answer
+            if status == 204:
+                continue
+            if status != 200:
+                raise _refusal(status, raw)
+            try:
+                task = Task(base, json.loads(raw))
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise TaskError(status, "bad_answer", f"the gateway's task could not be read: {exc}") from None
+            _task_idle.clear()
+            if should_stop():
+                _give_back(task, STOPPING)
+                task = None
+                break
+            yield task
+    finally:
+        if task is not None:
+            _give_back(task, LOOP_ENDED)
+        _task_idle.set()
+    _wait_for_the_drain()
+
+
+def _wait_for_the_drain() -> None:
+    """The loop ends because SIGTERM came: with ``on_sigterm()`` installed, its drain is running in a daemon thread
+    that ends the process. Wait for it here: the main thread returning from the loop could end the interpreter
+    first, and the drain with it, half done."""
+    closer = _sigterm_closer[0] if _sigterm_closer else None
+    if closer is not None and closer is not threading.current_thread():
+        closer.join()
 
 
 # --- checkpoints -------------------------------------------------------------
