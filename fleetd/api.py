@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from fleetd import fleet_api
 from fleetd.api_input import MAX_BODY, SERVICES, body, flag, number, services, until_hangup
 from fleetd.errors import FleetdError, InvalidRequest
 from fleetd.filters import parse_filters
@@ -286,4 +287,5 @@ def init_app(parts: Services) -> web.Application:
     app.router.add_delete("/v1/prices/{model}", remove_price)
     app.router.add_get("/v1/budget", budget)
     app.router.add_get("/v1/agents/{ref}/budget", agent_budget)
+    fleet_api.add_routes(app)
     return app

@@ -30,9 +30,11 @@ from fleetd.admin import Admin
 from fleetd.api import init_app
 from fleetd.blocking import BlockingCalls
 from fleetd.config import Config
+from fleetd.deployments import Deployments
 from fleetd.docker_events import DockerEventWatcher
 from fleetd.errors import DaemonAlreadyRunning, FleetdError, RuntimeUnavailable
 from fleetd.event_bus import EventBus
+from fleetd.fleet import Fleet
 from fleetd.gateway import Zone2
 from fleetd.liveness import Liveness, engine_exec
 from fleetd.log_streams import LogStreams
@@ -41,6 +43,7 @@ from fleetd.sdnotify import notify, watchdog_period
 from fleetd.services import Services
 from fleetd.store import Store
 from fleetd.supervisor import Supervisor
+from fleetd.task_queue import TaskQueue
 from fleetd.timers import Timers
 from fleetd.vault import Vault, load_master_key
 
@@ -99,8 +102,9 @@ class Daemon:
         self.store.on_event = events.publish
         self.vault = Vault(self.store, load_master_key(config.state_dir))
         self.liveness = Liveness(self.store, engine_exec(self.runtime, self.calls))
+        self.fleet = Fleet(self.store, Deployments(self.store, config), TaskQueue(self.store))
         self.gateway = Zone2(config.state_dir, self.store, self.vault, self.runtime, self.calls.call, self.liveness,
-                             config.zone2_image, config.policy)
+                             config.zone2_image, config.policy, self.fleet)
         self.supervisor = s = Supervisor(config, self.store, self.runtime, self.timers, self.calls, self.gateway,
                                          self.liveness)
         self.logs = LogStreams(self.runtime, self.calls)
@@ -113,8 +117,9 @@ class Daemon:
         # Zone 2 serves before the socket accepts a single spawn.
         await self.gateway.start()
         self.supervisor.spares.fill()  # holders for the first spawns (fleetd.spare_netns)
+        self.fleet.start(self.supervisor)  # after the re-adoption: what it finds dead gives its task back
         parts = Services(config, self.supervisor, self.store, self.liveness, self.gateway,
-                         Admin(self.store, self.vault, self.gateway), events, self.logs, self.timers)
+                         Admin(self.store, self.vault, self.gateway), events, self.logs, self.timers, self.fleet)
         self._runner = web.AppRunner(init_app(parts), handle_signals=False, shutdown_timeout=2.0,
                                      access_log_class=DebugAccessLogger)
         await self._runner.setup()
@@ -152,6 +157,8 @@ class Daemon:
             extra = self.supervisor.drain_seconds()
             notify(f"EXTEND_TIMEOUT_USEC={int(extra * 1_000_000)}\nSTATUS=draining agents")
             await self.supervisor.drain()
+        if hasattr(self, "fleet"):
+            await self.fleet.stop()
         if self._runner is not None:
             await self._runner.cleanup()
         if getattr(self, "_metrics", None) is not None:

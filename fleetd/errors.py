@@ -5,6 +5,7 @@ FleetdError                  base; carries an HTTP status and a machine code
 │   └── ImageNotFound (400)  the image is not present on the engine
 ├── NotFound (404)           no such agent (or route)
 ├── Conflict (409)           duplicate name, agent not in a state for that verb
+├── WaitTimeout (408)        a wait with a timeout ended first (fleetd task wait)
 ├── RuntimeUnavailable (503) the Docker engine does not answer
 ├── Unavailable (503)        zone 2 does not answer (budgets are counted there)
 └── RuntimeFailure (502)     the Docker engine answered with an error
@@ -47,6 +48,11 @@ class NotFound(FleetdError):
 class Conflict(FleetdError):
     status = 409
     code = "conflict"
+
+
+class WaitTimeout(FleetdError):
+    status = 408
+    code = "timeout"
 
 
 class RuntimeUnavailable(FleetdError):

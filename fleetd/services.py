@@ -16,6 +16,7 @@ from fleetd import __version__
 from fleetd.admin import Admin
 from fleetd.config import Config
 from fleetd.event_bus import EventBus
+from fleetd.fleet import Fleet
 from fleetd.gateway import Zone2
 from fleetd.liveness import Liveness
 from fleetd.log_streams import LogStreams
@@ -37,6 +38,7 @@ class Services:
     events: EventBus  # the live feed of what the store records (fleetd events -f)
     logs: LogStreams
     timers: Timers
+    fleet: Fleet  # deployments and their task queue
 
     def agent_json(self, agent: dict[str, Any], detail: bool = False) -> dict[str, Any]:
         """An agent's record as the API shows it (``fleetd.views``), with its watchdog's heartbeat figures."""

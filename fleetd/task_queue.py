@@ -343,6 +343,14 @@ class TaskQueue:
                                        (deployment,)).fetchone()[0]
         return count
 
+    def live_counts(self) -> dict[str, dict[str, int]]:
+        """Deployment -> queued and leased tasks, for every deployment with either (read from live rows only)."""
+        found: dict[str, dict[str, int]] = {}
+        for deployment, state, count in self.conn.execute(
+                f"SELECT deployment, state, COUNT(*) FROM tasks WHERE {_LIVE} GROUP BY 1, 2"):
+            found.setdefault(deployment, {TaskState.QUEUED.value: 0, TaskState.LEASED.value: 0})[state] = count
+        return found
+
     def holders(self) -> dict[str, str]:
         """Agent id -> the id of the task it holds, for every leased task."""
         return dict(self.conn.execute("SELECT agent_id, id FROM tasks WHERE state = 'leased'").fetchall())

@@ -18,7 +18,7 @@ from typing import Any
 from fleetd import __version__
 from fleetd.errors import NotFound, Unavailable
 from fleetd.gateway.control_client import ControlClient
-from fleetd.gateway.daemon_socket import DaemonSocket, HeartbeatWatch
+from fleetd.gateway.daemon_socket import DaemonSocket, HeartbeatWatch, TaskDoor
 from fleetd.gateway.keeper import Keeper
 from fleetd.models import LIVE_STATES
 from fleetd.netns import NOBODY
@@ -49,7 +49,7 @@ class Zone2:
 
     def __init__(self, state_dir: Path, store: Store, vault: Vault, runtime: DockerRuntime,
                  call: Callable[..., Awaitable[Any]], watchdog: HeartbeatWatch, image: str = ZONE2_IMAGE,
-                 policy: Policy | None = None) -> None:
+                 policy: Policy | None = None, tasks: TaskDoor | None = None) -> None:
         self.control_dir = state_dir / "zone2"
         self.store = store
         self.vault = vault
@@ -60,7 +60,7 @@ class Zone2:
         self.control = ControlClient(self.control_dir / CONTROL_SOCKET)
         self.keeper = Keeper(runtime, call, self.control, store, watchdog, image, str(self.control_dir),
                              self.push_all)
-        self.questions = DaemonSocket(self.control_dir / DAEMON_SOCKET, store, self.whois, watchdog)
+        self.questions = DaemonSocket(self.control_dir / DAEMON_SOCKET, store, self.whois, watchdog, tasks)
 
     # -- lifecycle ------------------------------------------------------------
     async def start(self) -> None:

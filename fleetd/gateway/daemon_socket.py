@@ -1,6 +1,7 @@
 """``daemon.sock``: the daemon's API for zone 2, which asks who an address it does not know yet is (so an agent's
-first call never races its registration), relays heartbeats, and sends events to record. Each handler reads its
-message with the contract's class (``fleetd.zone2.contract``); a message it cannot read is a 400."""
+first call never races its registration), relays heartbeats and the agents' task calls, and sends events to record.
+Each handler reads its message with the contract's class (``fleetd.zone2.contract``); a message it cannot read is a
+400, and a task call the queue refuses is answered with its error (404, 409), which zone 2 passes to the agent."""
 
 from __future__ import annotations
 
@@ -11,11 +12,24 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from fleetd.errors import FleetdError, NotFound
 from fleetd.store import Store
-from fleetd.zone2.contract import Event, HeartbeatAnswer, HeartbeatBatch, Registration
+from fleetd.task_queue import Lease, Task
+from fleetd.zone2.contract import Event, HeartbeatAnswer, HeartbeatBatch, Registration, TaskComplete, TaskFail, TaskNext
 from fleetd.zone2.control import received, refuse_malformed
 
 Whois = Callable[[str], Awaitable[Registration | None]]
+MAX_MESSAGE = 2 << 20  # a task's output is up to 1 MiB of JSON, relayed inside a message
+
+
+@web.middleware
+async def queue_errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                       ) -> web.StreamResponse:
+    """What the queue refuses (no such task, a stale attempt) goes back to zone 2 as the API's JSON error."""
+    try:
+        return await handler(request)
+    except FleetdError as exc:
+        return web.json_response(exc.to_json(), status=exc.status)
 
 
 class HeartbeatWatch(Protocol):
@@ -29,16 +43,28 @@ class HeartbeatWatch(Protocol):
     def resume(self) -> None: ...
 
 
+class TaskDoor(Protocol):
+    """The task queue as agents use it (``fleetd.fleet.Fleet``): zone 2 relays their calls, naming the agent."""
+
+    async def next_task(self, agent_id: str, wait: float) -> Lease | None: ...
+
+    def complete(self, task_id: str, agent_id: str, attempt: int | None, output: Any) -> Task: ...
+
+    def fail(self, task_id: str, agent_id: str, attempt: int | None, error: str, retry: bool) -> Task: ...
+
+
 class DaemonSocket:
-    def __init__(self, path: Path, store: Store, whois: Whois, watchdog: HeartbeatWatch) -> None:
+    def __init__(self, path: Path, store: Store, whois: Whois, watchdog: HeartbeatWatch,
+                 tasks: TaskDoor | None = None) -> None:
         self.path = path
         self.store = store
         self.whois = whois
         self.watchdog = watchdog
+        self.tasks = tasks
         self._runner: web.AppRunner | None = None
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[refuse_malformed])
+        app = web.Application(middlewares=[refuse_malformed, queue_errors], client_max_size=MAX_MESSAGE)
 
         async def whois(request: web.Request) -> web.Response:
             reg = await self.whois(request.query.get("ip", ""))
@@ -58,10 +84,34 @@ class DaemonSocket:
             taken = tuple(b.agent_id for b in beats if self.watchdog.beat(b.agent_id, b.progress))
             return web.json_response(HeartbeatAnswer(taken).to_json())
 
+        async def next_task(request: web.Request) -> web.Response:
+            ask = await received(request, TaskNext)
+            lease = await self._door().next_task(ask.agent_id, ask.wait)
+            return web.Response(status=204) if lease is None else web.json_response(lease.to_json())
+
+        async def complete(request: web.Request) -> web.Response:
+            done = await received(request, TaskComplete)
+            task = self._door().complete(request.match_info["task_id"], done.agent_id, done.attempt, done.output)
+            return web.json_response(task.to_json())
+
+        async def fail(request: web.Request) -> web.Response:
+            failed = await received(request, TaskFail)
+            task = self._door().fail(request.match_info["task_id"], failed.agent_id, failed.attempt, failed.error,
+                                     failed.retry)
+            return web.json_response(task.to_json())
+
         app.router.add_get("/control/whois", whois)
+        app.router.add_post("/control/tasks/next", next_task)
+        app.router.add_post("/control/tasks/{task_id}/complete", complete)
+        app.router.add_post("/control/tasks/{task_id}/fail", fail)
         app.router.add_post("/control/heartbeats", heartbeats)
         app.router.add_post("/control/events", event)
         return app
+
+    def _door(self) -> TaskDoor:
+        if self.tasks is None:
+            raise NotFound("this daemon keeps no task queue")
+        return self.tasks
 
     async def serve(self) -> None:
         self._runner = web.AppRunner(self.app(), access_log=None)

@@ -15,7 +15,9 @@ from typing import Any
 from fleetd.admin import Admin
 from fleetd.blocking import BlockingCalls
 from fleetd.config import Config
+from fleetd.deployments import Deployments
 from fleetd.event_bus import EventBus
+from fleetd.fleet import Fleet
 from fleetd.gateway import Zone2
 from fleetd.liveness import Liveness, engine_exec
 from fleetd.log_streams import LogStreams
@@ -23,6 +25,7 @@ from fleetd.models import AgentSpec, iso, utcnow
 from fleetd.services import Services
 from fleetd.store import Store
 from fleetd.supervisor import Supervisor
+from fleetd.task_queue import TaskQueue
 from fleetd.timers import Timers
 from fleetd.vault import Vault
 from fleetd.zone2_port import Zone2Port
@@ -81,5 +84,6 @@ def build_services(config: Config, store: Store, runtime: Any = None) -> Service
     vault = Vault(store, secrets.token_bytes(32))
     zone2 = Zone2(config.state_dir, store, vault, runtime, calls.call, liveness)
     supervisor = Supervisor(config, store, runtime, timers, calls, zone2, liveness, FakeDisks())  # type: ignore[arg-type]
+    fleet = Fleet(store, Deployments(store, config), TaskQueue(store))
     return Services(config, supervisor, store, liveness, zone2, Admin(store, vault, zone2), EventBus(),
-                    LogStreams(runtime, calls), timers)
+                    LogStreams(runtime, calls), timers, fleet)

@@ -1,0 +1,509 @@
+"""Deployments at work: the controller that keeps each pool as its autoscaler says, and the queue's door for agents.
+
+Once a second (and at once when a task is submitted or a deployment changes) the controller observes every
+deployment (tasks queued; each live agent of it: holding a task, ready, draining, its TTL), asks its
+``fleetd.autoscale.Autoscaler`` what to do, and does it through the supervisor: starts agents named NAME-<n>
+labelled with their deployment and version, and drains agents (they take no new task; once idle they are
+stopped: SIGTERM, grace, SIGKILL). Decisions that act are events with their inputs; the last ones are kept for
+``deploy inspect``.
+
+Agents reach the queue through zone 2, which relays ``next``, ``complete`` and ``fail`` here over daemon.sock.
+``next_task`` is a long poll: it waits on the deployment's signal, set when a task may have become ready.
+
+Rules where the issue is silent:
+
+- A new version drains the agents of the one it replaces; they may still take the retries of tasks bound to their
+  version (version affinity), never a new task. A draining version whose last agent has gone is retired, and its
+  bound tasks still waiting fail with ``version_removed``.
+- A pool that cannot start agents (image gone, a worker that exits before it ever asks for a task) is not started
+  again every second: launches back off per deployment, 2 s doubling to 5 minutes, reset by an agent's first poll.
+- ``deploy rm --drain`` keeps the pool serving until its queue is empty, then stops it; ``deploy rm`` stops its
+  agents now (SIGTERM: the SDK finishes the task in hand within the grace period) and what is left of its queue
+  fails with ``deployment_removed``. The deployment is forgotten once no agent of it is left.
+- Agents of a deployment that no longer exists (forgotten while the daemon was down) are stopped.
+- The autoscaler's history and the set of drained agents live in memory: after a restart of the daemon nothing is
+  scaled down for one window, and agents of replaced versions are drained again from their labels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from fleetd.autoscale import Autoscaler, Decision, Observation, PoolAgent
+from fleetd.background import Background
+from fleetd.deployments import Deployment, Deployments, DeploymentState, Version, VersionState
+from fleetd.errors import Conflict, FleetdError, InvalidRequest, NotFound, WaitTimeout
+from fleetd.models import LIVE_STATES, AgentSpec, State, iso, parse_iso, utcnow
+from fleetd.store import Store
+from fleetd.task_queue import FINISHED_TASK_STATES, Lease, Task, TaskQueue
+
+log = logging.getLogger(__name__)
+
+DEPLOYMENT_LABEL = "fleetd.deployment"
+VERSION_LABEL = "fleetd.version"
+REPLACES_LABEL = "fleetd.replaces"
+TICK = 1.0  # s between two looks at every deployment
+RECHECK = 1.0  # s a long poll waits before it looks again (a retry's backoff ends unannounced)
+MAX_WAIT = 60  # s of a long poll
+DEFAULT_WAIT = 30
+DECISIONS_KEPT = 20  # per deployment, for deploy inspect
+LAUNCH_BACKOFF = (2.0, 300.0)
+DEPLOYMENT_REMOVED = "deployment_removed"
+VERSION_REMOVED = "version_removed"
+DECISION_EVENT = "scaling_decision"
+
+
+class PoolAgents(Protocol):
+    """What the controller needs of the supervisor."""
+
+    host_cpus: int
+    on_finished: list[Callable[[dict[str, Any]], None]]
+
+    async def launch(self, spec: AgentSpec) -> dict[str, Any]: ...
+
+    async def stop(self, ref: str, grace: Any = None, wait: bool = True) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class Member:
+    """A live agent of a deployment, read from its record."""
+
+    id: str
+    name: str
+    deployment: str
+    version: int
+    replaces: str | None
+    state: str
+    created_at: datetime
+    deadline: datetime
+
+    @classmethod
+    def of(cls, agent: dict[str, Any]) -> Member | None:
+        labels = json.loads(agent["spec"]).get("labels") or {}
+        deployment, version = labels.get(DEPLOYMENT_LABEL), labels.get(VERSION_LABEL)
+        if not deployment or not isinstance(version, str) or not version.isdigit():
+            return None
+        created, deadline = parse_iso(agent["created_at"]), parse_iso(agent["deadline"])
+        assert created is not None and deadline is not None
+        return cls(agent["id"], agent["name"], deployment, int(version), labels.get(REPLACES_LABEL),
+                   agent["state"], created, deadline)
+
+
+def member_labels(deployment: str, version: int, replaces: str | None) -> dict[str, str]:
+    labels = {DEPLOYMENT_LABEL: deployment, VERSION_LABEL: str(version)}
+    if replaces:
+        labels[REPLACES_LABEL] = replaces
+    return labels
+
+
+@dataclass
+class Launches:
+    """A deployment's agents being started (by name: each is also a record from early in its launch) and its
+    launch backoff."""
+
+    names: dict[str, str | None] = dataclasses.field(default_factory=dict)  # name -> the agent it replaces
+    failures: int = 0
+    not_before: float = 0.0
+
+
+class Fleet:
+    """Every deployment's controller, and the task queue's verbs for agents and users."""
+
+    def __init__(self, store: Store, deployments: Deployments, queue: TaskQueue,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.store = store
+        self.agents: PoolAgents | None = None  # given by start(): the supervisor is made after zone 2, which
+        # needs the fleet (agents ask it for tasks through zone 2)
+        self.deployments = deployments
+        self.queue = queue
+        self.monotonic = monotonic
+        self.scalers: dict[str, Autoscaler] = {}
+        self.decisions: dict[str, deque[dict[str, Any]]] = {}
+        self.replicas: dict[str, dict[str, int]] = {}
+        self.polled: set[str] = set()  # agents that have asked for a task: ready
+        self.draining: dict[str, str] = {}  # agent id -> why it takes no new task
+        self.stopped: set[str] = set()  # drained agents asked to stop
+        self.launches: dict[str, Launches] = {}
+        self.numbers: dict[str, int] = {}  # deployment -> the last NAME-<n> given
+        self.background = Background()
+        self._work: dict[str, asyncio.Event] = {}
+        self._task_ended = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._loop: asyncio.Task[None] | None = None
+
+    # -- the controller -------------------------------------------------------
+    def start(self, agents: PoolAgents) -> None:
+        """After the supervisor has re-adopted the live agents: give back what the dead held, then run."""
+        self.attach(agents)
+        self._loop = asyncio.get_running_loop().create_task(self._run(), name="fleet controller")
+
+    def attach(self, agents: PoolAgents) -> None:
+        """Hear of every agent's end, and give back the tasks of agents that ended unseen (``start`` without the
+        ticks: unit tests tick by hand)."""
+        self.agents = agents
+        agents.on_finished.append(self._agent_finished)
+        live = {a["id"] for a in self.store.agents(tuple(LIVE_STATES))}
+        for task in self.queue.give_back_orphans(live):
+            self.store.add_event("task_given_back", f"task {task.id}: its agent ended while the daemon was down",
+                                 data={"task": task.id, "deployment": task.deployment, "state": task.state.value})
+
+    async def stop(self) -> None:
+        if self._loop is not None:
+            self._loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop
+        await self.background.cancel()
+
+    def wake(self) -> None:
+        """Look at the deployments now, not at the next tick (a submit, a change of a deployment)."""
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except Exception:
+                log.exception("the fleet controller's tick failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), TICK)
+            self._wake.clear()
+
+    async def tick(self) -> None:
+        """One look at every deployment, and what it calls for."""
+        if self.queue.expire():
+            self._ended()
+        members: dict[str, list[Member]] = {}
+        for agent in self.store.agents(tuple(LIVE_STATES)):
+            member = Member.of(agent)
+            if member is not None:
+                members.setdefault(member.deployment, []).append(member)
+        busy = set(self.queue.holders())
+        for deployment in self.deployments.list():
+            pool = members.pop(deployment.name, [])
+            if deployment.state == DeploymentState.REMOVING:
+                self._remove(deployment, pool, busy)
+            else:
+                self._scale(deployment, pool, busy)
+            self._retire_versions(deployment, pool)
+        for name, strays in members.items():
+            for member in strays:
+                self._drain(member.id, f"its deployment {name} is gone")
+        for pool in [*members.values()]:
+            self._stop_idle(pool, busy)
+
+    def _scale(self, deployment: Deployment, pool: list[Member], busy: set[str]) -> None:
+        now, wall = self.monotonic(), utcnow()
+        current = deployment.current_version
+        for member in pool:
+            if member.version != current:
+                self._drain(member.id, f"version {member.version} is replaced by version {current}")
+        launches = self.launches.setdefault(deployment.name, Launches())
+        named = {m.name for m in pool}
+        agents = [self._pool_agent(m, busy, now, wall) for m in pool]
+        ttl = float(deployment.current.spec.ttl)
+        agents += [PoolAgent(name, now, now + ttl, ready=False, replaces=replaces)
+                   for name, replaces in launches.names.items() if name not in named]
+        queued = self.queue.queued(deployment.name)
+        scaler = self.scalers.setdefault(deployment.name, Autoscaler(deployment.scaling))
+        scaler.policy = deployment.scaling  # a deploy scale keeps the history of the window
+        decision = scaler.decide(Observation(queued, tuple(agents)), now)
+        self.replicas[deployment.name] = {
+            "wanted": decision.desired, "live": len(pool), "busy": decision.observation.busy,
+            "idle": sum(1 for a in agents if a.idle and a.ready)}
+        if not decision.acts:
+            return
+        version = deployment.current
+        starting = [None] * decision.start + list(decision.replace)
+        if starting and now < launches.not_before:
+            decision = dataclasses.replace(decision, start=0, replace=(),
+                                           reason=decision.reason + f"; launches back off for "
+                                                  f"{launches.not_before - now:.0f} s after {launches.failures} "
+                                                  "failed")
+            starting = []
+        self._record(deployment.name, decision)
+        for replaces in starting:
+            self._launch(deployment.name, version, replaces)
+        for agent_id in decision.drain:
+            self._drain(agent_id, "scale down")
+        for agent_id in decision.retire:
+            self._drain(agent_id, "near its TTL: replaced")
+        self._stop_idle(pool, busy)
+
+    def _pool_agent(self, member: Member, busy: set[str], now: float, wall: datetime) -> PoolAgent:
+        """The member on the autoscaler's monotonic clock."""
+        return PoolAgent(
+            member.id, now - (wall - member.created_at).total_seconds(),
+            now + (member.deadline - wall).total_seconds(), busy=member.id in busy,
+            ready=member.id in self.polled,
+            draining=member.id in self.draining or member.state not in (State.CREATED, State.RUNNING),
+            replaces=member.replaces)
+
+    def _record(self, deployment: str, decision: Decision) -> None:
+        """The decision as an event with its inputs (not every agent's: a pool may hold a thousand)."""
+        obs = decision.observation
+        summary = {
+            "deployment": deployment, "reason": decision.reason, "start": decision.start,
+            "replace": list(decision.replace), "drain": list(decision.drain), "retire": list(decision.retire),
+            "queued": obs.queued, "busy": obs.busy, "draining": obs.draining, "live": len(obs.agents),
+            "raw": decision.raw, "wanted": decision.wanted, "stabilized": decision.stabilized,
+            "desired": decision.desired, "current": decision.current, "policy": decision.policy.to_json(),
+        }
+        self.store.add_event(DECISION_EVENT, f"deployment {deployment}: {decision.reason}", data=summary)
+        kept = self.decisions.setdefault(deployment, deque(maxlen=DECISIONS_KEPT))
+        kept.append({"time": iso(utcnow()), **summary})
+
+    def _launch(self, deployment: str, version: Version, replaces: str | None) -> None:
+        name = self._next_name(deployment)
+        self.launches[deployment].names[name] = replaces
+        labels = {**version.spec.labels, **member_labels(deployment, version.number, replaces)}
+        spec = dataclasses.replace(version.spec, name=name, labels=labels)
+        self.background.start(self._launched(deployment, name, spec), f"starting agent {name}")
+
+    async def _launched(self, deployment: str, name: str, spec: AgentSpec) -> None:
+        launches = self.launches[deployment]
+        assert self.agents is not None
+        try:
+            await self.agents.launch(spec)
+        except FleetdError as exc:
+            self._launch_failed(deployment, f"agent {name} could not start: {exc.message}")
+        finally:
+            launches.names.pop(name, None)
+            self.wake()
+
+    def _launch_failed(self, deployment: str, why: str) -> None:
+        launches = self.launches.setdefault(deployment, Launches())
+        launches.failures += 1
+        low, high = LAUNCH_BACKOFF
+        delay = min(high, low * 2 ** (launches.failures - 1))
+        launches.not_before = self.monotonic() + delay
+        self.store.add_event("deployment_launch_failed", f"deployment {deployment}: {why}; next launch in "
+                             f"{delay:g} s", data={"deployment": deployment, "failures": launches.failures,
+                                                   "backoff_seconds": delay})
+
+    def _next_name(self, deployment: str) -> str:
+        """NAME-<n>, n above every number an agent of that name has had (records included)."""
+        if deployment not in self.numbers:
+            rows = self.store.conn.execute("SELECT name FROM agents WHERE name GLOB ?", (f"{deployment}-[0-9]*",))
+            numbers = [int(n) for (name,) in rows if (n := name[len(deployment) + 1:]).isdigit()]
+            self.numbers[deployment] = max(numbers, default=0)
+        self.numbers[deployment] += 1
+        return f"{deployment}-{self.numbers[deployment]}"
+
+    def _drain(self, agent_id: str, why: str) -> None:
+        if agent_id not in self.draining:
+            self.draining[agent_id] = why
+            self.store.add_event("agent_draining", f"draining: {why}", agent_id, {"why": why})
+            self._signal_all()  # its long poll answers now
+
+    def _stop_idle(self, pool: list[Member], busy: set[str]) -> None:
+        """Drained agents holding no task are stopped (once)."""
+        for member in pool:
+            if (member.id in self.draining and member.id not in busy and member.id not in self.stopped
+                    and member.state in (State.CREATED, State.RUNNING)):
+                assert self.agents is not None
+                self.stopped.add(member.id)
+                self.background.start(self.agents.stop(member.id, wait=False), f"stopping drained agent {member.id}")
+
+    def _remove(self, deployment: Deployment, pool: list[Member], busy: set[str]) -> None:
+        counts = self.queue.counts(deployment.name)
+        if deployment.drain and counts["queued"] + counts["leased"]:
+            # It serves its queue first, with no agent kept waiting for work that will not come.
+            serving = dataclasses.replace(deployment, scaling=dataclasses.replace(deployment.scaling, min=0, warm=0))
+            self._scale(serving, pool, busy)
+            return
+        for member in pool:
+            self._drain(member.id, f"deployment {deployment.name} is removed")
+        self._stop_idle(pool, busy if deployment.drain else set())
+        if pool or self.launches.get(deployment.name, Launches()).names:
+            return
+        ended = self.queue.end_unfinished(deployment.name, DEPLOYMENT_REMOVED,
+                                          f"deployment {deployment.name} was removed")
+        if ended:
+            self._ended()
+        self.deployments.forget(deployment.name)
+        for table in (self.scalers, self.decisions, self.replicas, self.launches, self._work):
+            table.pop(deployment.name, None)
+        self.store.add_event("deployment_forgotten", f"deployment {deployment.name} removed: no agent left",
+                             data={"deployment": deployment.name, "tasks_failed": len(ended)})
+
+    def _retire_versions(self, deployment: Deployment, pool: list[Member]) -> None:
+        live = {m.version for m in pool}
+        for version in deployment.versions:
+            if version.state == VersionState.DRAINING and version.number not in live:
+                ended = self.queue.end_unfinished(deployment.name, VERSION_REMOVED,
+                                                  f"version {version.number} has no agent left", version.label)
+                if ended:
+                    self._ended()
+                with contextlib.suppress(NotFound, Conflict):  # removed meanwhile
+                    self.deployments.retire_version(deployment.name, version.number)
+
+    def _agent_finished(self, agent: dict[str, Any]) -> None:
+        """The supervisor's word that an agent ended: the task it held goes back to the queue."""
+        agent_id = agent["id"]
+        member = Member.of(agent)
+        task = self.queue.give_back(agent_id, str(agent.get("reason") or "exited"))
+        if task is not None:
+            self.store.add_event("task_given_back", f"task {task.id} given back: agent {agent_id} ended "
+                                 f"({agent.get('reason')}); now {task.state.value}", agent_id,
+                                 {"task": task.id, "state": task.state.value, "attempts": task.attempts})
+            self._signal(task.deployment)
+            if task.state in FINISHED_TASK_STATES:
+                self._ended()
+        if member is not None and agent_id not in self.polled and agent_id not in self.draining:
+            self._launch_failed(member.deployment, f"agent {agent_id} ended ({agent.get('reason')}) before it "
+                                "asked for a task")
+        self.polled.discard(agent_id)
+        self.draining.pop(agent_id, None)
+        self.stopped.discard(agent_id)
+        self.wake()
+
+    # -- the queue's door for agents (through zone 2) ------------------------
+    def _member(self, agent_id: str) -> Member:
+        agent = self.store.get(agent_id)
+        member = Member.of(agent) if agent is not None else None
+        if agent is None or member is None:
+            raise Conflict(f"agent {agent_id} is not a worker of a deployment: it takes no tasks")
+        return member
+
+    async def next_task(self, agent_id: str, wait: float) -> Lease | None:
+        """The task the agent holds, else a new one, waiting up to ``wait`` seconds; None when there is none."""
+        if isinstance(wait, bool) or not isinstance(wait, int | float) or not 0 <= wait <= MAX_WAIT:
+            raise InvalidRequest(f"wait: seconds from 0 to {MAX_WAIT}, got {wait!r}")
+        member = self._member(agent_id)
+        if agent_id not in self.polled:
+            self.polled.add(agent_id)
+            self.launches.setdefault(member.deployment, Launches()).failures = 0
+            self.wake()  # it is ready: a replacement may retire the agent it replaces
+        give_up = self.monotonic() + wait
+        while True:
+            signal = self._work.setdefault(member.deployment, asyncio.Event())
+            lease = self._lease(member)
+            if lease is not None:
+                return lease
+            left = give_up - self.monotonic()
+            if left <= 0:
+                return None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(signal.wait(), min(left, RECHECK))
+
+    def _lease(self, member: Member) -> Lease | None:
+        agent = self.store.get(member.id)
+        if agent is None or agent["state"] != State.RUNNING:
+            return None
+        if member.id in self.draining:
+            held = self.queue.held(member.id)  # a drained agent finishes what it holds, takes nothing new
+            return None if held is None else self.queue.lease(member.id, member.deployment, f"v{member.version}",
+                                                              bound_only=True)
+        try:
+            deployment = self.deployments.get(member.deployment)
+        except NotFound:
+            return None
+        state = next((v.state for v in deployment.versions if v.number == member.version), None)
+        if deployment.state == DeploymentState.REMOVING and not deployment.drain:
+            return None
+        return self.queue.lease(member.id, member.deployment, f"v{member.version}",
+                                bound_only=state != VersionState.ACTIVE)
+
+    def complete(self, task_id: str, agent_id: str, attempt: int | None, output: Any) -> Task:
+        task = self.queue.complete(task_id, agent_id, self._attempt(task_id, attempt), output)
+        self._after_answer(agent_id)
+        return task
+
+    def fail(self, task_id: str, agent_id: str, attempt: int | None, error: str, retry: bool) -> Task:
+        task = self.queue.fail(task_id, agent_id, self._attempt(task_id, attempt), error, retry=retry)
+        self._after_answer(agent_id)
+        if task.state == "queued":
+            self._signal(task.deployment)
+        return task
+
+    def _attempt(self, task_id: str, attempt: int | None) -> int:
+        """The attempt an answer is for: the one it names, else the task's current one."""
+        if attempt is not None:
+            if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 1:
+                raise InvalidRequest(f"attempt: a whole number >= 1, got {attempt!r}")
+            return attempt
+        return self.queue.get(task_id).attempts
+
+    def _after_answer(self, agent_id: str) -> None:
+        self._ended()
+        if agent_id in self.draining:
+            self.wake()  # now idle: the next tick stops it
+
+    # -- the queue's verbs for users ------------------------------------------
+    def submit(self, request: dict[str, Any]) -> Task:
+        name = request.get("deployment")
+        if not isinstance(name, str):
+            raise InvalidRequest("deployment: the name of the deployment the task is for")
+        deployment = self.deployments.get(name)
+        if deployment.state == DeploymentState.REMOVING:
+            raise Conflict(f"deployment {name} is being removed: it takes no new task")
+        unknown = set(request) - {"deployment", "input", "ttl", "max_usd", "attempts", "key"}
+        if unknown:
+            raise InvalidRequest(f"unknown task fields: {sorted(unknown)}")
+        defaults = deployment.tasks
+
+        def given(field: str, default: Any) -> Any:
+            value = request.get(field)
+            return default if value is None else value
+
+        task = self.queue.submit(name, request.get("input"), ttl=given("ttl", defaults.ttl),
+                                 attempts=given("attempts", defaults.attempts),
+                                 max_usd=given("max_usd", defaults.max_usd), key=request.get("key"))
+        self._signal(name)
+        self.wake()  # scale up at once
+        return task
+
+    def cancel(self, task_id: str) -> Task:
+        task = self.queue.cancel(task_id)
+        self._ended()
+        return task
+
+    async def wait_task(self, task_id: str, timeout: float | None) -> Task:
+        """The task once it has finished; FleetdError 408 (``timeout``) when ``timeout`` seconds pass first."""
+        give_up = None if timeout is None else self.monotonic() + timeout
+        while True:
+            ended = self._task_ended
+            task = self.queue.get(task_id)
+            if task.state in FINISHED_TASK_STATES:
+                return task
+            left = RECHECK if give_up is None else min(RECHECK, give_up - self.monotonic())
+            if left <= 0:
+                raise WaitTimeout(f"task {task_id} is still {task.state.value} after {timeout:g} s")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ended.wait(), left)
+
+    def view(self, deployment: Deployment, detail: bool = False) -> dict[str, Any]:
+        """A deployment as ``deploy ls`` (and with ``detail``, ``deploy inspect``) shows it."""
+        data = deployment.to_json()
+        live = self.replicas.get(deployment.name)
+        data["replicas"] = live or {"wanted": 0, "live": 0, "busy": 0, "idle": 0}
+        data["queue"] = self.queue.counts(deployment.name)
+        if detail:
+            data["decisions"] = list(self.decisions.get(deployment.name, ()))
+        return data
+
+    # -- signals ----------------------------------------------------------------
+    def _signal(self, deployment: str) -> None:
+        """Tasks of ``deployment`` may be ready: its long polls look again."""
+        event = self._work.pop(deployment, None)
+        if event is not None:
+            event.set()
+
+    def _signal_all(self) -> None:
+        for name in list(self._work):
+            self._signal(name)
+
+    def _ended(self) -> None:
+        """A task finished: those who wait for one look again."""
+        ended, self._task_ended = self._task_ended, asyncio.Event()
+        ended.set()

@@ -1,0 +1,353 @@
+"""The fleet controller on a real store and supervisor over the in-memory runtime: pools started and drained as the
+autoscaler says, the long poll, leases given back when an agent ends, versions, removal, launch backoff."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from fleetd.config import Config
+from fleetd.deployments import Deployments
+from fleetd.errors import Conflict, WaitTimeout
+from fleetd.fleet import DEPLOYMENT_LABEL, VERSION_LABEL, Fleet
+from fleetd.models import LIVE_STATES, State
+from fleetd.store import Store
+from fleetd.supervisor import Supervisor
+from fleetd.task_queue import TaskQueue
+from fleetd.timers import Timers
+from tests.unit.fake_runtime import FakeRuntime
+from tests.unit.openapi_doc import SPEC_PATH, check
+from tests.unit.supervisor_rig import build, close_all
+
+
+class Clock:
+    """Monotonic seconds that a test can move forward (the autoscaler's window and step)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.offset
+
+
+@dataclass
+class Rig:
+    fleet: Fleet
+    supervisor: Supervisor
+    runtime: FakeRuntime
+    store: Store
+    clock: Clock
+
+    async def tick(self) -> None:
+        """One controller tick, then its launches and stops carried out and their exits recorded."""
+        await self.fleet.tick()
+        await self.settle()
+
+    async def settle(self) -> None:
+        for _ in range(100):
+            while self.runtime.died:
+                self.supervisor.on_docker_event(self.runtime.died.pop(0))
+            pending = self.fleet.background.tasks | self.supervisor.background.tasks
+            if not pending and not self.runtime.died:
+                return
+            await asyncio.sleep(0.01)
+
+    def deploy(self, name: str = "web", **options: Any) -> dict[str, Any]:
+        applied = self.fleet.deployments.apply(name, {"image": "img", "command": ["work"], "ttl": 3600,
+                                                      **options}, 2)
+        return applied.deployment.to_json() | {"message": applied.message}
+
+    def pool(self, name: str = "web") -> list[dict[str, Any]]:
+        return [a for a in self.store.agents(tuple(LIVE_STATES))
+                if a["name"].startswith(f"{name}-") and a["state"] == State.RUNNING]
+
+
+def run(tmp_path: Path, check: Callable[[Rig], Awaitable[None]]) -> None:
+    async def main() -> None:
+        store = Store(tmp_path / "state.db")
+        runtime = FakeRuntime()
+        timers = Timers()
+        timers.start()
+        config = Config(state_dir=tmp_path, spare_namespaces=0)
+        supervisor = build(config, store, runtime, timers)
+        await supervisor.start()
+        clock = Clock()
+        fleet = Fleet(store, Deployments(store, config), TaskQueue(store, backoff_base=0.0), monotonic=clock)
+        fleet.attach(supervisor)
+        try:
+            await check(Rig(fleet, supervisor, runtime, store, clock))
+        finally:
+            await fleet.stop()
+            timers.shutdown()
+            await close_all(supervisor)
+            store.close()
+
+    asyncio.run(main())
+
+
+def test_a_warm_pool_is_started_and_named_after_its_deployment(tmp_path: Path) -> None:
+    async def check(rig: Rig) -> None:
+        rig.deploy(warm=2)
+        await rig.tick()
+        pool = rig.pool()
+        assert sorted(a["name"] for a in pool) == ["web-1", "web-2"]
+        container = rig.runtime.by_name(rig.runtime.agent_name(pool[0]["id"]))
+        assert container is not None
+        assert container["Labels"][DEPLOYMENT_LABEL] == "web" and container["Labels"][VERSION_LABEL] == "1"
+        await rig.tick()  # the launched agents count: nothing more starts
+        assert len(rig.pool()) == 2
+        view = rig.fleet.view(rig.fleet.deployments.get("web"), detail=True)
+        assert view["replicas"]["live"] == 2 and view["replicas"]["wanted"] == 2
+        assert view["decisions"][0]["start"] == 2 and "scaled up 0 -> 2" in view["decisions"][0]["reason"]
+
+    run(tmp_path, check)
+
+
+def test_queue_depth_scales_the_pool_up_at_once(tmp_path: Path) -> None:
+    async def check(rig: Rig) -> None:
+        rig.deploy(tasks_per_agent=5, max=3)
+        await rig.tick()
+        assert rig.pool() == []  # min 0, warm 0, nothing queued
+        for n in range(11):
+            rig.fleet.submit({"deployment": "web", "input": {"n": n}})
+        await rig.tick()
+        assert len(rig.pool()) == 3  # ceil(11 / 5) = 3, within max 3
+        events = [e for e in rig.store.events(None, 100, None, None, None) if e["type"] == "scaling_decision"]
+        assert events[-1]["data"]["queued"] == 11 and events[-1]["data"]["start"] == 3
+
+    run(tmp_path, check)
+
+
+def test_a_worker_takes_completes_and_a_waiter_sees_it(tmp_path: Path) -> None:
+    async def check(rig: Rig) -> None:
+        rig.deploy(warm=1)
+        await rig.tick()
+        [agent] = rig.pool()
+        task = rig.fleet.submit({"deployment": "web", "input": {"q": 1}})
+        waiter = asyncio.ensure_future(rig.fleet.wait_task(task.id, 10))
+        lease = await rig.fleet.next_task(agent["id"], 0)
+        assert lease is not None and lease.id == task.id and lease.input == {"q": 1} and lease.attempt == 1
+        again = await rig.fleet.next_task(agent["id"], 0)  # one task at a time: the held one again
+        assert again is not None and again.id == task.id
+        rig.fleet.complete(task.id, agent["id"], None, {"a": 2})
+        done = await asyncio.wait_for(waiter, 5)
+        assert done.state == "succeeded" and done.output == {"a": 2} and done.version == "v1"
+
+    run(tmp_path, check)
+
+
+def test_the_long_poll_wakes_when_a_task_is_submitted(tmp_path: Path) -> None:
+    async def check(rig: Rig) -> None:
+        rig.deploy(warm=1)
+        await rig.tick()
+        [agent] = rig.pool()
+        poll = asyncio.ensure_future(rig.fleet.next_task(agent["id"], 30))
+        await asyncio.sleep(0.05)
+        assert not poll.done()
+        started = time.monotonic()
+        task = rig.fleet.submit({"deployment": "web", "input": None})
+        lease = await asyncio.wait_for(poll, 5)
+        assert lease is not None and lease.id == task.id
+        assert time.monotonic() - started < 0.5  # woken, not found by the 1 s recheck
+        empty = await rig.fleet.next_task(agent["id"], 0.1)
+        assert empty is not None and empty.id == task.id  # still held
+
+    run(tmp_path, check)
+
+
+def test_a_task_of_an_agent_that_dies_is_given_back_and_retried(tmp_path: Path) -> None:
+    async def check(rig: Rig) -> None:
+        rig.deploy(warm=1, task_attempts=2)
+        await rig.tick()
+        [agent] = rig.pool()
+        task = rig.fleet.submit({"deployment": "web", "input": 1})
+        assert (await rig.fleet.next_task(agent["id"], 0)) is not None
+        rig.runtime.exit(agent["container_id"], 137)
+        await rig.settle()
+        again = rig.fleet.queue.get(task.id)
+        assert again.state == "queued" and again.attempts == 1 and again.code == "exited"
+        await rig.tick()  # 1 queued + 1 warm: two successors; one takes attempt 2
+        successor, _ = rig.pool()
+        assert {a["name"] for a in rig.pool()} == {"web-2", "web-3"}
+        lease = await rig.fleet.next_task(successor["id"], 0)
+        assert lease is not None and lease.id == task.id and lease.attempt == 2
+        with pytest.raises(Conflict):  # the dead agent's attempt is fenced off
+            rig.fleet.complete(task.id, agent["id"], 1, "late")
+        rig.runtime.exit(successor["container_id"], 1)
+        await rig.settle()
+        assert rig.fleet.queue.get(task.id).state == "dead"
+
+    run(tmp_path, check)
+
+
+def test_a_new_version_drains_the_old_agents_without_cutting_a_task(tmp_path: Path) -> None:
+    async def check(rig: Rig) -> None:
+        rig.deploy(warm=2)
+        await rig.tick()
+        old = rig.pool()
+        task = rig.fleet.submit({"deployment": "web", "input": 1})
+        busy = old[0]["id"]
+        assert (await rig.fleet.next_task(busy, 0)) is not None
+        assert rig.deploy(warm=2, command=["work", "--v2"])["message"] == "updated: version 2"
+        await rig.tick()
+        names = {a["name"]: a for a in rig.pool()}
+        assert {"web-3", "web-4"} <= set(names)  # version 2 started
+        assert busy in {a["id"] for a in rig.pool()}  # still finishing its task
+        assert old[1]["id"] not in {a["id"] for a in rig.pool()}  # the idle one is stopped
+        assert (await rig.fleet.next_task(busy, 0)).id == task.id  # type: ignore[union-attr]
+        late = rig.fleet.submit({"deployment": "web", "input": 2})
+        rig.fleet.complete(task.id, busy, None, "ok")
+        assert (await rig.fleet.next_task(busy, 0)) is None  # a drained agent takes no new task
+        await rig.tick()
+        assert busy not in {a["id"] for a in rig.pool()}
+        await rig.tick()
+        versions = {v.number: v.state.value for v in rig.fleet.deployments.get("web").versions}
+        assert versions == {1: "retired", 2: "active"}
+        v2 = names["web-3"]["id"]
+        lease = await rig.fleet.next_task(v2, 0)
+        assert lease is not None and lease.id == late.id
+
+    run(tmp_path, check)
+
+
+def test_removing_a_deployment_stops_its_agents_and_ends_its_queue(tmp_path: Path) -> None:
+    async def check(rig: Rig) -> None:
+        rig.deploy(warm=1)
+        await rig.tick()
+        waiting = rig.fleet.submit({"deployment": "web", "input": 1})
+        rig.fleet.submit({"deployment": "web", "input": 2})
+        rig.fleet.deployments.remove("web", drain=False)
+        with pytest.raises(Conflict):
+            rig.fleet.submit({"deployment": "web", "input": 3})
+        await rig.tick()
+        assert rig.pool() == []
+        await rig.tick()
+        assert rig.fleet.deployments.list() == []
+        task = rig.fleet.queue.get(waiting.id)
+        assert task.state == "failed" and task.code == "deployment_removed"
+
+    run(tmp_path, check)
+
+
+def test_a_drained_removal_serves_the_queue_first(tmp_path: Path) -> None:
+    async def check(rig: Rig) -> None:
+        rig.deploy(warm=1)
+        await rig.tick()
+        [agent] = rig.pool()
+        task = rig.fleet.submit({"deployment": "web", "input": 1})
+        rig.fleet.deployments.remove("web", drain=True)
+        await rig.tick()
+        assert len(rig.pool()) == 1
+        lease = await rig.fleet.next_task(agent["id"], 0)
+        assert lease is not None and lease.id == task.id
+        rig.fleet.complete(task.id, agent["id"], None, "done")
+        await rig.tick()
+        await rig.tick()
+        assert rig.pool() == [] and rig.fleet.deployments.list() == []
+        assert rig.fleet.queue.get(task.id).state == "succeeded"
+
+    run(tmp_path, check)
+
+
+def test_a_pool_that_cannot_start_backs_off(tmp_path: Path) -> None:
+    async def check(rig: Rig) -> None:
+        rig.deploy(warm=1)
+        rig.runtime.missing_images.add("img")
+        await rig.tick()
+        await rig.tick()
+        await rig.tick()
+        failed = [e for e in rig.store.events(None, 100, None, None, None) if e["type"] == "deployment_launch_failed"]
+        assert len(failed) == 1  # not one launch per tick
+        rig.runtime.missing_images.clear()
+        rig.clock.offset += 3
+        await rig.tick()
+        assert len(rig.pool()) == 1
+
+    run(tmp_path, check)
+
+
+def test_a_worker_that_exits_before_asking_for_work_backs_off_too(tmp_path: Path) -> None:
+    async def check(rig: Rig) -> None:
+        rig.deploy(warm=1)
+        await rig.tick()
+        [agent] = rig.pool()
+        rig.runtime.exit(agent["container_id"], 1)  # a crash at start-up
+        await rig.settle()
+        await rig.tick()
+        assert rig.pool() == []  # not restarted every second
+        rig.clock.offset += 3
+        await rig.tick()
+        [successor] = rig.pool()
+        assert (await rig.fleet.next_task(successor["id"], 0)) is None  # it polls: ready, the backoff resets
+        assert rig.fleet.launches["web"].failures == 0
+
+    run(tmp_path, check)
+
+
+def test_scale_down_waits_for_the_window_then_drains_one_idle_agent(tmp_path: Path) -> None:
+    async def check(rig: Rig) -> None:
+        rig.deploy(min=0, warm=0, tasks_per_agent=1, scale_down_window=10)
+        for n in range(3):
+            rig.fleet.submit({"deployment": "web", "input": n})
+        await rig.tick()
+        pool = rig.pool()
+        assert len(pool) == 3
+        for agent in pool:
+            lease = await rig.fleet.next_task(agent["id"], 0)
+            assert lease is not None
+            rig.fleet.complete(lease.id, agent["id"], None, "ok")
+        await rig.tick()
+        assert len(rig.pool()) == 3  # wanted is 0, but not for the whole window yet
+        rig.clock.offset += 11
+        await rig.tick()
+        assert len(rig.pool()) == 2  # one agent per step
+        rig.clock.offset += 61
+        await rig.tick()
+        assert len(rig.pool()) == 1
+
+    run(tmp_path, check)
+
+
+def test_wait_with_a_timeout_says_so(tmp_path: Path) -> None:
+    async def check(rig: Rig) -> None:
+        rig.deploy()
+        task = rig.fleet.submit({"deployment": "web", "input": 1})
+        with pytest.raises(WaitTimeout):
+            await rig.fleet.wait_task(task.id, 0.1)
+        rig.fleet.cancel(task.id)
+        assert (await rig.fleet.wait_task(task.id, 1)).state == "cancelled"
+
+    run(tmp_path, check)
+
+
+def test_an_agent_outside_any_deployment_takes_no_task(tmp_path: Path) -> None:
+    async def check(rig: Rig) -> None:
+        agent = await rig.supervisor.spawn({"image": "img", "command": ["x"]})
+        with pytest.raises(Conflict):
+            await rig.fleet.next_task(agent["id"], 0)
+
+    run(tmp_path, check)
+
+
+def test_the_views_match_the_documented_schemas(tmp_path: Path) -> None:
+    doc = yaml.safe_load(SPEC_PATH.read_text())
+
+    async def check_views(rig: Rig) -> None:
+        rig.deploy(warm=2)
+        await rig.tick()
+        task = rig.fleet.submit({"deployment": "web", "input": {"q": 1}, "ttl": "10m", "max_usd": "0.25"})
+        deployment = rig.fleet.deployments.get("web")
+        detail = rig.fleet.view(deployment, detail=True)
+        assert detail["decisions"] and detail["queue"]["queued"] == 1
+        check(doc, "DeploymentDetail", detail)
+        check(doc, "Deployment", rig.fleet.view(deployment))
+        check(doc, "Task", task.to_json())
+
+    run(tmp_path, check_views)
