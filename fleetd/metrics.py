@@ -60,6 +60,9 @@ class Snapshot:
     budget: dict[str, Any] | None = None  # the body of GET /v1/budget, None when zone 2 does not answer
     usage: dict[str, dict[str, Any]] = field(default_factory=dict)  # agent id -> memory and CPU (Supervisor.stats)
     zone2_healthy: bool = False
+    # deployment -> {"queued", "leased", "replicas": {"wanted", "live", "busy", "idle"}}
+    deployments: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tasks_finished: dict[str, int] = field(default_factory=dict)  # final state -> tasks ever finished
 
 
 # -- rendering ----------------------------------------------------------------
@@ -86,6 +89,7 @@ class SnapshotCollector:
         yield from _agent_usage(snap.agents, snap.usage)
         yield from _budget(snap.budget, snap.zone2_healthy)
         yield from _zone2_counters((snap.budget or {}).get("counters") or {})
+        yield from _fleet(snap.deployments, snap.tasks_finished)
 
 
 def _info() -> Iterator[Metric]:
@@ -248,6 +252,27 @@ def _budget(budget: Mapping[str, Any] | None, zone2_healthy: bool) -> Iterator[M
                                   value=value)
 
 
+def _fleet(deployments: Mapping[str, Mapping[str, Any]], finished: Mapping[str, int]) -> Iterator[Metric]:
+    """Deployments' queues and pools (one series per deployment: bounded by them), tasks finished by final state."""
+    depth = GaugeMetricFamily("fleetd_task_queue_depth", "Tasks waiting for an agent, by deployment.",
+                              labels=["deployment"])
+    leased = GaugeMetricFamily("fleetd_tasks_leased", "Tasks an agent holds now, by deployment.",
+                               labels=["deployment"])
+    replicas = GaugeMetricFamily("fleetd_deployment_replicas", "A deployment's agents: wanted by its autoscaler, "
+                                 "live, busy (holding a task), idle (ready for one).", labels=["deployment", "kind"])
+    for name, figures in sorted(deployments.items()):
+        depth.add_metric([name], figures.get("queued", 0))
+        leased.add_metric([name], figures.get("leased", 0))
+        for kind in ("wanted", "live", "busy", "idle"):
+            replicas.add_metric([name, kind], (figures.get("replicas") or {}).get(kind, 0))
+    yield from (depth, leased, replicas)
+    done = CounterMetricFamily("fleetd_tasks_finished", "Tasks finished, by final state (succeeded, failed, "
+                               "cancelled, dead).", labels=["state"])
+    for state, count in finished.items():
+        done.add_metric([state], count)
+    yield done
+
+
 def _agent_labels(agent: Mapping[str, Any]) -> list[str]:
     return [str(agent.get("id") or ""), str(agent.get("name") or ""), str(agent.get("role") or "")]
 
@@ -288,8 +313,12 @@ async def gather(parts: Services) -> Snapshot:
         usage = {str(u["id"]): u for u in await parts.agents.stats()}
     except Exception:
         log.exception("metrics: cannot read agents' memory and CPU")
+    fleet = parts.fleet
+    live = fleet.queue.live_counts()
+    deployments = {d.name: {"queued": 0, "leased": 0, **live.get(d.name, {}),
+                            "replicas": fleet.replicas.get(d.name, {})} for d in fleet.deployments.list()}
     return Snapshot(agents=agents, states=states, counts=counts, budget=budget, zone2_healthy=parts.zone2.healthy,
-                    usage=usage)
+                    usage=usage, deployments=deployments, tasks_finished=fleet.queue.finished_totals())
 
 
 # -- serving ------------------------------------------------------------------

@@ -14,11 +14,15 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
+from fleetd.config import Config
+from fleetd.deployments import Deployments
 from fleetd.errors import FleetdError, Unavailable
+from fleetd.fleet import Fleet
 from fleetd.listen import parse_listen
 from fleetd.metrics import STATES, Snapshot, gather, render, serve_metrics
 from fleetd.models import Reason, State, iso, utcnow
 from fleetd.store import Store
+from fleetd.task_queue import TaskQueue
 
 
 def parse(body: bytes) -> dict[str, list[Sample]]:
@@ -217,6 +221,7 @@ class FakeParts:
         self.records = store
         self.zone2 = gateway
         self.agents = FakeAgents()
+        self.fleet = Fleet(store, Deployments(store, Config()), TaskQueue(store))
 
     def agent_json(self, agent: dict[str, Any]) -> dict[str, Any]:
         live = agent["state"] == "running"
@@ -285,6 +290,7 @@ def test_gather(tmp_path: Path) -> None:
         assert gateway.asked == [["a1"]]  # zone 2 is asked about live agents only
         assert snap.budget is BUDGET and snap.zone2_healthy
         assert snap.counts["spawns"] == 3
+        assert snap.deployments == {} and snap.tasks_finished["succeeded"] == 0
         down = asyncio.run(gather(FakeParts(store, FakeGateway(None, healthy=False))))  # type: ignore[arg-type]
         assert down.budget is None and not down.zone2_healthy
     finally:
@@ -356,3 +362,27 @@ def test_promtool_finds_nothing_to_say() -> None:
     body = render(Snapshot(agents=AGENTS, budget=BUDGET, zone2_healthy=True))
     result = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True, check=False)
     assert result.returncode == 0 and not result.stdout.strip() and not result.stderr.strip(), result
+
+
+def test_deployments_queues_and_finished_tasks(tmp_path: Path) -> None:
+    store = populated(tmp_path / "state.db")
+    try:
+        parts = FakeParts(store, FakeGateway(BUDGET))
+        parts.fleet.deployments.apply("web", {"image": "img"}, 2)
+        parts.fleet.deployments.apply("idle", {"image": "img"}, 2)
+        queue = parts.fleet.queue
+        first, _, third = (queue.submit("web", n) for n in range(3))
+        assert queue.lease("a1", "web", "v1") is not None
+        queue.cancel(third.id)
+        parts.fleet.replicas["web"] = {"wanted": 3, "live": 2, "busy": 1, "idle": 1}
+        m = parse(render(asyncio.run(gather(parts))))  # type: ignore[arg-type]
+    finally:
+        store.close()
+    assert value(m["fleetd_task_queue_depth"], deployment="web") == 1
+    assert value(m["fleetd_tasks_leased"], deployment="web") == 1
+    assert value(m["fleetd_task_queue_depth"], deployment="idle") == 0  # every deployment has its series
+    assert value(m["fleetd_deployment_replicas"], deployment="web", kind="wanted") == 3
+    assert value(m["fleetd_deployment_replicas"], deployment="idle", kind="live") == 0
+    assert value(m["fleetd_tasks_finished"], state="cancelled") == 1
+    assert value(m["fleetd_tasks_finished"], state="dead") == 0
+    assert first.state == "queued"
