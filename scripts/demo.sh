@@ -97,4 +97,28 @@ fleetd logs "$agent"
 say "fleetd budget $agent: the spend stopped at the cap"
 fleetd budget "$agent"
 fleetd events --agent "$agent" | grep budget_exceeded
+say "a fleet of workers: a deployment that takes tasks from the queue, one LLM call per task"
+fleetd role set demo-worker --creds demo-llm
+deployment="demo-workers"
+fleetd deploy rm "$deployment" >/dev/null 2>&1 || true
+fleetd deploy "$deployment" --role demo-worker --warm 1 --max 3 --tasks-per-agent 2 --memory 64m \
+  --heartbeat-interval 10s fleetd/agent-python python3 -c '
+import json, os, urllib.request, fleetd_agent
+fleetd_agent.start_heartbeat()
+for task in fleetd_agent.tasks():
+    req = urllib.request.Request(os.environ["OPENAI_BASE_URL"] + "/chat/completions",
+        data=json.dumps({"model": "demo-model", "max_tokens": 8,
+                         "messages": [{"role": "user", "content": task.input["question"]}]}).encode(),
+        headers={"Authorization": "Bearer $CRED{demo-llm}", "Content-Type": "application/json"})
+    answer = json.load(urllib.request.urlopen(req))["choices"][0]["message"]["content"]
+    task.complete({"answer": answer, "agent": fleetd_agent.agent_id()})
+'
+tasks=()
+for n in 1 2 3 4 5 6; do tasks+=("$(fleetd task submit "$deployment" --input "{\"question\": \"task $n\"}")"); done
+fleetd task wait "${tasks[@]}" --timeout 2m
+fleetd task ls "$deployment"
+fleetd deploy ls
+say "fleetd deploy inspect $deployment: its scaling decisions, with their inputs"
+fleetd deploy inspect "$deployment" | python3 -c 'import json,sys; [print(d["time"], d["reason"]) for d in json.load(sys.stdin)["decisions"]]'
+fleetd deploy rm "$deployment"
 docker rm -f fleetd-demo-llm >/dev/null

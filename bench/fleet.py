@@ -1,0 +1,179 @@
+"""Fleets of workers: how fast a task reaches a warm agent, how many tasks a pool gets through, how fast it grows.
+
+Three figures, each beside its baseline in the same run, on one daemon with workers built on the SDK
+(``fleetd_agent.tasks()``, through zone 2):
+
+1. Task start latency, submit (``POST /v1/tasks``) to the worker holding the task (the worker reads the wall
+   clock when ``tasks()`` hands it the task; one host, one clock), ``--latency-tasks`` tasks one after another,
+   with a warm pool. Baseline: a cold start, the same work as one agent per task (``POST /v1/agents`` to the
+   agent's first line of Python). Target (issue 16): warm p50 <= 20 ms and p99 <= 100 ms.
+2. Queue throughput: ``--tasks`` no-op tasks submitted at once (``--submitters`` threads) to ``--workers``
+   ready agents; end to end, first submit to last completion. Target: >= 1,000 tasks/s. Beside it: the submit
+   rate alone (the API's side).
+3. Scale-up reaction: ``--burst`` tasks submitted at once to a deployment with no agent and ``--max`` of them;
+   time until all ``--max`` are running. Baseline: ``--max`` agents spawned at once through the API, to running.
+   Target: at most 1 s more than the baseline (container start time).
+
+Run: .venv/bin/python bench/fleet.py [--latency-tasks 200] [--tasks 10000] [--workers 20] [--burst 500] [--max 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import IMAGE, Bench, summary, table, verdict
+
+WORKER = """
+import time, fleetd_agent
+for task in fleetd_agent.tasks(wait=30):
+    got = time.time()
+    task.complete({"got": got})
+"""
+FIRST_LINE = "import time; print(time.time(), flush=True)"
+LIMITS = {"memory": "64m", "cpus": "0.25", "pids_limit": 32, "ttl": 3600}
+
+
+def deploy(bench: Bench, name: str, **options: Any) -> None:
+    body = {"image": IMAGE, "command": ["python3", "-c", WORKER], **LIMITS, **options}
+    bench.client().call("PUT", f"/v1/deployments/{name}", body)
+
+
+def replicas(bench: Bench, name: str) -> dict[str, int]:
+    view: dict[str, Any] = bench.client().call("GET", f"/v1/deployments/{name}")
+    return dict(view["replicas"]) | {"succeeded": view["queue"]["succeeded"]}
+
+
+def wait_until(check: Any, timeout: float, what: str, interval: float = 0.05) -> float:
+    started = time.monotonic()
+    while not check():
+        if time.monotonic() - started > timeout:
+            raise SystemExit(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+    return time.monotonic() - started
+
+
+def remove(bench: Bench, name: str) -> None:
+    bench.client().call("DELETE", f"/v1/deployments/{name}")
+    wait_until(lambda: not [d for d in bench.client().call("GET", "/v1/deployments") if d["name"] == name], 120,
+               f"deployment {name} to go")
+
+
+def submit(bench: Bench, name: str, payload: Any = None) -> tuple[float, str]:
+    sent = time.time()
+    task: dict[str, Any] = bench.client().call("POST", "/v1/tasks", {"deployment": name, "input": payload})
+    return sent, task["id"]
+
+
+def warm_latency(bench: Bench, count: int) -> list[float]:
+    deploy(bench, "warm", min=2, max=2)
+    wait_until(lambda: replicas(bench, "warm")["idle"] == 2, 120, "two warm agents")
+    client = bench.client()
+    latencies = []
+    for _ in range(count):
+        sent, task_id = submit(bench, "warm")
+        done = client.call("POST", f"/v1/tasks/{task_id}/wait?timeout=30")
+        latencies.append((done["output"]["got"] - sent) * 1000)
+    remove(bench, "warm")
+    return latencies
+
+
+def cold_latency(bench: Bench, count: int) -> list[float]:
+    latencies = []
+    client = bench.client()
+    for _ in range(count):
+        sent = time.time()
+        agent = client.call("POST", "/v1/agents", {"image": IMAGE, "command": ["python3", "-c", FIRST_LINE],
+                                                   **LIMITS})
+        client.call("POST", f"/v1/agents/{agent['id']}/wait")
+        first = bench.fleetd("logs", agent["id"]).stdout.split()[0]
+        latencies.append((float(first) - sent) * 1000)
+        client.call("DELETE", f"/v1/agents/{agent['id']}?force=true")
+    return latencies
+
+
+def throughput(bench: Bench, tasks: int, workers: int, submitters: int) -> dict[str, float]:
+    deploy(bench, "bulk", min=workers, max=workers, tasks_per_agent=10_000)
+    wait_until(lambda: replicas(bench, "bulk")["idle"] == workers, 300, f"{workers} ready agents", 0.5)
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=submitters) as pool:
+        list(pool.map(lambda _: submit(bench, "bulk"), range(tasks)))
+    submitted = time.monotonic() - started
+    wait_until(lambda: replicas(bench, "bulk")["succeeded"] >= tasks, 600, f"{tasks} tasks done", 0.1)
+    elapsed = time.monotonic() - started
+    remove(bench, "bulk")
+    return {"submit/s": tasks / submitted, "tasks/s": tasks / elapsed, "seconds": elapsed}
+
+
+def scale_up(bench: Bench, burst: int, most: int, submitters: int) -> tuple[float, float]:
+    deploy(bench, "burst", min=0, max=most, tasks_per_agent=5)
+    with ThreadPoolExecutor(max_workers=submitters) as pool:
+        started = time.monotonic()
+        list(pool.map(lambda _: submit(bench, "burst", None), range(burst)))
+    grown = wait_until(lambda: replicas(bench, "burst")["live"] >= most and running(bench, "burst") >= most, 300,
+                       f"{most} agents running")
+    reaction = time.monotonic() - started
+    remove(bench, "burst")
+    bench.wait_no_live_agents(300)
+    started = time.monotonic()
+    requests = [{"image": IMAGE, "command": ["sleep", "300"], **LIMITS} for _ in range(most)]
+    answers = bench.spawn_api_many(requests, concurrency=most)
+    failed = [a for a in answers if isinstance(a, Exception)]
+    if failed:
+        raise SystemExit(f"baseline spawns failed: {failed[:3]}")
+    baseline = time.monotonic() - started
+    bench.remove_all_containers()
+    del grown
+    return reaction, baseline
+
+
+def running(bench: Bench, name: str) -> int:
+    return sum(1 for a in bench.live_agents() if a["name"].startswith(f"{name}-") and a["state"] == "running")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--latency-tasks", type=int, default=200)
+    parser.add_argument("--cold-tasks", type=int, default=20)
+    parser.add_argument("--tasks", type=int, default=10_000)
+    parser.add_argument("--workers", type=int, default=20)
+    parser.add_argument("--submitters", type=int, default=16)
+    parser.add_argument("--burst", type=int, default=500)
+    parser.add_argument("--max", type=int, default=20)
+    args = parser.parse_args()
+    with Bench() as bench:
+        warm = summary(warm_latency(bench, args.latency_tasks))
+        cold = summary(cold_latency(bench, args.cold_tasks))
+        print(table(["START LATENCY MS", "N", "MIN", "P50", "P90", "P99", "MAX"],
+                    [[label, int(s["n"]), s["min"], s["median"], s["p90"], s["p99"], s["max"]]
+                     for label, s in (("warm pool (task to worker)", warm), ("cold (spawn to first line)", cold))]),
+              flush=True)
+        flow = throughput(bench, args.tasks, args.workers, args.submitters)
+        print(table(["THROUGHPUT", "TASKS", "WORKERS", "SUBMIT/S", "TASKS/S END TO END", "SECONDS"],
+                    [["no-op tasks", args.tasks, args.workers, flow["submit/s"], flow["tasks/s"], flow["seconds"]]]),
+              flush=True)
+        reaction, baseline = scale_up(bench, args.burst, args.max, args.submitters)
+        print(table(["SCALE UP", f"SECONDS TO {args.max} RUNNING"],
+                    [[f"{args.burst} tasks submitted at once", reaction],
+                     [f"baseline: {args.max} spawned at once", baseline]]), flush=True)
+    verdict(warm["median"] <= 20 and warm["p99"] <= 100,
+            f"warm start p50 {warm['median']:.1f} ms (<= 20), p99 {warm['p99']:.1f} ms (<= 100); cold p50 "
+            f"{cold['median']:.0f} ms")
+    verdict(flow["tasks/s"] >= 1000, f"{flow['tasks/s']:.0f} tasks/s end to end (>= 1000)")
+    verdict(reaction <= baseline + 1, f"scale up {reaction:.2f} s vs {baseline:.2f} s to start the agents alone "
+                                      "(at most 1 s more)")
+    print(json.dumps({"warm": warm, "cold": cold, "throughput": flow, "scale_up": [reaction, baseline]}))
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
