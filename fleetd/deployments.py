@@ -311,6 +311,14 @@ class Deployments:
             raise NotFound(f"no such deployment: {name}")
         return found
 
+    def version_state(self, name: str, number: int) -> tuple[DeploymentState, bool, VersionState] | None:
+        """The deployment's state, whether its removal drains, and its version ``number``'s state: one indexed read
+        (an agent's every request for a task asks), None when either is gone."""
+        row = self.conn.execute(
+            "SELECT d.state, d.drain, v.state FROM deployments d JOIN deployment_versions v ON v.deployment = d.name "
+            "WHERE d.name = ? AND v.version = ?", (name, number)).fetchone()
+        return None if row is None else (DeploymentState(row[0]), bool(row[1]), VersionState(row[2]))
+
     def list(self) -> builtins.list[Deployment]:
         """Every deployment, by name (removing ones too)."""
         versions: dict[str, list[dict[str, Any]]] = {}

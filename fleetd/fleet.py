@@ -53,7 +53,8 @@ DEPLOYMENT_LABEL = "fleetd.deployment"
 VERSION_LABEL = "fleetd.version"
 REPLACES_LABEL = "fleetd.replaces"
 TICK = 1.0  # s between two looks at every deployment
-RECHECK = 1.0  # s a long poll waits before it looks again (a retry's backoff ends unannounced)
+RECHECK = 1.0  # s a wait for a task's end looks again (a deadline passes unannounced)
+POLLS_PER_AGENT = 2  # long polls of one agent that may wait at once; more answer at once (none waits)
 MAX_WAIT = 60  # s of a long poll
 DEFAULT_WAIT = 30
 DECISIONS_KEPT = 20  # per deployment, for deploy inspect
@@ -116,6 +117,42 @@ class Launches:
     not_before: float = 0.0
 
 
+class Waiters:
+    """The long polls of one deployment, first come first woken: a task made ready wakes one of them, not all (a
+    thousand idle agents would each take the queue's write lock for every task)."""
+
+    def __init__(self) -> None:
+        self._queue: deque[asyncio.Future[None]] = deque()
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def join(self) -> asyncio.Future[None]:
+        """A place in line, taken before looking at the queue so that no wake falls between the two."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append(future)
+        return future
+
+    def leave(self, future: asyncio.Future[None]) -> None:
+        """Out of line; a wake it got and did not use goes to the next in line."""
+        if future.done() and not future.cancelled():
+            self.wake()
+        else:
+            future.cancel()
+            with contextlib.suppress(ValueError):
+                self._queue.remove(future)
+
+    def wake(self, count: int = 1) -> None:
+        while count > 0 and self._queue:
+            future = self._queue.popleft()
+            if not future.done():
+                future.set_result(None)
+                count -= 1
+
+    def wake_all(self) -> None:
+        self.wake(len(self._queue))
+
+
 class Fleet:
     """Every deployment's controller, and the task queue's verbs for agents and users."""
 
@@ -136,7 +173,8 @@ class Fleet:
         self.launches: dict[str, Launches] = {}
         self.numbers: dict[str, int] = {}  # deployment -> the last NAME-<n> given
         self.background = Background()
-        self._work: dict[str, asyncio.Event] = {}
+        self._waiters: dict[str, Waiters] = {}  # deployment -> its long polls
+        self._polls: dict[str, int] = {}  # agent id -> its long polls under way
         self._task_ended = asyncio.Event()
         self._wake = asyncio.Event()
         self._loop: asyncio.Task[None] | None = None
@@ -331,7 +369,7 @@ class Fleet:
         if ended:
             self._ended()
         self.deployments.forget(deployment.name)
-        for table in (self.scalers, self.decisions, self.replicas, self.launches, self._work):
+        for table in (self.scalers, self.decisions, self.replicas, self.launches, self._waiters):
             table.pop(deployment.name, None)
         self.store.add_event("deployment_forgotten", f"deployment {deployment.name} removed: no agent left",
                              data={"deployment": deployment.name, "tasks_failed": len(ended)})
@@ -384,35 +422,56 @@ class Fleet:
             self.polled.add(agent_id)
             self.launches.setdefault(member.deployment, Launches()).failures = 0
             self.wake()  # it is ready: a replacement may retire the agent it replaces
+        polls = self._polls.get(agent_id, 0)
+        if polls >= POLLS_PER_AGENT:
+            wait = 0  # a hostile agent's hundred polls hold no hundred waits in the daemon
+        self._polls[agent_id] = polls + 1
+        try:
+            return await self._poll(member, wait)
+        finally:
+            if self._polls[agent_id] <= 1:
+                del self._polls[agent_id]
+            else:
+                self._polls[agent_id] -= 1
+
+    async def _poll(self, member: Member, wait: float) -> Lease | None:
         give_up = self.monotonic() + wait
+        waiters = self._waiters.setdefault(member.deployment, Waiters())
         while True:
-            signal = self._work.setdefault(member.deployment, asyncio.Event())
-            lease = self._lease(member)
-            if lease is not None:
-                return lease
-            left = give_up - self.monotonic()
-            if left <= 0:
-                return None
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(signal.wait(), min(left, RECHECK))
+            turn = waiters.join()
+            try:
+                lease = self._lease(member)
+                left = give_up - self.monotonic()
+                if lease is not None or left <= 0:
+                    return lease
+                # Woken by a task made ready, else at the end of the wait or of the nearest retry's backoff.
+                ready_in = self.queue.ready_in(member.deployment)
+                nap = left if ready_in is None else min(left, max(ready_in, 0.01))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(turn), nap)
+            finally:
+                waiters.leave(turn)
 
     def _lease(self, member: Member) -> Lease | None:
         agent = self.store.get(member.id)
         if agent is None or agent["state"] != State.RUNNING:
             return None
+        label = f"v{member.version}"
+        held = self.queue.held(member.id)
+        if held is not None:  # the one it holds, again (its answer was lost, or zone 2 restarted)
+            return self.queue.lease(member.id, member.deployment, label)
         if member.id in self.draining:
-            held = self.queue.held(member.id)  # a drained agent finishes what it holds, takes nothing new
-            return None if held is None else self.queue.lease(member.id, member.deployment, f"v{member.version}",
-                                                              bound_only=True)
-        try:
-            deployment = self.deployments.get(member.deployment)
-        except NotFound:
+            return None  # a drained agent takes nothing new
+        found = self.deployments.version_state(member.deployment, member.version)
+        if found is None:
             return None
-        state = next((v.state for v in deployment.versions if v.number == member.version), None)
-        if deployment.state == DeploymentState.REMOVING and not deployment.drain:
+        deployment_state, drain, version_state = found
+        if deployment_state == DeploymentState.REMOVING and not drain:
             return None
-        return self.queue.lease(member.id, member.deployment, f"v{member.version}",
-                                bound_only=state != VersionState.ACTIVE)
+        bound_only = version_state != VersionState.ACTIVE
+        if not self.queue.has_ready(member.deployment, label, bound_only):
+            return None  # a read, before the write lock a lease takes
+        return self.queue.lease(member.id, member.deployment, label, bound_only)
 
     def complete(self, task_id: str, agent_id: str, attempt: int | None, output: Any) -> Task:
         task = self.queue.complete(task_id, agent_id, self._attempt(task_id, attempt), output)
@@ -493,15 +552,16 @@ class Fleet:
         return data
 
     # -- signals ----------------------------------------------------------------
-    def _signal(self, deployment: str) -> None:
-        """Tasks of ``deployment`` may be ready: its long polls look again."""
-        event = self._work.pop(deployment, None)
-        if event is not None:
-            event.set()
+    def _signal(self, deployment: str, count: int = 1) -> None:
+        """``count`` tasks of ``deployment`` may be ready: as many of its long polls look again."""
+        waiters = self._waiters.get(deployment)
+        if waiters is not None:
+            waiters.wake(count)
 
     def _signal_all(self) -> None:
-        for name in list(self._work):
-            self._signal(name)
+        """Every long poll looks again (an agent drained: its poll answers now)."""
+        for waiters in self._waiters.values():
+            waiters.wake_all()
 
     def _ended(self) -> None:
         """A task finished: those who wait for one look again."""

@@ -237,13 +237,18 @@ class TaskQueue:
         return Task.from_row(row) if row else None
 
     def complete(self, task_id: str, agent_id: str, attempt: int, output: Any) -> Task:
-        """``succeeded`` with ``output``; 409 unless this is the task's current lease."""
+        """``succeeded`` with ``output``; 409 unless this is the task's current lease. The same completion again
+        (its answer was lost, and the agent retried) is answered as the first was, with the task as it is."""
         text = json_body(output, "output")
         now = self.clock()
         at = iso(now)
         with self.store.transaction():
             self._expire_due(now)
             stale = self._stale(task_id, agent_id, attempt)
+            if stale is not None and self._row(
+                    "SELECT 1 FROM tasks WHERE id = ? AND state = 'succeeded' AND agent_id = ? AND attempts = ?",
+                    (task_id, agent_id, attempt)) is not None:
+                return self.get(task_id)  # already done by this very attempt: nothing to change
             if stale is None:
                 self.conn.execute("UPDATE tasks SET state = 'succeeded', output = ?, error = NULL, code = NULL, "
                                   "finished_at = ? WHERE id = ?", (text, at, task_id))
@@ -336,6 +341,21 @@ class TaskQueue:
             for task_id in ids:
                 self._finish(task_id, TaskState.FAILED, code, message, now)
         return ids
+
+    def has_ready(self, deployment: str, version: str, bound_only: bool = False) -> bool:
+        """Whether ``lease`` would find a task for an agent of ``version`` now: a read, without the write lock."""
+        unbound = "" if bound_only else "version IS NULL OR "
+        return self.conn.execute(
+            f"SELECT 1 FROM tasks WHERE deployment = ? AND state = 'queued' AND retry_at <= ? "
+            f"AND ({unbound}version = ?) LIMIT 1", (deployment, iso(self.clock()), version)).fetchone() is not None
+
+    def ready_in(self, deployment: str) -> float | None:
+        """Seconds until the nearest backoff of a queued task of ``deployment`` ends, None when none waits for one."""
+        row = self.conn.execute("SELECT MIN(retry_at) FROM tasks WHERE deployment = ? AND state = 'queued' AND "
+                                "retry_at > ?", (deployment, iso(self.clock()))).fetchone()
+        if row[0] is None:
+            return None
+        return (datetime.fromisoformat(row[0]) - self.clock()).total_seconds()
 
     def queued(self, deployment: str) -> int:
         """Tasks of ``deployment`` waiting for an agent (its queue depth, what the autoscaler reads)."""

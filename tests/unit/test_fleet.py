@@ -351,3 +351,44 @@ def test_the_views_match_the_documented_schemas(tmp_path: Path) -> None:
         check(doc, "Task", task.to_json())
 
     run(tmp_path, check_views)
+
+
+def test_a_submit_wakes_one_long_poll_not_all(tmp_path: Path) -> None:
+    async def check(rig: Rig) -> None:
+        rig.deploy(warm=3)
+        await rig.tick()
+        polls = [asyncio.ensure_future(rig.fleet.next_task(a["id"], 30)) for a in rig.pool()]
+        await asyncio.sleep(0.05)
+        taken = rig.fleet.queue.lease
+        leases: list[str] = []
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            leases.append(args[0])
+            return taken(*args, **kwargs)
+
+        rig.fleet.queue.lease = counted  # type: ignore[method-assign]
+        rig.fleet.submit({"deployment": "web", "input": 1})
+        done, pending = await asyncio.wait(polls, timeout=0.5)
+        assert len(done) == 1 and len(pending) == 2
+        assert len(leases) == 1, "only the woken poll took the write lock"
+        for poll in pending:
+            poll.cancel()
+
+    run(tmp_path, check)
+
+
+def test_an_agent_polling_many_times_holds_at_most_two_waits(tmp_path: Path) -> None:
+    async def check(rig: Rig) -> None:
+        rig.deploy(warm=1)
+        await rig.tick()
+        [agent] = rig.pool()
+        polls = [asyncio.ensure_future(rig.fleet.next_task(agent["id"], 30)) for _ in range(6)]
+        done, pending = await asyncio.wait(polls, timeout=0.3)
+        assert len(done) == 4 and all(p.result() is None for p in done)  # answered at once, empty
+        assert len(pending) == 2
+        for poll in pending:
+            poll.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        assert rig.fleet._polls == {}
+
+    run(tmp_path, check)
