@@ -242,8 +242,11 @@ def test_a_completion_from_a_stale_attempt_is_refused_with_409(queue: TaskQueue,
             queue.fail(task.id, agent, attempt, "late")
     assert queue.get(task.id).state is TaskState.LEASED and queue.get(task.id).output is None
     assert queue.complete(task.id, "a2", 2, "on time").output == "on time"
+    assert queue.complete(task.id, "a2", 2, "twice").output == "on time"  # the same answer again: unchanged
     with pytest.raises(Conflict, match="the task is succeeded at attempt 2"):
-        queue.complete(task.id, "a2", 2, "twice")
+        queue.complete(task.id, "a1", 2, "twice")
+    with pytest.raises(Conflict, match="the task is succeeded at attempt 2"):
+        queue.fail(task.id, "a2", 2, "after all")
     assert queue.get(task.id).output == "on time"
     with pytest.raises(NotFound, match="no such task: nope"):
         queue.complete("nope", "a2", 2, "x")
@@ -473,5 +476,24 @@ def test_a_lease_survives_a_sigkill_and_can_be_given_back(tmp_path: Path, clock:
         assert queue.give_back("a3", "heartbeat_lost") is not None  # and giving back works on the reopened file
         assert queue.counts("web") == {"queued": 1, "leased": 1, "succeeded": 0, "failed": 0, "cancelled": 0,
                                        "dead": 0}
+    finally:
+        store.close()
+
+
+def test_a_completion_sent_again_is_answered_as_the_first(tmp_path: Path) -> None:
+    """The agent's retry of a completion whose answer was lost: 200 with the task, not 409 (it did succeed)."""
+    store = Store(tmp_path / "state.db")
+    try:
+        queue = TaskQueue(store)
+        task = queue.submit("web", 1)
+        lease = queue.lease("a1", "web", "v1")
+        assert lease is not None
+        first = queue.complete(task.id, "a1", lease.attempt, {"ok": 1})
+        again = queue.complete(task.id, "a1", lease.attempt, {"ok": 2})
+        assert again.state == "succeeded" and again.output == first.output == {"ok": 1}
+        with pytest.raises(Conflict):
+            queue.complete(task.id, "a2", lease.attempt, "other agent")
+        with pytest.raises(Conflict):
+            queue.complete(task.id, "a1", lease.attempt + 1, "other attempt")
     finally:
         store.close()
