@@ -14,9 +14,10 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from fleetd import fleet_api
-from fleetd.api_input import MAX_BODY, SERVICES, body, flag, number, services, until_hangup
+from fleetd.api_input import MAX_BODY, SERVICES, body, flag, number, services
 from fleetd.errors import FleetdError, InvalidRequest
 from fleetd.filters import parse_filters
+from fleetd.hangup import until_hangup
 from fleetd.models import LIVE_STATES, iso, parse_iso, utcnow
 from fleetd.services import Services
 from fleetd.times import parse_time

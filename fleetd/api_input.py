@@ -1,12 +1,10 @@
-"""What every handler of the control API reads a request with: its JSON body, query flags and numbers, the daemon's
-parts, and a wait that ends when the client hangs up."""
+"""What every handler of the control API reads a request with: its JSON body, query flags and numbers, and the
+daemon's parts."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Awaitable
-from typing import Any, TypeVar
+from typing import Any
 
 from aiohttp import web
 
@@ -15,8 +13,6 @@ from fleetd.services import Services
 
 SERVICES = web.AppKey("services", Services)
 MAX_BODY = 1 << 20
-HANGUP_CHECK = 1.0
-T = TypeVar("T")
 
 
 def services(request: web.Request) -> Services:
@@ -53,17 +49,3 @@ def number(request: web.Request, name: str) -> int | None:
     if not (value.isascii() and value.isdigit()):
         raise InvalidRequest(f"query parameter {name}: expected a whole number >= 0, got {value!r}")
     return int(value)
-
-
-async def until_hangup(request: web.Request, awaitable: Awaitable[T]) -> T:
-    """Await ``awaitable``, but give up when the client hangs up (a quiet agent never wakes us)."""
-    task = asyncio.ensure_future(awaitable)
-    while True:
-        done, _ = await asyncio.wait({task}, timeout=HANGUP_CHECK)
-        if done:
-            return task.result()
-        if request.transport is None or request.transport.is_closing():
-            task.cancel()
-            raise ConnectionResetError("client went away")
-
-

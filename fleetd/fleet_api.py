@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from fleetd.api_input import body, flag, services, until_hangup
+from fleetd.api_input import body, flag, services
 from fleetd.errors import InvalidRequest
+from fleetd.hangup import until_hangup
 from fleetd.task_queue import MAX_TTL
 from fleetd.units import parse_duration
 

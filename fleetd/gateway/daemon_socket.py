@@ -13,6 +13,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from fleetd.errors import FleetdError, NotFound
+from fleetd.hangup import until_hangup
 from fleetd.store import Store
 from fleetd.task_queue import Lease, Task
 from fleetd.zone2.contract import Event, HeartbeatAnswer, HeartbeatBatch, Registration, TaskComplete, TaskFail, TaskNext
@@ -86,7 +87,10 @@ class DaemonSocket:
 
         async def next_task(request: web.Request) -> web.Response:
             ask = await received(request, TaskNext)
-            lease = await self._door().next_task(ask.agent_id, ask.wait)
+            try:  # zone 2 gives up on a poll its agent left: no task is leased to nobody meanwhile
+                lease = await until_hangup(request, self._door().next_task(ask.agent_id, ask.wait))
+            except ConnectionResetError:
+                return web.Response(status=204)
             return web.Response(status=204) if lease is None else web.json_response(lease.to_json())
 
         async def complete(request: web.Request) -> web.Response:
