@@ -13,6 +13,7 @@ import fcntl
 import grp
 import logging
 import os
+import resource
 import signal
 import socket
 import struct
@@ -49,6 +50,7 @@ from fleetd.vault import Vault, load_master_key
 
 log = logging.getLogger("fleetd")
 DOCKER_WAIT = 30.0
+OPEN_FILES = 65536  # the unit's LimitNOFILE
 
 
 
@@ -88,6 +90,7 @@ class Daemon:
 
     async def startup(self) -> None:
         config = self.config
+        raise_open_files()
         config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
         self._lock = take_lock(config.state_dir / "fleetd.lock", config)
         check_socket_free(config.socket)
@@ -189,6 +192,17 @@ class Daemon:
         while True:
             notify("WATCHDOG=1")
             await asyncio.sleep(period)
+
+
+def raise_open_files(most: int = OPEN_FILES) -> int:
+    """Lift the soft limit on open files to the hard one (at most ``most``), as Go's runtime does for dockerd: each
+    idle worker of a deployment holds a long poll (a socket) through zone 2. The new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = most if hard == resource.RLIM_INFINITY else min(hard, most)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        return wanted
+    return soft
 
 
 def take_lock(path: Path, config: Config) -> IO[str]:
