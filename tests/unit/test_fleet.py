@@ -7,6 +7,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from fleetd.config import Config
 from fleetd.deployments import Deployments
 from fleetd.errors import Conflict, WaitTimeout
 from fleetd.fleet import DEPLOYMENT_LABEL, VERSION_LABEL, Fleet
-from fleetd.models import LIVE_STATES, State
+from fleetd.models import LIVE_STATES, State, iso, utcnow
 from fleetd.store import Store
 from fleetd.supervisor import Supervisor
 from fleetd.task_queue import TaskQueue
@@ -390,5 +391,32 @@ def test_an_agent_polling_many_times_holds_at_most_two_waits(tmp_path: Path) -> 
             poll.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
         assert rig.fleet._polls == {}
+
+    run(tmp_path, check)
+
+
+def test_an_idle_agent_near_its_ttl_is_replaced_before_it_expires(tmp_path: Path) -> None:
+    async def check(rig: Rig) -> None:
+        rig.deploy(warm=1, ttl=600)
+        await rig.tick()
+        [old] = rig.pool()
+        assert (await rig.fleet.next_task(old["id"], 0)) is None  # ready, idle
+        # 590 s of its 600 s TTL gone: within the refresh margin (max(60 s, 10 %))
+        rig.store.update(old["id"], created_at=iso(utcnow() - timedelta(seconds=590)),
+                         deadline=iso(utcnow() + timedelta(seconds=10)))
+        await rig.tick()
+        pool = {a["name"]: a for a in rig.pool()}
+        assert set(pool) == {"web-1", "web-2"}
+        new = pool["web-2"]
+        container = rig.runtime.by_name(rig.runtime.agent_name(new["id"]))
+        assert container is not None and container["Labels"]["fleetd.replaces"] == old["id"]
+        await rig.tick()
+        assert len(rig.pool()) == 2  # the old one serves until its successor asks for work
+        assert (await rig.fleet.next_task(new["id"], 0)) is None
+        await rig.tick()
+        assert [a["id"] for a in rig.pool()] == [new["id"]]
+        reasons = [d["reason"] for d in rig.fleet.decisions["web"]]
+        assert any(f"replacing {old['id']}" in r for r in reasons)
+        assert any(f"retiring {old['id']} (replaced by {new['id']})" in r for r in reasons)
 
     run(tmp_path, check)
