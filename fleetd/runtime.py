@@ -59,7 +59,10 @@ def docker_errors(image: str | None = None) -> Iterator[None]:
         raise NotFound(str(exc.explanation or exc)) from None
     except docker.errors.APIError as exc:
         raise RuntimeFailure(f"docker: {exc.explanation or exc}") from None
-    except (requests.exceptions.ConnectionError, docker.errors.DockerException) as exc:
+    except requests.exceptions.Timeout:
+        # The engine took the call but did not answer in time (a busy or wedged dockerd): what it did is unknown.
+        raise RuntimeUnavailable("the Docker engine did not answer in time") from None
+    except (requests.exceptions.RequestException, docker.errors.DockerException) as exc:
         raise RuntimeUnavailable(f"cannot reach the Docker engine: {exc}") from None
 
 

@@ -232,10 +232,14 @@ class Supervisor:
             # Bad input (unknown image, bad reference): leave no trace.
             self.store.discard_agent(agent_id)
             raise
-        except FleetdError as exc:
-            await self.call(self.storage.discard, agent_id)
+        except Exception as exc:
+            # However the start failed (an engine error, a timeout, a bug), the record says so: never `created`
+            # for ever. What the engine may have made anyway is the reconcile's to remove (an orphan).
+            message = exc.message if isinstance(exc, FleetdError) else f"{type(exc).__name__}: {exc}"
+            with contextlib.suppress(Exception):
+                await self.call(self.storage.discard, agent_id)
             self.store.transition(agent_id, State.FAILED, Reason.START_FAILED, finished_at=iso(utcnow()))
-            self.store.add_event("start_failed", exc.message, agent_id)
+            self.store.add_event("start_failed", message, agent_id)
             self._finished(agent_id)
             raise
         finally:

@@ -9,11 +9,13 @@ from collections.abc import Awaitable, Callable
 
 import aiohttp
 import pytest
+import requests.exceptions
 from aiohttp import web
 
-from fleetd.errors import RuntimeFailure
+from fleetd.errors import RuntimeFailure, RuntimeUnavailable
 from fleetd.health import ProbeSpec
 from fleetd.probes import run_probe
+from fleetd.runtime import docker_errors
 from tests.unit.probe_helpers import LOOPBACK, FakeExecApi, closed_port, http, http_server, runtime_with
 
 
@@ -184,3 +186,11 @@ def test_exec_status_gives_up_after_the_timeout() -> None:
 def test_exec_status_translates_docker_errors() -> None:
     with pytest.raises(RuntimeFailure, match="not running"):
         runtime_with(FakeExecApi(0, 0, fail_create=True)).exec_status("c1", ["true"], 1)
+
+
+def test_an_engine_read_timeout_is_a_503_not_a_500() -> None:
+    """requests raises Timeout (not ConnectionError) when a wedged dockerd takes a call and never answers."""
+    with pytest.raises(RuntimeUnavailable, match="did not answer in time"), docker_errors():
+        raise requests.exceptions.ReadTimeout("UnixHTTPConnectionPool: Read timed out. (read timeout=60)")
+    with pytest.raises(RuntimeUnavailable, match="cannot reach"), docker_errors():
+        raise requests.exceptions.ChunkedEncodingError("connection broken")

@@ -9,6 +9,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from fleetd.config import Config
 from fleetd.models import iso, utcnow
 from fleetd.runtime import LABEL_KIND
@@ -206,3 +208,27 @@ def test_the_janitor_removes_an_exited_agents_container_and_disks_after_retentio
         assert fresh["id"] in supervisor.storage.agents()
 
     run(tmp_path, check, log_retention=60)
+
+
+def test_a_start_that_fails_unexpectedly_is_recorded_failed_not_left_created(tmp_path: Path) -> None:
+    """A wedged engine's read timeout once surfaced untranslated: the spawn answered 500 and its record stayed
+    `created` for ever. Whatever the failure, the record ends failed (start_failed) and the holder goes."""
+
+    async def check(new: Callable[[], Supervisor], store: Store, runtime: FakeRuntime) -> None:
+        supervisor = new()
+        await supervisor.start()
+
+        def broken(container_id: str) -> None:
+            raise TimeoutError("the engine did not answer")
+
+        runtime.start_agent = broken  # type: ignore[method-assign]
+        with pytest.raises(TimeoutError):
+            await supervisor.spawn(spawn_request())
+        [agent] = store.agents()
+        assert (agent["state"], agent["reason"]) == ("failed", "start_failed")
+        assert any(e["type"] == "start_failed" and "TimeoutError" in e["message"]
+                   for e in store.events(None, 100, agent["id"], None, None))
+        await asyncio.sleep(0.05)  # the holder's removal runs in the background
+        assert runtime.by_name(f"fleetd-test-{agent['id']}-netns") is None
+
+    run(tmp_path, check)
