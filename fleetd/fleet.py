@@ -46,6 +46,7 @@ from fleetd.errors import Conflict, FleetdError, InvalidRequest, NotFound, WaitT
 from fleetd.models import LIVE_STATES, AgentSpec, State, iso, parse_iso, utcnow
 from fleetd.store import Store
 from fleetd.task_queue import FINISHED_TASK_STATES, Lease, Task, TaskQueue
+from fleetd.zone2.contract import TaskHold
 
 log = logging.getLogger(__name__)
 
@@ -413,6 +414,15 @@ class Fleet:
             return None
         return self.queue.lease(member.id, member.deployment, f"v{member.version}",
                                 bound_only=state != VersionState.ACTIVE)
+
+    def held(self, agent_id: str) -> TaskHold | None:
+        """The task the agent holds, as zone 2 must know it (in the agent's registration)."""
+        task = self.queue.held(agent_id)
+        return None if task is None else TaskHold(task.id, task.attempts, task.max_nusd)
+
+    def holds(self) -> dict[str, TaskHold]:
+        """Every agent holding a task, and the task (what zone 2 is told after it restarts)."""
+        return self.queue.holds()
 
     def complete(self, task_id: str, agent_id: str, attempt: int | None, output: Any) -> Task:
         task = self.queue.complete(task_id, agent_id, self._attempt(task_id, attempt), output)

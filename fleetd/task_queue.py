@@ -50,6 +50,7 @@ from fleetd.errors import Conflict, FleetdError, InvalidRequest, NotFound
 from fleetd.models import iso, utcnow
 from fleetd.store import Store
 from fleetd.units import NAME_PATTERN, parse_usd, parse_whole_seconds
+from fleetd.zone2.contract import TaskHold, TaskLease
 from fleetd.zone2.pricing import nusd, usd
 
 
@@ -127,17 +128,9 @@ class Task:
                 "finished_at": self.finished_at}
 
 
-@dataclass(frozen=True)
-class Lease:
-    """What ``POST /fleetd/tasks/next`` answers an agent; (id, attempt) fence its completion."""
-
-    id: str
-    input: Any
-    attempt: int
-    deadline: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "input": self.input, "attempt": self.attempt, "deadline": self.deadline}
+# What ``POST /fleetd/tasks/next`` answers an agent, through zone 2: (id, attempt) fence its completion, and the
+# task's cap (max_nusd) is enforced by zone 2. The contract's message, so that both sides write and read one class.
+Lease = TaskLease
 
 
 def json_body(value: Any, what: str) -> str:
@@ -229,7 +222,7 @@ class TaskQueue:
                     "version = COALESCE(version, ?), started_at = COALESCE(started_at, ?) WHERE seq = ?",
                     (agent_id, version, at, row["seq"]))
                 row = {**row, "attempts": row["attempts"] + 1}
-        return Lease(row["id"], json.loads(row["input"]), row["attempts"], row["deadline"])
+        return Lease(row["id"], json.loads(row["input"]), row["attempts"], row["deadline"], row["max_nusd"])
 
     def held(self, agent_id: str) -> Task | None:
         """The task leased to ``agent_id`` (zone 2 attributes its LLM spend to it), if any."""
@@ -350,6 +343,11 @@ class TaskQueue:
                 f"SELECT deployment, state, COUNT(*) FROM tasks WHERE {_LIVE} GROUP BY 1, 2"):
             found.setdefault(deployment, {TaskState.QUEUED.value: 0, TaskState.LEASED.value: 0})[state] = count
         return found
+
+    def holds(self) -> dict[str, TaskHold]:
+        """Agent id -> the task it holds (id, attempt, cap), for every leased task: what zone 2 is told."""
+        return {agent_id: TaskHold(task_id, attempts, max_nusd) for agent_id, task_id, attempts, max_nusd in
+                self.conn.execute("SELECT agent_id, id, attempts, max_nusd FROM tasks WHERE state = 'leased'")}
 
     def holders(self) -> dict[str, str]:
         """Agent id -> the id of the task it holds, for every leased task."""
