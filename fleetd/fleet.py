@@ -45,6 +45,7 @@ from fleetd.deployments import Deployment, Deployments, DeploymentState, Version
 from fleetd.errors import Conflict, FleetdError, InvalidRequest, NotFound, WaitTimeout
 from fleetd.models import LIVE_STATES, AgentSpec, State, iso, parse_iso, utcnow
 from fleetd.store import Store
+from fleetd.task_costs import TaskCosts
 from fleetd.task_queue import FINISHED_TASK_STATES, Lease, Task, TaskQueue
 from fleetd.zone2.contract import TaskHold
 
@@ -121,8 +122,9 @@ class Fleet:
     """Every deployment's controller, and the task queue's verbs for agents and users."""
 
     def __init__(self, store: Store, deployments: Deployments, queue: TaskQueue,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic, costs: TaskCosts | None = None) -> None:
         self.store = store
+        self.costs = costs  # what tasks cost, from zone 2's ledger (None: only what state.db holds)
         self.agents: PoolAgents | None = None  # given by start(): the supervisor is made after zone 2, which
         # needs the fleet (agents ask it for tasks through zone 2)
         self.deployments = deployments
@@ -450,6 +452,13 @@ class Fleet:
             self.wake()  # now idle: the next tick stops it
 
     # -- the queue's verbs for users ------------------------------------------
+    def with_costs(self, tasks: list[Task]) -> list[Task]:
+        """The tasks as users see them: with the LLM cost and calls the ledger has of each."""
+        return tasks if self.costs is None else self.costs.costed(tasks)
+
+    def with_cost(self, task: Task) -> Task:
+        return self.with_costs([task])[0]
+
     def submit(self, request: dict[str, Any]) -> Task:
         name = request.get("deployment")
         if not isinstance(name, str):

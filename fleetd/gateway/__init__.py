@@ -36,11 +36,18 @@ from fleetd.zone2.contract import (
     TaskHold,
     Upstream,
 )
+from fleetd.zone2.ledger import LEDGER_FILE
 from fleetd.zone2.pricing import PriceTable
 from fleetd.zone2.service import CONTROL_SOCKET, DAEMON_SOCKET, GATEWAY_PORT
 
 ZONE2_IMAGE = f"fleetd/zone2:{__version__}"
+CONTROL_DIR = "zone2"  # zone 2's control directory in the state dir: the two sockets and its ledger
 GATEWAY_URL = f"http://zone2:{GATEWAY_PORT}"
+
+
+def zone2_ledger(state_dir: Path) -> Path:
+    """Zone 2's ledger (fleetd.zone2.ledger), which the daemon reads for the cost of tasks (fleetd.task_costs)."""
+    return state_dir / CONTROL_DIR / LEDGER_FILE
 
 
 def agent_env() -> dict[str, str]:
@@ -58,7 +65,7 @@ class Zone2:
     def __init__(self, state_dir: Path, store: Store, vault: Vault, runtime: DockerRuntime,
                  call: Callable[..., Awaitable[Any]], watchdog: HeartbeatWatch, image: str = ZONE2_IMAGE,
                  policy: Policy | None = None, tasks: TaskDoor | None = None) -> None:
-        self.control_dir = state_dir / "zone2"
+        self.control_dir = state_dir / CONTROL_DIR
         self.store = store
         self.vault = vault
         self.runtime = runtime
