@@ -43,6 +43,7 @@ from fleetd.autoscale import Autoscaler, Decision, Observation, PoolAgent
 from fleetd.background import Background
 from fleetd.deployments import Deployment, Deployments, DeploymentState, Version, VersionState
 from fleetd.errors import Conflict, FleetdError, InvalidRequest, NotFound, WaitTimeout
+from fleetd.histograms import TASK_COST_BUCKETS, TASK_DURATION_BUCKETS, Histogram
 from fleetd.models import LIVE_STATES, AgentSpec, State, iso, parse_iso, utcnow
 from fleetd.store import Store
 from fleetd.task_costs import TaskCosts
@@ -125,6 +126,11 @@ class Fleet:
                  monotonic: Callable[[], float] = time.monotonic, costs: TaskCosts | None = None) -> None:
         self.store = store
         self.costs = costs  # what tasks cost, from zone 2's ledger (None: only what state.db holds)
+        # Per deployment, the tasks agents took, as they finish: their LLM cost and time from first lease to end
+        # (metrics; in memory, so since the daemon started: a reset to Prometheus, as a restarted process's counters)
+        self.cost_histograms: dict[str, Histogram] = {}
+        self.duration_histograms: dict[str, Histogram] = {}
+        queue.on_finished.append(self._observe_finished)
         self.agents: PoolAgents | None = None  # given by start(): the supervisor is made after zone 2, which
         # needs the fleet (agents ask it for tasks through zone 2)
         self.deployments = deployments
@@ -334,7 +340,8 @@ class Fleet:
         if ended:
             self._ended()
         self.deployments.forget(deployment.name)
-        for table in (self.scalers, self.decisions, self.replicas, self.launches, self._work):
+        for table in (self.scalers, self.decisions, self.replicas, self.launches, self._work, self.cost_histograms,
+                      self.duration_histograms):
             table.pop(deployment.name, None)
         self.store.add_event("deployment_forgotten", f"deployment {deployment.name} removed: no agent left",
                              data={"deployment": deployment.name, "tasks_failed": len(ended)})
@@ -369,6 +376,21 @@ class Fleet:
         self.draining.pop(agent_id, None)
         self.stopped.discard(agent_id)
         self.wake()
+
+    def _observe_finished(self, tasks: list[Task]) -> None:
+        """Tasks reached a final state: those an agent took go into their deployment's histograms, with the cost the
+        ledger has of them now (a call still settling then is not in it; the task's views have it later)."""
+        ran = [t for t in tasks if t.started_at is not None and t.finished_at is not None]
+        if not ran:
+            return
+        ledger = self.costs.of(t.id for t in ran) if self.costs is not None else {}
+        for task in ran:
+            cost = task.cost_nusd + ledger.get(task.id, (0, 0))[0]
+            self.cost_histograms.setdefault(task.deployment, Histogram(TASK_COST_BUCKETS)).observe(cost / 1e9)
+            started, finished = parse_iso(task.started_at), parse_iso(task.finished_at)
+            assert started is not None and finished is not None
+            self.duration_histograms.setdefault(task.deployment, Histogram(TASK_DURATION_BUCKETS)).observe(
+                max(0.0, (finished - started).total_seconds()))
 
     # -- the queue's door for agents (through zone 2) ------------------------
     def _member(self, agent_id: str) -> Member:

@@ -36,10 +36,12 @@ Rules where the issue is silent:
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import random
 import secrets
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -52,6 +54,8 @@ from fleetd.store import Store
 from fleetd.units import NAME_PATTERN, parse_usd, parse_whole_seconds
 from fleetd.zone2.contract import TaskHold, TaskLease
 from fleetd.zone2.pricing import nusd, usd
+
+log = logging.getLogger(__name__)
 
 
 class TaskState(StrEnum):
@@ -81,6 +85,7 @@ SUMMARY_COLUMNS = ("id, deployment, version, state, attempts, max_attempts, agen
                    "error, code, cost_nusd, max_nusd, llm_calls, idempotency_key, created_at, deadline, retry_at, "
                    "started_at, finished_at")
 _LIVE = "state IN ('queued', 'leased')"
+ID_CHUNK = 500  # task ids per query (SQLite's bound parameters)
 
 
 @dataclass(frozen=True)
@@ -161,6 +166,38 @@ class TaskQueue:
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
         self.max_pending = max_pending
+        # Hear of the tasks each transition finished (final state), after its commit: the fleet's histograms.
+        self.on_finished: list[Callable[[list[Task]], None]] = []
+        self._finished: list[str] = []  # ids finished by the transaction under way
+
+    @contextlib.contextmanager
+    def _changing(self) -> Iterator[None]:
+        """One transition's transaction; once it has committed, ``on_finished`` hears of the tasks it finished."""
+        self._finished = []
+        try:
+            with self.store.transaction():
+                yield
+        except BaseException:
+            self._finished = []
+            raise
+        finished, self._finished = self._finished, []
+        if finished and self.on_finished:
+            tasks = self._summaries(finished)
+            for listener in self.on_finished:
+                try:
+                    listener(tasks)
+                except Exception:  # the transition is done: what listens (metrics) must not undo the answer
+                    log.exception("a listener to finished tasks failed")
+
+    def _summaries(self, ids: list[str]) -> list[Task]:
+        """The tasks ``ids`` without their input and output."""
+        found: list[Task] = []
+        for start in range(0, len(ids), ID_CHUNK):
+            chunk = ids[start:start + ID_CHUNK]
+            marks = ", ".join("?" for _ in chunk)
+            found += [Task.from_row(r) for r in self.store.db.query(
+                f"SELECT {SUMMARY_COLUMNS} FROM tasks WHERE id IN ({marks}) ORDER BY seq", chunk)]
+        return found
 
     def _row(self, sql: str, params: Collection[Any]) -> dict[str, Any] | None:
         rows = list(self.store.db.query(sql, list(params)))
@@ -180,7 +217,7 @@ class TaskQueue:
             raise InvalidRequest(f"--key: 1 to {MAX_TEXT_CHARS} characters, got {key!r}")
         text = json_body(payload, "input")
         now = self.clock()
-        with self.store.transaction():
+        with self._changing():
             same = None if key is None else self._row(
                 "SELECT * FROM tasks WHERE deployment = ? AND idempotency_key = ?", (deployment, key))
             if same is not None:
@@ -208,7 +245,7 @@ class TaskQueue:
         now = self.clock()
         at = iso(now)
         unbound = "" if bound_only else "version IS NULL OR "
-        with self.store.transaction():
+        with self._changing():
             self._expire_due(now)
             row = self._row("SELECT * FROM tasks WHERE agent_id = ? AND state = 'leased'", (agent_id,))
             if row is None:
@@ -234,12 +271,13 @@ class TaskQueue:
         text = json_body(output, "output")
         now = self.clock()
         at = iso(now)
-        with self.store.transaction():
+        with self._changing():
             self._expire_due(now)
             stale = self._stale(task_id, agent_id, attempt)
             if stale is None:
                 self.conn.execute("UPDATE tasks SET state = 'succeeded', output = ?, error = NULL, code = NULL, "
                                   "finished_at = ? WHERE id = ?", (text, at, task_id))
+                self._finished.append(task_id)
         if stale is not None:  # raised after the commit: the expiry above stays done
             raise stale
         return self.get(task_id)
@@ -249,7 +287,7 @@ class TaskQueue:
         """The agent's attempt failed: queued again (after a backoff) when ``retry`` and attempts remain, ``dead``
         when they are spent, ``failed`` when not ``retry``. 409 unless this is the task's current lease."""
         now = self.clock()
-        with self.store.transaction():
+        with self._changing():
             self._expire_due(now)
             stale = self._stale(task_id, agent_id, attempt)
             if stale is None:
@@ -267,7 +305,7 @@ class TaskQueue:
         """The agent exited, was killed or missed heartbeats (``reason``, a short code): its task, if it held one,
         is queued again for its next attempt after a backoff, or ``dead`` when its attempts are spent."""
         now = self.clock()
-        with self.store.transaction():
+        with self._changing():
             self._expire_due(now)
             row = self._row("SELECT * FROM tasks WHERE agent_id = ? AND state = 'leased'", (agent_id,))
             if row is None:
@@ -279,7 +317,7 @@ class TaskQueue:
         """After a restart: give back every lease held by an agent not in ``live_agents`` (it ended unseen)."""
         now = self.clock()
         orphans = []
-        with self.store.transaction():
+        with self._changing():
             self._expire_due(now)
             for row in list(self.store.db.query("SELECT * FROM tasks WHERE state = 'leased' ORDER BY seq")):
                 if row["agent_id"] not in live_agents:
@@ -290,7 +328,7 @@ class TaskQueue:
     def cancel(self, task_id: str) -> Task:
         """End a queued or leased task now (its agent's completion then gets 409); a cancelled task stays so."""
         now = self.clock()
-        with self.store.transaction():
+        with self._changing():
             self._expire_due(now)
             task = self.get(task_id)
             if task.state in LIVE_TASK_STATES:
@@ -301,14 +339,14 @@ class TaskQueue:
 
     def expire(self) -> list[str]:
         """Queued and leased tasks past their deadline become ``failed`` (``ttl_expired``); their ids."""
-        with self.store.transaction():
+        with self._changing():
             return self._expire_due(self.clock())
 
     def add_cost(self, task_id: str, cost_nusd: int, llm_calls: int = 1) -> tuple[int, int]:
         """Attribute LLM spend to a task; its new (cost_nusd, llm_calls)."""
         if cost_nusd < 0 or llm_calls < 0:
             raise InvalidRequest(f"task cost: amounts >= 0, got {cost_nusd} nUSD and {llm_calls} calls")
-        with self.store.transaction():
+        with self._changing():
             self.conn.execute("UPDATE tasks SET cost_nusd = cost_nusd + ?, llm_calls = llm_calls + ? WHERE id = ?",
                               (cost_nusd, llm_calls, task_id))
             row = self.conn.execute("SELECT cost_nusd, llm_calls FROM tasks WHERE id = ?", (task_id,)).fetchone()
@@ -321,7 +359,7 @@ class TaskQueue:
         with ``code``: its deployment (or version) is gone, and nothing would ever run it. Their ids."""
         now = self.clock()
         bound = "" if version is None else " AND version = :version"
-        with self.store.transaction():
+        with self._changing():
             self._expire_due(now)
             ids = [r[0] for r in self.conn.execute(
                 f"SELECT id FROM tasks WHERE deployment = :deployment AND {_LIVE}{bound} ORDER BY seq",
@@ -411,6 +449,7 @@ class TaskQueue:
         for task_id in due:
             self.conn.execute("UPDATE tasks SET state = 'failed', code = ?, error = ?, finished_at = ? WHERE id = ?",
                               (TTL_EXPIRED, "the task's deadline passed", at, task_id))
+        self._finished += due
         return due
 
     def _stale(self, task_id: str, agent_id: str, attempt: int) -> FleetdError | None:
@@ -440,6 +479,7 @@ class TaskQueue:
                                            iso(retry_at), row["id"]))
 
     def _finish(self, task_id: str, state: TaskState, code: str, error: str, now: datetime) -> None:
+        self._finished.append(task_id)
         self.conn.execute("UPDATE tasks SET state = ?, code = ?, error = ?, finished_at = ? WHERE id = ?",
                           (state.value, clip(code, MAX_TYPE_CHARS), clip(error, MAX_MESSAGE_CHARS), iso(now),
                            task_id))
