@@ -36,7 +36,7 @@ from fleetd.docker_events import DockerEventWatcher
 from fleetd.errors import DaemonAlreadyRunning, FleetdError, RuntimeUnavailable
 from fleetd.event_bus import EventBus
 from fleetd.fleet import Fleet
-from fleetd.gateway import Zone2
+from fleetd.gateway import Zone2, zone2_ledger
 from fleetd.liveness import Liveness, engine_exec
 from fleetd.log_streams import LogStreams
 from fleetd.runtime import POOL_SIZE, DockerRuntime
@@ -44,6 +44,7 @@ from fleetd.sdnotify import notify, watchdog_period
 from fleetd.services import Services
 from fleetd.store import Store
 from fleetd.supervisor import Supervisor
+from fleetd.task_costs import TaskCosts
 from fleetd.task_queue import TaskQueue
 from fleetd.timers import Timers
 from fleetd.vault import Vault, load_master_key
@@ -105,7 +106,8 @@ class Daemon:
         self.store.on_event = events.publish
         self.vault = Vault(self.store, load_master_key(config.state_dir))
         self.liveness = Liveness(self.store, engine_exec(self.runtime, self.calls))
-        self.fleet = Fleet(self.store, Deployments(self.store, config), TaskQueue(self.store))
+        self.fleet = Fleet(self.store, Deployments(self.store, config), TaskQueue(self.store),
+                           costs=TaskCosts(zone2_ledger(config.state_dir)))
         self.gateway = Zone2(config.state_dir, self.store, self.vault, self.runtime, self.calls.call, self.liveness,
                              config.zone2_image, config.policy, self.fleet)
         self.supervisor = s = Supervisor(config, self.store, self.runtime, self.timers, self.calls, self.gateway,

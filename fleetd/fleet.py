@@ -43,9 +43,12 @@ from fleetd.autoscale import Autoscaler, Decision, Observation, PoolAgent
 from fleetd.background import Background
 from fleetd.deployments import Deployment, Deployments, DeploymentState, Version, VersionState
 from fleetd.errors import Conflict, FleetdError, InvalidRequest, NotFound, WaitTimeout
+from fleetd.histograms import TASK_COST_BUCKETS, TASK_DURATION_BUCKETS, Histogram
 from fleetd.models import LIVE_STATES, AgentSpec, State, iso, parse_iso, utcnow
 from fleetd.store import Store
+from fleetd.task_costs import TaskCosts
 from fleetd.task_queue import FINISHED_TASK_STATES, Lease, Task, TaskQueue
+from fleetd.zone2.contract import TaskHold
 
 log = logging.getLogger(__name__)
 
@@ -157,8 +160,14 @@ class Fleet:
     """Every deployment's controller, and the task queue's verbs for agents and users."""
 
     def __init__(self, store: Store, deployments: Deployments, queue: TaskQueue,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic, costs: TaskCosts | None = None) -> None:
         self.store = store
+        self.costs = costs  # what tasks cost, from zone 2's ledger (None: only what state.db holds)
+        # Per deployment, the tasks agents took, as they finish: their LLM cost and time from first lease to end
+        # (metrics; in memory, so since the daemon started: a reset to Prometheus, as a restarted process's counters)
+        self.cost_histograms: dict[str, Histogram] = {}
+        self.duration_histograms: dict[str, Histogram] = {}
+        queue.on_finished.append(self._observe_finished)
         self.agents: PoolAgents | None = None  # given by start(): the supervisor is made after zone 2, which
         # needs the fleet (agents ask it for tasks through zone 2)
         self.deployments = deployments
@@ -369,7 +378,8 @@ class Fleet:
         if ended:
             self._ended()
         self.deployments.forget(deployment.name)
-        for table in (self.scalers, self.decisions, self.replicas, self.launches, self._waiters):
+        for table in (self.scalers, self.decisions, self.replicas, self.launches, self._waiters,
+                      self.cost_histograms, self.duration_histograms):
             table.pop(deployment.name, None)
         self.store.add_event("deployment_forgotten", f"deployment {deployment.name} removed: no agent left",
                              data={"deployment": deployment.name, "tasks_failed": len(ended)})
@@ -404,6 +414,21 @@ class Fleet:
         self.draining.pop(agent_id, None)
         self.stopped.discard(agent_id)
         self.wake()
+
+    def _observe_finished(self, tasks: list[Task]) -> None:
+        """Tasks reached a final state: those an agent took go into their deployment's histograms, with the cost the
+        ledger has of them now (a call still settling then is not in it; the task's views have it later)."""
+        ran = [t for t in tasks if t.started_at is not None and t.finished_at is not None]
+        if not ran:
+            return
+        ledger = self.costs.of(t.id for t in ran) if self.costs is not None else {}
+        for task in ran:
+            cost = task.cost_nusd + ledger.get(task.id, (0, 0))[0]
+            self.cost_histograms.setdefault(task.deployment, Histogram(TASK_COST_BUCKETS)).observe(cost / 1e9)
+            started, finished = parse_iso(task.started_at), parse_iso(task.finished_at)
+            assert started is not None and finished is not None
+            self.duration_histograms.setdefault(task.deployment, Histogram(TASK_DURATION_BUCKETS)).observe(
+                max(0.0, (finished - started).total_seconds()))
 
     # -- the queue's door for agents (through zone 2) ------------------------
     def _member(self, agent_id: str) -> Member:
@@ -473,6 +498,15 @@ class Fleet:
             return None  # a read, before the write lock a lease takes
         return self.queue.lease(member.id, member.deployment, label, bound_only)
 
+    def held(self, agent_id: str) -> TaskHold | None:
+        """The task the agent holds, as zone 2 must know it (in the agent's registration)."""
+        task = self.queue.held(agent_id)
+        return None if task is None else TaskHold(task.id, task.attempts, task.max_nusd)
+
+    def holds(self) -> dict[str, TaskHold]:
+        """Every agent holding a task, and the task (what zone 2 is told after it restarts)."""
+        return self.queue.holds()
+
     def complete(self, task_id: str, agent_id: str, attempt: int | None, output: Any) -> Task:
         task = self.queue.complete(task_id, agent_id, self._attempt(task_id, attempt), output)
         self._after_answer(agent_id)
@@ -499,6 +533,13 @@ class Fleet:
             self.wake()  # now idle: the next tick stops it
 
     # -- the queue's verbs for users ------------------------------------------
+    def with_costs(self, tasks: list[Task]) -> list[Task]:
+        """The tasks as users see them: with the LLM cost and calls the ledger has of each."""
+        return tasks if self.costs is None else self.costs.costed(tasks)
+
+    def with_cost(self, task: Task) -> Task:
+        return self.with_costs([task])[0]
+
     def submit(self, request: dict[str, Any]) -> Task:
         name = request.get("deployment")
         if not isinstance(name, str):

@@ -55,21 +55,24 @@ async def remove(request: web.Request) -> web.Response:
 
 
 async def submit(request: web.Request) -> web.Response:
-    task = services(request).fleet.submit(await body(request))
-    return web.json_response(task.to_json(), status=201)
+    fleet = services(request).fleet
+    task = fleet.submit(await body(request))  # with a known key, the first task, which may have cost already
+    return web.json_response(fleet.with_cost(task).to_json(), status=201)
 
 
 async def list_tasks(request: web.Request) -> web.Response:
     limit = request.query.get("limit", "1000")
     if not (limit.isascii() and limit.isdigit()) or not 1 <= int(limit) <= 10_000:
         raise InvalidRequest(f"query parameter limit: a whole number from 1 to 10000, got {limit!r}")
-    tasks = services(request).fleet.queue.tasks(request.query.get("deployment") or None,
-                                               request.query.get("state") or None, int(limit))
-    return web.json_response([t.to_json() for t in tasks])
+    fleet = services(request).fleet
+    tasks = fleet.queue.tasks(request.query.get("deployment") or None, request.query.get("state") or None,
+                              int(limit))
+    return web.json_response([t.to_json() for t in fleet.with_costs(tasks)])
 
 
 async def inspect_task(request: web.Request) -> web.Response:
-    return web.json_response(services(request).fleet.queue.get(request.match_info["id"]).to_json())
+    fleet = services(request).fleet
+    return web.json_response(fleet.with_cost(fleet.queue.get(request.match_info["id"])).to_json())
 
 
 async def wait_task(request: web.Request) -> web.Response:
@@ -84,11 +87,12 @@ async def wait_task(request: web.Request) -> web.Response:
         task = await until_hangup(request, fleet.wait_task(request.match_info["id"], timeout))
     except ConnectionResetError:
         return web.Response()  # nobody is left to answer
-    return web.json_response(task.to_json())
+    return web.json_response(fleet.with_cost(task).to_json())
 
 
 async def cancel(request: web.Request) -> web.Response:
-    return web.json_response(services(request).fleet.cancel(request.match_info["id"]).to_json())
+    fleet = services(request).fleet
+    return web.json_response(fleet.with_cost(fleet.cancel(request.match_info["id"])).to_json())
 
 
 def add_routes(app: web.Application) -> None:

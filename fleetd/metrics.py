@@ -21,11 +21,12 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, ProcessCollector, generate_latest
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import CollectorRegistry
 
 from fleetd import __version__
 from fleetd.errors import FleetdError
+from fleetd.histograms import Histogram
 from fleetd.listen import format_listen
 
 if TYPE_CHECKING:
@@ -63,6 +64,10 @@ class Snapshot:
     # deployment -> {"queued", "leased", "replicas": {"wanted", "live", "busy", "idle"}}
     deployments: dict[str, dict[str, Any]] = field(default_factory=dict)
     tasks_finished: dict[str, int] = field(default_factory=dict)  # final state -> tasks ever finished
+    # deployment -> the cost (USD) and duration (s) of the tasks its agents took, as they finished (since the daemon
+    # started: fleet.Fleet keeps them)
+    task_costs: dict[str, Histogram] = field(default_factory=dict)
+    task_durations: dict[str, Histogram] = field(default_factory=dict)
 
 
 # -- rendering ----------------------------------------------------------------
@@ -90,6 +95,7 @@ class SnapshotCollector:
         yield from _budget(snap.budget, snap.zone2_healthy)
         yield from _zone2_counters((snap.budget or {}).get("counters") or {})
         yield from _fleet(snap.deployments, snap.tasks_finished)
+        yield from _task_histograms(snap.task_costs, snap.task_durations)
 
 
 def _info() -> Iterator[Metric]:
@@ -273,6 +279,20 @@ def _fleet(deployments: Mapping[str, Mapping[str, Any]], finished: Mapping[str, 
     yield done
 
 
+def _task_histograms(costs: Mapping[str, Histogram], durations: Mapping[str, Histogram]) -> Iterator[Metric]:
+    """Finished tasks' LLM cost and duration, by deployment: counted in memory as they finished, so a scrape reads
+    a few buckets per deployment, never the tasks themselves."""
+    for name, doc, by_deployment in (
+            ("fleetd_task_cost_usd", "LLM cost of finished tasks (USD, all their attempts), by deployment; tasks an "
+             "agent took, since the daemon started.", costs),
+            ("fleetd_task_duration_seconds", "Time from a finished task's first lease to its end, by deployment; "
+             "since the daemon started.", durations)):
+        family = HistogramMetricFamily(name, doc, labels=["deployment"])
+        for deployment, histogram in sorted(by_deployment.items()):
+            family.add_metric([deployment], histogram.buckets(), histogram.total)
+        yield family
+
+
 def _agent_labels(agent: Mapping[str, Any]) -> list[str]:
     return [str(agent.get("id") or ""), str(agent.get("name") or ""), str(agent.get("role") or "")]
 
@@ -318,7 +338,9 @@ async def gather(parts: Services) -> Snapshot:
     deployments = {d.name: {"queued": 0, "leased": 0, **live.get(d.name, {}),
                             "replicas": fleet.replicas.get(d.name, {})} for d in fleet.deployments.list()}
     return Snapshot(agents=agents, states=states, counts=counts, budget=budget, zone2_healthy=parts.zone2.healthy,
-                    usage=usage, deployments=deployments, tasks_finished=fleet.queue.finished_totals())
+                    usage=usage, deployments=deployments, tasks_finished=fleet.queue.finished_totals(),
+                    task_costs={d: h.copy() for d, h in fleet.cost_histograms.items()},
+                    task_durations={d: h.copy() for d, h in fleet.duration_histograms.items()})
 
 
 # -- serving ------------------------------------------------------------------

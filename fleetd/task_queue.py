@@ -36,10 +36,12 @@ Rules where the issue is silent:
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import random
 import secrets
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -50,7 +52,10 @@ from fleetd.errors import Conflict, FleetdError, InvalidRequest, NotFound
 from fleetd.models import iso, utcnow
 from fleetd.store import Store
 from fleetd.units import NAME_PATTERN, parse_usd, parse_whole_seconds
+from fleetd.zone2.contract import TaskHold, TaskLease
 from fleetd.zone2.pricing import nusd, usd
+
+log = logging.getLogger(__name__)
 
 
 class TaskState(StrEnum):
@@ -80,6 +85,7 @@ SUMMARY_COLUMNS = ("id, deployment, version, state, attempts, max_attempts, agen
                    "error, code, cost_nusd, max_nusd, llm_calls, idempotency_key, created_at, deadline, retry_at, "
                    "started_at, finished_at")
 _LIVE = "state IN ('queued', 'leased')"
+ID_CHUNK = 500  # task ids per query (SQLite's bound parameters)
 
 
 @dataclass(frozen=True)
@@ -127,17 +133,9 @@ class Task:
                 "finished_at": self.finished_at}
 
 
-@dataclass(frozen=True)
-class Lease:
-    """What ``POST /fleetd/tasks/next`` answers an agent; (id, attempt) fence its completion."""
-
-    id: str
-    input: Any
-    attempt: int
-    deadline: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "input": self.input, "attempt": self.attempt, "deadline": self.deadline}
+# What ``POST /fleetd/tasks/next`` answers an agent, through zone 2: (id, attempt) fence its completion, and the
+# task's cap (max_nusd) is enforced by zone 2. The contract's message, so that both sides write and read one class.
+Lease = TaskLease
 
 
 def json_body(value: Any, what: str) -> str:
@@ -168,6 +166,38 @@ class TaskQueue:
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
         self.max_pending = max_pending
+        # Hear of the tasks each transition finished (final state), after its commit: the fleet's histograms.
+        self.on_finished: list[Callable[[list[Task]], None]] = []
+        self._finished: list[str] = []  # ids finished by the transaction under way
+
+    @contextlib.contextmanager
+    def _changing(self) -> Iterator[None]:
+        """One transition's transaction; once it has committed, ``on_finished`` hears of the tasks it finished."""
+        self._finished = []
+        try:
+            with self.store.transaction():
+                yield
+        except BaseException:
+            self._finished = []
+            raise
+        finished, self._finished = self._finished, []
+        if finished and self.on_finished:
+            tasks = self._summaries(finished)
+            for listener in self.on_finished:
+                try:
+                    listener(tasks)
+                except Exception:  # the transition is done: what listens (metrics) must not undo the answer
+                    log.exception("a listener to finished tasks failed")
+
+    def _summaries(self, ids: list[str]) -> list[Task]:
+        """The tasks ``ids`` without their input and output."""
+        found: list[Task] = []
+        for start in range(0, len(ids), ID_CHUNK):
+            chunk = ids[start:start + ID_CHUNK]
+            marks = ", ".join("?" for _ in chunk)
+            found += [Task.from_row(r) for r in self.store.db.query(
+                f"SELECT {SUMMARY_COLUMNS} FROM tasks WHERE id IN ({marks}) ORDER BY seq", chunk)]
+        return found
 
     def _row(self, sql: str, params: Collection[Any]) -> dict[str, Any] | None:
         rows = list(self.store.db.query(sql, list(params)))
@@ -187,7 +217,7 @@ class TaskQueue:
             raise InvalidRequest(f"--key: 1 to {MAX_TEXT_CHARS} characters, got {key!r}")
         text = json_body(payload, "input")
         now = self.clock()
-        with self.store.transaction():
+        with self._changing():
             same = None if key is None else self._row(
                 "SELECT * FROM tasks WHERE deployment = ? AND idempotency_key = ?", (deployment, key))
             if same is not None:
@@ -215,7 +245,7 @@ class TaskQueue:
         now = self.clock()
         at = iso(now)
         unbound = "" if bound_only else "version IS NULL OR "
-        with self.store.transaction():
+        with self._changing():
             self._expire_due(now)
             row = self._row("SELECT * FROM tasks WHERE agent_id = ? AND state = 'leased'", (agent_id,))
             if row is None:
@@ -229,7 +259,7 @@ class TaskQueue:
                     "version = COALESCE(version, ?), started_at = COALESCE(started_at, ?) WHERE seq = ?",
                     (agent_id, version, at, row["seq"]))
                 row = {**row, "attempts": row["attempts"] + 1}
-        return Lease(row["id"], json.loads(row["input"]), row["attempts"], row["deadline"])
+        return Lease(row["id"], json.loads(row["input"]), row["attempts"], row["deadline"], row["max_nusd"])
 
     def held(self, agent_id: str) -> Task | None:
         """The task leased to ``agent_id`` (zone 2 attributes its LLM spend to it), if any."""
@@ -242,7 +272,7 @@ class TaskQueue:
         text = json_body(output, "output")
         now = self.clock()
         at = iso(now)
-        with self.store.transaction():
+        with self._changing():
             self._expire_due(now)
             stale = self._stale(task_id, agent_id, attempt)
             if stale is not None and self._row(
@@ -252,6 +282,7 @@ class TaskQueue:
             if stale is None:
                 self.conn.execute("UPDATE tasks SET state = 'succeeded', output = ?, error = NULL, code = NULL, "
                                   "finished_at = ? WHERE id = ?", (text, at, task_id))
+                self._finished.append(task_id)
         if stale is not None:  # raised after the commit: the expiry above stays done
             raise stale
         return self.get(task_id)
@@ -261,7 +292,7 @@ class TaskQueue:
         """The agent's attempt failed: queued again (after a backoff) when ``retry`` and attempts remain, ``dead``
         when they are spent, ``failed`` when not ``retry``. 409 unless this is the task's current lease."""
         now = self.clock()
-        with self.store.transaction():
+        with self._changing():
             self._expire_due(now)
             stale = self._stale(task_id, agent_id, attempt)
             if stale is None:
@@ -279,7 +310,7 @@ class TaskQueue:
         """The agent exited, was killed or missed heartbeats (``reason``, a short code): its task, if it held one,
         is queued again for its next attempt after a backoff, or ``dead`` when its attempts are spent."""
         now = self.clock()
-        with self.store.transaction():
+        with self._changing():
             self._expire_due(now)
             row = self._row("SELECT * FROM tasks WHERE agent_id = ? AND state = 'leased'", (agent_id,))
             if row is None:
@@ -291,7 +322,7 @@ class TaskQueue:
         """After a restart: give back every lease held by an agent not in ``live_agents`` (it ended unseen)."""
         now = self.clock()
         orphans = []
-        with self.store.transaction():
+        with self._changing():
             self._expire_due(now)
             for row in list(self.store.db.query("SELECT * FROM tasks WHERE state = 'leased' ORDER BY seq")):
                 if row["agent_id"] not in live_agents:
@@ -302,7 +333,7 @@ class TaskQueue:
     def cancel(self, task_id: str) -> Task:
         """End a queued or leased task now (its agent's completion then gets 409); a cancelled task stays so."""
         now = self.clock()
-        with self.store.transaction():
+        with self._changing():
             self._expire_due(now)
             task = self.get(task_id)
             if task.state in LIVE_TASK_STATES:
@@ -313,14 +344,14 @@ class TaskQueue:
 
     def expire(self) -> list[str]:
         """Queued and leased tasks past their deadline become ``failed`` (``ttl_expired``); their ids."""
-        with self.store.transaction():
+        with self._changing():
             return self._expire_due(self.clock())
 
     def add_cost(self, task_id: str, cost_nusd: int, llm_calls: int = 1) -> tuple[int, int]:
         """Attribute LLM spend to a task; its new (cost_nusd, llm_calls)."""
         if cost_nusd < 0 or llm_calls < 0:
             raise InvalidRequest(f"task cost: amounts >= 0, got {cost_nusd} nUSD and {llm_calls} calls")
-        with self.store.transaction():
+        with self._changing():
             self.conn.execute("UPDATE tasks SET cost_nusd = cost_nusd + ?, llm_calls = llm_calls + ? WHERE id = ?",
                               (cost_nusd, llm_calls, task_id))
             row = self.conn.execute("SELECT cost_nusd, llm_calls FROM tasks WHERE id = ?", (task_id,)).fetchone()
@@ -333,7 +364,7 @@ class TaskQueue:
         with ``code``: its deployment (or version) is gone, and nothing would ever run it. Their ids."""
         now = self.clock()
         bound = "" if version is None else " AND version = :version"
-        with self.store.transaction():
+        with self._changing():
             self._expire_due(now)
             ids = [r[0] for r in self.conn.execute(
                 f"SELECT id FROM tasks WHERE deployment = :deployment AND {_LIVE}{bound} ORDER BY seq",
@@ -370,6 +401,11 @@ class TaskQueue:
                 f"SELECT deployment, state, COUNT(*) FROM tasks WHERE {_LIVE} GROUP BY 1, 2"):
             found.setdefault(deployment, {TaskState.QUEUED.value: 0, TaskState.LEASED.value: 0})[state] = count
         return found
+
+    def holds(self) -> dict[str, TaskHold]:
+        """Agent id -> the task it holds (id, attempt, cap), for every leased task: what zone 2 is told."""
+        return {agent_id: TaskHold(task_id, attempts, max_nusd) for agent_id, task_id, attempts, max_nusd in
+                self.conn.execute("SELECT agent_id, id, attempts, max_nusd FROM tasks WHERE state = 'leased'")}
 
     def holders(self) -> dict[str, str]:
         """Agent id -> the id of the task it holds, for every leased task."""
@@ -433,6 +469,7 @@ class TaskQueue:
         for task_id in due:
             self.conn.execute("UPDATE tasks SET state = 'failed', code = ?, error = ?, finished_at = ? WHERE id = ?",
                               (TTL_EXPIRED, "the task's deadline passed", at, task_id))
+        self._finished += due
         return due
 
     def _stale(self, task_id: str, agent_id: str, attempt: int) -> FleetdError | None:
@@ -462,6 +499,7 @@ class TaskQueue:
                                            iso(retry_at), row["id"]))
 
     def _finish(self, task_id: str, state: TaskState, code: str, error: str, now: datetime) -> None:
+        self._finished.append(task_id)
         self.conn.execute("UPDATE tasks SET state = ?, code = ?, error = ?, finished_at = ? WHERE id = ?",
                           (state.value, clip(code, MAX_TYPE_CHARS), clip(error, MAX_MESSAGE_CHARS), iso(now),
                            task_id))

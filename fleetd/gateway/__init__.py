@@ -27,12 +27,27 @@ from fleetd.runtime import DockerRuntime
 from fleetd.store import Store
 from fleetd.vault import Vault
 from fleetd.zone2.budget import Caps
-from fleetd.zone2.contract import AgentFigures, BudgetAnswer, Credentials, Registration, Registrations, Upstream
+from fleetd.zone2.contract import (
+    AgentFigures,
+    BudgetAnswer,
+    Credentials,
+    Registration,
+    Registrations,
+    TaskHold,
+    Upstream,
+)
+from fleetd.zone2.ledger import LEDGER_FILE
 from fleetd.zone2.pricing import PriceTable
 from fleetd.zone2.service import CONTROL_SOCKET, DAEMON_SOCKET, GATEWAY_PORT
 
 ZONE2_IMAGE = f"fleetd/zone2:{__version__}"
+CONTROL_DIR = "zone2"  # zone 2's control directory in the state dir: the two sockets and its ledger
 GATEWAY_URL = f"http://zone2:{GATEWAY_PORT}"
+
+
+def zone2_ledger(state_dir: Path) -> Path:
+    """Zone 2's ledger (fleetd.zone2.ledger), which the daemon reads for the cost of tasks (fleetd.task_costs)."""
+    return state_dir / CONTROL_DIR / LEDGER_FILE
 
 
 def agent_env() -> dict[str, str]:
@@ -50,7 +65,7 @@ class Zone2:
     def __init__(self, state_dir: Path, store: Store, vault: Vault, runtime: DockerRuntime,
                  call: Callable[..., Awaitable[Any]], watchdog: HeartbeatWatch, image: str = ZONE2_IMAGE,
                  policy: Policy | None = None, tasks: TaskDoor | None = None) -> None:
-        self.control_dir = state_dir / "zone2"
+        self.control_dir = state_dir / CONTROL_DIR
         self.store = store
         self.vault = vault
         self.runtime = runtime
@@ -60,6 +75,7 @@ class Zone2:
         self.control = ControlClient(self.control_dir / CONTROL_SOCKET)
         self.keeper = Keeper(runtime, call, self.control, store, watchdog, image, str(self.control_dir),
                              self.push_all)
+        self.tasks = tasks
         self.questions = DaemonSocket(self.control_dir / DAEMON_SOCKET, store, self.whois, watchdog, tasks)
 
     # -- lifecycle ------------------------------------------------------------
@@ -159,7 +175,9 @@ class Zone2:
         await self.push_policy()
         await self.push_creds()
         addresses = await self.call(self.runtime.agent_addresses)
-        regs = tuple(r for ip, agent_id in addresses.items() if (r := self.registration(agent_id, ip)))
+        holds = self.tasks.holds() if self.tasks is not None else {}
+        regs = tuple(r for ip, agent_id in addresses.items()
+                     if (r := self.registration(agent_id, ip, holds.get(agent_id))))
         await self.control.put_agents(Registrations(regs))
 
     async def push_creds(self) -> None:
@@ -167,22 +185,26 @@ class Zone2:
         await self.control.put_creds(creds)
 
     async def register(self, agent_id: str, ip: str) -> None:
-        reg = self.registration(agent_id, ip)
+        reg = self.registration(agent_id, ip, self.held(agent_id))
         if reg:
             await self.control.post_agent(reg)
 
     async def unregister(self, agent_id: str) -> None:
         await self.control.delete_agent(agent_id)
 
-    def registration(self, agent_id: str, ip: str) -> Registration | None:
-        """What zone 2 must know of a live agent at ``ip``."""
+    def registration(self, agent_id: str, ip: str, task: TaskHold | None = None) -> Registration | None:
+        """What zone 2 must know of a live agent at ``ip``; ``task``, the task it holds (zone 2, when it restarts,
+        has not seen its lease pass: it attributes and caps the agent's calls by this)."""
         agent = self.store.get(agent_id)
         if agent is None or agent["state"] not in LIVE_STATES:
             return None
         caps = self.caps(agent)
         return Registration(agent_id, ip, agent["role"], frozenset(self.store.role_creds(agent["role"])),
                             Caps(nusd(caps.daily_usd), nusd(caps.monthly_usd), caps.max_llm_calls),
-                            bool(caps.allow_unpriced))
+                            bool(caps.allow_unpriced), task)
+
+    def held(self, agent_id: str) -> TaskHold | None:
+        return self.tasks.held(agent_id) if self.tasks is not None else None
 
     def caps(self, agent: dict[str, Any]) -> BudgetCaps:
         return resolve_caps(self.policy, agent["role"], self.store.role(agent["role"]), json.loads(agent["spec"]))
@@ -190,7 +212,7 @@ class Zone2:
     async def whois(self, ip: str) -> Registration | None:
         """Zone 2 asks who ``ip`` is (an agent's first call may come before its registration)."""
         addresses = await self.call(self.runtime.agent_addresses)
-        return self.registration(addresses[ip], ip) if ip in addresses else None
+        return self.registration(addresses[ip], ip, self.held(addresses[ip])) if ip in addresses else None
 
 
 def _float(amount: Decimal | None) -> float | None:

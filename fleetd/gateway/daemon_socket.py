@@ -16,7 +16,16 @@ from fleetd.errors import FleetdError, NotFound
 from fleetd.hangup import until_hangup
 from fleetd.store import Store
 from fleetd.task_queue import Lease, Task
-from fleetd.zone2.contract import Event, HeartbeatAnswer, HeartbeatBatch, Registration, TaskComplete, TaskFail, TaskNext
+from fleetd.zone2.contract import (
+    Event,
+    HeartbeatAnswer,
+    HeartbeatBatch,
+    Registration,
+    TaskComplete,
+    TaskFail,
+    TaskHold,
+    TaskNext,
+)
 from fleetd.zone2.control import received, refuse_malformed
 
 Whois = Callable[[str], Awaitable[Registration | None]]
@@ -45,9 +54,14 @@ class HeartbeatWatch(Protocol):
 
 
 class TaskDoor(Protocol):
-    """The task queue as agents use it (``fleetd.fleet.Fleet``): zone 2 relays their calls, naming the agent."""
+    """The task queue as agents use it (``fleetd.fleet.Fleet``): zone 2 relays their calls, naming the agent; and
+    which task each agent holds, which its registration tells zone 2."""
 
     async def next_task(self, agent_id: str, wait: float) -> Lease | None: ...
+
+    def held(self, agent_id: str) -> TaskHold | None: ...
+
+    def holds(self) -> dict[str, TaskHold]: ...
 
     def complete(self, task_id: str, agent_id: str, attempt: int | None, output: Any) -> Task: ...
 

@@ -2,26 +2,33 @@
 
 Money is integer nano-USD. Before a metered request is forwarded, its upper-bound
 cost is reserved against every window that applies (the agent's UTC day and
-calendar month, and the instance's when capped) in one step: either it fits all
-of them and is reserved in all, or nothing changes. Zone 2 runs one event loop,
+calendar month, and the instance's when capped, and the task's the agent holds
+when it has a cap) in one step: either it fits all of them and is reserved in
+all, or nothing changes. Zone 2 runs one event loop,
 so a call to :meth:`Budgets.reserve` is atomic with respect to every other
 request. When usage arrives the reservation settles to the real cost and the
 rest is released; spend is counted in the windows of the moment the request was
 reserved (so a call that straddles midnight is billed to the day it started).
+
+A task's window never resets: it holds the spend of all the task's attempts,
+whichever agents made them (loaded from the ledger when zone 2 first meets the
+task, see :meth:`Budgets.load_task`), and stays in memory while an agent holds
+the task or a call made for it is in flight.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TypedDict
+from typing import Any, TypedDict
 
 from fleetd.units import format_usd
 
 INSTANCE = "*instance*"  # the pseudo-agent whose windows are the instance's caps
+TASK_WINDOW = "task"  # a task's one window: the spend of all its attempts, never reset
 
 
 @dataclass(frozen=True)
@@ -66,12 +73,22 @@ class Spend(TypedDict):
 
 
 @dataclass(frozen=True)
+class TaskCap:
+    """The task a call is made for, and its cap on spend over all its attempts."""
+
+    task_id: str
+    max_nusd: int
+
+
+@dataclass(frozen=True)
 class Refusal:
-    """Why a request cannot be admitted: ``budget_exceeded`` or ``max_llm_calls_exceeded``."""
+    """Why a request cannot be admitted: ``budget_exceeded``, ``max_llm_calls_exceeded`` or
+    ``task_budget_exceeded``."""
 
     type: str
     message: str
     retry_after: int | None  # seconds until the refusing window resets; None when waiting cannot help
+    data: Mapping[str, Any] = field(default_factory=dict)  # figures for the refusal's event
 
 
 @dataclass
@@ -83,6 +100,7 @@ class Reservation:
     month: str
     at: datetime
     settled: bool = False
+    task_id: str | None = None  # the task whose window it is held against too
 
 
 @dataclass
@@ -102,6 +120,8 @@ class Budgets:
         self._agents: dict[str, _Windows] = defaultdict(_Windows)
         self._ids = itertools.count(1)
         self._open: dict[int, Reservation] = {}
+        self._tasks: dict[str, _Windows] = {}  # task id -> its window (TASK_WINDOW), for tasks with a cap
+        self._released: set[str] = set()  # tasks of _tasks no agent holds: dropped once no call of theirs is in flight
 
     # -- history ---------------------------------------------------------------
     # Zone 2 keeps in memory the windows of the agents it serves, not of every agent the ledger names: the
@@ -136,6 +156,32 @@ class Budgets:
         del self._agents[agent_id]
         return True
 
+    def task_known(self, task_id: str) -> bool:
+        return task_id in self._tasks
+
+    def load_task(self, task_id: str, spent: int, calls: int) -> None:
+        """A task's spend and calls so far, all its attempts together (from the ledger): read before its first call
+        here is admitted."""
+        windows = self._tasks[task_id] = _Windows()
+        windows.spent[TASK_WINDOW] = spent
+        windows.calls = calls
+
+    def release_task(self, task_id: str) -> None:
+        """No agent holds the task any more: its window leaves memory, once no call made for it is in flight (the
+        ledger has its spend, for the next agent that holds it)."""
+        windows = self._tasks.get(task_id)
+        if windows is None:
+            return
+        if windows.inflight_calls:
+            self._released.add(task_id)
+        else:
+            del self._tasks[task_id]
+
+    def task_status(self, task_id: str) -> tuple[int, int] | None:
+        """A task's (spent, reserved) nano-USD, while it is in memory."""
+        windows = self._tasks.get(task_id)
+        return None if windows is None else (windows.spent[TASK_WINDOW], windows.reserved[TASK_WINDOW])
+
     @staticmethod
     def _add(windows: _Windows, day: str, month: str, cost: int) -> None:
         windows.spent[day] += cost
@@ -154,8 +200,12 @@ class Budgets:
             del windows.reserved[key]
 
     # -- admission -------------------------------------------------------------
-    def reserve(self, agent_id: str, caps: Caps, amount: int) -> Reservation | Refusal:
-        """Hold ``amount`` against every window, and one call against the maximum; or refuse."""
+    def reserve(self, agent_id: str, caps: Caps, amount: int, task: TaskCap | None = None) -> Reservation | Refusal:
+        """Hold ``amount`` against every window, and one call against the maximum; or refuse. ``task``: the task the
+        call is made for, whose window (:meth:`load_task` first) must hold it too.
+
+        A task's cap is checked before the agent's and the instance's windows: it never resets, so the agent learns
+        at once that waiting cannot help (it should give the task up), rather than after a window's reset."""
         now = self.clock()
         day, month = day_key(now), month_key(now)
         agent = self._agents[agent_id]
@@ -166,6 +216,19 @@ class Budgets:
         if caps.max_llm_calls is not None and agent.calls + agent.inflight_calls >= caps.max_llm_calls:
             return Refusal("max_llm_calls_exceeded",
                            f"this agent has used its {caps.max_llm_calls} LLM calls", None)
+        task_windows = None if task is None else self._tasks[task.task_id]
+        if task is not None and task_windows is not None:
+            spent, reserved = task_windows.spent[TASK_WINDOW], task_windows.reserved[TASK_WINDOW]
+            if spent + reserved + amount > task.max_nusd:
+                return Refusal(
+                    "task_budget_exceeded",
+                    f"task {task.task_id}'s budget of {format_usd(task.max_nusd / 1e9)} would be exceeded: "
+                    f"{format_usd((spent + reserved) / 1e9)} spent or reserved over its attempts, this request may "
+                    f"cost up to {format_usd(amount / 1e9)}",
+                    None,
+                    {"task": task.task_id, "max_usd": _usd(task.max_nusd), "spent_usd": _usd(spent),
+                     "reserved_usd": _usd(reserved), "request_usd": _usd(amount)},
+                )
         checks = [(agent, caps, "this agent's"), (self._agents[INSTANCE], self.instance_caps, "the instance's")]
         for windows, limits, whose in checks:
             for cap, key, label, reset in ((limits.daily_nusd, day, "daily", day_reset),
@@ -186,7 +249,12 @@ class Budgets:
             windows.reserved[day] += amount
             windows.reserved[month] += amount
             windows.inflight_calls += 1
-        reservation = Reservation(next(self._ids), agent_id, amount, day, month, now)
+        if task is not None and task_windows is not None:
+            task_windows.reserved[TASK_WINDOW] += amount
+            task_windows.inflight_calls += 1
+            self._released.discard(task.task_id)  # held again
+        reservation = Reservation(next(self._ids), agent_id, amount, day, month, now,
+                                  task_id=None if task is None else task.task_id)
         self._open[reservation.id] = reservation
         return reservation
 
@@ -203,6 +271,15 @@ class Budgets:
             windows.inflight_calls -= 1
             windows.calls += 1
         self._charge(reservation.agent_id, reservation.day, reservation.month, cost)
+        task_windows = None if reservation.task_id is None else self._tasks.get(reservation.task_id)
+        if reservation.task_id is not None and task_windows is not None:
+            task_windows.reserved[TASK_WINDOW] -= reservation.amount
+            task_windows.inflight_calls -= 1
+            task_windows.calls += 1
+            task_windows.spent[TASK_WINDOW] += cost
+            if not task_windows.inflight_calls and reservation.task_id in self._released:
+                self._released.discard(reservation.task_id)
+                del self._tasks[reservation.task_id]
 
     # -- reading ---------------------------------------------------------------
     def status(self, agent_id: str) -> Spend:
@@ -222,3 +299,7 @@ class Budgets:
 
     def agents(self) -> list[str]:
         return sorted(a for a in self._agents if a != INSTANCE)
+
+
+def _usd(amount_nusd: int) -> float:
+    return round(amount_nusd / 1e9, 9)

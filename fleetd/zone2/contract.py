@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
+from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol, Self, TypeVar
 
 from fleetd.zone2.breaker import BreakerSettings, RetrySettings
@@ -143,6 +144,30 @@ class _Object:
         return self.data[key]
 
 
+NANO = Decimal(10) ** 9
+
+
+def usd_text(amount_nusd: int) -> str:
+    """Nano-USD as an exact decimal string of dollars: ``"0.5"``, ``"12"``, ``"0.000000001"``."""
+    return format((Decimal(amount_nusd) / NANO).normalize(), "f")
+
+
+def _usd_nusd(o: _Object, key: str) -> int | None:
+    """An optional amount of dollars as an exact decimal string (``usd_text``), in whole nano-USD; absent or null:
+    None."""
+    text = o.optional_text(key, None)
+    if text is None:
+        return None
+    try:
+        amount = Decimal(text) * NANO
+    except InvalidOperation:
+        amount = Decimal("NaN")
+    if not amount.is_finite() or amount < 0 or amount != amount.to_integral_value():
+        raise ContractError(f"{o.what}: {key} must be dollars >= 0 as a decimal string of at most 9 decimals, "
+                            f"got {text[:40]!r}")
+    return int(amount)
+
+
 def _array(data: Any, what: str) -> list[Any]:
     if not isinstance(data, list):
         raise ContractError(f"{what}: expected an array, got {_kind(data)}")
@@ -166,8 +191,32 @@ def _settings(kind: type[Settings], data: _Object) -> Settings:
 
 # -- zone2.sock: the daemon tells zone 2 -----------------------------------------------------------------------------
 @dataclass(frozen=True)
+class TaskHold:
+    """The task an agent holds, in its registration: zone 2 attributes the agent's LLM calls to it and caps them at
+    ``max_nusd`` (None: no cap), also when it has not seen the lease pass (it started after)."""
+
+    id: str
+    attempt: int
+    max_nusd: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "attempt": self.attempt, "max_nusd": self.max_nusd}
+
+    @classmethod
+    def from_json(cls, data: Any) -> TaskHold:
+        o = _Object(data, "held task")
+        attempt = _attempt(o, required=True)
+        assert attempt is not None
+        max_nusd = o.optional_whole("max_nusd", None)
+        if max_nusd is not None and max_nusd < 0:
+            raise ContractError(f"held task: max_nusd must be 0 or more, got {max_nusd}")
+        return cls(o.text("id"), attempt, max_nusd)
+
+
+@dataclass(frozen=True)
 class Registration:
-    """An agent as zone 2 knows it: PUT/POST /control/agents, and GET /control/whois's answer."""
+    """An agent as zone 2 knows it: PUT/POST /control/agents, and GET /control/whois's answer. ``task``: the task it
+    holds as the daemon's queue says (None: none), for a zone 2 that did not see its lease pass."""
 
     agent_id: str
     ip: str
@@ -175,18 +224,21 @@ class Registration:
     creds: frozenset[str] = field(default_factory=frozenset)
     caps: Caps = field(default_factory=Caps)
     allow_unpriced: bool = False
+    task: TaskHold | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"agent_id": self.agent_id, "ip": self.ip, "role": self.role, "creds": sorted(self.creds),
                 "daily_nusd": self.caps.daily_nusd, "monthly_nusd": self.caps.monthly_nusd,
-                "max_llm_calls": self.caps.max_llm_calls, "allow_unpriced": self.allow_unpriced}
+                "max_llm_calls": self.caps.max_llm_calls, "allow_unpriced": self.allow_unpriced,
+                "task": None if self.task is None else self.task.to_json()}
 
     @classmethod
     def from_json(cls, data: Any) -> Registration:
         o = _Object(data, "registration")
         caps = Caps(*(o.optional_whole(key, None) for key in ("daily_nusd", "monthly_nusd", "max_llm_calls")))
+        task = o.optional_mapping("task", None)
         return cls(o.text("agent_id"), o.text("ip"), o.text("role", "default"), frozenset(o.texts("creds", [])),
-                   caps, o.flag("allow_unpriced", False))
+                   caps, o.flag("allow_unpriced", False), None if task is None else TaskHold.from_json(task))
 
 
 @dataclass(frozen=True)
@@ -521,22 +573,29 @@ class TaskNext:
 @dataclass(frozen=True)
 class TaskLease:
     """The daemon's answer to :class:`TaskNext`, passed to the agent as it is: a task and the attempt that fences its
-    answer (a completion of any other attempt is refused 409)."""
+    answer (a completion of any other attempt is refused 409), and the task's cap on LLM spend, all its attempts
+    together, which zone 2 enforces (None: none). On the wire the cap is ``max_usd``, dollars as an exact decimal
+    string, present only when there is one: the agent reads it as docs/agent-protocol.md says, and an older zone 2
+    ignores it."""
 
     id: str
     input: Any  # any JSON the task was submitted with
     attempt: int  # from 1
     deadline: str  # ISO 8601: past it the task fails (ttl_expired), whatever the attempt
+    max_nusd: int | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "input": self.input, "attempt": self.attempt, "deadline": self.deadline}
+        lease = {"id": self.id, "input": self.input, "attempt": self.attempt, "deadline": self.deadline}
+        if self.max_nusd is not None:
+            lease["max_usd"] = usd_text(self.max_nusd)
+        return lease
 
     @classmethod
     def from_json(cls, data: Any) -> TaskLease:
         o = _Object(data, "task lease")
         attempt = _attempt(o, required=True)
         assert attempt is not None
-        return cls(o.text("id"), o.required("input"), attempt, o.text("deadline"))
+        return cls(o.text("id"), o.required("input"), attempt, o.text("deadline"), _usd_nusd(o, "max_usd"))
 
 
 @dataclass(frozen=True)

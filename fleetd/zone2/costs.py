@@ -9,6 +9,7 @@ daemon records (``fleetd events``).
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 import uuid
 from collections import OrderedDict
@@ -19,7 +20,7 @@ from typing import Any
 
 from fleetd.units import format_usd
 from fleetd.zone2.breaker import Admit, Breaker, BreakerSettings, Reject, RetrySettings, Transition
-from fleetd.zone2.budget import Budgets, Refusal, Reservation, month_key
+from fleetd.zone2.budget import Budgets, Refusal, Reservation, TaskCap, month_key
 from fleetd.zone2.contract import AgentFigures, BreakerStatus, InstanceFigures, Registration, Zone2Policy
 from fleetd.zone2.counters import Counts
 from fleetd.zone2.ledger import Call, Ledger
@@ -73,6 +74,7 @@ class Ticket:
     llm: LLMRequest
     price: Price | None
     reservation: Reservation
+    task_id: str | None = None  # the task the agent held when the call was admitted: its ledger row names it
 
 
 def context_tokens(llm: LLMRequest, status: int | None, usage: Usage | None) -> int | None:
@@ -108,7 +110,8 @@ class CostTracker:
         self.retry = RetrySettings()
         self.budgets = Budgets(clock)
         self.breakers: dict[tuple[str, str], Breaker] = {}
-        self._last_refusal: dict[tuple[str, str], float] = {}
+        # (agent, kind) -> when its last event went, and about what (a task: a refusal for another is due at once)
+        self._last_refusal: dict[tuple[str, str], tuple[float, str]] = {}
         # (credential, model asked for) -> the dearer model its answers said ran; the most recent MAX_SERVED
         self._served: OrderedDict[tuple[str, str], Price] = OrderedDict()
         self.counts = Counts()  # lifetime counters for metrics (zone2.counters)
@@ -131,7 +134,10 @@ class CostTracker:
             breaker.settings = self.breaker_settings
 
     # -- admission -------------------------------------------------------------
-    def admit(self, reg: Registration, credential: str, llm: LLMRequest) -> Ticket | Refusal | NotPriced | LedgerDown:
+    def admit(self, reg: Registration, credential: str, llm: LLMRequest, task: str | None = None,
+              task_max_nusd: int | None = None) -> Ticket | Refusal | NotPriced | LedgerDown:
+        """Reserve the call's worst case against the agent's, the instance's and (``task``: the task the agent holds,
+        capped at ``task_max_nusd``) the task's caps; the ticket to :meth:`settle` it with, or why not."""
         if self.ledger.unwritten and not self._ledger_written():
             return LedgerDown(self.ledger.error or "unknown error")
         self._known(reg.agent_id)
@@ -143,11 +149,16 @@ class CostTracker:
         # A name whose answers said another, dearer model ran is reserved at that model's price too.
         served = self._served.get((credential, llm.model))
         bound = max((self.bound(llm, p) for p in (price, served) if p is not None), default=0)
-        held = self.budgets.reserve(reg.agent_id, reg.caps, bound)
+        cap = None if task is None or task_max_nusd is None else TaskCap(task, task_max_nusd)
+        if cap is not None:
+            unread = self._task_known(cap.task_id)
+            if unread is not None:
+                return unread
+        held = self.budgets.reserve(reg.agent_id, reg.caps, bound, cap)
         if isinstance(held, Refusal):
             self._refused(reg, held)
             return held
-        return Ticket(uuid.uuid4().hex, reg, credential, llm, price, held)
+        return Ticket(uuid.uuid4().hex, reg, credential, llm, price, held, task)
 
     def bound(self, llm: LLMRequest, price: Price) -> int:
         """An upper bound on the cost of ``llm`` at ``price``, in nano-USD."""
@@ -186,6 +197,23 @@ class CostTracker:
             rows, earlier = self.ledger.agent_history(agent_id, month_start(self.clock()))
             self.budgets.load_agent(agent_id, rows, earlier)
 
+    def _task_known(self, task_id: str) -> LedgerDown | None:
+        """The task's spend is in memory: summed from the ledger (all its attempts, before any restart of zone 2)
+        before its first call here; LedgerDown when the ledger cannot be read (the cap cannot be known)."""
+        if self.budgets.task_known(task_id):
+            return None
+        try:
+            spent, calls = self.ledger.task_spend(task_id)
+        except sqlite3.Error as exc:
+            return LedgerDown(f"cannot read the spend of task {task_id}: {exc}")
+        self.budgets.load_task(task_id, spent, calls)
+        return None
+
+    def release_task(self, task_id: str) -> None:
+        """No agent holds the task any more (zone2.tasks.HeldTasks): its spend leaves memory, once no call made for
+        it is in flight."""
+        self.budgets.release_task(task_id)
+
     def forget(self, agent_id: str) -> None:
         """The agent is gone for good: its windows, breakers and refusal records leave memory (not the ledger)."""
         self.budgets.forget(agent_id)
@@ -194,18 +222,20 @@ class CostTracker:
         for key in [k for k in self._last_refusal if k[0] == agent_id]:
             del self._last_refusal[key]
 
-    def _due(self, agent_id: str, kind: str) -> bool:
-        """Whether an event of this kind for this agent is due: at most one per REFUSAL_EVENT_EVERY seconds."""
+    def _due(self, agent_id: str, kind: str, about: str = "") -> bool:
+        """Whether an event of this kind for this agent is due: at most one per REFUSAL_EVENT_EVERY seconds about
+        the same thing (a task)."""
         key = (agent_id, kind)
         now = self.monotonic()
-        if now - self._last_refusal.get(key, -REFUSAL_EVENT_EVERY) < REFUSAL_EVENT_EVERY:
+        last, subject = self._last_refusal.get(key, (-REFUSAL_EVENT_EVERY, about))
+        if subject == about and now - last < REFUSAL_EVENT_EVERY:
             return False
-        self._last_refusal[key] = now
+        self._last_refusal[key] = (now, about)
         return True
 
     def _refused(self, reg: Registration, refusal: Refusal) -> None:
-        if self._due(reg.agent_id, refusal.type):
-            self.emit(refusal.type, reg.agent_id, refusal.message, {"role": reg.role})
+        if self._due(reg.agent_id, refusal.type, str(refusal.data.get("task", ""))):
+            self.emit(refusal.type, reg.agent_id, refusal.message, {"role": reg.role, **refusal.data})
 
     def settle(self, ticket: Ticket, status: int | None, usage: Usage | None, attempts: int,
                unanswered: bool = False) -> int:
@@ -239,7 +269,7 @@ class CostTracker:
         written = self.ledger.record(Call(
             ticket.request_id, ticket.reservation.at, ticket.reg.agent_id, ticket.reg.role, ticket.credential,
             ticket.llm.api, ticket.llm.model, status, usage or Usage(), cost, ticket.reservation.amount,
-            estimated, attempts, context_tokens(ticket.llm, status, usage),
+            estimated, attempts, context_tokens(ticket.llm, status, usage), ticket.task_id,
         ))
         self._ledger_health(written)
         return cost

@@ -5,7 +5,9 @@ zone 2 alone; the file holds token counts and costs, never a secret. WAL mode
 with ``synchronous=NORMAL``: a committed row survives a SIGKILL of zone 2 (and
 of the daemon, which does not write here). When zone 2 starts it loads the
 month's spend and every agent's call count from here, so budgets hold across
-restarts.
+restarts. A call made while its agent held a task of a deployment names the
+task (``task_id``): the daemon reads each task's cost from here, on a
+read-only connection of its own (``fleetd.task_costs``).
 """
 
 from __future__ import annotations
@@ -31,10 +33,12 @@ WAL_BACKSTOP_PAGES = 10_000  # the writer's own automatic checkpoint (4 KB pages
 INSERT = ("INSERT INTO calls (request_id, at, agent_id, role, credential, api, model, status, input_tokens, "
           "cached_input_tokens, cache_write_tokens, output_tokens, reasoning_tokens, cost_nusd, reserved_nusd, "
           "estimated, attempts, cache_write_1h_tokens, service_tier, response_id, context_tokens, speed, "
-          "inference_geo) "
-          "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+          "inference_geo, task_id) "
+          "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 CONTEXT_OF = ("SELECT context_tokens FROM calls WHERE response_id = ? AND context_tokens IS NOT NULL "
               "ORDER BY id DESC LIMIT 1")  # on the partial index calls_response_id
+# What a task has cost over all its attempts: read from the partial index calls_task_id alone (it covers cost_nusd)
+TASK_SPEND = "SELECT COALESCE(SUM(cost_nusd), 0), COUNT(*) FROM calls WHERE task_id = ?"
 migrations = Migrations("fleetd-ledger")
 
 
@@ -77,6 +81,15 @@ def m004_speed_and_inference_geo(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE calls ADD COLUMN inference_geo TEXT")
 
 
+@migrations()
+def m005_task_id(db: sqlite_utils.Database) -> None:
+    # The task of a deployment the agent held when it made the call (zone2.tasks.HeldTasks), for per-task cost and
+    # caps. A partial index (most calls are no task's), covering cost_nusd: a task's spend is summed from it alone,
+    # by zone 2 when it meets a task with a cap, and by the daemon for its task views (fleetd.task_costs).
+    db.execute("ALTER TABLE calls ADD COLUMN task_id TEXT")
+    db.execute("CREATE INDEX calls_task_id ON calls(task_id, cost_nusd) WHERE task_id IS NOT NULL")
+
+
 def _clip(text: str | None) -> str | None:
     return None if text is None else clip(text)
 
@@ -99,6 +112,7 @@ class Call:
     # OpenAI Responses: the tokens of the conversation as this answer leaves it (its whole input and its output),
     # which a call naming it as previous_response_id reads again; None when unknown
     context_tokens: int | None = None
+    task_id: str | None = None  # the task the agent held (zone2.tasks.HeldTasks), if any
 
 
 class Ledger:
@@ -163,7 +177,7 @@ class Ledger:
             _clip(call.model), call.status, u.input_tokens, u.cached_input_tokens, u.cache_write_tokens,
             u.output_tokens, u.reasoning_tokens, call.cost_nusd, call.reserved_nusd, int(call.estimated),
             call.attempts, u.cache_write_1h_tokens, _clip(u.service_tier), response_id, call.context_tokens,
-            _clip(u.speed), _clip(u.inference_geo)))
+            _clip(u.speed), _clip(u.inference_geo), call.task_id))
 
     def context_of(self, response_id: str) -> int | None:
         """The context tokens recorded for an OpenAI response, or None when zone 2 has not seen it (or cannot read
@@ -173,6 +187,11 @@ class Ledger:
         except sqlite3.Error:
             return None
         return None if row is None else int(row[0])
+
+    def task_spend(self, task_id: str) -> tuple[int, int]:
+        """What a task's calls have cost, all its attempts together, and how many there were (nano-USD, calls)."""
+        cost, calls = self.conn.execute(TASK_SPEND, (task_id,)).fetchone()
+        return int(cost), int(calls)
 
     def history(self, since: datetime) -> Iterator[tuple[str, datetime, int]]:
         """(agent, when, cost) of every call since ``since``: what budgets must know after a restart."""

@@ -105,6 +105,7 @@ class Gateway:
             reg = await self.whois(ip)
             if reg is not None:
                 self.registry.register(reg)
+                request.app[TASKS].learn(reg)
         return reg
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -196,7 +197,9 @@ class Gateway:
                          "zone 2 cannot meter a call that may run again on other models (fallbacks): each attempt is "
                          "billed at its own model's prices, on models the API may choose. A role with "
                          "--allow-unpriced lets it through, metered at the requested model's prices")
-        ticket = self.costs.admit(reg, credential, llm)
+        task = request.app[TASKS].held(reg.agent_id)  # its calls are the task's: attributed, and capped by it
+        ticket = (self.costs.admit(reg, credential, llm) if task is None
+                  else self.costs.admit(reg, credential, llm, task.task_id, task.max_nusd))
         if isinstance(ticket, LedgerDown):
             raise Zone2Error(503, "ledger_unavailable", f"zone 2 cannot record calls ({ticket.error}): "
                          "no metered call is made until it can", {"Retry-After": str(ticket.retry_after)})
@@ -417,7 +420,8 @@ def init_gateway(registry: Registry, whois: Whois, costs: CostTracker | None = N
     tests: the shares of memory hold either way, the connection limits and timers only when guarded).
 
     ``relay`` takes heartbeats to the daemon and ``tasks`` the task calls (None: they are answered 503);
-    ``held`` is where the task each agent holds is kept (``app[TASKS]``; the control API forgets agents in it)."""
+    ``held`` is where the task each agent holds is kept (``app[TASKS]``; the control API forgets agents in it): give it
+    ``on_release=costs.release_task``, so that a task's spend leaves memory with its last holder."""
     tracker = costs or memory_costs()
     shares = guard or Guard(counts=tracker.counts)
     @web.middleware
@@ -430,7 +434,7 @@ def init_gateway(registry: Registry, whois: Whois, costs: CostTracker | None = N
 
     app = web.Application(client_max_size=MAX_BODY, middlewares=[guard_middleware, targets])
     app[GUARD] = shares
-    app[TASKS] = held if held is not None else HeldTasks()
+    app[TASKS] = held if held is not None else HeldTasks(on_release=tracker.release_task)
 
     async def open_upstreams(app: web.Application) -> Any:
         # No cookie jar: the pools are shared by every agent. Set-Cookie and Cookie pass through as headers,

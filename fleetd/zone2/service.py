@@ -63,7 +63,7 @@ def init_control(registry: Registry, costs: CostTracker, guard: Guard, started: 
     """The daemon-facing control API (Unix socket): each handler reads its message with the contract's class.
     ``held``: the tasks the agents hold (the gateway's), forgotten with the agents."""
     app = web.Application(client_max_size=16 << 20, middlewares=[refuse_malformed])
-    tasks = held if held is not None else HeldTasks()
+    tasks = held if held is not None else HeldTasks(on_release=costs.release_task)
 
     async def put_policy(request: web.Request) -> web.Response:
         costs.configure(await received(request, Zone2Policy))  # 400 for a newer daemon's, which this one cannot read
@@ -88,10 +88,14 @@ def init_control(registry: Registry, costs: CostTracker, guard: Guard, started: 
         agents = (await received(request, Registrations)).agents
         registry.replace_agents(agents)
         tasks.keep({reg.agent_id for reg in agents})
+        for reg in agents:
+            tasks.learn(reg)  # zone 2 (re)started while the agent held a task: its calls are still the task's
         return web.json_response({"agents": len(registry.by_ip)})
 
     async def post_agent(request: web.Request) -> web.Response:
-        registry.register(await received(request, Registration))
+        reg = await received(request, Registration)
+        registry.register(reg)
+        tasks.learn(reg)
         return web.json_response({"agents": len(registry.by_ip)})
 
     async def delete_agent(request: web.Request) -> web.Response:
@@ -279,7 +283,7 @@ async def serve(control_dir: Path, host: str, port: int) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     guard = Guard(counts=costs.counts)
-    held = HeldTasks()
+    held = HeldTasks(on_release=costs.release_task)
     agents_app = init_gateway(registry, daemon.whois, costs, daemon.heartbeat, guard, tasks=daemon, held=held)
     # Bodies are relayed as sent (an LLM call's must come uncompressed: zone 2 meters what it reads), and an idle
     # kept-alive connection is closed by the guard's sweep, not kept for aiohttp's default hour.

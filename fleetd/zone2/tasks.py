@@ -17,8 +17,9 @@ connection whose request is being handled as idle (``guard.GuardedConnection.ove
 own connections without a pool limit, and when the agent hangs up the relay is cancelled (aiohttp, as zone 2 runs it,
 does not cancel the handler: ``TaskRoutes.long_poll`` watches the connection).
 
-Zone 2 remembers the task each agent holds (:class:`HeldTasks`), as it saw leases and answers pass, to attribute the
-agent's LLM spend to it.
+Zone 2 remembers the task each agent holds (:class:`HeldTasks`), as it saw leases and answers pass (and, after it
+restarted, as the agent's registration says), to attribute the agent's LLM calls to it (their ledger rows name it) and
+reserve them against the task's cap (``max_usd`` in the lease), all its attempts together (``costs.CostTracker``).
 """
 
 from __future__ import annotations
@@ -88,16 +89,21 @@ class TaskLink(Protocol):
 class HeldTask(NamedTuple):
     task_id: str
     attempt: int
+    max_nusd: int | None = None  # the task's cap on LLM spend, all its attempts together (None: none)
 
 
 class HeldTasks:
     """The task each agent holds, as zone 2 last saw it pass: set by a lease, dropped by a 200 to its completion or
     failure, by the daemon's 404 or 409 for it, and by a ``next`` answered 204 (the daemon gives an agent the task it
-    holds before any other, so 204 means it holds none). One entry per registered agent, forgotten with the agent
-    (``service.init_control``)."""
+    holds before any other, so 204 means it holds none). A zone 2 that started while an agent held a task learns it
+    from the agent's registration (:meth:`learn`). One entry per registered agent, forgotten with the agent
+    (``service.init_control``).
 
-    def __init__(self) -> None:
+    ``on_release`` hears the id of a task an agent no longer holds (the cost tracker then lets go of its spend)."""
+
+    def __init__(self, on_release: Callable[[str], None] | None = None) -> None:
         self._by_agent: dict[str, HeldTask] = {}
+        self.on_release = on_release
 
     def __len__(self) -> int:
         return len(self._by_agent)
@@ -105,22 +111,38 @@ class HeldTasks:
     def held(self, agent_id: str) -> HeldTask | None:
         return self._by_agent.get(agent_id)
 
-    def hold(self, agent_id: str, task_id: str, attempt: int) -> None:
-        self._by_agent[agent_id] = HeldTask(task_id, attempt)
+    def hold(self, agent_id: str, task_id: str, attempt: int, max_nusd: int | None = None) -> None:
+        before = self._by_agent.get(agent_id)
+        self._by_agent[agent_id] = HeldTask(task_id, attempt, max_nusd)
+        if before is not None and before.task_id != task_id:
+            self._released(before)
+
+    def learn(self, reg: Registration) -> None:
+        """The daemon registered the agent holding ``reg.task``: held, unless a lease zone 2 saw pass says more (the
+        registration may have been written before it)."""
+        if reg.task is not None and reg.agent_id not in self._by_agent:
+            self.hold(reg.agent_id, reg.task.id, reg.task.attempt, reg.task.max_nusd)
 
     def drop(self, agent_id: str, task_id: str, attempt: int | None = None) -> None:
         """The agent no longer holds ``task_id`` (at ``attempt``; None: whichever)."""
         held = self._by_agent.get(agent_id)
         if held is not None and held.task_id == task_id and attempt in (None, held.attempt):
             del self._by_agent[agent_id]
+            self._released(held)
 
     def forget(self, agent_id: str) -> None:
-        self._by_agent.pop(agent_id, None)
+        held = self._by_agent.pop(agent_id, None)
+        if held is not None:
+            self._released(held)
 
     def keep(self, agent_ids: Collection[str]) -> None:
         """Forget every agent but these (the daemon sent the whole list of live ones)."""
         for agent_id in [a for a in self._by_agent if a not in agent_ids]:
-            del self._by_agent[agent_id]
+            self.forget(agent_id)
+
+    def _released(self, held: HeldTask) -> None:
+        if self.on_release is not None:
+            self.on_release(held.task_id)
 
 
 def wait_of(raw: str | None) -> float:
@@ -255,7 +277,7 @@ class TaskRoutes:
             return passed_on(reply)
         current = self.registry.by_ip.get(reg.ip)
         if current is not None and current.agent_id == reg.agent_id:  # not unregistered meanwhile (then forgotten)
-            self.held.hold(reg.agent_id, reply.lease.id, reply.lease.attempt)
+            self.held.hold(reg.agent_id, reply.lease.id, reply.lease.attempt, reply.lease.max_nusd)
         if not request.app[GUARD].take(request, len(reply.body)):
             raise busy()  # the agent holds the task: its next call for one answers it again
         return web.Response(body=reply.body, content_type="application/json")

@@ -24,6 +24,7 @@ from fleetd.zone2.ledger import Ledger
 from fleetd.zone2.pricing import PriceTable
 from fleetd.zone2.proxy import init_gateway
 from fleetd.zone2.registry import Registry
+from fleetd.zone2.tasks import HeldTasks
 from tests.unit.loopback import serve
 
 SECRET = "sk-sim-METERED-0123456789"
@@ -59,6 +60,8 @@ class Rig:
     registry: Registry
     events: list[tuple[str, str | None, str, dict[str, Any]]] = field(default_factory=list)
     clock: Clock = field(default_factory=Clock)  # the cost tracker's monotonic clock
+    held: HeldTasks = field(default_factory=HeldTasks)  # the task each agent holds (zone2.tasks), as the gateway's
+    whois: dict[str, Registration] = field(default_factory=dict)  # what the daemon answers for an unknown address
 
     def register(self, caps: Caps | None = None, allow_unpriced: bool = False) -> None:
         self.registry.register(Registration("agent1", "127.0.0.1", "worker", frozenset({"sim"}), caps or Caps(),
@@ -91,11 +94,14 @@ async def rig(tmp_path: Path, policy: dict[str, Any] | None = None) -> AsyncIter
         prices = [*PriceTable.builtin().to_list(), TEST_PRICE, LONG_PRICE]
         costs.configure(Zone2Policy.from_json({"prices": prices, "retry": {"max_retries": 0}, **(policy or {})}))
 
-        async def whois(ip: str) -> Registration | None:
-            return None
+        held = HeldTasks(on_release=costs.release_task)
+        answers: dict[str, Registration] = {}
 
-        async with serve(init_gateway(registry, whois, costs)) as gw, aiohttp.ClientSession() as client:
-            r = Rig(gw, client, costs, sim_app[SIM], registry, events, clock)
+        async def whois(ip: str) -> Registration | None:
+            return answers.get(ip)
+
+        async with serve(init_gateway(registry, whois, costs, held=held)) as gw, aiohttp.ClientSession() as client:
+            r = Rig(gw, client, costs, sim_app[SIM], registry, events, clock, held, answers)
             r.register()
             yield r
         costs.ledger.close()

@@ -18,13 +18,14 @@ from fleetd.config import Config
 from fleetd.deployments import Deployments
 from fleetd.event_bus import EventBus
 from fleetd.fleet import Fleet
-from fleetd.gateway import Zone2
+from fleetd.gateway import Zone2, zone2_ledger
 from fleetd.liveness import Liveness, engine_exec
 from fleetd.log_streams import LogStreams
 from fleetd.models import AgentSpec, iso, utcnow
 from fleetd.services import Services
 from fleetd.store import Store
 from fleetd.supervisor import Supervisor
+from fleetd.task_costs import TaskCosts
 from fleetd.task_queue import TaskQueue
 from fleetd.timers import Timers
 from fleetd.vault import Vault
@@ -84,6 +85,7 @@ def build_services(config: Config, store: Store, runtime: Any = None) -> Service
     vault = Vault(store, secrets.token_bytes(32))
     zone2 = Zone2(config.state_dir, store, vault, runtime, calls.call, liveness)
     supervisor = Supervisor(config, store, runtime, timers, calls, zone2, liveness, FakeDisks())  # type: ignore[arg-type]
-    fleet = Fleet(store, Deployments(store, config), TaskQueue(store))
+    fleet = Fleet(store, Deployments(store, config), TaskQueue(store),
+                  costs=TaskCosts(zone2_ledger(config.state_dir)))
     return Services(config, supervisor, store, liveness, zone2, Admin(store, vault, zone2), EventBus(),
                     LogStreams(runtime, calls), timers, fleet)

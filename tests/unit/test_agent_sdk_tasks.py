@@ -116,7 +116,7 @@ def fresh_state(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 def test_tasks_are_taken_answered_and_the_loop_stops_when_the_agent_should(gateway: Gateway) -> None:
-    gateway.leases = [lease(1), lease(2, attempt=3), lease(3)]
+    gateway.leases = [lease(1), {**lease(2, attempt=3), "max_usd": "0.25"}, lease(3)]
     taken: list[Task] = []
     for task in fleetd_agent.tasks(wait=0.5):
         taken.append(task)
@@ -126,8 +126,9 @@ def test_tasks_are_taken_answered_and_the_loop_stops_when_the_agent_should(gatew
         assert task.answered and task.outcome == result
         if len(taken) == 2:
             fleetd_agent.stopping_event.set()  # SIGTERM came: finish this one, take no other
-    assert [(t.id, t.input, t.attempt, t.deadline) for t in taken] == [
-        (f"{1:016x}", {"n": 1}, 1, "2026-06-01T12:00:00Z"), (f"{2:016x}", {"n": 2}, 3, "2026-06-01T12:00:00Z")]
+    assert [(t.id, t.input, t.attempt, t.deadline, t.max_usd) for t in taken] == [
+        (f"{1:016x}", {"n": 1}, 1, "2026-06-01T12:00:00Z", None),
+        (f"{2:016x}", {"n": 2}, 3, "2026-06-01T12:00:00Z", "0.25")]
     assert gateway.seen() == [
         ("/fleetd/tasks/next?wait=0.5", {}),
         (f"/fleetd/tasks/{1:016x}/complete", {"output": {"sum": 2}, "attempt": 1}),

@@ -17,7 +17,7 @@ from fleetd.zone2.breaker import (
     parse_retry_after,
     retry_delay,
 )
-from fleetd.zone2.budget import Budgets, Caps, Refusal, Reservation, day_reset, month_reset
+from fleetd.zone2.budget import Budgets, Caps, Refusal, Reservation, TaskCap, day_reset, month_reset
 
 USD = 1_000_000_000
 
@@ -115,6 +115,51 @@ def test_max_llm_calls_counts_calls_in_flight_and_history() -> None:
     assert isinstance(refusal, Refusal) and refusal.type == "max_llm_calls_exceeded" and refusal.retry_after is None
     budgets.settle(first, 0)
     assert isinstance(budgets.reserve("a", caps, 0), Refusal)  # settled calls still count
+
+
+def test_a_task_cap_holds_the_spend_of_all_its_attempts_and_never_resets() -> None:
+    clock = Clock(datetime(2026, 11, 26, 23, tzinfo=UTC))
+    budgets = Budgets(clock)
+    budgets.load_task("t1", 2 * USD, 4)  # earlier attempts, from the ledger
+    task = TaskCap("t1", 5 * USD)
+    first = budgets.reserve("a", Caps(), 2 * USD, task)
+    assert isinstance(first, Reservation) and budgets.task_status("t1") == (2 * USD, 2 * USD)
+    refusal = budgets.reserve("b", Caps(), 1 * USD + 1, task)  # whichever agent holds it now
+    assert isinstance(refusal, Refusal) and refusal.type == "task_budget_exceeded"
+    assert refusal.retry_after is None and "task t1's budget of $5.0000" in refusal.message
+    assert refusal.data == {"task": "t1", "max_usd": 5.0, "spent_usd": 2.0, "reserved_usd": 2.0,
+                            "request_usd": 1.000000001}
+    budgets.settle(first, USD // 2)  # the unused part of the bound goes back to the task too
+    assert budgets.task_status("t1") == (2 * USD + USD // 2, 0)
+    assert isinstance(budgets.reserve("b", Caps(), 2 * USD + USD // 2, task), Reservation)
+    clock.at += timedelta(days=40)  # a new day and month: the agents' windows reset, the task's does not
+    assert isinstance(budgets.reserve("b", Caps(), 1, task), Refusal)
+    assert isinstance(budgets.reserve("b", Caps(), 1), Reservation)  # the agent's own calls, for no task, go on
+
+
+def test_a_task_cap_is_checked_before_the_windows_that_reset() -> None:
+    budgets = Budgets(Clock(datetime(2026, 11, 26, tzinfo=UTC)))
+    budgets.load_task("t1", 0, 0)
+    refusal = budgets.reserve("a", Caps(daily_nusd=USD), 2 * USD, TaskCap("t1", USD))
+    assert isinstance(refusal, Refusal) and refusal.type == "task_budget_exceeded"  # waiting for midnight won't help
+    refusal = budgets.reserve("a", Caps(daily_nusd=USD), 2 * USD, TaskCap("t1", 3 * USD))
+    assert isinstance(refusal, Refusal) and refusal.type == "budget_exceeded"
+    assert budgets.task_status("t1") == (0, 0)  # refused: nothing held anywhere
+    assert budgets.status("a")["reserved_nusd"] == 0
+
+
+def test_a_released_task_leaves_memory_once_its_calls_in_flight_settle() -> None:
+    budgets = Budgets(Clock(datetime(2026, 11, 26, tzinfo=UTC)))
+    budgets.load_task("t1", 0, 0)
+    budgets.load_task("t2", 0, 0)
+    in_flight = budgets.reserve("a", Caps(), USD, TaskCap("t1", 5 * USD))
+    assert isinstance(in_flight, Reservation)
+    budgets.release_task("t1")
+    budgets.release_task("t2")
+    assert (budgets.task_known("t1"), budgets.task_known("t2")) == (True, False)  # t1's call still counts
+    budgets.settle(in_flight, USD)
+    assert not budgets.task_known("t1")  # the ledger has it now
+    budgets.release_task("t3")  # never known: nothing to do
 
 
 def test_history_loaded_after_a_restart_is_enforced() -> None:

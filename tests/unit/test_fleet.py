@@ -23,6 +23,7 @@ from fleetd.store import Store
 from fleetd.supervisor import Supervisor
 from fleetd.task_queue import TaskQueue
 from fleetd.timers import Timers
+from fleetd.zone2.contract import TaskHold
 from tests.unit.fake_runtime import FakeRuntime
 from tests.unit.openapi_doc import SPEC_PATH, check
 from tests.unit.supervisor_rig import build, close_all
@@ -140,6 +141,28 @@ def test_a_worker_takes_completes_and_a_waiter_sees_it(tmp_path: Path) -> None:
         rig.fleet.complete(task.id, agent["id"], None, {"a": 2})
         done = await asyncio.wait_for(waiter, 5)
         assert done.state == "succeeded" and done.output == {"a": 2} and done.version == "v1"
+
+    run(tmp_path, check)
+
+
+def test_a_lease_and_the_holds_zone2_is_told_carry_the_tasks_cap(tmp_path: Path) -> None:
+    async def check(rig: Rig) -> None:
+        rig.deploy(warm=2)
+        await rig.tick()
+        capped, free = rig.pool()
+        task = rig.fleet.submit({"deployment": "web", "input": {"q": 1}, "max_usd": "0.25"})
+        other = rig.fleet.submit({"deployment": "web", "input": {"q": 2}})
+        lease = await rig.fleet.next_task(capped["id"], 0)
+        assert lease is not None and lease.id == task.id and lease.max_nusd == 250_000_000
+        assert lease.to_json()["max_usd"] == "0.25"  # what zone 2 reads, and the agent with it
+        free_lease = await rig.fleet.next_task(free["id"], 0)
+        assert free_lease is not None and free_lease.id == other.id and free_lease.max_nusd is None
+        assert "max_usd" not in free_lease.to_json()
+        assert rig.fleet.held(capped["id"]) == TaskHold(task.id, 1, 250_000_000)
+        assert rig.fleet.holds() == {capped["id"]: TaskHold(task.id, 1, 250_000_000),
+                                     free["id"]: TaskHold(other.id, 1, None)}
+        rig.fleet.complete(task.id, capped["id"], 1, None)
+        assert rig.fleet.held(capped["id"]) is None and set(rig.fleet.holds()) == {free["id"]}
 
     run(tmp_path, check)
 

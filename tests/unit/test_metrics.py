@@ -4,6 +4,7 @@ import asyncio
 import shutil
 import socket
 import subprocess
+import uuid
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -18,11 +19,16 @@ from fleetd.config import Config
 from fleetd.deployments import Deployments
 from fleetd.errors import FleetdError, Unavailable
 from fleetd.fleet import Fleet
+from fleetd.histograms import Histogram
 from fleetd.listen import parse_listen
 from fleetd.metrics import STATES, Snapshot, gather, render, serve_metrics
 from fleetd.models import Reason, State, iso, utcnow
 from fleetd.store import Store
+from fleetd.task_costs import TaskCosts
 from fleetd.task_queue import TaskQueue
+from fleetd.zone2.ledger import Call, Ledger
+from fleetd.zone2.llm import Usage
+from tests.unit.wall_clock import WallClock
 
 
 def parse(body: bytes) -> dict[str, list[Sample]]:
@@ -386,3 +392,64 @@ def test_deployments_queues_and_finished_tasks(tmp_path: Path) -> None:
     assert value(m["fleetd_tasks_finished"], state="cancelled") == 1
     assert value(m["fleetd_tasks_finished"], state="dead") == 0
     assert first.state == "queued"
+
+
+def sample(samples: list[Sample], name: str, **labels: str) -> float:
+    return value([s for s in samples if s.name == name], **labels)
+
+
+def test_histogram_buckets_are_cumulative_and_a_bound_is_its_own_bucket() -> None:
+    histogram = Histogram((1.0, 5.0))
+    for observed in (0.5, 1.0, 3.0, 5.0, 7.5):
+        histogram.observe(observed)
+    assert histogram.buckets() == [("1.0", 2.0), ("5.0", 4.0), ("+Inf", 5.0)]
+    assert (histogram.count, histogram.total) == (5, 17.0)
+    copy = histogram.copy()
+    histogram.observe(1)
+    assert copy.count == 5  # a scrape's copy does not move under it
+
+
+def test_finished_tasks_cost_and_duration_histograms_by_deployment(tmp_path: Path) -> None:
+    store = populated(tmp_path / "state.db")
+    path = tmp_path / "zone2" / "ledger.db"
+    path.parent.mkdir()
+    ledger = Ledger(path)
+    wall = WallClock()
+    try:
+        parts = FakeParts(store, FakeGateway(BUDGET))
+        queue = TaskQueue(store, clock=wall, backoff_base=0.0)
+        parts.fleet = Fleet(store, Deployments(store, Config()), queue, costs=TaskCosts(path))
+        costly, cheap, never = (queue.submit("web", n) for n in range(3))
+        late = queue.submit("batch", "x", ttl=60)
+        for agent in ("a1", "a2", "a3"):
+            assert queue.lease(agent, "web" if agent != "a3" else "batch", "v1") is not None
+        for cost in (2_000_000, 4_000_000):  # $0.006 in two calls
+            ledger.record(Call(uuid.uuid4().hex, wall.now, "a1", "worker", "c", "chat", "m", 200, Usage(), cost, cost,
+                               False, 1, task_id=costly.id))
+        wall.advance(2)
+        queue.fail(cheap.id, "a2", 1, "no", retry=False)
+        wall.advance(43)
+        queue.complete(costly.id, "a1", 1, "done")
+        queue.cancel(never.id)  # never taken: in neither histogram
+        wall.advance(30)
+        queue.expire()  # batch's task, past its deadline: 75 s after its lease
+        assert late.id in {t.id for t in queue.tasks(state="failed")}
+        queue.purge(records_before=wall.now + timedelta(days=1))  # retention: the histograms are not read from here
+        body = render(asyncio.run(gather(parts)))  # type: ignore[arg-type]
+    finally:
+        ledger.close()
+        store.close()
+    m = parse(body)
+    assert types(body)["fleetd_task_cost_usd"] == types(body)["fleetd_task_duration_seconds"] == "histogram"
+    cost, duration = m["fleetd_task_cost_usd"], m["fleetd_task_duration_seconds"]
+    assert sample(cost, "fleetd_task_cost_usd_count", deployment="web") == 2
+    assert sample(cost, "fleetd_task_cost_usd_sum", deployment="web") == pytest.approx(0.006)
+    assert sample(cost, "fleetd_task_cost_usd_bucket", deployment="web", le="0.001") == 1  # the failed one
+    assert sample(cost, "fleetd_task_cost_usd_bucket", deployment="web", le="0.005") == 1
+    assert sample(cost, "fleetd_task_cost_usd_bucket", deployment="web", le="0.01") == 2
+    assert sample(duration, "fleetd_task_duration_seconds_bucket", deployment="web", le="5.0") == 1
+    assert sample(duration, "fleetd_task_duration_seconds_bucket", deployment="web", le="30.0") == 1
+    assert sample(duration, "fleetd_task_duration_seconds_bucket", deployment="web", le="60.0") == 2
+    assert sample(duration, "fleetd_task_duration_seconds_sum", deployment="web") == 47
+    assert sample(duration, "fleetd_task_duration_seconds_sum", deployment="batch") == 75
+    assert sample(cost, "fleetd_task_cost_usd_count", deployment="batch") == 1

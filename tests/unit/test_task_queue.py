@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -497,3 +498,35 @@ def test_a_completion_sent_again_is_answered_as_the_first(tmp_path: Path) -> Non
             queue.complete(task.id, "a1", lease.attempt + 1, "other attempt")
     finally:
         store.close()
+
+
+def test_each_transition_tells_its_listeners_the_tasks_it_finished_after_it_committed(
+        queue: TaskQueue, store: Store, clock: WallClock, caplog: pytest.LogCaptureFixture) -> None:
+    heard: list[list[tuple[str, str]]] = []
+
+    def listen(tasks: list[Any]) -> None:
+        assert not store.conn.in_transaction  # committed
+        assert all(t.finished_at is not None and t.input is None for t in tasks)  # summaries, as listings show
+        heard.append([(t.id, t.state.value) for t in tasks])
+
+    queue.on_finished.append(listen)
+    done, failed, dead, cancelled, expired = (queue.submit("web", n, attempts=1, ttl=60) for n in range(5))
+    queue.lease("a1", "web", "v1")
+    queue.complete(done.id, "a1", 1, "ok")
+    queue.lease("a2", "web", "v1")
+    queue.fail(failed.id, "a2", 1, "no", retry=False)
+    queue.lease("a3", "web", "v1")
+    queue.give_back("a3", "heartbeat_lost")  # its only attempt: dead
+    queue.cancel(cancelled.id)
+    with pytest.raises(Conflict):
+        queue.complete(done.id, "a9", 1, "again")  # refused: nothing finished, nothing heard
+    queue.complete(done.id, "a1", 1, "again")  # the same completion again: answered, nothing finished anew
+    clock.advance(61)
+    assert queue.expire() == [expired.id]
+    assert heard == [[(done.id, "succeeded")], [(failed.id, "failed")], [(dead.id, "dead")],
+                     [(cancelled.id, "cancelled")], [(expired.id, "failed")]]
+    queue.on_finished.insert(0, lambda tasks: 1 / 0)  # a listener that fails does not undo the transition
+    again = queue.submit("web", "x")
+    with caplog.at_level("ERROR"):
+        assert queue.cancel(again.id).state == "cancelled"
+    assert "a listener to finished tasks failed" in caplog.text and heard[-1] == [(again.id, "cancelled")]

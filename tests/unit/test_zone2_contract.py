@@ -42,6 +42,7 @@ from fleetd.zone2.contract import (
     Registrations,
     TaskComplete,
     TaskFail,
+    TaskHold,
     TaskLease,
     TaskNext,
     TaskOutcome,
@@ -54,6 +55,7 @@ from fleetd.zone2.ledger import Ledger
 from fleetd.zone2.pricing import Price, PriceTable
 from fleetd.zone2.registry import Registry
 from fleetd.zone2.service import CONTROL_SOCKET, DAEMON_SOCKET, DaemonLink, init_control
+from fleetd.zone2.tasks import HeldTask, HeldTasks
 from tests.unit.supervisor_rig import insert
 
 FIGURES = {"spent_today_nusd": 5, "spent_month_nusd": 9, "reserved_nusd": 1, "llm_calls": 3, "inflight_calls": 1,
@@ -66,6 +68,8 @@ REG = Registration("a1b2c3d4e5f6", "10.0.0.9", "researcher", frozenset({"openai"
 MESSAGES: list[Any] = [
     REG,
     Registrations((REG, Registration("b2", "10.0.0.10", "default"))),
+    Registration("c3", "10.0.0.11", "worker", task=TaskHold("0123456789abcdef", 2, 500_000_000)),
+    Registration("c3", "10.0.0.11", task=TaskHold("0123456789abcdef", 1)),
     Credentials((Upstream("openai", "https://api.openai.com", "sk-1", "openai"),
                  Upstream("search", "http://search:8080/base", "k"))),
     Zone2Policy((Price("my-finetune", 3.0, 12.0, cached_input=1.5, max_output_tokens=16384),
@@ -84,6 +88,8 @@ MESSAGES: list[Any] = [
     TaskNext("a1", 60.0),
     TaskLease("0123456789abcdef", {"q": "sqlite", "n": [1, 2.5, None]}, 2, "2026-06-01T12:00:00Z"),
     TaskLease("0123456789abcdef", None, 1, "2026-06-01T12:00:00Z"),
+    TaskLease("0123456789abcdef", "x", 1, "2026-06-01T12:00:00Z", max_nusd=1_250_000_001),
+    TaskLease("0123456789abcdef", "x", 1, "2026-06-01T12:00:00Z", max_nusd=0),
     TaskComplete("a1", 3, {"summary": "é", "rows": [[1], []]}),
     TaskComplete("a1", None),
     TaskFail("a1", 1, "rate limited", retry=True),
@@ -118,6 +124,12 @@ def test_the_wire_keeps_the_names_each_side_sent_before() -> None:
     assert TaskComplete("a1", None).to_json() == {"agent_id": "a1", "attempt": None, "output": None}
     assert TaskFail("a1", 2, "e").to_json() == {"agent_id": "a1", "attempt": 2, "error": "e", "retry": True}
     assert set(TaskLease("t", 1, 1, "d").to_json()) == {"id", "input", "attempt", "deadline"}
+    # a task's cap, as the agent reads it (docs/agent-protocol.md): dollars as an exact decimal string
+    assert [TaskLease("t", 1, 1, "d", n).to_json()["max_usd"] for n in (500_000_000, 12 * 10**9, 1, 0)] == [
+        "0.5", "12", "0.000000001", "0"]
+    assert REG.to_json()["task"] is None
+    assert Registration("a", "i", task=TaskHold("t", 2, 7)).to_json()["task"] == {"id": "t", "attempt": 2,
+                                                                                  "max_nusd": 7}
 
 
 def test_a_task_message_reads_with_its_optional_fields_absent() -> None:
@@ -131,7 +143,11 @@ def test_a_task_message_reads_with_its_optional_fields_absent() -> None:
 
 def test_what_an_older_peer_sends_still_reads() -> None:
     bare = Registration.from_json({"agent_id": "x", "ip": "10.0.0.2"})
-    assert (bare.role, bare.creds, bare.caps, bare.allow_unpriced) == ("default", frozenset(), Caps(), False)
+    assert (bare.role, bare.creds, bare.caps, bare.allow_unpriced, bare.task) == (
+        "default", frozenset(), Caps(), False, None)
+    # a daemon before per-task caps: its leases name no cap
+    lease = TaskLease.from_json({"id": "t", "input": 1, "attempt": 1, "deadline": "d"})
+    assert lease.max_nusd is None and TaskLease.from_json({**lease.to_json(), "max_usd": None}) == lease
     # a daemon before the contract sent only the breaker and retry keys its config set
     policy = Zone2Policy.from_json({"prices": [{"model": "m", "input": 1, "output": 2}], "breaker": {"threshold": 3},
                                     "retry": {}, "instance": {"daily_nusd": None, "monthly_nusd": 5}})
@@ -194,6 +210,18 @@ REFUSED: list[tuple[Any, Any, str]] = [
     (TaskLease, {"id": "t", "input": 1, "attempt": 0, "deadline": "d"}, "task lease: attempt must be 1 or more"),
     (TaskLease, {"id": 7, "input": 1, "attempt": 1, "deadline": "d"}, "task lease: id must be a string"),
     (TaskLease, [1], "task lease: expected an object, got an array"),
+    (TaskLease, {"id": "t", "input": 1, "attempt": 1, "deadline": "d", "max_usd": 0.5},
+     "task lease: max_usd must be a string or null, got a number"),
+    (TaskLease, {"id": "t", "input": 1, "attempt": 1, "deadline": "d", "max_usd": "0.0000000001"},
+     "task lease: max_usd must be dollars >= 0 as a decimal string of at most 9 decimals"),
+    (TaskLease, {"id": "t", "input": 1, "attempt": 1, "deadline": "d", "max_usd": "-1"}, "max_usd must be dollars"),
+    (TaskLease, {"id": "t", "input": 1, "attempt": 1, "deadline": "d", "max_usd": "Infinity"},
+     "max_usd must be dollars"),
+    (TaskLease, {"id": "t", "input": 1, "attempt": 1, "deadline": "d", "max_usd": "$1"}, "max_usd must be dollars"),
+    (Registration, {"agent_id": "a1", "ip": "10.0.0.2", "task": {"id": "t"}}, "held task: attempt is missing"),
+    (Registration, {"agent_id": "a1", "ip": "10.0.0.2", "task": {"id": "t", "attempt": 1, "max_nusd": -1}},
+     "held task: max_nusd must be 0 or more"),
+    (Registration, {"agent_id": "a1", "ip": "10.0.0.2", "task": "t"}, "registration: task must be an object or null"),
     (TaskComplete, {"attempt": 1, "output": 1}, "task completion: agent_id is missing"),
     (TaskComplete, {"agent_id": "a1", "attempt": 1.5}, "task completion: attempt must be a whole number or null"),
     (TaskComplete, {"agent_id": "a1", "attempt": -1}, "task completion: attempt must be 1 or more, got -1"),
@@ -316,6 +344,49 @@ def test_zone2_answers_a_malformed_control_message_400_and_keeps_what_it_had(
         costs.ledger.close()
 
 
+class Holding:
+    """The task door (fleetd.fleet.Fleet) where agent a1 holds a task with a cap."""
+
+    HOLD = TaskHold("0123456789abcdef", 2, 250_000_000)
+
+    async def next_task(self, agent_id: str, wait: float) -> None:
+        return None
+
+    def complete(self, *args: Any) -> Any:
+        raise AssertionError("not relayed here")
+
+    def fail(self, *args: Any) -> Any:
+        raise AssertionError("not relayed here")
+
+    def held(self, agent_id: str) -> TaskHold | None:
+        return self.HOLD if agent_id == "a1" else None
+
+    def holds(self) -> dict[str, TaskHold]:
+        return {"a1": self.HOLD}
+
+
+def test_the_registrations_name_the_task_an_agent_holds_and_zone2_holds_it_after_a_restart(tmp_path: Path) -> None:
+    zone2 = daemon(tmp_path)
+    zone2.tasks = Holding()
+    insert(zone2.store, "a1", state="running")
+    registry, costs = Registry(), CostTracker(Ledger(tmp_path / "ledger.db"), lambda *e: None)
+    held = HeldTasks(on_release=costs.release_task)
+
+    async def main() -> Registration | None:
+        async with asking(zone2, init_control(registry, costs, Guard(), 0.0, held)):
+            await zone2.push_all()  # as after zone 2 (re)started
+        return zone2.registration("a1", "10.0.0.2", zone2.held("a1"))
+
+    try:
+        reg = asyncio.run(main())
+    finally:
+        zone2.store.close()
+        costs.ledger.close()
+    assert reg is not None and reg.task == Holding.HOLD
+    assert registry.by_ip["10.0.0.2"] == reg
+    assert held.held("a1") == HeldTask(Holding.HOLD.id, 2, 250_000_000)
+
+
 def test_the_daemon_reports_budgets_as_zone2_counts_them(tmp_path: Path) -> None:
     zone2 = daemon(tmp_path)
     insert(zone2.store, "a1", state="running")
@@ -406,6 +477,8 @@ def test_zone2s_link_and_the_daemon_read_each_other(tmp_path: Path) -> None:
             link = DaemonLink(path)
             try:
                 assert await link.whois("10.0.0.2") == zone2.registration("a1", "10.0.0.2") is not None
+                zone2.tasks = Holding()  # the daemon's answer names the task the agent holds
+                assert (await link.whois("10.0.0.2")).task == Holding.HOLD  # type: ignore[union-attr]
                 assert await link.whois("10.0.0.3") is None
                 assert await asyncio.gather(link.heartbeat("a1", {"step": 1}), link.heartbeat("gone", None)) == [
                     True, False]

@@ -144,6 +144,20 @@ def test_a_lease_reaches_the_agent_as_the_daemon_sent_it_and_is_held_until_compl
     run(script, check)
 
 
+def test_a_tasks_cap_reaches_the_agent_in_its_lease_and_is_held_with_the_task() -> None:
+    capped = {**LEASE, "max_usd": "0.25"}
+
+    async def script(path: str, body: dict[str, Any]) -> Answer:
+        return 200, capped
+
+    async def check(rig: Rig) -> None:
+        status, raw = await rig.post("/fleetd/tasks/next?wait=0", {})
+        assert (status, json.loads(raw)) == (200, capped)
+        assert rig.held.held("agent1") == HeldTask(TASK, 2, 250_000_000)
+
+    run(script, check)
+
+
 def test_no_task_is_a_204_the_wait_defaults_to_30_s_and_the_agent_holds_none() -> None:
     async def script(path: str, body: dict[str, Any]) -> Answer:
         return 204, None

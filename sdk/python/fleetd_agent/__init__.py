@@ -517,7 +517,9 @@ def _post_retrying(url: str, body: bytes, timeout: float, patience: float) -> tu
 
 class Task:
     """A task handed out by ``tasks()``: its ``id``, ``input`` (any JSON), ``attempt`` (from 1; the daemon refuses
-    an answer from any other) and ``deadline`` (ISO 8601: past it the task fails, whatever the attempt).
+    an answer from any other), ``deadline`` (ISO 8601: past it the task fails, whatever the attempt) and ``max_usd``
+    (the cap on the task's LLM spend, all its attempts together, in US dollars as a decimal string; None: no cap;
+    past it zone 2 refuses LLM calls with 429 ``task_budget_exceeded``).
 
     Answer it once, with ``complete()`` or ``fail()``, from any thread.
     """
@@ -527,6 +529,8 @@ class Task:
         self.input: Any = lease.get("input")
         self.attempt = int(lease["attempt"])
         self.deadline = str(lease.get("deadline", ""))
+        cap = lease.get("max_usd")
+        self.max_usd = None if cap is None else str(cap)
         self.outcome: dict[str, Any] | None = None  # the answer to complete() or fail(): id, state, attempts
         self._url = f"{base}{TASKS_PATH}/{urllib.parse.quote(self.id, safe='')}"
         self._lock = threading.Lock()

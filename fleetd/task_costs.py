@@ -1,0 +1,77 @@
+"""What tasks have cost, read by the daemon from zone 2's ledger: the one record of every metered LLM call.
+
+Zone 2 names in each call's ledger row the task its agent held (``fleetd.zone2.tasks.HeldTasks``), and commits the row
+before the agent has its answer (``Ledger.record``: one INSERT per call, no batching), so a call's cost is here as
+soon as the call is over, late ones included (a call still streaming when its agent completed the task counts once it
+ends). The ledger stays the source of truth: nothing is copied into state.db's tasks table, whose ``cost_nusd`` and
+``llm_calls`` keep only what was added there directly (``TaskQueue.add_cost``; nothing in the daemon does now) and
+are added to the ledger's figures in the task views.
+
+The file is zone 2's (it runs as nobody; the daemon, root without CAP_DAC_OVERRIDE, may read it, not write it): it is
+opened read-only (``mode=ro``) for each read, with one query on the partial index ``calls_task_id``, which covers the
+cost. In WAL mode a reader that cannot write the ``-shm`` file still reads (SQLite 3.22 and later), and sees every
+committed row. No ledger yet (zone 2 never ran), an older one without ``task_id`` (a zone 2 image from before it), or
+one that cannot be read: no figures (zero), and a warning in the log when the reason changes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sqlite3
+from collections.abc import Collection, Iterable
+from dataclasses import replace
+from pathlib import Path
+
+from fleetd.task_queue import Task
+
+log = logging.getLogger(__name__)
+CHUNK = 500  # task ids per query (SQLite's bound parameters; a listing may name 10000)
+READ_TIMEOUT = 1.0  # s to wait for a lock (a reader in WAL mode next to never waits)
+
+Cost = tuple[int, int]  # nano-USD, metered LLM calls
+
+
+class TaskCosts:
+    """The figures of the ledger at ``path`` (``fleetd.gateway.zone2_ledger``) per task: ``of(ids)`` -> {task id:
+    (cost_nusd, calls)} for the tasks it has calls of."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._trouble: str | None = None  # why the last read failed (logged once per reason)
+
+    def of(self, task_ids: Iterable[str]) -> dict[str, Cost]:
+        ids = list(dict.fromkeys(task_ids))
+        if not ids or not self.path.exists():
+            return {}
+        found: dict[str, Cost] = {}
+        try:
+            uri = f"{self.path.resolve().as_uri()}?mode=ro"
+            with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=READ_TIMEOUT)) as conn:
+                for start in range(0, len(ids), CHUNK):
+                    chunk = ids[start:start + CHUNK]
+                    marks = ", ".join("?" for _ in chunk)
+                    for task_id, cost, calls in conn.execute(
+                            f"SELECT task_id, SUM(cost_nusd), COUNT(*) FROM calls WHERE task_id IN ({marks}) "
+                            "GROUP BY task_id", chunk):
+                        found[task_id] = (int(cost), int(calls))
+        except sqlite3.Error as exc:
+            self._failed(str(exc))
+            return {}
+        self._trouble = None
+        return found
+
+    def _failed(self, why: str) -> None:
+        if why != self._trouble:
+            log.warning("task costs: cannot read zone 2's ledger %s (%s): tasks show no LLM cost", self.path, why)
+        self._trouble = why
+
+    def costed(self, tasks: Collection[Task]) -> list[Task]:
+        """The tasks with their LLM cost and calls: the ledger's, plus what their rows in state.db hold."""
+        figures = self.of(t.id for t in tasks)
+        out = []
+        for task in tasks:
+            cost, calls = figures.get(task.id, (0, 0))
+            out.append(replace(task, cost_nusd=task.cost_nusd + cost, llm_calls=task.llm_calls + calls)
+                       if calls else task)
+        return out
