@@ -174,8 +174,9 @@ class Fleet:
                 await self.tick()
             except Exception:
                 log.exception("the fleet controller's tick failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), TICK)
+            with contextlib.suppress(TimeoutError):  # not wait_for: see fleetd.liveness's loop
+                async with asyncio.timeout(TICK):
+                    await self._wake.wait()
             self._wake.clear()
 
     async def tick(self) -> None:
