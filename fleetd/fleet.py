@@ -44,6 +44,8 @@ from fleetd.background import Background
 from fleetd.deployments import Deployment, Deployments, DeploymentState, Version, VersionState
 from fleetd.errors import Conflict, FleetdError, InvalidRequest, NotFound, WaitTimeout
 from fleetd.models import LIVE_STATES, AgentSpec, State, iso, parse_iso, utcnow
+from fleetd.peaks import finished
+from fleetd.rightsize import report
 from fleetd.store import Store
 from fleetd.task_queue import FINISHED_TASK_STATES, Lease, Task, TaskQueue
 
@@ -491,7 +493,14 @@ class Fleet:
         data["queue"] = self.queue.counts(deployment.name)
         if detail:
             data["decisions"] = list(self.decisions.get(deployment.name, ()))
+            data["rightsize"] = self.rightsize(deployment)
         return data
+
+    def rightsize(self, deployment: Deployment) -> dict[str, Any]:
+        """What the deployment's finished agents used (every version's), against its current version's limits."""
+        spec = deployment.current.spec
+        return {"kind": "deployment", "name": deployment.name,
+                **report(finished(self.store, deployment=deployment.name), spec.memory, spec.nano_cpus)}
 
     # -- signals ----------------------------------------------------------------
     def _signal(self, deployment: str) -> None:

@@ -129,6 +129,14 @@ class PeakRecorder:
         return [(self.runtime.usage(container_id), self.clock()) for container_id in container_ids]
 
 
+def newest_limits(store: Store, role: str) -> tuple[int | None, int | None]:
+    """The memory limit and nano-CPUs of the role's newest agent: the limits it is spawned with now, as far as the
+    records tell (agents of one role may each be given their own); (None, None) when it has none."""
+    row = store.conn.execute("SELECT json_extract(spec, '$.memory'), json_extract(spec, '$.nano_cpus') FROM agents "
+                             "WHERE role = ? ORDER BY created_at DESC, rowid DESC LIMIT 1", (role,)).fetchone()
+    return (row[0], row[1]) if row else (None, None)
+
+
 def finished(store: Store, *, role: str | None = None, deployment: str | None = None) -> list[dict[str, Any]]:
     """The figures of the agents of a role or of a deployment that ran (``started_at``) and have ended, among the
     records kept (retention bounds them): never their spec, read through an index."""
