@@ -13,11 +13,11 @@ import click
 from cli.client import ApiError, Client
 from cli.common import api_errors, client
 from cli.output import print_json, print_table
+from fleetd.rightsize import HEADROOM, MIB, OVERSIZED
 
-MIB = 1 << 20
 FLAG_TEXT = {
     "oom": "{oom_killed} OOM-killed: the memory limit was hit",
-    "oversized": "the memory limit is 4 x the p95 peak or more",
+    "oversized": f"the memory limit is {OVERSIZED} x the p95 peak or more",
 }
 
 
@@ -86,6 +86,7 @@ def rightsize(ctx: click.Context, name: str, as_json: bool) -> None:
         click.echo(f"no recommendation: {report['note']}")
     else:
         memory = recommended["memory"]
-        click.echo(f"recommended: --memory {memory // MIB}m (2 x the p95 peak of {mib(report['memory_bytes']['p95'])})")
+        p95 = mib(report["memory_bytes"]["p95"])
+        click.echo(f"recommended: --memory {memory // MIB}m ({HEADROOM} x the p95 peak of {p95})")
     flags = [f"{flag} ({FLAG_TEXT[flag].format(**report)})" if flag in FLAG_TEXT else flag for flag in report["flags"]]
     click.echo("flags: " + ("; ".join(flags) or "none"))

@@ -1,5 +1,5 @@
 """A container's memory and CPU use, read from its cgroup (no Docker API call: fast enough for `top`, and for
-sampling every running agent's peaks, ``fleetd.usage``)."""
+sampling every running agent's peaks, ``fleetd.peaks``)."""
 
 from __future__ import annotations
 
