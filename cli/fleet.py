@@ -227,7 +227,7 @@ def deploy_ls(ctx: click.Context, quiet: bool, as_json: bool) -> None:
 @click.pass_context
 @api_errors
 def deploy_inspect(ctx: click.Context, name: str) -> None:
-    """Show a deployment as JSON: options, versions, replicas, queue, recent scaling decisions.
+    """Show a deployment as JSON: options, versions, replicas, queue, recent scaling decisions, right-sizing.
 
     Example: fleetd deploy inspect web
     """

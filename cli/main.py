@@ -18,6 +18,7 @@ from cli.common import DURATION, api_errors, client, spawn_options
 from cli.fleet import deploy, task
 from cli.money import budget, price
 from cli.output import ago, duration, heartbeat_text, print_json, print_table, ready_text, state_text
+from cli.rightsize import rightsize
 from cli.spawn_options import EnvError, spawn_request
 from cli.template import Render, TemplateError, compile_template, tabulate
 from cli.top import top
@@ -766,3 +767,4 @@ main.add_command(budget)
 main.add_command(top)
 main.add_command(deploy)
 main.add_command(task)
+main.add_command(rightsize)

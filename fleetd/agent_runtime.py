@@ -99,7 +99,8 @@ class AgentRuntime(Protocol):
         ...
 
     def usage(self, container_id: str) -> dict[str, int] | None:
-        """``memory_bytes``, ``memory_limit_bytes`` and ``cpu_ns`` of a running container."""
+        """``memory_bytes``, ``memory_peak_bytes`` (its high-water mark), ``memory_limit_bytes`` and ``cpu_ns`` of a
+        running container; None when its cgroup cannot be read (it has ended)."""
         ...
 
     def logs(self, container_id: str, follow: bool, tail: int | None, since: float | None = None,

@@ -254,6 +254,14 @@ async def stats(request: web.Request) -> web.Response:
     return web.json_response(await services(request).agents.stats())
 
 
+async def rightsize(request: web.Request) -> web.Response:
+    """``?deployment=NAME`` or ``?role=NAME``, exactly one (fleetd.rightsize)."""
+    deployment, role = request.query.get("deployment"), request.query.get("role")
+    if (deployment is None) == (role is None) or not (deployment or role):
+        raise InvalidRequest("give exactly one of the query parameters deployment and role")
+    return web.json_response(services(request).rightsize(deployment, role))
+
+
 async def teardown(request: web.Request) -> web.Response:
     removed, failed = await services(request).agents.teardown()
     return web.json_response({"removed": removed, "failed": failed})
@@ -278,6 +286,7 @@ def init_app(parts: Services) -> web.Application:
     app.router.add_post("/v1/drain", drain)
     app.router.add_post("/v1/undrain", undrain)
     app.router.add_get("/v1/stats", stats)
+    app.router.add_get("/v1/rightsize", rightsize)
     app.router.add_get("/v1/creds", list_credentials)
     app.router.add_put("/v1/creds/{name}", set_credential)
     app.router.add_delete("/v1/creds/{name}", remove_credential)

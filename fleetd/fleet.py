@@ -45,6 +45,8 @@ from fleetd.deployments import Deployment, Deployments, DeploymentState, Version
 from fleetd.errors import Conflict, FleetdError, InvalidRequest, NotFound, WaitTimeout
 from fleetd.histograms import TASK_COST_BUCKETS, TASK_DURATION_BUCKETS, Histogram
 from fleetd.models import LIVE_STATES, AgentSpec, State, iso, parse_iso, utcnow
+from fleetd.peaks import finished
+from fleetd.rightsize import report
 from fleetd.store import Store
 from fleetd.task_costs import TaskCosts
 from fleetd.task_queue import FINISHED_TASK_STATES, Lease, Task, TaskQueue
@@ -221,8 +223,9 @@ class Fleet:
                 await self.tick()
             except Exception:
                 log.exception("the fleet controller's tick failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), TICK)
+            with contextlib.suppress(TimeoutError):  # not wait_for: see fleetd.liveness's loop
+                async with asyncio.timeout(TICK):
+                    await self._wake.wait()
             self._wake.clear()
 
     async def tick(self) -> None:
@@ -590,7 +593,14 @@ class Fleet:
         data["queue"] = self.queue.counts(deployment.name)
         if detail:
             data["decisions"] = list(self.decisions.get(deployment.name, ()))
+            data["rightsize"] = self.rightsize(deployment)
         return data
+
+    def rightsize(self, deployment: Deployment) -> dict[str, Any]:
+        """What the deployment's finished agents used (every version's), against its current version's limits."""
+        spec = deployment.current.spec
+        return {"kind": "deployment", "name": deployment.name,
+                **report(finished(self.store, deployment=deployment.name), spec.memory, spec.nano_cpus)}
 
     # -- signals ----------------------------------------------------------------
     def _signal(self, deployment: str, count: int = 1) -> None:

@@ -160,8 +160,11 @@ class Liveness:
             # Never below a few ms: a due time that stays in the past (an agent being judged) must not spin.
             wait = max(MIN_WAIT, min([IDLE_WAKE, *(d - now for d in due)]))
             self._wake.clear()
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancel that comes as the wake-up
+            # does (watch() at stop()), and stop() would wait for this loop forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), wait)
+                async with asyncio.timeout(wait):
+                    await self._wake.wait()
             try:
                 self._tick()
             except Exception:  # never let one bad agent stop the watchdog

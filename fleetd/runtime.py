@@ -556,7 +556,7 @@ class DockerRuntime:
             self.api.start(container_id)
 
     def usage(self, container_id: str) -> dict[str, int] | None:
-        """Memory in use, its limit and CPU time of a running container, read from its cgroup."""
+        """Memory in use, its peak, its limit and CPU time of a running container, read from its cgroup."""
         return cgroup_usage(container_id)
 
     def containers(self, kind: str | None = None) -> list[dict[str, Any]]:

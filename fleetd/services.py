@@ -15,12 +15,15 @@ from typing import Any
 from fleetd import __version__
 from fleetd.admin import Admin
 from fleetd.config import Config
+from fleetd.errors import NotFound
 from fleetd.event_bus import EventBus
 from fleetd.fleet import Fleet
 from fleetd.gateway import Zone2
 from fleetd.liveness import Liveness
 from fleetd.log_streams import LogStreams
 from fleetd.models import State
+from fleetd.peaks import finished, newest_limits
+from fleetd.rightsize import report
 from fleetd.store import Store
 from fleetd.supervisor import Supervisor
 from fleetd.timers import Timers
@@ -44,6 +47,17 @@ class Services:
         """An agent's record as the API shows it (``fleetd.views``), with its watchdog's heartbeat figures."""
         transitions = self.records.transitions(agent["id"]) if detail else None
         return agent_view(agent, self.liveness.heartbeat(agent["id"]), transitions)
+
+    def rightsize(self, deployment: str | None, role: str | None) -> dict[str, Any]:
+        """The right-sizing report of a deployment (404 unless it exists) or else of a role (404 unless it is
+        known: ``default``, the config file's, ``fleetd role set``'s, or one that finished agents had)."""
+        if deployment is not None:
+            return self.fleet.rightsize(self.fleet.deployments.get(deployment))
+        assert role is not None
+        rows = finished(self.records, role=role)
+        if not rows and role != "default" and role not in self.config.roles and self.records.role(role) is None:
+            raise NotFound(f"no such role: {role}")
+        return {"kind": "role", "name": role, **report(rows, *newest_limits(self.records, role))}
 
     def status(self) -> dict[str, Any]:
         """The body of GET /v1/status (`fleetd status`): its cost follows the live fleet, not the history."""

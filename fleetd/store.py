@@ -27,6 +27,8 @@ migrations = Migrations("fleetd")
 # stopped while waiting to restart does not end a second time).
 _EXIT = "to_state IN ('exited', 'restarting') AND COALESCE(from_state, '') != 'restarting'"
 _PROBE = "COALESCE(json_extract(data, '$.probe'), 'unknown')"  # which probe failed, as a counter's key
+# The deployment an agent belongs to (fleetd.fleet.DEPLOYMENT_LABEL): a query must spell it so to use its index.
+DEPLOYMENT_OF = "json_extract(spec, '$.labels.\"fleetd.deployment\"')"
 
 
 @migrations()
@@ -196,6 +198,17 @@ def m010_deployments(db: sqlite_utils.Database) -> None:
     )
 
 
+@migrations()
+def m011_usage_peaks(db: sqlite_utils.Database) -> None:
+    # What each agent used, sampled from its cgroup (fleetd.peaks): the most memory it held, the CPU time of its last
+    # run, the highest CPU rate between two samples in cores. Right-sizing reads them over the finished agents of a
+    # role or a deployment: indexed, so that it reads those rows and not the whole records window.
+    for column in ("peak_memory_bytes INTEGER", "cpu_ns INTEGER", "peak_cpu_cores REAL"):
+        db.execute(f"ALTER TABLE agents ADD COLUMN {column}")
+    db.execute("CREATE INDEX agents_role ON agents(role, state)")
+    db.execute(f"CREATE INDEX agents_deployment ON agents({DEPLOYMENT_OF}, state)")
+
+
 RESTARTED_EVENT = "restarted"
 PROBE_FAILED_EVENT = "probe_failed"
 ROLE_BUDGET_FIELDS = ("daily_usd", "monthly_usd", "max_llm_calls", "allow_unpriced")
@@ -203,6 +216,7 @@ AGENT_COLUMNS = (
     "name", "image", "role", "state", "reason", "container_id", "created_at",
     "started_at", "finished_at", "deadline", "kill_at", "exit_code", "oom_killed",
     "last_heartbeat", "spec", "restarts", "restart_at", "progress", "ready",
+    "peak_memory_bytes", "cpu_ns", "peak_cpu_cores",
 )
 
 

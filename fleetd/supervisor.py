@@ -41,6 +41,8 @@ from fleetd.health import RestartPolicy, backoff_index, restart_delay, should_re
 from fleetd.janitor import Janitor
 from fleetd.liveness import Liveness
 from fleetd.models import LIVE_STATES, AgentSpec, Reason, State, iso, parse_iso, utcnow
+from fleetd.peaks import PERIOD as PEAKS_PERIOD
+from fleetd.peaks import PeakRecorder
 from fleetd.pidfds import PidHandles
 from fleetd.runtime import CHECKPOINT_DIR, LABEL_AGENT, LABEL_KIND
 from fleetd.spare_netns import SpareNamespaces
@@ -69,6 +71,7 @@ class Supervisor:
         self.liveness = liveness
         self.storage = AgentStorage(runtime, disks or Disks(config.state_dir / "disks"))
         self.janitor = Janitor(config, store, runtime, self.storage, self.call)
+        self.peaks = PeakRecorder(store, runtime, self.call)
         self.started = time.monotonic()
         self.host_cpus = 1
         self.docker_version = "?"
@@ -99,6 +102,7 @@ class Supervisor:
         self.liveness.start(self.condemn, self.zone2.answering)
         await self.resync(startup=True)
         self.timers.every("janitor", self.janitor.period, self.janitor.run)
+        self.timers.every("peaks", PEAKS_PERIOD, self.peaks.run)
 
     async def resync(self, startup: bool = False) -> None:
         """Make the store match Docker: adopt, record exits, mark lost, remove orphans."""
@@ -510,6 +514,7 @@ class Supervisor:
         state = (data or {}).get("State") or {}
         if state.get("Running"):
             return  # a stale event: it runs again
+        await self.peaks.sample_exit(agent_id)  # its last figures, if its cgroup is still there
         agent = self.store.get(agent_id)  # may have changed while we waited
         if agent is None or agent["state"] not in LIVE_STATES or agent["state"] == State.RESTARTING:
             return  # another call recorded this exit meanwhile (the SIGKILL path and the die event race)
@@ -592,8 +597,9 @@ class Supervisor:
             self.store.add_event("restart_failed", exc.message, agent_id)
             self._end_restarting(agent, Reason.named(agent["reason"], Reason.EXITED))
             return
+        # A new run: its cgroup counts CPU time from 0 again (fleetd.peaks); the peaks are the agent's, kept.
         agent = self.store.transition(agent_id, State.RUNNING, None, started_at=iso(utcnow()), restart_at=None,
-                                      restarts=agent["restarts"] + 1, exit_code=None, ready=0)
+                                      restarts=agent["restarts"] + 1, exit_code=None, ready=0, cpu_ns=None)
         self.store.add_event("restarted", f"restart {agent['restarts']}", agent_id, {"restarts": agent["restarts"]})
         self._arm_deadline(agent)
         await self._after_start(agent_id, agent["container_id"])

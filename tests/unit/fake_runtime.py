@@ -15,6 +15,7 @@ from fleetd.models import AgentSpec
 from fleetd.runtime import LABEL_AGENT, LABEL_KIND
 
 RUNNING = {"Status": "running", "Running": True, "ExitCode": 0, "OOMKilled": False, "Pid": 0}
+USAGE = {"memory_bytes": 1 << 20, "memory_peak_bytes": 2 << 20, "memory_limit_bytes": 64 << 20, "cpu_ns": 0}
 
 
 class FakeRuntime:
@@ -29,6 +30,8 @@ class FakeRuntime:
         self.died: list[dict[str, Any]] = []  # die events not yet handed to the supervisor
         self.removed: list[str] = []  # every remove() asked for (an id or a name)
         self.inspect_delay = 0.0  # seconds an inspect takes (in the supervisor's thread pool, as a Docker call)
+        self.usages: dict[str, dict[str, int]] = {}  # what a running container's cgroup shows (else USAGE)
+        self.cgroup_kept = False  # an exited container's cgroup is still there (it goes soon after the exit)
 
     # -- the engine --------------------------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
@@ -163,7 +166,10 @@ class FakeRuntime:
         return 0, b""
 
     def usage(self, container_id: str) -> dict[str, int] | None:
-        return {"memory_bytes": 1 << 20, "memory_limit_bytes": 64 << 20, "cpu_ns": 0}
+        container = self.containers_by_id.get(container_id)
+        if container is None or not (container["State"]["Running"] or self.cgroup_kept):
+            return None
+        return dict(self.usages.get(container_id, USAGE))
 
     def logs(self, container_id: str, follow: bool, tail: int | None, since: float | None = None,
              timestamps: bool = False) -> Any:

@@ -49,21 +49,32 @@ async def close_all(supervisor: Supervisor) -> None:
     supervisor.calls.close()
 
 
-def run(tmp_path: Path, check: Callable[[Supervisor, Store, FakeRuntime], Awaitable[None]]) -> None:
+def run(tmp_path: Path, check: Callable[[Supervisor, Store, FakeRuntime], Awaitable[None]],
+        runtime: FakeRuntime | None = None) -> None:
     async def main() -> None:
         store = Store(tmp_path / "state.db")
-        runtime = FakeRuntime()
+        engine = runtime or FakeRuntime()
         timers = Timers()
         timers.start()
-        supervisor = build(Config(state_dir=tmp_path, spare_namespaces=0), store, runtime, timers)
+        supervisor = build(Config(state_dir=tmp_path, spare_namespaces=0), store, engine, timers)
         try:
-            await check(supervisor, store, runtime)
+            await check(supervisor, store, engine)
         finally:
             timers.shutdown()
             await close_all(supervisor)
             store.close()
 
     asyncio.run(main())
+
+
+async def deliver(supervisor: Supervisor, runtime: FakeRuntime) -> None:
+    """Hand the runtime's die events to the supervisor, as the event watcher does, and let them be recorded."""
+    while runtime.died:
+        supervisor.on_docker_event(runtime.died.pop(0))
+    for _ in range(50):
+        if not supervisor.background.tasks:
+            return
+        await asyncio.sleep(0.01)
 
 
 def insert(store: Store, agent_id: str, restart: str = "never", **fields: Any) -> None:

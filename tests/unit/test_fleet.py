@@ -4,6 +4,7 @@ autoscaler says, the long poll, leases given back when an agent ends, versions, 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -441,5 +442,29 @@ def test_an_idle_agent_near_its_ttl_is_replaced_before_it_expires(tmp_path: Path
         reasons = [d["reason"] for d in rig.fleet.decisions["web"]]
         assert any(f"replacing {old['id']}" in r for r in reasons)
         assert any(f"retiring {old['id']} (replaced by {new['id']})" in r for r in reasons)
+
+    run(tmp_path, check)
+
+
+def test_stop_ends_the_controller_even_when_a_wake_up_comes_with_the_cancel(tmp_path: Path) -> None:
+    """As fleetd.liveness's loop: on Python 3.11 asyncio.wait_for swallowed a cancel that came with the wake-up (a
+    submit as the daemon stops), and stop() waited for the controller forever."""
+    async def check(rig: Rig) -> None:
+        hung = []
+        for turns in range(4):  # the cancel lands that many loop turns after the wake-up
+            fleet = Fleet(rig.store, rig.fleet.deployments, rig.fleet.queue)
+            fleet.start(rig.supervisor)
+            await asyncio.sleep(0.01)  # it has ticked and waits for the next tick
+            fleet.wake()
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            stopping = asyncio.ensure_future(fleet.stop())
+            done, _ = await asyncio.wait({stopping}, timeout=1)
+            if not done:
+                hung.append(turns)
+                stopping.cancel()  # a second cancel ends the loop, so that the test ends
+                with contextlib.suppress(asyncio.CancelledError):
+                    await stopping
+        assert hung == []
 
     run(tmp_path, check)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import re
 import secrets
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ import click
 import jsonschema
 import pytest
 import yaml
+from aiohttp.test_utils import TestClient, TestServer
 from jsonschema.validators import Draft202012Validator
 from openapi_spec_validator import OpenAPIV31SpecValidator, validate
 
@@ -23,7 +26,9 @@ from fleetd.admin import Admin
 from fleetd.api import error_response, init_app
 from fleetd.config import Config
 from fleetd.deployments import DEPLOY_FIELDS, MAX_NAME_CHARS, RESERVED_NAMES, Deployments, Replicas, deploy_request
+from fleetd.fleet import member_labels
 from fleetd.models import Reason, State, iso, utcnow
+from fleetd.rightsize import report
 from fleetd.services import Services
 from fleetd.spec import SPAWN_FIELDS, build_spec
 from fleetd.store import Store
@@ -559,9 +564,13 @@ def test_deployment_and_task_records_match_the_schemas(doc: dict[str, Any], tmp_
         decision = {"time": iso(utcnow()), "deployment": "web", "reason": "2 tasks queued", "start": 1, "drain": [],
                     "retire": [], "replace": ["3f9c2a1b7d04"], "raw": 3, "wanted": 3, "stabilized": 3, "desired": 3,
                     "current": 2, "queued": 2, "busy": 1, "draining": 0, "live": 2, "policy": {"min": 0}}
-        check(doc, "DeploymentDetail", {**listed, "decisions": [decision]})
+        unmeasured = {"kind": "deployment", "name": "web", **report([], None, None)}
+        check(doc, "DeploymentDetail", {**listed, "decisions": [decision], "rightsize": unmeasured})
         with pytest.raises(jsonschema.ValidationError):
-            validator(doc, "DeploymentDetail").validate({**listed, "decisions": [{**decision, "start": []}]})
+            validator(doc, "DeploymentDetail").validate({**listed, "decisions": [{**decision, "start": []}],
+                                                         "rightsize": unmeasured})
+        with pytest.raises(jsonschema.ValidationError):
+            validator(doc, "DeploymentDetail").validate({**listed, "decisions": [decision]})
         check(doc, "Deployment", deployments.scale("web", max=5).to_json())
         check(doc, "Deployment", deployments.remove("web", drain=True).to_json())
 
@@ -577,3 +586,67 @@ def test_deployment_and_task_records_match_the_schemas(doc: dict[str, Any], tmp_
             check(doc, "Task", task.to_json())
     finally:
         store.close()
+
+
+# -- right-sizing (issue 16) --------------------------------------------------------------
+
+
+def add_finished(parts: Services, name: str, peak: int | None, role: str = "default", deployment: str | None = None,
+                 memory: str = "1g", reason: str = Reason.EXITED) -> None:
+    """An agent that ran for a minute and ended, with the figures fleetd.peaks would have kept."""
+    labels = member_labels(deployment, 1, None) if deployment else {}
+    spec = dataclasses.replace(build_spec({"image": "img", "memory": memory, "cpus": 0.5, "role": role},
+                                          parts.config, host_cpus=4), labels=labels)
+    start = utcnow() - timedelta(minutes=5)
+    parts.records.insert_agent(name, name=name, image="img", role=role, state=State.EXITED.value, reason=reason,
+                               created_at=iso(start), deadline=iso(start), started_at=iso(start),
+                               finished_at=iso(start + timedelta(minutes=1)), peak_memory_bytes=peak,
+                               cpu_ns=None if peak is None else 30 * 10**9, peak_cpu_cores=0.75,
+                               spec=json.dumps(spec.to_json()))
+
+
+def test_rightsize_reports_of_a_deployment_and_a_role_match_the_schema(doc: dict[str, Any], parts: Services) -> None:
+    deployment = parts.fleet.deployments.apply("web", {"image": "img", "memory": "2g", "cpus": "0.5"}, 4).deployment
+    for n in range(6):
+        add_finished(parts, f"web-{n}", (100 + n) << 20, deployment="web")
+    add_finished(parts, "web-oom", 1 << 30, deployment="web", reason=Reason.OOM_KILLED)
+    add_finished(parts, "web-short", None, deployment="web")
+    add_finished(parts, "solo", 64 << 20, role="default", memory="128m")
+
+    web = parts.rightsize("web", None)
+    check(doc, "RightsizeReport", web)
+    assert (web["kind"], web["agents"], web["measured"], web["oom_killed"]) == ("deployment", 8, 7, 1)
+    assert web["limits"] == {"memory": 2 << 30, "cpus": 0.5}  # the current version's
+    assert web["recommendation"] == {"memory": 2 << 30} and web["flags"] == ["oom"]  # the OOM-killed one's 1 GiB
+    detail = parts.fleet.view(deployment, detail=True)
+    check(doc, "DeploymentDetail", detail)
+    assert detail["rightsize"] == web
+
+    role = parts.rightsize(None, "default")
+    check(doc, "RightsizeReport", role)
+    # Every agent of the role, the deployment's too; the limits of its newest agent.
+    assert (role["kind"], role["agents"], role["limits"]) == ("role", 9, {"memory": 128 << 20, "cpus": 0.5})
+    with pytest.raises(errors.NotFound):
+        parts.rightsize("api", None)
+    with pytest.raises(errors.NotFound):
+        parts.rightsize(None, "researcher")
+    parts.records.set_role("researcher", [])
+    known = parts.rightsize(None, "researcher")
+    check(doc, "RightsizeReport", known)
+    assert (known["agents"], known["recommendation"], known["limits"]) == (0, None, {"memory": None, "cpus": None})
+
+
+def test_the_rightsize_route_takes_exactly_one_of_deployment_and_role(doc: dict[str, Any], parts: Services) -> None:
+    parts.fleet.deployments.apply("web", {"image": "img"}, 4)
+
+    async def main() -> None:
+        async with TestClient(TestServer(init_app(parts))) as client:
+            for query, status in (({"deployment": "web"}, 200), ({"role": "default"}, 200), ({}, 400),
+                                  ({"deployment": "web", "role": "default"}, 400), ({"role": ""}, 400),
+                                  ({"deployment": "api"}, 404), ({"role": "researcher"}, 404)):
+                async with client.get("/v1/rightsize", params=query) as response:
+                    body = await response.json()
+                    assert response.status == status, (query, body)
+                    check(doc, "RightsizeReport" if status == 200 else "Error", body)
+
+    asyncio.run(main())

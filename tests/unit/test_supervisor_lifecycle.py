@@ -18,7 +18,7 @@ from fleetd.store import Store
 from fleetd.supervisor import Supervisor
 from fleetd.timers import Timers
 from tests.unit.fake_runtime import FakeDisks, FakeRuntime, FakeZone2
-from tests.unit.supervisor_rig import build, close_all
+from tests.unit.supervisor_rig import build, close_all, deliver
 
 Check = Callable[[Callable[[], Supervisor], Store, FakeRuntime], Awaitable[None]]
 
@@ -50,16 +50,6 @@ def run(tmp_path: Path, check: Check, **config: Any) -> None:
             store.close()
 
     asyncio.run(main())
-
-
-async def deliver(supervisor: Supervisor, runtime: FakeRuntime) -> None:
-    """Hand the runtime's die events to the supervisor, as the event watcher does, and let them be recorded."""
-    while runtime.died:
-        supervisor.on_docker_event(runtime.died.pop(0))
-    for _ in range(50):
-        if not supervisor.background.tasks:
-            return
-        await asyncio.sleep(0.01)
 
 
 def spawn_request(**fields: Any) -> dict[str, Any]:
