@@ -462,26 +462,63 @@ class TaskLost(TaskError):
     back (a missed heartbeat), cancelled, past its deadline, or answered already. Move on to the next task."""
 
 
+class _Kept(threading.local):
+    """This thread's connection to the gateway, kept alive between task calls: a worker asks for a task and
+    answers it on one connection instead of opening one per call (half the work of each task, for zone 2 too)."""
+
+    connection: http.client.HTTPConnection | None = None
+    origin: tuple[str, str] = ("", "")
+    used: bool = False  # it has answered a request: the server may have closed it since
+
+
+_kept = _Kept()
+
+
+def _connection(url: str) -> tuple[http.client.HTTPConnection, str]:
+    parts = urllib.parse.urlsplit(url)
+    origin = (parts.scheme, parts.netloc)
+    if _kept.connection is None or _kept.origin != origin:
+        _drop_connection()
+        kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        _kept.connection, _kept.origin, _kept.used = kind(parts.hostname or "", parts.port), origin, False
+    return _kept.connection, (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+
+
+def _drop_connection() -> None:
+    if _kept.connection is not None:
+        _kept.connection.close()
+    _kept.connection, _kept.used = None, False
+
+
 def _post(url: str, body: bytes, timeout: float) -> tuple[int, bytes] | None:
-    """POST JSON: the status and body of the answer, or None when none came (unreachable, cut off, timed out)."""
-    request = urllib.request.Request(
-        url,
-        data=body,
-        method="POST",
-        headers={"Content-Type": "application/json", "User-Agent": f"fleetd-agent/{__version__}"},
-    )
-    try:
-        with _opener.open(request, timeout=timeout) as response:
-            return int(response.status), response.read()
-    except urllib.error.HTTPError as error:
+    """POST JSON: the status and body of the answer, or None when none came (unreachable, cut off, timed out).
+
+    On this thread's kept connection; when the gateway had closed it (idle), once more on a new one. The calls
+    sent again that way are safe to repeat: ``next`` answers the task already held, a repeated ``complete`` is
+    answered as the first was."""
+    headers = {"Content-Type": "application/json", "User-Agent": f"fleetd-agent/{__version__}"}
+    while True:
+        connection, target = _connection(url)
+        reused = _kept.used
+        connection.timeout = timeout
+        if connection.sock is not None:
+            connection.sock.settimeout(timeout)
         try:
-            return int(error.code), error.read()
-        except (OSError, http.client.HTTPException):
+            connection.request("POST", target, body=body, headers=headers)
+            response = connection.getresponse()
+            data = response.read()
+        except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+            _drop_connection()
+            if reused:
+                continue  # closed while kept: nothing of this request was read
             return None
-        finally:
-            error.close()
-    except (OSError, http.client.HTTPException):  # URLError, timeouts and resets are OSErrors
-        return None
+        except (OSError, http.client.HTTPException):  # timeouts, refusals, resets mid-answer
+            _drop_connection()
+            return None
+        _kept.used = True
+        if response.will_close:
+            _drop_connection()
+        return int(response.status), data
 
 
 def _refusal(status: int, raw: bytes) -> TaskError:
