@@ -8,10 +8,12 @@ ends). The ledger stays the source of truth: nothing is copied into state.db's t
 are added to the ledger's figures in the task views.
 
 The file is zone 2's (it runs as nobody; the daemon, root without CAP_DAC_OVERRIDE, may read it, not write it): it is
-opened read-only (``mode=ro``) for each read, with one query on the partial index ``calls_task_id``, which covers the
-cost. In WAL mode a reader that cannot write the ``-shm`` file still reads (SQLite 3.22 and later), and sees every
-committed row. No ledger yet (zone 2 never ran), an older one without ``task_id`` (a zone 2 image from before it), or
-one that cannot be read: no figures (zero), and a warning in the log when the reason changes.
+opened read-only (``mode=ro``) and the connection kept while the file is the same one (its device and inode), each
+read one query on the partial index ``calls_task_id``, which covers the cost. (Opened for each read, the ledger cost
+the daemon 12 % of its time at 400 tasks/s, bench/fleet.py: every completion reads a task's cost.) In WAL mode a
+reader that cannot write the ``-shm`` file still reads (SQLite 3.22 and later), and sees every committed row. No
+ledger yet (zone 2 never ran), an older one without ``task_id`` (a zone 2 image from before it), or one that cannot
+be read: no figures (zero), and a warning in the log when the reason changes.
 """
 
 from __future__ import annotations
@@ -39,27 +41,51 @@ class TaskCosts:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._trouble: str | None = None  # why the last read failed (logged once per reason)
+        self._conn: sqlite3.Connection | None = None
+        self._file: tuple[int, int] | None = None  # (device, inode) of the file _conn reads
 
     def of(self, task_ids: Iterable[str]) -> dict[str, Cost]:
         ids = list(dict.fromkeys(task_ids))
-        if not ids or not self.path.exists():
+        if not ids:
             return {}
         found: dict[str, Cost] = {}
         try:
-            uri = f"{self.path.resolve().as_uri()}?mode=ro"
-            with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=READ_TIMEOUT)) as conn:
-                for start in range(0, len(ids), CHUNK):
-                    chunk = ids[start:start + CHUNK]
-                    marks = ", ".join("?" for _ in chunk)
-                    for task_id, cost, calls in conn.execute(
-                            f"SELECT task_id, SUM(cost_nusd), COUNT(*) FROM calls WHERE task_id IN ({marks}) "
-                            "GROUP BY task_id", chunk):
-                        found[task_id] = (int(cost), int(calls))
+            conn = self._connection()
+            if conn is None:
+                return {}
+            for start in range(0, len(ids), CHUNK):
+                chunk = ids[start:start + CHUNK]
+                marks = ", ".join("?" for _ in chunk)
+                for task_id, cost, calls in conn.execute(
+                        f"SELECT task_id, SUM(cost_nusd), COUNT(*) FROM calls WHERE task_id IN ({marks}) "
+                        "GROUP BY task_id", chunk):
+                    found[task_id] = (int(cost), int(calls))
         except sqlite3.Error as exc:
+            self.close()  # opened afresh next time
             self._failed(str(exc))
             return {}
         self._trouble = None
         return found
+
+    def _connection(self) -> sqlite3.Connection | None:
+        """The kept read-only connection, opened again when the file is another one (or first appears)."""
+        try:
+            stat = self.path.stat()
+        except OSError:
+            self.close()
+            return None
+        if self._conn is None or self._file != (stat.st_dev, stat.st_ino):
+            self.close()
+            uri = f"{self.path.resolve().as_uri()}?mode=ro"
+            self._conn = sqlite3.connect(uri, uri=True, timeout=READ_TIMEOUT, check_same_thread=False)
+            self._file = (stat.st_dev, stat.st_ino)
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.close()
+        self._conn, self._file = None, None
 
     def _failed(self, why: str) -> None:
         if why != self._trouble:

@@ -141,3 +141,23 @@ def test_the_task_views_show_the_cost_and_calls_the_ledger_has(parts: Services, 
                                                                                    idle.id: (0.0, 0)}
     assert (seen["waited"]["state"], seen["waited"]["cost_usd"]) == ("failed", 0.0015)
     assert (seen["cancelled"]["state"], seen["cancelled"]["llm_calls"]) == ("cancelled", 0)
+
+
+def test_one_kept_connection_sees_new_calls_and_follows_a_new_file(ledger: Ledger, tmp_path: Path) -> None:
+    costs = TaskCosts(ledger.path)
+    ledger.record(call(T1, 100))
+    assert costs.of([T1]) == {T1: (100, 1)}
+    kept = costs._conn
+    ledger.record(call(T1, 50))  # committed after the first read: the same connection sees it
+    assert costs.of([T1]) == {T1: (150, 2)} and costs._conn is kept
+    ledger.close()
+    for suffix in ("", "-wal", "-shm"):  # zone 2's ledger replaced by another file (a fresh state dir)
+        Path(f"{ledger.path}{suffix}").unlink(missing_ok=True)
+    assert costs.of([T1]) == {}  # gone: no figures, no error
+    fresh = Ledger(ledger.path)
+    try:
+        fresh.record(call(T1, 7))
+        assert costs.of([T1]) == {T1: (7, 1)} and costs._conn is not kept
+    finally:
+        fresh.close()
+        costs.close()
