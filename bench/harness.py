@@ -42,6 +42,7 @@ from cli.client import ApiError, Client  # noqa: E402 - needs the repo on sys.pa
 from fleetd.disks import Disks  # noqa: E402
 
 IMAGE = "fleetd/agent-python"
+CLEANUP_TRIES = 30  # seconds, one try each, to remove a run's containers and networks
 BASELINE_LABEL = "fleetd-bench"
 LOG_OPTS = ("--log-driver", "json-file", "--log-opt", "max-size=10m", "--log-opt", "max-file=3")
 
@@ -177,13 +178,15 @@ class Bench:
                 print(f"(fleetd teardown failed: {exc}; sweeping by label)")
         self.stop_daemon()
         remove_firewall_rules(self.instance)
-        for attempt in range(3):
+        # dockerd may hold a removed container's endpoint on the network for a while ("has active endpoints"):
+        # once it took longer than 3 s (bench/README, fleet.py run 3), so keep trying for up to 30 s.
+        for attempt in range(CLEANUP_TRIES):
             left = remove_containers(f"label={BASELINE_LABEL}={self.hex}")
             left += remove_containers(f"label=fleetd.instance={self.instance}")
             networks = _lines(["docker", "network", "ls", "-q", "--filter", f"label=fleetd.instance={self.instance}"])
             if networks:
                 result = subprocess.run(["docker", "network", "rm", *networks], capture_output=True, text=True)
-                if result.returncode != 0 and attempt == 2:
+                if result.returncode != 0 and attempt == CLEANUP_TRIES - 1:
                     print(f"warning: could not remove network(s) of {self.instance}: {result.stderr.strip()}")
             if not left and not networks:
                 break
