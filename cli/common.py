@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterable
 from functools import wraps
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -18,6 +19,23 @@ def default_socket() -> str:
     from fleetd.paths import default_socket as socket_path
 
     return str(socket_path())
+
+
+def for_each(items: Iterable[str], call: Callable[[str], Any], done: Callable[[Any], None]) -> None:
+    """Docker's habit for a verb given several names (``docker rm a b``): ``call`` the daemon for each and hand
+    ``done`` its answer; one it refuses is said on stderr in one line and the others go on; exit 1 at the end when
+    any was refused."""
+    failed = False
+    for item in items:
+        try:
+            answer = call(item)
+        except ApiError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            failed = True
+            continue
+        done(answer)
+    if failed:
+        sys.exit(1)
 
 
 def api_errors(func: F) -> F:

@@ -18,7 +18,7 @@ from urllib.parse import quote
 import click
 
 from cli.client import ApiError, Client
-from cli.common import DURATION, api_errors, client, spawn_options_except
+from cli.common import DURATION, api_errors, client, for_each, spawn_options_except
 from cli.output import age, print_json, print_table
 from cli.spawn_options import EnvError, spawn_request
 from fleetd.units import format_usd
@@ -270,16 +270,12 @@ def deploy_rm(ctx: click.Context, names: tuple[str, ...], drain: bool) -> None:
     Example: fleetd deploy rm --drain web
     """
     api = client(ctx)
-    failed = False
-    for name in names:
-        try:
-            api.call("DELETE", f"/v1/deployments/{segment(name)}", query={"drain": "true" if drain else "false"})
-        except ApiError as exc:
-            click.echo(f"Error: {exc}", err=True)
-            failed = True
-            continue
-        click.echo(f"deployment {name} removing" + (" (draining)" if drain else ""))
-    exit_after(failed)
+
+    def remove(name: str) -> str:
+        api.call("DELETE", f"/v1/deployments/{segment(name)}", query={"drain": "true" if drain else "false"})
+        return name
+
+    for_each(names, remove, lambda name: click.echo(f"deployment {name} removing" + (" (draining)" if drain else "")))
 
 
 # -- fleetd task ----------------------------------------------------------------------
@@ -470,13 +466,5 @@ def task_cancel(ctx: click.Context, ids: tuple[str, ...]) -> None:
     Example: fleetd task cancel 7c1e9b20a4d3
     """
     api = client(ctx)
-    failed = False
-    for task_id in ids:
-        try:
-            record = api.call("POST", f"/v1/tasks/{segment(task_id)}/cancel")
-        except ApiError as exc:
-            click.echo(f"Error: {exc}", err=True)
-            failed = True
-            continue
-        click.echo(record["id"])
-    exit_after(failed)
+    for_each(ids, lambda task_id: api.call("POST", f"/v1/tasks/{segment(task_id)}/cancel"),
+             lambda record: click.echo(record["id"]))

@@ -13,8 +13,8 @@ from typing import Any
 
 import click
 
-from cli.client import ApiError, Client
-from cli.common import DURATION, api_errors, client, spawn_options
+from cli.client import Client
+from cli.common import DURATION, api_errors, client, for_each, spawn_options
 from cli.fleet import deploy, task
 from cli.money import budget, price
 from cli.output import ago, duration, heartbeat_text, print_json, print_table, ready_text, state_text
@@ -459,17 +459,8 @@ def rm(ctx: click.Context, agents: tuple[str, ...], force: bool) -> None:
     Example: fleetd rm 3f9c2a
     """
     api = client(ctx)
-    failed = False
-    for agent in agents:
-        try:
-            record = api.call("DELETE", f"/v1/agents/{agent}", query={"force": force})
-        except ApiError as exc:
-            click.echo(f"Error: {exc}", err=True)
-            failed = True
-            continue
-        click.echo(record["id"])
-    if failed:
-        sys.exit(1)
+    for_each(agents, lambda agent: api.call("DELETE", f"/v1/agents/{agent}", query={"force": force}),
+             lambda record: click.echo(record["id"]))
 
 
 @main.command()
@@ -484,20 +475,11 @@ def wait(ctx: click.Context, agents: tuple[str, ...]) -> None:
     Example: fleetd wait 3f9c2a
     """
     api = Client(client(ctx).socket_path, timeout=None)
-    failed = False
     try:
-        for agent in agents:
-            try:
-                record = api.call("POST", f"/v1/agents/{agent}/wait")
-            except ApiError as exc:
-                click.echo(f"Error: {exc}", err=True)
-                failed = True
-                continue
-            click.echo(-1 if record["exit_code"] is None else record["exit_code"])
+        for_each(agents, lambda agent: api.call("POST", f"/v1/agents/{agent}/wait"),
+                 lambda record: click.echo(-1 if record["exit_code"] is None else record["exit_code"]))
     except KeyboardInterrupt:
         sys.exit(130)
-    if failed:
-        sys.exit(1)
 
 
 @main.command()
