@@ -32,13 +32,6 @@ def daemon() -> Iterator[FakeDaemon]:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    store = Store(tmp_path / "state.db")
-    yield store
-    store.close()
-
-
-@pytest.fixture
 def deployment(store: Store) -> dict[str, Any]:
     """``web`` as ``GET /v1/deployments/web`` answers it: 1 agent live of 3 wanted, 4 tasks queued."""
     record = Deployments(store, Config(), clock=WallClock()).apply(

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +24,6 @@ from fleetd.errors import Conflict, InvalidRequest, NotFound
 from fleetd.store import Store
 from fleetd.units import NAME_PATTERN
 from tests.unit.wall_clock import WallClock
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    store = Store(tmp_path / "state.db")
-    yield store
-    store.close()
 
 
 def test_migration_m010_makes_the_deployment_tables(store: Store) -> None:

@@ -37,7 +37,6 @@ from fleetd.units import NAME_PATTERN
 from fleetd.vault import CRED_NAME, MAX_SECRET  # also defines VaultError, an API error (vault_error)
 from fleetd.zone2.contract import Health
 from tests.unit.openapi_doc import SPEC_PATH, check, declared, resolve, undocumented, validator
-from tests.unit.supervisor_rig import build_services
 
 METHODS = {"get", "put", "post", "delete", "patch", "options", "head", "trace"}
 # DESIGN.md: "An agent record in JSON has at least: ..."
@@ -227,17 +226,6 @@ def test_error_codes_cover_every_api_error(doc: dict[str, Any]) -> None:
 
 
 # -- real response shapes, built by the daemon's real parts and store (no Docker) -----
-
-
-@pytest.fixture
-def parts(tmp_path: Path) -> Any:
-    config = Config(instance="t-unit", state_dir=tmp_path, socket=tmp_path / "fleetd.sock")
-    store = Store(tmp_path / "state.db")
-    built = build_services(config, store)
-    yield built
-    built.agents.close()
-    built.agents.calls.close()
-    store.close()
 
 
 def add_agent(parts: Services, request: dict[str, Any], name: str) -> str:

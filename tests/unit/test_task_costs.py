@@ -16,15 +16,12 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from fleetd.api import init_app
-from fleetd.config import Config
 from fleetd.gateway import zone2_ledger
 from fleetd.services import Services
-from fleetd.store import Store
 from fleetd.task_costs import CHUNK, TaskCosts
 from fleetd.task_queue import TaskQueue
 from fleetd.zone2.ledger import Call, Ledger
 from fleetd.zone2.llm import Usage
-from tests.unit.supervisor_rig import build_services
 
 T1, T2, T3 = "0123456789abcdef", "fedcba9876543210", "00000000000000aa"
 
@@ -97,17 +94,6 @@ def test_no_ledger_or_one_from_before_task_ids_is_no_cost_and_said_once(
     with caplog.at_level(logging.WARNING, "fleetd.task_costs"):
         assert costs.of([T1]) == {} and costs.of([T2]) == {}
     assert len(caplog.records) == 1 and "no such column: task_id" in caplog.text
-
-
-@pytest.fixture
-def parts(tmp_path: Path) -> Iterator[Services]:
-    config = Config(instance="t-unit", state_dir=tmp_path, socket=tmp_path / "fleetd.sock")
-    store = Store(tmp_path / "state.db")
-    built = build_services(config, store)
-    yield built
-    built.agents.close()
-    built.agents.calls.close()
-    store.close()
 
 
 def test_the_task_views_show_the_cost_and_calls_the_ledger_has(parts: Services, ledger: Ledger) -> None:

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -29,13 +28,6 @@ class HighRng(random.Random):
 
     def uniform(self, a: float, b: float) -> float:
         return b
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    store = Store(tmp_path / "state.db")
-    yield store
-    store.close()
 
 
 @pytest.fixture
