@@ -322,10 +322,10 @@ class Deployments:
     def list(self) -> builtins.list[Deployment]:
         """Every deployment, by name (removing ones too)."""
         versions: dict[str, list[dict[str, Any]]] = {}
-        for v in self.store.db.query("SELECT * FROM deployment_versions ORDER BY deployment, version"):
+        for v in self.store.rows("SELECT * FROM deployment_versions ORDER BY deployment, version"):
             versions.setdefault(v["deployment"], []).append(v)
         return [Deployment.from_rows(row, versions.get(row["name"], []))
-                for row in self.store.db.query("SELECT * FROM deployments ORDER BY name")]
+                for row in self.store.rows("SELECT * FROM deployments ORDER BY name")]
 
     def scale(self, name: str, min: object = None, max: object = None, warm: object = None) -> Deployment:
         """Change ``min``, ``max`` or ``warm`` (``deploy scale``), validated as ``deploy`` does."""
@@ -387,10 +387,10 @@ class Deployments:
         return self.get(name)
 
     def _find(self, name: str) -> Deployment | None:
-        rows = list(self.store.db.query("SELECT * FROM deployments WHERE name = ?", [name]))
+        rows = self.store.rows("SELECT * FROM deployments WHERE name = ?", [name])
         if not rows:
             return None
-        versions = self.store.db.query("SELECT * FROM deployment_versions WHERE deployment = ? ORDER BY version",
+        versions = self.store.rows("SELECT * FROM deployment_versions WHERE deployment = ? ORDER BY version",
                                        [name])
         return Deployment.from_rows(rows[0], versions)
 

@@ -104,7 +104,7 @@ class PeakRecorder:
         if agent_id is not None:
             sql += " AND id = ?"
             params.append(agent_id)
-        return list(self.store.db.query(sql, params))
+        return self.store.rows(sql, params)
 
     async def _sample(self, rows: list[dict[str, Any]]) -> None:
         if not rows:
@@ -142,6 +142,6 @@ def finished(store: Store, *, role: str | None = None, deployment: str | None = 
     records kept (retention bounds them): never their spec, read through an index."""
     where, name = ("role = ?", role) if deployment is None else (f"{DEPLOYMENT_OF} = ?", deployment)
     marks = ", ".join("?" for _ in FINISHED)
-    return list(store.db.query(
+    return store.rows(
         f"SELECT id, peak_memory_bytes, cpu_ns, peak_cpu_cores, started_at, finished_at, reason FROM agents "
-        f"WHERE {where} AND state IN ({marks}) AND started_at IS NOT NULL", [name, *FINISHED]))
+        f"WHERE {where} AND state IN ({marks}) AND started_at IS NOT NULL", [name, *FINISHED])

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -237,6 +237,13 @@ class Store:
     def close(self) -> None:
         self.conn.close()
 
+    def rows(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[dict[str, Any]]:
+        """A SELECT's rows as dicts. Not sqlite-utils' ``query()``: it wraps every statement in a SAVEPOINT (three
+        statements, and outside a transaction one of its own), which was half the queue's time per task."""
+        cursor = self.conn.execute(sql, params)
+        keys = [column[0] for column in cursor.description]
+        return [dict(zip(keys, row, strict=True)) for row in cursor]
+
     @contextmanager
     def transaction(self) -> Iterator[None]:
         self.conn.execute("BEGIN IMMEDIATE")
@@ -277,7 +284,7 @@ class Store:
         return self.get(agent_id)  # type: ignore[return-value]
 
     def get(self, agent_id: str) -> dict[str, Any] | None:
-        rows = list(self.db.query("SELECT * FROM agents WHERE id = ?", [agent_id]))
+        rows = self.rows("SELECT * FROM agents WHERE id = ?", [agent_id])
         return rows[0] if rows else None
 
     def resolve(self, ref: str) -> dict[str, Any]:
@@ -285,18 +292,16 @@ class Store:
         row = self.get(ref)
         if row:
             return row
-        rows = list(
-            self.db.query(
-                f"SELECT * FROM agents WHERE name = ? ORDER BY state NOT IN ({', '.join('?' for _ in LIVE_STATES)}),"
-                " created_at DESC",
-                [ref, *LIVE_STATES],
-            )
+        rows = self.rows(
+            f"SELECT * FROM agents WHERE name = ? ORDER BY state NOT IN ({', '.join('?' for _ in LIVE_STATES)}),"
+            " created_at DESC",
+            [ref, *LIVE_STATES],
         )
         if rows:
             return rows[0]
         if len(ref) >= 3:
             like = ref.replace("%", "").replace("_", "") + "%"
-            rows = list(self.db.query("SELECT * FROM agents WHERE id LIKE ? LIMIT 2", [like]))
+            rows = self.rows("SELECT * FROM agents WHERE id LIKE ? LIMIT 2", [like])
             if len(rows) == 1:
                 return rows[0]
             if len(rows) > 1:
@@ -305,10 +310,10 @@ class Store:
 
     def agents(self, states: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
         if states is None:
-            return list(self.db.query("SELECT * FROM agents ORDER BY created_at"))
+            return self.rows("SELECT * FROM agents ORDER BY created_at")
         marks = ", ".join("?" for _ in states)
         return list(
-            self.db.query(f"SELECT * FROM agents WHERE state IN ({marks}) ORDER BY created_at", list(states))
+            self.rows(f"SELECT * FROM agents WHERE state IN ({marks}) ORDER BY created_at", list(states))
         )
 
     def filtered_agents(self, filters: dict[str, list[str]], all_: bool) -> list[dict[str, Any]]:
@@ -347,7 +352,7 @@ class Store:
                 raise ValueError(f"unknown filter key {key!r}")
         sql = "SELECT * FROM agents" + (" WHERE " + " AND ".join(where) if where else "")
         sql += " ORDER BY created_at, rowid"
-        return list(self.db.query(sql, params))
+        return self.rows(sql, params)
 
     def state_counts(self) -> dict[str, int]:
         """How many agents are in each state (``state_counts``, kept by triggers: a few rows, whatever the history)."""
@@ -431,11 +436,8 @@ class Store:
         )
 
     def transitions(self, agent_id: str) -> list[dict[str, Any]]:
-        return list(
-            self.db.query(
-                "SELECT at, from_state, to_state, reason FROM transitions WHERE agent_id = ? ORDER BY id",
-                [agent_id],
-            )
+        return self.rows(
+            "SELECT at, from_state, to_state, reason FROM transitions WHERE agent_id = ? ORDER BY id", [agent_id]
         )
 
     # -- roles --------------------------------------------------------------
@@ -462,11 +464,11 @@ class Store:
         return {**row, "creds": json.loads(row["creds"]), "allow_unpriced": None if allow is None else bool(allow)}
 
     def role(self, name: str) -> dict[str, Any] | None:
-        rows = list(self.db.query("SELECT * FROM roles WHERE name = ?", [name]))
+        rows = self.rows("SELECT * FROM roles WHERE name = ?", [name])
         return self._role_row(rows[0]) if rows else None
 
     def roles(self) -> list[dict[str, Any]]:
-        return [self._role_row(r) for r in self.db.query("SELECT * FROM roles ORDER BY name")]
+        return [self._role_row(r) for r in self.rows("SELECT * FROM roles ORDER BY name")]
 
     def role_creds(self, name: str) -> list[str]:
         role = self.role(name)
@@ -485,7 +487,7 @@ class Store:
 
     def prices(self) -> list[dict[str, Any]]:
         return [{**json.loads(r["data"]), "updated_at": r["updated_at"]}
-                for r in self.db.query("SELECT * FROM prices ORDER BY model")]
+                for r in self.rows("SELECT * FROM prices ORDER BY model")]
 
     # -- events -------------------------------------------------------------
     def add_event(
@@ -525,7 +527,7 @@ class Store:
         forward = since is not None or start is not None
         sql += " ORDER BY id " + ("ASC" if forward else "DESC") + " LIMIT ?"
         params.append(limit)
-        rows = list(self.db.query(sql, params))
+        rows = self.rows(sql, params)
         if not forward:
             rows.reverse()
         return [

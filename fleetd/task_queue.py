@@ -195,12 +195,12 @@ class TaskQueue:
         for start in range(0, len(ids), ID_CHUNK):
             chunk = ids[start:start + ID_CHUNK]
             marks = ", ".join("?" for _ in chunk)
-            found += [Task.from_row(r) for r in self.store.db.query(
+            found += [Task.from_row(r) for r in self.store.rows(
                 f"SELECT {SUMMARY_COLUMNS} FROM tasks WHERE id IN ({marks}) ORDER BY seq", chunk)]
         return found
 
     def _row(self, sql: str, params: Collection[Any]) -> dict[str, Any] | None:
-        rows = list(self.store.db.query(sql, list(params)))
+        rows = self.store.rows(sql, list(params))
         return rows[0] if rows else None
 
     def submit(self, deployment: str, payload: Any, *, ttl: object = DEFAULT_TTL,
@@ -324,7 +324,7 @@ class TaskQueue:
         orphans = []
         with self._changing():
             self._expire_due(now)
-            for row in list(self.store.db.query("SELECT * FROM tasks WHERE state = 'leased' ORDER BY seq")):
+            for row in self.store.rows("SELECT * FROM tasks WHERE state = 'leased' ORDER BY seq"):
                 if row["agent_id"] not in live_agents:
                     self._release(row, reason, f"agent {row['agent_id']} gave the task back: {reason}", now)
                     orphans.append(row["id"])
@@ -425,7 +425,7 @@ class TaskQueue:
                  if value is not None]
         sql = (f"SELECT {SUMMARY_COLUMNS} FROM tasks" + (" WHERE " + " AND ".join(where) if where else "")
                + " ORDER BY seq LIMIT :limit")
-        return [Task.from_row(r) for r in self.store.db.query(sql, {"deployment": deployment, "state": state,
+        return [Task.from_row(r) for r in self.store.rows(sql, {"deployment": deployment, "state": state,
                                                                     "limit": limit})]
 
     def counts(self, deployment: str | None = None) -> dict[str, int]:

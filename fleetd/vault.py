@@ -136,7 +136,7 @@ class Vault:
             sql += " WHERE name = ?"
             params.append(name)
         return [{**row, "provider": row["provider"] or infer_kind(row["upstream"])}
-                for row in self.store.db.query(sql + " ORDER BY name", params)]
+                for row in self.store.rows(sql + " ORDER BY name", params)]
 
     def remove(self, name: str) -> None:
         self.record(name)
