@@ -319,6 +319,15 @@ class Deployments:
             "WHERE d.name = ? AND v.version = ?", (name, number)).fetchone()
         return None if row is None else (DeploymentState(row[0]), bool(row[1]), VersionState(row[2]))
 
+    def task_defaults(self, name: str) -> tuple[DeploymentState, TaskDefaults]:
+        """The deployment's state and what its tasks get by default: one indexed read, without parsing every
+        version's spec as ``get`` does (each submit asks). NotFound when there is no such deployment."""
+        row = self.conn.execute("SELECT state, task_ttl, task_attempts, task_max_usd FROM deployments WHERE name = ?",
+                                (name,)).fetchone()
+        if row is None:
+            raise NotFound(f"no such deployment: {name}")
+        return DeploymentState(row[0]), TaskDefaults(row[1], row[2], row[3])
+
     def list(self) -> builtins.list[Deployment]:
         """Every deployment, by name (removing ones too)."""
         versions: dict[str, list[dict[str, Any]]] = {}
@@ -390,8 +399,7 @@ class Deployments:
         rows = self.store.rows("SELECT * FROM deployments WHERE name = ?", [name])
         if not rows:
             return None
-        versions = self.store.rows("SELECT * FROM deployment_versions WHERE deployment = ? ORDER BY version",
-                                       [name])
+        versions = self.store.rows("SELECT * FROM deployment_versions WHERE deployment = ? ORDER BY version", [name])
         return Deployment.from_rows(rows[0], versions)
 
     def _add_version(self, name: str, number: int, spec: AgentSpec, now: str | None) -> None:

@@ -547,13 +547,12 @@ class Fleet:
         name = request.get("deployment")
         if not isinstance(name, str):
             raise InvalidRequest("deployment: the name of the deployment the task is for")
-        deployment = self.deployments.get(name)
-        if deployment.state == DeploymentState.REMOVING:
+        state, defaults = self.deployments.task_defaults(name)
+        if state == DeploymentState.REMOVING:
             raise Conflict(f"deployment {name} is being removed: it takes no new task")
         unknown = set(request) - {"deployment", "input", "ttl", "max_usd", "attempts", "key"}
         if unknown:
             raise InvalidRequest(f"unknown task fields: {sorted(unknown)}")
-        defaults = deployment.tasks
 
         def given(field: str, default: Any) -> Any:
             value = request.get(field)

@@ -224,8 +224,7 @@ class TaskQueue:
                 if json.loads(same["input"]) != json.loads(text):
                     raise Conflict(f"idempotency key {key!r} was used for task {same['id']} with another input")
                 return Task.from_row(same)
-            pending = self.conn.execute(f"SELECT COUNT(*) FROM tasks WHERE deployment = ? AND {_LIVE}",
-                                        (deployment,)).fetchone()[0]
+            pending = self._live(deployment)
             if pending >= self.max_pending:
                 raise Conflict(f"deployment {deployment} has {pending} unfinished tasks, at most {self.max_pending}")
             task_id = secrets.token_hex(8)
@@ -390,15 +389,13 @@ class TaskQueue:
 
     def queued(self, deployment: str) -> int:
         """Tasks of ``deployment`` waiting for an agent (its queue depth, what the autoscaler reads)."""
-        count: int = self.conn.execute("SELECT COUNT(*) FROM tasks WHERE deployment = ? AND state = 'queued'",
-                                       (deployment,)).fetchone()[0]
-        return count
+        return self.counts(deployment)[TaskState.QUEUED]
 
     def live_counts(self) -> dict[str, dict[str, int]]:
         """Deployment -> queued and leased tasks, for every deployment with either (read from live rows only)."""
         found: dict[str, dict[str, int]] = {}
         for deployment, state, count in self.conn.execute(
-                f"SELECT deployment, state, COUNT(*) FROM tasks WHERE {_LIVE} GROUP BY 1, 2"):
+                f"SELECT deployment, state, value FROM task_counts WHERE {_LIVE}"):
             found.setdefault(deployment, {TaskState.QUEUED.value: 0, TaskState.LEASED.value: 0})[state] = count
         return found
 
@@ -410,6 +407,12 @@ class TaskQueue:
     def holders(self) -> dict[str, str]:
         """Agent id -> the id of the task it holds, for every leased task."""
         return dict(self.conn.execute("SELECT agent_id, id FROM tasks WHERE state = 'leased'").fetchall())
+
+    def _live(self, deployment: str) -> int:
+        """Queued and leased tasks of ``deployment`` (one row each of task_counts)."""
+        count: int = self.conn.execute(f"SELECT COALESCE(SUM(value), 0) FROM task_counts WHERE deployment = ? AND "
+                                       f"{_LIVE}", (deployment,)).fetchone()[0]
+        return count
 
     def get(self, task_id: str) -> Task:
         row = self._row("SELECT * FROM tasks WHERE id = ?", (task_id,))
@@ -430,7 +433,8 @@ class TaskQueue:
 
     def counts(self, deployment: str | None = None) -> dict[str, int]:
         """Tasks in each state now (queue depth), every state present."""
-        sql = "SELECT state, COUNT(*) FROM tasks" + (" WHERE deployment = ?" if deployment else "") + " GROUP BY 1"
+        sql = ("SELECT state, SUM(value) FROM task_counts" + (" WHERE deployment = ?" if deployment else "")
+               + " GROUP BY 1")
         found = dict(self.conn.execute(sql, (deployment,) if deployment else ()).fetchall())
         return {state.value: found.get(state.value, 0) for state in TaskState}
 
@@ -439,7 +443,7 @@ class TaskQueue:
         totals = {state.value: 0 for state in FINISHED_TASK_STATES}
         for name in totals:
             totals[name] = self.conn.execute(
-                "SELECT (SELECT COUNT(*) FROM tasks WHERE state = :s) + "
+                "SELECT (SELECT COALESCE(SUM(value), 0) FROM task_counts WHERE state = :s) + "
                 "COALESCE((SELECT value FROM retired_counts WHERE name = 'tasks' AND key = :s), 0)", {"s": name},
             ).fetchone()[0]
         return totals

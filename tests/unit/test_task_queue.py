@@ -522,3 +522,41 @@ def test_each_transition_tells_its_listeners_the_tasks_it_finished_after_it_comm
     with caplog.at_level("ERROR"):
         assert queue.cancel(again.id).state == "cancelled"
     assert "a listener to finished tasks failed" in caplog.text and heard[-1] == [(again.id, "cancelled")]
+
+
+def test_the_counts_kept_by_triggers_match_the_tasks_after_every_kind_of_change(store: Store, clock: WallClock
+                                                                                 ) -> None:
+    """task_counts (what submit, the autoscaler, `deploy ls` and the metrics read) against a count of the rows, after
+    a random walk over every transition, expiry and retention; a count that reaches 0 leaves no row behind."""
+    queue = TaskQueue(store, clock=clock, rng=random.Random(3), backoff_base=0.0)
+    walk = random.Random(11)
+
+    def counted() -> dict[tuple[str, str], int]:
+        return {(d, s): n for d, s, n in store.conn.execute(
+            "SELECT deployment, state, COUNT(*) FROM tasks GROUP BY 1, 2")}
+
+    for step in range(400):
+        deployment = walk.choice(["web", "batch"])
+        agent = walk.choice(["a1", "a2", "a3"])
+        move = walk.random()
+        if move < 0.35:
+            queue.submit(deployment, {"n": step}, ttl=walk.choice([5, 3600]))
+        elif move < 0.6:
+            queue.lease(agent, deployment, "v1")
+        elif (held := queue.held(agent)) is not None and move < 0.85:
+            if walk.random() < 0.6:
+                queue.complete(held.id, agent, held.attempts, "ok")
+            else:
+                queue.fail(held.id, agent, held.attempts, "no", retry=walk.random() < 0.5)
+        elif move < 0.9:
+            queue.give_back(agent, "exited")
+        elif move < 0.95 and (live := queue.tasks(deployment, "queued", limit=1)):
+            queue.cancel(live[0].id)
+        else:
+            clock.advance(2)
+            queue.expire()
+            queue.purge(clock.now - timedelta(seconds=4))
+        kept = {(d, s): n for d, s, n in store.conn.execute("SELECT deployment, state, value FROM task_counts")}
+        assert kept == counted(), f"after step {step}"
+    assert sum(queue.counts().values()) == sum(counted().values()) > 0
+    assert queue.queued("web") == counted().get(("web", "queued"), 0)
