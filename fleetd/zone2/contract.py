@@ -550,6 +550,18 @@ def _attempt(o: _Object, required: bool) -> int | None:
     return value
 
 
+def _next_wait(o: _Object) -> float | None:
+    """How long an answer's ``next_wait`` asks to wait for the agent's next task (None: it asks for none)."""
+    wait = o.optional_number("next_wait", None)
+    if wait is not None and not 0 <= wait <= MAX_TASK_WAIT:
+        raise ContractError(f"{o.what}: next_wait must be from 0 to {MAX_TASK_WAIT:g} seconds, got {wait:g}")
+    return wait
+
+
+def _with_next_wait(data: dict[str, Any], wait: float | None) -> dict[str, Any]:
+    return data if wait is None else {**data, "next_wait": wait}
+
+
 @dataclass(frozen=True)
 class TaskNext:
     """POST /control/tasks/next: an agent asks for a task, waiting up to ``wait`` s for one. The daemon answers the
@@ -601,19 +613,22 @@ class TaskLease:
 @dataclass(frozen=True)
 class TaskComplete:
     """POST /control/tasks/ID/complete: the agent's task succeeded with ``output``. ``attempt`` None: the agent named
-    none (the daemon takes the attempt the agent holds)."""
+    none (the daemon takes the attempt the agent holds). ``next_wait``: the agent also asks for its next task, as
+    :class:`TaskNext` does, waiting up to that many seconds (the answer's ``next``); None: it does not."""
 
     agent_id: str
     attempt: int | None
     output: Any = None  # any JSON, at most MAX_TASK_OUTPUT bytes of it (the daemon counts them)
+    next_wait: float | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"agent_id": self.agent_id, "attempt": self.attempt, "output": self.output}
+        return _with_next_wait({"agent_id": self.agent_id, "attempt": self.attempt, "output": self.output},
+                               self.next_wait)
 
     @classmethod
     def from_json(cls, data: Any) -> TaskComplete:
         o = _Object(data, "task completion")
-        return cls(o.text("agent_id"), _attempt(o, required=False), o.data.get("output"))
+        return cls(o.text("agent_id"), _attempt(o, required=False), o.data.get("output"), _next_wait(o))
 
 
 @dataclass(frozen=True)
@@ -625,9 +640,11 @@ class TaskFail:
     attempt: int | None
     error: str
     retry: bool = True
+    next_wait: float | None = None  # as TaskComplete's
 
     def to_json(self) -> dict[str, Any]:
-        return {"agent_id": self.agent_id, "attempt": self.attempt, "error": self.error, "retry": self.retry}
+        return _with_next_wait({"agent_id": self.agent_id, "attempt": self.attempt, "error": self.error,
+                                "retry": self.retry}, self.next_wait)
 
     @classmethod
     def from_json(cls, data: Any) -> TaskFail:
@@ -635,22 +652,31 @@ class TaskFail:
         error = o.text("error")
         if len(error) > MAX_TASK_ERROR:
             raise ContractError(f"task failure: error must be at most {MAX_TASK_ERROR} characters, got {len(error)}")
-        return cls(o.text("agent_id"), _attempt(o, required=False), error, o.flag("retry", True))
+        return cls(o.text("agent_id"), _attempt(o, required=False), error, o.flag("retry", True), _next_wait(o))
 
 
 @dataclass(frozen=True)
 class TaskOutcome:
-    """The daemon's answer to :class:`TaskComplete` and :class:`TaskFail`: the task as it is now. The daemon may send
-    the whole task (its input and output too); zone 2 reads, and passes on to the agent, only these."""
+    """The daemon's answer to :class:`TaskComplete` and :class:`TaskFail`: the task as it is now, and when the answer
+    asked for the agent's next task (``next_wait``), ``next``: the lease, or null when none came in time. Passed on
+    to the agent as it is."""
 
     id: str
     state: str  # task_queue.TaskState: succeeded; queued again, dead or failed after a failure
     attempts: int  # leases the task has had
+    asked_next: bool = False
+    next: TaskLease | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "state": self.state, "attempts": self.attempts}
+        outcome: dict[str, Any] = {"id": self.id, "state": self.state, "attempts": self.attempts}
+        if self.asked_next:
+            outcome["next"] = None if self.next is None else self.next.to_json()
+        return outcome
 
     @classmethod
     def from_json(cls, data: Any) -> TaskOutcome:
         o = _Object(data, "task outcome")
-        return cls(o.text("id"), o.text("state"), o.whole("attempts"))
+        asked = "next" in o.data
+        lease = o.optional_mapping("next", None)
+        return cls(o.text("id"), o.text("state"), o.whole("attempts"), asked,
+                   None if lease is None else TaskLease.from_json(lease))

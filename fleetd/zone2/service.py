@@ -205,14 +205,17 @@ class DaemonLink:
     async def task_complete(self, task_id: str, message: TaskComplete, heavy: bool = False) -> TaskReply:
         """POST /control/tasks/ID/complete (``heavy``: an output whose JSON is written in a thread)."""
         body = await asyncio.to_thread(_compact, message.to_json()) if heavy else _compact(message.to_json())
-        return await self._task_answer(f"/control/tasks/{quote(task_id, safe='')}/complete", body)
+        return await self._task_answer(f"/control/tasks/{quote(task_id, safe='')}/complete", body, message.next_wait)
 
     async def task_fail(self, task_id: str, message: TaskFail) -> TaskReply:
         """POST /control/tasks/ID/fail."""
-        return await self._task_answer(f"/control/tasks/{quote(task_id, safe='')}/fail", _compact(message.to_json()))
+        return await self._task_answer(f"/control/tasks/{quote(task_id, safe='')}/fail", _compact(message.to_json()),
+                                       message.next_wait)
 
-    async def _task_answer(self, path: str, body: bytes) -> TaskReply:
-        status, raw = await self._task_call(path, body, TASK_ANSWER_TIMEOUT, (200,))
+    async def _task_answer(self, path: str, body: bytes, next_wait: float | None) -> TaskReply:
+        """An answer's outcome; with ``next_wait`` the daemon also waits that long for the agent's next task."""
+        timeout = TASK_ANSWER_TIMEOUT if next_wait is None else TASK_ANSWER_TIMEOUT + next_wait + TASK_NEXT_MARGIN
+        status, raw = await self._task_call(path, body, timeout, (200,))
         if status != 200:
             return TaskReply(status, raw)
         return TaskReply(status, raw, outcome=_read(TaskOutcome, await _parsed(raw)))

@@ -28,8 +28,8 @@ import asyncio
 import json
 import math
 import re
-from collections.abc import Awaitable, Callable, Collection
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Collection, Coroutine
+from dataclasses import dataclass, replace
 from typing import Any, NamedTuple, Protocol, TypeVar
 
 from aiohttp import web
@@ -145,8 +145,8 @@ class HeldTasks:
             self.on_release(held.task_id)
 
 
-def wait_of(raw: str | None) -> float:
-    """The ``wait`` query parameter: a number of seconds from 0 to 60 (absent: 30); else 400."""
+def wait_of(raw: str | None, name: str = "wait") -> float:
+    """The ``wait`` (or ``next``) query parameter: a number of seconds from 0 to 60 (absent: 30); else 400."""
     if raw is None:
         return DEFAULT_TASK_WAIT
     try:
@@ -154,9 +154,16 @@ def wait_of(raw: str | None) -> float:
     except ValueError:
         wait = math.nan
     if not 0 <= wait <= MAX_TASK_WAIT:  # NaN too
-        raise Zone2Error(400, "bad_request", f"wait must be a number of seconds from 0 to {MAX_TASK_WAIT:g}, "
+        raise Zone2Error(400, "bad_request", f"{name} must be a number of seconds from 0 to {MAX_TASK_WAIT:g}, "
                          f"not {raw[:40]!r}")
     return wait
+
+
+def next_wait_of(request: web.Request) -> float | None:
+    """An answer's ``next`` query parameter: also ask for the agent's next task, waiting up to that many seconds
+    (None: absent, ask for none)."""
+    raw = request.query.get("next")
+    return None if raw is None else wait_of(raw, "next")
 
 
 def _no_constant(name: str) -> Any:
@@ -267,7 +274,7 @@ class TaskRoutes:
         reg = await self.agent(request)
         wait = wait_of(request.query.get("wait"))
         await read_body(request, MAX_NEXT_BODY, "requests for a task")  # ignored
-        reply = await self.long_poll(request, TaskNext(reg.agent_id, wait))
+        reply = await self.long_poll(request, self.link_or_503().task_next(TaskNext(reg.agent_id, wait)))
         if reply is None:
             return web.Response(status=CLIENT_GONE)  # nobody reads it: the agent hung up
         if reply.status == 204:
@@ -275,60 +282,78 @@ class TaskRoutes:
             return web.Response(status=204)
         if reply.lease is None:
             return passed_on(reply)
-        current = self.registry.by_ip.get(reg.ip)
-        if current is not None and current.agent_id == reg.agent_id:  # not unregistered meanwhile (then forgotten)
-            self.held.hold(reg.agent_id, reply.lease.id, reply.lease.attempt, reply.lease.max_nusd)
-        if not request.app[GUARD].take(request, len(reply.body)):
-            raise busy()  # the agent holds the task: its next call for one answers it again
+        self.leased(request, reg, reply.lease, len(reply.body))
         return web.Response(body=reply.body, content_type="application/json")
 
+    def leased(self, request: web.Request, reg: Registration, lease: TaskLease, size: int) -> None:
+        """The agent holds ``lease`` now (its answer ``size`` bytes long, which the guard must let through)."""
+        current = self.registry.by_ip.get(reg.ip)
+        if current is not None and current.agent_id == reg.agent_id:  # not unregistered meanwhile (then forgotten)
+            self.held.hold(reg.agent_id, lease.id, lease.attempt, lease.max_nusd)
+        if not request.app[GUARD].take(request, size):
+            raise busy()  # the agent holds the task: its next call for one answers it again
+
     async def complete(self, request: web.Request) -> web.StreamResponse:
-        """POST /fleetd/tasks/ID/complete {"output": ..., "attempt": N}."""
+        """POST /fleetd/tasks/ID/complete[?next=S] {"output": ..., "attempt": N}."""
         reg = await self.agent(request)
         task_id = task_id_of(request)
+        next_wait = next_wait_of(request)
         data, heavy = await read_answer(request, "task completions")
         message = message_of(TaskComplete, data, reg.agent_id, frozenset({"output", "attempt"}))
-        link = self.link_or_503()
-        try:
-            reply = await link.task_complete(task_id, message, heavy)
-        except DaemonUnreachable as exc:
-            raise unreachable(exc) from None
-        return self.answered(reg, task_id, message.attempt, reply)
+        message = replace(message, next_wait=next_wait)
+        reply = await self.relayed(request, self.link_or_503().task_complete(task_id, message, heavy), next_wait)
+        return self.answered(request, reg, task_id, message.attempt, reply)
 
     async def fail(self, request: web.Request) -> web.StreamResponse:
-        """POST /fleetd/tasks/ID/fail {"error": "...", "retry": true, "attempt": N}."""
+        """POST /fleetd/tasks/ID/fail[?next=S] {"error": "...", "retry": true, "attempt": N}."""
         reg = await self.agent(request)
         task_id = task_id_of(request)
+        next_wait = next_wait_of(request)
         data, _ = await read_answer(request, "task failures")
         message = message_of(TaskFail, data, reg.agent_id, frozenset({"error", "retry", "attempt"}))
-        link = self.link_or_503()
-        try:
-            reply = await link.task_fail(task_id, message)
-        except DaemonUnreachable as exc:
-            raise unreachable(exc) from None
-        return self.answered(reg, task_id, message.attempt, reply)
+        message = replace(message, next_wait=next_wait)
+        reply = await self.relayed(request, self.link_or_503().task_fail(task_id, message), next_wait)
+        return self.answered(request, reg, task_id, message.attempt, reply)
+
+    async def relayed(self, request: web.Request, call: Coroutine[Any, Any, TaskReply], next_wait: float | None
+                      ) -> TaskReply | web.Response:
+        """An answer relayed to the daemon; one that also asks for the next task (``next_wait``) is a long poll."""
+        if not next_wait:
+            try:
+                return await call
+            except DaemonUnreachable as exc:
+                raise unreachable(exc) from None
+        reply = await self.long_poll(request, call)
+        return web.Response(status=CLIENT_GONE) if reply is None else reply
 
     async def no_route(self, request: web.Request) -> web.StreamResponse:
         raise Zone2Error(404, "not_found", "no such task route: POST /fleetd/tasks/next, /fleetd/tasks/ID/complete "
                          "or /fleetd/tasks/ID/fail")
 
-    def answered(self, reg: Registration, task_id: str, attempt: int | None, reply: TaskReply) -> web.Response:
+    def answered(self, request: web.Request, reg: Registration, task_id: str, attempt: int | None,
+                 reply: TaskReply | web.Response) -> web.Response:
+        if isinstance(reply, web.Response):
+            return reply  # nobody reads it
         if reply.status in (200, 404, 409):  # done with, or never (any longer) the agent's
             self.held.drop(reg.agent_id, task_id, attempt)
-        if reply.outcome is not None:
-            return web.json_response(reply.outcome.to_json())
-        return passed_on(reply)
+        outcome = reply.outcome
+        if outcome is None:
+            return passed_on(reply)
+        if outcome.next is not None:
+            self.leased(request, reg, outcome.next, len(reply.body))
+        elif outcome.asked_next:
+            self.held.forget(reg.agent_id)  # as a 204 to next: the daemon would have answered a task it holds
+        return web.json_response(outcome.to_json())
 
     def link_or_503(self) -> TaskLink:
         if self.link is None or self.stopping:
             raise unreachable()
         return self.link
 
-    async def long_poll(self, request: web.Request, message: TaskNext) -> TaskReply | None:
-        """The daemon's answer to ``message``; None when the agent hung up first (the relay is cancelled, and the
-        daemon's request with it). 503 when zone 2 shuts down meanwhile."""
-        link = self.link_or_503()
-        relay = asyncio.ensure_future(link.task_next(message))
+    async def long_poll(self, request: web.Request, call: Coroutine[Any, Any, TaskReply]) -> TaskReply | None:
+        """The daemon's answer to ``call`` (a relay that may wait for a task); None when the agent hung up first (the
+        relay is cancelled, and the daemon's request with it). 503 when zone 2 shuts down meanwhile."""
+        relay = asyncio.ensure_future(call)
         self.polls.add(relay)
         try:
             while not relay.done():

@@ -32,9 +32,14 @@ def lease(n: int, attempt: int = 1) -> dict[str, Any]:
     return {"id": f"{n:016x}", "input": {"n": n}, "attempt": attempt, "deadline": "2026-06-01T12:00:00Z"}
 
 
+def asks_for_a_task(path: str) -> bool:
+    return path.startswith("/fleetd/tasks/next")
+
+
 def outcome(body: dict[str, Any], path: str) -> dict[str, Any]:
-    state = "succeeded" if path.endswith("/complete") else ("queued" if body.get("retry") else "failed")
-    return {"id": path.split("/")[3], "state": state, "attempts": body["attempt"]}
+    route = path.split("?")[0]
+    state = "succeeded" if route.endswith("/complete") else ("queued" if body.get("retry") else "failed")
+    return {"id": route.split("/")[3], "state": state, "attempts": body["attempt"]}
 
 
 @dataclass
@@ -54,6 +59,9 @@ class Gateway:
         if path.startswith("/fleetd/tasks/next"):
             with self.lock:
                 return (200, self.leases.pop(0)) if self.leases else (204, None)
+        if "?next=" in path:  # as zone 2: the answer brings the agent's next task (null: none was ready)
+            with self.lock:
+                return 200, outcome(body, path) | {"next": self.leases.pop(0) if self.leases else None}
         return 200, outcome(body, path)
 
     def seen(self, kind: str | None = None) -> list[tuple[str, Any]]:
@@ -129,11 +137,13 @@ def test_tasks_are_taken_answered_and_the_loop_stops_when_the_agent_should(gatew
     assert [(t.id, t.input, t.attempt, t.deadline, t.max_usd) for t in taken] == [
         (f"{1:016x}", {"n": 1}, 1, "2026-06-01T12:00:00Z", None),
         (f"{2:016x}", {"n": 2}, 3, "2026-06-01T12:00:00Z", "0.25")]
+    # Each completion brings the next task (one round trip per task); the one the last brought as SIGTERM came is
+    # given back, not handed out.
     assert gateway.seen() == [
         ("/fleetd/tasks/next?wait=0.5", {}),
-        (f"/fleetd/tasks/{1:016x}/complete", {"output": {"sum": 2}, "attempt": 1}),
-        ("/fleetd/tasks/next?wait=0.5", {}),
-        (f"/fleetd/tasks/{2:016x}/complete", {"output": {"sum": 4}, "attempt": 3}),
+        (f"/fleetd/tasks/{1:016x}/complete?next=0", {"output": {"sum": 2}, "attempt": 1}),
+        (f"/fleetd/tasks/{2:016x}/complete?next=0", {"output": {"sum": 4}, "attempt": 3}),
+        (f"/fleetd/tasks/{3:016x}/fail", {"error": fleetd_agent.STOPPING, "retry": True, "attempt": 1}),
     ]
 
 
@@ -201,13 +211,36 @@ def test_a_loop_ended_by_break_or_an_exception_gives_its_task_back(gateway: Gate
         (f"/fleetd/tasks/{n:016x}/fail", fleetd_agent.LOOP_ENDED) for n in (1, 2)]
 
 
+def test_a_task_an_answer_brought_is_handed_out_without_asking_or_given_back_when_the_loop_ends(
+        gateway: Gateway) -> None:
+    gateway.leases = [lease(1), lease(2), lease(3)]
+    loop = fleetd_agent.tasks(wait=0)
+    first = next(loop)
+    first.fail("flaky")  # brings the second
+    second = next(loop)
+    assert second.id == f"{2:016x}" and second.outcome is None
+    assert second.complete() == {"id": second.id, "state": "succeeded", "attempts": 1}  # "next" is the loop's
+    loop.close()  # the third, brought by that completion and never handed out, goes back
+    assert [(p, b.get("error")) for p, b in gateway.seen()] == [
+        ("/fleetd/tasks/next?wait=0", None),
+        (f"/fleetd/tasks/{1:016x}/fail?next=0", "flaky"),
+        (f"/fleetd/tasks/{2:016x}/complete?next=0", None),
+        (f"/fleetd/tasks/{3:016x}/fail", fleetd_agent.LOOP_ENDED)]
+
+
+def test_a_task_not_from_a_loop_asks_for_no_next(gateway: Gateway) -> None:
+    task = Task(gateway.url, lease(5))
+    task.complete("done")
+    assert gateway.seen() == [(f"/fleetd/tasks/{5:016x}/complete", {"output": "done", "attempt": 1})]
+
+
 @pytest.mark.parametrize(("status", "body"), [(409, CONFLICT), (404, {"error": {"code": "not_found", "message":
                                                                                   "no such task"}})])
 def test_an_answer_refused_409_or_404_is_a_lost_task_and_the_loop_moves_on(
         gateway: Gateway, status: int, body: Any) -> None:
     def script(path: str, sent: Any) -> Reply:
         if path.startswith("/fleetd/tasks/next"):
-            return (200, lease(len(gateway.seen("next"))))
+            return (200, lease(sum(1 for p, _ in gateway.seen() if asks_for_a_task(p))))
         return status, body
 
     gateway.script = script
@@ -233,14 +266,14 @@ def test_an_unreachable_gateway_or_daemon_is_retried_not_raised(gateway: Gateway
             return 503, {"error": {"code": "daemon_unreachable", "message": "the daemon did not answer"}}
         if len(calls) == 5:
             return 502, None
-        return (200, lease(1)) if "next" in path else (200, outcome(body, path))
+        return (200, lease(1)) if asks_for_a_task(path) else (200, outcome(body, path))
 
     gateway.script = script
     loop = fleetd_agent.tasks(wait=0)
     task = next(loop)
     assert task.complete(1)["state"] == "succeeded"
     loop.close()
-    assert [p.rsplit("/", 1)[-1] for p in calls] == ["next?wait=0"] * 4 + ["complete"] * 2
+    assert [p.rsplit("/", 1)[-1] for p in calls] == ["next?wait=0"] * 4 + ["complete?next=0"] * 2
 
 
 def test_a_gateway_that_does_not_answer_is_retried_until_the_agent_stops(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -258,7 +291,7 @@ def test_a_gateway_that_does_not_answer_is_retried_until_the_agent_stops(monkeyp
 
 def test_an_answer_retried_past_its_patience_raises(gateway: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fleetd_agent, "TASK_ANSWER_PATIENCE", 0.2)
-    gateway.script = lambda path, body: (200, lease(1)) if "next" in path else (503, None)
+    gateway.script = lambda path, body: (200, lease(1)) if asks_for_a_task(path) else (503, None)
     loop = fleetd_agent.tasks(wait=0)
     task = next(loop)
     with pytest.raises(TaskError, match="no answer from fleetd") as refused:
@@ -281,9 +314,9 @@ def test_a_refused_request_for_a_task_raises_with_the_gateways_code(gateway: Gat
 
 def test_a_complete_refused_400_leaves_the_task_held_to_be_failed(gateway: Gateway) -> None:
     def script(path: str, body: Any) -> Reply:
-        if "next" in path:
+        if asks_for_a_task(path):
             return 200, lease(1)
-        if path.endswith("/complete"):
+        if "/complete" in path:
             return 413, {"error": {"code": "request_too_large", "message": "task completions are limited to 1 MiB"}}
         return 200, outcome(body, path)
 
@@ -299,7 +332,7 @@ def test_a_complete_refused_400_leaves_the_task_held_to_be_failed(gateway: Gatew
 
 def test_a_task_handed_out_as_the_agent_stops_is_given_back_not_yielded(gateway: Gateway) -> None:
     def script(path: str, body: Any) -> Reply:
-        if "next" in path:
+        if asks_for_a_task(path):
             fleetd_agent.stopping_event.set()  # SIGTERM during the long-poll
             return 200, lease(1)
         return 200, outcome(body, path)

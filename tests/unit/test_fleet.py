@@ -14,11 +14,13 @@ from typing import Any
 
 import pytest
 import yaml
+from aiohttp.test_utils import TestClient, TestServer
 
 from fleetd.config import Config
 from fleetd.deployments import Deployments
 from fleetd.errors import Conflict, WaitTimeout
 from fleetd.fleet import DEPLOYMENT_LABEL, VERSION_LABEL, Fleet
+from fleetd.gateway.daemon_socket import DaemonSocket
 from fleetd.models import LIVE_STATES, State, iso, utcnow
 from fleetd.store import Store
 from fleetd.supervisor import Supervisor
@@ -142,6 +144,49 @@ def test_a_worker_takes_completes_and_a_waiter_sees_it(tmp_path: Path) -> None:
         rig.fleet.complete(task.id, agent["id"], None, {"a": 2})
         done = await asyncio.wait_for(waiter, 5)
         assert done.state == "succeeded" and done.output == {"a": 2} and done.version == "v1"
+
+    run(tmp_path, check)
+
+
+def test_daemon_sock_answers_a_completion_with_the_next_task_when_asked(tmp_path: Path) -> None:
+    """POST /control/tasks/ID/complete (and /fail) with ``next_wait``, as zone 2 relays ``?next=S``: the outcome
+    only (not the task's input and output again) and the agent's next lease, or null when none came in time."""
+
+    class Watch:
+        def beat(self, agent_id: str, progress: dict[str, Any] | None) -> bool:
+            return True
+
+        def pause(self, why: str) -> None: ...
+
+        def resume(self) -> None: ...
+
+    async def check(rig: Rig) -> None:
+        rig.deploy(warm=1)
+        await rig.tick()
+        [agent] = rig.pool()
+        first, second = (rig.fleet.submit({"deployment": "web", "input": {"n": n}}) for n in (1, 2))
+        lease = await rig.fleet.next_task(agent["id"], 0)
+        assert lease is not None and lease.id == first.id
+
+        async def whois(ip: str) -> None:
+            return None
+
+        door = DaemonSocket(tmp_path / "daemon.sock", rig.store, whois, Watch(), rig.fleet)
+        async with TestClient(TestServer(door.app())) as client:
+            answer = await client.post(f"/control/tasks/{first.id}/complete",
+                                       json={"agent_id": agent["id"], "attempt": 1, "output": "a", "next_wait": 0})
+            assert answer.status == 200
+            assert await answer.json() == {"id": first.id, "state": "succeeded", "attempts": 1, "next": {
+                "id": second.id, "input": {"n": 2}, "attempt": 1, "deadline": rig.fleet.queue.get(second.id).deadline}}
+            started = time.monotonic()
+            answer = await client.post(f"/control/tasks/{second.id}/fail",
+                                       json={"agent_id": agent["id"], "attempt": 1, "error": "x", "retry": False,
+                                             "next_wait": 0.3})
+            assert await answer.json() == {"id": second.id, "state": "failed", "attempts": 1, "next": None}
+            assert time.monotonic() - started >= 0.3  # it waited for one
+            answer = await client.post(f"/control/tasks/{second.id}/complete",
+                                       json={"agent_id": agent["id"], "attempt": 1, "output": "late"})
+            assert answer.status == 409
 
     run(tmp_path, check)
 

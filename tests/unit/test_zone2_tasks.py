@@ -231,6 +231,41 @@ def test_a_failure_is_relayed_with_its_retry_and_the_outcome_answered() -> None:
     run(script, check)
 
 
+def test_an_answer_that_asks_for_the_next_task_brings_it_and_zone2_holds_that_one() -> None:
+    """``?next=S``: one round trip per task. The daemon's ``next`` reaches the agent as a lease would, zone 2 holds
+    it (its LLM calls are the new task's), and a ``next`` of null leaves the agent holding none, as a 204 would."""
+    following = {**LEASE, "id": "fedcba9876543210", "attempt": 1, "max_usd": "0.5"}
+
+    async def script(path: str, body: dict[str, Any]) -> Answer:
+        if path.endswith("/complete"):
+            return 200, {"id": TASK, "state": "succeeded", "attempts": 2, "next": following}
+        return 200, {"id": following["id"], "state": "queued", "attempts": 1, "next": None}
+
+    async def check(rig: Rig) -> None:
+        rig.held.hold("agent1", TASK, 2)
+        status, raw = await rig.post(f"/fleetd/tasks/{TASK}/complete?next=0", {"output": 1, "attempt": 2})
+        assert (status, json.loads(raw)) == (200, {"id": TASK, "state": "succeeded", "attempts": 2,
+                                                   "next": following})
+        assert rig.seen[0][1] == {"agent_id": "agent1", "attempt": 2, "output": 1, "next_wait": 0.0}
+        assert rig.held.held("agent1") == HeldTask(following["id"], 1, 500_000_000)
+        status, raw = await rig.post(f"/fleetd/tasks/{following['id']}/fail?next=2.5", {"error": "x", "attempt": 1})
+        assert (status, json.loads(raw)["next"]) == (200, None)
+        assert rig.seen[1][1]["next_wait"] == 2.5
+        assert rig.held.held("agent1") is None
+
+    run(script, check)
+
+
+@pytest.mark.parametrize("wait", ["-1", "61", "abc", "nan", ""])
+def test_an_answers_next_out_of_0_to_60_s_is_refused_400_and_not_relayed(wait: str) -> None:
+    async def check(rig: Rig) -> None:
+        status, raw = await rig.post(f"/fleetd/tasks/{TASK}/complete?next={wait}", {"output": 1})
+        assert (status, error_code(raw)) == (400, "bad_request") and b"next must be" in raw
+        assert rig.seen == []
+
+    run(lambda path, body: say(200, DONE), check)
+
+
 def test_the_daemons_refusals_reach_the_agent_unchanged() -> None:
     raw_conflict = json.dumps(CONFLICT).encode()
 

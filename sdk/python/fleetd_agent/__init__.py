@@ -561,7 +561,7 @@ class Task:
     Answer it once, with ``complete()`` or ``fail()``, from any thread.
     """
 
-    def __init__(self, base: str, lease: dict[str, Any]) -> None:
+    def __init__(self, base: str, lease: dict[str, Any], loop: _Prefetch | None = None) -> None:
         self.id = str(lease["id"])
         self.input: Any = lease.get("input")
         self.attempt = int(lease["attempt"])
@@ -572,6 +572,7 @@ class Task:
         self._url = f"{base}{TASKS_PATH}/{urllib.parse.quote(self.id, safe='')}"
         self._lock = threading.Lock()
         self._answered = False
+        self._loop = loop
 
     @property
     def answered(self) -> bool:
@@ -587,7 +588,7 @@ class Task:
         held, so it may be failed instead), TypeError/ValueError for an output JSON cannot encode.
         """
         body = json.dumps({"output": output, "attempt": self.attempt}, separators=(",", ":"), allow_nan=False)
-        return self._answer("complete", body.encode(), TASK_ANSWER_PATIENCE)
+        return self._answer("complete", body.encode(), TASK_ANSWER_PATIENCE, ask_next=True)
 
     def fail(self, error: str | BaseException, retry: bool = True) -> dict[str, Any]:
         """Record this attempt as failed; returns ``{"id", "state", "attempts"}``.
@@ -597,28 +598,36 @@ class Task:
         spent; ``retry=False`` fails it for good (the input is bad, trying again cannot help). Raises as
         ``complete()`` does.
         """
-        return self._fail(error, retry, TASK_ANSWER_PATIENCE)
+        return self._fail(error, retry, TASK_ANSWER_PATIENCE, ask_next=True)
 
-    def _fail(self, error: str | BaseException, retry: bool, patience: float) -> dict[str, Any]:
+    def _fail(self, error: str | BaseException, retry: bool, patience: float, ask_next: bool = False
+              ) -> dict[str, Any]:
         if isinstance(error, BaseException):
             error = f"{type(error).__name__}: {error}"
         text = str(error)
         if len(text) > MAX_TASK_ERROR:
             text = text[: MAX_TASK_ERROR - 1] + "…"
         body = json.dumps({"error": text, "retry": bool(retry), "attempt": self.attempt}, separators=(",", ":"))
-        return self._answer("fail", body.encode(), patience)
+        return self._answer("fail", body.encode(), patience, ask_next)
 
-    def _answer(self, verb: str, body: bytes, patience: float) -> dict[str, Any]:
+    def _answer(self, verb: str, body: bytes, patience: float, ask_next: bool = False) -> dict[str, Any]:
+        """``ask_next``: a task of a ``tasks()`` loop that is not stopping also asks for the loop's next task
+        (``?next=0``: one that is ready now, else none), which the loop then hands out without asking again."""
         with self._lock:
             if self._answered:
                 raise RuntimeError(f"task {self.id} was answered already")
-            status, raw = _post_retrying(f"{self._url}/{verb}", body, TASK_ANSWER_TIMEOUT, patience)
+            loop = self._loop if ask_next and not should_stop() else None
+            url = f"{self._url}/{verb}" + ("?next=0" if loop is not None else "")
+            status, raw = _post_retrying(url, body, TASK_ANSWER_TIMEOUT, patience)
             if status == 200:
                 try:
                     outcome = json.loads(raw)
                 except ValueError:
                     outcome = None
                 self.outcome = outcome if isinstance(outcome, dict) else {}
+                following = self.outcome.pop("next", None)
+                if loop is not None and isinstance(following, dict):
+                    loop.lease = following
                 self._done()
                 return self.outcome
             refusal = _refusal(status, raw)
@@ -633,6 +642,13 @@ class Task:
 
     def __repr__(self) -> str:
         return f"<Task {self.id} attempt={self.attempt} answered={self._answered}>"
+
+
+class _Prefetch:
+    """A ``tasks()`` loop's next task, as the answer to the task before it brought it (None: ask for one)."""
+
+    def __init__(self) -> None:
+        self.lease: dict[str, Any] | None = None
 
 
 def _give_back(task: Task, why: str) -> None:
@@ -663,7 +679,9 @@ def tasks(wait: float = DEFAULT_TASK_WAIT) -> Iterator[Task]:
     leaves unanswered is failed (for a retry) before the next is taken, with the error "not completed by the
     agent"; and when the loop ends early (``break``, or an exception in its body), the task in hand is failed
     the same way (the agent's loop ended ...) so that another worker gets it soon. An agent holds one task at
-    a time: asked again, the daemon answers the one it holds.
+    a time: asked again, the daemon answers the one it holds. An answer given in the loop (before SIGTERM) also
+    asks for the next task ready now (``?next=0``): the loop hands that one out without asking again (one round
+    trip per task), and gives it back, as a task in hand, when the loop ends first.
 
     While the gateway or the daemon is unreachable (no answer, 502, 503, 504) it retries after 0.5 s, doubling
     to 5 s. Other refusals raise TaskError (403: this address is no fleetd agent; 404 or 409: the agent is no
@@ -683,6 +701,7 @@ def _task_loop(base: str, wait: float) -> Iterator[Task]:
     url = f"{base}{TASKS_PATH}/next?wait={wait:g}"
     task: Task | None = None
     delay = TASK_RETRY_FIRST
+    prefetch = _Prefetch()
     try:
         while True:
             if task is not None:
@@ -690,21 +709,27 @@ def _task_loop(base: str, wait: float) -> Iterator[Task]:
                 task = None
             if should_stop():
                 break
-            answer = _post(url, b"{}", wait + TASK_POLL_MARGIN)
-            if answer is None or answer[0] in _RETRIED:
-                stopping_event.wait(delay)
-                delay = min(delay * 2, TASK_RETRY_CAP)
-                continue
-            delay = TASK_RETRY_FIRST
-            status, raw = answer
-            if status == 204:
-                continue
-            if status != 200:
-                raise _refusal(status, raw)
+            lease, prefetch.lease = prefetch.lease, None
+            if lease is None:
+                answer = _post(url, b"{}", wait + TASK_POLL_MARGIN)
+                if answer is None or answer[0] in _RETRIED:
+                    stopping_event.wait(delay)
+                    delay = min(delay * 2, TASK_RETRY_CAP)
+                    continue
+                delay = TASK_RETRY_FIRST
+                status, raw = answer
+                if status == 204:
+                    continue
+                if status != 200:
+                    raise _refusal(status, raw)
+                try:
+                    lease = json.loads(raw)
+                except ValueError as exc:
+                    raise TaskError(status, "bad_answer", f"the gateway's task could not be read: {exc}") from None
             try:
-                task = Task(base, json.loads(raw))
+                task = Task(base, lease, prefetch)  # a lease that is no object fails here
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
-                raise TaskError(status, "bad_answer", f"the gateway's task could not be read: {exc}") from None
+                raise TaskError(200, "bad_answer", f"the gateway's task could not be read: {exc}") from None
             _task_idle.clear()
             if should_stop():
                 _give_back(task, STOPPING)
@@ -714,6 +739,9 @@ def _task_loop(base: str, wait: float) -> Iterator[Task]:
     finally:
         if task is not None:
             _give_back(task, LOOP_ENDED)
+        if prefetch.lease is not None:  # brought by the last answer, never handed out
+            with contextlib.suppress(ValueError, KeyError, TypeError, AttributeError):
+                _give_back(Task(base, prefetch.lease), STOPPING if should_stop() else LOOP_ENDED)
         _task_idle.set()
     _wait_for_the_drain()
 
