@@ -12,6 +12,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
@@ -21,6 +22,7 @@ from cli.client import ApiError, Client
 from cli.common import DURATION, api_errors, client, for_each, spawn_options_except
 from cli.output import age, print_json, print_table
 from cli.spawn_options import EnvError, spawn_request
+from cli.wire import dumps
 from fleetd.units import format_usd
 
 TASK_STATES = ("queued", "leased", "succeeded", "failed", "cancelled", "dead")  # fleetd.task_queue.TaskState
@@ -286,6 +288,10 @@ def task() -> None:
     """Tasks: submit work to a deployment's queue, watch it, wait for it, cancel it."""
 
 
+def no_json_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def read_input(inline: str | None, path: str | None, dash: str | None) -> Any:
     """The task's input from exactly one of --input, --input-file and a ``-`` argument (stdin); none: null."""
     if dash is not None and dash != "-":
@@ -311,11 +317,8 @@ def read_input(inline: str | None, path: str | None, dash: str | None) -> Any:
     if not text.strip():
         raise click.ClickException(f"{source} is empty: give a JSON document (null for no input)")
 
-    def no_constant(name: str) -> Any:
-        raise ValueError(f"{name} is not JSON")
-
     try:
-        return json.loads(text, parse_constant=no_constant)
+        return json.loads(text, parse_constant=no_json_constant)
     except ValueError as exc:  # json.JSONDecodeError too
         raise click.ClickException(f"{source} is not JSON: {exc}") from None
 
@@ -330,27 +333,91 @@ def read_input(inline: str | None, path: str | None, dash: str | None) -> Any:
 @click.option("--max-usd", metavar="USD", help="Cap on the task's LLM spend (default: the deployment's).")
 @click.option("--attempts", type=int, help="Leases the task gets before it is dead (default: the deployment's).")
 @click.option("--key", help="Idempotency key: a second submit with it answers the first task instead.")
+@click.option("--inputs-file", metavar="FILE",
+              help="Queue one task per line of FILE (JSON Lines; - for standard input), a thousand per request.")
 @click.option("--json", "as_json", is_flag=True, help="Print the task as JSON.")
 @click.pass_context
 @api_errors
 def task_submit(ctx: click.Context, deployment: str, stdin: str | None, inline: str | None, input_file: str | None,
-                ttl: str | None, max_usd: str | None, attempts: int | None, key: str | None, as_json: bool) -> None:
+                ttl: str | None, max_usd: str | None, attempts: int | None, key: str | None,
+                inputs_file: str | None, as_json: bool) -> None:
     """Queue a task for a deployment's agents; print its id.
 
     The input is one JSON document: --input, --input-file, or standard input
-    (- or --input-file -); without one the task's input is null.
+    (- or --input-file -); without one the task's input is null. With
+    --inputs-file, each line of the file is a task's input: the tasks are
+    queued a thousand at a time (each thousand all or none, in order) and
+    their ids printed one per line.
 
     \b
     Examples: fleetd task submit web --input '{"url": "https://example.com"}'
               jq -c . job.json | fleetd task submit web - --ttl 10m --key job-42
+              jq -c '.[]' jobs.json | fleetd task submit web --inputs-file -
     """
-    body = {"deployment": deployment, "input": read_input(inline, input_file, stdin), "ttl": ttl,
-            "max_usd": max_usd, "attempts": attempts, "key": key}
-    record = client(ctx).call("POST", "/v1/tasks", body)
+    options: dict[str, Any] = {"ttl": ttl, "max_usd": max_usd, "attempts": attempts}
+    if inputs_file is not None:
+        if key is not None or inline is not None or input_file is not None or stdin is not None:
+            raise OneLineUsageError("task submit: --inputs-file gives every input; it takes no --key, --input, "
+                                    "--input-file or -")
+        records = []
+        for batch in batches(read_inputs(inputs_file)):
+            answered = client(ctx).call("POST", "/v1/tasks/batch", {
+                "deployment": deployment, "tasks": [{"input": item, **options} for item in batch]})
+            records += answered
+            if not as_json:
+                for record in answered:
+                    click.echo(record["id"])
+        if as_json:
+            print_json(records)
+        return
+    record = client(ctx).call("POST", "/v1/tasks", {
+        "deployment": deployment, "input": read_input(inline, input_file, stdin), **options, "key": key})
     if as_json:
         print_json(record)
     else:
         click.echo(record["id"])
+
+
+BATCH_TASKS = 1000  # the API's most per request
+BATCH_BYTES = 900 << 10  # of inputs per request, under the API's 1 MiB body with the rest of it
+
+
+def read_inputs(path: str) -> Iterator[tuple[Any, int]]:
+    """Each non-blank line of ``path`` (- standard input) as JSON, with its size as sent; a bad line is a one-line
+    error."""
+    try:
+        file = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115  # closed below
+    except OSError as exc:
+        raise click.ClickException(f"--inputs-file {path}: {exc.strerror or exc}") from None
+    try:
+        for number, line in enumerate(file, 1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line, parse_constant=no_json_constant)
+            except ValueError as exc:
+                raise click.ClickException(f"--inputs-file {path}, line {number}: not JSON: {exc}") from None
+            yield item, len(dumps(item).encode())  # as the request will carry it
+    except UnicodeDecodeError:
+        raise click.ClickException(f"--inputs-file {path}: not UTF-8 text") from None
+    finally:
+        if file is not sys.stdin:
+            file.close()
+
+
+def batches(inputs: Iterator[tuple[Any, int]]) -> Iterator[list[Any]]:
+    """Inputs in runs of at most BATCH_TASKS and about BATCH_BYTES (one larger input goes alone); none: an error."""
+    batch: list[Any] = []
+    size = 0
+    for item, length in inputs:
+        if batch and (len(batch) == BATCH_TASKS or size + length > BATCH_BYTES):
+            yield batch
+            batch, size = [], 0
+        batch.append(item)
+        size += length
+    if not batch:
+        raise click.ClickException("--inputs-file has no input: give one JSON document per line")
+    yield batch
 
 
 TASK_COLUMNS = ["ID", "DEPLOYMENT", "STATE", "ATTEMPTS", "AGENT", "COST", "AGE"]

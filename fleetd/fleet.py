@@ -41,7 +41,7 @@ from typing import Any, Protocol
 
 from fleetd.autoscale import Autoscaler, Decision, Observation, PoolAgent
 from fleetd.background import Background
-from fleetd.deployments import Deployment, Deployments, DeploymentState, Version, VersionState
+from fleetd.deployments import Deployment, Deployments, DeploymentState, TaskDefaults, Version, VersionState
 from fleetd.errors import Conflict, FleetdError, InvalidRequest, NotFound, WaitTimeout
 from fleetd.histograms import TASK_COST_BUCKETS, TASK_DURATION_BUCKETS, Histogram
 from fleetd.models import LIVE_STATES, AgentSpec, State, iso, parse_iso, utcnow
@@ -61,6 +61,8 @@ TICK = 1.0  # s between two looks at every deployment
 RECHECK = 1.0  # s a wait for a task's end looks again (a deadline passes unannounced)
 POLLS_PER_AGENT = 2  # long polls of one agent that may wait at once; more answer at once (none waits)
 MAX_WAIT = 60  # s of a long poll
+MAX_BATCH = 1000  # tasks in one submit (POST /v1/tasks/batch); the API's 1 MiB body bounds them too
+TASK_FIELDS = ("input", "ttl", "max_usd", "attempts", "key")
 DEFAULT_WAIT = 30
 DECISIONS_KEPT = 20  # per deployment, for deploy inspect
 LAUNCH_BACKOFF = (2.0, 300.0)
@@ -156,6 +158,22 @@ class Waiters:
 
     def wake_all(self) -> None:
         self.wake(len(self._queue))
+
+
+def task_fields(item: dict[str, Any], extra: set[str], defaults: TaskDefaults) -> dict[str, Any]:
+    """A submitted task's fields (``extra`` may be there too, and are left out), its deployment's defaults for those
+    it leaves out or null: ``TaskQueue.submit``'s arguments and ``input``."""
+    unknown = set(item) - set(TASK_FIELDS) - extra
+    if unknown:
+        raise InvalidRequest(f"unknown task fields: {sorted(unknown)}")
+
+    def given(field: str, default: Any) -> Any:
+        value = item.get(field)
+        return default if value is None else value
+
+    return {"input": item.get("input"), "ttl": given("ttl", defaults.ttl),
+            "attempts": given("attempts", defaults.attempts), "max_usd": given("max_usd", defaults.max_usd),
+            "key": item.get("key")}
 
 
 class Fleet:
@@ -544,26 +562,47 @@ class Fleet:
         return self.with_costs([task])[0]
 
     def submit(self, request: dict[str, Any]) -> Task:
+        name, defaults = self._accepting(request)
+        item = task_fields(request, {"deployment"}, defaults)
+        task = self.queue.submit(name, item.pop("input"), **item)
+        self._submitted(name, 1)
+        return task
+
+    def submit_many(self, request: dict[str, Any]) -> list[Task]:
+        """``{"deployment": NAME, "tasks": [{"input", "ttl", "max_usd", "attempts", "key"}, ...]}``: all queued in
+        one transaction, or none."""
+        name, defaults = self._accepting(request)
+        unknown = set(request) - {"deployment", "tasks"}
+        if unknown:
+            raise InvalidRequest(f"unknown fields: {sorted(unknown)} (a batch is deployment and tasks)")
+        items = request.get("tasks")
+        if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH:
+            raise InvalidRequest(f"tasks: a list of 1 to {MAX_BATCH} tasks, each an object")
+        fields = []
+        for index, item in enumerate(items):
+            if not isinstance(item, dict):
+                raise InvalidRequest(f"tasks[{index}]: an object with the task's input, got {type(item).__name__}")
+            try:
+                fields.append(task_fields(item, set(), defaults))
+            except InvalidRequest as exc:
+                raise InvalidRequest(f"tasks[{index}]: {exc}") from None
+        tasks = self.queue.submit_many(name, fields)
+        self._submitted(name, len(tasks))
+        return tasks
+
+    def _accepting(self, request: dict[str, Any]) -> tuple[str, TaskDefaults]:
+        """The deployment ``request`` submits to, which must take new tasks, and its tasks' defaults."""
         name = request.get("deployment")
         if not isinstance(name, str):
             raise InvalidRequest("deployment: the name of the deployment the task is for")
         state, defaults = self.deployments.task_defaults(name)
         if state == DeploymentState.REMOVING:
             raise Conflict(f"deployment {name} is being removed: it takes no new task")
-        unknown = set(request) - {"deployment", "input", "ttl", "max_usd", "attempts", "key"}
-        if unknown:
-            raise InvalidRequest(f"unknown task fields: {sorted(unknown)}")
+        return name, defaults
 
-        def given(field: str, default: Any) -> Any:
-            value = request.get(field)
-            return default if value is None else value
-
-        task = self.queue.submit(name, request.get("input"), ttl=given("ttl", defaults.ttl),
-                                 attempts=given("attempts", defaults.attempts),
-                                 max_usd=given("max_usd", defaults.max_usd), key=request.get("key"))
-        self._signal(name)
+    def _submitted(self, deployment: str, count: int) -> None:
+        self._signal(deployment, count)
         self.wake()  # scale up at once
-        return task
 
     def cancel(self, task_id: str) -> Task:
         task = self.queue.cancel(task_id)

@@ -63,6 +63,15 @@ async def submit(request: web.Request) -> web.Response:
     return web.json_response(task.to_json(), status=201)  # else just queued: no call of it yet
 
 
+async def submit_batch(request: web.Request) -> web.Response:
+    """Several tasks of one deployment at once: all queued, in order, or none (a 4xx naming the first bad one)."""
+    fleet = services(request).fleet
+    tasks = fleet.submit_many(await body(request))
+    if any(t.key is not None for t in tasks):  # a known key answers its first task, which may have cost already
+        tasks = fleet.with_costs(tasks)
+    return web.json_response([t.to_json() for t in tasks], status=201)
+
+
 async def list_tasks(request: web.Request) -> web.Response:
     limit = request.query.get("limit", "1000")
     if not (limit.isascii() and limit.isdigit()) or not 1 <= int(limit) <= 10_000:
@@ -106,6 +115,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/deployments/{name}/scale", scale)
     app.router.add_get("/v1/tasks", list_tasks)
     app.router.add_post("/v1/tasks", submit)
+    app.router.add_post("/v1/tasks/batch", submit_batch)
     app.router.add_get("/v1/tasks/{id}", inspect_task)
     app.router.add_post("/v1/tasks/{id}/wait", wait_task)
     app.router.add_post("/v1/tasks/{id}/cancel", cancel)

@@ -45,7 +45,7 @@ from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 from fleetd.bounds import MAX_MESSAGE_CHARS, MAX_TEXT_CHARS, MAX_TYPE_CHARS, clip
 from fleetd.errors import Conflict, FleetdError, InvalidRequest, NotFound
@@ -150,6 +150,22 @@ def json_body(value: Any, what: str) -> str:
     return text
 
 
+def check_deployment(deployment: object) -> None:
+    if not isinstance(deployment, str) or not NAME_PATTERN.fullmatch(deployment):
+        raise InvalidRequest(f"invalid deployment {deployment!r}: 1-63 letters, digits, _ . - starting with a "
+                             "letter or digit")
+
+
+class _NewTask(NamedTuple):
+    """A task to queue, checked: its input as JSON text, ttl in seconds, attempts, cap in nUSD, idempotency key."""
+
+    text: str
+    ttl: int
+    attempts: int
+    max_nusd: int | None
+    key: str | None
+
+
 class TaskQueue:
     """Tasks of every deployment, in the store's state.db; ``clock`` and ``rng`` injected for the tests.
 
@@ -206,34 +222,58 @@ class TaskQueue:
     def submit(self, deployment: str, payload: Any, *, ttl: object = DEFAULT_TTL,
                attempts: object = DEFAULT_ATTEMPTS, max_usd: object = None, key: str | None = None) -> Task:
         """Queue a task; with ``key``, a second submit to the same deployment answers the first task."""
-        if not isinstance(deployment, str) or not NAME_PATTERN.fullmatch(deployment):
-            raise InvalidRequest(f"invalid deployment {deployment!r}: 1-63 letters, digits, _ . - starting with a "
-                                 "letter or digit")
+        check_deployment(deployment)
+        new = self._prepare(payload, ttl, attempts, max_usd, key)
+        with self._changing():
+            task_id = self._insert(deployment, new, self.clock())
+        return self.get(task_id)
+
+    def submit_many(self, deployment: str, items: list[dict[str, Any]]) -> list[Task]:
+        """Queue several tasks (each a dict of ``submit``'s keyword arguments and ``input``) in one transaction: all
+        of them, or none (the error names the first bad one by its index). Answered without their input."""
+        check_deployment(deployment)
+        prepared = []
+        for index, item in enumerate(items):
+            try:
+                prepared.append(self._prepare(item.get("input"), item.get("ttl", DEFAULT_TTL),
+                                              item.get("attempts", DEFAULT_ATTEMPTS), item.get("max_usd"),
+                                              item.get("key")))
+            except InvalidRequest as exc:
+                raise InvalidRequest(f"tasks[{index}]: {exc}") from None
+        now = self.clock()
+        with self._changing():
+            ids = [self._insert(deployment, new, now) for new in prepared]
+        found = {task.id: task for task in self._summaries(list(dict.fromkeys(ids)))}
+        return [found[task_id] for task_id in ids]
+
+    def _prepare(self, payload: Any, ttl: object, attempts: object, max_usd: object, key: object) -> _NewTask:
         ttl_s = parse_whole_seconds(ttl, "--ttl", 1, MAX_TTL)
         if isinstance(attempts, bool) or not isinstance(attempts, int) or not 1 <= attempts <= MAX_ATTEMPTS:
             raise InvalidRequest(f"--attempts: a whole number from 1 to {MAX_ATTEMPTS}, got {attempts!r}")
         max_nusd = None if max_usd is None else nusd(parse_usd(max_usd, "--max-usd"))
         if key is not None and (not isinstance(key, str) or not 1 <= len(key) <= MAX_TEXT_CHARS):
             raise InvalidRequest(f"--key: 1 to {MAX_TEXT_CHARS} characters, got {key!r}")
-        text = json_body(payload, "input")
-        now = self.clock()
-        with self._changing():
-            same = None if key is None else self._row(
-                "SELECT * FROM tasks WHERE deployment = ? AND idempotency_key = ?", (deployment, key))
+        return _NewTask(json_body(payload, "input"), ttl_s, attempts, max_nusd, key)
+
+    def _insert(self, deployment: str, new: _NewTask, now: datetime) -> str:
+        """Inside a transaction: the id of the task ``new`` queued, or of the one its key was used for."""
+        if new.key is not None:
+            same = self._row("SELECT id, input FROM tasks WHERE deployment = ? AND idempotency_key = ?",
+                             (deployment, new.key))
             if same is not None:
-                if json.loads(same["input"]) != json.loads(text):
-                    raise Conflict(f"idempotency key {key!r} was used for task {same['id']} with another input")
-                return Task.from_row(same)
-            pending = self._live(deployment)
-            if pending >= self.max_pending:
-                raise Conflict(f"deployment {deployment} has {pending} unfinished tasks, at most {self.max_pending}")
-            task_id = secrets.token_hex(8)
-            self.conn.execute(
-                "INSERT INTO tasks (id, deployment, state, max_attempts, input, max_nusd, idempotency_key, "
-                "created_at, deadline, retry_at) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?)",
-                (task_id, deployment, attempts, text, max_nusd, key, iso(now), iso(now + timedelta(seconds=ttl_s)),
-                 iso(now)))
-        return self.get(task_id)
+                if json.loads(same["input"]) != json.loads(new.text):
+                    raise Conflict(f"idempotency key {new.key!r} was used for task {same['id']} with another input")
+                return str(same["id"])
+        pending = self._live(deployment)
+        if pending >= self.max_pending:
+            raise Conflict(f"deployment {deployment} has {pending} unfinished tasks, at most {self.max_pending}")
+        task_id = secrets.token_hex(8)
+        self.conn.execute(
+            "INSERT INTO tasks (id, deployment, state, max_attempts, input, max_nusd, idempotency_key, "
+            "created_at, deadline, retry_at) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?)",
+            (task_id, deployment, new.attempts, new.text, new.max_nusd, new.key, iso(now),
+             iso(now + timedelta(seconds=new.ttl)), iso(now)))
+        return task_id
 
     def lease(self, agent_id: str, deployment: str, version: str, bound_only: bool = False) -> Lease | None:
         """The task ``agent_id`` holds, else the oldest ready task of ``deployment`` it may run, else None.

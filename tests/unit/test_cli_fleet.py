@@ -276,6 +276,40 @@ def test_task_submit_refuses_bad_input_in_one_line(daemon: FakeDaemon, tmp_path:
     assert daemon.seen == []
 
 
+def test_task_submit_inputs_file_queues_a_line_each_a_thousand_per_request(
+        daemon: FakeDaemon, tasks: list[dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cli.fleet, "BATCH_TASKS", 2)
+    daemon.answer("POST", "/v1/tasks/batch", [tasks[0], tasks[1]], status=201)
+    path = tmp_path / "inputs.jsonl"
+    path.write_text('{"n": 1}\n\n"two"\nnull\n', encoding="utf-8")
+    result = run(daemon, "task", "submit", "web", "--inputs-file", str(path), "--ttl", "10m")
+    assert result.exit_code == 0 and result.stdout.split() == [tasks[0]["id"], tasks[1]["id"]] * 2, result.output
+    options = {"ttl": "10m", "max_usd": None, "attempts": None}
+    assert [s.body for s in daemon.seen] == [
+        {"deployment": "web", "tasks": [{"input": {"n": 1}, **options}, {"input": "two", **options}]},
+        {"deployment": "web", "tasks": [{"input": None, **options}]}]
+    daemon.seen.clear()
+    result = run(daemon, "task", "submit", "web", "--inputs-file", "-", "--json", stdin="[1]\n")
+    assert result.exit_code == 0 and json.loads(result.stdout) == [tasks[0], tasks[1]]
+
+
+@pytest.mark.parametrize(
+    ("args", "stdin", "status", "message"),
+    [
+        (["--inputs-file", "-"], '{"a": 1}\n{"a": \n', 1, "--inputs-file -, line 2: not JSON"),
+        (["--inputs-file", "-"], "\n\n", 1, "--inputs-file has no input"),
+        (["--inputs-file", "-", "--key", "k"], "1\n", 2, "it takes no --key"),
+        (["--inputs-file", "-", "--input", "1"], "1\n", 2, "it takes no --key, --input"),
+    ],
+)
+def test_task_submit_inputs_file_refuses_bad_input_in_one_line(daemon: FakeDaemon, args: list[str], stdin: str,
+                                                               status: int, message: str) -> None:
+    result = run(daemon, "task", "submit", "web", *args, stdin=stdin)
+    assert result.exit_code == status
+    one_line_error(result, message)
+    assert daemon.seen == []
+
+
 # -- fleetd task ls, inspect, cancel ---------------------------------------------
 
 

@@ -147,3 +147,30 @@ def test_one_kept_connection_sees_new_calls_and_follows_a_new_file(ledger: Ledge
     finally:
         fresh.close()
         costs.close()
+
+
+def test_a_batch_submit_answers_its_tasks_and_refuses_a_bad_one_by_index(parts: Services) -> None:
+    parts.fleet.deployments.apply("web", {"image": "img", "command": ["work"], "task_attempts": 2}, 2)
+
+    async def main() -> list[tuple[int, Any]]:
+        async with TestClient(TestServer(init_app(parts))) as client:
+            seen = []
+            for body in ({"deployment": "web", "tasks": [{"input": {"n": 1}}, {"input": None, "ttl": "1m"}]},
+                         {"deployment": "web", "tasks": [{"input": 1}, {"input": 2, "priority": 9}]},
+                         {"deployment": "web", "tasks": []},
+                         {"deployment": "web", "tasks": [1]},
+                         {"deployment": "web", "tasks": [{}], "key": "x"},
+                         {"deployment": "nope", "tasks": [{}]}):
+                async with client.post("/v1/tasks/batch", json=body) as response:
+                    seen.append((response.status, await response.json()))
+            return seen
+
+    (status, tasks), *refused = asyncio.run(main())
+    assert status == 201 and [(t["state"], t["max_attempts"], t["input"]) for t in tasks] == [
+        ("queued", 2, None), ("queued", 2, None)]
+    assert [parts.fleet.queue.get(t["id"]).input for t in tasks] == [{"n": 1}, None]
+    assert [(s, body["error"]["message"][:40]) for s, body in refused] == [
+        (400, "tasks[1]: unknown task fields: ['priorit"), (400, "tasks: a list of 1 to 1000 tasks, each a"),
+        (400, "tasks[0]: an object with the task's inpu"), (400, "unknown fields: ['key'] (a batch is depl"),
+        (404, "no such deployment: nope")]
+    assert parts.fleet.queue.counts("web")["queued"] == 2

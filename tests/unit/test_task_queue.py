@@ -560,3 +560,22 @@ def test_the_counts_kept_by_triggers_match_the_tasks_after_every_kind_of_change(
         assert kept == counted(), f"after step {step}"
     assert sum(queue.counts().values()) == sum(counted().values()) > 0
     assert queue.queued("web") == counted().get(("web", "queued"), 0)
+
+
+def test_a_batch_is_queued_in_order_in_one_transaction_or_not_at_all(store: Store, clock: WallClock) -> None:
+    queue = TaskQueue(store, clock=clock, max_pending=5)
+    first = queue.submit("web", {"n": 0}, key="k0")
+    batch = queue.submit_many("web", [{"input": {"n": 1}}, {"input": {"n": 0}, "key": "k0"},
+                                      {"input": {"n": 2}, "ttl": 60, "attempts": 1, "max_usd": "0.5", "key": "k2"},
+                                      {"input": {"n": 2}, "key": "k2"}])
+    assert [t.id for t in batch][1:4:2] == [first.id, batch[2].id]  # a known key, in or before the batch: its task
+    assert (batch[2].max_attempts, batch[2].max_nusd, batch[2].input) == (1, 500_000_000, None)  # listed, no input
+    assert [queue.get(t.id).input for t in batch] == [{"n": 1}, {"n": 0}, {"n": 2}, {"n": 2}]
+    assert queue.counts("web")["queued"] == 3
+    with pytest.raises(InvalidRequest, match=r"tasks\[1\]: --attempts"):
+        queue.submit_many("web", [{"input": 1}, {"input": 2, "attempts": 0}])
+    with pytest.raises(Conflict, match="unfinished tasks"):  # the bound counts the batch's own tasks
+        queue.submit_many("web", [{"input": n} for n in range(3)])
+    with pytest.raises(Conflict, match="another input"):
+        queue.submit_many("web", [{"input": 9}, {"input": 1, "key": "k2"}])
+    assert queue.counts("web")["queued"] == 3  # none of the refused batches' tasks
