@@ -10,12 +10,15 @@ Three figures, each beside its baseline in the same run, on one daemon with work
 2. Queue throughput: ``--tasks`` no-op tasks submitted at once (``--submitters`` threads) to ``--workers``
    ready agents; end to end, first submit to last completion. Target: >= 1,000 tasks/s. Beside it: the submit
    rate alone (the API's side), and the pool's rate alone (every task queued before the workers first poll).
+   Twice: one task per ``POST /v1/tasks``, then ``--batch`` per ``POST /v1/tasks/batch``. The workers loop
+   with ``tasks(prefetch=True)``: each answer brings the next task (``?next=0``), one round trip per task.
 3. Scale-up reaction: ``--burst`` tasks submitted at once to a deployment with no agent and ``--max`` of them;
    time until all ``--max`` are running. Each task holds its worker 2 s, as one waiting on an LLM does (a no-op
    task would have the first agents burn the CPU the others need to start). Baseline: ``--max`` agents spawned
    at once through the API, to running. Target: at most 1 s more than the baseline (container start time).
 
-Run: .venv/bin/python bench/fleet.py [--latency-tasks 200] [--tasks 10000] [--workers 20] [--burst 500] [--max 20]
+Run: .venv/bin/python bench/fleet.py [--latency-tasks 200] [--tasks 10000] [--workers 20] [--batch 100] [--burst 500]
+[--max 20] [--parts latency,throughput,scale]
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from harness import IMAGE, Bench, summary, table, verdict
 
 WORKER = """
 import time, fleetd_agent
-for task in fleetd_agent.tasks(wait=30):
+for task in fleetd_agent.tasks(wait=30, prefetch=True):
     got = time.time()
     if isinstance(task.input, dict):
         time.sleep(task.input.get("sleep", 0))
@@ -104,12 +107,24 @@ def cold_latency(bench: Bench, count: int) -> list[float]:
     return latencies
 
 
-def throughput(bench: Bench, tasks: int, workers: int, submitters: int) -> dict[str, float]:
+def submit_all(bench: Bench, name: str, tasks: int, submitters: int, batch: int) -> None:
+    """``tasks`` no-op tasks, from ``submitters`` threads: one per request (``batch`` 1), else ``batch`` per
+    ``POST /v1/tasks/batch``."""
+    if batch <= 1:
+        with ThreadPoolExecutor(max_workers=submitters) as pool:
+            list(pool.map(lambda _: submit(bench, name), range(tasks)))
+        return
+    sizes = [min(batch, tasks - start) for start in range(0, tasks, batch)]
+    with ThreadPoolExecutor(max_workers=submitters) as pool:
+        list(pool.map(lambda size: bench.client().call("POST", "/v1/tasks/batch", {
+            "deployment": name, "tasks": [{"input": None}] * size}), sizes))
+
+
+def throughput(bench: Bench, tasks: int, workers: int, submitters: int, batch: int) -> dict[str, float]:
     deploy(bench, "bulk", min=workers, max=workers, tasks_per_agent=10_000)
     wait_until(lambda: replicas(bench, "bulk")["idle"] == workers, 300, f"{workers} ready agents", 0.5)
     started = time.monotonic()
-    with ThreadPoolExecutor(max_workers=submitters) as pool:
-        list(pool.map(lambda _: submit(bench, "bulk"), range(tasks)))
+    submit_all(bench, "bulk", tasks, submitters, batch)
     submitted = time.monotonic() - started
     wait_until(lambda: replicas(bench, "bulk")["succeeded"] >= tasks, 600, f"{tasks} tasks done", 0.1)
     elapsed = time.monotonic() - started
@@ -117,7 +132,7 @@ def throughput(bench: Bench, tasks: int, workers: int, submitters: int) -> dict[
     return {"submit/s": tasks / submitted, "tasks/s": tasks / elapsed, "seconds": elapsed}
 
 
-def drain_rate(bench: Bench, tasks: int, workers: int, submitters: int, hold: float) -> float:
+def drain_rate(bench: Bench, tasks: int, workers: int, submitters: int, hold: float, batch: int) -> float:
     """Tasks/s of the pool alone: its workers wait ``hold`` s before their first poll, while every task is
     submitted; timed from the first task leased to the last one done."""
     late = f"import time; time.sleep({hold})\n" + WORKER
@@ -126,8 +141,7 @@ def drain_rate(bench: Bench, tasks: int, workers: int, submitters: int, hold: fl
     bench.client().call("PUT", "/v1/deployments/held", body)
     wait_until(lambda: replicas(bench, "held")["live"] == workers, 300, f"{workers} agents", 0.5)
     started = time.monotonic()
-    with ThreadPoolExecutor(max_workers=submitters) as pool:
-        list(pool.map(lambda _: submit(bench, "held"), range(tasks)))
+    submit_all(bench, "held", tasks, submitters, batch)
     if time.monotonic() - started > hold:
         raise SystemExit(f"submitting took longer than the workers' {hold:g} s hold: raise --hold")
     wait_until(lambda: bench.client().call("GET", "/v1/deployments/held")["queue"]["leased"] > 0, 120,
@@ -172,6 +186,7 @@ def main() -> int:
     parser.add_argument("--tasks", type=int, default=10_000)
     parser.add_argument("--workers", type=int, default=20)
     parser.add_argument("--submitters", type=int, default=16)
+    parser.add_argument("--batch", type=int, default=100, help="tasks per POST /v1/tasks/batch in the second run")
     parser.add_argument("--burst", type=int, default=500)
     parser.add_argument("--max", type=int, default=20)
     parser.add_argument("--hold", type=float, default=45.0, help="s the drain run's workers wait before polling")
@@ -188,12 +203,15 @@ def main() -> int:
                          for label, s in (("warm pool (task to worker)", warm),
                                           ("cold (spawn to first line)", cold))]), flush=True)
         if "throughput" in parts:
-            flow = results["throughput"] = throughput(bench, args.tasks, args.workers, args.submitters)
-            drained = results["drain"] = drain_rate(bench, args.tasks, args.workers, args.submitters, args.hold)
-            print(table(["THROUGHPUT", "TASKS", "WORKERS", "SUBMIT/S", "TASKS/S END TO END", "SECONDS",
-                         "TASKS/S, ALL QUEUED FIRST"],
-                        [["no-op tasks", args.tasks, args.workers, flow["submit/s"], flow["tasks/s"],
-                          flow["seconds"], drained]]), flush=True)
+            rows = []
+            for label, batch in (("one task per submit", 1), (f"{args.batch} tasks per submit", args.batch)):
+                flow = throughput(bench, args.tasks, args.workers, args.submitters, batch)
+                drained = drain_rate(bench, args.tasks, args.workers, args.submitters, args.hold, batch)
+                results[f"throughput batch={batch}"] = {**flow, "drain tasks/s": drained}
+                rows.append([label, args.tasks, args.workers, flow["submit/s"], flow["tasks/s"], flow["seconds"],
+                             drained])
+            print(table(["THROUGHPUT, NO-OP TASKS", "TASKS", "WORKERS", "SUBMIT/S", "TASKS/S END TO END", "SECONDS",
+                         "TASKS/S, ALL QUEUED FIRST"], rows), flush=True)
         if "scale" in parts:
             reaction, baseline = results["scale_up"] = scale_up(bench, args.burst, args.max, args.submitters)
             print(table(["SCALE UP", f"SECONDS TO {args.max} RUNNING"],
@@ -204,7 +222,11 @@ def main() -> int:
                 f"warm start p50 {warm['median']:.1f} ms (<= 20), p99 {warm['p99']:.1f} ms (<= 100); cold p50 "
                 f"{cold['median']:.0f} ms")
     if "throughput" in parts:
-        verdict(flow["tasks/s"] >= 1000, f"{flow['tasks/s']:.0f} tasks/s end to end (>= 1000)")
+        single, batched = results["throughput batch=1"], results[f"throughput batch={args.batch}"]
+        verdict(single["tasks/s"] >= 1000, f"{single['tasks/s']:.0f} tasks/s end to end (>= 1000), one task per "
+                                           "submit")
+        verdict(batched["tasks/s"] >= 1000, f"{batched['tasks/s']:.0f} tasks/s end to end (>= 1000), {args.batch} "
+                                            "tasks per submit")
     if "scale" in parts:
         verdict(reaction <= baseline + 1, f"scale up {reaction:.2f} s vs {baseline:.2f} s to start the agents "
                                           "alone (at most 1 s more)")

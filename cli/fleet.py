@@ -359,11 +359,21 @@ def task_submit(ctx: click.Context, deployment: str, stdin: str | None, inline: 
         if key is not None or inline is not None or input_file is not None or stdin is not None:
             raise OneLineUsageError("task submit: --inputs-file gives every input; it takes no --key, --input, "
                                     "--input-file or -")
-        records = []
-        for batch in batches(read_inputs(inputs_file)):
-            answered = client(ctx).call("POST", "/v1/tasks/batch", {
-                "deployment": deployment, "tasks": [{"input": item, **options} for item in batch]})
+        records: list[dict[str, Any]] = []
+        last_line = 0
+        for batch in batches(list(read_inputs(inputs_file))):  # every line read and checked before any is sent
+            try:
+                answered = client(ctx).call("POST", "/v1/tasks/batch", {
+                    "deployment": deployment, "tasks": [{"input": item, **options} for item, _, _ in batch]})
+            except ApiError as exc:
+                if not records:
+                    raise
+                if as_json:
+                    print_json(records)
+                raise click.ClickException(f"{exc} (in the batch from line {batch[0][2]}; the tasks of lines 1 to "
+                                           f"{last_line} were queued, {len(records)} ids printed)") from None
             records += answered
+            last_line = batch[-1][2]
             if not as_json:
                 for record in answered:
                     click.echo(record["id"])
@@ -382,9 +392,9 @@ BATCH_TASKS = 1000  # the API's most per request
 BATCH_BYTES = 900 << 10  # of inputs per request, under the API's 1 MiB body with the rest of it
 
 
-def read_inputs(path: str) -> Iterator[tuple[Any, int]]:
-    """Each non-blank line of ``path`` (- standard input) as JSON, with its size as sent; a bad line is a one-line
-    error."""
+def read_inputs(path: str) -> Iterator[tuple[Any, int, int]]:
+    """Each non-blank line of ``path`` (- standard input) as JSON, with its size as sent and its line number; a bad
+    line is a one-line error."""
     try:
         file = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115  # closed below
     except OSError as exc:
@@ -397,7 +407,7 @@ def read_inputs(path: str) -> Iterator[tuple[Any, int]]:
                 item = json.loads(line, parse_constant=no_json_constant)
             except ValueError as exc:
                 raise click.ClickException(f"--inputs-file {path}, line {number}: not JSON: {exc}") from None
-            yield item, len(dumps(item).encode())  # as the request will carry it
+            yield item, len(dumps(item).encode()), number  # its size as the request will carry it
     except UnicodeDecodeError:
         raise click.ClickException(f"--inputs-file {path}: not UTF-8 text") from None
     finally:
@@ -405,15 +415,16 @@ def read_inputs(path: str) -> Iterator[tuple[Any, int]]:
             file.close()
 
 
-def batches(inputs: Iterator[tuple[Any, int]]) -> Iterator[list[Any]]:
+def batches(inputs: list[tuple[Any, int, int]]) -> Iterator[list[tuple[Any, int, int]]]:
     """Inputs in runs of at most BATCH_TASKS and about BATCH_BYTES (one larger input goes alone); none: an error."""
-    batch: list[Any] = []
+    batch: list[tuple[Any, int, int]] = []
     size = 0
-    for item, length in inputs:
+    for line in inputs:
+        length = line[1]
         if batch and (len(batch) == BATCH_TASKS or size + length > BATCH_BYTES):
             yield batch
             batch, size = [], 0
-        batch.append(item)
+        batch.append(line)
         size += length
     if not batch:
         raise click.ClickException("--inputs-file has no input: give one JSON document per line")

@@ -215,6 +215,9 @@ class TaskQueue:
                 f"SELECT {SUMMARY_COLUMNS} FROM tasks WHERE id IN ({marks}) ORDER BY seq", chunk)]
         return found
 
+    def _summary(self, task_id: str) -> Task:
+        return self._summaries([task_id])[0]
+
     def _row(self, sql: str, params: Collection[Any]) -> dict[str, Any] | None:
         rows = self.store.rows(sql, list(params))
         return rows[0] if rows else None
@@ -241,8 +244,13 @@ class TaskQueue:
             except InvalidRequest as exc:
                 raise InvalidRequest(f"tasks[{index}]: {exc}") from None
         now = self.clock()
+        ids = []
         with self._changing():
-            ids = [self._insert(deployment, new, now) for new in prepared]
+            for index, new in enumerate(prepared):
+                try:
+                    ids.append(self._insert(deployment, new, now))
+                except Conflict as exc:
+                    raise Conflict(f"tasks[{index}]: {exc}") from None
         found = {task.id: task for task in self._summaries(list(dict.fromkeys(ids)))}
         return [found[task_id] for task_id in ids]
 
@@ -307,7 +315,8 @@ class TaskQueue:
 
     def complete(self, task_id: str, agent_id: str, attempt: int, output: Any) -> Task:
         """``succeeded`` with ``output``; 409 unless this is the task's current lease. The same completion again
-        (its answer was lost, and the agent retried) is answered as the first was, with the task as it is."""
+        (its answer was lost, and the agent retried) is answered as the first was, with the task as it is. Answered
+        without its input and output (``get`` has them): up to 1 MiB each, for an agent that has them."""
         text = json_body(output, "output")
         now = self.clock()
         at = iso(now)
@@ -317,19 +326,20 @@ class TaskQueue:
             if stale is not None and self._row(
                     "SELECT 1 FROM tasks WHERE id = ? AND state = 'succeeded' AND agent_id = ? AND attempts = ?",
                     (task_id, agent_id, attempt)) is not None:
-                return self.get(task_id)  # already done by this very attempt: nothing to change
+                return self._summary(task_id)  # already done by this very attempt: nothing to change
             if stale is None:
                 self.conn.execute("UPDATE tasks SET state = 'succeeded', output = ?, error = NULL, code = NULL, "
                                   "finished_at = ? WHERE id = ?", (text, at, task_id))
                 self._finished.append(task_id)
         if stale is not None:  # raised after the commit: the expiry above stays done
             raise stale
-        return self.get(task_id)
+        return self._summary(task_id)
 
     def fail(self, task_id: str, agent_id: str, attempt: int, error: str, *, retry: bool = True,
              code: str = AGENT_ERROR) -> Task:
         """The agent's attempt failed: queued again (after a backoff) when ``retry`` and attempts remain, ``dead``
-        when they are spent, ``failed`` when not ``retry``. 409 unless this is the task's current lease."""
+        when they are spent, ``failed`` when not ``retry``. 409 unless this is the task's current lease. Answered
+        without its input and output, as ``complete``."""
         now = self.clock()
         with self._changing():
             self._expire_due(now)
@@ -343,7 +353,7 @@ class TaskQueue:
                     self._finish(row["id"], TaskState.FAILED, code, error, now)
         if stale is not None:
             raise stale
-        return self.get(task_id)
+        return self._summary(task_id)
 
     def give_back(self, agent_id: str, reason: str) -> Task | None:
         """The agent exited, was killed or missed heartbeats (``reason``, a short code): its task, if it held one,

@@ -136,7 +136,7 @@ class DaemonSocket:
         if next_wait is not None:
             try:  # as next: no task is leased to an agent whose poll zone 2 gave up
                 lease = await until_hangup(request, self._door().next_task(agent_id, next_wait))
-            except ConnectionResetError:
+            except (ConnectionResetError, FleetdError):  # the answer is recorded: a refused next is no refused answer
                 lease = None
             outcome = replace(outcome, asked_next=True, next=lease)
         return web.json_response(outcome.to_json())

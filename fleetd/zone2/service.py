@@ -214,7 +214,7 @@ class DaemonLink:
 
     async def _task_answer(self, path: str, body: bytes, next_wait: float | None) -> TaskReply:
         """An answer's outcome; with ``next_wait`` the daemon also waits that long for the agent's next task."""
-        timeout = TASK_ANSWER_TIMEOUT if next_wait is None else TASK_ANSWER_TIMEOUT + next_wait + TASK_NEXT_MARGIN
+        timeout = TASK_ANSWER_TIMEOUT + (next_wait or 0) + (TASK_NEXT_MARGIN if next_wait else 0)
         status, raw = await self._task_call(path, body, timeout, (200,))
         if status != 200:
             return TaskReply(status, raw)

@@ -300,9 +300,9 @@ class TaskRoutes:
         next_wait = next_wait_of(request)
         data, heavy = await read_answer(request, "task completions")
         message = message_of(TaskComplete, data, reg.agent_id, frozenset({"output", "attempt"}))
-        message = replace(message, next_wait=next_wait)
-        reply = await self.relayed(request, self.link_or_503().task_complete(task_id, message, heavy), next_wait)
-        return self.answered(request, reg, task_id, message.attempt, reply)
+        link = self.link_or_503()
+        return await self.answer(request, reg, task_id, message.attempt, next_wait,
+                                 lambda wait: link.task_complete(task_id, replace(message, next_wait=wait), heavy))
 
     async def fail(self, request: web.Request) -> web.StreamResponse:
         """POST /fleetd/tasks/ID/fail[?next=S] {"error": "...", "retry": true, "attempt": N}."""
@@ -311,29 +311,39 @@ class TaskRoutes:
         next_wait = next_wait_of(request)
         data, _ = await read_answer(request, "task failures")
         message = message_of(TaskFail, data, reg.agent_id, frozenset({"error", "retry", "attempt"}))
-        message = replace(message, next_wait=next_wait)
-        reply = await self.relayed(request, self.link_or_503().task_fail(task_id, message), next_wait)
-        return self.answered(request, reg, task_id, message.attempt, reply)
+        link = self.link_or_503()
+        return await self.answer(request, reg, task_id, message.attempt, next_wait,
+                                 lambda wait: link.task_fail(task_id, replace(message, next_wait=wait)))
 
-    async def relayed(self, request: web.Request, call: Coroutine[Any, Any, TaskReply], next_wait: float | None
-                      ) -> TaskReply | web.Response:
-        """An answer relayed to the daemon; one that also asks for the next task (``next_wait``) is a long poll."""
-        if not next_wait:
-            try:
-                return await call
-            except DaemonUnreachable as exc:
-                raise unreachable(exc) from None
-        reply = await self.long_poll(request, call)
-        return web.Response(status=CLIENT_GONE) if reply is None else reply
+    async def answer(self, request: web.Request, reg: Registration, task_id: str, attempt: int | None,
+                     next_wait: float | None, relay: Callable[[float | None], Awaitable[TaskReply]]
+                     ) -> web.StreamResponse:
+        """The agent's answer relayed (``relay(next_wait)``), and with ``?next=S`` its next task. ``next=0`` is one
+        call to the daemon; a wait is two: the answer first (from then on the agent holds no task, and its LLM calls
+        are no finished task's), then a long poll, whose hang-up or 503 loses only the next task, not the answer."""
+        try:
+            reply = await relay(0.0 if next_wait == 0 else None)
+        except DaemonUnreachable as exc:
+            raise unreachable(exc) from None
+        response = self.answered(request, reg, task_id, attempt, reply)
+        if not next_wait or reply.outcome is None:
+            return response
+        following = await self.long_poll(request, self.link_or_503().task_next(TaskNext(reg.agent_id, next_wait)))
+        if following is None:
+            return web.Response(status=CLIENT_GONE)  # nobody reads it: the agent hung up
+        lease = following.lease
+        if lease is not None:
+            self.leased(request, reg, lease, len(following.body))
+        elif following.status == 204:
+            self.held.forget(reg.agent_id)
+        return web.json_response(replace(reply.outcome, asked_next=True, next=lease).to_json())
 
     async def no_route(self, request: web.Request) -> web.StreamResponse:
         raise Zone2Error(404, "not_found", "no such task route: POST /fleetd/tasks/next, /fleetd/tasks/ID/complete "
                          "or /fleetd/tasks/ID/fail")
 
     def answered(self, request: web.Request, reg: Registration, task_id: str, attempt: int | None,
-                 reply: TaskReply | web.Response) -> web.Response:
-        if isinstance(reply, web.Response):
-            return reply  # nobody reads it
+                 reply: TaskReply) -> web.Response:
         if reply.status in (200, 404, 409):  # done with, or never (any longer) the agent's
             self.held.drop(reg.agent_id, task_id, attempt)
         outcome = reply.outcome
@@ -341,7 +351,8 @@ class TaskRoutes:
             return passed_on(reply)
         if outcome.next is not None:
             self.leased(request, reg, outcome.next, len(reply.body))
-        elif outcome.asked_next:
+            return web.Response(body=reply.body, content_type="application/json")  # the outcome, as the daemon sent it
+        if outcome.asked_next:
             self.held.forget(reg.agent_id)  # as a 204 to next: the daemon would have answered a task it holds
         return web.json_response(outcome.to_json())
 

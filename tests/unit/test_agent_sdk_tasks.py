@@ -126,7 +126,7 @@ def fresh_state(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 def test_tasks_are_taken_answered_and_the_loop_stops_when_the_agent_should(gateway: Gateway) -> None:
     gateway.leases = [lease(1), {**lease(2, attempt=3), "max_usd": "0.25"}, lease(3)]
     taken: list[Task] = []
-    for task in fleetd_agent.tasks(wait=0.5):
+    for task in fleetd_agent.tasks(wait=0.5, prefetch=True):
         taken.append(task)
         assert not fleetd_agent._task_idle.is_set()  # in hand: a SIGTERM's drain waits for it
         result = task.complete({"sum": task.input["n"] * 2})
@@ -214,7 +214,7 @@ def test_a_loop_ended_by_break_or_an_exception_gives_its_task_back(gateway: Gate
 def test_a_task_an_answer_brought_is_handed_out_without_asking_or_given_back_when_the_loop_ends(
         gateway: Gateway) -> None:
     gateway.leases = [lease(1), lease(2), lease(3)]
-    loop = fleetd_agent.tasks(wait=0)
+    loop = fleetd_agent.tasks(wait=0, prefetch=True)
     first = next(loop)
     first.fail("flaky")  # brings the second
     second = next(loop)
@@ -228,10 +228,16 @@ def test_a_task_an_answer_brought_is_handed_out_without_asking_or_given_back_whe
         (f"/fleetd/tasks/{3:016x}/fail", fleetd_agent.LOOP_ENDED)]
 
 
-def test_a_task_not_from_a_loop_asks_for_no_next(gateway: Gateway) -> None:
-    task = Task(gateway.url, lease(5))
-    task.complete("done")
-    assert gateway.seen() == [(f"/fleetd/tasks/{5:016x}/complete", {"output": "done", "attempt": 1})]
+def test_without_prefetch_or_outside_a_loop_an_answer_asks_for_no_next(gateway: Gateway) -> None:
+    gateway.leases = [lease(1), lease(2)]
+    for task in fleetd_agent.tasks(wait=0):  # the default: a body may go on working after its answer
+        task.complete("done")
+        if task.input["n"] == 2:
+            fleetd_agent.stopping_event.set()
+    Task(gateway.url, lease(5)).complete("done")
+    assert [p for p, _ in gateway.seen()] == [
+        "/fleetd/tasks/next?wait=0", f"/fleetd/tasks/{1:016x}/complete", "/fleetd/tasks/next?wait=0",
+        f"/fleetd/tasks/{2:016x}/complete", f"/fleetd/tasks/{5:016x}/complete"]
 
 
 @pytest.mark.parametrize(("status", "body"), [(409, CONFLICT), (404, {"error": {"code": "not_found", "message":
@@ -273,7 +279,7 @@ def test_an_unreachable_gateway_or_daemon_is_retried_not_raised(gateway: Gateway
     task = next(loop)
     assert task.complete(1)["state"] == "succeeded"
     loop.close()
-    assert [p.rsplit("/", 1)[-1] for p in calls] == ["next?wait=0"] * 4 + ["complete?next=0"] * 2
+    assert [p.rsplit("/", 1)[-1] for p in calls] == ["next?wait=0"] * 4 + ["complete"] * 2
 
 
 def test_a_gateway_that_does_not_answer_is_retried_until_the_agent_stops(monkeypatch: pytest.MonkeyPatch) -> None:

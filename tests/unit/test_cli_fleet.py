@@ -293,6 +293,17 @@ def test_task_submit_inputs_file_queues_a_line_each_a_thousand_per_request(
     assert result.exit_code == 0 and json.loads(result.stdout) == [tasks[0], tasks[1]]
 
 
+def test_task_submit_inputs_file_refused_midway_says_which_lines_were_queued(
+        daemon: FakeDaemon, tasks: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cli.fleet, "BATCH_TASKS", 2)
+    daemon.answers[("POST", "/v1/tasks/batch")] = [
+        Answer(201, [tasks[0], tasks[1]]),
+        error(409, "conflict", "tasks[0]: deployment web has 10000 unfinished tasks, at most 10000")]
+    result = run(daemon, "task", "submit", "web", "--inputs-file", "-", stdin="1\n2\n\n3\n")
+    assert result.exit_code == 1 and result.stdout.split() == [tasks[0]["id"], tasks[1]["id"]]
+    one_line_error(result, "at most 10000 (in the batch from line 4; the tasks of lines 1 to 2 were queued, 2 ids")
+
+
 @pytest.mark.parametrize(
     ("args", "stdin", "status", "message"),
     [

@@ -4,6 +4,7 @@ on a Unix socket: what reaches the daemon, what reaches the agent, and the task 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import tempfile
@@ -239,7 +240,9 @@ def test_an_answer_that_asks_for_the_next_task_brings_it_and_zone2_holds_that_on
     async def script(path: str, body: dict[str, Any]) -> Answer:
         if path.endswith("/complete"):
             return 200, {"id": TASK, "state": "succeeded", "attempts": 2, "next": following}
-        return 200, {"id": following["id"], "state": "queued", "attempts": 1, "next": None}
+        if path == "next":
+            return 204, None
+        return 200, {"id": following["id"], "state": "queued", "attempts": 1}
 
     async def check(rig: Rig) -> None:
         rig.held.hold("agent1", TASK, 2)
@@ -248,10 +251,38 @@ def test_an_answer_that_asks_for_the_next_task_brings_it_and_zone2_holds_that_on
                                                    "next": following})
         assert rig.seen[0][1] == {"agent_id": "agent1", "attempt": 2, "output": 1, "next_wait": 0.0}
         assert rig.held.held("agent1") == HeldTask(following["id"], 1, 500_000_000)
+        # A wait: the failure first (the task is no longer held while the agent waits), then a long poll.
         status, raw = await rig.post(f"/fleetd/tasks/{following['id']}/fail?next=2.5", {"error": "x", "attempt": 1})
-        assert (status, json.loads(raw)["next"]) == (200, None)
-        assert rig.seen[1][1]["next_wait"] == 2.5
+        assert (status, json.loads(raw)) == (200, {"id": following["id"], "state": "queued", "attempts": 1,
+                                                   "next": None})
+        assert rig.seen[1:] == [(f"{following['id']}/fail", {"agent_id": "agent1", "attempt": 1, "error": "x",
+                                                              "retry": True}),
+                                ("next", {"agent_id": "agent1", "wait": 2.5})]
         assert rig.held.held("agent1") is None
+
+    run(script, check)
+
+
+def test_while_an_answer_waits_for_the_next_task_the_answered_one_is_held_no_more() -> None:
+    """The agent's LLM calls during the wait are no finished task's; hanging up then loses only the next task."""
+    waiting = asyncio.Event()
+
+    async def script(path: str, body: dict[str, Any]) -> Answer:
+        if path == "next":
+            waiting.set()
+            await asyncio.sleep(body["wait"])
+            return 204, None
+        return 200, DONE
+
+    async def check(rig: Rig) -> None:
+        rig.held.hold("agent1", TASK, 2)
+        answer = asyncio.ensure_future(rig.post(f"/fleetd/tasks/{TASK}/complete?next=30", {"attempt": 2}))
+        await asyncio.wait_for(waiting.wait(), 5)
+        assert rig.held.held("agent1") is None  # completed: dropped before the wait
+        answer.cancel()  # the agent hangs up mid-wait
+        with contextlib.suppress(asyncio.CancelledError):
+            await answer
+        assert [path for path, _ in rig.seen] == [f"{TASK}/complete", "next"]
 
     run(script, check)
 

@@ -664,7 +664,7 @@ def _give_back(task: Task, why: str) -> None:
         _task_idle.set()
 
 
-def tasks(wait: float = DEFAULT_TASK_WAIT) -> Iterator[Task]:
+def tasks(wait: float = DEFAULT_TASK_WAIT, prefetch: bool = False) -> Iterator[Task]:
     """Tasks for this agent, one at a time, for as long as it is not stopping.
 
     Each request for a task (``POST $FLEETD_GATEWAY_URL/fleetd/tasks/next?wait=..``) waits up to ``wait``
@@ -679,9 +679,13 @@ def tasks(wait: float = DEFAULT_TASK_WAIT) -> Iterator[Task]:
     leaves unanswered is failed (for a retry) before the next is taken, with the error "not completed by the
     agent"; and when the loop ends early (``break``, or an exception in its body), the task in hand is failed
     the same way (the agent's loop ended ...) so that another worker gets it soon. An agent holds one task at
-    a time: asked again, the daemon answers the one it holds. An answer given in the loop (before SIGTERM) also
-    asks for the next task ready now (``?next=0``): the loop hands that one out without asking again (one round
-    trip per task), and gives it back, as a task in hand, when the loop ends first.
+    a time: asked again, the daemon answers the one it holds.
+
+    ``prefetch=True``: each answer given in the loop (before SIGTERM) also asks for the next task ready now
+    (``?next=0``), which the loop then hands out without asking again: one round trip per task instead of two,
+    for loops whose answer is the last thing they do. The agent holds that task from the answer on, so LLM calls
+    made after it count towards the next task; and a task so brought when the loop ends (``break``, SIGTERM) is
+    failed for a retry like a task in hand, which uses one of its attempts.
 
     While the gateway or the daemon is unreachable (no answer, 502, 503, 504) it retries after 0.5 s, doubling
     to 5 s. Other refusals raise TaskError (403: this address is no fleetd agent; 404 or 409: the agent is no
@@ -694,10 +698,10 @@ def tasks(wait: float = DEFAULT_TASK_WAIT) -> Iterator[Task]:
     base = gateway_url()
     if base is None:
         raise TaskError(0, "no_gateway", "FLEETD_GATEWAY_URL is not set: tasks come from fleetd's gateway")
-    return _task_loop(base, wait)
+    return _task_loop(base, wait, prefetch)
 
 
-def _task_loop(base: str, wait: float) -> Iterator[Task]:
+def _task_loop(base: str, wait: float, prefetching: bool) -> Iterator[Task]:
     url = f"{base}{TASKS_PATH}/next?wait={wait:g}"
     task: Task | None = None
     delay = TASK_RETRY_FIRST
@@ -727,7 +731,7 @@ def _task_loop(base: str, wait: float) -> Iterator[Task]:
                 except ValueError as exc:
                     raise TaskError(status, "bad_answer", f"the gateway's task could not be read: {exc}") from None
             try:
-                task = Task(base, lease, prefetch)  # a lease that is no object fails here
+                task = Task(base, lease, prefetch if prefetching else None)  # a lease that is no object fails here
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 raise TaskError(200, "bad_answer", f"the gateway's task could not be read: {exc}") from None
             _task_idle.clear()
