@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from fleetd.config import Config
+from fleetd.janitor import REMOVALS_AT_ONCE
 from fleetd.models import iso, utcnow
 from fleetd.runtime import LABEL_KIND
 from fleetd.store import Store
@@ -198,6 +199,38 @@ def test_the_janitor_removes_an_exited_agents_container_and_disks_after_retentio
         assert fresh["id"] in supervisor.storage.agents()
 
     run(tmp_path, check, log_retention=60)
+
+
+def test_the_janitor_removes_exited_agents_side_by_side_up_to_its_bound(tmp_path: Path) -> None:
+    """One removal at a time fell behind spawns made six at a time (soak run D: 2,800 exited containers). The
+    janitor removes REMOVALS_AT_ONCE at once, never more, and every one of them."""
+    async def check(new: Callable[[], Supervisor], store: Store, runtime: FakeRuntime) -> None:
+        supervisor = new()
+        await supervisor.start()
+        agents = [await supervisor.spawn(spawn_request()) for _ in range(REMOVALS_AT_ONCE * 2 + 3)]
+        for agent in agents:
+            runtime.exit(agent["container_id"], 0)
+        await deliver(supervisor, runtime)
+        for agent in agents:
+            store.update(agent["id"], finished_at=iso(utcnow() - timedelta(seconds=120)))
+        call, now, most = supervisor.janitor.call, [0], [0]
+
+        async def counted(fn: Callable[..., Any], *args: Any) -> Any:
+            now[0] += 1
+            most[0] = max(most[0], now[0])
+            try:
+                await asyncio.sleep(0.01)
+                return await call(fn, *args)
+            finally:
+                now[0] -= 1
+
+        supervisor.janitor.call = counted
+        await supervisor.janitor.run()
+        assert most[0] == REMOVALS_AT_ONCE
+        assert {store.get(a["id"])["state"] for a in agents} == {"removed"}  # type: ignore[index]
+        assert not any(a["container_id"] in runtime.containers_by_id for a in agents)
+
+    run(tmp_path, check, log_retention=60, max_exited=1000)
 
 
 def test_a_start_that_fails_unexpectedly_is_recorded_failed_not_left_created(tmp_path: Path) -> None:
