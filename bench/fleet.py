@@ -121,35 +121,37 @@ def submit_all(bench: Bench, name: str, tasks: int, submitters: int, batch: int)
 
 
 def throughput(bench: Bench, tasks: int, workers: int, submitters: int, batch: int) -> dict[str, float]:
-    deploy(bench, "bulk", min=workers, max=workers, tasks_per_agent=10_000)
-    wait_until(lambda: replicas(bench, "bulk")["idle"] == workers, 300, f"{workers} ready agents", 0.5)
+    name = f"bulk{batch}"  # a deployment of its own: the tasks of another run's, kept, would count as done
+    deploy(bench, name, min=workers, max=workers, tasks_per_agent=10_000)
+    wait_until(lambda: replicas(bench, name)["idle"] == workers, 300, f"{workers} ready agents", 0.5)
     started = time.monotonic()
-    submit_all(bench, "bulk", tasks, submitters, batch)
+    submit_all(bench, name, tasks, submitters, batch)
     submitted = time.monotonic() - started
-    wait_until(lambda: replicas(bench, "bulk")["succeeded"] >= tasks, 600, f"{tasks} tasks done", 0.1)
+    wait_until(lambda: replicas(bench, name)["succeeded"] >= tasks, 600, f"{tasks} tasks done", 0.1)
     elapsed = time.monotonic() - started
-    remove(bench, "bulk")
+    remove(bench, name)
     return {"submit/s": tasks / submitted, "tasks/s": tasks / elapsed, "seconds": elapsed}
 
 
 def drain_rate(bench: Bench, tasks: int, workers: int, submitters: int, hold: float, batch: int) -> float:
     """Tasks/s of the pool alone: its workers wait ``hold`` s before their first poll, while every task is
     submitted; timed from the first task leased to the last one done."""
+    name = f"held{batch}"
     late = f"import time; time.sleep({hold})\n" + WORKER
     body = {"image": IMAGE, "command": ["python3", "-c", late], **LIMITS, "min": workers, "max": workers,
             "tasks_per_agent": 10_000}
-    bench.client().call("PUT", "/v1/deployments/held", body)
-    wait_until(lambda: replicas(bench, "held")["live"] == workers, 300, f"{workers} agents", 0.5)
+    bench.client().call("PUT", f"/v1/deployments/{name}", body)
+    wait_until(lambda: replicas(bench, name)["live"] == workers, 300, f"{workers} agents", 0.5)
     started = time.monotonic()
-    submit_all(bench, "held", tasks, submitters, batch)
+    submit_all(bench, name, tasks, submitters, batch)
     if time.monotonic() - started > hold:
         raise SystemExit(f"submitting took longer than the workers' {hold:g} s hold: raise --hold")
-    wait_until(lambda: bench.client().call("GET", "/v1/deployments/held")["queue"]["leased"] > 0, 120,
+    wait_until(lambda: bench.client().call("GET", f"/v1/deployments/{name}")["queue"]["leased"] > 0, 120,
                "the first lease", 0.01)
     first = time.monotonic()
-    wait_until(lambda: replicas(bench, "held")["succeeded"] >= tasks, 600, f"{tasks} tasks done", 0.1)
+    wait_until(lambda: replicas(bench, name)["succeeded"] >= tasks, 600, f"{tasks} tasks done", 0.1)
     rate = tasks / (time.monotonic() - first)
-    remove(bench, "held")
+    remove(bench, name)
     return rate
 
 
