@@ -331,9 +331,7 @@ class Store:
         if states is None:
             return self.rows("SELECT * FROM agents ORDER BY created_at")
         marks = ", ".join("?" for _ in states)
-        return list(
-            self.rows(f"SELECT * FROM agents WHERE state IN ({marks}) ORDER BY created_at", list(states))
-        )
+        return self.rows(f"SELECT * FROM agents WHERE state IN ({marks}) ORDER BY created_at", list(states))
 
     def filtered_agents(self, filters: dict[str, list[str]], all_: bool) -> list[dict[str, Any]]:
         """Agents matching ``filters`` (``fleetd.filters``: values of one key ORed, keys ANDed), in SQL.

@@ -274,16 +274,26 @@ class TaskRoutes:
         reg = await self.agent(request)
         wait = wait_of(request.query.get("wait"))
         await read_body(request, MAX_NEXT_BODY, "requests for a task")  # ignored
-        reply = await self.long_poll(request, self.link_or_503().task_next(TaskNext(reg.agent_id, wait)))
+        reply = await self.next_task(request, reg, wait)
         if reply is None:
             return web.Response(status=CLIENT_GONE)  # nobody reads it: the agent hung up
         if reply.status == 204:
-            self.held.forget(reg.agent_id)
             return web.Response(status=204)
         if reply.lease is None:
             return passed_on(reply)
-        self.leased(request, reg, reply.lease, len(reply.body))
         return web.Response(body=reply.body, content_type="application/json")
+
+    async def next_task(self, request: web.Request, reg: Registration, wait: float) -> TaskReply | None:
+        """The daemon's answer to the agent's request for a task (None: the agent hung up), and what the agent holds
+        after it: the lease, or nothing after a 204 (the daemon gives an agent the task it holds before any other)."""
+        reply = await self.long_poll(request, self.link_or_503().task_next(TaskNext(reg.agent_id, wait)))
+        if reply is None:
+            return None
+        if reply.lease is not None:
+            self.leased(request, reg, reply.lease, len(reply.body))
+        elif reply.status == 204:
+            self.held.forget(reg.agent_id)
+        return reply
 
     def leased(self, request: web.Request, reg: Registration, lease: TaskLease, size: int) -> None:
         """The agent holds ``lease`` now (its answer ``size`` bytes long, which the guard must let through)."""
@@ -328,15 +338,10 @@ class TaskRoutes:
         response = self.answered(request, reg, task_id, attempt, reply)
         if not next_wait or reply.outcome is None:
             return response
-        following = await self.long_poll(request, self.link_or_503().task_next(TaskNext(reg.agent_id, next_wait)))
+        following = await self.next_task(request, reg, next_wait)
         if following is None:
             return web.Response(status=CLIENT_GONE)  # nobody reads it: the agent hung up
-        lease = following.lease
-        if lease is not None:
-            self.leased(request, reg, lease, len(following.body))
-        elif following.status == 204:
-            self.held.forget(reg.agent_id)
-        return web.json_response(replace(reply.outcome, asked_next=True, next=lease).to_json())
+        return web.json_response(replace(reply.outcome, asked_next=True, next=following.lease).to_json())
 
     async def no_route(self, request: web.Request) -> web.StreamResponse:
         raise Zone2Error(404, "not_found", "no such task route: POST /fleetd/tasks/next, /fleetd/tasks/ID/complete "
