@@ -112,8 +112,9 @@ def test_name_is_free_again_once_its_agent_is_removed(daemon: Daemon) -> None:
 def spare_holders(engine: docker.DockerClient, daemon: Daemon, agents: set[str] | None = None) -> set[str]:
     """Agent ids of the instance's namespace holders that belong to no agent record (the spares)."""
     agents = {a["id"] for a in daemon.agents()} if agents is None else agents
-    holders = engine.containers.list(all=True, filters={"label": [f"fleetd.instance={daemon.instance}",
-                                                                    "fleetd.kind=netns"]})
+    # ignore_removed: the daemon may remove a spare between the list and docker-py's inspect of each entry
+    holders = engine.containers.list(all=True, ignore_removed=True,
+                                     filters={"label": [f"fleetd.instance={daemon.instance}", "fleetd.kind=netns"]})
     return {h.labels["fleetd.agent-id"] for h in holders if h.labels["fleetd.agent-id"] not in agents}
 
 
