@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import html
 import logging
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -68,6 +69,9 @@ class Snapshot:
     # started: fleet.Fleet keeps them)
     task_costs: dict[str, Histogram] = field(default_factory=dict)
     task_durations: dict[str, Histogram] = field(default_factory=dict)
+    # How long the previous scrape took to gather and render, in the daemon (None: this is the first): as exporters'
+    # own scrape_duration_seconds, it tells a slow daemon from a slow network or scraper.
+    last_scrape_seconds: float | None = None
 
 
 # -- rendering ----------------------------------------------------------------
@@ -96,6 +100,9 @@ class SnapshotCollector:
         yield from _zone2_counters((snap.budget or {}).get("counters") or {})
         yield from _fleet(snap.deployments, snap.tasks_finished)
         yield from _task_histograms(snap.task_costs, snap.task_durations)
+        if snap.last_scrape_seconds is not None:
+            yield GaugeMetricFamily("fleetd_scrape_duration_seconds", "Time the daemon took to gather and render "
+                                    "the previous scrape of this endpoint.", value=snap.last_scrape_seconds)
 
 
 def _info() -> Iterator[Metric]:
@@ -347,8 +354,14 @@ async def gather(parts: Services) -> Snapshot:
 async def serve_metrics(parts: Services, host: str, port: int) -> web.AppRunner:
     """Listen on HOST:PORT (TCP) with GET /metrics; the caller cleans the returned runner up."""
 
+    previous: list[float] = []  # the last scrape's duration (s), shown by the next one
+
     async def metrics(request: web.Request) -> web.Response:
-        body = render(await gather(parts))
+        started = time.perf_counter()
+        snapshot = await gather(parts)
+        snapshot.last_scrape_seconds = previous[-1] if previous else None
+        body = render(snapshot)
+        previous[:] = [time.perf_counter() - started]
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def index(request: web.Request) -> web.Response:

@@ -315,11 +315,16 @@ def test_serve_metrics(tmp_path: Path) -> None:
     store = populated(tmp_path / "state.db")
     supervisor = FakeParts(store, FakeGateway(BUDGET))
 
+    first = ""
+
     async def main() -> tuple[int, str, str, int, str]:
+        nonlocal first
         port = free_port()
         runner = await serve_metrics(supervisor, "127.0.0.1", port)
         try:
             async with aiohttp.ClientSession() as session:
+                async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
+                    first = await response.text()
                 async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
                     status, ctype, body = response.status, response.headers["Content-Type"], await response.text()
                 async with session.get(f"http://127.0.0.1:{port}/") as response:
@@ -344,6 +349,9 @@ def test_serve_metrics(tmp_path: Path) -> None:
     assert value(m["fleetd_agent_ready"], agent="a1", name="alpha", role="coder") == 1
     assert value(m["fleetd_zone2_up"]) == 1
     assert index_status == 200 and 'href="/metrics"' in index
+    # The daemon's own time for a scrape: none before the first, the first's in the second.
+    assert "fleetd_scrape_duration_seconds" not in parse(first.encode())
+    assert 0 < value(m["fleetd_scrape_duration_seconds"]) < 10
 
 
 def test_zone2_counters_agent_usage_and_the_process_itself() -> None:
