@@ -28,9 +28,14 @@ from __future__ import annotations
 import hashlib
 import math
 import random
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fleetd.task_queue import Task
 
 BLOCK = 100  # positions per block of the split: ``percent`` of each go to the canary
 MIN_PERCENT, MAX_PERCENT = 1, 50
@@ -105,13 +110,15 @@ def median(values: tuple[float, ...]) -> float | None:
 @dataclass(frozen=True)
 class VersionFigures:
     """What one version's tasks did over the period compared: finished tasks only (cancelled ones do not count:
-    nobody's fault), the cost and duration of each succeeded one."""
+    nobody's fault). Cost per succeeded task is what all of them cost over the successes: a version that spends on
+    tasks it then fails pays for them in this figure."""
 
     succeeded: int = 0
     failed: int = 0
     dead: int = 0
-    succeeded_cost_usd: float = 0.0  # summed over the succeeded tasks
+    cost_usd: float = 0.0  # LLM spend of all its finished tasks
     durations: tuple[float, ...] = field(default=())  # s from first lease to success, one per succeeded task
+    llm_calls: int = 0  # of all its finished tasks
 
     @property
     def finished(self) -> int:
@@ -127,16 +134,50 @@ class VersionFigures:
 
     @property
     def cost_per_success(self) -> float | None:
-        return self.succeeded_cost_usd / self.succeeded if self.succeeded else None
+        return self.cost_usd / self.succeeded if self.succeeded else None
 
     @property
     def median_duration(self) -> float | None:
         return median(self.durations)
 
-    def to_json(self) -> dict[str, Any]:
-        return {"succeeded": self.succeeded, "failed": self.failed, "dead": self.dead, "finished": self.finished,
+    def to_json(self, detail: bool = False) -> dict[str, Any]:
+        """The figures; with ``detail`` (``deploy inspect``'s per-version view) p95 and LLM calls per task too."""
+        data = {"succeeded": self.succeeded, "failed": self.failed, "dead": self.dead, "finished": self.finished,
                 "error_rate": self.error_rate, "cost_per_succeeded_usd": self.cost_per_success,
                 "p50_duration_seconds": self.median_duration}
+        if detail:
+            data["p95_duration_seconds"] = quantile(self.durations, 0.95)
+            data["llm_calls_per_task"] = self.llm_calls / self.finished if self.finished else None
+        return data
+
+
+def quantile(values: tuple[float, ...], q: float) -> float | None:
+    """The ``q`` quantile, linear between the two nearest values (numpy's default); None for none."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q
+    low = math.floor(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def version_figures(tasks: Iterable[Task], costs: Mapping[str, tuple[int, int]]) -> VersionFigures:
+    """The figures of ``tasks`` (finished ones: those cancelled are left out), with ``costs``: task id -> (nUSD,
+    LLM calls) of each."""
+    states: dict[str, int] = {"succeeded": 0, "failed": 0, "dead": 0}
+    spent = calls = 0
+    durations = []
+    for task in tasks:
+        if task.state.value not in states:
+            continue
+        states[task.state.value] += 1
+        cost, made = costs.get(task.id, (0, 0))
+        spent, calls = spent + cost, calls + made
+        if task.state.value == "succeeded" and task.started_at and task.finished_at:
+            durations.append(max(0.0, (datetime.fromisoformat(task.finished_at)
+                                       - datetime.fromisoformat(task.started_at)).total_seconds()))
+    return VersionFigures(states["succeeded"], states["failed"], states["dead"], spent / 1e9, tuple(durations), calls)
 
 
 class Action(StrEnum):
@@ -190,23 +231,18 @@ def judge(canary: VersionFigures, current: VersionFigures, policy: CanaryPolicy,
         return verdict(Action.ROLLBACK, f"error rate {_pct(rate)} on the canary vs {_pct(base_rate)} on the "
                                         f"current version: more than {_pct(policy.max_error_rate_increase)} higher")
     notes = []
-    ours, theirs = canary.cost_per_success, current.cost_per_success
-    if ours is not None and theirs is not None:
-        if ours > theirs * (1 + policy.max_cost_increase) + 1e-12:
-            return verdict(Action.ROLLBACK, f"cost per succeeded task ${ours:.6f} on the canary vs ${theirs:.6f} "
-                                            f"on the current version: more than "
-                                            f"{policy.max_cost_increase * 100:g} % higher")
-        notes.append(f"cost per succeeded task ${ours:.6f} vs ${theirs:.6f}")
-    else:
-        notes.append("cost not compared (a version has no succeeded task)")
-    ours, theirs = canary.median_duration, current.median_duration
-    if ours is not None and theirs is not None:
-        if ours > theirs * (1 + policy.max_duration_increase):
-            return verdict(Action.ROLLBACK, f"p50 duration {ours:.3f} s on the canary vs {theirs:.3f} s on the "
-                                            f"current version: more than {policy.max_duration_increase * 100:g} % "
-                                            f"longer")
-        notes.append(f"p50 duration {ours:.3f} s vs {theirs:.3f} s")
-    else:
-        notes.append("duration not compared (a version has no succeeded task)")
+    for what, ours, theirs, bound, show, more in (
+            ("cost per succeeded task", canary.cost_per_success, current.cost_per_success, policy.max_cost_increase,
+             "${:.6f}", "higher"),
+            ("p50 duration", canary.median_duration, current.median_duration, policy.max_duration_increase,
+             "{:.3f} s", "longer")):
+        if ours is None or theirs is None:
+            notes.append(f"{'cost' if what.startswith('cost') else 'duration'} not compared (a version has no "
+                         "succeeded task)")
+            continue
+        if ours > theirs * (1 + bound) + 1e-12:
+            return verdict(Action.ROLLBACK, f"{what} {show.format(ours)} on the canary vs {show.format(theirs)} on "
+                                            f"the current version: more than {bound * 100:g} % {more}")
+        notes.append(f"{what} {show.format(ours)} vs {show.format(theirs)}")
     return verdict(Action.PROMOTE, f"{canary.finished} canary tasks finished: error rate {_pct(rate)} vs "
                                    f"{_pct(base_rate)}, " + ", ".join(notes))

@@ -22,6 +22,10 @@ Rules where the issue is silent:
   without ``drain`` hurries a draining removal. Only a removed deployment can be forgotten.
 - Retired versions beyond the newest ten are deleted (Invariant 10), as Kubernetes' ``revisionHistoryLimit``.
 - Events name the spec fields that changed and the image, never env values (an event outlives its deployment).
+- A new version with ``--canary PCT`` or ``--strategy blue-green`` is made beside the current one, which stays current
+  until a promotion (``fleetd.rollouts``); while a rollout runs, another new version is refused (409: promote or roll
+  back first), re-applying the rolling-out version's spec answers ``unchanged``, and options change in place.
+  ``promote`` and ``rollback`` are verbs too. A rolled-back version drains like a replaced one.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from fleetd.autoscale import ScalingPolicy
 from fleetd.config import Config
 from fleetd.errors import Conflict, InvalidRequest, NotFound
 from fleetd.models import AgentSpec, iso, utcnow
+from fleetd.rollouts import ROLLOUT_FIELDS, Phase, Rollout, RolloutRequest, Rollouts, Strategy, rollout_request
 from fleetd.spec import SPAWN_FIELDS, build_spec, optional_usd, whole_number
 from fleetd.store import Store
 from fleetd.task_queue import DEFAULT_ATTEMPTS, DEFAULT_TTL, MAX_ATTEMPTS, MAX_TTL
@@ -47,14 +52,20 @@ from fleetd.units import NAME_PATTERN, parse_duration, parse_whole_seconds
 
 SCALING_FIELDS = ("min", "max", "warm", "tasks_per_agent", "scale_down_window")  # ScalingPolicy's, set by a user
 TASK_FIELDS = ("task_ttl", "task_attempts", "task_max_usd")  # TaskDefaults' fields, prefixed
-DEPLOY_FIELDS = frozenset(SCALING_FIELDS + TASK_FIELDS)
+DEPLOY_FIELDS = frozenset(SCALING_FIELDS + TASK_FIELDS + ROLLOUT_FIELDS)
 MAX_NAME_CHARS = 50  # NAME-<n> stays within NAME_PATTERN's 63 for any n below 10**12
-RESERVED_NAMES = frozenset({"ls", "inspect", "scale", "rm"})
+RESERVED_NAMES = frozenset({"ls", "inspect", "scale", "rm", "promote", "rollback"})
 MAX_RETIRED_VERSIONS = 10
 NO_CAP = "none"
+ROLLOUT_COLUMNS = ("deployment", "strategy", "version", "previous", "phase", "policy", "seed", "routed", "target",
+                   "started_at")
 
 CREATED_EVENT = "deployment_created"
 UPDATED_EVENT = "deployment_updated"
+PROMOTED_EVENT = "rollout_promoted"
+ROLLED_BACK_EVENT = "rollout_rolled_back"
+SWITCHED_EVENT = "rollout_switched"
+FINISHED_EVENT = "rollout_finished"
 SCALED_EVENT = "deployment_scaled"
 REMOVED_EVENT = "deployment_removed"
 
@@ -68,6 +79,14 @@ class VersionState(StrEnum):
     ACTIVE = "active"  # its agents take tasks
     DRAINING = "draining"  # replaced: its agents finish and go
     RETIRED = "retired"  # none of its agents is left
+
+
+class Outcome(StrEnum):
+    """How a version stopped being (or became) the current one, kept on its row."""
+
+    PROMOTED = "promoted"
+    ROLLED_BACK = "rolled_back"
+    REPLACED = "replaced"
 
 
 @dataclass(frozen=True)
@@ -88,6 +107,17 @@ class DeploySpec(NamedTuple):
     agent: AgentSpec
     scaling: ScalingPolicy
     tasks: TaskDefaults
+    rollout: RolloutRequest = RolloutRequest()
+
+
+class Serving(NamedTuple):
+    """What an agent of one version may take, read in one indexed query on each of its requests for a task."""
+
+    deployment: DeploymentState
+    drain: bool  # the deployment's removal lets its agents finish their work
+    version: VersionState
+    current: int  # the deployment's current version
+    rollout: Rollout | None
 
 
 def check_name(name: object) -> str:
@@ -117,7 +147,7 @@ def deploy_request(request: Any, config: Config, host_cpus: int, roles: frozense
     scaling, tasks = base or (ScalingPolicy(), TaskDefaults())
     agent = build_spec({k: v for k, v in request.items() if k in SPAWN_FIELDS}, config, host_cpus, roles)
     return DeploySpec(agent, scaled(scaling, {f: request.get(f) for f in SCALING_FIELDS}),
-                      task_defaults(tasks, request))
+                      task_defaults(tasks, request), rollout_request(request))
 
 
 def scaled(policy: ScalingPolicy, changes: Mapping[str, Any]) -> ScalingPolicy:
@@ -187,6 +217,7 @@ class Version:
     spec: AgentSpec
     state: VersionState
     created_at: str
+    outcome: Outcome | None = None
 
     @property
     def label(self) -> str:
@@ -195,7 +226,8 @@ class Version:
 
     def to_json(self) -> dict[str, Any]:
         return {"version": self.number, "label": self.label, "state": self.state.value,
-                "created_at": self.created_at, "spec": self.spec.to_json()}
+                "outcome": None if self.outcome is None else self.outcome.value, "created_at": self.created_at,
+                "spec": self.spec.to_json()}
 
 
 @dataclass(frozen=True)
@@ -211,20 +243,27 @@ class Deployment:
     created_at: str
     updated_at: str
     versions: tuple[Version, ...]
+    rollout: Rollout | None = None
 
     @property
     def current(self) -> Version:
-        return next(v for v in self.versions if v.number == self.current_version)
+        return self.version(self.current_version)
+
+    def version(self, number: int) -> Version:
+        return next(v for v in self.versions if v.number == number)
 
     @classmethod
-    def from_rows(cls, row: Mapping[str, Any], versions: Iterable[Mapping[str, Any]]) -> Deployment:
+    def from_rows(cls, row: Mapping[str, Any], versions: Iterable[Mapping[str, Any]],
+                  rollout: Rollout | None = None) -> Deployment:
         return cls(
             name=row["name"], state=DeploymentState(row["state"]), current_version=row["current_version"],
             scaling=ScalingPolicy(**{f: row[f] for f in SCALING_FIELDS}),
             tasks=TaskDefaults(row["task_ttl"], row["task_attempts"], row["task_max_usd"]),
             drain=bool(row["drain"]), created_at=row["created_at"], updated_at=row["updated_at"],
             versions=tuple(Version(v["version"], AgentSpec.from_json(json.loads(v["spec"])),
-                                   VersionState(v["state"]), v["created_at"]) for v in versions),
+                                   VersionState(v["state"]), v["created_at"],
+                                   Outcome(v["outcome"]) if v["outcome"] else None) for v in versions),
+            rollout=rollout,
         )
 
     def to_json(self, replicas: Replicas | None = None) -> dict[str, Any]:
@@ -237,6 +276,7 @@ class Deployment:
             "created_at": self.created_at, "updated_at": self.updated_at,
             "versions": [v.to_json() for v in self.versions],
             "replicas": None if replicas is None else replicas.to_json(),
+            "rollout": None if self.rollout is None else self.rollout.to_json(),
         }
 
 
@@ -260,10 +300,12 @@ class Deployments:
         self.conn = store.conn
         self.config = config
         self.clock = clock
+        self.rollouts = Rollouts(store)
 
-    def apply(self, name: str, request: Any, host_cpus: int) -> Applied:
-        """Create the deployment (version 1), or update it: a new current version when the agent spec changed (the
-        one it replaces turns draining), the options in place when only they changed."""
+    def apply(self, name: str, request: Any, host_cpus: int, live: int = 0) -> Applied:
+        """Create the deployment (version 1), or update it: a new version when the agent spec changed, current at
+        once (the one it replaces turns draining) or rolled out beside the current one (canary, blue-green: ``live``
+        is the current version's live agents, a blue-green target); the options in place when only they changed."""
         check_name(name)
         roles = frozenset(r["name"] for r in self.store.roles())
         now = iso(self.clock())
@@ -271,6 +313,9 @@ class Deployments:
             before = self._find(name)
             if before is None:
                 spec = deploy_request(request, self.config, host_cpus, roles)
+                if spec.rollout.strategy != Strategy.ROLLING:
+                    raise InvalidRequest(f"--strategy {spec.rollout.strategy}: deployment {name} does not exist yet; "
+                                         "a rollout is for a new version of a deployment that runs")
                 values = options(spec.scaling, spec.tasks)
                 columns = {"name": name, "state": DeploymentState.ACTIVE.value, "current_version": 1, **values,
                            "drain": 0, "created_at": now, "updated_at": now}
@@ -286,19 +331,37 @@ class Deployments:
                 values = options(spec.scaling, spec.tasks)
                 changes = _changes(options(before.scaling, before.tasks), values)
                 fields = _spec_changes(before.current.spec, spec.agent)
+                rolling = before.rollout
+                if fields and rolling is not None:
+                    if not _spec_changes(before.version(rolling.version).spec, spec.agent):
+                        fields = []  # the version rolling out, applied again
+                    else:
+                        raise Conflict(f"deployment {name}: version {rolling.version} is rolling out "
+                                       f"({rolling.strategy}): promote it or roll it back (fleetd deploy promote|"
+                                       f"rollback {name}) before deploying another")
                 if not changes and not fields:
-                    return Applied(before, "unchanged")
+                    note = "" if rolling is None else f" (version {rolling.version} is rolling out)"
+                    return Applied(before, "unchanged" + note)
                 self._set_options(name, values, now)
                 data: dict[str, Any] = {"deployment": name, "options": changes}
                 if fields:
                     number = max(v.number for v in before.versions) + 1
-                    self.conn.execute("UPDATE deployment_versions SET state = ? WHERE deployment = ? AND state = ?",
-                                      (VersionState.DRAINING.value, name, VersionState.ACTIVE.value))
                     self._add_version(name, number, spec.agent, now)
-                    self.conn.execute("UPDATE deployments SET current_version = ? WHERE name = ?", (number, name))
-                    message = f"updated: version {number}"
+                    how = spec.rollout.strategy
+                    if how == Strategy.ROLLING:
+                        self._make_current(name, number, None)
+                        message = f"updated: version {number}"
+                    else:
+                        target = max(1, live) if how == Strategy.BLUE_GREEN else None
+                        self.rollouts.begin(name, how, number, before.current_version, spec.rollout.policy, target,
+                                            now or "")
+                        message = f"updated: version {number} rolling out ({how}" + (
+                            f" {spec.rollout.policy.percent}%)" if spec.rollout.policy else f", {target} agents)")
                     data |= {"version": number, "previous": before.current_version, "image": spec.agent.image,
                              "changed": fields}
+                    if how != Strategy.ROLLING:
+                        data |= {"strategy": how.value, "target": target,
+                                 "policy": None if spec.rollout.policy is None else spec.rollout.policy.to_json()}
                 else:
                     message = "updated: " + _describe(changes)
                 event = (UPDATED_EVENT, f"deployment {name} {message}", data)
@@ -311,13 +374,19 @@ class Deployments:
             raise NotFound(f"no such deployment: {name}")
         return found
 
-    def version_state(self, name: str, number: int) -> tuple[DeploymentState, bool, VersionState] | None:
-        """The deployment's state, whether its removal drains, and its version ``number``'s state: one indexed read
-        (an agent's every request for a task asks), None when either is gone."""
+    def serving(self, name: str, number: int) -> Serving | None:
+        """The deployment's state, whether its removal drains, its version ``number``'s state, its current version
+        and its rollout: one indexed read (an agent's every request for a task asks), None when either is gone."""
         row = self.conn.execute(
-            "SELECT d.state, d.drain, v.state FROM deployments d JOIN deployment_versions v ON v.deployment = d.name "
+            "SELECT d.state, d.drain, v.state, d.current_version, r.* FROM deployments d JOIN deployment_versions v "
+            "ON v.deployment = d.name LEFT JOIN rollouts r ON r.deployment = d.name "
             "WHERE d.name = ? AND v.version = ?", (name, number)).fetchone()
-        return None if row is None else (DeploymentState(row[0]), bool(row[1]), VersionState(row[2]))
+        if row is None:
+            return None
+        rollout = None
+        if row[4] is not None:
+            rollout = Rollout.from_row(dict(zip(ROLLOUT_COLUMNS, row[4:], strict=True)))
+        return Serving(DeploymentState(row[0]), bool(row[1]), VersionState(row[2]), row[3], rollout)
 
     def task_defaults(self, name: str) -> tuple[DeploymentState, TaskDefaults]:
         """The deployment's state and what its tasks get by default: one indexed read, without parsing every
@@ -333,7 +402,8 @@ class Deployments:
         versions: dict[str, list[dict[str, Any]]] = {}
         for v in self.store.rows("SELECT * FROM deployment_versions ORDER BY deployment, version"):
             versions.setdefault(v["deployment"], []).append(v)
-        return [Deployment.from_rows(row, versions.get(row["name"], []))
+        rollouts = self.rollouts.all()
+        return [Deployment.from_rows(row, versions.get(row["name"], []), rollouts.get(row["name"]))
                 for row in self.store.rows("SELECT * FROM deployments ORDER BY name")]
 
     def scale(self, name: str, min: object = None, max: object = None, warm: object = None) -> Deployment:
@@ -375,6 +445,7 @@ class Deployments:
                 raise Conflict(f"deployment {name} is {state.value}: remove it before it is forgotten")
             self.conn.execute("DELETE FROM deployment_versions WHERE deployment = ?", (name,))
             self.conn.execute("DELETE FROM deployments WHERE name = ?", (name,))
+            self.rollouts.end(name)
 
     def retire_version(self, name: str, number: int) -> Deployment:
         """A draining version has no agent left (the controller says so): retired, and only the newest
@@ -395,12 +466,91 @@ class Deployments:
                 {"name": name, "retired": VersionState.RETIRED.value, "keep": MAX_RETIRED_VERSIONS})
         return self.get(name)
 
+    # -- rollouts ----------------------------------------------------------------
+    def promote(self, name: str, why: str, data: Mapping[str, Any] | None = None) -> Deployment:
+        """The rolling-out version becomes current (blue-green: its switch); the one it replaces drains. 409 when
+        there is no rollout to promote."""
+        with self.store.transaction():
+            rollout = self._rollout(name, "promote")
+            if rollout.phase == Phase.SWITCHED:
+                raise Conflict(f"deployment {name}: version {rollout.version} is current already; version "
+                               f"{rollout.previous} is draining")
+            self._make_current(name, rollout.version, Outcome.PROMOTED)
+            if rollout.strategy == Strategy.BLUE_GREEN:
+                self.rollouts.set_phase(name, Phase.SWITCHED)
+            else:
+                self.rollouts.end(name)
+            self._reroute(name, rollout)
+        kind = SWITCHED_EVENT if rollout.strategy == Strategy.BLUE_GREEN else PROMOTED_EVENT
+        self.store.add_event(kind, f"deployment {name}: version {rollout.version} promoted, version "
+                             f"{rollout.previous} drains: {why}", data=self._decision(rollout, why, data))
+        return self.get(name)
+
+    def rollback(self, name: str, why: str, data: Mapping[str, Any] | None = None) -> Deployment:
+        """The rolling-out version takes no new task and drains; its tasks still unbound go back to the current
+        version. 409 when there is no rollout to roll back (a blue-green switch is final: deploy the old spec)."""
+        with self.store.transaction():
+            rollout = self._rollout(name, "roll back")
+            if rollout.phase == Phase.SWITCHED:
+                raise Conflict(f"deployment {name}: blue-green switched to version {rollout.version} already; "
+                               f"deploy version {rollout.previous}'s spec again to go back")
+            self._set_version(name, rollout.version, VersionState.DRAINING, Outcome.ROLLED_BACK)
+            self.rollouts.end(name)
+            self._reroute(name, rollout)
+        self.store.add_event(ROLLED_BACK_EVENT, f"deployment {name}: version {rollout.version} rolled back: {why}",
+                             data=self._decision(rollout, why, data))
+        return self.get(name)
+
+    def finish_rollout(self, name: str) -> None:
+        """A switched blue-green rollout whose old version has retired is over."""
+        with self.store.transaction():
+            rollout = self.rollouts.get(name)
+            if rollout is None or rollout.phase != Phase.SWITCHED:
+                return
+            self.rollouts.end(name)
+        self.store.add_event(FINISHED_EVENT, f"deployment {name}: blue-green rollout of version {rollout.version} "
+                             f"done (version {rollout.previous} retired)",
+                             data={"deployment": name, "version": rollout.version, "previous": rollout.previous})
+
+    def _rollout(self, name: str, verb: str) -> Rollout:
+        self._refuse_removing(self.get(name), f"{verb}d" if verb.endswith("e") else "rolled back")
+        rollout = self.rollouts.get(name)
+        if rollout is None:
+            raise Conflict(f"deployment {name} has no rollout in progress: nothing to {verb}")
+        return rollout
+
+    def _reroute(self, name: str, rollout: Rollout) -> None:
+        """Tasks routed to the rollout's version and not yet leased: to the current version (after a promotion that
+        is the same version; after a rollback, the old one). Bound ones stay bound (version affinity)."""
+        self.conn.execute("UPDATE tasks SET route = NULL WHERE deployment = ? AND route = ? AND state = 'queued' AND "
+                          "version IS NULL", (name, rollout.label))
+
+    @staticmethod
+    def _decision(rollout: Rollout, why: str, data: Mapping[str, Any] | None) -> dict[str, Any]:
+        return {"deployment": rollout.deployment, "version": rollout.version, "previous": rollout.previous,
+                "strategy": rollout.strategy.value, "reason": why, **(data or {})}
+
+    def _make_current(self, name: str, number: int, outcome: Outcome | None) -> None:
+        """``number`` becomes current (marked ``outcome``); every other active version drains, marked replaced."""
+        self.conn.execute("UPDATE deployment_versions SET state = ?, outcome = COALESCE(outcome, ?) WHERE "
+                          "deployment = ? AND state = ? AND version != ?",
+                          (VersionState.DRAINING.value, Outcome.REPLACED.value, name, VersionState.ACTIVE.value,
+                           number))
+        if outcome is not None:
+            self._set_version(name, number, VersionState.ACTIVE, outcome)
+        self.conn.execute("UPDATE deployments SET current_version = ?, updated_at = ? WHERE name = ?",
+                          (number, iso(self.clock()), name))
+
+    def _set_version(self, name: str, number: int, state: VersionState, outcome: Outcome) -> None:
+        self.conn.execute("UPDATE deployment_versions SET state = ?, outcome = ? WHERE deployment = ? AND version = ?",
+                          (state.value, outcome.value, name, number))
+
     def _find(self, name: str) -> Deployment | None:
         rows = self.store.rows("SELECT * FROM deployments WHERE name = ?", [name])
         if not rows:
             return None
         versions = self.store.rows("SELECT * FROM deployment_versions WHERE deployment = ? ORDER BY version", [name])
-        return Deployment.from_rows(rows[0], versions)
+        return Deployment.from_rows(rows[0], versions, self.rollouts.get(name))
 
     def _add_version(self, name: str, number: int, spec: AgentSpec, now: str | None) -> None:
         self.conn.execute("INSERT INTO deployment_versions (deployment, version, spec, state, created_at) "

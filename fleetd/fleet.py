@@ -32,6 +32,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -39,17 +40,19 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from fleetd.autoscale import Autoscaler, Decision, Observation, PoolAgent
+from fleetd.autoscale import Autoscaler, Decision, Observation, PoolAgent, ScalingPolicy
 from fleetd.background import Background
-from fleetd.deployments import Deployment, Deployments, DeploymentState, TaskDefaults, Version, VersionState
+from fleetd.canary import Action, VersionFigures, judge, version_figures
+from fleetd.deployments import Deployment, Deployments, DeploymentState, Outcome, TaskDefaults, Version, VersionState
 from fleetd.errors import Conflict, FleetdError, InvalidRequest, NotFound, WaitTimeout
 from fleetd.histograms import TASK_COST_BUCKETS, TASK_DURATION_BUCKETS, Histogram
 from fleetd.models import LIVE_STATES, AgentSpec, State, iso, parse_iso, utcnow
 from fleetd.peaks import finished
 from fleetd.rightsize import report
+from fleetd.rollouts import Phase, Rollout, pools, takes
 from fleetd.store import Store
 from fleetd.task_costs import TaskCosts
-from fleetd.task_queue import FINISHED_TASK_STATES, Lease, Task, TaskQueue
+from fleetd.task_queue import FINISHED_TASK_STATES, Lease, Takes, Task, TaskQueue
 from fleetd.zone2.contract import TaskHold
 
 log = logging.getLogger(__name__)
@@ -69,6 +72,9 @@ LAUNCH_BACKOFF = (2.0, 300.0)
 DEPLOYMENT_REMOVED = "deployment_removed"
 VERSION_REMOVED = "version_removed"
 DECISION_EVENT = "scaling_decision"
+START_FAILURES = 3  # agents of a rollout's version that end before they ever ask for a task: it is rolled back
+JUDGE_EVERY = 2.0  # s between two verdicts on one canary
+FIGURES_ROWS = 5000  # a deployment's newest finished tasks read for per-version figures
 
 
 class PoolAgents(Protocol):
@@ -120,6 +126,7 @@ class Launches:
     launch backoff."""
 
     names: dict[str, str | None] = dataclasses.field(default_factory=dict)  # name -> the agent it replaces
+    versions: dict[str, int] = dataclasses.field(default_factory=dict)  # name -> its version
     failures: int = 0
     not_before: float = 0.0
 
@@ -188,12 +195,18 @@ class Fleet:
         self.cost_histograms: dict[str, Histogram] = {}
         self.duration_histograms: dict[str, Histogram] = {}
         queue.on_finished.append(self._observe_finished)
+        queue.router = deployments.rollouts.route  # a canary's split, decided in each submit's transaction
+        self.verdicts: dict[str, dict[str, Any]] = {}  # deployment -> its canary's latest verdict (deploy inspect)
+        self._judged: dict[str, float] = {}  # deployment -> when its canary was last judged (monotonic)
+        self.start_failures: dict[tuple[str, int], int] = {}  # (deployment, version) -> its agents that never served
+        # (deployment, version, final state) -> tasks finished since the daemon started (Prometheus)
+        self.version_finished: dict[tuple[str, str, str], int] = {}
         self.agents: PoolAgents | None = None  # given by start(): the supervisor is made after zone 2, which
         # needs the fleet (agents ask it for tasks through zone 2)
         self.deployments = deployments
         self.queue = queue
         self.monotonic = monotonic
-        self.scalers: dict[str, Autoscaler] = {}
+        self.scalers: dict[tuple[str, int], Autoscaler] = {}  # (deployment, version) -> its autoscaler
         self.decisions: dict[str, deque[dict[str, Any]]] = {}
         self.replicas: dict[str, dict[str, int]] = {}
         self.polled: set[str] = set()  # agents that have asked for a task: ready
@@ -261,6 +274,7 @@ class Fleet:
             if deployment.state == DeploymentState.REMOVING:
                 self._remove(deployment, pool, busy)
             else:
+                deployment = self._advance(deployment, pool)
                 self._scale(deployment, pool, busy)
             self._retire_versions(deployment, pool)
         for name, strays in members.items():
@@ -270,27 +284,162 @@ class Fleet:
             self._stop_idle(pool, busy)
 
     def _scale(self, deployment: Deployment, pool: list[Member], busy: set[str]) -> None:
-        now, wall = self.monotonic(), utcnow()
-        current = deployment.current_version
+        """Each version that should have agents (the current one; during a rollout the new one too) is scaled on its
+        own queue by its own autoscaler; agents of any other version drain."""
+        plan = pools(deployment.scaling, deployment.current_version, deployment.rollout)
         for member in pool:
-            if member.version != current:
-                self._drain(member.id, f"version {member.version} is replaced by version {current}")
+            if member.version not in plan:
+                self._drain(member.id, self._replaced(deployment, member.version))
         launches = self.launches.setdefault(deployment.name, Launches())
+        totals = {"wanted": 0, "live": 0, "busy": 0, "idle": 0}
+        for number, (policy, allowed) in plan.items():
+            counts = self._scale_version(deployment, deployment.version(number), policy, allowed,
+                                         [m for m in pool if m.version == number], busy, launches)
+            totals = {k: totals[k] + counts[k] for k in totals}
+        totals["live"] = len(pool)
+        self.replicas[deployment.name] = totals
+        for key in [k for k in self.scalers if k[0] == deployment.name and k[1] not in plan]:
+            del self.scalers[key]
+        self._stop_idle(pool, busy)
+
+    # -- rollouts ------------------------------------------------------------------
+    def _advance(self, deployment: Deployment, pool: list[Member]) -> Deployment:
+        """Move the deployment's rollout on, if it has one: judge a canary (promote, roll back, or wait), switch a
+        blue-green version once its agents are ready, end a switched one once the old version is gone. The
+        deployment as it is afterwards."""
+        rollout = deployment.rollout
+        if rollout is None:
+            return deployment
+        name = deployment.name
+        try:
+            failures = self.start_failures.get((name, rollout.version), 0)
+            if failures >= START_FAILURES and rollout.phase != Phase.SWITCHED:
+                return self.rollback(name, f"{failures} agents of version {rollout.version} ended before they ever "
+                                           "asked for a task")
+            if rollout.phase == Phase.CANARY:
+                return self._judge(deployment, rollout)
+            if rollout.phase == Phase.STARTING:
+                ready = sum(1 for m in pool if m.version == rollout.version and m.id in self.polled
+                            and m.id not in self.draining)
+                if ready >= (rollout.target or 1):
+                    return self.promote(name, f"{ready} of {rollout.target} agents of version {rollout.version} "
+                                              "are ready", by="fleetd")
+            elif not any(v.number == rollout.previous and v.state != VersionState.RETIRED
+                         for v in deployment.versions):
+                self.deployments.finish_rollout(name)
+                return self.deployments.get(name)
+        except (Conflict, NotFound):
+            return self.deployments.get(name)  # a user promoted or rolled back meanwhile
+        return deployment
+
+    def _judge(self, deployment: Deployment, rollout: Rollout) -> Deployment:
+        """Compare the canary's tasks with the current version's since the canary began; act on the verdict. At most
+        every JUDGE_EVERY seconds per deployment: each look reads up to FIGURES_ROWS finished tasks."""
+        now = self.monotonic()
+        if now - self._judged.get(deployment.name, -math.inf) < JUDGE_EVERY:
+            return deployment
+        self._judged[deployment.name] = now
+        assert rollout.policy is not None
+        figures = self.figures(deployment.name, rollout.started_at)
+        canary = figures.get(rollout.label, VersionFigures())
+        current = figures.get(f"v{deployment.current_version}", VersionFigures())
+        verdict = judge(canary, current, rollout.policy, self._canary_spent(deployment.name, rollout))
+        self.verdicts[deployment.name] = {"time": iso(utcnow()), **verdict.to_json()}
+        if verdict.action == Action.PROMOTE:
+            return self.promote(deployment.name, verdict.reason, verdict.to_json(), by="fleetd")
+        if verdict.action == Action.ROLLBACK:
+            return self.rollback(deployment.name, verdict.reason, verdict.to_json(), by="fleetd")
+        return deployment
+
+    def _canary_spent(self, deployment: str, rollout: Rollout) -> float:
+        """What the canary's tasks have cost so far (USD), from the ledger."""
+        tasks = [t for t in self.queue.finished_since(deployment, rollout.started_at, FIGURES_ROWS)
+                 if t.version == rollout.label or (t.version is None and t.route == rollout.label)]
+        held = [t for t in self.queue.tasks(deployment, "leased", FIGURES_ROWS) if t.version == rollout.label]
+        return sum(c for c, _ in self._costs([*tasks, *held]).values()) / 1e9
+
+    def _costs(self, tasks: list[Task]) -> dict[str, tuple[int, int]]:
+        """Task id -> (nUSD, LLM calls): what state.db counted plus what the ledger has."""
+        ledger = self.costs.of(t.id for t in tasks) if self.costs is not None else {}
+        return {t.id: (t.cost_nusd + ledger.get(t.id, (0, 0))[0], t.llm_calls + ledger.get(t.id, (0, 0))[1])
+                for t in tasks}
+
+    def figures(self, deployment: str, since: str = "") -> dict[str, VersionFigures]:
+        """Version label -> what its tasks finished since ``since`` did (the newest FIGURES_ROWS of the deployment's):
+        a task counts for the version it is bound to, or, never leased (it expired in the queue), the version it
+        was routed to (the current one: ``route`` None, counted under the label of the task's deployment's current
+        version by the caller, here under ``""``)."""
+        tasks = self.queue.finished_since(deployment, since, FIGURES_ROWS)
+        costs = self._costs(tasks)
+        current = self._current_label(deployment)
+        grouped: dict[str, list[Task]] = {}
+        for task in tasks:
+            grouped.setdefault(task.version or task.route or current, []).append(task)
+        return {label: version_figures(rows, costs) for label, rows in grouped.items()}
+
+    def _current_label(self, deployment: str) -> str:
+        with contextlib.suppress(NotFound):
+            return f"v{self.deployments.get(deployment).current_version}"
+        return ""
+
+    def promote(self, name: str, why: str = "promoted by hand", data: dict[str, Any] | None = None,
+                by: str = "user") -> Deployment:
+        """The rollout's version becomes current (``fleetd deploy promote``, or the verdict)."""
+        deployment = self.deployments.promote(name, why, {**(data or {}), "by": by})
+        self._after_rollout(name)
+        return deployment
+
+    def rollback(self, name: str, why: str = "rolled back by hand", data: dict[str, Any] | None = None,
+                 by: str = "user") -> Deployment:
+        """The rollout's version drains, its unleased tasks back to the current version (``fleetd deploy
+        rollback``, or the verdict)."""
+        deployment = self.deployments.rollback(name, why, {**(data or {}), "by": by})
+        self._after_rollout(name)
+        return deployment
+
+    def _after_rollout(self, name: str) -> None:
+        self._judged.pop(name, None)
+        for key in [k for k in self.start_failures if k[0] == name]:
+            del self.start_failures[key]
+        self._signal_all()  # long polls look again: what they may take changed
+        self.wake()
+
+    def apply(self, name: str, request: Any, host_cpus: int) -> Any:
+        """``fleetd deploy``: a blue-green rollout starts the new version to the current version's live count."""
+        live = len(self._members(name))
+        applied = self.deployments.apply(name, request, host_cpus, live)
+        if applied.deployment.rollout is None:
+            self.verdicts.pop(name, None)
+        self.wake()
+        return applied
+
+    @staticmethod
+    def _replaced(deployment: Deployment, number: int) -> str:
+        version = next((v for v in deployment.versions if v.number == number), None)
+        if version is not None and version.outcome == Outcome.ROLLED_BACK:
+            return f"version {number} was rolled back"
+        return f"version {number} is replaced by version {deployment.current_version}"
+
+    def _scale_version(self, deployment: Deployment, version: Version, policy: ScalingPolicy, takes: Takes,
+                       pool: list[Member], busy: set[str], launches: Launches) -> dict[str, int]:
+        now, wall = self.monotonic(), utcnow()
         named = {m.name for m in pool}
         agents = [self._pool_agent(m, busy, now, wall) for m in pool]
-        ttl = float(deployment.current.spec.ttl)
+        ttl = float(version.spec.ttl)
         agents += [PoolAgent(name, now, now + ttl, ready=False, replaces=replaces)
-                   for name, replaces in launches.names.items() if name not in named]
-        queued = self.queue.queued(deployment.name)
-        scaler = self.scalers.setdefault(deployment.name, Autoscaler(deployment.scaling))
-        scaler.policy = deployment.scaling  # a deploy scale keeps the history of the window
+                   for name, replaces in launches.names.items()
+                   if name not in named and launches.versions.get(name) == version.number]
+        if deployment.rollout is None:
+            queued = self.queue.queued(deployment.name)  # the counts table: no walk of the queue
+        else:
+            queued = self.queue.queued_for(deployment.name, version.label, takes)
+        scaler = self.scalers.setdefault((deployment.name, version.number), Autoscaler(policy))
+        scaler.policy = policy  # a deploy scale keeps the history of the window
         decision = scaler.decide(Observation(queued, tuple(agents)), now)
-        self.replicas[deployment.name] = {
-            "wanted": decision.desired, "live": len(pool), "busy": decision.observation.busy,
-            "idle": sum(1 for a in agents if a.idle and a.ready)}
+        counts = {"wanted": decision.desired, "live": len(pool), "busy": decision.observation.busy,
+                  "idle": sum(1 for a in agents if a.idle and a.ready)}
         if not decision.acts:
-            return
-        version = deployment.current
+            return counts
         starting = [None] * decision.start + list(decision.replace)
         if starting and now < launches.not_before:
             decision = dataclasses.replace(decision, start=0, replace=(),
@@ -298,14 +447,14 @@ class Fleet:
                                                   f"{launches.not_before - now:.0f} s after {launches.failures} "
                                                   "failed")
             starting = []
-        self._record(deployment.name, decision)
+        self._record(deployment.name, decision, version.number if deployment.rollout is not None else None)
         for replaces in starting:
             self._launch(deployment.name, version, replaces)
         for agent_id in decision.drain:
             self._drain(agent_id, "scale down")
         for agent_id in decision.retire:
             self._drain(agent_id, "near its TTL: replaced")
-        self._stop_idle(pool, busy)
+        return counts
 
     def _pool_agent(self, member: Member, busy: set[str], now: float, wall: datetime) -> PoolAgent:
         """The member on the autoscaler's monotonic clock."""
@@ -316,23 +465,26 @@ class Fleet:
             draining=member.id in self.draining or member.state not in (State.CREATED, State.RUNNING),
             replaces=member.replaces)
 
-    def _record(self, deployment: str, decision: Decision) -> None:
-        """The decision as an event with its inputs (not every agent's: a pool may hold a thousand)."""
+    def _record(self, deployment: str, decision: Decision, version: int | None = None) -> None:
+        """The decision as an event with its inputs (not every agent's: a pool may hold a thousand); during a
+        rollout each version's autoscaler decides for its own agents, and the decision names the version."""
         obs = decision.observation
+        on = "" if version is None else f" (version {version})"
         summary = {
-            "deployment": deployment, "reason": decision.reason, "start": decision.start,
+            "deployment": deployment, "version": version, "reason": decision.reason + on, "start": decision.start,
             "replace": list(decision.replace), "drain": list(decision.drain), "retire": list(decision.retire),
             "queued": obs.queued, "busy": obs.busy, "draining": obs.draining, "live": len(obs.agents),
             "raw": decision.raw, "wanted": decision.wanted, "stabilized": decision.stabilized,
             "desired": decision.desired, "current": decision.current, "policy": decision.policy.to_json(),
         }
-        self.store.add_event(DECISION_EVENT, f"deployment {deployment}: {decision.reason}", data=summary)
+        self.store.add_event(DECISION_EVENT, f"deployment {deployment}: {summary['reason']}", data=summary)
         kept = self.decisions.setdefault(deployment, deque(maxlen=DECISIONS_KEPT))
         kept.append({"time": iso(utcnow()), **summary})
 
     def _launch(self, deployment: str, version: Version, replaces: str | None) -> None:
         name = self._next_name(deployment)
         self.launches[deployment].names[name] = replaces
+        self.launches[deployment].versions[name] = version.number
         labels = {**version.spec.labels, **member_labels(deployment, version.number, replaces)}
         spec = dataclasses.replace(version.spec, name=name, labels=labels)
         self.background.start(self._launched(deployment, name, spec), f"starting agent {name}")
@@ -343,12 +495,18 @@ class Fleet:
         try:
             await self.agents.launch(spec)
         except FleetdError as exc:
-            self._launch_failed(deployment, f"agent {name} could not start: {exc.message}")
+            version = (spec.labels or {}).get(VERSION_LABEL, "0")
+            self._launch_failed(deployment, f"agent {name} could not start: {exc.message}",
+                                int(version) if version.isdigit() else None)
         finally:
             launches.names.pop(name, None)
+            launches.versions.pop(name, None)
             self.wake()
 
-    def _launch_failed(self, deployment: str, why: str) -> None:
+    def _launch_failed(self, deployment: str, why: str, version: int | None = None) -> None:
+        if version is not None:  # a rollout's version that cannot start agents is rolled back (START_FAILURES)
+            key = (deployment, version)
+            self.start_failures[key] = self.start_failures.get(key, 0) + 1
         launches = self.launches.setdefault(deployment, Launches())
         launches.failures += 1
         low, high = LAUNCH_BACKOFF
@@ -399,9 +557,11 @@ class Fleet:
         if ended:
             self._ended()
         self.deployments.forget(deployment.name)
-        for table in (self.scalers, self.decisions, self.replicas, self.launches, self._waiters,
-                      self.cost_histograms, self.duration_histograms):
+        for table in (self.decisions, self.replicas, self.launches, self._waiters, self.cost_histograms,
+                      self.duration_histograms):
             table.pop(deployment.name, None)
+        for key in [k for k in self.scalers if k[0] == deployment.name]:
+            del self.scalers[key]
         self.store.add_event("deployment_forgotten", f"deployment {deployment.name} removed: no agent left",
                              data={"deployment": deployment.name, "tasks_failed": len(ended)})
 
@@ -430,7 +590,7 @@ class Fleet:
                 self._ended()
         if member is not None and agent_id not in self.polled and agent_id not in self.draining:
             self._launch_failed(member.deployment, f"agent {agent_id} ended ({agent.get('reason')}) before it "
-                                "asked for a task")
+                                "asked for a task", member.version)
         self.polled.discard(agent_id)
         self.draining.pop(agent_id, None)
         self.stopped.discard(agent_id)
@@ -440,9 +600,10 @@ class Fleet:
         """Tasks reached a final state: those an agent took go into their deployment's histograms, with the cost the
         ledger has of them now (a call still settling then is not in it; the task's views have it later)."""
         ran = [t for t in tasks if t.started_at is not None and t.finished_at is not None]
-        if not ran:
-            return
         ledger = self.costs.of(t.id for t in ran) if self.costs is not None else {}
+        for task in tasks:
+            key = (task.deployment, task.version or task.route or "", task.state.value)
+            self.version_finished[key] = self.version_finished.get(key, 0) + 1
         for task in ran:
             cost = task.cost_nusd + ledger.get(task.id, (0, 0))[0]
             self.cost_histograms.setdefault(task.deployment, Histogram(TASK_COST_BUCKETS)).observe(cost / 1e9)
@@ -467,6 +628,7 @@ class Fleet:
         if agent_id not in self.polled:
             self.polled.add(agent_id)
             self.launches.setdefault(member.deployment, Launches()).failures = 0
+            self.start_failures.pop((member.deployment, member.version), None)
             self.wake()  # it is ready: a replacement may retire the agent it replaces
         polls = self._polls.get(agent_id, 0)
         if polls >= POLLS_PER_AGENT:
@@ -508,16 +670,15 @@ class Fleet:
             return self.queue.lease(member.id, member.deployment, label)
         if member.id in self.draining:
             return None  # a drained agent takes nothing new
-        found = self.deployments.version_state(member.deployment, member.version)
+        found = self.deployments.serving(member.deployment, member.version)
         if found is None:
             return None
-        deployment_state, drain, version_state = found
-        if deployment_state == DeploymentState.REMOVING and not drain:
+        if found.deployment == DeploymentState.REMOVING and not found.drain:
             return None
-        bound_only = version_state != VersionState.ACTIVE
-        if not self.queue.has_ready(member.deployment, label, bound_only):
+        allowed = takes(found.version == VersionState.ACTIVE, member.version, found.current, found.rollout)
+        if allowed == Takes.NONE or not self.queue.has_ready(member.deployment, label, allowed):
             return None  # a read, before the write lock a lease takes
-        return self.queue.lease(member.id, member.deployment, label, bound_only)
+        return self.queue.lease(member.id, member.deployment, label, allowed)
 
     def held(self, agent_id: str) -> TaskHold | None:
         """The task the agent holds, as zone 2 must know it (in the agent's registration)."""
@@ -629,10 +790,27 @@ class Fleet:
         live = self.replicas.get(deployment.name)
         data["replicas"] = live or {"wanted": 0, "live": 0, "busy": 0, "idle": 0}
         data["queue"] = self.queue.counts(deployment.name)
+        if data["rollout"] is not None:
+            data["rollout"]["verdict"] = self.verdicts.get(deployment.name)
+            if deployment.rollout is not None and deployment.rollout.phase == Phase.STARTING:
+                data["rollout"]["ready"] = len(self._ready_of(deployment.name, deployment.rollout.version))
         if detail:
+            figures = self.figures(deployment.name)
+            for version in data["versions"]:
+                found = figures.get(version["label"])
+                version["tasks"] = (found or VersionFigures()).to_json(detail=True)
             data["decisions"] = list(self.decisions.get(deployment.name, ()))
             data["rightsize"] = self.rightsize(deployment)
         return data
+
+    def _members(self, deployment: str) -> list[Member]:
+        """The deployment's live agents not draining."""
+        return [m for a in self.store.agents(tuple(LIVE_STATES)) if (m := Member.of(a)) is not None
+                and m.deployment == deployment and m.id not in self.draining]
+
+    def _ready_of(self, deployment: str, version: int) -> list[str]:
+        """Agents of the version that have asked for a task and are not draining (a blue-green version's ready)."""
+        return [m.id for m in self._members(deployment) if m.version == version and m.id in self.polled]
 
     def rightsize(self, deployment: Deployment) -> dict[str, Any]:
         """What the deployment's finished agents used (every version's), against its current version's limits."""

@@ -19,8 +19,7 @@ async def deploy(request: web.Request) -> web.Response:
     image = data.get("image")
     if isinstance(image, str) and image:
         await s.agents.check_image(image)
-    applied = s.fleet.deployments.apply(request.match_info["name"], data, s.agents.host_cpus)
-    s.fleet.wake()
+    applied = s.fleet.apply(request.match_info["name"], data, s.agents.host_cpus)
     view = {**s.fleet.view(applied.deployment), "message": applied.message}
     return web.json_response(view, status=201 if applied.message == "created" else 200)
 
@@ -45,6 +44,18 @@ async def scale(request: web.Request) -> web.Response:
                                          data.get("warm"))
     fleet.wake()
     return web.json_response(fleet.view(deployment))
+
+
+async def promote(request: web.Request) -> web.Response:
+    """The rolling-out version becomes current now (``fleetd deploy promote``); 409 without a rollout."""
+    fleet = services(request).fleet
+    return web.json_response(fleet.view(fleet.promote(request.match_info["name"])))
+
+
+async def rollback(request: web.Request) -> web.Response:
+    """The rolling-out version drains now (``fleetd deploy rollback``); 409 without a rollout."""
+    fleet = services(request).fleet
+    return web.json_response(fleet.view(fleet.rollback(request.match_info["name"])))
 
 
 async def remove(request: web.Request) -> web.Response:
@@ -113,6 +124,8 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/deployments/{name}", inspect_deployment)
     app.router.add_delete("/v1/deployments/{name}", remove)
     app.router.add_post("/v1/deployments/{name}/scale", scale)
+    app.router.add_post("/v1/deployments/{name}/promote", promote)
+    app.router.add_post("/v1/deployments/{name}/rollback", rollback)
     app.router.add_get("/v1/tasks", list_tasks)
     app.router.add_post("/v1/tasks", submit)
     app.router.add_post("/v1/tasks/batch", submit_batch)

@@ -228,6 +228,23 @@ def m012_task_counts(db: sqlite_utils.Database) -> None:
     db.execute(f"CREATE TRIGGER count_task_delete AFTER DELETE ON tasks BEGIN {take} END")
 
 
+
+@migrations()
+def m013_rollouts(db: sqlite_utils.Database) -> None:
+    # Canary and blue-green rollouts (fleetd.rollouts). A task's route is the version its submit sent it to, before
+    # any lease binds it (version): NULL is the deployment's current version. One rollout per deployment at most;
+    # its row goes when it ends, and the versions keep the outcome (promoted, rolled_back, replaced).
+    db.execute("ALTER TABLE tasks ADD COLUMN route TEXT")
+    db.execute("ALTER TABLE deployment_versions ADD COLUMN outcome TEXT")
+    db.execute(
+        """CREATE TABLE rollouts (
+            deployment TEXT PRIMARY KEY, strategy TEXT NOT NULL, version INTEGER NOT NULL,
+            previous INTEGER NOT NULL, phase TEXT NOT NULL, policy TEXT, seed TEXT NOT NULL,
+            routed INTEGER NOT NULL DEFAULT 0, target INTEGER, started_at TEXT NOT NULL)"""
+    )
+    # Per-version figures read a deployment's tasks finished since a rollout started, newest first.
+    db.execute("CREATE INDEX tasks_deployment_finished ON tasks(deployment, finished_at)")
+
 RESTARTED_EVENT = "restarted"
 PROBE_FAILED_EVENT = "probe_failed"
 ROLE_BUDGET_FIELDS = ("daily_usd", "monthly_usd", "max_llm_calls", "allow_unpriced")

@@ -81,9 +81,9 @@ MAX_BODY_BYTES = 1 << 20  # a task's input, and its output, as JSON
 MAX_PENDING = 10_000  # unfinished tasks per deployment
 BACKOFF_BASE = 10.0
 BACKOFF_CAP = 360.0
-SUMMARY_COLUMNS = ("id, deployment, version, state, attempts, max_attempts, agent_id, NULL AS input, NULL AS output, "
-                   "error, code, cost_nusd, max_nusd, llm_calls, idempotency_key, created_at, deadline, retry_at, "
-                   "started_at, finished_at")
+SUMMARY_COLUMNS = ("id, deployment, version, route, state, attempts, max_attempts, agent_id, NULL AS input, "
+                   "NULL AS output, error, code, cost_nusd, max_nusd, llm_calls, idempotency_key, created_at, "
+                   "deadline, retry_at, started_at, finished_at")
 _LIVE = "state IN ('queued', 'leased')"
 ID_CHUNK = 500  # task ids per query (SQLite's bound parameters)
 
@@ -94,7 +94,8 @@ class Task:
 
     id: str
     deployment: str
-    version: str | None
+    version: str | None  # bound by the first lease
+    route: str | None  # the version its submit routed it to during a canary (None: the current one)
     state: TaskState
     attempts: int
     max_attempts: int
@@ -118,19 +119,38 @@ class Task:
         def body(text: str | None) -> Any:
             return None if text is None else json.loads(text)
 
-        return cls(row["id"], row["deployment"], row["version"], TaskState(row["state"]), row["attempts"],
-                   row["max_attempts"], row["agent_id"], body(row["input"]), body(row["output"]), row["error"],
-                   row["code"], row["cost_nusd"], row["max_nusd"], row["llm_calls"], row["idempotency_key"],
-                   row["created_at"], row["deadline"], row["retry_at"], row["started_at"], row["finished_at"])
+        return cls(row["id"], row["deployment"], row["version"], row["route"], TaskState(row["state"]),
+                   row["attempts"], row["max_attempts"], row["agent_id"], body(row["input"]), body(row["output"]),
+                   row["error"], row["code"], row["cost_nusd"], row["max_nusd"], row["llm_calls"],
+                   row["idempotency_key"], row["created_at"], row["deadline"], row["retry_at"], row["started_at"],
+                   row["finished_at"])
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "deployment": self.deployment, "version": self.version, "state": self.state.value,
+        return {"id": self.id, "deployment": self.deployment, "version": self.version, "route": self.route,
+                "state": self.state.value,
                 "attempts": self.attempts, "max_attempts": self.max_attempts, "agent_id": self.agent_id,
                 "input": self.input, "output": self.output, "error": self.error, "code": self.code,
                 "cost_usd": usd(self.cost_nusd), "max_usd": None if self.max_nusd is None else usd(self.max_nusd),
                 "llm_calls": self.llm_calls, "key": self.key, "created_at": self.created_at,
                 "deadline": self.deadline, "retry_at": self.retry_at, "started_at": self.started_at,
                 "finished_at": self.finished_at}
+
+
+class Takes(StrEnum):
+    """Which queued tasks of its deployment an agent of version ``v`` may lease."""
+
+    ANY = "any"  # the current version's: unrouted unbound tasks, those routed to v, those bound to v
+    ROUTED = "routed"  # a canary's: those routed to v, those bound to v
+    BOUND = "bound"  # a replaced (draining) version's: only retries of tasks bound to v
+    NONE = "none"  # a blue-green version still starting: nothing yet
+
+
+_TAKES = {
+    Takes.ANY: "((version IS NULL AND (route IS NULL OR route = :v)) OR version = :v)",
+    Takes.ROUTED: "((version IS NULL AND route = :v) OR version = :v)",
+    Takes.BOUND: "version = :v",
+    Takes.NONE: "0",
+}
 
 
 # What ``POST /fleetd/tasks/next`` answers an agent, through zone 2: (id, attempt) fence its completion, and the
@@ -182,6 +202,9 @@ class TaskQueue:
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
         self.max_pending = max_pending
+        # Which version a new task of a deployment goes to (None: the current one); called inside the submit's
+        # transaction, once per task actually queued (not for an idempotent replay): a canary's split.
+        self.router: Callable[[str], str | None] | None = None
         # Hear of the tasks each transition finished (final state), after its commit: the fleet's histograms.
         self.on_finished: list[Callable[[list[Task]], None]] = []
         self._finished: list[str] = []  # ids finished by the transaction under way
@@ -218,8 +241,8 @@ class TaskQueue:
     def _summary(self, task_id: str) -> Task:
         return self._summaries([task_id])[0]
 
-    def _row(self, sql: str, params: Collection[Any]) -> dict[str, Any] | None:
-        rows = self.store.rows(sql, list(params))
+    def _row(self, sql: str, params: Collection[Any] | dict[str, Any]) -> dict[str, Any] | None:
+        rows = self.store.rows(sql, params if isinstance(params, dict) else list(params))
         return rows[0] if rows else None
 
     def submit(self, deployment: str, payload: Any, *, ttl: object = DEFAULT_TTL,
@@ -276,29 +299,29 @@ class TaskQueue:
         if pending >= self.max_pending:
             raise Conflict(f"deployment {deployment} has {pending} unfinished tasks, at most {self.max_pending}")
         task_id = secrets.token_hex(8)
+        route = self.router(deployment) if self.router is not None else None
         self.conn.execute(
-            "INSERT INTO tasks (id, deployment, state, max_attempts, input, max_nusd, idempotency_key, "
-            "created_at, deadline, retry_at) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?)",
-            (task_id, deployment, new.attempts, new.text, new.max_nusd, new.key, iso(now),
+            "INSERT INTO tasks (id, deployment, route, state, max_attempts, input, max_nusd, idempotency_key, "
+            "created_at, deadline, retry_at) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?)",
+            (task_id, deployment, route, new.attempts, new.text, new.max_nusd, new.key, iso(now),
              iso(now + timedelta(seconds=new.ttl)), iso(now)))
         return task_id
 
-    def lease(self, agent_id: str, deployment: str, version: str, bound_only: bool = False) -> Lease | None:
+    def lease(self, agent_id: str, deployment: str, version: str, takes: Takes = Takes.ANY) -> Lease | None:
         """The task ``agent_id`` holds, else the oldest ready task of ``deployment`` it may run, else None.
 
-        Ready: queued, its backoff over, and unbound or bound to ``version`` (the first lease binds it); with
-        ``bound_only`` (an agent of a version being replaced) only bound ones: it takes no new work.
+        Ready: queued, its backoff over, and one ``takes`` allows an agent of ``version`` (the first lease binds it
+        to that version): an agent of a replaced version takes only retries bound to it, no new work.
         """
         now = self.clock()
         at = iso(now)
-        unbound = "" if bound_only else "version IS NULL OR "
         with self._changing():
             self._expire_due(now)
             row = self._row("SELECT * FROM tasks WHERE agent_id = ? AND state = 'leased'", (agent_id,))
             if row is None:
-                row = self._row("SELECT * FROM tasks WHERE deployment = ? AND state = 'queued' AND retry_at <= ? "
-                                f"AND ({unbound}version = ?) ORDER BY seq LIMIT 1",
-                                (deployment, at, version))
+                row = self._row("SELECT * FROM tasks WHERE deployment = :d AND state = 'queued' AND retry_at <= :at "
+                                f"AND {_TAKES[takes]} ORDER BY seq LIMIT 1",
+                                {"d": deployment, "at": at, "v": version})
                 if row is None:
                     return None
                 self.conn.execute(
@@ -422,12 +445,37 @@ class TaskQueue:
                 self._finish(task_id, TaskState.FAILED, code, message, now)
         return ids
 
-    def has_ready(self, deployment: str, version: str, bound_only: bool = False) -> bool:
+    def has_ready(self, deployment: str, version: str, takes: Takes = Takes.ANY) -> bool:
         """Whether ``lease`` would find a task for an agent of ``version`` now: a read, without the write lock."""
-        unbound = "" if bound_only else "version IS NULL OR "
         return self.conn.execute(
-            f"SELECT 1 FROM tasks WHERE deployment = ? AND state = 'queued' AND retry_at <= ? "
-            f"AND ({unbound}version = ?) LIMIT 1", (deployment, iso(self.clock()), version)).fetchone() is not None
+            f"SELECT 1 FROM tasks WHERE deployment = :d AND state = 'queued' AND retry_at <= :at AND {_TAKES[takes]} "
+            "LIMIT 1", {"d": deployment, "at": iso(self.clock()), "v": version}).fetchone() is not None
+
+    def queued_for(self, deployment: str, version: str, takes: Takes) -> int:
+        """Tasks of ``deployment`` waiting that an agent of ``version`` may take (a version's own queue depth during a
+        rollout, what its autoscaler reads; backoffs not yet over included, as ``queued``)."""
+        count: int = self.conn.execute(
+            f"SELECT COUNT(*) FROM tasks WHERE deployment = :d AND state = 'queued' AND {_TAKES[takes]}",
+            {"d": deployment, "v": version}).fetchone()[0]
+        return count
+
+    def reroute(self, deployment: str, route: str | None, to: str | None) -> int:
+        """Queued tasks of ``deployment`` routed to ``route`` and not yet bound by a lease go to ``to`` (None: the
+        current version) instead: a rolled-back canary's, or, on a promotion, every one. How many."""
+        where = "route IS NULL" if route is None else "route = :route"
+        with self._changing():
+            changed: int = self.conn.execute(
+                f"UPDATE tasks SET route = :to WHERE deployment = :d AND state = 'queued' AND version IS NULL AND "
+                f"{where}", {"d": deployment, "route": route, "to": to}).rowcount
+        return changed
+
+    def finished_since(self, deployment: str, since: str, limit: int) -> list[Task]:
+        """``deployment``'s tasks that reached a final state at or after ``since`` (ISO time), newest first, at most
+        ``limit`` (a rollout's figures), without their input and output."""
+        marks = ", ".join("?" for _ in FINISHED_TASK_STATES)
+        return [Task.from_row(r) for r in self.store.rows(
+            f"SELECT {SUMMARY_COLUMNS} FROM tasks WHERE deployment = ? AND finished_at >= ? AND state IN ({marks}) "
+            "ORDER BY finished_at DESC LIMIT ?", [deployment, since, *FINISHED_TASK_STATES, limit])]
 
     def ready_in(self, deployment: str) -> float | None:
         """Seconds until the nearest backoff of a queued task of ``deployment`` ends, None when none waits for one."""

@@ -32,7 +32,7 @@ def test_migration_m010_makes_the_deployment_tables(store: Store) -> None:
         "task_ttl", "task_attempts", "task_max_usd", "drain", "created_at", "updated_at"]
     assert store.db["deployments"].pks == ["name"]
     assert [c.name for c in store.db["deployment_versions"].columns] == [
-        "deployment", "version", "spec", "state", "created_at"]
+        "deployment", "version", "spec", "state", "created_at", "outcome"]  # outcome: m013
     assert store.db["deployment_versions"].pks == ["deployment", "version"]
 
 
@@ -123,7 +123,7 @@ def test_durations_take_seconds_or_units(fields: dict[str, Any], expected: tuple
 
 
 def test_deploy_request_reads_every_option() -> None:
-    agent, scaling, tasks = deploy_request(
+    agent, scaling, tasks, _ = deploy_request(
         request(min="1", max="8", warm=2, tasks_per_agent="3", scale_down_window="10m", task_ttl="30m",
                 task_attempts="5", task_max_usd="$0.25", role="big", daily_usd=4), CONFIG, CPUS)
     assert scaling == ScalingPolicy(min=1, max=8, warm=2, tasks_per_agent=3, scale_down_window=600)
@@ -139,7 +139,7 @@ def test_deploy_request_reads_every_option() -> None:
         ("web/1", "invalid deployment name 'web/1'"),
         ("w" * 51, "invalid deployment name 'w{51}': 1-50 letters, digits, _ . - starting with a letter or digit "
                    r"\(its agents are named NAME-<n>\)"),
-        ("ls", "invalid deployment name 'ls': inspect, ls, rm, scale are verbs of fleetd deploy"),
+        ("ls", "invalid deployment name 'ls': inspect, ls, promote, rm, rollback, scale are verbs of fleetd deploy"),
         ("rm", "invalid deployment name 'rm'"),
     ],
 )
@@ -424,7 +424,8 @@ def test_json_view_has_every_field_and_a_place_for_live_counts(deployments: Depl
         "name": "web", "state": "active", "drain": False, "current_version": 2, "image": "worker:2",
         "scaling": {"min": 0, "max": 10, "warm": 0, "tasks_per_agent": 5, "scale_down_window": 60.0},
         "tasks": {"ttl": 3600, "attempts": 3, "max_usd": "1.5"},
-        "created_at": "2026-03-01T12:00:00.000Z", "updated_at": "2026-03-01T12:00:00.000Z", "replicas": None}
+        "created_at": "2026-03-01T12:00:00.000Z", "updated_at": "2026-03-01T12:00:00.000Z", "replicas": None,
+        "rollout": None}
     assert [(v["version"], v["label"], v["state"], v["created_at"], v["spec"]["image"]) for v in view["versions"]] == [
         (1, "v1", "draining", "2026-03-01T12:00:00.000Z", "worker:1"),
         (2, "v2", "active", "2026-03-01T12:00:00.000Z", "worker:2")]

@@ -1,0 +1,304 @@
+"""Canary and blue-green rollouts (fleetd.rollouts, the fleet controller's part) on a real store and supervisor over
+the in-memory runtime: the split at submit, what each version's agents may take, the verdict acting, promotion and
+rollback by hand, version affinity after either, blue-green's switch and drain."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fleetd.autoscale import ScalingPolicy
+from fleetd.errors import Conflict, InvalidRequest
+from fleetd.fleet import JUDGE_EVERY, START_FAILURES, VERSION_LABEL
+from fleetd.rollouts import Phase, Rollout, Strategy, pools, rollout_request, split_policy, takes
+from fleetd.task_queue import Takes
+from tests.unit.test_fleet import Rig, run
+
+V2 = {"command": ["work", "--v2"]}
+
+
+def versions(rig: Rig) -> dict[int, tuple[str, str | None]]:
+    return {v.number: (v.state.value, None if v.outcome is None else v.outcome.value)
+            for v in rig.fleet.deployments.get("web").versions}
+
+
+def by_version(rig: Rig) -> dict[str, list[dict[str, Any]]]:
+    found: dict[str, list[dict[str, Any]]] = {}
+    for agent in rig.pool():
+        container = rig.runtime.by_name(rig.runtime.agent_name(agent["id"]))
+        assert container is not None
+        found.setdefault(container["Labels"][VERSION_LABEL], []).append(agent)
+    return found
+
+
+async def canary(rig: Rig, percent: int = 20, **options: Any) -> None:
+    """web v1 with two warm agents, then v2 as a canary of ``percent``."""
+    rig.deploy(warm=2, max=10)
+    await rig.tick()
+    applied = rig.deploy(warm=2, max=10, canary=percent, **V2, **options)
+    assert applied["message"] == f"updated: version 2 rolling out (canary {percent}%)"
+    assert applied["current_version"] == 1 and applied["rollout"]["phase"] == "canary"
+
+
+async def work(rig: Rig, agent: dict[str, Any], fail: bool = False) -> str | None:
+    """The agent takes a task and completes (or fails) it; the task's id, None when it got none."""
+    lease = await rig.fleet.next_task(agent["id"], 0)
+    if lease is None:
+        return None
+    if fail:
+        rig.fleet.fail(lease.id, agent["id"], lease.attempt, "bad answer", retry=False)
+    else:
+        rig.fleet.complete(lease.id, agent["id"], lease.attempt, "ok")
+    return lease.id
+
+
+async def judged(rig: Rig) -> None:
+    rig.clock.offset += JUDGE_EVERY
+    await rig.tick()
+
+
+# -- pure parts ----------------------------------------------------------------
+def test_the_split_of_scaling_gives_the_canary_its_share_and_keeps_room_for_both() -> None:
+    current, canary_policy = split_policy(ScalingPolicy(min=4, max=10, warm=2), 10)
+    assert (canary_policy.min, canary_policy.max, canary_policy.warm) == (1, 1, 1)
+    assert (current.min, current.max, current.warm) == (3, 9, 1)
+    current, canary_policy = split_policy(ScalingPolicy(min=0, max=1, warm=0), 50)
+    assert canary_policy.max == 1 and current.max == 1  # a canary needs an agent to be judged
+
+
+def test_what_each_version_takes() -> None:
+    rollout = Rollout("web", Strategy.CANARY, 2, 1, Phase.CANARY, None, "s", 0, None, "t")
+    assert takes(True, 1, 1, rollout) == Takes.ANY
+    assert takes(True, 2, 1, rollout) == Takes.ROUTED
+    assert takes(False, 1, 2, None) == Takes.BOUND
+    standby = Rollout("web", Strategy.BLUE_GREEN, 2, 1, Phase.STARTING, None, "s", 0, 2, "t")
+    assert takes(True, 2, 1, standby) == Takes.NONE
+    assert set(pools(ScalingPolicy(), 1, standby)) == {1, 2}
+    assert pools(ScalingPolicy(), 1, standby)[2][0].min == 2
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"canary": 60}, "--canary percent must be an integer from 1 to 50"),
+    ({"canary": 10, "promote_after": 0}, "--promote-after must be an integer from 1"),
+    ({"strategy": "blue-green", "canary": 10}, "--canary: only for a canary"),
+    ({"strategy": "canary"}, "give --canary PCT"),
+    ({"strategy": "sideways"}, "--strategy: one of rolling, canary, blue-green"),
+    ({"canary": 10, "canary_max_usd": "-1"}, "--canary-max-usd"),
+])
+def test_bad_rollout_options_are_refused_with_the_flag_named(fields: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidRequest, match=message):
+        rollout_request(fields)
+
+
+# -- canary ----------------------------------------------------------------------
+def test_a_canary_gets_its_share_of_new_tasks_and_the_split_is_reproducible(tmp_path: Path) -> None:
+    routes: list[list[str | None]] = []
+    for attempt in ("a", "b"):
+        async def check(rig: Rig) -> None:
+            await canary(rig, 7)
+            tasks = rig.fleet.submit_many({"deployment": "web", "tasks": [{"input": n} for n in range(1000)]})
+            routes.append([t.route for t in tasks])
+            assert rig.fleet.deployments.get("web").rollout.routed == 1000  # type: ignore[union-attr]
+
+        (tmp_path / attempt).mkdir()
+        run(tmp_path / attempt, check)
+    assert routes[0] == routes[1]  # seeded per deployment
+    share = Counter(routes[0])["v2"] / 1000
+    assert abs(share - 0.07) <= 0.02
+
+
+def test_an_idempotent_replay_takes_no_position_of_the_split(tmp_path: Path) -> None:
+    async def check(rig: Rig) -> None:
+        await canary(rig)
+        first = rig.fleet.submit({"deployment": "web", "input": 1, "key": "k"})
+        again = rig.fleet.submit({"deployment": "web", "input": 1, "key": "k"})
+        assert again.id == first.id
+        assert rig.fleet.deployments.get("web").rollout.routed == 1  # type: ignore[union-attr]
+
+    run(tmp_path, check)
+
+
+def test_canary_agents_take_only_routed_tasks_and_current_agents_never_take_them(tmp_path: Path) -> None:
+    async def check(rig: Rig) -> None:
+        await canary(rig, 50)
+        tasks = rig.fleet.submit_many({"deployment": "web", "tasks": [{"input": n} for n in range(20)]})
+        await rig.tick()
+        pools_ = by_version(rig)
+        assert pools_.get("2"), "the canary has agents"
+        routed = {t.id for t in tasks if t.route == "v2"}
+        taken: dict[str, set[str]] = {"1": set(), "2": set()}
+        for version, agents in pools_.items():
+            for agent in agents:
+                while (task_id := await work(rig, agent)) is not None:
+                    taken[version].add(task_id)
+        assert taken["2"] == routed
+        assert taken["1"] == {t.id for t in tasks} - routed
+
+    run(tmp_path, check)
+
+
+def test_a_failing_canary_is_rolled_back_early_and_gets_no_new_task(tmp_path: Path) -> None:
+    async def check(rig: Rig) -> None:
+        await canary(rig, 50, promote_after=20)
+        rig.fleet.submit_many({"deployment": "web", "tasks": [{"input": n} for n in range(60)]})
+        await rig.tick()
+        pools_ = by_version(rig)
+        canary_agent, current_agent = pools_["2"][0], pools_["1"][0]
+        for _ in range(10):
+            await work(rig, current_agent)
+        done = 0
+        while rig.fleet.deployments.get("web").rollout is not None and done < 20:
+            await work(rig, canary_agent, fail=done % 2 == 0)  # half of its tasks fail
+            done += 1
+            await judged(rig)
+        assert rig.fleet.deployments.get("web").rollout is None
+        assert done < 20, "rolled back before promote-after canary tasks finished"
+        assert versions(rig)[2] == ("draining", "rolled_back") and versions(rig)[1] == ("active", None)
+        events = [e for e in rig.store.events(limit=200) if e["type"] == "rollout_rolled_back"]
+        assert events and "error rate" in events[0]["message"] and events[0]["data"]["canary"]["failed"] >= 1
+        # Its queued tasks went back to the current version; new ones all go there.
+        assert not [t for t in rig.fleet.queue.tasks("web", "queued") if t.route == "v2"]
+        later = rig.fleet.submit_many({"deployment": "web", "tasks": [{"input": n} for n in range(50)]})
+        assert {t.route for t in later} == {None}
+        assert await work(rig, canary_agent) is None
+
+    run(tmp_path, check)
+
+
+def test_a_good_canary_is_promoted_and_the_old_version_drains_without_cutting_a_task(tmp_path: Path) -> None:
+    async def check(rig: Rig) -> None:
+        await canary(rig, 50, promote_after=5)
+        rig.fleet.submit_many({"deployment": "web", "tasks": [{"input": n} for n in range(30)]})
+        await rig.tick()
+        pools_ = by_version(rig)
+        old, new = pools_["1"], pools_["2"][0]
+        in_flight = await rig.fleet.next_task(old[0]["id"], 0)  # v1 holds a task across the promotion
+        assert in_flight is not None
+        for _ in range(5):
+            await work(rig, old[1])
+            await work(rig, new)
+        await judged(rig)
+        assert rig.fleet.deployments.get("web").current_version == 2
+        assert versions(rig) == {1: ("draining", "replaced"), 2: ("active", "promoted")}
+        promoted = [e for e in rig.store.events(limit=200) if e["type"] == "rollout_promoted"]
+        assert promoted and promoted[0]["data"]["by"] == "fleetd" and promoted[0]["data"]["action"] == "promote"
+        assert old[0]["id"] in {a["id"] for a in rig.pool()}  # still finishing its task
+        assert await work(rig, old[1]) is None  # a drained v1 agent takes nothing new
+        rig.fleet.complete(in_flight.id, old[0]["id"], in_flight.attempt, "done")
+        assert rig.fleet.queue.get(in_flight.id).state == "succeeded"
+
+    run(tmp_path, check)
+
+
+def test_a_v1_task_whose_agent_dies_after_the_promotion_is_retried_on_v1(tmp_path: Path) -> None:
+    async def check(rig: Rig) -> None:
+        await canary(rig, 50)
+        rig.fleet.submit_many({"deployment": "web", "tasks": [{"input": n} for n in range(10)]})
+        await rig.tick()
+        holder, spare = by_version(rig)["1"][:2]
+        held = await rig.fleet.next_task(holder["id"], 0)
+        assert held is not None
+        rig.fleet.promote("web")
+        rig.runtime.exit(holder["container_id"], 137)  # killed holding a v1 task
+        await rig.settle()
+        assert rig.fleet.queue.get(held.id).version == "v1"
+        for agent in by_version(rig).get("2", []):
+            assert await work(rig, agent) != held.id  # v2 never takes it
+        lease = await rig.fleet.next_task(spare["id"], 0)  # a draining v1 agent takes v1's retry
+        assert lease is not None and lease.id == held.id and lease.attempt == 2
+
+    run(tmp_path, check)
+
+
+def test_promote_and_rollback_by_hand_and_409_without_a_rollout(tmp_path: Path) -> None:
+    async def check(rig: Rig) -> None:
+        rig.deploy(warm=1)
+        await rig.tick()
+        with pytest.raises(Conflict, match="no rollout in progress"):
+            rig.fleet.promote("web")
+        with pytest.raises(Conflict, match="no rollout in progress"):
+            rig.fleet.rollback("web")
+        rig.deploy(warm=1, canary=10, **V2)
+        with pytest.raises(Conflict, match="version 2 is rolling out"):
+            rig.deploy(warm=1, canary=10, command=["work", "--v3"])
+        assert rig.deploy(warm=1, canary=10, **V2)["message"] == "unchanged (version 2 is rolling out)"
+        rig.fleet.rollback("web")
+        assert versions(rig)[2] == ("draining", "rolled_back")
+        event = next(e for e in rig.store.events(limit=100) if e["type"] == "rollout_rolled_back")
+        assert event["data"]["by"] == "user"
+
+    run(tmp_path, check)
+
+
+def test_a_canary_whose_agents_never_start_is_rolled_back(tmp_path: Path) -> None:
+    async def check(rig: Rig) -> None:
+        await canary(rig, 50)
+        rig.fleet.submit_many({"deployment": "web", "tasks": [{"input": n} for n in range(10)]})
+        for _ in range(START_FAILURES * 4):
+            await rig.tick()
+            for agent in by_version(rig).get("2", []):
+                rig.runtime.exit(agent["container_id"], 1)  # exits before it ever asks for a task
+            await rig.settle()
+            rig.clock.offset += 400  # past the launch backoff
+            if rig.fleet.deployments.get("web").rollout is None:
+                break
+        assert versions(rig)[2][1] == "rolled_back"
+
+    run(tmp_path, check)
+
+
+def test_inspect_shows_per_version_figures_and_the_verdict(tmp_path: Path) -> None:
+    async def check(rig: Rig) -> None:
+        await canary(rig, 50, promote_after=50)
+        rig.fleet.submit_many({"deployment": "web", "tasks": [{"input": n} for n in range(10)]})
+        await rig.tick()
+        for version, agents in by_version(rig).items():
+            await work(rig, agents[0], fail=version == "2")
+            await work(rig, agents[0])
+        await judged(rig)
+        view = rig.fleet.view(rig.fleet.deployments.get("web"), detail=True)
+        figures = {v["label"]: v["tasks"] for v in view["versions"]}
+        assert figures["v1"]["succeeded"] == 2 and figures["v1"]["error_rate"] == 0
+        assert figures["v2"]["failed"] == 1 and figures["v2"]["error_rate"] == 0.5
+        assert figures["v2"]["p95_duration_seconds"] is not None and figures["v2"]["llm_calls_per_task"] == 0
+        assert view["rollout"]["verdict"]["action"] == "wait"
+
+    run(tmp_path, check)
+
+
+# -- blue-green ------------------------------------------------------------------
+def test_blue_green_switches_once_the_new_agents_are_ready_and_the_old_ones_drain(tmp_path: Path) -> None:
+    async def check(rig: Rig) -> None:
+        rig.deploy(warm=2)
+        await rig.tick()
+        old = rig.pool()
+        applied = rig.fleet.apply("web", {"image": "img", "command": ["work", "--v2"], "ttl": 3600, "warm": 2,
+                                          "strategy": "blue-green"}, 2)
+        assert applied.message == "updated: version 2 rolling out (blue-green, 2 agents)"
+        await rig.tick()
+        green = by_version(rig)["2"]
+        assert len(green) == 2
+        task = rig.fleet.submit({"deployment": "web", "input": 1})
+        assert await rig.fleet.next_task(green[0]["id"], 0) is None  # standing by: nothing yet
+        await rig.tick()
+        assert rig.fleet.deployments.get("web").rollout.phase == Phase.STARTING  # type: ignore[union-attr]
+        assert await rig.fleet.next_task(green[1]["id"], 0) is None
+        await rig.tick()  # both have asked: the switch
+        deployment = rig.fleet.deployments.get("web")
+        assert deployment.current_version == 2 and deployment.rollout.phase == Phase.SWITCHED  # type: ignore[union-attr]
+        lease = await rig.fleet.next_task(green[0]["id"], 0)
+        assert lease is not None and lease.id == task.id
+        for agent in old:
+            assert await rig.fleet.next_task(agent["id"], 0) is None  # blue takes nothing new
+        for _ in range(3):
+            await rig.tick()
+        assert not {a["id"] for a in old} & {a["id"] for a in rig.pool()}
+        assert rig.fleet.deployments.get("web").rollout is None
+        assert versions(rig) == {1: ("retired", "replaced"), 2: ("active", "promoted")}
+        assert [e["type"] for e in rig.store.events(limit=100) if e["type"].startswith("rollout_")] == [
+            "rollout_switched", "rollout_finished"]
+
+    run(tmp_path, check)
