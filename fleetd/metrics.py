@@ -72,6 +72,10 @@ class Snapshot:
     # How long the previous scrape took to gather and render, in the daemon (None: this is the first): as exporters'
     # own scrape_duration_seconds, it tells a slow daemon from a slow network or scraper.
     last_scrape_seconds: float | None = None
+    # (deployment, version label, final state) -> tasks finished since the daemon started (fleet.Fleet keeps them)
+    version_finished: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    # deployment -> its rollout's JSON (fleetd.rollouts.Rollout.to_json), for those with one
+    rollouts: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 # -- rendering ----------------------------------------------------------------
@@ -100,6 +104,7 @@ class SnapshotCollector:
         yield from _zone2_counters((snap.budget or {}).get("counters") or {})
         yield from _fleet(snap.deployments, snap.tasks_finished)
         yield from _task_histograms(snap.task_costs, snap.task_durations)
+        yield from _versions(snap.version_finished, snap.rollouts)
         if snap.last_scrape_seconds is not None:
             yield GaugeMetricFamily("fleetd_scrape_duration_seconds", "Time the daemon took to gather and render "
                                     "the previous scrape of this endpoint.", value=snap.last_scrape_seconds)
@@ -300,6 +305,27 @@ def _task_histograms(costs: Mapping[str, Histogram], durations: Mapping[str, His
         yield family
 
 
+def _versions(finished: Mapping[tuple[str, str, str], int],
+              rollouts: Mapping[str, Mapping[str, Any]]) -> Iterator[Metric]:
+    """Tasks finished per version (a canary's numbers beside the current version's) and each rollout under way."""
+    done = CounterMetricFamily("fleetd_version_tasks_finished", "Tasks finished, by deployment, version (the one a "
+                               "task was bound to) and final state; since the daemon started.",
+                               labels=["deployment", "version", "state"])
+    for (deployment, version, state), count in sorted(finished.items()):
+        done.add_metric([deployment, version, state], count)
+    yield done
+    rollout = GaugeMetricFamily("fleetd_deployment_rollout", "1 for each deployment's rollout under way: its new "
+                                "version, strategy and phase.", labels=["deployment", "version", "strategy", "phase"])
+    percent = GaugeMetricFamily("fleetd_canary_percent", "The share of new tasks (%) a canary version is routed.",
+                                labels=["deployment", "version"])
+    for name, found in sorted(rollouts.items()):
+        version = f"v{found['version']}"
+        rollout.add_metric([name, version, str(found["strategy"]), str(found["phase"])], 1)
+        if found.get("percent") is not None:
+            percent.add_metric([name, version], found["percent"])
+    yield from (rollout, percent)
+
+
 def _agent_labels(agent: Mapping[str, Any]) -> list[str]:
     return [str(agent.get("id") or ""), str(agent.get("name") or ""), str(agent.get("role") or "")]
 
@@ -342,12 +368,15 @@ async def gather(parts: Services) -> Snapshot:
         log.exception("metrics: cannot read agents' memory and CPU")
     fleet = parts.fleet
     live = fleet.queue.live_counts()
+    listed = fleet.deployments.list()
     deployments = {d.name: {"queued": 0, "leased": 0, **live.get(d.name, {}),
-                            "replicas": fleet.replicas.get(d.name, {})} for d in fleet.deployments.list()}
+                            "replicas": fleet.replicas.get(d.name, {})} for d in listed}
     return Snapshot(agents=agents, states=states, counts=counts, budget=budget, zone2_healthy=parts.zone2.healthy,
                     usage=usage, deployments=deployments, tasks_finished=fleet.queue.finished_totals(),
                     task_costs={d: h.copy() for d, h in fleet.cost_histograms.items()},
-                    task_durations={d: h.copy() for d, h in fleet.duration_histograms.items()})
+                    task_durations={d: h.copy() for d, h in fleet.duration_histograms.items()},
+                    version_finished=dict(fleet.version_finished),
+                    rollouts={d.name: d.rollout.to_json() for d in listed if d.rollout is not None})
 
 
 # -- serving ------------------------------------------------------------------

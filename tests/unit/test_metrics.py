@@ -25,7 +25,7 @@ from fleetd.metrics import STATES, Snapshot, gather, render, serve_metrics
 from fleetd.models import Reason, State, iso, utcnow
 from fleetd.store import Store
 from fleetd.task_costs import TaskCosts
-from fleetd.task_queue import TaskQueue
+from fleetd.task_queue import Takes, TaskQueue
 from fleetd.zone2.ledger import Call, Ledger
 from fleetd.zone2.llm import Usage
 from tests.unit.wall_clock import WallClock
@@ -461,3 +461,27 @@ def test_finished_tasks_cost_and_duration_histograms_by_deployment(tmp_path: Pat
     assert sample(duration, "fleetd_task_duration_seconds_sum", deployment="web") == 47
     assert sample(duration, "fleetd_task_duration_seconds_sum", deployment="batch") == 75
     assert sample(cost, "fleetd_task_cost_usd_count", deployment="batch") == 1
+
+
+def test_tasks_finished_per_version_and_the_rollout_under_way(tmp_path: Path) -> None:
+    store = populated(tmp_path / "state.db")
+    try:
+        parts = FakeParts(store, FakeGateway(BUDGET))
+        fleet = parts.fleet
+        fleet.deployments.apply("web", {"image": "img"}, 2)
+        fleet.deployments.apply("web", {"image": "img:2", "canary": 10}, 2)
+        queue = fleet.queue
+        done = queue.submit("web", 1)
+        queue.lease("a1", "web", "v1")
+        queue.complete(done.id, "a1", 1, "ok")
+        failed = queue.submit("web", 2)
+        queue.lease("a2", "web", "v2", Takes.ANY)
+        queue.fail(failed.id, "a2", 1, "no", retry=False)
+        m = parse(render(asyncio.run(gather(parts))))  # type: ignore[arg-type]
+    finally:
+        store.close()
+    assert value(m["fleetd_version_tasks_finished"], deployment="web", version="v1", state="succeeded") == 1
+    assert value(m["fleetd_version_tasks_finished"], deployment="web", version="v2", state="failed") == 1
+    assert value(m["fleetd_deployment_rollout"], deployment="web", version="v2", strategy="canary",
+                 phase="canary") == 1
+    assert value(m["fleetd_canary_percent"], deployment="web", version="v2") == 10
