@@ -35,7 +35,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -211,6 +211,7 @@ class Fleet:
         self.replicas: dict[str, dict[str, int]] = {}
         self.polled: set[str] = set()  # agents that have asked for a task: ready
         self.draining: dict[str, str] = {}  # agent id -> why it takes no new task
+        self.affine: set[str] = set()  # drained agents of a replaced version: they still take its bound retries
         self.stopped: set[str] = set()  # drained agents asked to stop
         self.launches: dict[str, Launches] = {}
         self.numbers: dict[str, int] = {}  # deployment -> the last NAME-<n> given
@@ -287,9 +288,14 @@ class Fleet:
         """Each version that should have agents (the current one; during a rollout the new one too) is scaled on its
         own queue by its own autoscaler; agents of any other version drain."""
         plan = pools(deployment.scaling, deployment.current_version, deployment.rollout)
+        retrying: set[int] = set()  # replaced versions with retries bound to them waiting (version affinity)
         for member in pool:
             if member.version not in plan:
                 self._drain(member.id, self._replaced(deployment, member.version))
+                self.affine.add(member.id)
+                if member.version not in retrying and self.queue.queued_for(
+                        deployment.name, f"v{member.version}", Takes.BOUND):
+                    retrying.add(member.version)
         launches = self.launches.setdefault(deployment.name, Launches())
         totals = {"wanted": 0, "live": 0, "busy": 0, "idle": 0}
         for number, (policy, allowed) in plan.items():
@@ -300,7 +306,7 @@ class Fleet:
         self.replicas[deployment.name] = totals
         for key in [k for k in self.scalers if k[0] == deployment.name and k[1] not in plan]:
             del self.scalers[key]
-        self._stop_idle(pool, busy)
+        self._stop_idle(pool, busy, retrying)
 
     # -- rollouts ------------------------------------------------------------------
     def _advance(self, deployment: Deployment, pool: list[Member]) -> Deployment:
@@ -531,9 +537,12 @@ class Fleet:
             self.store.add_event("agent_draining", f"draining: {why}", agent_id, {"why": why})
             self._signal_all()  # its long poll answers now
 
-    def _stop_idle(self, pool: list[Member], busy: set[str]) -> None:
-        """Drained agents holding no task are stopped (once)."""
+    def _stop_idle(self, pool: list[Member], busy: set[str], retrying: Collection[int] = ()) -> None:
+        """Drained agents holding no task are stopped (once); those of a replaced version in ``retrying`` wait for
+        its bound retries (version affinity: nothing else may run them)."""
         for member in pool:
+            if member.id in self.affine and member.version in retrying:
+                continue
             if (member.id in self.draining and member.id not in busy and member.id not in self.stopped
                     and member.state in (State.CREATED, State.RUNNING)):
                 assert self.agents is not None
@@ -593,6 +602,7 @@ class Fleet:
                                 "asked for a task", member.version)
         self.polled.discard(agent_id)
         self.draining.pop(agent_id, None)
+        self.affine.discard(agent_id)
         self.stopped.discard(agent_id)
         self.wake()
 
@@ -668,8 +678,8 @@ class Fleet:
         held = self.queue.held(member.id)
         if held is not None:  # the one it holds, again (its answer was lost, or zone 2 restarted)
             return self.queue.lease(member.id, member.deployment, label)
-        if member.id in self.draining:
-            return None  # a drained agent takes nothing new
+        if member.id in self.draining and member.id not in self.affine:
+            return None  # a drained agent takes nothing new (one of a replaced version: only its retries, below)
         found = self.deployments.serving(member.deployment, member.version)
         if found is None:
             return None

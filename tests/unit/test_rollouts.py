@@ -195,20 +195,50 @@ def test_a_good_canary_is_promoted_and_the_old_version_drains_without_cutting_a_
 
 def test_a_v1_task_whose_agent_dies_after_the_promotion_is_retried_on_v1(tmp_path: Path) -> None:
     async def check(rig: Rig) -> None:
-        await canary(rig, 50)
-        rig.fleet.submit_many({"deployment": "web", "tasks": [{"input": n} for n in range(10)]})
-        await rig.tick()
-        holder, spare = by_version(rig)["1"][:2]
-        held = await rig.fleet.next_task(holder["id"], 0)
-        assert held is not None
+        await canary(rig, 10)
+        rig.fleet.submit_many({"deployment": "web", "tasks": [{"input": n} for n in range(2)]})
+        first, second = by_version(rig)["1"][:2]
+        held = await rig.fleet.next_task(first["id"], 0)
+        other = await rig.fleet.next_task(second["id"], 0)
+        assert held is not None and other is not None and held.id != other.id
         rig.fleet.promote("web")
-        rig.runtime.exit(holder["container_id"], 137)  # killed holding a v1 task
+        await rig.tick()  # v1's agents drain; both hold a task, so both stay
+        rig.runtime.exit(first["container_id"], 137)  # killed holding a v1 task
         await rig.settle()
-        assert rig.fleet.queue.get(held.id).version == "v1"
+        again = rig.fleet.queue.get(held.id)
+        assert again.version == "v1" and again.state == "queued"
+        rig.fleet.complete(other.id, second["id"], other.attempt, "ok")
+        await rig.tick()  # idle and drained, but v1 has a retry waiting: it stays for it
+        assert second["id"] in {a["id"] for a in rig.pool()}
         for agent in by_version(rig).get("2", []):
-            assert await work(rig, agent) != held.id  # v2 never takes it
-        lease = await rig.fleet.next_task(spare["id"], 0)  # a draining v1 agent takes v1's retry
+            assert await work(rig, agent) != held.id  # v2 never takes a v1 task
+        lease = await rig.fleet.next_task(second["id"], 0)
         assert lease is not None and lease.id == held.id and lease.attempt == 2
+        assert await rig.fleet.next_task(second["id"], 0) is not None  # the held one again, nothing new
+        rig.fleet.complete(held.id, second["id"], lease.attempt, "ok")
+        assert await rig.fleet.next_task(second["id"], 0) is None  # no new work for a replaced version
+        await rig.tick()
+        assert second["id"] not in {a["id"] for a in rig.pool()}  # its retries done, it goes
+        assert rig.fleet.queue.get(held.id).state == "succeeded"
+
+    run(tmp_path, check)
+
+
+def test_a_bound_task_fails_version_removed_when_no_agent_of_its_version_is_left(tmp_path: Path) -> None:
+    async def check(rig: Rig) -> None:
+        await canary(rig, 10)
+        task = rig.fleet.submit({"deployment": "web", "input": 1})
+        holder = by_version(rig)["1"][0]
+        assert (await rig.fleet.next_task(holder["id"], 0)) is not None
+        rig.fleet.promote("web")
+        await rig.tick()
+        rig.runtime.exit(holder["container_id"], 137)
+        await rig.settle()
+        for _ in range(3):
+            await rig.tick()
+        assert not by_version(rig).get("1")
+        ended = rig.fleet.queue.get(task.id)
+        assert ended.state == "failed" and ended.code == "version_removed"  # never moved to v2
 
     run(tmp_path, check)
 
