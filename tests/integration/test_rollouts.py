@@ -1,0 +1,162 @@
+"""Rollouts on the real engine (issue 17): workers that call `fleetd llm-sim` with the official openai SDK through
+zone 2, one deployment updated three times.
+
+- v2 fails half its tasks: rolled back before it gets promote-after completions; no new task goes to it afterwards.
+- v3 is as good as v1 and 10 % cheaper (9 output tokens a call instead of 10): promoted; v1 drains without a task
+  cut (every task succeeds at its first attempt) and a v1 task whose agent is killed after the promotion never runs
+  on v3.
+- blue-green to v4: the switch loses no task and runs none on both versions.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import docker
+import pytest
+
+from tests.integration.harness import wait_for
+from tests.integration.sdk_fixtures import SdkBench
+
+MODEL = "rollout-model"
+# One LLM call per task (TOKENS output tokens: the version's cost), then a short think; FLAKY=1 fails the tasks of
+# even number. The output names the version that ran it.
+WORKER = f"""
+import os, time, fleetd_agent, openai
+client = openai.OpenAI(api_key="$CRED{{openai}}")
+tokens, flaky, version = int(os.environ["TOKENS"]), os.environ.get("FLAKY") == "1", os.environ["V"]
+fleetd_agent.start_heartbeat()
+for task in fleetd_agent.tasks(wait=5):
+    client.chat.completions.create(model="{MODEL}", max_tokens=tokens,
+                                   messages=[{{"role": "user", "content": "task " + str(task.input["n"])}}])
+    time.sleep(task.input.get("think", 0.2))
+    if flaky and task.input["n"] % 2 == 0:
+        task.fail("version " + version + " cannot do even tasks", retry=False)
+    else:
+        task.complete({{"version": version, "n": task.input["n"]}})
+"""
+NAME = "roll"
+
+
+@pytest.fixture(scope="module")
+def bench(engine: docker.DockerClient) -> Iterator[SdkBench]:
+    b = SdkBench(engine)
+    try:
+        b.daemon.cli("price", "set", MODEL, "--input-per-mtok", "10", "--output-per-mtok", "2000",
+                     "--max-output-tokens", "64")
+        yield b
+    finally:
+        b.close()
+
+
+def deploy(bench: SdkBench, image: str, version: int, tokens: int, flaky: bool = False,
+           **rollout: Any) -> dict[str, Any]:
+    body = {"image": image, "command": ["python3", "-c", WORKER], "role": "worker", "memory": "128m",
+            "heartbeat_interval": "5s", "warm": 2, "max": 4, "tasks_per_agent": 5, "task_attempts": 3,
+            "env": [f"TOKENS={tokens}", f"V={version}", f"FLAKY={int(flaky)}"], **rollout}
+    result: dict[str, Any] = bench.daemon.api.call("PUT", f"/v1/deployments/{NAME}", body)
+    return result
+
+
+def inspect(bench: SdkBench) -> dict[str, Any]:
+    result: dict[str, Any] = bench.daemon.api.call("GET", f"/v1/deployments/{NAME}")
+    return result
+
+
+def submit(bench: SdkBench, first: int, count: int, think: float = 0.2) -> list[dict[str, Any]]:
+    tasks: list[dict[str, Any]] = bench.daemon.api.call(
+        "POST", "/v1/tasks/batch", {"deployment": NAME, "tasks": [{"input": {"n": n, "think": think}}
+                                                                  for n in range(first, first + count)]})
+    return tasks
+
+
+def task(bench: SdkBench, task_id: str) -> dict[str, Any]:
+    result: dict[str, Any] = bench.daemon.api.call("GET", f"/v1/tasks/{task_id}")
+    return result
+
+
+def finished(bench: SdkBench, ids: list[str], timeout: float = 240) -> list[dict[str, Any]]:
+    waited = bench.daemon.cli("task", "wait", *ids, "--timeout", str(int(timeout)), check=False,
+                              timeout=timeout + 60)
+    assert waited.returncode in (0, 1), waited.stderr  # 1: some did not succeed, which the caller looks at
+    return [task(bench, i) for i in ids]
+
+
+def feed_until(bench: SdkBench, first: int, done: Any, timeout: float = 300) -> tuple[int, list[str]]:
+    """Submit batches of ten while ``done(view)`` is false; the next task number and every id submitted."""
+    ids: list[str] = []
+    give_up = time.monotonic() + timeout
+    while not done(inspect(bench)):
+        assert time.monotonic() < give_up, inspect(bench)
+        if inspect(bench)["queue"]["queued"] < 10:
+            ids += [t["id"] for t in submit(bench, first, 10)]
+            first += 10
+        time.sleep(0.5)
+    return first, ids
+
+
+def rollout_events(bench: SdkBench, kind: str) -> list[dict[str, Any]]:
+    return [e for e in bench.daemon.events() if e["type"] == kind]
+
+
+def test_canary_rolled_back_then_promoted_then_blue_green(bench: SdkBench, sdk_image: str) -> None:
+    deploy(bench, sdk_image, 1, tokens=10)
+    baseline = finished(bench, [t["id"] for t in submit(bench, 0, 20)])
+    assert all(t["state"] == "succeeded" and t["output"]["version"] == "1" for t in baseline)
+
+    # v2 fails half its tasks: rolled back early.
+    applied = deploy(bench, sdk_image, 2, tokens=10, flaky=True, canary=50, promote_after=30)
+    assert applied["rollout"]["phase"] == "canary" and applied["current_version"] == 1
+    n, ids = feed_until(bench, 100, lambda view: view["rollout"] is None)
+    [rolled] = rollout_events(bench, "rollout_rolled_back")
+    assert rolled["data"]["canary"]["finished"] < 30, rolled  # before promote-after: the result was certain
+    assert "error rate" in rolled["data"]["reason"] and rolled["data"]["by"] == "fleetd"
+    versions = {v["version"]: v for v in inspect(bench)["versions"]}
+    assert versions[2]["outcome"] == "rolled_back" and inspect(bench)["current_version"] == 1
+    after = submit(bench, n, 20)
+    n += 20
+    assert all(t["route"] is None for t in after)
+    done = finished(bench, [t["id"] for t in after] + ids)
+    assert all(t["output"]["version"] == "1" for t in done[:20])  # nothing new went to v2
+    late_v2 = [t for t in done if t["version"] == "v2" and t["created_at"] > rolled["time"]]
+    assert late_v2 == [], late_v2
+
+    # v3: as good, 10 % cheaper: promoted; v1 drains without cutting a task.
+    applied = deploy(bench, sdk_image, 3, tokens=9, canary=50, promote_after=10, max_duration_increase=5)
+    assert applied["rollout"]["version"] == 3
+    n, ids = feed_until(bench, n, lambda view: view["rollout"] is None)
+    [promoted] = rollout_events(bench, "rollout_promoted")
+    assert promoted["data"]["canary"]["cost_per_succeeded_usd"] < promoted["data"]["current"]["cost_per_succeeded_usd"]
+    assert inspect(bench)["current_version"] == 3
+    # A v1 task held across the promotion: its agent is killed; the task never runs on v3.
+    long = submit(bench, n, 1, think=30)[0]
+    n += 1
+    holder = wait_for(lambda: task(bench, long["id"])["agent_id"], 60, what="the long task taken")
+    done = finished(bench, ids)
+    assert all(t["state"] == "succeeded" and t["attempts"] == 1 for t in done), [
+        (t["version"], t["state"], t["error"]) for t in done if t["state"] != "succeeded" or t["attempts"] != 1]
+    if task(bench, long["id"])["version"] == "v1":
+        bench.daemon.cli("kill", holder)
+        ended = wait_for(lambda: (t := task(bench, long["id"]))["state"] in ("succeeded", "failed") and t, 120,
+                         what="the killed agent's task to end")
+        assert ended["version"] == "v1" and (ended["output"] or {}).get("version") != "3", ended
+    wait_for(lambda: {v["version"]: v["state"] for v in inspect(bench)["versions"]}.get(1) == "retired", 120,
+             what="v1 retired")
+
+    # Blue-green to v4: every task runs once, on one version.
+    applied = deploy(bench, sdk_image, 4, tokens=9, strategy="blue-green")
+    assert applied["rollout"]["phase"] == "starting" and applied["rollout"]["target"] >= 1
+    during = []
+    while inspect(bench)["rollout"] is not None:
+        during += [t["id"] for t in submit(bench, n, 5)]
+        n += 5
+        time.sleep(1)
+        assert len(during) < 500, inspect(bench)
+    done = finished(bench, during)
+    assert all(t["state"] == "succeeded" and t["attempts"] == 1 for t in done)
+    assert {t["version"] for t in done} <= {"v3", "v4"} and "v4" in {t["version"] for t in done}
+    assert all(t["output"]["version"] == t["version"][1:] for t in done)
+    assert rollout_events(bench, "rollout_switched") and rollout_events(bench, "rollout_finished")
+    bench.daemon.cli("deploy", "rm", NAME)
