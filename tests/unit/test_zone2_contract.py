@@ -403,6 +403,32 @@ def test_the_registrations_name_the_task_an_agent_holds_and_zone2_holds_it_after
     assert held.held("a1") == HeldTask(Holding.HOLD.id, 2, 250_000_000)
 
 
+def test_the_registrations_name_the_spend_pool_the_fleet_gives_an_agent(tmp_path: Path) -> None:
+    zone2 = daemon(tmp_path)
+    insert(zone2.store, "a1", state="running")
+    registry, costs = Registry(), CostTracker(Ledger(tmp_path / "ledger.db"), lambda *e: None)
+    asked: list[str] = []
+
+    def pools(agent: dict[str, Any]) -> PoolCap | None:
+        asked.append(agent["id"])  # the agent's store record
+        return PoolCap("web:v2", 2_000_000_000)
+
+    async def main() -> None:
+        async with asking(zone2, init_control(registry, costs, Guard(), 0.0)):
+            reg = zone2.registration("a1", "10.0.0.2")
+            assert reg is not None and reg.pool is None  # no pools yet
+            zone2.pools = pools
+            await zone2.push_all()  # as after zone 2 (re)started
+
+    try:
+        asyncio.run(main())
+    finally:
+        zone2.store.close()
+        costs.ledger.close()
+    assert registry.by_ip["10.0.0.2"].pool == PoolCap("web:v2", 2_000_000_000) and asked == ["a1"]
+    assert registry.pools() == {"web:v2"}
+
+
 def test_the_daemon_reports_budgets_as_zone2_counts_them(tmp_path: Path) -> None:
     zone2 = daemon(tmp_path)
     insert(zone2.store, "a1", state="running")
