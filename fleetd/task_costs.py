@@ -14,6 +14,9 @@ the daemon 12 % of its time at 400 tasks/s, bench/fleet.py: every completion rea
 reader that cannot write the ``-shm`` file still reads (SQLite 3.22 and later), and sees every committed row. No
 ledger yet (zone 2 never ran), an older one without ``task_id`` (a zone 2 image from before it), or one that cannot
 be read: no figures (zero), and a warning in the log when the reason changes.
+
+A spend pool's spend (a canary version's agents', all time: ``Ledger.pool_spend``) is read the same way, one query on
+the partial index ``calls_pool``; a ledger without ``pool`` (a zone 2 image from before pools) has none (zero).
 """
 
 from __future__ import annotations
@@ -31,16 +34,19 @@ log = logging.getLogger(__name__)
 CHUNK = 500  # task ids per query (SQLite's bound parameters; a listing may name 10000)
 READ_TIMEOUT = 1.0  # s to wait for a lock (a reader in WAL mode next to never waits)
 
+POOL_SPEND = "SELECT COALESCE(SUM(cost_nusd), 0) FROM calls WHERE pool = ?"  # on the covering index calls_pool
+NO_POOL_COLUMN = "no such column: pool"  # SQLite's error on a ledger from before pools
+
 Cost = tuple[int, int]  # nano-USD, metered LLM calls
 
 
 class TaskCosts:
     """The figures of the ledger at ``path`` (``fleetd.gateway.zone2_ledger``) per task: ``of(ids)`` -> {task id:
-    (cost_nusd, calls)} for the tasks it has calls of."""
+    (cost_nusd, calls)} for the tasks it has calls of; and per spend pool: ``pool_spend(key)`` -> nano-USD."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._trouble: str | None = None  # why the last read failed (logged once per reason)
+        self._trouble: dict[str, str | None] = {}  # per reading (tasks, pools): why its last read failed (logged once)
         self._conn: sqlite3.Connection | None = None
         self._file: tuple[int, int] | None = None  # (device, inode) of the file _conn reads
 
@@ -62,10 +68,26 @@ class TaskCosts:
                     found[task_id] = (int(cost), int(calls))
         except sqlite3.Error as exc:
             self.close()  # opened afresh next time
-            self._failed(str(exc))
+            self._failed("tasks", str(exc))
             return {}
-        self._trouble = None
+        self._trouble["tasks"] = None
         return found
+
+    def pool_spend(self, key: str) -> int:
+        """What the calls of a spend pool's agents have cost, all time, in nano-USD: 0 when the ledger has none of
+        its calls, is not there yet, or has no pool column yet."""
+        try:
+            conn = self._connection()
+            if conn is None:
+                return 0
+            (spent,) = conn.execute(POOL_SPEND, (key,)).fetchone()
+        except sqlite3.Error as exc:
+            if str(exc) != NO_POOL_COLUMN:
+                self.close()  # opened afresh next time
+            self._failed("pools", str(exc))
+            return 0
+        self._trouble["pools"] = None
+        return int(spent)
 
     def _connection(self) -> sqlite3.Connection | None:
         """The kept read-only connection, opened again when the file is another one (or first appears)."""
@@ -87,10 +109,11 @@ class TaskCosts:
                 self._conn.close()
         self._conn, self._file = None, None
 
-    def _failed(self, why: str) -> None:
-        if why != self._trouble:
-            log.warning("task costs: cannot read zone 2's ledger %s (%s): tasks show no LLM cost", self.path, why)
-        self._trouble = why
+    def _failed(self, reading: str, why: str) -> None:
+        if why != self._trouble.get(reading):
+            log.warning("task costs: cannot read zone 2's ledger %s (%s): %s show no LLM cost", self.path, why,
+                        reading)
+        self._trouble[reading] = why
 
     def costed(self, tasks: Collection[Task]) -> list[Task]:
         """The tasks with their LLM cost and calls: the ledger's, plus what their rows in state.db hold."""

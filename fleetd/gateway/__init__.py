@@ -31,6 +31,7 @@ from fleetd.zone2.contract import (
     AgentFigures,
     BudgetAnswer,
     Credentials,
+    PoolCap,
     Registration,
     Registrations,
     TaskHold,
@@ -76,6 +77,9 @@ class Zone2:
         self.keeper = Keeper(runtime, call, self.control, store, watchdog, image, str(self.control_dir),
                              self.push_all)
         self.tasks = tasks
+        # The spend pool of an agent (given its store record), which zone 2 caps its calls by with the others of the
+        # pool (a canary version's agents: ``--canary-max-usd``); None: no pools. Set by the fleet controller.
+        self.pools: Callable[[dict[str, Any]], PoolCap | None] | None = None
         self.questions = DaemonSocket(self.control_dir / DAEMON_SOCKET, store, self.whois, watchdog, tasks)
 
     # -- lifecycle ------------------------------------------------------------
@@ -194,14 +198,15 @@ class Zone2:
 
     def registration(self, agent_id: str, ip: str, task: TaskHold | None = None) -> Registration | None:
         """What zone 2 must know of a live agent at ``ip``; ``task``, the task it holds (zone 2, when it restarts,
-        has not seen its lease pass: it attributes and caps the agent's calls by this)."""
+        has not seen its lease pass: it attributes and caps the agent's calls by this); its spend pool as
+        :attr:`pools` answers."""
         agent = self.store.get(agent_id)
         if agent is None or agent["state"] not in LIVE_STATES:
             return None
         caps = self.caps(agent)
         return Registration(agent_id, ip, agent["role"], frozenset(self.store.role_creds(agent["role"])),
                             Caps(nusd(caps.daily_usd), nusd(caps.monthly_usd), caps.max_llm_calls),
-                            bool(caps.allow_unpriced), task)
+                            bool(caps.allow_unpriced), task, self.pools(agent) if self.pools is not None else None)
 
     def held(self, agent_id: str) -> TaskHold | None:
         return self.tasks.held(agent_id) if self.tasks is not None else None

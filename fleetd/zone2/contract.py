@@ -214,9 +214,34 @@ class TaskHold:
 
 
 @dataclass(frozen=True)
+class PoolCap:
+    """A spend pool in a registration: every agent registered with the same ``key`` (a canary version's agents)
+    spends from one pool, capped at ``cap_nusd`` over all time (not a day's or a month's window). Zone 2 refuses
+    the call whose worst case would take the pool's spend and reservations past the cap."""
+
+    key: str
+    cap_nusd: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"key": self.key, "cap_nusd": self.cap_nusd}
+
+    @classmethod
+    def from_json(cls, data: Any) -> PoolCap:
+        o = _Object(data, "pool")
+        key, cap = o.text("key"), o.whole("cap_nusd")
+        if not key:
+            raise ContractError("pool: key must not be empty")
+        if cap < 0:
+            raise ContractError(f"pool: cap_nusd must be 0 or more, got {cap}")
+        return cls(key, cap)
+
+
+@dataclass(frozen=True)
 class Registration:
     """An agent as zone 2 knows it: PUT/POST /control/agents, and GET /control/whois's answer. ``task``: the task it
-    holds as the daemon's queue says (None: none), for a zone 2 that did not see its lease pass."""
+    holds as the daemon's queue says (None: none), for a zone 2 that did not see its lease pass. ``pool``: the spend
+    pool its calls are capped by too (None: none); a zone 2 from before pools ignores it, a daemon from before them
+    sends none."""
 
     agent_id: str
     ip: str
@@ -225,20 +250,24 @@ class Registration:
     caps: Caps = field(default_factory=Caps)
     allow_unpriced: bool = False
     task: TaskHold | None = None
+    pool: PoolCap | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"agent_id": self.agent_id, "ip": self.ip, "role": self.role, "creds": sorted(self.creds),
                 "daily_nusd": self.caps.daily_nusd, "monthly_nusd": self.caps.monthly_nusd,
                 "max_llm_calls": self.caps.max_llm_calls, "allow_unpriced": self.allow_unpriced,
-                "task": None if self.task is None else self.task.to_json()}
+                "task": None if self.task is None else self.task.to_json(),
+                "pool": None if self.pool is None else self.pool.to_json()}
 
     @classmethod
     def from_json(cls, data: Any) -> Registration:
         o = _Object(data, "registration")
         caps = Caps(*(o.optional_whole(key, None) for key in ("daily_nusd", "monthly_nusd", "max_llm_calls")))
         task = o.optional_mapping("task", None)
+        pool = o.optional_mapping("pool", None)
         return cls(o.text("agent_id"), o.text("ip"), o.text("role", "default"), frozenset(o.texts("creds", [])),
-                   caps, o.flag("allow_unpriced", False), None if task is None else TaskHold.from_json(task))
+                   caps, o.flag("allow_unpriced", False), None if task is None else TaskHold.from_json(task),
+                   None if pool is None else PoolCap.from_json(pool))
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import sqlite3
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -75,6 +75,7 @@ class Ticket:
     price: Price | None
     reservation: Reservation
     task_id: str | None = None  # the task the agent held when the call was admitted: its ledger row names it
+    pool: str | None = None  # the spend pool of the agent's registration when it was admitted: its row names it
 
 
 def context_tokens(llm: LLMRequest, status: int | None, usage: Usage | None) -> int | None:
@@ -136,8 +137,9 @@ class CostTracker:
     # -- admission -------------------------------------------------------------
     def admit(self, reg: Registration, credential: str, llm: LLMRequest, task: str | None = None,
               task_max_nusd: int | None = None) -> Ticket | Refusal | NotPriced | LedgerDown:
-        """Reserve the call's worst case against the agent's, the instance's and (``task``: the task the agent holds,
-        capped at ``task_max_nusd``) the task's caps; the ticket to :meth:`settle` it with, or why not."""
+        """Reserve the call's worst case against the agent's, the instance's, (``task``: the task the agent holds,
+        capped at ``task_max_nusd``) the task's and (``reg.pool``) the spend pool's caps; the ticket to
+        :meth:`settle` it with, or why not."""
         if self.ledger.unwritten and not self._ledger_written():
             return LedgerDown(self.ledger.error or "unknown error")
         self._known(reg.agent_id)
@@ -150,15 +152,15 @@ class CostTracker:
         served = self._served.get((credential, llm.model))
         bound = max((self.bound(llm, p) for p in (price, served) if p is not None), default=0)
         cap = None if task is None or task_max_nusd is None else TaskCap(task, task_max_nusd)
-        if cap is not None:
-            unread = self._task_known(cap.task_id)
-            if unread is not None:
-                return unread
-        held = self.budgets.reserve(reg.agent_id, reg.caps, bound, cap)
+        unread = ((self._task_known(cap.task_id) if cap is not None else None)
+                  or (self._pool_known(reg.pool.key) if reg.pool is not None else None))
+        if unread is not None:
+            return unread
+        held = self.budgets.reserve(reg.agent_id, reg.caps, bound, cap, reg.pool)
         if isinstance(held, Refusal):
             self._refused(reg, held)
             return held
-        return Ticket(uuid.uuid4().hex, reg, credential, llm, price, held, task)
+        return Ticket(uuid.uuid4().hex, reg, credential, llm, price, held, task, held.pool)
 
     def bound(self, llm: LLMRequest, price: Price) -> int:
         """An upper bound on the cost of ``llm`` at ``price``, in nano-USD."""
@@ -209,6 +211,23 @@ class CostTracker:
         self.budgets.load_task(task_id, spent, calls)
         return None
 
+    def _pool_known(self, key: str) -> LedgerDown | None:
+        """The spend pool's spend is in memory: summed from the ledger (all its agents', all time, before any restart
+        of zone 2) before its first call here; LedgerDown when the ledger cannot be read (the cap cannot be known)."""
+        if self.budgets.pool_known(key):
+            return None
+        try:
+            spent, calls = self.ledger.pool_spend(key)
+        except sqlite3.Error as exc:
+            return LedgerDown(f"cannot read the spend of pool {key}: {exc}")
+        self.budgets.load_pool(key, spent, calls)
+        return None
+
+    def keep_pools(self, keys: Collection[str]) -> None:
+        """The spend pools the live registrations name (zone2.registry.Registry.pools): the others' spend leaves
+        memory, each once no call of its is in flight."""
+        self.budgets.keep_pools(keys)
+
     def release_task(self, task_id: str) -> None:
         """No agent holds the task any more (zone2.tasks.HeldTasks): its spend leaves memory, once no call made for
         it is in flight."""
@@ -224,7 +243,7 @@ class CostTracker:
 
     def _due(self, agent_id: str, kind: str, about: str = "") -> bool:
         """Whether an event of this kind for this agent is due: at most one per REFUSAL_EVENT_EVERY seconds about
-        the same thing (a task)."""
+        the same thing (a task, a spend pool)."""
         key = (agent_id, kind)
         now = self.monotonic()
         last, subject = self._last_refusal.get(key, (-REFUSAL_EVENT_EVERY, about))
@@ -234,7 +253,7 @@ class CostTracker:
         return True
 
     def _refused(self, reg: Registration, refusal: Refusal) -> None:
-        if self._due(reg.agent_id, refusal.type, str(refusal.data.get("task", ""))):
+        if self._due(reg.agent_id, refusal.type, str(refusal.data.get("task") or refusal.data.get("pool") or "")):
             self.emit(refusal.type, reg.agent_id, refusal.message, {"role": reg.role, **refusal.data})
 
     def settle(self, ticket: Ticket, status: int | None, usage: Usage | None, attempts: int,
@@ -269,7 +288,7 @@ class CostTracker:
         written = self.ledger.record(Call(
             ticket.request_id, ticket.reservation.at, ticket.reg.agent_id, ticket.reg.role, ticket.credential,
             ticket.llm.api, ticket.llm.model, status, usage or Usage(), cost, ticket.reservation.amount,
-            estimated, attempts, context_tokens(ticket.llm, status, usage), ticket.task_id,
+            estimated, attempts, context_tokens(ticket.llm, status, usage), ticket.task_id, ticket.pool,
         ))
         self._ledger_health(written)
         return cost

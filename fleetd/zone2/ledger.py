@@ -7,7 +7,10 @@ of the daemon, which does not write here). When zone 2 starts it loads the
 month's spend and every agent's call count from here, so budgets hold across
 restarts. A call made while its agent held a task of a deployment names the
 task (``task_id``): the daemon reads each task's cost from here, on a
-read-only connection of its own (``fleetd.task_costs``).
+read-only connection of its own (``fleetd.task_costs``). A call of an agent
+registered with a spend pool (a canary version's) names the pool (``pool``):
+zone 2 sums a pool's spend from here when it first meets it, and the daemon
+reads it the same way.
 """
 
 from __future__ import annotations
@@ -33,12 +36,14 @@ WAL_BACKSTOP_PAGES = 10_000  # the writer's own automatic checkpoint (4 KB pages
 INSERT = ("INSERT INTO calls (request_id, at, agent_id, role, credential, api, model, status, input_tokens, "
           "cached_input_tokens, cache_write_tokens, output_tokens, reasoning_tokens, cost_nusd, reserved_nusd, "
           "estimated, attempts, cache_write_1h_tokens, service_tier, response_id, context_tokens, speed, "
-          "inference_geo, task_id) "
-          "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+          "inference_geo, task_id, pool) "
+          "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 CONTEXT_OF = ("SELECT context_tokens FROM calls WHERE response_id = ? AND context_tokens IS NOT NULL "
               "ORDER BY id DESC LIMIT 1")  # on the partial index calls_response_id
 # What a task has cost over all its attempts: read from the partial index calls_task_id alone (it covers cost_nusd)
 TASK_SPEND = "SELECT COALESCE(SUM(cost_nusd), 0), COUNT(*) FROM calls WHERE task_id = ?"
+# What a spend pool's calls have cost, all time: from the partial index calls_pool alone (it covers cost_nusd)
+POOL_SPEND = "SELECT COALESCE(SUM(cost_nusd), 0), COUNT(*) FROM calls WHERE pool = ?"
 migrations = Migrations("fleetd-ledger")
 
 
@@ -90,6 +95,15 @@ def m005_task_id(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX calls_task_id ON calls(task_id, cost_nusd) WHERE task_id IS NOT NULL")
 
 
+@migrations()
+def m006_pool(db: sqlite_utils.Database) -> None:
+    # The spend pool of the agent's registration (a canary version's), whose cap is on the spend of all its agents'
+    # calls, all time. A partial index covering cost_nusd, as calls_task_id: a pool's spend is summed from it alone,
+    # by zone 2 when it meets the pool and by the daemon (fleetd.task_costs).
+    db.execute("ALTER TABLE calls ADD COLUMN pool TEXT")
+    db.execute("CREATE INDEX calls_pool ON calls(pool, cost_nusd) WHERE pool IS NOT NULL")
+
+
 def _clip(text: str | None) -> str | None:
     return None if text is None else clip(text)
 
@@ -113,6 +127,7 @@ class Call:
     # which a call naming it as previous_response_id reads again; None when unknown
     context_tokens: int | None = None
     task_id: str | None = None  # the task the agent held (zone2.tasks.HeldTasks), if any
+    pool: str | None = None  # the key of the spend pool the agent was registered with (contract.PoolCap), if any
 
 
 class Ledger:
@@ -177,7 +192,7 @@ class Ledger:
             _clip(call.model), call.status, u.input_tokens, u.cached_input_tokens, u.cache_write_tokens,
             u.output_tokens, u.reasoning_tokens, call.cost_nusd, call.reserved_nusd, int(call.estimated),
             call.attempts, u.cache_write_1h_tokens, _clip(u.service_tier), response_id, call.context_tokens,
-            _clip(u.speed), _clip(u.inference_geo), call.task_id))
+            _clip(u.speed), _clip(u.inference_geo), call.task_id, call.pool))
 
     def context_of(self, response_id: str) -> int | None:
         """The context tokens recorded for an OpenAI response, or None when zone 2 has not seen it (or cannot read
@@ -191,6 +206,11 @@ class Ledger:
     def task_spend(self, task_id: str) -> tuple[int, int]:
         """What a task's calls have cost, all its attempts together, and how many there were (nano-USD, calls)."""
         cost, calls = self.conn.execute(TASK_SPEND, (task_id,)).fetchone()
+        return int(cost), int(calls)
+
+    def pool_spend(self, key: str) -> tuple[int, int]:
+        """What the calls of a spend pool's agents have cost, all time, and how many there were (nano-USD, calls)."""
+        cost, calls = self.conn.execute(POOL_SPEND, (key,)).fetchone()
         return int(cost), int(calls)
 
     def history(self, since: datetime) -> Iterator[tuple[str, datetime, int]]:

@@ -35,6 +35,10 @@ class Registry:
     def replace_agents(self, regs: Iterable[Registration]) -> None:
         self.by_ip = {r.ip: r for r in regs}
 
+    def pools(self) -> set[str]:
+        """The keys of the spend pools the registrations name (the cost tracker keeps these pools' spend)."""
+        return {reg.pool.key for reg in self.by_ip.values() if reg.pool is not None}
+
     def resolve(self, reg: Registration, names: set[str]) -> list[Upstream] | None:
         """The credentials ``names`` for this agent, or None if any is unknown or out of scope.
 

@@ -61,7 +61,8 @@ TASK_ANSWER_TIMEOUT = 20.0  # s the daemon has to record a completion or failure
 def init_control(registry: Registry, costs: CostTracker, guard: Guard, started: float,
                  held: HeldTasks | None = None) -> web.Application:
     """The daemon-facing control API (Unix socket): each handler reads its message with the contract's class.
-    ``held``: the tasks the agents hold (the gateway's), forgotten with the agents."""
+    ``held``: the tasks the agents hold (the gateway's), forgotten with the agents, as are the spend pools no
+    registration names any more."""
     app = web.Application(client_max_size=16 << 20, middlewares=[refuse_malformed])
     tasks = held if held is not None else HeldTasks(on_release=costs.release_task)
 
@@ -90,18 +91,21 @@ def init_control(registry: Registry, costs: CostTracker, guard: Guard, started: 
         tasks.keep({reg.agent_id for reg in agents})
         for reg in agents:
             tasks.learn(reg)  # zone 2 (re)started while the agent held a task: its calls are still the task's
+        costs.keep_pools(registry.pools())
         return web.json_response({"agents": len(registry.by_ip)})
 
     async def post_agent(request: web.Request) -> web.Response:
         reg = await received(request, Registration)
         registry.register(reg)
         tasks.learn(reg)
+        costs.keep_pools(registry.pools())  # it may have replaced another agent's registration at its address
         return web.json_response({"agents": len(registry.by_ip)})
 
     async def delete_agent(request: web.Request) -> web.Response:
         registry.unregister(request.match_info["agent_id"])
         costs.forget(request.match_info["agent_id"])
         tasks.forget(request.match_info["agent_id"])
+        costs.keep_pools(registry.pools())
         return web.json_response({"agents": len(registry.by_ip)})
 
     app.router.add_get("/control/health", health)

@@ -18,6 +18,7 @@ from fleetd.zone2.breaker import (
     retry_delay,
 )
 from fleetd.zone2.budget import Budgets, Caps, Refusal, Reservation, TaskCap, day_reset, month_reset
+from fleetd.zone2.contract import PoolCap
 
 USD = 1_000_000_000
 
@@ -160,6 +161,61 @@ def test_a_released_task_leaves_memory_once_its_calls_in_flight_settle() -> None
     budgets.settle(in_flight, USD)
     assert not budgets.task_known("t1")  # the ledger has it now
     budgets.release_task("t3")  # never known: nothing to do
+
+
+def test_a_pool_cap_holds_the_spend_of_all_its_agents_and_never_resets() -> None:
+    clock = Clock(datetime(2026, 11, 26, 23, tzinfo=UTC))
+    budgets = Budgets(clock)
+    budgets.load_pool("web:v2", USD, 3)  # spent before, from the ledger
+    pool = PoolCap("web:v2", 5 * USD)
+    first = budgets.reserve("a", Caps(), 2 * USD, pool=pool)
+    second = budgets.reserve("b", Caps(), USD, pool=pool)  # another agent of the same pool
+    assert isinstance(first, Reservation) and isinstance(second, Reservation)
+    assert budgets.pool_status("web:v2") == (USD, 3 * USD)
+    refusal = budgets.reserve("c", Caps(), USD + 1, pool=pool)
+    assert isinstance(refusal, Refusal) and refusal.type == "budget_exceeded" and refusal.retry_after is None
+    assert "the canary version's spend cap of $5.0000 (pool web:v2) would be exceeded" in refusal.message
+    assert refusal.data == {"pool": "web:v2", "max_usd": 5.0, "spent_usd": 1.0, "reserved_usd": 3.0,
+                            "request_usd": 1.000000001}
+    assert budgets.status("c")["reserved_nusd"] == 0  # refused: nothing held anywhere
+    budgets.settle(first, USD // 2)  # the unused part of the bound goes back to the pool too
+    budgets.settle(second, USD)
+    assert budgets.pool_status("web:v2") == (2 * USD + USD // 2, 0)
+    assert isinstance(budgets.reserve("c", Caps(), 2 * USD + USD // 2, pool=pool), Reservation)
+    clock.at += timedelta(days=40)  # a new day and month: the agents' windows reset, the pool's does not
+    assert isinstance(budgets.reserve("c", Caps(), 1, pool=pool), Refusal)
+    assert isinstance(budgets.reserve("c", Caps(), USD), Reservation)  # an agent without the pool is not its
+
+
+def test_a_pool_cap_is_checked_before_the_windows_that_reset_and_after_a_tasks() -> None:
+    budgets = Budgets(Clock(datetime(2026, 11, 26, tzinfo=UTC)))
+    budgets.load_pool("web:v2", 0, 0)
+    budgets.load_task("t1", 0, 0)
+    refusal = budgets.reserve("a", Caps(daily_nusd=USD), 2 * USD, pool=PoolCap("web:v2", USD))
+    assert isinstance(refusal, Refusal) and refusal.retry_after is None and "pool web:v2" in refusal.message
+    refusal = budgets.reserve("a", Caps(), 2 * USD, TaskCap("t1", USD), PoolCap("web:v2", USD))
+    assert isinstance(refusal, Refusal) and refusal.type == "task_budget_exceeded"
+    refusal = budgets.reserve("a", Caps(daily_nusd=USD), 2 * USD, pool=PoolCap("web:v2", 3 * USD))
+    assert isinstance(refusal, Refusal) and refusal.retry_after is not None and "daily" in refusal.message
+    assert budgets.pool_status("web:v2") == (0, 0)
+
+
+def test_pools_no_registration_names_leave_memory_once_their_calls_in_flight_settle() -> None:
+    budgets = Budgets(Clock(datetime(2026, 11, 26, tzinfo=UTC)))
+    for key in ("p1", "p2", "p3"):
+        budgets.load_pool(key, 0, 0)
+    in_flight = budgets.reserve("a", Caps(), USD, pool=PoolCap("p1", 5 * USD))
+    assert isinstance(in_flight, Reservation)
+    budgets.keep_pools({"p3"})
+    assert [budgets.pool_known(k) for k in ("p1", "p2", "p3")] == [True, False, True]  # p1's call still counts
+    budgets.settle(in_flight, USD)
+    assert not budgets.pool_known("p1")  # the ledger has it now
+    again = budgets.reserve("a", Caps(), USD, pool=PoolCap("p3", 5 * USD))
+    assert isinstance(again, Reservation)
+    budgets.keep_pools(set())
+    budgets.keep_pools({"p3"})  # named again before its call settled: it stays
+    budgets.settle(again, USD)
+    assert budgets.pool_status("p3") == (USD, 0)
 
 
 def test_history_loaded_after_a_restart_is_enforced() -> None:

@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from fleetd.api import init_app
 from fleetd.gateway import zone2_ledger
 from fleetd.services import Services
-from fleetd.task_costs import CHUNK, TaskCosts
+from fleetd.task_costs import CHUNK, POOL_SPEND, TaskCosts
 from fleetd.task_queue import TaskQueue
 from fleetd.zone2.ledger import Call, Ledger
 from fleetd.zone2.llm import Usage
@@ -26,9 +26,9 @@ from fleetd.zone2.llm import Usage
 T1, T2, T3 = "0123456789abcdef", "fedcba9876543210", "00000000000000aa"
 
 
-def call(task_id: str | None, cost: int, agent: str = "a1") -> Call:
+def call(task_id: str | None, cost: int, agent: str = "a1", pool: str | None = None) -> Call:
     return Call(uuid.uuid4().hex, datetime.now(UTC), agent, "worker", "openai", "chat", "gpt-4o-mini", 200,
-                Usage(input_tokens=10, output_tokens=5), cost, cost, False, 1, task_id=task_id)
+                Usage(input_tokens=10, output_tokens=5), cost, cost, False, 1, task_id=task_id, pool=pool)
 
 
 @pytest.fixture
@@ -94,6 +94,35 @@ def test_no_ledger_or_one_from_before_task_ids_is_no_cost_and_said_once(
     with caplog.at_level(logging.WARNING, "fleetd.task_costs"):
         assert costs.of([T1]) == {} and costs.of([T2]) == {}
     assert len(caplog.records) == 1 and "no such column: task_id" in caplog.text
+
+
+def test_a_pools_spend_is_the_sum_of_its_agents_calls_read_on_the_pool_index(ledger: Ledger) -> None:
+    costs = TaskCosts(ledger.path)
+    assert costs.pool_spend("web:v2") == 0  # no call yet
+    for row in (call(T1, 1_000, pool="web:v2"), call(None, 250, agent="a2", pool="web:v2"), call(None, 7),
+                call(T2, 40, pool="web:v3")):
+        assert ledger.record(row)  # committed: the next read sees it
+    assert (costs.pool_spend("web:v2"), costs.pool_spend("web:v3"), costs.pool_spend("web:v4")) == (1_250, 40, 0)
+    with sqlite3.connect(ledger.path) as conn:
+        plan = conn.execute(f"EXPLAIN QUERY PLAN {POOL_SPEND}", ("web:v2",)).fetchall()
+    assert "COVERING INDEX calls_pool" in str(plan)
+    costs.close()
+
+
+def test_no_ledger_or_one_from_before_pools_is_no_pool_spend_and_said_once(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = zone2_ledger(tmp_path)
+    assert TaskCosts(path).pool_spend("web:v2") == 0  # zone 2 never ran
+    path.parent.mkdir()
+    with sqlite3.connect(path) as old:  # a zone 2 image from before the pool column
+        old.execute("CREATE TABLE calls (id INTEGER PRIMARY KEY, task_id TEXT, cost_nusd INTEGER NOT NULL)")
+        old.execute("INSERT INTO calls (task_id, cost_nusd) VALUES (?, 5)", (T1,))
+    costs = TaskCosts(path)
+    with caplog.at_level(logging.WARNING, "fleetd.task_costs"):
+        assert costs.pool_spend("web:v2") == 0 and costs.of([T1]) == {T1: (5, 1)}
+        assert costs.pool_spend("web:v2") == 0  # the tasks' read did not make the pools' trouble new
+    assert len(caplog.records) == 1 and "no such column: pool" in caplog.text
+    costs.close()
 
 
 def test_the_task_views_show_the_cost_and_calls_the_ledger_has(parts: Services, ledger: Ledger) -> None:

@@ -38,6 +38,7 @@ from fleetd.zone2.contract import (
     HeartbeatAnswer,
     HeartbeatBatch,
     InstanceFigures,
+    PoolCap,
     Registration,
     Registrations,
     TaskComplete,
@@ -70,6 +71,8 @@ MESSAGES: list[Any] = [
     Registrations((REG, Registration("b2", "10.0.0.10", "default"))),
     Registration("c3", "10.0.0.11", "worker", task=TaskHold("0123456789abcdef", 2, 500_000_000)),
     Registration("c3", "10.0.0.11", task=TaskHold("0123456789abcdef", 1)),
+    Registration("c4", "10.0.0.12", "worker", pool=PoolCap("web:v2", 2_500_000_000)),
+    PoolCap("web:v2", 0),
     Credentials((Upstream("openai", "https://api.openai.com", "sk-1", "openai"),
                  Upstream("search", "http://search:8080/base", "k"))),
     Zone2Policy((Price("my-finetune", 3.0, 12.0, cached_input=1.5, max_output_tokens=16384),
@@ -130,6 +133,9 @@ def test_the_wire_keeps_the_names_each_side_sent_before() -> None:
     assert REG.to_json()["task"] is None
     assert Registration("a", "i", task=TaskHold("t", 2, 7)).to_json()["task"] == {"id": "t", "attempt": 2,
                                                                                   "max_nusd": 7}
+    # a spend pool (a canary version's): its key and cap; none is null
+    assert REG.to_json()["pool"] is None
+    assert Registration("a", "i", pool=PoolCap("web:v2", 7)).to_json()["pool"] == {"key": "web:v2", "cap_nusd": 7}
 
 
 def test_a_task_message_reads_with_its_optional_fields_absent() -> None:
@@ -143,8 +149,11 @@ def test_a_task_message_reads_with_its_optional_fields_absent() -> None:
 
 def test_what_an_older_peer_sends_still_reads() -> None:
     bare = Registration.from_json({"agent_id": "x", "ip": "10.0.0.2"})
-    assert (bare.role, bare.creds, bare.caps, bare.allow_unpriced, bare.task) == (
-        "default", frozenset(), Caps(), False, None)
+    assert (bare.role, bare.creds, bare.caps, bare.allow_unpriced, bare.task, bare.pool) == (
+        "default", frozenset(), Caps(), False, None, None)
+    # a daemon before spend pools: a registration as it wrote them (no pool), read as one without a pool
+    old_daemon = {k: v for k, v in REG.to_json().items() if k != "pool"}
+    assert Registration.from_json(old_daemon) == REG and Registration.from_json({**old_daemon, "pool": None}) == REG
     # a daemon before per-task caps: its leases name no cap
     lease = TaskLease.from_json({"id": "t", "input": 1, "attempt": 1, "deadline": "d"})
     assert lease.max_nusd is None and TaskLease.from_json({**lease.to_json(), "max_usd": None}) == lease
@@ -222,6 +231,13 @@ REFUSED: list[tuple[Any, Any, str]] = [
     (Registration, {"agent_id": "a1", "ip": "10.0.0.2", "task": {"id": "t", "attempt": 1, "max_nusd": -1}},
      "held task: max_nusd must be 0 or more"),
     (Registration, {"agent_id": "a1", "ip": "10.0.0.2", "task": "t"}, "registration: task must be an object or null"),
+    (Registration, {"agent_id": "a1", "ip": "10.0.0.2", "pool": "web:v2"},
+     "registration: pool must be an object or null, got a string"),
+    (Registration, {"agent_id": "a1", "ip": "10.0.0.2", "pool": {"key": "web:v2"}}, "pool: cap_nusd is missing"),
+    (PoolCap, {"key": "web:v2", "cap_nusd": -1}, "pool: cap_nusd must be 0 or more, got -1"),
+    (PoolCap, {"key": "web:v2", "cap_nusd": 1.5}, "pool: cap_nusd must be a whole number, got a number"),
+    (PoolCap, {"key": "", "cap_nusd": 1}, "pool: key must not be empty"),
+    (PoolCap, {"key": 7, "cap_nusd": 1}, "pool: key must be a string, got a number"),
     (TaskComplete, {"attempt": 1, "output": 1}, "task completion: agent_id is missing"),
     (TaskComplete, {"agent_id": "a1", "attempt": 1.5}, "task completion: attempt must be a whole number or null"),
     (TaskComplete, {"agent_id": "a1", "attempt": -1}, "task completion: attempt must be 1 or more, got -1"),
@@ -385,6 +401,32 @@ def test_the_registrations_name_the_task_an_agent_holds_and_zone2_holds_it_after
     assert reg is not None and reg.task == Holding.HOLD
     assert registry.by_ip["10.0.0.2"] == reg
     assert held.held("a1") == HeldTask(Holding.HOLD.id, 2, 250_000_000)
+
+
+def test_the_registrations_name_the_spend_pool_the_fleet_gives_an_agent(tmp_path: Path) -> None:
+    zone2 = daemon(tmp_path)
+    insert(zone2.store, "a1", state="running")
+    registry, costs = Registry(), CostTracker(Ledger(tmp_path / "ledger.db"), lambda *e: None)
+    asked: list[str] = []
+
+    def pools(agent: dict[str, Any]) -> PoolCap | None:
+        asked.append(agent["id"])  # the agent's store record
+        return PoolCap("web:v2", 2_000_000_000)
+
+    async def main() -> None:
+        async with asking(zone2, init_control(registry, costs, Guard(), 0.0)):
+            reg = zone2.registration("a1", "10.0.0.2")
+            assert reg is not None and reg.pool is None  # no pools yet
+            zone2.pools = pools
+            await zone2.push_all()  # as after zone 2 (re)started
+
+    try:
+        asyncio.run(main())
+    finally:
+        zone2.store.close()
+        costs.ledger.close()
+    assert registry.by_ip["10.0.0.2"].pool == PoolCap("web:v2", 2_000_000_000) and asked == ["a1"]
+    assert registry.pools() == {"web:v2"}
 
 
 def test_the_daemon_reports_budgets_as_zone2_counts_them(tmp_path: Path) -> None:
