@@ -71,7 +71,17 @@ def exit_after(failed: bool) -> None:
 
 DEPLOY_FIELDS = ("min", "max", "warm", "tasks_per_agent", "scale_down_window", "task_ttl", "task_attempts",
                  "task_max_usd")  # fleetd.deployments' SCALING_FIELDS + TASK_FIELDS
+ROLLOUT_FIELDS = ("strategy", "canary", "promote_after", "max_error_rate_increase", "max_cost_increase",
+                  "max_duration_increase", "canary_max_usd")  # how a new version takes over (issue 17)
+STRATEGIES = ("rolling", "canary", "blue-green")
 DEPLOY_USAGE = "NAME [OPTIONS] IMAGE [COMMAND [ARG]...]"
+
+
+def finite_number(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """A number option sent as a JSON number: click's float takes nan and inf, which JSON has no spelling for."""
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value!r} is not a finite number", ctx=ctx, param=param)
+    return value
 
 
 def deploy_options(func: Any) -> Any:
@@ -94,6 +104,43 @@ def deploy_options(func: Any) -> Any:
          {"type": int, "help": "Leases a task gets before it is dead (default 3)."}),
         (("--task-max-usd", "task_max_usd"),
          {"metavar": "USD", "help": "A task's cap on LLM spend in US dollars; none: no cap (the default)."}),
+    ]
+    for decls, attrs in reversed(options):
+        func = click.option(*decls, **attrs)(func)
+    return func
+
+
+def rollout_options(func: Any) -> Any:
+    """How a new version takes over; read by the daemon only when the apply makes one (the agent spec changed)."""
+    options: list[tuple[tuple[str, ...], dict[str, Any]]] = [
+        (("--strategy", "strategy"),
+         {"type": click.Choice(STRATEGIES),
+          "help": "How a new version takes over: rolling, at once (the default); canary, on a share of the new "
+                  "tasks until a verdict (see --canary); blue-green, once its agents are ready beside the old "
+                  "ones."}),
+        (("--canary", "canary"),
+         {"type": int, "metavar": "PCT",
+          "help": "Send PCT percent (1-50) of the newly queued tasks to the new version until the verdict; "
+                  "implies --strategy canary."}),
+        (("--promote-after", "promote_after"),
+         {"type": int, "metavar": "N",
+          "help": "Canary tasks finished before the verdict: promote, or roll back (default 100)."}),
+        (("--max-error-rate-increase", "max_error_rate_increase"),
+         {"type": float, "callback": finite_number, "metavar": "X",
+          "help": "Roll the canary back when its error rate exceeds the current version's by more than X, "
+                  "absolute (default 0.05: 5 points)."}),
+        (("--max-cost-increase", "max_cost_increase"),
+         {"type": float, "callback": finite_number, "metavar": "X",
+          "help": "Roll the canary back when its cost per succeeded task exceeds the current version's by more "
+                  "than X, relative (default 0.20: 20%)."}),
+        (("--max-duration-increase", "max_duration_increase"),
+         {"type": float, "callback": finite_number, "metavar": "X",
+          "help": "Roll the canary back when its median task duration exceeds the current version's by more "
+                  "than X, relative (default 0.50: 50%)."}),
+        (("--canary-max-usd", "canary_max_usd"),
+         {"metavar": "USD",
+          "help": "Roll the canary back once the new version's LLM spend reaches USD, in US dollars (default: "
+                  "no cap)."}),
     ]
     for decls, attrs in reversed(options):
         func = click.option(*decls, **attrs)(func)
@@ -149,7 +196,16 @@ def deploy() -> None:
     to the COMMAND. ls, inspect, scale and rm are subcommands, never names.
 
     \b
+    A new version takes over at once by default (--strategy rolling). With
+    --canary PCT it takes PCT% of the new tasks beside the current version
+    until --promote-after of them have finished, then it is promoted, or rolled
+    back when its error rate, cost or duration is worse than the current
+    version's by more than the bounds. With --strategy blue-green its agents
+    start beside the old ones, and it takes over once they are ready.
+
+    \b
     Examples: fleetd deploy web --max 3 --warm 1 fleetd/agent-python python3 worker.py
+              fleetd deploy web --canary 10 fleetd/agent-python:2 python3 worker.py
               fleetd deploy ls
               fleetd deploy scale web --max 10
     """
@@ -157,6 +213,7 @@ def deploy() -> None:
 
 @click.command(cls=ApplyCommand, context_settings={"allow_interspersed_args": False})
 @deploy_options
+@rollout_options
 @spawn_options_except("name", "restart", "as_json")
 @click.option("--json", "as_json", is_flag=True, help="Print the deployment as JSON.")
 @click.option("--name", hidden=True, expose_value=False,
@@ -173,7 +230,7 @@ def deploy_apply(ctx: click.Context, /, image: str, command: tuple[str, ...], **
     Example: fleetd deploy web --max 3 fleetd/agent-python python3 worker.py
     """
     name = str(ctx.info_name)
-    fields = {field: options.pop(field) for field in DEPLOY_FIELDS}
+    fields = {field: options.pop(field) for field in DEPLOY_FIELDS + ROLLOUT_FIELDS}
     as_json = options.pop("as_json")
     try:
         body = spawn_request(image, list(command), options)

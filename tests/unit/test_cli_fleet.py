@@ -40,6 +40,28 @@ def deployment(store: Store) -> dict[str, Any]:
             "queue": {"queued": 4, "leased": 1}}
 
 
+CANARY_POLICY = {"percent": 10, "promote_after": 100, "max_error_rate_increase": 0.05, "max_cost_increase": 0.2,
+                 "max_duration_increase": 0.5, "max_usd": None}
+
+
+@pytest.fixture
+def rolling_out(store: Store) -> dict[str, Any]:
+    """``web`` with version 2 on a 10 % canary beside version 1, as issue 17's API contract has the daemon show it.
+    The daemon of this branch knows no rollout: the record is a real one with version 2 applied, made to read as
+    the contract says (version 1 still current, both versions active, ``outcome`` and ``rollout`` added)."""
+    deployments = Deployments(store, Config(), clock=WallClock())
+    spec = {"command": ["python3", "worker.py"], "max": 3}
+    deployments.apply("web", {"image": "fleetd/agent-python", **spec}, host_cpus=2)
+    applied = deployments.apply("web", {"image": "fleetd/agent-python:2", **spec}, host_cpus=2)
+    view = applied.deployment.to_json(Replicas(wanted=3, live=3, busy=2, idle=1))
+    return {**view, "current_version": 1, "image": "fleetd/agent-python",
+            "versions": [{**v, "state": "active", "outcome": None} for v in view["versions"]],
+            "queue": {"queued": 4, "leased": 2},
+            "rollout": {"strategy": "canary", "version": 2, "previous": 1, "phase": "canary", "percent": 10,
+                        "routed": 3, "started_at": view["updated_at"], "policy": CANARY_POLICY, "target": None,
+                        "ready": None, "verdict": None}}
+
+
 @pytest.fixture
 def tasks(store: Store) -> list[dict[str, Any]]:
     """Two tasks of ``web``: the first succeeded, the second failed for good."""
@@ -139,6 +161,10 @@ def test_deploy_prints_the_message_or_the_json(daemon: FakeDaemon, deployment: d
         (["web", "--scale-down-window", "soon", "img"], "'soon' is not a duration"),
         (["web", "--task-ttl", "1 fortnight", "img"], "'1 fortnight' is not a duration"),
         (["web", "--min", "one", "img"], "'one' is not a valid integer"),
+        (["web", "--strategy", "big-bang", "img"], "Invalid value for '--strategy': 'big-bang' is not one of"),
+        (["web", "--canary", "ten", "img"], "'ten' is not a valid integer"),
+        (["web", "--max-cost-increase", "nan", "img"], "Invalid value for '--max-cost-increase': nan is not a finite"),
+        (["web", "--max-error-rate-increase", "5%", "img"], "'5%' is not a valid float"),
     ],
 )
 def test_deploy_usage_errors_exit_2_and_send_nothing(daemon: FakeDaemon, args: list[str], message: str) -> None:
@@ -156,13 +182,34 @@ def test_deploy_help_shows_both_usages_the_options_and_the_subcommands(daemon: F
                              "   or: fleetd deploy ls|inspect|scale|rm [ARGS]..."]
         options = re.findall(r"^  (?:-\w, )?(--[a-z-]+)", result.output, re.MULTILINE)
         assert {"--min", "--max", "--warm", "--tasks-per-agent", "--scale-down-window", "--task-ttl",
-                "--task-attempts", "--task-max-usd", "--memory", "--env", "--ttl", "--json", "--help"} <= set(options)
+                "--task-attempts", "--task-max-usd", "--strategy", "--canary", "--promote-after",
+                "--max-error-rate-increase", "--max-cost-increase", "--max-duration-increase", "--canary-max-usd",
+                "--memory", "--env", "--ttl", "--json", "--help"} <= set(options)
         assert "--name" not in options and "--restart" not in options
         commands = lines[lines.index("Commands:") + 1:]
         assert [line.split()[0] for line in commands] == ["inspect", "ls", "rm", "scale"]
     help_of_apply = run(daemon, "deploy", "web", "--help")
     assert help_of_apply.output.startswith("Usage: fleetd deploy web [OPTIONS] IMAGE [COMMAND [ARG]...]\n")
     assert daemon.seen == []
+
+
+def test_deploy_sends_each_rollout_option_under_its_field(daemon: FakeDaemon, rolling_out: dict[str, Any]) -> None:
+    daemon.answer("PUT", "/v1/deployments/web", {**rolling_out, "message": "updated: version 2"})
+    result = run(daemon, "deploy", "web", "--strategy", "canary", "--canary", "10", "--promote-after", "50",
+                 "--max-error-rate-increase", "0.02", "--max-cost-increase", "0.1", "--max-duration-increase", "1",
+                 "--canary-max-usd", "$5", "--max", "3", "fleetd/agent-python:2", "python3", "worker.py")
+    assert (result.exit_code, result.stdout) == (0, "deployment web updated: version 2\n"), result.output
+    result = run(daemon, "deploy", "web", "--canary", "25", "img:3")  # the daemon takes it for --strategy canary
+    assert result.exit_code == 0, result.output
+    result = run(daemon, "deploy", "web", "--strategy", "blue-green", "img:4")
+    assert result.exit_code == 0, result.output
+    assert [s.body for s in daemon.seen] == [
+        {"image": "fleetd/agent-python:2", "command": ["python3", "worker.py"], **EMPTY_SPEC, "max": 3,
+         "strategy": "canary", "canary": 10, "promote_after": 50, "max_error_rate_increase": 0.02,
+         "max_cost_increase": 0.1, "max_duration_increase": 1.0, "canary_max_usd": "$5"},
+        {"image": "img:3", "command": [], **EMPTY_SPEC, "canary": 25},
+        {"image": "img:4", "command": [], **EMPTY_SPEC, "strategy": "blue-green"},
+    ]
 
 
 def test_api_errors_are_one_line_and_exit_1(daemon: FakeDaemon) -> None:
@@ -421,6 +468,7 @@ def test_task_wait_timeout_bounds_the_whole_wait(daemon: FakeDaemon, tasks: list
 def test_the_cli_knows_the_daemons_task_states_and_deploy_fields() -> None:
     assert tuple(state.value for state in TaskState) == cli.fleet.TASK_STATES
     assert cli.fleet.DEPLOY_FIELDS == SCALING_FIELDS + TASK_FIELDS
+    assert not set(cli.fleet.ROLLOUT_FIELDS) & set(cli.fleet.DEPLOY_FIELDS)
 
 
 def test_shell_completion_sees_the_apply_verbs_options_and_the_subcommands() -> None:
@@ -431,7 +479,8 @@ def test_shell_completion_sees_the_apply_verbs_options_and_the_subcommands() -> 
         return [line.split(",", 1)[1] for line in result.stdout.splitlines()]
 
     assert complete("fleetd deploy ") == ["inspect", "ls", "rm", "scale"]
-    assert complete("fleetd deploy web --ma") == ["--max", "--max-llm-calls"]
+    assert complete("fleetd deploy web --ma") == ["--max", "--max-error-rate-increase", "--max-cost-increase",
+                                                  "--max-duration-increase", "--max-llm-calls"]
     assert complete("fleetd deploy scale web --m") == ["--min", "--max"]
 
 
