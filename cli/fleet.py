@@ -1,9 +1,9 @@
 """``fleetd deploy`` and ``fleetd task``: pools of identical worker agents and the tasks they take (issue 16).
 
 ``fleetd deploy`` is both a verb and a group: ``fleetd deploy NAME [OPTIONS] IMAGE [COMMAND]...`` creates or
-updates a deployment, ``fleetd deploy ls|inspect|scale|rm`` are its subcommands (the daemon refuses those four as
-deployment names). ``DeployGroup`` sends any first word that is not a subcommand to the apply command, with that
-word as the deployment's name.
+updates a deployment, ``fleetd deploy ls|inspect|scale|promote|rollback|rm`` are its subcommands (the daemon
+refuses those six as deployment names). ``DeployGroup`` sends any first word that is not a subcommand to the apply
+command, with that word as the deployment's name.
 """
 
 from __future__ import annotations
@@ -75,6 +75,7 @@ ROLLOUT_FIELDS = ("strategy", "canary", "promote_after", "max_error_rate_increas
                   "max_duration_increase", "canary_max_usd")  # how a new version takes over (issue 17)
 STRATEGIES = ("rolling", "canary", "blue-green")
 DEPLOY_USAGE = "NAME [OPTIONS] IMAGE [COMMAND [ARG]...]"
+SUBCOMMANDS_USAGE = "ls|inspect|scale|promote|rollback|rm [ARGS]..."
 
 
 def finite_number(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
@@ -173,7 +174,7 @@ class DeployGroup(click.Group):
 
     def format_usage(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         formatter.write_usage(ctx.command_path, DEPLOY_USAGE)
-        formatter.write_usage(ctx.command_path, "ls|inspect|scale|rm [ARGS]...", prefix="   or: ")
+        formatter.write_usage(ctx.command_path, SUBCOMMANDS_USAGE, prefix="   or: ")
 
     def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         if self.apply is not None:  # the apply verb's options: `fleetd deploy --help` shows both usages whole
@@ -193,7 +194,8 @@ def deploy() -> None:
     agent, except --name (agents are named NAME-<n>) and --restart (the pool
     replaces its agents itself). On an update, options not given keep their
     values; the agent spec is given whole each time. Options after IMAGE belong
-    to the COMMAND. ls, inspect, scale and rm are subcommands, never names.
+    to the COMMAND. ls, inspect, scale, promote, rollback and rm are
+    subcommands, never names.
 
     \b
     A new version takes over at once by default (--strategy rolling). With
@@ -201,13 +203,15 @@ def deploy() -> None:
     until --promote-after of them have finished, then it is promoted, or rolled
     back when its error rate, cost or duration is worse than the current
     version's by more than the bounds. With --strategy blue-green its agents
-    start beside the old ones, and it takes over once they are ready.
+    start beside the old ones, and it takes over once they are ready. fleetd
+    deploy promote|rollback NAME ends a rollout at once.
 
     \b
     Examples: fleetd deploy web --max 3 --warm 1 fleetd/agent-python python3 worker.py
               fleetd deploy web --canary 10 fleetd/agent-python:2 python3 worker.py
               fleetd deploy ls
               fleetd deploy scale web --max 10
+              fleetd deploy promote web
     """
 
 
@@ -317,6 +321,47 @@ def deploy_scale(ctx: click.Context, name: str, min_: int | None, max_: int | No
     scaling = record.get("scaling") or {}
     click.echo(f"deployment {record.get('name', name)}: "
                + ", ".join(f"{key} {scaling[key]}" for key in ("min", "max", "warm") if key in scaling))
+
+
+@deploy.command("promote")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print the deployment as JSON.")
+@click.pass_context
+@api_errors
+def deploy_promote(ctx: click.Context, name: str, as_json: bool) -> None:
+    """Promote the new version of a canary or blue-green rollout now, without waiting for the verdict: it takes
+    every new task, and the old version's agents finish their task and go.
+
+    Example: fleetd deploy promote web
+    """
+    record = client(ctx).call("POST", f"/v1/deployments/{segment(name)}/promote")
+    if as_json:
+        print_json(record)
+        return
+    click.echo(f"{record.get('name', name)}: version {record['current_version']} promoted")
+
+
+@deploy.command("rollback")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print the deployment as JSON.")
+@click.pass_context
+@api_errors
+def deploy_rollback(ctx: click.Context, name: str, as_json: bool) -> None:
+    """Roll back the new version of a canary or blue-green rollout now: the previous version takes every new task
+    again, and the new version's agents finish their task and go.
+
+    Example: fleetd deploy rollback web
+    """
+    record = client(ctx).call("POST", f"/v1/deployments/{segment(name)}/rollback")
+    if as_json:
+        print_json(record)
+        return
+    rolled_back = [v["version"] for v in record.get("versions") or [] if v.get("outcome") == "rolled_back"]
+    name = record.get("name", name)
+    if rolled_back:  # versions only grow: the newest one rolled back is this one
+        click.echo(f"{name}: version {max(rolled_back)} rolled back")
+    else:
+        click.echo(f"{name}: rolled back to version {record['current_version']}")
 
 
 @deploy.command("rm")

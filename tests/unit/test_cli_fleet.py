@@ -62,6 +62,15 @@ def rolling_out(store: Store) -> dict[str, Any]:
                         "ready": None, "verdict": None}}
 
 
+def ended(view: dict[str, Any], current: int, outcomes: dict[int, str]) -> dict[str, Any]:
+    """``view`` once its rollout has ended: ``current`` is the current version, each other one draining, and
+    ``outcomes`` the versions' outcomes (version -> outcome)."""
+    versions = [{**v, "state": "active" if v["version"] == current else "draining",
+                 "outcome": outcomes.get(v["version"])} for v in view["versions"]]
+    image = next(v["spec"]["image"] for v in versions if v["version"] == current)
+    return {**view, "current_version": current, "image": image, "versions": versions, "rollout": None}
+
+
 @pytest.fixture
 def tasks(store: Store) -> list[dict[str, Any]]:
     """Two tasks of ``web``: the first succeeded, the second failed for good."""
@@ -179,7 +188,7 @@ def test_deploy_help_shows_both_usages_the_options_and_the_subcommands(daemon: F
         assert result.exit_code in (0, 2)  # click: no arguments shows the help with status 2 (8.2 and later)
         lines = result.output.splitlines()
         assert lines[:2] == ["Usage: fleetd deploy NAME [OPTIONS] IMAGE [COMMAND [ARG]...]",
-                             "   or: fleetd deploy ls|inspect|scale|rm [ARGS]..."]
+                             "   or: fleetd deploy ls|inspect|scale|promote|rollback|rm [ARGS]..."]
         options = re.findall(r"^  (?:-\w, )?(--[a-z-]+)", result.output, re.MULTILINE)
         assert {"--min", "--max", "--warm", "--tasks-per-agent", "--scale-down-window", "--task-ttl",
                 "--task-attempts", "--task-max-usd", "--strategy", "--canary", "--promote-after",
@@ -187,7 +196,7 @@ def test_deploy_help_shows_both_usages_the_options_and_the_subcommands(daemon: F
                 "--memory", "--env", "--ttl", "--json", "--help"} <= set(options)
         assert "--name" not in options and "--restart" not in options
         commands = lines[lines.index("Commands:") + 1:]
-        assert [line.split()[0] for line in commands] == ["inspect", "ls", "rm", "scale"]
+        assert [line.split()[0] for line in commands] == ["inspect", "ls", "promote", "rm", "rollback", "scale"]
     help_of_apply = run(daemon, "deploy", "web", "--help")
     assert help_of_apply.output.startswith("Usage: fleetd deploy web [OPTIONS] IMAGE [COMMAND [ARG]...]\n")
     assert daemon.seen == []
@@ -242,6 +251,41 @@ def test_deploy_scale_sends_what_is_given_and_needs_one(daemon: FakeDaemon, depl
     result = run(daemon, "deploy", "scale", "web", "--max", "20", "--warm", "2")
     assert (result.exit_code, result.stdout) == (0, "deployment web: min 0, max 20, warm 2\n")
     assert daemon.seen == [Seen("POST", "/v1/deployments/web/scale", {}, {"max": 20, "warm": 2})]
+
+
+def test_deploy_promote_and_rollback_say_which_version(daemon: FakeDaemon, rolling_out: dict[str, Any]) -> None:
+    promoted = ended(rolling_out, 2, {1: "replaced", 2: "promoted"})
+    rolled_back = ended(rolling_out, 1, {2: "rolled_back"})
+    daemon.answer("POST", "/v1/deployments/web/promote", promoted)
+    daemon.answer("POST", "/v1/deployments/web/rollback", rolled_back)
+    result = run(daemon, "deploy", "promote", "web")
+    assert (result.exit_code, result.stdout) == (0, "web: version 2 promoted\n"), result.output
+    result = run(daemon, "deploy", "rollback", "web")
+    assert (result.exit_code, result.stdout) == (0, "web: version 2 rolled back\n"), result.output
+    assert daemon.seen == [Seen("POST", "/v1/deployments/web/promote", {}, None),
+                           Seen("POST", "/v1/deployments/web/rollback", {}, None)]
+    result = run(daemon, "deploy", "rollback", "web", "--json")
+    assert result.exit_code == 0 and json.loads(result.stdout) == rolled_back
+    # An older version rolled back earlier: the newest one is the one this rollback ended.
+    third = {**rolled_back["versions"][1], "version": 3, "label": "v3", "outcome": "rolled_back"}
+    daemon.answer("POST", "/v1/deployments/web/rollback",
+                  {**rolled_back, "versions": [*rolled_back["versions"], third]})
+    assert run(daemon, "deploy", "rollback", "web").stdout == "web: version 3 rolled back\n"
+
+
+@pytest.mark.parametrize("verb", ["promote", "rollback"])
+def test_deploy_promote_and_rollback_refused_are_one_line_and_exit_1(daemon: FakeDaemon, verb: str) -> None:
+    daemon.answers[("POST", f"/v1/deployments/web/{verb}")] = error(
+        409, "conflict", "deployment web has no rollout in progress")
+    daemon.answers[("POST", f"/v1/deployments/api/{verb}")] = error(404, "not_found", "no such deployment: api")
+    result = run(daemon, "deploy", verb, "web")
+    assert (result.exit_code, result.stdout) == (1, "")
+    one_line_error(result, "deployment web has no rollout in progress")
+    result = run(daemon, "deploy", verb, "api")
+    assert (result.exit_code, result.stdout) == (1, "")
+    one_line_error(result, "no such deployment: api")
+    assert [(s.method, s.path) for s in daemon.seen] == [("POST", f"/v1/deployments/web/{verb}"),
+                                                         ("POST", f"/v1/deployments/api/{verb}")]
 
 
 def test_deploy_rm_says_drain_true_or_false_and_goes_on_after_an_error(daemon: FakeDaemon,
@@ -478,7 +522,7 @@ def test_shell_completion_sees_the_apply_verbs_options_and_the_subcommands() -> 
         result = CliRunner().invoke(main, [], env=env, prog_name="fleetd")
         return [line.split(",", 1)[1] for line in result.stdout.splitlines()]
 
-    assert complete("fleetd deploy ") == ["inspect", "ls", "rm", "scale"]
+    assert complete("fleetd deploy ") == ["inspect", "ls", "promote", "rm", "rollback", "scale"]
     assert complete("fleetd deploy web --ma") == ["--max", "--max-error-rate-increase", "--max-cost-increase",
                                                   "--max-duration-increase", "--max-llm-calls"]
     assert complete("fleetd deploy scale web --m") == ["--min", "--max"]
