@@ -253,12 +253,22 @@ deploy.apply = deploy_apply
 DEPLOY_COLUMNS = ["NAME", "VERSION", "IMAGE", "REPLICAS", "BUSY", "QUEUED", "STATE", "AGE"]
 
 
+def rollout_text(rollout: dict[str, Any]) -> str:
+    """``canary v2 10%``, ``blue-green v2 starting``: a rollout in progress as ``deploy ls`` shows it."""
+    strategy, version = rollout.get("strategy"), rollout.get("version")
+    if strategy == "canary" and rollout.get("percent") is not None:
+        return f"canary v{version} {rollout['percent']}%"
+    return f"{strategy} v{version} {rollout.get('phase')}"
+
+
 def deployment_row(record: dict[str, Any]) -> list[str]:
     replicas = record.get("replicas")
     queue = record.get("queue")
     state = str(record["state"])
     if state == "removing" and record.get("drain"):
         state += " (drain)"
+    elif state == "active" and record.get("rollout"):
+        state = rollout_text(record["rollout"])
     return [record["name"], f"v{record['current_version']}", record["image"],
             "-" if not replicas else f"{replicas['live']}/{replicas['wanted']}",
             "-" if not replicas else str(replicas["busy"]),

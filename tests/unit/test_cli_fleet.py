@@ -253,6 +253,20 @@ def test_deploy_scale_sends_what_is_given_and_needs_one(daemon: FakeDaemon, depl
     assert daemon.seen == [Seen("POST", "/v1/deployments/web/scale", {}, {"max": 20, "warm": 2})]
 
 
+def test_deploy_ls_shows_a_rollout_in_the_state_column(daemon: FakeDaemon, rolling_out: dict[str, Any]) -> None:
+    blue_green = {**rolling_out, "name": "api", "rollout": {
+        **rolling_out["rollout"], "strategy": "blue-green", "phase": "starting", "percent": None, "routed": 0,
+        "policy": None, "target": 3, "ready": 1}}
+    done = {**ended(rolling_out, 2, {1: "replaced", 2: "promoted"}), "name": "zed"}
+    daemon.answer("GET", "/v1/deployments", [blue_green, rolling_out, done])
+    result = run(daemon, "deploy", "ls")
+    assert result.exit_code == 0, result.output
+    header, *rows = result.stdout.splitlines()
+    assert [row[header.index("STATE"):header.rindex("AGE")].rstrip() for row in rows] == [
+        "blue-green v2 starting", "canary v2 10%", "active"]
+    assert [row.split()[:2] for row in rows] == [["api", "v1"], ["web", "v1"], ["zed", "v2"]]
+
+
 def test_deploy_promote_and_rollback_say_which_version(daemon: FakeDaemon, rolling_out: dict[str, Any]) -> None:
     promoted = ended(rolling_out, 2, {1: "replaced", 2: "promoted"})
     rolled_back = ended(rolling_out, 1, {2: "rolled_back"})
