@@ -524,12 +524,13 @@ def test_deploy_requests_the_daemon_refuses_fail_the_schema(doc: dict[str, Any],
         validator(doc, "DeployRequest").validate(request_)
 
 
-def test_deploy_request_rollout_fields_equal_the_clis(doc: dict[str, Any]) -> None:
+def test_deploy_request_rollout_fields_and_reserved_names_equal_the_clis(doc: dict[str, Any]) -> None:
     """Against the CLI's copies, which this branch's daemon does not know yet (issue 17: the daemon's own check is
     test_deploy_request_fields_equal_the_daemons)."""
     deploy = doc["components"]["schemas"]["DeployRequest"]["properties"]
     assert set(deploy) == SPAWN_FIELDS | set(cli.fleet.DEPLOY_FIELDS) | set(cli.fleet.ROLLOUT_FIELDS)
     assert deploy["strategy"]["oneOf"][0]["enum"] == list(cli.fleet.STRATEGIES)
+    assert set(doc["components"]["schemas"]["DeploymentName"]["not"]["enum"]) == set(cli.fleet.deploy.commands)
     canary = deploy["canary"]["oneOf"][0]
     assert (canary["minimum"], canary["maximum"]) == (MIN_PERCENT, MAX_PERCENT)
     assert deploy["promote_after"]["oneOf"][0]["maximum"] == MAX_PROMOTE_AFTER
@@ -671,6 +672,18 @@ def test_rollout_views_of_the_contract_match_the_schemas(doc: dict[str, Any], st
     no_tasks = {**detail, "versions": [{**detail["versions"][0], "tasks": None}, detail["versions"][1]]}
     assert not validator(doc, "DeploymentDetail").is_valid(no_tasks)
     assert not validator(doc, "DeploymentDetail").is_valid({**detail, "versions": rolled_back["versions"]})
+
+
+def test_promote_and_rollback_answer_the_deployment_or_say_why_not(doc: dict[str, Any]) -> None:
+    for verb in ("promote", "rollback"):
+        responses = doc["paths"][f"/v1/deployments/{{name}}/{verb}"]["post"]["responses"]
+        assert set(responses) == {"200", "404", "409", "500"}
+        assert responses["200"]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/Deployment"}
+        assert responses["409"] == {"$ref": "#/components/responses/NoRollout"}
+    example = doc["components"]["responses"]["NoRollout"]["content"]["application/json"]["example"]
+    check(doc, "Error", example)
+    assert example["error"]["message"] == "deployment web has no rollout in progress"
 
 
 # -- right-sizing (issue 16) --------------------------------------------------------------
