@@ -1,9 +1,9 @@
 """``fleetd deploy`` and ``fleetd task``: pools of identical worker agents and the tasks they take (issue 16).
 
 ``fleetd deploy`` is both a verb and a group: ``fleetd deploy NAME [OPTIONS] IMAGE [COMMAND]...`` creates or
-updates a deployment, ``fleetd deploy ls|inspect|scale|rm`` are its subcommands (the daemon refuses those four as
-deployment names). ``DeployGroup`` sends any first word that is not a subcommand to the apply command, with that
-word as the deployment's name.
+updates a deployment, ``fleetd deploy ls|inspect|scale|promote|rollback|rm`` are its subcommands (the daemon
+refuses those six as deployment names). ``DeployGroup`` sends any first word that is not a subcommand to the apply
+command, with that word as the deployment's name.
 """
 
 from __future__ import annotations
@@ -71,7 +71,18 @@ def exit_after(failed: bool) -> None:
 
 DEPLOY_FIELDS = ("min", "max", "warm", "tasks_per_agent", "scale_down_window", "task_ttl", "task_attempts",
                  "task_max_usd")  # fleetd.deployments' SCALING_FIELDS + TASK_FIELDS
+ROLLOUT_FIELDS = ("strategy", "canary", "promote_after", "max_error_rate_increase", "max_cost_increase",
+                  "max_duration_increase", "canary_max_usd")  # how a new version takes over (issue 17)
+STRATEGIES = ("rolling", "canary", "blue-green")
 DEPLOY_USAGE = "NAME [OPTIONS] IMAGE [COMMAND [ARG]...]"
+SUBCOMMANDS_USAGE = "ls|inspect|scale|promote|rollback|rm [ARGS]..."
+
+
+def finite_number(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """A number option sent as a JSON number: click's float takes nan and inf, which JSON has no spelling for."""
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value!r} is not a finite number", ctx=ctx, param=param)
+    return value
 
 
 def deploy_options(func: Any) -> Any:
@@ -94,6 +105,43 @@ def deploy_options(func: Any) -> Any:
          {"type": int, "help": "Leases a task gets before it is dead (default 3)."}),
         (("--task-max-usd", "task_max_usd"),
          {"metavar": "USD", "help": "A task's cap on LLM spend in US dollars; none: no cap (the default)."}),
+    ]
+    for decls, attrs in reversed(options):
+        func = click.option(*decls, **attrs)(func)
+    return func
+
+
+def rollout_options(func: Any) -> Any:
+    """How a new version takes over; read by the daemon only when the apply makes one (the agent spec changed)."""
+    options: list[tuple[tuple[str, ...], dict[str, Any]]] = [
+        (("--strategy", "strategy"),
+         {"type": click.Choice(STRATEGIES),
+          "help": "How a new version takes over: rolling, at once (the default); canary, on a share of the new "
+                  "tasks until a verdict (see --canary); blue-green, once its agents are ready beside the old "
+                  "ones."}),
+        (("--canary", "canary"),
+         {"type": int, "metavar": "PCT",
+          "help": "Send PCT percent (1-50) of the newly queued tasks to the new version until the verdict; "
+                  "implies --strategy canary."}),
+        (("--promote-after", "promote_after"),
+         {"type": int, "metavar": "N",
+          "help": "Canary tasks finished before the verdict: promote, or roll back (default 100)."}),
+        (("--max-error-rate-increase", "max_error_rate_increase"),
+         {"type": float, "callback": finite_number, "metavar": "X",
+          "help": "Roll the canary back when its error rate exceeds the current version's by more than X, "
+                  "absolute (default 0.05: 5 points)."}),
+        (("--max-cost-increase", "max_cost_increase"),
+         {"type": float, "callback": finite_number, "metavar": "X",
+          "help": "Roll the canary back when its cost per succeeded task exceeds the current version's by more "
+                  "than X, relative (default 0.20: 20%)."}),
+        (("--max-duration-increase", "max_duration_increase"),
+         {"type": float, "callback": finite_number, "metavar": "X",
+          "help": "Roll the canary back when its median task duration exceeds the current version's by more "
+                  "than X, relative (default 0.50: 50%)."}),
+        (("--canary-max-usd", "canary_max_usd"),
+         {"metavar": "USD",
+          "help": "Roll the canary back once the new version's LLM spend reaches USD, in US dollars (default: "
+                  "no cap)."}),
     ]
     for decls, attrs in reversed(options):
         func = click.option(*decls, **attrs)(func)
@@ -126,7 +174,7 @@ class DeployGroup(click.Group):
 
     def format_usage(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         formatter.write_usage(ctx.command_path, DEPLOY_USAGE)
-        formatter.write_usage(ctx.command_path, "ls|inspect|scale|rm [ARGS]...", prefix="   or: ")
+        formatter.write_usage(ctx.command_path, SUBCOMMANDS_USAGE, prefix="   or: ")
 
     def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         if self.apply is not None:  # the apply verb's options: `fleetd deploy --help` shows both usages whole
@@ -146,17 +194,30 @@ def deploy() -> None:
     agent, except --name (agents are named NAME-<n>) and --restart (the pool
     replaces its agents itself). On an update, options not given keep their
     values; the agent spec is given whole each time. Options after IMAGE belong
-    to the COMMAND. ls, inspect, scale and rm are subcommands, never names.
+    to the COMMAND. ls, inspect, scale, promote, rollback and rm are
+    subcommands, never names.
+
+    \b
+    A new version takes over at once by default (--strategy rolling). With
+    --canary PCT it takes PCT% of the new tasks beside the current version
+    until --promote-after of them have finished, then it is promoted, or rolled
+    back when its error rate, cost or duration is worse than the current
+    version's by more than the bounds. With --strategy blue-green its agents
+    start beside the old ones, and it takes over once they are ready. fleetd
+    deploy promote|rollback NAME ends a rollout at once.
 
     \b
     Examples: fleetd deploy web --max 3 --warm 1 fleetd/agent-python python3 worker.py
+              fleetd deploy web --canary 10 fleetd/agent-python:2 python3 worker.py
               fleetd deploy ls
               fleetd deploy scale web --max 10
+              fleetd deploy promote web
     """
 
 
 @click.command(cls=ApplyCommand, context_settings={"allow_interspersed_args": False})
 @deploy_options
+@rollout_options
 @spawn_options_except("name", "restart", "as_json")
 @click.option("--json", "as_json", is_flag=True, help="Print the deployment as JSON.")
 @click.option("--name", hidden=True, expose_value=False,
@@ -173,7 +234,7 @@ def deploy_apply(ctx: click.Context, /, image: str, command: tuple[str, ...], **
     Example: fleetd deploy web --max 3 fleetd/agent-python python3 worker.py
     """
     name = str(ctx.info_name)
-    fields = {field: options.pop(field) for field in DEPLOY_FIELDS}
+    fields = {field: options.pop(field) for field in DEPLOY_FIELDS + ROLLOUT_FIELDS}
     as_json = options.pop("as_json")
     try:
         body = spawn_request(image, list(command), options)
@@ -192,12 +253,22 @@ deploy.apply = deploy_apply
 DEPLOY_COLUMNS = ["NAME", "VERSION", "IMAGE", "REPLICAS", "BUSY", "QUEUED", "STATE", "AGE"]
 
 
+def rollout_text(rollout: dict[str, Any]) -> str:
+    """``canary v2 10%``, ``blue-green v2 starting``: a rollout in progress as ``deploy ls`` shows it."""
+    strategy, version = rollout.get("strategy"), rollout.get("version")
+    if strategy == "canary" and rollout.get("percent") is not None:
+        return f"canary v{version} {rollout['percent']}%"
+    return f"{strategy} v{version} {rollout.get('phase')}"
+
+
 def deployment_row(record: dict[str, Any]) -> list[str]:
     replicas = record.get("replicas")
     queue = record.get("queue")
     state = str(record["state"])
     if state == "removing" and record.get("drain"):
         state += " (drain)"
+    elif state == "active" and record.get("rollout"):
+        state = rollout_text(record["rollout"])
     return [record["name"], f"v{record['current_version']}", record["image"],
             "-" if not replicas else f"{replicas['live']}/{replicas['wanted']}",
             "-" if not replicas else str(replicas["busy"]),
@@ -260,6 +331,47 @@ def deploy_scale(ctx: click.Context, name: str, min_: int | None, max_: int | No
     scaling = record.get("scaling") or {}
     click.echo(f"deployment {record.get('name', name)}: "
                + ", ".join(f"{key} {scaling[key]}" for key in ("min", "max", "warm") if key in scaling))
+
+
+@deploy.command("promote")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print the deployment as JSON.")
+@click.pass_context
+@api_errors
+def deploy_promote(ctx: click.Context, name: str, as_json: bool) -> None:
+    """Promote the new version of a canary or blue-green rollout now, without waiting for the verdict: it takes
+    every new task, and the old version's agents finish their task and go.
+
+    Example: fleetd deploy promote web
+    """
+    record = client(ctx).call("POST", f"/v1/deployments/{segment(name)}/promote")
+    if as_json:
+        print_json(record)
+        return
+    click.echo(f"{record.get('name', name)}: version {record['current_version']} promoted")
+
+
+@deploy.command("rollback")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print the deployment as JSON.")
+@click.pass_context
+@api_errors
+def deploy_rollback(ctx: click.Context, name: str, as_json: bool) -> None:
+    """Roll back the new version of a canary or blue-green rollout now: the previous version takes every new task
+    again, and the new version's agents finish their task and go.
+
+    Example: fleetd deploy rollback web
+    """
+    record = client(ctx).call("POST", f"/v1/deployments/{segment(name)}/rollback")
+    if as_json:
+        print_json(record)
+        return
+    rolled_back = [v["version"] for v in record.get("versions") or [] if v.get("outcome") == "rolled_back"]
+    name = record.get("name", name)
+    if rolled_back:  # versions only grow: the newest one rolled back is this one
+        click.echo(f"{name}: version {max(rolled_back)} rolled back")
+    else:
+        click.echo(f"{name}: rolled back to version {record['current_version']}")
 
 
 @deploy.command("rm")

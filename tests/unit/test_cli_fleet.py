@@ -40,6 +40,37 @@ def deployment(store: Store) -> dict[str, Any]:
             "queue": {"queued": 4, "leased": 1}}
 
 
+CANARY_POLICY = {"percent": 10, "promote_after": 100, "max_error_rate_increase": 0.05, "max_cost_increase": 0.2,
+                 "max_duration_increase": 0.5, "max_usd": None}
+
+
+@pytest.fixture
+def rolling_out(store: Store) -> dict[str, Any]:
+    """``web`` with version 2 on a 10 % canary beside version 1, as issue 17's API contract has the daemon show it.
+    The daemon of this branch knows no rollout: the record is a real one with version 2 applied, made to read as
+    the contract says (version 1 still current, both versions active, ``outcome`` and ``rollout`` added)."""
+    deployments = Deployments(store, Config(), clock=WallClock())
+    spec = {"command": ["python3", "worker.py"], "max": 3}
+    deployments.apply("web", {"image": "fleetd/agent-python", **spec}, host_cpus=2)
+    applied = deployments.apply("web", {"image": "fleetd/agent-python:2", **spec}, host_cpus=2)
+    view = applied.deployment.to_json(Replicas(wanted=3, live=3, busy=2, idle=1))
+    return {**view, "current_version": 1, "image": "fleetd/agent-python",
+            "versions": [{**v, "state": "active", "outcome": None} for v in view["versions"]],
+            "queue": {"queued": 4, "leased": 2},
+            "rollout": {"strategy": "canary", "version": 2, "previous": 1, "phase": "canary", "percent": 10,
+                        "routed": 3, "started_at": view["updated_at"], "policy": CANARY_POLICY, "target": None,
+                        "ready": None, "verdict": None}}
+
+
+def ended(view: dict[str, Any], current: int, outcomes: dict[int, str]) -> dict[str, Any]:
+    """``view`` once its rollout has ended: ``current`` is the current version, each other one draining, and
+    ``outcomes`` the versions' outcomes (version -> outcome)."""
+    versions = [{**v, "state": "active" if v["version"] == current else "draining",
+                 "outcome": outcomes.get(v["version"])} for v in view["versions"]]
+    image = next(v["spec"]["image"] for v in versions if v["version"] == current)
+    return {**view, "current_version": current, "image": image, "versions": versions, "rollout": None}
+
+
 @pytest.fixture
 def tasks(store: Store) -> list[dict[str, Any]]:
     """Two tasks of ``web``: the first succeeded, the second failed for good."""
@@ -139,6 +170,10 @@ def test_deploy_prints_the_message_or_the_json(daemon: FakeDaemon, deployment: d
         (["web", "--scale-down-window", "soon", "img"], "'soon' is not a duration"),
         (["web", "--task-ttl", "1 fortnight", "img"], "'1 fortnight' is not a duration"),
         (["web", "--min", "one", "img"], "'one' is not a valid integer"),
+        (["web", "--strategy", "big-bang", "img"], "Invalid value for '--strategy': 'big-bang' is not one of"),
+        (["web", "--canary", "ten", "img"], "'ten' is not a valid integer"),
+        (["web", "--max-cost-increase", "nan", "img"], "Invalid value for '--max-cost-increase': nan is not a finite"),
+        (["web", "--max-error-rate-increase", "5%", "img"], "'5%' is not a valid float"),
     ],
 )
 def test_deploy_usage_errors_exit_2_and_send_nothing(daemon: FakeDaemon, args: list[str], message: str) -> None:
@@ -153,16 +188,37 @@ def test_deploy_help_shows_both_usages_the_options_and_the_subcommands(daemon: F
         assert result.exit_code in (0, 2)  # click: no arguments shows the help with status 2 (8.2 and later)
         lines = result.output.splitlines()
         assert lines[:2] == ["Usage: fleetd deploy NAME [OPTIONS] IMAGE [COMMAND [ARG]...]",
-                             "   or: fleetd deploy ls|inspect|scale|rm [ARGS]..."]
+                             "   or: fleetd deploy ls|inspect|scale|promote|rollback|rm [ARGS]..."]
         options = re.findall(r"^  (?:-\w, )?(--[a-z-]+)", result.output, re.MULTILINE)
         assert {"--min", "--max", "--warm", "--tasks-per-agent", "--scale-down-window", "--task-ttl",
-                "--task-attempts", "--task-max-usd", "--memory", "--env", "--ttl", "--json", "--help"} <= set(options)
+                "--task-attempts", "--task-max-usd", "--strategy", "--canary", "--promote-after",
+                "--max-error-rate-increase", "--max-cost-increase", "--max-duration-increase", "--canary-max-usd",
+                "--memory", "--env", "--ttl", "--json", "--help"} <= set(options)
         assert "--name" not in options and "--restart" not in options
         commands = lines[lines.index("Commands:") + 1:]
-        assert [line.split()[0] for line in commands] == ["inspect", "ls", "rm", "scale"]
+        assert [line.split()[0] for line in commands] == ["inspect", "ls", "promote", "rm", "rollback", "scale"]
     help_of_apply = run(daemon, "deploy", "web", "--help")
     assert help_of_apply.output.startswith("Usage: fleetd deploy web [OPTIONS] IMAGE [COMMAND [ARG]...]\n")
     assert daemon.seen == []
+
+
+def test_deploy_sends_each_rollout_option_under_its_field(daemon: FakeDaemon, rolling_out: dict[str, Any]) -> None:
+    daemon.answer("PUT", "/v1/deployments/web", {**rolling_out, "message": "updated: version 2"})
+    result = run(daemon, "deploy", "web", "--strategy", "canary", "--canary", "10", "--promote-after", "50",
+                 "--max-error-rate-increase", "0.02", "--max-cost-increase", "0.1", "--max-duration-increase", "1",
+                 "--canary-max-usd", "$5", "--max", "3", "fleetd/agent-python:2", "python3", "worker.py")
+    assert (result.exit_code, result.stdout) == (0, "deployment web updated: version 2\n"), result.output
+    result = run(daemon, "deploy", "web", "--canary", "25", "img:3")  # the daemon takes it for --strategy canary
+    assert result.exit_code == 0, result.output
+    result = run(daemon, "deploy", "web", "--strategy", "blue-green", "img:4")
+    assert result.exit_code == 0, result.output
+    assert [s.body for s in daemon.seen] == [
+        {"image": "fleetd/agent-python:2", "command": ["python3", "worker.py"], **EMPTY_SPEC, "max": 3,
+         "strategy": "canary", "canary": 10, "promote_after": 50, "max_error_rate_increase": 0.02,
+         "max_cost_increase": 0.1, "max_duration_increase": 1.0, "canary_max_usd": "$5"},
+        {"image": "img:3", "command": [], **EMPTY_SPEC, "canary": 25},
+        {"image": "img:4", "command": [], **EMPTY_SPEC, "strategy": "blue-green"},
+    ]
 
 
 def test_api_errors_are_one_line_and_exit_1(daemon: FakeDaemon) -> None:
@@ -195,6 +251,55 @@ def test_deploy_scale_sends_what_is_given_and_needs_one(daemon: FakeDaemon, depl
     result = run(daemon, "deploy", "scale", "web", "--max", "20", "--warm", "2")
     assert (result.exit_code, result.stdout) == (0, "deployment web: min 0, max 20, warm 2\n")
     assert daemon.seen == [Seen("POST", "/v1/deployments/web/scale", {}, {"max": 20, "warm": 2})]
+
+
+def test_deploy_ls_shows_a_rollout_in_the_state_column(daemon: FakeDaemon, rolling_out: dict[str, Any]) -> None:
+    blue_green = {**rolling_out, "name": "api", "rollout": {
+        **rolling_out["rollout"], "strategy": "blue-green", "phase": "starting", "percent": None, "routed": 0,
+        "policy": None, "target": 3, "ready": 1}}
+    done = {**ended(rolling_out, 2, {1: "replaced", 2: "promoted"}), "name": "zed"}
+    daemon.answer("GET", "/v1/deployments", [blue_green, rolling_out, done])
+    result = run(daemon, "deploy", "ls")
+    assert result.exit_code == 0, result.output
+    header, *rows = result.stdout.splitlines()
+    assert [row[header.index("STATE"):header.rindex("AGE")].rstrip() for row in rows] == [
+        "blue-green v2 starting", "canary v2 10%", "active"]
+    assert [row.split()[:2] for row in rows] == [["api", "v1"], ["web", "v1"], ["zed", "v2"]]
+
+
+def test_deploy_promote_and_rollback_say_which_version(daemon: FakeDaemon, rolling_out: dict[str, Any]) -> None:
+    promoted = ended(rolling_out, 2, {1: "replaced", 2: "promoted"})
+    rolled_back = ended(rolling_out, 1, {2: "rolled_back"})
+    daemon.answer("POST", "/v1/deployments/web/promote", promoted)
+    daemon.answer("POST", "/v1/deployments/web/rollback", rolled_back)
+    result = run(daemon, "deploy", "promote", "web")
+    assert (result.exit_code, result.stdout) == (0, "web: version 2 promoted\n"), result.output
+    result = run(daemon, "deploy", "rollback", "web")
+    assert (result.exit_code, result.stdout) == (0, "web: version 2 rolled back\n"), result.output
+    assert daemon.seen == [Seen("POST", "/v1/deployments/web/promote", {}, None),
+                           Seen("POST", "/v1/deployments/web/rollback", {}, None)]
+    result = run(daemon, "deploy", "rollback", "web", "--json")
+    assert result.exit_code == 0 and json.loads(result.stdout) == rolled_back
+    # An older version rolled back earlier: the newest one is the one this rollback ended.
+    third = {**rolled_back["versions"][1], "version": 3, "label": "v3", "outcome": "rolled_back"}
+    daemon.answer("POST", "/v1/deployments/web/rollback",
+                  {**rolled_back, "versions": [*rolled_back["versions"], third]})
+    assert run(daemon, "deploy", "rollback", "web").stdout == "web: version 3 rolled back\n"
+
+
+@pytest.mark.parametrize("verb", ["promote", "rollback"])
+def test_deploy_promote_and_rollback_refused_are_one_line_and_exit_1(daemon: FakeDaemon, verb: str) -> None:
+    daemon.answers[("POST", f"/v1/deployments/web/{verb}")] = error(
+        409, "conflict", "deployment web has no rollout in progress")
+    daemon.answers[("POST", f"/v1/deployments/api/{verb}")] = error(404, "not_found", "no such deployment: api")
+    result = run(daemon, "deploy", verb, "web")
+    assert (result.exit_code, result.stdout) == (1, "")
+    one_line_error(result, "deployment web has no rollout in progress")
+    result = run(daemon, "deploy", verb, "api")
+    assert (result.exit_code, result.stdout) == (1, "")
+    one_line_error(result, "no such deployment: api")
+    assert [(s.method, s.path) for s in daemon.seen] == [("POST", f"/v1/deployments/web/{verb}"),
+                                                         ("POST", f"/v1/deployments/api/{verb}")]
 
 
 def test_deploy_rm_says_drain_true_or_false_and_goes_on_after_an_error(daemon: FakeDaemon,
@@ -421,6 +526,7 @@ def test_task_wait_timeout_bounds_the_whole_wait(daemon: FakeDaemon, tasks: list
 def test_the_cli_knows_the_daemons_task_states_and_deploy_fields() -> None:
     assert tuple(state.value for state in TaskState) == cli.fleet.TASK_STATES
     assert cli.fleet.DEPLOY_FIELDS == SCALING_FIELDS + TASK_FIELDS
+    assert not set(cli.fleet.ROLLOUT_FIELDS) & set(cli.fleet.DEPLOY_FIELDS)
 
 
 def test_shell_completion_sees_the_apply_verbs_options_and_the_subcommands() -> None:
@@ -430,8 +536,9 @@ def test_shell_completion_sees_the_apply_verbs_options_and_the_subcommands() -> 
         result = CliRunner().invoke(main, [], env=env, prog_name="fleetd")
         return [line.split(",", 1)[1] for line in result.stdout.splitlines()]
 
-    assert complete("fleetd deploy ") == ["inspect", "ls", "rm", "scale"]
-    assert complete("fleetd deploy web --ma") == ["--max", "--max-llm-calls"]
+    assert complete("fleetd deploy ") == ["inspect", "ls", "promote", "rm", "rollback", "scale"]
+    assert complete("fleetd deploy web --ma") == ["--max", "--max-error-rate-increase", "--max-cost-increase",
+                                                  "--max-duration-increase", "--max-llm-calls"]
     assert complete("fleetd deploy scale web --m") == ["--min", "--max"]
 
 

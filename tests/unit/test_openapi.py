@@ -19,11 +19,13 @@ from aiohttp.test_utils import TestClient, TestServer
 from jsonschema.validators import Draft202012Validator
 from openapi_spec_validator import OpenAPIV31SpecValidator, validate
 
+import cli.fleet
 from cli.fleet import DeployGroup
 from cli.main import main as cli_main
 from fleetd import errors
 from fleetd.admin import Admin
 from fleetd.api import error_response, init_app
+from fleetd.canary import MAX_PERCENT, MAX_PROMOTE_AFTER, MIN_PERCENT, CanaryPolicy, VersionFigures, judge
 from fleetd.config import Config
 from fleetd.deployments import DEPLOY_FIELDS, MAX_NAME_CHARS, RESERVED_NAMES, Deployments, Replicas, deploy_request
 from fleetd.fleet import member_labels
@@ -522,6 +524,53 @@ def test_deploy_requests_the_daemon_refuses_fail_the_schema(doc: dict[str, Any],
         validator(doc, "DeployRequest").validate(request_)
 
 
+def test_deploy_request_rollout_fields_and_reserved_names_equal_the_clis(doc: dict[str, Any]) -> None:
+    """Against the CLI's copies, which this branch's daemon does not know yet (issue 17: the daemon's own check is
+    test_deploy_request_fields_equal_the_daemons)."""
+    deploy = doc["components"]["schemas"]["DeployRequest"]["properties"]
+    assert set(deploy) == SPAWN_FIELDS | set(cli.fleet.DEPLOY_FIELDS) | set(cli.fleet.ROLLOUT_FIELDS)
+    assert deploy["strategy"]["oneOf"][0]["enum"] == list(cli.fleet.STRATEGIES)
+    assert set(doc["components"]["schemas"]["DeploymentName"]["not"]["enum"]) == set(cli.fleet.deploy.commands)
+    canary = deploy["canary"]["oneOf"][0]
+    assert (canary["minimum"], canary["maximum"]) == (MIN_PERCENT, MAX_PERCENT)
+    assert deploy["promote_after"]["oneOf"][0]["maximum"] == MAX_PROMOTE_AFTER
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        # What tests/unit/test_cli_fleet.py has `fleetd deploy` send with every rollout option ...
+        {"image": "fleetd/agent-python:2", "command": ["python3", "worker.py"], "env": [], "labels": [], "max": 3,
+         "strategy": "canary", "canary": 10, "promote_after": 50, "max_error_rate_increase": 0.02,
+         "max_cost_increase": 0.1, "max_duration_increase": 1.0, "canary_max_usd": "$5"},
+        # ... with --canary alone, and --strategy blue-green.
+        {"image": "img:3", "command": [], "env": [], "labels": [], "canary": 25},
+        {"image": "img:4", "command": [], "env": [], "labels": [], "strategy": "blue-green"},
+        {"image": "x", "strategy": "rolling", "canary_max_usd": 2.5, "promote_after": MAX_PROMOTE_AFTER},
+    ],
+)
+def test_rollout_requests_the_cli_sends_match_the_schema(doc: dict[str, Any], request_: dict[str, Any]) -> None:
+    validator(doc, "DeployRequest").validate(request_)
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        {"image": "x", "strategy": "big-bang"},
+        {"image": "x", "canary": 0},
+        {"image": "x", "canary": 51},
+        {"image": "x", "canary": 2.5},
+        {"image": "x", "promote_after": 0},
+        {"image": "x", "max_error_rate_increase": 1.5},
+        {"image": "x", "max_cost_increase": -0.1},
+        {"image": "x", "canary_max_usd": -1},
+    ],
+)
+def test_rollout_requests_out_of_bounds_fail_the_schema(doc: dict[str, Any], request_: dict[str, Any]) -> None:
+    with pytest.raises(jsonschema.ValidationError):
+        validator(doc, "DeployRequest").validate(request_)
+
+
 def test_scale_and_submit_requests_match_the_schemas(doc: dict[str, Any]) -> None:
     scale = validator(doc, "ScaleRequest")
     scale.validate({"max": 20, "warm": 2})  # `fleetd deploy scale web --max 20 --warm 2`
@@ -553,12 +602,16 @@ def test_deployment_and_task_records_match_the_schemas(doc: dict[str, Any], tmp_
                     "retire": [], "replace": ["3f9c2a1b7d04"], "raw": 3, "wanted": 3, "stabilized": 3, "desired": 3,
                     "current": 2, "queued": 2, "busy": 1, "draining": 0, "live": 2, "policy": {"min": 0}}
         unmeasured = {"kind": "deployment", "name": "web", **report([], None, None)}
-        check(doc, "DeploymentDetail", {**listed, "decisions": [decision], "rightsize": unmeasured})
+        no_task = {"succeeded": 0, "failed": 0, "dead": 0, "finished": 0, "error_rate": None,
+                   "cost_per_succeeded_usd": None, "p50_duration_seconds": None, "p95_duration_seconds": None,
+                   "llm_calls_per_task": None}  # deploy inspect's versions say what their tasks did (issue 17)
+        inspected = {**listed, "versions": [{**v, "tasks": no_task} for v in listed["versions"]]}
+        check(doc, "DeploymentDetail", {**inspected, "decisions": [decision], "rightsize": unmeasured})
         with pytest.raises(jsonschema.ValidationError):
-            validator(doc, "DeploymentDetail").validate({**listed, "decisions": [{**decision, "start": []}],
+            validator(doc, "DeploymentDetail").validate({**inspected, "decisions": [{**decision, "start": []}],
                                                          "rightsize": unmeasured})
         with pytest.raises(jsonschema.ValidationError):
-            validator(doc, "DeploymentDetail").validate({**listed, "decisions": [decision]})
+            validator(doc, "DeploymentDetail").validate({**inspected, "decisions": [decision]})
         check(doc, "Deployment", deployments.scale("web", max=5).to_json())
         check(doc, "Deployment", deployments.remove("web", drain=True).to_json())
 
@@ -574,6 +627,63 @@ def test_deployment_and_task_records_match_the_schemas(doc: dict[str, Any], tmp_
             check(doc, "Task", task.to_json())
     finally:
         store.close()
+
+
+def test_rollout_views_of_the_contract_match_the_schemas(doc: dict[str, Any], store: Store) -> None:
+    """The views issue 17's contract describes: a real record with version 2 applied, given ``rollout``, the
+    versions' ``outcome`` and (inspect) ``tasks``, the policy, figures and verdict as fleetd.canary makes them."""
+    deployments = Deployments(store, Config())
+    deployments.apply("web", {"image": "worker:1", "max": 3}, 4)
+    view = {**deployments.apply("web", {"image": "worker:2"}, 4).deployment.to_json(Replicas(3, 3, 1, 2)),
+            "current_version": 1, "image": "worker:1"}
+    policy = CanaryPolicy(10, promote_after=20, max_usd=2.5)
+    canary = VersionFigures(succeeded=18, failed=1, dead=1, succeeded_cost_usd=0.36, durations=(4.0, 5.5, 7.25))
+    verdict = judge(canary, VersionFigures(), policy, canary_spent_usd=0.41).to_json()
+    assert verdict["action"] == "rollback"
+    verdict.pop("policy")  # the contract's verdict has none: the rollout's own `policy` says it
+    rollout = {"strategy": "canary", "version": 2, "previous": 1, "phase": "canary", "percent": 10, "routed": 23,
+               "started_at": view["updated_at"], "policy": policy.to_json(), "target": None, "ready": None,
+               "verdict": None}
+    canarying = {**view, "versions": [{**v, "outcome": None} for v in view["versions"]], "rollout": rollout}
+    check(doc, "Deployment", canarying)
+    check(doc, "Deployment", {**canarying, "rollout": {**rollout, "verdict": verdict}})
+    blue_green = {**rollout, "strategy": "blue-green", "phase": "starting", "percent": None, "routed": 0,
+                  "policy": None, "target": 3, "ready": 1}
+    check(doc, "DeploymentApplied", {**canarying, "rollout": blue_green, "message": "updated: version 2"})
+    rolled_back = {**view, "versions": [{**view["versions"][0], "state": "active", "outcome": None},
+                                        {**view["versions"][1], "state": "draining", "outcome": "rolled_back"}],
+                   "rollout": None}
+    check(doc, "Deployment", rolled_back)
+
+    tasks = {**canary.to_json(), "p95_duration_seconds": 7.1, "llm_calls_per_task": 3.5}
+    none_yet = {**VersionFigures().to_json(), "p95_duration_seconds": None, "llm_calls_per_task": None}
+    detail = {**rolled_back, "queue": {"queued": 0}, "decisions": [],
+              "rightsize": {"kind": "deployment", "name": "web", **report([], None, None)},
+              "versions": [{**rolled_back["versions"][0], "tasks": none_yet},
+                           {**rolled_back["versions"][1], "tasks": tasks}]}
+    check(doc, "DeploymentDetail", detail)
+
+    for bad in ({**rollout, "strategy": "rolling"}, {**rollout, "phase": "promoted"}, {**rollout, "percent": 60},
+                {k: v for k, v in rollout.items() if k != "routed"}):
+        assert not validator(doc, "Deployment").is_valid({**canarying, "rollout": bad}), bad
+    assert not validator(doc, "Deployment").is_valid({k: v for k, v in canarying.items() if k != "rollout"})
+    assert not validator(doc, "Deployment").is_valid(
+        {**rolled_back, "versions": [{**rolled_back["versions"][1], "outcome": "failed"}]})
+    no_tasks = {**detail, "versions": [{**detail["versions"][0], "tasks": None}, detail["versions"][1]]}
+    assert not validator(doc, "DeploymentDetail").is_valid(no_tasks)
+    assert not validator(doc, "DeploymentDetail").is_valid({**detail, "versions": rolled_back["versions"]})
+
+
+def test_promote_and_rollback_answer_the_deployment_or_say_why_not(doc: dict[str, Any]) -> None:
+    for verb in ("promote", "rollback"):
+        responses = doc["paths"][f"/v1/deployments/{{name}}/{verb}"]["post"]["responses"]
+        assert set(responses) == {"200", "404", "409", "500"}
+        assert responses["200"]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/Deployment"}
+        assert responses["409"] == {"$ref": "#/components/responses/NoRollout"}
+    example = doc["components"]["responses"]["NoRollout"]["content"]["application/json"]["example"]
+    check(doc, "Error", example)
+    assert example["error"]["message"] == "deployment web has no rollout in progress"
 
 
 # -- right-sizing (issue 16) --------------------------------------------------------------
