@@ -37,6 +37,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime
+from decimal import Decimal
 from enum import StrEnum
 from typing import Any, NamedTuple
 
@@ -49,6 +50,7 @@ from fleetd.spec import SPAWN_FIELDS, build_spec, optional_usd, whole_number
 from fleetd.store import Store
 from fleetd.task_queue import DEFAULT_ATTEMPTS, DEFAULT_TTL, MAX_ATTEMPTS, MAX_TTL
 from fleetd.units import NAME_PATTERN, parse_duration, parse_whole_seconds
+from fleetd.zone2.pricing import nusd
 
 SCALING_FIELDS = ("min", "max", "warm", "tasks_per_agent", "scale_down_window")  # ScalingPolicy's, set by a user
 TASK_FIELDS = ("task_ttl", "task_attempts", "task_max_usd")  # TaskDefaults' fields, prefixed
@@ -355,6 +357,10 @@ class Deployments:
                         target = max(1, live) if how == Strategy.BLUE_GREEN else None
                         self.rollouts.begin(name, how, number, before.current_version, spec.rollout.policy, target,
                                             now or "")
+                        if spec.rollout.policy is not None and spec.rollout.policy.max_usd is not None:
+                            self.conn.execute("UPDATE deployment_versions SET spend_cap_nusd = ? WHERE deployment = ? "
+                                              "AND version = ?", (nusd(Decimal(str(spec.rollout.policy.max_usd))),
+                                                                  name, number))
                         message = f"updated: version {number} rolling out ({how}" + (
                             f" {spec.rollout.policy.percent}%)" if spec.rollout.policy else f", {target} agents)")
                     data |= {"version": number, "previous": before.current_version, "image": spec.agent.image,
@@ -544,6 +550,15 @@ class Deployments:
     def _set_version(self, name: str, number: int, state: VersionState, outcome: Outcome) -> None:
         self.conn.execute("UPDATE deployment_versions SET state = ?, outcome = ? WHERE deployment = ? AND version = ?",
                           (state.value, outcome.value, name, number))
+
+    def spend_cap(self, name: str, number: int) -> int | None:
+        """A version's spend cap (nano-USD) while it binds: a canary's, or a rolled-back one's (its agents drain);
+        None once promoted, or without one."""
+        row = self.conn.execute("SELECT spend_cap_nusd, outcome FROM deployment_versions WHERE deployment = ? AND "
+                                "version = ?", (name, number)).fetchone()
+        if row is None or row[0] is None or row[1] in (Outcome.PROMOTED.value, Outcome.REPLACED.value):
+            return None
+        return int(row[0])
 
     def _find(self, name: str) -> Deployment | None:
         rows = self.store.rows("SELECT * FROM deployments WHERE name = ?", [name])

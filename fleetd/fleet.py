@@ -53,7 +53,7 @@ from fleetd.rollouts import Phase, Rollout, pools, takes
 from fleetd.store import Store
 from fleetd.task_costs import TaskCosts
 from fleetd.task_queue import FINISHED_TASK_STATES, Lease, Takes, Task, TaskQueue
-from fleetd.zone2.contract import TaskHold
+from fleetd.zone2.contract import PoolCap, TaskHold
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +111,11 @@ class Member:
         assert created is not None and deadline is not None
         return cls(agent["id"], agent["name"], deployment, int(version), labels.get(REPLACES_LABEL),
                    agent["state"], created, deadline)
+
+
+def pool_key(deployment: str, version: int) -> str:
+    """The spend pool of a version's agents in zone 2."""
+    return f"{deployment}/v{version}"
 
 
 def member_labels(deployment: str, version: int, replaces: str | None) -> dict[str, str]:
@@ -196,6 +201,7 @@ class Fleet:
         self.duration_histograms: dict[str, Histogram] = {}
         queue.on_finished.append(self._observe_finished)
         queue.router = deployments.rollouts.route  # a canary's split, decided in each submit's transaction
+        self.capped: set[str] = set()  # spend pools zone 2 refused a call at (a canary's cap reached)
         self.verdicts: dict[str, dict[str, Any]] = {}  # deployment -> its canary's latest verdict (deploy inspect)
         self._judged: dict[str, float] = {}  # deployment -> when its canary was last judged (monotonic)
         self.start_failures: dict[tuple[str, int], int] = {}  # (deployment, version) -> its agents that never served
@@ -323,6 +329,12 @@ class Fleet:
                 return self.rollback(name, f"{failures} agents of version {rollout.version} ended before they ever "
                                            "asked for a task")
             if rollout.phase == Phase.CANARY:
+                key = pool_key(name, rollout.version)
+                if key in self.capped:
+                    self.capped.discard(key)
+                    assert rollout.policy is not None
+                    return self.rollback(name, f"zone 2 refused a call of the canary at its spend cap "
+                                               f"(${rollout.policy.max_usd:g})", by="fleetd")
                 return self._judge(deployment, rollout)
             if rollout.phase == Phase.STARTING:
                 ready = sum(1 for m in pool if m.version == rollout.version and m.id in self.polled
@@ -357,8 +369,28 @@ class Fleet:
             return self.rollback(deployment.name, verdict.reason, verdict.to_json(), by="fleetd")
         return deployment
 
+    def pool_of(self, agent: dict[str, Any]) -> PoolCap | None:
+        """The spend pool zone 2 caps an agent's calls in (``Zone2.pools``): its version's, while that version is a
+        canary with ``--canary-max-usd`` (or rolled back, draining)."""
+        member = Member.of(agent)
+        if member is None:
+            return None
+        cap = self.deployments.spend_cap(member.deployment, member.version)
+        return None if cap is None else PoolCap(pool_key(member.deployment, member.version), cap)
+
+    def heard(self, kind: str, data: dict[str, Any] | None) -> None:
+        """An event zone 2 sent: a refusal at a canary's spend cap rolls the canary back at the next tick."""
+        pool = (data or {}).get("pool")
+        if kind == "budget_exceeded" and isinstance(pool, str):
+            self.capped.add(pool)
+            self.wake()
+
     def _canary_spent(self, deployment: str, rollout: Rollout) -> float:
-        """What the canary's tasks have cost so far (USD), from the ledger."""
+        """What the canary has cost so far (USD): its spend pool's, every call of its agents, from the ledger; else
+        (no cap, so no pool) its tasks'."""
+        assert rollout.policy is not None
+        if rollout.policy.max_usd is not None and self.costs is not None:
+            return self.costs.pool_spend(pool_key(deployment, rollout.version)) / 1e9
         tasks = [t for t in self.queue.finished_since(deployment, rollout.started_at, FIGURES_ROWS)
                  if t.version == rollout.label or (t.version is None and t.route == rollout.label)]
         held = [t for t in self.queue.tasks(deployment, "leased", FIGURES_ROWS) if t.version == rollout.label]
@@ -802,8 +834,9 @@ class Fleet:
         data["queue"] = self.queue.counts(deployment.name)
         if data["rollout"] is not None:
             data["rollout"]["verdict"] = self.verdicts.get(deployment.name)
-            if deployment.rollout is not None and deployment.rollout.phase == Phase.STARTING:
-                data["rollout"]["ready"] = len(self._ready_of(deployment.name, deployment.rollout.version))
+            starting = deployment.rollout is not None and deployment.rollout.phase == Phase.STARTING
+            data["rollout"]["ready"] = (len(self._ready_of(deployment.name, deployment.rollout.version))
+                                        if starting and deployment.rollout is not None else None)
         if detail:
             figures = self.figures(deployment.name)
             for version in data["versions"]:

@@ -236,6 +236,9 @@ def m013_rollouts(db: sqlite_utils.Database) -> None:
     # its row goes when it ends, and the versions keep the outcome (promoted, rolled_back, replaced).
     db.execute("ALTER TABLE tasks ADD COLUMN route TEXT")
     db.execute("ALTER TABLE deployment_versions ADD COLUMN outcome TEXT")
+    # A canary version's spend cap (--canary-max-usd, nano-USD): zone 2 caps its agents' calls together (a spend
+    # pool) while it is a canary and, rolled back, while its agents drain.
+    db.execute("ALTER TABLE deployment_versions ADD COLUMN spend_cap_nusd INTEGER")
     db.execute(
         """CREATE TABLE rollouts (
             deployment TEXT PRIMARY KEY, strategy TEXT NOT NULL, version INTEGER NOT NULL,

@@ -69,6 +69,8 @@ class TaskDoor(Protocol):
 
     def fail(self, task_id: str, agent_id: str, attempt: int | None, error: str, retry: bool) -> Task: ...
 
+    def heard(self, kind: str, data: dict[str, Any] | None) -> None: ...
+
 
 class DaemonSocket:
     def __init__(self, path: Path, store: Store, whois: Whois, watchdog: HeartbeatWatch,
@@ -93,6 +95,8 @@ class DaemonSocket:
             event = await received(request, Event)
             agent_id = event.agent_id if event.agent_id and self.store.get(event.agent_id) else None
             self.store.add_event(event.type, event.message, agent_id, event.data)
+            if self.tasks is not None:
+                self.tasks.heard(event.type, event.data)  # a canary's spend cap reached rolls it back
             return web.json_response({"ok": True})
 
         async def heartbeats(request: web.Request) -> web.Response:

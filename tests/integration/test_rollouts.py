@@ -6,6 +6,7 @@ zone 2, one deployment updated three times.
   cut (every task succeeds at its first attempt) and a v1 task whose agent is killed after the promotion never runs
   on v3.
 - blue-green to v4: the switch loses no task and runs none on both versions.
+- v5 with a spend cap below one call: zone 2 refuses its calls (budget_exceeded) and it is rolled back.
 """
 
 from __future__ import annotations
@@ -159,4 +160,12 @@ def test_canary_rolled_back_then_promoted_then_blue_green(bench: SdkBench, sdk_i
     assert {t["version"] for t in done} <= {"v3", "v4"} and "v4" in {t["version"] for t in done}
     assert all(t["output"]["version"] == t["version"][1:] for t in done)
     assert rollout_events(bench, "rollout_switched") and rollout_events(bench, "rollout_finished")
+
+    # A canary with a spend cap below one call's reservation: zone 2 refuses its first call, and it is rolled back.
+    deploy(bench, sdk_image, 5, tokens=9, canary=50, canary_max_usd="0.05")
+    n, ids = feed_until(bench, n, lambda view: view["rollout"] is None, timeout=120)
+    capped = rollout_events(bench, "rollout_rolled_back")[-1]
+    assert "spend cap" in capped["message"], capped
+    refused = [e for e in bench.daemon.events() if e["type"] == "budget_exceeded"]
+    assert refused and refused[-1]["data"]["pool"] == f"{NAME}/v5"
     bench.daemon.cli("deploy", "rm", NAME)

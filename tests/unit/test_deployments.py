@@ -32,7 +32,7 @@ def test_migration_m010_makes_the_deployment_tables(store: Store) -> None:
         "task_ttl", "task_attempts", "task_max_usd", "drain", "created_at", "updated_at"]
     assert store.db["deployments"].pks == ["name"]
     assert [c.name for c in store.db["deployment_versions"].columns] == [
-        "deployment", "version", "spec", "state", "created_at", "outcome"]  # outcome: m013
+        "deployment", "version", "spec", "state", "created_at", "outcome", "spend_cap_nusd"]  # m013
     assert store.db["deployment_versions"].pks == ["deployment", "version"]
 
 

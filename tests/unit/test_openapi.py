@@ -598,9 +598,10 @@ def test_deployment_and_task_records_match_the_schemas(doc: dict[str, Any], tmp_
         listed = {**updated.deployment.to_json(replicas), "queue": queue.counts("web")}
         assert [v["state"] for v in listed["versions"]] == ["draining", "active"]
         check(doc, "Deployment", listed)
-        decision = {"time": iso(utcnow()), "deployment": "web", "reason": "2 tasks queued", "start": 1, "drain": [],
-                    "retire": [], "replace": ["3f9c2a1b7d04"], "raw": 3, "wanted": 3, "stabilized": 3, "desired": 3,
-                    "current": 2, "queued": 2, "busy": 1, "draining": 0, "live": 2, "policy": {"min": 0}}
+        decision = {"time": iso(utcnow()), "deployment": "web", "version": None, "reason": "2 tasks queued",
+                    "start": 1, "drain": [], "retire": [], "replace": ["3f9c2a1b7d04"], "raw": 3, "wanted": 3,
+                    "stabilized": 3, "desired": 3, "current": 2, "queued": 2, "busy": 1, "draining": 0, "live": 2,
+                    "policy": {"min": 0}}
         unmeasured = {"kind": "deployment", "name": "web", **report([], None, None)}
         no_task = {"succeeded": 0, "failed": 0, "dead": 0, "finished": 0, "error_rate": None,
                    "cost_per_succeeded_usd": None, "p50_duration_seconds": None, "p95_duration_seconds": None,
@@ -637,10 +638,10 @@ def test_rollout_views_of_the_contract_match_the_schemas(doc: dict[str, Any], st
     view = {**deployments.apply("web", {"image": "worker:2"}, 4).deployment.to_json(Replicas(3, 3, 1, 2)),
             "current_version": 1, "image": "worker:1"}
     policy = CanaryPolicy(10, promote_after=20, max_usd=2.5)
-    canary = VersionFigures(succeeded=18, failed=1, dead=1, succeeded_cost_usd=0.36, durations=(4.0, 5.5, 7.25))
+    canary = VersionFigures(succeeded=18, failed=1, dead=1, cost_usd=0.36, durations=(4.0, 5.5, 7.25))
     verdict = judge(canary, VersionFigures(), policy, canary_spent_usd=0.41).to_json()
     assert verdict["action"] == "rollback"
-    verdict.pop("policy")  # the contract's verdict has none: the rollout's own `policy` says it
+    verdict = {"time": iso(utcnow()), **verdict}  # as fleet.Fleet keeps it
     rollout = {"strategy": "canary", "version": 2, "previous": 1, "phase": "canary", "percent": 10, "routed": 23,
                "started_at": view["updated_at"], "policy": policy.to_json(), "target": None, "ready": None,
                "verdict": None}

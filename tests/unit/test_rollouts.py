@@ -15,7 +15,8 @@ from fleetd.errors import Conflict, InvalidRequest
 from fleetd.fleet import JUDGE_EVERY, START_FAILURES, VERSION_LABEL
 from fleetd.rollouts import Phase, Rollout, Strategy, pools, rollout_request, split_policy, takes
 from fleetd.task_queue import Takes
-from tests.unit.test_fleet import Rig, run
+from fleetd.zone2.contract import PoolCap
+from tests.unit.fleet_rig import Rig, run
 
 V2 = {"command": ["work", "--v2"]}
 
@@ -330,5 +331,40 @@ def test_blue_green_switches_once_the_new_agents_are_ready_and_the_old_ones_drai
         assert versions(rig) == {1: ("retired", "replaced"), 2: ("active", "promoted")}
         assert [e["type"] for e in rig.store.events(limit=100) if e["type"].startswith("rollout_")] == [
             "rollout_switched", "rollout_finished"]
+
+    run(tmp_path, check)
+
+
+def test_a_canary_with_a_spend_cap_is_one_pool_in_zone2_and_a_refusal_at_it_rolls_it_back(tmp_path: Path) -> None:
+    async def check(rig: Rig) -> None:
+        await canary(rig, 50, canary_max_usd="0.25")
+        await rig.tick()
+        pools_ = by_version(rig)
+        canary_agent = rig.store.get(pools_["2"][0]["id"])
+        assert canary_agent is not None
+        assert rig.fleet.pool_of(canary_agent) == PoolCap("web/v2", 250_000_000)
+        assert rig.fleet.pool_of(pools_["1"][0]) is None  # the current version is not capped
+        rig.fleet.heard("budget_exceeded", {"pool": "web/v1"})  # not the canary's pool: nothing happens
+        rig.fleet.heard("task_budget_exceeded", {"pool": "web/v2"})
+        await rig.tick()
+        assert rig.fleet.deployments.get("web").rollout is not None
+        rig.fleet.heard("budget_exceeded", {"pool": "web/v2", "max_usd": 0.25})
+        await rig.tick()
+        assert versions(rig)[2][1] == "rolled_back"
+        event = next(e for e in rig.store.events(limit=100) if e["type"] == "rollout_rolled_back")
+        assert "spend cap ($0.25)" in event["message"]
+        assert rig.fleet.pool_of(canary_agent) == PoolCap("web/v2", 250_000_000)  # draining: still capped
+
+    run(tmp_path, check)
+
+
+def test_a_promoted_version_leaves_its_spend_pool(tmp_path: Path) -> None:
+    async def check(rig: Rig) -> None:
+        await canary(rig, 50, canary_max_usd="1")
+        await rig.tick()
+        agent = rig.store.get(by_version(rig)["2"][0]["id"])
+        assert agent is not None and rig.fleet.pool_of(agent) is not None
+        rig.fleet.promote("web")
+        assert rig.fleet.pool_of(agent) is None
 
     run(tmp_path, check)
