@@ -120,5 +120,24 @@ fleetd task ls "$deployment"
 fleetd deploy ls
 say "fleetd deploy inspect $deployment: its scaling decisions, with their inputs"
 fleetd deploy inspect "$deployment" | python3 -c 'import json,sys; [print(d["time"], d["reason"]) for d in json.load(sys.stdin)["decisions"]]'
+say "a canary: version 2 gets half of the new tasks and fails them; fleetd rolls it back"
+fleetd deploy "$deployment" --canary 50 --promote-after 10 --role demo-worker --warm 1 --max 3 \
+  --tasks-per-agent 2 --memory 64m --heartbeat-interval 10s fleetd/agent-python python3 -c '
+import fleetd_agent
+fleetd_agent.start_heartbeat()
+for task in fleetd_agent.tasks():
+    task.fail("version 2 is broken", retry=False)
+'
+fleetd deploy ls
+for n in $(seq 1 60); do
+  fleetd deploy ls | grep -q "canary v2" || break
+  fleetd task submit "$deployment" --input "{\"question\": \"canary task $n\"}" >/dev/null
+  sleep 1
+done
+fleetd deploy ls
+fleetd events --json | python3 -c 'import json,sys
+for line in sys.stdin:
+    e = json.loads(line)
+    if e["type"].startswith("rollout_"): print(e["time"], e["message"])'
 fleetd deploy rm "$deployment"
 docker rm -f fleetd-demo-llm >/dev/null
