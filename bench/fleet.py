@@ -15,8 +15,9 @@ Three figures, each beside its baseline in the same run, on one daemon with work
 3. Scale-up reaction: ``--burst`` tasks submitted at once (one per request, then ``--batch`` per request) to a
    deployment with no agent and ``--max`` of them; time until all ``--max`` are running. Each task holds its
    worker 2 s, as one waiting on an LLM does (a no-op task would have the first agents burn the CPU the others
-   need to start). Baseline: ``--max`` agents spawned
-   at once through the API, to running. Target: at most 1 s more than the baseline (container start time).
+   need to start). Baseline: ``--max`` agents spawned at once through the API, to running, each starting Python
+   and importing the SDK as a worker does (``BASELINE_AGENT``). Target: at most 1 s more than the baseline
+   (container start time).
 
 Run: .venv/bin/python bench/fleet.py [--latency-tasks 200] [--tasks 10000] [--workers 20] [--batch 100] [--burst 500]
 [--max 20] [--parts latency,throughput,scale]
@@ -47,6 +48,9 @@ for task in fleetd_agent.tasks(wait=30, prefetch=True):
 """
 BURST_TASK = {"sleep": 2}  # as an agent waiting on an LLM: no CPU taken from the agents still starting
 FIRST_LINE = "import time; print(time.time(), flush=True)"
+# The scale-up baseline's agents do what a pool's do once started (start Python, import the SDK), without a task
+# queue to poll: the CPU the first ones take from the containers still starting is the same on both sides.
+BASELINE_AGENT = "import time, fleetd_agent; time.sleep(300)"
 LIMITS = {"memory": "64m", "cpus": "0.25", "pids_limit": 32, "ttl": 3600}
 
 
@@ -171,7 +175,7 @@ def scale_up(bench: Bench, burst: int, most: int, submitters: int, batch: int) -
         remove(bench, name)
         bench.wait_no_live_agents(300)
     started = time.monotonic()
-    requests = [{"image": IMAGE, "command": ["sleep", "300"], **LIMITS} for _ in range(most)]
+    requests = [{"image": IMAGE, "command": ["python3", "-c", BASELINE_AGENT], **LIMITS} for _ in range(most)]
     answers = bench.spawn_api_many(requests, concurrency=most)
     failed = [a for a in answers if isinstance(a, Exception)]
     if failed:
