@@ -61,6 +61,7 @@ DEPLOYMENT_LABEL = "fleetd.deployment"
 VERSION_LABEL = "fleetd.version"
 REPLACES_LABEL = "fleetd.replaces"
 TICK = 1.0  # s between two looks at every deployment
+WAKE_SPACING = 0.05  # s: at most twenty looks a second, however many submits wake the controller
 RECHECK = 1.0  # s a wait for a task's end looks again (a deadline passes unannounced)
 POLLS_PER_AGENT = 2  # long polls of one agent that may wait at once; more answer at once (none waits)
 MAX_WAIT = 60  # s of a long poll
@@ -257,6 +258,7 @@ class Fleet:
 
     async def _run(self) -> None:
         while True:
+            started = self.monotonic()
             try:
                 await self.tick()
             except Exception:
@@ -264,6 +266,9 @@ class Fleet:
             with contextlib.suppress(TimeoutError):  # not wait_for: see fleetd.liveness's loop
                 async with asyncio.timeout(TICK):
                     await self._wake.wait()
+            # Wakes within WAKE_SPACING of the last tick's start wait out the rest of it: a thousand submits a
+            # second would otherwise each cost a look at every deployment, on the loop that serves them.
+            await asyncio.sleep(max(0.0, started + WAKE_SPACING - self.monotonic()))
             self._wake.clear()
 
     async def tick(self) -> None:

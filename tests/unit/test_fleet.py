@@ -15,7 +15,7 @@ import yaml
 from aiohttp.test_utils import TestClient, TestServer
 
 from fleetd.errors import Conflict, WaitTimeout
-from fleetd.fleet import DEPLOYMENT_LABEL, VERSION_LABEL, Fleet
+from fleetd.fleet import DEPLOYMENT_LABEL, VERSION_LABEL, WAKE_SPACING, Fleet
 from fleetd.gateway.daemon_socket import DaemonSocket
 from fleetd.models import iso, utcnow
 from fleetd.zone2.contract import TaskHold
@@ -437,5 +437,31 @@ def test_stop_ends_the_controller_even_when_a_wake_up_comes_with_the_cancel(tmp_
                 with contextlib.suppress(asyncio.CancelledError):
                     await stopping
         assert hung == []
+
+    run(tmp_path, check)
+
+
+def test_a_stream_of_wakes_ticks_at_most_every_wake_spacing(tmp_path: Path) -> None:
+    """A thousand submits a second each wake the controller; it looks at every deployment at most every
+    WAKE_SPACING seconds, not once per submit (each look is milliseconds on the loop that serves the submits)."""
+    async def check(rig: Rig) -> None:
+        fleet = Fleet(rig.store, rig.fleet.deployments, rig.fleet.queue)
+        ticks = 0
+
+        async def counted() -> None:
+            nonlocal ticks
+            ticks += 1
+
+        fleet.tick = counted  # type: ignore[method-assign]
+        fleet.start(rig.supervisor)
+        try:
+            seconds = 0.5
+            give_up = time.monotonic() + seconds
+            while time.monotonic() < give_up:
+                fleet.wake()
+                await asyncio.sleep(0.001)
+        finally:
+            await fleet.stop()
+        assert 2 <= ticks <= seconds / WAKE_SPACING + 2, ticks
 
     run(tmp_path, check)
