@@ -35,7 +35,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Coroutine
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -202,6 +202,9 @@ class Fleet:
         queue.on_finished.append(self._observe_finished)
         queue.router = deployments.rollouts.route  # a canary's split, decided in each submit's transaction
         self.capped: set[str] = set()  # spend pools zone 2 refused a call at (a canary's cap reached)
+        # Tell zone 2 every live agent's registration again (``Zone2.push_all``): a promotion takes the promoted
+        # version's agents out of the canary's spend pool, which zone 2 learns only from a registration.
+        self.repool: Callable[[], Coroutine[Any, Any, None]] | None = None
         self.verdicts: dict[str, dict[str, Any]] = {}  # deployment -> its canary's latest verdict (deploy inspect)
         self._judged: dict[str, float] = {}  # deployment -> when its canary was last judged (monotonic)
         self.start_failures: dict[tuple[str, int], int] = {}  # (deployment, version) -> its agents that never served
@@ -425,6 +428,8 @@ class Fleet:
         """The rollout's version becomes current (``fleetd deploy promote``, or the verdict)."""
         deployment = self.deployments.promote(name, why, {**(data or {}), "by": by})
         self._after_rollout(name)
+        if self.repool is not None:
+            self.background.start(self.repool(), f"telling zone 2 that deployment {name}'s pools changed")
         return deployment
 
     def rollback(self, name: str, why: str = "rolled back by hand", data: dict[str, Any] | None = None,

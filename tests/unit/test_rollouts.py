@@ -368,3 +368,35 @@ def test_a_promoted_version_leaves_its_spend_pool(tmp_path: Path) -> None:
         assert rig.fleet.pool_of(agent) is None
 
     run(tmp_path, check)
+
+
+# -- review of issue 17 ------------------------------------------------------------
+async def forget_and_recreate(rig: Rig) -> None:
+    """``deploy rm web`` until the controller forgets it, then ``deploy web`` again (version 1 anew)."""
+    rig.fleet.deployments.remove("web", drain=False)
+    for _ in range(5):
+        await rig.tick()
+        if not rig.fleet.deployments.list():
+            break
+    assert not rig.fleet.deployments.list()
+    rig.deploy(warm=2, max=10)
+    await rig.tick()
+
+
+def test_a_promotion_tells_zone2_that_the_promoted_agents_left_the_canarys_spend_pool(tmp_path: Path) -> None:
+    async def check(rig: Rig) -> None:
+        await canary(rig, 50, canary_max_usd="1")
+        await rig.tick()
+        ids = [a["id"] for a in by_version(rig)["2"]]
+        told: list[list[PoolCap | None]] = []
+
+        async def repool() -> None:  # what zone 2 is told: each live agent's registration, its pool with it
+            told.append([rig.fleet.pool_of(agent) for i in ids if (agent := rig.store.get(i)) is not None])
+
+        rig.fleet.repool = repool
+        rig.fleet.promote("web")
+        await rig.settle()
+        # Else zone 2 keeps capping the promoted version, now every task's, at the canary's cap.
+        assert told and told[-1] == [None] * len(ids)
+
+    run(tmp_path, check)
