@@ -113,9 +113,10 @@ class Member:
                    agent["state"], created, deadline)
 
 
-def pool_key(deployment: str, version: int) -> str:
-    """The spend pool of a version's agents in zone 2."""
-    return f"{deployment}/v{version}"
+def pool_key(deployment: str, version: int, created_at: str) -> str:
+    """The spend pool of a version's agents in zone 2. The version's creation time is in it: the ledger sums a
+    pool's spend over all time, and a deployment removed and made again numbers its versions from 1 anew."""
+    return f"{deployment}/v{version}@{created_at}"
 
 
 def member_labels(deployment: str, version: int, replaces: str | None) -> dict[str, str]:
@@ -332,7 +333,7 @@ class Fleet:
                 return self.rollback(name, f"{failures} agents of version {rollout.version} ended before they ever "
                                            "asked for a task")
             if rollout.phase == Phase.CANARY:
-                key = pool_key(name, rollout.version)
+                key = pool_key(name, rollout.version, deployment.version(rollout.version).created_at)
                 if key in self.capped:
                     self.capped.discard(key)
                     assert rollout.policy is not None
@@ -364,7 +365,7 @@ class Fleet:
         figures = self.figures(deployment.name, rollout.started_at)
         canary = figures.get(rollout.label, VersionFigures())
         current = figures.get(f"v{deployment.current_version}", VersionFigures())
-        verdict = judge(canary, current, rollout.policy, self._canary_spent(deployment.name, rollout))
+        verdict = judge(canary, current, rollout.policy, self._canary_spent(deployment, rollout))
         self.verdicts[deployment.name] = {"time": iso(utcnow()), **verdict.to_json()}
         if verdict.action == Action.PROMOTE:
             return self.promote(deployment.name, verdict.reason, verdict.to_json(), by="fleetd")
@@ -378,8 +379,11 @@ class Fleet:
         member = Member.of(agent)
         if member is None:
             return None
-        cap = self.deployments.spend_cap(member.deployment, member.version)
-        return None if cap is None else PoolCap(pool_key(member.deployment, member.version), cap)
+        found = self.deployments.spend_cap(member.deployment, member.version)
+        if found is None:
+            return None
+        cap, created_at = found
+        return PoolCap(pool_key(member.deployment, member.version, created_at), cap)
 
     def heard(self, kind: str, data: dict[str, Any] | None) -> None:
         """An event zone 2 sent: a refusal at a canary's spend cap rolls the canary back at the next tick."""
@@ -388,12 +392,14 @@ class Fleet:
             self.capped.add(pool)
             self.wake()
 
-    def _canary_spent(self, deployment: str, rollout: Rollout) -> float:
+    def _canary_spent(self, found: Deployment, rollout: Rollout) -> float:
         """What the canary has cost so far (USD): its spend pool's, every call of its agents, from the ledger; else
         (no cap, so no pool) its tasks'."""
         assert rollout.policy is not None
+        deployment = found.name
         if rollout.policy.max_usd is not None and self.costs is not None:
-            return self.costs.pool_spend(pool_key(deployment, rollout.version)) / 1e9
+            key = pool_key(deployment, rollout.version, found.version(rollout.version).created_at)
+            return self.costs.pool_spend(key) / 1e9
         tasks = [t for t in self.queue.finished_since(deployment, rollout.started_at, FIGURES_ROWS)
                  if t.version == rollout.label or (t.version is None and t.route == rollout.label)]
         held = [t for t in self.queue.tasks(deployment, "leased", FIGURES_ROWS) if t.version == rollout.label]

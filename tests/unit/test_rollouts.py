@@ -342,18 +342,19 @@ def test_a_canary_with_a_spend_cap_is_one_pool_in_zone2_and_a_refusal_at_it_roll
         pools_ = by_version(rig)
         canary_agent = rig.store.get(pools_["2"][0]["id"])
         assert canary_agent is not None
-        assert rig.fleet.pool_of(canary_agent) == PoolCap("web/v2", 250_000_000)
+        pool = rig.fleet.pool_of(canary_agent)
+        assert pool is not None and pool.key.startswith("web/v2@") and pool.cap_nusd == 250_000_000
         assert rig.fleet.pool_of(pools_["1"][0]) is None  # the current version is not capped
         rig.fleet.heard("budget_exceeded", {"pool": "web/v1"})  # not the canary's pool: nothing happens
-        rig.fleet.heard("task_budget_exceeded", {"pool": "web/v2"})
+        rig.fleet.heard("task_budget_exceeded", {"pool": pool.key})
         await rig.tick()
         assert rig.fleet.deployments.get("web").rollout is not None
-        rig.fleet.heard("budget_exceeded", {"pool": "web/v2", "max_usd": 0.25})
+        rig.fleet.heard("budget_exceeded", {"pool": pool.key, "max_usd": 0.25})
         await rig.tick()
         assert versions(rig)[2][1] == "rolled_back"
         event = next(e for e in rig.store.events(limit=100) if e["type"] == "rollout_rolled_back")
         assert "spend cap ($0.25)" in event["message"]
-        assert rig.fleet.pool_of(canary_agent) == PoolCap("web/v2", 250_000_000)  # draining: still capped
+        assert rig.fleet.pool_of(canary_agent) == pool  # draining: still capped
 
     run(tmp_path, check)
 
@@ -398,5 +399,24 @@ def test_a_promotion_tells_zone2_that_the_promoted_agents_left_the_canarys_spend
         await rig.settle()
         # Else zone 2 keeps capping the promoted version, now every task's, at the canary's cap.
         assert told and told[-1] == [None] * len(ids)
+
+    run(tmp_path, check)
+
+
+def test_a_recreated_deployments_canary_does_not_inherit_the_old_ones_spend_pool(tmp_path: Path) -> None:
+    async def check(rig: Rig) -> None:
+        await canary(rig, 50, canary_max_usd="1")
+        await rig.tick()
+        first = rig.store.get(by_version(rig)["2"][0]["id"])
+        assert first is not None
+        old = rig.fleet.pool_of(first)
+        await forget_and_recreate(rig)
+        rig.deploy(warm=2, max=10, canary=50, canary_max_usd="1", **V2)
+        await rig.tick()
+        second = rig.store.get(by_version(rig)["2"][0]["id"])
+        assert second is not None
+        new = rig.fleet.pool_of(second)
+        # The ledger's spend of a pool is all time: the same key would start the new canary at the old one's spend.
+        assert old is not None and new is not None and new.key != old.key
 
     run(tmp_path, check)
