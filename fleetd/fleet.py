@@ -334,9 +334,9 @@ class Fleet:
                                            "asked for a task")
             if rollout.phase == Phase.CANARY:
                 key = pool_key(name, rollout.version, deployment.version(rollout.version).created_at)
-                if key in self.capped:
+                assert rollout.policy is not None
+                if key in self.capped and rollout.policy.max_usd is not None:
                     self.capped.discard(key)
-                    assert rollout.policy is not None
                     return self.rollback(name, f"zone 2 refused a call of the canary at its spend cap "
                                                f"(${rollout.policy.max_usd:g})", by="fleetd")
                 return self._judge(deployment, rollout)
@@ -610,10 +610,16 @@ class Fleet:
             self._ended()
         self.deployments.forget(deployment.name)
         for table in (self.decisions, self.replicas, self.launches, self._waiters, self.cost_histograms,
-                      self.duration_histograms):
+                      self.duration_histograms, self.verdicts, self._judged):
             table.pop(deployment.name, None)
         for key in [k for k in self.scalers if k[0] == deployment.name]:
             del self.scalers[key]
+        # A deployment made again under the name numbers its versions from 1 anew: nothing of these may meet it.
+        for key in [k for k in self.start_failures if k[0] == deployment.name]:
+            del self.start_failures[key]
+        for counted in [k for k in self.version_finished if k[0] == deployment.name]:
+            del self.version_finished[counted]
+        self.capped = {k for k in self.capped if not k.startswith(f"{deployment.name}/")}
         self.store.add_event("deployment_forgotten", f"deployment {deployment.name} removed: no agent left",
                              data={"deployment": deployment.name, "tasks_failed": len(ended)})
 
@@ -627,6 +633,8 @@ class Fleet:
                     self._ended()
                 with contextlib.suppress(NotFound, Conflict):  # removed meanwhile
                     self.deployments.retire_version(deployment.name, version.number)
+                self.start_failures.pop((deployment.name, version.number), None)
+                self.capped = {k for k in self.capped if not k.startswith(f"{deployment.name}/v{version.number}@")}
 
     def _agent_finished(self, agent: dict[str, Any]) -> None:
         """The supervisor's word that an agent ended: the task it held goes back to the queue."""

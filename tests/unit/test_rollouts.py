@@ -420,3 +420,43 @@ def test_a_recreated_deployments_canary_does_not_inherit_the_old_ones_spend_pool
         assert old is not None and new is not None and new.key != old.key
 
     run(tmp_path, check)
+
+
+def test_a_recreated_deployments_canary_is_not_rolled_back_for_the_old_ones_start_failures(tmp_path: Path) -> None:
+    async def check(rig: Rig) -> None:
+        rig.deploy(warm=1)
+        await rig.tick()
+        rig.deploy(warm=1, **V2)  # a rolling version 2 whose agents never start
+        for _ in range(START_FAILURES):
+            await rig.tick()
+            for agent in by_version(rig).get("2", []):
+                rig.runtime.exit(agent["container_id"], 1)
+            await rig.settle()
+            rig.clock.offset += 400
+        await forget_and_recreate(rig)
+        rig.deploy(warm=2, max=10, canary=50, **V2)
+        await rig.tick()
+        await rig.tick()
+        assert rig.fleet.deployments.get("web").rollout is not None, "rolled back for another deployment's agents"
+
+    run(tmp_path, check)
+
+
+def test_a_cap_refusal_heard_before_a_removal_breaks_no_tick_of_a_recreated_deployment(tmp_path: Path) -> None:
+    async def check(rig: Rig) -> None:
+        await canary(rig, 50, canary_max_usd="1")
+        await rig.tick()
+        agent = rig.store.get(by_version(rig)["2"][0]["id"])
+        assert agent is not None
+        rig.fleet.rollback("web")
+        pool = rig.fleet.pool_of(agent)  # rolled back: its draining agents are still capped, and refused
+        assert pool is not None
+        rig.fleet.heard("budget_exceeded", {"pool": pool.key})
+        await forget_and_recreate(rig)
+        assert not rig.fleet.capped, "a forgotten deployment's refusals stay in memory for ever"
+        rig.deploy(warm=2, max=10, canary=50, **V2)  # no cap this time
+        await rig.fleet.tick()  # raised TypeError (formatting a cap of None): every deployment's tick stopped
+        await rig.settle()
+        assert rig.fleet.deployments.get("web").rollout is not None
+
+    run(tmp_path, check)
