@@ -282,12 +282,15 @@ class Fleet:
         busy = set(self.queue.holders())
         for deployment in self.deployments.list():
             pool = members.pop(deployment.name, [])
-            if deployment.state == DeploymentState.REMOVING:
-                self._remove(deployment, pool, busy)
-            else:
-                deployment = self._advance(deployment, pool)
-                self._scale(deployment, pool, busy)
-            self._retire_versions(deployment, pool)
+            try:  # one deployment's trouble (a bug, a locked database) stops none of the others
+                if deployment.state == DeploymentState.REMOVING:
+                    self._remove(deployment, pool, busy)
+                else:
+                    deployment = self._advance(deployment, pool)
+                    self._scale(deployment, pool, busy)
+                self._retire_versions(deployment, pool)
+            except Exception:
+                log.exception("the fleet controller's look at deployment %s failed", deployment.name)
         for name, strays in members.items():
             for member in strays:
                 self._drain(member.id, f"its deployment {name} is gone")
@@ -352,6 +355,9 @@ class Fleet:
                 return self.deployments.get(name)
         except (Conflict, NotFound):
             return self.deployments.get(name)  # a user promoted or rolled back meanwhile
+        except Exception:  # its pool is still scaled as the rollout stands
+            log.exception("deployment %s: its rollout could not be moved on", name)
+            return self.deployments.get(name)
         return deployment
 
     def _judge(self, deployment: Deployment, rollout: Rollout) -> Deployment:

@@ -460,3 +460,22 @@ def test_a_cap_refusal_heard_before_a_removal_breaks_no_tick_of_a_recreated_depl
         assert rig.fleet.deployments.get("web").rollout is not None
 
     run(tmp_path, check)
+
+
+def test_a_deployment_whose_rollout_fails_to_advance_stops_no_other(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    async def check(rig: Rig) -> None:
+        rig.deploy("a", warm=1)
+        await rig.tick()
+        rig.deploy("a", warm=1, canary=10, **V2)
+
+        def broken(*args: Any) -> Any:
+            raise RuntimeError("ledger trouble")
+
+        monkeypatch.setattr(rig.fleet, "_judge", broken)
+        rig.deploy("b", warm=1)
+        await rig.tick()
+        assert len(rig.pool("b")) == 1, "b is scaled although a's rollout could not be judged"
+        assert len(rig.pool("a")) >= 2, "and a is scaled too: its current version and its canary"
+
+    run(tmp_path, check)
