@@ -368,10 +368,15 @@ class Fleet:
             return deployment
         self._judged[deployment.name] = now
         assert rollout.policy is not None
-        figures = self.figures(deployment.name, rollout.started_at)
-        canary = figures.get(rollout.label, VersionFigures())
-        current = figures.get(f"v{deployment.current_version}", VersionFigures())
-        verdict = judge(canary, current, rollout.policy, self._canary_spent(deployment, rollout))
+        # Each version's own newest tasks: among the deployment's, a small canary's would be too few to judge. The
+        # canary's up to promote-after of them, else a verdict that waits for more than FIGURES_ROWS never comes.
+        canary_tasks = self.queue.finished_for(deployment.name, rollout.started_at, rollout.label, rollout.label,
+                                               max(FIGURES_ROWS, rollout.policy.promote_after))
+        current_tasks = self.queue.finished_for(deployment.name, rollout.started_at,
+                                                f"v{deployment.current_version}", None, FIGURES_ROWS)
+        canary = version_figures(canary_tasks, self._costs(canary_tasks))
+        current = version_figures(current_tasks, self._costs(current_tasks))
+        verdict = judge(canary, current, rollout.policy, self._canary_spent(deployment, rollout, canary))
         self.verdicts[deployment.name] = {"time": iso(utcnow()), **verdict.to_json()}
         if verdict.action == Action.PROMOTE:
             return self.promote(deployment.name, verdict.reason, verdict.to_json(), by="fleetd")
@@ -398,18 +403,16 @@ class Fleet:
             self.capped.add(pool)
             self.wake()
 
-    def _canary_spent(self, found: Deployment, rollout: Rollout) -> float:
+    def _canary_spent(self, found: Deployment, rollout: Rollout, figures: VersionFigures) -> float:
         """What the canary has cost so far (USD): its spend pool's, every call of its agents, from the ledger; else
-        (no cap, so no pool) its tasks'."""
+        (no cap, so no pool) its tasks' (``figures``, its finished ones', and those its agents hold)."""
         assert rollout.policy is not None
         deployment = found.name
         if rollout.policy.max_usd is not None and self.costs is not None:
             key = pool_key(deployment, rollout.version, found.version(rollout.version).created_at)
             return self.costs.pool_spend(key) / 1e9
-        tasks = [t for t in self.queue.finished_since(deployment, rollout.started_at, FIGURES_ROWS)
-                 if t.version == rollout.label or (t.version is None and t.route == rollout.label)]
         held = [t for t in self.queue.tasks(deployment, "leased", FIGURES_ROWS) if t.version == rollout.label]
-        return sum(c for c, _ in self._costs([*tasks, *held]).values()) / 1e9
+        return figures.cost_usd + sum(c for c, _ in self._costs(held).values()) / 1e9
 
     def _costs(self, tasks: list[Task]) -> dict[str, tuple[int, int]]:
         """Task id -> (nUSD, LLM calls): what state.db counted plus what the ledger has."""

@@ -479,3 +479,42 @@ def test_a_deployment_whose_rollout_fails_to_advance_stops_no_other(tmp_path: Pa
         assert len(rig.pool("a")) >= 2, "and a is scaled too: its current version and its canary"
 
     run(tmp_path, check)
+
+
+def test_a_small_canary_is_judged_on_its_own_tasks_not_crowded_out_by_the_current_ones(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("fleetd.fleet.FIGURES_ROWS", 40)
+
+    async def check(rig: Rig) -> None:
+        await canary(rig, 10, promote_after=10, max_duration_increase=1000)
+        rig.fleet.submit_many({"deployment": "web", "tasks": [{"input": n} for n in range(400)]})
+        await rig.tick()
+        pools_ = by_version(rig)
+        for _ in range(15):  # the canary's share of the work: one task in ten
+            assert await work(rig, pools_["2"][0]) is not None
+            for _ in range(9):
+                assert await work(rig, pools_["1"][0]) is not None
+        await judged(rig)
+        # 15 canary tasks finished, promote-after 10: a verdict is due. The newest 40 finished tasks of the
+        # deployment hold only about 4 of the canary's, so it waited, and would for ever at this split.
+        assert rig.fleet.deployments.get("web").rollout is None, rig.fleet.verdicts["web"]["reason"]
+
+    run(tmp_path, check)
+
+
+def test_a_canary_waiting_for_more_tasks_than_the_figures_window_is_still_judged(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("fleetd.fleet.FIGURES_ROWS", 10)
+
+    async def check(rig: Rig) -> None:
+        await canary(rig, 50, promote_after=20, max_duration_increase=1000)
+        rig.fleet.submit_many({"deployment": "web", "tasks": [{"input": n} for n in range(100)]})
+        await rig.tick()
+        pools_ = by_version(rig)
+        for _ in range(25):
+            assert await work(rig, pools_["2"][0]) is not None
+            assert await work(rig, pools_["1"][0]) is not None
+        await judged(rig)
+        assert rig.fleet.deployments.get("web").rollout is None, rig.fleet.verdicts["web"]["reason"]
+
+    run(tmp_path, check)
