@@ -111,6 +111,7 @@ class Daemon:
         self.gateway = Zone2(config.state_dir, self.store, self.vault, self.runtime, self.calls.call, self.liveness,
                              config.zone2_image, config.policy, self.fleet)
         self.gateway.pools = self.fleet.pool_of  # a canary's agents share its spend cap in zone 2
+        self.fleet.repool = self.gateway.push_all  # and a promoted one's agents leave it
         self.supervisor = s = Supervisor(config, self.store, self.runtime, self.timers, self.calls, self.gateway,
                                          self.liveness)
         self.logs = LogStreams(self.runtime, self.calls)

@@ -551,14 +551,14 @@ class Deployments:
         self.conn.execute("UPDATE deployment_versions SET state = ?, outcome = ? WHERE deployment = ? AND version = ?",
                           (state.value, outcome.value, name, number))
 
-    def spend_cap(self, name: str, number: int) -> int | None:
+    def spend_cap(self, name: str, number: int) -> tuple[int, str] | None:
         """A version's spend cap (nano-USD) while it binds: a canary's, or a rolled-back one's (its agents drain);
-        None once promoted, or without one."""
-        row = self.conn.execute("SELECT spend_cap_nusd, outcome FROM deployment_versions WHERE deployment = ? AND "
-                                "version = ?", (name, number)).fetchone()
+        None once promoted, or without one. With the version's creation time, which names its spend pool."""
+        row = self.conn.execute("SELECT spend_cap_nusd, outcome, created_at FROM deployment_versions WHERE "
+                                "deployment = ? AND version = ?", (name, number)).fetchone()
         if row is None or row[0] is None or row[1] in (Outcome.PROMOTED.value, Outcome.REPLACED.value):
             return None
-        return int(row[0])
+        return int(row[0]), str(row[2])
 
     def _find(self, name: str) -> Deployment | None:
         rows = self.store.rows("SELECT * FROM deployments WHERE name = ?", [name])

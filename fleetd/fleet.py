@@ -35,7 +35,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Coroutine
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -114,9 +114,10 @@ class Member:
                    agent["state"], created, deadline)
 
 
-def pool_key(deployment: str, version: int) -> str:
-    """The spend pool of a version's agents in zone 2."""
-    return f"{deployment}/v{version}"
+def pool_key(deployment: str, version: int, created_at: str) -> str:
+    """The spend pool of a version's agents in zone 2. The version's creation time is in it: the ledger sums a
+    pool's spend over all time, and a deployment removed and made again numbers its versions from 1 anew."""
+    return f"{deployment}/v{version}@{created_at}"
 
 
 def member_labels(deployment: str, version: int, replaces: str | None) -> dict[str, str]:
@@ -203,6 +204,9 @@ class Fleet:
         queue.on_finished.append(self._observe_finished)
         queue.router = deployments.rollouts.route  # a canary's split, decided in each submit's transaction
         self.capped: set[str] = set()  # spend pools zone 2 refused a call at (a canary's cap reached)
+        # Tell zone 2 every live agent's registration again (``Zone2.push_all``): a promotion takes the promoted
+        # version's agents out of the canary's spend pool, which zone 2 learns only from a registration.
+        self.repool: Callable[[], Coroutine[Any, Any, None]] | None = None
         self.verdicts: dict[str, dict[str, Any]] = {}  # deployment -> its canary's latest verdict (deploy inspect)
         self._judged: dict[str, float] = {}  # deployment -> when its canary was last judged (monotonic)
         self.start_failures: dict[tuple[str, int], int] = {}  # (deployment, version) -> its agents that never served
@@ -283,12 +287,15 @@ class Fleet:
         busy = set(self.queue.holders())
         for deployment in self.deployments.list():
             pool = members.pop(deployment.name, [])
-            if deployment.state == DeploymentState.REMOVING:
-                self._remove(deployment, pool, busy)
-            else:
-                deployment = self._advance(deployment, pool)
-                self._scale(deployment, pool, busy)
-            self._retire_versions(deployment, pool)
+            try:  # one deployment's trouble (a bug, a locked database) stops none of the others
+                if deployment.state == DeploymentState.REMOVING:
+                    self._remove(deployment, pool, busy)
+                else:
+                    deployment = self._advance(deployment, pool)
+                    self._scale(deployment, pool, busy)
+                self._retire_versions(deployment, pool)
+            except Exception:
+                log.exception("the fleet controller's look at deployment %s failed", deployment.name)
         for name, strays in members.items():
             for member in strays:
                 self._drain(member.id, f"its deployment {name} is gone")
@@ -334,10 +341,10 @@ class Fleet:
                 return self.rollback(name, f"{failures} agents of version {rollout.version} ended before they ever "
                                            "asked for a task")
             if rollout.phase == Phase.CANARY:
-                key = pool_key(name, rollout.version)
-                if key in self.capped:
+                key = pool_key(name, rollout.version, deployment.version(rollout.version).created_at)
+                assert rollout.policy is not None
+                if key in self.capped and rollout.policy.max_usd is not None:
                     self.capped.discard(key)
-                    assert rollout.policy is not None
                     return self.rollback(name, f"zone 2 refused a call of the canary at its spend cap "
                                                f"(${rollout.policy.max_usd:g})", by="fleetd")
                 return self._judge(deployment, rollout)
@@ -353,6 +360,9 @@ class Fleet:
                 return self.deployments.get(name)
         except (Conflict, NotFound):
             return self.deployments.get(name)  # a user promoted or rolled back meanwhile
+        except Exception:  # its pool is still scaled as the rollout stands
+            log.exception("deployment %s: its rollout could not be moved on", name)
+            return self.deployments.get(name)
         return deployment
 
     def _judge(self, deployment: Deployment, rollout: Rollout) -> Deployment:
@@ -363,10 +373,15 @@ class Fleet:
             return deployment
         self._judged[deployment.name] = now
         assert rollout.policy is not None
-        figures = self.figures(deployment.name, rollout.started_at)
-        canary = figures.get(rollout.label, VersionFigures())
-        current = figures.get(f"v{deployment.current_version}", VersionFigures())
-        verdict = judge(canary, current, rollout.policy, self._canary_spent(deployment.name, rollout))
+        # Each version's own newest tasks: among the deployment's, a small canary's would be too few to judge. The
+        # canary's up to promote-after of them, else a verdict that waits for more than FIGURES_ROWS never comes.
+        canary_tasks = self.queue.finished_for(deployment.name, rollout.started_at, rollout.label, rollout.label,
+                                               max(FIGURES_ROWS, rollout.policy.promote_after))
+        current_tasks = self.queue.finished_for(deployment.name, rollout.started_at,
+                                                f"v{deployment.current_version}", None, FIGURES_ROWS)
+        canary = version_figures(canary_tasks, self._costs(canary_tasks))
+        current = version_figures(current_tasks, self._costs(current_tasks))
+        verdict = judge(canary, current, rollout.policy, self._canary_spent(deployment, rollout, canary))
         self.verdicts[deployment.name] = {"time": iso(utcnow()), **verdict.to_json()}
         if verdict.action == Action.PROMOTE:
             return self.promote(deployment.name, verdict.reason, verdict.to_json(), by="fleetd")
@@ -380,8 +395,11 @@ class Fleet:
         member = Member.of(agent)
         if member is None:
             return None
-        cap = self.deployments.spend_cap(member.deployment, member.version)
-        return None if cap is None else PoolCap(pool_key(member.deployment, member.version), cap)
+        found = self.deployments.spend_cap(member.deployment, member.version)
+        if found is None:
+            return None
+        cap, created_at = found
+        return PoolCap(pool_key(member.deployment, member.version, created_at), cap)
 
     def heard(self, kind: str, data: dict[str, Any] | None) -> None:
         """An event zone 2 sent: a refusal at a canary's spend cap rolls the canary back at the next tick."""
@@ -390,16 +408,16 @@ class Fleet:
             self.capped.add(pool)
             self.wake()
 
-    def _canary_spent(self, deployment: str, rollout: Rollout) -> float:
+    def _canary_spent(self, found: Deployment, rollout: Rollout, figures: VersionFigures) -> float:
         """What the canary has cost so far (USD): its spend pool's, every call of its agents, from the ledger; else
-        (no cap, so no pool) its tasks'."""
+        (no cap, so no pool) its tasks' (``figures``, its finished ones', and those its agents hold)."""
         assert rollout.policy is not None
+        deployment = found.name
         if rollout.policy.max_usd is not None and self.costs is not None:
-            return self.costs.pool_spend(pool_key(deployment, rollout.version)) / 1e9
-        tasks = [t for t in self.queue.finished_since(deployment, rollout.started_at, FIGURES_ROWS)
-                 if t.version == rollout.label or (t.version is None and t.route == rollout.label)]
+            key = pool_key(deployment, rollout.version, found.version(rollout.version).created_at)
+            return self.costs.pool_spend(key) / 1e9
         held = [t for t in self.queue.tasks(deployment, "leased", FIGURES_ROWS) if t.version == rollout.label]
-        return sum(c for c, _ in self._costs([*tasks, *held]).values()) / 1e9
+        return figures.cost_usd + sum(c for c, _ in self._costs(held).values()) / 1e9
 
     def _costs(self, tasks: list[Task]) -> dict[str, tuple[int, int]]:
         """Task id -> (nUSD, LLM calls): what state.db counted plus what the ledger has."""
@@ -430,6 +448,8 @@ class Fleet:
         """The rollout's version becomes current (``fleetd deploy promote``, or the verdict)."""
         deployment = self.deployments.promote(name, why, {**(data or {}), "by": by})
         self._after_rollout(name)
+        if self.repool is not None:
+            self.background.start(self.repool(), f"telling zone 2 that deployment {name}'s pools changed")
         return deployment
 
     def rollback(self, name: str, why: str = "rolled back by hand", data: dict[str, Any] | None = None,
@@ -604,10 +624,16 @@ class Fleet:
             self._ended()
         self.deployments.forget(deployment.name)
         for table in (self.decisions, self.replicas, self.launches, self._waiters, self.cost_histograms,
-                      self.duration_histograms):
+                      self.duration_histograms, self.verdicts, self._judged):
             table.pop(deployment.name, None)
         for key in [k for k in self.scalers if k[0] == deployment.name]:
             del self.scalers[key]
+        # A deployment made again under the name numbers its versions from 1 anew: nothing of these may meet it.
+        for key in [k for k in self.start_failures if k[0] == deployment.name]:
+            del self.start_failures[key]
+        for counted in [k for k in self.version_finished if k[0] == deployment.name]:
+            del self.version_finished[counted]
+        self.capped = {k for k in self.capped if not k.startswith(f"{deployment.name}/")}
         self.store.add_event("deployment_forgotten", f"deployment {deployment.name} removed: no agent left",
                              data={"deployment": deployment.name, "tasks_failed": len(ended)})
 
@@ -621,6 +647,8 @@ class Fleet:
                     self._ended()
                 with contextlib.suppress(NotFound, Conflict):  # removed meanwhile
                     self.deployments.retire_version(deployment.name, version.number)
+                self.start_failures.pop((deployment.name, version.number), None)
+                self.capped = {k for k in self.capped if not k.startswith(f"{deployment.name}/v{version.number}@")}
 
     def _agent_finished(self, agent: dict[str, Any]) -> None:
         """The supervisor's word that an agent ended: the task it held goes back to the queue."""

@@ -248,6 +248,13 @@ def m013_rollouts(db: sqlite_utils.Database) -> None:
     # Per-version figures read a deployment's tasks finished since a rollout started, newest first.
     db.execute("CREATE INDEX tasks_deployment_finished ON tasks(deployment, finished_at)")
 
+
+@migrations()
+def m014_version_finished(db: sqlite_utils.Database) -> None:
+    # A canary is judged on its own tasks and the current version's, each read newest first since the rollout began:
+    # a 1 % canary's are one in a hundred of the deployment's, too few among its newest rows to be judged.
+    db.execute("CREATE INDEX tasks_version_finished ON tasks(deployment, version, finished_at)")
+
 RESTARTED_EVENT = "restarted"
 PROBE_FAILED_EVENT = "probe_failed"
 ROLE_BUDGET_FIELDS = ("daily_usd", "monthly_usd", "max_llm_calls", "allow_unpriced")

@@ -477,6 +477,19 @@ class TaskQueue:
             f"SELECT {SUMMARY_COLUMNS} FROM tasks WHERE deployment = ? AND finished_at >= ? AND state IN ({marks}) "
             "ORDER BY finished_at DESC LIMIT ?", [deployment, since, *FINISHED_TASK_STATES, limit])]
 
+    def finished_for(self, deployment: str, since: str, version: str, route: str | None, limit: int) -> list[Task]:
+        """``finished_since`` for one version: tasks bound to ``version``, and those never leased that were routed to
+        ``route`` (None: the current version's), newest first, at most ``limit``."""
+        marks = ", ".join("?" for _ in FINISHED_TASK_STATES)
+        found = []
+        for clause, value in (("version = ?", version), ("version IS NULL AND route IS ?", route)):
+            found += self.store.rows(
+                f"SELECT {SUMMARY_COLUMNS} FROM tasks WHERE deployment = ? AND {clause} AND finished_at >= ? AND "
+                f"state IN ({marks}) ORDER BY finished_at DESC LIMIT ?",
+                [deployment, value, since, *FINISHED_TASK_STATES, limit])
+        found.sort(key=lambda r: r["finished_at"], reverse=True)
+        return [Task.from_row(r) for r in found[:limit]]
+
     def ready_in(self, deployment: str) -> float | None:
         """Seconds until the nearest backoff of a queued task of ``deployment`` ends, None when none waits for one."""
         row = self.conn.execute("SELECT MIN(retry_at) FROM tasks WHERE deployment = ? AND state = 'queued' AND "

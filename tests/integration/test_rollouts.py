@@ -167,5 +167,5 @@ def test_canary_rolled_back_then_promoted_then_blue_green(bench: SdkBench, sdk_i
     capped = rollout_events(bench, "rollout_rolled_back")[-1]
     assert "spend cap" in capped["message"], capped
     refused = [e for e in bench.daemon.events() if e["type"] == "budget_exceeded"]
-    assert refused and refused[-1]["data"]["pool"] == f"{NAME}/v5"
+    assert refused and refused[-1]["data"]["pool"].startswith(f"{NAME}/v5@")  # the version and its creation
     bench.daemon.cli("deploy", "rm", NAME)

@@ -342,18 +342,19 @@ def test_a_canary_with_a_spend_cap_is_one_pool_in_zone2_and_a_refusal_at_it_roll
         pools_ = by_version(rig)
         canary_agent = rig.store.get(pools_["2"][0]["id"])
         assert canary_agent is not None
-        assert rig.fleet.pool_of(canary_agent) == PoolCap("web/v2", 250_000_000)
+        pool = rig.fleet.pool_of(canary_agent)
+        assert pool is not None and pool.key.startswith("web/v2@") and pool.cap_nusd == 250_000_000
         assert rig.fleet.pool_of(pools_["1"][0]) is None  # the current version is not capped
         rig.fleet.heard("budget_exceeded", {"pool": "web/v1"})  # not the canary's pool: nothing happens
-        rig.fleet.heard("task_budget_exceeded", {"pool": "web/v2"})
+        rig.fleet.heard("task_budget_exceeded", {"pool": pool.key})
         await rig.tick()
         assert rig.fleet.deployments.get("web").rollout is not None
-        rig.fleet.heard("budget_exceeded", {"pool": "web/v2", "max_usd": 0.25})
+        rig.fleet.heard("budget_exceeded", {"pool": pool.key, "max_usd": 0.25})
         await rig.tick()
         assert versions(rig)[2][1] == "rolled_back"
         event = next(e for e in rig.store.events(limit=100) if e["type"] == "rollout_rolled_back")
         assert "spend cap ($0.25)" in event["message"]
-        assert rig.fleet.pool_of(canary_agent) == PoolCap("web/v2", 250_000_000)  # draining: still capped
+        assert rig.fleet.pool_of(canary_agent) == pool  # draining: still capped
 
     run(tmp_path, check)
 
@@ -366,5 +367,154 @@ def test_a_promoted_version_leaves_its_spend_pool(tmp_path: Path) -> None:
         assert agent is not None and rig.fleet.pool_of(agent) is not None
         rig.fleet.promote("web")
         assert rig.fleet.pool_of(agent) is None
+
+    run(tmp_path, check)
+
+
+# -- review of issue 17 ------------------------------------------------------------
+async def forget_and_recreate(rig: Rig) -> None:
+    """``deploy rm web`` until the controller forgets it, then ``deploy web`` again (version 1 anew)."""
+    rig.fleet.deployments.remove("web", drain=False)
+    for _ in range(5):
+        await rig.tick()
+        if not rig.fleet.deployments.list():
+            break
+    assert not rig.fleet.deployments.list()
+    rig.deploy(warm=2, max=10)
+    await rig.tick()
+
+
+def test_a_promotion_tells_zone2_that_the_promoted_agents_left_the_canarys_spend_pool(tmp_path: Path) -> None:
+    async def check(rig: Rig) -> None:
+        await canary(rig, 50, canary_max_usd="1")
+        await rig.tick()
+        ids = [a["id"] for a in by_version(rig)["2"]]
+        told: list[list[PoolCap | None]] = []
+
+        async def repool() -> None:  # what zone 2 is told: each live agent's registration, its pool with it
+            told.append([rig.fleet.pool_of(agent) for i in ids if (agent := rig.store.get(i)) is not None])
+
+        rig.fleet.repool = repool
+        rig.fleet.promote("web")
+        await rig.settle()
+        # Else zone 2 keeps capping the promoted version, now every task's, at the canary's cap.
+        assert told and told[-1] == [None] * len(ids)
+
+    run(tmp_path, check)
+
+
+def test_a_recreated_deployments_canary_does_not_inherit_the_old_ones_spend_pool(tmp_path: Path) -> None:
+    async def check(rig: Rig) -> None:
+        await canary(rig, 50, canary_max_usd="1")
+        await rig.tick()
+        first = rig.store.get(by_version(rig)["2"][0]["id"])
+        assert first is not None
+        old = rig.fleet.pool_of(first)
+        await forget_and_recreate(rig)
+        rig.deploy(warm=2, max=10, canary=50, canary_max_usd="1", **V2)
+        await rig.tick()
+        second = rig.store.get(by_version(rig)["2"][0]["id"])
+        assert second is not None
+        new = rig.fleet.pool_of(second)
+        # The ledger's spend of a pool is all time: the same key would start the new canary at the old one's spend.
+        assert old is not None and new is not None and new.key != old.key
+
+    run(tmp_path, check)
+
+
+def test_a_recreated_deployments_canary_is_not_rolled_back_for_the_old_ones_start_failures(tmp_path: Path) -> None:
+    async def check(rig: Rig) -> None:
+        rig.deploy(warm=1)
+        await rig.tick()
+        rig.deploy(warm=1, **V2)  # a rolling version 2 whose agents never start
+        for _ in range(START_FAILURES):
+            await rig.tick()
+            for agent in by_version(rig).get("2", []):
+                rig.runtime.exit(agent["container_id"], 1)
+            await rig.settle()
+            rig.clock.offset += 400
+        await forget_and_recreate(rig)
+        rig.deploy(warm=2, max=10, canary=50, **V2)
+        await rig.tick()
+        await rig.tick()
+        assert rig.fleet.deployments.get("web").rollout is not None, "rolled back for another deployment's agents"
+
+    run(tmp_path, check)
+
+
+def test_a_cap_refusal_heard_before_a_removal_breaks_no_tick_of_a_recreated_deployment(tmp_path: Path) -> None:
+    async def check(rig: Rig) -> None:
+        await canary(rig, 50, canary_max_usd="1")
+        await rig.tick()
+        agent = rig.store.get(by_version(rig)["2"][0]["id"])
+        assert agent is not None
+        rig.fleet.rollback("web")
+        pool = rig.fleet.pool_of(agent)  # rolled back: its draining agents are still capped, and refused
+        assert pool is not None
+        rig.fleet.heard("budget_exceeded", {"pool": pool.key})
+        await forget_and_recreate(rig)
+        assert not rig.fleet.capped, "a forgotten deployment's refusals stay in memory for ever"
+        rig.deploy(warm=2, max=10, canary=50, **V2)  # no cap this time
+        await rig.fleet.tick()  # raised TypeError (formatting a cap of None): every deployment's tick stopped
+        await rig.settle()
+        assert rig.fleet.deployments.get("web").rollout is not None
+
+    run(tmp_path, check)
+
+
+def test_a_deployment_whose_rollout_fails_to_advance_stops_no_other(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    async def check(rig: Rig) -> None:
+        rig.deploy("a", warm=1)
+        await rig.tick()
+        rig.deploy("a", warm=1, canary=10, **V2)
+
+        def broken(*args: Any) -> Any:
+            raise RuntimeError("ledger trouble")
+
+        monkeypatch.setattr(rig.fleet, "_judge", broken)
+        rig.deploy("b", warm=1)
+        await rig.tick()
+        assert len(rig.pool("b")) == 1, "b is scaled although a's rollout could not be judged"
+        assert len(rig.pool("a")) >= 2, "and a is scaled too: its current version and its canary"
+
+    run(tmp_path, check)
+
+
+def test_a_small_canary_is_judged_on_its_own_tasks_not_crowded_out_by_the_current_ones(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("fleetd.fleet.FIGURES_ROWS", 40)
+
+    async def check(rig: Rig) -> None:
+        await canary(rig, 10, promote_after=10, max_duration_increase=1000)
+        rig.fleet.submit_many({"deployment": "web", "tasks": [{"input": n} for n in range(400)]})
+        await rig.tick()
+        pools_ = by_version(rig)
+        for _ in range(15):  # the canary's share of the work: one task in ten
+            assert await work(rig, pools_["2"][0]) is not None
+            for _ in range(9):
+                assert await work(rig, pools_["1"][0]) is not None
+        await judged(rig)
+        # 15 canary tasks finished, promote-after 10: a verdict is due. The newest 40 finished tasks of the
+        # deployment hold only about 4 of the canary's, so it waited, and would for ever at this split.
+        assert rig.fleet.deployments.get("web").rollout is None, rig.fleet.verdicts["web"]["reason"]
+
+    run(tmp_path, check)
+
+
+def test_a_canary_waiting_for_more_tasks_than_the_figures_window_is_still_judged(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("fleetd.fleet.FIGURES_ROWS", 10)
+
+    async def check(rig: Rig) -> None:
+        await canary(rig, 50, promote_after=20, max_duration_increase=1000)
+        rig.fleet.submit_many({"deployment": "web", "tasks": [{"input": n} for n in range(100)]})
+        await rig.tick()
+        pools_ = by_version(rig)
+        for _ in range(25):
+            assert await work(rig, pools_["2"][0]) is not None
+            assert await work(rig, pools_["1"][0]) is not None
+        await judged(rig)
+        assert rig.fleet.deployments.get("web").rollout is None, rig.fleet.verdicts["web"]["reason"]
 
     run(tmp_path, check)
