@@ -26,7 +26,7 @@ from aiohttp.web_log import AccessLogger
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
-from fleetd import __version__
+from fleetd import __version__, loops
 from fleetd.admin import Admin
 from fleetd.api import init_app
 from fleetd.blocking import BlockingCalls
@@ -279,7 +279,7 @@ def run(config: Config, log_level: str = "info") -> int:
     )
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
     try:
-        asyncio.run(Daemon(config).serve())
+        loops.run(Daemon(config).serve(), "the daemon")
     except FleetdError as exc:
         log.error("%s", exc.message)
         return 1

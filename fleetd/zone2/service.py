@@ -22,6 +22,7 @@ from urllib.parse import quote
 import aiohttp
 from aiohttp import web
 
+from fleetd import loops
 from fleetd.fingerprint import code_fingerprint
 from fleetd.zone2.contract import (
     BudgetAnswer,
@@ -323,11 +324,5 @@ async def serve(control_dir: Path, host: str, port: int) -> None:
 
 def run(control_dir: Path, host: str = "0.0.0.0", port: int = GATEWAY_PORT) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        import uvloop  # zone 2 is on every agent call's path: libuv's loop costs less per request
-    except ImportError:
-        log.warning("uvloop is not installed: zone 2 runs on asyncio's own loop")
-        asyncio.run(serve(control_dir, host, port))
-    else:
-        uvloop.run(serve(control_dir, host, port))
+    loops.run(serve(control_dir, host, port), "zone 2")  # on every agent call's path
     return 0
