@@ -551,14 +551,16 @@ class Deployments:
         self.conn.execute("UPDATE deployment_versions SET state = ?, outcome = ? WHERE deployment = ? AND version = ?",
                           (state.value, outcome.value, name, number))
 
-    def spend_cap(self, name: str, number: int) -> tuple[int, str] | None:
+    def spend_cap(self, name: str, number: int) -> tuple[int | None, str] | None:
         """A version's spend cap (nano-USD) while it binds: a canary's, or a rolled-back one's (its agents drain);
-        None once promoted, or without one. With the version's creation time, which names its spend pool."""
+        None once promoted, or without one. With the version's creation time, which names its spend pool. None for
+        a version that is not there."""
         row = self.conn.execute("SELECT spend_cap_nusd, outcome, created_at FROM deployment_versions WHERE "
                                 "deployment = ? AND version = ?", (name, number)).fetchone()
-        if row is None or row[0] is None or row[1] in (Outcome.PROMOTED.value, Outcome.REPLACED.value):
+        if row is None:
             return None
-        return int(row[0]), str(row[2])
+        binds = row[0] is not None and row[1] not in (Outcome.PROMOTED.value, Outcome.REPLACED.value)
+        return (int(row[0]) if binds else None), str(row[2])
 
     def _find(self, name: str) -> Deployment | None:
         rows = self.store.rows("SELECT * FROM deployments WHERE name = ?", [name])

@@ -379,8 +379,10 @@ class Fleet:
                                                max(FIGURES_ROWS, rollout.policy.promote_after))
         current_tasks = self.queue.finished_for(deployment.name, rollout.started_at,
                                                 f"v{deployment.current_version}", None, FIGURES_ROWS)
-        canary = version_figures(canary_tasks, self._costs(canary_tasks))
-        current = version_figures(current_tasks, self._costs(current_tasks))
+        canary = self._spent_by_agents(deployment, rollout, rollout.version,
+                                       version_figures(canary_tasks, self._costs(canary_tasks)))
+        current = self._spent_by_agents(deployment, rollout, deployment.current_version,
+                                        version_figures(current_tasks, self._costs(current_tasks)))
         verdict = judge(canary, current, rollout.policy, self._canary_spent(deployment, rollout, canary))
         self.verdicts[deployment.name] = {"time": iso(utcnow()), **verdict.to_json()}
         if verdict.action == Action.PROMOTE:
@@ -390,8 +392,10 @@ class Fleet:
         return deployment
 
     def pool_of(self, agent: dict[str, Any]) -> PoolCap | None:
-        """The spend pool zone 2 caps an agent's calls in (``Zone2.pools``): its version's, while that version is a
-        canary with ``--canary-max-usd`` (or rolled back, draining)."""
+        """The spend pool of a deployment's agent in zone 2 (``Zone2.pools``): its version's. Every call of the
+        version's agents is counted there, those made outside a task too (a version is judged on all it spends:
+        calls that no task carries cannot make its tasks look cheaper); capped while that version is a canary with
+        ``--canary-max-usd`` (or rolled back, draining)."""
         member = Member.of(agent)
         if member is None:
             return None
@@ -418,6 +422,18 @@ class Fleet:
             return self.costs.pool_spend(key) / 1e9
         held = [t for t in self.queue.tasks(deployment, "leased", FIGURES_ROWS) if t.version == rollout.label]
         return figures.cost_usd + sum(c for c, _ in self._costs(held).values()) / 1e9
+
+    def _spent_by_agents(self, deployment: Deployment, rollout: Rollout, number: int,
+                         figures: VersionFigures) -> VersionFigures:
+        """``figures`` with the cost of every call the version's agents made since the rollout began (its spend pool
+        in the ledger), when that is more than its tasks': an agent's calls outside any task count against its
+        version's cost per succeeded task too."""
+        if self.costs is None:
+            return figures
+        started = parse_iso(rollout.started_at)
+        key = pool_key(deployment.name, number, deployment.version(number).created_at)
+        spent = self.costs.pool_spend(key, started) / 1e9
+        return dataclasses.replace(figures, cost_usd=spent) if spent > figures.cost_usd else figures
 
     def _costs(self, tasks: list[Task]) -> dict[str, tuple[int, int]]:
         """Task id -> (nUSD, LLM calls): what state.db counted plus what the ledger has."""

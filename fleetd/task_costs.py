@@ -26,6 +26,7 @@ import logging
 import sqlite3
 from collections.abc import Collection, Iterable
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 
 from fleetd.task_queue import Task
@@ -35,6 +36,7 @@ CHUNK = 500  # task ids per query (SQLite's bound parameters; a listing may name
 READ_TIMEOUT = 1.0  # s to wait for a lock (a reader in WAL mode next to never waits)
 
 POOL_SPEND = "SELECT COALESCE(SUM(cost_nusd), 0) FROM calls WHERE pool = ?"  # on the covering index calls_pool
+POOL_SPEND_SINCE = "SELECT COALESCE(SUM(cost_nusd), 0) FROM calls WHERE pool = ? AND at >= ?"  # the same index
 NO_POOL_COLUMN = "no such column: pool"  # SQLite's error on a ledger from before pools
 
 Cost = tuple[int, int]  # nano-USD, metered LLM calls
@@ -73,14 +75,17 @@ class TaskCosts:
         self._trouble["tasks"] = None
         return found
 
-    def pool_spend(self, key: str) -> int:
-        """What the calls of a spend pool's agents have cost, all time, in nano-USD: 0 when the ledger has none of
-        its calls, is not there yet, or has no pool column yet."""
+    def pool_spend(self, key: str, since: datetime | None = None) -> int:
+        """What the calls of a spend pool's agents have cost, all time (or ``since``), in nano-USD: 0 when the ledger
+        has none of its calls, is not there yet, or has no pool column yet."""
         try:
             conn = self._connection()
             if conn is None:
                 return 0
-            (spent,) = conn.execute(POOL_SPEND, (key,)).fetchone()
+            if since is None:
+                (spent,) = conn.execute(POOL_SPEND, (key,)).fetchone()
+            else:  # the ledger's times are datetime.isoformat()'s
+                (spent,) = conn.execute(POOL_SPEND_SINCE, (key, since.isoformat())).fetchone()
         except sqlite3.Error as exc:
             if str(exc) != NO_POOL_COLUMN:
                 self.close()  # opened afresh next time

@@ -285,7 +285,9 @@ class Budgets:
 
         A task's cap and a pool's are checked before the agent's and the instance's windows: they never reset, so
         the agent learns at once that waiting cannot help (it should give the task up), rather than after a window's
-        reset."""
+        reset. An uncapped pool holds nothing here."""
+        if pool is not None and pool.cap_nusd is None:
+            pool = None
         now = self.clock()
         day, month = day_key(now), month_key(now)
         agent = self._agents[agent_id]
@@ -336,7 +338,7 @@ class Budgets:
     def _pool_refusal(self, pool: PoolCap | None, amount: int) -> Refusal | None:
         """``budget_exceeded`` when ``amount`` does not fit the spend pool's cap, all its agents' spend of all time
         together: no Retry-After, since it never resets."""
-        if pool is None:
+        if pool is None or pool.cap_nusd is None:
             return None
         total = self._pools.totals[pool.key]
         spent, reserved = total.spent, total.reserved

@@ -215,12 +215,14 @@ class TaskHold:
 
 @dataclass(frozen=True)
 class PoolCap:
-    """A spend pool in a registration: every agent registered with the same ``key`` (a canary version's agents)
-    spends from one pool, capped at ``cap_nusd`` over all time (not a day's or a month's window). Zone 2 refuses
-    the call whose worst case would take the pool's spend and reservations past the cap."""
+    """A spend pool in a registration: every agent registered with the same ``key`` (a deployment version's agents)
+    spends from one pool: each of their calls' ledger rows names it, so that a version's spend counts every call of
+    its agents, those made outside any task too. With ``cap_nusd`` (a canary's ``--canary-max-usd``) the pool is
+    capped over all time (not a day's or a month's window): zone 2 refuses the call whose worst case would take the
+    pool's spend and reservations past the cap."""
 
     key: str
-    cap_nusd: int
+    cap_nusd: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"key": self.key, "cap_nusd": self.cap_nusd}
@@ -228,10 +230,10 @@ class PoolCap:
     @classmethod
     def from_json(cls, data: Any) -> PoolCap:
         o = _Object(data, "pool")
-        key, cap = o.text("key"), o.whole("cap_nusd")
+        key, cap = o.text("key"), o.optional_whole("cap_nusd")
         if not key:
             raise ContractError("pool: key must not be empty")
-        if cap < 0:
+        if cap is not None and cap < 0:
             raise ContractError(f"pool: cap_nusd must be 0 or more, got {cap}")
         return cls(key, cap)
 

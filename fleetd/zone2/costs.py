@@ -152,15 +152,18 @@ class CostTracker:
         served = self._served.get((credential, llm.model))
         bound = max((self.bound(llm, p) for p in (price, served) if p is not None), default=0)
         cap = None if task is None or task_max_nusd is None else TaskCap(task, task_max_nusd)
+        capped = reg.pool if reg.pool is not None and reg.pool.cap_nusd is not None else None
         unread = ((self._task_known(cap.task_id) if cap is not None else None)
-                  or (self._pool_known(reg.pool.key) if reg.pool is not None else None))
+                  or (self._pool_known(capped.key) if capped is not None else None))
         if unread is not None:
             return unread
-        held = self.budgets.reserve(reg.agent_id, reg.caps, bound, cap, reg.pool)
+        held = self.budgets.reserve(reg.agent_id, reg.caps, bound, cap, capped)
         if isinstance(held, Refusal):
             self._refused(reg, held)
             return held
-        return Ticket(uuid.uuid4().hex, reg, credential, llm, price, held, task, held.pool)
+        # An uncapped pool is only named in the ledger (a version's spend, read by the daemon): nothing in memory.
+        return Ticket(uuid.uuid4().hex, reg, credential, llm, price, held, task,
+                      None if reg.pool is None else reg.pool.key)
 
     def bound(self, llm: LLMRequest, price: Price) -> int:
         """An upper bound on the cost of ``llm`` at ``price``, in nano-USD."""

@@ -44,6 +44,7 @@ CONTEXT_OF = ("SELECT context_tokens FROM calls WHERE response_id = ? AND contex
 TASK_SPEND = "SELECT COALESCE(SUM(cost_nusd), 0), COUNT(*) FROM calls WHERE task_id = ?"
 # What a spend pool's calls have cost, all time: from the partial index calls_pool alone (it covers cost_nusd)
 POOL_SPEND = "SELECT COALESCE(SUM(cost_nusd), 0), COUNT(*) FROM calls WHERE pool = ?"
+POOL_SPEND_SINCE = "SELECT COALESCE(SUM(cost_nusd), 0) FROM calls WHERE pool = ? AND at >= ?"
 migrations = Migrations("fleetd-ledger")
 
 
@@ -101,7 +102,8 @@ def m006_pool(db: sqlite_utils.Database) -> None:
     # calls, all time. A partial index covering cost_nusd, as calls_task_id: a pool's spend is summed from it alone,
     # by zone 2 when it meets the pool and by the daemon (fleetd.task_costs).
     db.execute("ALTER TABLE calls ADD COLUMN pool TEXT")
-    db.execute("CREATE INDEX calls_pool ON calls(pool, cost_nusd) WHERE pool IS NOT NULL")
+    # With the time in it too: the daemon reads a version's spend since its rollout began (POOL_SPEND_SINCE).
+    db.execute("CREATE INDEX calls_pool ON calls(pool, at, cost_nusd) WHERE pool IS NOT NULL")
 
 
 def _clip(text: str | None) -> str | None:

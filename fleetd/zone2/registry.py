@@ -36,8 +36,8 @@ class Registry:
         self.by_ip = {r.ip: r for r in regs}
 
     def pools(self) -> set[str]:
-        """The keys of the spend pools the registrations name (the cost tracker keeps these pools' spend)."""
-        return {reg.pool.key for reg in self.by_ip.values() if reg.pool is not None}
+        """The keys of the capped spend pools the registrations name (the cost tracker keeps these pools' spend)."""
+        return {reg.pool.key for reg in self.by_ip.values() if reg.pool is not None and reg.pool.cap_nusd is not None}
 
     def resolve(self, reg: Registration, names: set[str]) -> list[Upstream] | None:
         """The credentials ``names`` for this agent, or None if any is unknown or out of scope.

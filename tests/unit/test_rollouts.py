@@ -344,7 +344,8 @@ def test_a_canary_with_a_spend_cap_is_one_pool_in_zone2_and_a_refusal_at_it_roll
         assert canary_agent is not None
         pool = rig.fleet.pool_of(canary_agent)
         assert pool is not None and pool.key.startswith("web/v2@") and pool.cap_nusd == 250_000_000
-        assert rig.fleet.pool_of(pools_["1"][0]) is None  # the current version is not capped
+        current = rig.fleet.pool_of(pools_["1"][0])  # the current version's: counted, not capped
+        assert current is not None and current.key.startswith("web/v1@") and current.cap_nusd is None
         rig.fleet.heard("budget_exceeded", {"pool": "web/v1"})  # not the canary's pool: nothing happens
         rig.fleet.heard("task_budget_exceeded", {"pool": pool.key})
         await rig.tick()
@@ -366,7 +367,8 @@ def test_a_promoted_version_leaves_its_spend_pool(tmp_path: Path) -> None:
         agent = rig.store.get(by_version(rig)["2"][0]["id"])
         assert agent is not None and rig.fleet.pool_of(agent) is not None
         rig.fleet.promote("web")
-        assert rig.fleet.pool_of(agent) is None
+        promoted = rig.fleet.pool_of(agent)
+        assert promoted is not None and promoted.cap_nusd is None  # still counted, no longer capped
 
     run(tmp_path, check)
 
@@ -389,7 +391,7 @@ def test_a_promotion_tells_zone2_that_the_promoted_agents_left_the_canarys_spend
         await canary(rig, 50, canary_max_usd="1")
         await rig.tick()
         ids = [a["id"] for a in by_version(rig)["2"]]
-        told: list[list[PoolCap | None]] = []
+        told: list[list[PoolCap | None]] = []  # (uncapped pools after the promotion: counted, not capped)
 
         async def repool() -> None:  # what zone 2 is told: each live agent's registration, its pool with it
             told.append([rig.fleet.pool_of(agent) for i in ids if (agent := rig.store.get(i)) is not None])
@@ -398,7 +400,7 @@ def test_a_promotion_tells_zone2_that_the_promoted_agents_left_the_canarys_spend
         rig.fleet.promote("web")
         await rig.settle()
         # Else zone 2 keeps capping the promoted version, now every task's, at the canary's cap.
-        assert told and told[-1] == [None] * len(ids)
+        assert told and [p.cap_nusd if p else "no pool" for p in told[-1]] == [None] * len(ids)
 
     run(tmp_path, check)
 
@@ -516,5 +518,38 @@ def test_a_canary_waiting_for_more_tasks_than_the_figures_window_is_still_judged
             assert await work(rig, pools_["1"][0]) is not None
         await judged(rig)
         assert rig.fleet.deployments.get("web").rollout is None, rig.fleet.verdicts["web"]["reason"]
+
+    run(tmp_path, check)
+
+
+class PoolSpend:
+    """The ledger as the judge reads it: what each spend pool's agents spent (all their calls), none per task."""
+
+    def __init__(self, spent: dict[str, int]) -> None:
+        self.spent = spent
+
+    def of(self, ids: Any) -> dict[str, tuple[int, int]]:
+        return {}
+
+    def pool_spend(self, key: str, since: Any = None) -> int:
+        return next((v for k, v in self.spent.items() if key.startswith(k)), 0)
+
+
+def test_a_canary_whose_agents_spend_outside_their_tasks_is_judged_on_all_of_it(tmp_path: Path) -> None:
+    """A hostile canary agent makes its LLM calls while it holds no task: its tasks cost nothing, yet its version
+    spends. The verdict's cost per succeeded task is its version's spend (the spend pool), not its tasks'."""
+    async def check(rig: Rig) -> None:
+        await canary(rig, 50, promote_after=4)
+        rig.fleet.costs = PoolSpend({"web/v1@": 4 * 10_000_000, "web/v2@": 4 * 30_000_000})  # type: ignore[assignment]
+        rig.fleet.submit_many({"deployment": "web", "tasks": [{"input": n} for n in range(16)]})
+        await rig.tick()
+        pools_ = by_version(rig)
+        for _ in range(4):
+            await work(rig, pools_["1"][0])
+            await work(rig, pools_["2"][0])
+        await judged(rig)
+        assert versions(rig)[2] == ("draining", "rolled_back") or versions(rig)[2] == ("retired", "rolled_back")
+        event = next(e for e in rig.store.events(limit=200) if e["type"] == "rollout_rolled_back")
+        assert "cost per succeeded task $0.030000 on the canary vs $0.010000" in event["message"]
 
     run(tmp_path, check)

@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from fleetd.api import init_app
 from fleetd.gateway import zone2_ledger
 from fleetd.services import Services
-from fleetd.task_costs import CHUNK, POOL_SPEND, TaskCosts
+from fleetd.task_costs import CHUNK, POOL_SPEND, POOL_SPEND_SINCE, TaskCosts
 from fleetd.task_queue import TaskQueue
 from fleetd.zone2.ledger import Call, Ledger
 from fleetd.zone2.llm import Usage
@@ -203,3 +203,19 @@ def test_a_batch_submit_answers_its_tasks_and_refuses_a_bad_one_by_index(parts: 
         (400, "tasks[0]: an object with the task's inpu"), (400, "unknown fields: ['key'] (a batch is depl"),
         (404, "no such deployment: nope")]
     assert parts.fleet.queue.counts("web")["queued"] == 2
+
+
+def test_a_pools_spend_since_a_time_counts_only_the_calls_from_then_on(ledger: Ledger) -> None:
+    """A version's spend since its rollout began: the current version's calls before the canary started are not
+    compared with the canary's."""
+    costs = TaskCosts(ledger.path)
+    before, start = datetime(2026, 12, 5, 3, 0, tzinfo=UTC), datetime(2026, 12, 5, 3, 10, 0, 500_000, tzinfo=UTC)
+    for at, cost in ((before, 1_000), (start, 20), (datetime(2026, 12, 5, 4, 0, tzinfo=UTC), 300)):
+        assert ledger.record(Call(uuid.uuid4().hex, at, "a1", "worker", "openai", "chat", "gpt-4o-mini", 200,
+                                  Usage(input_tokens=1, output_tokens=1), cost, cost, False, 1, pool="web:v1"))
+    assert costs.pool_spend("web:v1") == 1_320
+    assert costs.pool_spend("web:v1", start) == 320
+    with sqlite3.connect(ledger.path) as conn:
+        plan = conn.execute(f"EXPLAIN QUERY PLAN {POOL_SPEND_SINCE}", ("web:v1", start.isoformat())).fetchall()
+    assert "COVERING INDEX calls_pool" in str(plan)
+    costs.close()

@@ -235,7 +235,7 @@ REFUSED: list[tuple[Any, Any, str]] = [
      "registration: pool must be an object or null, got a string"),
     (Registration, {"agent_id": "a1", "ip": "10.0.0.2", "pool": {"key": "web:v2"}}, "pool: cap_nusd is missing"),
     (PoolCap, {"key": "web:v2", "cap_nusd": -1}, "pool: cap_nusd must be 0 or more, got -1"),
-    (PoolCap, {"key": "web:v2", "cap_nusd": 1.5}, "pool: cap_nusd must be a whole number, got a number"),
+    (PoolCap, {"key": "web:v2", "cap_nusd": 1.5}, "pool: cap_nusd must be a whole number or null, got a number"),
     (PoolCap, {"key": "", "cap_nusd": 1}, "pool: key must not be empty"),
     (PoolCap, {"key": 7, "cap_nusd": 1}, "pool: key must be a string, got a number"),
     (TaskComplete, {"attempt": 1, "output": 1}, "task completion: agent_id is missing"),

@@ -167,3 +167,18 @@ def test_a_pool_leaves_memory_when_no_registration_names_it(tmp_path: Path) -> N
             assert not r.costs.budgets.pool_known(POOL)
 
     run(tmp_path, check)
+
+
+def test_an_uncapped_pool_names_its_calls_in_the_ledger_and_holds_nothing_in_memory(tmp_path: Path) -> None:
+    """Every deployment version's agents are a pool, capped only for a canary with --canary-max-usd: the others'
+    calls are only counted (the daemon reads a version's spend, those outside its tasks too), never refused for it."""
+    async def check(r: Rig) -> None:
+        r.sim.config.output_tokens = 64
+        r.registry.register(agent("agent1", "127.0.0.1", PoolCap("web:v1", None)))
+        for _ in range(3):
+            assert (await post_from(r, "127.0.0.1"))[0] == 200
+        assert not r.costs.budgets.pool_known("web:v1")  # nothing loaded, nothing held
+        assert r.registry.pools() == set()
+        assert r.costs.ledger.pool_spend("web:v1") == (3 * CALL, 3)
+
+    run(tmp_path, check)
