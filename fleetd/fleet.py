@@ -35,7 +35,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Collection, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -74,6 +74,8 @@ DEPLOYMENT_REMOVED = "deployment_removed"
 VERSION_REMOVED = "version_removed"
 DECISION_EVENT = "scaling_decision"
 START_FAILURES = 3  # agents of a rollout's version that end before they ever ask for a task: it is rolled back
+PROGRESS_DEADLINE = 600.0  # s a blue-green version may take to have its agents ready (Kubernetes'
+# progressDeadlineSeconds): else it is rolled back, instead of standing by for ever
 JUDGE_EVERY = 2.0  # s between two verdicts on one canary
 FIGURES_ROWS = 5000  # a deployment's newest finished tasks read for per-version figures
 
@@ -306,14 +308,14 @@ class Fleet:
         """Each version that should have agents (the current one; during a rollout the new one too) is scaled on its
         own queue by its own autoscaler; agents of any other version drain."""
         plan = pools(deployment.scaling, deployment.current_version, deployment.rollout)
-        retrying: set[int] = set()  # replaced versions with retries bound to them waiting (version affinity)
+        retrying: dict[int, int] = {}  # replaced version -> retries bound to it waiting (version affinity)
         for member in pool:
             if member.version not in plan:
                 self._drain(member.id, self._replaced(deployment, member.version))
                 self.affine.add(member.id)
-                if member.version not in retrying and self.queue.queued_for(
-                        deployment.name, f"v{member.version}", Takes.BOUND):
-                    retrying.add(member.version)
+                if member.version not in retrying:
+                    retrying[member.version] = self.queue.queued_for(deployment.name, f"v{member.version}",
+                                                                     Takes.BOUND)
         launches = self.launches.setdefault(deployment.name, Launches())
         totals = {"wanted": 0, "live": 0, "busy": 0, "idle": 0}
         for number, (policy, allowed) in plan.items():
@@ -354,6 +356,11 @@ class Fleet:
                 if ready >= (rollout.target or 1):
                     return self.promote(name, f"{ready} of {rollout.target} agents of version {rollout.version} "
                                               "are ready", by="fleetd")
+                began = parse_iso(rollout.started_at)
+                if began is not None and (utcnow() - began).total_seconds() > PROGRESS_DEADLINE:
+                    return self.rollback(name, f"only {ready} of {rollout.target} agents of version "
+                                               f"{rollout.version} were ready after {PROGRESS_DEADLINE:.0f} s",
+                                         by="fleetd")
             elif not any(v.number == rollout.previous and v.state != VersionState.RETIRED
                          for v in deployment.versions):
                 self.deployments.finish_rollout(name)
@@ -610,11 +617,15 @@ class Fleet:
             self.store.add_event("agent_draining", f"draining: {why}", agent_id, {"why": why})
             self._signal_all()  # its long poll answers now
 
-    def _stop_idle(self, pool: list[Member], busy: set[str], retrying: Collection[int] = ()) -> None:
-        """Drained agents holding no task are stopped (once); those of a replaced version in ``retrying`` wait for
-        its bound retries (version affinity: nothing else may run them)."""
+    def _stop_idle(self, pool: list[Member], busy: set[str], retrying: Mapping[int, int] | None = None) -> None:
+        """Drained agents holding no task are stopped (once); of a replaced version with retries bound to it waiting
+        (``retrying``: version -> how many), as many idle agents as retries wait stay for them (version affinity:
+        nothing else may run them), no more."""
+        kept = dict(retrying or {})
         for member in pool:
-            if member.id in self.affine and member.version in retrying:
+            if (member.id in self.affine and kept.get(member.version, 0) > 0 and member.id not in busy
+                    and member.id not in self.stopped):
+                kept[member.version] -= 1
                 continue
             if (member.id in self.draining and member.id not in busy and member.id not in self.stopped
                     and member.state in (State.CREATED, State.RUNNING)):

@@ -5,14 +5,16 @@ rollback by hand, version affinity after either, blue-green's switch and drain."
 from __future__ import annotations
 
 from collections import Counter
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from fleetd import fleet as fleet_module
 from fleetd.autoscale import ScalingPolicy
 from fleetd.errors import Conflict, InvalidRequest
-from fleetd.fleet import JUDGE_EVERY, START_FAILURES, VERSION_LABEL
+from fleetd.fleet import JUDGE_EVERY, PROGRESS_DEADLINE, START_FAILURES, VERSION_LABEL
 from fleetd.rollouts import Phase, Rollout, Strategy, pools, rollout_request, split_policy, takes
 from fleetd.task_queue import Takes
 from fleetd.zone2.contract import PoolCap
@@ -551,5 +553,42 @@ def test_a_canary_whose_agents_spend_outside_their_tasks_is_judged_on_all_of_it(
         assert versions(rig)[2] == ("draining", "rolled_back") or versions(rig)[2] == ("retired", "rolled_back")
         event = next(e for e in rig.store.events(limit=200) if e["type"] == "rollout_rolled_back")
         assert "cost per succeeded task $0.030000 on the canary vs $0.010000" in event["message"]
+
+    run(tmp_path, check)
+
+
+def test_a_replaced_version_keeps_only_as_many_idle_agents_as_retries_wait(tmp_path: Path) -> None:
+    async def check(rig: Rig) -> None:
+        rig.deploy(warm=3, max=10)
+        await rig.tick()
+        first, *idle = by_version(rig)["1"]
+        task = rig.fleet.submit({"deployment": "web", "input": 1})
+        lease = await rig.fleet.next_task(first["id"], 0)
+        assert lease is not None and lease.id == task.id and len(idle) == 2
+        rig.deploy(warm=3, max=10, **V2)  # a rolling update: v1 drains
+        rig.runtime.exit(first["container_id"], 137)  # its task goes back, bound to v1
+        await rig.settle()
+        await rig.tick()
+        left = [a["id"] for a in by_version(rig).get("1", [])]
+        assert len(left) == 1 and left[0] in {a["id"] for a in idle}  # one retry waits: one agent stays for it
+
+    run(tmp_path, check)
+
+
+def test_a_blue_green_version_whose_agents_never_get_ready_is_rolled_back_after_the_deadline(tmp_path: Path,
+                                                                                            monkeypatch: Any) -> None:
+    async def check(rig: Rig) -> None:
+        rig.deploy(warm=1)
+        await rig.tick()
+        rig.fleet.apply("web", {"image": "img", "command": ["work", "--v2"], "ttl": 3600, "warm": 1,
+                                "strategy": "blue-green"}, 2)
+        await rig.tick()  # its agent starts and never asks for a task
+        assert rig.fleet.deployments.get("web").rollout is not None
+        later = fleet_module.utcnow() + timedelta(seconds=PROGRESS_DEADLINE + 1)
+        monkeypatch.setattr(fleet_module, "utcnow", lambda: later)
+        await rig.tick()
+        assert versions(rig)[2][1] == "rolled_back"
+        event = next(e for e in rig.store.events(limit=100) if e["type"] == "rollout_rolled_back")
+        assert f"were ready after {PROGRESS_DEADLINE:.0f} s" in event["message"]
 
     run(tmp_path, check)
