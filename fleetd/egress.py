@@ -1,0 +1,279 @@
+"""Egress policy (issue 18): the hosts an agent may reach, by name, through zone 2's forward proxy. Pure: no I/O.
+
+A role's ``egress`` is a list of patterns (``fleetd role set NAME --egress PATTERN[,PATTERN...]``, or
+``[roles.X] egress = [...]``). A pattern is:
+
+- ``host`` (``pypi.org``): that name exactly;
+- ``*.domain`` (``*.githubusercontent.com``): any name under the domain, at any depth, but not the domain itself;
+- either with ``:port`` (``example.com:8443``); without one, ports 80 and 443;
+- ``@preset`` (``@pypi``): the published host list of a service (``PRESETS``), mixed freely with patterns;
+- ``none`` alone: no egress at all (the default, and today's behaviour).
+
+Rules where the issue is silent:
+
+- Names are compared in their ASCII form: lowercase, one trailing dot dropped, Unicode names converted with IDNA 2008
+  and UTS 46 mapping (``idna.encode(..., uts46=True)``, what aiohttp's yarl and requests use), so ``bücher.example``
+  and ``xn--bcher-kva.example`` are the same pattern. ASCII names are checked as DNS labels: letters, digits, ``-``
+  and ``_`` (Docker container names may hold one), no label starting or ending with ``-``, 1-63 characters each,
+  253 in all. ``xn--`` labels are taken as written (compared as ASCII, never decoded).
+- IP addresses are refused in every spelling: ``10.0.0.1``, ``::1``, ``[::1]:443``, and the names a resolver takes
+  for IPv4 (``127.1``, ``0x7f.1``: a last label of digits, or of ``0x`` and hex digits, as the WHATWG URL standard
+  reads them). A policy names hosts; an address would skip the name check and the DNS answer zone 2 checks.
+- A wildcard is only the whole first label (``*.a.b``); ``*`` alone, ``a.*.com``, ``*a.com`` and ``*.com`` are
+  refused, the last as too broad: a wildcard must leave at least two labels (``*.co.uk`` passes: fleetd ships no
+  public-suffix list).
+- Schemes, paths, user info, queries (``https://x``, ``x/y``) are refused: a pattern names a host, not a URL.
+
+The policy travels from the daemon to zone 2 in an agent's registration as ``EgressPolicy.to_json()`` (its patterns,
+presets expanded, in ASCII) and comes back with ``EgressPolicy.from_json``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import idna
+
+from fleetd.errors import InvalidRequest
+
+DEFAULT_PORTS = (80, 443)
+NONE = "none"
+MAX_NAME = 253  # RFC 1035 2.3.4: 255 octets on the wire, 253 characters written without the trailing dot
+MAX_LABEL = 63
+_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")  # LDH (and _), no hyphen at either end
+_NUMERIC_LABEL = re.compile(r"[0-9]+|0x[0-9a-f]*")  # what inet_aton and the WHATWG URL parser read as IPv4
+_PORT = re.compile(r"[0-9]{1,5}")
+SYNTAX = "use host, *.domain or either with :port, e.g. pypi.org, *.example.com, example.com:8443"
+
+# The published host lists. Kept small: the hosts a tool needs to fetch, not every host a service owns.
+PRESETS: dict[str, tuple[str, ...]] = {
+    # pip reads the index at pypi.org (the Simple API, PEP 503/691) and downloads the files it links to from
+    # files.pythonhosted.org: the pair pip's documentation and PyPI's support threads give for firewalls and
+    # --trusted-host (e.g. https://github.com/pypa/pip/issues/5288; PyPI's project pages list each file's
+    # "Download URL" on files.pythonhosted.org).
+    "pypi": ("pypi.org", "files.pythonhosted.org"),
+    # GitHub's "Communicating with self-hosted runners" (https://docs.github.com/en/actions/concepts/runners/
+    # communicating-with-self-hosted-runners) lists github.com and api.github.com (git over HTTPS, the REST API),
+    # codeload.github.com (archives), objects.githubusercontent.com (release assets) and, as its wildcard form,
+    # *.githubusercontent.com (raw.githubusercontent.com and the other content hosts); the REST API's /meta
+    # "domains" lists the same.
+    "github": (
+        "github.com", "api.github.com", "codeload.github.com", "objects.githubusercontent.com",
+        "raw.githubusercontent.com", "*.githubusercontent.com",
+    ),
+    # npm's default registry (npm help registry: "https://registry.npmjs.org"), which also serves the tarballs.
+    "npm": ("registry.npmjs.org",),
+}
+
+def presets() -> dict[str, list[str]]:
+    """Each preset's name (without the ``@``) and the patterns it expands to, for ``fleetd egress presets``."""
+    return {name: list(patterns) for name, patterns in sorted(PRESETS.items())}
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """One parsed pattern: ``domain`` in ASCII; with ``wildcard``, the names strictly under it; ``port`` None
+    for 80 and 443."""
+
+    domain: str
+    wildcard: bool = False
+    port: int | None = None
+
+    @property
+    def ports(self) -> tuple[int, ...]:
+        return DEFAULT_PORTS if self.port is None else (self.port,)
+
+    def names(self, host: str) -> bool:
+        """Whether ``host`` (already canonical, see ``canonical_host``) is one of the names this pattern allows."""
+        if self.wildcard:
+            return host.endswith("." + self.domain)
+        return host == self.domain
+
+    def matches(self, host: str, port: int) -> bool:
+        """Whether a connection to canonical ``host`` on ``port`` is allowed by this pattern."""
+        return port in self.ports and self.names(host)
+
+    def __str__(self) -> str:
+        text = f"*.{self.domain}" if self.wildcard else self.domain
+        return text if self.port is None else f"{text}:{self.port}"
+
+
+@dataclass(frozen=True)
+class EgressPolicy:
+    """The parsed list of an agent's (or a role's) patterns, in the order given, without duplicates.
+
+    Empty is ``none``: no egress. ``str()`` is the form for events and listings (``none``, or the patterns joined
+    by commas), which ``parse_egress`` reads back as the same policy.
+    """
+
+    patterns: tuple[Pattern, ...] = ()
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the agent may reach anything at all (it then gets the proxy variables)."""
+        return bool(self.patterns)
+
+    def allows(self, host: str, port: int) -> bool:
+        """Whether a connection to ``host`` (a name as an agent sent it) on ``port`` is allowed.
+
+        The name is made canonical first (case, trailing dot, IDNA); anything that is not a valid host name
+        (an IP literal in any form, an empty or over-long label, a bracketed address) is never allowed.
+        """
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+            return False
+        try:
+            name = canonical_host(host)
+        except InvalidRequest:
+            return False
+        return any(p.matches(name, port) for p in self.patterns)
+
+    def to_json(self) -> list[str]:
+        """The patterns as strings (presets expanded, ASCII): what zone 2 receives in an agent's registration."""
+        return [str(p) for p in self.patterns]
+
+    @classmethod
+    def from_json(cls, data: object, what: str = "egress") -> EgressPolicy:
+        """The policy ``to_json`` wrote: a list of pattern strings (``[]`` for none); no presets, no ``none``.
+
+        Raises ``InvalidRequest`` on anything else: a registration is checked like any other input.
+        """
+        if not isinstance(data, list) or not all(isinstance(item, str) for item in data):
+            raise InvalidRequest(f"{what}: expected a list of patterns, got {data!r:.80}")
+        if any(item.lower() == NONE for item in data):
+            raise InvalidRequest(f"{what}: 'none' is written as an empty list")
+        return cls(_unique(parse_pattern(item, what) for item in data))
+
+    def __str__(self) -> str:
+        return ",".join(str(p) for p in self.patterns) or NONE
+
+
+NO_EGRESS = EgressPolicy()
+
+
+def parse_egress(value: object, flag: str = "--egress") -> EgressPolicy:
+    """The policy from the flag's text (``@pypi,docs.python.org``), a list of items (a TOML array, an API field), or
+    None (no egress). ``none`` must stand alone; presets are expanded in place; duplicates are dropped."""
+    if value is None:
+        return NO_EGRESS
+    items = _items(value, flag)
+    if NONE in (item.lower() for item in items):
+        if len(items) > 1:
+            raise InvalidRequest(f"{flag}: 'none' means no egress and cannot be mixed with patterns")
+        return NO_EGRESS
+    return EgressPolicy(_unique(p for item in items for p in _expand(item, flag)))
+
+
+def parse_pattern(text: str, flag: str = "--egress") -> Pattern:
+    """One pattern (``host``, ``*.domain``, either with ``:port``); raises ``InvalidRequest`` naming it and why."""
+    if not text:
+        raise InvalidRequest(f"{flag}: empty pattern: {SYNTAX}")
+    if "/" in text or "@" in text or "?" in text or "#" in text:
+        raise InvalidRequest(f"{flag}: {text!r} is not a host pattern: a pattern names a host, not a URL; {SYNTAX}")
+    host, port = _split_port(text, flag)
+    wildcard = host.startswith("*.")
+    domain = host[2:] if wildcard else host
+    if "*" in domain:
+        raise InvalidRequest(f"{flag}: {text!r}: a wildcard may only be the whole first label, as in *.example.com")
+    try:
+        domain = canonical_host(domain)
+    except InvalidRequest as exc:
+        raise InvalidRequest(f"{flag}: {text!r}: {exc.message}") from None
+    if wildcard and "." not in domain:
+        raise InvalidRequest(f"{flag}: {text!r} is too broad: a wildcard must leave at least two labels, "
+                             f"as in *.example.{domain}")
+    return Pattern(domain, wildcard, port)
+
+
+def canonical_host(host: str) -> str:
+    """The ASCII form names are compared in: lowercase, one trailing dot dropped, Unicode through IDNA (UTS 46).
+
+    Raises ``InvalidRequest`` (a message without a flag, for the caller to prefix) when ``host`` is not a host name:
+    an IP address in any spelling, an empty label, a label over 63 characters or holding other than letters, digits,
+    ``-`` and ``_``, a label starting or ending with ``-``, or a name over 253 characters.
+    """
+    if not isinstance(host, str) or not host:
+        raise InvalidRequest("empty host name")
+    _refuse_ip(host)
+    name = host.lower() if host.isascii() else _to_ascii(host)
+    name = name.removesuffix(".")
+    if not name:
+        raise InvalidRequest("empty host name")
+    if len(name) > MAX_NAME:
+        raise InvalidRequest(f"the name is {len(name)} characters long, more than {MAX_NAME}")
+    labels = name.split(".")
+    for label in labels:
+        _check_label(label)
+    _refuse_ip(name)
+    if _NUMERIC_LABEL.fullmatch(labels[-1]):
+        raise InvalidRequest("a name ending in a numeric label is read as an IPv4 address; name the host instead")
+    return name
+
+
+def _items(value: object, flag: str) -> list[str]:
+    """The items of a comma-separated string or a list of strings, stripped of spaces."""
+    if isinstance(value, str):
+        parts = value.split(",")
+    elif isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        parts = [part for v in value for part in v.split(",")]
+    else:
+        raise InvalidRequest(f"{flag}: expected patterns separated by commas or a list of them, got {value!r:.80}")
+    items = [part.strip() for part in parts]
+    if not items or any(not item for item in items):
+        raise InvalidRequest(f"{flag}: empty pattern in {value!r:.80}: give patterns separated by commas, or none")
+    return items
+
+
+def _expand(item: str, flag: str) -> Sequence[Pattern]:
+    """A preset's patterns, or the one pattern the item is."""
+    if not item.startswith("@"):
+        return [parse_pattern(item, flag)]
+    name = item[1:].lower()
+    if name not in PRESETS:
+        known = ", ".join(f"@{n}" for n in sorted(PRESETS))
+        raise InvalidRequest(f"{flag}: unknown preset {item!r} (known presets: {known})")
+    return [parse_pattern(p, f"{flag} {item}") for p in PRESETS[name]]
+
+
+def _unique(patterns: Iterable[Pattern]) -> tuple[Pattern, ...]:
+    return tuple(dict.fromkeys(patterns))
+
+
+def _split_port(text: str, flag: str) -> tuple[str, int | None]:
+    """``host`` and its port (None when absent); a bracketed or bare IPv6 address is refused here."""
+    if text.startswith("[") or text.count(":") > 1:
+        raise InvalidRequest(f"{flag}: {text!r}: IP addresses are not allowed, only host names")
+    host, colon, port = text.partition(":")
+    if not colon:
+        return host, None
+    if not _PORT.fullmatch(port) or not 1 <= int(port) <= 65535:
+        raise InvalidRequest(f"{flag}: {text!r}: the port must be a number from 1 to 65535")
+    return host, int(port)
+
+
+def _refuse_ip(name: str) -> None:
+    try:
+        ipaddress.ip_address(name.strip("[]"))
+    except ValueError:
+        return
+    raise InvalidRequest("IP addresses are not allowed, only host names")
+
+
+def _to_ascii(name: str) -> str:
+    """A Unicode name in ASCII (IDNA 2008, UTS 46 mapping: full-width dots and digits become ASCII). A trailing dot
+    stays (one, which the caller drops); two are an empty label."""
+    try:
+        return idna.encode(name, uts46=True).decode("ascii")
+    except (idna.IDNAError, UnicodeError) as exc:
+        raise InvalidRequest(f"not a valid internationalized host name ({exc})") from None
+
+
+def _check_label(label: str) -> None:
+    if not label:
+        raise InvalidRequest("empty label (two dots in a row, or a leading dot)")
+    if len(label) > MAX_LABEL:
+        raise InvalidRequest(f"label {label[:20]!r}... is {len(label)} characters long, more than {MAX_LABEL}")
+    if not _LABEL.fullmatch(label):
+        raise InvalidRequest(f"invalid label {label!r}: letters, digits, - and _ only, not starting or ending with -")
