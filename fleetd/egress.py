@@ -1,7 +1,7 @@
 """Egress policy (issue 18): the hosts an agent may reach, by name, through zone 2's forward proxy. Pure: no I/O.
 
 A role's ``egress`` is a list of patterns (``fleetd role set NAME --egress PATTERN[,PATTERN...]``, or
-``[roles.X] egress = [...]``). A pattern is:
+``[roles.X] egress = [...]``); ``spawn --egress`` may narrow it, never widen it (``narrow``). A pattern is:
 
 - ``host`` (``pypi.org``): that name exactly;
 - ``*.domain`` (``*.githubusercontent.com``): any name under the domain, at any depth, but not the domain itself;
@@ -59,7 +59,7 @@ PRESETS: dict[str, tuple[str, ...]] = {
     # communicating-with-self-hosted-runners) lists github.com and api.github.com (git over HTTPS, the REST API),
     # codeload.github.com (archives), objects.githubusercontent.com (release assets) and, as its wildcard form,
     # *.githubusercontent.com (raw.githubusercontent.com and the other content hosts); the REST API's /meta
-    # "domains" lists the same.
+    # "domains" lists the same. The explicit names stay so that `spawn --egress` may narrow to one of them.
     "github": (
         "github.com", "api.github.com", "codeload.github.com", "objects.githubusercontent.com",
         "raw.githubusercontent.com", "*.githubusercontent.com",
@@ -96,6 +96,12 @@ class Pattern:
         """Whether a connection to canonical ``host`` on ``port`` is allowed by this pattern."""
         return port in self.ports and self.names(host)
 
+    def names_all_of(self, other: Pattern) -> bool:
+        """Whether every name ``other`` allows is a name this pattern allows (ports aside)."""
+        if not self.wildcard:
+            return not other.wildcard and other.domain == self.domain
+        return (other.wildcard and other.domain == self.domain) or other.domain.endswith("." + self.domain)
+
     def __str__(self) -> str:
         text = f"*.{self.domain}" if self.wildcard else self.domain
         return text if self.port is None else f"{text}:{self.port}"
@@ -129,6 +135,12 @@ class EgressPolicy:
         except InvalidRequest:
             return False
         return any(p.matches(name, port) for p in self.patterns)
+
+    def covers(self, pattern: Pattern) -> bool:
+        """Whether every (name, port) ``pattern`` allows is allowed here; each port may come from another pattern
+        (``x.com:80`` and ``x.com:443`` together cover ``x.com``)."""
+        return all(any(port in p.ports and p.names_all_of(pattern) for p in self.patterns)
+                   for port in pattern.ports)
 
     def to_json(self) -> list[str]:
         """The patterns as strings (presets expanded, ASCII): what zone 2 receives in an agent's registration."""
@@ -210,6 +222,28 @@ def canonical_host(host: str) -> str:
     if _NUMERIC_LABEL.fullmatch(labels[-1]):
         raise InvalidRequest("a name ending in a numeric label is read as an IPv4 address; name the host instead")
     return name
+
+
+def narrow(role_policy: EgressPolicy, spawn_patterns: object, flag: str = "--egress",
+           role: str | None = None) -> EgressPolicy:
+    """The agent's policy: the role's, or ``spawn --egress`` when given, which may only narrow the role's list.
+
+    ``spawn_patterns`` is what ``parse_egress`` reads (None keeps the role's list; ``none`` narrows to nothing).
+    Every spawn pattern must be covered by the role's: a host by an equal host or a ``*.domain`` it is under, a
+    ``*.a.b`` by ``*.a.b`` or ``*.b``, and each of its ports by a pattern with that port. A pattern that would widen
+    the list is refused (``InvalidRequest``), naming it and the role's list.
+    """
+    if spawn_patterns is None:
+        return role_policy
+    wanted = parse_egress(spawn_patterns, flag)
+    whose = f"role {role!r}" if role else "the role"
+    for pattern in wanted.patterns:
+        if not role_policy.covers(pattern):
+            raise InvalidRequest(
+                f"{flag}: {pattern} is not within the egress of {whose} ({role_policy}); "
+                "spawn --egress may only narrow the role's list, never widen it"
+            )
+    return wanted
 
 
 def _items(value: object, flag: str) -> list[str]:

@@ -1,6 +1,8 @@
-"""The egress policy's pure core (issue 18): patterns and presets."""
+"""The egress policy's pure core (issue 18): patterns, narrowing, presets."""
 
 from __future__ import annotations
+
+import re
 
 import pytest
 
@@ -10,6 +12,7 @@ from fleetd.egress import (
     EgressPolicy,
     Pattern,
     canonical_host,
+    narrow,
     parse_egress,
     parse_pattern,
     presets,
@@ -202,6 +205,54 @@ def test_canonical_host() -> None:
     for bad in ("", "1.2.3.4", "[::1]", "a..b", "*.a.b"):
         with pytest.raises(InvalidRequest):
             canonical_host(bad)
+
+
+# --- narrowing ----------------------------------------------------------------------------------------------------
+
+ROLE = parse_egress("pypi.org,*.example.com,api.test:8443,x.test:80,x.test:443")
+
+
+@pytest.mark.parametrize(
+    "spawn",
+    ["pypi.org", "pypi.org:443", "pypi.org:80", "a.example.com", "a.b.example.com:443", "*.example.com",
+     "*.a.example.com", "*.a.example.com:80", "api.test:8443", "x.test", "x.test:443", "pypi.org,a.example.com"],
+)
+def test_spawn_may_narrow_the_role_list(spawn: str) -> None:
+    assert narrow(ROLE, spawn) == parse_egress(spawn)
+
+
+@pytest.mark.parametrize(
+    ("spawn", "widening"),
+    [("files.pythonhosted.org", "files.pythonhosted.org"), ("pypi.org:8443", "pypi.org:8443"),
+     ("example.com", "example.com"), ("*.com", None), ("*.other.com", r"\*\.other\.com"),
+     ("api.test", "api.test"), ("api.test:443", "api.test:443"), ("pypi.org,other.test", "other.test"),
+     ("*.pypi.org", r"\*\.pypi\.org"), ("x.test:8080", "x.test:8080"), ("@pypi", "files.pythonhosted.org")],
+)
+def test_spawn_may_not_widen_the_role_list(spawn: str, widening: str | None) -> None:
+    with pytest.raises(InvalidRequest) as raised:
+        narrow(ROLE, spawn, role="web")
+    message = raised.value.message
+    if widening:  # else refused as a pattern before any comparison
+        assert re.search(f"--egress: {widening} is not within the egress of role 'web' \\({re.escape(str(ROLE))}\\)",
+                         message), message
+        assert "may only narrow" in message
+
+
+def test_no_spawn_list_keeps_the_role_list_and_none_narrows_to_nothing() -> None:
+    assert narrow(ROLE, None) is ROLE
+    assert narrow(ROLE, "none") == NO_EGRESS
+    assert narrow(NO_EGRESS, "none") == NO_EGRESS
+
+
+def test_a_role_without_egress_can_not_be_widened() -> None:
+    with pytest.raises(InvalidRequest, match=r"pypi.org is not within the egress of the role \(none\)"):
+        narrow(NO_EGRESS, "pypi.org")
+
+
+def test_a_preset_narrows_a_role_that_holds_it() -> None:
+    role = parse_egress("@github,@pypi")
+    assert narrow(role, "@pypi") == parse_egress("@pypi")
+    assert narrow(role, "raw.githubusercontent.com,user-images.githubusercontent.com").enabled
 
 
 # --- presets ------------------------------------------------------------------------------------------------------
