@@ -25,7 +25,8 @@ Rules where the issue is silent:
 - Schemes, paths, user info, queries (``https://x``, ``x/y``) are refused: a pattern names a host, not a URL.
 
 The policy travels from the daemon to zone 2 in an agent's registration as ``EgressPolicy.to_json()`` (its patterns,
-presets expanded, in ASCII) and comes back with ``EgressPolicy.from_json``.
+presets expanded, in ASCII) and comes back with ``EgressPolicy.from_json``. Addresses are judged apart from names:
+``refused_address`` says which addresses zone 2 never connects to, whatever name they came from.
 """
 
 from __future__ import annotations
@@ -67,6 +68,10 @@ PRESETS: dict[str, tuple[str, ...]] = {
     # npm's default registry (npm help registry: "https://registry.npmjs.org"), which also serves the tarballs.
     "npm": ("registry.npmjs.org",),
 }
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
 
 def presets() -> dict[str, list[str]]:
     """Each preset's name (without the ``@``) and the patterns it expands to, for ``fleetd egress presets``."""
@@ -244,6 +249,85 @@ def narrow(role_policy: EgressPolicy, spawn_patterns: object, flag: str = "--egr
                 "spawn --egress may only narrow the role's list, never widen it"
             )
     return wanted
+
+
+# Cloud metadata services at addresses not already refused as link-local.
+METADATA_ADDRESSES: dict[IPAddress, str] = {
+    ipaddress.ip_address("fd00:ec2::254"): "AWS instance metadata (IPv6)",
+    ipaddress.ip_address("100.100.100.200"): "Alibaba Cloud instance metadata",
+}
+LINK_LOCAL_METADATA = ipaddress.ip_address("169.254.169.254")  # AWS, GCP, Azure, OCI, OpenStack...
+THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")  # RFC 1122 "this host on this network"; Linux may route 0.x to us
+NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052: the IPv4 address sits in the last 32 bits
+
+
+def refused_address(ip: IPAddress | str, host_addresses: Iterable[IPAddress | str] = (),
+                    agent_networks: Iterable[IPNetwork | str] = ()) -> str | None:
+    """Why zone 2 must not connect to ``ip`` whatever name it came from, or None when it may.
+
+    Refused: the unspecified address (and 0.0.0.0/8), loopback, link-local (169.254.0.0/16 with cloud metadata
+    169.254.169.254, fe80::/10), multicast, the IPv4 broadcast address, the other cloud metadata addresses
+    (``METADATA_ADDRESSES``), an IPv4 address of any of these in IPv4-mapped (``::ffff:127.0.0.1``) or NAT64
+    (``64:ff9b::7f00:1``) form, ``host_addresses`` (the host's own), and any address inside ``agent_networks``.
+    Private ranges (RFC 1918, fc00::/7) are allowed: test hosts live on a Docker network. A string that is not an
+    address is refused too.
+    """
+    try:
+        address = _address(ip)
+    except ValueError:
+        return f"{ip!r} is not an IP address"
+    embedded = _embedded_ipv4(address)
+    if embedded is not None:
+        reason = refused_address(embedded, host_addresses, agent_networks)
+        return None if reason is None else f"{address} embeds {embedded}: {reason}"
+    reason = _special(address)
+    if reason:
+        return f"{address} is {reason}"
+    if any(address == _address(own) for own in host_addresses):
+        return f"{address} is an address of the host itself"
+    for network in agent_networks:
+        net = ipaddress.ip_network(network, strict=False)
+        if address.version == net.version and address in net:
+            return f"{address} is inside the agents' network {net}"
+    return None
+
+
+def _special(address: IPAddress) -> str | None:
+    """The kind of address it is, among those never reached, or None."""
+    if address.is_unspecified or address in THIS_NETWORK:
+        return "unspecified (this host)"
+    if address.is_loopback:
+        return "a loopback address"
+    if address == LINK_LOCAL_METADATA:
+        return "link-local: the cloud metadata service"
+    if address in METADATA_ADDRESSES:
+        return f"{METADATA_ADDRESSES[address]}"
+    if address.is_link_local:
+        return "a link-local address"
+    if address.is_multicast:
+        return "a multicast address"
+    if address == ipaddress.IPv4Address("255.255.255.255"):
+        return "the broadcast address"
+    return None
+
+
+def _address(ip: IPAddress | str) -> IPAddress:
+    """An address without an IPv6 zone (``fe80::1%eth0`` is fe80::1: the zone changes no rule here)."""
+    address = ipaddress.ip_address(ip) if isinstance(ip, str) else ip
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id:
+        return ipaddress.IPv6Address(address.packed)
+    return address
+
+
+def _embedded_ipv4(address: IPAddress) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address stands for: IPv4-mapped (the kernel connects to it) or NAT64."""
+    if not isinstance(address, ipaddress.IPv6Address):
+        return None
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address in NAT64:
+        return ipaddress.IPv4Address(address.packed[-4:])
+    return None
 
 
 def _items(value: object, flag: str) -> list[str]:

@@ -1,7 +1,8 @@
-"""The egress policy's pure core (issue 18): patterns, narrowing, presets."""
+"""The egress policy's pure core (issue 18): patterns, narrowing, presets, refused addresses."""
 
 from __future__ import annotations
 
+import ipaddress
 import re
 
 import pytest
@@ -16,6 +17,7 @@ from fleetd.egress import (
     parse_egress,
     parse_pattern,
     presets,
+    refused_address,
 )
 from fleetd.errors import InvalidRequest
 
@@ -280,3 +282,57 @@ def test_presets_mix_with_patterns() -> None:
     assert policy.allows("files.pythonhosted.org", 443) and policy.allows("docs.python.org", 80)
     github = parse_egress("@github")
     assert github.allows("release-assets.githubusercontent.com", 443) and not github.allows("gist.github.com", 443)
+
+
+# --- addresses ----------------------------------------------------------------------------------------------------
+
+AGENTS = [ipaddress.ip_network("172.30.0.0/16"), ipaddress.ip_network("fd12:3456::/64")]
+HOST = [ipaddress.ip_address("192.168.1.10"), ipaddress.ip_address("2001:db8::10")]
+
+
+@pytest.mark.parametrize(
+    ("address", "why"),
+    [
+        ("127.0.0.1", "loopback"), ("127.8.9.10", "loopback"), ("::1", "loopback"),
+        ("169.254.169.254", "cloud metadata"), ("169.254.1.1", "link-local"), ("169.254.170.2", "link-local"),
+        ("fe80::1", "link-local"), ("fe80::1%eth0", "link-local"), ("febf::1", "link-local"),
+        ("fd00:ec2::254", "AWS instance metadata"), ("100.100.100.200", "Alibaba"),
+        ("0.0.0.0", "unspecified"), ("0.1.2.3", "unspecified"), ("::", "unspecified"),
+        ("224.0.0.1", "multicast"), ("239.255.255.250", "multicast"), ("ff02::1", "multicast"),
+        ("255.255.255.255", "broadcast"),
+        ("::ffff:127.0.0.1", "embeds 127.0.0.1: 127.0.0.1 is a loopback"),
+        ("::ffff:169.254.169.254", "cloud metadata"), ("::ffff:0.0.0.0", "unspecified"),
+        ("::ffff:172.30.0.9", "agents' network 172.30.0.0/16"), ("::ffff:192.168.1.10", "host itself"),
+        ("64:ff9b::7f00:1", "loopback"), ("64:ff9b::a9fe:a9fe", "cloud metadata"),
+        ("192.168.1.10", "host itself"), ("2001:db8::10", "host itself"),
+        ("172.30.0.1", "agents' network"), ("172.30.255.255", "agents' network"),
+        ("fd12:3456::5", "agents' network fd12:3456::/64"),
+        ("not-an-address", "not an IP address"), ("", "not an IP address"),
+    ],
+)
+def test_refused_addresses(address: str, why: str) -> None:
+    reason = refused_address(address, HOST, AGENTS)
+    assert reason is not None and why in reason
+    if why != "not an IP address":  # an address object reads the same as its text
+        assert refused_address(ipaddress.ip_address(address), HOST, AGENTS) == reason
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["10.0.0.5", "172.16.0.1", "172.31.0.1", "192.168.1.11", "8.8.8.8", "100.64.0.1", "fd00::1", "2001:db8::11",
+     "::ffff:8.8.8.8", "64:ff9b::808:808", "2606:4700::1111", "198.18.0.1"],
+)
+def test_private_and_public_addresses_are_allowed(address: str) -> None:
+    assert refused_address(address, HOST, AGENTS) is None
+
+
+def test_networks_and_addresses_may_be_given_as_strings() -> None:
+    reason = refused_address("10.9.0.3", ["10.1.1.1"], ["10.9.0.0/24"])
+    assert reason == "10.9.0.3 is inside the agents' network 10.9.0.0/24"
+    assert refused_address("10.1.1.1", ["10.1.1.1"], []) == "10.1.1.1 is an address of the host itself"
+    assert refused_address("10.9.0.3") is None  # nothing given: only the fixed rules
+
+
+def test_a_reason_reads_as_a_sentence_for_events() -> None:
+    assert refused_address("169.254.169.254") == "169.254.169.254 is link-local: the cloud metadata service"
+    assert refused_address("::ffff:127.0.0.1") == "::ffff:7f00:1 embeds 127.0.0.1: 127.0.0.1 is a loopback address"
