@@ -3,8 +3,8 @@ zone 2, one deployment updated three times.
 
 - v2 fails half its tasks: rolled back before it gets promote-after completions; no new task goes to it afterwards.
 - v3 is as good as v1 and 10 % cheaper (9 output tokens a call instead of 10): promoted; v1 drains without a task
-  cut (every task succeeds at its first attempt) and a v1 task whose agent is killed after the promotion never runs
-  on v3.
+  cut (every task succeeds at its first attempt), and a v1 task whose agent is killed after the promotion is retried
+  on v1, by the v1 agent kept for it.
 - blue-green to v4: the switch loses no task and runs none on both versions.
 - v5 with a spend cap below one call: zone 2 refuses its calls (budget_exceeded) and it is rolled back.
 """
@@ -124,25 +124,28 @@ def test_canary_rolled_back_then_promoted_then_blue_green(bench: SdkBench, sdk_i
     late_v2 = [t for t in done if t["version"] == "v2" and t["created_at"] > rolled["time"]]
     assert late_v2 == [], late_v2
 
-    # v3: as good, 10 % cheaper: promoted; v1 drains without cutting a task.
-    applied = deploy(bench, sdk_image, 3, tokens=9, canary=50, promote_after=10, max_duration_increase=5)
+    # v3: as good, 10 % cheaper: promoted; v1 drains without cutting a task. Two long v1 tasks are held across
+    # the promotion; one holder is killed after it: that task is retried on v1 (by the other v1 agent, kept for it),
+    # never on v3.
+    long = submit(bench, n, 2, think=60)
+    n += 2
+    holders = [wait_for(lambda t=t: task(bench, t["id"])["agent_id"], 60, what="a long task taken") for t in long]
+    assert {task(bench, t["id"])["version"] for t in long} == {"v1"}
+    applied = deploy(bench, sdk_image, 3, tokens=9, canary=50, promote_after=10, max_duration_increase=5, max=6)
     assert applied["rollout"]["version"] == 3
     n, ids = feed_until(bench, n, lambda view: view["rollout"] is None)
     [promoted] = rollout_events(bench, "rollout_promoted")
     assert promoted["data"]["canary"]["cost_per_succeeded_usd"] < promoted["data"]["current"]["cost_per_succeeded_usd"]
     assert inspect(bench)["current_version"] == 3
-    # A v1 task held across the promotion: its agent is killed; the task never runs on v3.
-    long = submit(bench, n, 1, think=30)[0]
-    n += 1
-    holder = wait_for(lambda: task(bench, long["id"])["agent_id"], 60, what="the long task taken")
-    done = finished(bench, ids)
+    assert [task(bench, t["id"])["state"] for t in long] == ["leased", "leased"], "promoted within the long tasks"
+    bench.daemon.cli("kill", holders[0])
+    retried = wait_for(lambda: (t := task(bench, long[0]["id"]))["state"] in ("succeeded", "failed", "dead") and t,
+                       180, what="the killed agent's task to end")
+    assert retried["state"] == "succeeded" and retried["attempts"] == 2, retried
+    assert retried["version"] == "v1" and retried["output"]["version"] == "1" and retried["agent_id"] == holders[1]
+    done = finished(bench, [*ids, long[1]["id"]])
     assert all(t["state"] == "succeeded" and t["attempts"] == 1 for t in done), [
         (t["version"], t["state"], t["error"]) for t in done if t["state"] != "succeeded" or t["attempts"] != 1]
-    if task(bench, long["id"])["version"] == "v1":
-        bench.daemon.cli("kill", holder)
-        ended = wait_for(lambda: (t := task(bench, long["id"]))["state"] in ("succeeded", "failed") and t, 120,
-                         what="the killed agent's task to end")
-        assert ended["version"] == "v1" and (ended["output"] or {}).get("version") != "3", ended
     wait_for(lambda: {v["version"]: v["state"] for v in inspect(bench)["versions"]}.get(1) == "retired", 120,
              what="v1 retired")
 
