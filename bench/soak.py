@@ -29,6 +29,7 @@ import contextlib
 import fcntl
 import os
 import socket
+import sqlite3
 import statistics
 import sys
 import threading
@@ -46,7 +47,8 @@ SETTLE = 12.0  # s after the last exit: the janitor removes the exited container
 AGENT = {"image": IMAGE, "command": ["true"], "ttl": 600, "memory": "32m", "cpus": "0.05", "pids_limit": 32,
          "disk": "16m"}
 SCRAPES = 51  # scrapes per checkpoint (median)
-SHOWN_ONLY = ("state.db MB", "open fds", "scrape KB", "records")  # figures reported, not held to the 1.2x target
+# Figures reported, not held to the 1.2x target: what explains the others.
+SHOWN_ONLY = ("state.db MB", "open fds", "scrape KB", "records", "cli start ms", "db free MB", "db rows")
 COMMANDS = {"status": ["status"], "ps": ["ps"], "ps -a": ["ps", "-a"], "events -n 100": ["events", "-n", "100"]}
 
 
@@ -66,6 +68,16 @@ def rss_mb(pid: int) -> float:
 
 def db_mb(state_dir: Path) -> float:
     return sum(p.stat().st_size for p in state_dir.glob("state.db*")) / (1 << 20)
+
+
+def db_inside(state_dir: Path) -> tuple[float, float]:
+    """state.db's free pages (MB: space SQLite keeps for reuse, not data) and its rows in the tables retention
+    bounds (agents, transitions, events, tasks), read-only beside the daemon."""
+    with sqlite3.connect(f"file:{state_dir / 'state.db'}?mode=ro", uri=True, timeout=5) as conn:
+        free = conn.execute("PRAGMA freelist_count").fetchone()[0] * conn.execute("PRAGMA page_size").fetchone()[0]
+        rows = sum(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+                   for table in ("agents", "transitions", "events", "tasks"))
+    return free / (1 << 20), float(rows)
 
 
 class Spawner:
@@ -136,6 +148,10 @@ def median_time(run: Any, repeat: int) -> float:
 
 def measure(bench: Bench, metrics_url: str, repeat: int) -> dict[str, float]:
     figures: dict[str, float] = {}
+    # The control: the CLI starting and exiting without a word to the daemon. Every CLI figure includes it; when it
+    # moves, the machine moved (page cache, CPU), not the daemon.
+    figures["cli start ms"] = statistics.median(timed_run([bench.exe, "--version"], bench.env)[0]
+                                                for _ in range(repeat)) * 1000
     for label, args in COMMANDS.items():
         figures[label] = statistics.median(timed_run([bench.exe, *args], bench.env)[0] for _ in range(repeat)) * 1000
 
@@ -173,6 +189,7 @@ def measure(bench: Bench, metrics_url: str, repeat: int) -> dict[str, float]:
     # The rows `ps -a` lists: every record the window keeps (rate x the records retention, up to a purge's period
     # more): `ps -a` follows them, not the lifecycles run.
     figures["records"] = float(len(bench.client().call("GET", "/v1/agents?all=1")))
+    figures["db free MB"], figures["db rows"] = db_inside(bench.state_dir)
     return figures
 
 
