@@ -448,23 +448,16 @@ class Fleet:
         return {t.id: (t.cost_nusd + ledger.get(t.id, (0, 0))[0], t.llm_calls + ledger.get(t.id, (0, 0))[1])
                 for t in tasks}
 
-    def figures(self, deployment: str, since: str = "") -> dict[str, VersionFigures]:
-        """Version label -> what its tasks finished since ``since`` did (the newest FIGURES_ROWS of the deployment's):
-        a task counts for the version it is bound to, or, never leased (it expired in the queue), the version it
-        was routed to (the current one: ``route`` None, counted under the label of the task's deployment's current
-        version by the caller, here under ``""``)."""
-        tasks = self.queue.finished_since(deployment, since, FIGURES_ROWS)
-        costs = self._costs(tasks)
-        current = self._current_label(deployment)
-        grouped: dict[str, list[Task]] = {}
-        for task in tasks:
-            grouped.setdefault(task.version or task.route or current, []).append(task)
-        return {label: version_figures(rows, costs) for label, rows in grouped.items()}
-
-    def _current_label(self, deployment: str) -> str:
-        with contextlib.suppress(NotFound):
-            return f"v{self.deployments.get(deployment).current_version}"
-        return ""
+    def figures(self, deployment: Deployment) -> dict[str, VersionFigures]:
+        """Version label -> what its newest FIGURES_ROWS finished tasks did (``deploy inspect``): a task counts for
+        the version it is bound to, or, never leased (it expired in the queue), the version it was routed to (the
+        current one's when none)."""
+        found = {}
+        for version in deployment.versions:
+            route = None if version.number == deployment.current_version else version.label
+            tasks = self.queue.finished_for(deployment.name, "", version.label, route, FIGURES_ROWS)
+            found[version.label] = version_figures(tasks, self._costs(tasks))
+        return found
 
     def promote(self, name: str, why: str = "promoted by hand", data: dict[str, Any] | None = None,
                 by: str = "user") -> Deployment:
@@ -898,7 +891,7 @@ class Fleet:
             data["rollout"]["ready"] = (len(self._ready_of(deployment.name, deployment.rollout.version))
                                         if starting and deployment.rollout is not None else None)
         if detail:
-            figures = self.figures(deployment.name)
+            figures = self.figures(deployment)
             for version in data["versions"]:
                 found = figures.get(version["label"])
                 version["tasks"] = (found or VersionFigures()).to_json(detail=True)

@@ -459,27 +459,10 @@ class TaskQueue:
             {"d": deployment, "v": version}).fetchone()[0]
         return count
 
-    def reroute(self, deployment: str, route: str | None, to: str | None) -> int:
-        """Queued tasks of ``deployment`` routed to ``route`` and not yet bound by a lease go to ``to`` (None: the
-        current version) instead: a rolled-back canary's, or, on a promotion, every one. How many."""
-        where = "route IS NULL" if route is None else "route = :route"
-        with self._changing():
-            changed: int = self.conn.execute(
-                f"UPDATE tasks SET route = :to WHERE deployment = :d AND state = 'queued' AND version IS NULL AND "
-                f"{where}", {"d": deployment, "route": route, "to": to}).rowcount
-        return changed
-
-    def finished_since(self, deployment: str, since: str, limit: int) -> list[Task]:
-        """``deployment``'s tasks that reached a final state at or after ``since`` (ISO time), newest first, at most
-        ``limit`` (a rollout's figures), without their input and output."""
-        marks = ", ".join("?" for _ in FINISHED_TASK_STATES)
-        return [Task.from_row(r) for r in self.store.rows(
-            f"SELECT {SUMMARY_COLUMNS} FROM tasks WHERE deployment = ? AND finished_at >= ? AND state IN ({marks}) "
-            "ORDER BY finished_at DESC LIMIT ?", [deployment, since, *FINISHED_TASK_STATES, limit])]
-
     def finished_for(self, deployment: str, since: str, version: str, route: str | None, limit: int) -> list[Task]:
-        """``finished_since`` for one version: tasks bound to ``version``, and those never leased that were routed to
-        ``route`` (None: the current version's), newest first, at most ``limit``."""
+        """``deployment``'s tasks of one version that reached a final state at or after ``since`` (ISO time): those
+        bound to ``version``, and those never leased that were routed to ``route`` (None: the current version's),
+        newest first, at most ``limit``, without their input and output. On the index tasks_version_finished."""
         marks = ", ".join("?" for _ in FINISHED_TASK_STATES)
         found = []
         for clause, value in (("version = ?", version), ("version IS NULL AND route IS ?", route)):
