@@ -432,15 +432,15 @@ class Fleet:
 
     def _spent_by_agents(self, deployment: Deployment, rollout: Rollout, number: int,
                          figures: VersionFigures) -> VersionFigures:
-        """``figures`` with the cost of every call the version's agents made since the rollout began (its spend pool
-        in the ledger), when that is more than its tasks': an agent's calls outside any task count against its
-        version's cost per succeeded task too."""
+        """``figures`` with the cost of the calls the version's agents made outside any task since the rollout began
+        (its spend pool in the ledger) added: they count against its cost per succeeded task too. (All its spend
+        would count the calls of tasks still running, with no success yet to share them.)"""
         if self.costs is None:
             return figures
         started = parse_iso(rollout.started_at)
         key = pool_key(deployment.name, number, deployment.version(number).created_at)
-        spent = self.costs.pool_spend(key, started) / 1e9
-        return dataclasses.replace(figures, cost_usd=spent) if spent > figures.cost_usd else figures
+        outside = self.costs.pool_spend(key, started) / 1e9
+        return dataclasses.replace(figures, cost_usd=figures.cost_usd + outside) if outside else figures
 
     def _costs(self, tasks: list[Task]) -> dict[str, tuple[int, int]]:
         """Task id -> (nUSD, LLM calls): what state.db counted plus what the ledger has."""

@@ -36,7 +36,8 @@ CHUNK = 500  # task ids per query (SQLite's bound parameters; a listing may name
 READ_TIMEOUT = 1.0  # s to wait for a lock (a reader in WAL mode next to never waits)
 
 POOL_SPEND = "SELECT COALESCE(SUM(cost_nusd), 0) FROM calls WHERE pool = ?"  # on the covering index calls_pool
-POOL_SPEND_SINCE = "SELECT COALESCE(SUM(cost_nusd), 0) FROM calls WHERE pool = ? AND at >= ?"  # the same index
+# Since a time, only the calls no task carried (a version's spend outside its tasks): the same index
+POOL_SPEND_SINCE = "SELECT COALESCE(SUM(cost_nusd), 0) FROM calls WHERE pool = ? AND at >= ? AND task_id IS NULL"
 NO_POOL_COLUMN = "no such column: pool"  # SQLite's error on a ledger from before pools
 
 Cost = tuple[int, int]  # nano-USD, metered LLM calls
@@ -76,8 +77,8 @@ class TaskCosts:
         return found
 
     def pool_spend(self, key: str, since: datetime | None = None) -> int:
-        """What the calls of a spend pool's agents have cost, all time (or ``since``), in nano-USD: 0 when the ledger
-        has none of its calls, is not there yet, or has no pool column yet."""
+        """What the calls of a spend pool's agents have cost, all time; or, ``since`` a time, those no task carried;
+        in nano-USD: 0 when the ledger has none of its calls, is not there yet, or has no pool column yet."""
         try:
             conn = self._connection()
             if conn is None:

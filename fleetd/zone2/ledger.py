@@ -44,7 +44,7 @@ CONTEXT_OF = ("SELECT context_tokens FROM calls WHERE response_id = ? AND contex
 TASK_SPEND = "SELECT COALESCE(SUM(cost_nusd), 0), COUNT(*) FROM calls WHERE task_id = ?"
 # What a spend pool's calls have cost, all time: from the partial index calls_pool alone (it covers cost_nusd)
 POOL_SPEND = "SELECT COALESCE(SUM(cost_nusd), 0), COUNT(*) FROM calls WHERE pool = ?"
-POOL_SPEND_SINCE = "SELECT COALESCE(SUM(cost_nusd), 0) FROM calls WHERE pool = ? AND at >= ?"
+POOL_SPEND_SINCE = "SELECT COALESCE(SUM(cost_nusd), 0) FROM calls WHERE pool = ? AND at >= ? AND task_id IS NULL"
 migrations = Migrations("fleetd-ledger")
 
 
@@ -103,7 +103,7 @@ def m006_pool(db: sqlite_utils.Database) -> None:
     # by zone 2 when it meets the pool and by the daemon (fleetd.task_costs).
     db.execute("ALTER TABLE calls ADD COLUMN pool TEXT")
     # With the time in it too: the daemon reads a version's spend since its rollout began (POOL_SPEND_SINCE).
-    db.execute("CREATE INDEX calls_pool ON calls(pool, at, cost_nusd) WHERE pool IS NOT NULL")
+    db.execute("CREATE INDEX calls_pool ON calls(pool, at, task_id, cost_nusd) WHERE pool IS NOT NULL")
 
 
 def _clip(text: str | None) -> str | None:

@@ -213,7 +213,10 @@ def test_a_pools_spend_since_a_time_counts_only_the_calls_from_then_on(ledger: L
     for at, cost in ((before, 1_000), (start, 20), (datetime(2026, 12, 5, 4, 0, tzinfo=UTC), 300)):
         assert ledger.record(Call(uuid.uuid4().hex, at, "a1", "worker", "openai", "chat", "gpt-4o-mini", 200,
                                   Usage(input_tokens=1, output_tokens=1), cost, cost, False, 1, pool="web:v1"))
-    assert costs.pool_spend("web:v1") == 1_320
+    assert ledger.record(Call(uuid.uuid4().hex, start, "a1", "worker", "openai", "chat", "gpt-4o-mini", 200,
+                              Usage(input_tokens=1, output_tokens=1), 4_000, 4_000, False, 1, task_id="t1",
+                              pool="web:v1"))  # a task's call: its task's cost counts it
+    assert costs.pool_spend("web:v1") == 5_320
     assert costs.pool_spend("web:v1", start) == 320
     with sqlite3.connect(ledger.path) as conn:
         plan = conn.execute(f"EXPLAIN QUERY PLAN {POOL_SPEND_SINCE}", ("web:v1", start.isoformat())).fetchall()
