@@ -696,21 +696,27 @@ def max_calls(value: str | None) -> int | str | None:
                    "fallbacks_not_metered).")
 @click.option("--inherit-allow-unpriced", "allow_unpriced", flag_value=INHERIT, type=str,
               help="Unset: take allow_unpriced from the config again.")
+@click.option("--egress", help="Hosts its agents may reach through zone 2: host, *.domain, either with :port, "
+                               "@preset (fleetd egress presets), comma-separated; 'none' (the default): nothing; "
+                               "'inherit': from the config.")
+@click.option("--egress-max-bytes", help="Per-agent egress bytes per UTC day, in and out (default 1g; 'inherit').")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 @api_errors
 def role_set(ctx: click.Context, name: str, creds: str | None, daily_usd: str | None, monthly_usd: str | None,
-             max_llm_calls: str | None, allow_unpriced: str | None, as_json: bool) -> None:
-    """Create or change a role: its credentials and its agents' budget caps.
+             max_llm_calls: str | None, allow_unpriced: str | None, egress: str | None, egress_max_bytes: str | None,
+             as_json: bool) -> None:
+    """Create or change a role: its credentials, its agents' budget caps and the hosts they may reach.
 
-    A cap given as 'inherit' is unset: the role's agents take it from the config file's [roles.NAME] or
-    [budget] again. Caps not named are kept.
+    A setting given as 'inherit' is unset: the role's agents take it from the config file's [roles.NAME] or
+    [budget] again. Settings not named are kept.
 
-    Example: fleetd role set researcher --creds openai,anthropic --daily-usd 5 --max-llm-calls 200
+    Example: fleetd role set researcher --creds openai,anthropic --daily-usd 5 --egress @pypi,docs.python.org
     """
     values = {"daily_usd": daily_usd, "monthly_usd": monthly_usd,
               "max_llm_calls": max_calls(max_llm_calls),
-              "allow_unpriced": {"true": True, "false": False}.get(allow_unpriced or "", allow_unpriced)}
+              "allow_unpriced": {"true": True, "false": False}.get(allow_unpriced or "", allow_unpriced),
+              "egress": egress, "egress_max_bytes": egress_max_bytes}
     body: dict[str, Any] = {k: v for k, v in values.items() if v is not None}
     if creds is not None:
         body["creds"] = [c.strip() for c in creds.split(",") if c.strip()]
@@ -718,9 +724,11 @@ def role_set(ctx: click.Context, name: str, creds: str | None, daily_usd: str | 
     if as_json:
         print_json(record)
     else:
+        egress = record.get("egress")
         click.echo(f"{record['name']}: creds {','.join(record['creds']) or '-'}" + "".join(
-            f", {key} {record[key]}" for key in ("daily_usd", "monthly_usd", "max_llm_calls", "allow_unpriced")
-            if record.get(key) is not None))
+            f", {key} {record[key]}" for key in ("daily_usd", "monthly_usd", "max_llm_calls", "allow_unpriced",
+                                                  "egress_max_bytes")
+            if record.get(key) is not None) + ("" if egress is None else f", egress {','.join(egress) or 'none'}"))
 
 
 @role.command("ls")
@@ -738,9 +746,12 @@ def role_ls(ctx: click.Context, as_json: bool) -> None:
     def given(value: Any) -> str:
         return "-" if value is None else str(value)
 
-    print_table(["NAME", "CREDS", "DAILY USD", "MONTHLY USD", "MAX LLM CALLS", "UPDATED"], [
+    def egress(value: list[str] | None) -> str:
+        return "-" if value is None else ",".join(value) or "none"
+
+    print_table(["NAME", "CREDS", "DAILY USD", "MONTHLY USD", "MAX LLM CALLS", "EGRESS", "UPDATED"], [
         [r["name"], ",".join(r["creds"]) or "-", given(r.get("daily_usd")), given(r.get("monthly_usd")),
-         given(r.get("max_llm_calls")), ago(r["updated_at"])] for r in records])
+         given(r.get("max_llm_calls")), egress(r.get("egress")), ago(r["updated_at"])] for r in records])
     return None
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from fleetd.egress import EGRESS_KEYS, egress_settings
 from fleetd.errors import InvalidRequest
 from fleetd.policy import BUDGET_KEYS, INHERIT, budget_caps
 from fleetd.store import Store
@@ -55,15 +56,21 @@ class Admin:
         creds = data.get("creds")
         if creds is not None and (not isinstance(creds, list) or not all(isinstance(c, str) for c in creds)):
             raise InvalidRequest("creds must be a list of credential names")
-        unknown = set(data) - {"creds", *BUDGET_KEYS}
+        unknown = set(data) - {"creds", *BUDGET_KEYS, *EGRESS_KEYS}
         if unknown:
             raise InvalidRequest(f"unknown role fields: {sorted(unknown)}")
-        # A budget key sent as "inherit" is unset: the role's agents take it from the config again.
-        inherit = {k for k in BUDGET_KEYS if data.get(k) == INHERIT}
-        caps = budget_caps({k: v for k, v in data.items() if k not in inherit}, f"role {name}")
-        budget = {k: v for k, v in caps.to_json().items() if v is not None}
-        budget.update(dict.fromkeys(inherit))
-        role = self.store.set_role(name, creds, budget)
-        await self.zone2.push_all()  # running agents of this role see the new scope and caps at once
-        self.store.add_event("role_set", f"role {name}: creds {role['creds']}", None, {"name": name, **budget})
+        # A key sent as "inherit" is unset: the role's agents take it from the config again.
+        inherit = {k for k in (*BUDGET_KEYS, *EGRESS_KEYS) if data.get(k) == INHERIT}
+        given = {k: v for k, v in data.items() if k not in inherit}
+        caps = budget_caps(given, f"role {name}")
+        settings: dict[str, Any] = {k: v for k, v in caps.to_json().items() if v is not None}
+        egress = egress_settings(given, f"role {name}")
+        settings.update({k: v for k, v in egress.to_json().items() if v is not None})
+        settings.update(dict.fromkeys(inherit))
+        role = self.store.set_role(name, creds, settings)
+        await self.zone2.push_all()  # running agents of this role see the new scope, caps and egress at once
+        message = f"role {name}: creds {role['creds']}"
+        if "egress" in settings:
+            message += f", egress {'inherit' if settings['egress'] is None else ','.join(settings['egress']) or 'none'}"
+        self.store.add_event("role_set", message, None, {"name": name, **settings})
         return role

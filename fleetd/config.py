@@ -24,6 +24,8 @@ The file is TOML; every key is optional::
     [roles.researcher]         # per-role overrides of [defaults] (and of [budget], see fleetd.policy)
     memory = "1g"
     ttl = "2h"
+    egress = ["@pypi", "docs.python.org"]   # hosts its agents may reach through zone 2 (fleetd.egress)
+    egress_max_bytes = "1g"    # per agent and UTC day, in and out (the default)
 
 Budgets, the circuit breaker, retries and prices: see :mod:`fleetd.policy`.
 """
@@ -37,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from fleetd import __version__
+from fleetd.egress import EGRESS_KEYS
 from fleetd.errors import InvalidRequest
 from fleetd.listen import parse_listen
 from fleetd.paths import default_config, default_socket, default_state_dir
@@ -181,9 +184,10 @@ def load_config(path: Path | None = None, **overrides: Any) -> Config:
     role_tables: dict[str, dict[str, Any]] = data.pop("roles", {})
     if not isinstance(role_tables, dict) or not all(isinstance(t, dict) for t in role_tables.values()):
         raise InvalidRequest("roles: expected tables like [roles.NAME]")
-    kwargs["roles"] = {name: _limits({k: v for k, v in t.items() if k not in BUDGET_KEYS}, f"roles.{name}")
+    policy_keys = {*BUDGET_KEYS, *EGRESS_KEYS}  # the rest of a role's table is its spawn limits
+    kwargs["roles"] = {name: _limits({k: v for k, v in t.items() if k not in policy_keys}, f"roles.{name}")
                        for name, t in role_tables.items()}
-    kwargs["policy"] = load_policy(data, {name: {k: v for k, v in t.items() if k in BUDGET_KEYS}
+    kwargs["policy"] = load_policy(data, {name: {k: v for k, v in t.items() if k in policy_keys}
                                           for name, t in role_tables.items()})
     if data:
         raise InvalidRequest(f"config {source}: unknown keys {sorted(data)}")

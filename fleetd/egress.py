@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import idna
 
 from fleetd.errors import InvalidRequest
+from fleetd.units import parse_size
 
 DEFAULT_PORTS = (80, 443)
 NONE = "none"
@@ -172,8 +173,9 @@ NO_EGRESS = EgressPolicy()
 
 def parse_egress(value: object, flag: str = "--egress") -> EgressPolicy:
     """The policy from the flag's text (``@pypi,docs.python.org``), a list of items (a TOML array, an API field), or
-    None (no egress). ``none`` must stand alone; presets are expanded in place; duplicates are dropped."""
-    if value is None:
+    None (no egress). ``none`` must stand alone, ``[]`` is none too (what ``to_json`` writes for it); presets are
+    expanded in place; duplicates are dropped."""
+    if value is None or (isinstance(value, list | tuple) and not value):
         return NO_EGRESS
     items = _items(value, flag)
     if NONE in (item.lower() for item in items):
@@ -395,3 +397,54 @@ def _check_label(label: str) -> None:
         raise InvalidRequest(f"label {label[:20]!r}... is {len(label)} characters long, more than {MAX_LABEL}")
     if not _LABEL.fullmatch(label):
         raise InvalidRequest(f"invalid label {label!r}: letters, digits, - and _ only, not starting or ending with -")
+
+
+# -- where an agent's policy comes from -------------------------------------------------------------------------------
+EGRESS_KEYS = ("egress", "egress_max_bytes")  # in [roles.X], `role set`'s body and a spawn request
+DEFAULT_MAX_BYTES = 1 << 30  # per agent and UTC day, in and out together (the issue's default: 1g)
+MIN_MAX_BYTES = 1 << 10
+MAX_MAX_BYTES = 1 << 40
+
+
+@dataclass(frozen=True)
+class EgressSettings:
+    """A level's egress settings (``[roles.X]``, ``role set``, ``spawn``); None: not set here, fall through."""
+
+    policy: EgressPolicy | None = None
+    max_bytes: int | None = None  # per agent and UTC day, in and out together
+
+    def to_json(self) -> dict[str, object]:
+        return {"egress": None if self.policy is None else self.policy.to_json(), "egress_max_bytes": self.max_bytes}
+
+
+def egress_settings(table: dict[str, object], where: str | None) -> EgressSettings:
+    """The egress keys of a config table, an API body or a stored role row, validated; errors name ``where``'s keys
+    (``roles.X.egress``, ``role X.egress``) or, with ``where`` None (a spawn), the flags."""
+    names = ("--egress", "--egress-max-bytes") if where is None else (f"{where}.egress", f"{where}.egress_max_bytes")
+    policy = None if table.get("egress") is None else parse_egress(table["egress"], names[0])
+    raw = table.get("egress_max_bytes")
+    max_bytes = None
+    if raw is not None:
+        if not isinstance(raw, str | int) or isinstance(raw, bool):
+            raise InvalidRequest(f"{names[1]}: expected a size like 1g or 500m, got {raw!r:.40}")
+        max_bytes = parse_size(raw, names[1])
+        if not MIN_MAX_BYTES <= max_bytes <= MAX_MAX_BYTES:
+            raise InvalidRequest(f"{names[1]}: {raw!r} must be between 1k and 1t")
+    return EgressSettings(policy, max_bytes)
+
+
+def agent_egress(levels: Sequence[EgressSettings], spawn: EgressSettings = EgressSettings()) -> EgressSettings:
+    """An agent's effective egress: the role's (the first level that sets each key: ``role set``, then
+    ``[roles.X]``; else no egress and DEFAULT_MAX_BYTES), narrowed by ``spawn``.
+
+    The spawn's patterns were checked against the role when it spawned (``narrow``); the role may have been narrowed
+    since: only the spawn patterns the role still covers are kept, so that narrowing a role takes effect on its
+    running agents at once, never widens one. The byte cap is the smaller of the spawn's and the role's.
+    """
+    policy = next((level.policy for level in levels if level.policy is not None), NO_EGRESS)
+    max_bytes = next((level.max_bytes for level in levels if level.max_bytes is not None), DEFAULT_MAX_BYTES)
+    if spawn.policy is not None:
+        policy = EgressPolicy(tuple(p for p in spawn.policy.patterns if policy.covers(p)))
+    if spawn.max_bytes is not None:
+        max_bytes = min(max_bytes, spawn.max_bytes)
+    return EgressSettings(policy, max_bytes)

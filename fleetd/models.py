@@ -69,6 +69,9 @@ class AgentSpec:
     startup_probe: dict[str, Any] | None = None
     readiness_probe: dict[str, Any] | None = None
     liveness_probe: dict[str, Any] | None = None
+    # spawn --egress: patterns narrowing the role's (None: the role's list); spawn --egress-max-bytes (None: role's)
+    egress: list[str] | None = None
+    egress_max_bytes: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

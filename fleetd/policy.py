@@ -50,6 +50,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from fleetd.egress import EgressSettings, egress_settings
 from fleetd.errors import InvalidRequest
 from fleetd.units import parse_usd
 from fleetd.zone2.breaker import BreakerSettings, RetrySettings
@@ -107,6 +108,7 @@ class Policy:
     breaker: dict[str, Any] = field(default_factory=dict)
     retry: dict[str, Any] = field(default_factory=dict)
     prices: list[dict[str, Any]] = field(default_factory=list)
+    egress: dict[str, EgressSettings] = field(default_factory=dict)  # [roles.X] egress, egress_max_bytes
 
 
 def nusd(amount: Decimal | None) -> int | None:
@@ -191,12 +193,14 @@ def price_entry(model: str, table: dict[str, Any], where: str) -> dict[str, Any]
 
 
 def load_policy(data: dict[str, Any], role_tables: dict[str, dict[str, Any]]) -> Policy:
-    """Pop and parse [budget], [breaker], [retry], [prices] from the config data; budget keys of roles."""
+    """Pop and parse [budget], [breaker], [retry], [prices] from the config data; budget and egress keys of roles
+    (``role_tables``: each role's table, only those keys)."""
     budget = data.pop("budget", {})
     unknown = set(budget) - set(BUDGET_KEYS) - set(INSTANCE_KEYS)
     if unknown:
         raise InvalidRequest(f"budget: unknown keys {sorted(unknown)}")
     roles = {name: budget_caps(table, f"roles.{name}") for name, table in role_tables.items()}
+    egress = {name: egress_settings(table, f"roles.{name}") for name, table in role_tables.items()}
     prices = data.pop("prices", {})
     return Policy(
         budget=budget_caps(budget, "budget").over(BUILTIN_BUDGET),
@@ -208,6 +212,7 @@ def load_policy(data: dict[str, Any], role_tables: dict[str, dict[str, Any]]) ->
         breaker=_numbers(data.pop("breaker", {}), BREAKER_KEYS, "breaker"),
         retry=_numbers(data.pop("retry", {}), RETRY_KEYS, "retry"),
         prices=[price_entry(model, table, f"prices.{model}") for model, table in prices.items()],
+        egress={name: settings for name, settings in egress.items() if settings != EgressSettings()},
     )
 
 

@@ -6,6 +6,7 @@ import re
 from typing import Any
 
 from fleetd.config import Config
+from fleetd.egress import egress_settings
 from fleetd.errors import InvalidRequest
 from fleetd.health import ProbeSpec, RestartPolicy
 from fleetd.models import AgentSpec
@@ -25,6 +26,7 @@ SPAWN_FIELDS = {
     "memory_reservation", "disk", "cpus", "pids_limit", "ttl", "grace",
     "daily_usd", "monthly_usd", "max_llm_calls",
     "heartbeat_interval", "restart", "startup_probe", "readiness_probe", "liveness_probe",
+    "egress", "egress_max_bytes",
 }
 PROBES = ("startup", "readiness", "liveness")
 # Names the daemon sets itself; a user may not override them.
@@ -106,6 +108,8 @@ def build_spec(request: Any, config: Config, host_cpus: int, roles: frozenset[st
         raise InvalidRequest("--memory-reservation must be smaller than --memory")
     cpus = pick("cpus")
     nano_cpus = None if cpus is None else parse_cpus(cpus, host_cpus)
+    # Checked against the role's list when the agent is made (Supervisor.launch): the role lives in the store.
+    egress = egress_settings(request, None)
     return AgentSpec(
         image=image.strip(),
         command=tuple(command),
@@ -127,6 +131,8 @@ def build_spec(request: Any, config: Config, host_cpus: int, roles: frozenset[st
         heartbeat_interval=heartbeat_interval(pick("heartbeat_interval")),
         restart=restart_policy(pick("restart")),
         **{f"{which}_probe": probe(pick(f"{which}_probe"), which) for which in PROBES},
+        egress=None if egress.policy is None else egress.policy.to_json(),
+        egress_max_bytes=egress.max_bytes,
     )
 
 

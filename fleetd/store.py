@@ -253,9 +253,18 @@ def m013_rollouts(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX tasks_version_finished ON tasks(deployment, version, finished_at) "
                "WHERE finished_at IS NOT NULL")
 
+
+@migrations()
+def m014_role_egress(db: sqlite_utils.Database) -> None:
+    # A role's egress (fleetd.egress), as `role set --egress` gave it: its patterns as JSON, presets expanded; NULL
+    # is "not set here" (the config's [roles.X], else none). A role with no egress is [] (`--egress none`).
+    db.execute("ALTER TABLE roles ADD COLUMN egress TEXT")
+    db.execute("ALTER TABLE roles ADD COLUMN egress_max_bytes INTEGER")
+
 RESTARTED_EVENT = "restarted"
 PROBE_FAILED_EVENT = "probe_failed"
 ROLE_BUDGET_FIELDS = ("daily_usd", "monthly_usd", "max_llm_calls", "allow_unpriced")
+ROLE_FIELDS = (*ROLE_BUDGET_FIELDS, "egress", "egress_max_bytes")
 AGENT_COLUMNS = (
     "name", "image", "role", "state", "reason", "container_id", "created_at",
     "started_at", "finished_at", "deadline", "kill_at", "exit_code", "oom_killed",
@@ -483,27 +492,31 @@ class Store:
         )
 
     # -- roles --------------------------------------------------------------
-    def set_role(self, name: str, creds: list[str] | None, budget: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Create or update a role; ``creds=None`` keeps the current list, budget fields not given are kept."""
+    def set_role(self, name: str, creds: list[str] | None, settings: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Create or update a role; ``creds=None`` keeps the current list; of ``settings`` (ROLE_FIELDS: budget caps,
+        egress patterns as a list, egress_max_bytes) those not given are kept, those given as None unset."""
         now = iso(utcnow())
         current = self.role(name) or {}
         value = json.dumps(sorted(set(creds)) if creds is not None else current.get("creds", []))
-        fields = {f: current.get(f) for f in ROLE_BUDGET_FIELDS}
-        fields.update(budget or {})
+        fields = {f: current.get(f) for f in ROLE_FIELDS}
+        fields.update(settings or {})
+        fields["egress"] = None if fields["egress"] is None else json.dumps(fields["egress"])
         self.conn.execute(
             """INSERT INTO roles (name, creds, created_at, updated_at, daily_usd, monthly_usd, max_llm_calls,
-                                  allow_unpriced) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                                  allow_unpriced, egress, egress_max_bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                ON CONFLICT(name) DO UPDATE SET creds = excluded.creds, updated_at = excluded.updated_at,
                  daily_usd = excluded.daily_usd, monthly_usd = excluded.monthly_usd,
-                 max_llm_calls = excluded.max_llm_calls, allow_unpriced = excluded.allow_unpriced""",
-            (name, value, now, now, *(fields[f] for f in ROLE_BUDGET_FIELDS)),
+                 max_llm_calls = excluded.max_llm_calls, allow_unpriced = excluded.allow_unpriced,
+                 egress = excluded.egress, egress_max_bytes = excluded.egress_max_bytes""",
+            (name, value, now, now, *(fields[f] for f in ROLE_FIELDS)),
         )
         return self.role(name)  # type: ignore[return-value]
 
     @staticmethod
     def _role_row(row: dict[str, Any]) -> dict[str, Any]:
-        allow = row.get("allow_unpriced")
-        return {**row, "creds": json.loads(row["creds"]), "allow_unpriced": None if allow is None else bool(allow)}
+        allow, egress = row.get("allow_unpriced"), row.get("egress")
+        return {**row, "creds": json.loads(row["creds"]), "allow_unpriced": None if allow is None else bool(allow),
+                "egress": None if egress is None else json.loads(egress)}
 
     def role(self, name: str) -> dict[str, Any] | None:
         rows = self.rows("SELECT * FROM roles WHERE name = ?", [name])

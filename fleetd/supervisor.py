@@ -195,8 +195,8 @@ class Supervisor:
             "FLEETD_GRACE_SECONDS": str(spec.grace),
             "FLEETD_CHECKPOINT_DIR": CHECKPOINT_DIR,
         }
+        env.update(self.zone2.agent_env(spec))  # refuses an --egress wider than the role's: before anything is made
         await self.zone2.ready()  # zone 2 runs before any agent does
-        env.update(self.zone2.agent_env())
         owner = self.store.name_owner(spec.name) if spec.name else None
         if owner is not None:
             held_by, state = owner

@@ -3,7 +3,10 @@ in-memory fake in unit tests): where agents find it, and to know who each agent 
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from fleetd.models import AgentSpec
 
 
 class Zone2Port(Protocol):
@@ -12,8 +15,9 @@ class Zone2Port(Protocol):
         """Zone 2's address on the agents' network (None until it is up)."""
         ...
 
-    def agent_env(self) -> dict[str, str]:
-        """The environment that points an agent's SDKs at zone 2."""
+    def agent_env(self, spec: AgentSpec | None = None) -> dict[str, str]:
+        """The environment that points an agent's SDKs at zone 2 (and its HTTP clients at zone 2's forward proxy
+        when ``spec``'s egress allows any host); InvalidRequest when ``spec --egress`` widens its role's list."""
         ...
 
     async def ready(self) -> None:

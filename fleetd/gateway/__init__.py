@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from fleetd import __version__
+from fleetd.egress import NO_EGRESS, EgressSettings, agent_egress, egress_settings, narrow
 from fleetd.errors import NotFound, Unavailable
 from fleetd.gateway.control_client import ControlClient
 from fleetd.gateway.daemon_socket import DaemonSocket, HeartbeatWatch, TaskDoor
 from fleetd.gateway.keeper import Keeper
-from fleetd.models import LIVE_STATES
+from fleetd.models import LIVE_STATES, AgentSpec
 from fleetd.netns import NOBODY
 from fleetd.policy import BudgetCaps, Policy, merged_prices, nusd, price_entry, resolve_caps, zone2_policy
 from fleetd.runtime import DockerRuntime
@@ -39,11 +40,14 @@ from fleetd.zone2.contract import (
 )
 from fleetd.zone2.ledger import LEDGER_FILE
 from fleetd.zone2.pricing import PriceTable
-from fleetd.zone2.service import CONTROL_SOCKET, DAEMON_SOCKET, GATEWAY_PORT
+from fleetd.zone2.service import CONTROL_SOCKET, DAEMON_SOCKET, EGRESS_PORT, GATEWAY_PORT
 
 ZONE2_IMAGE = f"fleetd/zone2:{__version__}"
 CONTROL_DIR = "zone2"  # zone 2's control directory in the state dir: the two sockets and its ledger
 GATEWAY_URL = f"http://zone2:{GATEWAY_PORT}"
+PROXY_URL = f"http://zone2:{EGRESS_PORT}"
+# What never goes through the proxy: zone 2's own API (the LLM and task calls) and the agent itself.
+NO_PROXY = "zone2,localhost,127.0.0.1,::1"
 
 
 def zone2_ledger(state_dir: Path) -> Path:
@@ -51,13 +55,19 @@ def zone2_ledger(state_dir: Path) -> Path:
     return state_dir / CONTROL_DIR / LEDGER_FILE
 
 
-def agent_env() -> dict[str, str]:
-    """What an agent needs to reach zone 2 with unmodified OpenAI/Anthropic SDKs."""
-    return {
+def agent_env(egress: bool = False) -> dict[str, str]:
+    """What an agent needs to reach zone 2 with unmodified OpenAI/Anthropic SDKs; with ``egress`` (its role allows
+    some hosts), the proxy variables that pip, git, curl, requests and httpx read, in both cases (curl reads only
+    the lowercase http_proxy)."""
+    env = {
         "FLEETD_GATEWAY_URL": GATEWAY_URL,
         "OPENAI_BASE_URL": f"{GATEWAY_URL}/v1",
         "ANTHROPIC_BASE_URL": GATEWAY_URL,
     }
+    if egress:
+        for name, value in (("HTTP_PROXY", PROXY_URL), ("HTTPS_PROXY", PROXY_URL), ("NO_PROXY", NO_PROXY)):
+            env[name] = env[name.lower()] = value
+    return env
 
 
 class Zone2:
@@ -110,8 +120,20 @@ class Zone2:
     def healthy(self) -> bool:
         return self.keeper.healthy
 
-    def agent_env(self) -> dict[str, str]:
-        return agent_env()
+    def agent_env(self, spec: AgentSpec | None = None) -> dict[str, str]:
+        """The agent's environment; ``spec``'s egress checked against its role's (InvalidRequest if it widens it)."""
+        if spec is None:
+            return agent_env()
+        role = self.egress(spec.role)
+        narrow(role.policy or NO_EGRESS, spec.egress, "--egress", spec.role)
+        return agent_env((self.egress(spec.role, spec.egress, spec.egress_max_bytes).policy or NO_EGRESS).enabled)
+
+    def egress(self, role: str, patterns: list[str] | None = None, max_bytes: int | None = None) -> EgressSettings:
+        """What an agent of ``role`` may reach (spawned with ``patterns`` and ``max_bytes``, None: the role's): ``role
+        set``'s, then the config's [roles.X], else none (fleetd.egress.agent_egress)."""
+        levels = [egress_settings(self.store.role(role) or {}, f"role {role}"),
+                  self.policy.egress.get(role, EgressSettings())]
+        return agent_egress(levels, egress_settings({"egress": patterns, "egress_max_bytes": max_bytes}, None))
 
     async def ready(self) -> None:
         await self.keeper.ready()
@@ -204,9 +226,12 @@ class Zone2:
         if agent is None or agent["state"] not in LIVE_STATES:
             return None
         caps = self.caps(agent)
+        spec = json.loads(agent["spec"])
+        egress = self.egress(agent["role"], spec.get("egress"), spec.get("egress_max_bytes"))
         return Registration(agent_id, ip, agent["role"], frozenset(self.store.role_creds(agent["role"])),
                             Caps(nusd(caps.daily_usd), nusd(caps.monthly_usd), caps.max_llm_calls),
-                            bool(caps.allow_unpriced), task, self.pools(agent) if self.pools is not None else None)
+                            bool(caps.allow_unpriced), task, self.pools(agent) if self.pools is not None else None,
+                            tuple((egress.policy or NO_EGRESS).to_json()), egress.max_bytes)
 
     def held(self, agent_id: str) -> TaskHold | None:
         return self.tasks.held(agent_id) if self.tasks is not None else None

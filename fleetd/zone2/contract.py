@@ -243,7 +243,8 @@ class Registration:
     """An agent as zone 2 knows it: PUT/POST /control/agents, and GET /control/whois's answer. ``task``: the task it
     holds as the daemon's queue says (None: none), for a zone 2 that did not see its lease pass. ``pool``: the spend
     pool its calls are capped by too (None: none); a zone 2 from before pools ignores it, a daemon from before them
-    sends none."""
+    sends none. ``egress``: the patterns of the hosts it may reach through zone 2's forward proxy (``()``: none),
+    checked by zone 2 with ``fleetd.egress.EgressPolicy.from_json``."""
 
     agent_id: str
     ip: str
@@ -253,13 +254,16 @@ class Registration:
     allow_unpriced: bool = False
     task: TaskHold | None = None
     pool: PoolCap | None = None
+    egress: tuple[str, ...] = ()  # the hosts it may reach through the forward proxy (fleetd.egress patterns)
+    egress_max_bytes: int | None = None  # per UTC day, in and out together (None: unlimited)
 
     def to_json(self) -> dict[str, Any]:
         return {"agent_id": self.agent_id, "ip": self.ip, "role": self.role, "creds": sorted(self.creds),
                 "daily_nusd": self.caps.daily_nusd, "monthly_nusd": self.caps.monthly_nusd,
                 "max_llm_calls": self.caps.max_llm_calls, "allow_unpriced": self.allow_unpriced,
                 "task": None if self.task is None else self.task.to_json(),
-                "pool": None if self.pool is None else self.pool.to_json()}
+                "pool": None if self.pool is None else self.pool.to_json(),
+                "egress": list(self.egress), "egress_max_bytes": self.egress_max_bytes}
 
     @classmethod
     def from_json(cls, data: Any) -> Registration:
@@ -269,7 +273,8 @@ class Registration:
         pool = o.optional_mapping("pool", None)
         return cls(o.text("agent_id"), o.text("ip"), o.text("role", "default"), frozenset(o.texts("creds", [])),
                    caps, o.flag("allow_unpriced", False), None if task is None else TaskHold.from_json(task),
-                   None if pool is None else PoolCap.from_json(pool))
+                   None if pool is None else PoolCap.from_json(pool), tuple(o.texts("egress", [])),
+                   o.optional_whole("egress_max_bytes", None))
 
 
 @dataclass(frozen=True)

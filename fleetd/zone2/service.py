@@ -54,6 +54,7 @@ log = logging.getLogger("fleetd.zone2")
 CONTROL_SOCKET = "zone2.sock"
 DAEMON_SOCKET = "daemon.sock"
 GATEWAY_PORT = 8080
+EGRESS_PORT = 3128  # the forward proxy (fleetd.zone2.forward_proxy): the port Squid made the convention
 HEARTBEAT_LINGER = 0.02  # s a heartbeat waits in zone 2 for others to go to the daemon with it
 TASK_NEXT_MARGIN = 10.0  # s the daemon has to answer a long-poll beyond its wait
 TASK_ANSWER_TIMEOUT = 20.0  # s the daemon has to record a completion or failure (a transaction of up to 1 MiB)

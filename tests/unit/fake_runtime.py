@@ -218,7 +218,7 @@ class FakeZone2:
         self.exits = 0  # times the engine said zone 2 died
         self.torn_down = False
 
-    def agent_env(self) -> dict[str, str]:
+    def agent_env(self, spec: object = None) -> dict[str, str]:
         return {"FLEETD_GATEWAY_URL": "http://zone2:8080"}
 
     async def ready(self) -> None:
