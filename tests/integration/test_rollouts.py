@@ -22,8 +22,8 @@ from tests.integration.harness import wait_for
 from tests.integration.sdk_fixtures import SdkBench
 
 MODEL = "rollout-model"
-# One LLM call per task (TOKENS output tokens: the version's cost), then a short think; FLAKY=1 fails the tasks of
-# even number. The output names the version that ran it.
+# One LLM call per task (TOKENS output tokens: the version's cost), then a short think (a held task: until the test
+# makes /tmp/release in its agent); FLAKY=1 fails the tasks of even number. The output names the version that ran it.
 WORKER = f"""
 import os, time, fleetd_agent, openai
 client = openai.OpenAI(api_key="$CRED{{openai}}")
@@ -32,6 +32,10 @@ fleetd_agent.start_heartbeat()
 for task in fleetd_agent.tasks(wait=5):
     client.chat.completions.create(model="{MODEL}", max_tokens=tokens,
                                    messages=[{{"role": "user", "content": "task " + str(task.input["n"])}}])
+    if task.input.get("hold"):  # until the test releases it (or 10 minutes): a task held across a promotion
+        give_up = time.monotonic() + 600
+        while not os.path.exists("/tmp/release") and time.monotonic() < give_up:
+            time.sleep(0.1)
     time.sleep(task.input.get("think", 0.2))
     if flaky and task.input["n"] % 2 == 0:
         task.fail("version " + version + " cannot do even tasks", retry=False)
@@ -66,11 +70,17 @@ def inspect(bench: SdkBench) -> dict[str, Any]:
     return result
 
 
-def submit(bench: SdkBench, first: int, count: int, think: float = 0.2) -> list[dict[str, Any]]:
+def submit(bench: SdkBench, first: int, count: int, hold: bool = False) -> list[dict[str, Any]]:
     tasks: list[dict[str, Any]] = bench.daemon.api.call(
-        "POST", "/v1/tasks/batch", {"deployment": NAME, "tasks": [{"input": {"n": n, "think": think}}
+        "POST", "/v1/tasks/batch", {"deployment": NAME, "tasks": [{"input": {"n": n, "hold": hold}}
                                                                   for n in range(first, first + count)]})
     return tasks
+
+
+def release(engine: docker.DockerClient, bench: SdkBench, agent_id: str) -> None:
+    """Let the held task of ``agent_id`` (and any it takes later) end."""
+    container = engine.containers.get(f"fleetd-{bench.daemon.instance}-{agent_id}")
+    assert container.exec_run(["touch", "/tmp/release"]).exit_code == 0
 
 
 def task(bench: SdkBench, task_id: str) -> dict[str, Any]:
@@ -102,7 +112,8 @@ def rollout_events(bench: SdkBench, kind: str) -> list[dict[str, Any]]:
     return [e for e in bench.daemon.events() if e["type"] == kind]
 
 
-def test_canary_rolled_back_then_promoted_then_blue_green(bench: SdkBench, sdk_image: str) -> None:
+def test_canary_rolled_back_then_promoted_then_blue_green(bench: SdkBench, sdk_image: str,
+                                                          engine: docker.DockerClient) -> None:
     deploy(bench, sdk_image, 1, tokens=10)
     baseline = finished(bench, [t["id"] for t in submit(bench, 0, 20)])
     assert all(t["state"] == "succeeded" and t["output"]["version"] == "1" for t in baseline)
@@ -125,9 +136,9 @@ def test_canary_rolled_back_then_promoted_then_blue_green(bench: SdkBench, sdk_i
     assert late_v2 == [], late_v2
 
     # v3: as good, 10 % cheaper: promoted; v1 drains without cutting a task. Two long v1 tasks are held across
-    # the promotion; one holder is killed after it: that task is retried on v1 (by the other v1 agent, kept for it),
-    # never on v3.
-    long = submit(bench, n, 2, think=60)
+    # the promotion (as long as the promotion takes); one holder is killed after it: that task is retried on v1 (by the
+    # other v1 agent, kept for it), never on v3.
+    long = submit(bench, n, 2, hold=True)
     n += 2
     holders = [wait_for(lambda t=t: task(bench, t["id"])["agent_id"], 60, what="a long task taken") for t in long]
     assert {task(bench, t["id"])["version"] for t in long} == {"v1"}
@@ -139,6 +150,7 @@ def test_canary_rolled_back_then_promoted_then_blue_green(bench: SdkBench, sdk_i
     assert inspect(bench)["current_version"] == 3
     assert [task(bench, t["id"])["state"] for t in long] == ["leased", "leased"], "promoted within the long tasks"
     bench.daemon.cli("kill", holders[0])
+    release(engine, bench, holders[1])  # its task ends; the killed agent's, retried on it, runs through
     retried = wait_for(lambda: (t := task(bench, long[0]["id"]))["state"] in ("succeeded", "failed", "dead") and t,
                        180, what="the killed agent's task to end")
     assert retried["state"] == "succeeded" and retried["attempts"] == 2, retried
