@@ -15,6 +15,7 @@ import click
 
 from cli.client import Client
 from cli.common import DURATION, api_errors, client, for_each, spawn_options
+from cli.egress import egress
 from cli.fleet import deploy, task
 from cli.money import budget, price
 from cli.output import ago, duration, heartbeat_text, print_json, print_table, ready_text, state_text
@@ -761,3 +762,4 @@ main.add_command(top)
 main.add_command(deploy)
 main.add_command(task)
 main.add_command(rightsize)
+main.add_command(egress)

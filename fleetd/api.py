@@ -15,12 +15,15 @@ from aiohttp import web
 
 from fleetd import fleet_api
 from fleetd.api_input import MAX_BODY, SERVICES, body, flag, number, services
+from fleetd.egress import presets
 from fleetd.errors import FleetdError, InvalidRequest
 from fleetd.filters import parse_filters
+from fleetd.gateway import zone2_egress_log
 from fleetd.hangup import until_hangup
 from fleetd.models import LIVE_STATES, iso, parse_iso, utcnow
 from fleetd.services import Services
 from fleetd.times import parse_time
+from fleetd.zone2.egress_log import read_log
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -216,6 +219,24 @@ async def list_roles(request: web.Request) -> web.Response:
     return web.json_response(services(request).records.roles())
 
 
+async def egress_log(request: web.Request) -> web.Response:
+    """Connections agents asked zone 2's forward proxy for, newest ``limit`` (default 100), oldest first."""
+    s = services(request)
+    limit = number(request, "limit")
+    if limit == 0:
+        raise InvalidRequest("query parameter limit: must be at least 1")
+    agent_id = request.query.get("agent")
+    if agent_id:
+        agent_id = s.records.resolve(agent_id)["id"]
+    path = zone2_egress_log(s.config.state_dir)
+    rows = await asyncio.to_thread(read_log, path, agent_id or None, flag(request, "denied"), limit or 100)
+    return web.json_response(rows)
+
+
+async def egress_presets(request: web.Request) -> web.Response:
+    return web.json_response(presets())
+
+
 async def list_prices(request: web.Request) -> web.Response:
     return web.json_response(services(request).zone2.prices())
 
@@ -292,6 +313,8 @@ def init_app(parts: Services) -> web.Application:
     app.router.add_delete("/v1/creds/{name}", remove_credential)
     app.router.add_get("/v1/roles", list_roles)
     app.router.add_put("/v1/roles/{name}", set_role)
+    app.router.add_get("/v1/egress/log", egress_log)
+    app.router.add_get("/v1/egress/presets", egress_presets)
     app.router.add_get("/v1/prices", list_prices)
     app.router.add_put("/v1/prices/{model}", set_price)
     app.router.add_delete("/v1/prices/{model}", remove_price)

@@ -38,6 +38,7 @@ from fleetd.zone2.contract import (
     TaskHold,
     Upstream,
 )
+from fleetd.zone2.egress_log import EGRESS_FILE
 from fleetd.zone2.ledger import LEDGER_FILE
 from fleetd.zone2.pricing import PriceTable
 from fleetd.zone2.service import CONTROL_SOCKET, DAEMON_SOCKET, EGRESS_PORT, GATEWAY_PORT
@@ -53,6 +54,11 @@ NO_PROXY = "zone2,localhost,127.0.0.1,::1"
 def zone2_ledger(state_dir: Path) -> Path:
     """Zone 2's ledger (fleetd.zone2.ledger), which the daemon reads for the cost of tasks (fleetd.task_costs)."""
     return state_dir / CONTROL_DIR / LEDGER_FILE
+
+
+def zone2_egress_log(state_dir: Path) -> Path:
+    """Zone 2's egress log (fleetd.zone2.egress_log), which `fleetd egress log` reads."""
+    return state_dir / CONTROL_DIR / EGRESS_FILE
 
 
 def agent_env(egress: bool = False) -> dict[str, str]:

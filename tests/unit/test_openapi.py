@@ -9,6 +9,7 @@ import re
 import secrets
 from datetime import timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import click
@@ -28,7 +29,9 @@ from fleetd.api import error_response, init_app
 from fleetd.canary import MAX_PERCENT, MAX_PROMOTE_AFTER, MIN_PERCENT, CanaryPolicy, VersionFigures, judge
 from fleetd.config import Config
 from fleetd.deployments import DEPLOY_FIELDS, MAX_NAME_CHARS, RESERVED_NAMES, Deployments, Replicas, deploy_request
+from fleetd.egress import PRESETS
 from fleetd.fleet import member_labels
+from fleetd.gateway import zone2_egress_log
 from fleetd.models import Reason, State, iso, utcnow
 from fleetd.rightsize import report
 from fleetd.services import Services
@@ -38,6 +41,7 @@ from fleetd.task_queue import TaskQueue, TaskState
 from fleetd.units import NAME_PATTERN
 from fleetd.vault import CRED_NAME, MAX_SECRET  # also defines VaultError, an API error (vault_error)
 from fleetd.zone2.contract import Health
+from fleetd.zone2.egress_log import EgressLog
 from tests.unit.openapi_doc import SPEC_PATH, check, declared, resolve, undocumented, validator
 
 METHODS = {"get", "put", "post", "delete", "patch", "options", "head", "trace"}
@@ -749,3 +753,33 @@ def test_the_rightsize_route_takes_exactly_one_of_deployment_and_role(doc: dict[
                     check(doc, "RightsizeReport" if status == 200 else "Error", body)
 
     asyncio.run(main())
+
+
+# -- egress (issue 18) ---------------------------------------------------------------
+
+
+def test_the_api_answers_the_log_and_the_presets_as_documented(parts: Services, doc: dict[str, Any]) -> None:
+    path = zone2_egress_log(parts.config.state_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    log = EgressLog(path)
+    for host, decision in (("allowed.example.test", "allowed"), ("other.example.test", "denied")):
+        log.write(SimpleNamespace(agent_id=None, host=host, port=443, method="CONNECT", decision=decision,  # type: ignore[arg-type]
+                                  reason=None if decision == "allowed" else "not allowed", address=None,
+                                  bytes_out=0, bytes_in=0, started_at=0.0, duration_s=0.0))
+
+    async def main() -> None:
+        async with TestClient(TestServer(init_app(parts))) as client:
+            async with client.get("/v1/egress/log", params={"denied": "1", "limit": "5"}) as response:
+                [row] = await response.json()
+                assert response.status == 200 and row["host"] == "other.example.test"
+                check(doc, "EgressConnection", row)
+            for query in ({"limit": "0"}, {"denied": "maybe"}, {"limit": "x"}):
+                async with client.get("/v1/egress/log", params=query) as response:
+                    assert response.status == 400, query
+            async with client.get("/v1/egress/log", params={"agent": "nobody"}) as response:
+                assert response.status == 404
+            async with client.get("/v1/egress/presets") as response:
+                assert (await response.json())["pypi"] == list(PRESETS["pypi"])
+
+    asyncio.run(main())
+    log.close()
