@@ -208,6 +208,12 @@ class DockerRuntime:
                         raise
         return self.egress
 
+    def agent_networks(self) -> tuple[str, ...]:
+        """The subnets of the agents' network (zone 2's forward proxy never connects into them)."""
+        with docker_errors():
+            network = self.api.inspect_network(self.ensure_network())
+        return tuple(str(c["Subnet"]) for c in (network.get("IPAM") or {}).get("Config") or [] if c.get("Subnet"))
+
     def agents_bridge(self) -> str:
         """The host interface of the agents' network (for the firewall)."""
         with docker_errors():

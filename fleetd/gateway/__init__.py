@@ -8,6 +8,7 @@ the daemon). What zone 2 must know (registrations, credentials, prices and caps)
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Awaitable, Callable
@@ -21,6 +22,7 @@ from fleetd.errors import NotFound, Unavailable
 from fleetd.gateway.control_client import ControlClient
 from fleetd.gateway.daemon_socket import DaemonSocket, HeartbeatWatch, TaskDoor
 from fleetd.gateway.keeper import Keeper
+from fleetd.host_addresses import host_addresses
 from fleetd.models import LIVE_STATES, AgentSpec
 from fleetd.netns import NOBODY
 from fleetd.policy import BudgetCaps, Policy, merged_prices, nusd, price_entry, resolve_caps, zone2_policy
@@ -162,8 +164,11 @@ class Zone2:
         return merged_prices(self.builtin_prices, self.policy, self.store.prices())
 
     async def push_policy(self) -> None:
-        """Send prices, breaker and retry settings and the instance caps."""
-        await self.control.put_policy(zone2_policy(self.policy, self.prices()))
+        """Send prices, breaker and retry settings, the instance caps, and where the forward proxy never connects: the
+        host's own addresses (as they are now: Docker adds one per network it makes) and the agents' network."""
+        networks = await self.call(self.runtime.agent_networks)
+        await self.control.put_policy(dataclasses.replace(zone2_policy(self.policy, self.prices()),
+                                                          host_addresses=host_addresses(), agent_networks=networks))
 
     async def budget(self, agent_ids: list[str]) -> BudgetAnswer | None:
         return await self.control.budget(agent_ids)

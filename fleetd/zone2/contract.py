@@ -19,6 +19,7 @@ POST /control/tasks/ID/fail :class:`TaskFail` -> :class:`TaskOutcome` (or 404/40
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
@@ -326,17 +327,21 @@ class Credentials:
 @dataclass(frozen=True)
 class Zone2Policy:
     """What zone 2 enforces besides each agent's caps (PUT /control/policy): the price table, the breaker and retry
-    settings and the instance's caps (of spend: its calls have no maximum)."""
+    settings and the instance's caps (of spend: its calls have no maximum); and where its forward proxy never
+    connects, whatever name an agent asks for: the host's own addresses and the agents' networks (CIDRs)."""
 
     prices: tuple[Price, ...] = ()
     breaker: BreakerSettings = field(default_factory=BreakerSettings)
     retry: RetrySettings = field(default_factory=RetrySettings)
     instance: Caps = field(default_factory=Caps)
+    host_addresses: tuple[str, ...] = ()
+    agent_networks: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {"prices": [price.to_dict() for price in self.prices], "breaker": asdict(self.breaker),
                 "retry": asdict(self.retry),
-                "instance": {"daily_nusd": self.instance.daily_nusd, "monthly_nusd": self.instance.monthly_nusd}}
+                "instance": {"daily_nusd": self.instance.daily_nusd, "monthly_nusd": self.instance.monthly_nusd},
+                "host_addresses": list(self.host_addresses), "agent_networks": list(self.agent_networks)}
 
     @classmethod
     def from_json(cls, data: Any) -> Zone2Policy:
@@ -348,7 +353,23 @@ class Zone2Policy:
         instance = _Object(o.mapping("instance"), "policy: instance")
         return cls(prices, _settings(BreakerSettings, _Object(o.mapping("breaker"), "policy: breaker")),
                    _settings(RetrySettings, _Object(o.mapping("retry"), "policy: retry")),
-                   Caps(instance.optional_whole("daily_nusd", None), instance.optional_whole("monthly_nusd", None)))
+                   Caps(instance.optional_whole("daily_nusd", None), instance.optional_whole("monthly_nusd", None)),
+                   _addresses(o.texts("host_addresses", []), ipaddress.ip_address, "host_addresses"),
+                   _addresses(o.texts("agent_networks", []), _network, "agent_networks"))
+
+
+def _network(text: str) -> object:
+    return ipaddress.ip_network(text, strict=False)
+
+
+def _addresses(items: list[str], parse: Callable[[str], object], what: str) -> tuple[str, ...]:
+    """``items`` as given, each checked to be an address (or network) the proxy can compare with."""
+    for item in items:
+        try:
+            parse(item)
+        except ValueError:
+            raise ContractError(f"policy: {what}: {item!r:.60} is not an IP address or network") from None
+    return tuple(items)
 
 
 # -- zone2.sock: what zone 2 answers ---------------------------------------------------------------------------------

@@ -11,11 +11,14 @@ from fleetd.zone2.contract import Registration, Upstream
 
 
 class Registry:
-    """Credentials by name, registrations by source address."""
+    """Credentials by name, registrations by source address; and where the forward proxy never connects (the
+    host's own addresses and the agents' networks, from the daemon's policy)."""
 
     def __init__(self) -> None:
         self.creds: dict[str, Upstream] = {}
         self.by_ip: dict[str, Registration] = {}
+        self.host_addresses: tuple[str, ...] = ()
+        self.agent_networks: tuple[str, ...] = ()
 
     def set_creds(self, creds: Iterable[Upstream]) -> None:
         """Replace every credential at once (rotation takes effect on the next request)."""

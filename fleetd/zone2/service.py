@@ -69,7 +69,9 @@ def init_control(registry: Registry, costs: CostTracker, guard: Guard, started: 
     tasks = held if held is not None else HeldTasks(on_release=costs.release_task)
 
     async def put_policy(request: web.Request) -> web.Response:
-        costs.configure(await received(request, Zone2Policy))  # 400 for a newer daemon's, which this one cannot read
+        policy = await received(request, Zone2Policy)  # 400 for a newer daemon's, which this one cannot read
+        costs.configure(policy)
+        registry.host_addresses, registry.agent_networks = policy.host_addresses, policy.agent_networks
         return web.json_response({"prices": len(costs.prices)})
 
     async def get_budget(request: web.Request) -> web.Response:

@@ -113,8 +113,16 @@ def test_the_wire_keeps_the_names_each_side_sent_before() -> None:
     assert list(Credentials((Upstream("x", "http://x", "s"),)).to_json()[0]) == ["name", "upstream", "secret",
                                                                                 "provider"]
     policy = Zone2Policy().to_json()
-    assert (set(policy), set(policy["instance"])) == ({"prices", "breaker", "retry", "instance"},
-                                                      {"daily_nusd", "monthly_nusd"})
+    assert (set(policy), set(policy["instance"])) == ({"prices", "breaker", "retry", "instance", "host_addresses",
+                                                       "agent_networks"}, {"daily_nusd", "monthly_nusd"})
+    # a daemon from before egress sends no addresses: the proxy then refuses only the addresses it always refuses
+    before = {k: v for k, v in policy.items() if k not in ("host_addresses", "agent_networks")}
+    assert Zone2Policy.from_json(before) == Zone2Policy()
+    # an egress policy, on the wire
+    told = Zone2Policy(host_addresses=("192.0.2.2", "fd00::2"), agent_networks=("172.30.0.0/24",))
+    assert Zone2Policy.from_json(json.loads(json.dumps(told.to_json()))) == told
+    assert Registration("a", "i", egress=("pypi.org", "*.example.test:8443"), egress_max_bytes=5).to_json()[
+        "egress"] == ["pypi.org", "*.example.test:8443"]
     assert BreakerSettings(**policy["breaker"]) == BreakerSettings()  # as zone 2 before the contract read them
     assert RetrySettings(**policy["retry"]) == RetrySettings()
     assert set(HEALTH.to_json()) == {"ok", "agents", "creds", "uptime_seconds", "pid", "ledger_error",
@@ -275,7 +283,8 @@ def daemon(tmp_path: Path) -> Zone2:
         return fn(*args)
 
     store = Store(tmp_path / "state.db")
-    runtime = SimpleNamespace(instance="t-contract", agent_addresses=lambda: {"10.0.0.2": "a1"})
+    runtime = SimpleNamespace(instance="t-contract", agent_addresses=lambda: {"10.0.0.2": "a1"},
+                              agent_networks=lambda: ("10.0.0.0/24",))
     return Zone2(tmp_path, store, Vault(store, secrets.token_bytes(32)), runtime, call,  # type: ignore[arg-type]
                  Watching())
 

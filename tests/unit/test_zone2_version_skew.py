@@ -23,9 +23,11 @@ import pytest
 from aiohttp import web
 
 import fleetd
+import fleetd.gateway
 from fleetd.errors import InvalidRequest, RuntimeFailure
 from fleetd.fingerprint import code_fingerprint
 from fleetd.gateway import Zone2
+from fleetd.host_addresses import host_addresses
 from fleetd.policy import Policy, zone2_policy
 from fleetd.store import Store
 from fleetd.vault import Vault
@@ -54,15 +56,20 @@ def test_the_fingerprint_is_of_the_code_and_its_data_only(tmp_path: Path) -> Non
 
 async def control_and_daemon(tmp_path: Path) -> tuple[web.AppRunner, Zone2, CostTracker]:
     costs = CostTracker(Ledger(tmp_path / "ledger.db"), lambda *e: None)
-    runner = web.AppRunner(init_control(Registry(), costs, Guard(), 0.0), access_log=None)
+    registry = Registry()
+    runner = web.AppRunner(init_control(registry, costs, Guard(), 0.0), access_log=None)
     await runner.setup()
     control = tmp_path / "control"
     control.mkdir()
     await web.UnixSite(runner, str(control / CONTROL_SOCKET)).start()
     store = Store(tmp_path / "state.db")
-    zone2 = Zone2(tmp_path, store, Vault(store, secrets.token_bytes(32)),
-                  SimpleNamespace(instance="t-skew"), None, None)  # type: ignore[arg-type]
+    async def call(fn: Any, *args: Any) -> Any:
+        return fn(*args)
+
+    runtime = SimpleNamespace(instance="t-skew", agent_networks=lambda: ("172.30.9.0/24",))
+    zone2 = Zone2(tmp_path, store, Vault(store, secrets.token_bytes(32)), runtime, call, None)  # type: ignore[arg-type]
     zone2.control.open(control / CONTROL_SOCKET)
+    zone2.registry = registry  # type: ignore[attr-defined]  # what zone 2 was told, for the checks
     return runner, zone2, costs
 
 
@@ -86,11 +93,18 @@ def test_a_policy_zone2_cannot_read_is_an_error_at_the_daemon_and_changes_nothin
         await zone2.push_policy()
         priced = len(costs.prices.all())
         assert priced > 20 and costs.prices.lookup("gpt-4o") is not None
+        told: Registry = zone2.registry  # type: ignore[attr-defined]
+        assert told.agent_networks == ("172.30.9.0/24",) and told.host_addresses == host_addresses()
         # what an older zone 2 sees from a newer daemon: a price field it does not know
         newer = Price.to_dict
         monkeypatch.setattr(Price, "to_dict", lambda price: {**newer(price), "speed_multiplier": 3.0})
         with pytest.raises(RuntimeFailure, match=r"refused .*speed_multiplier.*fleetd images build"):
             await zone2.push_policy()
+        monkeypatch.setattr(Price, "to_dict", newer)
+        monkeypatch.setattr(fleetd.gateway, "host_addresses", lambda: ("10.0.0.1", "localhost"))
+        with pytest.raises(RuntimeFailure, match=r"host_addresses: 'localhost' is not an IP address"):
+            await zone2.push_policy()  # never a proxy that cannot compare an address
+        monkeypatch.setattr(Price, "to_dict", lambda price: {**newer(price), "speed_multiplier": 3.0})
         assert len(costs.prices.all()) == priced  # the policy in force stays as it was
         async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(zone2.control.path))) as raw, \
                 raw.put("http://zone2/control/policy", data=b"[1, 2]") as response:
