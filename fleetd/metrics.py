@@ -188,7 +188,15 @@ def _zone2_counters(counters: Mapping[str, Any]) -> Iterator[Metric]:
         upstream.add_metric([str(status)], _number(count) or 0)
     trips = CounterMetricFamily("fleetd_breaker_trips", "Circuit breakers that opened.",
                                 value=_number(counters.get("breaker_trips")) or 0)
-    yield from (tokens, refusals, upstream, trips)
+    egress = CounterMetricFamily("fleetd_egress_connections", "Connections agents asked zone 2's forward proxy for, "
+                                 "by decision.", labels=["decision"])
+    for decision in ("allowed", "denied"):
+        egress.add_metric([decision], _number((counters.get("egress_connections") or {}).get(decision)) or 0)
+    moved = CounterMetricFamily("fleetd_egress_bytes", "Bytes through zone 2's forward proxy, by direction (out: "
+                                "agent to host).", labels=["direction"])
+    for direction in ("out", "in"):
+        moved.add_metric([direction], _number((counters.get("egress_bytes") or {}).get(direction)) or 0)
+    yield from (tokens, refusals, upstream, trips, egress, moved)
 
 
 def _agent_gauges(agents: list[dict[str, Any]]) -> Iterator[Metric]:

@@ -484,15 +484,19 @@ class Counters:
     refusals: Mapping[str, int] = field(default_factory=dict)  # by error code
     upstream_status: Mapping[str, int] = field(default_factory=dict)  # by status, "none" when no answer came
     breaker_trips: int = 0
+    egress_connections: Mapping[str, int] = field(default_factory=dict)  # the forward proxy's, by decision
+    egress_bytes: Mapping[str, int] = field(default_factory=dict)  # by direction: out (agent to host), in
 
     def to_json(self) -> dict[str, Any]:
         return {"tokens": dict(self.tokens), "refusals": dict(self.refusals),
-                "upstream_status": dict(self.upstream_status), "breaker_trips": self.breaker_trips}
+                "upstream_status": dict(self.upstream_status), "breaker_trips": self.breaker_trips,
+                "egress_connections": dict(self.egress_connections), "egress_bytes": dict(self.egress_bytes)}
 
     @classmethod
     def from_json(cls, data: Any) -> Counters:
         o = _Object(data, "counters")
-        return cls(o.counts("tokens"), o.counts("refusals"), o.counts("upstream_status"), o.whole("breaker_trips", 0))
+        return cls(o.counts("tokens"), o.counts("refusals"), o.counts("upstream_status"), o.whole("breaker_trips", 0),
+                   o.counts("egress_connections"), o.counts("egress_bytes"))
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """Zone 2's lifetime counters (since it started), for the daemon's Prometheus metrics: tokens metered, answers
-refused by code, upstream answers by status, circuit breaker trips. Instance-wide, so bounded whatever the fleet."""
+refused by code, upstream answers by status, circuit breaker trips, egress connections by decision and their bytes.
+Instance-wide, so bounded whatever the fleet."""
 
 from __future__ import annotations
 
@@ -19,6 +20,14 @@ class Counts:
     refusals: Counter[str] = field(default_factory=Counter)
     upstream: Counter[str] = field(default_factory=Counter)  # status code, or "none" when no answer came
     breaker_trips: int = 0
+    egress_connections: Counter[str] = field(default_factory=Counter)  # allowed / denied
+    egress_bytes: Counter[str] = field(default_factory=Counter)  # out (agent to host) / in
+
+    def egress(self, decision: str, bytes_out: int, bytes_in: int) -> None:
+        """A connection of the forward proxy ended."""
+        _count(self.egress_connections, decision)
+        self.egress_bytes["out"] += bytes_out
+        self.egress_bytes["in"] += bytes_in
 
     def metered(self, usage: Usage) -> None:
         for kind, value in zip(TOKEN_KINDS, (usage.input_tokens, usage.cached_input_tokens, usage.cache_write_tokens,
@@ -34,7 +43,7 @@ class Counts:
     def snapshot(self) -> Counters:
         """The counts now, as the daemon reads them (in GET /control/budget's answer)."""
         return Counters({k: self.tokens[k] for k in TOKEN_KINDS}, dict(self.refusals), dict(self.upstream),
-                        self.breaker_trips)
+                        self.breaker_trips, dict(self.egress_connections), dict(self.egress_bytes))
 
 
 def _count(counter: Counter[str], key: str) -> None:
