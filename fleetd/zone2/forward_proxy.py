@@ -178,6 +178,9 @@ class EgressProxy:
 
     def stats(self) -> dict[str, EgressStats]:
         """Each agent's counters (agents seen since start or since ``forget``), by agent id."""
+        day = int(self._clock() // DAY)
+        for use in self._agents.values():
+            use.spent(day)  # a new UTC day shows zero bytes today, also before the agent's next byte
         return {agent_id: use.stats() for agent_id, use in self._agents.items()}
 
     def forget(self, agent_id: str) -> None:
@@ -198,7 +201,7 @@ class EgressProxy:
         """Serve one client connection to its end; never raises, always records (also when cancelled)."""
         loop = asyncio.get_running_loop()
         peer = writer.get_extra_info("peername")
-        agent = self._lookup(str(peer[0])) if isinstance(peer, tuple) and peer else None
+        agent = self._agent_at(peer)
         use = self._agents.setdefault(agent.agent_id, AgentUse()) if agent else None
         conn = _Connection(agent, use, self._clock(), loop.time())
         task = asyncio.current_task()
@@ -221,6 +224,16 @@ class EgressProxy:
             for stream in (*upstream, writer):
                 stream.close()
             self._finish(conn, task)
+
+    def _agent_at(self, peer: object) -> AgentEgress | None:
+        """The agent behind the peer address; a lookup that fails counts as an unknown address (refused)."""
+        if not isinstance(peer, tuple) or not peer:
+            return None
+        try:
+            return self._lookup(str(peer[0]))
+        except Exception:
+            log.exception("egress proxy: looking up the agent at %s failed", peer[0])
+            return None
 
     async def _serve_and_answer(self, conn: _Connection, reader: asyncio.StreamReader,
                                 writer: asyncio.StreamWriter, upstream: list[asyncio.StreamWriter]) -> None:

@@ -532,6 +532,7 @@ def test_the_daily_byte_cap_cuts_a_download_and_refuses_new_connections(tmp_path
             assert error["type"] == "egress_limit"
             assert r.proxy.stats()["a1"].bytes_today == cap
             r.clock[0] += 86400  # the next UTC day
+            assert r.proxy.stats()["a1"].bytes_today == 0
             assert parsed(await exchange(r.port, get(f"http://{ALLOWED}:{r.web}/echo")))[0] == 200
             records = await r.records_settled(3)
             assert records[1].reason is not None and records[1].reason.startswith("byte cap")
