@@ -54,19 +54,40 @@ def m001_connections(db: sqlite_utils.Database) -> None:
 
 
 class Record(Protocol):
-    """What the log keeps of a connection (``forward_proxy.EgressRecord``)."""
+    """What the log keeps of a connection (``forward_proxy.EgressRecord``; read-only, as a frozen dataclass's)."""
 
-    agent_id: str | None
-    host: str
-    port: int
-    method: str
-    decision: str
-    reason: str | None
-    address: str | None
-    bytes_out: int
-    bytes_in: int
-    started_at: float
-    duration_s: float
+    @property
+    def agent_id(self) -> str | None: ...
+
+    @property
+    def host(self) -> str: ...
+
+    @property
+    def port(self) -> int: ...
+
+    @property
+    def method(self) -> str: ...
+
+    @property
+    def decision(self) -> str: ...
+
+    @property
+    def reason(self) -> str | None: ...
+
+    @property
+    def address(self) -> str | None: ...
+
+    @property
+    def bytes_out(self) -> int: ...
+
+    @property
+    def bytes_in(self) -> int: ...
+
+    @property
+    def started_at(self) -> float: ...
+
+    @property
+    def duration_s(self) -> float: ...
 
 
 class EgressLog:

@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -44,6 +45,9 @@ from fleetd.zone2.contract import (
 )
 from fleetd.zone2.control import M, received, refuse_malformed
 from fleetd.zone2.costs import CostTracker
+from fleetd.zone2.egress_door import EgressDoor
+from fleetd.zone2.egress_log import EGRESS_FILE, EgressLog
+from fleetd.zone2.egress_records import EgressRecords
 from fleetd.zone2.guard import IDLE_TIMEOUT, LARGE_BODY, LINGER, READ_BUFFER, Guard, serve_guarded, stop_guarded
 from fleetd.zone2.ledger import LEDGER_FILE, Ledger
 from fleetd.zone2.proxy import init_gateway
@@ -61,10 +65,11 @@ TASK_ANSWER_TIMEOUT = 20.0  # s the daemon has to record a completion or failure
 
 
 def init_control(registry: Registry, costs: CostTracker, guard: Guard, started: float,
-                 held: HeldTasks | None = None) -> web.Application:
+                 held: HeldTasks | None = None, on_forget: Callable[[str], None] | None = None) -> web.Application:
     """The daemon-facing control API (Unix socket): each handler reads its message with the contract's class.
     ``held``: the tasks the agents hold (the gateway's), forgotten with the agents, as are the spend pools no
-    registration names any more."""
+    registration names any more; ``on_forget`` hears each agent that is no longer registered (the forward proxy
+    closes its connections and drops its counters)."""
     app = web.Application(client_max_size=16 << 20, middlewares=[refuse_malformed])
     tasks = held if held is not None else HeldTasks(on_release=costs.release_task)
 
@@ -89,8 +94,15 @@ def init_control(registry: Registry, costs: CostTracker, guard: Guard, started: 
         registry.set_creds((await received(request, Credentials)).creds)
         return web.json_response({"creds": len(registry.creds)})
 
+    def forgotten(agent_ids: Iterable[str]) -> None:
+        if on_forget is not None:
+            for agent_id in agent_ids:
+                on_forget(agent_id)
+
     async def put_agents(request: web.Request) -> web.Response:
         agents = (await received(request, Registrations)).agents
+        kept = {reg.agent_id for reg in agents}
+        forgotten({reg.agent_id for reg in registry.by_ip.values()} - kept)
         registry.replace_agents(agents)
         tasks.keep({reg.agent_id for reg in agents})
         for reg in agents:
@@ -108,6 +120,7 @@ def init_control(registry: Registry, costs: CostTracker, guard: Guard, started: 
     async def delete_agent(request: web.Request) -> web.Response:
         registry.unregister(request.match_info["agent_id"])
         costs.forget(request.match_info["agent_id"])
+        forgotten([request.match_info["agent_id"]])
         tasks.forget(request.match_info["agent_id"])
         costs.keep_pools(registry.pools())
         return web.json_response({"agents": len(registry.by_ip)})
@@ -295,13 +308,14 @@ async def serve(control_dir: Path, host: str, port: int) -> None:
         loop.add_signal_handler(sig, stop.set)
     guard = Guard(counts=costs.counts)
     held = HeldTasks(on_release=costs.release_task)
+    egress = EgressDoor(registry, EgressRecords(EgressLog(control_dir / EGRESS_FILE), costs.counts, daemon.emit))
     agents_app = init_gateway(registry, daemon.whois, costs, daemon.heartbeat, guard, tasks=daemon, held=held)
     # Bodies are relayed as sent (an LLM call's must come uncompressed: zone 2 meters what it reads), and an idle
     # kept-alive connection is closed by the guard's sweep, not kept for aiohttp's default hour.
     gateway = web.AppRunner(agents_app, access_log=None, handle_signals=False, auto_decompress=False,
                             keepalive_timeout=IDLE_TIMEOUT, lingering_time=LINGER, read_bufsize=READ_BUFFER)
-    control = web.AppRunner(init_control(registry, costs, guard, time.monotonic(), held), access_log=None,
-                            handle_signals=False)
+    control = web.AppRunner(init_control(registry, costs, guard, time.monotonic(), held, egress.forget),
+                            access_log=None, handle_signals=False)
     await gateway.setup()
     await control.setup()
     control_path = control_dir / CONTROL_SOCKET
@@ -312,10 +326,14 @@ async def serve(control_dir: Path, host: str, port: int) -> None:
     # writable by zone 2's group, in the 0750 state dir) is what keeps others out.
     os.chmod(control_path, 0o666)
     listener, sweeper = await serve_guarded(gateway, guard, host, port)
+    await egress.start(host, EGRESS_PORT)
     log.info("zone 2 serving agents on %s:%d (at most %d connections), control on %s", host, port,
              guard.shares.limits.connections, control_path)
     await stop.wait()
     await stop_guarded(listener, sweeper)
+    await egress.close()
+    if egress.records.log is not None:
+        egress.records.log.close()
     await gateway.cleanup()
     await control.cleanup()
     await daemon.close()

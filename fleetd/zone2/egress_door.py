@@ -1,0 +1,120 @@
+"""Zone 2's forward proxy listener (issue 18), composed: the proxy (``forward_proxy``) knows agents by the registry,
+refuses what the daemon's policy says is the host's or the agents' (``Registry.host_addresses``,
+``agent_networks``), and hands each connection's record to ``egress_records``.
+
+Connections are admitted before a byte is read within each address's share (``shares.Shares``, the gateway's rule
+with the proxy's own numbers): an agent opening thousands of idle connections to the proxy port holds at most
+PER_AGENT of them, and all agents together at most TOTAL, so zone 2's descriptors stay for the others and for the
+LLM gateway. Over its share a connection is closed at once (the proxy's own ``max_tunnels`` refusal, 429
+``egress_limit``, needs a request head read first).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Callable
+
+from fleetd.egress import EgressPolicy
+from fleetd.zone2.egress_records import EgressRecords
+from fleetd.zone2.forward_proxy import AgentEgress, EgressProxy
+from fleetd.zone2.registry import Registry
+from fleetd.zone2.shares import Limits, Shares
+
+log = logging.getLogger("fleetd.zone2")
+MAX_TUNNELS = 16  # open connections per agent the proxy serves (more get 429 egress_limit)
+PER_AGENT = 2 * MAX_TUNNELS  # connections per address admitted at all (a 429 needs its head read)
+TOTAL = 512  # connections of all agents together, fairly shared when short
+
+
+@functools.lru_cache(maxsize=256)
+def _policy(patterns: tuple[str, ...]) -> EgressPolicy:
+    """A registration's patterns, parsed once per distinct list (they are checked again here: zone 2 trusts no
+    input, not even the daemon's)."""
+    return EgressPolicy.from_json(list(patterns))
+
+
+def lookup_in(registry: Registry) -> Callable[[str], AgentEgress | None]:
+    """The agent at an address as the proxy needs it; None for an address no agent is registered at."""
+
+    def lookup(ip: str) -> AgentEgress | None:
+        reg = registry.by_ip.get(ip)
+        if reg is None:
+            return None
+        return AgentEgress(reg.agent_id, _policy(reg.egress), reg.egress_max_bytes)
+
+    return lookup
+
+
+class _Admitted(asyncio.Protocol):
+    """A stream protocol behind a share check: over its address's share, the connection closes unread."""
+
+    def __init__(self, shares: Shares, inner: asyncio.Protocol) -> None:
+        self.shares = shares
+        self.inner: asyncio.Protocol | None = inner
+        self.ip = ""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        self.ip = str(peer[0]) if peer else ""
+        if not self.shares.open(self.ip):
+            self.inner = None
+            transport.abort()  # type: ignore[attr-defined]  # a stream transport (uvloop's is no subclass)
+            return
+        assert self.inner is not None
+        self.inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self.inner is not None:
+            self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received() if self.inner is not None else None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.inner is None:
+            return
+        self.shares.close(self.ip)
+        inner, self.inner = self.inner, None
+        inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        if self.inner is not None:
+            self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.inner is not None:
+            self.inner.resume_writing()
+
+
+class EgressDoor:
+    """The proxy and its listener; ``forget`` an agent when it is unregistered."""
+
+    def __init__(self, registry: Registry, records: EgressRecords, proxy: EgressProxy | None = None) -> None:
+        self.registry = registry
+        self.records = records
+        self.proxy = proxy or EgressProxy(lookup_in(registry), host_addresses=lambda: registry.host_addresses,
+                                          agent_networks=lambda: registry.agent_networks, on_record=records.record,
+                                          max_tunnels=MAX_TUNNELS)
+        self.shares = Shares(Limits(connections_per_agent=PER_AGENT, connections=TOTAL))
+        self.server: asyncio.AbstractServer | None = None
+
+    async def start(self, host: str, port: int) -> None:
+        loop = asyncio.get_running_loop()
+
+        def factory() -> asyncio.Protocol:
+            reader = asyncio.StreamReader(limit=64 << 10)
+            return _Admitted(self.shares, asyncio.StreamReaderProtocol(reader, self.proxy.handle))
+
+        self.server = await loop.create_server(factory, host, port, reuse_address=True, backlog=1024)
+        log.info("zone 2 forward proxy on %s:%d", host, port)
+
+    def forget(self, agent_id: str) -> None:
+        self.proxy.forget(agent_id)
+        self.records.forget(agent_id)
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        await self.proxy.close()

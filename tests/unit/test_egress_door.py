@@ -1,0 +1,129 @@
+"""Zone 2's forward proxy as zone 2 runs it (issue 18): admitted within each address's share, agents known by the
+registry, records to the log, the counters and throttled events, state dropped with the agent."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from fleetd.zone2 import egress_door
+from fleetd.zone2.contract import Registration, Registrations
+from fleetd.zone2.costs import CostTracker
+from fleetd.zone2.counters import Counts
+from fleetd.zone2.egress_door import EgressDoor, lookup_in
+from fleetd.zone2.egress_log import EgressLog, read_log
+from fleetd.zone2.egress_records import DENIED_EVENT_EVERY, EgressRecords
+from fleetd.zone2.forward_proxy import EgressRecord
+from fleetd.zone2.guard import Guard
+from fleetd.zone2.ledger import Ledger
+from fleetd.zone2.registry import Registry
+from fleetd.zone2.service import init_control
+
+AGENT = Registration("a1", "127.0.0.1", egress=("allowed.example.test",), egress_max_bytes=1 << 20)
+
+
+def record(decision: str = "denied", agent_id: str | None = "a1", host: str = "other.example.test") -> EgressRecord:
+    return EgressRecord(agent_id, host, 443, "CONNECT", decision, "not allowed: other.example.test" if
+                        decision == "denied" else None, None, 10, 20, 0.0, 0.1)
+
+
+def test_the_registry_says_who_is_at_an_address_and_what_it_may_reach() -> None:
+    registry = Registry()
+    registry.register(AGENT)
+    lookup = lookup_in(registry)
+    found = lookup("127.0.0.1")
+    assert found is not None and found.agent_id == "a1" and found.max_bytes_per_day == 1 << 20
+    assert found.policy.allows("allowed.example.test", 443) and not found.policy.allows("other.example.test", 443)
+    assert lookup("127.0.0.9") is None
+    registry.register(Registration("a2", "127.0.0.2"))  # a role without egress
+    found = lookup("127.0.0.2")
+    assert found is not None and not found.policy.enabled
+
+
+def test_records_go_to_the_log_and_the_counters_and_denials_are_told_once_a_minute(tmp_path: Path) -> None:
+    events: list[tuple[str, str | None, str, dict[str, Any]]] = []
+    now = [100.0]
+    counts = Counts()
+    log = EgressLog(tmp_path / "egress.db")
+    records = EgressRecords(log, counts, lambda *event: events.append(event), monotonic=lambda: now[0])
+    records.record(record("allowed", host="allowed.example.test"))
+    for _ in range(50):  # an agent probing in a loop
+        records.record(record())
+    assert len(read_log(tmp_path / "egress.db", limit=1000)) == 51  # the log has every one
+    assert counts.snapshot().egress_connections == {"allowed": 1, "denied": 50}
+    assert counts.snapshot().egress_bytes == {"out": 510, "in": 1020}
+    [(kind, agent_id, message, data)] = events  # one event, not fifty
+    assert kind == "egress_denied" and agent_id == "a1" and "other.example.test:443" in message
+    assert data["reason"].startswith("not allowed")
+    now[0] += DENIED_EVENT_EVERY
+    records.record(record())
+    assert "49 more denied" in events[-1][2] and events[-1][3]["untold"] == 49
+    records.record(record(agent_id="a2"))  # another agent's first denial is told at once
+    assert events[-1][1] == "a2"
+    records.forget("a1")
+    records.forget("a2")
+    assert not records._denied  # bounded by the agents denied, dropped with them
+    log.close()
+
+
+def test_an_address_over_its_share_is_closed_before_a_byte_is_read(tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.setattr(egress_door, "PER_AGENT", 3)
+
+    async def main() -> None:
+        registry = Registry()
+        registry.register(AGENT)
+        door = EgressDoor(registry, EgressRecords(None, Counts(), lambda *e: None))
+        await door.start("127.0.0.1", 0)
+        assert door.server is not None
+        port = door.server.sockets[0].getsockname()[1]
+        held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]  # within the share: held
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # over it: closed unread
+        writer.close()
+        assert door.shares.connections["127.0.0.1"] == 3
+        for _, w in held:
+            w.close()
+        for _ in range(100):
+            if not door.shares.connections:
+                break
+            await asyncio.sleep(0.02)
+        assert door.shares.connections == {}  # given back when they close
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET http://other.example.test/ HTTP/1.1\r\nHost: other.example.test\r\n\r\n")
+        answer = await asyncio.wait_for(reader.read(), 5)
+        assert answer.startswith(b"HTTP/1.1 403") and b"egress_denied" in answer
+        writer.close()
+        await door.close()
+
+    asyncio.run(main())
+
+
+def test_the_control_api_makes_the_proxy_forget_unregistered_agents(tmp_path: Path) -> None:
+    forgotten: list[str] = []
+
+    async def main() -> None:
+        registry = Registry()
+        costs = CostTracker(Ledger(tmp_path / "ledger.db"), lambda *e: None)
+        app = init_control(registry, costs, Guard(), 0.0, on_forget=forgotten.append)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.UnixSite(runner, str(tmp_path / "control.sock"))
+        await site.start()
+        connector = aiohttp.UnixConnector(path=str(tmp_path / "control.sock"))
+        async with aiohttp.ClientSession(connector=connector) as session:
+            two = Registrations((AGENT, Registration("a2", "127.0.0.2")))
+            async with session.put("http://z/control/agents", json=two.to_json()) as response:
+                assert response.status == 200
+            async with session.delete("http://z/control/agents/a1") as response:
+                assert response.status == 200
+            async with session.put("http://z/control/agents", json=[]) as response:  # a2 went too
+                assert response.status == 200
+        await runner.cleanup()
+        costs.ledger.close()
+
+    asyncio.run(main())
+    assert forgotten == ["a1", "a2"]
