@@ -19,6 +19,9 @@ async def deploy(request: web.Request) -> web.Response:
     image = data.get("image")
     if isinstance(image, str) and image:
         await s.agents.check_image(image)
+    role = data.get("role") or "default"
+    if isinstance(role, str):  # its agents' egress within the role's, refused here rather than at each launch
+        s.zone2.check_egress(role, data.get("egress"))
     applied = s.fleet.apply(request.match_info["name"], data, s.agents.host_cpus)
     view = {**s.fleet.view(applied.deployment), "message": applied.message}
     return web.json_response(view, status=201 if applied.message == "created" else 200)

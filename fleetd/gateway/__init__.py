@@ -132,9 +132,12 @@ class Zone2:
         """The agent's environment; ``spec``'s egress checked against its role's (InvalidRequest if it widens it)."""
         if spec is None:
             return agent_env()
-        role = self.egress(spec.role)
-        narrow(role.policy or NO_EGRESS, spec.egress, "--egress", spec.role)
+        self.check_egress(spec.role, spec.egress)
         return agent_env((self.egress(spec.role, spec.egress, spec.egress_max_bytes).policy or NO_EGRESS).enabled)
+
+    def check_egress(self, role: str, patterns: object) -> None:
+        """InvalidRequest when ``patterns`` (``spawn --egress``, a deployment's) would widen ``role``'s egress."""
+        narrow(self.egress(role).policy or NO_EGRESS, patterns, "--egress", role)
 
     def egress(self, role: str, patterns: list[str] | None = None, max_bytes: int | None = None) -> EgressSettings:
         """What an agent of ``role`` may reach (spawned with ``patterns`` and ``max_bytes``, None: the role's): ``role

@@ -10,9 +10,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
 from fleetd import errors
 from fleetd.admin import Admin
+from fleetd.api import init_app
 from fleetd.config import load_config
 from fleetd.egress import DEFAULT_MAX_BYTES, PRESETS, EgressSettings, agent_egress, egress_settings, parse_egress
 from fleetd.gateway import Zone2
@@ -132,3 +134,20 @@ def test_zone2_is_told_each_agents_patterns_and_byte_cap(tmp_path: Path, store: 
     assert Registration.from_json(json.loads(json.dumps(reg.to_json()))) == reg
     old = {k: v for k, v in reg.to_json().items() if not k.startswith("egress")}  # a daemon from before egress
     assert Registration.from_json(old).egress == ()
+
+
+def test_a_deployment_wider_than_its_role_is_refused_at_deploy(parts: Services) -> None:
+    """Refused when deployed, with a 400, not at each launch of its agents."""
+    asyncio.run(parts.admin.set_role("builder", {"egress": "pypi.org"}))
+
+    async def main() -> None:
+        async with TestClient(TestServer(init_app(parts))) as client:
+            wide = {"image": "img", "role": "builder", "egress": "pypi.org,example.test"}
+            async with client.put("/v1/deployments/web", json=wide) as response:
+                body = await response.json()
+                assert response.status == 400 and "example.test is not within" in body["error"]["message"]
+            async with client.put("/v1/deployments/web", json={**wide, "egress": "pypi.org:443"}) as response:
+                assert response.status == 201
+
+    asyncio.run(main())
+    assert [d.name for d in parts.fleet.deployments.list()] == ["web"]
