@@ -7,6 +7,10 @@ with the proxy's own numbers): an agent opening thousands of idle connections to
 PER_AGENT of them, and all agents together at most TOTAL, so zone 2's descriptors stay for the others and for the
 LLM gateway. Over its share a connection is closed at once (the proxy's own ``max_tunnels`` refusal, 429
 ``egress_limit``, needs a request head read first).
+
+Until the daemon's policy has come (``Registry.policy_received``), every address is refused: zone 2 does not yet
+know the host's addresses or the agents' networks, and an agent can be registered before then (its first LLM call
+asks the daemon who it is), so an empty list there would let its allowed names reach the host.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import functools
 import logging
 from collections.abc import Callable
 
-from fleetd.egress import EgressPolicy
+from fleetd.egress import EgressPolicy, refused_address
 from fleetd.zone2.egress_records import EgressRecords
 from fleetd.zone2.forward_proxy import AgentEgress, EgressProxy
 from fleetd.zone2.registry import Registry
@@ -45,6 +49,19 @@ def lookup_in(registry: Registry) -> Callable[[str], AgentEgress | None]:
         return AgentEgress(reg.agent_id, _policy(reg.egress), reg.egress_max_bytes)
 
     return lookup
+
+
+def refusal_in(registry: Registry) -> Callable[[str], str | None]:
+    """Why the proxy must not connect to an address (``fleetd.egress.refused_address`` with the daemon's lists),
+    or None; every address is refused while the daemon's policy has not come."""
+
+    def refuse(ip: str) -> str | None:
+        if not registry.policy_received:
+            return (f"{ip}, and zone 2 has not yet been told which addresses are the host's and the agents' "
+                    "(it has just started): try again in a moment")
+        return refused_address(ip, registry.host_addresses, registry.agent_networks)
+
+    return refuse
 
 
 class _Admitted(asyncio.Protocol):
@@ -94,8 +111,7 @@ class EgressDoor:
     def __init__(self, registry: Registry, records: EgressRecords, proxy: EgressProxy | None = None) -> None:
         self.registry = registry
         self.records = records
-        self.proxy = proxy or EgressProxy(lookup_in(registry), host_addresses=lambda: registry.host_addresses,
-                                          agent_networks=lambda: registry.agent_networks, on_record=records.record,
+        self.proxy = proxy or EgressProxy(lookup_in(registry), refuse=refusal_in(registry), on_record=records.record,
                                           max_tunnels=MAX_TUNNELS)
         self.shares = Shares(Limits(connections_per_agent=PER_AGENT, connections=TOTAL))
         self.server: asyncio.AbstractServer | None = None

@@ -12,13 +12,16 @@ from fleetd.zone2.contract import Registration, Upstream
 
 class Registry:
     """Credentials by name, registrations by source address; and where the forward proxy never connects (the
-    host's own addresses and the agents' networks, from the daemon's policy)."""
+    host's own addresses and the agents' networks, from the daemon's policy). ``policy_received`` says whether the
+    daemon's policy has come since zone 2 started: until it has, the two lists are empty because they are not known
+    yet, not because nothing is refused (an agent may be registered before it, through ``whois``)."""
 
     def __init__(self) -> None:
         self.creds: dict[str, Upstream] = {}
         self.by_ip: dict[str, Registration] = {}
         self.host_addresses: tuple[str, ...] = ()
         self.agent_networks: tuple[str, ...] = ()
+        self.policy_received = False
 
     def set_creds(self, creds: Iterable[Upstream]) -> None:
         """Replace every credential at once (rotation takes effect on the next request)."""

@@ -77,6 +77,7 @@ def init_control(registry: Registry, costs: CostTracker, guard: Guard, started: 
         policy = await received(request, Zone2Policy)  # 400 for a newer daemon's, which this one cannot read
         costs.configure(policy)
         registry.host_addresses, registry.agent_networks = policy.host_addresses, policy.agent_networks
+        registry.policy_received = True
         return web.json_response({"prices": len(costs.prices)})
 
     async def get_budget(request: web.Request) -> web.Response:

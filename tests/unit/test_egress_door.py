@@ -11,7 +11,7 @@ import aiohttp
 from aiohttp import web
 
 from fleetd.zone2 import egress_door
-from fleetd.zone2.contract import Registration, Registrations
+from fleetd.zone2.contract import Registration, Registrations, Zone2Policy
 from fleetd.zone2.costs import CostTracker
 from fleetd.zone2.counters import Counts
 from fleetd.zone2.egress_door import EgressDoor, lookup_in
@@ -127,3 +127,33 @@ def test_the_control_api_makes_the_proxy_forget_unregistered_agents(tmp_path: Pa
 
     asyncio.run(main())
     assert forgotten == ["a1", "a2"]
+
+
+def test_every_address_is_refused_until_the_daemon_has_said_which_are_the_hosts(tmp_path: Path) -> None:
+    """Zone 2 restarted: an agent's first LLM call registers it (whois) before the daemon's policy comes; its allowed
+    names must not reach the host's addresses or the agents' network meanwhile (the lists are still empty)."""
+
+    async def main() -> None:
+        registry = Registry()
+        registry.register(AGENT)  # as whois does, before any policy
+        door = EgressDoor(registry, EgressRecords(None, Counts(), lambda *e: None))
+        refuse = door.proxy._refuse
+        for ip in ("192.0.2.1", "172.30.0.5", "192.0.2.77"):  # to be: the host's, the agents', elsewhere
+            assert "not yet been told" in (refuse(ip) or "")
+        costs = CostTracker(Ledger(tmp_path / "ledger.db"), lambda *e: None)
+        runner = web.AppRunner(init_control(registry, costs, Guard(), 0.0))
+        await runner.setup()
+        await web.UnixSite(runner, str(tmp_path / "control.sock")).start()
+        policy = Zone2Policy(host_addresses=("192.0.2.1",), agent_networks=("172.30.0.0/24",))
+        connector = aiohttp.UnixConnector(path=str(tmp_path / "control.sock"))
+        async with (aiohttp.ClientSession(connector=connector) as session,
+                    session.put("http://z/control/policy", json=policy.to_json()) as response):
+            assert response.status == 200
+        assert "the host itself" in (refuse("192.0.2.1") or "")
+        assert "agents' network" in (refuse("172.30.0.5") or "")
+        assert refuse("192.0.2.77") is None
+        assert refuse("127.0.0.1") is not None
+        await runner.cleanup()
+        costs.ledger.close()
+
+    asyncio.run(main())
