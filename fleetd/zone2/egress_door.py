@@ -5,8 +5,9 @@ refuses what the daemon's policy says is the host's or the agents' (``Registry.h
 Connections are admitted before a byte is read within each address's share (``shares.Shares``, the gateway's rule
 with the proxy's own numbers): an agent opening thousands of idle connections to the proxy port holds at most
 PER_AGENT of them, and all agents together at most TOTAL, so zone 2's descriptors stay for the others and for the
-LLM gateway. Over its share a connection is closed at once (the proxy's own ``max_tunnels`` refusal, 429
-``egress_limit``, needs a request head read first).
+LLM gateway. TOTAL is lowered to the descriptors the gateway leaves (``connection_cap``): each proxy connection may
+hold two, out of the same process limit as the gateway's. Over its share a connection is closed at once (the proxy's
+own ``max_tunnels`` refusal, 429 ``egress_limit``, needs a request head read first).
 
 Until the daemon's policy has come (``Registry.policy_received``), every address is refused: zone 2 does not yet
 know the host's addresses or the agents' networks, and an agent can be registered before then (its first LLM call
@@ -18,11 +19,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import resource
 from collections.abc import Callable
 
 from fleetd.egress import EgressPolicy, refused_address
 from fleetd.zone2.egress_records import EgressRecords
 from fleetd.zone2.forward_proxy import AgentEgress, EgressProxy
+from fleetd.zone2.guard import FD_HEADROOM, connection_limit
 from fleetd.zone2.registry import Registry
 from fleetd.zone2.shares import Limits, Shares
 
@@ -49,6 +52,16 @@ def lookup_in(registry: Registry) -> Callable[[str], AgentEgress | None]:
         return AgentEgress(reg.agent_id, _policy(reg.egress), reg.egress_max_bytes)
 
     return lookup
+
+
+def connection_cap(total: int = TOTAL) -> int:
+    """All agents' proxy connections together, within the descriptors left once the gateway has its connections
+    (``guard.connection_limit``, two descriptors each) and FD_HEADROOM is kept; at least one agent's share."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return total
+    gateway = connection_limit(Limits()).connections
+    return min(total, max(PER_AGENT, (soft - FD_HEADROOM - 2 * gateway) // 2))
 
 
 def refusal_in(registry: Registry) -> Callable[[str], str | None]:
@@ -113,7 +126,7 @@ class EgressDoor:
         self.records = records
         self.proxy = proxy or EgressProxy(lookup_in(registry), refuse=refusal_in(registry), on_record=records.record,
                                           max_tunnels=MAX_TUNNELS)
-        self.shares = Shares(Limits(connections_per_agent=PER_AGENT, connections=TOTAL))
+        self.shares = Shares(Limits(connections_per_agent=PER_AGENT, connections=connection_cap()))
         self.server: asyncio.AbstractServer | None = None
 
     async def start(self, host: str, port: int) -> None:

@@ -48,7 +48,16 @@ from fleetd.zone2.costs import CostTracker
 from fleetd.zone2.egress_door import EgressDoor
 from fleetd.zone2.egress_log import EGRESS_FILE, EgressLog
 from fleetd.zone2.egress_records import EgressRecords
-from fleetd.zone2.guard import IDLE_TIMEOUT, LARGE_BODY, LINGER, READ_BUFFER, Guard, serve_guarded, stop_guarded
+from fleetd.zone2.guard import (
+    IDLE_TIMEOUT,
+    LARGE_BODY,
+    LINGER,
+    READ_BUFFER,
+    Guard,
+    raise_open_files,
+    serve_guarded,
+    stop_guarded,
+)
 from fleetd.zone2.ledger import LEDGER_FILE, Ledger
 from fleetd.zone2.proxy import init_gateway
 from fleetd.zone2.registry import Registry
@@ -346,5 +355,6 @@ async def serve(control_dir: Path, host: str, port: int) -> None:
 
 def run(control_dir: Path, host: str = "0.0.0.0", port: int = GATEWAY_PORT) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    log.info("zone 2 may open %d files", raise_open_files())  # before the gateway and the proxy size their shares
     loops.run(serve(control_dir, host, port), "zone 2")  # on every agent call's path
     return 0

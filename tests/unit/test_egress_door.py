@@ -4,6 +4,7 @@ registry, records to the log, the counters and throttled events, state dropped w
 from __future__ import annotations
 
 import asyncio
+import resource
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +19,11 @@ from fleetd.zone2.egress_door import EgressDoor, lookup_in
 from fleetd.zone2.egress_log import EgressLog, read_log
 from fleetd.zone2.egress_records import DENIED_EVENT_EVERY, EgressRecords
 from fleetd.zone2.forward_proxy import EgressRecord
-from fleetd.zone2.guard import Guard
+from fleetd.zone2.guard import FD_HEADROOM, Guard, connection_limit, raise_open_files
 from fleetd.zone2.ledger import Ledger
 from fleetd.zone2.registry import Registry
 from fleetd.zone2.service import init_control
+from fleetd.zone2.shares import Limits
 
 AGENT = Registration("a1", "127.0.0.1", egress=("allowed.example.test",), egress_max_bytes=1 << 20)
 
@@ -157,3 +159,23 @@ def test_every_address_is_refused_until_the_daemon_has_said_which_are_the_hosts(
         costs.ledger.close()
 
     asyncio.run(main())
+
+
+def test_the_proxy_and_the_gateway_together_fit_in_zone_2s_descriptors(monkeypatch: Any) -> None:
+    """Docker 25+ starts zone 2 with 1024 open files (hard 524288): the gateway sizes its connections to fill what
+    FD_HEADROOM leaves, so the proxy's (two descriptors each) must come out of the same budget, not on top of it."""
+    for soft, proxy_total in ((1024, egress_door.PER_AGENT), (4096, 512), (65536, 512)):
+        monkeypatch.setattr(resource, "getrlimit", lambda which, soft=soft: (soft, 524288))
+        gateway = connection_limit(Limits()).connections
+        door = EgressDoor(Registry(), EgressRecords(None, Counts(), lambda *e: None))
+        assert door.shares.limits.connections == proxy_total
+        # all of it within the limit, but for one agent's share of the headroom at worst
+        assert 2 * (gateway + proxy_total) + FD_HEADROOM <= soft + 2 * egress_door.PER_AGENT
+    calls: list[tuple[int, int]] = []
+    monkeypatch.setattr(resource, "setrlimit", lambda which, limits: calls.append(limits))
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (1024, 524288))
+    assert raise_open_files() == 65536 and calls == [(65536, 524288)]
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (1024, 2048))
+    assert raise_open_files() == 2048 and calls[-1] == (2048, 2048)
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (70000, 524288))
+    assert raise_open_files() == 70000 and len(calls) == 2  # never lowered
