@@ -7,9 +7,11 @@ connection, ``EgressProxy.handle`` reads one request head (``fleetd.zone2.forwar
    byte to one agent), refuses a credential handle (handles are only resolved on the credential path), and asks
    the agent's ``EgressPolicy`` whether the host and port are allowed (IP literals never are: a policy names hosts);
 2. checks the agent's limits: concurrent connections (``max_tunnels``) and bytes per UTC day;
-3. resolves the name once and refuses the connection if any address it resolves to is refused
-   (``fleetd.egress.refused_address``: loopback, link-local and metadata, the host's own, the agents' network),
-   then connects to an address it checked, never looking the name up again (a second lookup is DNS rebinding);
+3. resolves the name once (at most ``max_lookups`` lookups of an agent's running at once, counting those it gave up
+   waiting for: the resolver's threads are few and shared by every agent) and refuses the connection if any address
+   it resolves to is refused (``fleetd.egress.refused_address``: loopback, link-local and metadata, the host's own,
+   the agents' network), then connects to an address it checked, never looking the name up again (a second lookup
+   is DNS rebinding);
 4. plain HTTP (``GET http://host/path``): sends the request in origin form with hop-by-hop headers dropped and
    ``Connection: close``, relays the body (scanned for handles, also across pieces), pipes the answer back;
    ``CONNECT host:port``: answers 200, reads the client's TLS ClientHello and opens the tunnel only when its SNI,
@@ -97,10 +99,12 @@ class EgressStats:
 class AgentUse:
     """One agent's counters and its bytes of the current UTC day; the proxy keeps one per agent it has seen."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_lookups: int = 1) -> None:
         self.allowed = self.denied = self.bytes_out = self.bytes_in = self.open = 0
         self.day = -1
         self.today = 0
+        # name lookups running: released when the lookup ends, not when the connection stops waiting for it
+        self.lookups = asyncio.Semaphore(max_lookups)
 
     def spent(self, day: int) -> int:
         """Bytes counted on ``day`` (days since the epoch, UTC): a new day starts from zero."""
@@ -168,11 +172,12 @@ class EgressProxy:
                  on_record: Callable[[EgressRecord], None] = lambda record: None,
                  max_tunnels: int = 16, idle_timeout: float = 300.0, connect_timeout: float = 10.0,
                  clock: Callable[[], float] = time.time, refuse: Callable[[str], str | None] | None = None,
-                 head_timeout: float = 30.0) -> None:
+                 head_timeout: float = 30.0, max_lookups: int = 2) -> None:
         self._lookup, self._resolve, self._on_record = lookup, resolve or system_resolve, on_record
         self._refuse = refuse or (lambda ip: refused_address(ip, host_addresses(), agent_networks()))
         self._max_tunnels, self._idle_timeout = max_tunnels, idle_timeout
         self._connect_timeout, self._head_timeout, self._clock = connect_timeout, head_timeout, clock
+        self._max_lookups = max_lookups
         self._agents: dict[str, AgentUse] = {}
         self._open: dict[asyncio.Task[Any], str | None] = {}  # each connection's task and its agent
 
@@ -202,7 +207,7 @@ class EgressProxy:
         loop = asyncio.get_running_loop()
         peer = writer.get_extra_info("peername")
         agent = self._agent_at(peer)
-        use = self._agents.setdefault(agent.agent_id, AgentUse()) if agent else None
+        use = self._agents.setdefault(agent.agent_id, AgentUse(self._max_lookups)) if agent else None
         conn = _Connection(agent, use, self._clock(), loop.time())
         task = asyncio.current_task()
         if task is not None:
@@ -336,9 +341,14 @@ class EgressProxy:
                        ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """A connection to an address ``name`` resolves to, every one of them checked first; one lookup only."""
         what = f"{name}:{port}"
+        use = conn.use
+        assert use is not None  # only connections of known agents get this far
         try:
             async with asyncio.timeout(self._connect_timeout):
-                addresses = list(await self._resolve(name, port))
+                await use.lookups.acquire()
+                lookup = asyncio.ensure_future(self._resolve(name, port))
+                lookup.add_done_callback(lambda done: _lookup_ended(done, use.lookups))
+                addresses = list(await asyncio.shield(lookup))  # a lookup given up on keeps its slot till it ends
         except TimeoutError:
             raise Refused(504, "upstream_timeout", "resolve timeout",
                           f"{name} did not resolve within {self._connect_timeout:g} s") from None
@@ -493,6 +503,12 @@ class EgressProxy:
                 drained = 0
                 while drained < LINGER_BYTES and (data := await reader.read(READ_SIZE)):
                     drained += len(data)
+
+
+def _lookup_ended(lookup: asyncio.Future[list[str]], slots: asyncio.Semaphore) -> None:
+    slots.release()
+    if not lookup.cancelled():
+        lookup.exception()  # retrieved: a lookup nobody waits for any more fails quietly
 
 
 def refusal_bytes(refusal: Refused, connect: bool) -> bytes:

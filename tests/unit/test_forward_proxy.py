@@ -419,6 +419,33 @@ def test_unreachable_and_unresolvable_upstreams_get_502_and_504(tmp_path: Path) 
     run(check)
 
 
+def test_an_agent_holds_few_lookups_also_those_it_gave_up_on(tmp_path: Path) -> None:
+    """Zone 2's resolver has a few threads for every agent (libuv's 4 under uvloop), and a lookup the proxy stops
+    waiting for keeps its thread until the resolver gives up: an agent asking for names that never answer must not
+    hold them all, so its lookups count until they end, not until its connection gives up on them."""
+    hung = asyncio.Event()
+    started: list[str] = []
+
+    async def hanging(host: str, port: int) -> list[str]:
+        started.append(host)
+        await hung.wait()  # a thread stuck in getaddrinfo
+        return ["127.0.0.1"]
+
+    async def check() -> None:
+        async with rig(tmp_path, resolve=hanging, connect_timeout=0.2, max_lookups=2) as r:
+            for _ in range(5):
+                error = error_of(await exchange(r.port, get(f"http://{ALLOWED}:{r.web}/echo")), 504)
+                assert error["type"] == "upstream_timeout"
+            assert len(started) == 2  # the two given up on still run: the others waited for them, in vain
+            hung.set()
+            await asyncio.sleep(0.05)
+            assert parsed(await exchange(r.port, get(f"http://{ALLOWED}:{r.web}/echo")))[0] == 200
+            assert len(started) == 3
+            await r.records_settled(6)
+
+    run(check)
+
+
 # --- CONNECT -----------------------------------------------------------------------------------------------------
 
 
