@@ -124,8 +124,9 @@ class EgressDoor:
     def __init__(self, registry: Registry, records: EgressRecords, proxy: EgressProxy | None = None) -> None:
         self.registry = registry
         self.records = records
+        counted = None if records.log is None else records.log.day_bytes  # the byte cap across zone 2's restarts
         self.proxy = proxy or EgressProxy(lookup_in(registry), refuse=refusal_in(registry), on_record=records.record,
-                                          max_tunnels=MAX_TUNNELS)
+                                          max_tunnels=MAX_TUNNELS, counted=counted)
         self.shares = Shares(Limits(connections_per_agent=PER_AGENT, connections=connection_cap()))
         self.server: asyncio.AbstractServer | None = None
 

@@ -32,9 +32,12 @@ log = logging.getLogger(__name__)
 EGRESS_FILE = "egress.db"
 MAX_ROWS = 100_000
 MAX_AGE = 30 * 86400.0  # seconds
+DAY = 86400.0
 PRUNE_EVERY = 1_000
 READ_TIMEOUT = 1.0
 MAX_READ = 1_000  # rows one read returns at most
+ADD_BYTES = ("INSERT INTO days (agent_id, day, bytes) VALUES (?, ?, ?) "
+             "ON CONFLICT (agent_id, day) DO UPDATE SET bytes = bytes + excluded.bytes")
 INSERT = ("INSERT INTO connections (at, agent_id, host, port, method, decision, reason, address, bytes_out, "
           "bytes_in, duration_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 migrations = Migrations("fleetd-egress")
@@ -51,6 +54,15 @@ def m001_connections(db: sqlite_utils.Database) -> None:
     # fleetd egress log --agent ID [--denied], newest first; the unfiltered log reads the primary key backwards.
     db.execute("CREATE INDEX connections_agent ON connections(agent_id, id)")
     db.execute("CREATE INDEX connections_denied ON connections(id) WHERE decision = 'denied'")
+
+
+@migrations()
+def m002_days(db: sqlite_utils.Database) -> None:
+    # Each agent's bytes (in and out) per UTC day (days since the epoch), added to as its connections end: the byte
+    # cap holds across a zone 2 restart. Apart from the connections, which a flood of denied ones pushes out of the
+    # log in seconds; one row per agent and day, the days before yesterday pruned.
+    db.execute("CREATE TABLE days (agent_id TEXT NOT NULL, day INTEGER NOT NULL, bytes INTEGER NOT NULL, "
+               "PRIMARY KEY (agent_id, day)) WITHOUT ROWID")
 
 
 class Record(Protocol):
@@ -107,6 +119,10 @@ class EgressLog:
 
     def write(self, record: Record) -> None:
         try:
+            moved = record.bytes_out + record.bytes_in
+            if record.agent_id is not None and moved:
+                day = int((record.started_at + record.duration_s) // DAY)
+                self.conn.execute(ADD_BYTES, (record.agent_id, day, moved))
             self.conn.execute(INSERT, (
                 _iso(record.started_at), record.agent_id, clip(record.host), record.port, clip(record.method),
                 record.decision, None if record.reason is None else clip(record.reason), record.address,
@@ -127,6 +143,12 @@ class EgressLog:
             self.conn.execute("DELETE FROM connections WHERE id <= (SELECT MAX(id) FROM connections) - ?",
                               (MAX_ROWS,))
             self.conn.execute("DELETE FROM connections WHERE at < ?", (_iso(self.clock() - MAX_AGE),))
+            self.conn.execute("DELETE FROM days WHERE day < ?", (int(self.clock() // DAY) - 1,))
+
+    def day_bytes(self, agent_id: str, day: int) -> int:
+        """What ``agent_id``'s connections that ended on ``day`` moved (the forward proxy's ``counted``)."""
+        row = self.conn.execute("SELECT bytes FROM days WHERE agent_id = ? AND day = ?", (agent_id, day)).fetchone()
+        return 0 if row is None else int(row[0])
 
     def close(self) -> None:
         self.conn.close()

@@ -172,8 +172,12 @@ class EgressProxy:
                  on_record: Callable[[EgressRecord], None] = lambda record: None,
                  max_tunnels: int = 16, idle_timeout: float = 300.0, connect_timeout: float = 10.0,
                  clock: Callable[[], float] = time.time, refuse: Callable[[str], str | None] | None = None,
-                 head_timeout: float = 30.0, max_lookups: int = 2) -> None:
+                 head_timeout: float = 30.0, max_lookups: int = 2,
+                 counted: Callable[[str, int], int] | None = None) -> None:
         self._lookup, self._resolve, self._on_record = lookup, resolve or system_resolve, on_record
+        # Bytes an agent moved on a UTC day before this proxy started (egress_log.EgressLog.day_bytes): a zone 2
+        # restart does not give an agent a fresh byte cap. Asked once per agent, when the proxy first meets it.
+        self._counted = counted
         self._refuse = refuse or (lambda ip: refused_address(ip, host_addresses(), agent_networks()))
         self._max_tunnels, self._idle_timeout = max_tunnels, idle_timeout
         self._connect_timeout, self._head_timeout, self._clock = connect_timeout, head_timeout, clock
@@ -187,6 +191,18 @@ class EgressProxy:
         for use in self._agents.values():
             use.spent(day)  # a new UTC day shows zero bytes today, also before the agent's next byte
         return {agent_id: use.stats() for agent_id, use in self._agents.items()}
+
+    def _use(self, agent_id: str) -> AgentUse:
+        use = self._agents.get(agent_id)
+        if use is None:
+            use = self._agents[agent_id] = AgentUse(self._max_lookups)
+            if self._counted is not None:
+                day = int(self._clock() // DAY)
+                try:
+                    use.day, use.today = day, self._counted(agent_id, day)
+                except Exception:  # the log unreadable: this proxy's own count from zero, as before
+                    log.exception("egress proxy: reading agent %s's bytes of the day failed", agent_id)
+        return use
 
     def forget(self, agent_id: str) -> None:
         """The agent is gone: close its connections and drop its counters (state is bounded by live agents)."""
@@ -207,7 +223,7 @@ class EgressProxy:
         loop = asyncio.get_running_loop()
         peer = writer.get_extra_info("peername")
         agent = self._agent_at(peer)
-        use = self._agents.setdefault(agent.agent_id, AgentUse(self._max_lookups)) if agent else None
+        use = self._use(agent.agent_id) if agent else None
         conn = _Connection(agent, use, self._clock(), loop.time())
         task = asyncio.current_task()
         if task is not None:

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from fleetd.egress import parse_egress
+from fleetd.zone2.egress_log import EgressLog
 from fleetd.zone2.forward_proxy import AgentEgress, EgressProxy, EgressRecord
 from tests.unit.loopback import serve
 
@@ -566,6 +567,32 @@ def test_the_daily_byte_cap_cuts_a_download_and_refuses_new_connections(tmp_path
             assert records[2].decision == "allowed"
 
     run(check)
+
+
+def test_a_restarted_proxy_keeps_the_days_bytes_from_the_log(tmp_path: Path) -> None:
+    """Zone 2 restarting gives no agent a fresh byte cap: the day's bytes come back from the egress log."""
+    cap = 50_000
+    log = EgressLog(tmp_path / "egress.db")
+
+    async def check() -> None:
+        async with rig(tmp_path, cap=cap, counted=log.day_bytes) as first:
+            first.proxy._on_record = lambda record: (first.records.append(record), log.write(record))  # type: ignore[method-assign]
+            await exchange(first.port, get(f"http://{ALLOWED}:{first.web}/big?n=32768"))
+            [record] = await first.records_settled(1)
+            moved = record.bytes_in + record.bytes_out
+            assert 30_000 < moved < cap
+            day = int(first.clock[0] // 86400)
+        assert log.day_bytes("a1", day) == moved
+        async with rig(tmp_path, cap=cap, counted=log.day_bytes) as second:  # zone 2 again, the same day
+            answer = await exchange(second.port, get(f"http://{ALLOWED}:{second.web}/big?n=200000"))
+            [cut] = await second.records_settled(1)
+            assert cut.reason == "byte cap" and cut.bytes_in + cut.bytes_out == cap - moved
+            assert len(answer) == cut.bytes_in
+            assert second.proxy.stats()["a1"].bytes_today == cap
+            assert log.day_bytes("a2", day) == 0  # an agent it never saw
+
+    run(check)
+    log.close()
 
 
 def test_a_connection_idle_both_ways_is_closed(tmp_path: Path) -> None:
