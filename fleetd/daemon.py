@@ -13,7 +13,6 @@ import fcntl
 import grp
 import logging
 import os
-import resource
 import signal
 import socket
 import struct
@@ -39,6 +38,7 @@ from fleetd.fleet import Fleet
 from fleetd.gateway import Zone2, zone2_ledger
 from fleetd.liveness import Liveness, engine_exec
 from fleetd.log_streams import LogStreams
+from fleetd.open_files import raise_open_files
 from fleetd.runtime import POOL_SIZE, DockerRuntime
 from fleetd.sdnotify import notify, watchdog_period
 from fleetd.services import Services
@@ -51,7 +51,6 @@ from fleetd.vault import Vault, load_master_key
 
 log = logging.getLogger("fleetd")
 DOCKER_WAIT = 30.0
-OPEN_FILES = 65536  # the unit's LimitNOFILE
 
 
 
@@ -196,17 +195,6 @@ class Daemon:
         while True:
             notify("WATCHDOG=1")
             await asyncio.sleep(period)
-
-
-def raise_open_files(most: int = OPEN_FILES) -> int:
-    """Lift the soft limit on open files to the hard one (at most ``most``), as Go's runtime does for dockerd: each
-    idle worker of a deployment holds a long poll (a socket) through zone 2. The new soft limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = most if hard == resource.RLIM_INFINITY else min(hard, most)
-    if soft != resource.RLIM_INFINITY and soft < wanted:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-        return wanted
-    return soft
 
 
 def take_lock(path: Path, config: Config) -> IO[str]:

@@ -71,19 +71,6 @@ class Refused(Zone2Error):
         self.retry_after = retry_after
 
 
-OPEN_FILES = 65536  # the soft limit zone 2 lifts itself to, within its hard limit (raise_open_files)
-
-
-def raise_open_files(most: int = OPEN_FILES) -> int:
-    """Lift the soft limit on open files to the hard one (at most ``most``), as the daemon does for itself: Docker
-    (25 and later) starts containers with a soft limit of 1024 under a hard one of 524288, which would leave zone 2's
-    two listeners 512 descriptors between them. The new soft limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = most if hard == resource.RLIM_INFINITY else min(hard, most)
-    if soft != resource.RLIM_INFINITY and soft < wanted:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-        return wanted
-    return soft
 
 
 def connection_limit(limits: Limits) -> Limits:

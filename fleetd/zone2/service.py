@@ -25,6 +25,7 @@ from aiohttp import web
 
 from fleetd import loops
 from fleetd.fingerprint import code_fingerprint
+from fleetd.open_files import raise_open_files
 from fleetd.zone2.contract import (
     BudgetAnswer,
     ContractError,
@@ -54,7 +55,6 @@ from fleetd.zone2.guard import (
     LINGER,
     READ_BUFFER,
     Guard,
-    raise_open_files,
     serve_guarded,
     stop_guarded,
 )

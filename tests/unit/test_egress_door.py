@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from fleetd.open_files import raise_open_files
 from fleetd.zone2 import egress_door
 from fleetd.zone2.contract import Registration, Registrations, Zone2Policy
 from fleetd.zone2.costs import CostTracker
@@ -19,7 +20,7 @@ from fleetd.zone2.egress_door import EgressDoor, lookup_in
 from fleetd.zone2.egress_log import EgressLog, read_log
 from fleetd.zone2.egress_records import DENIED_EVENT_EVERY, EgressRecords
 from fleetd.zone2.forward_proxy import EgressRecord
-from fleetd.zone2.guard import FD_HEADROOM, Guard, connection_limit, raise_open_files
+from fleetd.zone2.guard import FD_HEADROOM, Guard, connection_limit
 from fleetd.zone2.ledger import Ledger
 from fleetd.zone2.registry import Registry
 from fleetd.zone2.service import init_control

@@ -7,7 +7,7 @@ import sys
 
 CHILD = """
 import resource
-from fleetd.daemon import raise_open_files
+from fleetd.open_files import raise_open_files
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
 got = raise_open_files(4096)
