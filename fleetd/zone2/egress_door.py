@@ -1,6 +1,7 @@
-"""Zone 2's forward proxy listener (issue 18), composed: the proxy (``forward_proxy``) knows agents by the registry,
-refuses what the daemon's policy says is the host's or the agents' (``Registry.host_addresses``,
-``agent_networks``), and hands each connection's record to ``egress_records``.
+"""Zone 2's forward proxy listener (issue 18), composed: the proxy (``forward_proxy``) knows agents by the registry
+(else by asking the daemon, ``whois``: an agent's first connection may come before its registration), refuses what
+the daemon's policy says is the host's or the agents' (``Registry.host_addresses``, ``agent_networks``), and hands
+each connection's record to ``egress_records``.
 
 Connections are admitted before a byte is read within each address's share (``shares.Shares``, the gateway's rule
 with the proxy's own numbers): an agent opening thousands of idle connections to the proxy port holds at most
@@ -20,11 +21,12 @@ import asyncio
 import functools
 import logging
 import resource
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from fleetd.egress import EgressPolicy, refused_address
+from fleetd.zone2.contract import Registration
 from fleetd.zone2.egress_records import EgressRecords
-from fleetd.zone2.forward_proxy import AgentEgress, EgressProxy
+from fleetd.zone2.forward_proxy import AgentEgress, EgressProxy, Whois
 from fleetd.zone2.guard import FD_HEADROOM, connection_limit
 from fleetd.zone2.registry import Registry
 from fleetd.zone2.shares import Limits, Shares
@@ -47,11 +49,27 @@ def lookup_in(registry: Registry) -> Callable[[str], AgentEgress | None]:
 
     def lookup(ip: str) -> AgentEgress | None:
         reg = registry.by_ip.get(ip)
-        if reg is None:
-            return None
-        return AgentEgress(reg.agent_id, _policy(reg.egress), reg.egress_max_bytes)
+        return None if reg is None else _agent(reg)
 
     return lookup
+
+
+def _agent(reg: Registration) -> AgentEgress:
+    return AgentEgress(reg.agent_id, _policy(reg.egress), reg.egress_max_bytes)
+
+
+def whois_of(ask: Callable[[str], Awaitable[Registration | None]]) -> Whois:
+    """The agent at an address the registry does not know yet, as the daemon answers (``DaemonLink.whois``).
+
+    The daemon starts an agent, then registers it: an agent whose first act is a download reaches the proxy before
+    its registration does. The answer serves this connection only; the registry is the daemon's to fill (the
+    gateway's ``identify`` does the same for the LLM path)."""
+
+    async def whois(ip: str) -> AgentEgress | None:
+        reg = await ask(ip)
+        return None if reg is None else _agent(reg)
+
+    return whois
 
 
 def connection_cap(total: int = TOTAL) -> int:
@@ -121,12 +139,14 @@ class _Admitted(asyncio.Protocol):
 class EgressDoor:
     """The proxy and its listener; ``forget`` an agent when it is unregistered."""
 
-    def __init__(self, registry: Registry, records: EgressRecords, proxy: EgressProxy | None = None) -> None:
+    def __init__(self, registry: Registry, records: EgressRecords, proxy: EgressProxy | None = None,
+                 whois: Callable[[str], Awaitable[Registration | None]] | None = None) -> None:
         self.registry = registry
         self.records = records
         counted = None if records.log is None else records.log.day_bytes  # the byte cap across zone 2's restarts
         self.proxy = proxy or EgressProxy(lookup_in(registry), refuse=refusal_in(registry), on_record=records.record,
-                                          max_tunnels=MAX_TUNNELS, counted=counted)
+                                          max_tunnels=MAX_TUNNELS, counted=counted,
+                                          whois=None if whois is None else whois_of(whois))
         self.shares = Shares(Limits(connections_per_agent=PER_AGENT, connections=connection_cap()))
         self.server: asyncio.AbstractServer | None = None
 

@@ -3,8 +3,9 @@
 Agents get ``HTTP_PROXY``/``HTTPS_PROXY`` pointing here, so pip, git, curl and the SDKs use it unmodified. Per
 connection, ``EgressProxy.handle`` reads one request head (``fleetd.zone2.forward_request``) and:
 
-1. knows the agent by its source address (``lookup``; an unknown address is refused: zone 2 attributes every
-   byte to one agent), refuses a credential handle (handles are only resolved on the credential path), and asks
+1. knows the agent by its source address (``lookup``, else ``whois``: an agent's registration may trail its
+   first connection by a moment; an address neither knows is refused: zone 2 attributes every byte to one
+   agent), refuses a credential handle (handles are only resolved on the credential path), and asks
    the agent's ``EgressPolicy`` whether the host and port are allowed (IP literals never are: a policy names hosts);
 2. checks the agent's limits: concurrent connections (``max_tunnels``) and bytes per UTC day;
 3. resolves the name once (at most ``max_lookups`` lookups of an agent's running at once, counting those it gave up
@@ -51,6 +52,7 @@ LINGER = 2.0  # after a refusal, how long unread request bytes are drained so th
 LINGER_BYTES = 1 << 20
 ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
 Resolve = Callable[[str, int], Awaitable[list[str]]]
+Whois = Callable[[str], Awaitable["AgentEgress | None"]]
 
 
 @dataclass(frozen=True)
@@ -160,10 +162,11 @@ async def system_resolve(host: str, port: int) -> list[str]:
 class EgressProxy:
     """The forward proxy; ``handle`` serves one client connection (give it to ``asyncio.start_server``).
 
-    Collaborators are injected: ``lookup`` maps a source address to its agent, ``resolve`` a name to addresses,
-    ``refuse`` an address to why it is never connected to (default: ``refused_address`` with the host's own
-    addresses and the agents' networks, asked afresh per connection), ``clock`` gives wall time for records and the
-    UTC day of the byte cap. ``head_timeout`` bounds the wait for a request head and for a tunnel's ClientHello.
+    Collaborators are injected: ``lookup`` maps a source address to its agent (``whois``, when given, is asked for
+    an address ``lookup`` does not know: the daemon starts an agent before it registers it), ``resolve`` a name to
+    addresses, ``refuse`` an address to why it is never connected to (default: ``refused_address`` with the host's
+    own addresses and the agents' networks, asked afresh per connection), ``clock`` gives wall time for records and
+    the UTC day of the byte cap. ``head_timeout`` bounds the wait for a request head and for a tunnel's ClientHello.
     """
 
     def __init__(self, lookup: Callable[[str], AgentEgress | None], resolve: Resolve | None = None,
@@ -173,8 +176,9 @@ class EgressProxy:
                  max_tunnels: int = 16, idle_timeout: float = 300.0, connect_timeout: float = 10.0,
                  clock: Callable[[], float] = time.time, refuse: Callable[[str], str | None] | None = None,
                  head_timeout: float = 30.0, max_lookups: int = 2,
-                 counted: Callable[[str, int], int] | None = None) -> None:
-        self._lookup, self._resolve, self._on_record = lookup, resolve or system_resolve, on_record
+                 counted: Callable[[str, int], int] | None = None, whois: Whois | None = None) -> None:
+        self._lookup, self._whois = lookup, whois
+        self._resolve, self._on_record = resolve or system_resolve, on_record
         # Bytes an agent moved on a UTC day before this proxy started (egress_log.EgressLog.day_bytes): a zone 2
         # restart does not give an agent a fresh byte cap. Asked once per agent, when the proxy first meets it.
         self._counted = counted
@@ -222,17 +226,13 @@ class EgressProxy:
         """Serve one client connection to its end; never raises, always records (also when cancelled)."""
         loop = asyncio.get_running_loop()
         peer = writer.get_extra_info("peername")
-        agent = self._agent_at(peer)
-        use = self._use(agent.agent_id) if agent else None
-        conn = _Connection(agent, use, self._clock(), loop.time())
+        conn = _Connection(None, None, self._clock(), loop.time())
         task = asyncio.current_task()
         if task is not None:
-            self._open[task] = agent.agent_id if agent else None
-        if use is not None and use.open < self._max_tunnels:
-            use.open += 1
-            conn.holds_slot = True
+            self._open[task] = None
         upstream: list[asyncio.StreamWriter] = []
         try:
+            await self._identify(conn, peer, task)
             await self._serve_and_answer(conn, reader, writer, upstream)
         except asyncio.CancelledError:  # close() or forget(); not raised on: asyncio's server logs a cancelled
             conn.reason = "closed by zone 2"  # connection task as an error (streams.py's connection_made callback)
@@ -246,14 +246,32 @@ class EgressProxy:
                 stream.close()
             self._finish(conn, task)
 
-    def _agent_at(self, peer: object) -> AgentEgress | None:
-        """The agent behind the peer address; a lookup that fails counts as an unknown address (refused)."""
+    async def _identify(self, conn: _Connection, peer: object, task: asyncio.Task[Any] | None) -> None:
+        """Attribute the connection to the agent behind the peer address, taking one of its slots if one is free."""
+        agent = await self._agent_at(peer)
+        if agent is None:
+            return
+        conn.agent = agent
+        conn.use = use = self._use(agent.agent_id)
+        if task is not None and task in self._open:
+            self._open[task] = agent.agent_id
+        if use.open < self._max_tunnels:
+            use.open += 1
+            conn.holds_slot = True
+
+    async def _agent_at(self, peer: object) -> AgentEgress | None:
+        """The agent behind the peer address, from ``lookup``, else ``whois``; a lookup that fails counts as an
+        unknown address (refused)."""
         if not isinstance(peer, tuple) or not peer:
             return None
+        ip = str(peer[0])
         try:
-            return self._lookup(str(peer[0]))
+            agent = self._lookup(ip)
+            if agent is None and self._whois is not None:
+                agent = await self._whois(ip)
+            return agent
         except Exception:
-            log.exception("egress proxy: looking up the agent at %s failed", peer[0])
+            log.exception("egress proxy: looking up the agent at %s failed", ip)
             return None
 
     async def _serve_and_answer(self, conn: _Connection, reader: asyncio.StreamReader,

@@ -318,7 +318,8 @@ async def serve(control_dir: Path, host: str, port: int) -> None:
         loop.add_signal_handler(sig, stop.set)
     guard = Guard(counts=costs.counts)
     held = HeldTasks(on_release=costs.release_task)
-    egress = EgressDoor(registry, EgressRecords(EgressLog(control_dir / EGRESS_FILE), costs.counts, daemon.emit))
+    egress = EgressDoor(registry, EgressRecords(EgressLog(control_dir / EGRESS_FILE), costs.counts, daemon.emit),
+                        whois=daemon.whois)
     agents_app = init_gateway(registry, daemon.whois, costs, daemon.heartbeat, guard, tasks=daemon, held=held)
     # Bodies are relayed as sent (an LLM call's must come uncompressed: zone 2 meters what it reads), and an idle
     # kept-alive connection is closed by the guard's sweep, not kept for aiohttp's default hour.

@@ -180,3 +180,38 @@ def test_the_proxy_and_the_gateway_together_fit_in_zone_2s_descriptors(monkeypat
     assert raise_open_files() == 2048 and calls[-1] == (2048, 2048)
     monkeypatch.setattr(resource, "getrlimit", lambda which: (70000, 524288))
     assert raise_open_files() == 70000 and len(calls) == 2  # never lowered
+
+
+def test_an_agent_not_registered_yet_is_known_through_the_daemons_whois(tmp_path: Path) -> None:
+    """The daemon starts an agent, then registers it: a first connection in between is the agent's, not refused as
+    an unknown address (the gateway's identify asks the daemon the same way)."""
+    asked: list[str] = []
+    records: list[Any] = []
+
+    async def whois(ip: str) -> Registration | None:
+        asked.append(ip)
+        return AGENT if ip == AGENT.ip else None
+
+    async def main() -> None:
+        registry = Registry()  # no registration yet
+        door = EgressDoor(registry, EgressRecords(None, Counts(), lambda *e: None), whois=whois)
+        door.proxy._on_record = records.append
+        await door.start("127.0.0.1", 0)
+        assert door.server is not None
+        port = door.server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET http://other.example.test/ HTTP/1.1\r\nHost: other.example.test\r\n\r\n")
+        answer = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        for _ in range(100):
+            if records:
+                break
+            await asyncio.sleep(0.02)
+        await door.close()
+        assert answer.startswith(b"HTTP/1.1 403") and b"not in agent a1's egress policy" in answer, answer
+        assert b"not an agent zone 2 knows" not in answer
+
+    asyncio.run(main())
+    assert asked == ["127.0.0.1"]
+    [found] = records
+    assert found.agent_id == "a1" and found.reason.startswith("not allowed"), found
