@@ -471,7 +471,7 @@ class EgressProxy:
         """Copy ``source`` to ``sink`` until end of file, then pass the end on (a tunnel's half-close)."""
         while data := await source.read(READ_SIZE):
             await self._send(conn, sink, data, outbound)
-        if sink.can_write_eof():
+        if sink.can_write_eof() and not sink.is_closing():  # closing: its peer is gone (uvloop would raise)
             with contextlib.suppress(OSError):
                 sink.write_eof()
 

@@ -10,7 +10,11 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
+import logging
+import socket
 import ssl
+import struct
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -641,3 +645,62 @@ def test_close_ends_every_connection_with_its_record(tmp_path: Path) -> None:
             idle[1].close()
 
     run(check)
+
+
+def client_hello(server_hostname: str) -> bytes:
+    """A TLS ClientHello naming ``server_hostname``, as a client's first bytes in a tunnel."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ssl.create_default_context().wrap_bio(incoming, outgoing, server_hostname=server_hostname)
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_tunnel_whose_client_resets_as_the_upstream_closes_ends_as_lost(
+        tmp_path: Path, loop: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Both sides gone at once (a client aborting a failed handshake): the half-close to a client transport that
+    is already closed ends the connection as lost, not as an internal error with a traceback (uvloop's write_eof
+    raises RuntimeError on a closed transport, where asyncio's returns)."""
+    LOOP[0] = loop
+
+    async def check() -> None:
+        running = asyncio.get_running_loop()
+        with socket.create_server(("127.0.0.1", 0)) as upstream:
+            upstream.setblocking(False)
+            port = upstream.getsockname()[1]
+            records: list[EgressRecord] = []
+            proxy = EgressProxy(lambda ip: AgentEgress("a1", parse_egress(f"{ALLOWED}:{port}"), None),
+                                resolve=lambda host, port: asyncio.sleep(0, ["127.0.0.1"]),
+                                on_record=records.append, refuse=lambda ip: None)
+            server = await asyncio.start_server(proxy.handle, "127.0.0.1", 0)
+            client = socket.create_connection(server.sockets[0].getsockname())
+            client.setblocking(False)
+            try:
+                await running.sock_sendall(client, f"CONNECT {ALLOWED}:{port} HTTP/1.1\r\n\r\n".encode())
+                accepted, _ = await asyncio.wait_for(running.sock_accept(upstream), 5)
+                assert (await asyncio.wait_for(running.sock_recv(client, 1024), 5)).startswith(b"HTTP/1.1 200 ")
+                hello = client_hello(ALLOWED)
+                await running.sock_sendall(client, hello)
+                got = b""
+                while len(got) < len(hello):
+                    got += await asyncio.wait_for(running.sock_recv(accepted, 65536), 5)
+                # Without letting the loop run: the client resets, the upstream closes; zone 2 sees both at once.
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                client.close()
+                accepted.close()
+                time.sleep(0.1)
+                for _ in range(200):
+                    if records:
+                        break
+                    await asyncio.sleep(0.01)
+                [record] = records
+                assert record.decision == "allowed" and record.reason == "connection lost: ConnectionResetError"
+            finally:
+                client.close()
+                server.close()
+                await proxy.close()
+
+    with caplog.at_level(logging.ERROR, logger="fleetd.zone2"):
+        run(check)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
