@@ -21,6 +21,7 @@ from sqlite_utils.migrations import Migrations
 from fleetd.bounds import MAX_MESSAGE_CHARS, MAX_TYPE_CHARS, bounded_data, clip
 from fleetd.errors import InvalidRequest, NotFound
 from fleetd.models import LIVE_STATES, State, iso, utcnow
+from fleetd.wal import WAL_BACKSTOP_PAGES, Checkpointer
 
 migrations = Migrations("fleetd")
 # A container's end: into exited, or straight into restarting when its restart policy brings it back (an agent
@@ -283,11 +284,17 @@ class Store:
         self.db.enable_wal()
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA busy_timeout=5000")
+        # Checkpoints in a thread of their own (fleetd.wal), not inside the commits of the event loop's writes.
+        self.db.execute(f"PRAGMA wal_autocheckpoint={WAL_BACKSTOP_PAGES}")
         migrations.apply(self.db)
         self.conn = conn
         self.on_event: Callable[[dict[str, Any]], None] | None = None
+        self.checkpointer = None if str(path) == ":memory:" else Checkpointer(Path(path))
 
     def close(self) -> None:
+        if self.checkpointer is not None:
+            self.checkpointer.close()
+            self.checkpointer = None
         self.conn.close()
 
     def rows(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[dict[str, Any]]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -28,11 +27,10 @@ import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
 from fleetd.bounds import MAX_TEXT_CHARS, clip
+from fleetd.wal import WAL_BACKSTOP_PAGES, Checkpointer
 from fleetd.zone2.llm import Usage
 
 LEDGER_FILE = "ledger.db"
-CHECKPOINT_INTERVAL = 0.25  # s between checkpoints by the Checkpointer thread
-WAL_BACKSTOP_PAGES = 10_000  # the writer's own automatic checkpoint (4 KB pages), which also restarts the WAL
 INSERT = ("INSERT INTO calls (request_id, at, agent_id, role, credential, api, model, status, input_tokens, "
           "cached_input_tokens, cache_write_tokens, output_tokens, reasoning_tokens, cost_nusd, reserved_nusd, "
           "estimated, attempts, cache_write_1h_tokens, service_tier, response_id, context_tokens, speed, "
@@ -245,35 +243,3 @@ class Ledger:
         with contextlib.closing(sqlite3.connect(str(self.path))) as reader:
             return list(sqlite_utils.Database(reader).query(
                 f"SELECT * FROM calls {where} ORDER BY id DESC LIMIT ?", [*args, limit]))
-
-
-class Checkpointer:
-    """WAL checkpoints in a thread of their own, so that the event loop's commits never wait for an fsync.
-
-    SQLite checkpoints inside a commit once the WAL holds ``wal_autocheckpoint`` pages: at its default
-    (1000 pages, which single-row commits fill every ~300 calls) about one commit in 200 took ~3-4 ms,
-    most of it the two fsyncs, which is a few per cent of the loop's time at 1500 calls/s. Here a
-    PASSIVE checkpoint (it never blocks the writer) runs every ``interval`` seconds on its own
-    connection. It cannot restart the WAL (only a writer can, once a checkpoint has caught up with the
-    last commit, which under steady load never happens from another thread), so the writer keeps an
-    automatic checkpoint at WAL_BACKSTOP_PAGES (~40 MB): it then finds almost everything copied, and
-    the WAL starts over.
-    """
-
-    def __init__(self, path: Path, interval: float = CHECKPOINT_INTERVAL) -> None:
-        self.path = path
-        self.interval = interval
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="ledger-checkpoint", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        with contextlib.closing(sqlite3.connect(str(self.path), isolation_level=None)) as conn:
-            conn.execute("PRAGMA busy_timeout=5000")
-            while not self.stopping.wait(self.interval):
-                with contextlib.suppress(sqlite3.Error):  # busy, or a full disk: the next round tries again
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-
-    def close(self) -> None:
-        self.stopping.set()
-        self.thread.join()

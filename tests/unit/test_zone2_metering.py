@@ -20,9 +20,10 @@ import aiohttp
 import pytest
 from yarl import URL
 
+from fleetd.wal import WAL_BACKSTOP_PAGES
 from fleetd.zone2.budget import Caps
 from fleetd.zone2.costs import CostTracker
-from fleetd.zone2.ledger import WAL_BACKSTOP_PAGES, Call, Ledger
+from fleetd.zone2.ledger import Call, Ledger
 from fleetd.zone2.llm import Usage
 from fleetd.zone2.pricing import PriceTable
 from fleetd.zone2.proxy import MAX_BUFFERED
