@@ -763,6 +763,13 @@ class Fleet:
         held = self.queue.held(member.id)
         if held is not None:  # the one it holds, again (its answer was lost, or zone 2 restarted)
             return self.queue.lease(member.id, member.deployment, label)
+        allowed = self._may_take(member)
+        if allowed is None or not self.queue.has_ready(member.deployment, label, allowed):
+            return None  # a read, before the write lock a lease takes
+        return self.queue.lease(member.id, member.deployment, label, allowed)
+
+    def _may_take(self, member: Member) -> Takes | None:
+        """What a running agent may lease now besides a task it holds (None: nothing new)."""
         if member.id in self.draining and member.id not in self.affine:
             return None  # a drained agent takes nothing new (one of a replaced version: only its retries, below)
         found = self.deployments.serving(member.deployment, member.version)
@@ -771,9 +778,7 @@ class Fleet:
         if found.deployment == DeploymentState.REMOVING and not found.drain:
             return None
         allowed = takes(found.version == VersionState.ACTIVE, member.version, found.current, found.rollout)
-        if allowed == Takes.NONE or not self.queue.has_ready(member.deployment, label, allowed):
-            return None  # a read, before the write lock a lease takes
-        return self.queue.lease(member.id, member.deployment, label, allowed)
+        return None if allowed == Takes.NONE else allowed
 
     def held(self, agent_id: str) -> TaskHold | None:
         """The task the agent holds, as zone 2 must know it (in the agent's registration)."""
@@ -788,6 +793,21 @@ class Fleet:
         task = self.queue.complete(task_id, agent_id, self._attempt(task_id, attempt), output)
         self._after_answer(agent_id)
         return task
+
+    def complete_and_take(self, task_id: str, agent_id: str, attempt: int | None, output: Any
+                          ) -> tuple[Task, Lease | None]:
+        """``complete?next``: the completion and, when a task the agent may run is ready, its next lease, in one
+        transaction; None when none is ready now (the caller then polls as ``next_task`` does, with its wait)."""
+        agent = self.store.get(agent_id)
+        member = Member.of(agent) if agent is not None else None
+        allowed = (self._may_take(member) if agent is not None and member is not None
+                   and agent["state"] == State.RUNNING else None)
+        if member is None or allowed is None:
+            return self.complete(task_id, agent_id, attempt, output), None
+        task, lease = self.queue.complete_and_take(task_id, agent_id, self._attempt(task_id, attempt), output,
+                                                   member.deployment, f"v{member.version}", allowed)
+        self._after_answer(agent_id)
+        return task, lease
 
     def fail(self, task_id: str, agent_id: str, attempt: int | None, error: str, retry: bool) -> Task:
         task = self.queue.fail(task_id, agent_id, self._attempt(task_id, attempt), error, retry=retry)

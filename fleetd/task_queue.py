@@ -208,6 +208,7 @@ class TaskQueue:
         # Hear of the tasks each transition finished (final state), after its commit: the fleet's histograms.
         self.on_finished: list[Callable[[list[Task]], None]] = []
         self._finished: list[str] = []  # ids finished by the transaction under way
+        self._told: dict[str, Task] = {}  # the tasks the last transaction finished, as on_finished heard of them
 
     @contextlib.contextmanager
     def _changing(self) -> Iterator[None]:
@@ -220,8 +221,10 @@ class TaskQueue:
             self._finished = []
             raise
         finished, self._finished = self._finished, []
+        self._told = {}
         if finished and self.on_finished:
             tasks = self._summaries(finished)
+            self._told = {task.id: task for task in tasks}
             for listener in self.on_finished:
                 try:
                     listener(tasks)
@@ -314,21 +317,24 @@ class TaskQueue:
         to that version): an agent of a replaced version takes only retries bound to it, no new work.
         """
         now = self.clock()
-        at = iso(now)
         with self._changing():
             self._expire_due(now)
-            row = self._row("SELECT * FROM tasks WHERE agent_id = ? AND state = 'leased'", (agent_id,))
+            return self._take(agent_id, deployment, version, takes, iso(now))
+
+    def _take(self, agent_id: str, deployment: str, version: str, takes: Takes, at: str | None) -> Lease | None:
+        """``lease``'s work, inside a transaction."""
+        row = self._row("SELECT * FROM tasks WHERE agent_id = ? AND state = 'leased'", (agent_id,))
+        if row is None:
+            row = self._row("SELECT * FROM tasks WHERE deployment = :d AND state = 'queued' AND retry_at <= :at "
+                            f"AND {_TAKES[takes]} ORDER BY seq LIMIT 1",
+                            {"d": deployment, "at": at, "v": version})
             if row is None:
-                row = self._row("SELECT * FROM tasks WHERE deployment = :d AND state = 'queued' AND retry_at <= :at "
-                                f"AND {_TAKES[takes]} ORDER BY seq LIMIT 1",
-                                {"d": deployment, "at": at, "v": version})
-                if row is None:
-                    return None
-                self.conn.execute(
-                    "UPDATE tasks SET state = 'leased', agent_id = ?, attempts = attempts + 1, "
-                    "version = COALESCE(version, ?), started_at = COALESCE(started_at, ?) WHERE seq = ?",
-                    (agent_id, version, at, row["seq"]))
-                row = {**row, "attempts": row["attempts"] + 1}
+                return None
+            self.conn.execute(
+                "UPDATE tasks SET state = 'leased', agent_id = ?, attempts = attempts + 1, "
+                "version = COALESCE(version, ?), started_at = COALESCE(started_at, ?) WHERE seq = ?",
+                (agent_id, version, at, row["seq"]))
+            row = {**row, "attempts": row["attempts"] + 1}
         return Lease(row["id"], json.loads(row["input"]), row["attempts"], row["deadline"], row["max_nusd"])
 
     def held(self, agent_id: str) -> Task | None:
@@ -340,23 +346,38 @@ class TaskQueue:
         """``succeeded`` with ``output``; 409 unless this is the task's current lease. The same completion again
         (its answer was lost, and the agent retried) is answered as the first was, with the task as it is. Answered
         without its input and output (``get`` has them): up to 1 MiB each, for an agent that has them."""
+        return self._complete(task_id, agent_id, attempt, output, None)[0]
+
+    def complete_and_take(self, task_id: str, agent_id: str, attempt: int, output: Any, deployment: str,
+                          version: str, takes: Takes = Takes.ANY) -> tuple[Task, Lease | None]:
+        """``complete``, then, in the same transaction, ``lease`` for the same agent (None: no task is ready): one
+        commit for an agent's answer and its next task instead of two. A completion of an attempt that already
+        succeeded leases nothing here (the caller asks as for any other poll)."""
+        return self._complete(task_id, agent_id, attempt, output, (deployment, version, takes))
+
+    def _complete(self, task_id: str, agent_id: str, attempt: int, output: Any,
+                  then: tuple[str, str, Takes] | None) -> tuple[Task, Lease | None]:
         text = json_body(output, "output")
         now = self.clock()
         at = iso(now)
+        lease = None
         with self._changing():
             self._expire_due(now)
             stale = self._stale(task_id, agent_id, attempt)
             if stale is not None and self._row(
                     "SELECT 1 FROM tasks WHERE id = ? AND state = 'succeeded' AND agent_id = ? AND attempts = ?",
                     (task_id, agent_id, attempt)) is not None:
-                return self._summary(task_id)  # already done by this very attempt: nothing to change
+                return self._summary(task_id), None  # already done by this very attempt: nothing to change
             if stale is None:
                 self.conn.execute("UPDATE tasks SET state = 'succeeded', output = ?, error = NULL, code = NULL, "
                                   "finished_at = ? WHERE id = ?", (text, at, task_id))
                 self._finished.append(task_id)
+                if then is not None:
+                    lease = self._take(agent_id, *then, at)
         if stale is not None:  # raised after the commit: the expiry above stays done
             raise stale
-        return self._summary(task_id)
+        told = self._told.pop(task_id, None)  # what the listeners were told: the task as this commit left it
+        return told or self._summary(task_id), lease
 
     def fail(self, task_id: str, agent_id: str, attempt: int, error: str, *, retry: bool = True,
              code: str = AGENT_ERROR) -> Task:

@@ -67,6 +67,9 @@ class TaskDoor(Protocol):
 
     def complete(self, task_id: str, agent_id: str, attempt: int | None, output: Any) -> Task: ...
 
+    def complete_and_take(self, task_id: str, agent_id: str, attempt: int | None, output: Any
+                          ) -> tuple[Task, Lease | None]: ...
+
     def fail(self, task_id: str, agent_id: str, attempt: int | None, error: str, retry: bool) -> Task: ...
 
     def heard(self, kind: str, data: dict[str, Any] | None) -> None: ...
@@ -115,8 +118,16 @@ class DaemonSocket:
 
         async def complete(request: web.Request) -> web.Response:
             done = await received(request, TaskComplete)
-            task = self._door().complete(request.match_info["task_id"], done.agent_id, done.attempt, done.output)
-            return await self._outcome(request, task, done.agent_id, done.next_wait)
+            task_id = request.match_info["task_id"]
+            if done.next_wait is None:
+                task = self._door().complete(task_id, done.agent_id, done.attempt, done.output)
+                return await self._outcome(request, task, done.agent_id, None)
+            # With the next task when one is ready: one transaction (else a poll, as next waits)
+            task, lease = self._door().complete_and_take(task_id, done.agent_id, done.attempt, done.output)
+            if lease is None:
+                return await self._outcome(request, task, done.agent_id, done.next_wait)
+            outcome = TaskOutcome(task.id, task.state.value, task.attempts, asked_next=True, next=lease)
+            return web.json_response(outcome.to_json())
 
         async def fail(request: web.Request) -> web.Response:
             failed = await received(request, TaskFail)

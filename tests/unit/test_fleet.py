@@ -113,6 +113,13 @@ def test_daemon_sock_answers_a_completion_with_the_next_task_when_asked(tmp_path
             answer = await client.post(f"/control/tasks/{second.id}/complete",
                                        json={"agent_id": agent["id"], "attempt": 1, "output": "late"})
             assert answer.status == 409
+            third = rig.fleet.submit({"deployment": "web", "input": {"n": 3}})
+            assert (await rig.fleet.next_task(agent["id"], 0)).id == third.id  # type: ignore[union-attr]
+            started = time.monotonic()
+            answer = await client.post(f"/control/tasks/{third.id}/complete",
+                                       json={"agent_id": agent["id"], "attempt": 1, "output": "c", "next_wait": 0.3})
+            assert await answer.json() == {"id": third.id, "state": "succeeded", "attempts": 1, "next": None}
+            assert time.monotonic() - started >= 0.3  # none was ready with the answer: it waited for one
 
     run(tmp_path, check)
 
@@ -199,8 +206,9 @@ def test_a_new_version_drains_the_old_agents_without_cutting_a_task(tmp_path: Pa
         assert old[1]["id"] not in {a["id"] for a in rig.pool()}  # the idle one is stopped
         assert (await rig.fleet.next_task(busy, 0)).id == task.id  # type: ignore[union-attr]
         late = rig.fleet.submit({"deployment": "web", "input": 2})
-        rig.fleet.complete(task.id, busy, None, "ok")
-        assert (await rig.fleet.next_task(busy, 0)) is None  # a drained agent takes no new task
+        done, following = rig.fleet.complete_and_take(task.id, busy, None, "ok")  # complete?next
+        assert done.state == "succeeded" and following is None  # a drained agent takes no new task with its answer
+        assert (await rig.fleet.next_task(busy, 0)) is None  # nor by asking
         await rig.tick()
         assert busy not in {a["id"] for a in rig.pool()}
         await rig.tick()
@@ -209,6 +217,10 @@ def test_a_new_version_drains_the_old_agents_without_cutting_a_task(tmp_path: Pa
         v2 = names["web-3"]["id"]
         lease = await rig.fleet.next_task(v2, 0)
         assert lease is not None and lease.id == late.id
+        after = rig.fleet.submit({"deployment": "web", "input": 3})
+        done, following = rig.fleet.complete_and_take(late.id, v2, lease.attempt, "ok")
+        assert done.state == "succeeded" and following is not None and following.id == after.id
+        assert rig.fleet.queue.get(after.id).version == "v2"
 
     run(tmp_path, check)
 

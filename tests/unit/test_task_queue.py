@@ -218,6 +218,32 @@ def test_fail_with_retry_on_the_last_attempt_is_dead(queue: TaskQueue) -> None:
     assert queue.fail(task.id, "a1", 1, "crashed").state is TaskState.DEAD
 
 
+def test_complete_and_take_answers_and_leases_the_next_in_one_transaction(queue: TaskQueue, store: Store,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    first, second = queue.submit("web", "q1"), queue.submit("web", "q2")
+    heard: list[list[str]] = []
+    queue.on_finished.append(lambda tasks: heard.append([t.id for t in tasks]))
+    lease(queue, "a1")
+    transactions = []
+    begin = store.transaction
+    monkeypatch.setattr(store, "transaction", lambda: transactions.append(1) or begin())
+    done, following = queue.complete_and_take(first.id, "a1", 1, {"answer": 1}, "web", "v1")
+    assert done.state is TaskState.SUCCEEDED and done.id == first.id and heard == [[first.id]]
+    assert following is not None and (following.id, following.input, following.attempt) == (second.id, "q2", 1)
+    assert queue.held("a1") is not None and queue.held("a1").id == second.id  # type: ignore[union-attr]
+    assert transactions == [1]  # one commit for both
+    done, following = queue.complete_and_take(second.id, "a1", 1, None, "web", "v1")
+    assert done.state is TaskState.SUCCEEDED and following is None  # nothing ready: the caller polls
+    # a stale completion leases nothing, and changes nothing
+    third = queue.submit("web", "q3")
+    with pytest.raises(Conflict):
+        queue.complete_and_take(first.id, "a2", 1, "late", "web", "v1")
+    assert queue.get(third.id).state is TaskState.QUEUED
+    # the same completion again (its answer was lost): answered as the first, no lease taken on its behalf
+    again, following = queue.complete_and_take(second.id, "a1", 1, None, "web", "v1")
+    assert again.state is TaskState.SUCCEEDED and following is None and queue.get(third.id).state is TaskState.QUEUED
+
+
 def test_a_completion_from_a_stale_attempt_is_refused_with_409(queue: TaskQueue, clock: WallClock) -> None:
     task = queue.submit("web", "q")
     lease(queue, "a1")
