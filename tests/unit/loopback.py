@@ -1,4 +1,5 @@
-"""Loopback HTTP for the zone 2 unit tests: a server on a free 127.0.0.1 port, and an upstream that echoes.
+"""Loopback HTTP for the zone 2 unit tests: a server on a free 127.0.0.1 port, an upstream that echoes, and TLS
+contexts for a server and the one client that trusts it.
 
 Shared by tests/unit/test_zone2_proxy.py, test_zone2_guard.py, test_zone2_robustness.py and the metering rig; not
 a test module itself (pytest collects only test_*.py).
@@ -8,18 +9,45 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime
 import json
 import re
 import socket
+import ssl
 import zlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 SECRET = "sk-live-TOPSECRET-42"  # the real key behind $CRED{openai} in the tests that use upstream_app
+
+
+def self_signed(tmp: Path, name: str, san: x509.GeneralName) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A server context with a self-signed certificate for ``san`` (files in ``tmp``), and a client context that
+    trusts only it."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([san]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    (tmp / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                    serialization.NoEncryption()))
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(tmp / "cert.pem", tmp / "key.pem")
+    return server, ssl.create_default_context(cafile=str(tmp / "cert.pem"))
 
 
 def free_port() -> int:

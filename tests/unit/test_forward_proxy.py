@@ -8,7 +8,6 @@ which refuses all of loopback. Every test also checks that each connection yield
 from __future__ import annotations
 
 import asyncio
-import datetime
 import json
 import logging
 import socket
@@ -25,14 +24,11 @@ import pytest
 import uvloop
 from aiohttp import web
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from fleetd.egress import parse_egress
 from fleetd.zone2.egress_log import EgressLog
 from fleetd.zone2.forward_proxy import AgentEgress, EgressProxy, EgressRecord
-from tests.unit.loopback import serve
+from tests.unit.loopback import self_signed, serve
 
 FORBIDDEN = "127.0.0.2"
 ALLOWED = "allowed.example.test"
@@ -65,23 +61,9 @@ class Rig:
         return self.records
 
 
-def self_signed(tmp: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+def tls_contexts(tmp: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     """A server context for allowed.example.test and a client context that trusts only it."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, ALLOWED)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
-            .not_valid_after(now + datetime.timedelta(hours=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(ALLOWED)]), False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-            .sign(key, hashes.SHA256()))
-    (tmp / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (tmp / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                    serialization.NoEncryption()))
-    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server.load_cert_chain(tmp / "cert.pem", tmp / "key.pem")
-    return server, ssl.create_default_context(cafile=str(tmp / "cert.pem"))
+    return self_signed(tmp, ALLOWED, x509.DNSName(ALLOWED))
 
 
 def upstream_app(seen: list[dict[str, Any]], release: asyncio.Event) -> web.Application:
@@ -122,7 +104,7 @@ async def rig(tmp: Path, *, agent: bool = True, cap: int | None = None,
     release = asyncio.Event()
     forbidden_hits: list[int] = []
     tls_sessions: list[int] = []
-    server_tls, client_tls = self_signed(tmp)
+    server_tls, client_tls = tls_contexts(tmp)
 
     async def tls_echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         tls_sessions.append(1)
