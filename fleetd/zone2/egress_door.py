@@ -27,7 +27,7 @@ from fleetd.egress import EgressPolicy, refused_address
 from fleetd.zone2.contract import Registration
 from fleetd.zone2.egress_records import EgressRecords
 from fleetd.zone2.forward_proxy import AgentEgress, EgressProxy, Whois
-from fleetd.zone2.guard import FD_HEADROOM, connection_limit
+from fleetd.zone2.guard import FD_HEADROOM, SharedConnection, connection_limit
 from fleetd.zone2.registry import Registry
 from fleetd.zone2.shares import Limits, Shares
 
@@ -95,47 +95,6 @@ def refusal_in(registry: Registry) -> Callable[[str], str | None]:
     return refuse
 
 
-class _Admitted(asyncio.Protocol):
-    """A stream protocol behind a share check: over its address's share, the connection closes unread."""
-
-    def __init__(self, shares: Shares, inner: asyncio.Protocol) -> None:
-        self.shares = shares
-        self.inner: asyncio.Protocol | None = inner
-        self.ip = ""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        peer = transport.get_extra_info("peername")
-        self.ip = str(peer[0]) if peer else ""
-        if not self.shares.open(self.ip):
-            self.inner = None
-            transport.abort()  # type: ignore[attr-defined]  # a stream transport (uvloop's is no subclass)
-            return
-        assert self.inner is not None
-        self.inner.connection_made(transport)
-
-    def data_received(self, data: bytes) -> None:
-        if self.inner is not None:
-            self.inner.data_received(data)
-
-    def eof_received(self) -> bool | None:
-        return self.inner.eof_received() if self.inner is not None else None
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.inner is None:
-            return
-        self.shares.close(self.ip)
-        inner, self.inner = self.inner, None
-        inner.connection_lost(exc)
-
-    def pause_writing(self) -> None:
-        if self.inner is not None:
-            self.inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        if self.inner is not None:
-            self.inner.resume_writing()
-
-
 class EgressDoor:
     """The proxy and its listener; ``forget`` an agent when it is unregistered."""
 
@@ -155,7 +114,7 @@ class EgressDoor:
 
         def factory() -> asyncio.Protocol:
             reader = asyncio.StreamReader(limit=64 << 10)
-            return _Admitted(self.shares, asyncio.StreamReaderProtocol(reader, self.proxy.handle))
+            return SharedConnection(self.shares, asyncio.StreamReaderProtocol(reader, self.proxy.handle))
 
         self.server = await loop.create_server(factory, host, port, reuse_address=True, backlog=1024)
         log.info("zone 2 forward proxy on %s:%d", host, port)

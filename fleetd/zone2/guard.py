@@ -162,14 +162,67 @@ class Guard:
                            len(shares.connections), self.refused_connections, self.dropped_slow)
 
 
-class GuardedConnection(asyncio.Protocol):
+class SharedConnection(asyncio.Protocol):
+    """A server's own protocol behind its address's share of ``shares``: the share is taken when the connection is
+    made (over it, ``refuse`` closes the connection before the inner protocol sees it) and given back when it is
+    lost. The gateway's connections (GuardedConnection) and the forward proxy's (egress_door) are these."""
+
+    def __init__(self, shares: Shares, inner: asyncio.Protocol) -> None:
+        self.shares = shares
+        self.inner: asyncio.Protocol | None = inner
+        self.ip = ""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        self.ip = str(peer[0]) if peer else ""
+        if not self.shares.open(self.ip):
+            self.inner = None
+            self.refuse(transport)
+            return
+        self.admitted(transport)
+        assert self.inner is not None
+        self.inner.connection_made(transport)
+
+    def refuse(self, transport: asyncio.BaseTransport) -> None:
+        transport.abort()  # type: ignore[attr-defined]  # a stream transport (uvloop's is no subclass)
+
+    def admitted(self, transport: asyncio.BaseTransport) -> None:
+        """The connection got its share (before the inner protocol hears of it)."""
+
+    def released(self) -> None:
+        """The connection is lost: its share is given back next."""
+
+    def data_received(self, data: bytes) -> None:
+        if self.inner is not None:
+            self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received() if self.inner is not None else None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.inner is None:
+            return
+        self.released()
+        self.shares.close(self.ip)
+        inner, self.inner = self.inner, None
+        inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        if self.inner is not None:
+            self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.inner is not None:
+            self.inner.resume_writing()
+
+
+class GuardedConnection(SharedConnection):
     """One agent connection: the server's own protocol behind a share check and the head and idle timers."""
 
     def __init__(self, guard: Guard, inner: asyncio.Protocol) -> None:
+        super().__init__(guard.shares, inner)
         self.guard = guard
-        self.inner: asyncio.Protocol | None = inner
         self.transport: asyncio.Transport | None = None
-        self.ip = ""
         self.busy = False  # a request is being handled
         self.since = guard.clock()  # idle since (not busy, no byte of a next request yet)
         self.head_since: float | None = None  # the first byte of a request not yet handled arrived then
@@ -180,18 +233,19 @@ class GuardedConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # a stream transport (uvloop's is no subclass)
-        peer = transport.get_extra_info("peername")
-        self.ip = str(peer[0]) if peer else ""
-        if not self.guard.shares.open(self.ip):
-            self.guard.refused_connections += 1
-            self.guard.counts.refused(BUSY)
-            self.inner = None
-            self.transport.write(BUSY_RESPONSE)  # type: ignore[union-attr]
-            transport.close()
-            return
+        super().connection_made(transport)
+
+    def refuse(self, transport: asyncio.BaseTransport) -> None:
+        self.guard.refused_connections += 1
+        self.guard.counts.refused(BUSY)
+        transport.write(BUSY_RESPONSE)  # type: ignore[attr-defined]
+        transport.close()
+
+    def admitted(self, transport: asyncio.BaseTransport) -> None:
         self.guard.connections[transport] = self
-        assert self.inner is not None
-        self.inner.connection_made(transport)
+
+    def released(self) -> None:
+        self.guard.connections.pop(self.transport, None)
 
     def data_received(self, data: bytes) -> None:
         if self.inner is None or self.discarding:
@@ -208,25 +262,6 @@ class GuardedConnection(asyncio.Protocol):
                 return
             self.head_done, self.head_tail = end != -1, seen[-3:]
         self.inner.data_received(data)
-
-    def eof_received(self) -> bool | None:
-        return self.inner.eof_received() if self.inner is not None else None
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.inner is None:
-            return
-        self.guard.connections.pop(self.transport, None)
-        self.guard.shares.close(self.ip)
-        inner, self.inner = self.inner, None
-        inner.connection_lost(exc)
-
-    def pause_writing(self) -> None:
-        if self.inner is not None:
-            self.inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        if self.inner is not None:
-            self.inner.resume_writing()
 
     # -- the timers, driven by the middleware and the sweep -------------------------------------------------
     def started(self) -> None:
