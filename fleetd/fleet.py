@@ -142,38 +142,59 @@ class Launches:
 
 class Waiters:
     """The long polls of one deployment, first come first woken: a task made ready wakes one of them, not all (a
-    thousand idle agents would each take the queue's write lock for every task)."""
+    thousand idle agents would each take the queue's write lock for every task).
+
+    A wake carries how many more of the line it may still go to: a woken poll that finds a task it may not take (one
+    routed to another version) passes it on, and a poll cancelled before it looked passes it on too, but a wake never
+    goes round the line twice. (Passed on without a bound, one wake that no poll could use went round forever, and
+    the daemon spun at 100 % CPU until the polls' waits ended.)"""
 
     def __init__(self) -> None:
-        self._queue: deque[asyncio.Future[None]] = deque()
+        self._queue: deque[asyncio.Future[int]] = deque()
 
     def __len__(self) -> int:
         return len(self._queue)
 
-    def join(self) -> asyncio.Future[None]:
+    def join(self) -> asyncio.Future[int]:
         """A place in line, taken before looking at the queue so that no wake falls between the two."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._queue.append(future)
         return future
 
-    def leave(self, future: asyncio.Future[None]) -> None:
-        """Out of line; a wake it got and did not use goes to the next in line."""
+    def leave(self, future: asyncio.Future[int], looked: bool = True) -> None:
+        """Out of line. A wake it got goes on when it did not look after it (``looked`` False: cancelled)."""
         if future.done() and not future.cancelled():
-            self.wake()
+            if not looked:
+                self.pass_on(future.result() + 1)
         else:
             future.cancel()
             with contextlib.suppress(ValueError):
                 self._queue.remove(future)
 
+    def pass_on(self, hops: int) -> None:
+        """A wake that its poll could not use goes to the next in line, if it has hops left."""
+        if hops > 0:
+            self._wake_one(hops - 1)
+
     def wake(self, count: int = 1) -> None:
-        while count > 0 and self._queue:
+        for _ in range(count):
+            if not self._wake_one(len(self._queue) - 1):
+                return
+
+    def _wake_one(self, hops: int) -> bool:
+        while self._queue:
             future = self._queue.popleft()
             if not future.done():
-                future.set_result(None)
-                count -= 1
+                future.set_result(min(hops, len(self._queue)))
+                return True
+        return False
 
     def wake_all(self) -> None:
-        self.wake(len(self._queue))
+        """Every poll in line looks again; none passes its wake on (each has one)."""
+        while self._queue:
+            future = self._queue.popleft()
+            if not future.done():
+                future.set_result(0)
 
 
 def task_fields(item: dict[str, Any], extra: set[str], defaults: TaskDefaults) -> dict[str, Any]:
@@ -740,20 +761,28 @@ class Fleet:
     async def _poll(self, member: Member, wait: float) -> Lease | None:
         give_up = self.monotonic() + wait
         waiters = self._waiters.setdefault(member.deployment, Waiters())
+        hops: int | None = None  # the wake that made it look, and how far it may still go
         while True:
             turn = waiters.join()
+            looked = False
             try:
                 lease = self._lease(member)
+                looked = True
+                if lease is None and hops and self.queue.any_ready(member.deployment):
+                    waiters.pass_on(hops)  # a task it may not take: the next in line may
                 left = give_up - self.monotonic()
                 if lease is not None or left <= 0:
                     return lease
                 # Woken by a task made ready, else at the end of the wait or of the nearest retry's backoff.
                 ready_in = self.queue.ready_in(member.deployment)
                 nap = left if ready_in is None else min(left, max(ready_in, 0.01))
+                looked = False
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(turn), nap)
+                looked = True  # it looks again at once
+                hops = turn.result() if turn.done() else None
             finally:
-                waiters.leave(turn)
+                waiters.leave(turn, looked)
 
     def _lease(self, member: Member) -> Lease | None:
         agent = self.store.get(member.id)

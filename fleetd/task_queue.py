@@ -472,6 +472,12 @@ class TaskQueue:
             f"SELECT 1 FROM tasks WHERE deployment = :d AND state = 'queued' AND retry_at <= :at AND {_TAKES[takes]} "
             "LIMIT 1", {"d": deployment, "at": iso(self.clock()), "v": version}).fetchone() is not None
 
+    def any_ready(self, deployment: str) -> bool:
+        """Whether a task of ``deployment`` is ready for some agent of it, whichever its version."""
+        return self.conn.execute(
+            "SELECT 1 FROM tasks WHERE deployment = ? AND state = 'queued' AND retry_at <= ? LIMIT 1",
+            (deployment, iso(self.clock()))).fetchone() is not None
+
     def queued_for(self, deployment: str, version: str, takes: Takes) -> int:
         """Tasks of ``deployment`` waiting that an agent of ``version`` may take (a version's own queue depth during a
         rollout, what its autoscaler reads; backoffs not yet over included, as ``queued``)."""

@@ -15,7 +15,7 @@ import yaml
 from aiohttp.test_utils import TestClient, TestServer
 
 from fleetd.errors import Conflict, WaitTimeout
-from fleetd.fleet import DEPLOYMENT_LABEL, VERSION_LABEL, WAKE_SPACING, Fleet
+from fleetd.fleet import DEPLOYMENT_LABEL, VERSION_LABEL, WAKE_SPACING, Fleet, Waiters
 from fleetd.gateway.daemon_socket import DaemonSocket
 from fleetd.models import iso, utcnow
 from fleetd.zone2.contract import TaskHold
@@ -383,6 +383,86 @@ def test_a_submit_wakes_one_long_poll_not_all(tmp_path: Path) -> None:
             poll.cancel()
 
     run(tmp_path, check)
+
+
+def counted_looks(rig: Rig) -> list[str]:
+    """Every look a long poll takes at the queue, by agent id, from now on."""
+    looks: list[str] = []
+    look = rig.fleet._lease
+
+    def counted(member: Any) -> Any:
+        looks.append(member.id)
+        return look(member)
+
+    rig.fleet._lease = counted  # type: ignore[method-assign]
+    return looks
+
+
+def test_a_wake_that_no_poll_can_use_does_not_go_round_the_line(tmp_path: Path) -> None:
+    async def check(rig: Rig) -> None:
+        rig.deploy(warm=5)
+        await rig.tick()
+        looks = counted_looks(rig)
+        polls = [asyncio.ensure_future(rig.fleet.next_task(a["id"], 30)) for a in rig.pool()]
+        await asyncio.sleep(0.05)
+        assert len(looks) == 5
+        rig.fleet._signal("web")  # a task made ready and taken before the woken poll looked
+        await asyncio.sleep(0.3)
+        assert len(looks) == 6, f"one wake, one look (a wake passed on forever spins the daemon): {len(looks)}"
+        rig.fleet._signal_all()  # what they may take changed: each looks once
+        await asyncio.sleep(0.3)
+        assert len(looks) == 11
+        assert not any(p.done() for p in polls)
+        for poll in polls:
+            poll.cancel()
+        await asyncio.gather(*polls, return_exceptions=True)
+
+    run(tmp_path, check)
+
+
+def test_a_wake_for_a_task_the_woken_poll_may_not_take_goes_on_to_one_that_may(tmp_path: Path) -> None:
+    async def check(rig: Rig) -> None:
+        rig.deploy(warm=3)
+        await rig.tick()
+        first, second, third = (a["id"] for a in rig.pool())
+        polls = {agent_id: asyncio.ensure_future(rig.fleet.next_task(agent_id, 30))
+                 for agent_id in (first, second, third)}
+        await asyncio.sleep(0.05)
+        rig.fleet.draining.update({first: "test", second: "test"})  # first in line, taking nothing new
+        looks = counted_looks(rig)
+        task = rig.fleet.submit({"deployment": "web", "input": 1})
+        lease = await asyncio.wait_for(polls[third], 1)
+        assert lease is not None and lease.id == task.id
+        assert looks == [first, second, third]
+        await asyncio.sleep(0.2)
+        assert looks == [first, second, third], "the wake went no further than the poll that took the task"
+        for poll in (polls[first], polls[second]):
+            assert not poll.done()
+            poll.cancel()
+        await asyncio.gather(polls[first], polls[second], return_exceptions=True)
+
+    run(tmp_path, check)
+
+
+def test_a_wake_not_looked_at_goes_on_and_never_round_the_line_twice() -> None:
+    async def check() -> None:
+        waiters = Waiters()
+        first, second, third = waiters.join(), waiters.join(), waiters.join()
+        waiters.wake()
+        assert first.done() and first.result() == 2 and not second.done()
+        waiters.leave(first, looked=False)  # its agent hung up before it looked: the next in line gets the wake
+        assert second.done() and second.result() == 1  # one more of the line behind it
+        waiters.leave(second)  # it looked: the wake is spent
+        assert not third.done()
+        again = waiters.join()  # [third, again]
+        waiters.wake()
+        assert third.result() == 1
+        waiters.pass_on(third.result())  # it found a task it may not take
+        assert again.result() == 0
+        waiters.pass_on(again.result())  # nor may this one: the wake has been round, and ends
+        assert len(waiters) == 0
+
+    asyncio.run(check())
 
 
 def test_an_agent_polling_many_times_holds_at_most_two_waits(tmp_path: Path) -> None:
