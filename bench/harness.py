@@ -15,6 +15,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import hashlib
+import http.client
 import json
 import os
 import resource
@@ -22,6 +23,7 @@ import secrets
 import shlex
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -268,6 +270,28 @@ class Bench:
 
         with ThreadPoolExecutor(max_workers=concurrency) as pool:
             return list(pool.map(one, requests))
+
+
+class KeptConnection(http.client.HTTPConnection):
+    """One connection to the daemon's socket kept open from request to request, as an HTTP client library's
+    (requests' Session, httpx's Client, aiohttp's session) is, where ``Client`` (the CLI's) opens one per request."""
+
+    def __init__(self, socket_path: Path | str) -> None:
+        super().__init__("fleetd")
+        self.socket_path = str(socket_path)
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(self.socket_path)
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        payload = None if body is None else json.dumps(body)
+        self.request(method, path, payload, {"Content-Type": "application/json"} if payload is not None else {})
+        response = self.getresponse()
+        raw = response.read()
+        if response.status >= 400:
+            raise ApiError(raw.decode(errors="replace"), response.status)
+        return json.loads(raw or b"null")
 
 
 def code_version(ref: str | None = None) -> str:
