@@ -38,7 +38,7 @@ from collections import deque
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from fleetd.autoscale import Autoscaler, Decision, Observation, PoolAgent, ScalingPolicy
 from fleetd.background import Background
@@ -52,7 +52,7 @@ from fleetd.rightsize import report
 from fleetd.rollouts import Phase, Rollout, pools, takes
 from fleetd.store import Store
 from fleetd.task_costs import TaskCosts
-from fleetd.task_queue import FINISHED_TASK_STATES, Lease, Takes, Task, TaskQueue
+from fleetd.task_queue import FINISHED_TASK_STATES, Completion, Lease, Takes, Task, TaskQueue
 from fleetd.zone2.contract import PoolCap, TaskHold
 
 log = logging.getLogger(__name__)
@@ -127,6 +127,17 @@ def member_labels(deployment: str, version: int, replaces: str | None) -> dict[s
     if replaces:
         labels[REPLACES_LABEL] = replaces
     return labels
+
+
+class Answered(NamedTuple):
+    """An agent's answer that its task succeeded, as zone 2 relays it (``Fleet.complete_many``): ``attempt`` None is
+    the task's current one; ``take_next``: with its next lease when one is ready."""
+
+    task_id: str
+    agent_id: str
+    attempt: int | None
+    output: Any
+    take_next: bool = False
 
 
 @dataclass
@@ -819,24 +830,48 @@ class Fleet:
         return self.queue.holds()
 
     def complete(self, task_id: str, agent_id: str, attempt: int | None, output: Any) -> Task:
-        task = self.queue.complete(task_id, agent_id, self._attempt(task_id, attempt), output)
-        self._after_answer(agent_id)
-        return task
+        return self._one(Answered(task_id, agent_id, attempt, output))[0]
 
     def complete_and_take(self, task_id: str, agent_id: str, attempt: int | None, output: Any
                           ) -> tuple[Task, Lease | None]:
         """``complete?next``: the completion and, when a task the agent may run is ready, its next lease, in one
         transaction; None when none is ready now (the caller then polls as ``next_task`` does, with its wait)."""
+        return self._one(Answered(task_id, agent_id, attempt, output, take_next=True))
+
+    def _one(self, answer: Answered) -> tuple[Task, Lease | None]:
+        [done] = self.complete_many([answer])
+        if isinstance(done, FleetdError):
+            raise done
+        return done
+
+    def complete_many(self, answers: list[Answered]) -> list[tuple[Task, Lease | None] | FleetdError]:
+        """Completions that zone 2 relays together, in one transaction: each one's task and, when it asked for one
+        and a task it may run is ready, its next lease; or the error that refuses it alone (404, 409, 400)."""
+        completions: list[Completion] = []
+        refused: dict[int, FleetdError] = {}
+        for index, answer in enumerate(answers):
+            try:
+                attempt = self._attempt(answer.task_id, answer.attempt)
+            except FleetdError as exc:
+                refused[index] = exc
+                continue
+            then = self._next_for(answer.agent_id) if answer.take_next else None
+            completions.append(Completion(answer.task_id, answer.agent_id, attempt, answer.output, then))
+        done = iter(self.queue.complete_many(completions) if completions else [])
+        results = [refused[index] if index in refused else next(done) for index in range(len(answers))]
+        for agent_id in dict.fromkeys(answer.agent_id for answer in answers):
+            self._after_answer(agent_id)
+        return results
+
+    def _next_for(self, agent_id: str) -> tuple[str, str, Takes] | None:
+        """What a running worker's next lease may be taken from (deployment, version, what it may take); None when it
+        may take nothing new."""
         agent = self.store.get(agent_id)
         member = Member.of(agent) if agent is not None else None
-        allowed = (self._may_take(member) if agent is not None and member is not None
-                   and agent["state"] == State.RUNNING else None)
-        if member is None or allowed is None:
-            return self.complete(task_id, agent_id, attempt, output), None
-        task, lease = self.queue.complete_and_take(task_id, agent_id, self._attempt(task_id, attempt), output,
-                                                   member.deployment, f"v{member.version}", allowed)
-        self._after_answer(agent_id)
-        return task, lease
+        if agent is None or member is None or agent["state"] != State.RUNNING:
+            return None
+        allowed = self._may_take(member)
+        return None if allowed is None else (member.deployment, f"v{member.version}", allowed)
 
     def fail(self, task_id: str, agent_id: str, attempt: int | None, error: str, retry: bool) -> Task:
         task = self.queue.fail(task_id, agent_id, self._attempt(task_id, attempt), error, retry=retry)

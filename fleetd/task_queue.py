@@ -186,6 +186,24 @@ class _NewTask(NamedTuple):
     key: str | None
 
 
+LEASE_BYTES_PER_COMMIT = 1 << 20  # input a group of completions' next leases carries at most (one answer to zone 2)
+
+
+class Completion(NamedTuple):
+    """An agent's answer that its task succeeded (``complete_many``); ``then``: its next lease, of (deployment,
+    version, what it may take), is taken in the same transaction."""
+
+    task_id: str
+    agent_id: str
+    attempt: int
+    output: Any
+    then: tuple[str, str, Takes] | None = None
+
+
+def _lease_of(row: dict[str, Any]) -> Lease:
+    return Lease(row["id"], json.loads(row["input"]), row["attempts"], row["deadline"], row["max_nusd"])
+
+
 class TaskQueue:
     """Tasks of every deployment, in the store's state.db; ``clock`` and ``rng`` injected for the tests.
 
@@ -323,6 +341,12 @@ class TaskQueue:
 
     def _take(self, agent_id: str, deployment: str, version: str, takes: Takes, at: str | None) -> Lease | None:
         """``lease``'s work, inside a transaction."""
+        row = self._take_row(agent_id, deployment, version, takes, at)
+        return None if row is None else _lease_of(row)
+
+    def _take_row(self, agent_id: str, deployment: str, version: str, takes: Takes, at: str | None
+                  ) -> dict[str, Any] | None:
+        """The row of the task ``agent_id`` holds, else of the one it was just leased, else None."""
         row = self._row("SELECT * FROM tasks WHERE agent_id = ? AND state = 'leased'", (agent_id,))
         if row is None:
             row = self._row("SELECT * FROM tasks WHERE deployment = :d AND state = 'queued' AND retry_at <= :at "
@@ -335,7 +359,7 @@ class TaskQueue:
                 "version = COALESCE(version, ?), started_at = COALESCE(started_at, ?) WHERE seq = ?",
                 (agent_id, version, at, row["seq"]))
             row = {**row, "attempts": row["attempts"] + 1}
-        return Lease(row["id"], json.loads(row["input"]), row["attempts"], row["deadline"], row["max_nusd"])
+        return row
 
     def held(self, agent_id: str) -> Task | None:
         """The task leased to ``agent_id`` (zone 2 attributes its LLM spend to it), if any."""
@@ -357,27 +381,54 @@ class TaskQueue:
 
     def _complete(self, task_id: str, agent_id: str, attempt: int, output: Any,
                   then: tuple[str, str, Takes] | None) -> tuple[Task, Lease | None]:
-        text = json_body(output, "output")
+        [done] = self.complete_many([Completion(task_id, agent_id, attempt, output, then)])
+        if isinstance(done, FleetdError):
+            raise done
+        return done
+
+    def complete_many(self, completions: list[Completion]) -> list[tuple[Task, Lease | None] | FleetdError]:
+        """Completions in one transaction (those zone 2 relays together: one commit for a group of answers), each
+        as ``complete`` (``then`` None) or ``complete_and_take`` would answer it alone: its task and next lease, or the
+        error that refuses it (404, 409, 400), which leaves the others be. Leases stop once they carry
+        ``LEASE_BYTES_PER_COMMIT`` of input: a later completion's agent then asks for its next task on its own."""
+        texts: list[str | FleetdError] = []
+        for done in completions:
+            try:
+                texts.append(json_body(done.output, "output"))
+            except FleetdError as exc:
+                texts.append(exc)
         now = self.clock()
         at = iso(now)
-        lease = None
+        answers: list[Lease | FleetdError | None] = []
+        leased_bytes = 0
         with self._changing():
             self._expire_due(now)
-            stale = self._stale(task_id, agent_id, attempt)
-            if stale is not None and self._row(
-                    "SELECT 1 FROM tasks WHERE id = ? AND state = 'succeeded' AND agent_id = ? AND attempts = ?",
-                    (task_id, agent_id, attempt)) is not None:
-                return self._summary(task_id), None  # already done by this very attempt: nothing to change
-            if stale is None:
+            for done, text in zip(completions, texts, strict=True):
+                if isinstance(text, FleetdError):
+                    answers.append(text)
+                    continue
+                stale = self._stale(done.task_id, done.agent_id, done.attempt)
+                if stale is not None:  # already done by this very attempt: answered as then, nothing to change
+                    again = self._row("SELECT 1 FROM tasks WHERE id = ? AND state = 'succeeded' AND agent_id = ? AND "
+                                      "attempts = ?", (done.task_id, done.agent_id, done.attempt)) is not None
+                    answers.append(None if again else stale)
+                    continue
                 self.conn.execute("UPDATE tasks SET state = 'succeeded', output = ?, error = NULL, code = NULL, "
-                                  "finished_at = ? WHERE id = ?", (text, at, task_id))
-                self._finished.append(task_id)
-                if then is not None:
-                    lease = self._take(agent_id, *then, at)
-        if stale is not None:  # raised after the commit: the expiry above stays done
-            raise stale
-        told = self._told.pop(task_id, None)  # what the listeners were told: the task as this commit left it
-        return told or self._summary(task_id), lease
+                                  "finished_at = ? WHERE id = ?", (text, at, done.task_id))
+                self._finished.append(done.task_id)
+                row = None
+                if done.then is not None and leased_bytes < LEASE_BYTES_PER_COMMIT:
+                    row = self._take_row(done.agent_id, *done.then, at)
+                    leased_bytes += 0 if row is None else len(row["input"])
+                answers.append(None if row is None else _lease_of(row))
+        told, self._told = self._told, {}  # what the listeners were told: the tasks as this commit left them
+        results: list[tuple[Task, Lease | None] | FleetdError] = []
+        for done, answer in zip(completions, answers, strict=True):
+            if isinstance(answer, FleetdError):  # raised after the commit: the expiry above stays done
+                results.append(answer)
+            else:
+                results.append((told.get(done.task_id) or self._summary(done.task_id), answer))
+        return results
 
     def fail(self, task_id: str, agent_id: str, attempt: int, error: str, *, retry: bool = True,
              code: str = AGENT_ERROR) -> Task:

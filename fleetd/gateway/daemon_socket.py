@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from fleetd.errors import FleetdError, NotFound
+from fleetd.fleet import Answered
 from fleetd.hangup import until_hangup
 from fleetd.store import Store
 from fleetd.task_queue import Lease, Task
@@ -22,7 +23,10 @@ from fleetd.zone2.contract import (
     HeartbeatAnswer,
     HeartbeatBatch,
     Registration,
+    TaskAnswer,
+    TaskAnswers,
     TaskComplete,
+    TaskCompletions,
     TaskFail,
     TaskHold,
     TaskNext,
@@ -69,6 +73,8 @@ class TaskDoor(Protocol):
 
     def complete_and_take(self, task_id: str, agent_id: str, attempt: int | None, output: Any
                           ) -> tuple[Task, Lease | None]: ...
+
+    def complete_many(self, answers: list[Answered]) -> list[tuple[Task, Lease | None] | FleetdError]: ...
 
     def fail(self, task_id: str, agent_id: str, attempt: int | None, error: str, retry: bool) -> Task: ...
 
@@ -129,6 +135,21 @@ class DaemonSocket:
             outcome = TaskOutcome(task.id, task.state.value, task.attempts, asked_next=True, next=lease)
             return web.json_response(outcome.to_json())
 
+        async def completions(request: web.Request) -> web.Response:
+            """Completions zone 2 relays together: one transaction, and each one's answer as it would be alone."""
+            items = (await received(request, TaskCompletions)).items
+            done = self._door().complete_many([Answered(task_id, c.agent_id, c.attempt, c.output,
+                                                        take_next=c.next_wait is not None) for task_id, c in items])
+            answers = []
+            for (_, asked), result in zip(items, done, strict=True):
+                if isinstance(result, FleetdError):
+                    answers.append(TaskAnswer(result.status, result.to_json()))
+                    continue
+                task, lease = result
+                outcome = TaskOutcome(task.id, task.state.value, task.attempts, asked.next_wait is not None, lease)
+                answers.append(TaskAnswer(200, outcome.to_json()))
+            return web.json_response(TaskAnswers(tuple(answers)).to_json())
+
         async def fail(request: web.Request) -> web.Response:
             failed = await received(request, TaskFail)
             task = self._door().fail(request.match_info["task_id"], failed.agent_id, failed.attempt, failed.error,
@@ -137,6 +158,7 @@ class DaemonSocket:
 
         app.router.add_get("/control/whois", whois)
         app.router.add_post("/control/tasks/next", next_task)
+        app.router.add_post("/control/tasks/completions", completions)
         app.router.add_post("/control/tasks/{task_id}/complete", complete)
         app.router.add_post("/control/tasks/{task_id}/fail", fail)
         app.router.add_post("/control/heartbeats", heartbeats)

@@ -14,7 +14,8 @@ GET /control/budget?agent=ID... -> :class:`BudgetAnswer`; PUT /control/creds :cl
 ``daemon.sock`` (served by the daemon): GET /control/whois?ip=IP -> :class:`Registration`; POST /control/heartbeats
 :class:`HeartbeatBatch` -> :class:`HeartbeatAnswer`; POST /control/events :class:`Event`; POST /control/tasks/next
 :class:`TaskNext` -> :class:`TaskLease` (or 204: none came); POST /control/tasks/ID/complete :class:`TaskComplete` and
-POST /control/tasks/ID/fail :class:`TaskFail` -> :class:`TaskOutcome` (or 404/409 with an error body).
+POST /control/tasks/ID/fail :class:`TaskFail` -> :class:`TaskOutcome` (or 404/409 with an error body); POST
+/control/tasks/completions :class:`TaskCompletions` -> :class:`TaskAnswers`.
 """
 
 from __future__ import annotations
@@ -690,6 +691,65 @@ class TaskComplete:
     def from_json(cls, data: Any) -> TaskComplete:
         o = _Object(data, "task completion")
         return cls(o.text("agent_id"), _attempt(o, required=False), o.data.get("output"), _next_wait(o))
+
+
+@dataclass(frozen=True)
+class TaskCompletions:
+    """POST /control/tasks/completions: completions that reached zone 2 together, recorded by the daemon in one
+    transaction (a group commit: the first goes at once, those that come while it is on its way go together right
+    after). Each is ``(task id, completion)``; none waits for a next task (``next_wait`` 0 or absent): a wait is a
+    long poll of its own. A JSON array of ``{"task_id", "completion"}``."""
+
+    items: tuple[tuple[str, TaskComplete], ...]
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return [{"task_id": task_id, "completion": done.to_json()} for task_id, done in self.items]
+
+    @classmethod
+    def from_json(cls, data: Any) -> TaskCompletions:
+        items = []
+        for item in _array(data, "task completions"):
+            o = _Object(item, "task completions")
+            done = TaskComplete.from_json(o.required("completion"))
+            if done.next_wait:
+                raise ContractError("task completions: a completion that waits for its next task goes alone")
+            items.append((o.text("task_id"), done))
+        return cls(tuple(items))
+
+
+@dataclass(frozen=True)
+class TaskAnswer:
+    """The daemon's answer to one completion of a :class:`TaskCompletions`: 200 with its ``outcome``, else the status
+    and ``body`` (the API's JSON error) that it would have answered that completion alone."""
+
+    status: int
+    body: dict[str, Any]  # the outcome's JSON (200), else the error's
+
+    def to_json(self) -> dict[str, Any]:
+        return {"status": self.status, "body": self.body}
+
+    @classmethod
+    def from_json(cls, data: Any) -> TaskAnswer:
+        o = _Object(data, "task answer")
+        body = o.optional_mapping("body")
+        if body is None:
+            raise ContractError("task answer: body must be an object, got null")
+        return cls(o.whole("status"), body)
+
+
+@dataclass(frozen=True)
+class TaskAnswers:
+    """The daemon's answer to :class:`TaskCompletions`: one :class:`TaskAnswer` per completion, in order (an
+    array)."""
+
+    answers: tuple[TaskAnswer, ...]
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return [answer.to_json() for answer in self.answers]
+
+    @classmethod
+    def from_json(cls, data: Any) -> TaskAnswers:
+        return cls(tuple(TaskAnswer.from_json(item) for item in _array(data, "task answers")))
 
 
 @dataclass(frozen=True)

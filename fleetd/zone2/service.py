@@ -37,6 +37,7 @@ from fleetd.zone2.contract import (
     HeartbeatBatch,
     Registration,
     Registrations,
+    TaskAnswers,
     TaskComplete,
     TaskFail,
     TaskLease,
@@ -49,6 +50,7 @@ from fleetd.zone2.costs import CostTracker
 from fleetd.zone2.egress_door import EgressDoor
 from fleetd.zone2.egress_log import EGRESS_FILE, EgressLog
 from fleetd.zone2.egress_records import EgressRecords
+from fleetd.zone2.group_send import GroupSend
 from fleetd.zone2.guard import (
     IDLE_TIMEOUT,
     LARGE_BODY,
@@ -71,6 +73,8 @@ EGRESS_PORT = 3128  # the forward proxy (fleetd.zone2.forward_proxy): the port S
 HEARTBEAT_LINGER = 0.02  # s a heartbeat waits in zone 2 for others to go to the daemon with it
 TASK_NEXT_MARGIN = 10.0  # s the daemon has to answer a long-poll beyond its wait
 TASK_ANSWER_TIMEOUT = 20.0  # s the daemon has to record a completion or failure (a transaction of up to 1 MiB)
+GROUPED_COMPLETIONS = 64  # completions relayed to the daemon in one request (one transaction) at most
+GROUPED_OUTPUT = 16 << 10  # bytes of a completion's JSON from which it goes alone (a group stays under 1 MiB)
 
 
 def init_control(registry: Registry, costs: CostTracker, guard: Guard, started: float,
@@ -157,6 +161,9 @@ class DaemonLink:
         self._beats: dict[str, tuple[dict[str, Any] | None, list[asyncio.Future[bool | None]]]] = {}
         self._flush: asyncio.TimerHandle | None = None
         self._sending: asyncio.Task[None] | None = None
+        self.completions: GroupSend[tuple[str, bytes], TaskReply] = GroupSend(self._complete_group,
+                                                                              GROUPED_COMPLETIONS)
+        self._grouped = True  # False once the daemon has no route for a group (one from before it)
 
     def _session(self) -> aiohttp.ClientSession:
         if self.session is None:
@@ -234,9 +241,37 @@ class DaemonLink:
         return TaskReply(status, raw, lease=_read(TaskLease, await _parsed(raw)))
 
     async def task_complete(self, task_id: str, message: TaskComplete, heavy: bool = False) -> TaskReply:
-        """POST /control/tasks/ID/complete (``heavy``: an output whose JSON is written in a thread)."""
+        """POST /control/tasks/ID/complete (``heavy``: an output whose JSON is written in a thread). A small one that
+        waits for no next task goes with the others that arrive meanwhile (``GroupSend``), in one transaction."""
         body = await asyncio.to_thread(_compact, message.to_json()) if heavy else _compact(message.to_json())
-        return await self._task_answer(f"/control/tasks/{quote(task_id, safe='')}/complete", body, message.next_wait)
+        if heavy or message.next_wait or len(body) > GROUPED_OUTPUT:
+            return await self._complete_alone(task_id, body, message.next_wait)
+        reply = await self.completions((task_id, body))
+        if reply.status != 200 and not 400 <= reply.status < 500:
+            raise DaemonUnreachable(f"it answered {reply.status}")
+        return reply
+
+    async def _complete_alone(self, task_id: str, body: bytes, next_wait: float | None) -> TaskReply:
+        return await self._task_answer(f"/control/tasks/{quote(task_id, safe='')}/complete", body, next_wait)
+
+    async def _complete_group(self, items: list[tuple[str, bytes]]) -> list[TaskReply]:
+        """POST /control/tasks/completions (:class:`TaskCompletions`, written from each completion's JSON): one
+        answer per completion. A lone one goes alone, as do all of them to a daemon without the route."""
+        if len(items) == 1 or not self._grouped:
+            return [await self._complete_alone(task_id, body, None) for task_id, body in items]
+        group = b"[" + b",".join(b'{"task_id":' + _compact(task_id) + b',"completion":' + body + b"}"
+                                 for task_id, body in items) + b"]"
+        status, raw = await self._task_call("/control/tasks/completions", group, TASK_ANSWER_TIMEOUT, (200,))
+        if status == 404 or status == 405:
+            self._grouped = False
+            return await self._complete_group(items)
+        if status != 200:
+            raise DaemonUnreachable(f"it answered {status} to a group of completions")
+        answers = _read(TaskAnswers, await _parsed(raw)).answers
+        if len(answers) != len(items):
+            raise DaemonUnreachable(f"it answered {len(answers)} of {len(items)} completions")
+        return [TaskReply(a.status, _compact(a.body), outcome=_read(TaskOutcome, a.body) if a.status == 200 else None)
+                for a in answers]
 
     async def task_fail(self, task_id: str, message: TaskFail) -> TaskReply:
         """POST /control/tasks/ID/fail."""
@@ -283,6 +318,7 @@ class DaemonLink:
     async def close(self) -> None:
         if self.pending:
             await asyncio.wait(self.pending, timeout=2)
+        await self.completions.close()
         for session in (self.session, self.task_session):
             if session is not None:
                 await session.close()

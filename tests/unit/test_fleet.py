@@ -18,7 +18,7 @@ from fleetd.errors import Conflict, WaitTimeout
 from fleetd.fleet import DEPLOYMENT_LABEL, VERSION_LABEL, WAKE_SPACING, Fleet, Waiters
 from fleetd.gateway.daemon_socket import DaemonSocket
 from fleetd.models import iso, utcnow
-from fleetd.zone2.contract import TaskHold
+from fleetd.zone2.contract import TaskAnswers, TaskComplete, TaskCompletions, TaskHold, TaskOutcome
 from tests.unit.fleet_rig import Rig, run
 from tests.unit.openapi_doc import SPEC_PATH, check
 
@@ -74,17 +74,24 @@ def test_a_worker_takes_completes_and_a_waiter_sees_it(tmp_path: Path) -> None:
     run(tmp_path, check)
 
 
+class Watch:
+    """The heartbeat watchdog, for a daemon.sock that only relays task calls."""
+
+    def beat(self, agent_id: str, progress: dict[str, Any] | None) -> bool:
+        return True
+
+    def pause(self, why: str) -> None: ...
+
+    def resume(self) -> None: ...
+
+
+async def nobody_at(ip: str) -> None:
+    return None
+
+
 def test_daemon_sock_answers_a_completion_with_the_next_task_when_asked(tmp_path: Path) -> None:
     """POST /control/tasks/ID/complete (and /fail) with ``next_wait``, as zone 2 relays ``?next=S``: the outcome
     only (not the task's input and output again) and the agent's next lease, or null when none came in time."""
-
-    class Watch:
-        def beat(self, agent_id: str, progress: dict[str, Any] | None) -> bool:
-            return True
-
-        def pause(self, why: str) -> None: ...
-
-        def resume(self) -> None: ...
 
     async def check(rig: Rig) -> None:
         rig.deploy(warm=1)
@@ -94,10 +101,7 @@ def test_daemon_sock_answers_a_completion_with_the_next_task_when_asked(tmp_path
         lease = await rig.fleet.next_task(agent["id"], 0)
         assert lease is not None and lease.id == first.id
 
-        async def whois(ip: str) -> None:
-            return None
-
-        door = DaemonSocket(tmp_path / "daemon.sock", rig.store, whois, Watch(), rig.fleet)
+        door = DaemonSocket(tmp_path / "daemon.sock", rig.store, nobody_at, Watch(), rig.fleet)
         async with TestClient(TestServer(door.app())) as client:
             answer = await client.post(f"/control/tasks/{first.id}/complete",
                                        json={"agent_id": agent["id"], "attempt": 1, "output": "a", "next_wait": 0})
@@ -120,6 +124,44 @@ def test_daemon_sock_answers_a_completion_with_the_next_task_when_asked(tmp_path
                                        json={"agent_id": agent["id"], "attempt": 1, "output": "c", "next_wait": 0.3})
             assert await answer.json() == {"id": third.id, "state": "succeeded", "attempts": 1, "next": None}
             assert time.monotonic() - started >= 0.3  # none was ready with the answer: it waited for one
+
+    run(tmp_path, check)
+
+
+def test_daemon_sock_records_a_group_of_completions_in_one_commit_each_answered_as_alone(tmp_path: Path) -> None:
+    """POST /control/tasks/completions, as zone 2 relays completions that came together: one transaction, and each
+    completion's answer as it would have been alone: its outcome and next lease, or its own 409/404, which leaves
+    the others recorded."""
+
+    async def check(rig: Rig) -> None:
+        rig.deploy(warm=3)
+        await rig.tick()
+        one, two, three = (a["id"] for a in rig.pool())
+        tasks = [rig.fleet.submit({"deployment": "web", "input": {"n": n}}) for n in range(5)]
+        leases = {agent: await rig.fleet.next_task(agent, 0) for agent in (one, two, three)}
+        assert all(leases.values())
+        commits: list[str] = []
+        rig.store.conn.set_trace_callback(lambda sql: commits.append(sql) if sql == "COMMIT" else None)
+        door = DaemonSocket(tmp_path / "daemon.sock", rig.store, nobody_at, Watch(), rig.fleet)
+        group = TaskCompletions((
+            (leases[one].id, TaskComplete(one, 1, {"by": 1}, next_wait=0)),  # type: ignore[union-attr]
+            (leases[two].id, TaskComplete(two, 2, "a stale attempt")),  # type: ignore[union-attr]
+            ("0000000000000000", TaskComplete(three, None, "no such task")),
+            (leases[three].id, TaskComplete(three, None, {"by": 3}, next_wait=0)),  # type: ignore[union-attr]
+        ))
+        async with TestClient(TestServer(door.app())) as client:
+            answer = await client.post("/control/tasks/completions", json=group.to_json())
+            assert answer.status == 200
+            answers = TaskAnswers.from_json(await answer.json()).answers
+        assert commits == ["COMMIT"], "one transaction for the group"
+        assert [a.status for a in answers] == [200, 409, 404, 200]
+        first, last = (TaskOutcome.from_json(answers[i].body) for i in (0, 3))
+        assert (first.state, last.state) == ("succeeded", "succeeded")
+        assert first.next is not None and last.next is not None
+        assert (first.next.id, last.next.id) == (tasks[3].id, tasks[4].id)  # each with its next lease, in order
+        assert "attempt 1" in answers[1].body["error"]["message"]
+        assert rig.fleet.queue.get(leases[two].id).state == "leased"  # type: ignore[union-attr]
+        assert rig.fleet.queue.get(leases[one].id).output == {"by": 1}  # type: ignore[union-attr]
 
     run(tmp_path, check)
 

@@ -41,7 +41,10 @@ from fleetd.zone2.contract import (
     PoolCap,
     Registration,
     Registrations,
+    TaskAnswer,
+    TaskAnswers,
     TaskComplete,
+    TaskCompletions,
     TaskFail,
     TaskHold,
     TaskLease,
@@ -98,6 +101,11 @@ MESSAGES: list[Any] = [
     TaskFail("a1", 1, "rate limited", retry=True),
     TaskFail("a1", None, "bad input", retry=False),
     TaskOutcome("0123456789abcdef", "queued", 1),
+    TaskCompletions((("0123456789abcdef", TaskComplete("a1", 3, {"n": 1}, next_wait=0.0)),
+                     ("fedcba9876543210", TaskComplete("a2", None)))),
+    TaskCompletions(()),
+    TaskAnswers((TaskAnswer(200, {"id": "t", "state": "succeeded", "attempts": 1, "next": None}),
+                 TaskAnswer(409, {"error": {"type": "conflict", "code": "conflict", "message": "stale"}}))),
 ]
 
 
@@ -257,6 +265,12 @@ REFUSED: list[tuple[Any, Any, str]] = [
     (TaskFail, {"agent_id": "a1", "error": "e", "retry": 1}, "task failure: retry must be true or false"),
     (TaskFail, {"agent_id": "a1", "error": "e" * 10_001}, "error must be at most 10000 characters, got 10001"),
     (TaskOutcome, {"id": "t", "state": "succeeded"}, "task outcome: attempts is missing"),
+    (TaskCompletions, {"task_id": "t"}, "task completions: expected an array, got an object"),
+    (TaskCompletions, [{"task_id": "t"}], "task completions: completion is missing"),
+    (TaskCompletions, [{"task_id": "t", "completion": {"agent_id": "a1", "next_wait": 5}}],
+     "a completion that waits for its next task goes alone"),
+    (TaskAnswers, [{"status": 200}], "task answer: body is missing"),
+    (TaskAnswers, [{"status": 200, "body": None}], "task answer: body must be an object, got null"),
 ]
 
 

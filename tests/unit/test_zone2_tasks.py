@@ -21,7 +21,16 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from fleetd.zone2 import service
-from fleetd.zone2.contract import MAX_TASK_ERROR, Registration, TaskComplete, TaskFail, TaskNext
+from fleetd.zone2.contract import (
+    MAX_TASK_ERROR,
+    Registration,
+    TaskAnswer,
+    TaskAnswers,
+    TaskComplete,
+    TaskCompletions,
+    TaskFail,
+    TaskNext,
+)
 from fleetd.zone2.guard import Guard, Timeouts, serve_guarded, stop_guarded
 from fleetd.zone2.proxy import TASKS, init_gateway, memory_costs
 from fleetd.zone2.registry import Registry
@@ -66,6 +75,15 @@ def daemon_app(seen: list[tuple[str, dict[str, Any]]], script: Script) -> web.Ap
     async def handle(request: web.Request) -> web.StreamResponse:
         path = request.path.removeprefix("/control/tasks/")
         body = await request.json()
+        if path == "completions":  # each as the script answers it alone, seen as "ID/complete" after a "completions"
+            group = TaskCompletions.from_json(body)
+            seen.append((path, {"count": len(group.items)}))
+            answers = []
+            for task_id, done in group.items:
+                seen.append((f"{task_id}/complete", done.to_json()))
+                status, answer = await script(f"{task_id}/complete", done.to_json())
+                answers.append(TaskAnswer(status, answer))
+            return web.json_response(TaskAnswers(tuple(answers)).to_json())
         readers[path.rsplit("/", 1)[-1]].from_json(body)  # what zone 2 sent reads as its message
         seen.append((path, body))
         status, answer = await script(path, body)
@@ -567,3 +585,46 @@ def test_more_long_polls_than_a_connection_pool_holds_reach_the_daemon_side_by_s
             assert await asyncio.gather(*(poll() for _ in range(agents))) == [204] * agents
 
     run(script, check)
+
+
+def test_completions_that_come_together_go_to_the_daemon_as_one_group() -> None:
+    """The first completion goes alone, at once; those that come while it is on its way go together right after, in
+    one request (one transaction in the daemon), each answered as alone. One that waits for its next task, or whose
+    output is large, goes alone."""
+    gate = asyncio.Event()
+
+    async def script(path: str, body: dict[str, Any]) -> Answer:
+        if body["output"] == "first":
+            await gate.wait()
+        if body["output"] == "stale":
+            return 409, CONFLICT
+        return 200, {"id": path.split("/")[0], "state": "succeeded", "attempts": 1}
+
+    async def main() -> None:
+        seen: list[tuple[str, dict[str, Any]]] = []
+        async with daemon_socket(daemon_app(seen, script)) as path:
+            link = DaemonLink(path)
+            try:
+                first = asyncio.ensure_future(link.task_complete("t0", TaskComplete("a0", 1, "first")))
+                await asyncio.sleep(0.05)
+                rest = [asyncio.ensure_future(link.task_complete(f"t{n}", TaskComplete(f"a{n}", 1, output)))
+                        for n, output in ((1, "x"), (2, "stale"), (3, "y"))]
+                waits = asyncio.ensure_future(link.task_complete("t4", TaskComplete("a4", 1, "z", next_wait=5)))
+                large = asyncio.ensure_future(link.task_complete("t5", TaskComplete("a5", 1, "L" * (20 << 10))))
+                await asyncio.sleep(0.05)
+                assert not any(r.done() for r in rest), "they wait for the group on its way"
+                assert waits.done() and large.done(), "a completion that waits, or a large one, goes alone"
+                gate.set()
+                replies = await asyncio.gather(first, *rest)
+            finally:
+                await link.close()
+        assert [r.status for r in replies] == [200, 200, 409, 200]
+        assert replies[1].outcome is not None and replies[1].outcome.id == "t1"
+        assert json.loads(replies[2].body) == CONFLICT
+        paths = [p for p, _ in seen]
+        assert paths.index("completions") > paths.index("t0/complete")
+        assert seen[paths.index("completions")][1] == {"count": 3}
+        assert paths[paths.index("completions") + 1:paths.index("completions") + 4] == [
+            "t1/complete", "t2/complete", "t3/complete"]
+
+    asyncio.run(main())
