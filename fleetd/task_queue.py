@@ -162,7 +162,7 @@ def json_body(value: Any, what: str) -> str:
     """``value`` as compact JSON within MAX_BODY_BYTES, else InvalidRequest."""
     try:
         text = json.dumps(value, separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidRequest(f"task {what}: not JSON: {exc}") from None
     size = len(text.encode())
     if size > MAX_BODY_BYTES:

@@ -5,6 +5,7 @@ Each handler reads its message with the contract's class (``fleetd.zone2.contrac
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -34,6 +35,7 @@ from fleetd.zone2.contract import (
 )
 from fleetd.zone2.control import received, refuse_malformed
 
+log = logging.getLogger(__name__)
 Whois = Callable[[str], Awaitable[Registration | None]]
 MAX_MESSAGE = 2 << 20  # a task's output is up to 1 MiB of JSON, relayed inside a message
 
@@ -138,8 +140,8 @@ class DaemonSocket:
         async def completions(request: web.Request) -> web.Response:
             """Completions zone 2 relays together: one transaction, and each one's answer as it would be alone."""
             items = (await received(request, TaskCompletions)).items
-            done = self._door().complete_many([Answered(task_id, c.agent_id, c.attempt, c.output,
-                                                        take_next=c.next_wait is not None) for task_id, c in items])
+            done = self._complete_many([Answered(task_id, c.agent_id, c.attempt, c.output,
+                                                 take_next=c.next_wait is not None) for task_id, c in items])
             answers = []
             for (_, asked), result in zip(items, done, strict=True):
                 if isinstance(result, FleetdError):
@@ -177,6 +179,24 @@ class DaemonSocket:
                 lease = None
             outcome = replace(outcome, asked_next=True, next=lease)
         return web.json_response(outcome.to_json())
+
+    def _complete_many(self, answers: list[Answered]) -> list[tuple[Task, Lease | None] | FleetdError]:
+        """The group in one transaction; should it fail as a whole (a fault, not a refusal), each alone, so that one
+        agent's completion does not cost the others theirs."""
+        door = self._door()
+        try:
+            return door.complete_many(answers)
+        except Exception:
+            log.exception("a group of %d completions failed: recording each alone", len(answers))
+        done: list[tuple[Task, Lease | None] | FleetdError] = []
+        for answer in answers:
+            try:
+                done += door.complete_many([answer])
+            except Exception as exc:
+                log.exception("the completion of task %s by agent %s failed", answer.task_id, answer.agent_id)
+                done.append(exc if isinstance(exc, FleetdError) else FleetdError(f"recording the completion failed: "
+                                                                               f"{type(exc).__name__}"))
+        return done
 
     def _door(self) -> TaskDoor:
         if self.tasks is None:

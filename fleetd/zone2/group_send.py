@@ -15,11 +15,12 @@ Result = TypeVar("Result")
 
 class GroupSend(Generic[Item, Result]):
     """``await group(item)``: ``send``'s result for ``item``. ``send`` gets a list of items and returns one result per
-    item, in order; what it raises, every caller of its group raises. A caller that stops waiting does not take its
+    item, in order (an exception as a result: that caller raises it); what it raises, every caller of its group
+    raises. A caller that stops waiting does not take its
     item back: it goes, and its result is dropped (an answer relayed is recorded, whoever reads the outcome). Cancelled
     (zone 2 stops), the group on its way cancels its callers and those waiting behind it."""
 
-    def __init__(self, send: Callable[[list[Item]], Awaitable[list[Result]]], most: int) -> None:
+    def __init__(self, send: Callable[[list[Item]], Awaitable[list[Result | Exception]]], most: int) -> None:
         self._send = send
         self.most = most
         self._waiting: list[tuple[Item, asyncio.Future[Result]]] = []
@@ -53,7 +54,11 @@ class GroupSend(Generic[Item, Result]):
             raise
         else:
             for (_, future), result in zip(group, results, strict=True):
-                if not future.done():
+                if future.done():
+                    continue
+                if isinstance(result, Exception):
+                    future.set_exception(result)
+                else:
                     future.set_result(result)
         self._sending = None
         if self._waiting:

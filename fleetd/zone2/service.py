@@ -246,32 +246,42 @@ class DaemonLink:
         body = await asyncio.to_thread(_compact, message.to_json()) if heavy else _compact(message.to_json())
         if heavy or message.next_wait or len(body) > GROUPED_OUTPUT:
             return await self._complete_alone(task_id, body, message.next_wait)
-        reply = await self.completions((task_id, body))
-        if reply.status != 200 and not 400 <= reply.status < 500:
-            raise DaemonUnreachable(f"it answered {reply.status}")
-        return reply
+        return await self.completions((task_id, body))
 
     async def _complete_alone(self, task_id: str, body: bytes, next_wait: float | None) -> TaskReply:
         return await self._task_answer(f"/control/tasks/{quote(task_id, safe='')}/complete", body, next_wait)
 
-    async def _complete_group(self, items: list[tuple[str, bytes]]) -> list[TaskReply]:
+    async def _complete_group(self, items: list[tuple[str, bytes]]) -> list[TaskReply | Exception]:
         """POST /control/tasks/completions (:class:`TaskCompletions`, written from each completion's JSON): one
-        answer per completion. A lone one goes alone, as do all of them to a daemon without the route."""
+        answer per completion. A lone one goes alone; so does each of a group the daemon could not read (a 4xx: one
+        agent's completion must not cost the others theirs), and all of them to a daemon without the route."""
         if len(items) == 1 or not self._grouped:
-            return [await self._complete_alone(task_id, body, None) for task_id, body in items]
+            return await self._complete_each(items)
         group = b"[" + b",".join(b'{"task_id":' + _compact(task_id) + b',"completion":' + body + b"}"
                                  for task_id, body in items) + b"]"
         status, raw = await self._task_call("/control/tasks/completions", group, TASK_ANSWER_TIMEOUT, (200,))
-        if status == 404 or status == 405:
-            self._grouped = False
-            return await self._complete_group(items)
         if status != 200:
-            raise DaemonUnreachable(f"it answered {status} to a group of completions")
+            if status in (404, 405):
+                self._grouped = False
+            log.warning("the daemon answered %d to a group of %d completions: sending each alone", status, len(items))
+            return await self._complete_each(items)
         answers = _read(TaskAnswers, await _parsed(raw)).answers
         if len(answers) != len(items):
             raise DaemonUnreachable(f"it answered {len(answers)} of {len(items)} completions")
-        return [TaskReply(a.status, _compact(a.body), outcome=_read(TaskOutcome, a.body) if a.status == 200 else None)
-                for a in answers]
+        return [DaemonUnreachable(f"it answered {a.status}") if a.status != 200 and not 400 <= a.status < 500
+                else TaskReply(a.status, _compact(a.body), outcome=_read(TaskOutcome, a.body) if a.status == 200
+                               else None) for a in answers]
+
+    async def _complete_each(self, items: list[tuple[str, bytes]]) -> list[TaskReply | Exception]:
+        replies = await asyncio.gather(*(self._complete_alone(task_id, body, None) for task_id, body in items),
+                                       return_exceptions=True)
+        answered: list[TaskReply | Exception] = []
+        for reply in replies:
+            if isinstance(reply, TaskReply | Exception):
+                answered.append(reply)
+            else:
+                raise reply  # cancelled: zone 2 stops
+        return answered
 
     async def task_fail(self, task_id: str, message: TaskFail) -> TaskReply:
         """POST /control/tasks/ID/fail."""

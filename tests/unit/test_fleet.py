@@ -166,6 +166,38 @@ def test_daemon_sock_records_a_group_of_completions_in_one_commit_each_answered_
     run(tmp_path, check)
 
 
+def test_a_group_that_fails_as_a_whole_is_recorded_one_by_one(tmp_path: Path) -> None:
+    """A fault in one completion (not a refusal) must not cost the others of its group theirs: a hostile agent's
+    output that breaks the transaction fails alone."""
+
+    async def check(rig: Rig) -> None:
+        rig.deploy(warm=2)
+        await rig.tick()
+        honest, hostile = (a["id"] for a in rig.pool())
+        for n in range(2):
+            rig.fleet.submit({"deployment": "web", "input": n})
+        leases = {agent: await rig.fleet.next_task(agent, 0) for agent in (honest, hostile)}
+        recorded = rig.fleet.queue.complete_many
+
+        def breaks_on_poison(completions: list[Any]) -> Any:
+            if any(c.output == "poison" for c in completions):
+                raise RecursionError("maximum recursion depth exceeded")
+            return recorded(completions)
+
+        rig.fleet.queue.complete_many = breaks_on_poison  # type: ignore[method-assign]
+        door = DaemonSocket(tmp_path / "daemon.sock", rig.store, nobody_at, Watch(), rig.fleet)
+        group = TaskCompletions(((leases[hostile].id, TaskComplete(hostile, 1, "poison")),  # type: ignore[union-attr]
+                                 (leases[honest].id, TaskComplete(honest, 1, "fine"))))  # type: ignore[union-attr]
+        async with TestClient(TestServer(door.app())) as client:
+            answer = await client.post("/control/tasks/completions", json=group.to_json())
+            answers = TaskAnswers.from_json(await answer.json()).answers
+        assert [a.status for a in answers] == [500, 200]
+        assert rig.fleet.queue.get(leases[honest].id).state == "succeeded"  # type: ignore[union-attr]
+        assert rig.fleet.queue.get(leases[hostile].id).state == "leased"  # type: ignore[union-attr]
+
+    run(tmp_path, check)
+
+
 def test_a_lease_and_the_holds_zone2_is_told_carry_the_tasks_cap(tmp_path: Path) -> None:
     async def check(rig: Rig) -> None:
         rig.deploy(warm=2)

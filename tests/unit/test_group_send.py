@@ -92,3 +92,17 @@ def test_a_send_that_answers_the_wrong_number_fails_its_callers() -> None:
             await calls[2]
 
     asyncio.run(check())
+
+
+def test_an_exception_as_a_result_is_raised_by_that_caller_alone() -> None:
+    async def some_refused(items: list[int]) -> list[int | Exception]:
+        return [LookupError(f"no {item}") if item % 2 else item for item in items]
+
+    async def check() -> None:
+        group = GroupSend(some_refused, most=10)
+        calls = [asyncio.ensure_future(group(n)) for n in (2, 3, 4)]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        assert results[0] == 2 and results[2] == 4
+        assert isinstance(results[1], LookupError)
+
+    asyncio.run(check())

@@ -78,6 +78,8 @@ def daemon_app(seen: list[tuple[str, dict[str, Any]]], script: Script) -> web.Ap
         if path == "completions":  # each as the script answers it alone, seen as "ID/complete" after a "completions"
             group = TaskCompletions.from_json(body)
             seen.append((path, {"count": len(group.items)}))
+            if any(done.output == "unreadable" for _, done in group.items):
+                return web.json_response({"error": {"message": "too deep"}}, status=400)
             answers = []
             for task_id, done in group.items:
                 seen.append((f"{task_id}/complete", done.to_json()))
@@ -626,5 +628,38 @@ def test_completions_that_come_together_go_to_the_daemon_as_one_group() -> None:
         assert seen[paths.index("completions")][1] == {"count": 3}
         assert paths[paths.index("completions") + 1:paths.index("completions") + 4] == [
             "t1/complete", "t2/complete", "t3/complete"]
+
+    asyncio.run(main())
+
+
+def test_a_group_the_daemon_cannot_read_goes_again_each_alone() -> None:
+    """One agent's completion that makes the daemon refuse the whole group (400) must not cost the others theirs:
+    each goes again alone, and only the culprit's is refused."""
+    gate = asyncio.Event()
+
+    async def script(path: str, body: dict[str, Any]) -> Answer:
+        if body["output"] == "first":
+            await gate.wait()
+        if body["output"] == "unreadable":
+            return 400, {"error": {"type": "invalid_request", "code": "invalid_request", "message": "too deep"}}
+        return 200, {"id": path.split("/")[0], "state": "succeeded", "attempts": 1}
+
+    async def main() -> None:
+        seen: list[tuple[str, dict[str, Any]]] = []
+        async with daemon_socket(daemon_app(seen, script)) as path:
+            link = DaemonLink(path)
+            try:
+                first = asyncio.ensure_future(link.task_complete("t0", TaskComplete("a0", 1, "first")))
+                await asyncio.sleep(0.05)
+                rest = [asyncio.ensure_future(link.task_complete(f"t{n}", TaskComplete(f"a{n}", 1, output)))
+                        for n, output in ((1, "x"), (2, "unreadable"), (3, "y"))]
+                await asyncio.sleep(0.01)
+                gate.set()
+                replies = await asyncio.gather(first, *rest)
+            finally:
+                await link.close()
+        assert [r.status for r in replies] == [200, 200, 400, 200]
+        assert [p for p, _ in seen].count("completions") == 1
+        assert {p for p, _ in seen} >= {"t1/complete", "t2/complete", "t3/complete"}
 
     asyncio.run(main())
