@@ -777,9 +777,12 @@ class Fleet:
             turn = waiters.join()
             looked = False
             try:
+                # Woken while it holds a task (won by another call of its agent's), it answers that task, not the
+                # one it was woken for: as one it may not take, the wake goes on.
+                held = bool(hops) and self.queue.held(member.id) is not None
                 lease = self._lease(member)
                 looked = True
-                if lease is None and hops and self.queue.any_ready(member.deployment):
+                if (lease is None or held) and hops and self.queue.any_ready(member.deployment):
                     waiters.pass_on(hops)  # a task it may not take: the next in line may
                 left = give_up - self.monotonic()
                 if lease is not None or left <= 0:
@@ -859,7 +862,10 @@ class Fleet:
             completions.append(Completion(answer.task_id, answer.agent_id, attempt, answer.output, then))
         done = iter(self.queue.complete_many(completions) if completions else [])
         results = [refused[index] if index in refused else next(done) for index in range(len(answers))]
-        for agent_id in dict.fromkeys(answer.agent_id for answer in answers):
+        # Only a recorded answer wakes the task waiters and the controller: a refused one (404, 409, 400) changed
+        # nothing, and a hostile agent could send them as fast as zone 2 relays them.
+        for agent_id in dict.fromkeys(answer.agent_id for answer, result in zip(answers, results, strict=True)
+                                      if not isinstance(result, FleetdError)):
             self._after_answer(agent_id)
         return results
 

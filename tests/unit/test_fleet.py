@@ -14,8 +14,8 @@ import pytest
 import yaml
 from aiohttp.test_utils import TestClient, TestServer
 
-from fleetd.errors import Conflict, WaitTimeout
-from fleetd.fleet import DEPLOYMENT_LABEL, VERSION_LABEL, WAKE_SPACING, Fleet, Waiters
+from fleetd.errors import Conflict, FleetdError, WaitTimeout
+from fleetd.fleet import DEPLOYMENT_LABEL, VERSION_LABEL, WAKE_SPACING, Answered, Fleet, Waiters
 from fleetd.gateway.daemon_socket import DaemonSocket
 from fleetd.models import iso, utcnow
 from fleetd.zone2.contract import TaskAnswers, TaskComplete, TaskCompletions, TaskHold, TaskOutcome
@@ -629,5 +629,66 @@ def test_a_stream_of_wakes_ticks_at_most_every_wake_spacing(tmp_path: Path) -> N
         finally:
             await fleet.stop()
         assert 2 <= ticks <= seconds / WAKE_SPACING + 2, ticks
+
+    run(tmp_path, check)
+
+
+def test_a_refused_completion_wakes_no_task_waiter_nor_the_controller(tmp_path: Path) -> None:
+    """A hostile agent's completions of tasks it does not hold (404, 409) record nothing: they must not wake every
+    ``task wait`` (each reloads its task, input and output) nor the controller, as a recorded one does."""
+
+    async def check(rig: Rig) -> None:
+        rig.deploy(warm=1)
+        await rig.tick()
+        [agent] = (a["id"] for a in rig.pool())
+        task = rig.fleet.submit({"deployment": "web", "input": "x" * 1000})
+        looks: list[str] = []
+        get = rig.fleet.queue.get
+
+        def counted(task_id: str) -> Any:
+            looks.append(task_id)
+            return get(task_id)
+
+        rig.fleet.queue.get = counted  # type: ignore[method-assign]
+        waiter = asyncio.ensure_future(rig.fleet.wait_task(task.id, 30))
+        await asyncio.sleep(0.05)
+        before = looks.count(task.id)
+        rig.fleet.draining[agent] = "test"
+        rig.fleet._wake.clear()
+        refused = rig.fleet.complete_many([Answered("0000000000000000", agent, 1, "bogus"),
+                                           Answered(task.id, agent, 1, "not leased")])
+        assert [r.status for r in refused] == [404, 409]  # type: ignore[union-attr]
+        for _ in range(100):
+            with contextlib.suppress(FleetdError):
+                rig.fleet.complete("0000000000000000", agent, 1, "bogus")
+        await asyncio.sleep(0.05)
+        assert looks.count(task.id) == before, "refused completions woke the task's waiter"
+        assert not rig.fleet._wake.is_set(), "refused completions woke the controller"
+        waiter.cancel()
+        await asyncio.gather(waiter, return_exceptions=True)
+
+    run(tmp_path, check)
+
+
+def test_a_wake_taken_by_a_poll_that_answers_the_task_it_already_holds_goes_on(tmp_path: Path) -> None:
+    """An agent may hold a task while a long poll of its own waits in line (it won a ready task with a second poll,
+    ``wait=0``). Woken for a new task, that poll answers the task held, not the new one: the wake must go on to the
+    next in line, else the new task waits for the other polls' waits to end."""
+
+    async def check(rig: Rig) -> None:
+        rig.deploy(warm=2)
+        await rig.tick()
+        hostile, honest = (a["id"] for a in rig.pool())
+        first = asyncio.ensure_future(rig.fleet.next_task(hostile, 30))  # first in line
+        await asyncio.sleep(0.02)
+        second = asyncio.ensure_future(rig.fleet.next_task(honest, 30))
+        await asyncio.sleep(0.02)
+        held = rig.fleet.queue.submit("web", "won by a second poll")
+        assert rig.fleet.queue.lease(hostile, "web", "v1") is not None  # as its next?wait=0 would, before a wake
+        task = rig.fleet.submit({"deployment": "web", "input": "new"})  # wakes the head of the line
+        lease = await asyncio.wait_for(first, 1)
+        assert lease is not None and lease.id == held.id
+        got = await asyncio.wait_for(second, 2)  # on the current code: only after its 30 s
+        assert got is not None and got.id == task.id
 
     run(tmp_path, check)
