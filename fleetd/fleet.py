@@ -63,6 +63,7 @@ REPLACES_LABEL = "fleetd.replaces"
 TICK = 1.0  # s between two looks at every deployment
 WAKE_SPACING = 0.05  # s: at most twenty looks a second, however many submits wake the controller
 RECHECK = 1.0  # s a wait for a task's end looks again (a deadline passes unannounced)
+MAX_ATTEMPT = (1 << 63) - 1  # an answer's attempt at most (SQLite's largest integer)
 POLLS_PER_AGENT = 2  # long polls of one agent that may wait at once; more answer at once (none waits)
 MAX_WAIT = 60  # s of a long poll
 MAX_BATCH = 1000  # tasks in one submit (POST /v1/tasks/batch); the API's 1 MiB body bounds them too
@@ -889,8 +890,9 @@ class Fleet:
     def _attempt(self, task_id: str, attempt: int | None) -> int:
         """The attempt an answer is for: the one it names, else the task's current one."""
         if attempt is not None:
-            if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 1:
-                raise InvalidRequest(f"attempt: a whole number >= 1, got {attempt!r}")
+            # past SQLite's integers, the fencing query would raise OverflowError: a fault, not a refusal
+            if isinstance(attempt, bool) or not isinstance(attempt, int) or not 1 <= attempt <= MAX_ATTEMPT:
+                raise InvalidRequest(f"attempt: a whole number from 1 to {MAX_ATTEMPT}, got {str(attempt)[:40]}")
             return attempt
         return self.queue.get(task_id).attempts
 

@@ -692,3 +692,36 @@ def test_a_wake_taken_by_a_poll_that_answers_the_task_it_already_holds_goes_on(t
         assert got is not None and got.id == task.id
 
     run(tmp_path, check)
+
+
+def test_an_attempt_past_sqlites_integers_is_refused_alone_not_a_fault_of_its_group(tmp_path: Path) -> None:
+    """An agent names any whole number as its attempt: one past SQLite's integers (2**63) must be refused as that
+    completion's own 4xx, not break its group's transaction (which is then recorded again one by one, and answered
+    500, which zone 2 makes a 503 the agent retries, again and again)."""
+
+    async def check(rig: Rig) -> None:
+        rig.deploy(warm=2)
+        await rig.tick()
+        honest, hostile = (a["id"] for a in rig.pool())
+        for n in range(3):
+            rig.fleet.submit({"deployment": "web", "input": n})
+        old = await rig.fleet.next_task(hostile, 0)
+        assert old is not None
+        rig.fleet.complete(old.id, hostile, 1, "done")  # a task of its own it knows the id of
+        leases = {agent: await rig.fleet.next_task(agent, 0) for agent in (honest, hostile)}
+        commits: list[str] = []
+        rig.store.conn.set_trace_callback(lambda sql: commits.append(sql) if sql == "COMMIT" else None)
+        door = DaemonSocket(tmp_path / "daemon.sock", rig.store, nobody_at, Watch(), rig.fleet)
+        group = TaskCompletions(((old.id, TaskComplete(hostile, 2 ** 63, "again")),
+                                 (leases[honest].id, TaskComplete(honest, 1, "fine"))))  # type: ignore[union-attr]
+        async with TestClient(TestServer(door.app())) as client:
+            answer = await client.post("/control/tasks/completions", json=group.to_json())
+            answers = TaskAnswers.from_json(await answer.json()).answers
+            alone = await client.post(f"/control/tasks/{old.id}/complete",
+                                      json={"agent_id": hostile, "attempt": 2 ** 63, "output": "again"})
+        assert [a.status for a in answers][0] in (400, 409), answers[0]
+        assert answers[1].status == 200
+        assert commits == ["COMMIT"], "one transaction for the group"
+        assert alone.status in (400, 409)
+
+    run(tmp_path, check)
