@@ -37,6 +37,7 @@ from fleetd.zone2.contract import (
     HeartbeatBatch,
     Registration,
     Registrations,
+    TaskAnswer,
     TaskAnswers,
     TaskComplete,
     TaskFail,
@@ -268,9 +269,7 @@ class DaemonLink:
         answers = _read(TaskAnswers, await _parsed(raw)).answers
         if len(answers) != len(items):
             raise DaemonUnreachable(f"it answered {len(answers)} of {len(items)} completions")
-        return [DaemonUnreachable(f"it answered {a.status}") if a.status != 200 and not 400 <= a.status < 500
-                else TaskReply(a.status, _compact(a.body), outcome=_read(TaskOutcome, a.body) if a.status == 200
-                               else None) for a in answers]
+        return [_reply_of(answer) for answer in answers]
 
     async def _complete_each(self, items: list[tuple[str, bytes]]) -> list[TaskReply | Exception]:
         replies = await asyncio.gather(*(self._complete_alone(task_id, body, None) for task_id, body in items),
@@ -345,6 +344,17 @@ async def _parsed(raw: bytes) -> Any:
         return await asyncio.to_thread(parse_json, raw) if len(raw) >= PARSE_IN_THREAD else parse_json(raw)
     except (ValueError, RecursionError):
         raise DaemonUnreachable("its answer is not JSON") from None
+
+
+def _reply_of(answer: TaskAnswer) -> TaskReply | Exception:
+    """One completion's answer in a group, as its own request's would be; what cannot be used fails that one alone."""
+    if answer.status != 200:
+        return TaskReply(answer.status, _compact(answer.body)) if 400 <= answer.status < 500 else \
+            DaemonUnreachable(f"it answered {answer.status}")
+    try:
+        return TaskReply(200, _compact(answer.body), outcome=_read(TaskOutcome, answer.body))
+    except DaemonUnreachable as exc:
+        return exc
 
 
 def _read(cls: type[M], data: Any) -> M:

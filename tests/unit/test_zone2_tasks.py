@@ -663,3 +663,34 @@ def test_a_group_the_daemon_cannot_read_goes_again_each_alone() -> None:
         assert {p for p, _ in seen} >= {"t1/complete", "t2/complete", "t3/complete"}
 
     asyncio.run(main())
+
+
+def test_an_answer_in_a_group_that_cannot_be_read_fails_that_completion_alone() -> None:
+    gate = asyncio.Event()
+
+    async def script(path: str, body: dict[str, Any]) -> Answer:
+        if body["output"] == "first":
+            await gate.wait()
+        if body["output"] == "garbled":
+            return 200, {"id": path.split("/")[0]}  # no state, no attempts: not an outcome
+        return 200, {"id": path.split("/")[0], "state": "succeeded", "attempts": 1}
+
+    async def main() -> None:
+        seen: list[tuple[str, dict[str, Any]]] = []
+        async with daemon_socket(daemon_app(seen, script)) as path:
+            link = DaemonLink(path)
+            try:
+                first = asyncio.ensure_future(link.task_complete("t0", TaskComplete("a0", 1, "first")))
+                await asyncio.sleep(0.05)
+                rest = [asyncio.ensure_future(link.task_complete(f"t{n}", TaskComplete(f"a{n}", 1, output)))
+                        for n, output in ((1, "garbled"), (2, "fine"))]
+                await asyncio.sleep(0.01)
+                gate.set()
+                replies = await asyncio.gather(first, *rest, return_exceptions=True)
+            finally:
+                await link.close()
+        assert [p for p, _ in seen].count("completions") == 1
+        assert isinstance(replies[1], service.DaemonUnreachable)
+        assert not isinstance(replies[2], BaseException) and replies[2].status == 200
+
+    asyncio.run(main())
