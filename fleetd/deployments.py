@@ -24,7 +24,8 @@ Rules where the issue is silent:
 - Events name the spec fields that changed and the image, never env values (an event outlives its deployment).
 - A new version with ``--canary PCT`` or ``--strategy blue-green`` is made beside the current one, which stays current
   until a promotion (``fleetd.rollouts``); while a rollout runs, another new version is refused (409: promote or roll
-  back first), re-applying the rolling-out version's spec answers ``unchanged``, and options change in place.
+  back first), re-applying the rolling-out version's spec answers ``unchanged``, and options change in place: the
+  deployment's, and the canary's own (``--canary``, its thresholds and spend cap), those not given keeping theirs.
   ``promote`` and ``rollback`` are verbs too. A rolled-back version drains like a replaced one.
 """
 
@@ -42,10 +43,20 @@ from enum import StrEnum
 from typing import Any, NamedTuple
 
 from fleetd.autoscale import ScalingPolicy
+from fleetd.canary import CanaryPolicy
 from fleetd.config import Config
 from fleetd.errors import Conflict, InvalidRequest, NotFound
 from fleetd.models import AgentSpec, iso, utcnow
-from fleetd.rollouts import ROLLOUT_FIELDS, Phase, Rollout, RolloutRequest, Rollouts, Strategy, rollout_request
+from fleetd.rollouts import (
+    ROLLOUT_FIELDS,
+    Phase,
+    Rollout,
+    RolloutRequest,
+    Rollouts,
+    Strategy,
+    retuned,
+    rollout_request,
+)
 from fleetd.spec import SPAWN_FIELDS, build_spec, optional_usd, whole_number
 from fleetd.store import Store
 from fleetd.task_queue import DEFAULT_ATTEMPTS, DEFAULT_TTL, MAX_ATTEMPTS, MAX_TTL
@@ -341,11 +352,18 @@ class Deployments:
                         raise Conflict(f"deployment {name}: version {rolling.version} is rolling out "
                                        f"({rolling.strategy}): promote it or roll it back (fleetd deploy promote|"
                                        f"rollback {name}) before deploying another")
-                if not changes and not fields:
+                retune = None  # the canary's options given again for the version rolling out: changed in place
+                if rolling is not None and not fields and rolling.policy is not None and spec.rollout.policy:
+                    retune = retuned(rolling.policy, spec.rollout.policy, request)
+                    retune = None if retune == rolling.policy else retune
+                if not changes and not fields and retune is None:
                     note = "" if rolling is None else f" (version {rolling.version} is rolling out)"
                     return Applied(before, "unchanged" + note)
                 self._set_options(name, values, now)
                 data: dict[str, Any] = {"deployment": name, "options": changes}
+                if rolling is not None and retune is not None:
+                    self._retune(name, rolling, retune)
+                    data |= {"version": rolling.version, "policy": retune.to_json()}
                 if fields:
                     number = max(v.number for v in before.versions) + 1
                     self._add_version(name, number, spec.agent, now)
@@ -369,7 +387,10 @@ class Deployments:
                         data |= {"strategy": how.value, "target": target,
                                  "policy": None if spec.rollout.policy is None else spec.rollout.policy.to_json()}
                 else:
-                    message = "updated: " + _describe(changes)
+                    parts = [_describe(changes)] if changes else []
+                    if rolling is not None and rolling.policy is not None and retune is not None:
+                        parts.append(f"version {rolling.version}'s canary {_describe_policy(rolling.policy, retune)}")
+                    message = "updated: " + ", ".join(parts)
                 event = (UPDATED_EVENT, f"deployment {name} {message}", data)
         self.store.add_event(event[0], event[1], data=event[2])
         return Applied(self.get(name), message)
@@ -574,6 +595,14 @@ class Deployments:
                           "VALUES (?, ?, ?, ?, ?)",
                           (name, number, json.dumps(spec.to_json()), VersionState.ACTIVE.value, now))
 
+    def _retune(self, name: str, rolling: Rollout, policy: CanaryPolicy) -> None:
+        """A running canary's options, changed in place; its spend cap is its version's (zone 2 learns it anew)."""
+        self.rollouts.set_policy(name, policy)
+        if rolling.policy is None or policy.max_usd != rolling.policy.max_usd:
+            cap = None if policy.max_usd is None else nusd(Decimal(str(policy.max_usd)))
+            self.conn.execute("UPDATE deployment_versions SET spend_cap_nusd = ? WHERE deployment = ? AND version = ?",
+                              (cap, name, rolling.version))
+
     def _set_options(self, name: str, values: dict[str, Any], now: str | None) -> None:
         sets = ", ".join(f"{column} = ?" for column in values)
         self.conn.execute(f"UPDATE deployments SET {sets}, updated_at = ? WHERE name = ?",
@@ -594,6 +623,12 @@ def _spec_changes(before: AgentSpec, after: AgentSpec) -> list[str]:
     """The agent spec's fields that differ, compared as JSON values (a tuple and its list, 1 and 1.0 are equal)."""
     old, new = (json.loads(json.dumps(s.to_json())) for s in (before, after))
     return [k for k in new if new[k] != old.get(k)]
+
+
+def _describe_policy(before: CanaryPolicy, after: CanaryPolicy) -> str:
+    """``percent 10 -> 20``: a canary's options that changed."""
+    old, new = before.to_json(), after.to_json()
+    return _describe({k: [old[k], new[k]] for k in old if old[k] != new[k]})
 
 
 def _describe(changes: Mapping[str, list[Any]]) -> str:

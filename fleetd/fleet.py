@@ -519,9 +519,15 @@ class Fleet:
     def apply(self, name: str, request: Any, host_cpus: int) -> Any:
         """``fleetd deploy``: a blue-green rollout starts the new version to the current version's live count."""
         live = len(self._members(name))
+        rolling = self.deployments.rollouts.get(name)
         applied = self.deployments.apply(name, request, host_cpus, live)
-        if applied.deployment.rollout is None:
+        after = applied.deployment.rollout
+        if after is None:
             self.verdicts.pop(name, None)
+        elif (rolling is not None and rolling.version == after.version and rolling.policy is not None
+              and after.policy is not None and rolling.policy.max_usd != after.policy.max_usd
+              and self.repool is not None):  # its agents' spend cap changed: zone 2 learns it from their registration
+            self.background.start(self.repool(), f"telling zone 2 that deployment {name}'s canary cap changed")
         self.wake()
         return applied
 

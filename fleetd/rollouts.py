@@ -36,6 +36,7 @@ from fleetd.units import parse_usd
 
 ROLLOUT_FIELDS = ("strategy", "canary", "promote_after", "max_error_rate_increase", "max_cost_increase",
                   "max_duration_increase", "canary_max_usd")
+_POLICY_FIELDS = {"canary": "percent", "canary_max_usd": "max_usd"}  # a request's names for CanaryPolicy's fields
 
 
 class Strategy(StrEnum):
@@ -124,6 +125,15 @@ def rollout_request(request: Mapping[str, Any]) -> RolloutRequest:
         raise InvalidRequest(f"--{exc}") from None  # CanaryPolicy names the option: "promote-after must be ..."
 
 
+def retuned(policy: CanaryPolicy, asked: CanaryPolicy, request: Mapping[str, Any]) -> CanaryPolicy:
+    """A running canary's ``policy`` with the options ``request`` gives again (read into ``asked``) changed, and the
+    others kept, as a deployment's own options are (``fleetd deploy`` with the rolling-out version's spec and
+    ``--canary 20``: the percent changes, the spend cap stays)."""
+    given = {_POLICY_FIELDS.get(f, f): getattr(asked, _POLICY_FIELDS.get(f, f)) for f in ROLLOUT_FIELDS[1:]
+             if request.get(f) is not None}
+    return dataclasses.replace(policy, **given)
+
+
 def _whole(value: Any, flag: str) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         return value
@@ -168,6 +178,12 @@ class Rollouts:
             "started_at) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?)",
             (deployment, strategy.value, version, previous, phase.value,
              None if policy is None else json.dumps(policy.to_json()), f"{deployment}:{version}", target, now))
+
+    def set_policy(self, deployment: str, policy: CanaryPolicy) -> None:
+        """A running canary's options changed in place (the split's positions go on: the new percent applies to the
+        tasks queued from now on)."""
+        self.conn.execute("UPDATE rollouts SET policy = ? WHERE deployment = ?",
+                          (json.dumps(policy.to_json()), deployment))
 
     def set_phase(self, deployment: str, phase: Phase) -> None:
         self.conn.execute("UPDATE rollouts SET phase = ? WHERE deployment = ?", (phase.value, deployment))

@@ -592,3 +592,39 @@ def test_a_blue_green_version_whose_agents_never_get_ready_is_rolled_back_after_
         assert f"were ready after {PROGRESS_DEADLINE:.0f} s" in event["message"]
 
     run(tmp_path, check)
+
+
+# -- a running canary's options, given again ---------------------------------------
+def test_a_running_canarys_options_given_again_change_in_place_and_the_others_keep_theirs(tmp_path: Path) -> None:
+    """``fleetd deploy web --canary 40 ...`` with the rolling-out version's spec: the percent changes (the split of the
+    tasks queued from then on follows it), the spend cap given before stays, zone 2 is told a changed cap."""
+
+    async def check(rig: Rig) -> None:
+        await canary(rig, 10, canary_max_usd="1", promote_after=50)
+        await rig.tick()  # the canary's agents
+        told: list[int | None] = []
+
+        async def repool() -> None:
+            agent = rig.store.get(by_version(rig)["2"][0]["id"])
+            pool = rig.fleet.pool_of(agent) if agent is not None else None
+            told.append(None if pool is None else pool.cap_nusd)
+
+        rig.fleet.repool = repool
+        applied = rig.deploy(warm=2, max=10, canary=40, **V2)
+        assert applied["message"] == "updated: version 2's canary percent 10 -> 40"
+        policy = rig.fleet.deployments.get("web").rollout.policy  # type: ignore[union-attr]
+        assert (policy.percent, policy.max_usd, policy.promote_after) == (40, 1.0, 50)  # type: ignore[union-attr]
+        tasks = rig.fleet.submit_many({"deployment": "web", "tasks": [{"input": n} for n in range(1000)]})
+        assert abs(Counter(t.route for t in tasks)["v2"] / 1000 - 0.40) <= 0.04
+        await rig.settle()
+        assert told == [], "the cap did not change: zone 2 has nothing new to learn"
+        applied = rig.fleet.apply("web", {"image": "img", "ttl": 3600, "warm": 2, "max": 10, "canary": 40,
+                                          "canary_max_usd": "3", **V2}, 2)  # as the API does: Fleet's apply
+        assert applied.message == "updated: version 2's canary max_usd 1 -> 3"
+        await rig.settle()
+        assert told == [3_000_000_000]
+        assert rig.deploy(warm=2, max=10, canary=40, **V2)["message"] == "unchanged (version 2 is rolling out)"
+        event = [e for e in rig.store.events(limit=100) if e["type"] == "deployment_updated"][-1]
+        assert event["data"]["policy"]["max_usd"] == 3.0 and event["data"]["version"] == 2
+
+    run(tmp_path, check)
