@@ -800,6 +800,11 @@ class Fleet:
                 looked = False
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(turn), nap)
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    # Woken as its agent hung up: wait_for (3.11) answers the wake and swallows the cancel. Take
+                    # nothing for nobody; the wake goes on.
+                    raise asyncio.CancelledError
                 looked = True  # it looks again at once
                 hops = turn.result() if turn.done() else None
             finally:

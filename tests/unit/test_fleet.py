@@ -539,6 +539,28 @@ def test_a_wake_not_looked_at_goes_on_and_never_round_the_line_twice() -> None:
     asyncio.run(check())
 
 
+def test_a_poll_whose_agent_hangs_up_as_it_is_woken_takes_nothing_and_passes_the_wake_on(tmp_path: Path) -> None:
+    """The wake and the hang-up in one turn of the loop: asyncio.wait_for (3.11) returns the wake and swallows the
+    cancel; the poll must not lease the task to an agent that left."""
+
+    async def check(rig: Rig) -> None:
+        rig.deploy(warm=2)
+        await rig.tick()
+        first, second = (a["id"] for a in rig.pool())
+        gone = asyncio.ensure_future(rig.fleet.next_task(first, 30))
+        await asyncio.sleep(0.05)
+        waiting = asyncio.ensure_future(rig.fleet.next_task(second, 30))
+        await asyncio.sleep(0.05)
+        task = rig.fleet.submit({"deployment": "web", "input": 1})  # wakes the first in line...
+        gone.cancel()  # ...whose agent hangs up before it looks
+        lease = await asyncio.wait_for(waiting, 1)
+        assert lease is not None and lease.id == task.id
+        assert gone.cancelled()
+        assert rig.fleet.queue.held(first) is None
+
+    run(tmp_path, check)
+
+
 def test_an_agent_polling_many_times_holds_at_most_two_waits(tmp_path: Path) -> None:
     async def check(rig: Rig) -> None:
         rig.deploy(warm=1)
