@@ -517,8 +517,13 @@ class Fleet:
         self.wake()
 
     def apply(self, name: str, request: Any, host_cpus: int) -> Any:
-        """``fleetd deploy``: a blue-green rollout starts the new version to the current version's live count."""
-        live = len(self._members(name))
+        """``fleetd deploy``: a blue-green rollout starts the new version to the current version's live count (its
+        version's only: after a restart, a replaced version's agents still finishing a task are not known to drain)."""
+        try:
+            current: int | None = self.deployments.get(name).current_version
+        except NotFound:
+            current = None
+        live = sum(1 for m in self._members(name) if m.version == current)
         rolling = self.deployments.rollouts.get(name)
         applied = self.deployments.apply(name, request, host_cpus, live)
         after = applied.deployment.rollout

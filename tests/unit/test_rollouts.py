@@ -628,3 +628,25 @@ def test_a_running_canarys_options_given_again_change_in_place_and_the_others_ke
         assert event["data"]["policy"]["max_usd"] == 3.0 and event["data"]["version"] == 2
 
     run(tmp_path, check)
+
+
+def test_a_blue_green_target_after_a_daemon_restart_counts_only_the_current_versions_agents(tmp_path: Path) -> None:
+    """The draining set is the daemon's memory: after a restart, the replaced version's agents still finishing their
+    task are not in it, and the new version's target must not count them."""
+
+    async def check(rig: Rig) -> None:
+        rig.deploy(warm=2)
+        await rig.tick()
+        for _ in range(2):
+            rig.fleet.submit({"deployment": "web", "input": 1})
+        for agent in rig.pool():
+            assert await rig.fleet.next_task(agent["id"], 0) is not None  # v1's two agents are busy
+        rig.deploy(warm=2, **V2)  # v2 takes over; v1's agents finish their task first
+        await rig.tick()
+        assert {v: len(a) for v, a in by_version(rig).items()} == {"1": 2, "2": 2}
+        rig.fleet.draining.clear()  # as after a restart of the daemon
+        applied = rig.fleet.apply("web", {"image": "img", "command": ["work", "--v3"], "ttl": 3600, "warm": 2,
+                                          "strategy": "blue-green"}, 2)
+        assert applied.message == "updated: version 3 rolling out (blue-green, 2 agents)"
+
+    run(tmp_path, check)
