@@ -520,11 +520,11 @@ class Fleet:
         """``fleetd deploy``: a blue-green rollout starts the new version to the current version's live count (its
         version's only: after a restart, a replaced version's agents still finishing a task are not known to drain)."""
         try:
-            current: int | None = self.deployments.get(name).current_version
+            before: Deployment | None = self.deployments.get(name)
         except NotFound:
-            current = None
+            before = None
+        current, rolling = (None, None) if before is None else (before.current_version, before.rollout)
         live = sum(1 for m in self._members(name) if m.version == current)
-        rolling = self.deployments.rollouts.get(name)
         applied = self.deployments.apply(name, request, host_cpus, live)
         after = applied.deployment.rollout
         if after is None:
@@ -791,8 +791,7 @@ class Fleet:
             try:
                 # Woken while it holds a task (won by another call of its agent's), it answers that task, not the
                 # one it was woken for: as one it may not take, the wake goes on.
-                held = bool(hops) and self.queue.held(member.id) is not None
-                lease = self._lease(member)
+                lease, held = self._lease(member)
                 looked = True
                 if (lease is None or held) and hops and self.queue.any_ready(member.deployment):
                     waiters.pass_on(hops)  # a task it may not take: the next in line may
@@ -815,18 +814,18 @@ class Fleet:
             finally:
                 waiters.leave(turn, looked)
 
-    def _lease(self, member: Member) -> Lease | None:
+    def _lease(self, member: Member) -> tuple[Lease | None, bool]:
+        """The agent's lease (None: no task for it now), and whether it is the task the agent already held."""
         agent = self.store.get(member.id)
         if agent is None or agent["state"] != State.RUNNING:
-            return None
+            return None, False
         label = f"v{member.version}"
-        held = self.queue.held(member.id)
-        if held is not None:  # the one it holds, again (its answer was lost, or zone 2 restarted)
-            return self.queue.lease(member.id, member.deployment, label)
+        if self.queue.held(member.id) is not None:  # the one it holds, again (its answer was lost, or zone 2 restarted)
+            return self.queue.lease(member.id, member.deployment, label), True
         allowed = self._may_take(member)
         if allowed is None or not self.queue.has_ready(member.deployment, label, allowed):
-            return None  # a read, before the write lock a lease takes
-        return self.queue.lease(member.id, member.deployment, label, allowed)
+            return None, False  # a read, before the write lock a lease takes
+        return self.queue.lease(member.id, member.deployment, label, allowed), False
 
     def _may_take(self, member: Member) -> Takes | None:
         """What a running agent may lease now besides a task it holds (None: nothing new)."""
