@@ -589,108 +589,78 @@ def test_more_long_polls_than_a_connection_pool_holds_reach_the_daemon_side_by_s
     run(script, check)
 
 
-def test_completions_that_come_together_go_to_the_daemon_as_one_group() -> None:
-    """The first completion goes alone, at once; those that come while it is on its way go together right after, in
-    one request (one transaction in the daemon), each answered as alone. One that waits for its next task, or whose
-    output is large, goes alone."""
+Meanwhile = Callable[[DaemonLink, list["asyncio.Future[Any]"]], Awaitable[None]]
+
+
+async def relayed_behind_a_first(answers: dict[str, Answer], outputs: list[str], meanwhile: Meanwhile | None = None
+                                 ) -> tuple[list[Any], list[tuple[str, dict[str, Any]]]]:
+    """Completion t0 goes to the daemon and is held there until the others (t1, t2 ... with ``outputs``) have come
+    to zone 2 behind it: they go as one group. The daemon answers an output named in ``answers`` so, the others as
+    succeeded. ``meanwhile`` looks at the link before t0 is let go. Each one's reply (or what it raised), and what the
+    daemon saw."""
     gate = asyncio.Event()
 
     async def script(path: str, body: dict[str, Any]) -> Answer:
         if body["output"] == "first":
             await gate.wait()
-        if body["output"] == "stale":
-            return 409, CONFLICT
+        if body["output"] in answers:
+            return answers[body["output"]]
         return 200, {"id": path.split("/")[0], "state": "succeeded", "attempts": 1}
 
-    async def main() -> None:
-        seen: list[tuple[str, dict[str, Any]]] = []
-        async with daemon_socket(daemon_app(seen, script)) as path:
-            link = DaemonLink(path)
-            try:
-                first = asyncio.ensure_future(link.task_complete("t0", TaskComplete("a0", 1, "first")))
-                await asyncio.sleep(0.05)
-                rest = [asyncio.ensure_future(link.task_complete(f"t{n}", TaskComplete(f"a{n}", 1, output)))
-                        for n, output in ((1, "x"), (2, "stale"), (3, "y"))]
-                waits = asyncio.ensure_future(link.task_complete("t4", TaskComplete("a4", 1, "z", next_wait=5)))
-                large = asyncio.ensure_future(link.task_complete("t5", TaskComplete("a5", 1, "L" * (20 << 10))))
-                await asyncio.sleep(0.05)
-                assert not any(r.done() for r in rest), "they wait for the group on its way"
-                assert waits.done() and large.done(), "a completion that waits, or a large one, goes alone"
-                gate.set()
-                replies = await asyncio.gather(first, *rest)
-            finally:
-                await link.close()
-        assert [r.status for r in replies] == [200, 200, 409, 200]
-        assert replies[1].outcome is not None and replies[1].outcome.id == "t1"
-        assert json.loads(replies[2].body) == CONFLICT
-        paths = [p for p, _ in seen]
-        assert paths.index("completions") > paths.index("t0/complete")
-        assert seen[paths.index("completions")][1] == {"count": 3}
-        assert paths[paths.index("completions") + 1:paths.index("completions") + 4] == [
-            "t1/complete", "t2/complete", "t3/complete"]
+    seen: list[tuple[str, dict[str, Any]]] = []
+    async with daemon_socket(daemon_app(seen, script)) as path:
+        link = DaemonLink(path)
+        try:
+            first = asyncio.ensure_future(link.task_complete("t0", TaskComplete("a0", 1, "first")))
+            await asyncio.sleep(0.05)
+            rest = [asyncio.ensure_future(link.task_complete(f"t{n}", TaskComplete(f"a{n}", 1, output)))
+                    for n, output in enumerate(outputs, 1)]
+            await asyncio.sleep(0.01)
+            if meanwhile is not None:
+                await meanwhile(link, rest)
+            gate.set()
+            replies = await asyncio.gather(first, *rest, return_exceptions=True)
+        finally:
+            await link.close()
+    return replies, seen
 
-    asyncio.run(main())
+
+def test_completions_that_come_together_go_to_the_daemon_as_one_group() -> None:
+    """The first completion goes alone, at once; those that come while it is on its way go together right after, in
+    one request (one transaction in the daemon), each answered as alone. One that waits for its next task, or whose
+    output is large, goes alone."""
+
+    async def meanwhile(link: DaemonLink, rest: list[asyncio.Future[Any]]) -> None:
+        waits = asyncio.ensure_future(link.task_complete("t4", TaskComplete("a4", 1, "z", next_wait=5)))
+        large = asyncio.ensure_future(link.task_complete("t5", TaskComplete("a5", 1, "L" * (20 << 10))))
+        await asyncio.sleep(0.05)
+        assert not any(r.done() for r in rest), "they wait for the group on its way"
+        assert waits.done() and large.done(), "a completion that waits, or a large one, goes alone"
+
+    replies, seen = asyncio.run(relayed_behind_a_first({"stale": (409, CONFLICT)}, ["x", "stale", "y"], meanwhile))
+    assert [r.status for r in replies] == [200, 200, 409, 200]
+    assert replies[1].outcome is not None and replies[1].outcome.id == "t1"
+    assert json.loads(replies[2].body) == CONFLICT
+    paths = [p for p, _ in seen]
+    assert paths.index("completions") > paths.index("t0/complete")
+    assert seen[paths.index("completions")][1] == {"count": 3}
+    assert paths[paths.index("completions") + 1:paths.index("completions") + 4] == [
+        "t1/complete", "t2/complete", "t3/complete"]
 
 
 def test_a_group_the_daemon_cannot_read_goes_again_each_alone() -> None:
     """One agent's completion that makes the daemon refuse the whole group (400) must not cost the others theirs:
     each goes again alone, and only the culprit's is refused."""
-    gate = asyncio.Event()
-
-    async def script(path: str, body: dict[str, Any]) -> Answer:
-        if body["output"] == "first":
-            await gate.wait()
-        if body["output"] == "unreadable":
-            return 400, {"error": {"type": "invalid_request", "code": "invalid_request", "message": "too deep"}}
-        return 200, {"id": path.split("/")[0], "state": "succeeded", "attempts": 1}
-
-    async def main() -> None:
-        seen: list[tuple[str, dict[str, Any]]] = []
-        async with daemon_socket(daemon_app(seen, script)) as path:
-            link = DaemonLink(path)
-            try:
-                first = asyncio.ensure_future(link.task_complete("t0", TaskComplete("a0", 1, "first")))
-                await asyncio.sleep(0.05)
-                rest = [asyncio.ensure_future(link.task_complete(f"t{n}", TaskComplete(f"a{n}", 1, output)))
-                        for n, output in ((1, "x"), (2, "unreadable"), (3, "y"))]
-                await asyncio.sleep(0.01)
-                gate.set()
-                replies = await asyncio.gather(first, *rest)
-            finally:
-                await link.close()
-        assert [r.status for r in replies] == [200, 200, 400, 200]
-        assert [p for p, _ in seen].count("completions") == 1
-        assert {p for p, _ in seen} >= {"t1/complete", "t2/complete", "t3/complete"}
-
-    asyncio.run(main())
+    refused = (400, {"error": {"type": "invalid_request", "code": "invalid_request", "message": "too deep"}})
+    replies, seen = asyncio.run(relayed_behind_a_first({"unreadable": refused}, ["x", "unreadable", "y"]))
+    assert [r.status for r in replies] == [200, 200, 400, 200]
+    assert [p for p, _ in seen].count("completions") == 1
+    assert {p for p, _ in seen} >= {"t1/complete", "t2/complete", "t3/complete"}
 
 
 def test_an_answer_in_a_group_that_cannot_be_read_fails_that_completion_alone() -> None:
-    gate = asyncio.Event()
-
-    async def script(path: str, body: dict[str, Any]) -> Answer:
-        if body["output"] == "first":
-            await gate.wait()
-        if body["output"] == "garbled":
-            return 200, {"id": path.split("/")[0]}  # no state, no attempts: not an outcome
-        return 200, {"id": path.split("/")[0], "state": "succeeded", "attempts": 1}
-
-    async def main() -> None:
-        seen: list[tuple[str, dict[str, Any]]] = []
-        async with daemon_socket(daemon_app(seen, script)) as path:
-            link = DaemonLink(path)
-            try:
-                first = asyncio.ensure_future(link.task_complete("t0", TaskComplete("a0", 1, "first")))
-                await asyncio.sleep(0.05)
-                rest = [asyncio.ensure_future(link.task_complete(f"t{n}", TaskComplete(f"a{n}", 1, output)))
-                        for n, output in ((1, "garbled"), (2, "fine"))]
-                await asyncio.sleep(0.01)
-                gate.set()
-                replies = await asyncio.gather(first, *rest, return_exceptions=True)
-            finally:
-                await link.close()
-        assert [p for p, _ in seen].count("completions") == 1
-        assert isinstance(replies[1], service.DaemonUnreachable)
-        assert not isinstance(replies[2], BaseException) and replies[2].status == 200
-
-    asyncio.run(main())
+    garbled = (200, {"id": "t1"})  # no state, no attempts: not an outcome
+    replies, seen = asyncio.run(relayed_behind_a_first({"garbled": garbled}, ["garbled", "fine"]))
+    assert [p for p, _ in seen].count("completions") == 1
+    assert isinstance(replies[1], service.DaemonUnreachable)
+    assert not isinstance(replies[2], BaseException) and replies[2].status == 200
